@@ -1,0 +1,227 @@
+//! Command-line interface (clap derive). `docs/cli.md` documents every
+//! command and its `--json` output; keep the two in step.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use rampart_pki::RevocationReason;
+use rampart_proto::DeviceId;
+
+/// Rampart: a secure, self-hosted IoT device platform in one binary.
+#[derive(Debug, Parser)]
+#[command(name = "rampart", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags accepted before or after any subcommand.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Data directory (CA, database, keys).
+    #[arg(
+        long,
+        global = true,
+        env = "RAMPART_DATA_DIR",
+        default_value = "./rampart-data",
+        value_name = "DIR"
+    )]
+    pub data_dir: PathBuf,
+    /// Configuration file (TOML); see `rampart config example`.
+    #[arg(long, global = true, env = "RAMPART_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Machine-readable JSON output wherever a command prints data.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More log output (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+    /// Less log output (repeat for less).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub quiet: u8,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the data dir, CA, server certificate and store (idempotent).
+    Init,
+    /// Run the platform (creates the data dir on first start).
+    Serve(ServeArgs),
+    /// The certificate authority.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// Devices: register, inspect, revoke.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+    /// The audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+/// `rampart serve` options.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// MQTT over TLS listen address (port 0 picks a free port).
+    #[arg(long, env = "RAMPART_MQTT_ADDR", default_value = "0.0.0.0:8883")]
+    pub mqtt_addr: SocketAddr,
+    /// HTTPS (console, API) listen address (port 0 picks a free port).
+    #[arg(long, env = "RAMPART_HTTP_ADDR", default_value = "0.0.0.0:8443")]
+    pub http_addr: SocketAddr,
+}
+
+/// `rampart ca ...`
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Print the CA chain (issuing CA, then root) as PEM: the devices' trust bundle.
+    Export,
+    /// Print the current certificate revocation list as PEM.
+    Crl,
+    /// Show the CA: subjects, fingerprints, expiry, whether it can issue.
+    Info,
+    /// Use an external CA (e.g. Vault PKI); without --key Rampart only verifies.
+    Import {
+        /// CA certificate (PEM).
+        #[arg(long, value_name = "FILE")]
+        cert: PathBuf,
+        /// CA private key (PEM, PKCS#8).
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
+    },
+    /// Write the root CA key to FILE for offline keeping (and remove it with --remove).
+    ExportRootKey {
+        /// Where to write the key (mode 0600).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Delete the root key from the data dir afterwards; the issuing CA keeps working.
+        #[arg(long)]
+        remove: bool,
+    },
+}
+
+/// `rampart device ...`
+#[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    /// Sign a device's CSR (the production path: the key never leaves the device).
+    SignCsr {
+        /// The CSR (PEM); `-` reads standard input.
+        file: PathBuf,
+        /// Require the CSR's CN to be this id.
+        #[arg(long)]
+        id: Option<DeviceId>,
+        /// Write the certificate here instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Development shortcut: make a key on the server and register the device.
+    Create {
+        /// Device id (certificate CN, MQTT client id).
+        #[arg(long)]
+        id: DeviceId,
+        /// Directory for ID.key, ID.crt and ca.crt (created if absent).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// List devices.
+    List {
+        /// Only devices in this state.
+        #[arg(long, value_enum)]
+        state: Option<StateArg>,
+        /// Only ids containing this text.
+        #[arg(long)]
+        search: Option<String>,
+    },
+    /// Show one device.
+    Show {
+        /// Device id.
+        id: DeviceId,
+    },
+    /// Revoke a device's certificate: it is cut off and cannot reconnect.
+    Revoke {
+        /// Device id.
+        id: DeviceId,
+        /// RFC 5280 reason.
+        #[arg(long, default_value = "unspecified", value_parser = parse_reason)]
+        reason: RevocationReason,
+    },
+    /// Block a device without revoking its certificate (reversible).
+    Disable {
+        /// Device id.
+        id: DeviceId,
+    },
+    /// Lift a block set by `disable`.
+    Enable {
+        /// Device id.
+        id: DeviceId,
+    },
+    /// Remove a device; its certificate stays on the CRL.
+    Delete {
+        /// Device id.
+        id: DeviceId,
+    },
+    /// Issue a new claim code and show its QR code (the old code becomes void).
+    Qr {
+        /// Device id.
+        id: DeviceId,
+        /// Make a new claim code (required: only a hash of the old one is kept).
+        #[arg(long)]
+        rotate_claim_code: bool,
+        /// Write the QR code as PNG.
+        #[arg(long, value_name = "FILE", conflicts_with = "svg")]
+        png: Option<PathBuf>,
+        /// Write the QR code as SVG.
+        #[arg(long, value_name = "FILE")]
+        svg: Option<PathBuf>,
+    },
+}
+
+/// Device state filter.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum StateArg {
+    /// Registered, not claimed.
+    Unbound,
+    /// Claimed.
+    Bound,
+    /// Blocked.
+    Disabled,
+    /// Revoked.
+    Revoked,
+}
+
+/// `rampart audit ...`
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the audit chain; reports the first broken row.
+    Verify,
+    /// Show audit rows, oldest first.
+    List {
+        /// Only rows after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// At most this many rows.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+}
+
+/// `rampart config ...`
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print a commented default configuration file.
+    Example,
+    /// Print the effective configuration (file + environment).
+    Show,
+}
+
+fn parse_reason(s: &str) -> Result<RevocationReason, String> {
+    s.parse().map_err(|_| {
+        let all: Vec<String> = RevocationReason::ALL.iter().map(|r| r.to_string()).collect();
+        format!("unknown reason '{s}'; expected one of: {}", all.join(", "))
+    })
+}

@@ -1,0 +1,339 @@
+//! Configuration: one typed struct, loaded from a TOML file and overridden by
+//! `RAMPART_*` environment variables.
+//!
+//! An override names the key path upper-cased with `__` between levels:
+//! `pki.device_validity_days` ← `RAMPART_PKI__DEVICE_VALIDITY_DAYS`. Values
+//! are read as TOML (`30`, `true`, `["a", "b"]`) and otherwise as strings
+//! (`10s`). Unknown keys, in the file or the environment, are an error that
+//! names the key: a typo must not silently fall back to a default.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+/// Prefix of every configuration override variable.
+const ENV_PREFIX: &str = "RAMPART_";
+
+/// The whole configuration. Every field has a default.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Certificate authority.
+    pub pki: PkiConfig,
+    /// Storage.
+    pub store: StoreConfig,
+    /// `rampart serve` behaviour.
+    pub serve: ServeConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `[pki]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PkiConfig {
+    /// Name used in the CA subjects ("<name> Root CA", "<name> Issuing CA").
+    pub ca_name: String,
+    /// Validity of device certificates, in days.
+    pub device_validity_days: u32,
+    /// Validity of the server certificate, in days.
+    pub server_validity_days: u32,
+    /// Server certificate names; empty means localhost, 127.0.0.1, ::1 and the host name.
+    pub server_sans: Vec<String>,
+    /// How long a published CRL stays valid; it is re-signed at half this.
+    #[serde(with = "humantime_serde")]
+    pub crl_validity: Duration,
+    /// Environment variable holding the CA key passphrase (keys are encrypted when it is set).
+    pub key_passphrase_env: String,
+    /// File holding the CA key passphrase (alternative to the variable).
+    pub key_passphrase_file: Option<PathBuf>,
+}
+
+impl Default for PkiConfig {
+    fn default() -> Self {
+        Self {
+            ca_name: "Rampart".into(),
+            device_validity_days: 365,
+            server_validity_days: 397,
+            server_sans: Vec::new(),
+            crl_validity: Duration::from_secs(7 * 24 * 3600),
+            key_passphrase_env: "RAMPART_CA_PASSPHRASE".into(),
+            key_passphrase_file: None,
+        }
+    }
+}
+
+/// `[store]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// How long a writer waits for another process holding the database.
+    #[serde(with = "humantime_serde")]
+    pub busy_timeout: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            busy_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[serve]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServeConfig {
+    /// How often the server checks the store for changes made by the CLI.
+    #[serde(with = "humantime_serde")]
+    pub change_poll_interval: Duration,
+    /// How long an orderly shutdown may take before parts are abandoned.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            change_poll_interval: Duration::from_millis(100),
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[log]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// Base level filter (`info`, `debug`, or a full `tracing` filter); `-v`/`-q` shift it.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A commented configuration file holding every default.
+pub const EXAMPLE: &str = r#"# Rampart configuration. Every key is optional; the values shown are the
+# defaults. Any key can be overridden by an environment variable named
+# RAMPART_ + the key path upper-cased with "__" between levels, e.g.
+# RAMPART_PKI__DEVICE_VALIDITY_DAYS=90.
+
+[pki]
+# Name used in the CA subjects ("<name> Root CA", "<name> Issuing CA").
+ca_name = "Rampart"
+# Validity of device certificates issued from CSRs, in days.
+device_validity_days = 365
+# Validity of the server certificate, in days (browsers accept at most 398).
+server_validity_days = 397
+# Names in the server certificate. Empty: localhost, 127.0.0.1, ::1 and this
+# machine's host name. Add the name devices use to reach the server.
+server_sans = []
+# How long a published CRL stays valid; Rampart re-signs it at half this.
+crl_validity = "7days"
+# Environment variable holding the passphrase that encrypts the CA keys.
+# When it is set (or key_passphrase_file is), CA keys are stored encrypted.
+key_passphrase_env = "RAMPART_CA_PASSPHRASE"
+# File holding that passphrase instead (first line is used).
+# key_passphrase_file = "/run/secrets/rampart-ca"
+
+[store]
+# How long a write waits for another process (the CLI, a second tool)
+# holding the database before giving up.
+busy_timeout = "10s"
+
+[serve]
+# How often a running server picks up changes made by the CLI (revocations,
+# disables, ...). Changes apply within this interval.
+change_poll_interval = "100ms"
+# How long an orderly shutdown may take.
+shutdown_timeout = "10s"
+
+[log]
+# "text" or "json".
+format = "text"
+# Base level: error, warn, info, debug, trace, or a tracing filter such as
+# "info,rampart_store=debug". -v and -q shift it.
+level = "info"
+"#;
+
+impl Config {
+    /// Loads `file` (if any), applies environment overrides, validates.
+    pub fn load(file: Option<&Path>) -> Result<Self> {
+        Self::load_with_env(file, std::env::vars())
+    }
+
+    /// [`Config::load`] with an explicit environment (for tests).
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config file {}", path.display()))?;
+                toml::from_str::<toml::Table>(&text)
+                    .with_context(|| format!("config file {} is not valid TOML", path.display()))?
+            }
+            None => toml::Table::new(),
+        };
+        let mut from_env = Vec::new();
+        for (name, raw) in env {
+            let Some(path) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            // Variables without `__` are command-line flags (RAMPART_DATA_DIR, ...).
+            if !path.contains("__") {
+                continue;
+            }
+            let keys: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
+            set_path(&mut table, &keys, parse_env_value(&raw))
+                .with_context(|| format!("environment variable {name}"))?;
+            from_env.push((keys.join("."), name));
+        }
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| {
+                let key = e.path().to_string();
+                let origin = from_env
+                    .iter()
+                    .find(|(k, _)| key.starts_with(k.as_str()) || k.starts_with(key.as_str()))
+                    .map(|(_, var)| format!(" (from environment variable {var})"))
+                    .or_else(|| file.map(|f| format!(" (in {})", f.display())))
+                    .unwrap_or_default();
+                anyhow::anyhow!("invalid configuration key '{key}'{origin}: {}", e.inner())
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.pki.device_validity_days == 0 || self.pki.device_validity_days > 3650 {
+            bail!("pki.device_validity_days must be between 1 and 3650");
+        }
+        if self.pki.server_validity_days == 0 || self.pki.server_validity_days > 3650 {
+            bail!("pki.server_validity_days must be between 1 and 3650");
+        }
+        if self.pki.crl_validity < Duration::from_secs(3600) {
+            bail!("pki.crl_validity must be at least 1h");
+        }
+        if self.serve.change_poll_interval.is_zero() {
+            bail!("serve.change_poll_interval must be greater than zero");
+        }
+        Ok(())
+    }
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+}
+
+fn set_path(table: &mut toml::Table, keys: &[String], value: toml::Value) -> Result<()> {
+    match keys {
+        [] => bail!("empty key"),
+        [last] => {
+            table.insert(last.clone(), value);
+            Ok(())
+        }
+        [first, rest @ ..] => {
+            let entry = table
+                .entry(first.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            match entry {
+                toml::Value::Table(t) => set_path(t, rest, value),
+                _ => bail!("'{first}' is a value, not a section"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn example_holds_exactly_the_defaults() {
+        let parsed: Config = toml::from_str(EXAMPLE).expect("example parses");
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn env_overrides_nested_keys() {
+        let c = Config::load_with_env(
+            None,
+            env(&[
+                ("RAMPART_PKI__DEVICE_VALIDITY_DAYS", "90"),
+                ("RAMPART_STORE__BUSY_TIMEOUT", "2s"),
+                ("RAMPART_PKI__SERVER_SANS", r#"["iot.example.com", "10.0.0.5"]"#),
+                ("RAMPART_DATA_DIR", "/ignored/flag"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(c.pki.device_validity_days, 90);
+        assert_eq!(c.store.busy_timeout, Duration::from_secs(2));
+        assert_eq!(c.pki.server_sans, ["iot.example.com", "10.0.0.5"]);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = Config::load_with_env(None, env(&[("RAMPART_PKI__DEVICE_VALIDITY", "90")]))
+            .expect_err("unknown key");
+        let msg = format!("{err:#}");
+        assert!(msg.contains("device_validity"), "{msg}");
+        assert!(msg.contains("RAMPART_PKI__DEVICE_VALIDITY"), "{msg}");
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "[store]\nbusy_timeout = \"1s\"\nbogus = 1\n").expect("write");
+        let msg = format!("{:#}", Config::load_with_env(Some(&file), []).expect_err("bogus"));
+        assert!(msg.contains("bogus"), "{msg}");
+
+        std::fs::write(&file, "[nosuchsection]\nx = 1\n").expect("write");
+        let msg = format!("{:#}", Config::load_with_env(Some(&file), []).expect_err("section"));
+        assert!(msg.contains("nosuchsection"), "{msg}");
+    }
+
+    #[test]
+    fn corrupt_file_and_bad_values_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "[pki\nca_name = ").expect("write");
+        let msg = format!("{:#}", Config::load_with_env(Some(&file), []).expect_err("corrupt"));
+        assert!(msg.contains("not valid TOML"), "{msg}");
+
+        let msg = format!(
+            "{:#}",
+            Config::load_with_env(None, env(&[("RAMPART_STORE__BUSY_TIMEOUT", "soon")]))
+                .expect_err("bad duration")
+        );
+        assert!(msg.contains("store.busy_timeout"), "{msg}");
+    }
+}

@@ -1,0 +1,61 @@
+//! Store errors, worded for the person who will read them.
+
+use rampart_proto::DeviceId;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The id is already used by a device or service.
+    #[error("id '{0}' is already registered; choose another id or delete the existing one")]
+    IdTaken(DeviceId),
+    /// No device has this id.
+    #[error("no device with id '{0}'")]
+    NotFound(DeviceId),
+    /// The change is not allowed in the device's current state.
+    #[error("device '{id}' is {state}: {why}")]
+    InvalidState {
+        /// The device.
+        id: DeviceId,
+        /// Its current state.
+        state: String,
+        /// What cannot be done and why.
+        why: &'static str,
+    },
+    /// The database file belongs to something else, or is damaged.
+    #[error("{path} is not a Rampart database: {why}")]
+    Foreign {
+        /// Path of the database file.
+        path: String,
+        /// What gave it away.
+        why: String,
+    },
+    /// The database was written by a newer Rampart.
+    #[error(
+        "database schema version {found} is newer than this binary supports ({supported}); upgrade rampart"
+    )]
+    TooNew {
+        /// Version found in the file.
+        found: i64,
+        /// Newest version this binary knows.
+        supported: i64,
+    },
+    /// Another process held the database longer than the busy timeout.
+    #[error(
+        "the database stayed busy past store.busy_timeout: another process holds a long transaction; retry, or raise the timeout"
+    )]
+    Busy,
+    /// A stored value could not be read back (a damaged or hand-edited row).
+    #[error("stored data is damaged: {0}")]
+    Corrupt(String),
+    /// An I/O error outside SQLite (the audit head file).
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// Any other database error.
+    #[error("database error: {0}")]
+    Database(#[source] Box<dyn std::error::Error + Send + Sync>),
+}

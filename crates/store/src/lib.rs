@@ -1,0 +1,92 @@
+//! Rampart's storage: the [`Store`] trait and its SQLite implementation.
+//!
+//! This crate owns the tables (identities, devices, certificates, the audit
+//! log, the change feed) and every query on them. Callers never see SQL.
+//! It must not make policy decisions (who may revoke what, what a payload
+//! means): it records what the caller decided, atomically, with an audit row.
+//!
+//! Every state-changing method takes an [`Actor`] and writes its audit row and
+//! its change-feed row in the same transaction as the change itself, so a
+//! change is never visible without its audit trail, and a running `serve`
+//! learns of it through [`Store::changes_since`] whichever process made it.
+
+mod audit;
+mod error;
+mod model;
+pub mod sqlite;
+
+use async_trait::async_trait;
+use rampart_pki::RevocationReason;
+use rampart_proto::DeviceId;
+
+pub use audit::{AuditBreak, AuditEntry, AuditKey, AuditRecord, AuditReport, read_key_file};
+pub use error::StoreError;
+pub use model::{
+    Actor, CertificateRecord, CertificateStatus, Change, ChangeKind, Device, DeviceFilter,
+    DeviceState, IdentityKind, NewDevice, Owner, RevokedCertificate,
+};
+pub use sqlite::SqliteStore;
+
+/// Result type of every store operation.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The storage API every part of Rampart uses. SQLite implements it now;
+/// PostgreSQL implements the same trait for scale-out.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Registers a new device with its first certificate. Fails with
+    /// [`StoreError::IdTaken`] if the id is used by any identity.
+    async fn create_device(&self, device: NewDevice, actor: &Actor) -> Result<Device>;
+
+    /// One device, or `None`.
+    async fn device(&self, id: &DeviceId) -> Result<Option<Device>>;
+
+    /// Devices matching `filter`, ordered by id.
+    async fn list_devices(&self, filter: &DeviceFilter) -> Result<Vec<Device>>;
+
+    /// Revokes the device's current certificate and marks the device revoked.
+    async fn revoke_device(
+        &self,
+        id: &DeviceId,
+        reason: RevocationReason,
+        actor: &Actor,
+    ) -> Result<Device>;
+
+    /// Blocks (`disabled = true`) or unblocks a device without touching its
+    /// certificate. A revoked device cannot be enabled again.
+    async fn set_device_disabled(&self, id: &DeviceId, disabled: bool, actor: &Actor)
+    -> Result<Device>;
+
+    /// Removes the device; its current certificate is revoked as
+    /// `cessation-of-operation` so that it stays on the CRL.
+    async fn delete_device(&self, id: &DeviceId, actor: &Actor) -> Result<()>;
+
+    /// Replaces the device's claim code hash (the old code becomes void).
+    async fn set_claim_code(&self, id: &DeviceId, claim_code_hash: &str, actor: &Actor)
+    -> Result<Device>;
+
+    /// One certificate by serial (lowercase hex).
+    async fn certificate(&self, serial: &str) -> Result<Option<CertificateRecord>>;
+
+    /// Every revoked certificate, for the CRL.
+    async fn revoked_certificates(&self) -> Result<Vec<RevokedCertificate>>;
+
+    /// Returns the next CRL number (strictly increasing, starting at 1).
+    async fn next_crl_number(&self) -> Result<u64>;
+
+    /// Appends an audit row for an action that changed nothing in the store
+    /// (CA export, init, ...).
+    async fn record_audit(&self, entry: AuditEntry) -> Result<AuditRecord>;
+
+    /// Audit rows with `seq > after`, oldest first, at most `limit`.
+    async fn audit_log(&self, after: u64, limit: u32) -> Result<Vec<AuditRecord>>;
+
+    /// Recomputes the audit chain and reports the first broken row.
+    async fn verify_audit(&self) -> Result<AuditReport>;
+
+    /// Change-feed rows with `seq > after`, oldest first.
+    async fn changes_since(&self, after: u64) -> Result<Vec<Change>>;
+
+    /// The newest change-feed sequence number (0 when empty).
+    async fn latest_change(&self) -> Result<u64>;
+}

@@ -1,0 +1,308 @@
+//! The records the store keeps, as the rest of Rampart sees them.
+
+use std::fmt;
+use std::str::FromStr;
+
+use rampart_pki::RevocationReason;
+use rampart_proto::DeviceId;
+use serde::Serialize;
+use time::OffsetDateTime;
+
+/// Who did something, and from where: the "who" and "where" of an audit row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Actor {
+    /// A user name, `cli:<os user>`, `system`, or a device id.
+    pub name: String,
+    /// Where the request came from: `cli@host`, an IP address, `serve`.
+    pub source: String,
+}
+
+impl Actor {
+    /// Rampart itself (background tasks, first start).
+    pub fn system() -> Self {
+        Self {
+            name: "system".into(),
+            source: "rampart".into(),
+        }
+    }
+}
+
+/// Whether an identity is a device or a back-end service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IdentityKind {
+    /// A device in the field.
+    Device,
+    /// A back-end consumer or operator tool.
+    Service,
+}
+
+impl IdentityKind {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            IdentityKind::Device => "device",
+            IdentityKind::Service => "service",
+        }
+    }
+}
+
+/// A device's lifecycle state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceState {
+    /// Registered, not yet claimed by a user.
+    Unbound,
+    /// Claimed by a user or group.
+    Bound,
+    /// Blocked by an operator; reversible.
+    Disabled,
+    /// Certificate revoked; final.
+    Revoked,
+}
+
+impl DeviceState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [DeviceState; 4] = [
+        DeviceState::Unbound,
+        DeviceState::Bound,
+        DeviceState::Disabled,
+        DeviceState::Revoked,
+    ];
+
+    /// The state's name as stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceState::Unbound => "unbound",
+            DeviceState::Bound => "bound",
+            DeviceState::Disabled => "disabled",
+            DeviceState::Revoked => "revoked",
+        }
+    }
+
+    /// Whether a device in this state may connect.
+    pub fn may_connect(self) -> bool {
+        matches!(self, DeviceState::Unbound | DeviceState::Bound)
+    }
+}
+
+impl fmt::Display for DeviceState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for DeviceState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| format!("unknown device state '{s}' (expected unbound, bound, disabled or revoked)"))
+    }
+}
+
+/// Who a device belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", content = "id", rename_all = "lowercase")]
+pub enum Owner {
+    /// A user account.
+    User(String),
+    /// A group of an organization.
+    Group(String),
+}
+
+/// Status of one issued certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CertificateStatus {
+    /// The identity's registered certificate: the only one accepted.
+    Current,
+    /// Replaced by a renewal.
+    Superseded,
+    /// Revoked; on the CRL.
+    Revoked,
+}
+
+impl CertificateStatus {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            CertificateStatus::Current => "current",
+            CertificateStatus::Superseded => "superseded",
+            CertificateStatus::Revoked => "revoked",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Option<Self> {
+        match s {
+            "current" => Some(Self::Current),
+            "superseded" => Some(Self::Superseded),
+            "revoked" => Some(Self::Revoked),
+            _ => None,
+        }
+    }
+}
+
+/// What the store needs to know about an issued certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CertificateRecord {
+    /// Serial number, lowercase hex.
+    pub serial: String,
+    /// The identity it was issued to.
+    pub identity: DeviceId,
+    /// Device or service certificate.
+    pub kind: IdentityKind,
+    /// SHA-256 of the DER encoding, lowercase hex.
+    pub fingerprint: String,
+    /// Start of validity.
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_before: OffsetDateTime,
+    /// End of validity.
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_after: OffsetDateTime,
+    /// Current, superseded or revoked.
+    pub status: CertificateStatus,
+    /// Why it was revoked, when it was.
+    pub revocation_reason: Option<RevocationReason>,
+    /// When it was revoked.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
+/// A device to register.
+#[derive(Debug, Clone)]
+pub struct NewDevice {
+    /// Its id (the certificate CN).
+    pub id: DeviceId,
+    /// Serial number of its certificate (lowercase hex).
+    pub serial: String,
+    /// SHA-256 fingerprint of its certificate.
+    pub fingerprint: String,
+    /// Certificate validity start.
+    pub not_before: OffsetDateTime,
+    /// Certificate validity end.
+    pub not_after: OffsetDateTime,
+    /// Hash of the claim code printed on its label.
+    pub claim_code_hash: String,
+}
+
+/// A registered device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Device {
+    /// Its id.
+    pub id: DeviceId,
+    /// Lifecycle state.
+    pub state: DeviceState,
+    /// Owner once claimed.
+    pub owner: Option<Owner>,
+    /// Serial of its registered (or last revoked) certificate.
+    pub serial: String,
+    /// That certificate's SHA-256 fingerprint.
+    pub fingerprint: String,
+    /// That certificate's expiry.
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_after: OffsetDateTime,
+    /// Connected to the broker right now.
+    pub online: bool,
+    /// Last time the broker heard from it.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_seen: Option<OffsetDateTime>,
+    /// Registration time.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// Last change of state.
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+/// Which devices to list.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceFilter {
+    /// Only devices in this state.
+    pub state: Option<DeviceState>,
+    /// Only ids containing this text.
+    pub search: Option<String>,
+    /// At most this many (all when `None`).
+    pub limit: Option<u32>,
+    /// Skip this many.
+    pub offset: u32,
+}
+
+/// A revoked certificate, as the CRL lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevokedCertificate {
+    /// Serial, lowercase hex.
+    pub serial: String,
+    /// The identity it belonged to.
+    pub identity: String,
+    /// Why.
+    pub reason: RevocationReason,
+    /// When.
+    pub revoked_at: OffsetDateTime,
+}
+
+/// What kind of change a change-feed row announces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ChangeKind {
+    /// A device was registered.
+    DeviceCreated,
+    /// A device's certificate was revoked.
+    DeviceRevoked,
+    /// A device was disabled.
+    DeviceDisabled,
+    /// A device was enabled again.
+    DeviceEnabled,
+    /// A device was deleted.
+    DeviceDeleted,
+    /// A device's claim code changed.
+    ClaimCodeRotated,
+}
+
+impl ChangeKind {
+    const ALL: [ChangeKind; 6] = [
+        ChangeKind::DeviceCreated,
+        ChangeKind::DeviceRevoked,
+        ChangeKind::DeviceDisabled,
+        ChangeKind::DeviceEnabled,
+        ChangeKind::DeviceDeleted,
+        ChangeKind::ClaimCodeRotated,
+    ];
+
+    /// Name stored in the feed (and used as the audit action).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeKind::DeviceCreated => "device.create",
+            ChangeKind::DeviceRevoked => "device.revoke",
+            ChangeKind::DeviceDisabled => "device.disable",
+            ChangeKind::DeviceEnabled => "device.enable",
+            ChangeKind::DeviceDeleted => "device.delete",
+            ChangeKind::ClaimCodeRotated => "device.claim-code.rotate",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// Whether a live session of the subject must be re-checked (and cut).
+    pub fn affects_sessions(self) -> bool {
+        matches!(
+            self,
+            ChangeKind::DeviceRevoked | ChangeKind::DeviceDisabled | ChangeKind::DeviceDeleted
+        )
+    }
+}
+
+/// One change-feed row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Change {
+    /// Position in the feed.
+    pub seq: u64,
+    /// When it happened.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// What happened.
+    pub kind: ChangeKind,
+    /// To which identity.
+    pub subject: String,
+}

@@ -1,0 +1,277 @@
+//! Devices and their certificates.
+
+use rampart_pki::RevocationReason;
+use rampart_proto::DeviceId;
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+
+use super::{db, from_ms, to_ms};
+use crate::model::IdentityKind;
+use crate::{
+    CertificateRecord, CertificateStatus, Device, DeviceFilter, DeviceState, NewDevice, Owner,
+    Result, RevokedCertificate, StoreError,
+};
+
+const SELECT_DEVICE: &str = "SELECT d.id, d.state, d.owner_type, d.owner_id, d.cert_serial,
+        c.fingerprint, c.not_after, d.online, d.last_seen, d.created_at, d.updated_at
+    FROM devices d JOIN certificates c ON c.serial = d.cert_serial";
+
+fn device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawDevice> {
+    Ok(RawDevice {
+        id: r.get(0)?,
+        state: r.get(1)?,
+        owner_type: r.get(2)?,
+        owner_id: r.get(3)?,
+        serial: r.get(4)?,
+        fingerprint: r.get(5)?,
+        not_after: r.get(6)?,
+        online: r.get(7)?,
+        last_seen: r.get(8)?,
+        created_at: r.get(9)?,
+        updated_at: r.get(10)?,
+    })
+}
+
+struct RawDevice {
+    id: String,
+    state: String,
+    owner_type: Option<String>,
+    owner_id: Option<String>,
+    serial: String,
+    fingerprint: String,
+    not_after: i64,
+    online: bool,
+    last_seen: Option<i64>,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl RawDevice {
+    fn into_device(self) -> Result<Device> {
+        let owner = match (self.owner_type.as_deref(), self.owner_id) {
+            (Some("user"), Some(id)) => Some(Owner::User(id)),
+            (Some("group"), Some(id)) => Some(Owner::Group(id)),
+            (None, None) => None,
+            (t, _) => return Err(StoreError::Corrupt(format!("device {} has owner type {t:?}", self.id))),
+        };
+        Ok(Device {
+            id: DeviceId::parse(&self.id)
+                .map_err(|e| StoreError::Corrupt(format!("stored device id: {e}")))?,
+            state: self.state.parse().map_err(StoreError::Corrupt)?,
+            owner,
+            serial: self.serial,
+            fingerprint: self.fingerprint,
+            not_after: from_ms(self.not_after)?,
+            online: self.online,
+            last_seen: self.last_seen.map(from_ms).transpose()?,
+            created_at: from_ms(self.created_at)?,
+            updated_at: from_ms(self.updated_at)?,
+        })
+    }
+}
+
+/// One device by id.
+pub(super) fn get(conn: &Connection, id: &str) -> Result<Option<Device>> {
+    conn.prepare_cached(&format!("{SELECT_DEVICE} WHERE d.id = ?1"))
+        .map_err(db)?
+        .query_row(params![id], device_row)
+        .optional()
+        .map_err(db)?
+        .map(RawDevice::into_device)
+        .transpose()
+}
+
+/// One device by id, or [`StoreError::NotFound`].
+pub(super) fn require(conn: &Connection, id: &DeviceId) -> Result<Device> {
+    get(conn, id.as_str())?.ok_or_else(|| StoreError::NotFound(id.clone()))
+}
+
+/// Devices matching `filter`, ordered by id.
+pub(super) fn list(conn: &Connection, filter: &DeviceFilter) -> Result<Vec<Device>> {
+    let search = filter
+        .search
+        .as_ref()
+        .map(|s| format!("%{}%", s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")));
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "{SELECT_DEVICE}
+             WHERE (?1 IS NULL OR d.state = ?1)
+               AND (?2 IS NULL OR d.id LIKE ?2 ESCAPE '\\')
+             ORDER BY d.id LIMIT ?3 OFFSET ?4"
+        ))
+        .map_err(db)?;
+    let limit = filter.limit.map_or(-1, i64::from);
+    let rows = stmt
+        .query_map(
+            params![filter.state.map(DeviceState::as_str), search, limit, filter.offset],
+            device_row,
+        )
+        .map_err(db)?;
+    rows.map(|r| r.map_err(db).and_then(RawDevice::into_device))
+        .collect()
+}
+
+/// Inserts identity, certificate and device rows.
+pub(super) fn insert(tx: &Transaction<'_>, d: &NewDevice, now_ms: i64) -> Result<()> {
+    let taken: bool = tx
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM identities WHERE id = ?1)",
+            params![d.id.as_str()],
+            |r| r.get(0),
+        )
+        .map_err(db)?;
+    if taken {
+        return Err(StoreError::IdTaken(d.id.clone()));
+    }
+    tx.execute(
+        "INSERT INTO identities (id, kind, created_at) VALUES (?1, 'device', ?2)",
+        params![d.id.as_str(), now_ms],
+    )
+    .map_err(db)?;
+    tx.execute(
+        "INSERT INTO certificates (serial, identity_id, kind, fingerprint, not_before, not_after, status, issued_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'current', ?7)",
+        params![
+            d.serial,
+            d.id.as_str(),
+            IdentityKind::Device.as_str(),
+            d.fingerprint,
+            to_ms(d.not_before),
+            to_ms(d.not_after),
+            now_ms
+        ],
+    )
+    .map_err(db)?;
+    tx.execute(
+        "INSERT INTO devices (id, state, cert_serial, claim_code_hash, created_at, updated_at)
+         VALUES (?1, 'unbound', ?2, ?3, ?4, ?4)",
+        params![d.id.as_str(), d.serial, d.claim_code_hash, now_ms],
+    )
+    .map_err(db)?;
+    Ok(())
+}
+
+/// Marks a certificate revoked (no-op if it already is).
+pub(super) fn revoke_certificate(
+    tx: &Transaction<'_>,
+    serial: &str,
+    reason: RevocationReason,
+    now_ms: i64,
+) -> Result<()> {
+    tx.execute(
+        "UPDATE certificates SET status = 'revoked', revocation_reason = ?2, revoked_at = ?3
+         WHERE serial = ?1 AND status != 'revoked'",
+        params![serial, reason.to_string(), now_ms],
+    )
+    .map_err(db)?;
+    Ok(())
+}
+
+/// Sets a device's state.
+pub(super) fn set_state(tx: &Transaction<'_>, id: &DeviceId, state: DeviceState, now_ms: i64) -> Result<()> {
+    tx.execute(
+        "UPDATE devices SET state = ?2, updated_at = ?3 WHERE id = ?1",
+        params![id.as_str(), state.as_str(), now_ms],
+    )
+    .map_err(db)?;
+    Ok(())
+}
+
+/// Sets a device's claim code hash.
+pub(super) fn set_claim_code(tx: &Transaction<'_>, id: &DeviceId, hash: &str, now_ms: i64) -> Result<()> {
+    tx.execute(
+        "UPDATE devices SET claim_code_hash = ?2, updated_at = ?3 WHERE id = ?1",
+        params![id.as_str(), hash, now_ms],
+    )
+    .map_err(db)?;
+    Ok(())
+}
+
+/// Removes the device and frees its id; certificates stay for the CRL.
+pub(super) fn remove(tx: &Transaction<'_>, id: &DeviceId) -> Result<()> {
+    tx.execute("DELETE FROM identities WHERE id = ?1", params![id.as_str()])
+        .map_err(db)?;
+    Ok(())
+}
+
+fn reason(s: Option<String>, serial: &str) -> Result<Option<RevocationReason>> {
+    s.map(|r| {
+        r.parse()
+            .map_err(|_| StoreError::Corrupt(format!("certificate {serial} has revocation reason '{r}'")))
+    })
+    .transpose()
+}
+
+/// One certificate by serial.
+pub(super) fn certificate(conn: &Connection, serial: &str) -> Result<Option<CertificateRecord>> {
+    let raw = conn
+        .prepare_cached(
+            "SELECT serial, identity_id, kind, fingerprint, not_before, not_after, status,
+                    revocation_reason, revoked_at
+             FROM certificates WHERE serial = ?1",
+        )
+        .map_err(db)?
+        .query_row(params![serial], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, i64>(5)?,
+                r.get::<_, String>(6)?,
+                r.get::<_, Option<String>>(7)?,
+                r.get::<_, Option<i64>>(8)?,
+            ))
+        })
+        .optional()
+        .map_err(db)?;
+    let Some((serial, identity, kind, fingerprint, nb, na, status, why, at)) = raw else {
+        return Ok(None);
+    };
+    let corrupt = |what: &str| StoreError::Corrupt(format!("certificate {serial}: {what}"));
+    Ok(Some(CertificateRecord {
+        identity: DeviceId::parse(&identity).map_err(|e| corrupt(&e.to_string()))?,
+        kind: match kind.as_str() {
+            "device" => IdentityKind::Device,
+            "service" => IdentityKind::Service,
+            _ => return Err(corrupt("unknown kind")),
+        },
+        fingerprint,
+        not_before: from_ms(nb)?,
+        not_after: from_ms(na)?,
+        status: CertificateStatus::parse(&status).ok_or_else(|| corrupt("unknown status"))?,
+        revocation_reason: reason(why, &serial)?,
+        revoked_at: at.map(from_ms).transpose()?,
+        serial,
+    }))
+}
+
+/// Every revoked certificate, oldest revocation first.
+pub(super) fn revoked(conn: &Connection) -> Result<Vec<RevokedCertificate>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT serial, identity_id, revocation_reason, revoked_at FROM certificates
+             WHERE status = 'revoked' ORDER BY revoked_at, serial",
+        )
+        .map_err(db)?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, Option<i64>>(3)?,
+            ))
+        })
+        .map_err(db)?;
+    rows.map(|r| {
+        let (serial, identity, why, at) = r.map_err(db)?;
+        Ok(RevokedCertificate {
+            reason: reason(why, &serial)?.unwrap_or(RevocationReason::Unspecified),
+            revoked_at: from_ms(at.unwrap_or(0))?,
+            serial,
+            identity,
+        })
+    })
+    .collect()
+}

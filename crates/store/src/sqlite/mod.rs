@@ -1,0 +1,205 @@
+//! The SQLite implementation of [`Store`](crate::Store): the default store,
+//! one file in the data dir.
+//!
+//! SQLite is used in WAL mode with a busy timeout, and every write runs in a
+//! `BEGIN IMMEDIATE` transaction, so the CLI and a running `serve` can write
+//! the same file at once: the second writer waits for the first instead of
+//! failing half-way with "database is locked". Blocking calls run on tokio's
+//! blocking pool; one writer connection serialises writes within a process,
+//! and a small pool of reader connections serves reads concurrently.
+
+mod audit;
+mod changes;
+mod devices;
+mod schema;
+mod store;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
+use time::OffsetDateTime;
+
+use crate::{AuditKey, Result, StoreError};
+
+/// Tuning of the SQLite store.
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// How long a writer waits for another process's transaction.
+    pub busy_timeout: Duration,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self {
+            busy_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The SQLite store. Cheap to clone; clones share connections.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    options: SqliteOptions,
+    audit_key: AuditKey,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Readers kept open for reuse; more are opened on demand and dropped after.
+const POOLED_READERS: usize = 4;
+
+impl SqliteStore {
+    /// Opens (creating if absent) the database at `path` and brings its schema
+    /// up to date. Refuses files that are not Rampart databases and schemas
+    /// newer than this binary.
+    pub fn open(path: &Path, audit_key: AuditKey, options: SqliteOptions) -> Result<Self> {
+        schema::check_not_foreign(path)?;
+        let mut writer = connect(path, &options, false)?;
+        schema::migrate(&mut writer, path)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path: path.to_owned(),
+                options,
+                audit_key,
+                writer: Mutex::new(writer),
+                readers: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    /// Path of the database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Runs `f` in an immediate write transaction on the blocking pool.
+    async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>, &AuditKey) -> Result<T> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        run_blocking(move || {
+            let mut conn = inner
+                .writer
+                .lock()
+                .map_err(|_| StoreError::Corrupt("writer connection poisoned".into()))?;
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db)?;
+            let out = f(&tx, &inner.audit_key)?;
+            tx.commit().map_err(db)?;
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Runs `f` on a reader connection on the blocking pool.
+    async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &AuditKey) -> Result<T> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        run_blocking(move || {
+            let pooled = inner.readers.lock().ok().and_then(|mut p| p.pop());
+            let conn = match pooled {
+                Some(c) => c,
+                None => connect(&inner.path, &inner.options, true)?,
+            };
+            let out = f(&conn, &inner.audit_key);
+            if let Ok(mut pool) = inner.readers.lock()
+                && pool.len() < POOLED_READERS
+            {
+                pool.push(conn);
+            }
+            out
+        })
+        .await
+    }
+}
+
+async fn run_blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Database(Box::new(e)))?
+}
+
+fn connect(path: &Path, options: &SqliteOptions, read_only: bool) -> Result<Connection> {
+    let flags = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| StoreError::Foreign {
+        path: path.display().to_string(),
+        why: format!("cannot open it: {e}"),
+    })?;
+    conn.busy_timeout(options.busy_timeout).map_err(db)?;
+    if !read_only {
+        // WAL lets readers (the CLI, the console) proceed while `serve` writes.
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(db)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Corrupt(format!(
+                "could not switch {} to WAL mode (got {mode})",
+                path.display()
+            )));
+        }
+        // NORMAL is durable in WAL mode except for the last transactions on
+        // power loss; registry changes are rare, so take FULL everywhere.
+        conn.pragma_update(None, "synchronous", "FULL").map_err(db)?;
+    }
+    conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
+    Ok(conn)
+}
+
+/// Maps a SQLite error, turning lock timeouts into [`StoreError::Busy`].
+pub(crate) fn db(e: rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode::{DatabaseBusy, DatabaseLocked};
+    match e.sqlite_error_code() {
+        Some(DatabaseBusy | DatabaseLocked) => StoreError::Busy,
+        _ => StoreError::Database(Box::new(e)),
+    }
+}
+
+/// Unix milliseconds, the store's time unit.
+pub(crate) fn to_ms(t: OffsetDateTime) -> i64 {
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// Back from Unix milliseconds.
+pub(crate) fn from_ms(ms: i64) -> Result<OffsetDateTime> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .map_err(|e| StoreError::Corrupt(format!("timestamp {ms} out of range: {e}")))
+}
+
+/// Now, truncated to the store's millisecond precision.
+pub(crate) fn now_ms() -> (OffsetDateTime, i64) {
+    let ms = to_ms(OffsetDateTime::now_utc());
+    (
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+        ms,
+    )
+}

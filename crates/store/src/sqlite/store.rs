@@ -1,0 +1,272 @@
+//! `impl Store for SqliteStore`: each method is one transaction that makes
+//! the change, appends its change-feed row and its audit row.
+
+use async_trait::async_trait;
+use rampart_pki::RevocationReason;
+use rampart_proto::DeviceId;
+use rusqlite::{Transaction, params};
+use serde_json::json;
+
+use super::{SqliteStore, audit, changes, db, devices};
+use crate::{
+    Actor, AuditEntry, AuditKey, AuditRecord, AuditReport, CertificateRecord, Change, ChangeKind,
+    Device, DeviceFilter, DeviceState, NewDevice, Result, RevokedCertificate, Store, StoreError,
+};
+
+impl SqliteStore {
+    /// A write that leaves an audit row: advances the chain head after commit.
+    async fn write_audited<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>, &AuditKey) -> Result<(T, AuditRecord)> + Send + 'static,
+    {
+        let (out, record) = self.write(f).await?;
+        if let Err(e) = self.inner.audit_key.advance_head(record.seq, &record.mac) {
+            // The change and its audit row are committed; a stale head only
+            // weakens truncation detection until the next append.
+            tracing::warn!(error = %e, "could not advance the audit chain head");
+        }
+        Ok(out)
+    }
+}
+
+/// Appends the change-feed row and the audit row for a device change.
+fn log_change(
+    tx: &Transaction<'_>,
+    key: &AuditKey,
+    kind: ChangeKind,
+    id: &DeviceId,
+    actor: &Actor,
+    detail: serde_json::Value,
+    now_ms: i64,
+) -> Result<AuditRecord> {
+    changes::append(tx, kind, id.as_str(), now_ms)?;
+    audit::append(
+        tx,
+        key,
+        &AuditEntry {
+            actor: actor.clone(),
+            action: kind.as_str().to_owned(),
+            subject: Some(id.to_string()),
+            detail,
+        },
+    )
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_device(&self, device: NewDevice, actor: &Actor) -> Result<Device> {
+        let actor = actor.clone();
+        self.write_audited(move |tx, key| {
+            let (_, now) = super::now_ms();
+            devices::insert(tx, &device, now)?;
+            let rec = log_change(
+                tx,
+                key,
+                ChangeKind::DeviceCreated,
+                &device.id,
+                &actor,
+                json!({ "serial": device.serial, "fingerprint": device.fingerprint }),
+                now,
+            )?;
+            Ok((devices::require(tx, &device.id)?, rec))
+        })
+        .await
+    }
+
+    async fn device(&self, id: &DeviceId) -> Result<Option<Device>> {
+        let id = id.clone();
+        self.read(move |conn, _| devices::get(conn, id.as_str()))
+            .await
+    }
+
+    async fn list_devices(&self, filter: &DeviceFilter) -> Result<Vec<Device>> {
+        let filter = filter.clone();
+        self.read(move |conn, _| devices::list(conn, &filter)).await
+    }
+
+    async fn revoke_device(
+        &self,
+        id: &DeviceId,
+        reason: RevocationReason,
+        actor: &Actor,
+    ) -> Result<Device> {
+        let (id, actor) = (id.clone(), actor.clone());
+        self.write_audited(move |tx, key| {
+            let (_, now) = super::now_ms();
+            let dev = devices::require(tx, &id)?;
+            if dev.state == DeviceState::Revoked {
+                return Err(StoreError::InvalidState {
+                    id,
+                    state: dev.state.to_string(),
+                    why: "it is already revoked",
+                });
+            }
+            devices::revoke_certificate(tx, &dev.serial, reason, now)?;
+            devices::set_state(tx, &id, DeviceState::Revoked, now)?;
+            let rec = log_change(
+                tx,
+                key,
+                ChangeKind::DeviceRevoked,
+                &id,
+                &actor,
+                json!({ "serial": dev.serial, "reason": reason.to_string() }),
+                now,
+            )?;
+            Ok((devices::require(tx, &id)?, rec))
+        })
+        .await
+    }
+
+    async fn set_device_disabled(
+        &self,
+        id: &DeviceId,
+        disabled: bool,
+        actor: &Actor,
+    ) -> Result<Device> {
+        let (id, actor) = (id.clone(), actor.clone());
+        self.write_audited(move |tx, key| {
+            let (_, now) = super::now_ms();
+            let dev = devices::require(tx, &id)?;
+            if dev.state == DeviceState::Revoked {
+                return Err(StoreError::InvalidState {
+                    id,
+                    state: dev.state.to_string(),
+                    why: "a revoked device cannot be disabled or enabled; register it again",
+                });
+            }
+            let target = match (disabled, dev.state) {
+                (true, _) => DeviceState::Disabled,
+                (false, DeviceState::Disabled) if dev.owner.is_some() => DeviceState::Bound,
+                (false, DeviceState::Disabled) => DeviceState::Unbound,
+                (false, state) => state,
+            };
+            let kind = if disabled {
+                ChangeKind::DeviceDisabled
+            } else {
+                ChangeKind::DeviceEnabled
+            };
+            devices::set_state(tx, &id, target, now)?;
+            let rec = log_change(
+                tx,
+                key,
+                kind,
+                &id,
+                &actor,
+                json!({ "from": dev.state.as_str(), "to": target.as_str() }),
+                now,
+            )?;
+            Ok((devices::require(tx, &id)?, rec))
+        })
+        .await
+    }
+
+    async fn delete_device(&self, id: &DeviceId, actor: &Actor) -> Result<()> {
+        let (id, actor) = (id.clone(), actor.clone());
+        self.write_audited(move |tx, key| {
+            let (_, now) = super::now_ms();
+            let dev = devices::require(tx, &id)?;
+            devices::revoke_certificate(
+                tx,
+                &dev.serial,
+                RevocationReason::CessationOfOperation,
+                now,
+            )?;
+            devices::remove(tx, &id)?;
+            let rec = log_change(
+                tx,
+                key,
+                ChangeKind::DeviceDeleted,
+                &id,
+                &actor,
+                json!({ "serial": dev.serial, "state": dev.state.as_str() }),
+                now,
+            )?;
+            Ok(((), rec))
+        })
+        .await
+    }
+
+    async fn set_claim_code(
+        &self,
+        id: &DeviceId,
+        claim_code_hash: &str,
+        actor: &Actor,
+    ) -> Result<Device> {
+        let (id, actor, hash) = (id.clone(), actor.clone(), claim_code_hash.to_owned());
+        self.write_audited(move |tx, key| {
+            let (_, now) = super::now_ms();
+            let dev = devices::require(tx, &id)?;
+            if dev.state == DeviceState::Revoked {
+                return Err(StoreError::InvalidState {
+                    id,
+                    state: dev.state.to_string(),
+                    why: "a revoked device cannot be claimed",
+                });
+            }
+            devices::set_claim_code(tx, &id, &hash, now)?;
+            let rec = log_change(
+                tx,
+                key,
+                ChangeKind::ClaimCodeRotated,
+                &id,
+                &actor,
+                json!({}),
+                now,
+            )?;
+            Ok((devices::require(tx, &id)?, rec))
+        })
+        .await
+    }
+
+    async fn certificate(&self, serial: &str) -> Result<Option<CertificateRecord>> {
+        let serial = serial.to_owned();
+        self.read(move |conn, _| devices::certificate(conn, &serial))
+            .await
+    }
+
+    async fn revoked_certificates(&self) -> Result<Vec<RevokedCertificate>> {
+        self.read(|conn, _| devices::revoked(conn)).await
+    }
+
+    async fn next_crl_number(&self) -> Result<u64> {
+        self.write(|tx, _| {
+            let n: i64 = tx
+                .query_row(
+                    "INSERT INTO meta (key, value) VALUES ('crl_number', '1')
+                     ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1
+                     RETURNING CAST(value AS INTEGER)",
+                    params![],
+                    |r| r.get(0),
+                )
+                .map_err(db)?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn record_audit(&self, entry: AuditEntry) -> Result<AuditRecord> {
+        self.write_audited(move |tx, key| {
+            let rec = audit::append(tx, key, &entry)?;
+            Ok((rec.clone(), rec))
+        })
+        .await
+    }
+
+    async fn audit_log(&self, after: u64, limit: u32) -> Result<Vec<AuditRecord>> {
+        self.read(move |conn, _| audit::page(conn, after, limit))
+            .await
+    }
+
+    async fn verify_audit(&self) -> Result<AuditReport> {
+        self.read(|conn, key| audit::verify(conn, key)).await
+    }
+
+    async fn changes_since(&self, after: u64) -> Result<Vec<Change>> {
+        self.read(move |conn, _| changes::since(conn, after)).await
+    }
+
+    async fn latest_change(&self) -> Result<u64> {
+        self.read(|conn, _| changes::latest(conn)).await
+    }
+}
