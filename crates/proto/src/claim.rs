@@ -95,8 +95,8 @@ mod tests {
     fn codes_round_trip_and_hash_stably() {
         let code = ClaimCode::from_random([0xA5; CLAIM_CODE_BYTES]);
         assert_eq!(code.as_str().len(), 32);
-        let typed = ClaimCode::parse(&format!("  {}\n", code.as_str().to_uppercase()))
-            .expect("typed code");
+        let typed =
+            ClaimCode::parse(&format!("  {}\n", code.as_str().to_uppercase())).expect("typed code");
         assert_eq!(typed, code);
         assert_eq!(typed.hash(), code.hash());
         assert!(code.hash().starts_with("sha256:"));
@@ -108,7 +108,12 @@ mod tests {
 
     #[test]
     fn refuses_malformed_codes() {
-        for bad in ["", "short", "0000000000000000000000000000000!", &"a".repeat(40)] {
+        for bad in [
+            "",
+            "short",
+            "0000000000000000000000000000000!",
+            &"a".repeat(40),
+        ] {
             assert_eq!(ClaimCode::parse(bad), Err(ClaimCodeError), "{bad}");
         }
     }

@@ -126,14 +126,27 @@ mod tests {
     #[test]
     fn accepts_typical_ids() {
         for ok in ["greenhouse-1", "a4:cf:12:00:00:01", "esp32_C3.kitchen", "x"] {
-            assert_eq!(DeviceId::parse(ok).map(|d| d.to_string()), Ok(ok.to_owned()));
+            assert_eq!(
+                DeviceId::parse(ok).map(|d| d.to_string()),
+                Ok(ok.to_owned())
+            );
         }
         assert!(DeviceId::parse(&"a".repeat(64)).is_ok());
     }
 
     #[test]
     fn refuses_topic_metacharacters_and_whitespace() {
-        for bad in ["a/b", "a+", "#", "$SYS", "a b", "a\0", "tab\t", "é", "new\nline"] {
+        for bad in [
+            "a/b",
+            "a+",
+            "#",
+            "$SYS",
+            "a b",
+            "a\0",
+            "tab\t",
+            "é",
+            "new\nline",
+        ] {
             assert!(
                 matches!(DeviceId::parse(bad), Err(IdError::BadChar { .. })),
                 "{bad:?} passed"

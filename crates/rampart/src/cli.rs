@@ -221,7 +221,10 @@ pub enum ConfigCommand {
 
 fn parse_reason(s: &str) -> Result<RevocationReason, String> {
     s.parse().map_err(|_| {
-        let all: Vec<String> = RevocationReason::ALL.iter().map(|r| r.to_string()).collect();
+        let all: Vec<String> = RevocationReason::ALL
+            .iter()
+            .map(|r| r.to_string())
+            .collect();
         format!("unknown reason '{s}'; expected one of: {}", all.join(", "))
     })
 }

@@ -210,8 +210,8 @@ impl Config {
                 .with_context(|| format!("environment variable {name}"))?;
             from_env.push((keys.join("."), name));
         }
-        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
-            .map_err(|e| {
+        let config: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
                 let key = e.path().to_string();
                 let origin = from_env
                     .iter()
@@ -292,7 +292,10 @@ mod tests {
             env(&[
                 ("RAMPART_PKI__DEVICE_VALIDITY_DAYS", "90"),
                 ("RAMPART_STORE__BUSY_TIMEOUT", "2s"),
-                ("RAMPART_PKI__SERVER_SANS", r#"["iot.example.com", "10.0.0.5"]"#),
+                (
+                    "RAMPART_PKI__SERVER_SANS",
+                    r#"["iot.example.com", "10.0.0.5"]"#,
+                ),
                 ("RAMPART_DATA_DIR", "/ignored/flag"),
             ]),
         )
@@ -313,11 +316,17 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("c.toml");
         std::fs::write(&file, "[store]\nbusy_timeout = \"1s\"\nbogus = 1\n").expect("write");
-        let msg = format!("{:#}", Config::load_with_env(Some(&file), []).expect_err("bogus"));
+        let msg = format!(
+            "{:#}",
+            Config::load_with_env(Some(&file), []).expect_err("bogus")
+        );
         assert!(msg.contains("bogus"), "{msg}");
 
         std::fs::write(&file, "[nosuchsection]\nx = 1\n").expect("write");
-        let msg = format!("{:#}", Config::load_with_env(Some(&file), []).expect_err("section"));
+        let msg = format!(
+            "{:#}",
+            Config::load_with_env(Some(&file), []).expect_err("section")
+        );
         assert!(msg.contains("nosuchsection"), "{msg}");
     }
 
@@ -326,7 +335,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("c.toml");
         std::fs::write(&file, "[pki\nca_name = ").expect("write");
-        let msg = format!("{:#}", Config::load_with_env(Some(&file), []).expect_err("corrupt"));
+        let msg = format!(
+            "{:#}",
+            Config::load_with_env(Some(&file), []).expect_err("corrupt")
+        );
         assert!(msg.contains("not valid TOML"), "{msg}");
 
         let msg = format!(

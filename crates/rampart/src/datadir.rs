@@ -22,6 +22,19 @@ use rand::RngCore;
 const MARKER: &str = ".rampart-data";
 const MARKER_CONTENT: &str = "rampart data dir, layout 1\n";
 
+/// What an interrupted `init` may leave before the marker is written; a
+/// directory holding only these is resumed, anything else is foreign.
+const UNFINISHED_ENTRIES: &[&str] = &[
+    "audit.key",
+    "audit.head",
+    "pki",
+    "rampart.db",
+    "rampart.db-wal",
+    "rampart.db-shm",
+    "rampart.db-journal",
+    "serve.lock",
+];
+
 /// A Rampart data directory.
 #[derive(Debug, Clone)]
 pub struct DataDir {
@@ -64,12 +77,15 @@ impl DataDir {
             root: root.to_owned(),
         };
         match fs::read_dir(root) {
-            Ok(mut entries) => {
+            Ok(entries) => {
                 if dir.marker().exists() {
                     dir.check_marker()?;
                     return Ok((dir, Created::Existing));
                 }
-                if entries.next().is_some() {
+                let foreign = entries.flatten().any(|e| {
+                    !UNFINISHED_ENTRIES.contains(&e.file_name().to_string_lossy().as_ref())
+                });
+                if foreign {
                     bail!(
                         "{} is not a Rampart data dir: it exists, holds other files and has no {MARKER} marker; choose an empty or new directory",
                         root.display()
@@ -87,13 +103,40 @@ impl DataDir {
             }
             Err(e) => bail!("cannot read data dir {}: {e}", root.display()),
         }
-        // The audit key first, the marker last: a directory without a marker
-        // is an unfinished one and `create` may run again over it.
-        let mut key = [0u8; 32];
-        rand::rng().fill_bytes(&mut key);
-        write_private(&dir.audit_key_path(), hex::encode(key).as_bytes())?;
-        write_private(&dir.marker(), MARKER_CONTENT.as_bytes())?;
+        // The marker is written last, by `mark_finished`: until then the
+        // directory is unfinished and `discard_unfinished` may remove it.
+        if !dir.audit_key_path().exists() {
+            let mut key = [0u8; 32];
+            rand::rng().fill_bytes(&mut key);
+            write_private(&dir.audit_key_path(), hex::encode(key).as_bytes())?;
+        }
         Ok((dir, Created::New))
+    }
+
+    /// Writes the marker: the directory is complete.
+    pub fn mark_finished(&self) -> Result<()> {
+        if self.marker().exists() {
+            return Ok(());
+        }
+        write_private(&self.marker(), MARKER_CONTENT.as_bytes())
+    }
+
+    /// Removes what `create` and a failed initialisation left behind.
+    pub fn discard_unfinished(&self) {
+        if self.marker().exists() {
+            return;
+        }
+        if let Ok(entries) = fs::read_dir(&self.root) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let _ = if path.is_dir() {
+                    fs::remove_dir_all(&path)
+                } else {
+                    fs::remove_file(&path)
+                };
+            }
+        }
+        let _ = fs::remove_dir(&self.root);
     }
 
     fn check_marker(&self) -> Result<()> {
@@ -115,11 +158,6 @@ impl DataDir {
             );
         }
         Ok(())
-    }
-
-    /// The directory itself.
-    pub fn root(&self) -> &Path {
-        &self.root
     }
 
     fn marker(&self) -> PathBuf {
@@ -230,9 +268,13 @@ mod tests {
         let root = tmp.path().join("data");
         let (dir, created) = DataDir::create(&root).expect("create");
         assert_eq!(created, Created::New);
+        dir.mark_finished().expect("finish");
         let mode = fs::metadata(&root).expect("meta").permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
-        let key_mode = fs::metadata(dir.audit_key_path()).expect("meta").permissions().mode();
+        let key_mode = fs::metadata(dir.audit_key_path())
+            .expect("meta")
+            .permissions()
+            .mode();
         assert_eq!(key_mode & 0o777, 0o600);
         assert_eq!(DataDir::create(&root).expect("again").1, Created::Existing);
 
@@ -249,6 +291,7 @@ mod tests {
     fn serve_lock_is_exclusive() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let (dir, _) = DataDir::create(tmp.path()).expect("create");
+        dir.mark_finished().expect("finish");
         let held = dir.lock_for_serve().expect("first lock");
         let err = dir.lock_for_serve().expect_err("second lock");
         assert!(err.to_string().contains("already running"), "{err}");

@@ -169,7 +169,10 @@ impl AuditKey {
                     row.seq.saturating_sub(1)
                 ))
             } else if row.prev_mac != prev {
-                Some("its link to the previous row does not match (a row was removed or replaced)".into())
+                Some(
+                    "its link to the previous row does not match (a row was removed or replaced)"
+                        .into(),
+                )
             } else if row.mac != self.mac_of(&row) {
                 Some("its contents do not match its mac (the row was edited)".into())
             } else {
@@ -225,7 +228,10 @@ pub fn read_key_file(path: &Path) -> std::io::Result<[u8; 32]> {
         std::io::Error::new(std::io::ErrorKind::InvalidData, format!("not hex: {e}"))
     })?;
     bytes.try_into().map_err(|_| {
-        std::io::Error::new(std::io::ErrorKind::InvalidData, "expected 32 bytes (64 hex characters)")
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "expected 32 bytes (64 hex characters)",
+        )
     })
 }
 

@@ -54,16 +54,24 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Blocks (`disabled = true`) or unblocks a device without touching its
     /// certificate. A revoked device cannot be enabled again.
-    async fn set_device_disabled(&self, id: &DeviceId, disabled: bool, actor: &Actor)
-    -> Result<Device>;
+    async fn set_device_disabled(
+        &self,
+        id: &DeviceId,
+        disabled: bool,
+        actor: &Actor,
+    ) -> Result<Device>;
 
     /// Removes the device; its current certificate is revoked as
     /// `cessation-of-operation` so that it stays on the CRL.
     async fn delete_device(&self, id: &DeviceId, actor: &Actor) -> Result<()>;
 
     /// Replaces the device's claim code hash (the old code becomes void).
-    async fn set_claim_code(&self, id: &DeviceId, claim_code_hash: &str, actor: &Actor)
-    -> Result<Device>;
+    async fn set_claim_code(
+        &self,
+        id: &DeviceId,
+        claim_code_hash: &str,
+        actor: &Actor,
+    ) -> Result<Device>;
 
     /// One certificate by serial (lowercase hex).
     async fn certificate(&self, serial: &str) -> Result<Option<CertificateRecord>>;

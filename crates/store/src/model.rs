@@ -97,7 +97,9 @@ impl FromStr for DeviceState {
         Self::ALL
             .into_iter()
             .find(|st| st.as_str() == s)
-            .ok_or_else(|| format!("unknown device state '{s}' (expected unbound, bound, disabled or revoked)"))
+            .ok_or_else(|| {
+                format!("unknown device state '{s}' (expected unbound, bound, disabled or revoked)")
+            })
     }
 }
 
@@ -124,7 +126,8 @@ pub enum CertificateStatus {
 }
 
 impl CertificateStatus {
-    pub(crate) fn as_str(self) -> &'static str {
+    /// The status as stored and shown.
+    pub fn as_str(self) -> &'static str {
         match self {
             CertificateStatus::Current => "current",
             CertificateStatus::Superseded => "superseded",

@@ -68,7 +68,10 @@ async fn devices_lifecycle_and_change_feed() {
         .expect_err("duplicate id");
     assert!(matches!(err, StoreError::IdTaken(_)), "{err}");
 
-    let all = store.list_devices(&DeviceFilter::default()).await.expect("list");
+    let all = store
+        .list_devices(&DeviceFilter::default())
+        .await
+        .expect("list");
     assert_eq!(
         all.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
         ["a4:cf:12:00:00:01", "greenhouse-1"]
@@ -109,15 +112,27 @@ async fn devices_lifecycle_and_change_feed() {
         .expect("cert")
         .expect("present");
     assert_eq!(cert.status, CertificateStatus::Revoked);
-    assert_eq!(cert.revocation_reason, Some(RevocationReason::KeyCompromise));
+    assert_eq!(
+        cert.revocation_reason,
+        Some(RevocationReason::KeyCompromise)
+    );
 
     store
         .delete_device(&id("a4:cf:12:00:00:01"), &cli())
         .await
         .expect("delete");
-    assert!(store.device(&id("a4:cf:12:00:00:01")).await.expect("get").is_none());
+    assert!(
+        store
+            .device(&id("a4:cf:12:00:00:01"))
+            .await
+            .expect("get")
+            .is_none()
+    );
     let crl = store.revoked_certificates().await.expect("revoked");
-    let reasons: Vec<_> = crl.iter().map(|c| (c.identity.as_str(), c.reason)).collect();
+    let reasons: Vec<_> = crl
+        .iter()
+        .map(|c| (c.identity.as_str(), c.reason))
+        .collect();
     assert_eq!(
         reasons,
         [
@@ -166,10 +181,8 @@ async fn audited_store(dir: &Path, rows: usize) -> SqliteStore {
 /// What an attacker with write access to the file (but not the key) can do.
 fn tamper(dir: &Path, sql: &str) {
     let conn = Connection::open(dir.join("rampart.db")).expect("open raw");
-    conn.execute_batch(
-        "DROP TRIGGER audit_log_no_update; DROP TRIGGER audit_log_no_delete;",
-    )
-    .expect("drop triggers");
+    conn.execute_batch("DROP TRIGGER audit_log_no_update; DROP TRIGGER audit_log_no_delete;")
+        .expect("drop triggers");
     conn.execute_batch(sql).expect("tamper");
 }
 
@@ -199,7 +212,10 @@ async fn audit_log_refuses_plain_updates() {
 async fn audit_chain_detects_an_edited_row() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = audited_store(dir.path(), 5).await;
-    tamper(dir.path(), "UPDATE audit_log SET actor = 'someone-else' WHERE seq = 3");
+    tamper(
+        dir.path(),
+        "UPDATE audit_log SET actor = 'someone-else' WHERE seq = 3",
+    );
     let report = store.verify_audit().await.expect("verify");
     assert!(!report.ok);
     assert_eq!(report.rows, 2);
@@ -227,12 +243,18 @@ async fn audit_chain_detects_an_edit_with_recomputed_hashes() {
     // Edit row 3, then recompute row 3..5's hashes and links with a plain
     // SHA-256 (all an attacker without the key can do): the chain is
     // self-consistent, but the macs are not ours.
-    tamper(dir.path(), "UPDATE audit_log SET subject = 'nothing-here' WHERE seq = 3");
+    tamper(
+        dir.path(),
+        "UPDATE audit_log SET subject = 'nothing-here' WHERE seq = 3",
+    );
     let rows = store.audit_log(0, 100).await.expect("rows");
     let conn = Connection::open(dir.path().join("rampart.db")).expect("raw");
     let mut prev = rows[1].mac.clone();
     for r in &rows[2..] {
-        let mac = hex::encode(Sha256::digest(format!("{prev}{}{:?}{}", r.seq, r.subject, r.detail)));
+        let mac = hex::encode(Sha256::digest(format!(
+            "{prev}{}{:?}{}",
+            r.seq, r.subject, r.detail
+        )));
         conn.execute(
             "UPDATE audit_log SET prev_mac = ?1, mac = ?2 WHERE seq = ?3",
             rusqlite::params![prev, mac, r.seq as i64],
@@ -255,7 +277,11 @@ async fn audit_chain_detects_truncated_tail() {
     let report = store.verify_audit().await.expect("verify");
     assert!(!report.ok);
     let b = report.first_break.expect("break");
-    assert!(b.problem.contains("newest rows were deleted"), "{}", b.problem);
+    assert!(
+        b.problem.contains("newest rows were deleted"),
+        "{}",
+        b.problem
+    );
 }
 
 #[tokio::test]
@@ -281,7 +307,10 @@ async fn refuses_foreign_and_newer_databases() {
         .and_then(|c| c.execute_batch("PRAGMA user_version = 999;"))
         .expect("bump");
     let err = SqliteStore::open(&newer, key(), SqliteOptions::default()).expect_err("newer");
-    assert!(matches!(err, StoreError::TooNew { found: 999, .. }), "{err}");
+    assert!(
+        matches!(err, StoreError::TooNew { found: 999, .. }),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -310,13 +339,21 @@ async fn two_processes_writing_at_once_never_see_locked() {
             d.fingerprint = format!("ff{}", &d.fingerprint[2..]);
             d.serial.replace_range(2..4, &format!("{i:02x}"));
             d.fingerprint.replace_range(2..4, &format!("{i:02x}"));
-            b.create_device(d, &cli()).await.map_err(|e| e.to_string())?;
+            b.create_device(d, &cli())
+                .await
+                .map_err(|e| e.to_string())?;
         }
         Ok::<_, String>(())
     });
     ha.await.expect("join").expect("writer a");
     hb.await.expect("join").expect("writer b");
-    assert_eq!(a.list_devices(&DeviceFilter::default()).await.expect("list").len(), 200);
+    assert_eq!(
+        a.list_devices(&DeviceFilter::default())
+            .await
+            .expect("list")
+            .len(),
+        200
+    );
     let report = a.verify_audit().await.expect("verify");
     assert!(report.ok, "{report:?}");
     assert_eq!(report.rows, 200);

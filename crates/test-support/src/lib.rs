@@ -1,1 +1,270 @@
-//! placeholder
+//! Shared fixtures for Rampart's tests: temporary data dirs, the `rampart`
+//! binary under test, a running `serve` whose stderr can be awaited, and
+//! the real `openssl` command-line tool.
+//!
+//! Nothing here fakes a component: tests run the real binary against real
+//! files, and check certificates with the real OpenSSL.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// How long a test waits for an expected event before failing. Generous:
+/// the bound only stops a broken build from hanging CI; passing runs take
+/// milliseconds. Override with `RAMPART_TEST_WAIT_SECS`.
+pub fn wait_limit() -> Duration {
+    std::env::var("RAMPART_TEST_WAIT_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(Duration::from_secs(30), Duration::from_secs)
+}
+
+/// A temporary working directory with a data dir path inside it.
+#[derive(Debug)]
+pub struct Workspace {
+    tmp: tempfile::TempDir,
+}
+
+impl Workspace {
+    /// A fresh, empty workspace.
+    pub fn new() -> Self {
+        Self {
+            tmp: tempfile::tempdir().expect("create temp dir"),
+        }
+    }
+
+    /// The workspace directory.
+    pub fn path(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    /// A path inside the workspace.
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+
+    /// Where the data dir lives (not created until `rampart init`).
+    pub fn data_dir(&self) -> PathBuf {
+        self.join("data")
+    }
+
+    /// `rampart --data-dir <data dir>` with a clean environment: no
+    /// `RAMPART_*` variable of the caller's leaks into the test.
+    pub fn rampart(&self) -> assert_cmd::Command {
+        assert_cmd::Command::from_std(self.rampart_std())
+    }
+
+    /// [`Workspace::rampart`] as a plain `std::process::Command`.
+    pub fn rampart_std(&self) -> Command {
+        let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("rampart"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("RAMPART_") && k != "RAMPART_TEST_WAIT_SECS" {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.current_dir(self.path())
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .env("USER", "tester");
+        cmd
+    }
+
+    /// Runs `rampart ARGS --json`, asserts success, parses standard output.
+    pub fn rampart_json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self
+            .rampart()
+            .args(args)
+            .arg("--json")
+            .output()
+            .expect("run rampart");
+        assert!(
+            out.status.success(),
+            "rampart {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "rampart {args:?} printed no JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// Runs `rampart ARGS`, asserts failure, returns its stderr.
+    pub fn rampart_fails(&self, args: &[&str]) -> String {
+        let out = self.rampart().args(args).output().expect("run rampart");
+        assert!(
+            !out.status.success(),
+            "rampart {args:?} should have failed; stdout: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// Runs `openssl ARGS` in the workspace.
+    pub fn openssl(&self, args: &[&str]) -> Output {
+        Command::new("openssl")
+            .args(args)
+            .current_dir(self.path())
+            .output()
+            .expect("openssl is installed (apt-get install openssl)")
+    }
+
+    /// Runs `openssl ARGS`, asserts success, returns stdout as text.
+    pub fn openssl_ok(&self, args: &[&str]) -> String {
+        let out = self.openssl(args);
+        assert!(
+            out.status.success(),
+            "openssl {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Makes a key and CSR with OpenSSL: `kind` is `ec`, `ed25519` or
+    /// `rsa:BITS`. Returns the CSR path.
+    pub fn make_csr(&self, name: &str, cn: &str, kind: &str) -> PathBuf {
+        let key = format!("{name}.key");
+        let csr = format!("{name}.csr");
+        let mut args: Vec<String> = vec!["req".into(), "-new".into()];
+        match kind {
+            "ec" => args.extend(
+                ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"].map(String::from),
+            ),
+            "ed25519" => args.extend(["-newkey", "ed25519"].map(String::from)),
+            rsa if rsa.starts_with("rsa:") => args.extend(["-newkey".into(), rsa.into()]),
+            other => panic!("unknown key kind {other}"),
+        }
+        args.extend(
+            [
+                "-nodes",
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+                "-subj",
+                &format!("/CN={cn}"),
+            ]
+            .map(String::from),
+        );
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.openssl_ok(&refs);
+        self.join(&csr)
+    }
+
+    /// Starts `rampart serve` on loopback with OS-chosen ports.
+    pub fn serve(&self, extra_env: &[(&str, &str)]) -> Serve {
+        let mut cmd = self.rampart_std();
+        cmd.args([
+            "serve",
+            "--mqtt-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+        ])
+        .envs(extra_env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        Serve::spawn(cmd)
+    }
+}
+
+impl Default for Workspace {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A running `rampart serve` whose stderr lines can be awaited.
+#[derive(Debug)]
+pub struct Serve {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Serve {
+    fn spawn(mut cmd: Command) -> Self {
+        let mut child = cmd.spawn().expect("start rampart serve");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a stderr line containing every one of `needles`; panics
+    /// with everything seen so far if none arrives within [`wait_limit`].
+    pub fn wait_for(&mut self, needles: &[&str]) -> String {
+        if let Some(l) = self
+            .seen
+            .iter()
+            .find(|l| needles.iter().all(|n| l.contains(n)))
+        {
+            return l.clone();
+        }
+        let deadline = std::time::Instant::now() + wait_limit();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if needles.iter().all(|n| line.contains(n)) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "serve printed no line with {needles:?}; it printed:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Every stderr line received so far.
+    pub fn seen(&self) -> &[String] {
+        &self.seen
+    }
+
+    /// Sends SIGTERM and waits for exit; returns whether it exited cleanly.
+    pub fn terminate(&mut self) -> bool {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = std::time::Instant::now() + wait_limit();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                // Drain the rest so that the final lines can be inspected.
+                while let Ok(l) = self.lines.recv_timeout(Duration::from_millis(200)) {
+                    self.seen.push(l);
+                }
+                return status.success();
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

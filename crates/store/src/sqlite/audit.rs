@@ -8,7 +8,11 @@ use crate::audit::GENESIS_MAC;
 use crate::{AuditEntry, AuditKey, AuditRecord, Result, StoreError};
 
 /// Appends `entry` to the chain inside `tx`.
-pub(super) fn append(tx: &Transaction<'_>, key: &AuditKey, entry: &AuditEntry) -> Result<AuditRecord> {
+pub(super) fn append(
+    tx: &Transaction<'_>,
+    key: &AuditKey,
+    entry: &AuditEntry,
+) -> Result<AuditRecord> {
     let (at, at_ms) = super::now_ms();
     let last: Option<(i64, String)> = tx
         .query_row(
@@ -77,7 +81,17 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
     ))
 }
 
-type RawRow = (i64, i64, String, String, String, Option<String>, String, String, String);
+type RawRow = (
+    i64,
+    i64,
+    String,
+    String,
+    String,
+    Option<String>,
+    String,
+    String,
+    String,
+);
 
 fn record(raw: RawRow) -> Result<AuditRecord> {
     let (seq, at, actor, source, action, subject, detail_raw, prev_mac, mac) = raw;
@@ -115,7 +129,9 @@ pub(super) fn page(conn: &Connection, after: u64, limit: u32) -> Result<Vec<Audi
 
 /// Verifies the whole chain, streaming rows.
 pub(super) fn verify(conn: &Connection, key: &AuditKey) -> Result<crate::AuditReport> {
-    let mut stmt = conn.prepare(&format!("{SELECT} ORDER BY seq")).map_err(db)?;
+    let mut stmt = conn
+        .prepare(&format!("{SELECT} ORDER BY seq"))
+        .map_err(db)?;
     let rows = stmt.query_map([], row).map_err(db)?;
     key.verify(rows.map(|r| r.map_err(db).and_then(record)))
 }

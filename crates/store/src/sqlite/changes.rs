@@ -9,7 +9,12 @@ use crate::{Change, ChangeKind, Result, StoreError};
 const RETAINED: i64 = 10_000;
 
 /// Appends a change inside `tx` and trims the feed.
-pub(super) fn append(tx: &Transaction<'_>, kind: ChangeKind, subject: &str, at_ms: i64) -> Result<()> {
+pub(super) fn append(
+    tx: &Transaction<'_>,
+    kind: ChangeKind,
+    subject: &str,
+    at_ms: i64,
+) -> Result<()> {
     tx.execute(
         "INSERT INTO changes (at, kind, subject) VALUES (?1, ?2, ?3)",
         params![at_ms, kind.as_str(), subject],
@@ -54,7 +59,9 @@ pub(super) fn since(conn: &Connection, after: u64) -> Result<Vec<Change>> {
 /// The newest sequence number, 0 when the feed is empty.
 pub(super) fn latest(conn: &Connection) -> Result<u64> {
     let seq: i64 = conn
-        .query_row("SELECT coalesce(max(seq), 0) FROM changes", [], |r| r.get(0))
+        .query_row("SELECT coalesce(max(seq), 0) FROM changes", [], |r| {
+            r.get(0)
+        })
         .map_err(db)?;
     Ok(seq as u64)
 }

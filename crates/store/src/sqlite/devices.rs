@@ -51,7 +51,12 @@ impl RawDevice {
             (Some("user"), Some(id)) => Some(Owner::User(id)),
             (Some("group"), Some(id)) => Some(Owner::Group(id)),
             (None, None) => None,
-            (t, _) => return Err(StoreError::Corrupt(format!("device {} has owner type {t:?}", self.id))),
+            (t, _) => {
+                return Err(StoreError::Corrupt(format!(
+                    "device {} has owner type {t:?}",
+                    self.id
+                )));
+            }
         };
         Ok(Device {
             id: DeviceId::parse(&self.id)
@@ -87,10 +92,14 @@ pub(super) fn require(conn: &Connection, id: &DeviceId) -> Result<Device> {
 
 /// Devices matching `filter`, ordered by id.
 pub(super) fn list(conn: &Connection, filter: &DeviceFilter) -> Result<Vec<Device>> {
-    let search = filter
-        .search
-        .as_ref()
-        .map(|s| format!("%{}%", s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")));
+    let search = filter.search.as_ref().map(|s| {
+        format!(
+            "%{}%",
+            s.replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
+        )
+    });
     let mut stmt = conn
         .prepare_cached(&format!(
             "{SELECT_DEVICE}
@@ -102,7 +111,12 @@ pub(super) fn list(conn: &Connection, filter: &DeviceFilter) -> Result<Vec<Devic
     let limit = filter.limit.map_or(-1, i64::from);
     let rows = stmt
         .query_map(
-            params![filter.state.map(DeviceState::as_str), search, limit, filter.offset],
+            params![
+                filter.state.map(DeviceState::as_str),
+                search,
+                limit,
+                filter.offset
+            ],
             device_row,
         )
         .map_err(db)?;
@@ -167,7 +181,12 @@ pub(super) fn revoke_certificate(
 }
 
 /// Sets a device's state.
-pub(super) fn set_state(tx: &Transaction<'_>, id: &DeviceId, state: DeviceState, now_ms: i64) -> Result<()> {
+pub(super) fn set_state(
+    tx: &Transaction<'_>,
+    id: &DeviceId,
+    state: DeviceState,
+    now_ms: i64,
+) -> Result<()> {
     tx.execute(
         "UPDATE devices SET state = ?2, updated_at = ?3 WHERE id = ?1",
         params![id.as_str(), state.as_str(), now_ms],
@@ -177,7 +196,12 @@ pub(super) fn set_state(tx: &Transaction<'_>, id: &DeviceId, state: DeviceState,
 }
 
 /// Sets a device's claim code hash.
-pub(super) fn set_claim_code(tx: &Transaction<'_>, id: &DeviceId, hash: &str, now_ms: i64) -> Result<()> {
+pub(super) fn set_claim_code(
+    tx: &Transaction<'_>,
+    id: &DeviceId,
+    hash: &str,
+    now_ms: i64,
+) -> Result<()> {
     tx.execute(
         "UPDATE devices SET claim_code_hash = ?2, updated_at = ?3 WHERE id = ?1",
         params![id.as_str(), hash, now_ms],
@@ -195,8 +219,9 @@ pub(super) fn remove(tx: &Transaction<'_>, id: &DeviceId) -> Result<()> {
 
 fn reason(s: Option<String>, serial: &str) -> Result<Option<RevocationReason>> {
     s.map(|r| {
-        r.parse()
-            .map_err(|_| StoreError::Corrupt(format!("certificate {serial} has revocation reason '{r}'")))
+        r.parse().map_err(|_| {
+            StoreError::Corrupt(format!("certificate {serial} has revocation reason '{r}'"))
+        })
     })
     .transpose()
 }

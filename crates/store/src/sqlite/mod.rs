@@ -168,7 +168,8 @@ fn connect(path: &Path, options: &SqliteOptions, read_only: bool) -> Result<Conn
         }
         // NORMAL is durable in WAL mode except for the last transactions on
         // power loss; registry changes are rare, so take FULL everywhere.
-        conn.pragma_update(None, "synchronous", "FULL").map_err(db)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(db)?;
     }
     conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
     Ok(conn)

@@ -1,0 +1,19 @@
+//! `rampart config ...`
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use crate::cli::{ConfigCommand, GlobalArgs};
+use crate::config::{Config, EXAMPLE};
+use crate::output;
+
+/// Prints the example or the effective configuration.
+pub fn run(g: &GlobalArgs, config: Config, cmd: ConfigCommand) -> Result<ExitCode> {
+    match cmd {
+        ConfigCommand::Example => print!("{EXAMPLE}"),
+        ConfigCommand::Show if g.json => output::json(&config)?,
+        ConfigCommand::Show => print!("{}", toml::to_string_pretty(&config)?),
+    }
+    Ok(ExitCode::SUCCESS)
+}

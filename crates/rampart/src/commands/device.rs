@@ -1,0 +1,403 @@
+//! `rampart device ...`
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use rampart_pki::IssuedCertificate;
+use rampart_proto::{CLAIM_CODE_BYTES, ClaimCode, DeviceId, QrPayload};
+use rampart_store::{Device, DeviceFilter, DeviceState, NewDevice, Owner, Store, StoreError};
+use rand::RngCore;
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::cli::{DeviceCommand, GlobalArgs, StateArg};
+use crate::config::Config;
+use crate::datadir::{write_atomic, write_private};
+use crate::platform::{Platform, cli_actor};
+use crate::{label, output};
+
+/// `device list --json` element: the stable listing shape.
+#[derive(Serialize)]
+struct DeviceSummary<'a> {
+    id: &'a DeviceId,
+    state: DeviceState,
+    fingerprint: &'a str,
+    serial: &'a str,
+    #[serde(with = "time::serde::rfc3339")]
+    not_after: OffsetDateTime,
+    online: bool,
+    #[serde(with = "time::serde::rfc3339::option")]
+    last_seen: Option<OffsetDateTime>,
+}
+
+impl<'a> From<&'a Device> for DeviceSummary<'a> {
+    fn from(d: &'a Device) -> Self {
+        Self {
+            id: &d.id,
+            state: d.state,
+            fingerprint: &d.fingerprint,
+            serial: &d.serial,
+            not_after: d.not_after,
+            online: d.online,
+            last_seen: d.last_seen,
+        }
+    }
+}
+
+/// What `sign-csr` and `create` report about a new device.
+#[derive(Serialize)]
+struct Registered {
+    id: DeviceId,
+    /// The device certificate (PEM).
+    certificate: String,
+    /// Certificate followed by the issuing CA (PEM), for TLS stacks that send a chain.
+    chain: String,
+    fingerprint: String,
+    serial: String,
+    #[serde(with = "time::serde::rfc3339")]
+    not_after: OffsetDateTime,
+    claim_code: String,
+    qr_payload: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    files: Option<Files>,
+}
+
+#[derive(Serialize)]
+struct Files {
+    key: String,
+    certificate: String,
+    ca: String,
+}
+
+/// Runs a device command.
+pub async fn run(g: &GlobalArgs, config: Config, cmd: DeviceCommand) -> Result<ExitCode> {
+    let p = Platform::open(&g.data_dir, config)?;
+    match cmd {
+        DeviceCommand::SignCsr { file, id, out } => sign_csr(g, &p, &file, id.as_ref(), out).await,
+        DeviceCommand::Create { id, out } => create(g, &p, &id, &out).await,
+        DeviceCommand::List { state, search } => list(g, &p, state, search).await,
+        DeviceCommand::Show { id } => {
+            let d = p.store.device(&id).await?.ok_or(StoreError::NotFound(id))?;
+            show(g, &d)
+        }
+        DeviceCommand::Revoke { id, reason } => {
+            let d = p.store.revoke_device(&id, reason, &cli_actor()).await?;
+            p.publish_crl().await?;
+            if !g.json {
+                println!("revoked {} (serial {}, reason {reason})", d.id, d.serial);
+            }
+            show_json_only(g, &d)
+        }
+        DeviceCommand::Disable { id } => {
+            let d = p.store.set_device_disabled(&id, true, &cli_actor()).await?;
+            if !g.json {
+                println!(
+                    "disabled {}: it cannot connect until `rampart device enable {}`",
+                    d.id, d.id
+                );
+            }
+            show_json_only(g, &d)
+        }
+        DeviceCommand::Enable { id } => {
+            let d = p
+                .store
+                .set_device_disabled(&id, false, &cli_actor())
+                .await?;
+            if !g.json {
+                println!("enabled {} (now {})", d.id, d.state);
+            }
+            show_json_only(g, &d)
+        }
+        DeviceCommand::Delete { id } => {
+            p.store.delete_device(&id, &cli_actor()).await?;
+            p.publish_crl().await?;
+            if g.json {
+                output::json(&serde_json::json!({ "id": id, "deleted": true }))?;
+            } else {
+                println!("deleted {id}; its certificate stays on the CRL");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DeviceCommand::Qr {
+            id,
+            rotate_claim_code,
+            png,
+            svg,
+        } => qr(g, &p, &id, rotate_claim_code, png, svg).await,
+    }
+}
+
+fn new_claim_code() -> ClaimCode {
+    let mut bytes = [0u8; CLAIM_CODE_BYTES];
+    rand::rng().fill_bytes(&mut bytes);
+    ClaimCode::from_random(bytes)
+}
+
+fn qr_payload(id: &DeviceId, fingerprint: &str, code: &ClaimCode) -> String {
+    QrPayload {
+        device_id: id.to_string(),
+        fingerprint: fingerprint.to_owned(),
+        claim_code: code.as_str().to_owned(),
+    }
+    .to_json()
+}
+
+/// The issuing CA certificate: the first block of the chain.
+fn issuer_pem(p: &Platform) -> String {
+    let chain = p.pki.chain_pem();
+    const END: &str = "-----END CERTIFICATE-----";
+    chain
+        .find(END)
+        .map(|i| format!("{}\n", &chain[..i + END.len()]))
+        .unwrap_or(chain)
+}
+
+/// Registers an issued certificate as a new `unbound` device.
+async fn register(p: &Platform, cert: IssuedCertificate) -> Result<Registered> {
+    let code = new_claim_code();
+    let device = p
+        .store
+        .create_device(
+            NewDevice {
+                id: cert.id.clone(),
+                serial: cert.serial.clone(),
+                fingerprint: cert.fingerprint.clone(),
+                not_before: cert.not_before,
+                not_after: cert.not_after,
+                claim_code_hash: code.hash(),
+            },
+            &cli_actor(),
+        )
+        .await?;
+    Ok(Registered {
+        qr_payload: qr_payload(&device.id, &device.fingerprint, &code),
+        chain: format!("{}{}", cert.pem, issuer_pem(p)),
+        id: device.id,
+        certificate: cert.pem,
+        fingerprint: device.fingerprint,
+        serial: device.serial,
+        not_after: device.not_after,
+        claim_code: code.as_str().to_owned(),
+        files: None,
+    })
+}
+
+/// Refuses early, before any signing, when the id is taken.
+async fn ensure_free(p: &Platform, id: &DeviceId) -> Result<()> {
+    if p.store.device(id).await?.is_some() {
+        return Err(StoreError::IdTaken(id.clone()).into());
+    }
+    Ok(())
+}
+
+async fn sign_csr(
+    g: &GlobalArgs,
+    p: &Platform,
+    file: &Path,
+    id: Option<&DeviceId>,
+    out: Option<PathBuf>,
+) -> Result<ExitCode> {
+    let csr = if file == Path::new("-") {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("cannot read the CSR from standard input")?;
+        s
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?
+    };
+    let cert = p.pki.sign_device_csr(&csr, id)?;
+    ensure_free(p, &cert.id).await?;
+    let reg = register(p, cert).await?;
+    if let Some(out) = &out {
+        write_atomic(out, reg.chain.as_bytes(), 0o644)?;
+    }
+    if g.json {
+        output::json(&reg)?;
+    } else {
+        if out.is_none() {
+            print!("{}", reg.chain);
+        }
+        print_claim(&reg);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn create(g: &GlobalArgs, p: &Platform, id: &DeviceId, out: &Path) -> Result<ExitCode> {
+    ensure_free(p, id).await?;
+    eprintln!(
+        "warning: the private key is being made on the server; production keys belong on the device (use `rampart device sign-csr`)"
+    );
+    let (cert, key) = p.pki.issue_device_with_generated_key(id)?;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let key_path = out.join(format!("{id}.key"));
+    let cert_path = out.join(format!("{id}.crt"));
+    let ca_path = out.join("ca.crt");
+    for path in [&key_path, &cert_path] {
+        if path.exists() {
+            bail!(
+                "{} already exists; choose another --out directory",
+                path.display()
+            );
+        }
+    }
+    let mut reg = register(p, cert).await?;
+    // Registered first, then written: if writing fails, the device is
+    // deleted again so that no registered device is left without its key.
+    let written = write_private(&key_path, key.as_bytes())
+        .and_then(|()| write_atomic(&cert_path, reg.chain.as_bytes(), 0o644))
+        .and_then(|()| write_atomic(&ca_path, p.pki.chain_pem().as_bytes(), 0o644));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&key_path);
+        let _ = std::fs::remove_file(&cert_path);
+        p.store.delete_device(id, &cli_actor()).await?;
+        p.publish_crl().await?;
+        return Err(e);
+    }
+    reg.files = Some(Files {
+        key: key_path.display().to_string(),
+        certificate: cert_path.display().to_string(),
+        ca: ca_path.display().to_string(),
+    });
+    if g.json {
+        output::json(&reg)?;
+    } else {
+        println!("created {id}");
+        println!("  key:         {}", key_path.display());
+        println!("  certificate: {}", cert_path.display());
+        println!("  CA bundle:   {}", ca_path.display());
+        println!("  fingerprint: {}", reg.fingerprint);
+        print_claim(&reg);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_claim(reg: &Registered) {
+    eprintln!(
+        "claim code for {}: {} (shown once; print it on the device label)",
+        reg.id, reg.claim_code
+    );
+    eprintln!("QR payload: {}", reg.qr_payload);
+}
+
+async fn list(
+    g: &GlobalArgs,
+    p: &Platform,
+    state: Option<StateArg>,
+    search: Option<String>,
+) -> Result<ExitCode> {
+    let state = state.map(|s| match s {
+        StateArg::Unbound => DeviceState::Unbound,
+        StateArg::Bound => DeviceState::Bound,
+        StateArg::Disabled => DeviceState::Disabled,
+        StateArg::Revoked => DeviceState::Revoked,
+    });
+    let devices = p
+        .store
+        .list_devices(&DeviceFilter {
+            state,
+            search,
+            ..Default::default()
+        })
+        .await?;
+    if g.json {
+        let rows: Vec<DeviceSummary<'_>> = devices.iter().map(DeviceSummary::from).collect();
+        output::json(&rows)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<24} {:<9} {:<7} {:<25} {:<25} FINGERPRINT",
+        "ID", "STATE", "ONLINE", "LAST SEEN", "CERT EXPIRES"
+    );
+    for d in &devices {
+        println!(
+            "{:<24} {:<9} {:<7} {:<25} {:<25} {}…",
+            d.id.as_str(),
+            d.state.as_str(),
+            if d.online { "yes" } else { "no" },
+            d.last_seen.map_or_else(|| "never".into(), output::when),
+            output::when(d.not_after),
+            d.fingerprint.get(..16).unwrap_or(&d.fingerprint)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn show(g: &GlobalArgs, d: &Device) -> Result<ExitCode> {
+    if g.json {
+        output::json(d)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let owner = match &d.owner {
+        Some(Owner::User(u)) => format!("user {u}"),
+        Some(Owner::Group(gr)) => format!("group {gr}"),
+        None => "-".into(),
+    };
+    println!("id           {}", d.id);
+    println!("state        {}", d.state);
+    println!("owner        {owner}");
+    println!("online       {}", if d.online { "yes" } else { "no" });
+    println!(
+        "last seen    {}",
+        d.last_seen.map_or_else(|| "never".into(), output::when)
+    );
+    println!("serial       {}", d.serial);
+    println!("fingerprint  {}", d.fingerprint);
+    println!("not after    {}", output::when(d.not_after));
+    println!("created      {}", output::when(d.created_at));
+    println!("updated      {}", output::when(d.updated_at));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn show_json_only(g: &GlobalArgs, d: &Device) -> Result<ExitCode> {
+    if g.json {
+        output::json(d)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn qr(
+    g: &GlobalArgs,
+    p: &Platform,
+    id: &DeviceId,
+    rotate: bool,
+    png: Option<PathBuf>,
+    svg: Option<PathBuf>,
+) -> Result<ExitCode> {
+    if !rotate {
+        bail!(
+            "only a hash of the claim code is kept, so its QR code cannot be shown again; pass --rotate-claim-code to issue a new code (the old one becomes void)"
+        );
+    }
+    let code = new_claim_code();
+    let device = p
+        .store
+        .set_claim_code(id, &code.hash(), &cli_actor())
+        .await?;
+    let payload = qr_payload(id, &device.fingerprint, &code);
+    if let Some(path) = &png {
+        write_atomic(path, &label::png(&payload)?, 0o600)?;
+    }
+    if let Some(path) = &svg {
+        write_atomic(path, label::svg(&payload)?.as_bytes(), 0o600)?;
+    }
+    if g.json {
+        output::json(&serde_json::json!({
+            "id": id,
+            "claim_code": code.as_str(),
+            "qr_payload": payload,
+        }))?;
+    } else {
+        if png.is_none() && svg.is_none() {
+            println!("{}", label::terminal(&payload)?);
+        }
+        println!(
+            "claim code for {id}: {} (the previous code is void)",
+            code.as_str()
+        );
+        println!("QR payload: {payload}");
+    }
+    Ok(ExitCode::SUCCESS)
+}

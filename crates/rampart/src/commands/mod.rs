@@ -1,0 +1,7 @@
+//! One module per command group.
+
+pub mod audit;
+pub mod ca;
+pub mod config;
+pub mod device;
+pub mod init;

@@ -1,0 +1,148 @@
+//! `rampart serve`: start every part, follow changes made by the CLI, and
+//! shut down in order on SIGINT/SIGTERM.
+//!
+//! Parts follow STYLE.md's server shape: each is a task given what it needs
+//! and a shutdown token. Shutdown is ordered: stop accepting → drain sessions
+//! → flush the pipeline → close the store. The broker and the web console
+//! join this sequence as their listeners arrive (issues 4 and 8).
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use rampart_store::{Change, Store};
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{GlobalArgs, ServeArgs};
+use crate::config::Config;
+use crate::datadir::DataDir;
+use crate::platform::Platform;
+
+/// Change-feed events buffered per subscriber before it is told it lagged.
+const CHANGE_BUFFER: usize = 1024;
+
+/// Runs the server until a signal arrives.
+pub async fn run(g: &GlobalArgs, config: Config, args: ServeArgs) -> Result<ExitCode> {
+    let (dir, _) = DataDir::create(&g.data_dir)?;
+    let _lock = dir.lock_for_serve()?;
+    let (platform, _) = Platform::init(&g.data_dir, config).await?;
+    let platform = Arc::new(platform);
+    tracing::info!(
+        data_dir = %g.data_dir.display(),
+        mqtt_addr = %args.mqtt_addr,
+        http_addr = %args.http_addr,
+        "rampart serve starting"
+    );
+
+    let shutdown = CancellationToken::new();
+    spawn_signal_listener(shutdown.clone())?;
+
+    let (changes, _) = broadcast::channel::<Change>(CHANGE_BUFFER);
+    let follower = spawn_change_follower(
+        Arc::clone(&platform),
+        changes.clone(),
+        shutdown.child_token(),
+    )
+    .await?;
+    let crl = spawn_crl_refresher(Arc::clone(&platform), shutdown.child_token());
+
+    tracing::info!("rampart serve ready");
+    shutdown.cancelled().await;
+
+    tracing::info!("shutting down");
+    let deadline = platform.config.serve.shutdown_timeout;
+    for (name, task) in [("change follower", follower), ("CRL refresher", crl)] {
+        if tokio::time::timeout(deadline, task).await.is_err() {
+            tracing::warn!(part = name, "did not stop within the shutdown timeout");
+        }
+    }
+    // Last: the store. Dropping the platform closes its connections once
+    // every part holding it has stopped.
+    drop(platform);
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn spawn_signal_listener(shutdown: CancellationToken) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!(signal = "SIGTERM", "received"),
+            _ = int.recv() => tracing::info!(signal = "SIGINT", "received"),
+        }
+        shutdown.cancel();
+    });
+    Ok(())
+}
+
+/// Polls the store's change feed and broadcasts each change to the parts
+/// that act on it (the broker cuts revoked sessions, ...). Polling works the
+/// same whether the change came from this process, the CLI or another
+/// replica, and the interval bounds how late a change applies.
+async fn spawn_change_follower(
+    platform: Arc<Platform>,
+    changes: broadcast::Sender<Change>,
+    shutdown: CancellationToken,
+) -> Result<JoinHandle<()>> {
+    let mut last = platform.store.latest_change().await?;
+    let interval = platform.config.serve.change_poll_interval;
+    Ok(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let batch = match platform.store.changes_since(last).await {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the change feed; retrying");
+                    continue;
+                }
+            };
+            if let Some(first) = batch.first()
+                && first.seq > last + 1
+                && last > 0
+            {
+                tracing::warn!(
+                    missed = first.seq - last - 1,
+                    "change feed trimmed past this server's position; parts re-check all state"
+                );
+            }
+            for change in batch {
+                last = change.seq;
+                tracing::info!(
+                    seq = change.seq,
+                    kind = change.kind.as_str(),
+                    subject = %change.subject,
+                    "change applied"
+                );
+                // No receiver is fine: no part needs this change right now.
+                let _ = changes.send(change);
+            }
+        }
+    }))
+}
+
+/// Re-signs the CRL at half its validity so that relying parties never see
+/// an expired one.
+fn spawn_crl_refresher(platform: Arc<Platform>, shutdown: CancellationToken) -> JoinHandle<()> {
+    let every = platform.config.pki.crl_validity / 2;
+    tokio::spawn(async move {
+        loop {
+            if let Err(e) = platform.publish_crl().await {
+                tracing::error!(error = %format!("{e:#}"), "cannot refresh the CRL");
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(every.max(Duration::from_secs(60))) => {}
+            }
+        }
+    })
+}
