@@ -245,6 +245,9 @@ fn corrupt(path: &Path, reason: impl fmt::Display) -> PkiError {
 /// | `server.crt`, `server.key` | server certificate and key (key never encrypted) |
 /// | `crl.pem` | current CRL, written by [`Pki::write_crl`] |
 ///
+/// A CA replaced by [`Pki::import`] is kept next to it as
+/// `<dir>.replaced-<UTC timestamp>`.
+///
 /// CA keys are encrypted PKCS#8 when [`PkiOptions::passphrase`] is set.
 pub struct Pki {
     dir: PathBuf,
@@ -400,8 +403,12 @@ impl Pki {
     /// [`PkiError::CannotIssue`]. The key may be PKCS#8 (encrypted with the
     /// passphrase or not), SEC1 or PKCS#1; it is stored encrypted iff a
     /// passphrase is set. Importing the same certificate again is harmless (and
-    /// adds the key if it was missing); importing into a directory that holds
-    /// another CA is refused.
+    /// adds the key if it was missing).
+    ///
+    /// If `dir` holds another CA (such as the one `init` created), it is moved
+    /// aside whole to `<dir>.replaced-<UTC timestamp>`, nothing deleted, and the
+    /// imported CA takes its place; certificates the old CA issued no longer
+    /// verify. A directory holding anything but a CA is refused.
     pub fn import(
         dir: &Path,
         opts: &PkiOptions,
@@ -441,19 +448,18 @@ impl Pki {
             None => None,
         };
 
-        if dir.join(CA_CERT).exists() {
-            let existing = Self::load(dir, opts)?;
-            if !(existing.imported && existing.issuing.der == issuing.der) {
-                return Err(PkiError::AlreadyHoldsCa {
-                    dir: dir.to_path_buf(),
-                });
-            }
-            if let (None, Some((stored, _))) = (&existing.signer, &key) {
+        let replacing = dir.join(CA_CERT).exists();
+        if replacing && holds_imported(dir, &issuing)? {
+            if let Some((stored, _)) = &key
+                && !dir.join(CA_KEY).exists()
+            {
                 files::write_atomic(&dir.join(CA_KEY), stored.as_bytes(), PRIVATE)?;
             }
             return Self::open(dir, opts);
         }
-        ensure_empty(dir)?;
+        if !replacing {
+            ensure_empty(dir)?;
+        }
 
         let staging = Staging::new(dir)?;
         staging.write(IMPORTED_MARKER, IMPORTED_NOTE.as_bytes(), PUBLIC)?;
@@ -468,7 +474,11 @@ impl Pki {
             staging.write(SERVER_KEY, server_key.as_bytes(), PRIVATE)?;
             staging.write(SERVER_CERT, server_cert.as_bytes(), PUBLIC)?;
         }
-        staging.commit()?;
+        if replacing {
+            staging.commit_replacing(&files::aside_path(dir, "replaced"))?;
+        } else {
+            staging.commit()?;
+        }
         Self::open(dir, opts)
     }
 
@@ -759,6 +769,15 @@ impl Pki {
                 && san_set(&cert) == normalized_sans(&self.opts.server_sans),
         )
     }
+}
+
+/// Whether `dir` holds `issuing` as an imported CA already (same certificate bytes).
+fn holds_imported(dir: &Path, issuing: &CaCertificate) -> Result<bool, PkiError> {
+    if !dir.join(IMPORTED_MARKER).exists() {
+        return Ok(false);
+    }
+    let stored = CaCertificate::load(&dir.join(CA_CERT))?.unwrap_or_default();
+    Ok(matches!(stored.as_slice(), [only] if only.der == issuing.der))
 }
 
 /// `dir` must be absent or empty before a CA is created in it.

@@ -46,17 +46,6 @@ pub enum PkiError {
         reason: String,
     },
 
-    /// The directory already holds a CA and importing would replace it.
-    #[error(
-        "{} already holds a certificate authority; importing another would invalidate every \
-         certificate it issued. Move the directory away first if that is really wanted",
-        dir.display()
-    )]
-    AlreadyHoldsCa {
-        /// The CA directory.
-        dir: PathBuf,
-    },
-
     /// A file of the CA directory is damaged or inconsistent.
     #[error("{} is damaged: {reason}; restore the CA directory from a backup", path.display())]
     CorruptFile {

@@ -34,7 +34,7 @@ pub(crate) const SERVER_KEY: &str = "server.key";
 /// Current certificate revocation list.
 pub(crate) const CRL: &str = "crl.pem";
 
-/// Mode of private keys and of the CA directory's files that are secrets.
+/// Mode of private keys.
 pub(crate) const PRIVATE: u32 = 0o600;
 /// Mode of certificates and CRLs: public material.
 pub(crate) const PUBLIC: u32 = 0o644;
@@ -176,6 +176,45 @@ impl Staging {
             .map_err(|e| PkiError::io("move the new CA into", &self.target, e))?;
         self.committed = true;
         sync_dir(parent_of(&self.target))
+    }
+
+    /// Moves the existing target directory to `aside`, then the staging
+    /// directory to the target's name; if the second step fails, the old
+    /// directory is moved back.
+    pub(crate) fn commit_replacing(mut self, aside: &Path) -> Result<(), PkiError> {
+        sync_dir(&self.path)?;
+        fs::rename(&self.target, aside).map_err(|e| PkiError::io("move aside", &self.target, e))?;
+        if let Err(e) = fs::rename(&self.path, &self.target) {
+            // Best effort: put the old CA back where the caller expects it.
+            let _ = fs::rename(aside, &self.target);
+            return Err(PkiError::io("move the new CA into", &self.target, e));
+        }
+        self.committed = true;
+        sync_dir(parent_of(&self.target))
+    }
+}
+
+/// A free sibling path `<dir>.<what>-<UTC timestamp>` for keeping `dir` aside.
+pub(crate) fn aside_path(dir: &Path, what: &str) -> PathBuf {
+    let now = time::OffsetDateTime::now_utc();
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let stamp = format!(
+        "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second()
+    );
+    let candidate = parent_of(dir).join(format!("{name}.{what}-{stamp}"));
+    if candidate.exists() {
+        parent_of(dir).join(format!("{name}.{what}-{stamp}-{}", random_suffix()))
+    } else {
+        candidate
     }
 }
 

@@ -1042,8 +1042,8 @@ fn import_of_an_intermediate_with_its_chain() {
 }
 
 #[test]
-fn import_refuses_leaves_foreign_keys_and_occupied_directories() {
-    let (tmp, own_dir, own) = init(&options());
+fn import_refuses_leaves_foreign_keys_and_foreign_directories() {
+    let (tmp, _own_dir, own) = init(&options());
     let (cert, _key) = external_ca(tmp.path());
 
     let (leaf, leaf_key) = own
@@ -1064,11 +1064,54 @@ fn import_refuses_leaves_foreign_keys_and_occupied_directories() {
     assert!(matches!(err, PkiError::KeyMismatch { .. }), "{err}");
     assert!(!tmp.path().join("b").exists(), "nothing written on failure");
 
-    let err = Pki::import(&own_dir, &options(), &cert, None).expect_err("occupied");
-    assert!(matches!(err, PkiError::AlreadyHoldsCa { .. }), "{err}");
-    assert!(own_dir.join("root.key").exists());
-
     let err =
         Pki::import(&tmp.path().join("c"), &options(), "no pem here", None).expect_err("garbage");
     assert!(matches!(err, PkiError::MalformedPem { .. }), "{err}");
+
+    let occupied = tmp.path().join("occupied");
+    fs::create_dir(&occupied).expect("mkdir");
+    write(&occupied.join("notes.txt"), "not a CA");
+    let err = Pki::import(&occupied, &options(), &cert, None).expect_err("foreign dir");
+    assert!(matches!(err, PkiError::ForeignDirectory { .. }), "{err}");
+}
+
+#[test]
+fn import_replaces_an_own_ca_and_keeps_it_aside() {
+    let (tmp, dir, own) = init(&options());
+    let (old_device, _) = own
+        .issue_device_with_generated_key(&id("dev-old"))
+        .expect("issue");
+    let before = files_snapshot(&dir);
+    let (cert, key) = external_ca(tmp.path());
+
+    let pki = Pki::import(&dir, &options(), &cert, Some(&key)).expect("replace");
+    let info = pki.info();
+    assert!(info.imported && info.can_issue && !info.root_key_present);
+    assert_eq!(info.issuer.cn.as_deref(), Some("Vault Intermediate"));
+    assert_eq!(mode(&dir), 0o700);
+
+    let replaced = || -> Vec<PathBuf> {
+        fs::read_dir(tmp.path())
+            .expect("list")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("pki.replaced-"))
+            })
+            .collect()
+    };
+    let aside = replaced();
+    let [aside] = aside.as_slice() else {
+        panic!("expected one replaced CA directory, found {aside:?}");
+    };
+    assert_eq!(files_snapshot(aside), before, "the old CA is kept whole");
+    assert!(
+        verify_device(aside, &old_device.pem).0,
+        "the old CA still verifies its devices"
+    );
+
+    // Importing the same CA again is a no-op, not another replacement.
+    Pki::import(&dir, &options(), &cert, None).expect("again");
+    assert_eq!(replaced().len(), 1);
+    assert!(Pki::open(&dir, &options()).expect("open").info().can_issue);
 }

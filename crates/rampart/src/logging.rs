@@ -6,13 +6,17 @@ use crate::config::{LogConfig, LogFormat};
 
 const LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
 
-/// Installs the global subscriber. `-v` and `-q` shift the configured level.
-pub fn init(config: &LogConfig, verbose: u8, quiet: u8) {
-    let filter = shifted(&config.level, i32::from(verbose) - i32::from(quiet));
+/// Installs the global subscriber. `-v` and `-q` shift the configured
+/// level; one-shot commands (`quieter`) log a level less than `serve`, so
+/// that their output is what they print, not what they did.
+pub fn init(config: &LogConfig, verbose: u8, quiet: u8, quieter: bool) {
+    let shift = i32::from(verbose) - i32::from(quiet) - i32::from(quieter);
+    let filter = shifted(&config.level, shift);
     let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
     let _ = match config.format {
         LogFormat::Text => builder.try_init(),

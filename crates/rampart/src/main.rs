@@ -26,7 +26,8 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
-    logging::init(&config.log, cli.global.verbose, cli.global.quiet);
+    let one_shot = !matches!(cli.command, Command::Serve(_));
+    logging::init(&config.log, cli.global.verbose, cli.global.quiet, one_shot);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("rampart")

@@ -259,7 +259,7 @@ impl Store for SqliteStore {
     }
 
     async fn verify_audit(&self) -> Result<AuditReport> {
-        self.read(|conn, key| audit::verify(conn, key)).await
+        self.read(audit::verify).await
     }
 
     async fn changes_since(&self, after: u64) -> Result<Vec<Change>> {
