@@ -506,6 +506,72 @@ impl Pki {
         self.issue(signer, csr.id, IdentityKind::Device, &csr.public_key)
     }
 
+    /// Accepts a device certificate issued elsewhere by this CA (typically
+    /// an imported CA whose key Rampart does not hold, such as a Vault PKI
+    /// intermediate), so that it can be registered.
+    ///
+    /// The first certificate in `pem` must be signed by the issuing CA, be
+    /// valid now, not be a CA, allow client authentication, carry a CN that
+    /// is a valid device id, not be marked as a service, and hold a key of
+    /// an accepted type. Later blocks (a chain) are ignored.
+    pub fn adopt_device_certificate(&self, pem: &str) -> Result<IssuedCertificate, PkiError> {
+        let blocks = certificate::pem_blocks(pem, &["CERTIFICATE"], "certificate")?;
+        let der = blocks.first().ok_or_else(|| PkiError::MalformedPem {
+            expected: "certificate",
+            reason: "no certificate block".to_owned(),
+        })?;
+        let cert = certificate::parse_der(der)?;
+        let refuse = |reason: String| Err(PkiError::InvalidCertificate { reason });
+        let issuer = certificate::parse_der(&self.issuing.der)?;
+        if cert.issuer() != issuer.subject() {
+            return refuse(format!(
+                "it was issued by '{}', not by this CA ('{}')",
+                cert.issuer(),
+                issuer.subject()
+            ));
+        }
+        if cert.verify_signature(Some(issuer.public_key())).is_err() {
+            return refuse("its signature does not verify with this CA's key".to_owned());
+        }
+        let now = OffsetDateTime::now_utc();
+        let validity = cert.validity();
+        if validity.not_before.to_datetime() > now || validity.not_after.to_datetime() <= now {
+            return refuse(format!(
+                "it is not valid now (valid from {} to {})",
+                validity.not_before, validity.not_after
+            ));
+        }
+        if cert.is_ca() {
+            return refuse("it is a CA certificate, not a device certificate".to_owned());
+        }
+        match cert.extended_key_usage() {
+            Ok(Some(eku)) if eku.value.client_auth || eku.value.any => {}
+            Ok(None) => {}
+            _ => {
+                return refuse(
+                    "its extended key usage does not allow client authentication".to_owned(),
+                );
+            }
+        }
+        let summary = CertificateSummary::from_der(der)?;
+        if summary.is_service {
+            return refuse("it is a service certificate; register it as a service".to_owned());
+        }
+        let cn = summary.cn.clone().unwrap_or_default();
+        let id = DeviceId::parse(&cn).map_err(|e| PkiError::InvalidCertificate {
+            reason: format!("its common name '{cn}' is not a valid device id: {e}"),
+        })?;
+        csr::check_key(cert.public_key()).map_err(|e| match e {
+            PkiError::UnsupportedCsrKey { found } => PkiError::InvalidCertificate {
+                reason: format!(
+                    "its key is {found}; Rampart accepts ECDSA P-256, ECDSA P-384, Ed25519 or RSA of at least 2048 bits"
+                ),
+            },
+            other => other,
+        })?;
+        IssuedCertificate::new(id, IdentityKind::Device, der, certificate::to_pem(der)?)
+    }
+
     /// Development shortcut: generates a P-256 key here and certifies it; returns the PKCS#8 PEM key.
     ///
     /// In production the key is made on the device and only its CSR comes here.

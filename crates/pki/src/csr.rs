@@ -112,7 +112,7 @@ pub(crate) fn verify(csr_pem: &str) -> Result<VerifiedCsr, PkiError> {
 }
 
 /// Accepts ECDSA P-256 and P-384, Ed25519, and RSA of 2048 to 8192 bits.
-fn check_key(spki: &SubjectPublicKeyInfo<'_>) -> Result<(), PkiError> {
+pub(crate) fn check_key(spki: &SubjectPublicKeyInfo<'_>) -> Result<(), PkiError> {
     let refuse = |found: String| Err(PkiError::UnsupportedCsrKey { found });
     let algorithm = &spki.algorithm.algorithm;
     if *algorithm == OID_KEY_TYPE_EC_PUBLIC_KEY {

@@ -128,6 +128,13 @@ pub enum DeviceCommand {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
+    /// Register a device whose certificate this CA issued elsewhere (e.g. an
+    /// imported Vault PKI CA whose key Rampart does not hold).
+    Register {
+        /// The device certificate (PEM).
+        #[arg(long, value_name = "FILE")]
+        cert: PathBuf,
+    },
     /// List devices.
     List {
         /// Only devices in this state.

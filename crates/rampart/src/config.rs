@@ -45,6 +45,10 @@ pub struct PkiConfig {
     /// How long a published CRL stays valid; it is re-signed at half this.
     #[serde(with = "humantime_serde")]
     pub crl_validity: Duration,
+    /// Server certificate (PEM chain) to use instead of the one Rampart issues.
+    pub server_cert: Option<PathBuf>,
+    /// Key of `server_cert` (PEM).
+    pub server_key: Option<PathBuf>,
     /// Environment variable holding the CA key passphrase (keys are encrypted when it is set).
     pub key_passphrase_env: String,
     /// File holding the CA key passphrase (alternative to the variable).
@@ -58,6 +62,8 @@ impl Default for PkiConfig {
             device_validity_days: 365,
             server_validity_days: 397,
             server_sans: Vec::new(),
+            server_cert: None,
+            server_key: None,
             crl_validity: Duration::from_secs(7 * 24 * 3600),
             key_passphrase_env: "RAMPART_CA_PASSPHRASE".into(),
             key_passphrase_file: None,
@@ -148,6 +154,11 @@ server_validity_days = 397
 # Names in the server certificate. Empty: localhost, 127.0.0.1, ::1 and this
 # machine's host name. Add the name devices use to reach the server.
 server_sans = []
+# A server certificate issued elsewhere (e.g. by an external CA imported
+# with `ca import` without its key, or a public CA), used instead of the one
+# Rampart issues. Both or neither.
+# server_cert = "/etc/rampart/server.crt"
+# server_key = "/etc/rampart/server.key"
 # How long a published CRL stays valid; Rampart re-signs it at half this.
 crl_validity = "7days"
 # Environment variable holding the passphrase that encrypts the CA keys.
@@ -234,6 +245,9 @@ impl Config {
         }
         if self.pki.crl_validity < Duration::from_secs(3600) {
             bail!("pki.crl_validity must be at least 1h");
+        }
+        if self.pki.server_cert.is_some() != self.pki.server_key.is_some() {
+            bail!("pki.server_cert and pki.server_key go together: set both or neither");
         }
         if self.serve.change_poll_interval.is_zero() {
             bail!("serve.change_poll_interval must be greater than zero");

@@ -77,6 +77,22 @@ impl Platform {
         })
     }
 
+    /// Certificate chain and key files the TLS listeners present: the
+    /// configured ones (`pki.server_cert`/`server_key`), else Rampart's own.
+    pub fn server_identity(&self) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
+        let c = &self.config.pki;
+        if let (Some(cert), Some(key)) = (&c.server_cert, &c.server_key) {
+            return Ok((cert.clone(), key.clone()));
+        }
+        let (cert, key) = (self.pki.server_cert_path(), self.pki.server_key_path());
+        if !cert.exists() {
+            bail!(
+                "no server certificate: the CA key is not held by Rampart, so set pki.server_cert and pki.server_key"
+            );
+        }
+        Ok((cert, key))
+    }
+
     /// CA options of this platform's configuration.
     pub fn pki_options(&self) -> Result<PkiOptions> {
         pki_options(&self.config)

@@ -29,8 +29,10 @@ pub async fn run(g: &GlobalArgs, config: Config, args: ServeArgs) -> Result<Exit
     let (dir, _) = DataDir::create(&g.data_dir)?;
     let _lock = dir.lock_for_serve()?;
     let (platform, _) = Platform::init(&g.data_dir, config).await?;
+    let (server_cert, _) = platform.server_identity()?;
     let platform = Arc::new(platform);
     tracing::info!(
+        server_cert = %server_cert.display(),
         data_dir = %g.data_dir.display(),
         mqtt_addr = %args.mqtt_addr,
         http_addr = %args.http_addr,

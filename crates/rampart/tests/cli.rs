@@ -561,4 +561,72 @@ fn imports_an_external_ca_with_and_without_its_key() {
     let csr = ws2.make_csr("e", "ext-dev", "ec");
     let err = ws2.rampart_fails(&["device", "sign-csr", csr.to_str().expect("utf8")]);
     assert!(err.to_lowercase().contains("key"), "{err}");
+
+    // Verify-only: the external CA issues, Rampart registers what it issued.
+    std::fs::copy(ws.join("ext.key"), ws2.join("ext.key")).expect("copy key");
+    std::fs::write(
+        ws2.join("ext.cnf"),
+        "[leaf]\nextendedKeyUsage = clientAuth\nbasicConstraints = CA:FALSE\n",
+    )
+    .expect("ext");
+    ws2.openssl_ok(&[
+        "x509",
+        "-req",
+        "-in",
+        "e.csr",
+        "-CA",
+        "ext.crt",
+        "-CAkey",
+        "ext.key",
+        "-CAcreateserial",
+        "-days",
+        "10",
+        "-out",
+        "vault-issued.crt",
+        "-extfile",
+        "ext.cnf",
+        "-extensions",
+        "leaf",
+    ]);
+    let reg = ws2.rampart_json(&["device", "register", "--cert", "vault-issued.crt"]);
+    assert_eq!(reg["id"], "ext-dev");
+    assert_eq!(
+        ws2.rampart_json(&["device", "show", "ext-dev"])["state"],
+        "unbound"
+    );
+    // A certificate from any other CA is refused.
+    let err = ws2.rampart_fails(&[
+        "device",
+        "register",
+        "--cert",
+        ws.join("ext-dev.crt").to_str().expect("utf8"),
+    ]);
+    assert!(
+        err.contains("already registered") || err.contains("not by this CA"),
+        "{err}"
+    );
+    let ws3 = Workspace::new();
+    init(&ws3);
+    let other = ws3.join("other");
+    ws3.rampart()
+        .args([
+            "device",
+            "create",
+            "--id",
+            "stray-1",
+            "--out",
+            other.to_str().expect("utf8"),
+        ])
+        .assert()
+        .success();
+    let err = ws2.rampart_fails(&[
+        "device",
+        "register",
+        "--cert",
+        other.join("stray-1.crt").to_str().expect("utf8"),
+    ]);
+    assert!(
+        err.contains("not by this CA") || err.contains("does not verify"),
+        "{err}"
+    );
 }

@@ -26,6 +26,11 @@ pub async fn run(g: &GlobalArgs, config: Config, cmd: CaCommand) -> Result<ExitC
         }
         CaCommand::Crl => {
             let path = platform.pki.crl_path();
+            if !path.exists() && !platform.pki.info().can_issue {
+                anyhow::bail!(
+                    "Rampart holds no CRL: the CA key is not held here, so the external CA publishes the CRL"
+                );
+            }
             let crl = std::fs::read_to_string(&path)
                 .with_context(|| format!("cannot read the CRL {}", path.display()))?;
             if g.json {

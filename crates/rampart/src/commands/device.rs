@@ -77,6 +77,7 @@ pub async fn run(g: &GlobalArgs, config: Config, cmd: DeviceCommand) -> Result<E
     match cmd {
         DeviceCommand::SignCsr { file, id, out } => sign_csr(g, &p, &file, id.as_ref(), out).await,
         DeviceCommand::Create { id, out } => create(g, &p, &id, &out).await,
+        DeviceCommand::Register { cert } => register_existing(g, &p, &cert).await,
         DeviceCommand::List { state, search } => list(g, &p, state, search).await,
         DeviceCommand::Show { id } => {
             let d = p.store.device(&id).await?.ok_or(StoreError::NotFound(id))?;
@@ -269,6 +270,21 @@ async fn create(g: &GlobalArgs, p: &Platform, id: &DeviceId, out: &Path) -> Resu
         println!("  certificate: {}", cert_path.display());
         println!("  CA bundle:   {}", ca_path.display());
         println!("  fingerprint: {}", reg.fingerprint);
+        print_claim(&reg);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn register_existing(g: &GlobalArgs, p: &Platform, file: &Path) -> Result<ExitCode> {
+    let pem =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let cert = p.pki.adopt_device_certificate(&pem)?;
+    ensure_free(p, &cert.id).await?;
+    let reg = register(p, cert).await?;
+    if g.json {
+        output::json(&reg)?;
+    } else {
+        println!("registered {} (serial {})", reg.id, reg.serial);
         print_claim(&reg);
     }
     Ok(ExitCode::SUCCESS)
