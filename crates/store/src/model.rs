@@ -27,24 +27,7 @@ impl Actor {
     }
 }
 
-/// Whether an identity is a device or a back-end service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum IdentityKind {
-    /// A device in the field.
-    Device,
-    /// A back-end consumer or operator tool.
-    Service,
-}
-
-impl IdentityKind {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            IdentityKind::Device => "device",
-            IdentityKind::Service => "service",
-        }
-    }
-}
+pub use rampart_pki::IdentityKind;
 
 /// A device's lifecycle state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
