@@ -1,0 +1,197 @@
+//! The contract between the broker and the telemetry pipeline
+//! (docs/decisions/0004-ingest-hook.md).
+//!
+//! The broker hands every device publish on `devices/{id}/{category}/up`
+//! to an [`IngestSink`] and acts on the answer: it acknowledges a QoS ≥ 1
+//! message only after the sink returned, routes it to subscribers only when
+//! it was [`IngestOutcome::Committed`] or [`IngestOutcome::Duplicate`], and
+//! while the sink has not answered it reads nothing more from that
+//! connection (back-pressure: nothing is dropped). Connection events are
+//! handed over as [`PresenceEvent`]s.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+
+use crate::DeviceId;
+use crate::topic::Category;
+
+/// Delivery guarantee a message was published with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum QoS {
+    /// At most once.
+    AtMostOnce = 0,
+    /// At least once.
+    AtLeastOnce = 1,
+    /// Exactly once.
+    ExactlyOnce = 2,
+}
+
+/// MQTT 5 properties of a publish that the pipeline may use.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MessageProperties {
+    /// Content type (MQTT 5 §3.3.2.3.9), e.g. `application/cbor`.
+    pub content_type: Option<String>,
+    /// Payload format indicator said UTF-8 (§3.3.2.3.2).
+    pub utf8_payload: bool,
+    /// User properties, in order (§3.3.2.3.7).
+    pub user_properties: Vec<(String, String)>,
+}
+
+/// A device publish offered to the pipeline.
+#[derive(Clone, PartialEq, Eq)]
+pub struct InboundMessage {
+    /// The publishing device (the topic's id equals the certificate CN).
+    pub device: DeviceId,
+    /// The topic's category.
+    pub category: Category,
+    /// QoS it was published with.
+    pub qos: QoS,
+    /// The payload, as received.
+    pub payload: Bytes,
+    /// MQTT 5 properties (empty for MQTT 3.1.1).
+    pub properties: MessageProperties,
+    /// When the broker received it, Unix milliseconds.
+    pub received_at_ms: i64,
+}
+
+impl fmt::Debug for InboundMessage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InboundMessage")
+            .field("device", &self.device)
+            .field("category", &self.category)
+            .field("qos", &self.qos)
+            .field("payload_len", &self.payload.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the pipeline did with a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IngestOutcome {
+    /// Durably stored: acknowledge and route.
+    Committed,
+    /// Already stored earlier (a replay): acknowledge as success and route.
+    Duplicate,
+    /// Refused: acknowledge with the reason (MQTT 5) or acknowledge and
+    /// drop (MQTT 3.1.1); never routed, never a disconnect.
+    Rejected(Rejection),
+}
+
+/// Why the pipeline refused a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// The class of problem; decides the MQTT 5 reason code.
+    pub kind: RejectionKind,
+    /// A sentence for logs and the MQTT 5 reason string.
+    pub detail: String,
+}
+
+/// Classes of rejection, each with an MQTT 5 reason code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RejectionKind {
+    /// The payload does not decode or validate (0x99 Payload format invalid).
+    PayloadFormatInvalid,
+    /// Over a size or count limit (0x97 Quota exceeded).
+    QuotaExceeded,
+    /// The device may not send this (0x87 Not authorized).
+    NotAuthorized,
+    /// The pipeline failed (0x83 Implementation specific error).
+    Internal,
+}
+
+impl RejectionKind {
+    /// The MQTT 5 PUBACK/PUBREC reason code.
+    pub fn reason_code(self) -> u8 {
+        match self {
+            RejectionKind::PayloadFormatInvalid => 0x99,
+            RejectionKind::QuotaExceeded => 0x97,
+            RejectionKind::NotAuthorized => 0x87,
+            RejectionKind::Internal => 0x83,
+        }
+    }
+
+    /// A short stable label for metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            RejectionKind::PayloadFormatInvalid => "payload_format_invalid",
+            RejectionKind::QuotaExceeded => "quota_exceeded",
+            RejectionKind::NotAuthorized => "not_authorized",
+            RejectionKind::Internal => "internal",
+        }
+    }
+}
+
+/// Why a connection ended (DESIGN.md "Presence").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DisconnectReason {
+    /// The client sent DISCONNECT.
+    Clean,
+    /// The connection dropped without DISCONNECT.
+    ConnectionLost,
+    /// Nothing received for 1.5 × keepalive.
+    KeepaliveTimeout,
+    /// The client broke the protocol.
+    ProtocolError,
+    /// Its certificate was revoked.
+    Revoked,
+    /// It was disabled (or deleted).
+    Disabled,
+    /// A new connection with the same id took the session over.
+    TakenOver,
+    /// The server is shutting down.
+    ServerShutdown,
+}
+
+impl DisconnectReason {
+    /// Name as stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DisconnectReason::Clean => "clean",
+            DisconnectReason::ConnectionLost => "connection_lost",
+            DisconnectReason::KeepaliveTimeout => "keepalive_timeout",
+            DisconnectReason::ProtocolError => "protocol_error",
+            DisconnectReason::Revoked => "revoked",
+            DisconnectReason::Disabled => "disabled",
+            DisconnectReason::TakenOver => "taken_over",
+            DisconnectReason::ServerShutdown => "server_shutdown",
+        }
+    }
+}
+
+/// A device came or went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PresenceEvent {
+    /// CONNECT accepted.
+    Connected {
+        /// The device.
+        device: DeviceId,
+        /// When, Unix milliseconds.
+        at_ms: i64,
+        /// Its address.
+        addr: SocketAddr,
+        /// MQTT protocol level (4 = 3.1.1, 5 = 5.0).
+        protocol: u8,
+    },
+    /// The connection ended.
+    Disconnected {
+        /// The device.
+        device: DeviceId,
+        /// When, Unix milliseconds.
+        at_ms: i64,
+        /// Why.
+        reason: DisconnectReason,
+    },
+}
+
+/// The pipeline, as the broker sees it.
+#[async_trait::async_trait]
+pub trait IngestSink: Send + Sync + fmt::Debug {
+    /// Offers one device publish; returns once the outcome is final (for
+    /// `Committed`, once it is durable). Slow answers are back-pressure.
+    async fn ingest(&self, message: InboundMessage) -> IngestOutcome;
+
+    /// Records a presence event. Must not block for long.
+    async fn presence(&self, event: PresenceEvent);
+}
