@@ -291,7 +291,10 @@ mod tests {
         r.subscribe(&id("root"), "#", None, opts(0));
         let t = r.route("devices/a/telemetry/up", None);
         assert_eq!(clients(&t), ["all", "one", "root", "svc"]);
-        assert_eq!(clients(&r.route("devices/b/state/up", None)), ["all", "root"]);
+        assert_eq!(
+            clients(&r.route("devices/b/state/up", None)),
+            ["all", "root"]
+        );
         assert_eq!(clients(&r.route("devices", None)), ["all", "root"]);
         assert_eq!(clients(&r.route("$SYS/x", None)), Vec::<String>::new());
         assert!(r.unsubscribe(&id("all"), "devices/#", None));

@@ -26,6 +26,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// `rampart serve` behaviour.
     pub serve: ServeConfig,
+    /// The MQTT broker.
+    pub broker: rampart_broker::BrokerConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -178,6 +180,39 @@ busy_timeout = "10s"
 change_poll_interval = "100ms"
 # How long an orderly shutdown may take.
 shutdown_timeout = "10s"
+
+[broker]
+# Also offer TLS 1.2 for older device stacks. TLS 1.2 sends the client
+# certificate in clear: anyone on the path learns the device id.
+tls12 = false
+# Most simultaneous connections.
+max_connections = 100000
+# A TLS handshake plus CONNECT must finish within this (slowloris).
+handshake_timeout = "10s"
+# New connections per second from one IP address (0: no limit).
+connection_rate_per_ip = 50
+# Addresses exempt from that limit, e.g. ["127.0.0.1", "::1"].
+rate_limit_exempt = []
+# Largest packet accepted from a client, in bytes.
+max_packet_size = 262144
+# QoS 1/2 messages in flight to one client (MQTT 5 receive maximum).
+max_inflight = 64
+# Messages queued per client before the overflow policy applies: QoS 0
+# messages are dropped first, then the oldest; every drop is counted.
+max_queued_messages = 1000
+# Topic aliases a v5 client may use (0 disables them).
+topic_alias_maximum = 32
+# Longest session expiry; also the expiry of MQTT 3.1.1 persistent sessions.
+max_session_expiry = "7days"
+# Keepalive imposed on clients that ask for none or more, in seconds.
+max_keepalive_secs = 3600
+# Extra access rules, added to the defaults (devices publish to
+# devices/{cn}/+/up and subscribe to devices/{cn}/+/down; services subscribe
+# to devices/# and publish devices/+/cmd/down and devices/+/state/down):
+# [[broker.acl]]
+# identity = "device"          # "device", "service", or one exact identity name
+# access = "readwrite"         # "publish", "subscribe" or "readwrite"
+# topic = "devices/{cn}/#"     # {cn} = the connecting identity
 
 [log]
 # "text" or "json".

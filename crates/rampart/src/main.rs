@@ -12,6 +12,7 @@ mod logging;
 mod output;
 mod platform;
 mod serve;
+mod sink;
 
 use std::process::ExitCode;
 

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use rampart_store::{Change, Store};
+use rampart_broker::{Broker, TlsMaterial};
+use rampart_store::{Change, ChangeKind, Store};
+use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -20,6 +22,7 @@ use crate::cli::{GlobalArgs, ServeArgs};
 use crate::config::Config;
 use crate::datadir::DataDir;
 use crate::platform::Platform;
+use crate::sink::RegistrySink;
 
 /// Change-feed events buffered per subscriber before it is told it lagged.
 const CHANGE_BUFFER: usize = 1024;
@@ -42,9 +45,31 @@ pub async fn run(g: &GlobalArgs, config: Config, args: ServeArgs) -> Result<Exit
     let shutdown = CancellationToken::new();
     spawn_signal_listener(shutdown.clone())?;
 
+    // The broker: bound first so that a taken port fails the start cleanly.
+    let store: Arc<dyn Store> = Arc::new(platform.store.clone());
+    let broker = Broker::new(
+        platform.config.broker.clone(),
+        &tls_material(&platform)?,
+        Arc::clone(&store),
+        Arc::new(RegistrySink::new(Arc::clone(&store))),
+    )
+    .context("cannot start the MQTT broker")?;
+    let mqtt = TcpListener::bind(args.mqtt_addr)
+        .await
+        .with_context(|| format!("cannot listen for MQTT on {}", args.mqtt_addr))?;
+    // A plain line, whatever the log settings: scripts and tests wait for it.
+    eprintln!("listening mqtt={}", mqtt.local_addr()?);
+    let broker_stop = CancellationToken::new();
+    let broker_task = tokio::spawn(rampart_broker::run(
+        mqtt,
+        Arc::clone(&broker),
+        broker_stop.clone(),
+    ));
+
     let (changes, _) = broadcast::channel::<Change>(CHANGE_BUFFER);
     let follower = spawn_change_follower(
         Arc::clone(&platform),
+        Arc::clone(&broker),
         changes.clone(),
         shutdown.child_token(),
     )
@@ -56,6 +81,14 @@ pub async fn run(g: &GlobalArgs, config: Config, args: ServeArgs) -> Result<Exit
 
     tracing::info!("shutting down");
     let deadline = platform.config.serve.shutdown_timeout;
+    // Stop accepting and drain sessions first, then the rest.
+    broker_stop.cancel();
+    match tokio::time::timeout(deadline, broker_task).await {
+        Ok(Ok(Ok(()))) => tracing::info!("broker stopped"),
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "broker stopped with an error"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "broker task failed"),
+        Err(_) => tracing::warn!("broker did not stop within the shutdown timeout"),
+    }
     for (name, task) in [("change follower", follower), ("CRL refresher", crl)] {
         if tokio::time::timeout(deadline, task).await.is_err() {
             tracing::warn!(part = name, "did not stop within the shutdown timeout");
@@ -88,6 +121,7 @@ fn spawn_signal_listener(shutdown: CancellationToken) -> Result<()> {
 /// replica, and the interval bounds how late a change applies.
 async fn spawn_change_follower(
     platform: Arc<Platform>,
+    broker: Arc<Broker>,
     changes: broadcast::Sender<Change>,
     shutdown: CancellationToken,
 ) -> Result<JoinHandle<()>> {
@@ -119,6 +153,22 @@ async fn spawn_change_follower(
             }
             for change in batch {
                 last = change.seq;
+                if change.kind == ChangeKind::DeviceRevoked
+                    || change.kind == ChangeKind::DeviceDeleted
+                {
+                    // The CLI published a new CRL; new handshakes check it.
+                    match tls_material(&platform) {
+                        Ok(m) => {
+                            if let Err(e) = broker.reload_tls(&m) {
+                                tracing::warn!(error = %e, "cannot reload TLS material");
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %format!("{e:#}"), "cannot read TLS material")
+                        }
+                    }
+                }
+                broker.apply_change(&change).await;
                 tracing::info!(
                     seq = change.seq,
                     kind = change.kind.as_str(),
@@ -146,5 +196,21 @@ fn spawn_crl_refresher(platform: Arc<Platform>, shutdown: CancellationToken) -> 
                 _ = tokio::time::sleep(every.max(Duration::from_secs(60))) => {}
             }
         }
+    })
+}
+
+/// Certificates, key, trust anchors and CRL for the broker's TLS.
+fn tls_material(platform: &Platform) -> Result<TlsMaterial> {
+    let (cert, key) = platform.server_identity()?;
+    let read = |p: &std::path::Path| {
+        std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
+    };
+    let crl_path = platform.pki.crl_path();
+    Ok(TlsMaterial {
+        server_chain_pem: read(&cert)?,
+        server_key_pem: read(&key)?,
+        client_ca_pem: platform.pki.client_ca_pem(),
+        crl_pem: crl_path.exists().then(|| read(&crl_path)).transpose()?,
+        tls12: platform.config.broker.tls12,
     })
 }

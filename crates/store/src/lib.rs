@@ -73,6 +73,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         actor: &Actor,
     ) -> Result<Device>;
 
+    /// Records that a device connected (`online`) or went away, and when
+    /// the broker last heard from it. Not audited: presence is telemetry.
+    async fn record_presence(
+        &self,
+        id: &DeviceId,
+        online: bool,
+        at: time::OffsetDateTime,
+    ) -> Result<()>;
+
     /// One certificate by serial (lowercase hex).
     async fn certificate(&self, serial: &str) -> Result<Option<CertificateRecord>>;
 

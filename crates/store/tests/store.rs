@@ -358,3 +358,36 @@ async fn two_processes_writing_at_once_never_see_locked() {
     assert!(report.ok, "{report:?}");
     assert_eq!(report.rows, 200);
 }
+
+#[tokio::test]
+async fn presence_updates_online_and_last_seen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    store
+        .create_device(new_device("p-1", 1), &cli())
+        .await
+        .expect("create");
+    let at = OffsetDateTime::from_unix_timestamp(1_800_000_000).expect("time");
+    store
+        .record_presence(&id("p-1"), true, at)
+        .await
+        .expect("online");
+    let d = store
+        .device(&id("p-1"))
+        .await
+        .expect("get")
+        .expect("present");
+    assert!(d.online);
+    assert_eq!(d.last_seen, Some(at));
+    store
+        .record_presence(&id("p-1"), false, at + Duration::seconds(5))
+        .await
+        .expect("offline");
+    let d = store
+        .device(&id("p-1"))
+        .await
+        .expect("get")
+        .expect("present");
+    assert!(!d.online);
+    assert_eq!(d.last_seen, Some(at + Duration::seconds(5)));
+}

@@ -155,6 +155,29 @@ impl Workspace {
         self.join(&csr)
     }
 
+    /// Creates a device with a server-made key (the development shortcut)
+    /// and returns the paths of its files.
+    pub fn device(&self, id: &str) -> DeviceFiles {
+        let dir = self.join("devices");
+        let out = self
+            .rampart()
+            .args(["device", "create", "--id", id, "--out"])
+            .arg(&dir)
+            .output()
+            .expect("run rampart device create");
+        assert!(
+            out.status.success(),
+            "device create {id}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        DeviceFiles {
+            id: id.to_owned(),
+            cert: dir.join(format!("{id}.crt")),
+            key: dir.join(format!("{id}.key")),
+            ca: dir.join("ca.crt"),
+        }
+    }
+
     /// Starts `rampart serve` on loopback with OS-chosen ports.
     pub fn serve(&self, extra_env: &[(&str, &str)]) -> Serve {
         let mut cmd = self.rampart_std();
@@ -178,12 +201,123 @@ impl Default for Workspace {
     }
 }
 
+/// A device's credentials on disk.
+#[derive(Debug, Clone)]
+pub struct DeviceFiles {
+    /// Its id.
+    pub id: String,
+    /// Certificate (with chain).
+    pub cert: PathBuf,
+    /// Private key.
+    pub key: PathBuf,
+    /// CA bundle to verify the server.
+    pub ca: PathBuf,
+}
+
+impl DeviceFiles {
+    /// `mosquitto_pub`/`mosquitto_sub` TLS and identity arguments for a
+    /// broker at `addr`, as this device.
+    pub fn mosquitto_args(&self, addr: std::net::SocketAddr) -> Vec<String> {
+        vec![
+            "-h".into(),
+            addr.ip().to_string(),
+            "-p".into(),
+            addr.port().to_string(),
+            "--cafile".into(),
+            self.ca.display().to_string(),
+            "--cert".into(),
+            self.cert.display().to_string(),
+            "--key".into(),
+            self.key.display().to_string(),
+            "-i".into(),
+            self.id.clone(),
+        ]
+    }
+}
+
+/// Runs a mosquitto client (`mosquitto_pub` or `mosquitto_sub`) with `args`,
+/// bounded by [`wait_limit`]; returns its output.
+pub fn mosquitto(tool: &str, args: &[String]) -> Output {
+    let mut child = Command::new(tool)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{tool} is installed (apt-get install mosquitto-clients): {e}"));
+    let deadline = std::time::Instant::now() + wait_limit();
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            return child.wait_with_output().expect("collect output");
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("collect output");
+            panic!(
+                "{tool} {args:?} did not finish: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Starts a mosquitto client in the background (killed when dropped).
+pub fn spawn_mosquitto(tool: &str, args: &[String]) -> Background {
+    let child = Command::new(tool)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{tool} is installed (apt-get install mosquitto-clients): {e}"));
+    Background { child: Some(child) }
+}
+
+/// A background client process.
+#[derive(Debug)]
+pub struct Background {
+    child: Option<Child>,
+}
+
+impl Background {
+    /// Waits (bounded by [`wait_limit`]) for the process to exit by itself.
+    pub fn wait(mut self) -> Output {
+        let mut child = self.child.take().expect("running child");
+        let deadline = std::time::Instant::now() + wait_limit();
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                return child.wait_with_output().expect("collect output");
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let out = child.wait_with_output().expect("collect output");
+                panic!(
+                    "background client did not finish: {}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// A running `rampart serve` whose stderr lines can be awaited.
 #[derive(Debug)]
 pub struct Serve {
     child: Child,
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
+    cursor: usize,
 }
 
 impl Serve {
@@ -202,18 +336,18 @@ impl Serve {
             child,
             lines,
             seen: Vec::new(),
+            cursor: 0,
         }
     }
 
-    /// Waits for a stderr line containing every one of `needles`; panics
-    /// with everything seen so far if none arrives within [`wait_limit`].
+    /// Waits for a stderr line containing every one of `needles`, after
+    /// the line the previous `wait_for` matched; panics with everything
+    /// seen so far if none arrives within [`wait_limit`].
     pub fn wait_for(&mut self, needles: &[&str]) -> String {
-        if let Some(l) = self
-            .seen
-            .iter()
-            .find(|l| needles.iter().all(|n| l.contains(n)))
-        {
-            return l.clone();
+        let hit = |l: &String| needles.iter().all(|n| l.contains(n));
+        if let Some(i) = self.seen[self.cursor..].iter().position(hit) {
+            self.cursor += i + 1;
+            return self.seen[self.cursor - 1].clone();
         }
         let deadline = std::time::Instant::now() + wait_limit();
         loop {
@@ -221,7 +355,8 @@ impl Serve {
             match self.lines.recv_timeout(left) {
                 Ok(line) => {
                     self.seen.push(line.clone());
-                    if needles.iter().all(|n| line.contains(n)) {
+                    if hit(&line) {
+                        self.cursor = self.seen.len();
                         return line;
                     }
                 }
@@ -231,6 +366,16 @@ impl Serve {
                 ),
             }
         }
+    }
+
+    /// Waits for `listening NAME=IP:PORT` and returns the address.
+    pub fn listening(&mut self, name: &str) -> std::net::SocketAddr {
+        let prefix = format!("listening {name}=");
+        let line = self.wait_for(&[&prefix]);
+        line.trim()
+            .strip_prefix(&prefix)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("malformed listening line: {line}"))
     }
 
     /// Every stderr line received so far.

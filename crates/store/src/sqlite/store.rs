@@ -219,6 +219,24 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn record_presence(
+        &self,
+        id: &DeviceId,
+        online: bool,
+        at: time::OffsetDateTime,
+    ) -> Result<()> {
+        let id = id.clone();
+        self.write(move |tx, _| {
+            tx.execute(
+                "UPDATE devices SET online = ?2, last_seen = ?3 WHERE id = ?1",
+                params![id.as_str(), online, super::to_ms(at)],
+            )
+            .map_err(db)?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn certificate(&self, serial: &str) -> Result<Option<CertificateRecord>> {
         let serial = serial.to_owned();
         self.read(move |conn, _| devices::certificate(conn, &serial))

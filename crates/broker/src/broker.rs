@@ -1,0 +1,293 @@
+//! The broker's shared state: sessions, subscriptions, retained messages,
+//! and the operations that cross connections (routing, takeover, kicking
+//! revoked identities).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use rampart_proto::ingest::{DisconnectReason, IngestSink};
+use rampart_store::{Change, ChangeKind, Store};
+
+use crate::acl::{Acl, AclRuleError};
+use crate::config::BrokerConfig;
+use crate::metrics::Metrics;
+use crate::router::{ClientId, Router};
+use crate::session::{Delivery, Message, Session};
+use crate::tls::{ReloadableAcceptor, TlsError, TlsMaterial};
+
+/// Why the broker cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// TLS material is unusable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// An ACL rule in the configuration is invalid.
+    #[error(transparent)]
+    Acl(#[from] AclRuleError),
+}
+
+/// Token bucket per source address.
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+/// Everything connections share.
+#[derive(Debug)]
+pub struct Broker {
+    pub(crate) config: BrokerConfig,
+    pub(crate) acl: Acl,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) sink: Arc<dyn IngestSink>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) tls: ReloadableAcceptor,
+    pub(crate) sessions: Mutex<HashMap<ClientId, Arc<Session>>>,
+    pub(crate) router: RwLock<Router>,
+    pub(crate) retained: RwLock<HashMap<Arc<str>, Arc<Message>>>,
+    rate: Mutex<HashMap<IpAddr, Bucket>>,
+}
+
+impl Broker {
+    /// A broker with no sessions yet.
+    pub fn new(
+        config: BrokerConfig,
+        tls: &TlsMaterial,
+        store: Arc<dyn Store>,
+        sink: Arc<dyn IngestSink>,
+    ) -> Result<Arc<Self>, BrokerError> {
+        Ok(Arc::new(Self {
+            acl: Acl::new(&config.acl)?,
+            tls: ReloadableAcceptor::new(tls)?,
+            config,
+            store,
+            sink,
+            metrics: Arc::new(Metrics::default()),
+            sessions: Mutex::new(HashMap::new()),
+            router: RwLock::new(Router::new()),
+            retained: RwLock::new(HashMap::new()),
+            rate: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// The broker's counters.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
+    }
+
+    /// Swaps in new certificates or a new CRL; live connections keep theirs.
+    pub fn reload_tls(&self, material: &TlsMaterial) -> Result<(), TlsError> {
+        self.tls.reload(material)
+    }
+
+    /// Identities connected right now.
+    pub fn connected(&self) -> Vec<String> {
+        let sessions = self.sessions.lock().map(|s| s.clone()).unwrap_or_default();
+        sessions
+            .iter()
+            .filter(|(_, s)| s.control.lock().is_ok_and(|c| c.is_some()))
+            .map(|(id, _)| id.to_string())
+            .collect()
+    }
+
+    /// Acts on a change made through the CLI, the console or another
+    /// replica: a revoked, disabled or deleted identity is cut off at once.
+    pub async fn apply_change(&self, change: &Change) {
+        if !change.kind.affects_sessions() {
+            return;
+        }
+        let reason = match change.kind {
+            ChangeKind::DeviceRevoked => DisconnectReason::Revoked,
+            _ => DisconnectReason::Disabled,
+        };
+        let control = self
+            .sessions
+            .lock()
+            .ok()
+            .and_then(|s| s.get(change.subject.as_str()).cloned())
+            .and_then(|s| s.control.lock().ok().and_then(|c| c.clone()));
+        let Some(control) = control else { return };
+        // Re-check rather than trust the feed: an enable may have followed.
+        let still_allowed = crate::identity::check_allowed(
+            self.store.as_ref(),
+            &control.identity.id,
+            control.identity.kind,
+        )
+        .await
+        .is_ok()
+            && self
+                .store
+                .certificate(&control.identity.serial)
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|c| c.status == rampart_store::CertificateStatus::Current);
+        if !still_allowed {
+            Metrics::inc(&self.metrics.kicked_revoked);
+            tracing::info!(device_id = %control.identity.id, reason = reason.as_str(), "closing session");
+            control.close(reason);
+        }
+    }
+
+    /// Whether `ip` may open another connection now.
+    pub(crate) fn admit(&self, ip: IpAddr) -> bool {
+        let rate = self.config.connection_rate_per_ip;
+        if rate == 0 || self.config.rate_limit_exempt.contains(&ip) {
+            return true;
+        }
+        let Ok(mut buckets) = self.rate.lock() else {
+            return true;
+        };
+        let now = Instant::now();
+        if buckets.len() > 100_000 {
+            // Forget idle sources rather than grow without bound.
+            buckets.retain(|_, b| now.duration_since(b.at).as_secs() < 10);
+        }
+        let b = buckets.entry(ip).or_insert(Bucket {
+            tokens: f64::from(rate),
+            at: now,
+        });
+        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * f64::from(rate))
+            .min(f64::from(rate));
+        b.at = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Stores or clears a retained message (MQTT 5 §3.3.1.3).
+    pub(crate) fn retain(&self, message: &Arc<Message>) {
+        let Ok(mut retained) = self.retained.write() else {
+            return;
+        };
+        if message.payload.is_empty() {
+            retained.remove(&message.topic);
+        } else {
+            retained.insert(Arc::clone(&message.topic), Arc::clone(message));
+        }
+    }
+
+    /// Retained messages matching `filter`.
+    pub(crate) fn retained_matching(&self, filter: &str) -> Vec<Arc<Message>> {
+        self.retained
+            .read()
+            .map(|r| {
+                r.values()
+                    .filter(|m| crate::topic::matches(filter, &m.topic))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Hands `message` to every matching subscription.
+    pub(crate) fn route(&self, message: &Arc<Message>) {
+        let targets = match self.router.read() {
+            Ok(r) => r.route(&message.topic, message.publisher.as_deref()),
+            Err(_) => return,
+        };
+        for t in targets {
+            let delivery = Delivery {
+                message: Arc::clone(message),
+                qos: message.qos.min(t.qos),
+                retain: t.retain_as_published && message.retain,
+                subscription_ids: t.subscription_ids,
+            };
+            self.enqueue(&t.client, delivery);
+        }
+    }
+
+    /// Queues a delivery for one session, applying the overflow policy.
+    pub(crate) fn enqueue(&self, client: &str, delivery: Delivery) {
+        let session = self
+            .sessions
+            .lock()
+            .ok()
+            .and_then(|s| s.get(client).cloned());
+        let Some(session) = session else { return };
+        if let Ok(mut state) = session.state.lock() {
+            if state.queue.len() >= self.config.max_queued_messages {
+                Metrics::inc(&self.metrics.dropped_queue_full);
+                if delivery.qos == 0 {
+                    return;
+                }
+                // Drop the oldest QoS 0 message if there is one, else the oldest.
+                let victim = state.queue.iter().position(|d| d.qos == 0).unwrap_or(0);
+                state.queue.remove(victim);
+                self.metrics.queued_messages.fetch_sub(1, Ordering::Relaxed);
+            }
+            state.queue.push_back(delivery);
+            self.metrics.queued_messages.fetch_add(1, Ordering::Relaxed);
+        }
+        session.wake.notify_one();
+    }
+
+    /// Closes every live connection (server shutdown).
+    pub(crate) fn close_all(&self, reason: DisconnectReason) {
+        let sessions: Vec<Arc<Session>> = self
+            .sessions
+            .lock()
+            .map(|s| s.values().cloned().collect())
+            .unwrap_or_default();
+        for s in sessions {
+            if let Some(c) = s.control.lock().ok().and_then(|c| c.clone()) {
+                c.close(reason);
+            }
+        }
+    }
+
+    /// Drops offline sessions whose expiry has passed.
+    pub(crate) fn expire_sessions(&self) {
+        let now = Instant::now();
+        let expired: Vec<(ClientId, Arc<Session>)> = match self.sessions.lock() {
+            Ok(mut sessions) => {
+                let ids: Vec<ClientId> = sessions
+                    .iter()
+                    .filter(|(_, s)| {
+                        s.control.lock().is_ok_and(|c| c.is_none())
+                            && s.state
+                                .lock()
+                                .is_ok_and(|st| st.expires_at.is_some_and(|t| t <= now))
+                    })
+                    .map(|(id, _)| Arc::clone(id))
+                    .collect();
+                ids.into_iter()
+                    .filter_map(|id| sessions.remove(&id).map(|s| (id, s)))
+                    .collect()
+            }
+            Err(_) => return,
+        };
+        for (id, session) in expired {
+            self.forget_subscriptions(&id, &session);
+        }
+    }
+
+    /// Removes a session's subscriptions from the router.
+    pub(crate) fn forget_subscriptions(&self, id: &ClientId, session: &Session) {
+        let filters: Vec<String> = session
+            .state
+            .lock()
+            .map(|mut st| {
+                let queued = st.queue.len() as i64;
+                self.metrics
+                    .queued_messages
+                    .fetch_sub(queued, Ordering::Relaxed);
+                st.queue.clear();
+                st.subscriptions.drain().map(|(f, _)| f).collect()
+            })
+            .unwrap_or_default();
+        if let Ok(mut router) = self.router.write() {
+            for raw in filters {
+                if let Ok(sub) = crate::topic::parse_subscription(&raw) {
+                    router.unsubscribe(id, sub.filter, sub.group);
+                }
+            }
+        }
+    }
+}

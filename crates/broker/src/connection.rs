@@ -1,0 +1,986 @@
+//! One client connection: TLS, CONNECT, then the packet loop.
+//!
+//! The loop reads packets, answers them, and pumps queued deliveries, all
+//! in one task. While the pipeline decides on a publish the task awaits it
+//! and reads nothing more from this client: that is the back-pressure the
+//! ingest contract promises, and it cannot drop anything.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use mqtt5_protocol::packet::connack::ConnAckPacket;
+use mqtt5_protocol::packet::disconnect::DisconnectPacket;
+use mqtt5_protocol::packet::puback::PubAckPacket;
+use mqtt5_protocol::packet::pubcomp::PubCompPacket;
+use mqtt5_protocol::packet::publish::PublishPacket;
+use mqtt5_protocol::packet::pubrec::PubRecPacket;
+use mqtt5_protocol::packet::pubrel::PubRelPacket;
+use mqtt5_protocol::packet::suback::{SubAckPacket, SubAckReasonCode};
+use mqtt5_protocol::packet::subscribe::SubscribePacket;
+use mqtt5_protocol::packet::subscribe_options::RetainHandling;
+use mqtt5_protocol::packet::unsuback::{UnsubAckPacket, UnsubAckReasonCode};
+use mqtt5_protocol::packet::unsubscribe::UnsubscribePacket;
+use mqtt5_protocol::{Packet, Properties, PropertyId, QoS as WireQoS, ReasonCode};
+use rampart_proto::ingest::{
+    DisconnectReason, InboundMessage, IngestOutcome, MessageProperties, PresenceEvent, QoS,
+};
+use rampart_proto::topic::{DeviceTopic, Direction};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::Broker;
+use crate::codec::{self, CodecError, Decoder};
+use crate::identity::{self, Identity, IdentityKind};
+use crate::metrics::Metrics;
+use crate::router::{ClientId, SubOptions};
+use crate::session::{Control, Delivery, Inflight, Message, Session};
+use crate::topic;
+
+type Reader = ReadHalf<TlsStream<TcpStream>>;
+type Writer = WriteHalf<TlsStream<TcpStream>>;
+
+const READ_CHUNK: usize = 16 * 1024;
+
+fn now_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// Serves one accepted TCP connection to its end.
+pub(crate) async fn serve(
+    broker: Arc<Broker>,
+    tcp: TcpStream,
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    let _ = tcp.set_nodelay(true);
+    let deadline = Instant::now() + broker.config.handshake_timeout;
+    let acceptor = broker.tls.get();
+    let tls = match tokio::time::timeout_at(deadline.into(), acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            Metrics::inc(&broker.metrics.handshake_failures);
+            tracing::info!(client_addr = %addr, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            Metrics::inc(&broker.metrics.handshake_timeouts);
+            tracing::info!(client_addr = %addr, "TLS handshake timed out");
+            return;
+        }
+    };
+    let peer_der = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.as_ref().to_vec());
+    let (reader, writer) = tokio::io::split(tls);
+    let mut conn = Connection {
+        broker: Arc::clone(&broker),
+        reader,
+        writer,
+        rbuf: BytesMut::with_capacity(READ_CHUNK),
+        out: BytesMut::with_capacity(READ_CHUNK),
+        decoder: Decoder::new(
+            broker.config.max_packet_size,
+            broker.config.topic_alias_maximum,
+        ),
+        addr,
+        version: 4,
+        client_max_packet: None,
+        client_receive_max: broker.config.max_inflight,
+        aliases: HashMap::new(),
+    };
+    let connect = match tokio::time::timeout_at(deadline.into(), conn.read_connect()).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(())) => return,
+        Err(_) => {
+            Metrics::inc(&broker.metrics.handshake_timeouts);
+            tracing::info!(client_addr = %addr, "no CONNECT within the handshake timeout");
+            return;
+        }
+    };
+    conn.run(connect, peer_der, shutdown).await;
+}
+
+struct Connection {
+    broker: Arc<Broker>,
+    reader: Reader,
+    writer: Writer,
+    rbuf: BytesMut,
+    out: BytesMut,
+    decoder: Decoder,
+    addr: SocketAddr,
+    version: u8,
+    client_max_packet: Option<u32>,
+    client_receive_max: u16,
+    aliases: HashMap<u16, Arc<str>>,
+}
+
+/// How the packet loop ended.
+enum End {
+    Reason(DisconnectReason),
+    /// v5 DISCONNECT 0x04: publish the will although the client disconnected.
+    CleanWithWill,
+}
+
+impl Connection {
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.out.is_empty() {
+            self.writer.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        self.writer.flush().await
+    }
+
+    fn send(&mut self, packet: &Packet) {
+        if let Err(e) = codec::encode(packet, self.version, self.client_max_packet, &mut self.out) {
+            tracing::debug!(client_addr = %self.addr, error = %e, "packet not sent");
+        }
+    }
+
+    /// Reads packets until one is complete; the first must be CONNECT.
+    async fn read_packet(&mut self) -> Result<Option<Packet>, CodecError> {
+        loop {
+            if let Some(p) = self.decoder.decode(&mut self.rbuf)? {
+                return Ok(Some(p));
+            }
+            self.rbuf.reserve(READ_CHUNK);
+            match self.reader.read_buf(&mut self.rbuf).await {
+                Ok(0) | Err(_) => return Ok(None),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    async fn read_connect(
+        &mut self,
+    ) -> Result<Box<mqtt5_protocol::packet::connect::ConnectPacket>, ()> {
+        match self.read_packet().await {
+            Ok(Some(Packet::Connect(c))) => Ok(c),
+            Ok(Some(_)) | Ok(None) => Err(()),
+            Err(e) => {
+                Metrics::inc(&self.broker.metrics.protocol_errors);
+                tracing::info!(client_addr = %self.addr, error = %e, "bad CONNECT");
+                if let CodecError::UnsupportedProtocolVersion(_) = e {
+                    // v3.1.1 §3.2.2.3: return code 0x01, then close.
+                    self.version = 4;
+                    self.send(&Packet::ConnAck(ConnAckPacket::new_v311(
+                        false,
+                        ReasonCode::UnsupportedProtocolVersion,
+                    )));
+                    let _ = self.flush().await;
+                }
+                Err(())
+            }
+        }
+    }
+
+    fn connack(&mut self, present: bool, code: ReasonCode, props: Properties) {
+        let mut ack = if self.version == 5 {
+            ConnAckPacket::new(present, code)
+        } else {
+            ConnAckPacket::new_v311(present, code)
+        };
+        ack.properties = props;
+        self.send(&Packet::ConnAck(ack));
+    }
+
+    async fn refuse(&mut self, code: ReasonCode) {
+        self.connack(false, code, Properties::default());
+        let _ = self.flush().await;
+        let _ = self.writer.shutdown().await;
+    }
+
+    async fn run(
+        mut self,
+        connect: Box<mqtt5_protocol::packet::connect::ConnectPacket>,
+        peer_der: Option<Vec<u8>>,
+        shutdown: CancellationToken,
+    ) {
+        let broker = Arc::clone(&self.broker);
+        self.version = connect.protocol_version;
+        let addr = self.addr;
+        // Identity: the registry decides, the certificate alone does not.
+        let identity = match peer_der {
+            None => Err(identity::IdentityError::NoCertificate),
+            Some(der) => identity::verify(broker.store.as_ref(), &der).await,
+        };
+        let identity = match identity {
+            Ok(i) => i,
+            Err(e) => {
+                Metrics::inc(&broker.metrics.identity_refused);
+                tracing::warn!(client_addr = %addr, reason = e.label(), error = %e, "connection refused");
+                self.refuse(ReasonCode::NotAuthorized).await;
+                return;
+            }
+        };
+        if connect.client_id != identity.id.as_str() {
+            Metrics::inc(&broker.metrics.client_id_mismatch);
+            tracing::warn!(
+                device_id = %identity.id, client_addr = %addr, client_id = %connect.client_id,
+                "certificate CN '{}' does not match client id '{}'", identity.id, connect.client_id
+            );
+            self.refuse(ReasonCode::ClientIdentifierNotValid).await;
+            return;
+        }
+        if self.version == 5 {
+            self.client_max_packet = connect.properties.get_maximum_packet_size();
+            if let Some(rm) = connect.properties.get_receive_maximum() {
+                self.client_receive_max = rm.min(broker.config.max_inflight);
+            }
+        }
+        let client: ClientId = Arc::from(identity.id.as_str());
+        let requested_expiry = if self.version == 5 {
+            connect
+                .properties
+                .get_session_expiry_interval()
+                .unwrap_or(0)
+        } else if connect.clean_start {
+            0
+        } else {
+            u32::MAX
+        };
+        let expiry = requested_expiry.min(broker.config.max_session_expiry.as_secs() as u32);
+        let (session, present) = self
+            .take_session(&client, &identity, connect.clean_start)
+            .await;
+        let control = Control {
+            kick: CancellationToken::new(),
+            reason: Arc::new(std::sync::Mutex::new(None)),
+            done: Arc::new(tokio::sync::Semaphore::new(0)),
+            identity: identity.clone(),
+        };
+        if let Ok(mut c) = session.control.lock() {
+            *c = Some(control.clone());
+        }
+        if let Ok(mut st) = session.state.lock() {
+            st.expiry_secs = expiry;
+            st.expires_at = None;
+        }
+
+        let mut keepalive = connect.keep_alive;
+        let mut props = Properties::default();
+        if self.version == 5 {
+            if keepalive == 0 || keepalive > broker.config.max_keepalive_secs {
+                keepalive = broker.config.max_keepalive_secs;
+                props.set_server_keep_alive(keepalive);
+            }
+            if requested_expiry != expiry {
+                props.set_session_expiry_interval(expiry);
+            }
+            props.set_receive_maximum(broker.config.max_inflight);
+            props.set_maximum_packet_size(broker.config.max_packet_size);
+            props.set_topic_alias_maximum(broker.config.topic_alias_maximum);
+            props.set_retain_available(true);
+            props.set_wildcard_subscription_available(true);
+            props.set_subscription_identifier_available(true);
+            props.set_shared_subscription_available(true);
+        }
+        self.connack(present, ReasonCode::Success, props);
+        broker.metrics.connections.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(device_id = %identity.id, client_addr = %addr, protocol = self.version, session_present = present, "connected");
+        if identity.kind == IdentityKind::Device {
+            broker
+                .sink
+                .presence(PresenceEvent::Connected {
+                    device: identity.id.clone(),
+                    at_ms: now_ms(),
+                    addr,
+                    protocol: self.version,
+                })
+                .await;
+        }
+        let will = connect.will.clone();
+
+        // MQTT 5 §4.4: resend unacknowledged deliveries with DUP set.
+        self.resend_inflight(&session);
+        let end = self
+            .packet_loop(&session, &identity, &client, &control, keepalive, &shutdown)
+            .await;
+
+        let reason = match end {
+            End::Reason(r) => r,
+            End::CleanWithWill => DisconnectReason::Clean,
+        };
+        if self.version == 5
+            && let Some(code) = server_disconnect_code(reason)
+        {
+            self.send(&Packet::Disconnect(DisconnectPacket::new(code)));
+        }
+        let _ = self.flush().await;
+        let _ = self.writer.shutdown().await;
+        broker.metrics.connections.fetch_sub(1, Ordering::Relaxed);
+        tracing::info!(device_id = %identity.id, client_addr = %addr, reason = reason.as_str(), "disconnected");
+
+        let publish_will = matches!(end, End::CleanWithWill) || reason != DisconnectReason::Clean;
+        if publish_will
+            && reason != DisconnectReason::TakenOver
+            && let Some(w) = will
+        {
+            self.publish_will(&identity, &client, w);
+        }
+        if identity.kind == IdentityKind::Device {
+            broker
+                .sink
+                .presence(PresenceEvent::Disconnected {
+                    device: identity.id.clone(),
+                    at_ms: now_ms(),
+                    reason,
+                })
+                .await;
+        }
+        // Release the session: end it, or keep it for the next connection.
+        if let Ok(mut c) = session.control.lock() {
+            *c = None;
+        }
+        let expiry = session.state.lock().map(|s| s.expiry_secs).unwrap_or(0);
+        let revoked = matches!(
+            reason,
+            DisconnectReason::Revoked | DisconnectReason::Disabled
+        );
+        if reason != DisconnectReason::TakenOver {
+            if expiry == 0 || revoked {
+                let removed = broker
+                    .sessions
+                    .lock()
+                    .ok()
+                    .and_then(|mut s| match s.get(&client) {
+                        Some(current) if Arc::ptr_eq(current, &session) => s.remove(&client),
+                        _ => None,
+                    });
+                if removed.is_some() {
+                    broker.forget_subscriptions(&client, &session);
+                }
+            } else if let Ok(mut st) = session.state.lock() {
+                st.expires_at = Some(Instant::now() + Duration::from_secs(u64::from(expiry)));
+            }
+        }
+        control.done.add_permits(1);
+    }
+
+    /// Finds or creates the session for `client`, closing a live connection
+    /// that holds it (MQTT 5 §3.1.4: session takeover).
+    async fn take_session(
+        &mut self,
+        client: &ClientId,
+        identity: &Identity,
+        clean_start: bool,
+    ) -> (Arc<Session>, bool) {
+        let broker = Arc::clone(&self.broker);
+        let existing = broker
+            .sessions
+            .lock()
+            .ok()
+            .and_then(|s| s.get(client).cloned());
+        if let Some(old) = &existing {
+            let control = old.control.lock().ok().and_then(|c| c.clone());
+            if let Some(control) = control {
+                Metrics::inc(&broker.metrics.taken_over);
+                tracing::info!(device_id = %identity.id, "session taken over by a new connection");
+                control.close(DisconnectReason::TakenOver);
+                control.finished().await;
+            }
+        }
+        match existing {
+            Some(old) if !clean_start => (old, true),
+            other => {
+                if let Some(old) = other {
+                    broker.forget_subscriptions(client, &old);
+                }
+                let fresh = Arc::new(Session::new());
+                if let Ok(mut s) = broker.sessions.lock() {
+                    s.insert(Arc::clone(client), Arc::clone(&fresh));
+                }
+                (fresh, false)
+            }
+        }
+    }
+
+    fn resend_inflight(&mut self, session: &Session) {
+        let pending: Vec<(u16, Inflight)> = session
+            .state
+            .lock()
+            .map(|st| st.inflight.iter().map(|(id, f)| (*id, f.clone())).collect())
+            .unwrap_or_default();
+        for (id, f) in pending {
+            if f.released {
+                self.send(&Packet::PubRel(PubRelPacket::new(id)));
+            } else {
+                let p = self.outgoing_publish(&f.delivery, Some(id), true);
+                self.send(&Packet::Publish(p));
+            }
+        }
+    }
+
+    async fn packet_loop(
+        &mut self,
+        session: &Arc<Session>,
+        identity: &Identity,
+        client: &ClientId,
+        control: &Control,
+        keepalive: u16,
+        shutdown: &CancellationToken,
+    ) -> End {
+        // MQTT 5 §3.1.2.10: close after 1.5 × keepalive without a packet.
+        let grace = (keepalive > 0).then(|| Duration::from_millis(u64::from(keepalive) * 1500));
+        let mut last_heard = Instant::now();
+        loop {
+            self.pump(session);
+            if self.flush().await.is_err() {
+                return End::Reason(DisconnectReason::ConnectionLost);
+            }
+            // Packets already buffered are handled before waiting for more.
+            match self.decoder.decode(&mut self.rbuf) {
+                Ok(Some(packet)) => {
+                    last_heard = Instant::now();
+                    if let Some(end) = self.handle(packet, session, identity, client).await {
+                        return end;
+                    }
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => return self.protocol_error(identity, &e),
+            }
+            let ka = async {
+                match grace {
+                    Some(g) => tokio::time::sleep_until((last_heard + g).into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            self.rbuf.reserve(READ_CHUNK);
+            tokio::select! {
+                biased;
+                _ = control.kick.cancelled() => {
+                    return End::Reason(control.reason().unwrap_or(DisconnectReason::Disabled));
+                }
+                _ = shutdown.cancelled() => return End::Reason(DisconnectReason::ServerShutdown),
+                read = self.reader.read_buf(&mut self.rbuf) => match read {
+                    Ok(0) | Err(_) => return End::Reason(DisconnectReason::ConnectionLost),
+                    Ok(_) => {}
+                },
+                _ = session.wake.notified() => {}
+                _ = ka => {
+                    Metrics::inc(&self.broker.metrics.keepalive_timeouts);
+                    return End::Reason(DisconnectReason::KeepaliveTimeout);
+                }
+            }
+        }
+    }
+
+    fn protocol_error(&mut self, identity: &Identity, e: &CodecError) -> End {
+        Metrics::inc(&self.broker.metrics.protocol_errors);
+        tracing::warn!(device_id = %identity.id, client_addr = %self.addr, error = %e, "protocol error; closing");
+        if self.version == 5 {
+            let code = ReasonCode::from_u8(e.reason_code()).unwrap_or(ReasonCode::ProtocolError);
+            self.send(&Packet::Disconnect(DisconnectPacket::new(code)));
+        }
+        End::Reason(DisconnectReason::ProtocolError)
+    }
+
+    /// Moves queued deliveries into flight, up to the client's receive maximum.
+    fn pump(&mut self, session: &Session) {
+        let mut batch: Vec<(Delivery, Option<u16>)> = Vec::new();
+        if let Ok(mut st) = session.state.lock() {
+            let now = Instant::now();
+            while let Some(front) = st.queue.front() {
+                if front.qos > 0 && st.inflight.len() >= usize::from(self.client_receive_max) {
+                    break;
+                }
+                let Some(d) = st.queue.pop_front() else { break };
+                self.broker
+                    .metrics
+                    .queued_messages
+                    .fetch_sub(1, Ordering::Relaxed);
+                if d.message.expires_at.is_some_and(|t| t <= now) {
+                    Metrics::inc(&self.broker.metrics.dropped_expired);
+                    continue;
+                }
+                let id = if d.qos > 0 {
+                    let Some(id) = st.allocate_packet_id() else {
+                        st.queue.push_front(d);
+                        break;
+                    };
+                    st.inflight.insert(
+                        id,
+                        Inflight {
+                            delivery: d.clone(),
+                            released: false,
+                        },
+                    );
+                    Some(id)
+                } else {
+                    None
+                };
+                batch.push((d, id));
+            }
+        }
+        for (d, id) in batch {
+            let p = self.outgoing_publish(&d, id, false);
+            self.send(&Packet::Publish(p));
+            Metrics::inc(&self.broker.metrics.messages_out);
+        }
+    }
+
+    fn outgoing_publish(&self, d: &Delivery, id: Option<u16>, dup: bool) -> PublishPacket {
+        let m = &d.message;
+        let mut p = PublishPacket::new(m.topic.as_ref(), m.payload.clone(), wire_qos(d.qos));
+        p.packet_id = id;
+        p.retain = d.retain;
+        p.dup = dup;
+        p.protocol_version = self.version;
+        if self.version == 5 {
+            let mut props = m.properties.clone();
+            if let Some(t) = m.expires_at {
+                let left = t.saturating_duration_since(Instant::now()).as_secs().max(1);
+                props.set_message_expiry_interval(left as u32);
+            }
+            for sid in &d.subscription_ids {
+                props.set_subscription_identifier(*sid);
+            }
+            p.properties = props;
+        }
+        p
+    }
+
+    async fn handle(
+        &mut self,
+        packet: Packet,
+        session: &Arc<Session>,
+        identity: &Identity,
+        client: &ClientId,
+    ) -> Option<End> {
+        match packet {
+            Packet::Publish(p) => return self.on_publish(p, session, identity, client).await,
+            Packet::PubAck(a) => {
+                if let Ok(mut st) = session.state.lock() {
+                    st.inflight.remove(&a.packet_id);
+                }
+            }
+            Packet::PubRec(r) => {
+                let known = session.state.lock().is_ok_and(|mut st| {
+                    if u8::from(r.reason_code) >= 0x80 {
+                        st.inflight.remove(&r.packet_id);
+                        return false;
+                    }
+                    match st.inflight.get_mut(&r.packet_id) {
+                        Some(f) => {
+                            f.released = true;
+                            true
+                        }
+                        None => false,
+                    }
+                });
+                if known || self.version == 4 {
+                    self.send(&Packet::PubRel(PubRelPacket::new(r.packet_id)));
+                } else if u8::from(r.reason_code) < 0x80 {
+                    self.send(&Packet::PubRel(PubRelPacket::new_with_reason(
+                        r.packet_id,
+                        ReasonCode::PacketIdentifierNotFound,
+                    )));
+                }
+            }
+            Packet::PubComp(c) => {
+                if let Ok(mut st) = session.state.lock() {
+                    st.inflight.remove(&c.packet_id);
+                }
+            }
+            Packet::PubRel(r) => {
+                let known = session
+                    .state
+                    .lock()
+                    .is_ok_and(|mut st| st.incoming_qos2.remove(&r.packet_id));
+                let comp = if known || self.version == 4 {
+                    PubCompPacket::new(r.packet_id)
+                } else {
+                    PubCompPacket::new_with_reason(
+                        r.packet_id,
+                        ReasonCode::PacketIdentifierNotFound,
+                    )
+                };
+                self.send(&Packet::PubComp(comp));
+            }
+            Packet::Subscribe(s) => self.on_subscribe(s, session, identity, client),
+            Packet::Unsubscribe(u) => self.on_unsubscribe(u, session, client),
+            Packet::PingReq => self.send(&Packet::PingResp),
+            Packet::Disconnect(d) => {
+                if self.version == 5
+                    && let Some(e) = d.properties.get_session_expiry_interval()
+                    && let Ok(mut st) = session.state.lock()
+                {
+                    st.expiry_secs = e.min(self.broker.config.max_session_expiry.as_secs() as u32);
+                }
+                if u8::from(d.reason_code) == 0x04 {
+                    return Some(End::CleanWithWill);
+                }
+                return Some(End::Reason(DisconnectReason::Clean));
+            }
+            other => {
+                let e = CodecError::Protocol(format!(
+                    "{} is not expected from a client",
+                    other.packet_type_name()
+                ));
+                return Some(self.protocol_error(identity, &e));
+            }
+        }
+        None
+    }
+
+    async fn on_publish(
+        &mut self,
+        mut p: PublishPacket,
+        session: &Arc<Session>,
+        identity: &Identity,
+        client: &ClientId,
+    ) -> Option<End> {
+        let received = Instant::now();
+        let metrics = Arc::clone(&self.broker.metrics);
+        Metrics::inc(match p.qos {
+            WireQoS::AtMostOnce => &metrics.messages_in_qos0,
+            WireQoS::AtLeastOnce => &metrics.messages_in_qos1,
+            WireQoS::ExactlyOnce => &metrics.messages_in_qos2,
+        });
+        // MQTT 5 §3.3.2.3.4: topic aliases map to the topic per connection.
+        let topic: Arc<str> = match (p.properties.get_topic_alias(), p.topic_name.is_empty()) {
+            (Some(alias), false) => {
+                let t: Arc<str> = Arc::from(p.topic_name.as_str());
+                self.aliases.insert(alias, Arc::clone(&t));
+                t
+            }
+            (Some(alias), true) => match self.aliases.get(&alias) {
+                Some(t) => Arc::clone(t),
+                None => {
+                    let e =
+                        CodecError::TopicAliasInvalid(format!("topic alias {alias} was never set"));
+                    return Some(self.protocol_error(identity, &e));
+                }
+            },
+            (None, _) => Arc::from(p.topic_name.as_str()),
+        };
+        let qos = p.qos as u8;
+        let id = p.packet_id.unwrap_or(0);
+        // A QoS 2 publish we already took (PUBREC sent) is not taken again.
+        if qos == 2
+            && session
+                .state
+                .lock()
+                .is_ok_and(|st| st.incoming_qos2.contains(&id))
+        {
+            self.send(&Packet::PubRec(PubRecPacket::new(id)));
+            return None;
+        }
+        if !self.broker.acl.may_publish(identity, &topic) {
+            Metrics::inc(&metrics.acl_denied_publish);
+            tracing::warn!(device_id = %identity.id, topic = %topic, "publish denied by ACL");
+            // v5: tell the client; v3: acknowledge and drop (§4.12 of 3.1.1 leaves no other way).
+            self.ack(qos, id, ReasonCode::NotAuthorized, None, session);
+            return None;
+        }
+        let mut route = true;
+        if let Some(dt) = DeviceTopic::parse(&topic)
+            && dt.direction == Direction::Up
+            && identity.kind == IdentityKind::Device
+            && dt.device == identity.id
+        {
+            let message = InboundMessage {
+                device: dt.device,
+                category: dt.category,
+                qos: match qos {
+                    0 => QoS::AtMostOnce,
+                    1 => QoS::AtLeastOnce,
+                    _ => QoS::ExactlyOnce,
+                },
+                payload: p.payload.clone(),
+                properties: message_properties(&p.properties, self.version),
+                received_at_ms: now_ms(),
+            };
+            match self.broker.sink.ingest(message).await {
+                IngestOutcome::Committed => {}
+                IngestOutcome::Duplicate => Metrics::inc(&metrics.ingest_duplicates),
+                IngestOutcome::Rejected(r) => {
+                    Metrics::inc(&metrics.ingest_rejected);
+                    tracing::info!(device_id = %identity.id, topic = %topic, reason = r.kind.label(), detail = %r.detail, "publish rejected by the pipeline");
+                    let code = ReasonCode::from_u8(r.kind.reason_code())
+                        .unwrap_or(ReasonCode::UnspecifiedError);
+                    self.ack(qos, id, code, Some(r.detail), session);
+                    route = false;
+                }
+            }
+        }
+        if route {
+            let expires_at = p
+                .properties
+                .get_message_expiry_interval()
+                .map(|s| Instant::now() + Duration::from_secs(u64::from(s)));
+            let message = Arc::new(Message {
+                topic,
+                payload: std::mem::take(&mut p.payload),
+                qos,
+                retain: p.retain,
+                properties: forwardable(&p.properties),
+                expires_at,
+                publisher: Some(Arc::clone(client)),
+            });
+            if message.retain {
+                self.broker.retain(&message);
+            }
+            self.broker.route(&message);
+            self.ack(qos, id, ReasonCode::Success, None, session);
+        }
+        if qos > 0 {
+            metrics
+                .ack_latency_us_sum
+                .fetch_add(received.elapsed().as_micros() as u64, Ordering::Relaxed);
+            Metrics::inc(&metrics.ack_latency_count);
+        }
+        None
+    }
+
+    /// PUBACK (QoS 1) or PUBREC (QoS 2); reason codes only for v5.
+    fn ack(
+        &mut self,
+        qos: u8,
+        id: u16,
+        code: ReasonCode,
+        reason: Option<String>,
+        session: &Session,
+    ) {
+        let code = if self.version == 5 {
+            code
+        } else {
+            ReasonCode::Success
+        };
+        match qos {
+            1 => {
+                let mut a = PubAckPacket::new_with_reason(id, code);
+                if self.version == 5
+                    && let Some(r) = reason
+                {
+                    a = a.with_reason_string(r);
+                }
+                self.send(&Packet::PubAck(a));
+            }
+            2 => {
+                if u8::from(code) < 0x80
+                    && let Ok(mut st) = session.state.lock()
+                {
+                    st.incoming_qos2.insert(id);
+                }
+                let mut a = PubRecPacket::new_with_reason(id, code);
+                if self.version == 5
+                    && let Some(r) = reason
+                {
+                    a = a.with_reason_string(r);
+                }
+                self.send(&Packet::PubRec(a));
+            }
+            _ => {}
+        }
+    }
+
+    fn on_subscribe(
+        &mut self,
+        s: SubscribePacket,
+        session: &Session,
+        identity: &Identity,
+        client: &ClientId,
+    ) {
+        let sid = s.properties.get_subscription_identifier();
+        let mut codes = Vec::with_capacity(s.filters.len());
+        let mut retained: Vec<Delivery> = Vec::new();
+        for f in &s.filters {
+            let code = match topic::parse_subscription(&f.filter) {
+                Err(_) => SubAckReasonCode::TopicFilterInvalid,
+                Ok(sub) if !self.broker.acl.may_subscribe(identity, sub.filter) => {
+                    Metrics::inc(&self.broker.metrics.acl_denied_subscribe);
+                    tracing::warn!(device_id = %identity.id, filter = %f.filter, "subscribe denied by ACL");
+                    SubAckReasonCode::NotAuthorized
+                }
+                Ok(sub) if sub.group.is_some() && f.options.no_local => {
+                    // MQTT 5 §3.8.3.1: no-local on a shared subscription is a protocol error.
+                    SubAckReasonCode::TopicFilterInvalid
+                }
+                Ok(sub) => {
+                    let qos = (f.options.qos as u8).min(2);
+                    let opts = SubOptions {
+                        qos,
+                        no_local: f.options.no_local,
+                        retain_as_published: f.options.retain_as_published,
+                        subscription_id: sid,
+                    };
+                    let existed = self
+                        .broker
+                        .router
+                        .write()
+                        .map(|mut r| r.subscribe(client, sub.filter, sub.group, opts))
+                        .unwrap_or(false);
+                    if let Ok(mut st) = session.state.lock() {
+                        st.subscriptions.insert(f.filter.clone(), opts);
+                    }
+                    tracing::debug!(device_id = %identity.id, filter = %f.filter, qos, "subscribed");
+                    let send_retained = sub.group.is_none()
+                        && match f.options.retain_handling {
+                            RetainHandling::SendAtSubscribe => true,
+                            RetainHandling::SendAtSubscribeIfNew => !existed,
+                            RetainHandling::DoNotSend => false,
+                        };
+                    if send_retained {
+                        for m in self.broker.retained_matching(sub.filter) {
+                            retained.push(Delivery {
+                                qos: m.qos.min(qos),
+                                message: m,
+                                retain: true,
+                                subscription_ids: sid.into_iter().collect(),
+                            });
+                        }
+                    }
+                    match qos {
+                        0 => SubAckReasonCode::GrantedQoS0,
+                        1 => SubAckReasonCode::GrantedQoS1,
+                        _ => SubAckReasonCode::GrantedQoS2,
+                    }
+                }
+            };
+            codes.push(code);
+        }
+        let mut ack = SubAckPacket::new(s.packet_id);
+        ack.reason_codes = codes;
+        ack.protocol_version = self.version;
+        self.send(&Packet::SubAck(ack));
+        // Retained messages follow the SUBACK (MQTT 5 §3.3.1.3).
+        for d in retained {
+            self.broker.enqueue(client, d);
+        }
+    }
+
+    fn on_unsubscribe(&mut self, u: UnsubscribePacket, session: &Session, client: &ClientId) {
+        let mut codes = Vec::with_capacity(u.filters.len());
+        for f in &u.filters {
+            let removed = match topic::parse_subscription(f) {
+                Ok(sub) => self
+                    .broker
+                    .router
+                    .write()
+                    .map(|mut r| r.unsubscribe(client, sub.filter, sub.group))
+                    .unwrap_or(false),
+                Err(_) => false,
+            };
+            if let Ok(mut st) = session.state.lock() {
+                st.subscriptions.remove(f);
+            }
+            codes.push(if removed {
+                UnsubAckReasonCode::Success
+            } else {
+                UnsubAckReasonCode::NoSubscriptionExisted
+            });
+        }
+        let mut ack = UnsubAckPacket::new(u.packet_id);
+        ack.reason_codes = codes;
+        ack.protocol_version = self.version;
+        self.send(&Packet::UnsubAck(ack));
+    }
+
+    fn publish_will(
+        &self,
+        identity: &Identity,
+        client: &ClientId,
+        will: mqtt5_protocol::WillMessage,
+    ) {
+        if topic::validate_name(&will.topic).is_err()
+            || !self.broker.acl.may_publish(identity, &will.topic)
+        {
+            Metrics::inc(&self.broker.metrics.acl_denied_publish);
+            tracing::warn!(device_id = %identity.id, topic = %will.topic, "will message denied");
+            return;
+        }
+        let mut props = Properties::default();
+        will.properties.apply_to_publish_properties(&mut props);
+        let message = Arc::new(Message {
+            topic: Arc::from(will.topic.as_str()),
+            payload: bytes::Bytes::from(will.payload),
+            qos: will.qos as u8,
+            retain: will.retain,
+            properties: forwardable(&props),
+            expires_at: will
+                .properties
+                .message_expiry_interval
+                .map(|s| Instant::now() + Duration::from_secs(u64::from(s))),
+            publisher: Some(Arc::clone(client)),
+        });
+        if message.retain {
+            self.broker.retain(&message);
+        }
+        self.broker.route(&message);
+    }
+}
+
+fn wire_qos(q: u8) -> WireQoS {
+    match q {
+        0 => WireQoS::AtMostOnce,
+        1 => WireQoS::AtLeastOnce,
+        _ => WireQoS::ExactlyOnce,
+    }
+}
+
+/// Properties forwarded to subscribers: everything but the publisher's
+/// topic alias, subscription identifiers and expiry (recomputed per send).
+fn forwardable(props: &Properties) -> Properties {
+    let mut out = Properties::default();
+    for (id, value) in props.iter() {
+        if matches!(
+            id,
+            PropertyId::TopicAlias
+                | PropertyId::SubscriptionIdentifier
+                | PropertyId::MessageExpiryInterval
+        ) {
+            continue;
+        }
+        let _ = out.add(id, value.clone());
+    }
+    out
+}
+
+fn message_properties(props: &Properties, version: u8) -> MessageProperties {
+    if version != 5 {
+        return MessageProperties::default();
+    }
+    let mut user = Vec::new();
+    if let Some(values) = props.get_all(PropertyId::UserProperty) {
+        for v in values {
+            if let mqtt5_protocol::PropertyValue::Utf8StringPair(k, val) = v {
+                user.push((k.clone(), val.clone()));
+            }
+        }
+    }
+    MessageProperties {
+        content_type: props.get_content_type(),
+        utf8_payload: matches!(
+            props.get(PropertyId::PayloadFormatIndicator),
+            Some(mqtt5_protocol::PropertyValue::Byte(1))
+        ),
+        user_properties: user,
+    }
+}
+
+/// The v5 DISCONNECT reason a server sends when it closes the connection.
+fn server_disconnect_code(reason: DisconnectReason) -> Option<ReasonCode> {
+    match reason {
+        DisconnectReason::Revoked | DisconnectReason::Disabled => {
+            Some(ReasonCode::AdministrativeAction)
+        }
+        DisconnectReason::TakenOver => Some(ReasonCode::SessionTakenOver),
+        DisconnectReason::ServerShutdown => Some(ReasonCode::ServerShuttingDown),
+        DisconnectReason::KeepaliveTimeout => Some(ReasonCode::KeepAliveTimeout),
+        // Protocol errors send their DISCONNECT where they are detected;
+        // a lost connection or a client's own DISCONNECT needs none.
+        DisconnectReason::ProtocolError
+        | DisconnectReason::ConnectionLost
+        | DisconnectReason::Clean => None,
+    }
+}

@@ -1,0 +1,289 @@
+//! The embedded broker through the real binary, with real mosquitto clients
+//! over mutual TLS.
+
+use rampart_test_support::{DeviceFiles, Serve, Workspace, mosquitto, spawn_mosquitto};
+
+/// A reader identity that may subscribe to every device topic (an extra
+/// ACL rule, as an operator would configure for a consumer).
+const CONFIG: &str = r#"
+[broker]
+rate_limit_exempt = ["127.0.0.1", "::1"]
+
+[[broker.acl]]
+identity = "reader"
+access = "subscribe"
+topic = "devices/#"
+"#;
+
+struct Setup {
+    ws: Workspace,
+    serve: Serve,
+    addr: std::net::SocketAddr,
+}
+
+fn start() -> Setup {
+    let ws = Workspace::new();
+    std::fs::write(ws.join("rampart.toml"), CONFIG).expect("config");
+    ws.rampart().arg("init").assert().success();
+    let mut serve = ws.serve(&[
+        ("RAMPART_CONFIG", "rampart.toml"),
+        ("RAMPART_LOG__LEVEL", "debug"),
+    ]);
+    let addr = serve.listening("mqtt");
+    Setup { ws, serve, addr }
+}
+
+fn args(d: &DeviceFiles, addr: std::net::SocketAddr, v: &str, rest: &[&str]) -> Vec<String> {
+    let mut a = d.mosquitto_args(addr);
+    a.extend(["-V".into(), v.into()]);
+    a.extend(rest.iter().map(|s| (*s).to_owned()));
+    a
+}
+
+#[test]
+fn devices_publish_and_a_reader_receives_over_mtls_v5_and_v311() {
+    let mut s = start();
+    let dev = s.ws.device("greenhouse-1");
+    let reader = s.ws.device("reader");
+    for v in ["mqttv5", "mqttv311"] {
+        let sub = spawn_mosquitto(
+            "mosquitto_sub",
+            &args(
+                &reader,
+                s.addr,
+                v,
+                &["-t", "devices/+/telemetry/up", "-q", "1", "-C", "2", "-v"],
+            ),
+        );
+        s.serve.wait_for(&["subscribed", "reader"]);
+        for (qos, payload) in [
+            ("1", r#"{"seq":1,"m":{"temperature":21.5}}"#),
+            ("2", r#"{"seq":2,"m":{"temperature":21.7}}"#),
+        ] {
+            let out = mosquitto(
+                "mosquitto_pub",
+                &args(
+                    &dev,
+                    s.addr,
+                    v,
+                    &[
+                        "-t",
+                        "devices/greenhouse-1/telemetry/up",
+                        "-q",
+                        qos,
+                        "-m",
+                        payload,
+                    ],
+                ),
+            );
+            assert!(
+                out.status.success(),
+                "{v} pub: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let out = sub.wait();
+        let got = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            got.contains(r#"devices/greenhouse-1/telemetry/up {"seq":1,"m":{"temperature":21.5}}"#),
+            "{v}: {got}"
+        );
+        assert!(got.contains(r#""seq":2"#), "{v}: {got}");
+    }
+    assert!(s.serve.terminate());
+}
+
+#[test]
+fn retained_messages_reach_later_subscribers() {
+    let mut s = start();
+    let dev = s.ws.device("lamp-1");
+    let reader = s.ws.device("reader");
+    let out = mosquitto(
+        "mosquitto_pub",
+        &args(
+            &dev,
+            s.addr,
+            "mqttv5",
+            &[
+                "-t",
+                "devices/lamp-1/state/up",
+                "-q",
+                "1",
+                "-r",
+                "-m",
+                r#"{"on":true}"#,
+            ],
+        ),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = mosquitto(
+        "mosquitto_sub",
+        &args(
+            &reader,
+            s.addr,
+            "mqttv5",
+            &["-t", "devices/+/state/up", "-C", "1", "-v"],
+        ),
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        r#"devices/lamp-1/state/up {"on":true}"#
+    );
+    assert!(s.serve.terminate());
+}
+
+#[test]
+fn wrong_client_id_foreign_ca_and_acl_denials_are_refused() {
+    let mut s = start();
+    let dev = s.ws.device("meter-1");
+    s.ws.device("meter-2");
+
+    // Client id must equal the certificate CN.
+    let mut a = args(
+        &dev,
+        s.addr,
+        "mqttv5",
+        &["-t", "devices/meter-1/telemetry/up", "-m", "x"],
+    );
+    let i = a.iter().position(|x| x == "-i").expect("-i") + 1;
+    a[i] = "meter-2".into();
+    let out = mosquitto("mosquitto_pub", &a);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .to_lowercase()
+            .contains("client identifier not valid"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.serve.wait_for(&["does not match client id"]);
+
+    // A certificate from another Rampart's CA (same names, other keys).
+    let other = Workspace::new();
+    other.rampart().arg("init").assert().success();
+    let stray = other.device("meter-1");
+    let mut a = stray.mosquitto_args(s.addr);
+    let ca = a.iter().position(|x| x == "--cafile").expect("cafile") + 1;
+    a[ca] = dev.ca.display().to_string();
+    a.extend(["-t", "devices/meter-1/telemetry/up", "-m", "x"].map(String::from));
+    let out = mosquitto("mosquitto_pub", &a);
+    assert!(!out.status.success(), "foreign CA accepted");
+    s.serve.wait_for(&["TLS handshake failed"]);
+
+    // A device may not subscribe outside its own downlinks.
+    let out = mosquitto(
+        "mosquitto_sub",
+        &args(
+            &dev,
+            s.addr,
+            "mqttv5",
+            &["-t", "devices/meter-2/cmd/down", "-C", "1"],
+        ),
+    );
+    let said = String::from_utf8_lossy(&out.stderr).to_lowercase();
+    assert!(
+        said.contains("denied"),
+        "mosquitto_sub reports the denial: {said}"
+    );
+    s.serve.wait_for(&["subscribe denied by ACL", "meter-1"]);
+    // Publishing to another device's topic: v5 PUBACK says not authorized.
+    let out = mosquitto(
+        "mosquitto_pub",
+        &args(
+            &dev,
+            s.addr,
+            "mqttv5",
+            &["-t", "devices/meter-2/telemetry/up", "-q", "1", "-m", "x"],
+        ),
+    );
+    s.serve.wait_for(&["publish denied by ACL", "meter-1"]);
+    drop(out);
+    assert!(s.serve.terminate());
+}
+
+#[test]
+fn revoked_and_disabled_devices_are_cut_off_and_stay_out() {
+    let mut s = start();
+    let dev = s.ws.device("valve-1");
+    let other = s.ws.device("valve-2");
+
+    let sub = spawn_mosquitto(
+        "mosquitto_sub",
+        &args(
+            &dev,
+            s.addr,
+            "mqttv5",
+            &["-t", "devices/valve-1/cmd/down", "-v"],
+        ),
+    );
+    s.serve.wait_for(&["subscribed", "valve-1"]);
+    let listed = s.ws.rampart_json(&["device", "show", "valve-1"]);
+    assert_eq!(listed["online"], true, "presence recorded");
+
+    s.ws.rampart_json(&["device", "revoke", "valve-1", "--reason", "key-compromise"]);
+    s.serve.wait_for(&["closing session", "valve-1", "revoked"]);
+    let out = sub.wait();
+    assert!(
+        !out.status.success() || out.stdout.is_empty(),
+        "subscriber cut off"
+    );
+    let out = mosquitto(
+        "mosquitto_pub",
+        &args(
+            &dev,
+            s.addr,
+            "mqttv5",
+            &["-t", "devices/valve-1/telemetry/up", "-m", "x"],
+        ),
+    );
+    assert!(!out.status.success(), "revoked device reconnected");
+
+    let sub = spawn_mosquitto(
+        "mosquitto_sub",
+        &args(
+            &other,
+            s.addr,
+            "mqttv311",
+            &["-t", "devices/valve-2/cmd/down"],
+        ),
+    );
+    s.serve.wait_for(&["subscribed", "valve-2"]);
+    s.ws.rampart_json(&["device", "disable", "valve-2"]);
+    s.serve
+        .wait_for(&["closing session", "valve-2", "disabled"]);
+    sub.wait();
+    let out = mosquitto(
+        "mosquitto_pub",
+        &args(
+            &other,
+            s.addr,
+            "mqttv311",
+            &["-t", "devices/valve-2/telemetry/up", "-m", "x"],
+        ),
+    );
+    assert!(!out.status.success(), "disabled device reconnected");
+    s.ws.rampart_json(&["device", "enable", "valve-2"]);
+    let out = mosquitto(
+        "mosquitto_pub",
+        &args(
+            &other,
+            s.addr,
+            "mqttv311",
+            &["-t", "devices/valve-2/telemetry/up", "-m", "x"],
+        ),
+    );
+    assert!(
+        out.status.success(),
+        "enabled again: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        s.ws.rampart_json(&["device", "show", "valve-2"])["online"],
+        false
+    );
+    assert!(s.serve.terminate());
+}
