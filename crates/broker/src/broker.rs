@@ -100,7 +100,7 @@ impl Broker {
             return;
         }
         let reason = match change.kind {
-            ChangeKind::DeviceRevoked => DisconnectReason::Revoked,
+            ChangeKind::DeviceRevoked | ChangeKind::ServiceRevoked => DisconnectReason::Revoked,
             _ => DisconnectReason::Disabled,
         };
         let control = self

@@ -208,8 +208,22 @@ pub(crate) async fn check_allowed(
                 }),
             }
         }
-        // Services are registered with their certificate; their own
-        // lifecycle (list, revoke) is checked through the certificate.
-        IdentityKind::Service => Ok(()),
+        IdentityKind::Service => {
+            let service = store
+                .service(id)
+                .await
+                .map_err(|e| IdentityError::Registry(e.to_string()))?;
+            match service {
+                Some(s) if s.state == rampart_store::ServiceState::Active => Ok(()),
+                Some(s) => Err(IdentityError::NotAllowed {
+                    id: id.to_string(),
+                    state: s.state.as_str().into(),
+                }),
+                None => Err(IdentityError::NotAllowed {
+                    id: id.to_string(),
+                    state: "deleted".into(),
+                }),
+            }
+        }
     }
 }

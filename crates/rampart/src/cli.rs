@@ -57,6 +57,9 @@ pub enum Command {
     /// Devices: register, inspect, revoke.
     #[command(subcommand)]
     Device(DeviceCommand),
+    /// Service identities: back-end consumers and operators' tools.
+    #[command(subcommand)]
+    Service(ServiceCommand),
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -185,6 +188,29 @@ pub enum DeviceCommand {
         /// Write the QR code as SVG.
         #[arg(long, value_name = "FILE")]
         svg: Option<PathBuf>,
+    },
+}
+
+/// `rampart service ...`
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// Issue a service certificate and key: DIR/NAME.crt, DIR/NAME.key, DIR/ca.crt.
+    Create {
+        /// Service name (certificate CN, MQTT client id); shares the namespace with device ids.
+        name: DeviceId,
+        /// Directory for the files (created if absent).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// List services.
+    List,
+    /// Revoke a service's certificate: it is cut off and cannot reconnect.
+    Revoke {
+        /// Service name.
+        name: DeviceId,
+        /// RFC 5280 reason.
+        #[arg(long, default_value = "unspecified", value_parser = parse_reason)]
+        reason: RevocationReason,
     },
 }
 

@@ -6,6 +6,7 @@
 mod cli;
 mod commands;
 mod config;
+mod credentials;
 mod datadir;
 mod label;
 mod logging;
@@ -51,6 +52,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve::run(g, config, args).await,
         Command::Ca(cmd) => commands::ca::run(g, config, cmd).await,
         Command::Device(cmd) => commands::device::run(g, config, cmd).await,
+        Command::Service(cmd) => commands::service::run(g, config, cmd).await,
         Command::Audit(cmd) => commands::audit::run(g, config, cmd).await,
         Command::Config(cmd) => commands::config::run(g, config, cmd),
     }

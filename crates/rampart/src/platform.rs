@@ -93,6 +93,16 @@ impl Platform {
         Ok((cert, key))
     }
 
+    /// The issuing CA certificate (PEM): the first block of the chain.
+    pub fn issuing_ca_pem(&self) -> String {
+        const END: &str = "-----END CERTIFICATE-----";
+        let chain = self.pki.chain_pem();
+        match chain.find(END) {
+            Some(i) => format!("{}\n", &chain[..i + END.len()]),
+            None => chain,
+        }
+    }
+
     /// CA options of this platform's configuration.
     pub fn pki_options(&self) -> Result<PkiOptions> {
         pki_options(&self.config)

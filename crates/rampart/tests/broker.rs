@@ -287,3 +287,129 @@ fn revoked_and_disabled_devices_are_cut_off_and_stay_out() {
     );
     assert!(s.serve.terminate());
 }
+
+fn service(ws: &Workspace, name: &str) -> DeviceFiles {
+    let dir = ws.join("services");
+    let out = ws.rampart_json(&[
+        "service",
+        "create",
+        name,
+        "--out",
+        dir.to_str().expect("utf8"),
+    ]);
+    assert_eq!(out["service"]["state"], "active");
+    DeviceFiles {
+        id: name.to_owned(),
+        cert: dir.join(format!("{name}.crt")),
+        key: dir.join(format!("{name}.key")),
+        ca: dir.join("ca.crt"),
+    }
+}
+
+#[test]
+fn services_read_telemetry_and_send_commands_within_their_rights() {
+    let mut s = start();
+    let dev = s.ws.device("pump-1");
+    let consumer = service(&s.ws, "consumer");
+    let err =
+        s.ws.rampart_fails(&["service", "create", "pump-1", "--out", "x"]);
+    assert!(err.contains("already registered"), "one namespace: {err}");
+    assert_eq!(
+        s.ws.rampart_json(&["service", "list"])
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+
+    // Telemetry up to the service.
+    let sub = spawn_mosquitto(
+        "mosquitto_sub",
+        &args(
+            &consumer,
+            s.addr,
+            "mqttv5",
+            &["-t", "devices/#", "-q", "1", "-C", "1", "-v"],
+        ),
+    );
+    s.serve.wait_for(&["subscribed", "consumer"]);
+    let out = mosquitto(
+        "mosquitto_pub",
+        &args(
+            &dev,
+            s.addr,
+            "mqttv5",
+            &["-t", "devices/pump-1/telemetry/up", "-q", "1", "-m", "7"],
+        ),
+    );
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&sub.wait().stdout).trim(),
+        "devices/pump-1/telemetry/up 7"
+    );
+
+    // A command down to the device.
+    let dsub = spawn_mosquitto(
+        "mosquitto_sub",
+        &args(
+            &dev,
+            s.addr,
+            "mqttv5",
+            &["-t", "devices/pump-1/+/down", "-q", "1", "-C", "1", "-v"],
+        ),
+    );
+    s.serve.wait_for(&["subscribed", "pump-1"]);
+    // Rampart's own downlinks are not the service's to send.
+    let out = mosquitto(
+        "mosquitto_pub",
+        &args(
+            &consumer,
+            s.addr,
+            "mqttv5",
+            &[
+                "-t",
+                "devices/pump-1/ota/down",
+                "-q",
+                "1",
+                "-m",
+                "fake offer",
+            ],
+        ),
+    );
+    drop(out);
+    s.serve.wait_for(&["publish denied by ACL", "consumer"]);
+    let out = mosquitto(
+        "mosquitto_pub",
+        &args(
+            &consumer,
+            s.addr,
+            "mqttv5",
+            &["-t", "devices/pump-1/cmd/down", "-q", "1", "-m", "start"],
+        ),
+    );
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&dsub.wait().stdout).trim(),
+        "devices/pump-1/cmd/down start"
+    );
+
+    // Revoking the service cuts it off.
+    let sub = spawn_mosquitto(
+        "mosquitto_sub",
+        &args(&consumer, s.addr, "mqttv5", &["-t", "devices/#"]),
+    );
+    s.serve.wait_for(&["subscribed", "consumer"]);
+    s.ws.rampart_json(&["service", "revoke", "consumer"]);
+    s.serve.wait_for(&["closing session", "consumer"]);
+    sub.wait();
+    let out = mosquitto(
+        "mosquitto_pub",
+        &args(
+            &consumer,
+            s.addr,
+            "mqttv5",
+            &["-t", "devices/pump-1/cmd/down", "-m", "x"],
+        ),
+    );
+    assert!(!out.status.success(), "revoked service reconnected");
+    assert!(s.serve.terminate());
+}

@@ -11,8 +11,11 @@ pub enum StoreError {
     /// No device has this id.
     #[error("no device with id '{0}'")]
     NotFound(DeviceId),
+    /// No service has this name.
+    #[error("no service named '{0}'")]
+    ServiceNotFound(DeviceId),
     /// The change is not allowed in the device's current state.
-    #[error("device '{id}' is {state}: {why}")]
+    #[error("'{id}' is {state}: {why}")]
     InvalidState {
         /// The device.
         id: DeviceId,

@@ -23,7 +23,8 @@ pub use audit::{AuditBreak, AuditEntry, AuditKey, AuditRecord, AuditReport, read
 pub use error::StoreError;
 pub use model::{
     Actor, CertificateRecord, CertificateStatus, Change, ChangeKind, Device, DeviceFilter,
-    DeviceState, IdentityKind, NewDevice, Owner, RevokedCertificate,
+    DeviceState, IdentityKind, NewDevice, NewService, Owner, RevokedCertificate, Service,
+    ServiceState,
 };
 pub use sqlite::SqliteStore;
 
@@ -81,6 +82,24 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         online: bool,
         at: time::OffsetDateTime,
     ) -> Result<()>;
+
+    /// Registers a service identity with its certificate. Fails with
+    /// [`StoreError::IdTaken`] if any identity has the name.
+    async fn create_service(&self, service: NewService, actor: &Actor) -> Result<Service>;
+
+    /// One service, or `None`.
+    async fn service(&self, id: &DeviceId) -> Result<Option<Service>>;
+
+    /// All services, ordered by name.
+    async fn list_services(&self) -> Result<Vec<Service>>;
+
+    /// Revokes a service's certificate and marks it revoked.
+    async fn revoke_service(
+        &self,
+        id: &DeviceId,
+        reason: RevocationReason,
+        actor: &Actor,
+    ) -> Result<Service>;
 
     /// One certificate by serial (lowercase hex).
     async fn certificate(&self, serial: &str) -> Result<Option<CertificateRecord>>;

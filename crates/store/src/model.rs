@@ -200,6 +200,60 @@ pub struct Device {
     pub updated_at: OffsetDateTime,
 }
 
+/// A service identity's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceState {
+    /// May connect.
+    Active,
+    /// Certificate revoked; final.
+    Revoked,
+}
+
+impl ServiceState {
+    /// The state's name as stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceState::Active => "active",
+            ServiceState::Revoked => "revoked",
+        }
+    }
+}
+
+/// A service to register: the certificate Rampart issued for it.
+#[derive(Debug, Clone)]
+pub struct NewService {
+    /// Its name (the certificate CN).
+    pub id: DeviceId,
+    /// Certificate serial (lowercase hex).
+    pub serial: String,
+    /// Certificate fingerprint.
+    pub fingerprint: String,
+    /// Validity start.
+    pub not_before: OffsetDateTime,
+    /// Validity end.
+    pub not_after: OffsetDateTime,
+}
+
+/// A registered service identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Service {
+    /// Its name.
+    pub id: DeviceId,
+    /// Active or revoked.
+    pub state: ServiceState,
+    /// Serial of its certificate.
+    pub serial: String,
+    /// That certificate's fingerprint.
+    pub fingerprint: String,
+    /// That certificate's expiry.
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_after: OffsetDateTime,
+    /// Registration time.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
 /// Which devices to list.
 #[derive(Debug, Clone, Default)]
 pub struct DeviceFilter {
@@ -242,16 +296,22 @@ pub enum ChangeKind {
     DeviceDeleted,
     /// A device's claim code changed.
     ClaimCodeRotated,
+    /// A service identity was registered.
+    ServiceCreated,
+    /// A service identity's certificate was revoked.
+    ServiceRevoked,
 }
 
 impl ChangeKind {
-    const ALL: [ChangeKind; 6] = [
+    const ALL: [ChangeKind; 8] = [
         ChangeKind::DeviceCreated,
         ChangeKind::DeviceRevoked,
         ChangeKind::DeviceDisabled,
         ChangeKind::DeviceEnabled,
         ChangeKind::DeviceDeleted,
         ChangeKind::ClaimCodeRotated,
+        ChangeKind::ServiceCreated,
+        ChangeKind::ServiceRevoked,
     ];
 
     /// Name stored in the feed (and used as the audit action).
@@ -263,6 +323,8 @@ impl ChangeKind {
             ChangeKind::DeviceEnabled => "device.enable",
             ChangeKind::DeviceDeleted => "device.delete",
             ChangeKind::ClaimCodeRotated => "device.claim-code.rotate",
+            ChangeKind::ServiceCreated => "service.create",
+            ChangeKind::ServiceRevoked => "service.revoke",
         }
     }
 
@@ -274,7 +336,10 @@ impl ChangeKind {
     pub fn affects_sessions(self) -> bool {
         matches!(
             self,
-            ChangeKind::DeviceRevoked | ChangeKind::DeviceDisabled | ChangeKind::DeviceDeleted
+            ChangeKind::DeviceRevoked
+                | ChangeKind::DeviceDisabled
+                | ChangeKind::DeviceDeleted
+                | ChangeKind::ServiceRevoked
         )
     }
 }

@@ -391,3 +391,59 @@ async fn presence_updates_online_and_last_seen() {
     assert!(!d.online);
     assert_eq!(d.last_seen, Some(at + Duration::seconds(5)));
 }
+
+#[tokio::test]
+async fn services_share_the_identity_namespace_with_devices() {
+    use rampart_store::{NewService, ServiceState};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    store
+        .create_device(new_device("shared-name", 1), &cli())
+        .await
+        .expect("device");
+    let now = OffsetDateTime::now_utc();
+    let svc = |name: &str, n: u8| NewService {
+        id: id(name),
+        serial: format!("{n:02x}{}", "ee".repeat(15)),
+        fingerprint: format!("{n:02x}{}", "ff".repeat(31)),
+        not_before: now,
+        not_after: now + Duration::days(365),
+    };
+    let err = store
+        .create_service(svc("shared-name", 2), &cli())
+        .await
+        .expect_err("collision");
+    assert!(matches!(err, StoreError::IdTaken(_)), "{err}");
+    let created = store
+        .create_service(svc("consumer", 3), &cli())
+        .await
+        .expect("service");
+    assert_eq!(created.state, ServiceState::Active);
+    let err = store
+        .create_device(new_device("consumer", 4), &cli())
+        .await
+        .expect_err("collision");
+    assert!(matches!(err, StoreError::IdTaken(_)), "{err}");
+    let cert = store
+        .certificate(&created.serial)
+        .await
+        .expect("cert")
+        .expect("present");
+    assert_eq!(cert.kind, rampart_store::IdentityKind::Service);
+    let revoked = store
+        .revoke_service(
+            &id("consumer"),
+            RevocationReason::PrivilegeWithdrawn,
+            &cli(),
+        )
+        .await
+        .expect("revoke");
+    assert_eq!(revoked.state, ServiceState::Revoked);
+    assert_eq!(store.list_services().await.expect("list").len(), 1);
+    let feed = store.changes_since(0).await.expect("feed");
+    assert_eq!(
+        feed.last().map(|c| c.kind),
+        Some(ChangeKind::ServiceRevoked)
+    );
+    assert!(ChangeKind::ServiceRevoked.affects_sessions());
+}

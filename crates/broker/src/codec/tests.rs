@@ -1705,7 +1705,7 @@ fn fuzz_cases() -> u32 {
     std::env::var("RAMPART_FUZZ_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(2048)
+        .unwrap_or(10_000)
 }
 
 /// Feeds `input` to `decoder` until it errors or needs more bytes, checking
@@ -1716,8 +1716,11 @@ fn drain(decoder: &mut Decoder, input: &[u8]) -> usize {
     loop {
         let before = buf.len();
         match decoder.decode(&mut buf) {
-            Ok(Some(_)) => {
+            Ok(Some(packet)) => {
                 assert!(buf.len() < before, "a packet consumed nothing");
+                if let (Packet::Publish(p), Some(level)) = (&packet, decoder.version()) {
+                    reencodes_unchanged(p, level);
+                }
                 packets += 1;
             }
             Ok(None) => {
@@ -1730,6 +1733,18 @@ fn drain(decoder: &mut Decoder, input: &[u8]) -> usize {
             }
         }
     }
+}
+
+/// A PUBLISH the decoder accepted, encoded for the same level and decoded
+/// again, comes back unchanged.
+fn reencodes_unchanged(p: &PublishPacket, level: u8) {
+    let bytes = encoded(&Packet::Publish(p.clone()), level);
+    let mut decoder = Decoder::new(u32::MAX, MAX_ALIAS);
+    decoded(&mut decoder, &connect(level));
+    let Packet::Publish(again) = decoded(&mut decoder, &bytes) else {
+        panic!("not a PUBLISH");
+    };
+    assert_same_publish(&again, p, level);
 }
 
 /// Valid client packets to mutate.

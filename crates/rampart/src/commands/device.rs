@@ -14,7 +14,8 @@ use time::OffsetDateTime;
 
 use crate::cli::{DeviceCommand, GlobalArgs, StateArg};
 use crate::config::Config;
-use crate::datadir::{write_atomic, write_private};
+use crate::credentials::Credentials;
+use crate::datadir::write_atomic;
 use crate::platform::{Platform, cli_actor};
 use crate::{label, output};
 
@@ -145,16 +146,6 @@ fn qr_payload(id: &DeviceId, fingerprint: &str, code: &ClaimCode) -> String {
     .to_json()
 }
 
-/// The issuing CA certificate: the first block of the chain.
-fn issuer_pem(p: &Platform) -> String {
-    let chain = p.pki.chain_pem();
-    const END: &str = "-----END CERTIFICATE-----";
-    chain
-        .find(END)
-        .map(|i| format!("{}\n", &chain[..i + END.len()]))
-        .unwrap_or(chain)
-}
-
 /// Registers an issued certificate as a new `unbound` device.
 async fn register(p: &Platform, cert: IssuedCertificate) -> Result<Registered> {
     let code = new_claim_code();
@@ -174,7 +165,7 @@ async fn register(p: &Platform, cert: IssuedCertificate) -> Result<Registered> {
         .await?;
     Ok(Registered {
         qr_payload: qr_payload(&device.id, &device.fingerprint, &code),
-        chain: format!("{}{}", cert.pem, issuer_pem(p)),
+        chain: format!("{}{}", cert.pem, p.issuing_ca_pem()),
         id: device.id,
         certificate: cert.pem,
         fingerprint: device.fingerprint,
@@ -232,31 +223,17 @@ async fn create(g: &GlobalArgs, p: &Platform, id: &DeviceId, out: &Path) -> Resu
         "warning: the private key is being made on the server; production keys belong on the device (use `rampart device sign-csr`)"
     );
     let (cert, key) = p.pki.issue_device_with_generated_key(id)?;
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    let key_path = out.join(format!("{id}.key"));
-    let cert_path = out.join(format!("{id}.crt"));
-    let ca_path = out.join("ca.crt");
-    for path in [&key_path, &cert_path] {
-        if path.exists() {
-            bail!(
-                "{} already exists; choose another --out directory",
-                path.display()
-            );
-        }
-    }
+    let files = Credentials::new(out, id.as_str());
+    files.check_free()?;
     let mut reg = register(p, cert).await?;
     // Registered first, then written: if writing fails, the device is
     // deleted again so that no registered device is left without its key.
-    let written = write_private(&key_path, key.as_bytes())
-        .and_then(|()| write_atomic(&cert_path, reg.chain.as_bytes(), 0o644))
-        .and_then(|()| write_atomic(&ca_path, p.pki.chain_pem().as_bytes(), 0o644));
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&key_path);
-        let _ = std::fs::remove_file(&cert_path);
+    if let Err(e) = files.write(&key, &reg.chain, &p.pki.chain_pem()) {
         p.store.delete_device(id, &cli_actor()).await?;
         p.publish_crl().await?;
         return Err(e);
     }
+    let (key_path, cert_path, ca_path) = (files.key, files.cert, files.ca);
     reg.files = Some(Files {
         key: key_path.display().to_string(),
         certificate: cert_path.display().to_string(),

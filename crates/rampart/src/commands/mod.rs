@@ -5,3 +5,4 @@ pub mod ca;
 pub mod config;
 pub mod device;
 pub mod init;
+pub mod service;

@@ -3,6 +3,7 @@
 use rampart_pki::RevocationReason;
 use rampart_proto::DeviceId;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use time::OffsetDateTime;
 
 use super::{db, from_ms, to_ms};
 use crate::model::IdentityKind;
@@ -124,37 +125,57 @@ pub(super) fn list(conn: &Connection, filter: &DeviceFilter) -> Result<Vec<Devic
         .collect()
 }
 
-/// Inserts identity, certificate and device rows.
-pub(super) fn insert(tx: &Transaction<'_>, d: &NewDevice, now_ms: i64) -> Result<()> {
+/// Reserves `id` in the shared identity namespace and records its first
+/// certificate as current.
+pub(super) fn insert_identity(
+    tx: &Transaction<'_>,
+    id: &DeviceId,
+    kind: IdentityKind,
+    cert: (&str, &str, OffsetDateTime, OffsetDateTime),
+    now_ms: i64,
+) -> Result<()> {
     let taken: bool = tx
         .query_row(
             "SELECT EXISTS (SELECT 1 FROM identities WHERE id = ?1)",
-            params![d.id.as_str()],
+            params![id.as_str()],
             |r| r.get(0),
         )
         .map_err(db)?;
     if taken {
-        return Err(StoreError::IdTaken(d.id.clone()));
+        return Err(StoreError::IdTaken(id.clone()));
     }
     tx.execute(
-        "INSERT INTO identities (id, kind, created_at) VALUES (?1, 'device', ?2)",
-        params![d.id.as_str(), now_ms],
+        "INSERT INTO identities (id, kind, created_at) VALUES (?1, ?2, ?3)",
+        params![id.as_str(), kind.as_str(), now_ms],
     )
     .map_err(db)?;
+    let (serial, fingerprint, not_before, not_after) = cert;
     tx.execute(
         "INSERT INTO certificates (serial, identity_id, kind, fingerprint, not_before, not_after, status, issued_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'current', ?7)",
         params![
-            d.serial,
-            d.id.as_str(),
-            IdentityKind::Device.as_str(),
-            d.fingerprint,
-            to_ms(d.not_before),
-            to_ms(d.not_after),
+            serial,
+            id.as_str(),
+            kind.as_str(),
+            fingerprint,
+            to_ms(not_before),
+            to_ms(not_after),
             now_ms
         ],
     )
     .map_err(db)?;
+    Ok(())
+}
+
+/// Inserts identity, certificate and device rows.
+pub(super) fn insert(tx: &Transaction<'_>, d: &NewDevice, now_ms: i64) -> Result<()> {
+    insert_identity(
+        tx,
+        &d.id,
+        IdentityKind::Device,
+        (&d.serial, &d.fingerprint, d.not_before, d.not_after),
+        now_ms,
+    )?;
     tx.execute(
         "INSERT INTO devices (id, state, cert_serial, claim_code_hash, created_at, updated_at)
          VALUES (?1, 'unbound', ?2, ?3, ?4, ?4)",

@@ -12,6 +12,7 @@ mod audit;
 mod changes;
 mod devices;
 mod schema;
+mod services;
 mod store;
 
 use std::path::{Path, PathBuf};

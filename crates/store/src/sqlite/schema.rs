@@ -12,7 +12,10 @@ use crate::{Result, StoreError};
 const APPLICATION_ID: i32 = 0x524D_5054;
 
 /// Migration `i` brings the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/sqlite/0001_foundation.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/sqlite/0001_foundation.sql"),
+    include_str!("../../migrations/sqlite/0002_services.sql"),
+];
 
 /// Newest schema version this binary knows.
 pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -7,10 +7,11 @@ use rampart_proto::DeviceId;
 use rusqlite::{Transaction, params};
 use serde_json::json;
 
-use super::{SqliteStore, audit, changes, db, devices};
+use super::{SqliteStore, audit, changes, db, devices, services};
 use crate::{
     Actor, AuditEntry, AuditKey, AuditRecord, AuditReport, CertificateRecord, Change, ChangeKind,
-    Device, DeviceFilter, DeviceState, NewDevice, Result, RevokedCertificate, Store, StoreError,
+    Device, DeviceFilter, DeviceState, NewDevice, NewService, Result, RevokedCertificate, Service,
+    ServiceState, Store, StoreError,
 };
 
 impl SqliteStore {
@@ -233,6 +234,73 @@ impl Store for SqliteStore {
             )
             .map_err(db)?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn create_service(&self, service: NewService, actor: &Actor) -> Result<Service> {
+        let actor = actor.clone();
+        self.write_audited(move |tx, key| {
+            let (_, now) = super::now_ms();
+            services::insert(tx, &service, now)?;
+            let rec = log_change(
+                tx,
+                key,
+                ChangeKind::ServiceCreated,
+                &service.id,
+                &actor,
+                json!({ "serial": service.serial, "fingerprint": service.fingerprint }),
+                now,
+            )?;
+            let created = services::get(tx, service.id.as_str())?
+                .ok_or_else(|| StoreError::ServiceNotFound(service.id.clone()))?;
+            Ok((created, rec))
+        })
+        .await
+    }
+
+    async fn service(&self, id: &DeviceId) -> Result<Option<Service>> {
+        let id = id.clone();
+        self.read(move |conn, _| services::get(conn, id.as_str()))
+            .await
+    }
+
+    async fn list_services(&self) -> Result<Vec<Service>> {
+        self.read(|conn, _| services::list(conn)).await
+    }
+
+    async fn revoke_service(
+        &self,
+        id: &DeviceId,
+        reason: RevocationReason,
+        actor: &Actor,
+    ) -> Result<Service> {
+        let (id, actor) = (id.clone(), actor.clone());
+        self.write_audited(move |tx, key| {
+            let (_, now) = super::now_ms();
+            let svc = services::get(tx, id.as_str())?
+                .ok_or_else(|| StoreError::ServiceNotFound(id.clone()))?;
+            if svc.state == ServiceState::Revoked {
+                return Err(StoreError::InvalidState {
+                    id,
+                    state: "revoked".into(),
+                    why: "it is already revoked",
+                });
+            }
+            devices::revoke_certificate(tx, &svc.serial, reason, now)?;
+            services::set_revoked(tx, &id, now)?;
+            let rec = log_change(
+                tx,
+                key,
+                ChangeKind::ServiceRevoked,
+                &id,
+                &actor,
+                json!({ "serial": svc.serial, "reason": reason.to_string() }),
+                now,
+            )?;
+            let revoked = services::get(tx, id.as_str())?
+                .ok_or_else(|| StoreError::ServiceNotFound(id.clone()))?;
+            Ok((revoked, rec))
         })
         .await
     }
