@@ -4,17 +4,20 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
+use bytes::{Bytes, BytesMut};
+use mqtt5_protocol::Properties;
 use rampart_proto::ingest::{DisconnectReason, IngestSink};
-use rampart_store::{Change, ChangeKind, Store};
+use rampart_store::{Change, ChangeKind, MqttOp, Store, StoredMessage};
 
 use crate::acl::{Acl, AclRuleError};
 use crate::config::BrokerConfig;
 use crate::metrics::Metrics;
-use crate::router::{ClientId, Router};
+use crate::persist::{Durable, Persister};
+use crate::router::{ClientId, Router, SubOptions};
 use crate::session::{Delivery, Message, Session};
 use crate::tls::{ReloadableAcceptor, TlsError, TlsMaterial};
 
@@ -48,6 +51,8 @@ pub struct Broker {
     pub(crate) sessions: Mutex<HashMap<ClientId, Arc<Session>>>,
     pub(crate) router: RwLock<Router>,
     pub(crate) retained: RwLock<HashMap<Arc<str>, Arc<Message>>>,
+    pub(crate) persister: Persister,
+    next_persist_id: AtomicU64,
     rate: Mutex<HashMap<IpAddr, Bucket>>,
 }
 
@@ -63,12 +68,14 @@ impl Broker {
             acl: Acl::new(&config.acl)?,
             tls: ReloadableAcceptor::new(tls)?,
             config,
-            store,
+            store: Arc::clone(&store),
             sink,
             metrics: Arc::new(Metrics::default()),
             sessions: Mutex::new(HashMap::new()),
             router: RwLock::new(Router::new()),
             retained: RwLock::new(HashMap::new()),
+            persister: Persister::start(Arc::clone(&store)),
+            next_persist_id: AtomicU64::new(1),
             rate: Mutex::new(HashMap::new()),
         }))
     }
@@ -161,16 +168,26 @@ impl Broker {
         }
     }
 
-    /// Stores or clears a retained message (MQTT 5 §3.3.1.3).
-    pub(crate) fn retain(&self, message: &Arc<Message>) {
-        let Ok(mut retained) = self.retained.write() else {
-            return;
-        };
-        if message.payload.is_empty() {
-            retained.remove(&message.topic);
+    /// Stores or clears a retained message (MQTT 5 §3.3.1.3), durably.
+    pub(crate) fn retain(&self, message: &Arc<Message>) -> Option<Durable> {
+        let op = if message.payload.is_empty() {
+            MqttOp::ClearRetained {
+                topic: message.topic.to_string(),
+            }
         } else {
-            retained.insert(Arc::clone(&message.topic), Arc::clone(message));
+            MqttOp::Retain {
+                message: stored(message, message.qos, true, &[]),
+            }
+        };
+        let durable = self.persister.submit(vec![op]);
+        if let Ok(mut retained) = self.retained.write() {
+            if message.payload.is_empty() {
+                retained.remove(&message.topic);
+            } else {
+                retained.insert(Arc::clone(&message.topic), Arc::clone(message));
+            }
         }
+        durable
     }
 
     /// Retained messages matching `filter`.
@@ -186,21 +203,120 @@ impl Broker {
             .unwrap_or_default()
     }
 
-    /// Hands `message` to every matching subscription.
-    pub(crate) fn route(&self, message: &Arc<Message>) {
+    /// Hands `message` to every matching subscription. QoS ≥ 1 deliveries
+    /// to persistent sessions are written to the durable queue; the result
+    /// resolves once they are, and the publisher's acknowledgement waits
+    /// for it.
+    pub(crate) fn route(&self, message: &Arc<Message>) -> Option<Durable> {
         let targets = match self.router.read() {
             Ok(r) => r.route(&message.topic, message.publisher.as_deref()),
-            Err(_) => return,
+            Err(_) => return None,
         };
+        let mut ops = Vec::new();
+        let mut deliveries = Vec::with_capacity(targets.len());
         for t in targets {
-            let delivery = Delivery {
+            let qos = message.qos.min(t.qos);
+            let mut delivery = Delivery {
                 message: Arc::clone(message),
-                qos: message.qos.min(t.qos),
+                qos,
                 retain: t.retain_as_published && message.retain,
                 subscription_ids: t.subscription_ids,
+                persist_id: None,
             };
-            self.enqueue(&t.client, delivery);
+            if qos > 0 && self.is_persistent(&t.client) {
+                let id = self.next_persist_id.fetch_add(1, Ordering::Relaxed);
+                delivery.persist_id = Some(id);
+                ops.push(MqttOp::Enqueue {
+                    client: t.client.to_string(),
+                    id,
+                    message: stored(message, qos, delivery.retain, &delivery.subscription_ids),
+                });
+            }
+            deliveries.push((t.client, delivery));
         }
+        // Submitted before the deliveries become visible, so that a
+        // subscriber's acknowledgement can never overtake its enqueue.
+        let durable = self.persister.submit(ops);
+        for (client, delivery) in deliveries {
+            self.enqueue(&client, delivery);
+        }
+        durable
+    }
+
+    fn is_persistent(&self, client: &str) -> bool {
+        self.sessions
+            .lock()
+            .ok()
+            .and_then(|s| s.get(client).cloned())
+            .is_some_and(|s| s.state.lock().is_ok_and(|st| st.persistent()))
+    }
+
+    /// Rebuilds persistent sessions and retained messages from the store.
+    pub(crate) async fn restore(&self) -> Result<(), rampart_store::StoreError> {
+        let snapshot = self.store.mqtt_load().await?;
+        let now = Instant::now();
+        let wall_ms = now_ms();
+        let mut max_id = 0;
+        let (mut sessions, mut queued) = (0usize, 0usize);
+        for s in snapshot.sessions {
+            let client: ClientId = Arc::from(s.client.as_str());
+            let session = Arc::new(Session::new());
+            if let Ok(mut st) = session.state.lock() {
+                st.expiry_secs = s.expiry_secs;
+                let since = s
+                    .disconnected_at_ms
+                    .map_or(0, |d| (wall_ms - d).max(0) as u64 / 1000);
+                let left = u64::from(s.expiry_secs).saturating_sub(since);
+                st.expires_at = Some(now + std::time::Duration::from_secs(left));
+                for sub in &s.subscriptions {
+                    let opts = SubOptions {
+                        qos: sub.qos,
+                        no_local: sub.no_local,
+                        retain_as_published: sub.retain_as_published,
+                        subscription_id: sub.subscription_id,
+                    };
+                    if let Ok(parsed) = crate::topic::parse_subscription(&sub.filter)
+                        && let Ok(mut router) = self.router.write()
+                    {
+                        router.subscribe(&client, parsed.filter, parsed.group, opts);
+                    }
+                    st.subscriptions.insert(sub.filter.clone(), opts);
+                }
+                for (id, m) in s.queue {
+                    max_id = max_id.max(id);
+                    let Some(message) = restored(m.clone(), wall_ms, now) else {
+                        continue;
+                    };
+                    st.queue.push_back(Delivery {
+                        message,
+                        qos: m.qos,
+                        retain: m.retain,
+                        subscription_ids: m.subscription_ids,
+                        persist_id: Some(id),
+                    });
+                    queued += 1;
+                }
+            }
+            self.metrics
+                .queued_messages
+                .fetch_add(queued as i64, Ordering::Relaxed);
+            if let Ok(mut all) = self.sessions.lock() {
+                all.insert(client, session);
+            }
+            sessions += 1;
+        }
+        self.next_persist_id.store(max_id + 1, Ordering::Relaxed);
+        let mut retained = 0;
+        if let Ok(mut r) = self.retained.write() {
+            for m in snapshot.retained {
+                if let Some(message) = restored(m, wall_ms, now) {
+                    r.insert(Arc::clone(&message.topic), message);
+                    retained += 1;
+                }
+            }
+        }
+        tracing::info!(sessions, queued, retained, "restored broker state");
+        Ok(())
     }
 
     /// Queues a delivery for one session, applying the overflow policy.
@@ -263,9 +379,14 @@ impl Broker {
             }
             Err(_) => return,
         };
+        let mut ops = Vec::new();
         for (id, session) in expired {
             self.forget_subscriptions(&id, &session);
+            ops.push(MqttOp::DeleteSession {
+                client: id.to_string(),
+            });
         }
+        self.persister.submit_later(ops);
     }
 
     /// Removes a session's subscriptions from the router.
@@ -290,4 +411,52 @@ impl Broker {
             }
         }
     }
+}
+
+fn now_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// A message as the durable queue keeps it.
+fn stored(m: &Message, qos: u8, retain: bool, subscription_ids: &[u32]) -> StoredMessage {
+    let mut props = BytesMut::new();
+    if m.properties.encode(&mut props).is_err() {
+        props.clear();
+    }
+    let expires_at_ms = m
+        .expires_at
+        .map(|t| now_ms() + t.saturating_duration_since(Instant::now()).as_millis() as i64);
+    StoredMessage {
+        topic: m.topic.to_string(),
+        payload: m.payload.to_vec(),
+        qos,
+        retain,
+        properties: props.to_vec(),
+        expires_at_ms,
+        subscription_ids: subscription_ids.to_vec(),
+    }
+}
+
+/// A stored message back in memory; `None` if it has expired.
+fn restored(m: StoredMessage, wall_ms: i64, now: Instant) -> Option<Arc<Message>> {
+    let expires_at = match m.expires_at_ms {
+        Some(at) if at <= wall_ms => return None,
+        Some(at) => Some(now + std::time::Duration::from_millis((at - wall_ms) as u64)),
+        None => None,
+    };
+    let mut raw = Bytes::from(m.properties);
+    let properties = if raw.is_empty() {
+        Properties::default()
+    } else {
+        Properties::decode(&mut raw).unwrap_or_default()
+    };
+    Some(Arc::new(Message {
+        topic: Arc::from(m.topic.as_str()),
+        payload: Bytes::from(m.payload),
+        qos: m.qos,
+        retain: m.retain,
+        properties,
+        expires_at,
+        publisher: None,
+    }))
 }

@@ -29,6 +29,7 @@ use rampart_proto::ingest::{
     DisconnectReason, InboundMessage, IngestOutcome, MessageProperties, PresenceEvent, QoS,
 };
 use rampart_proto::topic::{DeviceTopic, Direction};
+use rampart_store::MqttOp;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
@@ -38,6 +39,7 @@ use crate::broker::Broker;
 use crate::codec::{self, CodecError, Decoder};
 use crate::identity::{self, Identity, IdentityKind};
 use crate::metrics::Metrics;
+use crate::persist;
 use crate::router::{ClientId, SubOptions};
 use crate::session::{Control, Delivery, Inflight, Message, Session};
 use crate::topic;
@@ -248,7 +250,7 @@ impl Connection {
             u32::MAX
         };
         let expiry = requested_expiry.min(broker.config.max_session_expiry.as_secs() as u32);
-        let (session, present) = self
+        let (session, present, old_persistent) = self
             .take_session(&client, &identity, connect.clean_start)
             .await;
         let control = Control {
@@ -263,6 +265,30 @@ impl Connection {
         if let Ok(mut st) = session.state.lock() {
             st.expiry_secs = expiry;
             st.expires_at = None;
+        }
+        let mut ops = Vec::new();
+        if old_persistent && (!present || expiry == 0) {
+            ops.push(MqttOp::DeleteSession {
+                client: client.to_string(),
+            });
+        }
+        if let Some(save) = session.state.lock().ok().and_then(|st| {
+            st.persistent().then(|| MqttOp::SaveSession {
+                client: client.to_string(),
+                expiry_secs: st.expiry_secs,
+                subscriptions: st.stored_subscriptions(),
+            })
+        }) {
+            ops.push(save);
+        }
+        // The session exists on disk before CONNACK says so.
+        if !persist::durable(broker.persister.submit(ops)).await {
+            self.refuse(ReasonCode::ServerUnavailable).await;
+            if let Ok(mut c) = session.control.lock() {
+                *c = None;
+            }
+            control.done.add_permits(1);
+            return;
         }
 
         let mut keepalive = connect.keep_alive;
@@ -357,9 +383,18 @@ impl Connection {
                     });
                 if removed.is_some() {
                     broker.forget_subscriptions(&client, &session);
+                    broker.persister.submit_later(vec![MqttOp::DeleteSession {
+                        client: client.to_string(),
+                    }]);
                 }
-            } else if let Ok(mut st) = session.state.lock() {
-                st.expires_at = Some(Instant::now() + Duration::from_secs(u64::from(expiry)));
+            } else {
+                if let Ok(mut st) = session.state.lock() {
+                    st.expires_at = Some(Instant::now() + Duration::from_secs(u64::from(expiry)));
+                }
+                broker.persister.submit_later(vec![MqttOp::Disconnected {
+                    client: client.to_string(),
+                    at_ms: now_ms(),
+                }]);
             }
         }
         control.done.add_permits(1);
@@ -372,7 +407,7 @@ impl Connection {
         client: &ClientId,
         identity: &Identity,
         clean_start: bool,
-    ) -> (Arc<Session>, bool) {
+    ) -> (Arc<Session>, bool, bool) {
         let broker = Arc::clone(&self.broker);
         let existing = broker
             .sessions
@@ -388,8 +423,11 @@ impl Connection {
                 control.finished().await;
             }
         }
+        let old_persistent = existing
+            .as_ref()
+            .is_some_and(|o| o.state.lock().is_ok_and(|st| st.persistent()));
         match existing {
-            Some(old) if !clean_start => (old, true),
+            Some(old) if !clean_start => (old, true, old_persistent),
             other => {
                 if let Some(old) = other {
                     broker.forget_subscriptions(client, &old);
@@ -398,7 +436,7 @@ impl Connection {
                 if let Ok(mut s) = broker.sessions.lock() {
                     s.insert(Arc::clone(client), Arc::clone(&fresh));
                 }
-                (fresh, false)
+                (fresh, false, old_persistent)
             }
         }
     }
@@ -558,17 +596,13 @@ impl Connection {
     ) -> Option<End> {
         match packet {
             Packet::Publish(p) => return self.on_publish(p, session, identity, client).await,
-            Packet::PubAck(a) => {
-                if let Ok(mut st) = session.state.lock() {
-                    st.inflight.remove(&a.packet_id);
-                }
-            }
+            Packet::PubAck(a) => self.delivered(session, client, a.packet_id),
             Packet::PubRec(r) => {
+                if u8::from(r.reason_code) >= 0x80 {
+                    self.delivered(session, client, r.packet_id);
+                    return None;
+                }
                 let known = session.state.lock().is_ok_and(|mut st| {
-                    if u8::from(r.reason_code) >= 0x80 {
-                        st.inflight.remove(&r.packet_id);
-                        return false;
-                    }
                     match st.inflight.get_mut(&r.packet_id) {
                         Some(f) => {
                             f.released = true;
@@ -586,11 +620,7 @@ impl Connection {
                     )));
                 }
             }
-            Packet::PubComp(c) => {
-                if let Ok(mut st) = session.state.lock() {
-                    st.inflight.remove(&c.packet_id);
-                }
-            }
+            Packet::PubComp(c) => self.delivered(session, client, c.packet_id),
             Packet::PubRel(r) => {
                 let known = session
                     .state
@@ -606,8 +636,14 @@ impl Connection {
                 };
                 self.send(&Packet::PubComp(comp));
             }
-            Packet::Subscribe(s) => self.on_subscribe(s, session, identity, client),
-            Packet::Unsubscribe(u) => self.on_unsubscribe(u, session, client),
+            Packet::Subscribe(s) => {
+                self.on_subscribe(s, session, identity, client);
+                self.persist_subscriptions(session, client).await;
+            }
+            Packet::Unsubscribe(u) => {
+                self.on_unsubscribe(u, session, client);
+                self.persist_subscriptions(session, client).await;
+            }
             Packet::PingReq => self.send(&Packet::PingResp),
             Packet::Disconnect(d) => {
                 if self.version == 5
@@ -727,11 +763,31 @@ impl Connection {
                 expires_at,
                 publisher: Some(Arc::clone(client)),
             });
-            if message.retain {
-                self.broker.retain(&message);
+            let retained = if message.retain {
+                self.broker.retain(&message)
+            } else {
+                None
+            };
+            let routed = self.broker.route(&message);
+            // Acknowledge only what is durable: queued copies for
+            // persistent sessions and the retained message.
+            let ok = persist::durable(retained).await & persist::durable(routed).await;
+            if ok {
+                self.ack(qos, id, ReasonCode::Success, None, session);
+            } else if self.version == 5 {
+                self.ack(
+                    qos,
+                    id,
+                    ReasonCode::ImplementationSpecificError,
+                    Some("the broker could not store the message".into()),
+                    session,
+                );
+            } else if qos > 0 {
+                // MQTT 3.1.1 has no negative acknowledgement: close, and the
+                // client resends on reconnect.
+                let e = CodecError::Protocol("broker storage unavailable".into());
+                return Some(self.protocol_error(identity, &e));
             }
-            self.broker.route(&message);
-            self.ack(qos, id, ReasonCode::Success, None, session);
         }
         if qos > 0 {
             metrics
@@ -740,6 +796,38 @@ impl Connection {
             Metrics::inc(&metrics.ack_latency_count);
         }
         None
+    }
+
+    /// The client acknowledged an outgoing delivery: forget it, on disk too.
+    fn delivered(&self, session: &Session, client: &ClientId, packet_id: u16) {
+        let done = session
+            .state
+            .lock()
+            .ok()
+            .and_then(|mut st| st.inflight.remove(&packet_id));
+        if let Some(persist_id) = done.and_then(|f| f.delivery.persist_id) {
+            self.broker.persister.submit_later(vec![MqttOp::Ack {
+                client: client.to_string(),
+                id: persist_id,
+            }]);
+        }
+    }
+
+    /// Writes a persistent session's subscriptions before the SUBACK or
+    /// UNSUBACK that confirms them leaves (they sit in `out` until flushed).
+    async fn persist_subscriptions(&self, session: &Session, client: &ClientId) {
+        let op = session.state.lock().ok().and_then(|st| {
+            st.persistent().then(|| MqttOp::SaveSession {
+                client: client.to_string(),
+                expiry_secs: st.expiry_secs,
+                subscriptions: st.stored_subscriptions(),
+            })
+        });
+        if let Some(op) = op
+            && !persist::durable(self.broker.persister.submit(vec![op])).await
+        {
+            tracing::error!(client_id = %client, "subscriptions not stored; they will not survive a restart");
+        }
     }
 
     /// PUBACK (QoS 1) or PUBREC (QoS 2); reason codes only for v5.
@@ -837,6 +925,7 @@ impl Connection {
                                 message: m,
                                 retain: true,
                                 subscription_ids: sid.into_iter().collect(),
+                                persist_id: None,
                             });
                         }
                     }
@@ -913,10 +1002,11 @@ impl Connection {
                 .map(|s| Instant::now() + Duration::from_secs(u64::from(s))),
             publisher: Some(Arc::clone(client)),
         });
+        // Nobody waits for a will's durability: there is no publisher to ack.
         if message.retain {
-            self.broker.retain(&message);
+            drop(self.broker.retain(&message));
         }
-        self.broker.route(&message);
+        drop(self.broker.route(&message));
     }
 }
 

@@ -25,3 +25,4 @@ pub use broker::{Broker, BrokerError};
 pub use config::BrokerConfig;
 pub use server::run;
 pub use tls::TlsMaterial;
+mod persist;

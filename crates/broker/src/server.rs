@@ -25,6 +25,10 @@ pub async fn run(
     broker: Arc<Broker>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    broker
+        .restore()
+        .await
+        .map_err(|e| std::io::Error::other(format!("cannot restore broker state: {e}")))?;
     let slots = Arc::new(Semaphore::new(broker.config.max_connections));
     let tasks = TaskTracker::new();
     let mut sweep = tokio::time::interval(EXPIRY_SWEEP);
@@ -67,5 +71,7 @@ pub async fn run(
     broker.close_all(DisconnectReason::ServerShutdown);
     tasks.close();
     tasks.wait().await;
+    // Acknowledged deliveries' removals and disconnect times reach the disk.
+    broker.persister.flush().await;
     Ok(())
 }

@@ -45,6 +45,8 @@ pub struct Delivery {
     pub retain: bool,
     /// Subscription identifiers to send.
     pub subscription_ids: Vec<u32>,
+    /// Its id in the durable queue, for persistent sessions.
+    pub persist_id: Option<u64>,
 }
 
 /// An outgoing QoS 1/2 delivery awaiting the client's acknowledgement.
@@ -76,6 +78,28 @@ pub struct SessionState {
 }
 
 impl SessionState {
+    /// Whether the session outlives its connection (and is kept on disk).
+    pub fn persistent(&self) -> bool {
+        self.expiry_secs > 0
+    }
+
+    /// Its subscriptions as stored.
+    pub fn stored_subscriptions(&self) -> Vec<rampart_store::StoredSubscription> {
+        let mut subs: Vec<_> = self
+            .subscriptions
+            .iter()
+            .map(|(filter, o)| rampart_store::StoredSubscription {
+                filter: filter.clone(),
+                qos: o.qos,
+                no_local: o.no_local,
+                retain_as_published: o.retain_as_published,
+                subscription_id: o.subscription_id,
+            })
+            .collect();
+        subs.sort_by(|a, b| a.filter.cmp(&b.filter));
+        subs
+    }
+
     /// A free packet id (MQTT 5 §2.2.1: non-zero, not in use).
     pub fn allocate_packet_id(&mut self) -> Option<u16> {
         for _ in 0..=u16::MAX {

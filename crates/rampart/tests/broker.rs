@@ -413,3 +413,72 @@ fn services_read_telemetry_and_send_commands_within_their_rights() {
     assert!(!out.status.success(), "revoked service reconnected");
     assert!(s.serve.terminate());
 }
+
+#[test]
+fn persistent_sessions_keep_queued_messages_across_kill_9() {
+    let mut s = start();
+    let dev = s.ws.device("tank-1");
+    let reader = s.ws.device("reader");
+    let persistent = |rest: &[&str]| {
+        let mut a = args(
+            &reader,
+            s.addr,
+            "mqttv5",
+            &[
+                "-c",
+                "-x",
+                "3600",
+                "-q",
+                "1",
+                "-t",
+                "devices/+/telemetry/up",
+            ],
+        );
+        a.extend(rest.iter().map(|x| (*x).to_owned()));
+        a
+    };
+    // Subscribe with a persistent session, then go away.
+    let out = mosquitto("mosquitto_sub", &persistent(&["-E"]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for i in 1..=3 {
+        let out = mosquitto(
+            "mosquitto_pub",
+            &args(
+                &dev,
+                s.addr,
+                "mqttv5",
+                &[
+                    "-t",
+                    "devices/tank-1/telemetry/up",
+                    "-q",
+                    "1",
+                    "-m",
+                    &format!("level {i}"),
+                ],
+            ),
+        );
+        assert!(out.status.success(), "publish {i} acknowledged");
+    }
+    // Every PUBACK above was sent after the queued copy was durable.
+    s.serve.kill();
+
+    let mut serve = s.ws.serve(&[
+        ("RAMPART_CONFIG", "rampart.toml"),
+        ("RAMPART_LOG__LEVEL", "debug"),
+    ]);
+    let addr = serve.listening("mqtt");
+    serve.wait_for(&["restored broker state", "sessions=1", "queued=3"]);
+    let mut a = persistent(&["-C", "3"]);
+    let port = a.iter().position(|x| x == "-p").expect("-p") + 1;
+    a[port] = addr.port().to_string();
+    let out = mosquitto("mosquitto_sub", &a);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "level 1\nlevel 2\nlevel 3\n"
+    );
+    assert!(serve.terminate());
+}

@@ -13,6 +13,7 @@
 mod audit;
 mod error;
 mod model;
+mod mqtt;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -26,6 +27,7 @@ pub use model::{
     DeviceState, IdentityKind, NewDevice, NewService, Owner, RevokedCertificate, Service,
     ServiceState,
 };
+pub use mqtt::{MqttOp, MqttSnapshot, StoredMessage, StoredSession, StoredSubscription};
 pub use sqlite::SqliteStore;
 
 /// Result type of every store operation.
@@ -100,6 +102,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         reason: RevocationReason,
         actor: &Actor,
     ) -> Result<Service>;
+
+    /// Applies a batch of broker state changes in one durable transaction.
+    async fn mqtt_apply(&self, ops: Vec<MqttOp>) -> Result<()>;
+
+    /// Loads the broker's durable state.
+    async fn mqtt_load(&self) -> Result<MqttSnapshot>;
 
     /// One certificate by serial (lowercase hex).
     async fn certificate(&self, serial: &str) -> Result<Option<CertificateRecord>>;

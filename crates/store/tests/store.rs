@@ -447,3 +447,103 @@ async fn services_share_the_identity_namespace_with_devices() {
     );
     assert!(ChangeKind::ServiceRevoked.affects_sessions());
 }
+
+#[tokio::test]
+async fn broker_state_survives_reopening() {
+    use rampart_store::{MqttOp, StoredMessage, StoredSubscription};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let msg = |topic: &str, payload: &[u8]| StoredMessage {
+        topic: topic.into(),
+        payload: payload.to_vec(),
+        qos: 1,
+        retain: false,
+        properties: vec![1, 2, 3],
+        expires_at_ms: Some(1_900_000_000_000),
+        subscription_ids: vec![4],
+    };
+    {
+        let store = open(dir.path());
+        store
+            .mqtt_apply(vec![
+                MqttOp::SaveSession {
+                    client: "sub-1".into(),
+                    expiry_secs: 3600,
+                    subscriptions: vec![StoredSubscription {
+                        filter: "devices/#".into(),
+                        qos: 1,
+                        no_local: false,
+                        retain_as_published: true,
+                        subscription_id: Some(4),
+                    }],
+                },
+                MqttOp::Enqueue {
+                    client: "sub-1".into(),
+                    id: 1,
+                    message: msg("a", b"one"),
+                },
+                MqttOp::Enqueue {
+                    client: "sub-1".into(),
+                    id: 2,
+                    message: msg("b", b"two"),
+                },
+                MqttOp::Enqueue {
+                    client: "sub-1".into(),
+                    id: 3,
+                    message: msg("c", b"three"),
+                },
+                MqttOp::Ack {
+                    client: "sub-1".into(),
+                    id: 2,
+                },
+                MqttOp::Disconnected {
+                    client: "sub-1".into(),
+                    at_ms: 1_800_000_000_000,
+                },
+                MqttOp::SaveSession {
+                    client: "gone".into(),
+                    expiry_secs: 10,
+                    subscriptions: vec![],
+                },
+                MqttOp::Enqueue {
+                    client: "gone".into(),
+                    id: 4,
+                    message: msg("d", b"x"),
+                },
+                MqttOp::DeleteSession {
+                    client: "gone".into(),
+                },
+                MqttOp::Retain {
+                    message: StoredMessage {
+                        retain: true,
+                        ..msg("r/1", b"kept")
+                    },
+                },
+                MqttOp::Retain {
+                    message: StoredMessage {
+                        retain: true,
+                        ..msg("r/2", b"cleared")
+                    },
+                },
+                MqttOp::ClearRetained {
+                    topic: "r/2".into(),
+                },
+            ])
+            .await
+            .expect("apply");
+    }
+    let snap = open(dir.path()).mqtt_load().await.expect("load");
+    assert_eq!(snap.sessions.len(), 1);
+    let s = &snap.sessions[0];
+    assert_eq!(s.client, "sub-1");
+    assert_eq!(s.disconnected_at_ms, Some(1_800_000_000_000));
+    assert_eq!(s.subscriptions[0].filter, "devices/#");
+    let queued: Vec<(u64, &[u8])> = s
+        .queue
+        .iter()
+        .map(|(id, m)| (*id, m.payload.as_slice()))
+        .collect();
+    assert_eq!(queued, [(1, &b"one"[..]), (3, &b"three"[..])]);
+    assert_eq!(s.queue[0].1, msg("a", b"one"));
+    assert_eq!(snap.retained.len(), 1);
+    assert_eq!(snap.retained[0].payload, b"kept");
+}

@@ -378,6 +378,13 @@ impl Serve {
             .unwrap_or_else(|| panic!("malformed listening line: {line}"))
     }
 
+    /// Kills the process with SIGKILL (no cleanup, like a power cut for
+    /// everything not yet on disk) and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Every stderr line received so far.
     pub fn seen(&self) -> &[String] {
         &self.seen

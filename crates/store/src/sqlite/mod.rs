@@ -11,6 +11,7 @@
 mod audit;
 mod changes;
 mod devices;
+mod mqtt;
 mod schema;
 mod services;
 mod store;

@@ -15,6 +15,7 @@ const APPLICATION_ID: i32 = 0x524D_5054;
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0001_foundation.sql"),
     include_str!("../../migrations/sqlite/0002_services.sql"),
+    include_str!("../../migrations/sqlite/0003_mqtt_sessions.sql"),
 ];
 
 /// Newest schema version this binary knows.

@@ -7,11 +7,11 @@ use rampart_proto::DeviceId;
 use rusqlite::{Transaction, params};
 use serde_json::json;
 
-use super::{SqliteStore, audit, changes, db, devices, services};
+use super::{SqliteStore, audit, changes, db, devices, mqtt, services};
 use crate::{
     Actor, AuditEntry, AuditKey, AuditRecord, AuditReport, CertificateRecord, Change, ChangeKind,
-    Device, DeviceFilter, DeviceState, NewDevice, NewService, Result, RevokedCertificate, Service,
-    ServiceState, Store, StoreError,
+    Device, DeviceFilter, DeviceState, MqttOp, MqttSnapshot, NewDevice, NewService, Result,
+    RevokedCertificate, Service, ServiceState, Store, StoreError,
 };
 
 impl SqliteStore {
@@ -303,6 +303,17 @@ impl Store for SqliteStore {
             Ok((revoked, rec))
         })
         .await
+    }
+
+    async fn mqtt_apply(&self, ops: Vec<MqttOp>) -> Result<()> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        self.write(move |tx, _| mqtt::apply(tx, &ops)).await
+    }
+
+    async fn mqtt_load(&self) -> Result<MqttSnapshot> {
+        self.read(|conn, _| mqtt::load(conn)).await
     }
 
     async fn certificate(&self, serial: &str) -> Result<Option<CertificateRecord>> {
