@@ -98,6 +98,7 @@ pub(crate) async fn serve(
         client_max_packet: None,
         client_receive_max: broker.config.max_inflight,
         aliases: HashMap::new(),
+        session_expiry: 0,
     };
     let connect = match tokio::time::timeout_at(deadline.into(), conn.read_connect()).await {
         Ok(Ok(c)) => c,
@@ -123,6 +124,7 @@ struct Connection {
     client_max_packet: Option<u32>,
     client_receive_max: u16,
     aliases: HashMap<u16, Arc<str>>,
+    session_expiry: u32,
 }
 
 /// How the packet loop ended.
@@ -324,6 +326,7 @@ impl Connection {
                 .await;
         }
         let will = connect.will.clone();
+        self.session_expiry = expiry;
 
         // MQTT 5 §4.4: resend unacknowledged deliveries with DUP set.
         self.resend_inflight(&session);
@@ -1002,12 +1005,38 @@ impl Connection {
                 .map(|s| Instant::now() + Duration::from_secs(u64::from(s))),
             publisher: Some(Arc::clone(client)),
         });
-        // Nobody waits for a will's durability: there is no publisher to ack.
-        if message.retain {
-            drop(self.broker.retain(&message));
+        // MQTT 5 §3.1.3.2.2: the will waits for its delay interval (capped by
+        // the session expiry) and is dropped if the client comes back first.
+        let delay = will.properties.will_delay_interval.unwrap_or(0);
+        let expiry = self.session_expiry;
+        let broker = Arc::clone(&self.broker);
+        let client = Arc::clone(client);
+        if delay == 0 || expiry == 0 {
+            send_will(&broker, &message);
+            return;
         }
-        drop(self.broker.route(&message));
+        let wait = Duration::from_secs(u64::from(delay.min(expiry)));
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            let back = broker
+                .sessions
+                .lock()
+                .ok()
+                .and_then(|s| s.get(&client).cloned())
+                .is_some_and(|s| s.control.lock().is_ok_and(|c| c.is_some()));
+            if !back {
+                send_will(&broker, &message);
+            }
+        });
     }
+}
+
+/// Routes a will. Nobody waits for its durability: no publisher awaits an ack.
+fn send_will(broker: &Broker, message: &Arc<Message>) {
+    if message.retain {
+        drop(broker.retain(message));
+    }
+    drop(broker.route(message));
 }
 
 fn wire_qos(q: u8) -> WireQoS {

@@ -100,6 +100,10 @@ pub struct ServeConfig {
     /// How long an orderly shutdown may take before parts are abandoned.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// How often certificate, key, CA and CRL files are checked for
+    /// changes; changed files are loaded without a restart.
+    #[serde(with = "humantime_serde")]
+    pub tls_reload_interval: Duration,
 }
 
 impl Default for ServeConfig {
@@ -107,6 +111,7 @@ impl Default for ServeConfig {
         Self {
             change_poll_interval: Duration::from_millis(100),
             shutdown_timeout: Duration::from_secs(10),
+            tls_reload_interval: Duration::from_secs(30),
         }
     }
 }
@@ -180,6 +185,9 @@ busy_timeout = "10s"
 change_poll_interval = "100ms"
 # How long an orderly shutdown may take.
 shutdown_timeout = "10s"
+# How often the server certificate, key, CA and CRL files are checked for
+# changes (e.g. a renewed certificate); changes load without a restart.
+tls_reload_interval = "30s"
 
 [broker]
 # Also offer TLS 1.2 for older device stacks. TLS 1.2 sends the client

@@ -75,6 +75,11 @@ pub async fn run(g: &GlobalArgs, config: Config, args: ServeArgs) -> Result<Exit
     )
     .await?;
     let crl = spawn_crl_refresher(Arc::clone(&platform), shutdown.child_token());
+    let reloader = spawn_tls_reloader(
+        Arc::clone(&platform),
+        Arc::clone(&broker),
+        shutdown.child_token(),
+    );
 
     tracing::info!("rampart serve ready");
     shutdown.cancelled().await;
@@ -89,7 +94,11 @@ pub async fn run(g: &GlobalArgs, config: Config, args: ServeArgs) -> Result<Exit
         Ok(Err(e)) => tracing::warn!(error = %e, "broker task failed"),
         Err(_) => tracing::warn!("broker did not stop within the shutdown timeout"),
     }
-    for (name, task) in [("change follower", follower), ("CRL refresher", crl)] {
+    for (name, task) in [
+        ("change follower", follower),
+        ("CRL refresher", crl),
+        ("TLS reloader", reloader),
+    ] {
         if tokio::time::timeout(deadline, task).await.is_err() {
             tracing::warn!(part = name, "did not stop within the shutdown timeout");
         }
@@ -212,5 +221,52 @@ fn tls_material(platform: &Platform) -> Result<TlsMaterial> {
         client_ca_pem: platform.pki.client_ca_pem(),
         crl_pem: crl_path.exists().then(|| read(&crl_path)).transpose()?,
         tls12: platform.config.broker.tls12,
+    })
+}
+
+/// Modification times of every file the TLS configuration is built from.
+fn tls_stamp(platform: &Platform) -> Vec<Option<std::time::SystemTime>> {
+    let mut files = vec![platform.pki.crl_path(), platform.dir.pki().join("ca.crt")];
+    if let Ok((cert, key)) = platform.server_identity() {
+        files.extend([cert, key]);
+    }
+    files
+        .iter()
+        .map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
+        .collect()
+}
+
+/// Loads changed certificates, keys, CA or CRL without a restart: new
+/// connections use them, live ones keep what they negotiated.
+fn spawn_tls_reloader(
+    platform: Arc<Platform>,
+    broker: Arc<Broker>,
+    shutdown: CancellationToken,
+) -> JoinHandle<()> {
+    let every = platform.config.serve.tls_reload_interval;
+    tokio::spawn(async move {
+        let mut seen = tls_stamp(&platform);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(every) => {}
+            }
+            let now = tls_stamp(&platform);
+            if now == seen {
+                continue;
+            }
+            match tls_material(&platform).map(|m| broker.reload_tls(&m)) {
+                Ok(Ok(())) => {
+                    tracing::info!("reloaded TLS certificates and CRL");
+                    seen = now;
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "new TLS material refused; keeping the old")
+                }
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "cannot read TLS material; keeping the old")
+                }
+            }
+        }
     })
 }

@@ -482,3 +482,55 @@ fn persistent_sessions_keep_queued_messages_across_kill_9() {
     );
     assert!(serve.terminate());
 }
+
+/// The SHA-256 fingerprint of the certificate the server presents.
+fn served_fingerprint(ws: &Workspace, addr: std::net::SocketAddr, dev: &DeviceFiles) -> String {
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect {addr} -servername localhost -cert {} -key {} </dev/null 2>/dev/null | openssl x509 -noout -fingerprint -sha256",
+            dev.cert.display(),
+            dev.key.display()
+        ))
+        .current_dir(ws.path())
+        .output()
+        .expect("openssl");
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(text.contains('='), "no certificate served: {text}");
+    text
+}
+
+#[test]
+fn a_renewed_server_certificate_is_served_without_a_restart() {
+    let ws = Workspace::new();
+    std::fs::write(ws.join("rampart.toml"), CONFIG).expect("config");
+    ws.rampart().arg("init").assert().success();
+    let mut serve = ws.serve(&[
+        ("RAMPART_CONFIG", "rampart.toml"),
+        ("RAMPART_SERVE__TLS_RELOAD_INTERVAL", "100ms"),
+    ]);
+    let addr = serve.listening("mqtt");
+    let dev = ws.device("probe-1");
+    let before = served_fingerprint(&ws, addr, &dev);
+    std::fs::remove_file(ws.data_dir().join("pki/server.crt")).expect("remove");
+    ws.rampart().arg("init").assert().success();
+    serve.wait_for(&["reloaded TLS"]);
+    let after = served_fingerprint(&ws, addr, &dev);
+    assert_ne!(before, after, "the new certificate is served");
+    // And devices still connect.
+    let out = mosquitto(
+        "mosquitto_pub",
+        &args(
+            &dev,
+            addr,
+            "mqttv5",
+            &["-t", "devices/probe-1/telemetry/up", "-m", "x"],
+        ),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(serve.terminate());
+}
