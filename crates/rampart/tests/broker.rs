@@ -534,3 +534,28 @@ fn a_renewed_server_certificate_is_served_without_a_restart() {
     );
     assert!(serve.terminate());
 }
+
+#[test]
+fn paho_mqtt_clients_interoperate() {
+    let mut s = start();
+    let keys = s.ws.join("devices");
+    for id in ["reader", "paho-dev", "paho-will"] {
+        s.ws.device(id);
+    }
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/paho_interop.py");
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .args([s.addr.ip().to_string(), s.addr.port().to_string()])
+        .arg(&keys)
+        .output()
+        .expect("python3 with paho-mqtt (pip install paho-mqtt)");
+    assert!(
+        out.status.success(),
+        "paho interop failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("all checks passed"));
+    assert!(s.serve.terminate());
+}
