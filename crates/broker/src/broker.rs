@@ -327,6 +327,7 @@ impl Broker {
             .ok()
             .and_then(|s| s.get(client).cloned());
         let Some(session) = session else { return };
+        let mut dropped = None;
         if let Ok(mut state) = session.state.lock() {
             if state.queue.len() >= self.config.max_queued_messages {
                 Metrics::inc(&self.metrics.dropped_queue_full);
@@ -335,13 +336,24 @@ impl Broker {
                 }
                 // Drop the oldest QoS 0 message if there is one, else the oldest.
                 let victim = state.queue.iter().position(|d| d.qos == 0).unwrap_or(0);
-                state.queue.remove(victim);
+                dropped = state.queue.remove(victim).and_then(|d| d.persist_id);
                 self.metrics.queued_messages.fetch_sub(1, Ordering::Relaxed);
             }
             state.queue.push_back(delivery);
             self.metrics.queued_messages.fetch_add(1, Ordering::Relaxed);
         }
+        if let Some(id) = dropped {
+            self.forget_delivery(client, id);
+        }
         session.wake.notify_one();
+    }
+
+    /// Removes a delivery that will never be sent from the durable queue.
+    pub(crate) fn forget_delivery(&self, client: &str, persist_id: u64) {
+        self.persister.submit_later(vec![MqttOp::Ack {
+            client: client.to_owned(),
+            id: persist_id,
+        }]);
     }
 
     /// Closes every live connection (server shutdown).

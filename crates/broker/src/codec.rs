@@ -14,7 +14,8 @@
 //!   valid for a packet type, …), each citing the spec;
 //! - an encoder for server packets that writes straight into the connection's
 //!   output buffer, never emits MQTT 5 fields to a 3.1.1 client, and honours
-//!   the client's Maximum Packet Size ([`encode`]).
+//!   the client's Maximum Packet Size ([`encode`]; [`encode_publish`] for
+//!   the fan-out, without cloning the message per subscriber).
 //!
 //! It does no I/O and keeps no session state: resolving topic aliases,
 //! checking topic filters against the ACL and packet-identifier bookkeeping
@@ -29,7 +30,7 @@ mod wire;
 mod tests;
 
 pub use decode::Decoder;
-pub use encode::encode;
+pub use encode::{PublishDelivery, encode, encode_publish};
 
 /// Any packet, the unit the decoder returns and the encoder takes.
 pub use mqtt5_protocol::Packet;

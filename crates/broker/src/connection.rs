@@ -473,7 +473,7 @@ impl Connection {
         let grace = (keepalive > 0).then(|| Duration::from_millis(u64::from(keepalive) * 1500));
         let mut last_heard = Instant::now();
         loop {
-            self.pump(session);
+            self.pump(session, client);
             if self.flush().await.is_err() {
                 return End::Reason(DisconnectReason::ConnectionLost);
             }
@@ -526,8 +526,9 @@ impl Connection {
     }
 
     /// Moves queued deliveries into flight, up to the client's receive maximum.
-    fn pump(&mut self, session: &Session) {
+    fn pump(&mut self, session: &Session, client: &ClientId) {
         let mut batch: Vec<(Delivery, Option<u16>)> = Vec::new();
+        let mut expired: Vec<u64> = Vec::new();
         if let Ok(mut st) = session.state.lock() {
             let now = Instant::now();
             while let Some(front) = st.queue.front() {
@@ -541,6 +542,7 @@ impl Connection {
                     .fetch_sub(1, Ordering::Relaxed);
                 if d.message.expires_at.is_some_and(|t| t <= now) {
                     Metrics::inc(&self.broker.metrics.dropped_expired);
+                    expired.extend(d.persist_id);
                     continue;
                 }
                 let id = if d.qos > 0 {
@@ -561,6 +563,9 @@ impl Connection {
                 };
                 batch.push((d, id));
             }
+        }
+        for persist_id in expired {
+            self.broker.forget_delivery(client, persist_id);
         }
         for (d, id) in batch {
             let p = self.outgoing_publish(&d, id, false);

@@ -17,7 +17,11 @@ use rampart_store::{CertificateStatus, Store};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// A connected identity whose certificate was verified against the registry.
+///
+/// The private field keeps construction inside this module (stronger than
+/// `#[non_exhaustive]`, which would still allow it anywhere in the crate).
 #[derive(Clone, PartialEq, Eq)]
+#[allow(clippy::manual_non_exhaustive)]
 pub struct Identity {
     /// The certificate CN: the device id or service name.
     pub id: DeviceId,

@@ -47,14 +47,10 @@ pub fn encode(
     client_max_packet_size: Option<u32>,
     out: &mut BytesMut,
 ) -> Result<(), CodecError> {
-    let v5 = match version {
-        MQTT_5 => true,
-        MQTT_3_1_1 => false,
-        other => return Err(CodecError::UnsupportedProtocolVersion(other)),
-    };
+    let v5 = is_v5(version)?;
     let max = client_max_packet_size;
     match packet {
-        Packet::Publish(p) => publish(p, v5, max, out),
+        Packet::Publish(p) => publish(&Outgoing::verbatim(p), v5, max, out),
         Packet::ConnAck(p) => connack(p, v5, max, out),
         Packet::PubAck(p) => ack(
             Ack::PUBACK,
@@ -137,6 +133,14 @@ pub fn encode(
     }
 }
 
+fn is_v5(version: u8) -> Result<bool, CodecError> {
+    match version {
+        MQTT_5 => Ok(true),
+        MQTT_3_1_1 => Ok(false),
+        other => Err(CodecError::UnsupportedProtocolVersion(other)),
+    }
+}
+
 /// Size of a whole packet with this remaining length.
 fn packet_size(remaining: usize) -> Result<usize, CodecError> {
     match u32::try_from(remaining) {
@@ -211,17 +215,133 @@ fn choose_layout(
     Ok((Selection::WithoutDiagnostics, lean))
 }
 
+/// The per-subscriber fields of an outgoing PUBLISH, for
+/// [`encode_publish`].
+///
+/// MQTT 5 §3.3.4: the server picks QoS (at most the subscription's), packet
+/// identifier, DUP (MQTT-3.3.1-3: only for its own retransmissions) and
+/// RETAIN (§3.3.1.3) per subscriber, and adds the Subscription Identifiers
+/// of the matching subscriptions (§3.3.4) and, if it uses one, a Topic
+/// Alias of that client's connection (§3.3.2.3.4).
+#[derive(Debug, Clone, Copy)]
+pub struct PublishDelivery<'a> {
+    /// QoS of this delivery.
+    pub qos: QoS,
+    /// Packet identifier, required for QoS 1 and 2, ignored for QoS 0.
+    pub packet_id: Option<u16>,
+    /// A retransmission (written only for QoS 1 and 2, MQTT-3.3.1-2).
+    pub dup: bool,
+    /// RETAIN flag as delivered to this subscriber.
+    pub retain: bool,
+    /// Subscription Identifiers of the matching subscriptions (MQTT 5 only).
+    pub subscription_ids: &'a [u32],
+    /// Topic Alias for this client (MQTT 5 only).
+    pub topic_alias: Option<u16>,
+    /// Send an empty topic name: the client already knows `topic_alias`.
+    /// Ignored unless a topic alias is given and the client speaks MQTT 5.
+    pub omit_topic: bool,
+}
+
+/// Encodes one delivery of `message` to a subscriber without cloning it:
+/// topic, payload and properties come from `message`, everything that
+/// differs per subscriber from `delivery`. The message's own Topic Alias and
+/// Subscription Identifiers, which belong to the hop it arrived on, are
+/// never copied. Otherwise behaves like [`encode`] for a PUBLISH (which is
+/// never trimmed to fit `client_max_packet_size`).
+pub fn encode_publish(
+    message: &PublishPacket,
+    delivery: &PublishDelivery<'_>,
+    version: u8,
+    client_max_packet_size: Option<u32>,
+    out: &mut BytesMut,
+) -> Result<(), CodecError> {
+    let v5 = is_v5(version)?;
+    let alias = if v5 { delivery.topic_alias } else { None };
+    let outgoing = Outgoing {
+        topic: if alias.is_some() && delivery.omit_topic {
+            ""
+        } else {
+            &message.topic_name
+        },
+        qos: delivery.qos,
+        packet_id: delivery.packet_id,
+        dup: delivery.dup,
+        retain: delivery.retain,
+        properties: &message.properties,
+        selection: Selection::WithoutHopFields,
+        subscription_ids: if v5 { delivery.subscription_ids } else { &[] },
+        topic_alias: alias,
+        payload: &message.payload,
+    };
+    publish(&outgoing, v5, client_max_packet_size, out)
+}
+
+/// Everything an encoded PUBLISH is made of.
+struct Outgoing<'a> {
+    topic: &'a str,
+    qos: QoS,
+    packet_id: Option<u16>,
+    dup: bool,
+    retain: bool,
+    properties: &'a Properties,
+    selection: Selection,
+    subscription_ids: &'a [u32],
+    topic_alias: Option<u16>,
+    payload: &'a [u8],
+}
+
+impl<'a> Outgoing<'a> {
+    /// The PUBLISH exactly as the struct holds it.
+    fn verbatim(p: &'a PublishPacket) -> Self {
+        Self {
+            topic: &p.topic_name,
+            qos: p.qos,
+            packet_id: p.packet_id,
+            dup: p.dup,
+            retain: p.retain,
+            properties: &p.properties,
+            selection: Selection::All,
+            subscription_ids: &[],
+            topic_alias: None,
+            payload: &p.payload,
+        }
+    }
+
+    /// Length of the properties beyond those taken from `properties`.
+    fn extra_props_len(&self) -> Result<usize, CodecError> {
+        let mut len = self.topic_alias.map_or(0, |_| 3);
+        for &id in self.subscription_ids {
+            // MQTT 5 §3.3.2.3.8: 1 to 268,435,455.
+            if id == 0 || id > VARINT_MAX {
+                return Err(CodecError::Protocol(format!(
+                    "subscription identifier {id} is outside 1..=268435455"
+                )));
+            }
+            len += 1 + varint_len(id);
+        }
+        Ok(len)
+    }
+}
+
 fn publish(
-    p: &PublishPacket,
+    p: &Outgoing<'_>,
     v5: bool,
     max: Option<u32>,
     out: &mut BytesMut,
 ) -> Result<(), CodecError> {
-    let topic_len = props::string_len(&p.topic_name, "topic name")?;
-    if p.topic_name.is_empty() && !(v5 && p.properties.contains(PropertyId::TopicAlias)) {
+    let topic_len = props::string_len(p.topic, "topic name")?;
+    let has_alias = p.topic_alias.is_some()
+        || (p.selection == Selection::All && p.properties.contains(PropertyId::TopicAlias));
+    if p.topic.is_empty() && !(v5 && has_alias) {
         // MQTT-4.7.3-1; MQTT 5 §3.3.2.1 allows it only with a Topic Alias.
         return Err(CodecError::Protocol(
             "PUBLISH with an empty topic name needs a topic alias (MQTT 5 only)".into(),
+        ));
+    }
+    if p.topic_alias == Some(0) {
+        // MQTT 5 §3.3.2.3.4: a Topic Alias of 0 is not permitted.
+        return Err(CodecError::Protocol(
+            "topic alias 0 is not permitted".into(),
         ));
     }
     let packet_id = match p.qos {
@@ -236,7 +356,13 @@ fn publish(
         },
     };
     let props_len = if v5 {
-        Some(props::content_len(&p.properties, Selection::All)?)
+        let len = props::content_len(p.properties, p.selection)? + p.extra_props_len()?;
+        if len > VARINT_MAX as usize {
+            return Err(CodecError::Malformed(format!(
+                "properties of {len} bytes do not fit a Variable Byte Integer"
+            )));
+        }
+        Some(len)
     } else {
         None
     };
@@ -255,14 +381,22 @@ fn publish(
     let first_byte = 0x30 | dup | qos_bits | u8::from(p.retain);
 
     emit(out, first_byte, remaining, max, |out| {
-        props::put_prefixed(out, p.topic_name.as_bytes());
+        props::put_prefixed(out, p.topic.as_bytes());
         if let Some(id) = packet_id {
             out.put_u16(id);
         }
         if let Some(len) = props_len {
-            props::put(out, &p.properties, Selection::All, len)?;
+            props::put(out, p.properties, p.selection, len)?;
+            for &id in p.subscription_ids {
+                out.put_u8(PropertyId::SubscriptionIdentifier as u8);
+                put_varint(out, id);
+            }
+            if let Some(alias) = p.topic_alias {
+                out.put_u8(PropertyId::TopicAlias as u8);
+                out.put_u16(alias);
+            }
         }
-        out.put_slice(&p.payload);
+        out.put_slice(p.payload);
         Ok(())
     })
 }

@@ -139,6 +139,9 @@ pub(crate) enum Selection {
     /// giving up on a packet that exceeds the receiver's Maximum Packet Size
     /// (e.g. MQTT-3.2.2-19/20, MQTT-3.4.2-2/3, MQTT-3.14.2-3/4).
     WithoutDiagnostics,
+    /// All but Topic Alias and Subscription Identifier: a PUBLISH forwarded
+    /// to a subscriber, whose alias and identifiers are its own.
+    WithoutHopFields,
 }
 
 impl Selection {
@@ -148,6 +151,10 @@ impl Selection {
             Self::WithoutDiagnostics => {
                 !matches!(id, PropertyId::ReasonString | PropertyId::UserProperty)
             }
+            Self::WithoutHopFields => !matches!(
+                id,
+                PropertyId::TopicAlias | PropertyId::SubscriptionIdentifier
+            ),
         }
     }
 }

@@ -1231,6 +1231,127 @@ fn encode_appends_to_out() {
     assert_eq!(&out[..], [0xD0, 0x00, 0xD0, 0x00]);
 }
 
+fn delivery(qos: WireQoS, packet_id: Option<u16>) -> PublishDelivery<'static> {
+    PublishDelivery {
+        qos,
+        packet_id,
+        dup: false,
+        retain: false,
+        subscription_ids: &[],
+        topic_alias: None,
+        omit_topic: false,
+    }
+}
+
+/// A message as received from a publisher: with its own alias and (wrongly
+/// kept) subscription identifier, which must not reach subscribers.
+fn inbound_message() -> PublishPacket {
+    let mut m = publish("dev/1/t", WireQoS::ExactlyOnce, Some(77), b"data");
+    m.retain = true;
+    m.properties.set_topic_alias(3);
+    m.properties.set_subscription_identifier(9);
+    m.properties.add_user_property("k".into(), "v".into());
+    m
+}
+
+#[test]
+fn encode_publish_takes_per_subscriber_fields_from_the_delivery() {
+    let message = inbound_message();
+    let d = PublishDelivery {
+        subscription_ids: &[1, 300],
+        topic_alias: Some(2),
+        ..delivery(WireQoS::AtLeastOnce, Some(5))
+    };
+    let mut out = BytesMut::new();
+    encode_publish(&message, &d, MQTT_5, None, &mut out).expect("encodes");
+    let Packet::Publish(got) = client_decode(&out, MQTT_5) else {
+        panic!("not a PUBLISH");
+    };
+    assert_eq!(got.topic_name, "dev/1/t");
+    assert_eq!(
+        (got.qos, got.packet_id, got.retain),
+        (WireQoS::AtLeastOnce, Some(5), false)
+    );
+    assert_eq!(got.topic_alias(), Some(2));
+    assert_eq!(got.properties.subscription_identifiers(), [1, 300]);
+    assert_eq!(got.properties.get_user_property_value("k"), Some("v"));
+    assert_eq!(&got.payload[..], b"data");
+
+    // The client knows alias 2 already: no topic name.
+    let mut out = BytesMut::new();
+    encode_publish(
+        &message,
+        &PublishDelivery {
+            omit_topic: true,
+            ..d
+        },
+        MQTT_5,
+        None,
+        &mut out,
+    )
+    .expect("encodes");
+    let Packet::Publish(got) = client_decode(&out, MQTT_5) else {
+        panic!("not a PUBLISH");
+    };
+    assert_eq!((got.topic_name.as_str(), got.topic_alias()), ("", Some(2)));
+}
+
+#[test]
+fn encode_publish_for_v4_has_no_mqtt5_fields() {
+    let d = PublishDelivery {
+        subscription_ids: &[1],
+        topic_alias: Some(2),
+        omit_topic: true,
+        ..delivery(WireQoS::AtMostOnce, None)
+    };
+    let mut out = BytesMut::new();
+    encode_publish(&inbound_message(), &d, MQTT_3_1_1, None, &mut out).expect("encodes");
+    assert_eq!(
+        &out[..],
+        [
+            0x30, 0x0D, 0x00, 0x07, b'd', b'e', b'v', b'/', b'1', b'/', b't', b'd', b'a', b't',
+            b'a'
+        ]
+    );
+}
+
+#[test]
+fn encode_publish_refuses_invalid_delivery_fields() {
+    let message = inbound_message();
+    for d in [
+        PublishDelivery {
+            subscription_ids: &[0],
+            ..delivery(WireQoS::AtMostOnce, None)
+        },
+        PublishDelivery {
+            subscription_ids: &[268_435_456],
+            ..delivery(WireQoS::AtMostOnce, None)
+        },
+        PublishDelivery {
+            topic_alias: Some(0),
+            ..delivery(WireQoS::AtMostOnce, None)
+        },
+        delivery(WireQoS::AtLeastOnce, None),
+        PublishDelivery {
+            omit_topic: true,
+            ..delivery(WireQoS::AtMostOnce, None)
+        },
+    ] {
+        let mut out = BytesMut::new();
+        let result = encode_publish(&message, &d, MQTT_5, None, &mut out);
+        if d.omit_topic {
+            // Without an alias the topic is sent anyway.
+            assert!(result.is_ok(), "{d:?}: {result:?}");
+        } else {
+            assert!(
+                matches!(result, Err(CodecError::Protocol(_))),
+                "{d:?}: {result:?}"
+            );
+            assert!(out.is_empty());
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Encoding: the client's Maximum Packet Size
 // ---------------------------------------------------------------------------
@@ -1659,6 +1780,24 @@ proptest! {
         };
         prop_assert_eq!(got.reason_code, ReasonCode::ServerShuttingDown);
         prop_assert_eq!(got.properties, properties);
+    }
+
+    /// Without per-subscriber fields, `encode_publish` writes what `encode`
+    /// writes for the same message.
+    #[test]
+    fn encode_publish_matches_encode(
+        p in publish_packet(client_publish_properties()),
+        v5 in any::<bool>(),
+    ) {
+        let version = if v5 { MQTT_5 } else { MQTT_3_1_1 };
+        let d = PublishDelivery {
+            dup: p.dup,
+            retain: p.retain,
+            ..delivery(p.qos, p.packet_id)
+        };
+        let mut out = BytesMut::new();
+        encode_publish(&p, &d, version, None, &mut out).expect("encodes");
+        prop_assert_eq!(&out[..], &encoded(&Packet::Publish(p), version)[..]);
     }
 
     /// Whatever the limit: either the packet fits, or nothing is written and
