@@ -238,28 +238,7 @@ impl DeviceFiles {
 /// Runs a mosquitto client (`mosquitto_pub` or `mosquitto_sub`) with `args`,
 /// bounded by [`wait_limit`]; returns its output.
 pub fn mosquitto(tool: &str, args: &[String]) -> Output {
-    let mut child = Command::new(tool)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{tool} is installed (apt-get install mosquitto-clients): {e}"));
-    let deadline = std::time::Instant::now() + wait_limit();
-    loop {
-        if let Ok(Some(_)) = child.try_wait() {
-            return child.wait_with_output().expect("collect output");
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("collect output");
-            panic!(
-                "{tool} {args:?} did not finish: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    spawn_mosquitto(tool, args).wait()
 }
 
 /// Starts a mosquitto client in the background (killed when dropped).
