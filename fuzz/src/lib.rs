@@ -79,7 +79,9 @@ fn round_trip(packet: &Packet, level: u8) {
     }
     assert!(wire.len() > hello_len);
     let mut decoder = Decoder::new(u32::MAX, MAX_TOPIC_ALIAS);
-    let again = decoder.decode(&mut wire).and_then(|_| decoder.decode(&mut wire));
+    let again = decoder
+        .decode(&mut wire)
+        .and_then(|_| decoder.decode(&mut wire));
     let Ok(Some(Packet::Publish(again))) = again else {
         panic!("re-encoded PUBLISH does not decode: {again:?}");
     };

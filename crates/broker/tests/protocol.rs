@@ -1,0 +1,1094 @@
+//! The broker's MQTT protocol, driven in-process over real TLS.
+//!
+//! Each test starts its own [`Platform`] (CA, registry, recording pipeline,
+//! broker on a loopback port) and talks to it with raw clients, so it can
+//! send what no client library would and see every byte the broker sends.
+//! Durations are shortened through `BrokerConfig` where a test needs them;
+//! waits are bounded by `common::WAIT` and only as failure bounds.
+//!
+//! Absence ("this was not routed", "no retained message was sent") is shown
+//! without waiting where the broker's ordering allows it: a marker message is
+//! published afterwards, and the subscriber's next PUBLISH must be the
+//! marker. The broker handles one connection's packets in order and queues
+//! deliveries per session in order, so anything routed before the marker
+//! arrives before it.
+
+mod common;
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{
+    Client, Connect, Event, Platform, REJECT_DETAIL, V5, WAIT, encode, eventually,
+    reason_string, up,
+};
+use mqtt5_protocol::packet::pubrel::PubRelPacket;
+use mqtt5_protocol::packet::subscribe::{RetainHandling, SubscriptionOptions};
+use mqtt5_protocol::packet::puback::PubAckPacket;
+use mqtt5_protocol::{Packet, QoS, WillMessage};
+use rampart_proto::ingest::DisconnectReason;
+use rampart_proto::topic::Category;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Reads the next PUBLISH and checks its topic and payload.
+async fn expect_publish(client: &mut Client, topic: &str, payload: &[u8]) -> Bytes {
+    let p = client.recv_publish().await;
+    assert_eq!(
+        (p.topic_name.as_str(), p.payload.as_ref()),
+        (topic, payload),
+        "unexpected PUBLISH {p:?}"
+    );
+    p.payload
+}
+
+/// A PUBLISH built byte by byte, for what the crate's encoder refuses to
+/// write: `first` is the fixed header's first byte, `topic` raw bytes.
+fn raw_publish(first: u8, topic: &[u8], packet_id: Option<u16>, payload: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(
+        &u16::try_from(topic.len())
+            .expect("short topic")
+            .to_be_bytes(),
+    );
+    body.extend_from_slice(topic);
+    if let Some(id) = packet_id {
+        body.extend_from_slice(&id.to_be_bytes());
+    }
+    body.push(0); // MQTT 5: no properties
+    body.extend_from_slice(payload);
+    let mut packet = vec![first, u8::try_from(body.len()).expect("under 128 bytes")];
+    packet.extend_from_slice(&body);
+    packet
+}
+
+fn sub_options(qos: QoS, retain_handling: RetainHandling) -> SubscriptionOptions {
+    SubscriptionOptions {
+        qos,
+        no_local: false,
+        retain_as_published: false,
+        retain_handling,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 1-2. Who may connect
+// ---------------------------------------------------------------------------
+
+/// DESIGN "Identity and trust": the client id must equal the certificate CN.
+/// Refused with MQTT 5 §3.2.2.2 0x85 "Client Identifier not valid", or MQTT
+/// 3.1.1 §3.2.2.3 return code 2 "identifier rejected", then closed.
+#[tokio::test]
+async fn client_id_other_than_the_certificate_cn_is_refused() {
+    let p = Platform::start().await;
+    let dev = p.device("sensor-1").await;
+
+    let (mut c, ack) = p.connect(&dev, Connect::v5("sensor-2")).await;
+    assert_eq!(ack.code, 0x85, "{ack:?}");
+    assert!(!ack.session_present);
+    c.expect_closed().await;
+
+    let (mut c, ack) = p.connect(&dev, Connect::v3("sensor-2")).await;
+    assert_eq!(ack.code, 0x02, "{ack:?}");
+    c.expect_closed().await;
+
+    assert_eq!(p.metrics().client_id_mismatch.load(Relaxed), 2);
+    assert_eq!(p.sink.presence_count("sensor-1"), 0, "no presence for a refused CONNECT");
+    // The same certificate with its own id is accepted: the refusals were about the id.
+    p.connected(&dev, Connect::v5("sensor-1")).await.ping().await;
+}
+
+/// Only a registered, current certificate of an identity allowed to connect
+/// gets in (DESIGN "Identity and trust"): MQTT 5 0x87 "Not authorized",
+/// MQTT 3.1.1 return code 5, then closed.
+#[tokio::test]
+async fn unregistered_revoked_and_disabled_certificates_are_not_authorized() {
+    let p = Platform::start().await;
+    let stray = p.unregistered_device("stray");
+    let revoked = p.device("revoked").await;
+    let disabled = p.device("disabled").await;
+    p.revoke_device("revoked").await;
+    p.set_disabled("disabled", true).await;
+
+    for creds in [&stray, &revoked, &disabled] {
+        let name = creds.id.as_str();
+        for (connect, code) in [(Connect::v5(name), 0x87), (Connect::v3(name), 0x05)] {
+            let version = connect.version;
+            let (mut c, ack) = p.connect(creds, connect).await;
+            assert_eq!(ack.code, code, "{name} over protocol {version}: {ack:?}");
+            c.expect_closed().await;
+        }
+        assert_eq!(p.sink.presence_count(name), 0, "no presence for {name}");
+    }
+    assert_eq!(p.metrics().identity_refused.load(Relaxed), 6);
+
+    // Enabling the device again lets it in: the refusal was the registry's.
+    p.set_disabled("disabled", false).await;
+    p.connected(&disabled, Connect::v5("disabled")).await.ping().await;
+}
+
+/// The broker requires a client certificate at the TLS layer; without one
+/// no MQTT byte is exchanged.
+#[tokio::test]
+async fn connection_without_client_certificate_fails_the_handshake() {
+    let p = Platform::start().await;
+    let handshake = tokio::time::timeout(WAIT, p.tls(None))
+        .await
+        .expect("handshake finished");
+    let failure = match handshake {
+        Err(e) => e.to_string(),
+        // TLS 1.3: the client completes its side before the server checks
+        // the (missing) certificate; the server's alert comes on the first read.
+        Ok(mut stream) => {
+            let _ = stream.write_all(&encode(&Connect::v5("anon").packet())).await;
+            let mut received = Vec::new();
+            let read = tokio::time::timeout(WAIT, stream.read_to_end(&mut received))
+                .await
+                .expect("the broker ends the connection");
+            assert!(
+                received.is_empty(),
+                "the broker sent {received:02X?} to a client without certificate"
+            );
+            match read {
+                Err(e) => e.to_string(),
+                Ok(_) => "closed without alert".to_owned(),
+            }
+        }
+    };
+    assert!(
+        failure.contains("CertificateRequired"),
+        "expected the TLS 1.3 certificate_required alert, got: {failure}"
+    );
+    eventually("the failed handshake to be counted", || {
+        p.metrics().handshake_failures.load(Relaxed) == 1
+    })
+    .await;
+    assert_eq!(p.metrics().connections.load(Relaxed), 0);
+}
+
+// ---------------------------------------------------------------------------
+// 3-4. Inbound QoS and the pipeline
+// ---------------------------------------------------------------------------
+
+/// DESIGN "Delivery guarantees": a QoS 1 publish is acknowledged only after
+/// the pipeline committed it; while the pipeline holds it the broker reads
+/// nothing more from that client (back-pressure), and PUBACKs follow the
+/// order of the publishes (MQTT 5 §4.6).
+#[tokio::test]
+async fn qos1_puback_waits_for_the_pipeline_and_keeps_order() {
+    let p = Platform::start().await;
+    let dev = p.device("d1").await;
+    let mut c = p.connected(&dev, Connect::v5("d1")).await;
+    let topic = up("d1", "telemetry");
+    p.sink.hold();
+
+    let first = c.publish_packet(&topic, b"{\"seq\":1}", 1);
+    let second = c.publish_packet(&topic, b"{\"seq\":2}", 1);
+    let (id1, id2) = (
+        first.packet_id.expect("QoS 1"),
+        second.packet_id.expect("QoS 1"),
+    );
+    c.send(&Packet::Publish(first)).await;
+    c.send(&Packet::Publish(second)).await;
+    p.sink.wait_held(1).await;
+
+    // Failure bound, not synchronisation: the first message is at the
+    // pipeline's gate (waited for above), so any PUBACK now is premature.
+    c.expect_silence(Duration::from_millis(300)).await;
+    assert_eq!(
+        p.sink.held(),
+        1,
+        "the second publish must not reach the pipeline before the first is done"
+    );
+    assert!(p.sink.committed().is_empty());
+
+    p.sink.release(1);
+    let ack = c.recv_puback(id1).await;
+    assert_eq!(u8::from(ack.reason_code), 0, "{ack:?}");
+    assert_eq!(
+        p.sink.committed_payloads(),
+        [&b"{\"seq\":1}"[..]],
+        "the pipeline had the message when it was acknowledged"
+    );
+
+    p.sink.wait_held(1).await;
+    p.sink.release(1);
+    let ack = c.recv_puback(id2).await;
+    assert_eq!(u8::from(ack.reason_code), 0, "{ack:?}");
+
+    let committed = p.sink.committed();
+    assert_eq!(committed.len(), 2);
+    for (m, seq) in committed.iter().zip([1, 2]) {
+        assert_eq!(m.device.as_str(), "d1");
+        assert_eq!(m.category, Category::Telemetry);
+        assert_eq!(m.qos, rampart_proto::ingest::QoS::AtLeastOnce);
+        assert_eq!(m.payload, format!("{{\"seq\":{seq}}}").as_bytes());
+    }
+    assert_eq!(p.metrics().messages_in_qos1.load(Relaxed), 2);
+}
+
+/// A rejected payload gets MQTT 5 PUBACK 0x99 "Payload format invalid" with
+/// the pipeline's reason string, and is never routed (ingest contract:
+/// "never routed, never a disconnect").
+#[tokio::test]
+async fn rejected_payload_gets_puback_0x99_and_is_not_routed() {
+    let p = Platform::start().await;
+    let dev = p.device("d1").await;
+    let svc = p.service("svc").await;
+    let mut s = p.connected(&svc, Connect::v5("svc")).await;
+    assert_eq!(s.subscribe("devices/#", 0).await, 0);
+    p.sink.reject_payloads_starting_with(b"garbage");
+    let mut c = p.connected(&dev, Connect::v5("d1")).await;
+    let topic = up("d1", "telemetry");
+
+    let ack = c.publish_qos1(&topic, b"garbage{").await;
+    assert_eq!(u8::from(ack.reason_code), 0x99, "{ack:?}");
+    assert_eq!(
+        reason_string(&ack.properties).as_deref(),
+        Some(REJECT_DETAIL)
+    );
+
+    c.publish_ok(&topic, b"{\"seq\":1}").await;
+    expect_publish(&mut s, &topic, b"{\"seq\":1}").await;
+    assert_eq!(p.sink.rejected().len(), 1);
+    assert_eq!(p.metrics().ingest_rejected.load(Relaxed), 1);
+    // Still connected.
+    c.ping().await;
+}
+
+/// MQTT 3.1.1 has no reason codes: a rejected payload is acknowledged with a
+/// plain PUBACK and dropped.
+#[tokio::test]
+async fn rejected_payload_over_mqtt_3_is_acknowledged_and_dropped() {
+    let p = Platform::start().await;
+    let dev = p.device("d1").await;
+    let svc = p.service("svc").await;
+    let mut s = p.connected(&svc, Connect::v5("svc")).await;
+    assert_eq!(s.subscribe("devices/#", 0).await, 0);
+    p.sink.reject_payloads_starting_with(b"garbage");
+    let mut c = p.connected(&dev, Connect::v3("d1")).await;
+    let topic = up("d1", "telemetry");
+
+    let publish = c.publish_packet(&topic, b"garbage{", 1);
+    let id = publish.packet_id.expect("QoS 1");
+    c.send(&Packet::Publish(publish)).await;
+    let frame = c.recv_frame().await;
+    assert_eq!(
+        (frame.first, frame.body.as_ref()),
+        (0x40, &id.to_be_bytes()[..]),
+        "MQTT 3.1.1 PUBACK is exactly type and packet id (§3.4)"
+    );
+
+    c.publish_ok(&topic, b"{\"seq\":1}").await;
+    expect_publish(&mut s, &topic, b"{\"seq\":1}").await;
+    assert_eq!(p.sink.rejected().len(), 1);
+    assert_eq!(p.sink.committed().len(), 1);
+}
+
+/// MQTT 5 §4.3.3: PUBLISH → PUBREC, PUBREL → PUBCOMP. A PUBLISH resent with
+/// DUP=1 and the same packet id before PUBREL is the same message: it is
+/// acknowledged again but not ingested or routed twice.
+#[tokio::test]
+async fn qos2_inbound_flow_ingests_a_duplicate_publish_once() {
+    let p = Platform::start().await;
+    let dev = p.device("d1").await;
+    let svc = p.service("svc").await;
+    let mut s = p.connected(&svc, Connect::v5("svc")).await;
+    assert_eq!(s.subscribe("devices/#", 0).await, 0);
+    let mut c = p.connected(&dev, Connect::v5("d1")).await;
+    let topic = up("d1", "telemetry");
+
+    let publish = c.publish_packet(&topic, b"exactly-once", 2);
+    let id = publish.packet_id.expect("QoS 2");
+    c.send(&Packet::Publish(publish.clone())).await;
+    match c.recv().await {
+        Packet::PubRec(r) => assert_eq!((r.packet_id, u8::from(r.reason_code)), (id, 0)),
+        other => panic!("expected PUBREC, got {other:?}"),
+    }
+
+    let mut again = publish;
+    again.dup = true;
+    c.send(&Packet::Publish(again)).await;
+    match c.recv().await {
+        Packet::PubRec(r) => assert_eq!((r.packet_id, u8::from(r.reason_code)), (id, 0)),
+        other => panic!("expected PUBREC for the duplicate, got {other:?}"),
+    }
+
+    c.send(&Packet::PubRel(PubRelPacket::new(id))).await;
+    match c.recv().await {
+        Packet::PubComp(r) => assert_eq!((r.packet_id, u8::from(r.reason_code)), (id, 0)),
+        other => panic!("expected PUBCOMP, got {other:?}"),
+    }
+    // The flow is over: a second PUBREL names an unknown id (MQTT 5 §3.7.2.1, 0x92).
+    c.send(&Packet::PubRel(PubRelPacket::new(id))).await;
+    match c.recv().await {
+        Packet::PubComp(r) => assert_eq!((r.packet_id, u8::from(r.reason_code)), (id, 0x92)),
+        other => panic!("expected PUBCOMP, got {other:?}"),
+    }
+
+    c.publish_ok(&topic, b"after").await;
+    assert_eq!(
+        p.sink.committed_payloads(),
+        [&b"exactly-once"[..], &b"after"[..]]
+    );
+    expect_publish(&mut s, &topic, b"exactly-once").await;
+    expect_publish(&mut s, &topic, b"after").await;
+}
+
+// ---------------------------------------------------------------------------
+// 5-7. Sessions
+// ---------------------------------------------------------------------------
+
+/// MQTT 5 §4.4: unacknowledged QoS 1 deliveries of a persistent session are
+/// resent on reconnection with DUP=1 and their original packet id, and
+/// CONNACK says the session is present (§3.2.2.1.1). Once acknowledged they
+/// are not resent again.
+#[tokio::test]
+async fn unacknowledged_qos1_delivery_is_resent_after_reconnect() {
+    let p = Platform::start().await;
+    let dev = p.device("d1").await;
+    let svc = p.service("svc").await;
+    let persistent = Connect {
+        clean_start: false,
+        session_expiry: Some(300),
+        ..Connect::v5("svc")
+    };
+    let (mut s, ack) = p.connect(&svc, persistent.clone()).await;
+    assert_eq!((ack.code, ack.session_present), (0, false), "{ack:?}");
+    assert_eq!(s.subscribe("devices/+/telemetry/up", 1).await, 1);
+
+    let mut d = p.connected(&dev, Connect::v5("d1")).await;
+    let topic = up("d1", "telemetry");
+    d.publish_ok(&topic, b"m1").await;
+    let first = s.recv_publish().await;
+    assert_eq!(
+        (first.qos, first.dup, first.payload.as_ref()),
+        (QoS::AtLeastOnce, false, &b"m1"[..])
+    );
+    let id = first.packet_id.expect("QoS 1 delivery has an id");
+    s.disconnect().await; // without PUBACK
+
+    let (mut s, ack) = p.connect(&svc, persistent.clone()).await;
+    assert_eq!((ack.code, ack.session_present), (0, true), "{ack:?}");
+    let again = s.recv_publish().await;
+    assert_eq!(
+        (
+            again.topic_name.as_str(),
+            again.payload.as_ref(),
+            again.qos,
+            again.dup,
+            again.packet_id
+        ),
+        (topic.as_str(), &b"m1"[..], QoS::AtLeastOnce, true, Some(id)),
+        "resent delivery: {again:?}"
+    );
+    s.send(&Packet::PubAck(PubAckPacket::new(id))).await;
+    s.ping().await;
+    s.disconnect().await;
+
+    let (mut s, ack) = p.connect(&svc, persistent).await;
+    assert!(ack.session_present, "{ack:?}");
+    // A resend would be written before the broker reads our PINGREQ.
+    s.ping().await;
+}
+
+/// MQTT 5 §3.1.4: a second connection with the same client id takes the
+/// session over; the first gets DISCONNECT 0x8E "Session taken over".
+#[tokio::test]
+async fn second_connection_with_the_same_id_takes_the_session_over() {
+    let p = Platform::start().await;
+    let dev = p.device("d1").await;
+    let mut first = p.connected(&dev, Connect::v5("d1")).await;
+    let mut second = p.connected(&dev, Connect::v5("d1")).await;
+    first.expect_disconnect(0x8E).await;
+    second.ping().await;
+    second.publish_ok(&up("d1", "telemetry"), b"still here").await;
+    assert_eq!(p.metrics().taken_over.load(Relaxed), 1);
+    assert_eq!(
+        p.sink.wait_disconnects("d1", 1).await,
+        [DisconnectReason::TakenOver]
+    );
+}
+
+/// MQTT 5 §3.1.2.10 (MQTT 3.1.1 §3.1.2.10): with no packet for 1.5 ×
+/// keepalive the server closes the connection; MQTT 5 says why with
+/// DISCONNECT 0x8D "Keep Alive timeout".
+#[tokio::test]
+async fn silent_client_is_closed_after_one_and_a_half_keepalives() {
+    let p = Platform::start().await;
+    let d5 = p.device("quiet-5").await;
+    let d3 = p.device("quiet-3").await;
+    let mut c5 = p
+        .connected(
+            &d5,
+            Connect {
+                keep_alive: 1,
+                ..Connect::v5("quiet-5")
+            },
+        )
+        .await;
+    let start5 = Instant::now();
+    let mut c3 = p
+        .connected(
+            &d3,
+            Connect {
+                keep_alive: 1,
+                ..Connect::v3("quiet-3")
+            },
+        )
+        .await;
+    let start3 = Instant::now();
+
+    let (after5, after3) = tokio::join!(
+        async {
+            c5.expect_disconnect(0x8D).await;
+            start5.elapsed()
+        },
+        async {
+            c3.expect_closed().await;
+            start3.elapsed()
+        }
+    );
+    // Not a speed check: closing before 1.5 × keepalive breaks the rule.
+    // (The broker's clock starts a little before the client sees CONNACK.)
+    for after in [after5, after3] {
+        assert!(
+            after >= Duration::from_millis(1400),
+            "closed {after:?} after CONNACK, before 1.5 × keepalive"
+        );
+    }
+    assert_eq!(p.metrics().keepalive_timeouts.load(Relaxed), 2);
+    for name in ["quiet-5", "quiet-3"] {
+        assert_eq!(
+            p.sink.wait_disconnects(name, 1).await,
+            [DisconnectReason::KeepaliveTimeout]
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 8. Protocol violations
+// ---------------------------------------------------------------------------
+
+/// Each violation closes that connection with MQTT 5 DISCONNECT and the
+/// reason the spec gives (before CONNECT: closed without a packet, MQTT 5
+/// §4.13.1), is counted, and leaves another client unharmed.
+#[tokio::test]
+async fn protocol_violations_close_only_the_offending_connection() {
+    let p = Platform::start_with(|c| c.max_packet_size = 1024).await;
+    let calm = p.device("calm").await;
+    let bad = p.device("bad").await;
+    let mut bystander = p.connected(&calm, Connect::v5("calm")).await;
+    let topic = up("bad", "telemetry");
+
+    let cases: Vec<(&str, Vec<u8>, Option<u8>)> = vec![
+        // MQTT-3.1.0-2: a second CONNECT is a Protocol Error.
+        (
+            "second CONNECT",
+            encode(&Connect::v5("bad").packet()).to_vec(),
+            Some(0x82),
+        ),
+        // MQTT-3.3.1-4: QoS 3 is a Malformed Packet.
+        (
+            "PUBLISH with QoS 3",
+            raw_publish(0x36, topic.as_bytes(), Some(1), b"x"),
+            Some(0x81),
+        ),
+        // MQTT 5 §2.1.3: reserved flag bits must be as specified.
+        ("PINGREQ with flags 0x1", vec![0xC1, 0x00], Some(0x81)),
+        ("PUBREL with flags 0x0", vec![0x60, 0x02, 0x00, 0x01], Some(0x81)),
+        // MQTT-1.5.4-1: ill-formed UTF-8 is a Malformed Packet.
+        (
+            "PUBLISH topic with invalid UTF-8",
+            raw_publish(0x30, b"devices/\xC3\x28/telemetry/up", None, b"x"),
+            Some(0x81),
+        ),
+        // MQTT-3.3.2-2: no wildcards in a PUBLISH topic.
+        (
+            "PUBLISH topic with a wildcard",
+            raw_publish(0x30, b"devices/bad/+/up", None, b"x"),
+            Some(0x82),
+        ),
+        // MQTT 5 §3.2.2.3.6: over the Maximum Packet Size the server sent
+        // (1024; the header alone announces 2000 bytes) is 0x95.
+        (
+            "remaining length over max_packet_size",
+            vec![0x30, 0xD0, 0x0F],
+            Some(0x95),
+        ),
+        // MQTT 5 §2.1.2: packet type 0 is reserved (Malformed Packet).
+        (
+            "garbage after CONNECT",
+            vec![0x00, 0xFF, 0x13, 0x37],
+            Some(0x81),
+        ),
+        // MQTT-3.1.0-1: the first packet must be CONNECT; no CONNACK, no DISCONNECT.
+        (
+            "garbage instead of CONNECT",
+            b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n".to_vec(),
+            None,
+        ),
+    ];
+    let mut connected = 0;
+    for (n, (what, bytes, code)) in cases.iter().enumerate() {
+        let mut c = match code {
+            Some(_) => {
+                connected += 1;
+                p.connected(&bad, Connect::v5("bad")).await
+            }
+            None => p.open(&bad, V5).await,
+        };
+        c.send_raw(bytes).await;
+        if let Some(code) = code {
+            match c.recv().await {
+                Packet::Disconnect(d) => assert_eq!(
+                    u8::from(d.reason_code),
+                    *code,
+                    "{what}: DISCONNECT {:?}",
+                    d.reason_code
+                ),
+                other => panic!("{what}: expected DISCONNECT 0x{code:02X}, got {other:?}"),
+            }
+        }
+        match c.next_event().await {
+            Event::Closed(_) => {}
+            Event::Frame(f) => panic!("{what}: expected the close, got {f:?}"),
+        }
+        assert_eq!(
+            p.metrics().protocol_errors.load(Relaxed),
+            n as u64 + 1,
+            "{what} counted"
+        );
+        bystander.ping().await;
+    }
+    let reasons = p.sink.wait_disconnects("bad", connected).await;
+    assert!(
+        reasons.iter().all(|r| *r == DisconnectReason::ProtocolError),
+        "{reasons:?}"
+    );
+    assert!(p.sink.committed().is_empty(), "nothing malformed was ingested");
+}
+
+// ---------------------------------------------------------------------------
+// 9-10. Access control and revocation
+// ---------------------------------------------------------------------------
+
+/// DESIGN "Topics": a device subscribes only to `devices/{its id}/+/down`.
+/// Others are refused per filter: MQTT 5 SUBACK 0x87, MQTT 3.1.1 0x80.
+#[tokio::test]
+async fn acl_refuses_a_foreign_subscription_per_filter() {
+    let p = Platform::start().await;
+    let d1 = p.device("d1").await;
+    let d2 = p.device("d2").await;
+    let mut c1 = p.connected(&d1, Connect::v5("d1")).await;
+    let qos1 = SubscriptionOptions::new(QoS::AtLeastOnce);
+    let codes = c1
+        .subscribe_with(&[("devices/d2/+/down", qos1), ("devices/d1/+/down", qos1)])
+        .await;
+    assert_eq!(codes, [0x87, 0x01]);
+    assert_eq!(c1.subscribe("devices/#", 0).await, 0x87);
+
+    let mut c2 = p.connected(&d2, Connect::v3("d2")).await;
+    assert_eq!(c2.subscribe("devices/d1/+/down", 1).await, 0x80);
+    assert_eq!(c2.subscribe("devices/d2/cmd/down", 1).await, 0x01);
+
+    assert_eq!(p.metrics().acl_denied_subscribe.load(Relaxed), 3);
+    c1.ping().await;
+    c2.ping().await;
+}
+
+/// DESIGN "Topics": a device publishes only to `devices/{its id}/+/up`.
+/// MQTT 5: PUBACK 0x87; MQTT 3.1.1: PUBACK and dropped. Neither is ingested
+/// nor routed.
+#[tokio::test]
+async fn acl_refuses_a_foreign_publish() {
+    let p = Platform::start().await;
+    let d1 = p.device("d1").await;
+    let d3 = p.device("d3").await;
+    let svc = p.service("svc").await;
+    let mut s = p.connected(&svc, Connect::v5("svc")).await;
+    assert_eq!(s.subscribe("devices/#", 0).await, 0);
+    let mut c1 = p.connected(&d1, Connect::v5("d1")).await;
+    let mut c3 = p.connected(&d3, Connect::v3("d3")).await;
+
+    for topic in [up("d2", "telemetry"), "devices/d1/cmd/down".to_owned()] {
+        let ack = c1.publish_qos1(&topic, b"spoof").await;
+        assert_eq!(u8::from(ack.reason_code), 0x87, "{topic}: {ack:?}");
+    }
+    let publish = c3.publish_packet(&up("d2", "telemetry"), b"spoof", 1);
+    let id = publish.packet_id.expect("QoS 1");
+    c3.send(&Packet::Publish(publish)).await;
+    let frame = c3.recv_frame().await;
+    assert_eq!((frame.first, frame.body.as_ref()), (0x40, &id.to_be_bytes()[..]));
+
+    c1.publish_ok(&up("d1", "telemetry"), b"mine").await;
+    expect_publish(&mut s, &up("d1", "telemetry"), b"mine").await;
+    assert_eq!(p.sink.committed_payloads(), [&b"mine"[..]]);
+    assert_eq!(p.metrics().acl_denied_publish.load(Relaxed), 3);
+}
+
+/// DESIGN "Identity and trust": revocation (and disabling) is immediate; the
+/// live session is closed with MQTT 5 DISCONNECT 0x98 "Administrative
+/// action" (MQTT 3.1.1: closed) and the identity cannot reconnect.
+#[tokio::test]
+async fn revoked_or_disabled_identity_is_cut_off_while_connected() {
+    let p = Platform::start().await;
+    let rev = p.device("rev").await;
+    let rev3 = p.device("rev3").await;
+    let dis = p.device("dis").await;
+    let other = p.device("other").await;
+    let mut c_rev = p.connected(&rev, Connect::v5("rev")).await;
+    let mut c_rev3 = p.connected(&rev3, Connect::v3("rev3")).await;
+    let mut c_dis = p.connected(&dis, Connect::v5("dis")).await;
+    let mut c_other = p.connected(&other, Connect::v5("other")).await;
+
+    p.revoke_device("rev").await;
+    c_rev.expect_disconnect(0x98).await;
+    p.revoke_device("rev3").await;
+    c_rev3.expect_closed().await;
+    p.set_disabled("dis", true).await;
+    c_dis.expect_disconnect(0x98).await;
+    c_other.ping().await;
+
+    assert_eq!(p.metrics().kicked_revoked.load(Relaxed), 3);
+    for (name, reason) in [
+        ("rev", DisconnectReason::Revoked),
+        ("rev3", DisconnectReason::Revoked),
+        ("dis", DisconnectReason::Disabled),
+    ] {
+        assert_eq!(p.sink.wait_disconnects(name, 1).await, [reason], "{name}");
+    }
+
+    let (mut c, ack) = p.connect(&rev, Connect::v5("rev")).await;
+    assert_eq!(ack.code, 0x87, "{ack:?}");
+    c.expect_closed().await;
+    let (mut c, ack) = p.connect(&rev3, Connect::v3("rev3")).await;
+    assert_eq!(ack.code, 0x05, "{ack:?}");
+    c.expect_closed().await;
+    let (mut c, ack) = p.connect(&dis, Connect::v5("dis")).await;
+    assert_eq!(ack.code, 0x87, "{ack:?}");
+    c.expect_closed().await;
+}
+
+// ---------------------------------------------------------------------------
+// 11. Retained messages
+// ---------------------------------------------------------------------------
+
+/// MQTT 5 §3.3.1.3 and §3.8.3.1 Retain Handling: 0 sends retained messages
+/// at every subscribe, 1 only if the subscription is new, 2 never. Retained
+/// messages sent because of a subscription carry RETAIN=1.
+#[tokio::test]
+async fn retained_message_is_sent_according_to_retain_handling() {
+    let p = Platform::start().await;
+    let dev = p.device("d1").await;
+    let svc = p.service("svc").await;
+    let state = up("d1", "state");
+    let telemetry = up("d1", "telemetry");
+    let mut d = p.connected(&dev, Connect::v5("d1")).await;
+    let mut retained = d.publish_packet(&state, b"fw=1.2", 1);
+    retained.retain = true;
+    let id = retained.packet_id.expect("QoS 1");
+    d.send(&Packet::Publish(retained)).await;
+    assert_eq!(u8::from(d.recv_puback(id).await.reason_code), 0);
+
+    let mut s = p.connected(&svc, Connect::v5("svc")).await;
+    // The marker channel: nothing is retained there.
+    assert_eq!(s.subscribe(&telemetry, 0).await, 0);
+    let qos0 = QoS::AtMostOnce;
+
+    // 2: do not send.
+    let codes = s
+        .subscribe_with(&[(&state, sub_options(qos0, RetainHandling::DoNotSend))])
+        .await;
+    assert_eq!(codes, [0]);
+    d.publish_ok(&telemetry, b"marker-1").await;
+    let next = s.recv_publish().await;
+    assert_eq!(next.payload.as_ref(), b"marker-1", "retain handling 2 sent {next:?}");
+
+    // 1 on a new subscription: sent, with RETAIN=1.
+    let wildcard = "devices/d1/+/up";
+    let if_new = sub_options(qos0, RetainHandling::SendAtSubscribeIfNew);
+    assert_eq!(s.subscribe_with(&[(wildcard, if_new)]).await, [0]);
+    let sent = s.recv_publish().await;
+    assert_eq!(
+        (sent.topic_name.as_str(), sent.payload.as_ref(), sent.retain),
+        (state.as_str(), &b"fw=1.2"[..], true),
+        "{sent:?}"
+    );
+
+    // 1 on an existing subscription: not sent.
+    assert_eq!(s.subscribe_with(&[(wildcard, if_new)]).await, [0]);
+    d.publish_ok(&telemetry, b"marker-2").await;
+    let next = s.recv_publish().await;
+    assert_eq!(
+        next.payload.as_ref(),
+        b"marker-2",
+        "retain handling 1 resent to an existing subscription: {next:?}"
+    );
+
+    // 0 on an existing subscription: sent again.
+    let always = sub_options(qos0, RetainHandling::SendAtSubscribe);
+    assert_eq!(s.subscribe_with(&[(&state, always)]).await, [0]);
+    let sent = s.recv_publish().await;
+    assert_eq!((sent.payload.as_ref(), sent.retain), (&b"fw=1.2"[..], true));
+    d.publish_ok(&telemetry, b"marker-3").await;
+    expect_publish(&mut s, &telemetry, b"marker-3").await;
+}
+
+/// MQTT 5 §3.3.1.3: a retained PUBLISH with an empty payload removes the
+/// retained message (and is delivered to current subscribers as usual).
+#[tokio::test]
+async fn empty_retained_payload_clears_the_retained_message() {
+    let p = Platform::start().await;
+    let dev = p.device("d1").await;
+    let svc1 = p.service("svc-1").await;
+    let svc2 = p.service("svc-2").await;
+    let state = up("d1", "state");
+    let telemetry = up("d1", "telemetry");
+    let mut d = p.connected(&dev, Connect::v5("d1")).await;
+    let publish_retained = async |d: &mut Client, payload: &[u8]| {
+        let mut r = d.publish_packet(&state, payload, 1);
+        r.retain = true;
+        let id = r.packet_id.expect("QoS 1");
+        d.send(&Packet::Publish(r)).await;
+        assert_eq!(u8::from(d.recv_puback(id).await.reason_code), 0);
+    };
+
+    publish_retained(&mut d, b"fw=1.2").await;
+    let mut s1 = p.connected(&svc1, Connect::v5("svc-1")).await;
+    assert_eq!(s1.subscribe(&state, 0).await, 0);
+    let sent = s1.recv_publish().await;
+    assert_eq!((sent.payload.as_ref(), sent.retain), (&b"fw=1.2"[..], true));
+
+    publish_retained(&mut d, b"").await;
+    let live = s1.recv_publish().await;
+    assert_eq!((live.topic_name.as_str(), live.payload.len()), (state.as_str(), 0));
+
+    let mut s2 = p.connected(&svc2, Connect::v5("svc-2")).await;
+    let qos0 = SubscriptionOptions::new(QoS::AtMostOnce);
+    assert_eq!(
+        s2.subscribe_with(&[(&telemetry, qos0), (&state, qos0)]).await,
+        [0, 0]
+    );
+    d.publish_ok(&telemetry, b"marker").await;
+    let next = s2.recv_publish().await;
+    assert_eq!(
+        next.payload.as_ref(),
+        b"marker",
+        "a cleared retained message was sent: {next:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 12. Wills
+// ---------------------------------------------------------------------------
+
+fn offline_will(id: &str) -> WillMessage {
+    let mut will = WillMessage::new(up(id, "state"), b"offline".to_vec());
+    will.qos = QoS::AtLeastOnce;
+    will
+}
+
+/// MQTT 5 §3.1.2.5: when the network connection closes without DISCONNECT
+/// the will is published.
+#[tokio::test]
+async fn will_is_published_when_the_connection_drops() {
+    let p = Platform::start().await;
+    let d5 = p.device("d5").await;
+    let d3 = p.device("d3").await;
+    let svc = p.service("svc").await;
+    let mut s = p.connected(&svc, Connect::v5("svc")).await;
+    assert_eq!(s.subscribe("devices/+/state/up", 1).await, 1);
+
+    for (creds, connect) in [
+        (&d5, Connect::v5("d5")),
+        (&d3, Connect::v3("d3")),
+    ] {
+        let name = connect.client_id.clone();
+        let mut c = p
+            .connected(
+                creds,
+                Connect {
+                    will: Some(offline_will(&name)),
+                    ..connect
+                },
+            )
+            .await;
+        c.ping().await;
+        drop(c); // TCP close, no DISCONNECT, no TLS close_notify
+
+        let will = s.recv_publish().await;
+        assert_eq!(
+            (will.topic_name.as_str(), will.payload.as_ref()),
+            (up(&name, "state").as_str(), &b"offline"[..]),
+            "{will:?}"
+        );
+        if let Some(id) = will.packet_id {
+            s.send(&Packet::PubAck(PubAckPacket::new(id))).await;
+        }
+        assert_eq!(
+            p.sink.wait_disconnects(&name, 1).await,
+            [DisconnectReason::ConnectionLost]
+        );
+    }
+}
+
+/// MQTT 5 §3.1.2.5 / §3.14.4: a normal DISCONNECT discards the will.
+#[tokio::test]
+async fn will_is_not_published_after_a_clean_disconnect() {
+    let p = Platform::start().await;
+    let dev = p.device("d1").await;
+    let other = p.device("d2").await;
+    let svc = p.service("svc").await;
+    let mut s = p.connected(&svc, Connect::v5("svc")).await;
+    assert_eq!(s.subscribe("devices/#", 0).await, 0);
+
+    for connect in [Connect::v5("d1"), Connect::v3("d1")] {
+        let c = p
+            .connected(
+                &dev,
+                Connect {
+                    will: Some(offline_will("d1")),
+                    ..connect
+                },
+            )
+            .await;
+        c.disconnect().await;
+    }
+    // The disconnect events are recorded after the will would have been routed.
+    assert_eq!(
+        p.sink.wait_disconnects("d1", 2).await,
+        [DisconnectReason::Clean, DisconnectReason::Clean]
+    );
+    let mut marker = p.connected(&other, Connect::v5("d2")).await;
+    marker.publish_ok(&up("d2", "telemetry"), b"marker").await;
+    let next = s.recv_publish().await;
+    assert_eq!(
+        next.payload.as_ref(),
+        b"marker",
+        "a will was published after a clean disconnect: {next:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 13. Topic aliases
+// ---------------------------------------------------------------------------
+
+/// MQTT 5 §3.3.2.3.4: a PUBLISH with topic and alias sets the alias; one
+/// with the alias and an empty topic uses it; setting it again remaps it.
+/// Subscribers get the real topic.
+#[tokio::test]
+async fn topic_alias_resolves_to_the_topic_it_was_set_for() {
+    let p = Platform::start().await;
+    let dev = p.device("d1").await;
+    let svc = p.service("svc").await;
+    let mut s = p.connected(&svc, Connect::v5("svc")).await;
+    assert_eq!(s.subscribe("devices/#", 0).await, 0);
+    let (mut d, ack) = p.connect(&dev, Connect::v5("d1")).await;
+    assert_eq!(ack.code, 0);
+    assert_eq!(ack.properties.get_topic_alias_maximum(), Some(32));
+    let telemetry = up("d1", "telemetry");
+    let state = up("d1", "state");
+
+    let steps: [(&str, u16, &[u8], &str); 6] = [
+        (&telemetry, 1, b"a", &telemetry),
+        ("", 1, b"b", &telemetry),
+        (&state, 2, b"c", &state),
+        ("", 2, b"d", &state),
+        ("", 1, b"e", &telemetry),
+        (&state, 1, b"f", &state),
+    ];
+    for (topic, alias, payload, _) in steps {
+        let mut publish = d.publish_packet(topic, payload, 1);
+        publish.properties.set_topic_alias(alias);
+        let id = publish.packet_id.expect("QoS 1");
+        d.send(&Packet::Publish(publish)).await;
+        let ack = d.recv_puback(id).await;
+        assert_eq!(u8::from(ack.reason_code), 0, "alias {alias}: {ack:?}");
+    }
+    let mut alias_only = d.publish_packet("", b"g", 1);
+    alias_only.properties.set_topic_alias(1);
+    let id = alias_only.packet_id.expect("QoS 1");
+    d.send(&Packet::Publish(alias_only)).await;
+    d.recv_puback(id).await;
+
+    for (_, _, payload, topic) in steps {
+        let got = s.recv_publish().await;
+        assert_eq!(
+            (got.topic_name.as_str(), got.payload.as_ref()),
+            (topic, payload),
+            "{got:?}"
+        );
+        assert_eq!(got.properties.get_topic_alias(), None, "alias forwarded");
+    }
+    expect_publish(&mut s, &state, b"g").await;
+    let categories: Vec<Category> = p.sink.committed().iter().map(|m| m.category).collect();
+    use Category::{State, Telemetry};
+    assert_eq!(
+        categories,
+        [Telemetry, Telemetry, State, State, Telemetry, State, State]
+    );
+}
+
+/// MQTT 5 §3.3.2.3.4: alias 0, or above the Topic Alias Maximum the server
+/// sent, closes the connection with DISCONNECT 0x94 "Topic Alias invalid".
+#[tokio::test]
+async fn topic_alias_outside_the_announced_range_is_disconnected() {
+    let p = Platform::start_with(|c| c.topic_alias_maximum = 4).await;
+    let dev = p.device("d1").await;
+    for alias in [0, 5] {
+        let (mut d, ack) = p.connect(&dev, Connect::v5("d1")).await;
+        assert_eq!(ack.properties.get_topic_alias_maximum(), Some(4));
+        let mut publish = d.publish_packet(&up("d1", "telemetry"), b"x", 1);
+        publish.properties.set_topic_alias(alias);
+        d.send(&Packet::Publish(publish)).await;
+        match d.recv().await {
+            Packet::Disconnect(r) => assert_eq!(u8::from(r.reason_code), 0x94, "alias {alias}"),
+            other => panic!("alias {alias}: expected DISCONNECT 0x94, got {other:?}"),
+        }
+        d.expect_closed().await;
+    }
+    assert_eq!(p.metrics().protocol_errors.load(Relaxed), 2);
+    assert!(p.sink.committed().is_empty());
+}
+
+// ---------------------------------------------------------------------------
+// 14-15. Shared subscriptions, floods
+// ---------------------------------------------------------------------------
+
+/// MQTT 5 §4.8.2: a message matching a shared subscription goes to exactly
+/// one member of the group (this broker: round-robin, so both get some).
+#[tokio::test]
+async fn shared_subscription_delivers_each_message_to_one_member() {
+    let p = Platform::start().await;
+    let dev = p.device("d1").await;
+    let marker_topic = up("d1", "state");
+    let mut members = Vec::new();
+    for name in ["svc-a", "svc-b"] {
+        let creds = p.service(name).await;
+        let mut s = p.connected(&creds, Connect::v5(name)).await;
+        let qos0 = SubscriptionOptions::new(QoS::AtMostOnce);
+        let codes = s
+            .subscribe_with(&[
+                ("$share/g/devices/+/telemetry/up", qos0),
+                (&marker_topic, qos0),
+            ])
+            .await;
+        assert_eq!(codes, [0, 0], "{name}");
+        members.push(s);
+    }
+    let mut d = p.connected(&dev, Connect::v5("d1")).await;
+    let sent: Vec<String> = (0..10).map(|i| format!("m{i}")).collect();
+    for m in &sent {
+        d.publish_ok(&up("d1", "telemetry"), m.as_bytes()).await;
+    }
+    // Not shared: both members get it, after everything routed before it.
+    d.publish_ok(&marker_topic, b"marker").await;
+
+    let mut received = Vec::new();
+    for s in &mut members {
+        let mut mine = Vec::new();
+        loop {
+            let got = s.recv_publish().await;
+            if got.topic_name == marker_topic {
+                break;
+            }
+            mine.push(String::from_utf8(got.payload.to_vec()).expect("UTF-8 payload"));
+        }
+        assert!(!mine.is_empty(), "round-robin left a member without messages");
+        received.extend(mine);
+    }
+    received.sort();
+    let mut expected = sent.clone();
+    expected.sort();
+    assert_eq!(received, expected, "each message exactly once across the group");
+}
+
+/// 200 SUBSCRIBEs in one burst: each answered with its SUBACK (or the
+/// client closed), and another client is served meanwhile.
+#[tokio::test]
+async fn subscribe_flood_is_answered_without_harming_others() {
+    let p = Platform::start().await;
+    let flooder = p.device("flooder").await;
+    let calm = p.device("calm").await;
+    let mut bystander = p.connected(&calm, Connect::v5("calm")).await;
+    let mut f = p.connected(&flooder, Connect::v5("flooder")).await;
+
+    let mut burst = Vec::new();
+    let mut ids = Vec::new();
+    for _ in 0..200 {
+        let id = f.packet_id();
+        ids.push(id);
+        let s = mqtt5_protocol::packet::subscribe::SubscribePacket::new(id)
+            .add_filter("devices/flooder/+/down", QoS::AtLeastOnce);
+        burst.extend_from_slice(&encode(&Packet::Subscribe(s)));
+    }
+    f.send_raw(&burst).await;
+
+    let flood = async {
+        let mut acked = Vec::new();
+        loop {
+            if acked.len() == ids.len() {
+                return (acked, false);
+            }
+            match f.next_event().await {
+                Event::Closed(_) => return (acked, true),
+                Event::Frame(frame) => match frame.decode(V5) {
+                    Packet::SubAck(a) => {
+                        assert_eq!(
+                            a.reason_codes.iter().map(|c| *c as u8).collect::<Vec<_>>(),
+                            [1]
+                        );
+                        acked.push(a.packet_id);
+                    }
+                    other => panic!("expected SUBACK, got {other:?}"),
+                },
+            }
+        }
+    };
+    let ((mut acked, closed), ()) = tokio::join!(flood, bystander.ping());
+    if closed {
+        assert!(
+            acked.len() < ids.len(),
+            "closed after answering everything"
+        );
+    } else {
+        acked.sort_unstable();
+        assert_eq!(acked, ids, "every SUBSCRIBE answered once");
+        f.ping().await;
+    }
+    bystander.ping().await;
+}
+
+// ---------------------------------------------------------------------------
+// Shutdown
+// ---------------------------------------------------------------------------
+
+/// STYLE "servers you can test": shutdown closes every session (MQTT 5:
+/// DISCONNECT 0x8B "Server shutting down") and `run` returns.
+#[tokio::test]
+async fn shutdown_disconnects_every_client_and_returns() {
+    let mut p = Platform::start().await;
+    let d5 = p.device("d5").await;
+    let d3 = p.device("d3").await;
+    let mut c5 = p.connected(&d5, Connect::v5("d5")).await;
+    let mut c3 = p.connected(&d3, Connect::v3("d3")).await;
+    c5.ping().await;
+    c3.ping().await;
+
+    p.stop().await.expect("run() returns Ok");
+    c5.expect_disconnect(0x8B).await;
+    c3.expect_closed().await;
+    for name in ["d5", "d3"] {
+        assert_eq!(
+            p.sink.disconnects(name),
+            [DisconnectReason::ServerShutdown],
+            "{name}: presence recorded before run() returned"
+        );
+    }
+    assert_eq!(p.metrics().connections.load(Relaxed), 0);
+    let refused = tokio::time::timeout(WAIT, p.tls(Some(&d5)))
+        .await
+        .expect("connect attempt finished");
+    assert!(refused.is_err(), "the listener is closed after shutdown");
+}
