@@ -11,20 +11,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use crate::codec::{
+    ConnAckPacket, ConnectPacket, DisconnectPacket, Packet, Properties, PropertyId, PropertyValue,
+    PubAckPacket, PubCompPacket, PubRecPacket, PubRelPacket, PublishPacket, ReasonCode,
+    RetainHandling, SubAckPacket, SubAckReasonCode, SubscribePacket, UnsubAckPacket,
+    UnsubAckReasonCode, UnsubscribePacket, WillMessage, WireQoS,
+};
 use bytes::BytesMut;
-use mqtt5_protocol::packet::connack::ConnAckPacket;
-use mqtt5_protocol::packet::disconnect::DisconnectPacket;
-use mqtt5_protocol::packet::puback::PubAckPacket;
-use mqtt5_protocol::packet::pubcomp::PubCompPacket;
-use mqtt5_protocol::packet::publish::PublishPacket;
-use mqtt5_protocol::packet::pubrec::PubRecPacket;
-use mqtt5_protocol::packet::pubrel::PubRelPacket;
-use mqtt5_protocol::packet::suback::{SubAckPacket, SubAckReasonCode};
-use mqtt5_protocol::packet::subscribe::SubscribePacket;
-use mqtt5_protocol::packet::subscribe_options::RetainHandling;
-use mqtt5_protocol::packet::unsuback::{UnsubAckPacket, UnsubAckReasonCode};
-use mqtt5_protocol::packet::unsubscribe::UnsubscribePacket;
-use mqtt5_protocol::{Packet, Properties, PropertyId, QoS as WireQoS, ReasonCode};
 use rampart_proto::ingest::{
     DisconnectReason, InboundMessage, IngestOutcome, MessageProperties, PresenceEvent, QoS,
 };
@@ -143,9 +136,13 @@ impl Connection {
         self.writer.flush().await
     }
 
-    fn send(&mut self, packet: &Packet) {
-        if let Err(e) = codec::encode(packet, self.version, self.client_max_packet, &mut self.out) {
-            tracing::debug!(client_addr = %self.addr, error = %e, "packet not sent");
+    fn send(&mut self, packet: &Packet) -> bool {
+        match codec::encode(packet, self.version, self.client_max_packet, &mut self.out) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(client_addr = %self.addr, error = %e, "packet not sent");
+                false
+            }
         }
     }
 
@@ -163,9 +160,7 @@ impl Connection {
         }
     }
 
-    async fn read_connect(
-        &mut self,
-    ) -> Result<Box<mqtt5_protocol::packet::connect::ConnectPacket>, ()> {
+    async fn read_connect(&mut self) -> Result<Box<ConnectPacket>, ()> {
         match self.read_packet().await {
             Ok(Some(Packet::Connect(c))) => Ok(c),
             Ok(Some(_)) | Ok(None) => Err(()),
@@ -179,6 +174,13 @@ impl Connection {
                         false,
                         ReasonCode::UnsupportedProtocolVersion,
                     )));
+                    let _ = self.flush().await;
+                } else if self.decoder.version() == Some(5) {
+                    // MQTT 5 §3.2.2.2: a CONNACK with the reason, then close.
+                    self.version = 5;
+                    let code =
+                        ReasonCode::from_u8(e.reason_code()).unwrap_or(ReasonCode::ProtocolError);
+                    self.send(&Packet::ConnAck(ConnAckPacket::new(false, code)));
                     let _ = self.flush().await;
                 }
                 Err(())
@@ -204,7 +206,7 @@ impl Connection {
 
     async fn run(
         mut self,
-        connect: Box<mqtt5_protocol::packet::connect::ConnectPacket>,
+        connect: Box<ConnectPacket>,
         peer_der: Option<Vec<u8>>,
         shutdown: CancellationToken,
     ) {
@@ -569,8 +571,18 @@ impl Connection {
         }
         for (d, id) in batch {
             let p = self.outgoing_publish(&d, id, false);
-            self.send(&Packet::Publish(p));
-            Metrics::inc(&self.broker.metrics.messages_out);
+            if self.send(&Packet::Publish(p)) {
+                Metrics::inc(&self.broker.metrics.messages_out);
+            } else {
+                // Larger than the client accepts (MQTT 5 §3.1.2.11.4): the
+                // message is discarded as if it had been delivered.
+                Metrics::inc(&self.broker.metrics.dropped_too_large);
+                if let Some(id) = id {
+                    self.delivered(session, client, id);
+                } else if let Some(pid) = d.persist_id {
+                    self.broker.forget_delivery(client, pid);
+                }
+            }
         }
     }
 
@@ -652,7 +664,9 @@ impl Connection {
                 self.on_unsubscribe(u, session, client);
                 self.persist_subscriptions(session, client).await;
             }
-            Packet::PingReq => self.send(&Packet::PingResp),
+            Packet::PingReq => {
+                self.send(&Packet::PingResp);
+            }
             Packet::Disconnect(d) => {
                 if self.version == 5
                     && let Some(e) = d.properties.get_session_expiry_interval()
@@ -678,7 +692,7 @@ impl Connection {
 
     async fn on_publish(
         &mut self,
-        mut p: PublishPacket,
+        p: PublishPacket,
         session: &Arc<Session>,
         identity: &Identity,
         client: &ClientId,
@@ -764,7 +778,9 @@ impl Connection {
                 .map(|s| Instant::now() + Duration::from_secs(u64::from(s)));
             let message = Arc::new(Message {
                 topic,
-                payload: std::mem::take(&mut p.payload),
+                // A copy: the decoded payload points into the read buffer,
+                // which a queued or retained message must not keep alive.
+                payload: bytes::Bytes::copy_from_slice(&p.payload),
                 qos,
                 retain: p.retain,
                 properties: forwardable(&p.properties),
@@ -983,12 +999,7 @@ impl Connection {
         self.send(&Packet::UnsubAck(ack));
     }
 
-    fn publish_will(
-        &self,
-        identity: &Identity,
-        client: &ClientId,
-        will: mqtt5_protocol::WillMessage,
-    ) {
+    fn publish_will(&self, identity: &Identity, client: &ClientId, will: WillMessage) {
         if topic::validate_name(&will.topic).is_err()
             || !self.broker.acl.may_publish(identity, &will.topic)
         {
@@ -1077,7 +1088,7 @@ fn message_properties(props: &Properties, version: u8) -> MessageProperties {
     let mut user = Vec::new();
     if let Some(values) = props.get_all(PropertyId::UserProperty) {
         for v in values {
-            if let mqtt5_protocol::PropertyValue::Utf8StringPair(k, val) = v {
+            if let PropertyValue::Utf8StringPair(k, val) = v {
                 user.push((k.clone(), val.clone()));
             }
         }
@@ -1086,7 +1097,7 @@ fn message_properties(props: &Properties, version: u8) -> MessageProperties {
         content_type: props.get_content_type(),
         utf8_payload: matches!(
             props.get(PropertyId::PayloadFormatIndicator),
-            Some(mqtt5_protocol::PropertyValue::Byte(1))
+            Some(PropertyValue::Byte(1))
         ),
         user_properties: user,
     }

@@ -65,6 +65,8 @@ counters! {
     dropped_queue_full,
     /// Messages dropped because they expired before delivery.
     dropped_expired,
+    /// Messages dropped because they exceed the client's maximum packet size.
+    dropped_too_large,
     /// Sessions closed because their identity was revoked or disabled.
     kicked_revoked,
     /// Sessions taken over by a new connection with the same id.
