@@ -20,12 +20,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{
-    Client, Connect, Event, Platform, REJECT_DETAIL, V5, WAIT, encode, eventually,
-    reason_string, up,
+    Client, Connect, Event, Platform, REJECT_DETAIL, V5, WAIT, encode, eventually, reason_string,
+    up,
 };
+use mqtt5_protocol::packet::puback::PubAckPacket;
 use mqtt5_protocol::packet::pubrel::PubRelPacket;
 use mqtt5_protocol::packet::subscribe::{RetainHandling, SubscriptionOptions};
-use mqtt5_protocol::packet::puback::PubAckPacket;
 use mqtt5_protocol::{Packet, QoS, WillMessage};
 use rampart_proto::ingest::DisconnectReason;
 use rampart_proto::topic::Category;
@@ -93,9 +93,16 @@ async fn client_id_other_than_the_certificate_cn_is_refused() {
     c.expect_closed().await;
 
     assert_eq!(p.metrics().client_id_mismatch.load(Relaxed), 2);
-    assert_eq!(p.sink.presence_count("sensor-1"), 0, "no presence for a refused CONNECT");
+    assert_eq!(
+        p.sink.presence_count("sensor-1"),
+        0,
+        "no presence for a refused CONNECT"
+    );
     // The same certificate with its own id is accepted: the refusals were about the id.
-    p.connected(&dev, Connect::v5("sensor-1")).await.ping().await;
+    p.connected(&dev, Connect::v5("sensor-1"))
+        .await
+        .ping()
+        .await;
 }
 
 /// Only a registered, current certificate of an identity allowed to connect
@@ -124,7 +131,10 @@ async fn unregistered_revoked_and_disabled_certificates_are_not_authorized() {
 
     // Enabling the device again lets it in: the refusal was the registry's.
     p.set_disabled("disabled", false).await;
-    p.connected(&disabled, Connect::v5("disabled")).await.ping().await;
+    p.connected(&disabled, Connect::v5("disabled"))
+        .await
+        .ping()
+        .await;
 }
 
 /// The broker requires a client certificate at the TLS layer; without one
@@ -140,7 +150,9 @@ async fn connection_without_client_certificate_fails_the_handshake() {
         // TLS 1.3: the client completes its side before the server checks
         // the (missing) certificate; the server's alert comes on the first read.
         Ok(mut stream) => {
-            let _ = stream.write_all(&encode(&Connect::v5("anon").packet())).await;
+            let _ = stream
+                .write_all(&encode(&Connect::v5("anon").packet()))
+                .await;
             let mut received = Vec::new();
             let read = tokio::time::timeout(WAIT, stream.read_to_end(&mut received))
                 .await
@@ -402,7 +414,9 @@ async fn second_connection_with_the_same_id_takes_the_session_over() {
     let mut second = p.connected(&dev, Connect::v5("d1")).await;
     first.expect_disconnect(0x8E).await;
     second.ping().await;
-    second.publish_ok(&up("d1", "telemetry"), b"still here").await;
+    second
+        .publish_ok(&up("d1", "telemetry"), b"still here")
+        .await;
     assert_eq!(p.metrics().taken_over.load(Relaxed), 1);
     assert_eq!(
         p.sink.wait_disconnects("d1", 1).await,
@@ -496,7 +510,11 @@ async fn protocol_violations_close_only_the_offending_connection() {
         ),
         // MQTT 5 §2.1.3: reserved flag bits must be as specified.
         ("PINGREQ with flags 0x1", vec![0xC1, 0x00], Some(0x81)),
-        ("PUBREL with flags 0x0", vec![0x60, 0x02, 0x00, 0x01], Some(0x81)),
+        (
+            "PUBREL with flags 0x0",
+            vec![0x60, 0x02, 0x00, 0x01],
+            Some(0x81),
+        ),
         // MQTT-1.5.4-1: ill-formed UTF-8 is a Malformed Packet.
         (
             "PUBLISH topic with invalid UTF-8",
@@ -563,10 +581,15 @@ async fn protocol_violations_close_only_the_offending_connection() {
     }
     let reasons = p.sink.wait_disconnects("bad", connected).await;
     assert!(
-        reasons.iter().all(|r| *r == DisconnectReason::ProtocolError),
+        reasons
+            .iter()
+            .all(|r| *r == DisconnectReason::ProtocolError),
         "{reasons:?}"
     );
-    assert!(p.sink.committed().is_empty(), "nothing malformed was ingested");
+    assert!(
+        p.sink.committed().is_empty(),
+        "nothing malformed was ingested"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -619,7 +642,10 @@ async fn acl_refuses_a_foreign_publish() {
     let id = publish.packet_id.expect("QoS 1");
     c3.send(&Packet::Publish(publish)).await;
     let frame = c3.recv_frame().await;
-    assert_eq!((frame.first, frame.body.as_ref()), (0x40, &id.to_be_bytes()[..]));
+    assert_eq!(
+        (frame.first, frame.body.as_ref()),
+        (0x40, &id.to_be_bytes()[..])
+    );
 
     c1.publish_ok(&up("d1", "telemetry"), b"mine").await;
     expect_publish(&mut s, &up("d1", "telemetry"), b"mine").await;
@@ -703,7 +729,11 @@ async fn retained_message_is_sent_according_to_retain_handling() {
     assert_eq!(codes, [0]);
     d.publish_ok(&telemetry, b"marker-1").await;
     let next = s.recv_publish().await;
-    assert_eq!(next.payload.as_ref(), b"marker-1", "retain handling 2 sent {next:?}");
+    assert_eq!(
+        next.payload.as_ref(),
+        b"marker-1",
+        "retain handling 2 sent {next:?}"
+    );
 
     // 1 on a new subscription: sent, with RETAIN=1.
     let wildcard = "devices/d1/+/up";
@@ -762,12 +792,16 @@ async fn empty_retained_payload_clears_the_retained_message() {
 
     publish_retained(&mut d, b"").await;
     let live = s1.recv_publish().await;
-    assert_eq!((live.topic_name.as_str(), live.payload.len()), (state.as_str(), 0));
+    assert_eq!(
+        (live.topic_name.as_str(), live.payload.len()),
+        (state.as_str(), 0)
+    );
 
     let mut s2 = p.connected(&svc2, Connect::v5("svc-2")).await;
     let qos0 = SubscriptionOptions::new(QoS::AtMostOnce);
     assert_eq!(
-        s2.subscribe_with(&[(&telemetry, qos0), (&state, qos0)]).await,
+        s2.subscribe_with(&[(&telemetry, qos0), (&state, qos0)])
+            .await,
         [0, 0]
     );
     d.publish_ok(&telemetry, b"marker").await;
@@ -800,10 +834,7 @@ async fn will_is_published_when_the_connection_drops() {
     let mut s = p.connected(&svc, Connect::v5("svc")).await;
     assert_eq!(s.subscribe("devices/+/state/up", 1).await, 1);
 
-    for (creds, connect) in [
-        (&d5, Connect::v5("d5")),
-        (&d3, Connect::v3("d3")),
-    ] {
+    for (creds, connect) in [(&d5, Connect::v5("d5")), (&d3, Connect::v3("d3"))] {
         let name = connect.client_id.clone();
         let mut c = p
             .connected(
@@ -995,13 +1026,19 @@ async fn shared_subscription_delivers_each_message_to_one_member() {
             }
             mine.push(String::from_utf8(got.payload.to_vec()).expect("UTF-8 payload"));
         }
-        assert!(!mine.is_empty(), "round-robin left a member without messages");
+        assert!(
+            !mine.is_empty(),
+            "round-robin left a member without messages"
+        );
         received.extend(mine);
     }
     received.sort();
     let mut expected = sent.clone();
     expected.sort();
-    assert_eq!(received, expected, "each message exactly once across the group");
+    assert_eq!(
+        received, expected,
+        "each message exactly once across the group"
+    );
 }
 
 /// 200 SUBSCRIBEs in one burst: each answered with its SUBACK (or the
@@ -1048,10 +1085,7 @@ async fn subscribe_flood_is_answered_without_harming_others() {
     };
     let ((mut acked, closed), ()) = tokio::join!(flood, bystander.ping());
     if closed {
-        assert!(
-            acked.len() < ids.len(),
-            "closed after answering everything"
-        );
+        assert!(acked.len() < ids.len(), "closed after answering everything");
     } else {
         acked.sort_unstable();
         assert_eq!(acked, ids, "every SUBSCRIBE answered once");

@@ -35,7 +35,8 @@ use rampart_broker::{Broker, BrokerConfig, TlsMaterial};
 use rampart_pki::{Pki, PkiOptions, RevocationReason};
 use rampart_proto::DeviceId;
 use rampart_proto::ingest::{
-    DisconnectReason, InboundMessage, IngestOutcome, IngestSink, PresenceEvent, Rejection, RejectionKind,
+    DisconnectReason, InboundMessage, IngestOutcome, IngestSink, PresenceEvent, Rejection,
+    RejectionKind,
 };
 use rampart_store::sqlite::SqliteOptions;
 use rampart_store::{Actor, AuditKey, NewDevice, NewService, SqliteStore, Store};
@@ -184,7 +185,10 @@ impl RecordingSink {
             }
         })
         .await;
-        assert!(waited.is_ok(), "timed out after {WAIT:?} waiting for {what}");
+        assert!(
+            waited.is_ok(),
+            "timed out after {WAIT:?} waiting for {what}"
+        );
     }
 
     /// Waits until `n` messages are held at the gate.
