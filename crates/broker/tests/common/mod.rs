@@ -486,8 +486,14 @@ impl Platform {
         }
     }
 
+    /// The broker's listening address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// A TLS connection to the broker, with `creds` as client certificate
     /// (none if `None`).
+
     pub async fn tls(&self, creds: Option<&Credentials>) -> io::Result<TlsStream<TcpStream>> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ClientConfig::builder_with_provider(provider)
