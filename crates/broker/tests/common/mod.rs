@@ -493,7 +493,6 @@ impl Platform {
 
     /// A TLS connection to the broker, with `creds` as client certificate
     /// (none if `None`).
-
     pub async fn tls(&self, creds: Option<&Credentials>) -> io::Result<TlsStream<TcpStream>> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ClientConfig::builder_with_provider(provider)
