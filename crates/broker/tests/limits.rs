@@ -2,7 +2,6 @@
 //! rate limit. Each refused connection is closed and counted; clients that
 //! behave keep working.
 
-#[allow(dead_code)]
 mod common;
 
 use std::sync::atomic::Ordering;

@@ -1,7 +1,5 @@
 //! Many concurrent mutual-TLS connections on one small machine.
 
-// Shared with the protocol suite, which uses the rest of it.
-#[allow(dead_code)]
 mod common;
 
 use std::sync::atomic::Ordering;
