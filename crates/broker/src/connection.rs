@@ -92,6 +92,8 @@ pub(crate) async fn serve(
         client_receive_max: broker.config.max_inflight,
         aliases: HashMap::new(),
         session_expiry: 0,
+        control: None,
+        shutdown: shutdown.clone(),
     };
     let connect = match tokio::time::timeout_at(deadline.into(), conn.read_connect()).await {
         Ok(Ok(c)) => c,
@@ -118,6 +120,10 @@ struct Connection {
     client_receive_max: u16,
     aliases: HashMap<u16, Arc<str>>,
     session_expiry: u32,
+    /// The live session's control and the server's shutdown, so that a
+    /// publish the pipeline holds does not delay a revocation or shutdown.
+    control: Option<Control>,
+    shutdown: CancellationToken,
 }
 
 /// How the packet loop ended.
@@ -297,11 +303,17 @@ impl Connection {
 
         let mut keepalive = connect.keep_alive;
         let mut props = Properties::default();
-        if self.version == 5 {
-            if keepalive == 0 || keepalive > broker.config.max_keepalive_secs {
-                keepalive = broker.config.max_keepalive_secs;
+        if keepalive == 0 || keepalive > broker.config.max_keepalive_secs {
+            // A client asking for no keepalive (or a longer one) would hold
+            // its slot forever when its network dies silently. MQTT 5 tells
+            // the client (§3.2.2.3.14); MQTT 3.1.1 lets the server close an
+            // inactive client at any time (§3.1.2.10).
+            keepalive = broker.config.max_keepalive_secs;
+            if self.version == 5 {
                 props.set_server_keep_alive(keepalive);
             }
+        }
+        if self.version == 5 {
             if requested_expiry != expiry {
                 props.set_session_expiry_interval(expiry);
             }
@@ -329,6 +341,7 @@ impl Connection {
         }
         let will = connect.will.clone();
         self.session_expiry = expiry;
+        self.control = Some(control.clone());
 
         // MQTT 5 §4.4: resend unacknowledged deliveries with DUP set.
         self.resend_inflight(&session);
@@ -396,10 +409,20 @@ impl Connection {
                 if let Ok(mut st) = session.state.lock() {
                     st.expires_at = Some(Instant::now() + Duration::from_secs(u64::from(expiry)));
                 }
-                broker.persister.submit_later(vec![MqttOp::Disconnected {
+                let save = session.state.lock().ok().map(|st| MqttOp::SaveSession {
                     client: client.to_string(),
-                    at_ms: now_ms(),
-                }]);
+                    expiry_secs: st.expiry_secs,
+                    subscriptions: st.stored_subscriptions(),
+                });
+                // The expiry may have changed at DISCONNECT.
+                broker.persister.submit_later(
+                    save.into_iter()
+                        .chain([MqttOp::Disconnected {
+                            client: client.to_string(),
+                            at_ms: now_ms(),
+                        }])
+                        .collect(),
+                );
             }
         }
         control.done.add_permits(1);
@@ -670,9 +693,20 @@ impl Connection {
             Packet::Disconnect(d) => {
                 if self.version == 5
                     && let Some(e) = d.properties.get_session_expiry_interval()
-                    && let Ok(mut st) = session.state.lock()
                 {
-                    st.expiry_secs = e.min(self.broker.config.max_session_expiry.as_secs() as u32);
+                    let current = session.state.lock().map(|st| st.expiry_secs).unwrap_or(0);
+                    if current == 0 && e != 0 {
+                        // MQTT 5 §3.14.2.2.2: a session that ends with its
+                        // connection cannot be made to outlive it now.
+                        let err = CodecError::Protocol(
+                            "session expiry cannot be raised from 0 at DISCONNECT".into(),
+                        );
+                        return Some(self.protocol_error(identity, &err));
+                    }
+                    if let Ok(mut st) = session.state.lock() {
+                        st.expiry_secs =
+                            e.min(self.broker.config.max_session_expiry.as_secs() as u32);
+                    }
                 }
                 if u8::from(d.reason_code) == 0x04 {
                     return Some(End::CleanWithWill);
@@ -758,7 +792,24 @@ impl Connection {
                 properties: message_properties(&p.properties, self.version),
                 received_at_ms: now_ms(),
             };
-            match self.broker.sink.ingest(message).await {
+            let kick = self
+                .control
+                .as_ref()
+                .map(|c| c.kick.clone())
+                .unwrap_or_default();
+            let outcome = tokio::select! {
+                o = self.broker.sink.ingest(message) => o,
+                // Unacknowledged, so the device sends it again later; the
+                // pipeline's dedupe keeps a second copy out.
+                _ = kick.cancelled() => {
+                    let reason = self.control.as_ref().and_then(Control::reason);
+                    return Some(End::Reason(reason.unwrap_or(DisconnectReason::Disabled)));
+                }
+                _ = self.shutdown.cancelled() => {
+                    return Some(End::Reason(DisconnectReason::ServerShutdown));
+                }
+            };
+            match outcome {
                 IngestOutcome::Committed => {}
                 IngestOutcome::Duplicate => Metrics::inc(&metrics.ingest_duplicates),
                 IngestOutcome::Rejected(r) => {

@@ -23,12 +23,12 @@ use common::{
     Client, Connect, Event, Platform, REJECT_DETAIL, V5, WAIT, encode, eventually, reason_string,
     up,
 };
+use mqtt5_protocol::packet::disconnect::DisconnectPacket;
 use mqtt5_protocol::packet::puback::PubAckPacket;
 use mqtt5_protocol::packet::pubrel::PubRelPacket;
 use mqtt5_protocol::packet::subscribe::{RetainHandling, SubscriptionOptions};
-use mqtt5_protocol::packet::disconnect::DisconnectPacket;
 use mqtt5_protocol::{Packet, QoS, ReasonCode, WillMessage};
-use rampart_proto::ingest::DisconnectReason;
+use rampart_proto::ingest::{DisconnectReason, PresenceEvent};
 use rampart_proto::topic::Category;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -380,6 +380,8 @@ async fn unacknowledged_qos1_delivery_is_resent_after_reconnect() {
     );
     let id = first.packet_id.expect("QoS 1 delivery has an id");
     s.disconnect().await; // without PUBACK
+    // Published while the subscriber is away: queued in its session.
+    d.publish_ok(&topic, b"m2").await;
 
     let (mut s, ack) = p.connect(&svc, persistent.clone()).await;
     assert_eq!((ack.code, ack.session_present), (0, true), "{ack:?}");
@@ -395,7 +397,17 @@ async fn unacknowledged_qos1_delivery_is_resent_after_reconnect() {
         (topic.as_str(), &b"m1"[..], QoS::AtLeastOnce, true, Some(id)),
         "resent delivery: {again:?}"
     );
-    s.send(&Packet::PubAck(PubAckPacket::new(id))).await;
+    let queued = s.recv_publish().await;
+    assert_eq!(
+        (queued.payload.as_ref(), queued.qos, queued.dup),
+        (&b"m2"[..], QoS::AtLeastOnce, false),
+        "message queued while offline: {queued:?}"
+    );
+    let queued_id = queued.packet_id.expect("QoS 1 delivery has an id");
+    assert_ne!(queued_id, id, "a packet id still in flight was reused");
+    for ack in [id, queued_id] {
+        s.send(&Packet::PubAck(PubAckPacket::new(ack))).await;
+    }
     s.ping().await;
     s.disconnect().await;
 
@@ -411,7 +423,7 @@ async fn unacknowledged_qos1_delivery_is_resent_after_reconnect() {
 /// (§4.13), so the session still ends with the connection (and, the
 /// disconnect not being normal, the will is published, §3.1.2.5).
 #[tokio::test]
-#[ignore = "bug: DISCONNECT may raise session expiry from 0 (MQTT 5 §3.14.2.2.2); the broker keeps the session instead of answering 0x82"]
+
 async fn disconnect_may_not_raise_a_zero_session_expiry() {
     let p = Platform::start().await;
     let svc = p.service("svc").await;
@@ -435,7 +447,7 @@ async fn disconnect_may_not_raise_a_zero_session_expiry() {
     ))
     .await;
     let answer = c.next_event().await;
-    let (_, ack) = p
+    let (mut again, ack) = p
         .connect(
             &dev,
             Connect {
@@ -444,15 +456,86 @@ async fn disconnect_may_not_raise_a_zero_session_expiry() {
             },
         )
         .await;
-    assert!(
-        matches!(&answer, Event::Frame(f) if f.first == 0xE0 && f.body.first() == Some(&0x82)),
-        "expected DISCONNECT 0x82, got {answer:?}"
-    );
-    assert!(
-        !ack.session_present,
-        "the session outlived a connection whose CONNECT said it ends with it"
-    );
-    expect_publish(&mut watcher, &up("d1", "state"), b"offline").await;
+    again.publish_ok(&up("d1", "state"), b"marker").await;
+    let first_seen = watcher.recv_publish().await;
+
+    let mut problems = Vec::new();
+    if !matches!(&answer, Event::Frame(f) if f.first == 0xE0 && f.body.first() == Some(&0x82)) {
+        problems.push(format!("expected DISCONNECT 0x82, got {answer:?}"));
+    }
+    if ack.session_present {
+        problems
+            .push("the session outlived a connection whose CONNECT said it ends with it".into());
+    }
+    if first_seen.payload.as_ref() != b"offline" {
+        problems.push(format!(
+            "no will published; first PUBLISH seen: {first_seen:?}"
+        ));
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
+}
+
+/// MQTT-3.1.2-25: a message larger than the Maximum Packet Size the client
+/// gave is discarded for that client as if it had been delivered, so it
+/// holds no in-flight slot (Receive Maximum 1 here) and later messages flow.
+#[tokio::test]
+async fn delivery_larger_than_the_client_maximum_packet_size_is_skipped() {
+    let p = Platform::start().await;
+    let dev = p.device("d1").await;
+    let svc = p.service("svc").await;
+    let small_client = Connect {
+        maximum_packet_size: Some(128),
+        receive_maximum: Some(1),
+        ..Connect::v5("svc")
+    };
+    let mut s = p.connected(&svc, small_client).await;
+    assert_eq!(s.subscribe("devices/+/telemetry/up", 1).await, 1);
+    let mut d = p.connected(&dev, Connect::v5("d1")).await;
+    let topic = up("d1", "telemetry");
+
+    d.publish_ok(&topic, &[b'x'; 300]).await;
+    eventually("the oversized delivery to be dropped", || {
+        p.metrics().dropped_too_large.load(Relaxed) == 1
+    })
+    .await;
+    d.publish_ok(&topic, b"small").await;
+    let got = s.recv_publish().await;
+    assert_eq!(got.payload.as_ref(), b"small", "{got:?}");
+    assert!(!got.dup);
+}
+
+/// The same with both messages already queued when the subscriber comes
+/// back: dropping the oversized one frees its in-flight slot, and the next
+/// queued message must go out without waiting for the client to send
+/// anything (MQTT-3.1.2-25: behave as if the message had been delivered).
+#[tokio::test]
+async fn dropped_oversized_delivery_does_not_stall_the_queue() {
+    let p = Platform::start().await;
+    let dev = p.device("d1").await;
+    let svc = p.service("svc").await;
+    let small_client = Connect {
+        clean_start: false,
+        session_expiry: Some(300),
+        maximum_packet_size: Some(128),
+        receive_maximum: Some(1),
+        ..Connect::v5("svc")
+    };
+    let mut s = p.connected(&svc, small_client.clone()).await;
+    assert_eq!(s.subscribe("devices/+/telemetry/up", 1).await, 1);
+    s.disconnect().await;
+
+    let mut d = p.connected(&dev, Connect::v5("d1")).await;
+    let topic = up("d1", "telemetry");
+    d.publish_ok(&topic, &[b'x'; 300]).await;
+    d.publish_ok(&topic, b"small").await;
+
+    let (mut s, ack) = p.connect(&svc, small_client).await;
+    assert!(ack.session_present, "{ack:?}");
+    // Nothing is sent to the broker here: the small message must come on
+    // its own (a PINGREQ would wake the connection and hide the stall).
+    let got = s.recv_publish().await;
+    assert_eq!(got.payload.as_ref(), b"small", "{got:?}");
+    assert_eq!(p.metrics().dropped_too_large.load(Relaxed), 1);
 }
 
 /// MQTT 5 §3.1.4: a second connection with the same client id takes the
@@ -473,6 +556,18 @@ async fn second_connection_with_the_same_id_takes_the_session_over() {
         p.sink.wait_disconnects("d1", 1).await,
         [DisconnectReason::TakenOver]
     );
+    // The pipeline sees the old connection end before the new one starts,
+    // so the device ends up online.
+    let order: Vec<&str> = p
+        .sink
+        .presence_of("d1")
+        .iter()
+        .map(|e| match e {
+            PresenceEvent::Connected { .. } => "connected",
+            PresenceEvent::Disconnected { .. } => "disconnected",
+        })
+        .collect();
+    assert_eq!(order, ["connected", "disconnected", "connected"]);
 }
 
 /// MQTT 5 §3.1.2.10 (MQTT 3.1.1 §3.1.2.10): with no packet for 1.5 ×
@@ -529,6 +624,53 @@ async fn silent_client_is_closed_after_one_and_a_half_keepalives() {
             [DisconnectReason::KeepaliveTimeout]
         );
     }
+}
+
+/// `max_keepalive_secs` is the keepalive the server imposes on a client
+/// that asks for none (0) or more. An MQTT 5 client is told in CONNACK
+/// (Server Keep Alive, §3.2.2.3.14) and held to it.
+#[tokio::test]
+async fn server_keep_alive_replaces_a_keepalive_of_zero() {
+    let p = Platform::start_with(|c| c.max_keepalive_secs = 1).await;
+    let dev = p.device("d1").await;
+    let (mut c, ack) = p
+        .connect(
+            &dev,
+            Connect {
+                keep_alive: 0,
+                ..Connect::v5("d1")
+            },
+        )
+        .await;
+    assert_eq!(ack.code, 0);
+    assert_eq!(ack.properties.get_server_keep_alive(), Some(1));
+    c.expect_disconnect(0x8D).await;
+}
+
+/// The same limit for MQTT 3.1.1, which has no Server Keep Alive: the
+/// server may close an inactive client at any time whatever keepalive it
+/// asked for (MQTT 3.1.1 §3.1.2.10), and the config promises the limit for
+/// clients that ask for none. Without it a v3 client holds a connection
+/// slot forever by sending nothing after CONNECT.
+#[tokio::test]
+
+async fn keepalive_limit_applies_to_mqtt_3_clients_that_ask_for_none() {
+    let p = Platform::start_with(|c| c.max_keepalive_secs = 1).await;
+    let dev = p.device("d1").await;
+    let mut c = p
+        .connected(
+            &dev,
+            Connect {
+                keep_alive: 0,
+                ..Connect::v3("d1")
+            },
+        )
+        .await;
+    c.expect_closed().await;
+    assert_eq!(
+        p.sink.wait_disconnects("d1", 1).await,
+        [DisconnectReason::KeepaliveTimeout]
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -757,6 +899,29 @@ async fn revoked_or_disabled_identity_is_cut_off_while_connected() {
     let (mut c, ack) = p.connect(&dis, Connect::v5("dis")).await;
     assert_eq!(ack.code, 0x87, "{ack:?}");
     c.expect_closed().await;
+}
+
+/// DESIGN "Identity and trust": the live session of a revoked device is
+/// closed within a second, also while the pipeline is holding one of its
+/// publishes (back-pressure). The held message is not acknowledged.
+#[tokio::test]
+
+async fn revocation_cuts_a_session_whose_publish_the_pipeline_holds() {
+    let p = Platform::start().await;
+    let dev = p.device("d1").await;
+    let mut c = p.connected(&dev, Connect::v5("d1")).await;
+    p.sink.hold();
+    let publish = c.publish_packet(&up("d1", "telemetry"), b"{\"seq\":1}", 1);
+    c.send(&Packet::Publish(publish)).await;
+    p.sink.wait_held(1).await;
+
+    p.revoke_device("d1").await;
+    c.expect_disconnect(0x98).await;
+    assert_eq!(
+        p.sink.wait_disconnects("d1", 1).await,
+        [DisconnectReason::Revoked]
+    );
+    p.sink.release(1);
 }
 
 // ---------------------------------------------------------------------------

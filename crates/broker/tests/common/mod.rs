@@ -216,6 +216,19 @@ impl RecordingSink {
         self.disconnects(device)
     }
 
+    /// The presence events of `device` so far, in order.
+    pub fn presence_of(&self, device: &str) -> Vec<PresenceEvent> {
+        self.log()
+            .presence
+            .iter()
+            .filter(|e| match e {
+                PresenceEvent::Connected { device: d, .. }
+                | PresenceEvent::Disconnected { device: d, .. } => d.as_str() == device,
+            })
+            .cloned()
+            .collect()
+    }
+
     /// Number of presence events of `device` so far (connects and disconnects).
     pub fn presence_count(&self, device: &str) -> usize {
         self.log()
@@ -589,6 +602,10 @@ pub struct Connect {
     pub session_expiry: Option<u32>,
     /// Will message.
     pub will: Option<WillMessage>,
+    /// MQTT 5 Receive Maximum (in-flight deliveries the client accepts).
+    pub receive_maximum: Option<u16>,
+    /// MQTT 5 Maximum Packet Size the client accepts.
+    pub maximum_packet_size: Option<u32>,
 }
 
 impl Connect {
@@ -601,6 +618,8 @@ impl Connect {
             keep_alive: 60,
             session_expiry: None,
             will: None,
+            receive_maximum: None,
+            maximum_packet_size: None,
         }
     }
 
@@ -617,6 +636,12 @@ impl Connect {
         let mut properties = Properties::default();
         if let Some(e) = self.session_expiry {
             properties.set_session_expiry_interval(e);
+        }
+        if let Some(r) = self.receive_maximum {
+            properties.set_receive_maximum(r);
+        }
+        if let Some(m) = self.maximum_packet_size {
+            properties.set_maximum_packet_size(m);
         }
         Packet::Connect(Box::new(ConnectPacket {
             protocol_version: self.version,
