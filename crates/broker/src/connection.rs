@@ -775,23 +775,14 @@ impl Connection {
             return None;
         }
         let mut route = true;
-        if let Some(dt) = DeviceTopic::parse(&topic)
-            && dt.direction == Direction::Up
-            && identity.kind == IdentityKind::Device
-            && dt.device == identity.id
-        {
-            let message = InboundMessage {
-                device: dt.device,
-                category: dt.category,
-                qos: match qos {
-                    0 => QoS::AtMostOnce,
-                    1 => QoS::AtLeastOnce,
-                    _ => QoS::ExactlyOnce,
-                },
-                payload: p.payload.clone(),
-                properties: message_properties(&p.properties, self.version),
-                received_at_ms: now_ms(),
-            };
+        let offered = inbound(
+            identity,
+            &topic,
+            qos,
+            &p.payload,
+            message_properties(&p.properties, self.version),
+        );
+        if let Some(message) = offered {
             let kick = self
                 .control
                 .as_ref()
@@ -1078,32 +1069,72 @@ impl Connection {
         let expiry = self.session_expiry;
         let broker = Arc::clone(&self.broker);
         let client = Arc::clone(client);
-        if delay == 0 || expiry == 0 {
-            send_will(&broker, &message);
-            return;
-        }
-        let wait = Duration::from_secs(u64::from(delay.min(expiry)));
+        // A will on the device's own uplink is a device message like any
+        // other: the pipeline sees it first, and only what it accepts is routed.
+        let offered = inbound(
+            identity,
+            &message.topic,
+            message.qos,
+            &message.payload,
+            message_properties(&props, self.version),
+        );
         tokio::spawn(async move {
-            tokio::time::sleep(wait).await;
-            let back = broker
-                .sessions
-                .lock()
-                .ok()
-                .and_then(|s| s.get(&client).cloned())
-                .is_some_and(|s| s.control.lock().is_ok_and(|c| c.is_some()));
-            if !back {
-                send_will(&broker, &message);
+            if delay > 0 && expiry > 0 {
+                tokio::time::sleep(Duration::from_secs(u64::from(delay.min(expiry)))).await;
+                let back = broker
+                    .sessions
+                    .lock()
+                    .ok()
+                    .and_then(|s| s.get(&client).cloned())
+                    .is_some_and(|s| s.control.lock().is_ok_and(|c| c.is_some()));
+                if back {
+                    return;
+                }
             }
+            if let Some(m) = offered
+                && let IngestOutcome::Rejected(r) = broker.sink.ingest(m).await
+            {
+                Metrics::inc(&broker.metrics.ingest_rejected);
+                tracing::info!(client_id = %client, reason = r.kind.label(), detail = %r.detail, "will rejected by the pipeline");
+                return;
+            }
+            // Nobody waits for a will's durability: no publisher awaits an ack.
+            if message.retain {
+                drop(broker.retain(&message));
+            }
+            drop(broker.route(&message));
         });
     }
 }
 
-/// Routes a will. Nobody waits for its durability: no publisher awaits an ack.
-fn send_will(broker: &Broker, message: &Arc<Message>) {
-    if message.retain {
-        drop(broker.retain(message));
+/// The pipeline's view of a publish on the device's own uplink
+/// (`devices/{its id}/{category}/up`); `None` for anything else.
+fn inbound(
+    identity: &Identity,
+    topic: &str,
+    qos: u8,
+    payload: &bytes::Bytes,
+    properties: MessageProperties,
+) -> Option<InboundMessage> {
+    let dt = DeviceTopic::parse(topic)?;
+    if dt.direction != Direction::Up
+        || identity.kind != IdentityKind::Device
+        || dt.device != identity.id
+    {
+        return None;
     }
-    drop(broker.route(message));
+    Some(InboundMessage {
+        device: dt.device,
+        category: dt.category,
+        qos: match qos {
+            0 => QoS::AtMostOnce,
+            1 => QoS::AtLeastOnce,
+            _ => QoS::ExactlyOnce,
+        },
+        payload: payload.clone(),
+        properties,
+        received_at_ms: now_ms(),
+    })
 }
 
 fn wire_qos(q: u8) -> WireQoS {

@@ -1384,3 +1384,56 @@ async fn shutdown_disconnects_every_client_and_returns() {
         .expect("connect attempt finished");
     assert!(refused.is_err(), "the listener is closed after shutdown");
 }
+
+/// A will on the device's own uplink goes through the pipeline like any
+/// other device message: stored when accepted, never routed when rejected.
+#[tokio::test]
+async fn will_on_the_device_uplink_is_offered_to_the_pipeline() {
+    let p = Platform::start().await;
+    let dev = p.device("willful").await;
+    let svc = p.service("watcher").await;
+    let mut s = p.connected(&svc, Connect::v5("watcher")).await;
+    assert_eq!(s.subscribe("devices/+/state/up", 1).await, 1);
+
+    let c = p
+        .connected(
+            &dev,
+            Connect {
+                will: Some(offline_will("willful")),
+                ..Connect::v5("willful")
+            },
+        )
+        .await;
+    drop(c);
+    let will = s.recv_publish().await;
+    assert_eq!(will.payload.as_ref(), b"offline");
+    assert!(
+        p.sink
+            .committed_payloads()
+            .iter()
+            .any(|b| b.as_ref() == b"offline"),
+        "the pipeline stored the will before it was routed"
+    );
+    if let Some(id) = will.packet_id {
+        s.send(&Packet::PubAck(PubAckPacket::new(id))).await;
+    }
+
+    // Rejected by the pipeline: not routed.
+    p.sink.reject_payloads_starting_with(b"off");
+    let c = p
+        .connected(
+            &dev,
+            Connect {
+                will: Some(offline_will("willful")),
+                ..Connect::v5("willful")
+            },
+        )
+        .await;
+    drop(c);
+    p.sink
+        .wait_until("the rejected will", |log| !log.rejected.is_empty())
+        .await;
+    s.ping().await;
+    s.expect_silence(std::time::Duration::from_millis(200))
+        .await;
+}
