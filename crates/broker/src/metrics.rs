@@ -2,6 +2,9 @@
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
+/// Metrics that go up and down.
+const GAUGES: [&str; 2] = ["connections", "queued_messages"];
+
 macro_rules! counters {
     ($( $(#[$doc:meta])* $name:ident ),* $(,)?) => {
         /// The broker's counters (monotonic) and gauges (may go down).
@@ -80,8 +83,47 @@ counters! {
 }
 
 impl Metrics {
+    /// The metrics in Prometheus text exposition format, names prefixed
+    /// `rampart_broker_`; the web part serves this on `/metrics`.
+    pub fn prometheus(&self) -> String {
+        let mut out = String::new();
+        for (name, value) in self.snapshot() {
+            let kind = if GAUGES.contains(&name) {
+                "gauge"
+            } else {
+                "counter"
+            };
+            let suffix = if kind == "counter" { "_total" } else { "" };
+            out.push_str(&format!(
+                "# TYPE rampart_broker_{name}{suffix} {kind}\nrampart_broker_{name}{suffix} {value}\n"
+            ));
+        }
+        out
+    }
+
     /// Adds one to a counter.
     pub(crate) fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_text_names_every_metric_with_its_type() {
+        let m = Metrics::default();
+        Metrics::inc(&m.messages_in_qos1);
+        Metrics::inc(&m.messages_in_qos1);
+        m.connections.fetch_add(3, Ordering::Relaxed);
+        let text = m.prometheus();
+        assert!(text.contains("# TYPE rampart_broker_messages_in_qos1_total counter\nrampart_broker_messages_in_qos1_total 2\n"));
+        assert!(
+            text.contains(
+                "# TYPE rampart_broker_connections gauge\nrampart_broker_connections 3\n"
+            )
+        );
+        assert_eq!(text.lines().count(), 2 * m.snapshot().len());
     }
 }
