@@ -8,6 +8,7 @@
 mod claim;
 mod id;
 pub mod ingest;
+pub mod telemetry;
 pub mod topic;
 
 pub use claim::{CLAIM_CODE_BYTES, ClaimCode, ClaimCodeError, QrPayload};
