@@ -41,6 +41,8 @@ type Reader = ReadHalf<TlsStream<TcpStream>>;
 type Writer = WriteHalf<TlsStream<TcpStream>>;
 
 const READ_CHUNK: usize = 16 * 1024;
+/// Pending output that is written before more input is handled.
+const FLUSH_AT: usize = 64 * 1024;
 
 fn now_ms() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
@@ -498,21 +500,32 @@ impl Connection {
         let grace = (keepalive > 0).then(|| Duration::from_millis(u64::from(keepalive) * 1500));
         let mut last_heard = Instant::now();
         loop {
+            // Every packet already buffered is handled, then the answers go
+            // out in one write: a burst of publishes costs one TLS record
+            // of acknowledgements, not one each.
+            let mut more = false;
+            loop {
+                match self.decoder.decode(&mut self.rbuf) {
+                    Ok(Some(packet)) => {
+                        last_heard = Instant::now();
+                        if let Some(end) = self.handle(packet, session, identity, client).await {
+                            return end;
+                        }
+                        if self.out.len() >= FLUSH_AT {
+                            more = true;
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => return self.protocol_error(identity, &e),
+                }
+            }
             self.pump(session, client);
             if self.flush().await.is_err() {
                 return End::Reason(DisconnectReason::ConnectionLost);
             }
-            // Packets already buffered are handled before waiting for more.
-            match self.decoder.decode(&mut self.rbuf) {
-                Ok(Some(packet)) => {
-                    last_heard = Instant::now();
-                    if let Some(end) = self.handle(packet, session, identity, client).await {
-                        return end;
-                    }
-                    continue;
-                }
-                Ok(None) => {}
-                Err(e) => return self.protocol_error(identity, &e),
+            if more {
+                continue;
             }
             let ka = async {
                 match grace {
@@ -788,15 +801,31 @@ impl Connection {
                 .as_ref()
                 .map(|c| c.kick.clone())
                 .unwrap_or_default();
+            let sink = Arc::clone(&self.broker.sink);
+            let mut ingest = std::pin::pin!(sink.ingest(message));
+            // An answer at once keeps acknowledgements batched; if the
+            // pipeline must wait (a commit), acknowledgements already
+            // earned go out first instead of waiting behind this one.
+            let ready =
+                std::future::poll_fn(|cx| std::task::Poll::Ready(ingest.as_mut().poll(cx))).await;
+            if ready.is_pending() && self.flush().await.is_err() {
+                return Some(End::Reason(DisconnectReason::ConnectionLost));
+            }
+            let shutdown = self.shutdown.clone();
             let outcome = tokio::select! {
-                o = self.broker.sink.ingest(message) => o,
+                o = async {
+                    match ready {
+                        std::task::Poll::Ready(o) => o,
+                        std::task::Poll::Pending => ingest.await,
+                    }
+                } => o,
                 // Unacknowledged, so the device sends it again later; the
                 // pipeline's dedupe keeps a second copy out.
                 _ = kick.cancelled() => {
                     let reason = self.control.as_ref().and_then(Control::reason);
                     return Some(End::Reason(reason.unwrap_or(DisconnectReason::Disabled)));
                 }
-                _ = self.shutdown.cancelled() => {
+                _ = shutdown.cancelled() => {
                     return Some(End::Reason(DisconnectReason::ServerShutdown));
                 }
             };
@@ -835,6 +864,10 @@ impl Connection {
                 None
             };
             let routed = self.broker.route(&message);
+            // Waiting for a commit: send the acknowledgements already earned.
+            if (retained.is_some() || routed.is_some()) && self.flush().await.is_err() {
+                return Some(End::Reason(DisconnectReason::ConnectionLost));
+            }
             // Acknowledge only what is durable: queued copies for
             // persistent sessions and the retained message.
             let ok = persist::durable(retained).await & persist::durable(routed).await;
