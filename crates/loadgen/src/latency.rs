@@ -1,0 +1,223 @@
+//! Latency: open-loop publishing at a fixed total rate. Send times are
+//! scheduled in advance and each message carries its *intended* send time;
+//! latency is the subscriber's receive time minus that, so a stalled broker
+//! (or a stalled publisher) shows up in the figures instead of silently
+//! lowering the rate (coordinated omission).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::client::{Client, SessionKind, Target, connect_many};
+use crate::fanin::{FILTER, Outstanding, collect, topic};
+use crate::payload::Stamp;
+use crate::tracking::{self, Plan};
+use crate::{CertDir, LoadgenError, MqttVersion, Percentiles, Qos};
+
+/// Latency parameters.
+#[derive(Debug, Clone)]
+pub struct LatencyConfig {
+    /// Broker and protocol.
+    pub target: Target,
+    /// Identities.
+    pub certs: CertDir,
+    /// Number of publishing devices; the rate is spread evenly over them.
+    pub devices: usize,
+    /// The subscriber's identity.
+    pub subscriber: String,
+    /// QoS of publishing and of the subscription.
+    pub qos: Qos,
+    /// Total messages per second over all devices.
+    pub rate: f64,
+    /// How long devices publish (warm-up included).
+    pub duration: Duration,
+    /// Leading part of the run left out of the histogram.
+    pub warmup: Duration,
+    /// Most unacknowledged QoS 1 messages per device; a full window delays
+    /// sends, and that delay counts as latency.
+    pub window: usize,
+    /// Payload size in bytes (at least 20).
+    pub payload_size: usize,
+    /// Whether the broker keeps (and stores) the subscriber's session.
+    pub subscriber_session: SessionKind,
+    /// Simultaneous handshakes while connecting the devices.
+    pub connect_concurrency: usize,
+}
+
+/// Latency results.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct LatencyReport {
+    /// Always "latency".
+    pub scenario: String,
+    /// Protocol version.
+    pub mqtt_version: MqttVersion,
+    /// QoS.
+    pub qos: Qos,
+    /// Publishing devices.
+    pub devices: usize,
+    /// Requested total rate, messages per second.
+    pub rate_target: f64,
+    /// Sent messages divided by the duration.
+    pub rate_sent: f64,
+    /// Publishing time in seconds.
+    pub duration_s: f64,
+    /// Warm-up left out of the histogram, seconds.
+    pub warmup_s: f64,
+    /// Subscriber session kind.
+    pub subscriber_session: SessionKind,
+    /// PUBLISH packets sent.
+    pub sent: u64,
+    /// Acknowledged with success (QoS 1).
+    pub acked: u64,
+    /// Messages received.
+    pub received: u64,
+    /// Expected but never received.
+    pub lost: u64,
+    /// Receptions beyond the first.
+    pub duplicated: u64,
+    /// Late messages of an earlier run (left out of every other count).
+    pub stale: u64,
+    /// Receive time minus intended send time, after the warm-up.
+    pub latency: Percentiles,
+    /// Errors of individual devices (first few).
+    pub errors: Vec<String>,
+}
+
+async fn open_loop(
+    mut client: Client,
+    index: u32,
+    cfg: Arc<LatencyConfig>,
+    run: u32,
+    epoch: Instant,
+    end: Instant,
+) -> Result<Outstanding, LoadgenError> {
+    let topic = topic(&client.id);
+    let mut out = Outstanding::default();
+    let devices = cfg.devices.max(1) as f64;
+    let interval = Duration::from_secs_f64(devices / cfg.rate);
+    // Spread the devices' schedules evenly over one interval.
+    let mut next = epoch + interval.mul_f64(f64::from(index) / devices);
+    let give_up = end + Duration::from_secs(10);
+    let window = cfg.window.max(1);
+    let qos1 = cfg.qos == Qos::AtLeastOnce;
+    loop {
+        let now = Instant::now();
+        while next <= now && next < end && (!qos1 || out.in_flight() < window) {
+            let (seq, pid) = out.next(cfg.qos);
+            let stamp = Stamp {
+                run,
+                device: index,
+                seq,
+                intended_ns: u64::try_from(next.saturating_duration_since(epoch).as_nanos())
+                    .unwrap_or(u64::MAX),
+            };
+            let p = client.publish_packet(&topic, stamp.encode(cfg.payload_size), cfg.qos, pid);
+            client.queue(&p)?;
+            next += interval;
+        }
+        if client.pending_write() > 0 {
+            client.flush().await?;
+        }
+        if next >= end && out.in_flight() == 0 {
+            break;
+        }
+        let can_send = next < end && (!qos1 || out.in_flight() < window);
+        tokio::select! {
+            () = tokio::time::sleep_until(next), if can_send => {}
+            read = client.read_more(), if qos1 => {
+                read?;
+                out.drain_acks(&mut client)?;
+            }
+            () = tokio::time::sleep_until(give_up) => break,
+        }
+    }
+    let _ = client.disconnect().await;
+    Ok(out)
+}
+
+/// Run a latency measurement.
+pub async fn run(cfg: LatencyConfig) -> Result<LatencyReport, LoadgenError> {
+    if cfg.devices == 0 || cfg.duration <= cfg.warmup || !cfg.rate.is_finite() || cfg.rate <= 0.0 {
+        return Err(LoadgenError::Config(
+            "latency needs devices, a positive rate and a duration longer than the warm-up".into(),
+        ));
+    }
+    let cfg = Arc::new(cfg);
+    let ids = cfg.certs.device_ids(cfg.devices, &cfg.subscriber)?;
+    let sub_config = cfg
+        .certs
+        .client_config(&cfg.certs.load(&cfg.subscriber)?, true)?;
+    let subscriber = tracking::connect_subscriber(
+        &cfg.target,
+        sub_config,
+        &cfg.subscriber,
+        FILTER,
+        cfg.qos,
+        cfg.subscriber_session,
+    )
+    .await?;
+    let mut clients = Vec::with_capacity(ids.len());
+    for connected in connect_many(
+        &cfg.target,
+        &cfg.certs,
+        &ids,
+        cfg.connect_concurrency,
+        SessionKind::Clean,
+    )
+    .await
+    {
+        clients.push(connected?.0);
+    }
+    let run = crate::payload::new_run_id();
+    let epoch = Instant::now() + Duration::from_millis(50);
+    let end = epoch + cfg.duration;
+    let done = Arc::new(AtomicBool::new(false));
+    let receiver = tokio::spawn(tracking::receive(
+        subscriber,
+        cfg.devices,
+        Plan {
+            run,
+            epoch,
+            window_end: end,
+            latency_from: Some(epoch + cfg.warmup),
+        },
+        Arc::clone(&done),
+        Duration::from_secs(1),
+        end + Duration::from_secs(15),
+    ));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (index, client) in clients.into_iter().enumerate() {
+        let index =
+            u32::try_from(index).map_err(|_| LoadgenError::Config("too many devices".into()))?;
+        let cfg = Arc::clone(&cfg);
+        tasks.spawn(async move { (index, open_loop(client, index, cfg, run, epoch, end).await) });
+    }
+    let (expected, totals, errors) = collect(&mut tasks, cfg.devices).await;
+    done.store(true, Ordering::Release);
+    let received = receiver
+        .await
+        .map_err(|e| LoadgenError::Protocol(format!("subscriber task: {e}")))??;
+    let acc = received.account(&expected);
+    let duration_s = cfg.duration.as_secs_f64();
+    Ok(LatencyReport {
+        scenario: "latency".into(),
+        mqtt_version: cfg.target.version,
+        qos: cfg.qos,
+        devices: cfg.devices,
+        rate_target: cfg.rate,
+        rate_sent: totals.0 as f64 / duration_s,
+        duration_s,
+        warmup_s: cfg.warmup.as_secs_f64(),
+        subscriber_session: cfg.subscriber_session,
+        sent: totals.0,
+        acked: totals.1,
+        received: received.total,
+        lost: acc.lost,
+        duplicated: acc.duplicated,
+        stale: received.stale,
+        latency: Percentiles::of(&received.latency),
+        errors,
+    })
+}

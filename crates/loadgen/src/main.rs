@@ -1,0 +1,213 @@
+//! `rampart-loadgen`: run one benchmark scenario against an MQTT broker
+//! over mutual TLS and print its report as JSON on standard output.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use rampart_loadgen::{
+    CertDir, MqttVersion, Qos, SessionKind, Target, conns, fanin, handshakes, latency,
+};
+use rustls_pki_types::ServerName;
+
+/// MQTT load generator for Rampart's benchmarks.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+/// Options of every scenario.
+#[derive(Debug, Args)]
+struct Common {
+    /// Broker address (IP:PORT).
+    #[arg(long, global = true, default_value = "127.0.0.1:8883")]
+    addr: SocketAddr,
+    /// Directory with ca.crt and <id>.crt/<id>.key pairs.
+    #[arg(long, global = true, default_value = "certs")]
+    certs: PathBuf,
+    /// Name the server certificate must carry.
+    #[arg(long, global = true, default_value = "localhost")]
+    server_name: String,
+    /// MQTT version: 5 or 3.1.1.
+    #[arg(long, global = true, default_value = "5")]
+    mqtt: MqttVersion,
+    /// Subscriber identity (left out of the device identities).
+    #[arg(long, global = true, default_value = "reader")]
+    subscriber: String,
+    /// Keepalive in seconds.
+    #[arg(long, global = true, default_value_t = 600)]
+    keepalive: u64,
+}
+
+/// Which measurement to run.
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// N devices publish as fast as a window allows; one subscriber receives.
+    Fanin {
+        #[arg(long, default_value_t = 50)]
+        devices: usize,
+        #[arg(long, default_value = "1")]
+        qos: Qos,
+        /// Unacknowledged QoS 1 messages per device.
+        #[arg(long, default_value_t = 16)]
+        window: usize,
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value_t = 100)]
+        payload: usize,
+        /// Keep the subscriber's session (the broker stores its messages).
+        #[arg(long)]
+        persistent_subscriber: bool,
+    },
+    /// Open-loop publishing at a fixed total rate; latency percentiles.
+    Latency {
+        #[arg(long, default_value_t = 50)]
+        devices: usize,
+        #[arg(long, default_value = "1")]
+        qos: Qos,
+        /// Total messages per second.
+        #[arg(long)]
+        rate: f64,
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        warmup: Duration,
+        #[arg(long, default_value_t = 64)]
+        window: usize,
+        #[arg(long, default_value_t = 100)]
+        payload: usize,
+        #[arg(long)]
+        persistent_subscriber: bool,
+    },
+    /// Open and hold idle connections.
+    Conns {
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        hold: Duration,
+        /// Broker PID, for RSS and idle CPU.
+        #[arg(long)]
+        broker_pid: Option<u32>,
+    },
+    /// New connections per second (full handshakes).
+    Handshakes {
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
+}
+
+fn session(persistent: bool) -> SessionKind {
+    if persistent {
+        SessionKind::Persistent
+    } else {
+        SessionKind::Clean
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let c = cli.common;
+    let certs = CertDir::open(&c.certs)
+        .with_context(|| format!("reading identities from {}", c.certs.display()))?;
+    let server_name = ServerName::try_from(c.server_name.clone())
+        .with_context(|| format!("'{}' is not a valid server name", c.server_name))?;
+    let target = Target {
+        addr: c.addr,
+        server_name,
+        version: c.mqtt,
+        keepalive: Duration::from_secs(c.keepalive),
+    };
+    let report = match cli.scenario {
+        Scenario::Fanin {
+            devices,
+            qos,
+            window,
+            duration,
+            payload,
+            persistent_subscriber,
+        } => serde_json::to_value(
+            fanin::run(fanin::FaninConfig {
+                target,
+                certs,
+                devices,
+                subscriber: c.subscriber,
+                qos,
+                window,
+                duration,
+                payload_size: payload,
+                subscriber_session: session(persistent_subscriber),
+                connect_concurrency: 16,
+            })
+            .await?,
+        )?,
+        Scenario::Latency {
+            devices,
+            qos,
+            rate,
+            duration,
+            warmup,
+            window,
+            payload,
+            persistent_subscriber,
+        } => serde_json::to_value(
+            latency::run(latency::LatencyConfig {
+                target,
+                certs,
+                devices,
+                subscriber: c.subscriber,
+                qos,
+                rate,
+                duration,
+                warmup,
+                window,
+                payload_size: payload,
+                subscriber_session: session(persistent_subscriber),
+                connect_concurrency: 16,
+            })
+            .await?,
+        )?,
+        Scenario::Conns {
+            connections,
+            concurrency,
+            hold,
+            broker_pid,
+        } => serde_json::to_value(
+            conns::run(conns::ConnsConfig {
+                target,
+                certs,
+                connections,
+                exclude: c.subscriber,
+                concurrency,
+                hold,
+                broker_pid,
+            })
+            .await?,
+        )?,
+        Scenario::Handshakes {
+            concurrency,
+            duration,
+        } => serde_json::to_value(
+            handshakes::run(handshakes::HandshakesConfig {
+                target,
+                certs,
+                concurrency,
+                exclude: c.subscriber,
+                duration,
+            })
+            .await?,
+        )?,
+    };
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
