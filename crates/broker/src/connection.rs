@@ -41,6 +41,8 @@ type Reader = ReadHalf<TlsStream<TcpStream>>;
 type Writer = WriteHalf<TlsStream<TcpStream>>;
 
 const READ_CHUNK: usize = 16 * 1024;
+/// Smallest read: an idle connection holds no more buffer than this.
+const MIN_READ: usize = 1024;
 /// Pending output that is written before more input is handled.
 const FLUSH_AT: usize = 64 * 1024;
 
@@ -82,8 +84,9 @@ pub(crate) async fn serve(
         broker: Arc::clone(&broker),
         reader,
         writer,
-        rbuf: BytesMut::with_capacity(READ_CHUNK),
-        out: BytesMut::with_capacity(READ_CHUNK),
+        rbuf: BytesMut::with_capacity(MIN_READ),
+        out: BytesMut::new(),
+        read_size: MIN_READ,
         decoder: Decoder::new(
             broker.config.max_packet_size,
             broker.config.topic_alias_maximum,
@@ -121,6 +124,9 @@ struct Connection {
     client_max_packet: Option<u32>,
     client_receive_max: u16,
     aliases: HashMap<u16, Arc<str>>,
+    /// How much to read at once: grows while reads fill the buffer, shrinks
+    /// when the client goes quiet, so idle connections stay small.
+    read_size: usize,
     session_expiry: u32,
     /// The live session's control and the server's shutdown, so that a
     /// publish the pipeline holds does not delay a revocation or shutdown.
@@ -160,7 +166,7 @@ impl Connection {
             if let Some(p) = self.decoder.decode(&mut self.rbuf)? {
                 return Ok(Some(p));
             }
-            self.rbuf.reserve(READ_CHUNK);
+            self.rbuf.reserve(MIN_READ);
             match self.reader.read_buf(&mut self.rbuf).await {
                 Ok(0) | Err(_) => return Ok(None),
                 Ok(_) => {}
@@ -533,7 +539,12 @@ impl Connection {
                     None => std::future::pending().await,
                 }
             };
-            self.rbuf.reserve(READ_CHUNK);
+            if self.rbuf.is_empty() && self.rbuf.capacity() > 2 * self.read_size {
+                // Give back what a burst left behind.
+                self.rbuf = BytesMut::with_capacity(self.read_size);
+            }
+            self.rbuf.reserve(self.read_size);
+            let room = self.rbuf.capacity() - self.rbuf.len();
             tokio::select! {
                 biased;
                 _ = control.kick.cancelled() => {
@@ -542,6 +553,10 @@ impl Connection {
                 _ = shutdown.cancelled() => return End::Reason(DisconnectReason::ServerShutdown),
                 read = self.reader.read_buf(&mut self.rbuf) => match read {
                     Ok(0) | Err(_) => return End::Reason(DisconnectReason::ConnectionLost),
+                    Ok(n) if n >= room => self.read_size = (self.read_size * 2).min(READ_CHUNK),
+                    Ok(n) if n < self.read_size / 4 => {
+                        self.read_size = (self.read_size / 2).max(MIN_READ);
+                    }
                     Ok(_) => {}
                 },
                 _ = session.wake.notified() => {}
