@@ -221,6 +221,23 @@ async fn closed_loop(
     Ok(out)
 }
 
+/// The `devices` publishing identities (every certificate in `certs` but
+/// the subscriber's) and the subscriber, connected to [`FILTER`].
+pub(crate) async fn devices_and_subscriber(
+    target: &Target,
+    certs: &CertDir,
+    devices: usize,
+    subscriber: &str,
+    qos: Qos,
+    session: SessionKind,
+) -> Result<(Vec<String>, Client), LoadgenError> {
+    let ids = certs.device_ids(devices, subscriber)?;
+    let config = certs.client_config(&certs.load(subscriber)?, true)?;
+    let client =
+        tracking::connect_subscriber(target, config, subscriber, FILTER, qos, session).await?;
+    Ok((ids, client))
+}
+
 /// Run a fan-in measurement.
 pub async fn run(cfg: FaninConfig) -> Result<FaninReport, LoadgenError> {
     if cfg.devices == 0 || cfg.duration.is_zero() {
@@ -229,15 +246,11 @@ pub async fn run(cfg: FaninConfig) -> Result<FaninReport, LoadgenError> {
         ));
     }
     let cfg = Arc::new(cfg);
-    let ids = cfg.certs.device_ids(cfg.devices, &cfg.subscriber)?;
-    let sub_config = cfg
-        .certs
-        .client_config(&cfg.certs.load(&cfg.subscriber)?, true)?;
-    let subscriber = tracking::connect_subscriber(
+    let (ids, subscriber) = devices_and_subscriber(
         &cfg.target,
-        sub_config,
+        &cfg.certs,
+        cfg.devices,
         &cfg.subscriber,
-        FILTER,
         cfg.qos,
         cfg.subscriber_session,
     )

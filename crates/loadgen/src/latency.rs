@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::client::{Client, SessionKind, Target, connect_many};
-use crate::fanin::{FILTER, Outstanding, collect, topic};
+use crate::fanin::{Outstanding, collect, devices_and_subscriber, topic};
 use crate::payload::Stamp;
 use crate::tracking::{self, Plan};
 use crate::{CertDir, LoadgenError, MqttVersion, Percentiles, Qos};
@@ -145,15 +145,11 @@ pub async fn run(cfg: LatencyConfig) -> Result<LatencyReport, LoadgenError> {
         ));
     }
     let cfg = Arc::new(cfg);
-    let ids = cfg.certs.device_ids(cfg.devices, &cfg.subscriber)?;
-    let sub_config = cfg
-        .certs
-        .client_config(&cfg.certs.load(&cfg.subscriber)?, true)?;
-    let subscriber = tracking::connect_subscriber(
+    let (ids, subscriber) = devices_and_subscriber(
         &cfg.target,
-        sub_config,
+        &cfg.certs,
+        cfg.devices,
         &cfg.subscriber,
-        FILTER,
         cfg.qos,
         cfg.subscriber_session,
     )
