@@ -54,10 +54,120 @@ pub struct AclRuleError {
     why: String,
 }
 
+/// One level of a compiled pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Level {
+    /// This text exactly.
+    Exact(String),
+    /// The connecting identity (`{cn}` alone in its level).
+    Cn,
+    /// Text with `{cn}` inside it.
+    Template(String),
+    /// `+`.
+    Plus,
+    /// `#` (always last).
+    Hash,
+}
+
+/// A rule split into levels once, so that checks on the publish path do
+/// not re-parse patterns or allocate.
+#[derive(Debug, Clone)]
+struct Compiled {
+    identity: String,
+    access: Access,
+    levels: Vec<Level>,
+}
+
+impl Compiled {
+    fn new(r: &AclRule) -> Self {
+        let levels = r
+            .topic
+            .split('/')
+            .map(|l| match l {
+                "{cn}" => Level::Cn,
+                "+" => Level::Plus,
+                "#" => Level::Hash,
+                l if l.contains("{cn}") => Level::Template(l.to_owned()),
+                l => Level::Exact(l.to_owned()),
+            })
+            .collect();
+        Self {
+            identity: r.identity.clone(),
+            access: r.access,
+            levels,
+        }
+    }
+
+    fn level_is(level: &Level, part: &str, cn: &str) -> bool {
+        match level {
+            Level::Exact(e) => e == part,
+            Level::Cn => part == cn,
+            Level::Template(t) => {
+                // `{cn}` appears once or more; compare without allocating.
+                let mut rest = part;
+                let mut pieces = t.split("{cn}").peekable();
+                while let Some(piece) = pieces.next() {
+                    let Some(after) = rest.strip_prefix(piece) else {
+                        return false;
+                    };
+                    rest = after;
+                    if pieces.peek().is_some() {
+                        let Some(after) = rest.strip_prefix(cn) else {
+                            return false;
+                        };
+                        rest = after;
+                    }
+                }
+                rest.is_empty()
+            }
+            Level::Plus | Level::Hash => true,
+        }
+    }
+
+    /// Topic name matching (MQTT 5 §4.7), `$` topics excluded from leading wildcards.
+    fn matches(&self, name: &str, cn: &str) -> bool {
+        let mut parts = name.split('/');
+        for (i, level) in self.levels.iter().enumerate() {
+            let wildcard = matches!(level, Level::Plus | Level::Hash);
+            if i == 0 && wildcard && name.starts_with('$') {
+                return false;
+            }
+            if *level == Level::Hash {
+                return true;
+            }
+            match parts.next() {
+                Some(part) if Self::level_is(level, part, cn) => {}
+                _ => return false,
+            }
+        }
+        parts.next().is_none()
+    }
+
+    /// Whether every topic `filter` can match is matched by this pattern.
+    fn covers(&self, filter: &str, cn: &str) -> bool {
+        let mut parts = filter.split('/');
+        for level in &self.levels {
+            if *level == Level::Hash {
+                return true;
+            }
+            let ok = match (level, parts.next()) {
+                (_, None) => false,
+                (Level::Plus, Some(part)) => part != "#",
+                (_, Some("+" | "#")) => false,
+                (level, Some(part)) => Self::level_is(level, part, cn),
+            };
+            if !ok {
+                return false;
+            }
+        }
+        parts.next().is_none()
+    }
+}
+
 /// The compiled rule set.
 #[derive(Debug, Clone)]
 pub struct Acl {
-    rules: Vec<AclRule>,
+    rules: Vec<Compiled>,
 }
 
 fn rule(identity: &str, access: Access, topic: &str) -> AclRule {
@@ -99,10 +209,12 @@ impl Acl {
             }
             rules.push(r.clone());
         }
-        Ok(Self { rules })
+        Ok(Self {
+            rules: rules.iter().map(Compiled::new).collect(),
+        })
     }
 
-    fn applicable<'a>(&'a self, who: &'a Identity) -> impl Iterator<Item = (Access, String)> + 'a {
+    fn applicable<'a>(&'a self, who: &'a Identity) -> impl Iterator<Item = &'a Compiled> + 'a {
         let kind = match who.kind {
             IdentityKind::Device => "device",
             IdentityKind::Service => "service",
@@ -110,19 +222,18 @@ impl Acl {
         self.rules
             .iter()
             .filter(move |r| r.identity == kind || r.identity == who.id.as_str())
-            .map(move |r| (r.access, r.topic.replace("{cn}", who.id.as_str())))
     }
 
     /// Whether `who` may publish to topic name `name`.
     pub fn may_publish(&self, who: &Identity, name: &str) -> bool {
         self.applicable(who)
-            .any(|(access, pattern)| access.allows_publish() && topic::matches(&pattern, name))
+            .any(|r| r.access.allows_publish() && r.matches(name, who.id.as_str()))
     }
 
     /// Whether `who` may subscribe to `filter` (the filter part of a shared subscription).
     pub fn may_subscribe(&self, who: &Identity, filter: &str) -> bool {
         self.applicable(who)
-            .any(|(access, pattern)| access.allows_subscribe() && topic::covers(&pattern, filter))
+            .any(|r| r.access.allows_subscribe() && r.covers(filter, who.id.as_str()))
     }
 }
 
@@ -181,6 +292,42 @@ mod tests {
         assert!(!acl.may_publish(&device("a"), "devices/b/custom"));
         assert!(acl.may_subscribe(&service("dashboard"), "$SYS/broker/uptime"));
         assert!(!acl.may_subscribe(&service("other"), "$SYS/broker/uptime"));
+    }
+
+    fn level() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just("a".to_owned()),
+            Just("dev".to_owned()),
+            Just(String::new()),
+            Just("$s".to_owned()),
+            Just("x-dev".to_owned()),
+        ]
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn compiled_rules_agree_with_textual_matching(
+            pattern in proptest::collection::vec(
+                proptest::prop_oneof![level(), proptest::strategy::Just("{cn}".to_owned()),
+                    proptest::strategy::Just("x-{cn}".to_owned()), proptest::strategy::Just("+".to_owned())], 1..4),
+            hash in proptest::arbitrary::any::<bool>(),
+            name in proptest::collection::vec(level(), 1..5),
+            filter in proptest::collection::vec(
+                proptest::prop_oneof![level(), proptest::strategy::Just("+".to_owned())], 1..4),
+            filter_hash in proptest::arbitrary::any::<bool>(),
+        ) {
+            let mut pattern = pattern.join("/");
+            if hash { pattern.push_str("/#"); }
+            let name = name.join("/");
+            let mut filter = filter.join("/");
+            if filter_hash { filter.push_str("/#"); }
+            let r = AclRule { identity: "device".into(), access: Access::Readwrite, topic: pattern.clone() };
+            let compiled = Compiled::new(&r);
+            let text = pattern.replace("{cn}", "dev");
+            proptest::prop_assert_eq!(compiled.matches(&name, "dev"), topic::matches(&text, &name), "{} vs {}", pattern, name);
+            proptest::prop_assert_eq!(compiled.covers(&filter, "dev"), topic::covers(&text, &filter), "{} vs {}", pattern, filter);
+        }
     }
 
     #[test]
