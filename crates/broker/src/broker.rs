@@ -215,6 +215,11 @@ impl Broker {
         let mut ops = Vec::new();
         let mut deliveries = Vec::with_capacity(targets.len());
         for t in targets {
+            // One look-up per target: the session decides persistence and
+            // receives the delivery.
+            let Some(session) = self.session(&t.client) else {
+                continue;
+            };
             let qos = message.qos.min(t.qos);
             let mut delivery = Delivery {
                 message: Arc::clone(message),
@@ -223,7 +228,7 @@ impl Broker {
                 subscription_ids: t.subscription_ids,
                 persist_id: None,
             };
-            if qos > 0 && self.is_persistent(&t.client) {
+            if qos > 0 && session.state.lock().is_ok_and(|st| st.persistent()) {
                 let id = self.next_persist_id.fetch_add(1, Ordering::Relaxed);
                 delivery.persist_id = Some(id);
                 ops.push(MqttOp::Enqueue {
@@ -232,23 +237,23 @@ impl Broker {
                     message: stored(message, qos, delivery.retain, &delivery.subscription_ids),
                 });
             }
-            deliveries.push((t.client, delivery));
+            deliveries.push((t.client, session, delivery));
         }
         // Submitted before the deliveries become visible, so that a
         // subscriber's acknowledgement can never overtake its enqueue.
         let durable = self.persister.submit(ops);
-        for (client, delivery) in deliveries {
-            self.enqueue(&client, delivery);
+        for (client, session, delivery) in deliveries {
+            self.enqueue_to(&client, &session, delivery);
         }
         durable
     }
 
-    fn is_persistent(&self, client: &str) -> bool {
+    /// The session of `client`, if it has one.
+    fn session(&self, client: &str) -> Option<Arc<Session>> {
         self.sessions
             .lock()
             .ok()
             .and_then(|s| s.get(client).cloned())
-            .is_some_and(|s| s.state.lock().is_ok_and(|st| st.persistent()))
     }
 
     /// Rebuilds persistent sessions and retained messages from the store.
@@ -321,12 +326,12 @@ impl Broker {
 
     /// Queues a delivery for one session, applying the overflow policy.
     pub(crate) fn enqueue(&self, client: &str, delivery: Delivery) {
-        let session = self
-            .sessions
-            .lock()
-            .ok()
-            .and_then(|s| s.get(client).cloned());
-        let Some(session) = session else { return };
+        if let Some(session) = self.session(client) {
+            self.enqueue_to(client, &session, delivery);
+        }
+    }
+
+    fn enqueue_to(&self, client: &str, session: &Session, delivery: Delivery) {
         let mut dropped = None;
         if let Ok(mut state) = session.state.lock() {
             if state.queue.len() >= self.config.max_queued_messages {

@@ -290,13 +290,7 @@ impl Connection {
                 client: client.to_string(),
             });
         }
-        if let Some(save) = session.state.lock().ok().and_then(|st| {
-            st.persistent().then(|| MqttOp::SaveSession {
-                client: client.to_string(),
-                expiry_secs: st.expiry_secs,
-                subscriptions: st.stored_subscriptions(),
-            })
-        }) {
+        if let Some(save) = session.state.lock().ok().and_then(|st| st.save_op(&client)) {
             ops.push(save);
         }
         // The session exists on disk before CONNACK says so.
@@ -417,11 +411,7 @@ impl Connection {
                 if let Ok(mut st) = session.state.lock() {
                     st.expires_at = Some(Instant::now() + Duration::from_secs(u64::from(expiry)));
                 }
-                let save = session.state.lock().ok().map(|st| MqttOp::SaveSession {
-                    client: client.to_string(),
-                    expiry_secs: st.expiry_secs,
-                    subscriptions: st.stored_subscriptions(),
-                });
+                let save = session.state.lock().ok().and_then(|st| st.save_op(&client));
                 // The expiry may have changed at DISCONNECT.
                 broker.persister.submit_later(
                     save.into_iter()
@@ -930,13 +920,7 @@ impl Connection {
     /// Writes a persistent session's subscriptions before the SUBACK or
     /// UNSUBACK that confirms them leaves (they sit in `out` until flushed).
     async fn persist_subscriptions(&self, session: &Session, client: &ClientId) {
-        let op = session.state.lock().ok().and_then(|st| {
-            st.persistent().then(|| MqttOp::SaveSession {
-                client: client.to_string(),
-                expiry_secs: st.expiry_secs,
-                subscriptions: st.stored_subscriptions(),
-            })
-        });
+        let op = session.state.lock().ok().and_then(|st| st.save_op(client));
         if let Some(op) = op
             && !persist::durable(self.broker.persister.submit(vec![op])).await
         {

@@ -83,6 +83,16 @@ impl SessionState {
         self.expiry_secs > 0
     }
 
+    /// The operation that stores this session, or `None` if it is not persistent.
+    pub fn save_op(&self, client: &str) -> Option<rampart_store::MqttOp> {
+        self.persistent()
+            .then(|| rampart_store::MqttOp::SaveSession {
+                client: client.to_owned(),
+                expiry_secs: self.expiry_secs,
+                subscriptions: self.stored_subscriptions(),
+            })
+    }
+
     /// Its subscriptions as stored.
     pub fn stored_subscriptions(&self) -> Vec<rampart_store::StoredSubscription> {
         let mut subs: Vec<_> = self
