@@ -299,6 +299,16 @@ pub struct Credentials {
     key_pem: String,
 }
 
+impl Credentials {
+    fn issued(name: &str, cert: rampart_pki::IssuedCertificate, key: &str) -> Self {
+        Self {
+            id: id(name),
+            cert_pem: cert.pem,
+            key_pem: key.to_owned(),
+        }
+    }
+}
+
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Credentials({})", self.id)
@@ -409,11 +419,7 @@ impl Platform {
             .pki
             .issue_device_with_generated_key(&id(name))
             .expect("issue a device certificate");
-        Credentials {
-            id: id(name),
-            cert_pem: cert.pem,
-            key_pem: key.to_string(),
-        }
+        Credentials::issued(name, cert, &key)
     }
 
     /// A registered device `name`.
@@ -436,11 +442,7 @@ impl Platform {
             )
             .await
             .expect("register the device");
-        Credentials {
-            id: id(name),
-            cert_pem: cert.pem,
-            key_pem: key.to_string(),
-        }
+        Credentials::issued(name, cert, &key)
     }
 
     /// A registered service identity `name`.
@@ -462,11 +464,7 @@ impl Platform {
             )
             .await
             .expect("register the service");
-        Credentials {
-            id: id(name),
-            cert_pem: cert.pem,
-            key_pem: key.to_string(),
-        }
+        Credentials::issued(name, cert, &key)
     }
 
     /// Revokes the device in the registry and tells the broker, as `serve`
