@@ -15,6 +15,7 @@ mod error;
 mod model;
 mod mqtt;
 pub mod sqlite;
+pub mod telemetry;
 
 use async_trait::async_trait;
 use rampart_pki::RevocationReason;
@@ -29,6 +30,7 @@ pub use model::{
 };
 pub use mqtt::{MqttOp, MqttSnapshot, StoredMessage, StoredSession, StoredSubscription};
 pub use sqlite::SqliteStore;
+pub use telemetry::TelemetryStore;
 
 /// Result type of every store operation.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

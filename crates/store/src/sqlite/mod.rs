@@ -15,6 +15,7 @@ mod mqtt;
 mod schema;
 mod services;
 mod store;
+mod telemetry;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -52,6 +53,7 @@ struct Inner {
     audit_key: AuditKey,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
+    series: Mutex<telemetry::SeriesCache>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -80,6 +82,7 @@ impl SqliteStore {
                 audit_key,
                 writer: Mutex::new(writer),
                 readers: Mutex::new(Vec::new()),
+                series: Mutex::new(telemetry::SeriesCache::new()),
             }),
         })
     }
@@ -157,6 +160,7 @@ fn connect(path: &Path, options: &SqliteOptions, read_only: bool) -> Result<Conn
         why: format!("cannot open it: {e}"),
     })?;
     conn.busy_timeout(options.busy_timeout).map_err(db)?;
+    conn.set_prepared_statement_cache_capacity(64);
     if !read_only {
         // WAL lets readers (the CLI, the console) proceed while `serve` writes.
         let mode: String = conn

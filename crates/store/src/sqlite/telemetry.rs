@@ -1,0 +1,854 @@
+//! Telemetry in SQLite: one write transaction per group commit; chart
+//! queries as one range scan of a rollup or of the raw points.
+
+use std::collections::HashMap;
+
+use std::sync::Arc;
+
+use rampart_proto::DeviceId;
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+
+use super::{SqliteStore, db};
+use crate::telemetry::{
+    BucketAggregator, DeviceTelemetryStats, IngestItem, ItemOutcome, NewReading, NewRejection,
+    PointCursor, PointFilter, PointRecord, PresenceHistoryRecord, PresenceRecord, Pruned,
+    QueryPlan, REJECTED_PAYLOAD_PREFIX, ReadingFate, RejectedRecord, Resolution, RollupRow, Series,
+    SeriesQuery, TelemetryStore,
+};
+use crate::{Result, StoreError};
+
+/// How many rejected messages are kept (oldest dropped first).
+const REJECTED_KEPT: i64 = 10_000;
+
+/// `(device, metric)` → series id, for series known to be committed.
+pub(super) type SeriesCache = HashMap<(String, String), i64>;
+
+/// Rollup key: series, resolution (ms), bucket start.
+type RollupKey = (i64, i64, i64);
+
+#[derive(Default)]
+struct StatsDelta {
+    readings: i64,
+    duplicates: i64,
+    rejected: i64,
+    conflicts: i64,
+    last_seq: Option<i64>,
+    last_reading_at: Option<i64>,
+    flag: Option<(i64, String)>,
+}
+
+/// The work of one commit, accumulated before the final writes.
+struct Batch<'a> {
+    tx: &'a Transaction<'a>,
+    cache: &'a SeriesCache,
+    new_series: Vec<((String, String), i64)>,
+    rollups: HashMap<RollupKey, RollupRow>,
+    stats: HashMap<String, StatsDelta>,
+    exported: Vec<PointRecord>,
+    outbox: bool,
+    any_rejected: bool,
+}
+
+/// Stores `items` inside `tx`. Returns the outcomes and the series created,
+/// which the caller adds to its cache once the transaction committed.
+pub(super) fn commit(
+    tx: &Transaction<'_>,
+    cache: &SeriesCache,
+    items: Vec<IngestItem>,
+    outbox: bool,
+    now_ms: i64,
+) -> Result<(Vec<ItemOutcome>, Vec<((String, String), i64)>)> {
+    let mut b = Batch {
+        tx,
+        cache,
+        new_series: Vec::new(),
+        rollups: HashMap::new(),
+        stats: HashMap::new(),
+        exported: Vec::new(),
+        outbox,
+        any_rejected: false,
+    };
+    let mut outcomes = Vec::with_capacity(items.len());
+    for item in items {
+        outcomes.push(match item {
+            IngestItem::Readings {
+                device,
+                readings,
+                payload,
+            } => ItemOutcome::Readings(b.readings(device.as_str(), &readings, &payload, now_ms)?),
+            IngestItem::State {
+                device,
+                at_ms,
+                reported,
+            } => {
+                b.state(device.as_str(), at_ms, &reported)?;
+                ItemOutcome::Recorded
+            }
+            IngestItem::Rejected(r) => {
+                b.reject(&r)?;
+                ItemOutcome::Recorded
+            }
+            IngestItem::Presence(p) => {
+                b.presence(&p)?;
+                ItemOutcome::Recorded
+            }
+        });
+    }
+    b.finish()?;
+    Ok((outcomes, b.new_series))
+}
+
+impl Batch<'_> {
+    fn series_id(&mut self, device: &str, metric: &str) -> Result<i64> {
+        let key = (device.to_owned(), metric.to_owned());
+        if let Some(id) = self.cache.get(&key) {
+            return Ok(*id);
+        }
+        if let Some((_, id)) = self.new_series.iter().find(|(k, _)| *k == key) {
+            return Ok(*id);
+        }
+        self.tx
+            .prepare_cached(
+                "INSERT INTO series (device_id, metric) VALUES (?1, ?2)
+                 ON CONFLICT (device_id, metric) DO NOTHING",
+            )
+            .and_then(|mut s| s.execute(params![device, metric]))
+            .map_err(db)?;
+        let id: i64 = self
+            .tx
+            .prepare_cached("SELECT id FROM series WHERE device_id = ?1 AND metric = ?2")
+            .and_then(|mut s| s.query_row(params![device, metric], |r| r.get(0)))
+            .map_err(db)?;
+        self.new_series.push((key, id));
+        Ok(id)
+    }
+
+    fn readings(
+        &mut self,
+        device: &str,
+        readings: &[NewReading],
+        payload: &[u8],
+        now_ms: i64,
+    ) -> Result<Vec<ReadingFate>> {
+        let mut fates = Vec::with_capacity(readings.len());
+        for r in readings {
+            let seq = seq_i64(r.seq)?;
+            let inserted = self
+                .tx
+                .prepare_cached(
+                    "INSERT INTO readings (device_id, seq, ts, received_at, digest, flags)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (device_id, seq) DO NOTHING",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        device,
+                        seq,
+                        r.ts_ms,
+                        r.received_ms,
+                        r.digest,
+                        r.flags
+                    ])
+                })
+                .map_err(db)?;
+            let fate = if inserted == 1 {
+                self.points(device, seq, r)?;
+                ReadingFate::Stored
+            } else {
+                let stored: i64 = self
+                    .tx
+                    .prepare_cached("SELECT digest FROM readings WHERE device_id = ?1 AND seq = ?2")
+                    .and_then(|mut s| s.query_row(params![device, seq], |row| row.get(0)))
+                    .map_err(db)?;
+                if stored == r.digest {
+                    ReadingFate::Duplicate
+                } else {
+                    ReadingFate::Conflict
+                }
+            };
+            let stats = self.stats.entry(device.to_owned()).or_default();
+            match fate {
+                ReadingFate::Stored => {
+                    stats.readings += 1;
+                    stats.last_seq = stats.last_seq.max(Some(seq));
+                    stats.last_reading_at = Some(now_ms);
+                }
+                ReadingFate::Duplicate => stats.duplicates += 1,
+                ReadingFate::Conflict => {
+                    let why = format!(
+                        "sequence conflict: seq {} was stored earlier with a different payload",
+                        r.seq
+                    );
+                    stats.conflicts += 1;
+                    stats.flag = Some((now_ms, why.clone()));
+                    self.reject(&NewRejection {
+                        device: device
+                            .parse()
+                            .map_err(|e| StoreError::Corrupt(format!("device id: {e}")))?,
+                        at_ms: r.received_ms,
+                        category: "telemetry".into(),
+                        kind: "sequence_conflict".into(),
+                        detail: why,
+                        seq: Some(r.seq),
+                        payload: payload.to_vec(),
+                        payload_len: payload.len(),
+                    })?;
+                }
+            }
+            fates.push(fate);
+        }
+        Ok(fates)
+    }
+
+    fn points(&mut self, device: &str, seq: i64, r: &NewReading) -> Result<()> {
+        for (metric, value) in &r.metrics {
+            let series = self.series_id(device, metric.as_str())?;
+            self.tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO points (series_id, ts, seq, value) VALUES (?1, ?2, ?3, ?4)",
+                )
+                .and_then(|mut s| s.execute(params![series, r.ts_ms, seq, value]))
+                .map_err(db)?;
+            let point = RollupRow::point(r.ts_ms, seq, *value);
+            for res in Resolution::ROLLUPS_COARSEST_FIRST {
+                let key = (series, res.millis(), res.bucket_of(r.ts_ms));
+                self.rollups
+                    .entry(key)
+                    .and_modify(|acc| merge(acc, &point))
+                    .or_insert(RollupRow {
+                        bucket: key.2,
+                        ..point
+                    });
+            }
+            if self.outbox {
+                self.exported.push(PointRecord {
+                    device: device.to_owned(),
+                    metric: metric.as_str().to_owned(),
+                    ts_ms: r.ts_ms,
+                    value: *value,
+                    seq: r.seq,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn state(&mut self, device: &str, at_ms: i64, reported: &serde_json::Value) -> Result<()> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO device_state (device_id, reported, updated_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (device_id) DO UPDATE SET reported = excluded.reported,
+                   updated_at = excluded.updated_at
+                 WHERE excluded.updated_at >= device_state.updated_at",
+            )
+            .and_then(|mut s| s.execute(params![device, reported.to_string(), at_ms]))
+            .map_err(db)?;
+        Ok(())
+    }
+
+    fn reject(&mut self, r: &NewRejection) -> Result<()> {
+        let kept = &r.payload[..r.payload.len().min(REJECTED_PAYLOAD_PREFIX)];
+        let seq = r.seq.map(seq_i64).transpose()?;
+        self.tx
+            .prepare_cached(
+                "INSERT INTO rejected (device_id, at, category, kind, detail, seq, payload, payload_len)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    r.device.as_str(),
+                    r.at_ms,
+                    r.category,
+                    r.kind,
+                    r.detail,
+                    seq,
+                    kept,
+                    r.payload_len as i64
+                ])
+            })
+            .map_err(db)?;
+        self.stats
+            .entry(r.device.as_str().to_owned())
+            .or_default()
+            .rejected += 1;
+        self.any_rejected = true;
+        Ok(())
+    }
+
+    fn presence(&mut self, p: &PresenceRecord) -> Result<()> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO presence_events (device_id, at, online, reason, addr)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    p.device.as_str(),
+                    p.at_ms,
+                    p.online,
+                    p.reason,
+                    p.addr
+                ])
+            })
+            .map_err(db)?;
+        // A taken-over session's disconnect follows the new connection's
+        // connect: it must not mark the device offline.
+        if p.reason.as_deref() != Some("taken_over") {
+            self.tx
+                .prepare_cached(
+                    "UPDATE devices SET online = ?2, last_seen = max(coalesce(last_seen, 0), ?3)
+                     WHERE id = ?1",
+                )
+                .and_then(|mut s| s.execute(params![p.device.as_str(), p.online, p.at_ms]))
+                .map_err(db)?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        let mut upsert = self
+            .tx
+            .prepare_cached(
+                "INSERT INTO rollups
+                   (series_id, resolution, bucket, min, max, sum, count, last_ts, last_seq, last_value)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                 ON CONFLICT (series_id, resolution, bucket) DO UPDATE SET
+                   min = min(rollups.min, excluded.min),
+                   max = max(rollups.max, excluded.max),
+                   sum = rollups.sum + excluded.sum,
+                   count = rollups.count + excluded.count,
+                   last_ts = CASE WHEN (excluded.last_ts, excluded.last_seq) > (rollups.last_ts, rollups.last_seq)
+                                  THEN excluded.last_ts ELSE rollups.last_ts END,
+                   last_seq = CASE WHEN (excluded.last_ts, excluded.last_seq) > (rollups.last_ts, rollups.last_seq)
+                                  THEN excluded.last_seq ELSE rollups.last_seq END,
+                   last_value = CASE WHEN (excluded.last_ts, excluded.last_seq) > (rollups.last_ts, rollups.last_seq)
+                                  THEN excluded.last_value ELSE rollups.last_value END",
+            )
+            .map_err(db)?;
+        for ((series, res, bucket), r) in &self.rollups {
+            upsert
+                .execute(params![
+                    series,
+                    res,
+                    bucket,
+                    r.min,
+                    r.max,
+                    r.sum,
+                    r.count as i64,
+                    r.last_key.0,
+                    r.last_key.1,
+                    r.last
+                ])
+                .map_err(db)?;
+        }
+        drop(upsert);
+        for (device, d) in &self.stats {
+            self.tx
+                .prepare_cached(
+                    "INSERT INTO device_stats (device_id, readings, duplicates, rejected, conflicts,
+                        last_seq, last_reading_at, flagged_at, flag_reason)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                     ON CONFLICT (device_id) DO UPDATE SET
+                       readings = device_stats.readings + excluded.readings,
+                       duplicates = device_stats.duplicates + excluded.duplicates,
+                       rejected = device_stats.rejected + excluded.rejected,
+                       conflicts = device_stats.conflicts + excluded.conflicts,
+                       last_seq = max(coalesce(device_stats.last_seq, excluded.last_seq), coalesce(excluded.last_seq, device_stats.last_seq)),
+                       last_reading_at = coalesce(excluded.last_reading_at, device_stats.last_reading_at),
+                       flagged_at = coalesce(excluded.flagged_at, device_stats.flagged_at),
+                       flag_reason = coalesce(excluded.flag_reason, device_stats.flag_reason)",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        device,
+                        d.readings,
+                        d.duplicates,
+                        d.rejected,
+                        d.conflicts,
+                        d.last_seq,
+                        d.last_reading_at,
+                        d.flag.as_ref().map(|f| f.0),
+                        d.flag.as_ref().map(|f| f.1.as_str())
+                    ])
+                })
+                .map_err(db)?;
+            if let Some(at) = d.last_reading_at {
+                self.tx
+                    .prepare_cached(
+                        "UPDATE devices SET last_seen = max(coalesce(last_seen, 0), ?2) WHERE id = ?1",
+                    )
+                    .and_then(|mut s| s.execute(params![device, at]))
+                    .map_err(db)?;
+            }
+        }
+        if self.any_rejected {
+            self.tx
+                .execute(
+                    "DELETE FROM rejected WHERE id <= (SELECT max(id) FROM rejected) - ?1",
+                    params![REJECTED_KEPT],
+                )
+                .map_err(db)?;
+        }
+        if !self.exported.is_empty() {
+            let body = serde_json::to_vec(&self.exported)
+                .map_err(|e| StoreError::Corrupt(format!("outbox batch: {e}")))?;
+            let at = self.exported.first().map(|p| p.ts_ms).unwrap_or_default();
+            self.tx
+                .prepare_cached("INSERT INTO export_outbox (at, body) VALUES (?1, ?2)")
+                .and_then(|mut s| s.execute(params![at, body]))
+                .map_err(db)?;
+        }
+        Ok(())
+    }
+}
+
+fn merge(acc: &mut RollupRow, p: &RollupRow) {
+    acc.min = acc.min.min(p.min);
+    acc.max = acc.max.max(p.max);
+    acc.sum += p.sum;
+    acc.count += p.count;
+    if p.last_key > acc.last_key {
+        acc.last_key = p.last_key;
+        acc.last = p.last;
+    }
+}
+
+fn seq_i64(seq: u64) -> Result<i64> {
+    // Validation refuses larger values; a store error here means a bug.
+    i64::try_from(seq).map_err(|_| StoreError::Corrupt(format!("seq {seq} exceeds 2^63-1")))
+}
+
+fn series_of(conn: &Connection, device: &str, metric: &str) -> Result<Option<i64>> {
+    conn.prepare_cached("SELECT id FROM series WHERE device_id = ?1 AND metric = ?2")
+        .and_then(|mut s| {
+            s.query_row(params![device, metric], |r| r.get(0))
+                .optional()
+        })
+        .map_err(db)
+}
+
+/// Answers a chart query.
+pub(super) fn query(conn: &Connection, q: &SeriesQuery) -> Result<Series> {
+    let plan = QueryPlan::for_query(q.from_ms, q.to_ms, q.buckets);
+    let mut agg = BucketAggregator::new(plan.origin, plan.bucket_ms);
+    if let Some(series) = series_of(conn, q.device.as_str(), q.metric.as_str())? {
+        if plan.resolution == Resolution::Raw {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT ts, seq, value FROM points
+                     WHERE series_id = ?1 AND ts >= ?2 AND ts < ?3 ORDER BY ts, seq",
+                )
+                .map_err(db)?;
+            let rows = stmt
+                .query_map(params![series, q.from_ms, q.to_ms], |r| {
+                    Ok(RollupRow::point(r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .map_err(db)?;
+            for row in rows {
+                agg.push(row.map_err(db)?);
+            }
+        } else {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT bucket, min, max, sum, count, last_ts, last_seq, last_value FROM rollups
+                     WHERE series_id = ?1 AND resolution = ?2 AND bucket >= ?3 AND bucket < ?4
+                     ORDER BY bucket",
+                )
+                .map_err(db)?;
+            let rows = stmt
+                .query_map(
+                    params![series, plan.resolution.millis(), plan.origin, q.to_ms],
+                    |r| {
+                        Ok(RollupRow {
+                            bucket: r.get(0)?,
+                            min: r.get(1)?,
+                            max: r.get(2)?,
+                            sum: r.get(3)?,
+                            count: r.get::<_, i64>(4)? as u64,
+                            last_key: (r.get(5)?, r.get(6)?),
+                            last: r.get(7)?,
+                        })
+                    },
+                )
+                .map_err(db)?;
+            for row in rows {
+                agg.push(row.map_err(db)?);
+            }
+        }
+    }
+    Ok(Series {
+        resolution: plan.resolution,
+        bucket_ms: plan.bucket_ms,
+        buckets: agg.finish(),
+    })
+}
+
+/// One page of an export.
+pub(super) fn export(
+    conn: &Connection,
+    filter: &PointFilter,
+    after: Option<PointCursor>,
+    limit: u32,
+) -> Result<(Vec<PointRecord>, Option<PointCursor>)> {
+    let after = after.unwrap_or(PointCursor {
+        series: i64::MIN,
+        ts_ms: i64::MIN,
+        seq: i64::MIN,
+    });
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT p.series_id, p.ts, p.seq, p.value, s.device_id, s.metric
+             FROM points p JOIN series s ON s.id = p.series_id
+             WHERE (p.series_id, p.ts, p.seq) > (?1, ?2, ?3)
+               AND (?4 IS NULL OR s.device_id = ?4)
+               AND p.ts >= ?5 AND p.ts < ?6
+             ORDER BY p.series_id, p.ts, p.seq LIMIT ?7",
+        )
+        .map_err(db)?;
+    let mut last = None;
+    let rows = stmt
+        .query_map(
+            params![
+                after.series,
+                after.ts_ms,
+                after.seq,
+                filter.device.as_ref().map(|d| d.as_str()),
+                filter.from_ms.unwrap_or(i64::MIN),
+                filter.to_ms.unwrap_or(i64::MAX),
+                limit
+            ],
+            |r| {
+                Ok((
+                    PointCursor {
+                        series: r.get(0)?,
+                        ts_ms: r.get(1)?,
+                        seq: r.get(2)?,
+                    },
+                    PointRecord {
+                        ts_ms: r.get(1)?,
+                        seq: r.get::<_, i64>(2)? as u64,
+                        value: r.get(3)?,
+                        device: r.get(4)?,
+                        metric: r.get(5)?,
+                    },
+                ))
+            },
+        )
+        .map_err(db)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (cursor, point) = row.map_err(db)?;
+        last = Some(cursor);
+        out.push(point);
+    }
+    let next = if out.len() == limit as usize {
+        last
+    } else {
+        None
+    };
+    Ok((out, next))
+}
+
+/// Retention: deletes what left its window.
+pub(super) fn prune(
+    tx: &Transaction<'_>,
+    raw_before: i64,
+    minute_before: i64,
+    hour_before: Option<i64>,
+    presence_before: i64,
+) -> Result<Pruned> {
+    let series: Vec<i64> = {
+        let mut stmt = tx.prepare("SELECT id FROM series").map_err(db)?;
+        stmt.query_map([], |r| r.get(0))
+            .map_err(db)?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(db)?
+    };
+    let mut pruned = Pruned::default();
+    for id in series {
+        pruned.points += tx
+            .prepare_cached("DELETE FROM points WHERE series_id = ?1 AND ts < ?2")
+            .and_then(|mut s| s.execute(params![id, raw_before]))
+            .map_err(db)? as u64;
+        pruned.rollups += tx
+            .prepare_cached(
+                "DELETE FROM rollups WHERE series_id = ?1 AND resolution = ?2 AND bucket < ?3",
+            )
+            .and_then(|mut s| s.execute(params![id, Resolution::Minute.millis(), minute_before]))
+            .map_err(db)? as u64;
+        if let Some(hour_before) = hour_before {
+            pruned.rollups += tx
+                .prepare_cached(
+                    "DELETE FROM rollups WHERE series_id = ?1 AND resolution = ?2 AND bucket < ?3",
+                )
+                .and_then(|mut s| s.execute(params![id, Resolution::Hour.millis(), hour_before]))
+                .map_err(db)? as u64;
+        }
+    }
+    pruned.readings = tx
+        .execute("DELETE FROM readings WHERE ts < ?1", params![raw_before])
+        .map_err(db)? as u64;
+    pruned.presence = tx
+        .execute(
+            "DELETE FROM presence_events WHERE at < ?1",
+            params![presence_before],
+        )
+        .map_err(db)? as u64;
+    Ok(pruned)
+}
+
+/// The oldest raw point's timestamp.
+pub(super) fn oldest_point(conn: &Connection) -> Result<Option<i64>> {
+    conn.query_row("SELECT min(ts) FROM readings", [], |r| r.get(0))
+        .map_err(db)
+}
+
+pub(super) fn rejected(
+    conn: &Connection,
+    device: Option<&str>,
+    limit: u32,
+) -> Result<Vec<RejectedRecord>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT id, device_id, at, category, kind, detail, seq, payload, payload_len
+             FROM rejected WHERE (?1 IS NULL OR device_id = ?1) ORDER BY id DESC LIMIT ?2",
+        )
+        .map_err(db)?;
+    let rows = stmt
+        .query_map(params![device, limit], |r| {
+            Ok(RejectedRecord {
+                id: r.get(0)?,
+                device: r.get(1)?,
+                at_ms: r.get(2)?,
+                category: r.get(3)?,
+                kind: r.get(4)?,
+                detail: r.get(5)?,
+                seq: r.get::<_, Option<i64>>(6)?.map(|s| s as u64),
+                payload: r.get(7)?,
+                payload_len: r.get::<_, i64>(8)? as u64,
+            })
+        })
+        .map_err(db)?;
+    rows.collect::<rusqlite::Result<_>>().map_err(db)
+}
+
+pub(super) fn device_stats(conn: &Connection, device: &str) -> Result<DeviceTelemetryStats> {
+    let mut stats = conn
+        .prepare_cached(
+            "SELECT readings, duplicates, rejected, conflicts, last_seq, last_reading_at,
+                    flagged_at, flag_reason FROM device_stats WHERE device_id = ?1",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![device], |r| {
+                Ok(DeviceTelemetryStats {
+                    readings: r.get::<_, i64>(0)? as u64,
+                    duplicates: r.get::<_, i64>(1)? as u64,
+                    rejected: r.get::<_, i64>(2)? as u64,
+                    conflicts: r.get::<_, i64>(3)? as u64,
+                    last_seq: r.get::<_, Option<i64>>(4)?.map(|s| s as u64),
+                    last_reading_at: r.get(5)?,
+                    flagged_at: r.get(6)?,
+                    flag_reason: r.get(7)?,
+                    metrics: Vec::new(),
+                })
+            })
+            .optional()
+        })
+        .map_err(db)?
+        .unwrap_or_default();
+    let mut stmt = conn
+        .prepare_cached("SELECT metric FROM series WHERE device_id = ?1 ORDER BY metric")
+        .map_err(db)?;
+    stats.metrics = stmt
+        .query_map(params![device], |r| r.get(0))
+        .map_err(db)?
+        .collect::<rusqlite::Result<_>>()
+        .map_err(db)?;
+    Ok(stats)
+}
+
+pub(super) fn presence_history(
+    conn: &Connection,
+    device: &str,
+    limit: u32,
+) -> Result<Vec<PresenceHistoryRecord>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT at, online, reason, addr FROM presence_events
+             WHERE device_id = ?1 ORDER BY at DESC, id DESC LIMIT ?2",
+        )
+        .map_err(db)?;
+    let rows = stmt
+        .query_map(params![device, limit], |r| {
+            Ok(PresenceHistoryRecord {
+                at_ms: r.get(0)?,
+                online: r.get(1)?,
+                reason: r.get(2)?,
+                addr: r.get(3)?,
+            })
+        })
+        .map_err(db)?;
+    rows.collect::<rusqlite::Result<_>>().map_err(db)
+}
+
+pub(super) fn reported_state(
+    conn: &Connection,
+    device: &str,
+) -> Result<Option<(serde_json::Value, i64)>> {
+    let row: Option<(String, i64)> = conn
+        .prepare_cached("SELECT reported, updated_at FROM device_state WHERE device_id = ?1")
+        .and_then(|mut s| {
+            s.query_row(params![device], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+        })
+        .map_err(db)?;
+    row.map(|(text, at)| {
+        serde_json::from_str(&text)
+            .map(|v| (v, at))
+            .map_err(|e| StoreError::Corrupt(format!("reported state of {device}: {e}")))
+    })
+    .transpose()
+}
+
+pub(super) fn outbox_peek(conn: &Connection, limit: u32) -> Result<Vec<(i64, Vec<PointRecord>)>> {
+    let mut stmt = conn
+        .prepare_cached("SELECT id, body FROM export_outbox ORDER BY id LIMIT ?1")
+        .map_err(db)?;
+    let rows = stmt
+        .query_map(params![limit], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })
+        .map_err(db)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, body) = row.map_err(db)?;
+        let points: Vec<PointRecord> = serde_json::from_slice(&body)
+            .map_err(|e| StoreError::Corrupt(format!("outbox batch {id}: {e}")))?;
+        out.push((id, points));
+    }
+    Ok(out)
+}
+
+#[async_trait::async_trait]
+impl TelemetryStore for SqliteStore {
+    async fn commit_ingest(
+        &self,
+        items: Vec<IngestItem>,
+        outbox: bool,
+    ) -> Result<Vec<ItemOutcome>> {
+        let inner = Arc::clone(&self.inner);
+        super::run_blocking(move || {
+            let mut conn = inner
+                .writer
+                .lock()
+                .map_err(|_| StoreError::Corrupt("writer connection poisoned".into()))?;
+            // Commits are serialised by the writer lock, so holding the cache
+            // for the whole transaction costs nothing; series created by a
+            // transaction enter it only once that transaction committed.
+            let mut cache = inner
+                .series
+                .lock()
+                .map_err(|_| StoreError::Corrupt("series cache poisoned".into()))?;
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db)?;
+            let (_, now) = super::now_ms();
+            let (outcomes, created) = commit(&tx, &cache, items, outbox, now)?;
+            tx.commit().map_err(db)?;
+            cache.extend(created);
+            Ok(outcomes)
+        })
+        .await
+    }
+
+    async fn query_series(&self, q: &SeriesQuery) -> Result<Series> {
+        let q = q.clone();
+        self.read(move |conn, _| query(conn, &q)).await
+    }
+
+    async fn export_points(
+        &self,
+        filter: &PointFilter,
+        after: Option<PointCursor>,
+        limit: u32,
+    ) -> Result<(Vec<PointRecord>, Option<PointCursor>)> {
+        let filter = filter.clone();
+        self.read(move |conn, _| export(conn, &filter, after, limit))
+            .await
+    }
+
+    async fn prune(
+        &self,
+        raw_before_ms: i64,
+        minute_before_ms: i64,
+        hour_before_ms: Option<i64>,
+        presence_before_ms: i64,
+    ) -> Result<Pruned> {
+        self.write(move |tx, _| {
+            prune(
+                tx,
+                raw_before_ms,
+                minute_before_ms,
+                hour_before_ms,
+                presence_before_ms,
+            )
+        })
+        .await
+    }
+
+    async fn oldest_point(&self) -> Result<Option<i64>> {
+        self.read(|conn, _| oldest_point(conn)).await
+    }
+
+    async fn rejected(&self, device: Option<&DeviceId>, limit: u32) -> Result<Vec<RejectedRecord>> {
+        let device = device.map(|d| d.as_str().to_owned());
+        self.read(move |conn, _| rejected(conn, device.as_deref(), limit))
+            .await
+    }
+
+    async fn device_telemetry(&self, device: &DeviceId) -> Result<DeviceTelemetryStats> {
+        let device = device.clone();
+        self.read(move |conn, _| device_stats(conn, device.as_str()))
+            .await
+    }
+
+    async fn presence_history(
+        &self,
+        device: &DeviceId,
+        limit: u32,
+    ) -> Result<Vec<PresenceHistoryRecord>> {
+        let device = device.clone();
+        self.read(move |conn, _| presence_history(conn, device.as_str(), limit))
+            .await
+    }
+
+    async fn reported_state(&self, device: &DeviceId) -> Result<Option<(serde_json::Value, i64)>> {
+        let device = device.clone();
+        self.read(move |conn, _| reported_state(conn, device.as_str()))
+            .await
+    }
+
+    async fn outbox_peek(&self, limit: u32) -> Result<Vec<(i64, Vec<PointRecord>)>> {
+        self.read(move |conn, _| outbox_peek(conn, limit)).await
+    }
+
+    async fn outbox_ack(&self, upto: i64) -> Result<()> {
+        self.write(move |tx, _| {
+            tx.execute("DELETE FROM export_outbox WHERE id <= ?1", params![upto])
+                .map_err(db)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn outbox_failed(&self, id: i64) -> Result<()> {
+        self.write(move |tx, _| {
+            tx.execute(
+                "UPDATE export_outbox SET attempts = attempts + 1 WHERE id = ?1",
+                params![id],
+            )
+            .map_err(db)?;
+            Ok(())
+        })
+        .await
+    }
+}
