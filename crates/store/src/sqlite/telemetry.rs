@@ -23,6 +23,9 @@ const REJECTED_KEPT: i64 = 10_000;
 /// `(device, metric)` → series id, for series known to be committed.
 pub(super) type SeriesCache = HashMap<(String, String), i64>;
 
+/// Series created by a transaction, added to the cache after it commits.
+type NewSeries = Vec<((String, String), i64)>;
+
 /// Rollup key: series, resolution (ms), bucket start.
 type RollupKey = (i64, i64, i64);
 
@@ -41,7 +44,7 @@ struct StatsDelta {
 struct Batch<'a> {
     tx: &'a Transaction<'a>,
     cache: &'a SeriesCache,
-    new_series: Vec<((String, String), i64)>,
+    new_series: NewSeries,
     rollups: HashMap<RollupKey, RollupRow>,
     stats: HashMap<String, StatsDelta>,
     exported: Vec<PointRecord>,
@@ -57,7 +60,7 @@ pub(super) fn commit(
     items: Vec<IngestItem>,
     outbox: bool,
     now_ms: i64,
-) -> Result<(Vec<ItemOutcome>, Vec<((String, String), i64)>)> {
+) -> Result<(Vec<ItemOutcome>, NewSeries)> {
     let mut b = Batch {
         tx,
         cache,
