@@ -333,9 +333,13 @@ pub struct Pruned {
 pub trait TelemetryStore: Send + Sync + std::fmt::Debug {
     /// Stores a group of items in one durable transaction and says what
     /// became of each, in order. Either everything is committed or nothing.
-    /// With `outbox`, the stored points are also queued for export.
-    async fn commit_ingest(&self, items: Vec<IngestItem>, outbox: bool)
-    -> Result<Vec<ItemOutcome>>;
+    /// With `outbox`, the stored points are also queued for export. The
+    /// items are shared so that a caller can retry a failed commit.
+    async fn commit_ingest(
+        &self,
+        items: std::sync::Arc<[IngestItem]>,
+        outbox: bool,
+    ) -> Result<Vec<ItemOutcome>>;
 
     /// Answers a chart query from the coarsest resolution that still gives
     /// the requested number of buckets.

@@ -55,6 +55,16 @@ fn message(device: &str, readings: Vec<NewReading>) -> IngestItem {
     }
 }
 
+async fn commit<S: TelemetryStore>(
+    s: &S,
+    items: Vec<IngestItem>,
+    outbox: bool,
+) -> Vec<ItemOutcome> {
+    s.commit_ingest(items.into(), outbox)
+        .await
+        .expect("commit ingest")
+}
+
 fn fates(out: &[ItemOutcome]) -> Vec<ReadingFate> {
     out.iter()
         .flat_map(|o| match o {
@@ -99,7 +109,7 @@ async fn dedupe_and_conflicts<S: TelemetryStore>(s: &S) {
         ),
         message("dev-b", vec![reading(1, T0, &[("temperature", 19.0)])]),
     ];
-    let out = s.commit_ingest(first, false).await.expect("commit");
+    let out = commit(s, first, false).await;
     assert_eq!(fates(&out), vec![ReadingFate::Stored; 3]);
 
     // A replay (DUP redelivery) and a replay inside one batch are duplicates.
@@ -117,7 +127,7 @@ async fn dedupe_and_conflicts<S: TelemetryStore>(s: &S) {
             vec![reading(3, T0 + 2000, &[("temperature", 22.0)])],
         ),
     ];
-    let out = s.commit_ingest(again, false).await.expect("commit");
+    let out = commit(s, again, false).await;
     assert_eq!(
         fates(&out),
         vec![
@@ -128,16 +138,15 @@ async fn dedupe_and_conflicts<S: TelemetryStore>(s: &S) {
     );
 
     // Same seq, different content: a conflict, kept as rejected, device flagged.
-    let out = s
-        .commit_ingest(
-            vec![message(
-                "dev-a",
-                vec![reading(1, T0, &[("temperature", 99.0)])],
-            )],
-            false,
-        )
-        .await
-        .expect("commit");
+    let out = commit(
+        s,
+        vec![message(
+            "dev-a",
+            vec![reading(1, T0, &[("temperature", 99.0)])],
+        )],
+        false,
+    )
+    .await;
     assert_eq!(fates(&out), vec![ReadingFate::Conflict]);
     let rejected = s.rejected(Some(&id("dev-a")), 10).await.expect("rejected");
     assert_eq!(rejected.len(), 1);
@@ -164,16 +173,15 @@ async fn dedupe_and_conflicts<S: TelemetryStore>(s: &S) {
     );
 
     // Late buffered data (an older seq never stored) is stored.
-    let out = s
-        .commit_ingest(
-            vec![message(
-                "dev-b",
-                vec![reading(0, T0 - 5000, &[("temperature", 18.0)])],
-            )],
-            false,
-        )
-        .await
-        .expect("commit");
+    let out = commit(
+        s,
+        vec![message(
+            "dev-b",
+            vec![reading(0, T0 - 5000, &[("temperature", 18.0)])],
+        )],
+        false,
+    )
+    .await;
     assert_eq!(fates(&out), vec![ReadingFate::Stored]);
 
     // Exactly the stored points, once each, and the conflict's value is absent.
@@ -226,7 +234,7 @@ async fn state_presence_and_rejections<S: TelemetryStore>(s: &S) {
             reported: serde_json::json!({"fw": "1.1.0"}),
         },
     ];
-    let out = s.commit_ingest(items, false).await.expect("commit");
+    let out = commit(s, items, false).await;
     assert!(out.iter().all(|o| *o == ItemOutcome::Recorded));
     let history = s.presence_history(&dev, 10).await.expect("history");
     assert_eq!(history.len(), 2);
@@ -243,25 +251,25 @@ async fn state_presence_and_rejections<S: TelemetryStore>(s: &S) {
 }
 
 async fn outbox_holds_stored_points_until_acknowledged<S: TelemetryStore>(s: &S) {
-    s.commit_ingest(
+    commit(
+        s,
         vec![message(
             "dev-o",
             vec![reading(1, T0, &[("temperature", 1.0)])],
         )],
         true,
     )
-    .await
-    .expect("commit");
+    .await;
     // A duplicate adds nothing to export.
-    s.commit_ingest(
+    commit(
+        s,
         vec![
             message("dev-o", vec![reading(1, T0, &[("temperature", 1.0)])]),
             message("dev-o", vec![reading(2, T0 + 1, &[("temperature", 2.0)])]),
         ],
         true,
     )
-    .await
-    .expect("commit");
+    .await;
     let batches = s.outbox_peek(10).await.expect("peek");
     assert_eq!(batches.len(), 2);
     assert_eq!(batches[0].1.len(), 1);
@@ -282,7 +290,7 @@ async fn retention_prunes_old_raw_data_but_keeps_rollups<S: TelemetryStore>(s: &
             )
         })
         .collect();
-    s.commit_ingest(items, false).await.expect("commit");
+    commit(s, items, false).await;
     assert_eq!(s.oldest_point().await.expect("oldest"), Some(T0));
     let pruned = s
         .prune(T0 + 5 * day, T0 + 2 * day, None, T0)
@@ -358,7 +366,7 @@ async fn rollups_agree_with_raw<S: TelemetryStore>(
             .iter()
             .map(|(ts, seq, v)| message(device, vec![reading(*seq, *ts, &[("v", *v)])]))
             .collect();
-        s.commit_ingest(items, false).await.expect("commit");
+        commit(s, items, false).await;
     }
     let answer = s
         .query_series(&SeriesQuery {

@@ -57,7 +57,7 @@ struct Batch<'a> {
 pub(super) fn commit(
     tx: &Transaction<'_>,
     cache: &SeriesCache,
-    items: Vec<IngestItem>,
+    items: &[IngestItem],
     outbox: bool,
     now_ms: i64,
 ) -> Result<(Vec<ItemOutcome>, NewSeries)> {
@@ -78,21 +78,21 @@ pub(super) fn commit(
                 device,
                 readings,
                 payload,
-            } => ItemOutcome::Readings(b.readings(device.as_str(), &readings, &payload, now_ms)?),
+            } => ItemOutcome::Readings(b.readings(device.as_str(), readings, payload, now_ms)?),
             IngestItem::State {
                 device,
                 at_ms,
                 reported,
             } => {
-                b.state(device.as_str(), at_ms, &reported)?;
+                b.state(device.as_str(), *at_ms, reported)?;
                 ItemOutcome::Recorded
             }
             IngestItem::Rejected(r) => {
-                b.reject(&r)?;
+                b.reject(r)?;
                 ItemOutcome::Recorded
             }
             IngestItem::Presence(p) => {
-                b.presence(&p)?;
+                b.presence(p)?;
                 ItemOutcome::Recorded
             }
         });
@@ -735,7 +735,7 @@ pub(super) fn outbox_peek(conn: &Connection, limit: u32) -> Result<Vec<(i64, Vec
 impl TelemetryStore for SqliteStore {
     async fn commit_ingest(
         &self,
-        items: Vec<IngestItem>,
+        items: Arc<[IngestItem]>,
         outbox: bool,
     ) -> Result<Vec<ItemOutcome>> {
         let inner = Arc::clone(&self.inner);
@@ -755,7 +755,7 @@ impl TelemetryStore for SqliteStore {
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(db)?;
             let (_, now) = super::now_ms();
-            let (outcomes, created) = commit(&tx, &cache, items, outbox, now)?;
+            let (outcomes, created) = commit(&tx, &cache, &items, outbox, now)?;
             tx.commit().map_err(db)?;
             cache.extend(created);
             Ok(outcomes)

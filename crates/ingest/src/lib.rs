@@ -1,0 +1,336 @@
+//! Rampart's telemetry pipeline: what happens to a device's uplink between
+//! the broker reading it and the broker acknowledging it.
+//!
+//! Named steps, one module each: [`decode`] → [`validate`] → [`dedupe`] →
+//! [`commit`] (group commit into a [`TelemetryStore`]) → [`acknowledge`] →
+//! [`fanout`]. The [`Pipeline`] implements the broker's
+//! [`IngestSink`](rampart_proto::ingest::IngestSink): a QoS ≥ 1 message is
+//! acknowledged only once the transaction holding it is durable, and a
+//! replay is acknowledged without being stored twice.
+//!
+//! A bad message is rejected alone: it is counted (per device in the store,
+//! globally in [`PipelineMetrics`]), logged at debug level (the broker logs
+//! every rejection it acknowledges), and kept in the bounded rejected
+//! table; nothing else in the batch is affected.
+
+pub mod acknowledge;
+pub mod commit;
+pub mod decode;
+pub mod dedupe;
+pub mod fanout;
+pub mod metrics;
+pub mod validate;
+
+use std::sync::Arc;
+
+use rampart_proto::ingest::{
+    InboundMessage, IngestOutcome, IngestSink, PresenceEvent, Rejection, RejectionKind,
+};
+use rampart_proto::telemetry::Limits;
+use rampart_store::telemetry::{
+    IngestItem, ItemOutcome, NewReading, NewRejection, PresenceRecord, ReadingFate, TelemetryStore,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+pub use commit::CommitOptions;
+pub use decode::Decoded;
+pub use fanout::{Fanout, LiveEvent, StoredReading};
+pub use metrics::PipelineMetrics;
+
+/// Pipeline settings.
+#[derive(Debug, Clone, Copy)]
+pub struct PipelineOptions {
+    /// Payload limits.
+    pub limits: Limits,
+    /// Group-commit tuning.
+    pub commit: CommitOptions,
+    /// Messages waiting for a transaction before offers wait (back-pressure).
+    pub queue: usize,
+    /// Live events buffered per slow subscriber.
+    pub live_buffer: usize,
+}
+
+impl Default for PipelineOptions {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            commit: CommitOptions::default(),
+            queue: 16_384,
+            live_buffer: 4096,
+        }
+    }
+}
+
+/// The telemetry pipeline. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    queue: mpsc::Sender<commit::Job>,
+    limits: Limits,
+    fanout: Fanout,
+    metrics: Arc<PipelineMetrics>,
+}
+
+impl Pipeline {
+    /// Starts the committer on `store`. The returned task ends once every
+    /// clone of the pipeline is dropped and the queue is committed.
+    pub fn start(
+        store: Arc<dyn TelemetryStore>,
+        options: PipelineOptions,
+    ) -> (Self, JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(options.queue.max(1));
+        let metrics = Arc::new(PipelineMetrics::default());
+        let task = tokio::spawn(commit::run(store, rx, options.commit, Arc::clone(&metrics)));
+        (
+            Self {
+                queue: tx,
+                limits: options.limits,
+                fanout: Fanout::new(options.live_buffer),
+                metrics,
+            },
+            task,
+        )
+    }
+
+    /// Live events, from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<LiveEvent>> {
+        self.fanout.subscribe()
+    }
+
+    /// The pipeline's counters.
+    pub fn metrics(&self) -> &Arc<PipelineMetrics> {
+        &self.metrics
+    }
+
+    /// Queues `items` and waits for their transaction. `None` when the store
+    /// could not commit them (or the pipeline is shutting down).
+    async fn commit(&self, items: Vec<IngestItem>) -> Option<Vec<ItemOutcome>> {
+        let (reply, answer) = oneshot::channel();
+        let job = commit::Job {
+            items,
+            reply: Some(reply),
+        };
+        self.queue.send(job).await.ok()?;
+        answer.await.ok().flatten()
+    }
+
+    /// Runs one message through every step.
+    pub async fn process(&self, message: InboundMessage) -> IngestOutcome {
+        PipelineMetrics::inc(&self.metrics.messages);
+        let decoded = match decode::decode(
+            message.category,
+            &message.payload,
+            message.properties.content_type.as_deref(),
+            &self.limits,
+        ) {
+            Ok(d) => d,
+            Err(rejection) => return self.reject(&message, rejection, None).await,
+        };
+        match decoded {
+            Decoded::PassThrough => IngestOutcome::Committed,
+            Decoded::State(reported) => {
+                let item = IngestItem::State {
+                    device: message.device.clone(),
+                    at_ms: message.received_at_ms,
+                    reported: reported.clone(),
+                };
+                match self.commit(vec![item]).await {
+                    Some(_) => {
+                        self.fanout.publish(LiveEvent::State {
+                            device: message.device,
+                            reported,
+                        });
+                        IngestOutcome::Committed
+                    }
+                    None => self.failed(),
+                }
+            }
+            Decoded::Readings(readings) => {
+                match validate::validate(readings, message.received_at_ms) {
+                    Ok(valid) => self.readings(message, valid).await,
+                    Err(rejection) => self.reject(&message, rejection, None).await,
+                }
+            }
+        }
+    }
+
+    async fn readings(
+        &self,
+        message: InboundMessage,
+        valid: Vec<validate::ValidReading>,
+    ) -> IngestOutcome {
+        let readings: Vec<NewReading> = valid
+            .iter()
+            .map(|v| NewReading {
+                seq: v.reading.seq,
+                ts_ms: v.ts_ms,
+                received_ms: message.received_at_ms,
+                flags: v.flags,
+                digest: dedupe::digest(&v.reading),
+                metrics: v.reading.metrics.clone(),
+            })
+            .collect();
+        let item = IngestItem::Readings {
+            device: message.device.clone(),
+            readings,
+            payload: message.payload.clone(),
+        };
+        let Some(mut outcomes) = self.commit(vec![item]).await else {
+            return self.failed();
+        };
+        let fates = match outcomes.pop() {
+            Some(ItemOutcome::Readings(f)) if f.len() == valid.len() => f,
+            other => {
+                tracing::error!(?other, "telemetry store answered for the wrong items");
+                return self.failed();
+            }
+        };
+        let m = &self.metrics;
+        let mut stored = Vec::new();
+        for (v, fate) in valid.into_iter().zip(&fates) {
+            match fate {
+                ReadingFate::Stored => {
+                    PipelineMetrics::add(&m.points_stored, v.reading.metrics.len() as u64);
+                    stored.push(StoredReading {
+                        seq: v.reading.seq,
+                        ts_ms: v.ts_ms,
+                        metrics: v.reading.metrics,
+                    });
+                }
+                ReadingFate::Duplicate => PipelineMetrics::inc(&m.duplicates),
+                ReadingFate::Conflict => {
+                    PipelineMetrics::inc(&m.conflicts);
+                    tracing::warn!(device_id = %message.device, seq = v.reading.seq, "sequence conflict: device flagged");
+                }
+            }
+        }
+        PipelineMetrics::add(&m.readings_stored, stored.len() as u64);
+        if !stored.is_empty() {
+            self.fanout.publish(LiveEvent::Readings {
+                device: message.device,
+                readings: stored,
+            });
+        }
+        let outcome = acknowledge::outcome(&fates);
+        if let IngestOutcome::Rejected(r) = &outcome {
+            self.count_rejection(r.kind);
+        }
+        outcome
+    }
+
+    /// Records a rejection (kept in the store, counted, published) and
+    /// returns it as the outcome.
+    async fn reject(
+        &self,
+        message: &InboundMessage,
+        rejection: Rejection,
+        seq: Option<u64>,
+    ) -> IngestOutcome {
+        self.count_rejection(rejection.kind);
+        tracing::debug!(device_id = %message.device, reason = rejection.kind.label(), detail = %rejection.detail, "message rejected");
+        let item = IngestItem::Rejected(NewRejection {
+            device: message.device.clone(),
+            at_ms: message.received_at_ms,
+            category: message.category.as_str().to_owned(),
+            kind: rejection.kind.label().to_owned(),
+            detail: rejection.detail.clone(),
+            seq,
+            payload: message.payload[..message
+                .payload
+                .len()
+                .min(rampart_store::telemetry::REJECTED_PAYLOAD_PREFIX)]
+                .to_vec(),
+            payload_len: message.payload.len(),
+        });
+        // Waiting on the record's commit also slows a device that floods
+        // bad payloads down to the store's pace.
+        if self.commit(vec![item]).await.is_none() {
+            tracing::warn!(device_id = %message.device, "could not record a rejected message");
+        }
+        self.fanout.publish(LiveEvent::Rejected {
+            device: message.device.clone(),
+            kind: rejection.kind.label().to_owned(),
+        });
+        IngestOutcome::Rejected(rejection)
+    }
+
+    fn count_rejection(&self, kind: RejectionKind) {
+        let m = &self.metrics;
+        PipelineMetrics::inc(&m.rejected);
+        match kind {
+            RejectionKind::PayloadFormatInvalid => PipelineMetrics::inc(&m.rejected_format),
+            RejectionKind::QuotaExceeded => PipelineMetrics::inc(&m.rejected_quota),
+            RejectionKind::Internal => PipelineMetrics::inc(&m.rejected_internal),
+            RejectionKind::NotAuthorized => {}
+        }
+    }
+
+    fn failed(&self) -> IngestOutcome {
+        self.count_rejection(RejectionKind::Internal);
+        acknowledge::store_failed()
+    }
+
+    /// Records a presence event without waiting for its commit.
+    pub async fn record_presence(&self, event: PresenceEvent) {
+        let (record, live) = match event {
+            PresenceEvent::Connected {
+                device,
+                at_ms,
+                addr,
+                ..
+            } => (
+                PresenceRecord {
+                    device: device.clone(),
+                    at_ms,
+                    online: true,
+                    reason: None,
+                    addr: Some(addr.to_string()),
+                },
+                LiveEvent::Presence {
+                    device,
+                    online: true,
+                    reason: None,
+                    at_ms,
+                },
+            ),
+            PresenceEvent::Disconnected {
+                device,
+                at_ms,
+                reason,
+            } => (
+                PresenceRecord {
+                    device: device.clone(),
+                    at_ms,
+                    online: false,
+                    reason: Some(reason.as_str().to_owned()),
+                    addr: None,
+                },
+                LiveEvent::Presence {
+                    device,
+                    online: false,
+                    reason: Some(reason),
+                    at_ms,
+                },
+            ),
+        };
+        let job = commit::Job {
+            items: vec![IngestItem::Presence(record)],
+            reply: None,
+        };
+        if self.queue.send(job).await.is_err() {
+            tracing::warn!("pipeline stopped: presence event not recorded");
+        }
+        self.fanout.publish(live);
+    }
+}
+
+#[async_trait::async_trait]
+impl IngestSink for Pipeline {
+    async fn ingest(&self, message: InboundMessage) -> IngestOutcome {
+        self.process(message).await
+    }
+
+    async fn presence(&self, event: PresenceEvent) {
+        self.record_presence(event).await;
+    }
+}
