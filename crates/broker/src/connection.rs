@@ -20,6 +20,7 @@ use crate::codec::{
 use bytes::BytesMut;
 use rampart_proto::ingest::{
     DisconnectReason, InboundMessage, IngestOutcome, MessageProperties, PresenceEvent, QoS,
+    RejectionKind,
 };
 use rampart_proto::topic::{DeviceTopic, Direction};
 use rampart_store::MqttOp;
@@ -840,6 +841,12 @@ impl Connection {
                 IngestOutcome::Rejected(r) => {
                     Metrics::inc(&metrics.ingest_rejected);
                     tracing::info!(device_id = %identity.id, topic = %topic, reason = r.kind.label(), detail = %r.detail, "publish rejected by the pipeline");
+                    if r.kind == RejectionKind::Internal && self.version != 5 && qos > 0 {
+                        // Not stored, and MQTT 3.1.1 cannot say so: close
+                        // unacknowledged so the client sends it again.
+                        let e = CodecError::Protocol("telemetry store unavailable".into());
+                        return Some(self.protocol_error(identity, &e));
+                    }
                     let code = ReasonCode::from_u8(r.kind.reason_code())
                         .unwrap_or(ReasonCode::UnspecifiedError);
                     self.ack(qos, id, code, Some(r.detail), session);

@@ -68,7 +68,11 @@ async fn bad_messages_are_rejected_alone_with_their_reason() {
     let (p, _task) = Pipeline::start(s.clone(), PipelineOptions::default());
 
     let deep = format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000));
-    let deep_small = format!(r#"{{"seq":1,"m":{}1{}}}"#, "[".repeat(20_000), "]".repeat(20_000));
+    let deep_small = format!(
+        r#"{{"seq":1,"m":{}1{}}}"#,
+        "[".repeat(20_000),
+        "]".repeat(20_000)
+    );
     let cbor_ok = rampart_proto::telemetry::encode(
         &[rampart_proto::telemetry::Reading {
             seq: 9,

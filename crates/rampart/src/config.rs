@@ -28,6 +28,8 @@ pub struct Config {
     pub serve: ServeConfig,
     /// The MQTT broker.
     pub broker: rampart_broker::BrokerConfig,
+    /// The telemetry pipeline.
+    pub telemetry: TelemetryConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -114,6 +116,93 @@ impl Default for ServeConfig {
             tls_reload_interval: Duration::from_secs(30),
         }
     }
+}
+
+/// `[telemetry]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Largest telemetry or state payload, in bytes.
+    pub max_payload_bytes: usize,
+    /// Most metrics in one reading.
+    pub max_metrics: usize,
+    /// Most readings in one batch message.
+    pub max_batch: usize,
+    /// Most messages in one group-commit transaction.
+    pub commit_max_items: usize,
+    /// How long raw points are kept.
+    #[serde(with = "humantime_serde")]
+    pub raw_retention: Duration,
+    /// How long one-minute rollups are kept.
+    #[serde(with = "humantime_serde")]
+    pub minute_retention: Duration,
+    /// How long hourly rollups are kept (absent: forever). Daily rollups
+    /// are kept forever.
+    #[serde(
+        with = "humantime_serde",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub hour_retention: Option<Duration>,
+    /// How long presence history is kept.
+    #[serde(with = "humantime_serde")]
+    pub presence_retention: Duration,
+    /// Archive raw points to compressed files in the data dir before
+    /// deleting them.
+    pub archive: bool,
+    /// How often retention runs.
+    #[serde(with = "humantime_serde")]
+    pub retention_interval: Duration,
+    /// Push stored points to InfluxDB (absent: no push).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub influx: Option<InfluxConfig>,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        let limits = rampart_proto::telemetry::Limits::default();
+        Self {
+            max_payload_bytes: limits.max_payload_bytes,
+            max_metrics: limits.max_metrics,
+            max_batch: limits.max_batch,
+            commit_max_items: 4096,
+            raw_retention: Duration::from_secs(30 * 86_400),
+            minute_retention: Duration::from_secs(365 * 86_400),
+            hour_retention: None,
+            presence_retention: Duration::from_secs(365 * 86_400),
+            archive: true,
+            retention_interval: Duration::from_secs(3600),
+            influx: None,
+        }
+    }
+}
+
+/// `[telemetry.influx]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InfluxConfig {
+    /// The write endpoint: v1 `http://host:8086/write?db=D` or v2
+    /// `https://host:8086/api/v2/write?org=O&bucket=B`.
+    pub url: String,
+    /// Environment variable holding the API token (sent as
+    /// `Authorization: Token ...`); unset: no token.
+    #[serde(default = "default_influx_token_env")]
+    pub token_env: String,
+    /// Measurement name.
+    #[serde(default = "default_influx_measurement")]
+    pub measurement: String,
+    /// A CA certificate (PEM) to trust for the endpoint, besides the
+    /// public roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+fn default_influx_token_env() -> String {
+    "RAMPART_INFLUX_TOKEN".into()
+}
+
+fn default_influx_measurement() -> String {
+    "telemetry".into()
 }
 
 /// `[log]`
@@ -221,6 +310,32 @@ max_keepalive_secs = 3600
 # identity = "device"          # "device", "service", or one exact identity name
 # access = "readwrite"         # "publish", "subscribe" or "readwrite"
 # topic = "devices/{cn}/#"     # {cn} = the connecting identity
+
+[telemetry]
+# Largest telemetry or state payload, in bytes.
+max_payload_bytes = 65536
+# Most metrics in one reading, and readings in one batch message.
+max_metrics = 64
+max_batch = 1000
+# Most messages committed in one transaction (group commit).
+commit_max_items = 4096
+# Retention per resolution. Daily rollups are kept forever; hourly ones too
+# unless hour_retention is set.
+raw_retention = "30days"
+minute_retention = "365days"
+# hour_retention = "5years"
+presence_retention = "365days"
+# Write raw points leaving retention to compressed files under archive/ in
+# the data dir before deleting them.
+archive = true
+retention_interval = "1h"
+# Push every stored point to InfluxDB (v1 /write or v2 /api/v2/write),
+# through a durable outbox: nothing is lost while InfluxDB is down.
+# [telemetry.influx]
+# url = "https://influx.example:8086/api/v2/write?org=acme&bucket=fleet"
+# token_env = "RAMPART_INFLUX_TOKEN"
+# measurement = "telemetry"
+# ca_file = "/etc/rampart/influx-ca.pem"
 
 [log]
 # "text" or "json".

@@ -13,7 +13,6 @@ mod logging;
 mod output;
 mod platform;
 mod serve;
-mod sink;
 
 use std::process::ExitCode;
 

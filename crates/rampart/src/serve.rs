@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use rampart_broker::{Broker, TlsMaterial};
+use rampart_ingest::{CommitOptions, Pipeline, PipelineOptions};
+use rampart_proto::telemetry::Limits;
 use rampart_store::{Change, ChangeKind, Store};
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
@@ -19,10 +21,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{GlobalArgs, ServeArgs};
-use crate::config::Config;
+use crate::config::{Config, TelemetryConfig};
 use crate::datadir::DataDir;
 use crate::platform::Platform;
-use crate::sink::RegistrySink;
 
 /// Change-feed events buffered per subscriber before it is told it lagged.
 const CHANGE_BUFFER: usize = 1024;
@@ -45,13 +46,19 @@ pub async fn run(g: &GlobalArgs, config: Config, args: ServeArgs) -> Result<Exit
     let shutdown = CancellationToken::new();
     spawn_signal_listener(shutdown.clone())?;
 
+    // The pipeline: every device uplink is committed before it is acknowledged.
+    let (pipeline, committer) = Pipeline::start(
+        Arc::new(platform.store.clone()),
+        pipeline_options(&platform.config.telemetry),
+    );
+
     // The broker: bound first so that a taken port fails the start cleanly.
     let store: Arc<dyn Store> = Arc::new(platform.store.clone());
     let broker = Broker::new(
         platform.config.broker.clone(),
         &tls_material(&platform)?,
         Arc::clone(&store),
-        Arc::new(RegistrySink::new(Arc::clone(&store))),
+        Arc::new(pipeline.clone()),
     )
     .context("cannot start the MQTT broker")?;
     let mqtt = TcpListener::bind(args.mqtt_addr)
@@ -102,6 +109,13 @@ pub async fn run(g: &GlobalArgs, config: Config, args: ServeArgs) -> Result<Exit
         if tokio::time::timeout(deadline, task).await.is_err() {
             tracing::warn!(part = name, "did not stop within the shutdown timeout");
         }
+    }
+    // Then the pipeline: once the broker and this function let go of it, the
+    // committer commits what is queued and ends.
+    drop(broker);
+    drop(pipeline);
+    if tokio::time::timeout(deadline, committer).await.is_err() {
+        tracing::warn!("the telemetry committer did not finish within the shutdown timeout");
     }
     // Last: the store. Dropping the platform closes its connections once
     // every part holding it has stopped.
@@ -269,4 +283,21 @@ fn spawn_tls_reloader(
             }
         }
     })
+}
+
+/// Pipeline settings from `[telemetry]`.
+fn pipeline_options(c: &TelemetryConfig) -> PipelineOptions {
+    PipelineOptions {
+        limits: Limits {
+            max_payload_bytes: c.max_payload_bytes,
+            max_metrics: c.max_metrics,
+            max_batch: c.max_batch,
+        },
+        commit: CommitOptions {
+            max_items: c.commit_max_items,
+            outbox: c.influx.is_some(),
+            ..CommitOptions::default()
+        },
+        ..PipelineOptions::default()
+    }
 }

@@ -338,13 +338,20 @@ fn services_read_telemetry_and_send_commands_within_their_rights() {
             &dev,
             s.addr,
             "mqttv5",
-            &["-t", "devices/pump-1/telemetry/up", "-q", "1", "-m", "7"],
+            &[
+                "-t",
+                "devices/pump-1/telemetry/up",
+                "-q",
+                "1",
+                "-m",
+                r#"{"seq":7,"m":{"flow":7}}"#,
+            ],
         ),
     );
     assert!(out.status.success());
     assert_eq!(
         String::from_utf8_lossy(&sub.wait().stdout).trim(),
-        "devices/pump-1/telemetry/up 7"
+        r#"devices/pump-1/telemetry/up {"seq":7,"m":{"flow":7}}"#
     );
 
     // A command down to the device.
@@ -457,7 +464,7 @@ fn persistent_sessions_keep_queued_messages_across_kill_9() {
                     "-q",
                     "1",
                     "-m",
-                    &format!("level {i}"),
+                    &format!(r#"{{"seq":{i},"m":{{"level":{i}}}}}"#),
                 ],
             ),
         );
@@ -478,7 +485,9 @@ fn persistent_sessions_keep_queued_messages_across_kill_9() {
     let out = mosquitto("mosquitto_sub", &a);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "level 1\nlevel 2\nlevel 3\n"
+        (1..=3)
+            .map(|i| format!("{{\"seq\":{i},\"m\":{{\"level\":{i}}}}}\n"))
+            .collect::<String>()
     );
     assert!(serve.terminate());
 }

@@ -94,13 +94,13 @@ if msg.topic != "devices/paho-will/state/up" or msg.payload != b'{"online":false
 
 # A clean DISCONNECT publishes no will.
 clean = client("paho-will", mqtt.MQTTv311)
-clean.will_set("devices/paho-will/state/up", "should not appear", qos=1)
+clean.will_set("devices/paho-will/state/up", '{"should_not_appear":true}', qos=1)
 connect(clean)
 clean.disconnect()
 clean.loop_stop()
-dev.publish("devices/paho-dev/state/up", "marker", qos=1).wait_for_publish(timeout=LIMIT)
+dev.publish("devices/paho-dev/state/up", '{"marker":true}', qos=1).wait_for_publish(timeout=LIMIT)
 msg = wait(received, "marker")
-if msg.payload != b"marker":
+if msg.payload != b'{"marker":true}':
     sys.exit(f"FAILED: will published after a clean disconnect: {msg.payload!r}")
 
 dev.disconnect()
