@@ -60,12 +60,64 @@ pub enum Command {
     /// Service identities: back-end consumers and operators' tools.
     #[command(subcommand)]
     Service(ServiceCommand),
+    /// Telemetry: chart queries, exports, rejected messages.
+    #[command(subcommand)]
+    Telemetry(TelemetryCommand),
+    /// Write a consistent backup of the data dir to FILE (works while
+    /// `serve` runs).
+    Backup {
+        /// Where to write the backup (a tar file, created 0600; must not exist).
+        file: PathBuf,
+    },
+    /// Restore a backup into an empty or absent data dir.
+    Restore {
+        /// A file written by `rampart backup`.
+        file: PathBuf,
+    },
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
     /// Configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+}
+
+/// `rampart telemetry ...`
+#[derive(Debug, Subcommand)]
+pub enum TelemetryCommand {
+    /// A chart of a device's metric: min, max, avg, count and last per bucket,
+    /// from the coarsest rollup that still gives the buckets asked for.
+    Query {
+        /// The device.
+        #[arg(long)]
+        device: DeviceId,
+        /// The metric (all of the device's metrics when absent).
+        #[arg(long)]
+        metric: Option<String>,
+        /// Start: RFC 3339, `now`, relative (`-24h`, `-7d`) or Unix ms.
+        #[arg(long, default_value = "-24h", allow_hyphen_values = true)]
+        from: String,
+        /// End (exclusive), same forms.
+        #[arg(long, default_value = "now", allow_hyphen_values = true)]
+        to: String,
+        /// How many buckets across the range.
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        buckets: u32,
+    },
+    /// Messages the pipeline refused, newest first.
+    Rejected {
+        /// Only this device.
+        #[arg(long)]
+        device: Option<DeviceId>,
+        /// How many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// A device's ingest counters, metrics, reported state and presence history.
+    Stats {
+        /// The device.
+        device: DeviceId,
+    },
 }
 
 /// `rampart serve` options.

@@ -8,6 +8,7 @@
 //!   audit.key       HMAC key of the audit chain (0600; never in the database)
 //!   audit.head      last audit row seen (truncation check)
 //!   pki/            CA, server certificate, CRL (see rampart-pki)
+//!   archive/        raw telemetry past retention, gzip'd JSON lines
 //!   serve.lock      held by the running `serve`
 //! ```
 
@@ -162,6 +163,16 @@ impl DataDir {
 
     fn marker(&self) -> PathBuf {
         self.root.join(MARKER)
+    }
+
+    /// The directory itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Raw telemetry leaving retention, compressed (see `rampart-ingest`).
+    pub fn archive(&self) -> PathBuf {
+        self.root.join("archive")
     }
 
     /// The SQLite database.

@@ -13,6 +13,7 @@ mod logging;
 mod output;
 mod platform;
 mod serve;
+mod timespec;
 
 use std::process::ExitCode;
 
@@ -52,6 +53,9 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
         Command::Ca(cmd) => commands::ca::run(g, config, cmd).await,
         Command::Device(cmd) => commands::device::run(g, config, cmd).await,
         Command::Service(cmd) => commands::service::run(g, config, cmd).await,
+        Command::Telemetry(cmd) => commands::telemetry::run(g, config, cmd).await,
+        Command::Backup { file } => commands::backup::backup(g, config, &file).await,
+        Command::Restore { file } => commands::backup::restore(g, config, &file).await,
         Command::Audit(cmd) => commands::audit::run(g, config, cmd).await,
         Command::Config(cmd) => commands::config::run(g, config, cmd),
     }

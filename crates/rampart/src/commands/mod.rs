@@ -1,8 +1,10 @@
 //! One module per command group.
 
 pub mod audit;
+pub mod backup;
 pub mod ca;
 pub mod config;
 pub mod device;
 pub mod init;
 pub mod service;
+pub mod telemetry;

@@ -210,3 +210,35 @@ pub(crate) fn now_ms() -> (OffsetDateTime, i64) {
         ms,
     )
 }
+
+impl SqliteStore {
+    /// Writes a consistent copy of the database to `dest` with SQLite's
+    /// online backup API, while other connections keep writing: the copy is
+    /// taken in one step, inside one read transaction.
+    pub async fn snapshot_to(&self, dest: &Path) -> Result<()> {
+        let inner = Arc::clone(&self.inner);
+        let dest = dest.to_owned();
+        run_blocking(move || {
+            let source = connect(&inner.path, &inner.options, true)?;
+            let mut target = Connection::open(&dest).map_err(db)?;
+            let backup = rusqlite::backup::Backup::new(&source, &mut target).map_err(db)?;
+            backup
+                .run_to_completion(-1, Duration::ZERO, None)
+                .map_err(db)?;
+            drop(backup);
+            target
+                .query_row("PRAGMA integrity_check", [], |r| r.get::<_, String>(0))
+                .map_err(db)
+                .and_then(|ok| {
+                    if ok == "ok" {
+                        Ok(())
+                    } else {
+                        Err(StoreError::Corrupt(format!(
+                            "snapshot integrity check: {ok}"
+                        )))
+                    }
+                })
+        })
+        .await
+    }
+}

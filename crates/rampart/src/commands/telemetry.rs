@@ -1,0 +1,206 @@
+//! `rampart telemetry ...`: chart queries and inspection of what the
+//! pipeline stored or refused.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use rampart_proto::DeviceId;
+use rampart_proto::telemetry::MetricName;
+use rampart_store::telemetry::{Series, SeriesQuery, TelemetryStore};
+use serde_json::json;
+
+use crate::cli::{GlobalArgs, TelemetryCommand};
+use crate::config::Config;
+use crate::output;
+use crate::platform::Platform;
+use crate::timespec;
+
+/// Runs a telemetry command.
+pub async fn run(g: &GlobalArgs, config: Config, cmd: TelemetryCommand) -> Result<ExitCode> {
+    let p = Platform::open(&g.data_dir, config)?;
+    let store: &dyn TelemetryStore = &p.store;
+    match cmd {
+        TelemetryCommand::Query {
+            device,
+            metric,
+            from,
+            to,
+            buckets,
+        } => {
+            let now = timespec::now_ms();
+            let from_ms = timespec::parse(&from, now).context("--from")?;
+            let to_ms = timespec::parse(&to, now).context("--to")?;
+            if to_ms <= from_ms {
+                bail!("--to must be after --from");
+            }
+            let metrics = match metric {
+                Some(m) => {
+                    vec![MetricName::parse(&m).map_err(|e| anyhow::anyhow!("--metric: {e}"))?]
+                }
+                None => store
+                    .device_telemetry(&device)
+                    .await?
+                    .metrics
+                    .iter()
+                    .filter_map(|m| MetricName::parse(m).ok())
+                    .collect(),
+            };
+            let single = metrics.len() == 1;
+            let mut answers = Vec::new();
+            for metric in metrics {
+                let series = store
+                    .query_series(&SeriesQuery {
+                        device: device.clone(),
+                        metric: metric.clone(),
+                        from_ms,
+                        to_ms,
+                        buckets,
+                    })
+                    .await?;
+                answers.push((metric, series));
+            }
+            if g.json {
+                let docs: Vec<_> = answers
+                    .iter()
+                    .map(|(m, s)| series_json(&device, m, s))
+                    .collect();
+                // One metric asked for (or held): the object; otherwise a list.
+                match (single, docs.as_slice()) {
+                    (true, [one]) => output::json(one)?,
+                    _ => output::json(&docs)?,
+                }
+            } else if answers.is_empty() {
+                println!("{device} has no telemetry");
+            } else {
+                for (m, s) in &answers {
+                    print_series(&device, m, s);
+                }
+            }
+        }
+        TelemetryCommand::Rejected { device, limit } => {
+            let rows = store.rejected(device.as_ref(), limit).await?;
+            if g.json {
+                let docs: Vec<_> = rows
+                    .iter()
+                    .map(|r| {
+                        json!({
+                            "device": r.device,
+                            "at": timespec::format_ms(r.at_ms),
+                            "category": r.category,
+                            "kind": r.kind,
+                            "detail": r.detail,
+                            "seq": r.seq,
+                            "payload_len": r.payload_len,
+                            "payload_prefix": String::from_utf8_lossy(&r.payload),
+                        })
+                    })
+                    .collect();
+                output::json(&docs)?;
+            } else if rows.is_empty() {
+                println!("no rejected messages");
+            } else {
+                for r in rows {
+                    println!(
+                        "{}  {:<20} {:<10} {:<24} {}",
+                        timespec::format_ms(r.at_ms),
+                        r.device,
+                        r.category,
+                        r.kind,
+                        r.detail
+                    );
+                }
+            }
+        }
+        TelemetryCommand::Stats { device } => stats(g, store, &device).await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn series_json(device: &DeviceId, metric: &MetricName, s: &Series) -> serde_json::Value {
+    json!({
+        "device": device,
+        "metric": metric,
+        "resolution": s.resolution.as_str(),
+        "bucket_ms": s.bucket_ms,
+        "buckets": s.buckets.iter().map(|b| json!({
+            "start": timespec::format_ms(b.start),
+            "min": b.min,
+            "max": b.max,
+            "avg": b.avg,
+            "count": b.count,
+            "last": b.last,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn print_series(device: &DeviceId, metric: &MetricName, s: &Series) {
+    println!(
+        "{device} {metric}: {} buckets of {} ms from {} data",
+        s.buckets.len(),
+        s.bucket_ms,
+        s.resolution.as_str()
+    );
+    println!(
+        "{:<25} {:>12} {:>12} {:>12} {:>8} {:>12}",
+        "start", "min", "max", "avg", "count", "last"
+    );
+    for b in &s.buckets {
+        println!(
+            "{:<25} {:>12.3} {:>12.3} {:>12.3} {:>8} {:>12.3}",
+            timespec::format_ms(b.start),
+            b.min,
+            b.max,
+            b.avg,
+            b.count,
+            b.last
+        );
+    }
+}
+
+async fn stats(g: &GlobalArgs, store: &dyn TelemetryStore, device: &DeviceId) -> Result<()> {
+    let stats = store.device_telemetry(device).await?;
+    let state = store.reported_state(device).await?;
+    let presence = store.presence_history(device, 20).await?;
+    if g.json {
+        output::json(&json!({
+            "device": device,
+            "stats": stats,
+            "reported_state": state.as_ref().map(|(v, at)| json!({"state": v, "at": timespec::format_ms(*at)})),
+            "presence": presence.iter().map(|p| json!({
+                "at": timespec::format_ms(p.at_ms),
+                "online": p.online,
+                "reason": p.reason,
+                "addr": p.addr,
+            })).collect::<Vec<_>>(),
+        }))?;
+        return Ok(());
+    }
+    println!("device      {device}");
+    println!(
+        "readings    {} stored, {} duplicates, {} rejected, {} sequence conflicts",
+        stats.readings, stats.duplicates, stats.rejected, stats.conflicts
+    );
+    if let Some(seq) = stats.last_seq {
+        println!("last seq    {seq}");
+    }
+    if let Some(at) = stats.flagged_at {
+        println!(
+            "FLAGGED     {} ({})",
+            timespec::format_ms(at),
+            stats.flag_reason.as_deref().unwrap_or("")
+        );
+    }
+    println!("metrics     {}", stats.metrics.join(", "));
+    if let Some((v, at)) = state {
+        println!("state       {v} (at {})", timespec::format_ms(at));
+    }
+    for p in presence {
+        println!(
+            "presence    {} {} {}",
+            timespec::format_ms(p.at_ms),
+            if p.online { "online " } else { "offline" },
+            p.reason.or(p.addr).unwrap_or_default()
+        );
+    }
+    Ok(())
+}
