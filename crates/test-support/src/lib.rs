@@ -64,9 +64,10 @@ impl Workspace {
                 cmd.env_remove(k);
             }
         }
+        // Through the environment, so that a test may pass `--data-dir`
+        // (or its own RAMPART_DATA_DIR) to point a command elsewhere.
         cmd.current_dir(self.path())
-            .arg("--data-dir")
-            .arg(self.data_dir())
+            .env("RAMPART_DATA_DIR", self.data_dir())
             .env("USER", "tester");
         cmd
     }

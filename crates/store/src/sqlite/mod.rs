@@ -222,9 +222,19 @@ impl SqliteStore {
             let source = connect(&inner.path, &inner.options, true)?;
             let mut target = Connection::open(&dest).map_err(db)?;
             let backup = rusqlite::backup::Backup::new(&source, &mut target).map_err(db)?;
-            backup
-                .run_to_completion(-1, Duration::ZERO, None)
-                .map_err(db)?;
+            // -1: every page in one step, so the copy is one consistent read.
+            // A writer holding the lock makes the step report Busy; retry
+            // within the busy timeout.
+            let deadline = std::time::Instant::now() + inner.options.busy_timeout;
+            loop {
+                match backup.step(-1).map_err(db)? {
+                    rusqlite::backup::StepResult::Done => break,
+                    _ if std::time::Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    _ => return Err(StoreError::Busy),
+                }
+            }
             drop(backup);
             target
                 .query_row("PRAGMA integrity_check", [], |r| r.get::<_, String>(0))

@@ -1,0 +1,256 @@
+//! Telemetry through the real binary: mosquitto_pub → broker → pipeline →
+//! store, read back with `rampart telemetry ...`; backup and restore while
+//! serving.
+
+use std::os::unix::fs::PermissionsExt;
+
+use rampart_test_support::{DeviceFiles, Workspace, mosquitto};
+
+const CONFIG: &str = "[broker]\nrate_limit_exempt = [\"127.0.0.1\", \"::1\"]\n";
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64
+}
+
+fn publish(dev: &DeviceFiles, addr: std::net::SocketAddr, topic: &str, body: &str) {
+    let mut a = dev.mosquitto_args(addr);
+    a.extend(["-V", "mqttv5", "-q", "1", "-t", topic, "-m", body].map(String::from));
+    let out = mosquitto("mosquitto_pub", &a);
+    assert!(
+        out.status.success(),
+        "publish {body}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn published_readings_are_queried_exported_backed_up_and_restored() {
+    let ws = Workspace::new();
+    std::fs::write(ws.join("rampart.toml"), CONFIG).expect("config");
+    ws.rampart().arg("init").assert().success();
+    let dev = ws.device("greenhouse-7");
+    let mut serve = ws.serve(&[("RAMPART_CONFIG", "rampart.toml")]);
+    let addr = serve.listening("mqtt");
+
+    let t = now_ms() - 10 * 60_000;
+    let topic = "devices/greenhouse-7/telemetry/up";
+    publish(
+        &dev,
+        addr,
+        topic,
+        &format!(r#"{{"seq":1,"ts":{t},"m":{{"temperature":20.5,"humidity":40}}}}"#),
+    );
+    publish(
+        &dev,
+        addr,
+        topic,
+        &format!(
+            r#"{{"batch":[{{"seq":2,"ts":{},"m":{{"temperature":22.5}}}},{{"seq":3,"ts":{},"m":{{"temperature":21.0}}}}]}}"#,
+            t + 1000,
+            t + 2000
+        ),
+    );
+    // A replay and a bad payload: neither adds a point.
+    publish(
+        &dev,
+        addr,
+        topic,
+        &format!(r#"{{"seq":1,"ts":{t},"m":{{"temperature":20.5,"humidity":40}}}}"#),
+    );
+    publish(&dev, addr, topic, r#"{"seq":4,"m":{"temperature":"hot"}}"#);
+    publish(
+        &dev,
+        addr,
+        "devices/greenhouse-7/state/up",
+        r#"{"fw":"1.4.2"}"#,
+    );
+
+    // The `--from=-1h` form and the documented shape.
+    let q = ws.rampart_json(&[
+        "telemetry",
+        "query",
+        "--device",
+        "greenhouse-7",
+        "--metric",
+        "temperature",
+        "--from=-1h",
+        "--to",
+        "now",
+        "--buckets",
+        "4",
+    ]);
+    assert_eq!(q["device"], "greenhouse-7");
+    assert_eq!(q["metric"], "temperature");
+    assert_eq!(q["resolution"], "1m");
+    let buckets = q["buckets"].as_array().expect("buckets");
+    assert_eq!(buckets.len(), 1, "{q}");
+    let b = &buckets[0];
+    assert_eq!(
+        (&b["min"], &b["max"], &b["count"], &b["last"]),
+        (
+            &serde_json::json!(20.5),
+            &serde_json::json!(22.5),
+            &serde_json::json!(3),
+            &serde_json::json!(21.0)
+        )
+    );
+    assert!((b["avg"].as_f64().expect("avg") - 64.0 / 3.0).abs() < 1e-9);
+    assert!(b["start"].as_str().expect("start").ends_with('Z'));
+
+    // Every metric at once: one object per metric.
+    let all = ws.rampart_json(&[
+        "telemetry",
+        "query",
+        "--device",
+        "greenhouse-7",
+        "--from",
+        "-2h",
+    ]);
+    let names: Vec<_> = all
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|s| s["metric"].as_str().expect("metric").to_owned())
+        .collect();
+    assert_eq!(names, ["humidity", "temperature"]);
+
+    let rejected = ws.rampart_json(&["telemetry", "rejected", "--device", "greenhouse-7"]);
+    assert_eq!(rejected[0]["kind"], "payload_format_invalid", "{rejected}");
+    let stats = ws.rampart_json(&["telemetry", "stats", "greenhouse-7"]);
+    assert_eq!(stats["stats"]["readings"], 3);
+    assert_eq!(stats["stats"]["duplicates"], 1);
+    assert_eq!(stats["stats"]["rejected"], 1);
+    assert_eq!(stats["reported_state"]["state"]["fw"], "1.4.2");
+    assert_eq!(stats["presence"][0]["online"], false, "{stats}");
+
+    // Bad times are refused with a sentence.
+    let out = ws
+        .rampart()
+        .args([
+            "telemetry",
+            "query",
+            "--device",
+            "greenhouse-7",
+            "--from",
+            "yesterday",
+        ])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a time"));
+
+    // Backup while serving; restore elsewhere; the same answers come back.
+    let backup = ws.join("rampart.backup");
+    let b = ws.rampart_json(&["backup", backup.to_str().expect("utf8")]);
+    assert_eq!(b["devices"], 1);
+    let mode = std::fs::metadata(&backup)
+        .expect("backup")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let again = ws
+        .rampart()
+        .args(["backup", backup.to_str().expect("utf8")])
+        .output()
+        .expect("run");
+    assert!(
+        !again.status.success(),
+        "an existing file is not overwritten"
+    );
+    assert!(serve.terminate());
+
+    let restored = ws.join("restored");
+    let r = ws.rampart_json(&[
+        "--data-dir",
+        restored.to_str().expect("utf8"),
+        "restore",
+        backup.to_str().expect("utf8"),
+    ]);
+    assert_eq!(
+        (&r["devices"], &r["audit_ok"]),
+        (&serde_json::json!(1), &serde_json::json!(true))
+    );
+    let q2 = ws.rampart_json(&[
+        "--data-dir",
+        restored.to_str().expect("utf8"),
+        "telemetry",
+        "query",
+        "--device",
+        "greenhouse-7",
+        "--metric",
+        "temperature",
+        "--from=-1h",
+        "--buckets",
+        "4",
+    ]);
+    assert_eq!(q2["buckets"], q["buckets"]);
+    let mode = std::fs::metadata(&restored)
+        .expect("dir")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700);
+    // The restored instance runs and its device connects.
+    let mut serve = ws.serve(&[
+        ("RAMPART_CONFIG", "rampart.toml"),
+        ("RAMPART_DATA_DIR", restored.to_str().expect("utf8")),
+    ]);
+    let addr = serve.listening("mqtt");
+    publish(
+        &dev,
+        addr,
+        topic,
+        &format!(r#"{{"seq":9,"ts":{},"m":{{"temperature":19}}}}"#, t + 3000),
+    );
+    assert!(serve.terminate());
+
+    // Never into a data dir that holds anything.
+    let out = ws
+        .rampart()
+        .args(["restore", backup.to_str().expect("utf8")])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
+}
+
+#[test]
+fn restore_refuses_archives_that_escape_the_data_dir() {
+    let ws = Workspace::new();
+    let evil = ws.join("evil.tar");
+    {
+        let file = std::fs::File::create(&evil).expect("create");
+        let mut tar = tar::Builder::new(file);
+        let body = b"owned";
+        let mut h = tar::Header::new_gnu();
+        h.set_size(body.len() as u64);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        // `append_data` refuses `..`; write the raw name as an attacker would.
+        h.as_gnu_mut().expect("gnu").name[..13].copy_from_slice(b"pki/../../evi");
+        h.set_cksum();
+        tar.append(&h, &body[..]).expect("append");
+        tar.finish().expect("finish");
+    }
+    let target = ws.join("target");
+    let out = ws
+        .rampart()
+        .args([
+            "--data-dir",
+            target.to_str().expect("utf8"),
+            "restore",
+            evil.to_str().expect("utf8"),
+        ])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not part of a data dir"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!target.exists());
+    assert!(!ws.path().join("evi").exists());
+}
