@@ -1,7 +1,8 @@
-//! Project automation. `cargo xtask bench [broker|conns|all] [--quick]`
+//! Project automation. `cargo xtask bench [broker|ingest|query|conns|all] [--quick]`
 //! measures Rampart against a Mosquitto 2.x started beside it with an
 //! equivalent configuration; see BENCHMARKS.md.
 
+mod pipeline;
 mod procs;
 mod setup;
 mod stats;
@@ -37,6 +38,10 @@ enum Suite {
     Broker,
     /// Idle connections: RSS per connection and idle CPU.
     Conns,
+    /// Rampart only: durable ingest through the pipeline (50- and 1-point messages).
+    Ingest,
+    /// Rampart only: chart query latency on a store of 10 million points.
+    Query,
     /// Everything.
     All,
 }
@@ -533,6 +538,34 @@ fn bench(args: BenchArgs) -> Result<()> {
     let dir = tmp.path().to_path_buf();
     let run_conns = matches!(args.suite, Suite::Conns | Suite::All);
     let run_broker = matches!(args.suite, Suite::Broker | Suite::All);
+    let run_ingest = matches!(args.suite, Suite::Ingest | Suite::All);
+    let run_query = matches!(args.suite, Suite::Query | Suite::All);
+    let out_dir = workspace_root().join("target").join("bench");
+    std::fs::create_dir_all(&out_dir).context("creating target/bench")?;
+    let mut pipeline_table = String::new();
+    if run_ingest || run_query {
+        let pz = pipeline::PipelineSizes::new(args.quick, z.rounds);
+        let (t, raw) = pipeline::bench(
+            &bin.join("rampart-loadgen"),
+            &dir,
+            &pz,
+            run_ingest,
+            run_query,
+        )?;
+        std::fs::write(
+            out_dir.join("pipeline.json"),
+            serde_json::to_string_pretty(&raw)?,
+        )
+        .context("writing target/bench/pipeline.json")?;
+        pipeline_table = t;
+        if !(run_broker || run_conns) {
+            println!("{pipeline_table}");
+            std::fs::write(out_dir.join("latest-pipeline.md"), &pipeline_table)
+                .context("writing target/bench/latest-pipeline.md")?;
+            eprintln!("total {:.0} s", started.elapsed().as_secs_f64());
+            return Ok(());
+        }
+    }
     let mut identities = z.handshake_concurrency.max(z.devices);
     if run_conns {
         identities = identities.max(z.connections);
@@ -610,10 +643,12 @@ fn bench(args: BenchArgs) -> Result<()> {
         b.run(conns_scenario(&z))?;
     }
 
-    let table = table(&b, &z, &args);
+    let mut table = table(&b, &z, &args);
+    if !pipeline_table.is_empty() {
+        table.push('\n');
+        table.push_str(&pipeline_table);
+    }
     println!("{table}");
-    let out_dir = workspace_root().join("target").join("bench");
-    std::fs::create_dir_all(&out_dir).context("creating target/bench")?;
     let raw: Vec<(&str, &Outcome)> = b
         .outcomes
         .iter()

@@ -80,6 +80,11 @@ impl Fanout {
         }
     }
 
+    /// Whether anyone listens (events need not be built otherwise).
+    pub fn is_listened(&self) -> bool {
+        self.tx.receiver_count() > 0
+    }
+
     /// A new subscription, starting now.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<LiveEvent>> {
         self.tx.subscribe()

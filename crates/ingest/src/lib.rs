@@ -159,15 +159,32 @@ impl Pipeline {
         message: InboundMessage,
         valid: Vec<validate::ValidReading>,
     ) -> IngestOutcome {
+        // The metrics move into the store's item; a copy is kept only when
+        // someone listens for live readings.
+        let live = self.fanout.is_listened();
+        let mut kept = Vec::with_capacity(valid.len());
         let readings: Vec<NewReading> = valid
-            .iter()
-            .map(|v| NewReading {
-                seq: v.reading.seq,
-                ts_ms: v.ts_ms,
-                received_ms: message.received_at_ms,
-                flags: v.flags,
-                digest: dedupe::digest(&v.reading),
-                metrics: v.reading.metrics.clone(),
+            .into_iter()
+            .map(|v| {
+                let digest = dedupe::digest(&v.reading);
+                kept.push((
+                    v.reading.seq,
+                    v.ts_ms,
+                    v.reading.metrics.len(),
+                    if live {
+                        v.reading.metrics.clone()
+                    } else {
+                        Vec::new()
+                    },
+                ));
+                NewReading {
+                    seq: v.reading.seq,
+                    ts_ms: v.ts_ms,
+                    received_ms: message.received_at_ms,
+                    flags: v.flags,
+                    digest,
+                    metrics: v.reading.metrics,
+                }
             })
             .collect();
         let item = IngestItem::Readings {
@@ -179,7 +196,7 @@ impl Pipeline {
             return self.failed();
         };
         let fates = match outcomes.pop() {
-            Some(ItemOutcome::Readings(f)) if f.len() == valid.len() => f,
+            Some(ItemOutcome::Readings(f)) if f.len() == kept.len() => f,
             other => {
                 tracing::error!(?other, "telemetry store answered for the wrong items");
                 return self.failed();
@@ -187,24 +204,28 @@ impl Pipeline {
         };
         let m = &self.metrics;
         let mut stored = Vec::new();
-        for (v, fate) in valid.into_iter().zip(&fates) {
+        let mut readings_stored = 0;
+        for ((seq, ts_ms, points, metrics), fate) in kept.into_iter().zip(&fates) {
             match fate {
                 ReadingFate::Stored => {
-                    PipelineMetrics::add(&m.points_stored, v.reading.metrics.len() as u64);
-                    stored.push(StoredReading {
-                        seq: v.reading.seq,
-                        ts_ms: v.ts_ms,
-                        metrics: v.reading.metrics,
-                    });
+                    readings_stored += 1;
+                    PipelineMetrics::add(&m.points_stored, points as u64);
+                    if live {
+                        stored.push(StoredReading {
+                            seq,
+                            ts_ms,
+                            metrics,
+                        });
+                    }
                 }
                 ReadingFate::Duplicate => PipelineMetrics::inc(&m.duplicates),
                 ReadingFate::Conflict => {
                     PipelineMetrics::inc(&m.conflicts);
-                    tracing::warn!(device_id = %message.device, seq = v.reading.seq, "sequence conflict: device flagged");
+                    tracing::warn!(device_id = %message.device, seq, "sequence conflict: device flagged");
                 }
             }
         }
-        PipelineMetrics::add(&m.readings_stored, stored.len() as u64);
+        PipelineMetrics::add(&m.readings_stored, readings_stored);
         if !stored.is_empty() {
             self.fanout.publish(LiveEvent::Readings {
                 device: message.device,

@@ -1,9 +1,10 @@
-//! MQTT load generator for Rampart's benchmarks.
+//! Load generator for Rampart's benchmarks.
 //!
 //! Speaks MQTT 3.1.1 and 5 over mutual TLS with one client certificate per
 //! connection, and runs the scenarios of `cargo xtask bench`: fan-in
 //! throughput, open-loop latency, idle connections and TLS handshakes. Every
-//! scenario returns a serialisable report; the `rampart-loadgen` binary
+//! scenario returns a serialisable report. [`storebench`] measures the
+//! telemetry pipeline and store in process (Rampart only); the `rampart-loadgen` binary
 //! prints it as JSON.
 
 pub mod client;
@@ -16,6 +17,7 @@ pub mod identity;
 pub mod latency;
 pub mod payload;
 pub mod procfs;
+pub mod storebench;
 pub mod tracking;
 
 pub use client::{Client, MqttVersion, SessionKind, Target};

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use rampart_loadgen::{
-    CertDir, MqttVersion, Qos, SessionKind, Target, conns, fanin, handshakes, latency,
+    CertDir, MqttVersion, Qos, SessionKind, Target, conns, fanin, handshakes, latency, storebench,
 };
 use rustls_pki_types::ServerName;
 
@@ -97,6 +97,35 @@ enum Scenario {
         #[arg(long)]
         broker_pid: Option<u32>,
     },
+    /// Rampart only, in process: durable ingest through the pipeline API.
+    Ingest {
+        /// Store directory (SQLite; created).
+        #[arg(long)]
+        store_dir: PathBuf,
+        #[arg(long, default_value_t = 200)]
+        devices: usize,
+        /// Points per message: 1, or an even number (readings of two metrics).
+        #[arg(long, default_value_t = 50)]
+        points: usize,
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
+    /// Rampart only, in process: chart query latency on a large store.
+    Chart {
+        /// Store directory (SQLite; created).
+        #[arg(long)]
+        store_dir: PathBuf,
+        /// Days of 1-second data for the charted device.
+        #[arg(long, default_value_t = 7)]
+        days: u32,
+        /// Points in the store in all.
+        #[arg(long, default_value_t = 10_000_000)]
+        total_points: u64,
+        #[arg(long, default_value_t = 200)]
+        queries: usize,
+        #[arg(long, default_value_t = 1000)]
+        buckets: u32,
+    },
     /// New connections per second (full handshakes).
     Handshakes {
         #[arg(long, default_value_t = 8)]
@@ -118,15 +147,18 @@ fn session(persistent: bool) -> SessionKind {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let c = cli.common;
-    let certs = CertDir::open(&c.certs)
-        .with_context(|| format!("reading identities from {}", c.certs.display()))?;
-    let server_name = ServerName::try_from(c.server_name.clone())
-        .with_context(|| format!("'{}' is not a valid server name", c.server_name))?;
-    let target = Target {
-        addr: c.addr,
-        server_name,
-        version: c.mqtt,
-        keepalive: Duration::from_secs(c.keepalive),
+    let mqtt = || -> anyhow::Result<(CertDir, Target)> {
+        let certs = CertDir::open(&c.certs)
+            .with_context(|| format!("reading identities from {}", c.certs.display()))?;
+        let server_name = ServerName::try_from(c.server_name.clone())
+            .with_context(|| format!("'{}' is not a valid server name", c.server_name))?;
+        let target = Target {
+            addr: c.addr,
+            server_name,
+            version: c.mqtt,
+            keepalive: Duration::from_secs(c.keepalive),
+        };
+        Ok((certs, target))
     };
     let report = match cli.scenario {
         Scenario::Fanin {
@@ -136,21 +168,24 @@ async fn main() -> anyhow::Result<()> {
             duration,
             payload,
             persistent_subscriber,
-        } => serde_json::to_value(
-            fanin::run(fanin::FaninConfig {
-                target,
-                certs,
-                devices,
-                subscriber: c.subscriber,
-                qos,
-                window,
-                duration,
-                payload_size: payload,
-                subscriber_session: session(persistent_subscriber),
-                connect_concurrency: 16,
-            })
-            .await?,
-        )?,
+        } => {
+            let (certs, target) = mqtt()?;
+            serde_json::to_value(
+                fanin::run(fanin::FaninConfig {
+                    target,
+                    certs,
+                    devices,
+                    subscriber: c.subscriber,
+                    qos,
+                    window,
+                    duration,
+                    payload_size: payload,
+                    subscriber_session: session(persistent_subscriber),
+                    connect_concurrency: 16,
+                })
+                .await?,
+            )?
+        }
         Scenario::Latency {
             devices,
             qos,
@@ -160,51 +195,94 @@ async fn main() -> anyhow::Result<()> {
             window,
             payload,
             persistent_subscriber,
-        } => serde_json::to_value(
-            latency::run(latency::LatencyConfig {
-                target,
-                certs,
-                devices,
-                subscriber: c.subscriber,
-                qos,
-                rate,
-                duration,
-                warmup,
-                window,
-                payload_size: payload,
-                subscriber_session: session(persistent_subscriber),
-                connect_concurrency: 16,
-            })
-            .await?,
-        )?,
+        } => {
+            let (certs, target) = mqtt()?;
+            serde_json::to_value(
+                latency::run(latency::LatencyConfig {
+                    target,
+                    certs,
+                    devices,
+                    subscriber: c.subscriber,
+                    qos,
+                    rate,
+                    duration,
+                    warmup,
+                    window,
+                    payload_size: payload,
+                    subscriber_session: session(persistent_subscriber),
+                    connect_concurrency: 16,
+                })
+                .await?,
+            )?
+        }
         Scenario::Conns {
             connections,
             concurrency,
             hold,
             broker_pid,
-        } => serde_json::to_value(
-            conns::run(conns::ConnsConfig {
-                target,
-                certs,
-                connections,
-                exclude: c.subscriber,
-                concurrency,
-                hold,
-                broker_pid,
-            })
-            .await?,
-        )?,
+        } => {
+            let (certs, target) = mqtt()?;
+            serde_json::to_value(
+                conns::run(conns::ConnsConfig {
+                    target,
+                    certs,
+                    connections,
+                    exclude: c.subscriber,
+                    concurrency,
+                    hold,
+                    broker_pid,
+                })
+                .await?,
+            )?
+        }
         Scenario::Handshakes {
             concurrency,
             duration,
+        } => {
+            let (certs, target) = mqtt()?;
+            serde_json::to_value(
+                handshakes::run(handshakes::HandshakesConfig {
+                    target,
+                    certs,
+                    concurrency,
+                    exclude: c.subscriber,
+                    duration,
+                })
+                .await?,
+            )?
+        }
+        Scenario::Ingest {
+            store_dir,
+            devices,
+            points,
+            duration,
         } => serde_json::to_value(
-            handshakes::run(handshakes::HandshakesConfig {
-                target,
-                certs,
-                concurrency,
-                exclude: c.subscriber,
-                duration,
-            })
+            storebench::ingest(
+                storebench::open_sqlite(&store_dir)?,
+                storebench::IngestConfig {
+                    devices,
+                    points_per_message: points,
+                    duration,
+                },
+            )
+            .await?,
+        )?,
+        Scenario::Chart {
+            store_dir,
+            days,
+            total_points,
+            queries,
+            buckets,
+        } => serde_json::to_value(
+            storebench::chart(
+                storebench::open_sqlite(&store_dir)?,
+                storebench::ChartConfig {
+                    days,
+                    total_points,
+                    queries,
+                    buckets,
+                },
+            )
             .await?,
         )?,
     };

@@ -1,11 +1,9 @@
 //! The benchmark payload: which run and device sent it, its sequence number
-//! and when it was meant to be sent, followed by padding up to the
-//! configured size.
+//! and when it was meant to be sent, as a telemetry reading padded up to
+//! the configured size.
 
-/// Bytes the header takes: run id (u32), device index (u32), sequence (u64),
-/// intended send time in nanoseconds since the run's epoch (u64), all
-/// big-endian.
-pub const HEADER_LEN: usize = 4 + 4 + 8 + 8;
+/// Smallest payload: the JSON of a stamp never needs more.
+pub const HEADER_LEN: usize = 120;
 
 /// What a benchmark payload carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,29 +19,60 @@ pub struct Stamp {
     pub intended_ns: u64,
 }
 
+/// The telemetry `seq` of this process's first message: Unix ms at start
+/// × 10⁶, so that every run's sequence numbers are new to Rampart's dedupe
+/// (a rerun must be stored, not acknowledged as a replay).
+fn seq_base() -> u64 {
+    static BASE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *BASE.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+            .saturating_mul(1_000_000)
+    })
+}
+
+#[derive(serde::Deserialize)]
+struct Wire {
+    m: WireMetrics,
+}
+
+#[derive(serde::Deserialize)]
+struct WireMetrics {
+    run: f64,
+    dev: f64,
+    n: f64,
+    t: f64,
+}
+
 impl Stamp {
-    /// Encode into a payload of `size` bytes (at least [`HEADER_LEN`]).
+    /// Encode as a valid Rampart telemetry reading (`docs/payloads.md`),
+    /// padded with JSON whitespace to `size` bytes: brokers route it and
+    /// Rampart's pipeline stores it, as it would a device's.
     pub fn encode(&self, size: usize) -> Vec<u8> {
-        let mut out = Vec::with_capacity(size.max(HEADER_LEN));
-        out.extend_from_slice(&self.run.to_be_bytes());
-        out.extend_from_slice(&self.device.to_be_bytes());
-        out.extend_from_slice(&self.seq.to_be_bytes());
-        out.extend_from_slice(&self.intended_ns.to_be_bytes());
-        out.resize(size.max(HEADER_LEN), b'x');
+        let mut out = format!(
+            r#"{{"seq":{},"m":{{"run":{},"dev":{},"n":{},"t":{}}}}}"#,
+            seq_base() + self.seq,
+            self.run,
+            self.device,
+            self.seq,
+            self.intended_ns
+        )
+        .into_bytes();
+        if out.len() < size {
+            out.resize(size, b' ');
+        }
         out
     }
 
-    /// Decode the header of a payload; `None` when it is too short.
+    /// Decode a payload made by [`Stamp::encode`]; `None` otherwise.
     pub fn decode(payload: &[u8]) -> Option<Stamp> {
-        let run = u32::from_be_bytes(payload.get(0..4)?.try_into().ok()?);
-        let device = u32::from_be_bytes(payload.get(4..8)?.try_into().ok()?);
-        let seq = u64::from_be_bytes(payload.get(8..16)?.try_into().ok()?);
-        let intended_ns = u64::from_be_bytes(payload.get(16..24)?.try_into().ok()?);
+        let w: Wire = serde_json::from_slice(payload).ok()?;
         Some(Stamp {
-            run,
-            device,
-            seq,
-            intended_ns,
+            run: w.m.run as u32,
+            device: w.m.dev as u32,
+            seq: w.m.n as u64,
+            intended_ns: w.m.t as u64,
         })
     }
 }
@@ -68,14 +97,22 @@ mod tests {
             seq: 1 << 40,
             intended_ns: 123_456_789,
         };
-        let bytes = s.encode(100);
-        assert_eq!(bytes.len(), 100);
+        let bytes = s.encode(150);
+        assert_eq!(bytes.len(), 150);
         assert_eq!(Stamp::decode(&bytes), Some(s));
-        assert_eq!(s.encode(3).len(), HEADER_LEN);
+        assert!(s.encode(3).len() <= HEADER_LEN);
+        let reading = rampart_proto::telemetry::decode(
+            &bytes,
+            None,
+            &rampart_proto::telemetry::Limits::default(),
+        )
+        .expect("a valid telemetry payload");
+        assert_eq!(reading.len(), 1);
     }
 
     #[test]
     fn short_payload_is_none() {
-        assert_eq!(Stamp::decode(&[0u8; HEADER_LEN - 1]), None);
+        assert_eq!(Stamp::decode(&[0u8; 10]), None);
+        assert_eq!(Stamp::decode(b"{}"), None);
     }
 }

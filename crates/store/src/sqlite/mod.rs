@@ -82,7 +82,7 @@ impl SqliteStore {
                 audit_key,
                 writer: Mutex::new(writer),
                 readers: Mutex::new(Vec::new()),
-                series: Mutex::new(telemetry::SeriesCache::new()),
+                series: Mutex::new(telemetry::SeriesCache::default()),
             }),
         })
     }

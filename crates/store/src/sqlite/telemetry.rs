@@ -21,7 +21,23 @@ use crate::{Result, StoreError};
 const REJECTED_KEPT: i64 = 10_000;
 
 /// `(device, metric)` → series id, for series known to be committed.
-pub(super) type SeriesCache = HashMap<(String, String), i64>;
+/// Keyed by device, then metric, so a look-up borrows `&str`s and
+/// allocates nothing (it runs once per stored point).
+#[derive(Debug, Default)]
+pub(super) struct SeriesCache(HashMap<String, HashMap<String, i64>>);
+
+impl SeriesCache {
+    fn get(&self, device: &str, metric: &str) -> Option<i64> {
+        self.0.get(device)?.get(metric).copied()
+    }
+
+    /// Adds series whose transaction committed.
+    pub(super) fn extend(&mut self, created: NewSeries) {
+        for ((device, metric), id) in created {
+            self.0.entry(device).or_default().insert(metric, id);
+        }
+    }
+}
 
 /// Series created by a transaction, added to the cache after it commits.
 type NewSeries = Vec<((String, String), i64)>;
@@ -46,7 +62,8 @@ struct Batch<'a> {
     cache: &'a SeriesCache,
     new_series: NewSeries,
     rollups: HashMap<RollupKey, RollupRow>,
-    stats: HashMap<String, StatsDelta>,
+    stats: Vec<(String, StatsDelta)>,
+    stats_index: HashMap<String, usize>,
     exported: Vec<PointRecord>,
     outbox: bool,
     any_rejected: bool,
@@ -66,7 +83,8 @@ pub(super) fn commit(
         cache,
         new_series: Vec::new(),
         rollups: HashMap::new(),
-        stats: HashMap::new(),
+        stats: Vec::new(),
+        stats_index: HashMap::new(),
         exported: Vec::new(),
         outbox,
         any_rejected: false,
@@ -102,12 +120,29 @@ pub(super) fn commit(
 }
 
 impl Batch<'_> {
+    /// The counters of `device`, allocating its key only on first use.
+    fn stats_of(&mut self, device: &str) -> &mut StatsDelta {
+        let i = match self.stats_index.get(device) {
+            Some(i) => *i,
+            None => {
+                self.stats.push((device.to_owned(), StatsDelta::default()));
+                self.stats_index
+                    .insert(device.to_owned(), self.stats.len() - 1);
+                self.stats.len() - 1
+            }
+        };
+        &mut self.stats[i].1
+    }
+
     fn series_id(&mut self, device: &str, metric: &str) -> Result<i64> {
-        let key = (device.to_owned(), metric.to_owned());
-        if let Some(id) = self.cache.get(&key) {
-            return Ok(*id);
+        if let Some(id) = self.cache.get(device, metric) {
+            return Ok(id);
         }
-        if let Some((_, id)) = self.new_series.iter().find(|(k, _)| *k == key) {
+        if let Some((_, id)) = self
+            .new_series
+            .iter()
+            .find(|((d, m), _)| d == device && m == metric)
+        {
             return Ok(*id);
         }
         self.tx
@@ -122,7 +157,8 @@ impl Batch<'_> {
             .prepare_cached("SELECT id FROM series WHERE device_id = ?1 AND metric = ?2")
             .and_then(|mut s| s.query_row(params![device, metric], |r| r.get(0)))
             .map_err(db)?;
-        self.new_series.push((key, id));
+        self.new_series
+            .push(((device.to_owned(), metric.to_owned()), id));
         Ok(id)
     }
 
@@ -168,7 +204,7 @@ impl Batch<'_> {
                     ReadingFate::Conflict
                 }
             };
-            let stats = self.stats.entry(device.to_owned()).or_default();
+            let stats = self.stats_of(device);
             match fate {
                 ReadingFate::Stored => {
                     stats.readings += 1;
@@ -269,10 +305,7 @@ impl Batch<'_> {
                 ])
             })
             .map_err(db)?;
-        self.stats
-            .entry(r.device.as_str().to_owned())
-            .or_default()
-            .rejected += 1;
+        self.stats_of(r.device.as_str()).rejected += 1;
         self.any_rejected = true;
         Ok(())
     }

@@ -1,0 +1,190 @@
+//! Rampart-only benchmarks: durable ingest through the pipeline API and
+//! chart query latency (`rampart-loadgen ingest|chart`, in process, no
+//! broker). Mosquitto has no equivalent, so these get their own table.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+use crate::procs::Guard;
+use crate::stats;
+
+/// Sizes of the pipeline benchmarks.
+#[derive(Debug, Clone)]
+pub struct PipelineSizes {
+    pub rounds: usize,
+    pub ingest: Duration,
+    pub devices: usize,
+    pub chart_days: u32,
+    pub chart_points: u64,
+    pub chart_queries: usize,
+}
+
+impl PipelineSizes {
+    pub fn new(quick: bool, rounds: usize) -> Self {
+        Self {
+            rounds,
+            ingest: Duration::from_secs(if quick { 1 } else { 10 }),
+            devices: if quick { 20 } else { 200 },
+            chart_days: if quick { 1 } else { 7 },
+            chart_points: if quick { 200_000 } else { 10_000_000 },
+            chart_queries: if quick { 20 } else { 300 },
+        }
+    }
+}
+
+fn run(loadgen: &Path, dir: &Path, tag: &str, args: &[String], timeout: Duration) -> Result<Value> {
+    let out_path = dir.join(format!("{tag}.json"));
+    let err_path = dir.join(format!("{tag}.stderr"));
+    let mut cmd = Command::new(loadgen);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path).context("creating the report file")?)
+        .stderr(std::fs::File::create(&err_path).context("creating the stderr file")?);
+    let status = Guard::spawn("rampart-loadgen", &mut cmd)?.wait_timeout(timeout)?;
+    if !status.success() {
+        let err = std::fs::read_to_string(&err_path).unwrap_or_default();
+        bail!("{tag} failed ({status}): {}", err.trim());
+    }
+    let text = std::fs::read_to_string(&out_path).context("reading the report")?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", out_path.display()))
+}
+
+fn median(reports: &[Value], pointer: &str) -> String {
+    let values: Vec<f64> = reports
+        .iter()
+        .filter_map(|r| r.pointer(pointer).and_then(Value::as_f64))
+        .collect();
+    stats::fmt(stats::median(&values))
+}
+
+/// Runs the ingest and/or chart benchmarks; returns a markdown table and the
+/// raw reports.
+pub fn bench(
+    loadgen: &Path,
+    dir: &Path,
+    z: &PipelineSizes,
+    ingest: bool,
+    query: bool,
+) -> Result<(String, Value)> {
+    let mut out = String::from(
+        "Rampart only, in process (`rampart-loadgen ingest|chart`, SQLite, \
+         `synchronous=FULL`: every message durable before its answer):\n\n\
+         | scenario | figure | unit | median |\n|---|---|---|---:|\n",
+    );
+    let mut raw = serde_json::Map::new();
+    if ingest {
+        for points in [50usize, 1] {
+            let mut reports = Vec::new();
+            for round in 0..z.rounds {
+                let tag = format!("ingest-{points}-{round}");
+                let store = dir.join(&tag);
+                eprintln!("  ingest, {points} point(s)/message, round {}", round + 1);
+                reports.push(run(
+                    loadgen,
+                    dir,
+                    &tag,
+                    &[
+                        "ingest".into(),
+                        "--store-dir".into(),
+                        store.display().to_string(),
+                        "--devices".into(),
+                        z.devices.to_string(),
+                        "--points".into(),
+                        points.to_string(),
+                        "--duration".into(),
+                        format!("{}s", z.ingest.as_secs()),
+                    ],
+                    z.ingest + Duration::from_secs(120),
+                )?);
+                let _ = std::fs::remove_dir_all(&store);
+            }
+            let title = format!(
+                "durable ingest, {} devices, {points} point(s)/message",
+                z.devices
+            );
+            for (label, unit, pointer) in [
+                ("points", "points/s", "/points_per_s"),
+                ("messages", "msg/s", "/msgs_per_s"),
+                ("messages per commit", "mean", "/mean_messages_per_commit"),
+                ("answer latency p50", "ms", "/latency/p50_us"),
+                ("answer latency p99", "ms", "/latency/p99_us"),
+                ("not committed", "messages", "/not_committed"),
+            ] {
+                let v = if unit == "ms" {
+                    let values: Vec<f64> = reports
+                        .iter()
+                        .filter_map(|r| r.pointer(pointer).and_then(Value::as_f64))
+                        .map(|us| us / 1000.0)
+                        .collect();
+                    stats::fmt(stats::median(&values))
+                } else {
+                    median(&reports, pointer)
+                };
+                out.push_str(&format!("| {title} | {label} | {unit} | {v} |\n"));
+            }
+            raw.insert(format!("ingest-{points}"), Value::Array(reports));
+        }
+    }
+    if query {
+        let store = dir.join("chart");
+        eprintln!(
+            "  chart: loading {} points, then {} queries per window",
+            z.chart_points, z.chart_queries
+        );
+        let report = run(
+            loadgen,
+            dir,
+            "chart",
+            &[
+                "chart".into(),
+                "--store-dir".into(),
+                store.display().to_string(),
+                "--days".into(),
+                z.chart_days.to_string(),
+                "--total-points".into(),
+                z.chart_points.to_string(),
+                "--queries".into(),
+                z.chart_queries.to_string(),
+                "--buckets".into(),
+                "1000".into(),
+            ],
+            Duration::from_secs(1200),
+        )?;
+        let _ = std::fs::remove_dir_all(&store);
+        let stored = report.pointer("/points_stored").and_then(Value::as_f64);
+        out.push_str(&format!(
+            "| chart store | points stored | points | {} |\n| chart store | bulk load | points/s | {} |\n",
+            stats::fmt(stored),
+            stats::fmt(report.pointer("/load_points_per_s").and_then(Value::as_f64)),
+        ));
+        for w in report
+            .pointer("/windows")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+        {
+            let name = format!(
+                "chart query, {} window, 1,000 buckets (from {}, {} buckets)",
+                w["window"].as_str().unwrap_or("?"),
+                w["resolution"].as_str().unwrap_or("?"),
+                w["buckets"]
+            );
+            for (label, pointer) in [("p50", "/latency/p50_us"), ("p99", "/latency/p99_us")] {
+                let v = w
+                    .pointer(pointer)
+                    .and_then(Value::as_f64)
+                    .map(|us| us / 1000.0);
+                out.push_str(&format!(
+                    "| {name} | latency {label} | ms | {} |\n",
+                    stats::fmt(v)
+                ));
+            }
+        }
+        raw.insert("chart".into(), report);
+    }
+    Ok((out, Value::Object(raw)))
+}
