@@ -12,8 +12,11 @@
 
 mod audit;
 mod error;
+mod lifecycle;
+mod millis;
 mod model;
 mod mqtt;
+mod records;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -29,6 +32,10 @@ pub use model::{
 };
 pub use mqtt::{MqttOp, MqttSnapshot, StoredMessage, StoredSession, StoredSubscription};
 pub use sqlite::SqliteStore;
+
+/// How many change-feed rows are kept; a follower further behind
+/// resynchronises from the registry.
+pub(crate) const CHANGES_RETAINED: i64 = 10_000;
 
 /// Result type of every store operation.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
