@@ -267,6 +267,11 @@ impl ChainCheck<'_> {
         None
     }
 
+    /// The seq of the last row that verified (0 before the first).
+    pub(crate) fn last_seq(&self) -> u64 {
+        self.expected_seq - 1
+    }
+
     /// The report once every row has been pushed.
     pub(crate) fn finish(self) -> AuditReport {
         let rows = self.expected_seq - 1;

@@ -1,4 +1,6 @@
-//! Rampart's storage: the [`Store`] trait and its SQLite implementation.
+//! Rampart's storage: the [`Store`] trait and its two implementations,
+//! [`SqliteStore`] (the default, one file in the data dir) and
+//! [`PostgresStore`] (for scale-out), which behave identically.
 //!
 //! This crate owns the tables (identities, devices, certificates, the audit
 //! log, the change feed) and every query on them. Callers never see SQL.
@@ -16,6 +18,7 @@ mod lifecycle;
 mod millis;
 mod model;
 mod mqtt;
+pub mod postgres;
 mod records;
 pub mod sqlite;
 
@@ -31,6 +34,7 @@ pub use model::{
     ServiceState,
 };
 pub use mqtt::{MqttOp, MqttSnapshot, StoredMessage, StoredSession, StoredSubscription};
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// How many change-feed rows are kept; a follower further behind
@@ -40,8 +44,8 @@ pub(crate) const CHANGES_RETAINED: i64 = 10_000;
 /// Result type of every store operation.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// The storage API every part of Rampart uses. SQLite implements it now;
-/// PostgreSQL implements the same trait for scale-out.
+/// The storage API every part of Rampart uses, implemented by SQLite and
+/// PostgreSQL with the same semantics (one test suite runs against both).
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// Registers a new device with its first certificate. Fails with
