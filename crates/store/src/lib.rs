@@ -12,6 +12,7 @@
 //! change is never visible without its audit trail, and a running `serve`
 //! learns of it through [`Store::changes_since`] whichever process made it.
 
+mod any;
 mod audit;
 mod error;
 mod lifecycle;
@@ -26,6 +27,7 @@ use async_trait::async_trait;
 use rampart_pki::RevocationReason;
 use rampart_proto::DeviceId;
 
+pub use any::AnyStore;
 pub use audit::{AuditBreak, AuditEntry, AuditKey, AuditRecord, AuditReport, read_key_file};
 pub use error::StoreError;
 pub use model::{
