@@ -898,3 +898,62 @@ async fn postgres_unreachable_server_is_unavailable_and_hides_the_password() {
     assert!(!msg.contains("very-secret-pw"), "{msg}");
     assert!(!format!("{err:?}").contains("very-secret-pw"), "{err:?}");
 }
+
+#[tokio::test]
+async fn postgres_refuses_sslmode_require_it_cannot_honour() {
+    let err = PostgresStore::connect(
+        "postgres://rampart@127.0.0.1:5432/rampart?sslmode=require",
+        AuditKey::new(KEY, None),
+        PostgresOptions::default(),
+    )
+    .await
+    .expect_err("no TLS in this build");
+    assert!(matches!(err, StoreError::Unavailable { .. }), "{err:?}");
+    assert!(err.to_string().contains("sslmode=require"), "{err}");
+}
+
+#[tokio::test]
+async fn postgres_waits_for_the_append_lock_at_most_the_busy_timeout() {
+    let Some(backend) = Postgres::new().await else {
+        return;
+    };
+    drop(backend.open().await);
+    let store = PostgresStore::connect(
+        backend.db.url(),
+        key(backend.dir.path()),
+        PostgresOptions {
+            busy_timeout: std::time::Duration::from_millis(200),
+            ..PostgresOptions::default()
+        },
+    )
+    .await
+    .expect("connect");
+    // Another process holds the audit and change-feed append lock
+    // ("RMPT" 1, see src/postgres/ledger.rs) in an open transaction.
+    let (other, connection) = tokio_postgres::connect(backend.db.url(), tokio_postgres::NoTls)
+        .await
+        .expect("raw connection");
+    let driver = tokio::spawn(connection);
+    other
+        .batch_execute("BEGIN; SELECT pg_advisory_xact_lock(x'524D50540001'::bigint);")
+        .await
+        .expect("hold the lock");
+
+    let err = store
+        .create_device(new_device("waits-1", 1), &cli())
+        .await
+        .expect_err("lock held elsewhere");
+    assert!(matches!(err, StoreError::Busy), "{err:?}");
+    assert!(
+        store.device(&id("waits-1")).await.expect("read").is_none(),
+        "nothing of the failed change is visible"
+    );
+
+    other.batch_execute("ROLLBACK").await.expect("release");
+    store
+        .create_device(new_device("waits-1", 1), &cli())
+        .await
+        .expect("lock free again");
+    drop(other);
+    let _ = driver.await;
+}

@@ -100,7 +100,10 @@ impl PostgresStore {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(options.connect_timeout);
         }
-        config.application_name("rampart");
+        if config.get_application_name().is_none() {
+            // Shows in pg_stat_activity, for whoever runs the server.
+            config.application_name("rampart");
+        }
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -127,7 +130,9 @@ impl PostgresStore {
             }),
         };
         let mut client = store.client().await?;
-        schema::migrate(&mut client, &store.inner.target).await?;
+        schema::migrate(&mut client, &store.inner.target)
+            .await
+            .map_err(|e| store.settle(e))?;
         tracing::info!(database = %store.inner.target, "opened PostgreSQL store");
         Ok(store)
     }
