@@ -79,6 +79,8 @@ impl Default for PkiConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
+    /// PostgreSQL URL; empty means SQLite in the data dir.
+    pub url: StoreUrl,
     /// How long a writer waits for another process holding the database.
     #[serde(with = "humantime_serde")]
     pub busy_timeout: Duration,
@@ -87,8 +89,39 @@ pub struct StoreConfig {
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
+            url: StoreUrl::default(),
             busy_timeout: Duration::from_secs(10),
         }
+    }
+}
+
+/// `store.url`: a database URL that may carry a password, so its `Debug`
+/// form hides it. Serialised as the plain string (`config show` redacts it
+/// itself, see [`StoreUrl::redacted`]).
+#[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct StoreUrl(String);
+
+impl StoreUrl {
+    /// The URL as configured, password included: only for connecting.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether no URL is set (SQLite in the data dir).
+    pub fn is_empty(&self) -> bool {
+        self.0.trim().is_empty()
+    }
+
+    /// The URL with any password replaced by `***`.
+    pub fn redacted(&self) -> Self {
+        Self(rampart_store::postgres::redact_url(&self.0))
+    }
+}
+
+impl std::fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&rampart_store::postgres::redact_url(&self.0), f)
     }
 }
 
@@ -264,8 +297,17 @@ key_passphrase_env = "RAMPART_CA_PASSPHRASE"
 # key_passphrase_file = "/run/secrets/rampart-ca"
 
 [store]
+# Where the registry, the audit log and the broker's sessions live. Empty:
+# SQLite in the data dir (rampart.db). A PostgreSQL URL moves them into that
+# database, e.g. for several `serve` replicas sharing one registry:
+#   url = "postgres://rampart:PASSWORD@db.internal:5432/rampart"
+# The user needs to create tables in the database's schema on first start.
+# The CA and the audit key stay in the data dir: replicas share copies of
+# it. Put the password in RAMPART_STORE__URL rather than this file if you
+# prefer; it is never logged, and `config show` prints it as ***.
+url = ""
 # How long a write waits for another process (the CLI, a second tool)
-# holding the database before giving up.
+# holding the database, or one of its locks, before giving up.
 busy_timeout = "10s"
 
 [serve]
@@ -407,6 +449,14 @@ impl Config {
         if self.pki.server_cert.is_some() != self.pki.server_key.is_some() {
             bail!("pki.server_cert and pki.server_key go together: set both or neither");
         }
+        if !self.store.url.is_empty()
+            && !rampart_store::postgres::is_postgres_url(self.store.url.expose())
+        {
+            bail!(
+                "store.url must be a postgres:// or postgresql:// URL, or empty for SQLite in the data dir (got '{}')",
+                self.store.url.redacted().expose()
+            );
+        }
         if self.serve.change_poll_interval.is_zero() {
             bail!("serve.change_poll_interval must be greater than zero");
         }
@@ -475,6 +525,28 @@ mod tests {
         assert_eq!(c.pki.device_validity_days, 90);
         assert_eq!(c.store.busy_timeout, Duration::from_secs(2));
         assert_eq!(c.pki.server_sans, ["iot.example.com", "10.0.0.5"]);
+        assert!(c.store.url.is_empty());
+    }
+
+    #[test]
+    fn store_url_from_env_selects_postgres_and_hides_its_password() {
+        let url = "postgres://rampart:s3cret@db.internal:5432/rampart";
+        let c = Config::load_with_env(None, env(&[("RAMPART_STORE__URL", url)])).expect("valid");
+        assert_eq!(c.store.url.expose(), url);
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("s3cret"), "{debug}");
+        assert!(debug.contains("rampart:***@db.internal"), "{debug}");
+
+        let msg = format!(
+            "{:#}",
+            Config::load_with_env(
+                None,
+                env(&[("RAMPART_STORE__URL", "mysql://u:s3cret@h/db")])
+            )
+            .expect_err("not postgres")
+        );
+        assert!(msg.contains("postgres://"), "{msg}");
+        assert!(!msg.contains("s3cret"), "{msg}");
     }
 
     #[test]

@@ -4,8 +4,9 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use rampart_pki::{Pki, PkiOptions, RevokedSerial};
+use rampart_store::postgres::PostgresOptions;
 use rampart_store::sqlite::SqliteOptions;
-use rampart_store::{Actor, AuditKey, SqliteStore, Store};
+use rampart_store::{Actor, AnyStore, AuditKey, PostgresStore, SqliteStore, Store};
 use zeroize::Zeroizing;
 
 use crate::config::Config;
@@ -18,8 +19,8 @@ pub struct Platform {
     pub dir: DataDir,
     /// Effective configuration.
     pub config: Config,
-    /// The store.
-    pub store: SqliteStore,
+    /// The store: SQLite in the data dir, or PostgreSQL (`store.url`).
+    pub store: AnyStore,
     /// The certificate authority.
     pub pki: Pki,
 }
@@ -40,7 +41,7 @@ impl Platform {
     async fn finish_init(dir: DataDir, config: Config, created: Created) -> Result<Self> {
         let opts = pki_options(&config)?;
         let (pki, _) = Pki::init(&dir.pki(), &opts).context("cannot set up the CA")?;
-        let store = open_store(&dir, &config)?;
+        let store = open_store(&dir, &config).await?;
         let platform = Self {
             dir,
             config,
@@ -63,12 +64,12 @@ impl Platform {
         Ok(platform)
     }
 
-    /// Opens an existing data dir.
-    pub fn open(root: &Path, config: Config) -> Result<Self> {
+    /// Opens an existing data dir and its store.
+    pub async fn open(root: &Path, config: Config) -> Result<Self> {
         let dir = DataDir::open(root)?;
         let pki = Pki::open(&dir.pki(), &pki_options(&config)?)
             .with_context(|| format!("cannot open the CA in {}", dir.pki().display()))?;
-        let store = open_store(&dir, &config)?;
+        let store = open_store(&dir, &config).await?;
         Ok(Self {
             dir,
             config,
@@ -141,20 +142,34 @@ impl Platform {
     }
 }
 
-fn open_store(dir: &DataDir, config: &Config) -> Result<SqliteStore> {
+/// Opens the configured store: PostgreSQL when `store.url` is set, else
+/// SQLite in the data dir. Either way the audit key and chain head stay in
+/// the data dir, outside the database they protect.
+async fn open_store(dir: &DataDir, config: &Config) -> Result<AnyStore> {
     let key = rampart_store::read_key_file(&dir.audit_key_path()).with_context(|| {
         format!(
             "cannot read the audit key {}",
             dir.audit_key_path().display()
         )
     })?;
-    Ok(SqliteStore::open(
-        &dir.database(),
-        AuditKey::new(key, Some(dir.audit_head_path())),
-        SqliteOptions {
-            busy_timeout: config.store.busy_timeout,
-        },
-    )?)
+    let audit_key = AuditKey::new(key, Some(dir.audit_head_path()));
+    let url = &config.store.url;
+    if url.is_empty() {
+        let store = SqliteStore::open(
+            &dir.database(),
+            audit_key,
+            SqliteOptions {
+                busy_timeout: config.store.busy_timeout,
+            },
+        )?;
+        return Ok(store.into());
+    }
+    let options = PostgresOptions {
+        busy_timeout: config.store.busy_timeout,
+        ..PostgresOptions::default()
+    };
+    let store = PostgresStore::connect(url.expose(), audit_key, options).await?;
+    Ok(store.into())
 }
 
 /// CA options from the configuration, with the key passphrase if one is set.

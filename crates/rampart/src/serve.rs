@@ -38,6 +38,7 @@ pub async fn run(g: &GlobalArgs, config: Config, args: ServeArgs) -> Result<Exit
     tracing::info!(
         server_cert = %server_cert.display(),
         data_dir = %g.data_dir.display(),
+        store = %platform.store.location(),
         mqtt_addr = %args.mqtt_addr,
         http_addr = %args.http_addr,
         "rampart serve starting"

@@ -2,7 +2,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 
-use rampart_test_support::Workspace;
+use rampart_test_support::{PgTestDb, Workspace};
 use serde_json::Value;
 
 fn init(ws: &Workspace) -> Value {
@@ -629,4 +629,109 @@ fn imports_an_external_ca_with_and_without_its_key() {
         err.contains("not by this CA") || err.contains("does not verify"),
         "{err}"
     );
+}
+
+/// `rampart ARGS --json` with the store in PostgreSQL at `url`.
+fn json_with_store(ws: &Workspace, url: &str, args: &[&str]) -> Value {
+    let out = ws
+        .rampart()
+        .env("RAMPART_STORE__URL", url)
+        .args(args)
+        .arg("--json")
+        .output()
+        .expect("run rampart");
+    assert!(
+        out.status.success(),
+        "rampart {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json output")
+}
+
+#[test]
+fn store_url_puts_the_registry_and_audit_log_in_postgresql() {
+    let Some(db) = PgTestDb::create_blocking() else {
+        return;
+    };
+    // The test server trusts local connections, so a password added to the
+    // default admin user's URL is accepted and ignored: enough to check that
+    // it is never shown.
+    let url = db
+        .url()
+        .replacen("://postgres@", "://postgres:pw-never-shown@", 1);
+    let ws = Workspace::new();
+    let init = json_with_store(&ws, &url, &["init"]);
+    assert_eq!(init["created"], true);
+
+    let out = ws
+        .rampart()
+        .env("RAMPART_STORE__URL", &url)
+        .args(["device", "create", "--id", "pg-dev-1", "--out"])
+        .arg(ws.join("devices"))
+        .output()
+        .expect("device create");
+    assert!(
+        out.status.success(),
+        "device create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for stream in [&out.stdout, &out.stderr] {
+        assert!(!String::from_utf8_lossy(stream).contains("pw-never-shown"));
+    }
+
+    let devices = json_with_store(&ws, &url, &["device", "list"]);
+    let ids: Vec<&str> = devices
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|d| d["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["pg-dev-1"]);
+    let report = json_with_store(&ws, &url, &["audit", "verify"]);
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["rows"], 2, "instance.init and device.create");
+    assert!(
+        !ws.data_dir().join("rampart.db").exists(),
+        "nothing was written to SQLite"
+    );
+
+    let shown = json_with_store(&ws, &url, &["config", "show"]);
+    let shown_url = shown["store"]["url"].as_str().expect("url shown");
+    assert!(!shown_url.contains("pw-never-shown"), "{shown_url}");
+    assert!(shown_url.contains(db.name()), "{shown_url}");
+
+    // Tampering in the database is caught as with SQLite.
+    db.execute(
+        "DROP TRIGGER audit_log_no_update ON audit_log;
+         UPDATE audit_log SET subject = 'someone-else' WHERE seq = 2;",
+    )
+    .expect("tamper");
+    let out = ws
+        .rampart()
+        .env("RAMPART_STORE__URL", &url)
+        .args(["audit", "verify"])
+        .output()
+        .expect("verify");
+    assert!(!out.status.success(), "verify must fail on a broken chain");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("row 2"));
+}
+
+#[test]
+fn an_unreachable_store_url_is_a_clear_error() {
+    let ws = Workspace::new();
+    init(&ws);
+    let out = ws
+        .rampart()
+        .env(
+            "RAMPART_STORE__URL",
+            "postgres://rampart:pw-never-shown@127.0.0.1:1/rampart",
+        )
+        .args(["device", "list"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("127.0.0.1:1"), "{err}");
+    assert!(err.contains("store.url"), "{err}");
+    assert!(!err.contains("pw-never-shown"), "{err}");
 }

@@ -26,8 +26,7 @@ use crate::{Result, StoreError};
 type HmacSha256 = Hmac<Sha256>;
 
 /// `prev_mac` of the first row.
-pub(crate) const GENESIS_MAC: &str =
-    "0000000000000000000000000000000000000000000000000000000000000000";
+const GENESIS_MAC: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// The secret that keys the chain. Never stored in the database.
 #[derive(Clone)]
@@ -54,7 +53,7 @@ impl AuditKey {
 
     /// The mac of one row.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn mac(
+    fn mac(
         &self,
         seq: u64,
         at_ms: i64,
@@ -91,7 +90,7 @@ impl AuditKey {
     pub(crate) fn mac_of(&self, r: &AuditRecord) -> String {
         self.mac(
             r.seq,
-            r.at.unix_timestamp_nanos() as i64 / 1_000_000,
+            crate::millis::to_ms(r.at),
             &r.actor,
             &r.source,
             &r.action,
@@ -149,70 +148,149 @@ impl AuditKey {
         }
     }
 
+    /// The next row of a chain whose newest row is `last` (`None`: the log
+    /// is empty), appended `at`: its seq, links and mac, ready to insert.
+    /// The caller must hold the log's append lock from reading `last` until
+    /// commit, or two writers would both extend the same row.
+    pub(crate) fn seal(
+        &self,
+        entry: &AuditEntry,
+        last: Option<(u64, String)>,
+        at: OffsetDateTime,
+    ) -> AuditRecord {
+        let (seq, prev_mac) = match last {
+            Some((s, m)) => (s + 1, m),
+            None => (1, GENESIS_MAC.to_owned()),
+        };
+        let detail_raw = entry.detail.to_string();
+        let mac = self.mac(
+            seq,
+            crate::millis::to_ms(at),
+            &entry.actor.name,
+            &entry.actor.source,
+            &entry.action,
+            entry.subject.as_deref(),
+            &detail_raw,
+            &prev_mac,
+        );
+        AuditRecord {
+            seq,
+            at,
+            actor: entry.actor.name.clone(),
+            source: entry.actor.source.clone(),
+            action: entry.action.clone(),
+            subject: entry.subject.clone(),
+            detail: entry.detail.clone(),
+            detail_raw,
+            prev_mac,
+            mac,
+        }
+    }
+
     /// Checks rows given oldest first; stops at the first break.
     pub(crate) fn verify(
         &self,
         rows: impl IntoIterator<Item = Result<AuditRecord>>,
     ) -> Result<AuditReport> {
-        let head = self.head()?;
-        let mut expected_seq = 1;
-        let mut prev = GENESIS_MAC.to_owned();
-        let mut head_seen = false;
+        let mut check = self.check()?;
         for row in rows {
-            let row = row?;
-            let problem = if row.seq != expected_seq {
-                Some(format!(
-                    "row {} follows row {}: rows {}..{} are missing",
-                    row.seq,
-                    expected_seq - 1,
-                    expected_seq,
-                    row.seq.saturating_sub(1)
-                ))
-            } else if row.prev_mac != prev {
-                Some(
-                    "its link to the previous row does not match (a row was removed or replaced)"
-                        .into(),
-                )
-            } else if row.mac != self.mac_of(&row) {
-                Some("its contents do not match its mac (the row was edited)".into())
-            } else {
-                None
-            };
-            if let Some(problem) = problem {
-                return Ok(AuditReport::broken(expected_seq - 1, row.seq, problem));
+            if let Some(broken) = check.push(row?) {
+                return Ok(broken);
             }
-            if let Some((hs, hm)) = &head
-                && *hs == row.seq
-            {
-                if *hm != row.mac {
-                    return Ok(AuditReport::broken(
-                        expected_seq - 1,
-                        row.seq,
-                        "it is not the row the chain head recorded (rows were rewritten)".into(),
-                    ));
-                }
-                head_seen = true;
-            }
-            prev = row.mac;
-            expected_seq += 1;
         }
-        let rows = expected_seq - 1;
-        if let Some((hs, _)) = head
-            && !head_seen
+        Ok(check.finish())
+    }
+
+    /// An incremental check of the chain, for backends that page through a
+    /// long log instead of holding it in memory. Reads the head first, so a
+    /// row appended while the check runs can only extend what it sees.
+    pub(crate) fn check(&self) -> Result<ChainCheck<'_>> {
+        Ok(ChainCheck {
+            key: self,
+            head: self.head()?,
+            expected_seq: 1,
+            prev: GENESIS_MAC.to_owned(),
+            head_seen: false,
+        })
+    }
+}
+
+/// The state of a chain verification between rows.
+#[derive(Debug)]
+pub(crate) struct ChainCheck<'k> {
+    key: &'k AuditKey,
+    head: Option<(u64, String)>,
+    expected_seq: u64,
+    prev: String,
+    head_seen: bool,
+}
+
+impl ChainCheck<'_> {
+    /// Checks the next row; returns the report if the chain breaks here.
+    pub(crate) fn push(&mut self, row: AuditRecord) -> Option<AuditReport> {
+        let expected_seq = self.expected_seq;
+        let problem = if row.seq != expected_seq {
+            Some(format!(
+                "row {} follows row {}: rows {}..{} are missing",
+                row.seq,
+                expected_seq - 1,
+                expected_seq,
+                row.seq.saturating_sub(1)
+            ))
+        } else if row.prev_mac != self.prev {
+            Some(
+                "its link to the previous row does not match (a row was removed or replaced)"
+                    .into(),
+            )
+        } else if row.mac != self.key.mac_of(&row) {
+            Some("its contents do not match its mac (the row was edited)".into())
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return Some(AuditReport::broken(expected_seq - 1, row.seq, problem));
+        }
+        if let Some((hs, hm)) = &self.head
+            && *hs == row.seq
         {
-            return Ok(AuditReport::broken(
+            if *hm != row.mac {
+                return Some(AuditReport::broken(
+                    expected_seq - 1,
+                    row.seq,
+                    "it is not the row the chain head recorded (rows were rewritten)".into(),
+                ));
+            }
+            self.head_seen = true;
+        }
+        self.prev = row.mac;
+        self.expected_seq += 1;
+        None
+    }
+
+    /// The seq of the last row that verified (0 before the first).
+    pub(crate) fn last_seq(&self) -> u64 {
+        self.expected_seq - 1
+    }
+
+    /// The report once every row has been pushed.
+    pub(crate) fn finish(self) -> AuditReport {
+        let rows = self.expected_seq - 1;
+        if let Some((hs, _)) = self.head
+            && !self.head_seen
+        {
+            return AuditReport::broken(
                 rows,
                 rows + 1,
                 format!(
                     "the chain head records row {hs} but the log ends at row {rows} (newest rows were deleted)"
                 ),
-            ));
+            );
         }
-        Ok(AuditReport {
+        AuditReport {
             rows,
             ok: true,
             first_break: None,
-        })
+        }
     }
 }
 
@@ -273,6 +351,43 @@ pub struct AuditRecord {
     pub prev_mac: String,
     /// This row's mac.
     pub mac: String,
+}
+
+/// An `audit_log` row as both backends read it.
+#[derive(Debug)]
+pub(crate) struct AuditRow {
+    pub seq: i64,
+    pub at: i64,
+    pub actor: String,
+    pub source: String,
+    pub action: String,
+    pub subject: Option<String>,
+    pub detail: String,
+    pub prev_mac: String,
+    pub mac: String,
+}
+
+impl AuditRow {
+    /// The record; a row whose detail is not JSON has been tampered with,
+    /// so it stays visible as a string and verification, not parsing,
+    /// reports it.
+    pub(crate) fn into_record(self) -> Result<AuditRecord> {
+        let detail = serde_json::from_str(&self.detail)
+            .unwrap_or_else(|_| serde_json::Value::String(self.detail.clone()));
+        Ok(AuditRecord {
+            seq: u64::try_from(self.seq)
+                .map_err(|_| StoreError::Corrupt(format!("audit seq {}", self.seq)))?,
+            at: crate::millis::from_ms(self.at)?,
+            actor: self.actor,
+            source: self.source,
+            action: self.action,
+            subject: self.subject,
+            detail,
+            detail_raw: self.detail,
+            prev_mac: self.prev_mac,
+            mac: self.mac,
+        })
+    }
 }
 
 /// Outcome of [`crate::Store::verify_audit`].

@@ -24,10 +24,10 @@ pub enum StoreError {
         /// What cannot be done and why.
         why: &'static str,
     },
-    /// The database file belongs to something else, or is damaged.
+    /// The database belongs to something else, or is damaged.
     #[error("{path} is not a Rampart database: {why}")]
     Foreign {
-        /// Path of the database file.
+        /// Path of the database file, or the PostgreSQL URL without its password.
         path: String,
         /// What gave it away.
         why: String,
@@ -42,7 +42,8 @@ pub enum StoreError {
         /// Newest version this binary knows.
         supported: i64,
     },
-    /// Another process held the database longer than the busy timeout.
+    /// Another process held the database (or a lock in it) longer than the
+    /// busy timeout.
     #[error(
         "the database stayed busy past store.busy_timeout: another process holds a long transaction; retry, or raise the timeout"
     )]
@@ -57,6 +58,16 @@ pub enum StoreError {
         what: String,
         /// The underlying error.
         source: std::io::Error,
+    },
+    /// The database server cannot be reached, or refused the connection.
+    #[error(
+        "cannot use the database at {target}: {why}; check that the server is running and that store.url is right"
+    )]
+    Unavailable {
+        /// The PostgreSQL URL, without its password.
+        target: String,
+        /// What went wrong.
+        why: String,
     },
     /// Any other database error.
     #[error("database error: {0}")]

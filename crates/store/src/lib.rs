@@ -1,4 +1,6 @@
-//! Rampart's storage: the [`Store`] trait and its SQLite implementation.
+//! Rampart's storage: the [`Store`] trait and its two implementations,
+//! [`SqliteStore`] (the default, one file in the data dir) and
+//! [`PostgresStore`] (for scale-out), which behave identically.
 //!
 //! This crate owns the tables (identities, devices, certificates, the audit
 //! log, the change feed) and every query on them. Callers never see SQL.
@@ -10,10 +12,15 @@
 //! change is never visible without its audit trail, and a running `serve`
 //! learns of it through [`Store::changes_since`] whichever process made it.
 
+mod any;
 mod audit;
 mod error;
+mod lifecycle;
+mod millis;
 mod model;
 mod mqtt;
+pub mod postgres;
+mod records;
 pub mod sqlite;
 pub mod telemetry;
 
@@ -21,6 +28,7 @@ use async_trait::async_trait;
 use rampart_pki::RevocationReason;
 use rampart_proto::DeviceId;
 
+pub use any::AnyStore;
 pub use audit::{AuditBreak, AuditEntry, AuditKey, AuditRecord, AuditReport, read_key_file};
 pub use error::StoreError;
 pub use model::{
@@ -29,14 +37,19 @@ pub use model::{
     ServiceState,
 };
 pub use mqtt::{MqttOp, MqttSnapshot, StoredMessage, StoredSession, StoredSubscription};
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 pub use telemetry::TelemetryStore;
+
+/// How many change-feed rows are kept; a follower further behind
+/// resynchronises from the registry.
+pub(crate) const CHANGES_RETAINED: i64 = 10_000;
 
 /// Result type of every store operation.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// The storage API every part of Rampart uses. SQLite implements it now;
-/// PostgreSQL implements the same trait for scale-out.
+/// The storage API every part of Rampart uses, implemented by SQLite and
+/// PostgreSQL with the same semantics (one test suite runs against both).
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// Registers a new device with its first certificate. Fails with

@@ -1,38 +1,184 @@
-//! Store behaviour against a real SQLite file.
+//! Store behaviour, one suite for both backends: every scenario runs against
+//! a real SQLite file and a real PostgreSQL database (see `on_both!`).
+//! Tests named `sqlite_*` or `postgres_*` check what only one backend has
+//! (its file format, its server).
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rampart_pki::RevocationReason;
 use rampart_proto::DeviceId;
+use rampart_store::postgres::PostgresOptions;
 use rampart_store::sqlite::SqliteOptions;
 use rampart_store::{
     Actor, AuditEntry, AuditKey, CertificateStatus, ChangeKind, DeviceFilter, DeviceState,
-    NewDevice, SqliteStore, Store, StoreError,
+    NewDevice, PostgresStore, SqliteStore, Store, StoreError,
 };
+use rampart_test_support::PgTestDb;
 use rusqlite::Connection;
 use time::{Duration, OffsetDateTime};
 
 const KEY: [u8; 32] = [7; 32];
 
-fn open(dir: &Path) -> SqliteStore {
-    SqliteStore::open(
-        &dir.join("rampart.db"),
-        AuditKey::new(KEY, Some(dir.join("audit.head"))),
-        SqliteOptions::default(),
-    )
-    .expect("open store")
+// ---------------------------------------------------------------------------
+// The harness: a backend is a database a scenario opens stores on, plus raw
+// SQL access to it (what someone with the database but not the audit key
+// can do).
+
+/// A database to run a scenario on.
+trait Backend {
+    /// The store type this backend opens.
+    type Store: Store + Clone + 'static;
+
+    /// Opens a store on the database; each call is a separate handle, as a
+    /// second process would have.
+    async fn open(&self) -> Self::Store;
+
+    /// Runs `sql` directly on the database, bypassing the store.
+    async fn raw(&self, sql: &str) -> Result<(), String>;
+
+    /// Runs `sql` with the audit log's append-only triggers removed first.
+    async fn tamper(&self, sql: &str);
 }
+
+struct Sqlite {
+    dir: tempfile::TempDir,
+}
+
+impl Sqlite {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    fn db(&self) -> std::path::PathBuf {
+        self.dir.path().join("rampart.db")
+    }
+}
+
+impl Backend for Sqlite {
+    type Store = SqliteStore;
+
+    async fn open(&self) -> SqliteStore {
+        SqliteStore::open(&self.db(), key(self.dir.path()), SqliteOptions::default())
+            .expect("open SQLite store")
+    }
+
+    async fn raw(&self, sql: &str) -> Result<(), String> {
+        Connection::open(self.db())
+            .and_then(|c| c.execute_batch(sql))
+            .map_err(|e| e.to_string())
+    }
+
+    async fn tamper(&self, sql: &str) {
+        self.raw(&format!(
+            "DROP TRIGGER audit_log_no_update; DROP TRIGGER audit_log_no_delete; {sql}"
+        ))
+        .await
+        .expect("tamper");
+    }
+}
+
+struct Postgres {
+    db: PgTestDb,
+    dir: tempfile::TempDir,
+}
+
+impl Postgres {
+    /// `None` when the server is unreachable and `RAMPART_TEST_PG=skip`.
+    async fn new() -> Option<Self> {
+        Some(Self {
+            db: PgTestDb::create().await?,
+            dir: tempfile::tempdir().expect("tempdir"),
+        })
+    }
+}
+
+impl Backend for Postgres {
+    type Store = PostgresStore;
+
+    async fn open(&self) -> PostgresStore {
+        PostgresStore::connect(
+            self.db.url(),
+            key(self.dir.path()),
+            PostgresOptions::default(),
+        )
+        .await
+        .expect("connect PostgreSQL store")
+    }
+
+    async fn raw(&self, sql: &str) -> Result<(), String> {
+        self.db.execute(sql)
+    }
+
+    async fn tamper(&self, sql: &str) {
+        self.raw(&format!(
+            "DROP TRIGGER audit_log_no_update ON audit_log;
+             DROP TRIGGER audit_log_no_delete ON audit_log; {sql}"
+        ))
+        .await
+        .expect("tamper");
+    }
+}
+
+/// The audit key, with its chain head file in `dir`.
+fn key(dir: &Path) -> AuditKey {
+    AuditKey::new(KEY, Some(dir.join("audit.head")))
+}
+
+/// Generates `mod NAME { sqlite, postgres }` tests that run the scenario
+/// `async fn NAME(backend: impl Backend)` against each backend.
+macro_rules! on_both {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$scenario(Sqlite::new()).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if let Some(backend) = Postgres::new().await {
+                    super::$scenario(backend).await;
+                }
+            }
+        }
+    )*};
+}
+
+on_both!(
+    devices_lifecycle_and_change_feed,
+    audit_chain_verifies_when_intact,
+    audit_log_refuses_plain_updates,
+    audit_chain_detects_an_edited_row,
+    audit_chain_detects_a_deleted_row,
+    audit_chain_detects_an_edit_with_recomputed_hashes,
+    audit_chain_detects_truncated_tail,
+    concurrent_writers_keep_one_chain_and_an_ordered_feed,
+    presence_updates_online_and_last_seen,
+    services_share_the_identity_namespace_with_devices,
+    broker_state_survives_reopening,
+);
 
 fn id(s: &str) -> DeviceId {
     DeviceId::parse(s).expect("valid id")
 }
 
+/// A device whose serial and fingerprint are unique per `(prefix, n)`.
 fn new_device(name: &str, n: u8) -> NewDevice {
+    numbered_device(name, 0, n)
+}
+
+fn numbered_device(name: &str, prefix: u8, n: u8) -> NewDevice {
     let now = OffsetDateTime::now_utc();
     NewDevice {
         id: id(name),
-        serial: format!("{n:02x}{}", "ab".repeat(15)),
-        fingerprint: format!("{n:02x}{}", "cd".repeat(31)),
+        serial: format!("{prefix:02x}{n:02x}{}", "ab".repeat(14)),
+        fingerprint: format!("{prefix:02x}{n:02x}{}", "cd".repeat(30)),
         not_before: now,
         not_after: now + Duration::days(365),
         claim_code_hash: "hash".into(),
@@ -46,10 +192,11 @@ fn cli() -> Actor {
     }
 }
 
-#[tokio::test]
-async fn devices_lifecycle_and_change_feed() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = open(dir.path());
+// ---------------------------------------------------------------------------
+// Scenarios on both backends.
+
+async fn devices_lifecycle_and_change_feed(backend: impl Backend) {
+    let store = backend.open().await;
 
     let dev = store
         .create_device(new_device("greenhouse-1", 1), &cli())
@@ -76,25 +223,52 @@ async fn devices_lifecycle_and_change_feed() {
         all.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
         ["a4:cf:12:00:00:01", "greenhouse-1"]
     );
-    let searched = store
+    // Search ignores ASCII case and treats LIKE wildcards as plain text.
+    for (search, found) in [("green", 1), ("GREEN", 1), ("%", 0), ("_", 0), (":00:", 1)] {
+        let searched = store
+            .list_devices(&DeviceFilter {
+                search: Some(search.into()),
+                ..Default::default()
+            })
+            .await
+            .expect("search");
+        assert_eq!(searched.len(), found, "search {search:?}");
+    }
+    let paged = store
         .list_devices(&DeviceFilter {
-            search: Some("green".into()),
+            limit: Some(1),
+            offset: 1,
             ..Default::default()
         })
         .await
-        .expect("search");
-    assert_eq!(searched.len(), 1);
+        .expect("page");
+    assert_eq!(paged.len(), 1);
+    assert_eq!(paged[0].id.as_str(), "greenhouse-1");
 
     let disabled = store
         .set_device_disabled(&id("greenhouse-1"), true, &cli())
         .await
         .expect("disable");
     assert_eq!(disabled.state, DeviceState::Disabled);
+    let only_disabled = store
+        .list_devices(&DeviceFilter {
+            state: Some(DeviceState::Disabled),
+            ..Default::default()
+        })
+        .await
+        .expect("by state");
+    assert_eq!(only_disabled.len(), 1);
     let enabled = store
         .set_device_disabled(&id("greenhouse-1"), false, &cli())
         .await
         .expect("enable");
     assert_eq!(enabled.state, DeviceState::Unbound);
+
+    let rotated = store
+        .set_claim_code(&id("greenhouse-1"), "hash-2", &cli())
+        .await
+        .expect("rotate claim code");
+    assert_eq!(rotated.state, DeviceState::Unbound);
 
     let revoked = store
         .revoke_device(&id("greenhouse-1"), RevocationReason::KeyCompromise, &cli())
@@ -106,6 +280,16 @@ async fn devices_lifecycle_and_change_feed() {
         .await
         .expect_err("revoked cannot be enabled");
     assert!(matches!(err, StoreError::InvalidState { .. }), "{err}");
+    let err = store
+        .revoke_device(&id("greenhouse-1"), RevocationReason::KeyCompromise, &cli())
+        .await
+        .expect_err("already revoked");
+    assert!(matches!(err, StoreError::InvalidState { .. }), "{err}");
+    let err = store
+        .revoke_device(&id("nobody"), RevocationReason::KeyCompromise, &cli())
+        .await
+        .expect_err("unknown");
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
     let cert = store
         .certificate(&revoked.serial)
         .await
@@ -116,6 +300,7 @@ async fn devices_lifecycle_and_change_feed() {
         cert.revocation_reason,
         Some(RevocationReason::KeyCompromise)
     );
+    assert!(store.certificate("00ff").await.expect("cert").is_none());
 
     store
         .delete_device(&id("a4:cf:12:00:00:01"), &cli())
@@ -153,17 +338,25 @@ async fn devices_lifecycle_and_change_feed() {
         .into_iter()
         .map(|c| (c.kind, c.subject))
         .collect();
-    assert_eq!(feed.len(), 7);
-    assert_eq!(feed[4], (ChangeKind::DeviceRevoked, "greenhouse-1".into()));
+    assert_eq!(feed.len(), 8);
+    assert_eq!(
+        feed[4],
+        (ChangeKind::ClaimCodeRotated, "greenhouse-1".into())
+    );
+    assert_eq!(feed[5], (ChangeKind::DeviceRevoked, "greenhouse-1".into()));
     let latest = store.latest_change().await.expect("latest");
     assert!(store.changes_since(latest).await.expect("tail").is_empty());
+    let report = store.verify_audit().await.expect("verify");
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.rows, 8, "one audit row per change");
 
     assert_eq!(store.next_crl_number().await.expect("crl n"), 1);
     assert_eq!(store.next_crl_number().await.expect("crl n"), 2);
 }
 
-async fn audited_store(dir: &Path, rows: usize) -> SqliteStore {
-    let store = open(dir);
+/// A store with `rows` audit rows recorded by `record_audit`.
+async fn audited<B: Backend>(backend: &B, rows: usize) -> B::Store {
+    let store = backend.open().await;
     for i in 0..rows {
         store
             .record_audit(AuditEntry {
@@ -178,44 +371,34 @@ async fn audited_store(dir: &Path, rows: usize) -> SqliteStore {
     store
 }
 
-/// What an attacker with write access to the file (but not the key) can do.
-fn tamper(dir: &Path, sql: &str) {
-    let conn = Connection::open(dir.join("rampart.db")).expect("open raw");
-    conn.execute_batch("DROP TRIGGER audit_log_no_update; DROP TRIGGER audit_log_no_delete;")
-        .expect("drop triggers");
-    conn.execute_batch(sql).expect("tamper");
-}
-
-#[tokio::test]
-async fn audit_chain_verifies_when_intact() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = audited_store(dir.path(), 5).await;
+async fn audit_chain_verifies_when_intact(backend: impl Backend) {
+    let store = audited(&backend, 5).await;
     let report = store.verify_audit().await.expect("verify");
     assert!(report.ok, "{report:?}");
     assert_eq!(report.rows, 5);
     let page = store.audit_log(2, 2).await.expect("page");
     assert_eq!(page.iter().map(|r| r.seq).collect::<Vec<_>>(), [3, 4]);
+    assert_eq!(page[0].subject.as_deref(), Some("thing-2"));
+    assert_eq!(page[0].detail, serde_json::json!({ "i": 2 }));
+    assert_eq!(page[1].prev_mac, page[0].mac);
 }
 
-#[tokio::test]
-async fn audit_log_refuses_plain_updates() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let _store = audited_store(dir.path(), 2).await;
-    let conn = Connection::open(dir.path().join("rampart.db")).expect("open raw");
-    let err = conn
-        .execute("DELETE FROM audit_log WHERE seq = 1", [])
-        .expect_err("append-only");
-    assert!(err.to_string().contains("append-only"), "{err}");
+async fn audit_log_refuses_plain_updates(backend: impl Backend) {
+    let _store = audited(&backend, 2).await;
+    for sql in [
+        "DELETE FROM audit_log WHERE seq = 1",
+        "UPDATE audit_log SET actor = 'x' WHERE seq = 2",
+    ] {
+        let err = backend.raw(sql).await.expect_err("append-only");
+        assert!(err.contains("append-only"), "{sql}: {err}");
+    }
 }
 
-#[tokio::test]
-async fn audit_chain_detects_an_edited_row() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = audited_store(dir.path(), 5).await;
-    tamper(
-        dir.path(),
-        "UPDATE audit_log SET actor = 'someone-else' WHERE seq = 3",
-    );
+async fn audit_chain_detects_an_edited_row(backend: impl Backend) {
+    let store = audited(&backend, 5).await;
+    backend
+        .tamper("UPDATE audit_log SET actor = 'someone-else' WHERE seq = 3")
+        .await;
     let report = store.verify_audit().await.expect("verify");
     assert!(!report.ok);
     assert_eq!(report.rows, 2);
@@ -224,44 +407,39 @@ async fn audit_chain_detects_an_edited_row() {
     assert!(b.problem.contains("edited"), "{}", b.problem);
 }
 
-#[tokio::test]
-async fn audit_chain_detects_a_deleted_row() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = audited_store(dir.path(), 5).await;
-    tamper(dir.path(), "DELETE FROM audit_log WHERE seq = 2");
+async fn audit_chain_detects_a_deleted_row(backend: impl Backend) {
+    let store = audited(&backend, 5).await;
+    backend.tamper("DELETE FROM audit_log WHERE seq = 2").await;
     let report = store.verify_audit().await.expect("verify");
     let b = report.first_break.expect("break");
     assert_eq!(b.seq, 3);
     assert!(b.problem.contains("missing"), "{}", b.problem);
 }
 
-#[tokio::test]
-async fn audit_chain_detects_an_edit_with_recomputed_hashes() {
+async fn audit_chain_detects_an_edit_with_recomputed_hashes(backend: impl Backend) {
     use sha2::{Digest, Sha256};
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = audited_store(dir.path(), 5).await;
+    let store = audited(&backend, 5).await;
     // Edit row 3, then recompute row 3..5's hashes and links with a plain
     // SHA-256 (all an attacker without the key can do): the chain is
     // self-consistent, but the macs are not ours.
-    tamper(
-        dir.path(),
-        "UPDATE audit_log SET subject = 'nothing-here' WHERE seq = 3",
-    );
+    backend
+        .tamper("UPDATE audit_log SET subject = 'nothing-here' WHERE seq = 3")
+        .await;
     let rows = store.audit_log(0, 100).await.expect("rows");
-    let conn = Connection::open(dir.path().join("rampart.db")).expect("raw");
     let mut prev = rows[1].mac.clone();
+    let mut rehash = String::new();
     for r in &rows[2..] {
         let mac = hex::encode(Sha256::digest(format!(
             "{prev}{}{:?}{}",
             r.seq, r.subject, r.detail
         )));
-        conn.execute(
-            "UPDATE audit_log SET prev_mac = ?1, mac = ?2 WHERE seq = ?3",
-            rusqlite::params![prev, mac, r.seq as i64],
-        )
-        .expect("rehash");
+        rehash.push_str(&format!(
+            "UPDATE audit_log SET prev_mac = '{prev}', mac = '{mac}' WHERE seq = {};",
+            r.seq
+        ));
         prev = mac;
     }
+    backend.raw(&rehash).await.expect("rehash");
     let report = store.verify_audit().await.expect("verify");
     assert!(!report.ok);
     let b = report.first_break.expect("break");
@@ -269,11 +447,9 @@ async fn audit_chain_detects_an_edit_with_recomputed_hashes() {
     assert!(b.problem.contains("edited"), "{}", b.problem);
 }
 
-#[tokio::test]
-async fn audit_chain_detects_truncated_tail() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = audited_store(dir.path(), 5).await;
-    tamper(dir.path(), "DELETE FROM audit_log WHERE seq >= 4");
+async fn audit_chain_detects_truncated_tail(backend: impl Backend) {
+    let store = audited(&backend, 5).await;
+    backend.tamper("DELETE FROM audit_log WHERE seq >= 4").await;
     let report = store.verify_audit().await.expect("verify");
     assert!(!report.ok);
     let b = report.first_break.expect("break");
@@ -284,85 +460,92 @@ async fn audit_chain_detects_truncated_tail() {
     );
 }
 
-#[tokio::test]
-async fn refuses_foreign_and_newer_databases() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let key = || AuditKey::new(KEY, None);
+/// Two store handles (the CLI and `serve`, or two replicas) write audited
+/// changes at once while a third follows the change feed the way `serve`
+/// does. No write may fail for lock contention, the audit chain must stay
+/// one unforked chain, and the follower, which only ever asks for
+/// `seq > last seen`, must see every change exactly once.
+async fn concurrent_writers_keep_one_chain_and_an_ordered_feed(backend: impl Backend) {
+    const EACH: u8 = 60;
+    let a = backend.open().await;
+    let b = backend.open().await;
+    let follower_store = backend.open().await;
+    let writing = Arc::new(AtomicBool::new(true));
 
-    let junk = dir.path().join("junk.db");
-    std::fs::write(&junk, b"this is not a database at all, just text").expect("write");
-    let err = SqliteStore::open(&junk, key(), SqliteOptions::default()).expect_err("junk");
-    assert!(err.to_string().contains("not an SQLite file"), "{err}");
-
-    let other = dir.path().join("other.db");
-    Connection::open(&other)
-        .and_then(|c| c.execute_batch("CREATE TABLE notes (x TEXT);"))
-        .expect("other app db");
-    let err = SqliteStore::open(&other, key(), SqliteOptions::default()).expect_err("foreign");
-    assert!(err.to_string().contains("another application"), "{err}");
-
-    let newer = dir.path().join("newer.db");
-    drop(SqliteStore::open(&newer, key(), SqliteOptions::default()).expect("create"));
-    Connection::open(&newer)
-        .and_then(|c| c.execute_batch("PRAGMA user_version = 999;"))
-        .expect("bump");
-    let err = SqliteStore::open(&newer, key(), SqliteOptions::default()).expect_err("newer");
-    assert!(
-        matches!(err, StoreError::TooNew { found: 999, .. }),
-        "{err}"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_processes_writing_at_once_never_see_locked() {
-    // Two independent stores on one file behave like the CLI and `serve`.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let a = open(dir.path());
-    let b = open(dir.path());
-    let writer = |s: SqliteStore, prefix: &'static str| {
+    let follower = {
+        let writing = Arc::clone(&writing);
         tokio::spawn(async move {
-            for i in 0..100u8 {
-                s.create_device(new_device(&format!("{prefix}-{i}"), i), &cli())
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())?;
+            let mut last = 0;
+            let mut seen = Vec::new();
+            loop {
+                // Read the flag before polling: a poll that starts after the
+                // writers finished sees everything they committed.
+                let finished = !writing.load(Ordering::Acquire);
+                for change in follower_store.changes_since(last).await.expect("poll") {
+                    assert!(change.seq > last, "feed went backwards");
+                    last = change.seq;
+                    seen.push(change.subject);
+                }
+                if finished {
+                    return seen;
+                }
+                tokio::task::yield_now().await;
             }
-            Ok::<_, String>(())
         })
     };
-    // Distinct fingerprints per writer: shift b's by prefixing a different byte.
-    let ha = writer(a.clone(), "a");
-    let hb = tokio::spawn(async move {
-        for i in 0..100u8 {
-            let mut d = new_device(&format!("b-{i}"), i);
-            d.serial = format!("ff{}", &d.serial[2..]);
-            d.fingerprint = format!("ff{}", &d.fingerprint[2..]);
-            d.serial.replace_range(2..4, &format!("{i:02x}"));
-            d.fingerprint.replace_range(2..4, &format!("{i:02x}"));
-            b.create_device(d, &cli())
-                .await
-                .map_err(|e| e.to_string())?;
-        }
-        Ok::<_, String>(())
-    });
-    ha.await.expect("join").expect("writer a");
-    hb.await.expect("join").expect("writer b");
+    let wa = tokio::spawn(write_devices(a.clone(), 0xa0, "a", EACH));
+    let wb = tokio::spawn(write_devices(b, 0xb0, "b", EACH));
+    wa.await.expect("join").expect("writer a");
+    wb.await.expect("join").expect("writer b");
+    writing.store(false, Ordering::Release);
+    let mut seen = follower.await.expect("follower");
+
+    let total = usize::from(EACH) * 2;
     assert_eq!(
         a.list_devices(&DeviceFilter::default())
             .await
             .expect("list")
             .len(),
-        200
+        total
     );
     let report = a.verify_audit().await.expect("verify");
     assert!(report.ok, "{report:?}");
-    assert_eq!(report.rows, 200);
+    assert_eq!(report.rows, total as u64 * 2);
+    seen.sort();
+    let mut expected: Vec<String> = (0..EACH)
+        .flat_map(|i| [format!("a-{i}"), format!("b-{i}")])
+        .collect();
+    expected.sort();
+    assert_eq!(seen, expected, "the follower missed or repeated changes");
 }
 
-#[tokio::test]
-async fn presence_updates_online_and_last_seen() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = open(dir.path());
+/// Creates devices `{name}-0..count` with an extra audit row each.
+async fn write_devices(
+    store: impl Store,
+    prefix: u8,
+    name: &'static str,
+    count: u8,
+) -> Result<(), String> {
+    for i in 0..count {
+        store
+            .create_device(numbered_device(&format!("{name}-{i}"), prefix, i), &cli())
+            .await
+            .map_err(|e| e.to_string())?;
+        store
+            .record_audit(AuditEntry {
+                actor: cli(),
+                action: "test.note".into(),
+                subject: Some(format!("{name}-{i}")),
+                detail: serde_json::json!({ "writer": name }),
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+async fn presence_updates_online_and_last_seen(backend: impl Backend) {
+    let store = backend.open().await;
     store
         .create_device(new_device("p-1", 1), &cli())
         .await
@@ -390,13 +573,16 @@ async fn presence_updates_online_and_last_seen() {
         .expect("present");
     assert!(!d.online);
     assert_eq!(d.last_seen, Some(at + Duration::seconds(5)));
+    // Presence of an unknown device is ignored, not an error.
+    store
+        .record_presence(&id("nobody"), true, at)
+        .await
+        .expect("unknown device");
 }
 
-#[tokio::test]
-async fn services_share_the_identity_namespace_with_devices() {
+async fn services_share_the_identity_namespace_with_devices(backend: impl Backend) {
     use rampart_store::{NewService, ServiceState};
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = open(dir.path());
+    let store = backend.open().await;
     store
         .create_device(new_device("shared-name", 1), &cli())
         .await
@@ -439,7 +625,29 @@ async fn services_share_the_identity_namespace_with_devices() {
         .await
         .expect("revoke");
     assert_eq!(revoked.state, ServiceState::Revoked);
+    let err = store
+        .revoke_service(
+            &id("consumer"),
+            RevocationReason::PrivilegeWithdrawn,
+            &cli(),
+        )
+        .await
+        .expect_err("already revoked");
+    assert!(matches!(err, StoreError::InvalidState { .. }), "{err}");
+    let err = store
+        .revoke_service(&id("ghost"), RevocationReason::Unspecified, &cli())
+        .await
+        .expect_err("unknown");
+    assert!(matches!(err, StoreError::ServiceNotFound(_)), "{err}");
     assert_eq!(store.list_services().await.expect("list").len(), 1);
+    assert_eq!(
+        store
+            .service(&id("consumer"))
+            .await
+            .expect("get")
+            .map(|s| s.state),
+        Some(ServiceState::Revoked)
+    );
     let feed = store.changes_since(0).await.expect("feed");
     assert_eq!(
         feed.last().map(|c| c.kind),
@@ -448,10 +656,8 @@ async fn services_share_the_identity_namespace_with_devices() {
     assert!(ChangeKind::ServiceRevoked.affects_sessions());
 }
 
-#[tokio::test]
-async fn broker_state_survives_reopening() {
+async fn broker_state_survives_reopening(backend: impl Backend) {
     use rampart_store::{MqttOp, StoredMessage, StoredSubscription};
-    let dir = tempfile::tempdir().expect("tempdir");
     let msg = |topic: &str, payload: &[u8]| StoredMessage {
         topic: topic.into(),
         payload: payload.to_vec(),
@@ -462,7 +668,7 @@ async fn broker_state_survives_reopening() {
         subscription_ids: vec![4],
     };
     {
-        let store = open(dir.path());
+        let store = backend.open().await;
         store
             .mqtt_apply(vec![
                 MqttOp::SaveSession {
@@ -530,20 +736,224 @@ async fn broker_state_survives_reopening() {
             ])
             .await
             .expect("apply");
+        // Enqueueing an id again replaces the delivery.
+        store
+            .mqtt_apply(vec![MqttOp::Enqueue {
+                client: "sub-1".into(),
+                id: 3,
+                message: msg("c", b"three again"),
+            }])
+            .await
+            .expect("replace");
     }
-    let snap = open(dir.path()).mqtt_load().await.expect("load");
+    let snap = backend.open().await.mqtt_load().await.expect("load");
     assert_eq!(snap.sessions.len(), 1);
     let s = &snap.sessions[0];
     assert_eq!(s.client, "sub-1");
+    assert_eq!(s.expiry_secs, 3600);
     assert_eq!(s.disconnected_at_ms, Some(1_800_000_000_000));
     assert_eq!(s.subscriptions[0].filter, "devices/#");
+    assert_eq!(s.subscriptions[0].subscription_id, Some(4));
     let queued: Vec<(u64, &[u8])> = s
         .queue
         .iter()
         .map(|(id, m)| (*id, m.payload.as_slice()))
         .collect();
-    assert_eq!(queued, [(1, &b"one"[..]), (3, &b"three"[..])]);
+    assert_eq!(queued, [(1, &b"one"[..]), (3, &b"three again"[..])]);
     assert_eq!(s.queue[0].1, msg("a", b"one"));
     assert_eq!(snap.retained.len(), 1);
     assert_eq!(snap.retained[0].payload, b"kept");
+    assert!(snap.retained[0].retain);
+}
+
+// ---------------------------------------------------------------------------
+// SQLite only: its file.
+
+#[tokio::test]
+async fn sqlite_refuses_foreign_and_newer_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = || AuditKey::new(KEY, None);
+
+    let junk = dir.path().join("junk.db");
+    std::fs::write(&junk, b"this is not a database at all, just text").expect("write");
+    let err = SqliteStore::open(&junk, key(), SqliteOptions::default()).expect_err("junk");
+    assert!(err.to_string().contains("not an SQLite file"), "{err}");
+
+    let other = dir.path().join("other.db");
+    Connection::open(&other)
+        .and_then(|c| c.execute_batch("CREATE TABLE notes (x TEXT);"))
+        .expect("other app db");
+    let err = SqliteStore::open(&other, key(), SqliteOptions::default()).expect_err("foreign");
+    assert!(err.to_string().contains("another application"), "{err}");
+
+    let newer = dir.path().join("newer.db");
+    drop(SqliteStore::open(&newer, key(), SqliteOptions::default()).expect("create"));
+    Connection::open(&newer)
+        .and_then(|c| c.execute_batch("PRAGMA user_version = 999;"))
+        .expect("bump");
+    let err = SqliteStore::open(&newer, key(), SqliteOptions::default()).expect_err("newer");
+    assert!(
+        matches!(err, StoreError::TooNew { found: 999, .. }),
+        "{err}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// PostgreSQL only: its server.
+
+#[tokio::test]
+async fn postgres_refuses_foreign_and_newer_databases() {
+    let Some(foreign) = Postgres::new().await else {
+        return;
+    };
+    foreign
+        .raw("CREATE TABLE notes (x TEXT)")
+        .await
+        .expect("other app table");
+    let err = PostgresStore::connect(
+        foreign.db.url(),
+        AuditKey::new(KEY, None),
+        PostgresOptions::default(),
+    )
+    .await
+    .expect_err("foreign");
+    assert!(matches!(err, StoreError::Foreign { .. }), "{err}");
+    assert!(err.to_string().contains("another application"), "{err}");
+    // Refused before anything was written.
+    foreign
+        .raw("SELECT 1 FROM notes")
+        .await
+        .expect("its table is untouched");
+    assert!(foreign.raw("SELECT 1 FROM audit_log").await.is_err());
+
+    let Some(newer) = Postgres::new().await else {
+        return;
+    };
+    drop(newer.open().await);
+    newer
+        .raw("UPDATE rampart_schema SET version = 999")
+        .await
+        .expect("bump");
+    let err = PostgresStore::connect(
+        newer.db.url(),
+        AuditKey::new(KEY, None),
+        PostgresOptions::default(),
+    )
+    .await
+    .expect_err("newer");
+    assert!(
+        matches!(err, StoreError::TooNew { found: 999, .. }),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn postgres_audit_log_refuses_truncate() {
+    let Some(backend) = Postgres::new().await else {
+        return;
+    };
+    let _store = audited(&backend, 1).await;
+    let err = backend
+        .raw("TRUNCATE audit_log")
+        .await
+        .expect_err("append-only");
+    assert!(err.contains("append-only"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_replicas_starting_together_migrate_once() {
+    let Some(backend) = Postgres::new().await else {
+        return;
+    };
+    let (a, b, c) = tokio::join!(backend.open(), backend.open(), backend.open());
+    for store in [&a, &b, &c] {
+        store
+            .record_audit(AuditEntry {
+                actor: Actor::system(),
+                action: "test.start".into(),
+                subject: None,
+                detail: serde_json::json!({}),
+            })
+            .await
+            .expect("usable");
+    }
+    let report = a.verify_audit().await.expect("verify");
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.rows, 3);
+}
+
+#[tokio::test]
+async fn postgres_unreachable_server_is_unavailable_and_hides_the_password() {
+    // Port 1 on loopback: nothing listens there.
+    let err = PostgresStore::connect(
+        "postgres://rampart:very-secret-pw@127.0.0.1:1/rampart",
+        AuditKey::new(KEY, None),
+        PostgresOptions::default(),
+    )
+    .await
+    .expect_err("nothing listens on port 1");
+    assert!(matches!(err, StoreError::Unavailable { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains("127.0.0.1:1"), "{msg}");
+    assert!(!msg.contains("very-secret-pw"), "{msg}");
+    assert!(!format!("{err:?}").contains("very-secret-pw"), "{err:?}");
+}
+
+#[tokio::test]
+async fn postgres_refuses_sslmode_require_it_cannot_honour() {
+    let err = PostgresStore::connect(
+        "postgres://rampart@127.0.0.1:5432/rampart?sslmode=require",
+        AuditKey::new(KEY, None),
+        PostgresOptions::default(),
+    )
+    .await
+    .expect_err("no TLS in this build");
+    assert!(matches!(err, StoreError::Unavailable { .. }), "{err:?}");
+    assert!(err.to_string().contains("sslmode=require"), "{err}");
+}
+
+#[tokio::test]
+async fn postgres_waits_for_the_append_lock_at_most_the_busy_timeout() {
+    let Some(backend) = Postgres::new().await else {
+        return;
+    };
+    drop(backend.open().await);
+    let store = PostgresStore::connect(
+        backend.db.url(),
+        key(backend.dir.path()),
+        PostgresOptions {
+            busy_timeout: std::time::Duration::from_millis(200),
+            ..PostgresOptions::default()
+        },
+    )
+    .await
+    .expect("connect");
+    // Another process holds the audit and change-feed append lock
+    // ("RMPT" 1, see src/postgres/ledger.rs) in an open transaction.
+    let (other, connection) = tokio_postgres::connect(backend.db.url(), tokio_postgres::NoTls)
+        .await
+        .expect("raw connection");
+    let driver = tokio::spawn(connection);
+    other
+        .batch_execute("BEGIN; SELECT pg_advisory_xact_lock(x'524D50540001'::bigint);")
+        .await
+        .expect("hold the lock");
+
+    let err = store
+        .create_device(new_device("waits-1", 1), &cli())
+        .await
+        .expect_err("lock held elsewhere");
+    assert!(matches!(err, StoreError::Busy), "{err:?}");
+    assert!(
+        store.device(&id("waits-1")).await.expect("read").is_none(),
+        "nothing of the failed change is visible"
+    );
+
+    other.batch_execute("ROLLBACK").await.expect("release");
+    store
+        .create_device(new_device("waits-1", 1), &cli())
+        .await
+        .expect("lock free again");
+    drop(other);
+    let _ = driver.await;
 }

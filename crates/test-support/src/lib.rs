@@ -3,7 +3,12 @@
 //! the real `openssl` command-line tool.
 //!
 //! Nothing here fakes a component: tests run the real binary against real
-//! files, and check certificates with the real OpenSSL.
+//! files, check certificates with the real OpenSSL, and run the PostgreSQL
+//! store against a real server ([`PgTestDb`]).
+
+mod postgres;
+
+pub use postgres::PgTestDb;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

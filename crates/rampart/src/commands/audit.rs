@@ -12,7 +12,7 @@ use crate::platform::Platform;
 
 /// Verifies or lists the audit log. `verify` exits 1 when the chain is broken.
 pub async fn run(g: &GlobalArgs, config: Config, cmd: AuditCommand) -> Result<ExitCode> {
-    let platform = Platform::open(&g.data_dir, config)?;
+    let platform = Platform::open(&g.data_dir, config).await?;
     match cmd {
         AuditCommand::Verify => {
             let report = platform.store.verify_audit().await?;

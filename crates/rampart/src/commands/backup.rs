@@ -38,7 +38,7 @@ const ENTRIES: &[&str] = &[
 /// Writes a backup of the data dir to `file`.
 pub async fn backup(g: &GlobalArgs, config: Config, file: &Path) -> Result<ExitCode> {
     let dir = DataDir::open(&g.data_dir)?;
-    let platform = Platform::open(&g.data_dir, config)?;
+    let platform = Platform::open(&g.data_dir, config).await?;
     let out = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -99,8 +99,13 @@ async fn write_backup(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(e).context("cannot read the audit head"),
     };
-    platform
-        .store
+    let rampart_store::AnyStore::Sqlite(sqlite) = &platform.store else {
+        bail!(
+            "the store is PostgreSQL ({}): back it up with pg_dump or continuous archiving (docs/operations.md); `rampart backup` covers the SQLite store",
+            platform.store.location()
+        );
+    };
+    sqlite
         .snapshot_to(snapshot)
         .await
         .context("cannot snapshot the database")?;
@@ -221,7 +226,7 @@ pub async fn restore(g: &GlobalArgs, config: Config, file: &Path) -> Result<Exit
     }
     fs::rename(&staging, target)
         .with_context(|| format!("cannot move the restored data into {}", target.display()))?;
-    let platform = Platform::open(target, config)?;
+    let platform = Platform::open(target, config).await?;
     let audit = platform.store.verify_audit().await?;
     let devices = platform
         .store

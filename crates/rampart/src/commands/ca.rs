@@ -14,7 +14,7 @@ use crate::platform::{Platform, cli_actor};
 
 /// Runs a CA command.
 pub async fn run(g: &GlobalArgs, config: Config, cmd: CaCommand) -> Result<ExitCode> {
-    let platform = Platform::open(&g.data_dir, config)?;
+    let platform = Platform::open(&g.data_dir, config).await?;
     match cmd {
         CaCommand::Export => {
             let chain = platform.pki.chain_pem();

@@ -8,8 +8,10 @@ use crate::cli::{ConfigCommand, GlobalArgs};
 use crate::config::{Config, EXAMPLE};
 use crate::output;
 
-/// Prints the example or the effective configuration.
-pub fn run(g: &GlobalArgs, config: Config, cmd: ConfigCommand) -> Result<ExitCode> {
+/// Prints the example or the effective configuration; a password in
+/// `store.url` is shown as `***`.
+pub fn run(g: &GlobalArgs, mut config: Config, cmd: ConfigCommand) -> Result<ExitCode> {
+    config.store.url = config.store.url.redacted();
     match cmd {
         ConfigCommand::Example => print!("{EXAMPLE}"),
         ConfigCommand::Show if g.json => output::json(&config)?,

@@ -74,7 +74,7 @@ struct Files {
 
 /// Runs a device command.
 pub async fn run(g: &GlobalArgs, config: Config, cmd: DeviceCommand) -> Result<ExitCode> {
-    let p = Platform::open(&g.data_dir, config)?;
+    let p = Platform::open(&g.data_dir, config).await?;
     match cmd {
         DeviceCommand::SignCsr { file, id, out } => sign_csr(g, &p, &file, id.as_ref(), out).await,
         DeviceCommand::Create { id, out } => create(g, &p, &id, &out).await,

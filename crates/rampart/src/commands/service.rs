@@ -14,7 +14,7 @@ use crate::platform::{Platform, cli_actor};
 
 /// Runs a service command.
 pub async fn run(g: &GlobalArgs, config: Config, cmd: ServiceCommand) -> Result<ExitCode> {
-    let p = Platform::open(&g.data_dir, config)?;
+    let p = Platform::open(&g.data_dir, config).await?;
     match cmd {
         ServiceCommand::Create { name, out } => {
             if p.store.service(&name).await?.is_some() || p.store.device(&name).await?.is_some() {

@@ -17,7 +17,7 @@ use crate::timespec;
 
 /// Runs a telemetry command.
 pub async fn run(g: &GlobalArgs, config: Config, cmd: TelemetryCommand) -> Result<ExitCode> {
-    let p = Platform::open(&g.data_dir, config)?;
+    let p = Platform::open(&g.data_dir, config).await?;
     let store: &dyn TelemetryStore = &p.store;
     match cmd {
         TelemetryCommand::Query {

@@ -2,11 +2,9 @@
 
 use rusqlite::{Connection, Transaction, params};
 
-use super::{db, from_ms};
-use crate::{Change, ChangeKind, Result, StoreError};
-
-/// How many feed rows are kept; a follower further behind resynchronises.
-const RETAINED: i64 = 10_000;
+use super::db;
+use crate::records::ChangeRow;
+use crate::{Change, ChangeKind, Result};
 
 /// Appends a change inside `tx` and trims the feed.
 pub(super) fn append(
@@ -22,7 +20,7 @@ pub(super) fn append(
     .map_err(db)?;
     tx.execute(
         "DELETE FROM changes WHERE seq <= last_insert_rowid() - ?1",
-        params![RETAINED],
+        params![crate::CHANGES_RETAINED],
     )
     .map_err(db)?;
     Ok(())
@@ -35,25 +33,16 @@ pub(super) fn since(conn: &Connection, after: u64) -> Result<Vec<Change>> {
         .map_err(db)?;
     let rows = stmt
         .query_map(params![after as i64], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-            ))
+            Ok(ChangeRow {
+                seq: r.get(0)?,
+                at: r.get(1)?,
+                kind: r.get(2)?,
+                subject: r.get(3)?,
+            })
         })
         .map_err(db)?;
-    rows.map(|r| {
-        let (seq, at, kind, subject) = r.map_err(db)?;
-        Ok(Change {
-            seq: seq as u64,
-            at: from_ms(at)?,
-            kind: ChangeKind::parse(&kind)
-                .ok_or_else(|| StoreError::Corrupt(format!("unknown change kind '{kind}'")))?,
-            subject,
-        })
-    })
-    .collect()
+    rows.map(|r| r.map_err(db).and_then(ChangeRow::into_change))
+        .collect()
 }
 
 /// The newest sequence number, 0 when the feed is empty.

@@ -5,19 +5,21 @@ use rampart_proto::DeviceId;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use time::OffsetDateTime;
 
-use super::{db, from_ms, to_ms};
+use super::db;
+use crate::millis::to_ms;
 use crate::model::IdentityKind;
+use crate::records::{CertificateRow, DeviceRow, RevokedRow, contains_pattern};
 use crate::{
-    CertificateRecord, CertificateStatus, Device, DeviceFilter, DeviceState, NewDevice, Owner,
-    Result, RevokedCertificate, StoreError,
+    CertificateRecord, Device, DeviceFilter, DeviceState, NewDevice, Result, RevokedCertificate,
+    StoreError,
 };
 
 const SELECT_DEVICE: &str = "SELECT d.id, d.state, d.owner_type, d.owner_id, d.cert_serial,
         c.fingerprint, c.not_after, d.online, d.last_seen, d.created_at, d.updated_at
     FROM devices d JOIN certificates c ON c.serial = d.cert_serial";
 
-fn device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawDevice> {
-    Ok(RawDevice {
+fn device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRow> {
+    Ok(DeviceRow {
         id: r.get(0)?,
         state: r.get(1)?,
         owner_type: r.get(2)?,
@@ -32,49 +34,6 @@ fn device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawDevice> {
     })
 }
 
-struct RawDevice {
-    id: String,
-    state: String,
-    owner_type: Option<String>,
-    owner_id: Option<String>,
-    serial: String,
-    fingerprint: String,
-    not_after: i64,
-    online: bool,
-    last_seen: Option<i64>,
-    created_at: i64,
-    updated_at: i64,
-}
-
-impl RawDevice {
-    fn into_device(self) -> Result<Device> {
-        let owner = match (self.owner_type.as_deref(), self.owner_id) {
-            (Some("user"), Some(id)) => Some(Owner::User(id)),
-            (Some("group"), Some(id)) => Some(Owner::Group(id)),
-            (None, None) => None,
-            (t, _) => {
-                return Err(StoreError::Corrupt(format!(
-                    "device {} has owner type {t:?}",
-                    self.id
-                )));
-            }
-        };
-        Ok(Device {
-            id: DeviceId::parse(&self.id)
-                .map_err(|e| StoreError::Corrupt(format!("stored device id: {e}")))?,
-            state: self.state.parse().map_err(StoreError::Corrupt)?,
-            owner,
-            serial: self.serial,
-            fingerprint: self.fingerprint,
-            not_after: from_ms(self.not_after)?,
-            online: self.online,
-            last_seen: self.last_seen.map(from_ms).transpose()?,
-            created_at: from_ms(self.created_at)?,
-            updated_at: from_ms(self.updated_at)?,
-        })
-    }
-}
-
 /// One device by id.
 pub(super) fn get(conn: &Connection, id: &str) -> Result<Option<Device>> {
     conn.prepare_cached(&format!("{SELECT_DEVICE} WHERE d.id = ?1"))
@@ -82,7 +41,7 @@ pub(super) fn get(conn: &Connection, id: &str) -> Result<Option<Device>> {
         .query_row(params![id], device_row)
         .optional()
         .map_err(db)?
-        .map(RawDevice::into_device)
+        .map(DeviceRow::into_device)
         .transpose()
 }
 
@@ -93,14 +52,7 @@ pub(super) fn require(conn: &Connection, id: &DeviceId) -> Result<Device> {
 
 /// Devices matching `filter`, ordered by id.
 pub(super) fn list(conn: &Connection, filter: &DeviceFilter) -> Result<Vec<Device>> {
-    let search = filter.search.as_ref().map(|s| {
-        format!(
-            "%{}%",
-            s.replace('\\', "\\\\")
-                .replace('%', "\\%")
-                .replace('_', "\\_")
-        )
-    });
+    let search = filter.search.as_deref().map(contains_pattern);
     let mut stmt = conn
         .prepare_cached(&format!(
             "{SELECT_DEVICE}
@@ -121,7 +73,7 @@ pub(super) fn list(conn: &Connection, filter: &DeviceFilter) -> Result<Vec<Devic
             device_row,
         )
         .map_err(db)?;
-    rows.map(|r| r.map_err(db).and_then(RawDevice::into_device))
+    rows.map(|r| r.map_err(db).and_then(DeviceRow::into_device))
         .collect()
 }
 
@@ -238,58 +190,31 @@ pub(super) fn remove(tx: &Transaction<'_>, id: &DeviceId) -> Result<()> {
     Ok(())
 }
 
-fn reason(s: Option<String>, serial: &str) -> Result<Option<RevocationReason>> {
-    s.map(|r| {
-        r.parse().map_err(|_| {
-            StoreError::Corrupt(format!("certificate {serial} has revocation reason '{r}'"))
-        })
-    })
-    .transpose()
-}
-
 /// One certificate by serial.
 pub(super) fn certificate(conn: &Connection, serial: &str) -> Result<Option<CertificateRecord>> {
-    let raw = conn
-        .prepare_cached(
-            "SELECT serial, identity_id, kind, fingerprint, not_before, not_after, status,
-                    revocation_reason, revoked_at
-             FROM certificates WHERE serial = ?1",
-        )
-        .map_err(db)?
-        .query_row(params![serial], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, i64>(4)?,
-                r.get::<_, i64>(5)?,
-                r.get::<_, String>(6)?,
-                r.get::<_, Option<String>>(7)?,
-                r.get::<_, Option<i64>>(8)?,
-            ))
+    conn.prepare_cached(
+        "SELECT serial, identity_id, kind, fingerprint, not_before, not_after, status,
+                revocation_reason, revoked_at
+         FROM certificates WHERE serial = ?1",
+    )
+    .map_err(db)?
+    .query_row(params![serial], |r| {
+        Ok(CertificateRow {
+            serial: r.get(0)?,
+            identity: r.get(1)?,
+            kind: r.get(2)?,
+            fingerprint: r.get(3)?,
+            not_before: r.get(4)?,
+            not_after: r.get(5)?,
+            status: r.get(6)?,
+            revocation_reason: r.get(7)?,
+            revoked_at: r.get(8)?,
         })
-        .optional()
-        .map_err(db)?;
-    let Some((serial, identity, kind, fingerprint, nb, na, status, why, at)) = raw else {
-        return Ok(None);
-    };
-    let corrupt = |what: &str| StoreError::Corrupt(format!("certificate {serial}: {what}"));
-    Ok(Some(CertificateRecord {
-        identity: DeviceId::parse(&identity).map_err(|e| corrupt(&e.to_string()))?,
-        kind: match kind.as_str() {
-            "device" => IdentityKind::Device,
-            "service" => IdentityKind::Service,
-            _ => return Err(corrupt("unknown kind")),
-        },
-        fingerprint,
-        not_before: from_ms(nb)?,
-        not_after: from_ms(na)?,
-        status: CertificateStatus::parse(&status).ok_or_else(|| corrupt("unknown status"))?,
-        revocation_reason: reason(why, &serial)?,
-        revoked_at: at.map(from_ms).transpose()?,
-        serial,
-    }))
+    })
+    .optional()
+    .map_err(db)?
+    .map(CertificateRow::into_record)
+    .transpose()
 }
 
 /// Every revoked certificate, oldest revocation first.
@@ -302,22 +227,14 @@ pub(super) fn revoked(conn: &Connection) -> Result<Vec<RevokedCertificate>> {
         .map_err(db)?;
     let rows = stmt
         .query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, Option<String>>(2)?,
-                r.get::<_, Option<i64>>(3)?,
-            ))
+            Ok(RevokedRow {
+                serial: r.get(0)?,
+                identity: r.get(1)?,
+                reason: r.get(2)?,
+                revoked_at: r.get(3)?,
+            })
         })
         .map_err(db)?;
-    rows.map(|r| {
-        let (serial, identity, why, at) = r.map_err(db)?;
-        Ok(RevokedCertificate {
-            reason: reason(why, &serial)?.unwrap_or(RevocationReason::Unspecified),
-            revoked_at: from_ms(at.unwrap_or(0))?,
-            serial,
-            identity,
-        })
-    })
-    .collect()
+    rows.map(|r| r.map_err(db).and_then(RevokedRow::into_revoked))
+        .collect()
 }

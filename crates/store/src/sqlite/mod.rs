@@ -21,10 +21,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
-use time::OffsetDateTime;
-
 use crate::{AuditKey, Result, StoreError};
+use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 
 /// Tuning of the SQLite store.
 #[derive(Debug, Clone)]
@@ -188,27 +186,6 @@ pub(crate) fn db(e: rusqlite::Error) -> StoreError {
         Some(DatabaseBusy | DatabaseLocked) => StoreError::Busy,
         _ => StoreError::Database(Box::new(e)),
     }
-}
-
-/// Unix milliseconds, the store's time unit.
-pub(crate) fn to_ms(t: OffsetDateTime) -> i64 {
-    (t.unix_timestamp_nanos() / 1_000_000) as i64
-}
-
-/// Back from Unix milliseconds.
-pub(crate) fn from_ms(ms: i64) -> Result<OffsetDateTime> {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .map_err(|e| StoreError::Corrupt(format!("timestamp {ms} out of range: {e}")))
-}
-
-/// Now, truncated to the store's millisecond precision.
-pub(crate) fn now_ms() -> (OffsetDateTime, i64) {
-    let ms = to_ms(OffsetDateTime::now_utc());
-    (
-        OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-            .unwrap_or(OffsetDateTime::UNIX_EPOCH),
-        ms,
-    )
 }
 
 impl SqliteStore {

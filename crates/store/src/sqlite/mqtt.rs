@@ -3,11 +3,10 @@
 use rusqlite::{Connection, Transaction, params};
 
 use super::db;
-use crate::{MqttOp, MqttSnapshot, Result, StoreError, StoredMessage, StoredSession};
-
-fn ids_json(ids: &[u32]) -> String {
-    serde_json::to_string(ids).unwrap_or_else(|_| "[]".into())
-}
+use crate::records::{
+    parse_subscription_ids, parse_subscriptions, subscription_ids_json, subscriptions_json,
+};
+use crate::{MqttOp, MqttSnapshot, Result, StoredMessage, StoredSession};
 
 /// Applies `ops` in order inside `tx`.
 pub(super) fn apply(tx: &Transaction<'_>, ops: &[MqttOp]) -> Result<()> {
@@ -18,8 +17,7 @@ pub(super) fn apply(tx: &Transaction<'_>, ops: &[MqttOp]) -> Result<()> {
                 expiry_secs,
                 subscriptions,
             } => {
-                let subs = serde_json::to_string(subscriptions)
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let subs = subscriptions_json(subscriptions)?;
                 tx.prepare_cached(
                     "INSERT INTO mqtt_sessions (client_id, expiry_secs, disconnected_at, subscriptions)
                      VALUES (?1, ?2, NULL, ?3)
@@ -65,7 +63,7 @@ pub(super) fn apply(tx: &Transaction<'_>, ops: &[MqttOp]) -> Result<()> {
                         m.retain,
                         m.properties,
                         m.expires_at_ms,
-                        ids_json(&m.subscription_ids)
+                        subscription_ids_json(&m.subscription_ids)
                     ])
                 })
                 .map_err(db)?;
@@ -117,8 +115,7 @@ pub(super) fn load(conn: &Connection) -> Result<MqttSnapshot> {
         .map_err(db)?;
     for row in rows {
         let (client, expiry_secs, disconnected_at_ms, subs) = row.map_err(db)?;
-        let subscriptions = serde_json::from_str(&subs)
-            .map_err(|e| StoreError::Corrupt(format!("subscriptions of {client}: {e}")))?;
+        let subscriptions = parse_subscriptions(&client, &subs)?;
         let queue = queue_stmt
             .query_map(params![client], |r| {
                 Ok((
@@ -130,8 +127,7 @@ pub(super) fn load(conn: &Connection) -> Result<MqttSnapshot> {
                         retain: r.get(4)?,
                         properties: r.get(5)?,
                         expires_at_ms: r.get(6)?,
-                        subscription_ids: serde_json::from_str(&r.get::<_, String>(7)?)
-                            .unwrap_or_default(),
+                        subscription_ids: parse_subscription_ids(&r.get::<_, String>(7)?),
                     },
                 ))
             })

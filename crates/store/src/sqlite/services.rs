@@ -3,42 +3,22 @@
 use rampart_proto::DeviceId;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
-use super::{db, devices, from_ms};
+use super::{db, devices};
 use crate::model::IdentityKind;
-use crate::{NewService, Result, Service, ServiceState, StoreError};
+use crate::records::ServiceRow;
+use crate::{NewService, Result, Service};
 
 const SELECT: &str = "SELECT s.id, s.state, s.cert_serial, c.fingerprint, c.not_after, s.created_at
     FROM services s JOIN certificates c ON c.serial = s.cert_serial";
 
-type Raw = (String, String, String, String, i64, i64);
-
-fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Raw> {
-    Ok((
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-    ))
-}
-
-fn service((id, state, serial, fingerprint, not_after, created): Raw) -> Result<Service> {
-    Ok(Service {
-        id: DeviceId::parse(&id).map_err(|e| StoreError::Corrupt(format!("service id: {e}")))?,
-        state: match state.as_str() {
-            "active" => ServiceState::Active,
-            "revoked" => ServiceState::Revoked,
-            other => {
-                return Err(StoreError::Corrupt(format!(
-                    "service {id} has state '{other}'"
-                )));
-            }
-        },
-        serial,
-        fingerprint,
-        not_after: from_ms(not_after)?,
-        created_at: from_ms(created)?,
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ServiceRow> {
+    Ok(ServiceRow {
+        id: r.get(0)?,
+        state: r.get(1)?,
+        serial: r.get(2)?,
+        fingerprint: r.get(3)?,
+        not_after: r.get(4)?,
+        created_at: r.get(5)?,
     })
 }
 
@@ -67,7 +47,7 @@ pub(super) fn get(conn: &Connection, id: &str) -> Result<Option<Service>> {
         .query_row(params![id], row)
         .optional()
         .map_err(db)?
-        .map(service)
+        .map(ServiceRow::into_service)
         .transpose()
 }
 
@@ -77,7 +57,8 @@ pub(super) fn list(conn: &Connection) -> Result<Vec<Service>> {
         .prepare_cached(&format!("{SELECT} ORDER BY s.id"))
         .map_err(db)?;
     let rows = stmt.query_map([], row).map_err(db)?;
-    rows.map(|r| r.map_err(db).and_then(service)).collect()
+    rows.map(|r| r.map_err(db).and_then(ServiceRow::into_service))
+        .collect()
 }
 
 /// Marks a service revoked.

@@ -5,13 +5,14 @@ use async_trait::async_trait;
 use rampart_pki::RevocationReason;
 use rampart_proto::DeviceId;
 use rusqlite::{Transaction, params};
-use serde_json::json;
 
 use super::{SqliteStore, audit, changes, db, devices, mqtt, services};
+use crate::lifecycle::{self, IdentityChange};
+use crate::millis::{now_ms, to_ms};
 use crate::{
-    Actor, AuditEntry, AuditKey, AuditRecord, AuditReport, CertificateRecord, Change, ChangeKind,
-    Device, DeviceFilter, DeviceState, MqttOp, MqttSnapshot, NewDevice, NewService, Result,
-    RevokedCertificate, Service, ServiceState, Store, StoreError,
+    Actor, AuditEntry, AuditKey, AuditRecord, AuditReport, CertificateRecord, Change, Device,
+    DeviceFilter, DeviceState, MqttOp, MqttSnapshot, NewDevice, NewService, Result,
+    RevokedCertificate, Service, Store, StoreError,
 };
 
 impl SqliteStore {
@@ -31,27 +32,16 @@ impl SqliteStore {
     }
 }
 
-/// Appends the change-feed row and the audit row for a device change.
+/// Appends the change-feed row and the audit row of `change`.
 fn log_change(
     tx: &Transaction<'_>,
     key: &AuditKey,
-    kind: ChangeKind,
-    id: &DeviceId,
+    change: &IdentityChange,
     actor: &Actor,
-    detail: serde_json::Value,
     now_ms: i64,
 ) -> Result<AuditRecord> {
-    changes::append(tx, kind, id.as_str(), now_ms)?;
-    audit::append(
-        tx,
-        key,
-        &AuditEntry {
-            actor: actor.clone(),
-            action: kind.as_str().to_owned(),
-            subject: Some(id.to_string()),
-            detail,
-        },
-    )
+    changes::append(tx, change.kind, change.subject.as_str(), now_ms)?;
+    audit::append(tx, key, &change.audit_entry(actor))
 }
 
 #[async_trait]
@@ -59,17 +49,9 @@ impl Store for SqliteStore {
     async fn create_device(&self, device: NewDevice, actor: &Actor) -> Result<Device> {
         let actor = actor.clone();
         self.write_audited(move |tx, key| {
-            let (_, now) = super::now_ms();
+            let (_, now) = now_ms();
             devices::insert(tx, &device, now)?;
-            let rec = log_change(
-                tx,
-                key,
-                ChangeKind::DeviceCreated,
-                &device.id,
-                &actor,
-                json!({ "serial": device.serial, "fingerprint": device.fingerprint }),
-                now,
-            )?;
+            let rec = log_change(tx, key, &lifecycle::device_created(&device), &actor, now)?;
             Ok((devices::require(tx, &device.id)?, rec))
         })
         .await
@@ -94,26 +76,12 @@ impl Store for SqliteStore {
     ) -> Result<Device> {
         let (id, actor) = (id.clone(), actor.clone());
         self.write_audited(move |tx, key| {
-            let (_, now) = super::now_ms();
+            let (_, now) = now_ms();
             let dev = devices::require(tx, &id)?;
-            if dev.state == DeviceState::Revoked {
-                return Err(StoreError::InvalidState {
-                    id,
-                    state: dev.state.to_string(),
-                    why: "it is already revoked",
-                });
-            }
+            let change = lifecycle::revoke_device(&dev, reason)?;
             devices::revoke_certificate(tx, &dev.serial, reason, now)?;
             devices::set_state(tx, &id, DeviceState::Revoked, now)?;
-            let rec = log_change(
-                tx,
-                key,
-                ChangeKind::DeviceRevoked,
-                &id,
-                &actor,
-                json!({ "serial": dev.serial, "reason": reason.to_string() }),
-                now,
-            )?;
+            let rec = log_change(tx, key, &change, &actor, now)?;
             Ok((devices::require(tx, &id)?, rec))
         })
         .await
@@ -127,36 +95,11 @@ impl Store for SqliteStore {
     ) -> Result<Device> {
         let (id, actor) = (id.clone(), actor.clone());
         self.write_audited(move |tx, key| {
-            let (_, now) = super::now_ms();
+            let (_, now) = now_ms();
             let dev = devices::require(tx, &id)?;
-            if dev.state == DeviceState::Revoked {
-                return Err(StoreError::InvalidState {
-                    id,
-                    state: dev.state.to_string(),
-                    why: "a revoked device cannot be disabled or enabled; register it again",
-                });
-            }
-            let target = match (disabled, dev.state) {
-                (true, _) => DeviceState::Disabled,
-                (false, DeviceState::Disabled) if dev.owner.is_some() => DeviceState::Bound,
-                (false, DeviceState::Disabled) => DeviceState::Unbound,
-                (false, state) => state,
-            };
-            let kind = if disabled {
-                ChangeKind::DeviceDisabled
-            } else {
-                ChangeKind::DeviceEnabled
-            };
+            let (target, change) = lifecycle::set_disabled(&dev, disabled)?;
             devices::set_state(tx, &id, target, now)?;
-            let rec = log_change(
-                tx,
-                key,
-                kind,
-                &id,
-                &actor,
-                json!({ "from": dev.state.as_str(), "to": target.as_str() }),
-                now,
-            )?;
+            let rec = log_change(tx, key, &change, &actor, now)?;
             Ok((devices::require(tx, &id)?, rec))
         })
         .await
@@ -165,24 +108,12 @@ impl Store for SqliteStore {
     async fn delete_device(&self, id: &DeviceId, actor: &Actor) -> Result<()> {
         let (id, actor) = (id.clone(), actor.clone());
         self.write_audited(move |tx, key| {
-            let (_, now) = super::now_ms();
+            let (_, now) = now_ms();
             let dev = devices::require(tx, &id)?;
-            devices::revoke_certificate(
-                tx,
-                &dev.serial,
-                RevocationReason::CessationOfOperation,
-                now,
-            )?;
+            let (reason, change) = lifecycle::delete_device(&dev);
+            devices::revoke_certificate(tx, &dev.serial, reason, now)?;
             devices::remove(tx, &id)?;
-            let rec = log_change(
-                tx,
-                key,
-                ChangeKind::DeviceDeleted,
-                &id,
-                &actor,
-                json!({ "serial": dev.serial, "state": dev.state.as_str() }),
-                now,
-            )?;
+            let rec = log_change(tx, key, &change, &actor, now)?;
             Ok(((), rec))
         })
         .await
@@ -196,25 +127,11 @@ impl Store for SqliteStore {
     ) -> Result<Device> {
         let (id, actor, hash) = (id.clone(), actor.clone(), claim_code_hash.to_owned());
         self.write_audited(move |tx, key| {
-            let (_, now) = super::now_ms();
+            let (_, now) = now_ms();
             let dev = devices::require(tx, &id)?;
-            if dev.state == DeviceState::Revoked {
-                return Err(StoreError::InvalidState {
-                    id,
-                    state: dev.state.to_string(),
-                    why: "a revoked device cannot be claimed",
-                });
-            }
+            let change = lifecycle::rotate_claim_code(&dev)?;
             devices::set_claim_code(tx, &id, &hash, now)?;
-            let rec = log_change(
-                tx,
-                key,
-                ChangeKind::ClaimCodeRotated,
-                &id,
-                &actor,
-                json!({}),
-                now,
-            )?;
+            let rec = log_change(tx, key, &change, &actor, now)?;
             Ok((devices::require(tx, &id)?, rec))
         })
         .await
@@ -230,7 +147,7 @@ impl Store for SqliteStore {
         self.write(move |tx, _| {
             tx.execute(
                 "UPDATE devices SET online = ?2, last_seen = ?3 WHERE id = ?1",
-                params![id.as_str(), online, super::to_ms(at)],
+                params![id.as_str(), online, to_ms(at)],
             )
             .map_err(db)?;
             Ok(())
@@ -241,17 +158,9 @@ impl Store for SqliteStore {
     async fn create_service(&self, service: NewService, actor: &Actor) -> Result<Service> {
         let actor = actor.clone();
         self.write_audited(move |tx, key| {
-            let (_, now) = super::now_ms();
+            let (_, now) = now_ms();
             services::insert(tx, &service, now)?;
-            let rec = log_change(
-                tx,
-                key,
-                ChangeKind::ServiceCreated,
-                &service.id,
-                &actor,
-                json!({ "serial": service.serial, "fingerprint": service.fingerprint }),
-                now,
-            )?;
+            let rec = log_change(tx, key, &lifecycle::service_created(&service), &actor, now)?;
             let created = services::get(tx, service.id.as_str())?
                 .ok_or_else(|| StoreError::ServiceNotFound(service.id.clone()))?;
             Ok((created, rec))
@@ -277,27 +186,13 @@ impl Store for SqliteStore {
     ) -> Result<Service> {
         let (id, actor) = (id.clone(), actor.clone());
         self.write_audited(move |tx, key| {
-            let (_, now) = super::now_ms();
+            let (_, now) = now_ms();
             let svc = services::get(tx, id.as_str())?
                 .ok_or_else(|| StoreError::ServiceNotFound(id.clone()))?;
-            if svc.state == ServiceState::Revoked {
-                return Err(StoreError::InvalidState {
-                    id,
-                    state: "revoked".into(),
-                    why: "it is already revoked",
-                });
-            }
+            let change = lifecycle::revoke_service(&svc, reason)?;
             devices::revoke_certificate(tx, &svc.serial, reason, now)?;
             services::set_revoked(tx, &id, now)?;
-            let rec = log_change(
-                tx,
-                key,
-                ChangeKind::ServiceRevoked,
-                &id,
-                &actor,
-                json!({ "serial": svc.serial, "reason": reason.to_string() }),
-                now,
-            )?;
+            let rec = log_change(tx, key, &change, &actor, now)?;
             let revoked = services::get(tx, id.as_str())?
                 .ok_or_else(|| StoreError::ServiceNotFound(id.clone()))?;
             Ok((revoked, rec))

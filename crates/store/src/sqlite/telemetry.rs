@@ -787,7 +787,7 @@ impl TelemetryStore for SqliteStore {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(db)?;
-            let (_, now) = super::now_ms();
+            let (_, now) = crate::millis::now_ms();
             let (outcomes, created) = commit(&tx, &cache, &items, outbox, now)?;
             tx.commit().map_err(db)?;
             cache.extend(created);

@@ -1,0 +1,273 @@
+//! [`AnyStore`]: the store the configuration chose, as one concrete type.
+//!
+//! The binary picks SQLite or PostgreSQL at start; holding the choice in an
+//! enum rather than `Arc<dyn Store>` keeps the type `Clone`, lets callers
+//! reach backend-specific methods by matching, and leaves room for further
+//! traits (telemetry) that both backends implement.
+
+use async_trait::async_trait;
+use rampart_pki::RevocationReason;
+use rampart_proto::DeviceId;
+
+use crate::{
+    Actor, AuditEntry, AuditRecord, AuditReport, CertificateRecord, Change, Device, DeviceFilter,
+    MqttOp, MqttSnapshot, NewDevice, NewService, PostgresStore, Result, RevokedCertificate,
+    Service, SqliteStore, Store,
+};
+use crate::telemetry::{
+    DeviceTelemetryStats, IngestItem, ItemOutcome, PointCursor, PointFilter, PointRecord,
+    PresenceHistoryRecord, Pruned, RejectedRecord, Series, SeriesQuery, TelemetryStore,
+};
+
+/// Either backend, delegating every [`Store`] method to it.
+#[derive(Debug, Clone)]
+pub enum AnyStore {
+    /// SQLite in the data dir (the default).
+    Sqlite(SqliteStore),
+    /// A PostgreSQL database (`store.url`).
+    Postgres(PostgresStore),
+}
+
+impl AnyStore {
+    /// Where the data lives, for logs: a file path or a URL without its
+    /// password.
+    pub fn location(&self) -> String {
+        match self {
+            AnyStore::Sqlite(s) => s.path().display().to_string(),
+            AnyStore::Postgres(p) => p.target().to_owned(),
+        }
+    }
+}
+
+impl From<SqliteStore> for AnyStore {
+    fn from(s: SqliteStore) -> Self {
+        AnyStore::Sqlite(s)
+    }
+}
+
+impl From<PostgresStore> for AnyStore {
+    fn from(p: PostgresStore) -> Self {
+        AnyStore::Postgres(p)
+    }
+}
+
+/// `self.method(args).await` on whichever backend `self` holds.
+macro_rules! delegate {
+    ($self:ident.$method:ident($($arg:expr),*)) => {
+        match $self {
+            AnyStore::Sqlite(s) => s.$method($($arg),*).await,
+            AnyStore::Postgres(p) => p.$method($($arg),*).await,
+        }
+    };
+}
+
+#[async_trait]
+impl Store for AnyStore {
+    async fn create_device(&self, device: NewDevice, actor: &Actor) -> Result<Device> {
+        delegate!(self.create_device(device, actor))
+    }
+
+    async fn device(&self, id: &DeviceId) -> Result<Option<Device>> {
+        delegate!(self.device(id))
+    }
+
+    async fn list_devices(&self, filter: &DeviceFilter) -> Result<Vec<Device>> {
+        delegate!(self.list_devices(filter))
+    }
+
+    async fn revoke_device(
+        &self,
+        id: &DeviceId,
+        reason: RevocationReason,
+        actor: &Actor,
+    ) -> Result<Device> {
+        delegate!(self.revoke_device(id, reason, actor))
+    }
+
+    async fn set_device_disabled(
+        &self,
+        id: &DeviceId,
+        disabled: bool,
+        actor: &Actor,
+    ) -> Result<Device> {
+        delegate!(self.set_device_disabled(id, disabled, actor))
+    }
+
+    async fn delete_device(&self, id: &DeviceId, actor: &Actor) -> Result<()> {
+        delegate!(self.delete_device(id, actor))
+    }
+
+    async fn set_claim_code(
+        &self,
+        id: &DeviceId,
+        claim_code_hash: &str,
+        actor: &Actor,
+    ) -> Result<Device> {
+        delegate!(self.set_claim_code(id, claim_code_hash, actor))
+    }
+
+    async fn record_presence(
+        &self,
+        id: &DeviceId,
+        online: bool,
+        at: time::OffsetDateTime,
+    ) -> Result<()> {
+        delegate!(self.record_presence(id, online, at))
+    }
+
+    async fn create_service(&self, service: NewService, actor: &Actor) -> Result<Service> {
+        delegate!(self.create_service(service, actor))
+    }
+
+    async fn service(&self, id: &DeviceId) -> Result<Option<Service>> {
+        delegate!(self.service(id))
+    }
+
+    async fn list_services(&self) -> Result<Vec<Service>> {
+        delegate!(self.list_services())
+    }
+
+    async fn revoke_service(
+        &self,
+        id: &DeviceId,
+        reason: RevocationReason,
+        actor: &Actor,
+    ) -> Result<Service> {
+        delegate!(self.revoke_service(id, reason, actor))
+    }
+
+    async fn mqtt_apply(&self, ops: Vec<MqttOp>) -> Result<()> {
+        delegate!(self.mqtt_apply(ops))
+    }
+
+    async fn mqtt_load(&self) -> Result<MqttSnapshot> {
+        delegate!(self.mqtt_load())
+    }
+
+    async fn certificate(&self, serial: &str) -> Result<Option<CertificateRecord>> {
+        delegate!(self.certificate(serial))
+    }
+
+    async fn revoked_certificates(&self) -> Result<Vec<RevokedCertificate>> {
+        delegate!(self.revoked_certificates())
+    }
+
+    async fn next_crl_number(&self) -> Result<u64> {
+        delegate!(self.next_crl_number())
+    }
+
+    async fn record_audit(&self, entry: AuditEntry) -> Result<AuditRecord> {
+        delegate!(self.record_audit(entry))
+    }
+
+    async fn audit_log(&self, after: u64, limit: u32) -> Result<Vec<AuditRecord>> {
+        delegate!(self.audit_log(after, limit))
+    }
+
+    async fn verify_audit(&self) -> Result<AuditReport> {
+        delegate!(self.verify_audit())
+    }
+
+    async fn changes_since(&self, after: u64) -> Result<Vec<Change>> {
+        delegate!(self.changes_since(after))
+    }
+
+    async fn latest_change(&self) -> Result<u64> {
+        delegate!(self.latest_change())
+    }
+}
+
+/// Telemetry on whichever backend `self` holds.
+macro_rules! delegate_telemetry {
+    ($self:ident.$method:ident($($arg:expr),*)) => {
+        match $self {
+            AnyStore::Sqlite(s) => s.$method($($arg),*).await,
+            AnyStore::Postgres(p) => Err(crate::StoreError::Unavailable {
+                target: p.target().to_owned(),
+                why: "telemetry storage on PostgreSQL is not available in this build".into(),
+            }),
+        }
+    };
+}
+
+#[async_trait]
+impl TelemetryStore for AnyStore {
+    async fn commit_ingest(
+        &self,
+        items: std::sync::Arc<[IngestItem]>,
+        outbox: bool,
+    ) -> Result<Vec<ItemOutcome>> {
+        delegate_telemetry!(self.commit_ingest(items, outbox))
+    }
+
+    async fn query_series(&self, query: &SeriesQuery) -> Result<Series> {
+        delegate_telemetry!(self.query_series(query))
+    }
+
+    async fn export_points(
+        &self,
+        filter: &PointFilter,
+        after: Option<PointCursor>,
+        limit: u32,
+    ) -> Result<(Vec<PointRecord>, Option<PointCursor>)> {
+        delegate_telemetry!(self.export_points(filter, after, limit))
+    }
+
+    async fn prune(
+        &self,
+        raw_before_ms: i64,
+        minute_before_ms: i64,
+        hour_before_ms: Option<i64>,
+        presence_before_ms: i64,
+    ) -> Result<Pruned> {
+        delegate_telemetry!(self.prune(
+            raw_before_ms,
+            minute_before_ms,
+            hour_before_ms,
+            presence_before_ms
+        ))
+    }
+
+    async fn oldest_point(&self) -> Result<Option<i64>> {
+        delegate_telemetry!(self.oldest_point())
+    }
+
+    async fn rejected(
+        &self,
+        device: Option<&DeviceId>,
+        limit: u32,
+    ) -> Result<Vec<RejectedRecord>> {
+        delegate_telemetry!(self.rejected(device, limit))
+    }
+
+    async fn device_telemetry(&self, device: &DeviceId) -> Result<DeviceTelemetryStats> {
+        delegate_telemetry!(self.device_telemetry(device))
+    }
+
+    async fn presence_history(
+        &self,
+        device: &DeviceId,
+        limit: u32,
+    ) -> Result<Vec<PresenceHistoryRecord>> {
+        delegate_telemetry!(self.presence_history(device, limit))
+    }
+
+    async fn reported_state(
+        &self,
+        device: &DeviceId,
+    ) -> Result<Option<(serde_json::Value, i64)>> {
+        delegate_telemetry!(self.reported_state(device))
+    }
+
+    async fn outbox_peek(&self, limit: u32) -> Result<Vec<(i64, Vec<PointRecord>)>> {
+        delegate_telemetry!(self.outbox_peek(limit))
+    }
+
+    async fn outbox_ack(&self, upto: i64) -> Result<()> {
+        delegate_telemetry!(self.outbox_ack(upto))
+    }
+
+    async fn outbox_failed(&self, id: i64) -> Result<()> {
+        delegate_telemetry!(self.outbox_failed(id))
+    }
+}

@@ -1,0 +1,272 @@
+//! Devices and their certificates.
+
+use deadpool_postgres::{GenericClient, Transaction};
+use rampart_pki::RevocationReason;
+use rampart_proto::DeviceId;
+use time::OffsetDateTime;
+use tokio_postgres::Row;
+use tokio_postgres::error::SqlState;
+
+use super::{db, get};
+use crate::millis::to_ms;
+use crate::model::IdentityKind;
+use crate::records::{CertificateRow, DeviceRow, RevokedRow, contains_pattern};
+use crate::{
+    CertificateRecord, Device, DeviceFilter, DeviceState, NewDevice, Result, RevokedCertificate,
+    StoreError,
+};
+
+const SELECT_DEVICE: &str = "SELECT d.id, d.state, d.owner_type, d.owner_id, d.cert_serial,
+        c.fingerprint, c.not_after, d.online, d.last_seen, d.created_at, d.updated_at
+    FROM devices d JOIN certificates c ON c.serial = d.cert_serial";
+
+fn device_row(r: &Row) -> Result<DeviceRow> {
+    Ok(DeviceRow {
+        id: get(r, 0)?,
+        state: get(r, 1)?,
+        owner_type: get(r, 2)?,
+        owner_id: get(r, 3)?,
+        serial: get(r, 4)?,
+        fingerprint: get(r, 5)?,
+        not_after: get(r, 6)?,
+        online: get(r, 7)?,
+        last_seen: get(r, 8)?,
+        created_at: get(r, 9)?,
+        updated_at: get(r, 10)?,
+    })
+}
+
+/// One device by id.
+pub(super) async fn get_device(c: &impl GenericClient, id: &str) -> Result<Option<Device>> {
+    let stmt = c
+        .prepare_cached(&format!("{SELECT_DEVICE} WHERE d.id = $1"))
+        .await
+        .map_err(db)?;
+    match c.query_opt(&stmt, &[&id]).await.map_err(db)? {
+        Some(row) => device_row(&row)?.into_device().map(Some),
+        None => Ok(None),
+    }
+}
+
+/// One device by id, or [`StoreError::NotFound`].
+pub(super) async fn require(c: &impl GenericClient, id: &DeviceId) -> Result<Device> {
+    get_device(c, id.as_str())
+        .await?
+        .ok_or_else(|| StoreError::NotFound(id.clone()))
+}
+
+/// Devices matching `filter`, ordered by id. `ILIKE` matches SQLite's
+/// `LIKE`, which ignores the case of ASCII letters (ids are ASCII).
+pub(super) async fn list(c: &impl GenericClient, filter: &DeviceFilter) -> Result<Vec<Device>> {
+    let stmt = c
+        .prepare_cached(&format!(
+            "{SELECT_DEVICE}
+             WHERE ($1::text IS NULL OR d.state = $1::text)
+               AND ($2::text IS NULL OR d.id ILIKE $2::text)
+             ORDER BY d.id LIMIT $3 OFFSET $4"
+        ))
+        .await
+        .map_err(db)?;
+    let state = filter.state.map(DeviceState::as_str);
+    let search = filter.search.as_deref().map(contains_pattern);
+    let limit = filter.limit.map(i64::from);
+    let offset = i64::from(filter.offset);
+    c.query(&stmt, &[&state, &search, &limit, &offset])
+        .await
+        .map_err(db)?
+        .iter()
+        .map(|r| device_row(r)?.into_device())
+        .collect()
+}
+
+/// Reserves `id` in the shared identity namespace and records its first
+/// certificate as current. The primary key decides a race between two
+/// writers: the loser gets [`StoreError::IdTaken`], as it would have
+/// had it come second.
+pub(super) async fn insert_identity(
+    tx: &Transaction<'_>,
+    id: &DeviceId,
+    kind: IdentityKind,
+    cert: (&str, &str, OffsetDateTime, OffsetDateTime),
+    now_ms: i64,
+) -> Result<()> {
+    tx.execute(
+        "INSERT INTO identities (id, kind, created_at) VALUES ($1, $2, $3)",
+        &[&id.as_str(), &kind.as_str(), &now_ms],
+    )
+    .await
+    .map_err(|e| {
+        if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
+            StoreError::IdTaken(id.clone())
+        } else {
+            db(e)
+        }
+    })?;
+    let (serial, fingerprint, not_before, not_after) = cert;
+    tx.execute(
+        "INSERT INTO certificates (serial, identity_id, kind, fingerprint, not_before, not_after, status, issued_at)
+         VALUES ($1, $2, $3, $4, $5, $6, 'current', $7)",
+        &[
+            &serial,
+            &id.as_str(),
+            &kind.as_str(),
+            &fingerprint,
+            &to_ms(not_before),
+            &to_ms(not_after),
+            &now_ms,
+        ],
+    )
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
+/// Inserts identity, certificate and device rows.
+pub(super) async fn insert(tx: &Transaction<'_>, d: &NewDevice, now_ms: i64) -> Result<()> {
+    insert_identity(
+        tx,
+        &d.id,
+        IdentityKind::Device,
+        (&d.serial, &d.fingerprint, d.not_before, d.not_after),
+        now_ms,
+    )
+    .await?;
+    tx.execute(
+        "INSERT INTO devices (id, state, cert_serial, claim_code_hash, created_at, updated_at)
+         VALUES ($1, 'unbound', $2, $3, $4, $4)",
+        &[&d.id.as_str(), &d.serial, &d.claim_code_hash, &now_ms],
+    )
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
+/// Marks a certificate revoked (no-op if it already is).
+pub(super) async fn revoke_certificate(
+    tx: &Transaction<'_>,
+    serial: &str,
+    reason: RevocationReason,
+    now_ms: i64,
+) -> Result<()> {
+    tx.execute(
+        "UPDATE certificates SET status = 'revoked', revocation_reason = $2, revoked_at = $3
+         WHERE serial = $1 AND status <> 'revoked'",
+        &[&serial, &reason.to_string(), &now_ms],
+    )
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
+/// Sets a device's state.
+pub(super) async fn set_state(
+    tx: &Transaction<'_>,
+    id: &DeviceId,
+    state: DeviceState,
+    now_ms: i64,
+) -> Result<()> {
+    tx.execute(
+        "UPDATE devices SET state = $2, updated_at = $3 WHERE id = $1",
+        &[&id.as_str(), &state.as_str(), &now_ms],
+    )
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
+/// Sets a device's claim code hash.
+pub(super) async fn set_claim_code(
+    tx: &Transaction<'_>,
+    id: &DeviceId,
+    hash: &str,
+    now_ms: i64,
+) -> Result<()> {
+    tx.execute(
+        "UPDATE devices SET claim_code_hash = $2, updated_at = $3 WHERE id = $1",
+        &[&id.as_str(), &hash, &now_ms],
+    )
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
+/// Records presence; a device that does not exist is left alone.
+pub(super) async fn set_presence(
+    c: &impl GenericClient,
+    id: &DeviceId,
+    online: bool,
+    at_ms: i64,
+) -> Result<()> {
+    let stmt = c
+        .prepare_cached("UPDATE devices SET online = $2, last_seen = $3 WHERE id = $1")
+        .await
+        .map_err(db)?;
+    c.execute(&stmt, &[&id.as_str(), &online, &at_ms])
+        .await
+        .map_err(db)?;
+    Ok(())
+}
+
+/// Removes the device and frees its id; certificates stay for the CRL.
+pub(super) async fn remove(tx: &Transaction<'_>, id: &DeviceId) -> Result<()> {
+    tx.execute("DELETE FROM identities WHERE id = $1", &[&id.as_str()])
+        .await
+        .map_err(db)?;
+    Ok(())
+}
+
+/// One certificate by serial.
+pub(super) async fn certificate(
+    c: &impl GenericClient,
+    serial: &str,
+) -> Result<Option<CertificateRecord>> {
+    let stmt = c
+        .prepare_cached(
+            "SELECT serial, identity_id, kind, fingerprint, not_before, not_after, status,
+                    revocation_reason, revoked_at
+             FROM certificates WHERE serial = $1",
+        )
+        .await
+        .map_err(db)?;
+    let Some(r) = c.query_opt(&stmt, &[&serial]).await.map_err(db)? else {
+        return Ok(None);
+    };
+    CertificateRow {
+        serial: get(&r, 0)?,
+        identity: get(&r, 1)?,
+        kind: get(&r, 2)?,
+        fingerprint: get(&r, 3)?,
+        not_before: get(&r, 4)?,
+        not_after: get(&r, 5)?,
+        status: get(&r, 6)?,
+        revocation_reason: get(&r, 7)?,
+        revoked_at: get(&r, 8)?,
+    }
+    .into_record()
+    .map(Some)
+}
+
+/// Every revoked certificate, oldest revocation first.
+pub(super) async fn revoked(c: &impl GenericClient) -> Result<Vec<RevokedCertificate>> {
+    let stmt = c
+        .prepare_cached(
+            "SELECT serial, identity_id, revocation_reason, revoked_at FROM certificates
+             WHERE status = 'revoked' ORDER BY revoked_at, serial",
+        )
+        .await
+        .map_err(db)?;
+    c.query(&stmt, &[])
+        .await
+        .map_err(db)?
+        .iter()
+        .map(|r| {
+            RevokedRow {
+                serial: get(r, 0)?,
+                identity: get(r, 1)?,
+                reason: get(r, 2)?,
+                revoked_at: get(r, 3)?,
+            }
+            .into_revoked()
+        })
+        .collect()
+}

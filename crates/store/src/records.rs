@@ -1,0 +1,224 @@
+//! Rows as both backends read them, and their conversion into the model.
+//!
+//! Each backend fetches columns into these plain shapes (text and Unix
+//! milliseconds, exactly as stored); the checks that turn them into model
+//! types, and report a damaged row as [`StoreError::Corrupt`], live here once
+//! so that SQLite and PostgreSQL cannot drift apart in what they accept.
+
+use rampart_pki::RevocationReason;
+use rampart_proto::DeviceId;
+
+use crate::millis::from_ms;
+use crate::model::IdentityKind;
+use crate::{
+    CertificateRecord, CertificateStatus, Change, ChangeKind, Device, Owner, Result,
+    RevokedCertificate, Service, ServiceState, StoreError, StoredSubscription,
+};
+
+/// A `devices` row joined with its certificate.
+#[derive(Debug)]
+pub(crate) struct DeviceRow {
+    pub id: String,
+    pub state: String,
+    pub owner_type: Option<String>,
+    pub owner_id: Option<String>,
+    pub serial: String,
+    pub fingerprint: String,
+    pub not_after: i64,
+    pub online: bool,
+    pub last_seen: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl DeviceRow {
+    /// The device, or why the row is damaged.
+    pub fn into_device(self) -> Result<Device> {
+        let owner = match (self.owner_type.as_deref(), self.owner_id) {
+            (Some("user"), Some(id)) => Some(Owner::User(id)),
+            (Some("group"), Some(id)) => Some(Owner::Group(id)),
+            (None, None) => None,
+            (t, _) => {
+                return Err(StoreError::Corrupt(format!(
+                    "device {} has owner type {t:?}",
+                    self.id
+                )));
+            }
+        };
+        Ok(Device {
+            id: DeviceId::parse(&self.id)
+                .map_err(|e| StoreError::Corrupt(format!("stored device id: {e}")))?,
+            state: self.state.parse().map_err(StoreError::Corrupt)?,
+            owner,
+            serial: self.serial,
+            fingerprint: self.fingerprint,
+            not_after: from_ms(self.not_after)?,
+            online: self.online,
+            last_seen: self.last_seen.map(from_ms).transpose()?,
+            created_at: from_ms(self.created_at)?,
+            updated_at: from_ms(self.updated_at)?,
+        })
+    }
+}
+
+/// A `services` row joined with its certificate.
+#[derive(Debug)]
+pub(crate) struct ServiceRow {
+    pub id: String,
+    pub state: String,
+    pub serial: String,
+    pub fingerprint: String,
+    pub not_after: i64,
+    pub created_at: i64,
+}
+
+impl ServiceRow {
+    /// The service, or why the row is damaged.
+    pub fn into_service(self) -> Result<Service> {
+        Ok(Service {
+            state: match self.state.as_str() {
+                "active" => ServiceState::Active,
+                "revoked" => ServiceState::Revoked,
+                other => {
+                    return Err(StoreError::Corrupt(format!(
+                        "service {} has state '{other}'",
+                        self.id
+                    )));
+                }
+            },
+            id: DeviceId::parse(&self.id)
+                .map_err(|e| StoreError::Corrupt(format!("service id: {e}")))?,
+            serial: self.serial,
+            fingerprint: self.fingerprint,
+            not_after: from_ms(self.not_after)?,
+            created_at: from_ms(self.created_at)?,
+        })
+    }
+}
+
+/// A `certificates` row.
+#[derive(Debug)]
+pub(crate) struct CertificateRow {
+    pub serial: String,
+    pub identity: String,
+    pub kind: String,
+    pub fingerprint: String,
+    pub not_before: i64,
+    pub not_after: i64,
+    pub status: String,
+    pub revocation_reason: Option<String>,
+    pub revoked_at: Option<i64>,
+}
+
+impl CertificateRow {
+    /// The certificate record, or why the row is damaged.
+    pub fn into_record(self) -> Result<CertificateRecord> {
+        let serial = self.serial;
+        let corrupt = |what: &str| StoreError::Corrupt(format!("certificate {serial}: {what}"));
+        Ok(CertificateRecord {
+            identity: DeviceId::parse(&self.identity).map_err(|e| corrupt(&e.to_string()))?,
+            kind: match self.kind.as_str() {
+                "device" => IdentityKind::Device,
+                "service" => IdentityKind::Service,
+                _ => return Err(corrupt("unknown kind")),
+            },
+            fingerprint: self.fingerprint,
+            not_before: from_ms(self.not_before)?,
+            not_after: from_ms(self.not_after)?,
+            status: CertificateStatus::parse(&self.status)
+                .ok_or_else(|| corrupt("unknown status"))?,
+            revocation_reason: revocation_reason(self.revocation_reason, &serial)?,
+            revoked_at: self.revoked_at.map(from_ms).transpose()?,
+            serial,
+        })
+    }
+}
+
+/// A revoked certificate as the CRL query reads it.
+#[derive(Debug)]
+pub(crate) struct RevokedRow {
+    pub serial: String,
+    pub identity: String,
+    pub reason: Option<String>,
+    pub revoked_at: Option<i64>,
+}
+
+impl RevokedRow {
+    /// The CRL entry; a missing reason is `unspecified` (RFC 5280 §5.3.1).
+    pub fn into_revoked(self) -> Result<RevokedCertificate> {
+        Ok(RevokedCertificate {
+            reason: revocation_reason(self.reason, &self.serial)?
+                .unwrap_or(RevocationReason::Unspecified),
+            revoked_at: from_ms(self.revoked_at.unwrap_or(0))?,
+            serial: self.serial,
+            identity: self.identity,
+        })
+    }
+}
+
+fn revocation_reason(s: Option<String>, serial: &str) -> Result<Option<RevocationReason>> {
+    s.map(|r| {
+        r.parse().map_err(|_| {
+            StoreError::Corrupt(format!("certificate {serial} has revocation reason '{r}'"))
+        })
+    })
+    .transpose()
+}
+
+/// A `changes` row.
+#[derive(Debug)]
+pub(crate) struct ChangeRow {
+    pub seq: i64,
+    pub at: i64,
+    pub kind: String,
+    pub subject: String,
+}
+
+impl ChangeRow {
+    /// The change, or why the row is damaged.
+    pub fn into_change(self) -> Result<Change> {
+        Ok(Change {
+            seq: u64::try_from(self.seq)
+                .map_err(|_| StoreError::Corrupt(format!("change seq {}", self.seq)))?,
+            at: from_ms(self.at)?,
+            kind: ChangeKind::parse(&self.kind).ok_or_else(|| {
+                StoreError::Corrupt(format!("unknown change kind '{}'", self.kind))
+            })?,
+            subject: self.subject,
+        })
+    }
+}
+
+/// The `LIKE` pattern matching ids that contain `text`: `%`, `_` and the
+/// backslash itself are escaped with a backslash, the escape character of
+/// both backends' queries.
+pub(crate) fn contains_pattern(text: &str) -> String {
+    format!(
+        "%{}%",
+        text.replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_")
+    )
+}
+
+/// A persistent session's subscriptions as stored: a JSON array.
+pub(crate) fn subscriptions_json(subscriptions: &[StoredSubscription]) -> Result<String> {
+    serde_json::to_string(subscriptions).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// Back from [`subscriptions_json`].
+pub(crate) fn parse_subscriptions(client: &str, json: &str) -> Result<Vec<StoredSubscription>> {
+    serde_json::from_str(json)
+        .map_err(|e| StoreError::Corrupt(format!("subscriptions of {client}: {e}")))
+}
+
+/// A queued delivery's subscription identifiers as stored: a JSON array.
+pub(crate) fn subscription_ids_json(ids: &[u32]) -> String {
+    serde_json::to_string(ids).unwrap_or_else(|_| "[]".into())
+}
+
+/// Back from [`subscription_ids_json`]; unreadable ids are dropped, as the
+/// delivery itself is still worth making.
+pub(crate) fn parse_subscription_ids(json: &str) -> Vec<u32> {
+    serde_json::from_str(json).unwrap_or_default()
+}
