@@ -17,6 +17,7 @@ pub mod acknowledge;
 pub mod commit;
 pub mod decode;
 pub mod dedupe;
+pub mod export;
 pub mod fanout;
 pub mod metrics;
 pub mod validate;
