@@ -31,6 +31,9 @@ pub const CSV_HEADER: &str = "device,metric,ts,value,seq";
 const TS_FORMAT: &[FormatItem<'static>] =
     format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
 
+/// A UTC day, as in archive file names.
+const DAY_FORMAT: &[FormatItem<'static>] = format_description!("[year]-[month]-[day]");
+
 /// The file formats of an export.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExportFormat {
@@ -113,6 +116,13 @@ async fn write_points_paged(
 pub fn format_ts(point: &PointRecord) -> Result<String, ExportError> {
     datetime(point)?
         .format(TS_FORMAT)
+        .map_err(|_| timestamp_error(point))
+}
+
+/// The UTC day (`YYYY-MM-DD`) holding a point's timestamp.
+pub(crate) fn utc_day(point: &PointRecord) -> Result<String, ExportError> {
+    datetime(point)?
+        .format(DAY_FORMAT)
         .map_err(|_| timestamp_error(point))
 }
 
@@ -290,6 +300,7 @@ mod tests {
             seq: 1,
         };
         assert_eq!(format_ts(&p).expect("ts"), "2026-11-25T21:00:00.123Z");
+        assert_eq!(utc_day(&p).expect("day"), "2026-11-25");
         let whole = PointRecord {
             ts_ms: 0,
             ..p.clone()

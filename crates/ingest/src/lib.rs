@@ -20,6 +20,7 @@ pub mod dedupe;
 pub mod export;
 pub mod fanout;
 pub mod metrics;
+pub mod retention;
 pub mod validate;
 
 use std::sync::Arc;
