@@ -19,6 +19,7 @@ pub mod decode;
 pub mod dedupe;
 pub mod export;
 pub mod fanout;
+pub mod influx;
 pub mod metrics;
 pub mod retention;
 pub mod validate;
