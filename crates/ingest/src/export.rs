@@ -410,7 +410,11 @@ mod tests {
             to_ms: Some(T0 + 3000),
         };
         let mut out = Vec::new();
-        let n = write_points(&s, &filter, ExportFormat::Csv, &mut out)
+        // `Send`, so that a server can spawn it.
+        fn spawnable<F: std::future::Future + Send>(f: F) -> F {
+            f
+        }
+        let n = spawnable(write_points(&s, &filter, ExportFormat::Csv, &mut out))
             .await
             .expect("export");
         // Readings 2 and 3, two metrics each.
