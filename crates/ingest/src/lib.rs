@@ -17,8 +17,11 @@ pub mod acknowledge;
 pub mod commit;
 pub mod decode;
 pub mod dedupe;
+pub mod export;
 pub mod fanout;
+pub mod influx;
 pub mod metrics;
+pub mod retention;
 pub mod validate;
 
 use std::sync::Arc;

@@ -9,14 +9,14 @@ use async_trait::async_trait;
 use rampart_pki::RevocationReason;
 use rampart_proto::DeviceId;
 
+use crate::telemetry::{
+    DeviceTelemetryStats, IngestItem, ItemOutcome, PointCursor, PointFilter, PointRecord,
+    PresenceHistoryRecord, Pruned, RejectedRecord, Series, SeriesQuery, TelemetryStore,
+};
 use crate::{
     Actor, AuditEntry, AuditRecord, AuditReport, CertificateRecord, Change, Device, DeviceFilter,
     MqttOp, MqttSnapshot, NewDevice, NewService, PostgresStore, Result, RevokedCertificate,
     Service, SqliteStore, Store,
-};
-use crate::telemetry::{
-    DeviceTelemetryStats, IngestItem, ItemOutcome, PointCursor, PointFilter, PointRecord,
-    PresenceHistoryRecord, Pruned, RejectedRecord, Series, SeriesQuery, TelemetryStore,
 };
 
 /// Either backend, delegating every [`Store`] method to it.
@@ -232,11 +232,7 @@ impl TelemetryStore for AnyStore {
         delegate_telemetry!(self.oldest_point())
     }
 
-    async fn rejected(
-        &self,
-        device: Option<&DeviceId>,
-        limit: u32,
-    ) -> Result<Vec<RejectedRecord>> {
+    async fn rejected(&self, device: Option<&DeviceId>, limit: u32) -> Result<Vec<RejectedRecord>> {
         delegate_telemetry!(self.rejected(device, limit))
     }
 
@@ -252,10 +248,7 @@ impl TelemetryStore for AnyStore {
         delegate_telemetry!(self.presence_history(device, limit))
     }
 
-    async fn reported_state(
-        &self,
-        device: &DeviceId,
-    ) -> Result<Option<(serde_json::Value, i64)>> {
+    async fn reported_state(&self, device: &DeviceId) -> Result<Option<(serde_json::Value, i64)>> {
         delegate_telemetry!(self.reported_state(device))
     }
 
