@@ -104,6 +104,24 @@ pub enum TelemetryCommand {
         #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
         buckets: u32,
     },
+    /// Every stored point, one per line.
+    Export {
+        /// `csv` or `jsonl`.
+        #[arg(long, value_enum)]
+        format: ExportFormatArg,
+        /// Only this device.
+        #[arg(long)]
+        device: Option<DeviceId>,
+        /// Only points at or after this time.
+        #[arg(long, allow_hyphen_values = true)]
+        from: Option<String>,
+        /// Only points before this time.
+        #[arg(long, allow_hyphen_values = true)]
+        to: Option<String>,
+        /// Write to FILE instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
     /// Messages the pipeline refused, newest first.
     Rejected {
         /// Only this device.
@@ -118,6 +136,15 @@ pub enum TelemetryCommand {
         /// The device.
         device: DeviceId,
     },
+}
+
+/// Export formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormatArg {
+    /// Comma-separated values with a header line.
+    Csv,
+    /// One JSON object per line.
+    Jsonl,
 }
 
 /// `rampart serve` options.

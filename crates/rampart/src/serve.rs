@@ -83,6 +83,12 @@ pub async fn run(g: &GlobalArgs, config: Config, args: ServeArgs) -> Result<Exit
     )
     .await?;
     let crl = spawn_crl_refresher(Arc::clone(&platform), shutdown.child_token());
+    let retention = tokio::spawn(rampart_ingest::retention::run(
+        Arc::new(platform.store.clone()),
+        retention_options(&platform),
+        shutdown.child_token(),
+    ));
+    let influx = spawn_influx(&platform, shutdown.child_token())?;
     let reloader = spawn_tls_reloader(
         Arc::clone(&platform),
         Arc::clone(&broker),
@@ -106,6 +112,8 @@ pub async fn run(g: &GlobalArgs, config: Config, args: ServeArgs) -> Result<Exit
         ("change follower", follower),
         ("CRL refresher", crl),
         ("TLS reloader", reloader),
+        ("retention", retention),
+        ("InfluxDB export", influx),
     ] {
         if tokio::time::timeout(deadline, task).await.is_err() {
             tracing::warn!(part = name, "did not stop within the shutdown timeout");
@@ -301,4 +309,34 @@ fn pipeline_options(c: &TelemetryConfig) -> PipelineOptions {
         },
         ..PipelineOptions::default()
     }
+}
+
+/// Retention settings from `[telemetry]`; archives go to the data dir.
+fn retention_options(platform: &Platform) -> rampart_ingest::retention::RetentionOptions {
+    let c = &platform.config.telemetry;
+    rampart_ingest::retention::RetentionOptions {
+        raw: c.raw_retention,
+        minute: c.minute_retention,
+        hour: c.hour_retention,
+        presence: c.presence_retention,
+        archive_dir: c.archive.then(|| platform.dir.archive()),
+        interval: c.retention_interval,
+    }
+}
+
+/// Starts the InfluxDB push when `[telemetry.influx]` is set; a bad
+/// configuration (URL, CA file) stops the start with its reason.
+fn spawn_influx(platform: &Platform, shutdown: CancellationToken) -> Result<JoinHandle<()>> {
+    let Some(c) = platform.config.telemetry.influx.clone() else {
+        return Ok(tokio::spawn(async {}));
+    };
+    let mut options = rampart_ingest::influx::InfluxOptions::new(c.url);
+    options.token = std::env::var(&c.token_env).ok().filter(|t| !t.is_empty());
+    options.measurement = c.measurement;
+    options.ca_file = c.ca_file;
+    let exporter = rampart_ingest::influx::InfluxExporter::new(&options)
+        .context("telemetry.influx is not usable")?;
+    tracing::info!(measurement = %options.measurement, token = options.token.is_some(), "pushing telemetry to InfluxDB");
+    let store: Arc<dyn rampart_store::telemetry::TelemetryStore> = Arc::new(platform.store.clone());
+    Ok(tokio::spawn(exporter.run(store, shutdown)))
 }

@@ -117,6 +117,54 @@ fn published_readings_are_queried_exported_backed_up_and_restored() {
         .collect();
     assert_eq!(names, ["humidity", "temperature"]);
 
+    // Exports: one stored point per line.
+    let out = ws
+        .rampart()
+        .args([
+            "telemetry",
+            "export",
+            "--format",
+            "jsonl",
+            "--device",
+            "greenhouse-7",
+        ])
+        .output()
+        .expect("export");
+    assert!(out.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON object per line"))
+        .collect();
+    assert_eq!(lines.len(), 4, "3 temperatures and 1 humidity");
+    let keys: Vec<&str> = lines[0]
+        .as_object()
+        .expect("object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(keys, ["device", "metric", "seq", "ts", "value"]);
+    assert!(lines.iter().all(|l| {
+        l["ts"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z') && t.len() == 24)
+    }));
+    let csv_file = ws.join("points.csv");
+    ws.rampart()
+        .args([
+            "telemetry",
+            "export",
+            "--format",
+            "csv",
+            "--from=-1h",
+            "--out",
+        ])
+        .arg(&csv_file)
+        .assert()
+        .success();
+    let csv = std::fs::read_to_string(&csv_file).expect("csv");
+    assert_eq!(csv.lines().next(), Some("device,metric,ts,value,seq"));
+    assert_eq!(csv.lines().count(), 5);
+
     let rejected = ws.rampart_json(&["telemetry", "rejected", "--device", "greenhouse-7"]);
     assert_eq!(rejected[0]["kind"], "payload_format_invalid", "{rejected}");
     let stats = ws.rampart_json(&["telemetry", "stats", "greenhouse-7"]);
@@ -253,4 +301,114 @@ fn restore_refuses_archives_that_escape_the_data_dir() {
     );
     assert!(!target.exists());
     assert!(!ws.path().join("evi").exists());
+}
+
+/// A minimal HTTP/1.1 receiver: records each request's head and body,
+/// answers 204.
+/// Requests received: head and body of each.
+type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>;
+
+fn influx_receiver() -> (std::net::SocketAddr, Received) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = std::sync::Arc::clone(&seen);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let record = std::sync::Arc::clone(&record);
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream);
+                loop {
+                    let mut head = String::new();
+                    let mut len = 0usize;
+                    loop {
+                        let mut line = String::new();
+                        match reader.read_line(&mut line) {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {}
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                            len = v.trim().parse().unwrap_or(0);
+                        }
+                        head.push_str(&line);
+                    }
+                    let mut body = vec![0; len];
+                    if reader.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    record
+                        .lock()
+                        .expect("record")
+                        .push((head, String::from_utf8_lossy(&body).into_owned()));
+                    let stream = reader.get_mut();
+                    if stream
+                        .write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[test]
+fn serve_pushes_stored_points_to_influxdb() {
+    let (influx, seen) = influx_receiver();
+    let ws = Workspace::new();
+    std::fs::write(
+        ws.join("rampart.toml"),
+        format!(
+            "{CONFIG}\n[telemetry.influx]\nurl = \"http://{influx}/api/v2/write?org=o&bucket=fleet\"\ntoken_env = \"TEST_INFLUX_TOKEN\"\n"
+        ),
+    )
+    .expect("config");
+    ws.rampart().arg("init").assert().success();
+    let dev = ws.device("meter-9");
+    let mut serve = ws.serve(&[
+        ("RAMPART_CONFIG", "rampart.toml"),
+        ("TEST_INFLUX_TOKEN", "s3cret-token"),
+    ]);
+    let addr = serve.listening("mqtt");
+    let t = now_ms() - 60_000;
+    publish(
+        &dev,
+        addr,
+        "devices/meter-9/telemetry/up",
+        &format!(r#"{{"seq":1,"ts":{t},"m":{{"power":12.5,"volts":230}}}}"#),
+    );
+    let deadline = std::time::Instant::now() + rampart_test_support::wait_limit();
+    let (head, body) = loop {
+        if let Some(r) = seen.lock().expect("seen").first().cloned() {
+            break r;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing reached InfluxDB"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(head.starts_with("POST /api/v2/write?"), "{head}");
+    assert!(head.contains("precision=ms"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("authorization: token s3cret-token"),
+        "{head}"
+    );
+    assert_eq!(
+        body.trim(),
+        format!("telemetry,device=meter-9 power=12.5,volts=230.0 {t}")
+    );
+    assert!(serve.terminate());
+    assert!(
+        !serve.seen().iter().any(|l| l.contains("s3cret-token")),
+        "the token is never logged"
+    );
 }

@@ -9,7 +9,12 @@ use rampart_proto::telemetry::MetricName;
 use rampart_store::telemetry::{Series, SeriesQuery, TelemetryStore};
 use serde_json::json;
 
-use crate::cli::{GlobalArgs, TelemetryCommand};
+use std::io::Write;
+
+use rampart_ingest::export::{ExportFormat, write_points};
+use rampart_store::telemetry::PointFilter;
+
+use crate::cli::{ExportFormatArg, GlobalArgs, TelemetryCommand};
 use crate::config::Config;
 use crate::output;
 use crate::platform::Platform;
@@ -112,6 +117,48 @@ pub async fn run(g: &GlobalArgs, config: Config, cmd: TelemetryCommand) -> Resul
             }
         }
         TelemetryCommand::Stats { device } => stats(g, store, &device).await?,
+        TelemetryCommand::Export {
+            format,
+            device,
+            from,
+            to,
+            out,
+        } => {
+            let now = timespec::now_ms();
+            let filter = PointFilter {
+                device,
+                from_ms: from
+                    .map(|t| timespec::parse(&t, now).context("--from"))
+                    .transpose()?,
+                to_ms: to
+                    .map(|t| timespec::parse(&t, now).context("--to"))
+                    .transpose()?,
+            };
+            let format = match format {
+                ExportFormatArg::Csv => ExportFormat::Csv,
+                ExportFormatArg::Jsonl => ExportFormat::Jsonl,
+            };
+            let written = match out {
+                Some(path) => {
+                    let file = std::fs::File::create(&path)
+                        .with_context(|| format!("cannot create {}", path.display()))?;
+                    let mut w = std::io::BufWriter::new(file);
+                    let n = write_points(store, &filter, format, &mut w).await?;
+                    w.into_inner()
+                        .map_err(|e| e.into_error())
+                        .and_then(|f| f.sync_all())
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                    n
+                }
+                None => {
+                    let mut w = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout());
+                    let n = write_points(store, &filter, format, &mut w).await?;
+                    w.flush().context("cannot write to standard output")?;
+                    n
+                }
+            };
+            tracing::info!(points = written, "exported");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
