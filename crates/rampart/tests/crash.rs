@@ -51,6 +51,8 @@ fn payload(seq: u64, t0: i64) -> Vec<u8> {
 struct Progress {
     /// Sequence numbers acknowledged with success.
     acked: BTreeSet<u64>,
+    /// Sequence numbers written to the connection.
+    sent: BTreeSet<u64>,
 }
 
 /// Publishes `seqs` in order with a window of in-flight QoS 1 messages,
@@ -59,6 +61,7 @@ struct Progress {
 async fn publish(
     client: &mut Client,
     seqs: Vec<u64>,
+    redelivered: &BTreeSet<u64>,
     t0: i64,
     progress: &Mutex<Progress>,
     total_acks: &AtomicU64,
@@ -75,9 +78,13 @@ async fn publish(
                     while pending.contains_key(&next_id) || next_id == 0 {
                         next_id = next_id.wrapping_add(1);
                     }
-                    let p =
-                        client.publish_packet(&topic, payload(seq, t0), Qos::AtLeastOnce, next_id);
+                    // What was sent before goes again as a redelivery (DUP=1),
+                    // as a client resuming after a lost connection does.
+                    let p = client
+                        .publish_packet(&topic, payload(seq, t0), Qos::AtLeastOnce, next_id)
+                        .with_dup(redelivered.contains(&seq));
                     client.queue(&p).map_err(|e| e.to_string())?;
+                    progress.lock().expect("progress").sent.insert(seq);
                     pending.insert(next_id, seq);
                     next_id = next_id.wrapping_add(1);
                 }
@@ -235,6 +242,7 @@ fn run_round(round_no: u64, per_device: u64, kill_fraction: f64) {
             let result = publish(
                 &mut client,
                 (0..per_device).collect(),
+                &BTreeSet::new(),
                 t0,
                 &progress[i],
                 &acks,
@@ -263,6 +271,10 @@ fn run_round(round_no: u64, per_device: u64, kill_fraction: f64) {
         .iter()
         .map(|p| p.lock().expect("progress").acked.clone())
         .collect();
+    let sent_before: Vec<BTreeSet<u64>> = progress
+        .iter()
+        .map(|p| p.lock().expect("progress").sent.clone())
+        .collect();
     let acked_total: usize = acked_before.iter().map(BTreeSet::len).sum();
     eprintln!("round {round_no}: {acked_total} acknowledged before SIGKILL");
 
@@ -280,10 +292,11 @@ fn run_round(round_no: u64, per_device: u64, kill_fraction: f64) {
             .into_iter()
             .chain((0..per_device).filter(|s| !acked_before[i].contains(s)))
             .collect();
+        let redelivered = sent_before[i].clone();
         let (id, version, t0) = (id.to_string(), *version, r.t0);
         tasks.push(rt.spawn(async move {
             let mut client = connect(&certs, addr, &id, version).await;
-            publish(&mut client, resend, t0, &progress[i], &acks).await?;
+            publish(&mut client, resend, &redelivered, t0, &progress[i], &acks).await?;
             client.disconnect().await.map_err(|e| e.to_string())
         }));
     }
