@@ -13,16 +13,14 @@
 //! deliveries per session in order, so anything routed before the marker
 //! arrives before it.
 
-mod common;
-
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use common::{
+use crate::common::{
     Client, Connect, Event, Platform, REJECT_DETAIL, V5, WAIT, encode, eventually, reason_string,
     up,
 };
+use bytes::Bytes;
 use mqtt5_protocol::packet::disconnect::DisconnectPacket;
 use mqtt5_protocol::packet::puback::PubAckPacket;
 use mqtt5_protocol::packet::pubrel::PubRelPacket;

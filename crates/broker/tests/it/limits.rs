@@ -2,12 +2,10 @@
 //! rate limit. Each refused connection is closed and counted; clients that
 //! behave keep working.
 
-mod common;
-
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{Connect, Platform};
+use crate::common::{Connect, Platform};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 

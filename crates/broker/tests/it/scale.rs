@@ -1,10 +1,8 @@
 //! Many concurrent mutual-TLS connections on one small machine.
 
-mod common;
-
 use std::sync::atomic::Ordering;
 
-use common::{Connect, Platform, up};
+use crate::common::{Connect, Platform, up};
 
 /// Connections opened at once; `RAMPART_TEST_CONNECTIONS` changes it.
 fn connections() -> usize {

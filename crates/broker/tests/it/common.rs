@@ -13,9 +13,6 @@
 //! sleeps to let something happen: tests wait for the event itself (a
 //! packet, a closed socket, a sink record, a counter).
 
-// Each test binary (protocol, scale, limits) uses a different part.
-#![allow(dead_code)]
-
 use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};

@@ -1,0 +1,7 @@
+//! The broker's integration tests, one binary: a real TLS listener, real
+//! certificates and a raw MQTT client (`common`).
+
+mod common;
+mod limits;
+mod protocol;
+mod scale;
