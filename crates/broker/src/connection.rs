@@ -135,6 +135,78 @@ struct Connection {
     shutdown: CancellationToken,
 }
 
+/// A publish offered to the pipeline, waiting for its answer before it is
+/// routed and acknowledged in arrival order.
+struct PendingPublish {
+    p: PublishPacket,
+    topic: Arc<str>,
+    qos: u8,
+    id: u16,
+    received: Instant,
+    offered: Option<InboundMessage>,
+}
+
+/// The first look at a publish.
+enum Begin {
+    /// To be offered to the pipeline.
+    Pending(Box<PendingPublish>),
+    /// Answered without the pipeline, after the publishes before it.
+    Immediate(Immediate),
+    /// A protocol error.
+    End(End),
+}
+
+/// Answers that need no pipeline.
+enum Immediate {
+    /// A QoS 2 retransmission of a publish already taken.
+    PubRec(u16),
+    /// Refused by the ACL.
+    Denied { qos: u8, id: u16 },
+}
+
+/// A publish whose pipeline answer is known.
+struct Step {
+    qos: u8,
+    id: u16,
+    received: Instant,
+    action: StepAction,
+}
+
+enum StepAction {
+    /// Refused by the pipeline: acknowledged with this code and reason.
+    Refused(ReasonCode, String),
+    /// Routed; acknowledged once these writes are durable.
+    Routed(Option<persist::Durable>, Option<persist::Durable>),
+}
+
+/// Awaits every future, polling them together, and returns their outputs
+/// in the order given.
+async fn join_in_order<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut done = true;
+        for (f, out) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if out.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *out = Some(v),
+                    std::task::Poll::Pending => done = false,
+                }
+            }
+        }
+        if done {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
+}
+
+/// Most publishes offered to the pipeline together from one connection.
+const MAX_PIPELINED: usize = 64;
+
 /// How the packet loop ended.
 enum End {
     Reason(DisconnectReason),
@@ -500,22 +572,80 @@ impl Connection {
             // Every packet already buffered is handled, then the answers go
             // out in one write: a burst of publishes costs one TLS record
             // of acknowledgements, not one each.
+            // Publishes are offered to the pipeline together and answered
+            // in arrival order; any other packet first waits for them.
             let mut more = false;
+            let mut pending: Vec<PendingPublish> = Vec::new();
             loop {
                 match self.decoder.decode(&mut self.rbuf) {
+                    Ok(Some(Packet::Publish(p))) => {
+                        last_heard = Instant::now();
+                        let qos2_again = p.qos == WireQoS::ExactlyOnce
+                            && pending
+                                .iter()
+                                .any(|x| x.qos == 2 && Some(x.id) == p.packet_id);
+                        if qos2_again
+                            && let Some(end) = self
+                                .run_pending(&mut pending, session, identity, client)
+                                .await
+                        {
+                            return end;
+                        }
+                        match self.begin_publish(p, session, identity) {
+                            Begin::Pending(pp) => pending.push(*pp),
+                            Begin::Immediate(im) => {
+                                if let Some(end) = self
+                                    .run_pending(&mut pending, session, identity, client)
+                                    .await
+                                {
+                                    return end;
+                                }
+                                self.answer_immediate(im, session);
+                            }
+                            Begin::End(end) => return end,
+                        }
+                        if pending.len() >= MAX_PIPELINED
+                            && let Some(end) = self
+                                .run_pending(&mut pending, session, identity, client)
+                                .await
+                        {
+                            return end;
+                        }
+                    }
                     Ok(Some(packet)) => {
                         last_heard = Instant::now();
+                        if let Some(end) = self
+                            .run_pending(&mut pending, session, identity, client)
+                            .await
+                        {
+                            return end;
+                        }
                         if let Some(end) = self.handle(packet, session, identity, client).await {
                             return end;
                         }
-                        if self.out.len() >= FLUSH_AT {
-                            more = true;
-                            break;
-                        }
                     }
                     Ok(None) => break,
-                    Err(e) => return self.protocol_error(identity, &e),
+                    Err(e) => {
+                        // What came before the bad packet is still answered.
+                        if let Some(end) = self
+                            .run_pending(&mut pending, session, identity, client)
+                            .await
+                        {
+                            return end;
+                        }
+                        return self.protocol_error(identity, &e);
+                    }
                 }
+                if self.out.len() >= FLUSH_AT {
+                    more = true;
+                    break;
+                }
+            }
+            if let Some(end) = self
+                .run_pending(&mut pending, session, identity, client)
+                .await
+            {
+                return end;
             }
             self.pump(session, client);
             if self.flush().await.is_err() {
@@ -750,8 +880,26 @@ impl Connection {
         identity: &Identity,
         client: &ClientId,
     ) -> Option<End> {
+        let mut pending = Vec::new();
+        match self.begin_publish(p, session, identity) {
+            Begin::Pending(pp) => pending.push(*pp),
+            Begin::Immediate(im) => self.answer_immediate(im, session),
+            Begin::End(end) => return Some(end),
+        }
+        self.run_pending(&mut pending, session, identity, client)
+            .await
+    }
+
+    /// The checks of a publish that need no waiting: topic alias, QoS 2
+    /// retransmission, ACL; and the message offered to the pipeline.
+    fn begin_publish(
+        &mut self,
+        p: PublishPacket,
+        session: &Arc<Session>,
+        identity: &Identity,
+    ) -> Begin {
         let received = Instant::now();
-        let metrics = Arc::clone(&self.broker.metrics);
+        let metrics = &self.broker.metrics;
         Metrics::inc(match p.qos {
             WireQoS::AtMostOnce => &metrics.messages_in_qos0,
             WireQoS::AtLeastOnce => &metrics.messages_in_qos1,
@@ -769,7 +917,7 @@ impl Connection {
                 None => {
                     let e =
                         CodecError::TopicAliasInvalid(format!("topic alias {alias} was never set"));
-                    return Some(self.protocol_error(identity, &e));
+                    return Begin::End(self.protocol_error(identity, &e));
                 }
             },
             (None, _) => Arc::from(p.topic_name.as_str()),
@@ -783,17 +931,13 @@ impl Connection {
                 .lock()
                 .is_ok_and(|st| st.incoming_qos2.contains(&id))
         {
-            self.send(&Packet::PubRec(PubRecPacket::new(id)));
-            return None;
+            return Begin::Immediate(Immediate::PubRec(id));
         }
         if !self.broker.acl.may_publish(identity, &topic) {
             Metrics::inc(&metrics.acl_denied_publish);
             tracing::warn!(device_id = %identity.id, topic = %topic, "publish denied by ACL");
-            // v5: tell the client; v3: acknowledge and drop (§4.12 of 3.1.1 leaves no other way).
-            self.ack(qos, id, ReasonCode::NotAuthorized, None, session);
-            return None;
+            return Begin::Immediate(Immediate::Denied { qos, id });
         }
-        let mut route = true;
         let offered = inbound(
             identity,
             &topic,
@@ -801,110 +945,222 @@ impl Connection {
             &p.payload,
             message_properties(&p.properties, self.version),
         );
-        if let Some(message) = offered {
-            let kick = self
-                .control
-                .as_ref()
-                .map(|c| c.kick.clone())
-                .unwrap_or_default();
-            let sink = Arc::clone(&self.broker.sink);
-            let mut ingest = std::pin::pin!(sink.ingest(message));
-            // An answer at once keeps acknowledgements batched; if the
-            // pipeline must wait (a commit), acknowledgements already
-            // earned go out first instead of waiting behind this one.
-            let ready =
-                std::future::poll_fn(|cx| std::task::Poll::Ready(ingest.as_mut().poll(cx))).await;
-            if ready.is_pending() && self.flush().await.is_err() {
-                return Some(End::Reason(DisconnectReason::ConnectionLost));
+        Begin::Pending(Box::new(PendingPublish {
+            p,
+            topic,
+            qos,
+            id,
+            received,
+            offered,
+        }))
+    }
+
+    fn answer_immediate(&mut self, im: Immediate, session: &Arc<Session>) {
+        match im {
+            Immediate::PubRec(id) => {
+                self.send(&Packet::PubRec(PubRecPacket::new(id)));
             }
-            let shutdown = self.shutdown.clone();
-            let outcome = tokio::select! {
-                o = async {
-                    match ready {
-                        std::task::Poll::Ready(o) => o,
-                        std::task::Poll::Pending => ingest.await,
+            // v5: tell the client; v3: acknowledge and drop (§4.12 of 3.1.1
+            // leaves no other way).
+            Immediate::Denied { qos, id } => {
+                self.ack(qos, id, ReasonCode::NotAuthorized, None, session);
+            }
+        }
+    }
+
+    /// Offers every pending publish to the pipeline at once (so a burst
+    /// shares one group commit), then routes and acknowledges them in the
+    /// order they arrived. While the pipeline works, nothing more is read
+    /// from this client (back-pressure).
+    async fn run_pending(
+        &mut self,
+        pending: &mut Vec<PendingPublish>,
+        session: &Arc<Session>,
+        identity: &Identity,
+        client: &ClientId,
+    ) -> Option<End> {
+        if pending.is_empty() {
+            return None;
+        }
+        let batch = std::mem::take(pending);
+        let sink = Arc::clone(&self.broker.sink);
+        let offers: Vec<_> = batch
+            .iter()
+            .map(|pp| {
+                let sink = Arc::clone(&sink);
+                let offered = pp.offered.clone();
+                async move {
+                    match offered {
+                        Some(m) => Some(sink.ingest(m).await),
+                        None => None,
                     }
-                } => o,
-                // Unacknowledged, so the device sends it again later; the
-                // pipeline's dedupe keeps a second copy out.
-                _ = kick.cancelled() => {
-                    let reason = self.control.as_ref().and_then(Control::reason);
-                    return Some(End::Reason(reason.unwrap_or(DisconnectReason::Disabled)));
                 }
-                _ = shutdown.cancelled() => {
-                    return Some(End::Reason(DisconnectReason::ServerShutdown));
+            })
+            .collect();
+        let mut all = std::pin::pin!(join_in_order(offers));
+        // An answer at once keeps acknowledgements batched; if the pipeline
+        // must wait (a commit), acknowledgements already earned go out
+        // first instead of waiting behind these.
+        let ready = std::future::poll_fn(|cx| std::task::Poll::Ready(all.as_mut().poll(cx))).await;
+        if ready.is_pending() && self.flush().await.is_err() {
+            return Some(End::Reason(DisconnectReason::ConnectionLost));
+        }
+        let kick = self
+            .control
+            .as_ref()
+            .map(|c| c.kick.clone())
+            .unwrap_or_default();
+        let shutdown = self.shutdown.clone();
+        let outcomes = tokio::select! {
+            o = async {
+                match ready {
+                    std::task::Poll::Ready(o) => o,
+                    std::task::Poll::Pending => all.await,
                 }
-            };
-            match outcome {
-                IngestOutcome::Committed => {}
-                IngestOutcome::Duplicate => Metrics::inc(&metrics.ingest_duplicates),
-                IngestOutcome::Rejected(r) => {
-                    Metrics::inc(&metrics.ingest_rejected);
-                    tracing::info!(device_id = %identity.id, topic = %topic, reason = r.kind.label(), detail = %r.detail, "publish rejected by the pipeline");
-                    if r.kind == RejectionKind::Internal && self.version != 5 && qos > 0 {
-                        // Not stored, and MQTT 3.1.1 cannot say so: close
-                        // unacknowledged so the client sends it again.
-                        let e = CodecError::Protocol("telemetry store unavailable".into());
-                        return Some(self.protocol_error(identity, &e));
+            } => o,
+            // Unacknowledged, so the device sends them again later; the
+            // pipeline's dedupe keeps second copies out.
+            _ = kick.cancelled() => {
+                let reason = self.control.as_ref().and_then(Control::reason);
+                return Some(End::Reason(reason.unwrap_or(DisconnectReason::Disabled)));
+            }
+            _ = shutdown.cancelled() => {
+                return Some(End::Reason(DisconnectReason::ServerShutdown));
+            }
+        };
+        // Route everything first (durable copies are queued together), then
+        // acknowledge in arrival order as each becomes durable.
+        let mut steps = Vec::with_capacity(batch.len());
+        for (pp, outcome) in batch.into_iter().zip(outcomes) {
+            match self.settle(pp, outcome, identity, client) {
+                Ok(step) => steps.push(step),
+                Err(end) => {
+                    // Earlier messages still get their answers.
+                    if let Some(end) = self.acknowledge(steps, session, identity).await {
+                        return Some(end);
                     }
-                    let code = ReasonCode::from_u8(r.kind.reason_code())
-                        .unwrap_or(ReasonCode::UnspecifiedError);
-                    self.ack(qos, id, code, Some(r.detail), session);
-                    route = false;
+                    return Some(end);
                 }
             }
         }
-        if route {
-            let expires_at = p
-                .properties
-                .get_message_expiry_interval()
-                .map(|s| Instant::now() + Duration::from_secs(u64::from(s)));
-            let message = Arc::new(Message {
-                topic,
-                // A copy: the decoded payload points into the read buffer,
-                // which a queued or retained message must not keep alive.
-                payload: bytes::Bytes::copy_from_slice(&p.payload),
-                qos,
-                retain: p.retain,
-                properties: forwardable(&p.properties),
-                expires_at,
-                publisher: Some(Arc::clone(client)),
-            });
-            let retained = if message.retain {
-                self.broker.retain(&message)
-            } else {
-                None
-            };
-            let routed = self.broker.route(&message);
-            // Waiting for a commit: send the acknowledgements already earned.
-            if (retained.is_some() || routed.is_some()) && self.flush().await.is_err() {
-                return Some(End::Reason(DisconnectReason::ConnectionLost));
-            }
-            // Acknowledge only what is durable: queued copies for
-            // persistent sessions and the retained message.
-            let ok = persist::durable(retained).await & persist::durable(routed).await;
-            if ok {
-                self.ack(qos, id, ReasonCode::Success, None, session);
-            } else if self.version == 5 {
-                self.ack(
+        self.acknowledge(steps, session, identity).await
+    }
+
+    /// What the pipeline's answer means for one publish: routed (with the
+    /// durable writes to wait for) or refused; an error ends the connection.
+    fn settle(
+        &mut self,
+        pp: PendingPublish,
+        outcome: Option<IngestOutcome>,
+        identity: &Identity,
+        client: &ClientId,
+    ) -> Result<Step, End> {
+        let metrics = &self.broker.metrics;
+        let PendingPublish {
+            p,
+            topic,
+            qos,
+            id,
+            received,
+            ..
+        } = pp;
+        match outcome {
+            None | Some(IngestOutcome::Committed) => {}
+            Some(IngestOutcome::Duplicate) => Metrics::inc(&metrics.ingest_duplicates),
+            Some(IngestOutcome::Rejected(r)) => {
+                Metrics::inc(&metrics.ingest_rejected);
+                tracing::info!(device_id = %identity.id, topic = %topic, reason = r.kind.label(), detail = %r.detail, "publish rejected by the pipeline");
+                if r.kind == RejectionKind::Internal && self.version != 5 && qos > 0 {
+                    // Not stored, and MQTT 3.1.1 cannot say so: close
+                    // unacknowledged so the client sends it again.
+                    let e = CodecError::Protocol("telemetry store unavailable".into());
+                    return Err(self.protocol_error(identity, &e));
+                }
+                let code = ReasonCode::from_u8(r.kind.reason_code())
+                    .unwrap_or(ReasonCode::UnspecifiedError);
+                return Ok(Step {
                     qos,
                     id,
-                    ReasonCode::ImplementationSpecificError,
-                    Some("the broker could not store the message".into()),
-                    session,
-                );
-            } else if qos > 0 {
-                // MQTT 3.1.1 has no negative acknowledgement: close, and the
-                // client resends on reconnect.
-                let e = CodecError::Protocol("broker storage unavailable".into());
-                return Some(self.protocol_error(identity, &e));
+                    received,
+                    action: StepAction::Refused(code, r.detail),
+                });
             }
         }
-        if qos > 0 {
-            metrics
-                .ack_latency_us_sum
-                .fetch_add(received.elapsed().as_micros() as u64, Ordering::Relaxed);
-            Metrics::inc(&metrics.ack_latency_count);
+        let expires_at = p
+            .properties
+            .get_message_expiry_interval()
+            .map(|s| Instant::now() + Duration::from_secs(u64::from(s)));
+        let message = Arc::new(Message {
+            topic,
+            // A copy: the decoded payload points into the read buffer,
+            // which a queued or retained message must not keep alive.
+            payload: bytes::Bytes::copy_from_slice(&p.payload),
+            qos,
+            retain: p.retain,
+            properties: forwardable(&p.properties),
+            expires_at,
+            publisher: Some(Arc::clone(client)),
+        });
+        let retained = if message.retain {
+            self.broker.retain(&message)
+        } else {
+            None
+        };
+        let routed = self.broker.route(&message);
+        Ok(Step {
+            qos,
+            id,
+            received,
+            action: StepAction::Routed(retained, routed),
+        })
+    }
+
+    /// Acknowledges settled publishes in order, each once what it depends
+    /// on is durable (queued copies for persistent sessions, the retained
+    /// message).
+    async fn acknowledge(
+        &mut self,
+        steps: Vec<Step>,
+        session: &Arc<Session>,
+        identity: &Identity,
+    ) -> Option<End> {
+        let metrics = Arc::clone(&self.broker.metrics);
+        for step in steps {
+            match step.action {
+                StepAction::Refused(code, detail) => {
+                    self.ack(step.qos, step.id, code, Some(detail), session);
+                }
+                StepAction::Routed(retained, routed) => {
+                    // Waiting for a commit: send the acknowledgements already earned.
+                    if (retained.is_some() || routed.is_some()) && self.flush().await.is_err() {
+                        return Some(End::Reason(DisconnectReason::ConnectionLost));
+                    }
+                    let ok = persist::durable(retained).await & persist::durable(routed).await;
+                    if ok {
+                        self.ack(step.qos, step.id, ReasonCode::Success, None, session);
+                    } else if self.version == 5 {
+                        self.ack(
+                            step.qos,
+                            step.id,
+                            ReasonCode::ImplementationSpecificError,
+                            Some("the broker could not store the message".into()),
+                            session,
+                        );
+                    } else if step.qos > 0 {
+                        // MQTT 3.1.1 has no negative acknowledgement: close,
+                        // and the client resends on reconnect.
+                        let e = CodecError::Protocol("broker storage unavailable".into());
+                        return Some(self.protocol_error(identity, &e));
+                    }
+                }
+            }
+            if step.qos > 0 {
+                metrics.ack_latency_us_sum.fetch_add(
+                    step.received.elapsed().as_micros() as u64,
+                    Ordering::Relaxed,
+                );
+                Metrics::inc(&metrics.ack_latency_count);
+            }
         }
         None
     }

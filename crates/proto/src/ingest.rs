@@ -6,7 +6,9 @@
 //! message only after the sink returned, routes it to subscribers only when
 //! it was [`IngestOutcome::Committed`] or [`IngestOutcome::Duplicate`], and
 //! while the sink has not answered it reads nothing more from that
-//! connection (back-pressure: nothing is dropped). Connection events are
+//! connection (back-pressure: nothing is dropped). Publishes that arrived
+//! together may be offered concurrently; their answers are applied in
+//! arrival order. Connection events are
 //! handed over as [`PresenceEvent`]s.
 
 use std::fmt;

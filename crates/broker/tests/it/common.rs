@@ -167,11 +167,6 @@ impl RecordingSink {
         self.log().rejected.clone()
     }
 
-    /// Number of `ingest` calls waiting at the gate.
-    pub fn held(&self) -> usize {
-        self.log().held
-    }
-
     /// Waits until `pred` holds for the log. Checks after subscribing to
     /// changes, so no change between the check and the wait is missed.
     pub async fn wait_until(&self, what: &str, pred: impl Fn(&SinkLog) -> bool) {
@@ -191,10 +186,10 @@ impl RecordingSink {
         );
     }
 
-    /// Waits until `n` messages are held at the gate.
+    /// Waits until at least `n` messages are held at the gate.
     pub async fn wait_held(&self, n: usize) {
-        self.wait_until(&format!("{n} message(s) held by the pipeline"), |l| {
-            l.held == n
+        self.wait_until(&format!("{n} or more message(s) held by the pipeline"), |l| {
+            l.held >= n
         })
         .await;
     }
