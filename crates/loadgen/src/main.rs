@@ -99,9 +99,8 @@ enum Scenario {
     },
     /// Rampart only, in process: durable ingest through the pipeline API.
     Ingest {
-        /// Store directory (SQLite; created).
-        #[arg(long)]
-        store_dir: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
         #[arg(long, default_value_t = 200)]
         devices: usize,
         /// Points per message: 1, or an even number (readings of two metrics).
@@ -112,9 +111,8 @@ enum Scenario {
     },
     /// Rampart only, in process: chart query latency on a large store.
     Chart {
-        /// Store directory (SQLite; created).
-        #[arg(long)]
-        store_dir: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
         /// Days of 1-second data for the charted device.
         #[arg(long, default_value_t = 7)]
         days: u32,
@@ -133,6 +131,28 @@ enum Scenario {
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         duration: Duration,
     },
+}
+
+/// Where the in-process benchmarks store.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+struct StoreArgs {
+    /// Store directory (SQLite; created).
+    #[arg(long)]
+    store_dir: Option<PathBuf>,
+    /// PostgreSQL URL of an empty database, instead of SQLite.
+    #[arg(long, value_name = "URL")]
+    store_url: Option<String>,
+}
+
+impl StoreArgs {
+    fn target(self) -> anyhow::Result<storebench::BenchStore> {
+        match (self.store_dir, self.store_url) {
+            (Some(dir), None) => Ok(storebench::BenchStore::Dir(dir)),
+            (None, Some(url)) => Ok(storebench::BenchStore::Url(url)),
+            _ => anyhow::bail!("give one of --store-dir and --store-url"),
+        }
+    }
 }
 
 fn session(persistent: bool) -> SessionKind {
@@ -252,13 +272,13 @@ async fn main() -> anyhow::Result<()> {
             )?
         }
         Scenario::Ingest {
-            store_dir,
+            store,
             devices,
             points,
             duration,
         } => serde_json::to_value(
             storebench::ingest(
-                storebench::open_sqlite(&store_dir)?,
+                storebench::open_store(&store.target()?).await?,
                 storebench::IngestConfig {
                     devices,
                     points_per_message: points,
@@ -268,14 +288,14 @@ async fn main() -> anyhow::Result<()> {
             .await?,
         )?,
         Scenario::Chart {
-            store_dir,
+            store,
             days,
             total_points,
             queries,
             buckets,
         } => serde_json::to_value(
             storebench::chart(
-                storebench::open_sqlite(&store_dir)?,
+                storebench::open_store(&store.target()?).await?,
                 storebench::ChartConfig {
                     days,
                     total_points,

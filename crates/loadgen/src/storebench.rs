@@ -17,17 +17,52 @@ use serde::Serialize;
 
 use crate::{LoadgenError, Percentiles, latency_histogram};
 
-/// Opens the store the benchmarks write to: SQLite in `dir`.
-pub fn open_sqlite(dir: &std::path::Path) -> Result<Arc<rampart_store::SqliteStore>, LoadgenError> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| LoadgenError::io(format!("create {}", dir.display()), e))?;
-    rampart_store::SqliteStore::open(
-        &dir.join("rampart.db"),
-        rampart_store::AuditKey::new([0; 32], None),
-        rampart_store::sqlite::SqliteOptions::default(),
-    )
-    .map(Arc::new)
-    .map_err(|e| LoadgenError::Config(format!("open store: {e}")))
+/// Where the benchmarks store.
+#[derive(Debug, Clone)]
+pub enum BenchStore {
+    /// SQLite in this directory (created).
+    Dir(std::path::PathBuf),
+    /// The PostgreSQL database at this URL.
+    Url(String),
+}
+
+/// Opens the store the benchmarks write to and checks that it holds no
+/// telemetry yet: the benchmarks number readings from 0, and readings
+/// already stored would be answered as duplicates, not written.
+pub async fn open_store(at: &BenchStore) -> Result<Arc<dyn TelemetryStore>, LoadgenError> {
+    let opened = |e: rampart_store::StoreError| LoadgenError::Config(format!("open store: {e}"));
+    // No audit head file: the benchmarks append no audit rows.
+    let key = rampart_store::AuditKey::new([0; 32], None);
+    let (store, shown): (Arc<dyn TelemetryStore>, String) = match at {
+        BenchStore::Dir(dir) => {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| LoadgenError::io(format!("create {}", dir.display()), e))?;
+            let store = rampart_store::SqliteStore::open(
+                &dir.join("rampart.db"),
+                key,
+                rampart_store::sqlite::SqliteOptions::default(),
+            )
+            .map_err(opened)?;
+            (Arc::new(store), dir.display().to_string())
+        }
+        BenchStore::Url(url) => {
+            let store = rampart_store::PostgresStore::connect(
+                url,
+                key,
+                rampart_store::postgres::PostgresOptions::default(),
+            )
+            .await
+            .map_err(opened)?;
+            let shown = store.target().to_owned();
+            (Arc::new(store), shown)
+        }
+    };
+    if store.oldest_point().await.map_err(opened)?.is_some() {
+        return Err(LoadgenError::Config(format!(
+            "the store at {shown} already holds telemetry; benchmarks need an empty one (a new directory, or a database made with createdb)"
+        )));
+    }
+    Ok(store)
 }
 
 fn now_ms() -> i64 {

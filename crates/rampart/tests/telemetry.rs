@@ -1,10 +1,10 @@
 //! Telemetry through the real binary: mosquitto_pub → broker → pipeline →
-//! store, read back with `rampart telemetry ...`; backup and restore while
-//! serving.
+//! store (SQLite, or PostgreSQL with `store.url`), read back with
+//! `rampart telemetry ...`; backup and restore while serving.
 
 use std::os::unix::fs::PermissionsExt;
 
-use rampart_test_support::{DeviceFiles, Workspace, mosquitto};
+use rampart_test_support::{DeviceFiles, PgTestDb, Workspace, mosquitto};
 
 const CONFIG: &str = "[broker]\nrate_limit_exempt = [\"127.0.0.1\", \"::1\"]\n";
 
@@ -262,6 +262,186 @@ fn published_readings_are_queried_exported_backed_up_and_restored() {
         .expect("run");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
+}
+
+/// `rampart ARGS --json` with the store in PostgreSQL at `url`.
+fn json_with_store(ws: &Workspace, url: &str, args: &[&str]) -> serde_json::Value {
+    let out = ws
+        .rampart()
+        .env("RAMPART_STORE__URL", url)
+        .args(args)
+        .arg("--json")
+        .output()
+        .expect("run rampart");
+    assert!(
+        out.status.success(),
+        "rampart {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "rampart {args:?} printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+#[test]
+fn serve_on_postgresql_stores_readings_that_the_cli_reads_back() {
+    let Some(db) = PgTestDb::create_blocking() else {
+        return;
+    };
+    let url = db.url().to_owned();
+    let ws = Workspace::new();
+    std::fs::write(ws.join("rampart.toml"), CONFIG).expect("config");
+    json_with_store(&ws, &url, &["init"]);
+    let created = ws
+        .rampart()
+        .env("RAMPART_STORE__URL", &url)
+        .args(["device", "create", "--id", "pg-sensor-1", "--out"])
+        .arg(ws.join("devices"))
+        .output()
+        .expect("device create");
+    assert!(
+        created.status.success(),
+        "device create: {}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let dir = ws.join("devices");
+    let dev = DeviceFiles {
+        id: "pg-sensor-1".into(),
+        cert: dir.join("pg-sensor-1.crt"),
+        key: dir.join("pg-sensor-1.key"),
+        ca: dir.join("ca.crt"),
+    };
+    let mut serve = ws.serve(&[
+        ("RAMPART_CONFIG", "rampart.toml"),
+        ("RAMPART_STORE__URL", &url),
+    ]);
+    let addr = serve.listening("mqtt");
+
+    let t = now_ms() - 10 * 60_000;
+    let topic = "devices/pg-sensor-1/telemetry/up";
+    publish(
+        &dev,
+        addr,
+        topic,
+        &format!(r#"{{"seq":1,"ts":{t},"m":{{"temperature":20.5,"humidity":40}}}}"#),
+    );
+    publish(
+        &dev,
+        addr,
+        topic,
+        &format!(
+            r#"{{"batch":[{{"seq":2,"ts":{},"m":{{"temperature":22.5}}}},{{"seq":3,"ts":{},"m":{{"temperature":21.0}}}}]}}"#,
+            t + 1000,
+            t + 2000
+        ),
+    );
+    // A replay is a duplicate; the same seq with other values a conflict.
+    publish(
+        &dev,
+        addr,
+        topic,
+        &format!(r#"{{"seq":1,"ts":{t},"m":{{"temperature":20.5,"humidity":40}}}}"#),
+    );
+    publish(
+        &dev,
+        addr,
+        topic,
+        &format!(r#"{{"seq":3,"ts":{},"m":{{"temperature":99}}}}"#, t + 2000),
+    );
+    publish(
+        &dev,
+        addr,
+        "devices/pg-sensor-1/state/up",
+        r#"{"fw":"2.0.1"}"#,
+    );
+
+    // The points are in PostgreSQL: four of them, none with the conflict's value.
+    db.execute(
+        "DO $$ BEGIN
+           IF (SELECT count(*) FROM points) <> 4 OR EXISTS (SELECT 1 FROM points WHERE value = 99)
+           THEN RAISE EXCEPTION 'points: %', (SELECT array_agg(value) FROM points);
+           END IF;
+         END $$;",
+    )
+    .expect("the readings are stored in PostgreSQL");
+    assert!(
+        !ws.data_dir().join("rampart.db").exists(),
+        "nothing was written to SQLite"
+    );
+
+    let q = json_with_store(
+        &ws,
+        &url,
+        &[
+            "telemetry",
+            "query",
+            "--device",
+            "pg-sensor-1",
+            "--metric",
+            "temperature",
+            "--from=-1h",
+            "--to",
+            "now",
+            "--buckets",
+            "4",
+        ],
+    );
+    assert_eq!(q["resolution"], "1m", "{q}");
+    let buckets = q["buckets"].as_array().expect("buckets");
+    assert_eq!(buckets.len(), 1, "{q}");
+    let b = &buckets[0];
+    assert_eq!(
+        (&b["min"], &b["max"], &b["count"], &b["last"]),
+        (
+            &serde_json::json!(20.5),
+            &serde_json::json!(22.5),
+            &serde_json::json!(3),
+            &serde_json::json!(21.0)
+        )
+    );
+    assert!((b["avg"].as_f64().expect("avg") - 64.0 / 3.0).abs() < 1e-9);
+
+    let stats = json_with_store(&ws, &url, &["telemetry", "stats", "pg-sensor-1"]);
+    let s = &stats["stats"];
+    assert_eq!(
+        (
+            &s["readings"],
+            &s["duplicates"],
+            &s["conflicts"],
+            &s["last_seq"]
+        ),
+        (
+            &serde_json::json!(3),
+            &serde_json::json!(1),
+            &serde_json::json!(1),
+            &serde_json::json!(3)
+        ),
+        "{stats}"
+    );
+    assert!(s["flagged_at"].is_number(), "{stats}");
+    assert_eq!(s["metrics"], serde_json::json!(["humidity", "temperature"]));
+    assert_eq!(stats["reported_state"]["state"]["fw"], "2.0.1", "{stats}");
+    let presence = stats["presence"].as_array().expect("presence");
+    assert!(
+        presence
+            .iter()
+            .any(|p| p["online"] == true && p["addr"].is_string()),
+        "{stats}"
+    );
+    let rejected = json_with_store(
+        &ws,
+        &url,
+        &["telemetry", "rejected", "--device", "pg-sensor-1"],
+    );
+    assert_eq!(rejected[0]["kind"], "sequence_conflict", "{rejected}");
+    assert_eq!(rejected[0]["seq"], 3, "{rejected}");
+    let devices = json_with_store(&ws, &url, &["device", "list"]);
+    assert!(devices[0]["last_seen"].is_string(), "{devices}");
+
+    assert!(serve.terminate(), "serve exits 0 on SIGTERM");
 }
 
 #[test]

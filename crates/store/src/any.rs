@@ -2,8 +2,8 @@
 //!
 //! The binary picks SQLite or PostgreSQL at start; holding the choice in an
 //! enum rather than `Arc<dyn Store>` keeps the type `Clone`, lets callers
-//! reach backend-specific methods by matching, and leaves room for further
-//! traits (telemetry) that both backends implement.
+//! reach backend-specific methods by matching, and delegates further traits
+//! that both backends implement ([`TelemetryStore`]) the same way.
 
 use async_trait::async_trait;
 use rampart_pki::RevocationReason;
@@ -19,7 +19,8 @@ use crate::{
     Service, SqliteStore, Store,
 };
 
-/// Either backend, delegating every [`Store`] method to it.
+/// Either backend, delegating every [`Store`] and [`TelemetryStore`]
+/// method to it.
 #[derive(Debug, Clone)]
 pub enum AnyStore {
     /// SQLite in the data dir (the default).
@@ -177,19 +178,6 @@ impl Store for AnyStore {
     }
 }
 
-/// Telemetry on whichever backend `self` holds.
-macro_rules! delegate_telemetry {
-    ($self:ident.$method:ident($($arg:expr),*)) => {
-        match $self {
-            AnyStore::Sqlite(s) => s.$method($($arg),*).await,
-            AnyStore::Postgres(p) => Err(crate::StoreError::Unavailable {
-                target: p.target().to_owned(),
-                why: "telemetry storage on PostgreSQL is not available in this build".into(),
-            }),
-        }
-    };
-}
-
 #[async_trait]
 impl TelemetryStore for AnyStore {
     async fn commit_ingest(
@@ -197,11 +185,11 @@ impl TelemetryStore for AnyStore {
         items: std::sync::Arc<[IngestItem]>,
         outbox: bool,
     ) -> Result<Vec<ItemOutcome>> {
-        delegate_telemetry!(self.commit_ingest(items, outbox))
+        delegate!(self.commit_ingest(items, outbox))
     }
 
     async fn query_series(&self, query: &SeriesQuery) -> Result<Series> {
-        delegate_telemetry!(self.query_series(query))
+        delegate!(self.query_series(query))
     }
 
     async fn export_points(
@@ -210,7 +198,7 @@ impl TelemetryStore for AnyStore {
         after: Option<PointCursor>,
         limit: u32,
     ) -> Result<(Vec<PointRecord>, Option<PointCursor>)> {
-        delegate_telemetry!(self.export_points(filter, after, limit))
+        delegate!(self.export_points(filter, after, limit))
     }
 
     async fn prune(
@@ -220,7 +208,7 @@ impl TelemetryStore for AnyStore {
         hour_before_ms: Option<i64>,
         presence_before_ms: i64,
     ) -> Result<Pruned> {
-        delegate_telemetry!(self.prune(
+        delegate!(self.prune(
             raw_before_ms,
             minute_before_ms,
             hour_before_ms,
@@ -229,15 +217,15 @@ impl TelemetryStore for AnyStore {
     }
 
     async fn oldest_point(&self) -> Result<Option<i64>> {
-        delegate_telemetry!(self.oldest_point())
+        delegate!(self.oldest_point())
     }
 
     async fn rejected(&self, device: Option<&DeviceId>, limit: u32) -> Result<Vec<RejectedRecord>> {
-        delegate_telemetry!(self.rejected(device, limit))
+        delegate!(self.rejected(device, limit))
     }
 
     async fn device_telemetry(&self, device: &DeviceId) -> Result<DeviceTelemetryStats> {
-        delegate_telemetry!(self.device_telemetry(device))
+        delegate!(self.device_telemetry(device))
     }
 
     async fn presence_history(
@@ -245,22 +233,22 @@ impl TelemetryStore for AnyStore {
         device: &DeviceId,
         limit: u32,
     ) -> Result<Vec<PresenceHistoryRecord>> {
-        delegate_telemetry!(self.presence_history(device, limit))
+        delegate!(self.presence_history(device, limit))
     }
 
     async fn reported_state(&self, device: &DeviceId) -> Result<Option<(serde_json::Value, i64)>> {
-        delegate_telemetry!(self.reported_state(device))
+        delegate!(self.reported_state(device))
     }
 
     async fn outbox_peek(&self, limit: u32) -> Result<Vec<(i64, Vec<PointRecord>)>> {
-        delegate_telemetry!(self.outbox_peek(limit))
+        delegate!(self.outbox_peek(limit))
     }
 
     async fn outbox_ack(&self, upto: i64) -> Result<()> {
-        delegate_telemetry!(self.outbox_ack(upto))
+        delegate!(self.outbox_ack(upto))
     }
 
     async fn outbox_failed(&self, id: i64) -> Result<()> {
-        delegate_telemetry!(self.outbox_failed(id))
+        delegate!(self.outbox_failed(id))
     }
 }

@@ -11,6 +11,8 @@
 //! [`ReadingFate::Conflict`], recorded in the rejected table and flagging the
 //! device.
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use rampart_proto::DeviceId;
 use rampart_proto::telemetry::MetricName;
@@ -546,6 +548,60 @@ impl QueryPlan {
             origin: resolution.bucket_of(from_ms),
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// Shared by the backends' `commit_ingest`, so that both store the same thing.
+
+/// How many rejected messages are kept (oldest dropped first).
+pub(crate) const REJECTED_KEPT: i64 = 10_000;
+
+/// `(device, metric)` → series id, for series known to be committed.
+/// Keyed by device, then metric, so a look-up borrows `&str`s and
+/// allocates nothing (it runs once per stored point).
+#[derive(Debug, Default)]
+pub(crate) struct SeriesCache(HashMap<String, HashMap<String, i64>>);
+
+impl SeriesCache {
+    /// The id of a committed series.
+    pub(crate) fn get(&self, device: &str, metric: &str) -> Option<i64> {
+        self.0.get(device)?.get(metric).copied()
+    }
+
+    /// Adds series whose transaction committed.
+    pub(crate) fn extend(&mut self, created: NewSeries) {
+        for ((device, metric), id) in created {
+            self.0.entry(device).or_default().insert(metric, id);
+        }
+    }
+}
+
+/// Series resolved by a transaction, added to the cache after it commits.
+pub(crate) type NewSeries = Vec<((String, String), i64)>;
+
+impl RollupRow {
+    /// Merges `other` (rows of the same bucket) into `self`.
+    pub(crate) fn merge(&mut self, other: &RollupRow) {
+        self.min = self.min.min(other.min);
+        self.max = self.max.max(other.max);
+        self.sum += other.sum;
+        self.count += other.count;
+        if other.last_key > self.last_key {
+            self.last_key = other.last_key;
+            self.last = other.last;
+        }
+    }
+}
+
+/// A sequence number as stored (a signed 64-bit column).
+pub(crate) fn seq_i64(seq: u64) -> Result<i64> {
+    // Validation refuses larger values; a store error here means a bug.
+    i64::try_from(seq).map_err(|_| crate::StoreError::Corrupt(format!("seq {seq} exceeds 2^63-1")))
+}
+
+/// The rejection sentence of a sequence conflict.
+pub(crate) fn conflict_detail(seq: u64) -> String {
+    format!("sequence conflict: seq {seq} was stored earlier with a different payload")
 }
 
 #[cfg(test)]

@@ -1,5 +1,8 @@
 //! Telemetry storage behaviour. Each scenario is generic over
-//! [`TelemetryStore`] so every backend runs the same checks.
+//! [`TelemetryStore`] and runs against a real SQLite file and a real
+//! PostgreSQL database (see `on_both!`); `both_backends_*` commit the same
+//! items to both and compare every answer. Tests named `postgres_*` check
+//! what only a shared server has (concurrent committers).
 
 use std::path::Path;
 
@@ -7,14 +10,17 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use rampart_proto::DeviceId;
 use rampart_proto::telemetry::MetricName;
+use rampart_store::postgres::PostgresOptions;
 use rampart_store::sqlite::SqliteOptions;
 use rampart_store::telemetry::{
-    Bucket, IngestItem, ItemOutcome, NewReading, NewRejection, PointFilter, PresenceRecord,
-    ReadingFate, Resolution, SeriesQuery, TelemetryStore,
+    Bucket, DeviceTelemetryStats, IngestItem, ItemOutcome, NewReading, NewRejection, PointCursor,
+    PointFilter, PointRecord, PresenceRecord, ReadingFate, Resolution, SeriesQuery, TelemetryStore,
 };
-use rampart_store::{AuditKey, SqliteStore};
+use rampart_store::{Actor, AuditKey, NewDevice, PostgresStore, SqliteStore, Store};
+use rampart_test_support::PgTestDb;
 
 const T0: i64 = 1_764_000_000_000; // 2025-11-24T16:00:00Z
+const DAY: i64 = 86_400_000;
 
 fn open(dir: &Path) -> SqliteStore {
     SqliteStore::open(
@@ -24,6 +30,51 @@ fn open(dir: &Path) -> SqliteStore {
     )
     .expect("open store")
 }
+
+/// A store on `db`; each call is another handle, as another process has.
+async fn connect(db: &PgTestDb) -> PostgresStore {
+    PostgresStore::connect(
+        db.url(),
+        AuditKey::new([9; 32], None),
+        PostgresOptions::default(),
+    )
+    .await
+    .expect("connect PostgreSQL store")
+}
+
+/// Generates `mod NAME { sqlite, postgres }` tests that run the scenario
+/// `async fn NAME(store: &S)` on a fresh store of each backend.
+macro_rules! on_both {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            use super::*;
+
+            #[tokio::test]
+            async fn sqlite() {
+                let dir = tempfile::tempdir().expect("tempdir");
+                super::$scenario(&open(dir.path())).await;
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                let Some(db) = PgTestDb::create().await else {
+                    return;
+                };
+                super::$scenario(&connect(&db).await).await;
+            }
+        }
+    )*};
+}
+
+on_both!(
+    dedupe_and_conflicts,
+    state_presence_and_rejections,
+    presence_and_readings_update_registered_devices,
+    rejected_keeps_the_newest_ten_thousand,
+    outbox_holds_stored_points_until_acknowledged,
+    retention_prunes_old_raw_data_but_keeps_rollups,
+    a_week_of_points_queried_at_every_resolution,
+);
 
 fn id(s: &str) -> DeviceId {
     DeviceId::parse(s).expect("valid id")
@@ -314,6 +365,127 @@ async fn retention_prunes_old_raw_data_but_keeps_rollups<S: TelemetryStore>(s: &
     assert_eq!(series.buckets.iter().map(|b| b.count).sum::<u64>(), 10);
 }
 
+fn ms(t: time::OffsetDateTime) -> i64 {
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+fn presence(device: &str, at_ms: i64, online: bool, reason: Option<&str>) -> IngestItem {
+    IngestItem::Presence(PresenceRecord {
+        device: id(device),
+        at_ms,
+        online,
+        reason: reason.map(String::from),
+        addr: online.then(|| "127.0.0.1:5000".into()),
+    })
+}
+
+async fn presence_and_readings_update_registered_devices<S: TelemetryStore + Store>(s: &S) {
+    let now = time::OffsetDateTime::now_utc();
+    s.create_device(
+        NewDevice {
+            id: id("reg-1"),
+            serial: "01".repeat(16),
+            fingerprint: "ab".repeat(32),
+            not_before: now,
+            not_after: now + time::Duration::days(365),
+            claim_code_hash: "hash".into(),
+        },
+        &Actor {
+            name: "cli:test".into(),
+            source: "cli@localhost".into(),
+        },
+    )
+    .await
+    .expect("create device");
+    let device = || async {
+        s.device(&id("reg-1"))
+            .await
+            .expect("read device")
+            .expect("registered")
+    };
+
+    // A taken-over session's disconnect arrives after the new connect: the
+    // device stays online, and the event does not count as contact.
+    commit(
+        s,
+        vec![
+            presence("reg-1", T0, true, None),
+            presence("reg-1", T0 + 5, false, Some("taken_over")),
+        ],
+        false,
+    )
+    .await;
+    let d = device().await;
+    assert!(d.online);
+    assert_eq!(d.last_seen.map(ms), Some(T0));
+
+    // Within one commit the last event decides; unregistered devices are
+    // left alone.
+    commit(
+        s,
+        vec![
+            presence("reg-1", T0 + 10, true, None),
+            presence("reg-1", T0 + 20, false, Some("keepalive_timeout")),
+            presence("reg-1", T0 + 30, false, Some("taken_over")),
+            presence("ghost-1", T0 + 40, true, None),
+        ],
+        false,
+    )
+    .await;
+    let d = device().await;
+    assert!(!d.online);
+    assert_eq!(d.last_seen.map(ms), Some(T0 + 20));
+    assert!(s.device(&id("ghost-1")).await.expect("read").is_none());
+
+    // A late event sets presence but never moves last contact back.
+    commit(s, vec![presence("reg-1", T0 + 1, true, None)], false).await;
+    let d = device().await;
+    assert!(d.online);
+    assert_eq!(d.last_seen.map(ms), Some(T0 + 20));
+
+    // A stored reading is contact at commit time.
+    let before = ms(time::OffsetDateTime::now_utc());
+    commit(
+        s,
+        vec![message("reg-1", vec![reading(1, T0, &[("t", 1.0)])])],
+        false,
+    )
+    .await;
+    let seen = device().await.last_seen.map(ms).expect("last seen");
+    assert!(seen >= before, "{seen} < {before}");
+    assert_eq!(
+        s.presence_history(&id("reg-1"), 100)
+            .await
+            .expect("history")
+            .len(),
+        6
+    );
+}
+
+async fn rejected_keeps_the_newest_ten_thousand<S: TelemetryStore>(s: &S) {
+    let reject = |n: u64| {
+        IngestItem::Rejected(NewRejection {
+            device: id("dev-x"),
+            at_ms: T0 + n as i64,
+            category: "telemetry".into(),
+            kind: "payload_format_invalid".into(),
+            detail: format!("message {n}"),
+            seq: Some(n),
+            payload: b"x".to_vec(),
+            payload_len: 1,
+        })
+    };
+    commit(s, (0..6000).map(reject).collect(), false).await;
+    commit(s, (6000..10_005).map(reject).collect(), false).await;
+    let kept = s.rejected(None, 20_000).await.expect("rejected");
+    assert_eq!(kept.len(), 10_000);
+    assert_eq!(kept.first().and_then(|r| r.seq), Some(10_004));
+    assert_eq!(kept.last().and_then(|r| r.seq), Some(5));
+    assert!(kept.windows(2).all(|w| w[0].id > w[1].id), "newest first");
+    let stats = s.device_telemetry(&id("dev-x")).await.expect("stats");
+    assert_eq!(stats.rejected, 10_005, "counters count every rejection");
+}
+
 /// Buckets computed directly from raw points, the reference for rollups.
 fn reference(points: &[(i64, u64, f64)], origin: i64, width: i64, to: i64) -> Vec<Bucket> {
     let mut sorted: Vec<_> = points
@@ -403,34 +575,7 @@ async fn rollups_agree_with_raw<S: TelemetryStore>(
     }
 }
 
-#[tokio::test]
-async fn sqlite_dedupe_and_conflicts() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    dedupe_and_conflicts(&open(dir.path())).await;
-}
-
-#[tokio::test]
-async fn sqlite_state_presence_and_rejections() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    state_presence_and_rejections(&open(dir.path())).await;
-}
-
-#[tokio::test]
-async fn sqlite_outbox_holds_stored_points_until_acknowledged() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    outbox_holds_stored_points_until_acknowledged(&open(dir.path())).await;
-}
-
-#[tokio::test]
-async fn sqlite_retention_prunes_old_raw_data_but_keeps_rollups() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    retention_prunes_old_raw_data_but_keeps_rollups(&open(dir.path())).await;
-}
-
-#[tokio::test]
-async fn sqlite_a_week_of_points_queried_at_every_resolution() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let s = open(dir.path());
+async fn a_week_of_points_queried_at_every_resolution<S: TelemetryStore>(s: &S) {
     // One point every 10 minutes for 8 days, values with a pattern.
     let points: Vec<_> = (0..8 * 144u64)
         .map(|i| (T0 + i as i64 * 600_000, i, ((i * 37) % 101) as f64 - 50.0))
@@ -462,7 +607,7 @@ async fn sqlite_a_week_of_points_queried_at_every_resolution() {
         ("w3", 1000, Resolution::Minute),
         ("w4", 200_000, Resolution::Raw),
     ] {
-        rollups_agree_with_raw(&s, res, name, &points, 9, from, from + week, buckets).await;
+        rollups_agree_with_raw(s, res, name, &points, 9, from, from + week, buckets).await;
     }
 }
 
@@ -474,31 +619,446 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .block_on(f)
 }
 
+/// Points over three days, how they are split into commits, and a query
+/// aligned to the resolution it must be answered from.
+#[derive(Debug, Clone)]
+struct RollupCase {
+    points: Vec<(i64, u64, f64)>,
+    batches: usize,
+    res: Resolution,
+    from: i64,
+    to: i64,
+    buckets: u32,
+}
+
+impl RollupCase {
+    async fn check<S: TelemetryStore>(&self, s: &S) {
+        rollups_agree_with_raw(
+            s,
+            self.res,
+            "p",
+            &self.points,
+            self.batches,
+            self.from,
+            self.to,
+            self.buckets,
+        )
+        .await;
+    }
+}
+
+fn rollup_case() -> impl Strategy<Value = RollupCase> {
+    (
+        prop::collection::vec((0i64..3 * DAY, -1000.0f64..1000.0), 1..120),
+        1usize..6,
+        prop::sample::select(vec![Resolution::Minute, Resolution::Hour, Resolution::Day]),
+        1i64..5,
+    )
+        .prop_map(|(offsets, batches, res, multiple)| {
+            let points = offsets
+                .iter()
+                .enumerate()
+                .map(|(i, (off, v))| (T0 + off, i as u64, *v))
+                .collect();
+            let from = res.bucket_of(T0);
+            // Exactly 3 days + one bucket, split into buckets of `multiple` resolutions.
+            let to = from + 3 * DAY + res.millis();
+            let buckets = u32::try_from((to - from) / (res.millis() * multiple))
+                .unwrap_or(1)
+                .max(1);
+            RollupCase {
+                points,
+                batches,
+                res,
+                from,
+                to,
+                buckets,
+            }
+        })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
     /// Whatever the points, batching and query, the rollup answer equals
     /// the answer computed from raw points (bucket-aligned ranges).
     #[test]
-    fn sqlite_rollups_match_raw_points(
-        offsets in prop::collection::vec((0i64..3 * 86_400_000, -1000.0f64..1000.0), 1..120),
-        batches in 1usize..6,
-        res in prop::sample::select(vec![Resolution::Minute, Resolution::Hour, Resolution::Day]),
-        multiple in 1i64..5,
-    ) {
-        let points: Vec<(i64, u64, f64)> = offsets
-            .iter()
-            .enumerate()
-            .map(|(i, (off, v))| (T0 + off, i as u64, *v))
-            .collect();
-        let from = res.bucket_of(T0);
-        // Exactly 3 days + one bucket, split into buckets of `multiple` resolutions.
-        let to = from + 3 * 86_400_000 + res.millis();
-        let buckets = u32::try_from((to - from) / (res.millis() * multiple)).unwrap_or(1).max(1);
+    fn sqlite_rollups_match_raw_points(case in rollup_case()) {
         let dir = tempfile::tempdir().expect("tempdir");
-        block_on(async {
-            let s = open(dir.path());
-            rollups_agree_with_raw(&s, res, "p", &points, batches, from, to, buckets).await;
-        });
+        block_on(async { case.check(&open(dir.path())).await });
     }
+}
+
+proptest! {
+    // Every case creates a database: fewer cases than on SQLite.
+    #![proptest_config(ProptestConfig { cases: 8, ..ProptestConfig::default() })]
+
+    /// The same property on PostgreSQL.
+    #[test]
+    fn postgres_rollups_match_raw_points(case in rollup_case()) {
+        let Some(db) = PgTestDb::create_blocking() else {
+            return Ok(());
+        };
+        block_on(async { case.check(&connect(&db).await).await });
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Both backends, the same items: the same answers.
+
+/// A small deterministic generator (xorshift64*): a workload is
+/// reproducible from its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) % n.max(1)
+    }
+}
+
+const DEVICES: [&str; 3] = ["dev-0", "dev-1", "dev-2"];
+const METRICS: [&str; 3] = ["co2", "humidity", "temperature"];
+
+/// Commits of a mixed workload on three devices and three metrics: new
+/// readings (timestamps in any order, so late data too), replays and
+/// conflicting resends (also within one commit), rejections, presence and
+/// state reports. Every other commit feeds the export outbox. The last
+/// commit always ends with a replay and a conflict.
+fn workload(seed: u64) -> Vec<(Vec<IngestItem>, bool)> {
+    let mut rng = Rng(seed | 1);
+    let mut sent: Vec<(usize, NewReading)> = Vec::new();
+    let mut next_seq = [0u64; 3];
+    let mut commits = Vec::new();
+    for c in 0..6 {
+        let mut items = Vec::new();
+        for i in 0..1 + rng.below(40) {
+            let d = rng.below(3) as usize;
+            let kind = if i == 0 { 0 } else { rng.below(12) };
+            let item = match kind {
+                0..=6 => {
+                    let mut readings = Vec::new();
+                    for _ in 0..1 + rng.below(3) {
+                        next_seq[d] += 1 + rng.below(2);
+                        let first = rng.below(3) as usize;
+                        let n = 1 + rng.below(3 - first as u64) as usize;
+                        let mut values = Vec::new();
+                        for name in &METRICS[first..first + n] {
+                            values.push((*name, (rng.below(200_001) as f64 - 100_000.0) / 7.0));
+                        }
+                        let ts = T0 + rng.below(3 * DAY as u64) as i64;
+                        let r = reading(next_seq[d], ts, &values);
+                        sent.push((d, r.clone()));
+                        readings.push(r);
+                    }
+                    message(DEVICES[d], readings)
+                }
+                7 | 8 => {
+                    let (d, r) = sent[rng.below(sent.len() as u64) as usize].clone();
+                    message(DEVICES[d], vec![if kind == 8 { conflicting(r) } else { r }])
+                }
+                9 => IngestItem::Rejected(NewRejection {
+                    device: id(DEVICES[d]),
+                    at_ms: T0 + rng.below(DAY as u64) as i64,
+                    category: "telemetry".into(),
+                    kind: "payload_format_invalid".into(),
+                    detail: format!("bad payload {c}/{i}"),
+                    seq: if rng.below(2) == 0 {
+                        Some(rng.below(100))
+                    } else {
+                        None
+                    },
+                    payload: vec![b'x'; rng.below(1000) as usize],
+                    payload_len: 1000,
+                }),
+                10 => presence(
+                    DEVICES[d],
+                    T0 + rng.below(DAY as u64) as i64,
+                    rng.below(2) == 0,
+                    [None, Some("clean"), Some("taken_over")][rng.below(3) as usize],
+                ),
+                _ => IngestItem::State {
+                    device: id(DEVICES[d]),
+                    at_ms: T0 + rng.below(1000) as i64,
+                    reported: serde_json::json!({ "fw": format!("1.{}", rng.below(5)) }),
+                },
+            };
+            items.push(item);
+        }
+        commits.push((items, c % 2 == 0));
+    }
+    if let (Some((items, _)), Some((d, r))) = (commits.last_mut(), sent.first()) {
+        items.push(message(DEVICES[*d], vec![r.clone()]));
+        items.push(message(DEVICES[*d], vec![conflicting(r.clone())]));
+    }
+    commits
+}
+
+/// The same `(device, seq)` with other values.
+fn conflicting(mut r: NewReading) -> NewReading {
+    for (_, v) in &mut r.metrics {
+        *v += 1.0;
+    }
+    r.digest ^= 1;
+    r
+}
+
+/// Everything a store answers after a workload, timestamps taken at commit
+/// time (which differ between two runs) reduced to whether they are set.
+#[derive(Debug, PartialEq)]
+struct Answers {
+    outcomes: Vec<Vec<ItemOutcome>>,
+    series: Vec<(String, rampart_store::telemetry::Series)>,
+    export: Vec<(Vec<PointRecord>, Option<PointCursor>)>,
+    filtered_export: Vec<(Vec<PointRecord>, Option<PointCursor>)>,
+    rejected: Vec<rampart_store::telemetry::RejectedRecord>,
+    stats: Vec<DeviceTelemetryStats>,
+    presence: Vec<Vec<rampart_store::telemetry::PresenceHistoryRecord>>,
+    states: Vec<Option<(serde_json::Value, i64)>>,
+    outbox: Vec<(i64, Vec<PointRecord>)>,
+    outbox_after_ack: Vec<(i64, Vec<PointRecord>)>,
+    pruned: rampart_store::telemetry::Pruned,
+    oldest_after_prune: Option<i64>,
+    series_after_prune: Vec<(String, rampart_store::telemetry::Series)>,
+    export_after_prune: Vec<(Vec<PointRecord>, Option<PointCursor>)>,
+}
+
+async fn every_series<S: TelemetryStore>(s: &S) -> Vec<(String, rampart_store::telemetry::Series)> {
+    let day0 = Resolution::Day.bucket_of(T0);
+    let mut out = Vec::new();
+    for device in DEVICES {
+        for name in METRICS {
+            for (from, to, buckets) in [
+                (day0, day0 + 4 * DAY, 3),
+                (day0, day0 + 4 * DAY, 90),
+                (day0, day0 + 4 * DAY, 3000),
+                (day0, day0 + 4 * DAY, 400_000),
+                (T0 + 12_345, T0 + 2 * DAY + 999, 50),
+            ] {
+                let q = SeriesQuery {
+                    device: id(device),
+                    metric: metric(name),
+                    from_ms: from,
+                    to_ms: to,
+                    buckets,
+                };
+                let answer = s.query_series(&q).await.expect("query");
+                out.push((format!("{device}/{name}/{from}..{to}/{buckets}"), answer));
+            }
+        }
+    }
+    out
+}
+
+async fn pages<S: TelemetryStore>(
+    s: &S,
+    filter: &PointFilter,
+    size: u32,
+) -> Vec<(Vec<PointRecord>, Option<PointCursor>)> {
+    let mut out = Vec::new();
+    let mut cursor = None;
+    loop {
+        let (page, next) = s.export_points(filter, cursor, size).await.expect("export");
+        out.push((page, next));
+        match next {
+            Some(c) => cursor = Some(c),
+            None => return out,
+        }
+    }
+}
+
+async fn run_workload<S: TelemetryStore>(s: &S, work: &[(Vec<IngestItem>, bool)]) -> Answers {
+    let mut outcomes = Vec::new();
+    for (items, outbox) in work {
+        outcomes.push(commit(s, items.clone(), *outbox).await);
+    }
+    let series = every_series(s).await;
+    let export = pages(s, &PointFilter::default(), 13).await;
+    let filtered_export = pages(
+        s,
+        &PointFilter {
+            device: Some(id("dev-1")),
+            from_ms: Some(T0 + DAY / 2),
+            to_ms: Some(T0 + 2 * DAY),
+        },
+        5,
+    )
+    .await;
+    let rejected = s.rejected(None, 1000).await.expect("rejected");
+    let mut stats = Vec::new();
+    let mut presence = Vec::new();
+    let mut states = Vec::new();
+    for device in DEVICES {
+        let mut st = s.device_telemetry(&id(device)).await.expect("stats");
+        st.last_reading_at = st.last_reading_at.map(|_| 0);
+        st.flagged_at = st.flagged_at.map(|_| 0);
+        stats.push(st);
+        presence.push(
+            s.presence_history(&id(device), 1000)
+                .await
+                .expect("presence"),
+        );
+        states.push(s.reported_state(&id(device)).await.expect("state"));
+    }
+    let outbox = s.outbox_peek(100).await.expect("peek");
+    if let [first, second, ..] = outbox.as_slice() {
+        s.outbox_failed(second.0).await.expect("failed");
+        s.outbox_ack(first.0).await.expect("ack");
+    }
+    let outbox_after_ack = s.outbox_peek(100).await.expect("peek");
+    let pruned = s
+        .prune(
+            T0 + DAY,
+            T0 + DAY + DAY / 2,
+            Some(T0 + 2 * DAY),
+            T0 + DAY / 2,
+        )
+        .await
+        .expect("prune");
+    Answers {
+        outcomes,
+        series,
+        export,
+        filtered_export,
+        rejected,
+        stats,
+        presence,
+        states,
+        outbox,
+        outbox_after_ack,
+        pruned,
+        oldest_after_prune: s.oldest_point().await.expect("oldest"),
+        series_after_prune: every_series(s).await,
+        export_after_prune: pages(s, &PointFilter::default(), 13).await,
+    }
+}
+
+proptest! {
+    // Every case creates a database.
+    #![proptest_config(ProptestConfig { cases: 4, ..ProptestConfig::default() })]
+
+    /// The same items committed to SQLite and to PostgreSQL give the same
+    /// answers: fates, charts at every resolution, exports page by page,
+    /// rejections, counters, presence, state, outbox and retention.
+    #[test]
+    fn both_backends_give_the_same_answers_for_the_same_items(seed in any::<u64>()) {
+        let Some(db) = PgTestDb::create_blocking() else {
+            return Ok(());
+        };
+        let work = workload(seed);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (lite, pg) = block_on(async {
+            let lite = run_workload(&open(dir.path()), &work).await;
+            let pg = run_workload(&connect(&db).await, &work).await;
+            (lite, pg)
+        });
+        // The workload reached what it is meant to compare.
+        let all = lite.outcomes.iter().flat_map(|o| fates(o)).collect::<Vec<_>>();
+        prop_assert!(all.contains(&ReadingFate::Conflict) && all.contains(&ReadingFate::Duplicate));
+        prop_assert!(lite.export.iter().map(|p| p.0.len()).sum::<usize>() > 0);
+        prop_assert!(lite.series.iter().any(|(_, s)| !s.buckets.is_empty()));
+        prop_assert!(!lite.outbox.is_empty());
+        prop_assert_eq!(&lite.outcomes, &pg.outcomes);
+        for ((what, a), (_, b)) in lite.series.iter().zip(&pg.series) {
+            prop_assert_eq!(a, b, "{}", what);
+        }
+        prop_assert_eq!(&lite.export, &pg.export);
+        prop_assert_eq!(&lite.filtered_export, &pg.filtered_export);
+        prop_assert_eq!(&lite.rejected, &pg.rejected);
+        prop_assert_eq!(&lite.stats, &pg.stats);
+        prop_assert_eq!(&lite.presence, &pg.presence);
+        prop_assert_eq!(&lite.states, &pg.states);
+        prop_assert_eq!(&lite.outbox, &pg.outbox);
+        prop_assert_eq!(&lite.outbox_after_ack, &pg.outbox_after_ack);
+        prop_assert_eq!(lite.pruned, pg.pruned);
+        prop_assert_eq!(lite.oldest_after_prune, pg.oldest_after_prune);
+        for ((what, a), (_, b)) in lite.series_after_prune.iter().zip(&pg.series_after_prune) {
+            prop_assert_eq!(a, b, "after prune: {}", what);
+        }
+        prop_assert_eq!(&lite.export_after_prune, &pg.export_after_prune);
+        prop_assert_eq!(lite, pg);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// PostgreSQL only: a shared server.
+
+/// Two processes commit the same messages at the same time (a device that
+/// reconnected to another replica and resent): each reading is stored
+/// once, by one of them, and the other sees a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_concurrent_committers_store_each_reading_once() {
+    let Some(db) = PgTestDb::create().await else {
+        return;
+    };
+    let batches: Vec<Vec<IngestItem>> = (0..20u64)
+        .map(|c| {
+            (0..10u64)
+                .map(|i| {
+                    let seq = c * 10 + i;
+                    message(
+                        "dev-c",
+                        vec![reading(
+                            seq,
+                            T0 + seq as i64 * 1000,
+                            &[("t", seq as f64), ("h", 1.0)],
+                        )],
+                    )
+                })
+                .collect()
+        })
+        .collect();
+    let run = |s: PostgresStore, batches: Vec<Vec<IngestItem>>| async move {
+        let mut all = Vec::new();
+        for b in batches {
+            all.extend(fates(&commit(&s, b, true).await));
+        }
+        all
+    };
+    let a = tokio::spawn(run(connect(&db).await, batches.clone()));
+    let b = tokio::spawn(run(connect(&db).await, batches));
+    let (a, b) = (a.await.expect("committer a"), b.await.expect("committer b"));
+    assert_eq!((a.len(), b.len()), (200, 200));
+    for (seq, pair) in a.iter().zip(&b).enumerate() {
+        assert!(
+            matches!(
+                pair,
+                (ReadingFate::Stored, ReadingFate::Duplicate)
+                    | (ReadingFate::Duplicate, ReadingFate::Stored)
+            ),
+            "seq {seq}: {pair:?}"
+        );
+    }
+
+    let s = connect(&db).await;
+    let stats = s.device_telemetry(&id("dev-c")).await.expect("stats");
+    assert_eq!(
+        (
+            stats.readings,
+            stats.duplicates,
+            stats.conflicts,
+            stats.last_seq
+        ),
+        (200, 200, 0, Some(199))
+    );
+    assert_eq!(stats.metrics, vec!["h", "t"]);
+    assert_eq!(all_points(&s, None).await.len(), 400);
+    let chart = s
+        .query_series(&SeriesQuery {
+            device: id("dev-c"),
+            metric: metric("t"),
+            from_ms: Resolution::Minute.bucket_of(T0),
+            to_ms: T0 + 200_000 + 60_000,
+            buckets: 4,
+        })
+        .await
+        .expect("query");
+    assert_eq!(chart.resolution, Resolution::Minute);
+    assert_eq!(chart.buckets.iter().map(|b| b.count).sum::<u64>(), 200);
+    assert_eq!(chart.buckets.last().map(|b| b.last), Some(199.0));
+    let outbox = s.outbox_peek(1000).await.expect("peek");
+    assert_eq!(outbox.iter().map(|(_, p)| p.len()).sum::<usize>(), 400);
+    assert!(outbox.windows(2).all(|w| w[0].0 < w[1].0));
 }

@@ -18,10 +18,11 @@ mod mqtt;
 mod schema;
 mod services;
 mod store;
+mod telemetry;
 mod url;
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use deadpool_postgres::{
@@ -71,6 +72,8 @@ struct Inner {
     pool: Pool,
     audit_key: AuditKey,
     options: PostgresOptions,
+    /// Telemetry series ids known to be committed.
+    series: Mutex<crate::telemetry::SeriesCache>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -127,6 +130,7 @@ impl PostgresStore {
                 pool,
                 audit_key,
                 options,
+                series: Mutex::new(crate::telemetry::SeriesCache::default()),
             }),
         };
         let mut client = store.client().await?;

@@ -17,6 +17,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0001_foundation.sql"),
     include_str!("../../migrations/postgres/0002_services.sql"),
     include_str!("../../migrations/postgres/0003_mqtt_sessions.sql"),
+    include_str!("../../migrations/postgres/0004_telemetry.sql"),
 ];
 
 /// Newest schema version this binary knows.

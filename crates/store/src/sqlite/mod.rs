@@ -51,7 +51,7 @@ struct Inner {
     audit_key: AuditKey,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
-    series: Mutex<telemetry::SeriesCache>,
+    series: Mutex<crate::telemetry::SeriesCache>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -89,7 +89,7 @@ impl SqliteStore {
                 audit_key,
                 writer: Mutex::new(writer),
                 readers: Mutex::new(Vec::new()),
-                series: Mutex::new(telemetry::SeriesCache::default()),
+                series: Mutex::new(crate::telemetry::SeriesCache::default()),
             }),
         })
     }

@@ -11,36 +11,12 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 use super::{SqliteStore, db};
 use crate::telemetry::{
     BucketAggregator, DeviceTelemetryStats, IngestItem, ItemOutcome, NewReading, NewRejection,
-    PointCursor, PointFilter, PointRecord, PresenceHistoryRecord, PresenceRecord, Pruned,
-    QueryPlan, REJECTED_PAYLOAD_PREFIX, ReadingFate, RejectedRecord, Resolution, RollupRow, Series,
-    SeriesQuery, TelemetryStore,
+    NewSeries, PointCursor, PointFilter, PointRecord, PresenceHistoryRecord, PresenceRecord,
+    Pruned, QueryPlan, REJECTED_KEPT, REJECTED_PAYLOAD_PREFIX, ReadingFate, RejectedRecord,
+    Resolution, RollupRow, Series, SeriesCache, SeriesQuery, TelemetryStore, conflict_detail,
+    seq_i64,
 };
 use crate::{Result, StoreError};
-
-/// How many rejected messages are kept (oldest dropped first).
-const REJECTED_KEPT: i64 = 10_000;
-
-/// `(device, metric)` → series id, for series known to be committed.
-/// Keyed by device, then metric, so a look-up borrows `&str`s and
-/// allocates nothing (it runs once per stored point).
-#[derive(Debug, Default)]
-pub(super) struct SeriesCache(HashMap<String, HashMap<String, i64>>);
-
-impl SeriesCache {
-    fn get(&self, device: &str, metric: &str) -> Option<i64> {
-        self.0.get(device)?.get(metric).copied()
-    }
-
-    /// Adds series whose transaction committed.
-    pub(super) fn extend(&mut self, created: NewSeries) {
-        for ((device, metric), id) in created {
-            self.0.entry(device).or_default().insert(metric, id);
-        }
-    }
-}
-
-/// Series created by a transaction, added to the cache after it commits.
-type NewSeries = Vec<((String, String), i64)>;
 
 /// Rollup key: series, resolution (ms), bucket start.
 type RollupKey = (i64, i64, i64);
@@ -213,10 +189,7 @@ impl Batch<'_> {
                 }
                 ReadingFate::Duplicate => stats.duplicates += 1,
                 ReadingFate::Conflict => {
-                    let why = format!(
-                        "sequence conflict: seq {} was stored earlier with a different payload",
-                        r.seq
-                    );
+                    let why = conflict_detail(r.seq);
                     stats.conflicts += 1;
                     stats.flag = Some((now_ms, why.clone()));
                     self.reject(&NewRejection {
@@ -252,7 +225,7 @@ impl Batch<'_> {
                 let key = (series, res.millis(), res.bucket_of(r.ts_ms));
                 self.rollups
                     .entry(key)
-                    .and_modify(|acc| merge(acc, &point))
+                    .and_modify(|acc| acc.merge(&point))
                     .or_insert(RollupRow {
                         bucket: key.2,
                         ..point
@@ -435,22 +408,6 @@ impl Batch<'_> {
         }
         Ok(())
     }
-}
-
-fn merge(acc: &mut RollupRow, p: &RollupRow) {
-    acc.min = acc.min.min(p.min);
-    acc.max = acc.max.max(p.max);
-    acc.sum += p.sum;
-    acc.count += p.count;
-    if p.last_key > acc.last_key {
-        acc.last_key = p.last_key;
-        acc.last = p.last;
-    }
-}
-
-fn seq_i64(seq: u64) -> Result<i64> {
-    // Validation refuses larger values; a store error here means a bug.
-    i64::try_from(seq).map_err(|_| StoreError::Corrupt(format!("seq {seq} exceeds 2^63-1")))
 }
 
 fn series_of(conn: &Connection, device: &str, metric: &str) -> Result<Option<i64>> {
