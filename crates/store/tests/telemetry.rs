@@ -1062,3 +1062,73 @@ async fn postgres_concurrent_committers_store_each_reading_once() {
     assert_eq!(outbox.iter().map(|(_, p)| p.len()).sum::<usize>(), 400);
     assert!(outbox.windows(2).all(|w| w[0].0 < w[1].0));
 }
+
+/// docs/operations.md: a dashboard role granted only the `grafana_*` views
+/// reads charts and presence through them, and cannot read the tables.
+#[tokio::test]
+async fn postgres_grafana_views_serve_a_read_only_role() {
+    let Some(db) = PgTestDb::create().await else {
+        return;
+    };
+    let s = connect(&db).await;
+    let minute = 60_000;
+    let start = Resolution::Minute.bucket_of(T0);
+    let items = (0..120u64)
+        .map(|i| {
+            message(
+                "dev-g",
+                vec![reading(i, start + i as i64 * 1000, &[("t", i as f64)])],
+            )
+        })
+        .collect();
+    commit(&s, items, false).await;
+    let (admin, conn) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    let role = format!("{}_grafana", db.name());
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {role} NOLOGIN;
+             GRANT SELECT ON grafana_points, grafana_rollup_1m, grafana_rollup_1h,
+                             grafana_rollup_1d, grafana_presence TO {role};
+             SET ROLE {role};"
+        ))
+        .await
+        .expect("role");
+    let rows = admin
+        .query(
+            "SELECT bucket_ms, count, avg, last FROM grafana_rollup_1m
+             WHERE device = 'dev-g' AND metric = 't' AND bucket_ms BETWEEN $1 AND $2
+             ORDER BY bucket_ms",
+            &[&start, &(start + 10 * minute)],
+        )
+        .await
+        .expect("the role reads the view");
+    let got: Vec<(i64, i64, f64, f64)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    assert_eq!(
+        got,
+        vec![(start, 60, 29.5, 59.0), (start + minute, 60, 89.5, 119.0)]
+    );
+    let raw: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM grafana_points WHERE device = 'dev-g' AND ts_ms >= $1",
+            &[&start],
+        )
+        .await
+        .expect("points view")
+        .get(0);
+    assert_eq!(raw, 120);
+    let denied = admin.query("SELECT count(*) FROM points", &[]).await;
+    assert!(denied.is_err(), "the tables stay closed to the role");
+    admin
+        .batch_execute(&format!(
+            "RESET ROLE; REVOKE ALL ON grafana_points, grafana_rollup_1m, grafana_rollup_1h,
+                 grafana_rollup_1d, grafana_presence FROM {role}; DROP ROLE {role};"
+        ))
+        .await
+        .expect("drop role");
+}

@@ -188,9 +188,10 @@ impl RecordingSink {
 
     /// Waits until at least `n` messages are held at the gate.
     pub async fn wait_held(&self, n: usize) {
-        self.wait_until(&format!("{n} or more message(s) held by the pipeline"), |l| {
-            l.held >= n
-        })
+        self.wait_until(
+            &format!("{n} or more message(s) held by the pipeline"),
+            |l| l.held >= n,
+        )
         .await;
     }
 

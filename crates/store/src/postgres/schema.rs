@@ -18,6 +18,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0002_services.sql"),
     include_str!("../../migrations/postgres/0003_mqtt_sessions.sql"),
     include_str!("../../migrations/postgres/0004_telemetry.sql"),
+    include_str!("../../migrations/postgres/0005_grafana_views.sql"),
 ];
 
 /// Newest schema version this binary knows.
