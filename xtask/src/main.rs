@@ -76,6 +76,13 @@ struct BenchArgs {
     /// Mosquitto binary.
     #[arg(long, default_value = "/usr/sbin/mosquitto")]
     mosquitto: PathBuf,
+    /// PostgreSQL server for the PostgreSQL ingest rows: a database is
+    /// created there per run (with psql) and dropped after.
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    pg_admin_url: String,
+    /// Skip the PostgreSQL rows.
+    #[arg(long)]
+    no_postgres: bool,
     /// Keep the temporary directory (data dir, certificates, logs).
     #[arg(long)]
     keep: bool,
@@ -545,12 +552,14 @@ fn bench(args: BenchArgs) -> Result<()> {
     let mut pipeline_table = String::new();
     if run_ingest || run_query {
         let pz = pipeline::PipelineSizes::new(args.quick, z.rounds);
+        let pg = (!args.no_postgres).then_some(args.pg_admin_url.as_str());
         let (t, raw) = pipeline::bench(
             &bin.join("rampart-loadgen"),
             &dir,
             &pz,
             run_ingest,
             run_query,
+            pg,
         )?;
         std::fs::write(
             out_dir.join("pipeline.json"),

@@ -69,6 +69,7 @@ pub fn bench(
     z: &PipelineSizes,
     ingest: bool,
     query: bool,
+    pg_admin: Option<&str>,
 ) -> Result<(String, Value)> {
     let mut out = String::from(
         "Rampart only, in process (`rampart-loadgen ingest|chart`, SQLite, \
@@ -77,12 +78,15 @@ pub fn bench(
     );
     let mut raw = serde_json::Map::new();
     if ingest {
-        for points in [50usize, 1] {
+        for (points, window) in [(50usize, 1usize), (50, 16), (1, 1), (1, 16)] {
             let mut reports = Vec::new();
             for round in 0..z.rounds {
-                let tag = format!("ingest-{points}-{round}");
+                let tag = format!("ingest-{points}-w{window}-{round}");
                 let store = dir.join(&tag);
-                eprintln!("  ingest, {points} point(s)/message, round {}", round + 1);
+                eprintln!(
+                    "  ingest, {points} point(s)/message, window {window}, round {}",
+                    round + 1
+                );
                 reports.push(run(
                     loadgen,
                     dir,
@@ -95,6 +99,8 @@ pub fn bench(
                         z.devices.to_string(),
                         "--points".into(),
                         points.to_string(),
+                        "--window".into(),
+                        window.to_string(),
                         "--duration".into(),
                         format!("{}s", z.ingest.as_secs()),
                     ],
@@ -103,7 +109,7 @@ pub fn bench(
                 let _ = std::fs::remove_dir_all(&store);
             }
             let title = format!(
-                "durable ingest, {} devices, {points} point(s)/message",
+                "durable ingest, {} devices × {window} in flight, {points} point(s)/message",
                 z.devices
             );
             for (label, unit, pointer) in [
@@ -126,7 +132,57 @@ pub fn bench(
                 };
                 out.push_str(&format!("| {title} | {label} | {unit} | {v} |\n"));
             }
-            raw.insert(format!("ingest-{points}"), Value::Array(reports));
+            raw.insert(format!("ingest-{points}-w{window}"), Value::Array(reports));
+        }
+    }
+    if ingest && let Some(admin) = pg_admin {
+        for (points, window) in [(50usize, 16usize), (1, 16)] {
+            let mut reports = Vec::new();
+            for round in 0..z.rounds {
+                let tag = format!("ingest-pg-{points}-w{window}-{round}");
+                eprintln!(
+                    "  ingest into PostgreSQL, {points} point(s)/message, window {window}, round {}",
+                    round + 1
+                );
+                let db = PgBenchDb::create(admin, &tag)?;
+                reports.push(run(
+                    loadgen,
+                    dir,
+                    &tag,
+                    &[
+                        "ingest".into(),
+                        "--store-url".into(),
+                        db.url.clone(),
+                        "--devices".into(),
+                        z.devices.to_string(),
+                        "--points".into(),
+                        points.to_string(),
+                        "--window".into(),
+                        window.to_string(),
+                        "--duration".into(),
+                        format!("{}s", z.ingest.as_secs()),
+                    ],
+                    z.ingest + Duration::from_secs(120),
+                )?);
+            }
+            let title = format!(
+                "durable ingest (PostgreSQL), {} devices × {window} in flight, {points} point(s)/message",
+                z.devices
+            );
+            for (label, unit, pointer) in [
+                ("points", "points/s", "/points_per_s"),
+                ("messages", "msg/s", "/msgs_per_s"),
+                ("not committed", "messages", "/not_committed"),
+            ] {
+                out.push_str(&format!(
+                    "| {title} | {label} | {unit} | {} |\n",
+                    median(&reports, pointer)
+                ));
+            }
+            raw.insert(
+                format!("ingest-pg-{points}-w{window}"),
+                Value::Array(reports),
+            );
         }
     }
     if query {
@@ -187,4 +243,54 @@ pub fn bench(
         raw.insert("chart".into(), report);
     }
     Ok((out, Value::Object(raw)))
+}
+
+/// A database created for one benchmark run with `psql`, dropped after.
+struct PgBenchDb {
+    admin: String,
+    name: String,
+    url: String,
+}
+
+impl PgBenchDb {
+    fn create(admin: &str, tag: &str) -> Result<Self> {
+        let name = format!(
+            "rampart_bench_{}_{}",
+            std::process::id(),
+            tag.replace('-', "_")
+        );
+        psql(admin, &format!("CREATE DATABASE {name}"))?;
+        let base = admin.rsplit_once('/').map_or(admin, |(b, _)| b);
+        Ok(Self {
+            admin: admin.to_owned(),
+            url: format!("{base}/{name}"),
+            name,
+        })
+    }
+}
+
+impl Drop for PgBenchDb {
+    fn drop(&mut self) {
+        if let Err(e) = psql(
+            &self.admin,
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        ) {
+            eprintln!("could not drop {}: {e}", self.name);
+        }
+    }
+}
+
+fn psql(admin: &str, sql: &str) -> Result<()> {
+    let out = Command::new("psql")
+        .args([admin, "-v", "ON_ERROR_STOP=1", "-q", "-c", sql])
+        .stdin(Stdio::null())
+        .output()
+        .context("running psql (Debian: apt-get install postgresql-client)")?;
+    if !out.status.success() {
+        bail!(
+            "psql {sql:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
 }

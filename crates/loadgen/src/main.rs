@@ -106,6 +106,9 @@ enum Scenario {
         /// Points per message: 1, or an even number (readings of two metrics).
         #[arg(long, default_value_t = 50)]
         points: usize,
+        /// Messages in flight per device (a burst offered together).
+        #[arg(long, default_value_t = 1)]
+        window: usize,
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         duration: Duration,
     },
@@ -275,12 +278,14 @@ async fn main() -> anyhow::Result<()> {
             store,
             devices,
             points,
+            window,
             duration,
         } => serde_json::to_value(
             storebench::ingest(
                 storebench::open_store(&store.target()?).await?,
                 storebench::IngestConfig {
                     devices,
+                    window,
                     points_per_message: points,
                     duration,
                 },

@@ -74,9 +74,12 @@ fn now_ms() -> i64 {
 /// Settings of the ingest benchmark.
 #[derive(Debug, Clone)]
 pub struct IngestConfig {
-    /// Concurrent devices, each with one message in flight (as the broker
-    /// offers them: one publish per connection at a time).
+    /// Concurrent devices.
     pub devices: usize,
+    /// Messages each device has in flight: a burst offered together, as the
+    /// broker offers publishes that arrived together on one connection
+    /// (docs/decisions/0004); the next burst waits for all its answers.
+    pub window: usize,
     /// Points per message: 1 (one reading, one metric) or an even number
     /// (a batch of readings with two metrics each).
     pub points_per_message: usize,
@@ -89,6 +92,8 @@ pub struct IngestConfig {
 pub struct IngestReport {
     /// Devices.
     pub devices: usize,
+    /// Messages in flight per device.
+    pub window: usize,
     /// Points per message.
     pub points_per_message: usize,
     /// Messages committed.
@@ -109,6 +114,30 @@ pub struct IngestReport {
     pub latency: Percentiles,
     /// Messages not answered `Committed` (must be 0).
     pub not_committed: u64,
+}
+
+/// Awaits every future, polling them together; outputs in order.
+async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut done = true;
+        for (f, out) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if out.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *out = Some(v),
+                    std::task::Poll::Pending => done = false,
+                }
+            }
+        }
+        if done {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
 }
 
 /// One message's JSON for device `d` starting at reading `n`.
@@ -154,6 +183,7 @@ pub async fn ingest(
     for d in 0..cfg.devices {
         let pipeline = pipeline.clone();
         let points = cfg.points_per_message;
+        let window = cfg.window.max(1);
         tasks.push(tokio::spawn(async move {
             let device = DeviceId::parse(&format!("bench-{d:05}"))
                 .map_err(|e| LoadgenError::Config(e.to_string()))?;
@@ -161,26 +191,29 @@ pub async fn ingest(
             let (mut seq, mut ts) = (0u64, start_ts);
             let (mut messages, mut bad) = (0u64, 0u64);
             while Instant::now() < deadline {
-                let (body, readings) = message(points, seq, ts);
                 let sent = Instant::now();
-                let outcome = pipeline
-                    .process(InboundMessage {
+                let mut burst = Vec::with_capacity(window);
+                for _ in 0..window {
+                    let (body, readings) = message(points, seq, ts);
+                    seq += readings;
+                    ts += readings as i64 * 1000;
+                    burst.push(pipeline.process(InboundMessage {
                         device: device.clone(),
                         category: Category::Telemetry,
                         qos: QoS::AtLeastOnce,
                         payload: Bytes::from(body),
                         properties: MessageProperties::default(),
                         received_at_ms: now_ms(),
-                    })
-                    .await;
-                let _ = hist.record(sent.elapsed().as_micros().max(1) as u64);
-                if outcome == IngestOutcome::Committed {
-                    messages += 1;
-                } else {
-                    bad += 1;
+                    }));
                 }
-                seq += readings;
-                ts += readings as i64 * 1000;
+                for outcome in join_all(burst).await {
+                    let _ = hist.record(sent.elapsed().as_micros().max(1) as u64);
+                    if outcome == IngestOutcome::Committed {
+                        messages += 1;
+                    } else {
+                        bad += 1;
+                    }
+                }
             }
             Ok::<_, LoadgenError>((messages, bad, hist))
         }));
@@ -205,6 +238,7 @@ pub async fn ingest(
     let points = metrics.points_stored.load(Ordering::Relaxed);
     Ok(IngestReport {
         devices: cfg.devices,
+        window: cfg.window.max(1),
         points_per_message: cfg.points_per_message,
         messages,
         points,
