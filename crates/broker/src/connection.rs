@@ -179,31 +179,6 @@ enum StepAction {
     Routed(Option<persist::Durable>, Option<persist::Durable>),
 }
 
-/// Awaits every future, polling them together, and returns their outputs
-/// in the order given.
-async fn join_in_order<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
-    let mut futures: Vec<_> = futures.into_iter().map(Box::pin).collect();
-    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut done = true;
-        for (f, out) in futures.iter_mut().zip(outputs.iter_mut()) {
-            if out.is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => *out = Some(v),
-                    std::task::Poll::Pending => done = false,
-                }
-            }
-        }
-        if done {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-    outputs.into_iter().flatten().collect()
-}
-
 /// Most publishes offered to the pipeline together from one connection.
 const MAX_PIPELINED: usize = 64;
 
@@ -997,7 +972,7 @@ impl Connection {
                 }
             })
             .collect();
-        let mut all = std::pin::pin!(join_in_order(offers));
+        let mut all = std::pin::pin!(futures_util::future::join_all(offers));
         // An answer at once keeps acknowledgements batched; if the pipeline
         // must wait (a commit), acknowledgements already earned go out
         // first instead of waiting behind these.

@@ -116,30 +116,6 @@ pub struct IngestReport {
     pub not_committed: u64,
 }
 
-/// Awaits every future, polling them together; outputs in order.
-async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
-    let mut futures: Vec<_> = futures.into_iter().map(Box::pin).collect();
-    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut done = true;
-        for (f, out) in futures.iter_mut().zip(outputs.iter_mut()) {
-            if out.is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => *out = Some(v),
-                    std::task::Poll::Pending => done = false,
-                }
-            }
-        }
-        if done {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-    outputs.into_iter().flatten().collect()
-}
-
 /// One message's JSON for device `d` starting at reading `n`.
 fn message(points: usize, seq: u64, ts: i64) -> (String, u64) {
     if points <= 1 {
@@ -206,7 +182,7 @@ pub async fn ingest(
                         received_at_ms: now_ms(),
                     }));
                 }
-                for outcome in join_all(burst).await {
+                for outcome in futures_util::future::join_all(burst).await {
                     let _ = hist.record(sent.elapsed().as_micros().max(1) as u64);
                     if outcome == IngestOutcome::Committed {
                         messages += 1;
