@@ -53,12 +53,98 @@ fn run(loadgen: &Path, dir: &Path, tag: &str, args: &[String], timeout: Duration
     serde_json::from_str(&text).with_context(|| format!("parsing {}", out_path.display()))
 }
 
-fn median(reports: &[Value], pointer: &str) -> String {
-    let values: Vec<f64> = reports
-        .iter()
-        .filter_map(|r| r.pointer(pointer).and_then(Value::as_f64))
-        .collect();
-    stats::fmt(stats::median(&values))
+/// Where an ingest run stores.
+#[derive(Debug, Clone, Copy)]
+enum Backend<'a> {
+    /// A fresh SQLite file in the bench dir.
+    Sqlite,
+    /// A fresh database on this PostgreSQL server (admin URL).
+    Postgres(&'a str),
+}
+
+/// Rounds of one ingest configuration; its table rows and raw reports.
+fn ingest_rows(
+    loadgen: &Path,
+    dir: &Path,
+    z: &PipelineSizes,
+    backend: Backend<'_>,
+    points: usize,
+    window: usize,
+) -> Result<(String, (String, Value))> {
+    let name = match backend {
+        Backend::Sqlite => "sqlite",
+        Backend::Postgres(_) => "pg",
+    };
+    let mut reports = Vec::new();
+    for round in 0..z.rounds {
+        let tag = format!("ingest-{name}-{points}-w{window}-{round}");
+        eprintln!(
+            "  ingest ({name}), {points} point(s)/message, window {window}, round {}",
+            round + 1
+        );
+        let store_dir = dir.join(&tag);
+        let pg = match backend {
+            Backend::Postgres(admin) => Some(PgBenchDb::create(admin, &tag)?),
+            Backend::Sqlite => None,
+        };
+        let store = match &pg {
+            Some(db) => ["--store-url".to_owned(), db.url.clone()],
+            None => ["--store-dir".to_owned(), store_dir.display().to_string()],
+        };
+        let mut args: Vec<String> = vec!["ingest".into()];
+        args.extend(store);
+        args.extend([
+            "--devices".into(),
+            z.devices.to_string(),
+            "--points".into(),
+            points.to_string(),
+            "--window".into(),
+            window.to_string(),
+            "--duration".into(),
+            format!("{}s", z.ingest.as_secs()),
+        ]);
+        reports.push(run(
+            loadgen,
+            dir,
+            &tag,
+            &args,
+            z.ingest + Duration::from_secs(120),
+        )?);
+        let _ = std::fs::remove_dir_all(&store_dir);
+    }
+    let title = format!(
+        "durable ingest ({}), {} devices × {window} in flight, {points} point(s)/message",
+        match backend {
+            Backend::Sqlite => "SQLite",
+            Backend::Postgres(_) => "PostgreSQL",
+        },
+        z.devices
+    );
+    let mut rows = String::new();
+    for (label, unit, pointer) in [
+        ("points", "points/s", "/points_per_s"),
+        ("messages", "msg/s", "/msgs_per_s"),
+        ("messages per commit", "mean", "/mean_messages_per_commit"),
+        ("answer latency p50", "ms", "/latency/p50_us"),
+        ("answer latency p99", "ms", "/latency/p99_us"),
+        ("not committed", "messages", "/not_committed"),
+    ] {
+        let scale = if unit == "ms" { 0.001 } else { 1.0 };
+        let values: Vec<f64> = reports
+            .iter()
+            .filter_map(|r| r.pointer(pointer).and_then(Value::as_f64))
+            .map(|v| v * scale)
+            .collect();
+        let v = stats::fmt(stats::median(&values));
+        rows.push_str(&format!("| {title} | {label} | {unit} | {v} |\n"));
+    }
+    Ok((
+        rows,
+        (
+            format!("ingest-{name}-{points}-w{window}"),
+            Value::Array(reports),
+        ),
+    ))
 }
 
 /// Runs the ingest and/or chart benchmarks; returns a markdown table and the
@@ -78,111 +164,17 @@ pub fn bench(
     );
     let mut raw = serde_json::Map::new();
     if ingest {
-        for (points, window) in [(50usize, 1usize), (50, 16), (1, 1), (1, 16)] {
-            let mut reports = Vec::new();
-            for round in 0..z.rounds {
-                let tag = format!("ingest-{points}-w{window}-{round}");
-                let store = dir.join(&tag);
-                eprintln!(
-                    "  ingest, {points} point(s)/message, window {window}, round {}",
-                    round + 1
-                );
-                reports.push(run(
-                    loadgen,
-                    dir,
-                    &tag,
-                    &[
-                        "ingest".into(),
-                        "--store-dir".into(),
-                        store.display().to_string(),
-                        "--devices".into(),
-                        z.devices.to_string(),
-                        "--points".into(),
-                        points.to_string(),
-                        "--window".into(),
-                        window.to_string(),
-                        "--duration".into(),
-                        format!("{}s", z.ingest.as_secs()),
-                    ],
-                    z.ingest + Duration::from_secs(120),
-                )?);
-                let _ = std::fs::remove_dir_all(&store);
-            }
-            let title = format!(
-                "durable ingest, {} devices × {window} in flight, {points} point(s)/message",
-                z.devices
-            );
-            for (label, unit, pointer) in [
-                ("points", "points/s", "/points_per_s"),
-                ("messages", "msg/s", "/msgs_per_s"),
-                ("messages per commit", "mean", "/mean_messages_per_commit"),
-                ("answer latency p50", "ms", "/latency/p50_us"),
-                ("answer latency p99", "ms", "/latency/p99_us"),
-                ("not committed", "messages", "/not_committed"),
-            ] {
-                let v = if unit == "ms" {
-                    let values: Vec<f64> = reports
-                        .iter()
-                        .filter_map(|r| r.pointer(pointer).and_then(Value::as_f64))
-                        .map(|us| us / 1000.0)
-                        .collect();
-                    stats::fmt(stats::median(&values))
-                } else {
-                    median(&reports, pointer)
-                };
-                out.push_str(&format!("| {title} | {label} | {unit} | {v} |\n"));
-            }
-            raw.insert(format!("ingest-{points}-w{window}"), Value::Array(reports));
+        let mut configs: Vec<(Backend, usize, usize)> = [(50, 1), (50, 16), (1, 1), (1, 16)]
+            .into_iter()
+            .map(|(p, w)| (Backend::Sqlite, p, w))
+            .collect();
+        if let Some(admin) = pg_admin {
+            configs.extend([(50, 16), (1, 16)].map(|(p, w)| (Backend::Postgres(admin), p, w)));
         }
-    }
-    if ingest && let Some(admin) = pg_admin {
-        for (points, window) in [(50usize, 16usize), (1, 16)] {
-            let mut reports = Vec::new();
-            for round in 0..z.rounds {
-                let tag = format!("ingest-pg-{points}-w{window}-{round}");
-                eprintln!(
-                    "  ingest into PostgreSQL, {points} point(s)/message, window {window}, round {}",
-                    round + 1
-                );
-                let db = PgBenchDb::create(admin, &tag)?;
-                reports.push(run(
-                    loadgen,
-                    dir,
-                    &tag,
-                    &[
-                        "ingest".into(),
-                        "--store-url".into(),
-                        db.url.clone(),
-                        "--devices".into(),
-                        z.devices.to_string(),
-                        "--points".into(),
-                        points.to_string(),
-                        "--window".into(),
-                        window.to_string(),
-                        "--duration".into(),
-                        format!("{}s", z.ingest.as_secs()),
-                    ],
-                    z.ingest + Duration::from_secs(120),
-                )?);
-            }
-            let title = format!(
-                "durable ingest (PostgreSQL), {} devices × {window} in flight, {points} point(s)/message",
-                z.devices
-            );
-            for (label, unit, pointer) in [
-                ("points", "points/s", "/points_per_s"),
-                ("messages", "msg/s", "/msgs_per_s"),
-                ("not committed", "messages", "/not_committed"),
-            ] {
-                out.push_str(&format!(
-                    "| {title} | {label} | {unit} | {} |\n",
-                    median(&reports, pointer)
-                ));
-            }
-            raw.insert(
-                format!("ingest-pg-{points}-w{window}"),
-                Value::Array(reports),
-            );
+        for (backend, points, window) in configs {
+            let (rows, (key, reports)) = ingest_rows(loadgen, dir, z, backend, points, window)?;
+            out.push_str(&rows);
+            raw.insert(key, reports);
         }
     }
     if query {
