@@ -35,6 +35,10 @@ struct StatsDelta {
 /// The work of one commit, accumulated before the final writes.
 struct Batch<'a> {
     tx: &'a Transaction<'a>,
+    /// The two statements run per reading and per point, prepared once
+    /// per transaction instead of looked up in the cache each time.
+    insert_reading: rusqlite::CachedStatement<'a>,
+    insert_point: rusqlite::CachedStatement<'a>,
     cache: &'a SeriesCache,
     new_series: NewSeries,
     rollups: HashMap<RollupKey, RollupRow>,
@@ -56,6 +60,17 @@ pub(super) fn commit(
 ) -> Result<(Vec<ItemOutcome>, NewSeries)> {
     let mut b = Batch {
         tx,
+        insert_reading: tx
+            .prepare_cached(
+                "INSERT INTO readings (device_id, seq, ts, received_at, digest, flags)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (device_id, seq) DO NOTHING",
+            )
+            .map_err(db)?,
+        insert_point: tx
+            .prepare_cached(
+                "INSERT OR IGNORE INTO points (series_id, ts, seq, value) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .map_err(db)?,
         cache,
         new_series: Vec::new(),
         rollups: HashMap::new(),
@@ -149,21 +164,15 @@ impl Batch<'_> {
         for r in readings {
             let seq = seq_i64(r.seq)?;
             let inserted = self
-                .tx
-                .prepare_cached(
-                    "INSERT INTO readings (device_id, seq, ts, received_at, digest, flags)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (device_id, seq) DO NOTHING",
-                )
-                .and_then(|mut s| {
-                    s.execute(params![
-                        device,
-                        seq,
-                        r.ts_ms,
-                        r.received_ms,
-                        r.digest,
-                        r.flags
-                    ])
-                })
+                .insert_reading
+                .execute(params![
+                    device,
+                    seq,
+                    r.ts_ms,
+                    r.received_ms,
+                    r.digest,
+                    r.flags
+                ])
                 .map_err(db)?;
             let fate = if inserted == 1 {
                 self.points(device, seq, r)?;
@@ -214,11 +223,8 @@ impl Batch<'_> {
     fn points(&mut self, device: &str, seq: i64, r: &NewReading) -> Result<()> {
         for (metric, value) in &r.metrics {
             let series = self.series_id(device, metric.as_str())?;
-            self.tx
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO points (series_id, ts, seq, value) VALUES (?1, ?2, ?3, ?4)",
-                )
-                .and_then(|mut s| s.execute(params![series, r.ts_ms, seq, value]))
+            self.insert_point
+                .execute(params![series, r.ts_ms, seq, value])
                 .map_err(db)?;
             let point = RollupRow::point(r.ts_ms, seq, *value);
             for res in Resolution::ROLLUPS_COARSEST_FIRST {
