@@ -26,6 +26,27 @@ fn publish(dev: &DeviceFiles, addr: std::net::SocketAddr, topic: &str, body: &st
     );
 }
 
+/// Seq 1 (temperature 20.5, humidity 40) at `t`, then a batch of seq 2
+/// (22.5) and seq 3 (21.0) one and two seconds later.
+fn publish_three_readings(dev: &DeviceFiles, addr: std::net::SocketAddr, topic: &str, t: i64) {
+    publish(
+        dev,
+        addr,
+        topic,
+        &format!(r#"{{"seq":1,"ts":{t},"m":{{"temperature":20.5,"humidity":40}}}}"#),
+    );
+    publish(
+        dev,
+        addr,
+        topic,
+        &format!(
+            r#"{{"batch":[{{"seq":2,"ts":{},"m":{{"temperature":22.5}}}},{{"seq":3,"ts":{},"m":{{"temperature":21.0}}}}]}}"#,
+            t + 1000,
+            t + 2000
+        ),
+    );
+}
+
 #[test]
 fn published_readings_are_queried_exported_backed_up_and_restored() {
     let ws = Workspace::new();
@@ -37,22 +58,7 @@ fn published_readings_are_queried_exported_backed_up_and_restored() {
 
     let t = now_ms() - 10 * 60_000;
     let topic = "devices/greenhouse-7/telemetry/up";
-    publish(
-        &dev,
-        addr,
-        topic,
-        &format!(r#"{{"seq":1,"ts":{t},"m":{{"temperature":20.5,"humidity":40}}}}"#),
-    );
-    publish(
-        &dev,
-        addr,
-        topic,
-        &format!(
-            r#"{{"batch":[{{"seq":2,"ts":{},"m":{{"temperature":22.5}}}},{{"seq":3,"ts":{},"m":{{"temperature":21.0}}}}]}}"#,
-            t + 1000,
-            t + 2000
-        ),
-    );
+    publish_three_readings(&dev, addr, topic, t);
     // A replay and a bad payload: neither adds a point.
     publish(
         &dev,
@@ -331,22 +337,7 @@ fn serve_on_postgresql_stores_readings_that_the_cli_reads_back() {
 
     let t = now_ms() - 10 * 60_000;
     let topic = "devices/pg-sensor-1/telemetry/up";
-    publish(
-        &dev,
-        addr,
-        topic,
-        &format!(r#"{{"seq":1,"ts":{t},"m":{{"temperature":20.5,"humidity":40}}}}"#),
-    );
-    publish(
-        &dev,
-        addr,
-        topic,
-        &format!(
-            r#"{{"batch":[{{"seq":2,"ts":{},"m":{{"temperature":22.5}}}},{{"seq":3,"ts":{},"m":{{"temperature":21.0}}}}]}}"#,
-            t + 1000,
-            t + 2000
-        ),
-    );
+    publish_three_readings(&dev, addr, topic, t);
     // A replay is a duplicate; the same seq with other values a conflict.
     publish(
         &dev,
@@ -492,11 +483,11 @@ fn restore_refuses_archives_that_escape_the_data_dir() {
     assert!(!ws.path().join("evi").exists());
 }
 
-/// A minimal HTTP/1.1 receiver: records each request's head and body,
-/// answers 204.
 /// Requests received: head and body of each.
 type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>;
 
+/// A minimal HTTP/1.1 receiver: records each request's head and body,
+/// answers 204.
 fn influx_receiver() -> (std::net::SocketAddr, Received) {
     use std::io::{BufRead, BufReader, Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
