@@ -1,0 +1,9 @@
+//! The binary's end-to-end tests, one test binary: the real `rampart`
+//! executable driven like an operator would, with real MQTT clients
+//! (mosquitto, paho-mqtt, the load generator's Rust client) over mutual TLS.
+
+mod broker;
+mod cli;
+mod crash;
+mod serve;
+mod telemetry;

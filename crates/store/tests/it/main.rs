@@ -1,0 +1,5 @@
+//! The store's integration tests, one binary: every scenario against a real
+//! SQLite file and a fresh PostgreSQL database (`PgTestDb`).
+
+mod store;
+mod telemetry;
