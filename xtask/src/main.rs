@@ -4,6 +4,7 @@
 
 mod pipeline;
 mod procs;
+mod search;
 mod setup;
 mod stats;
 
@@ -17,6 +18,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::Value;
 
 use crate::procs::Guard;
+use crate::search::RateSearch;
 use crate::setup::{Env, READER};
 
 /// Project automation for Rampart.
@@ -34,7 +36,9 @@ enum Task {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Suite {
-    /// Fan-in QoS 0/1, latency at fixed rates, TLS handshakes.
+    /// Fan-in QoS 0/1, highest loss-free fan-in rate, latency at fixed
+    /// rates, TLS handshakes, fan-out 1 → N, and (Rampart only, last)
+    /// revoke-to-disconnect.
     Broker,
     /// Idle connections: RSS per connection and idle CPU.
     Conns,
@@ -66,6 +70,13 @@ struct BenchArgs {
     /// Publishing devices in fan-in and latency (default 50, 10 with --quick).
     #[arg(long)]
     devices: Option<usize>,
+    /// Subscribers in fan-out (default 1000, 50 with --quick).
+    #[arg(long)]
+    fanout_subscribers: Option<usize>,
+    /// Time per broker for the loss-free rate search (default 90s, 20s
+    /// with --quick).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    search_budget: Option<Duration>,
     /// Latency rates in messages per second (comma-separated), instead of
     /// 25/50/75 % of Mosquitto's fan-in QoS 1 (persistent) median.
     #[arg(long, value_delimiter = ',')]
@@ -108,6 +119,19 @@ struct Sizes {
     handshakes: Duration,
     handshake_concurrency: usize,
     hold: Duration,
+    fanout_subscribers: usize,
+    fanout: Duration,
+    fanout_warmup: Duration,
+    fanout_window: usize,
+    probe: Duration,
+    probe_warmup: Duration,
+    probe_give_up: Duration,
+    probe_max_p99: Duration,
+    search_budget: Duration,
+    search_max_probes: usize,
+    search_start: f64,
+    search_precision: f64,
+    revocable: usize,
 }
 
 impl Sizes {
@@ -132,6 +156,26 @@ impl Sizes {
             handshakes: Duration::from_secs(if quick { 1 } else { 8 }),
             handshake_concurrency: 8,
             hold: Duration::from_secs(if quick { 1 } else { 5 }),
+            fanout_subscribers: a
+                .fanout_subscribers
+                .unwrap_or(if quick { 50 } else { 1000 })
+                .max(1),
+            fanout: Duration::from_secs(if quick { 1 } else { 8 }),
+            fanout_warmup: Duration::from_millis(if quick { 200 } else { 1000 }),
+            fanout_window: 16,
+            probe: Duration::from_millis(if quick { 1500 } else { 4000 }),
+            probe_warmup: Duration::from_millis(if quick { 500 } else { 1000 }),
+            probe_give_up: Duration::from_secs(2),
+            probe_max_p99: Duration::from_millis(100),
+            search_budget: a.search_budget.unwrap_or(Duration::from_secs(if quick {
+                20
+            } else {
+                90
+            })),
+            search_max_probes: if quick { 4 } else { 16 },
+            search_start: if quick { 500.0 } else { 1000.0 },
+            search_precision: 0.05,
+            revocable: 20,
         }
     }
 }
@@ -162,6 +206,9 @@ const fn metric(
     }
 }
 
+/// Both brokers, for scenarios that compare them.
+const BOTH: [Broker; 2] = [Broker::Rampart, Broker::Mosquitto];
+
 /// A scenario: load generator arguments and the figures it yields.
 #[derive(Debug, Clone)]
 struct Scenario {
@@ -171,6 +218,8 @@ struct Scenario {
     metrics: Vec<Metric>,
     rounds: usize,
     timeout: Duration,
+    /// The brokers it runs against (Rampart-only scenarios: Rampart).
+    brokers: Vec<Broker>,
 }
 
 /// Results of one scenario: reports per broker, in run order.
@@ -241,15 +290,8 @@ impl Bench {
             } else {
                 [Broker::Mosquitto, Broker::Rampart]
             };
-            for b in order {
-                let pids = [self.rampart.0.pid(), self.mosquitto.0.pid()];
-                let waited = procs::wait_idle(&pids, Duration::from_secs(20));
-                if waited > Duration::from_secs(1) {
-                    eprintln!(
-                        "  (waited {:.1} s for the brokers to go idle)",
-                        waited.as_secs_f64()
-                    );
-                }
+            for b in order.into_iter().filter(|b| s.brokers.contains(b)) {
+                self.settle();
                 let started = Instant::now();
                 let tag = format!("{}-{b:?}-{round}", s.key);
                 let report = self.run_loadgen(b, &s, &tag)?;
@@ -269,6 +311,142 @@ impl Bench {
             }
         }
         self.outcomes.push((s, outcome));
+        Ok(())
+    }
+
+    /// Wait until both brokers are idle, so that a backlog left by the
+    /// previous run does not eat into the next one.
+    fn settle(&self) {
+        let pids = [self.rampart.0.pid(), self.mosquitto.0.pid()];
+        let waited = procs::wait_idle(&pids, Duration::from_secs(20));
+        if waited > Duration::from_secs(1) {
+            eprintln!(
+                "  (waited {:.1} s for the brokers to go idle)",
+                waited.as_secs_f64()
+            );
+        }
+    }
+
+    /// Search each broker's highest loss-free fan-in rate ([`RateSearch`]):
+    /// one open-loop probe per rate, probes alternating between the brokers,
+    /// each broker within `z.search_budget` and `z.search_max_probes`. The
+    /// outcome holds, per broker, the report of the highest passing probe
+    /// (none if nothing passed) with the whole search under `/search`.
+    fn search_loss_free(&mut self, z: &Sizes) -> Result<()> {
+        struct State {
+            search: RateSearch,
+            spent: Duration,
+            last: Duration,
+            probes: Vec<Value>,
+            best: Option<Value>,
+        }
+        let floor = (z.devices as f64).max(50.0);
+        let mut states: BTreeMap<Broker, State> = BOTH
+            .iter()
+            .map(|&b| {
+                let search = RateSearch::new(
+                    z.search_start,
+                    floor,
+                    z.search_precision,
+                    z.search_max_probes,
+                );
+                let state = State {
+                    search,
+                    spent: Duration::ZERO,
+                    last: Duration::ZERO,
+                    probes: Vec::new(),
+                    best: None,
+                };
+                (b, state)
+            })
+            .collect();
+        let scenario = loss_free_scenario(z);
+        for step in 0.. {
+            let order = if step % 2 == 0 {
+                BOTH
+            } else {
+                [Broker::Mosquitto, Broker::Rampart]
+            };
+            let mut ran = false;
+            for b in order {
+                let Some(st) = states.get_mut(&b) else {
+                    continue;
+                };
+                let Some(rate) = st.search.next() else {
+                    continue;
+                };
+                // Another probe as long as the last one would still fit.
+                if st.spent + st.last > z.search_budget {
+                    continue;
+                }
+                self.settle();
+                let started = Instant::now();
+                let mut probe = scenario.clone();
+                probe
+                    .args
+                    .extend(["--rate".to_string(), format!("{rate:.0}")]);
+                let report = self.run_loadgen(b, &probe, &format!("lossfree-{b:?}-{step}"))?;
+                let took = started.elapsed();
+                st.spent += took;
+                st.last = took;
+                let passed = report
+                    .pointer("/loss_free")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
+                st.search.record(rate, passed);
+                let failures = report.get("failures").cloned().unwrap_or(Value::Null);
+                eprintln!(
+                    "  loss-free search {b:<9?} probe {}: {rate:.0} msg/s {} ({:.1} s)",
+                    st.search.probes(),
+                    if passed {
+                        format!(
+                            "loss-free, p99 {} µs",
+                            report
+                                .pointer("/latency/p99_us")
+                                .and_then(Value::as_u64)
+                                .unwrap_or(0)
+                        )
+                    } else {
+                        format!("failed: {failures}")
+                    },
+                    took.as_secs_f64()
+                );
+                st.probes.push(serde_json::json!({
+                    "rate": rate,
+                    "loss_free": passed,
+                    "failures": failures,
+                    "p99_us": report.pointer("/latency/p99_us"),
+                    "seconds": took.as_secs_f64(),
+                }));
+                if passed && st.search.highest_pass() == Some(rate) {
+                    st.best = Some(report);
+                }
+                ran = true;
+            }
+            if !ran {
+                break;
+            }
+        }
+        let mut outcome = Outcome {
+            title: scenario.title.clone(),
+            ..Outcome::default()
+        };
+        for (b, st) in states {
+            let mut report = st.best.unwrap_or_else(|| serde_json::json!({}));
+            if let Some(obj) = report.as_object_mut() {
+                obj.insert(
+                    "search".into(),
+                    serde_json::json!({
+                        "highest_pass": st.search.highest_pass(),
+                        "lowest_fail": st.search.lowest_fail(),
+                        "probes": st.probes,
+                        "seconds": st.spent.as_secs_f64(),
+                    }),
+                );
+            }
+            outcome.reports.insert(b, vec![report]);
+        }
+        self.outcomes.push((scenario, outcome));
         Ok(())
     }
 
@@ -324,6 +502,7 @@ fn fanin_scenario(z: &Sizes, qos: u8, persistent: bool) -> Scenario {
         metrics: vec![metric("received", "msg/s", "/msgs_per_s", true)],
         rounds: z.rounds,
         timeout: z.fanin + Duration::from_secs(90),
+        brokers: BOTH.to_vec(),
     }
 }
 
@@ -365,6 +544,112 @@ fn latency_scenario(z: &Sizes, rate: f64, fraction: Option<f64>) -> Scenario {
         ],
         rounds: z.rounds,
         timeout: z.latency + Duration::from_secs(90),
+        brokers: BOTH.to_vec(),
+    }
+}
+
+/// One loss-free probe without its `--rate`; its metrics are the search's
+/// table rows.
+fn loss_free_scenario(z: &Sizes) -> Scenario {
+    Scenario {
+        key: "lossfree".into(),
+        title: format!(
+            "highest loss-free rate, QoS 1, {} dev→1, persistent sub",
+            z.devices
+        ),
+        args: vec![
+            "lossfree".into(),
+            "--devices".into(),
+            z.devices.to_string(),
+            "--duration".into(),
+            format!("{}ms", z.probe.as_millis()),
+            "--warmup".into(),
+            format!("{}ms", z.probe_warmup.as_millis()),
+            "--give-up".into(),
+            format!("{}ms", z.probe_give_up.as_millis()),
+            "--max-p99".into(),
+            format!("{}ms", z.probe_max_p99.as_millis()),
+        ],
+        metrics: vec![
+            metric("rate", "msg/s", "/rate_target", true),
+            metric("p99 at that rate", "µs", "/latency/p99_us", false),
+        ],
+        rounds: 1,
+        timeout: z.probe + z.probe_give_up + Duration::from_secs(90),
+        brokers: BOTH.to_vec(),
+    }
+}
+
+fn fanout_scenario(z: &Sizes, qos: u8, subscriber_certs: &Path) -> Scenario {
+    Scenario {
+        key: format!("fanout-q{qos}"),
+        title: format!("fan-out QoS {qos}, 1 dev→{} subs", z.fanout_subscribers),
+        args: vec![
+            "fanout".into(),
+            "--subscriber-certs".into(),
+            subscriber_certs.display().to_string(),
+            "--subscribers".into(),
+            z.fanout_subscribers.to_string(),
+            "--qos".into(),
+            qos.to_string(),
+            "--window".into(),
+            z.fanout_window.to_string(),
+            "--duration".into(),
+            format!("{}ms", z.fanout.as_millis()),
+            "--warmup".into(),
+            format!("{}ms", z.fanout_warmup.as_millis()),
+        ],
+        metrics: vec![
+            metric("deliveries", "msg/s", "/deliveries_per_s", true),
+            metric("latency p50", "µs", "/latency/p50_us", false),
+            metric("latency p99", "µs", "/latency/p99_us", false),
+        ],
+        rounds: z.rounds,
+        // Connecting: Mosquitto completes ≈ 165 handshakes/s (8 connectors).
+        timeout: z.fanout + Duration::from_secs(120 + (z.fanout_subscribers / 20) as u64),
+        brokers: BOTH.to_vec(),
+    }
+}
+
+/// Rampart only, one round: it revokes its identities for good. The
+/// revocations' start phases are spread over `poll`, the server's
+/// change-feed poll interval.
+fn revoke_scenario(z: &Sizes, env: &Env, poll: Duration) -> Scenario {
+    let ms = |label, pointer| {
+        let mut m = metric(label, "ms", pointer, false);
+        m.scale = 1.0 / 1000.0;
+        m
+    };
+    let per_device = Duration::from_secs(10);
+    Scenario {
+        key: "revoke".into(),
+        title: format!("revoke → disconnect, {} devices", z.revocable),
+        args: vec![
+            "revoke".into(),
+            "--device-certs".into(),
+            env.revoke_certs.display().to_string(),
+            "--devices".into(),
+            z.revocable.to_string(),
+            "--rampart".into(),
+            env.rampart.display().to_string(),
+            "--data-dir".into(),
+            env.data.display().to_string(),
+            "--config".into(),
+            env.config.display().to_string(),
+            "--timeout".into(),
+            format!("{}s", per_device.as_secs()),
+            "--spread".into(),
+            format!("{}ms", poll.as_millis()),
+        ],
+        metrics: vec![
+            ms("from CLI spawn p50", "/from_spawn/p50_us"),
+            ms("from CLI spawn p99", "/from_spawn/p99_us"),
+            ms("from CLI exit p50", "/from_exit/p50_us"),
+            ms("from CLI exit p99", "/from_exit/p99_us"),
+        ],
+        rounds: 1,
+        timeout: Duration::from_secs(60) + per_device * z.revocable as u32,
+        brokers: vec![Broker::Rampart],
     }
 }
 
@@ -385,6 +670,7 @@ fn handshakes_scenario(z: &Sizes) -> Scenario {
         ],
         rounds: z.rounds,
         timeout: z.handshakes + Duration::from_secs(90),
+        brokers: BOTH.to_vec(),
     }
 }
 
@@ -420,6 +706,7 @@ fn conns_scenario(z: &Sizes) -> Scenario {
         ],
         rounds: z.conns_rounds,
         timeout: Duration::from_secs(180 + (z.connections / 20) as u64),
+        brokers: BOTH.to_vec(),
     }
 }
 
@@ -484,7 +771,10 @@ fn table(bench: &Bench, z: &Sizes, args: &BenchArgs) -> String {
     out.push_str("| scenario | figure | unit | Rampart | Mosquitto | Rampart/Mosquitto | better | lost/dup (R; M) |\n");
     out.push_str("|---|---|---|---:|---:|---:|---|---|\n");
     for (s, o) in &bench.outcomes {
-        let loss = if s.key.starts_with("fanin") || s.key.starts_with("latency") {
+        let loss = if ["fanin", "latency", "fanout", "lossfree"]
+            .iter()
+            .any(|k| s.key.starts_with(k))
+        {
             format!(
                 "{}/{}; {}/{}",
                 sum(o.reports.get(&Broker::Rampart), "/lost"),
@@ -521,6 +811,88 @@ fn table(bench: &Bench, z: &Sizes, args: &BenchArgs) -> String {
     }
     out.push('\n');
     out.push_str(&durability_notes(true));
+    out.push_str(&scenario_notes(bench, z));
+    out
+}
+
+/// What the table cannot say: the loss-free search's brackets, fan-out's
+/// set-up and the revoke run's details.
+fn scenario_notes(bench: &Bench, z: &Sizes) -> String {
+    let mut out = String::new();
+    for (s, o) in &bench.outcomes {
+        match s.key.as_str() {
+            "lossfree" => {
+                out.push_str(&format!(
+                    "Loss-free rate: open-loop QoS 1 fan-in probes of {:.1} s ({:.1} s warm-up), \
+                     doubling from {:.0} msg/s then bisecting to {:.0} %, at most {} probes and \
+                     {:.0} s per broker; a probe passes when every scheduled message was sent and \
+                     acknowledged, the persistent subscriber received every one, and p99 ≤ {} ms.",
+                    z.probe.as_secs_f64(),
+                    z.probe_warmup.as_secs_f64(),
+                    z.search_start,
+                    z.search_precision * 100.0,
+                    z.search_max_probes,
+                    z.search_budget.as_secs_f64(),
+                    z.probe_max_p99.as_millis()
+                ));
+                for (b, reports) in &o.reports {
+                    let Some(r) = reports.first() else { continue };
+                    let probes = r
+                        .pointer("/search/probes")
+                        .and_then(Value::as_array)
+                        .map_or(0, Vec::len);
+                    let rate = |p: &str| stats::fmt(r.pointer(p).and_then(Value::as_f64));
+                    let failed = if r
+                        .pointer("/search/lowest_fail")
+                        .is_some_and(Value::is_number)
+                    {
+                        format!("failed at {} msg/s", rate("/search/lowest_fail"))
+                    } else {
+                        "no probe failed".into()
+                    };
+                    out.push_str(&format!(
+                        " {b:?}: loss-free at {} msg/s, {failed} ({probes} probes, {:.0} s).",
+                        rate("/search/highest_pass"),
+                        r.pointer("/search/seconds")
+                            .and_then(Value::as_f64)
+                            .unwrap_or(0.0)
+                    ));
+                }
+                out.push('\n');
+            }
+            "fanout-q0" => out.push_str(&format!(
+                "Fan-out: one device publishes to its telemetry topic; {} subscribers, each its \
+                 own identity and connection (Rampart services; Mosquitto users with `topic read \
+                 devices/#`), clean sessions. Closed loop end to end: message n is sent only once \
+                 every subscriber has received message n − {}, so no broker queue ever fills and \
+                 lost/dup are real; latency is send to delivery under that load.\n",
+                z.fanout_subscribers, z.fanout_window
+            )),
+            "revoke" => {
+                let Some(r) = o.reports.get(&Broker::Rampart).and_then(|v| v.first()) else {
+                    continue;
+                };
+                let n = |p: &str| r.pointer(p).and_then(Value::as_u64).unwrap_or(0);
+                out.push_str(&format!(
+                    "Revoke → disconnect (Rampart only): `serve.change_poll_interval` = {:.0} ms \
+                     (as `rampart config show` reports it; the bench leaves the default); revocations one at a time, start \
+                     phases spread over one poll interval; {} of {} connections closed by the \
+                     broker ({}); `rampart device revoke` took {:.1} ms (p50). The CLI commits \
+                     the revocation before it re-signs the CRL, so \"from CLI exit\" can be \
+                     negative.\n",
+                    r.pointer("/spread_ms")
+                        .and_then(Value::as_f64)
+                        .unwrap_or(0.0),
+                    n("/disconnected"),
+                    n("/devices"),
+                    r.get("closed_by")
+                        .map_or_else(String::new, Value::to_string),
+                    n("/cli/p50_us") as f64 / 1000.0
+                ));
+            }
+            _ => {}
+        }
+    }
     out
 }
 
@@ -581,10 +953,23 @@ fn bench(args: BenchArgs) -> Result<()> {
     }
     let t = Instant::now();
     eprintln!(
-        "preparing {} (init, {identities} device identities)",
-        dir.display()
+        "preparing {} (init, {identities} device identities{})",
+        dir.display(),
+        if run_broker {
+            format!(
+                ", {} fan-out subscribers, {} revocable devices",
+                z.fanout_subscribers, z.revocable
+            )
+        } else {
+            String::new()
+        }
     );
-    let env = setup::prepare(&bin.join("rampart"), &dir, identities, 4)?;
+    let ids = setup::Identities {
+        devices: identities,
+        fanout_subscribers: if run_broker { z.fanout_subscribers } else { 0 },
+        revocable: if run_broker { z.revocable } else { 0 },
+    };
+    let env = setup::prepare(&bin.join("rampart"), &dir, ids, 4)?;
     eprintln!("  done in {:.1} s", t.elapsed().as_secs_f64());
 
     let port = procs::free_port()?;
@@ -629,6 +1014,7 @@ fn bench(args: BenchArgs) -> Result<()> {
         b.run(fanin_scenario(&z, 0, false))?;
         b.run(fanin_scenario(&z, 1, false))?;
         b.run(fanin_scenario(&z, 1, true))?;
+        b.search_loss_free(&z)?;
         if args.latency_rates.is_empty() {
             let max = metric("", "", "/msgs_per_s", true);
             let mosq_max = b
@@ -647,9 +1033,18 @@ fn bench(args: BenchArgs) -> Result<()> {
             }
         }
         b.run(handshakes_scenario(&z))?;
+        let fanout_certs = b.env.fanout_certs.clone();
+        b.run(fanout_scenario(&z, 0, &fanout_certs))?;
+        b.run(fanout_scenario(&z, 1, &fanout_certs))?;
     }
     if run_conns {
         b.run(conns_scenario(&z))?;
+    }
+    if run_broker {
+        // Last: it revokes identities and makes the server re-read its CRL.
+        let poll = setup::change_poll_interval(&b.env)?;
+        let revoke = revoke_scenario(&z, &b.env, poll);
+        b.run(revoke)?;
     }
 
     let mut table = table(&b, &z, &args);

@@ -1,5 +1,7 @@
 //! The benchmark environment: a Rampart data dir with device and reader
-//! identities, and a Mosquitto configuration equivalent to Rampart's.
+//! identities (plus the fan-out subscribers and the devices the revoke
+//! scenario may revoke), and a Mosquitto configuration equivalent to
+//! Rampart's.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -20,6 +22,15 @@ pub struct Env {
     pub config: PathBuf,
     /// Client identities: `ca.crt`, `<id>.crt`, `<id>.key`.
     pub certs: PathBuf,
+    /// Fan-out subscribers: Rampart *services* (which may subscribe
+    /// `devices/#`), in their own directory so that no device scenario picks
+    /// them up.
+    pub fanout_certs: PathBuf,
+    /// Their names, sorted.
+    pub fanout: Vec<String>,
+    /// Devices the revoke scenario revokes, in their own directory: no other
+    /// scenario uses them, so revoking them breaks nothing.
+    pub revoke_certs: PathBuf,
     /// Scratch directory (logs, Mosquitto).
     pub dir: PathBuf,
 }
@@ -62,14 +73,41 @@ pub fn device_id(i: usize) -> String {
     format!("bench-{i:05}")
 }
 
-/// `rampart init`, `devices` device identities (`parallel` CLI processes at
-/// a time), the reader service, and the CA chain for Mosquitto.
-pub fn prepare(rampart_bin: &Path, dir: &Path, devices: usize, parallel: usize) -> Result<Env> {
+/// Fan-out subscriber number `i` (a Rampart service).
+pub fn fanout_subscriber_id(i: usize) -> String {
+    format!("fan-{i:05}")
+}
+
+/// Revocable device number `i`.
+pub fn revocable_id(i: usize) -> String {
+    format!("revoke-{i:03}")
+}
+
+/// How many identities of each kind to make.
+#[derive(Debug, Clone, Copy)]
+pub struct Identities {
+    /// Devices `bench-NNNNN` (fan-in, latency, handshakes, idle connections,
+    /// the fan-out publisher).
+    pub devices: usize,
+    /// Services `fan-NNNNN` (fan-out subscribers).
+    pub fanout_subscribers: usize,
+    /// Devices `revoke-NNN` (revoke-to-disconnect).
+    pub revocable: usize,
+}
+
+/// `rampart init`, the identities (`parallel` CLI processes at a time), the
+/// reader service, and the CA chain for Mosquitto.
+pub fn prepare(rampart_bin: &Path, dir: &Path, ids: Identities, parallel: usize) -> Result<Env> {
     let env = Env {
         rampart: rampart_bin.to_path_buf(),
         data: dir.join("data"),
         config: dir.join("rampart.toml"),
         certs: dir.join("certs"),
+        fanout_certs: dir.join("certs-fanout"),
+        fanout: (0..ids.fanout_subscribers)
+            .map(fanout_subscriber_id)
+            .collect(),
+        revoke_certs: dir.join("certs-revoke"),
         dir: dir.to_path_buf(),
     };
     std::fs::write(&env.config, RAMPART_CONFIG).context("writing rampart.toml")?;
@@ -81,35 +119,92 @@ pub fn prepare(rampart_bin: &Path, dir: &Path, devices: usize, parallel: usize) 
         .arg(&env.certs);
     run(cmd, "rampart service create reader")?;
 
-    // `device create` is one CLI process per device (a few ms each); run a
-    // few at a time. SQLite serialises the writes; busy_timeout covers it.
-    let ids: Vec<String> = (0..devices).map(device_id).collect();
-    for chunk in ids.chunks(parallel.max(1)) {
-        let mut children = Vec::with_capacity(chunk.len());
-        for id in chunk {
-            let mut cmd = rampart(&env);
-            cmd.args(["device", "create", "--id", id, "--out"])
-                .arg(&env.certs)
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped());
-            let child = crate::procs::Guard::spawn("rampart device create", &mut cmd)?;
-            children.push((id, child));
+    let devices: Vec<String> = (0..ids.devices).map(device_id).collect();
+    create_identities(&env, Kind::Device, &devices, &env.certs, parallel)?;
+    create_identities(
+        &env,
+        Kind::Service,
+        &env.fanout,
+        &env.fanout_certs,
+        parallel,
+    )?;
+    let revocable: Vec<String> = (0..ids.revocable).map(revocable_id).collect();
+    create_identities(&env, Kind::Device, &revocable, &env.revoke_certs, parallel)?;
+    Ok(env)
+}
+
+/// Which CLI command makes an identity.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    /// `rampart device create --id NAME --out DIR`.
+    Device,
+    /// `rampart service create NAME --out DIR`.
+    Service,
+}
+
+impl Kind {
+    fn noun(self) -> &'static str {
+        match self {
+            Kind::Device => "device",
+            Kind::Service => "service",
         }
-        for (id, child) in children {
+    }
+}
+
+/// Create `names` with the CLI, writing their files (and `ca.crt`) to `out`.
+fn create_identities(
+    env: &Env,
+    kind: Kind,
+    names: &[String],
+    out: &Path,
+    parallel: usize,
+) -> Result<()> {
+    // One CLI process per identity (a few ms each); run a few at a time.
+    // SQLite serialises the writes; busy_timeout covers it.
+    for chunk in names.chunks(parallel.max(1)) {
+        let mut children = Vec::with_capacity(chunk.len());
+        for name in chunk {
+            let mut cmd = rampart(env);
+            match kind {
+                Kind::Device => cmd.args(["device", "create", "--id", name, "--out"]),
+                Kind::Service => cmd.args(["service", "create", name, "--out"]),
+            };
+            cmd.arg(out).stdout(Stdio::null()).stderr(Stdio::piped());
+            let what = format!("rampart {} create {name}", kind.noun());
+            let child = crate::procs::Guard::spawn(&what, &mut cmd)?;
+            children.push((what, child));
+        }
+        for (what, child) in children {
             let status = child.wait_timeout(std::time::Duration::from_secs(60))?;
             if !status.success() {
-                bail!("rampart device create --id {id} failed: {status}");
+                bail!("{what} failed: {status}");
             }
         }
     }
-    Ok(env)
+    Ok(())
+}
+
+/// The server's effective `serve.change_poll_interval` (config file and
+/// `RAMPART_*` environment, as `serve` sees them), from `rampart config show`.
+pub fn change_poll_interval(env: &Env) -> Result<std::time::Duration> {
+    let mut cmd = rampart(env);
+    cmd.args(["--json", "config", "show"]);
+    let shown: serde_json::Value = serde_json::from_slice(&run(cmd, "rampart config show")?)
+        .context("parsing `rampart --json config show`")?;
+    let text = shown
+        .pointer("/serve/change_poll_interval")
+        .and_then(serde_json::Value::as_str)
+        .context("`rampart config show` has no serve.change_poll_interval")?;
+    humantime::parse_duration(text)
+        .with_context(|| format!("serve.change_poll_interval '{text}' is not a duration"))
 }
 
 /// Write Mosquitto's configuration for `port` and return its path.
 ///
 /// Equivalent to Rampart's setup: TLS with the same server certificate and
 /// CA chain, a client certificate required, the certificate CN as user
-/// name, and ACLs matching Rampart's defaults. `max_inflight_messages` and
+/// name, and ACLs matching Rampart's defaults (the reader and the fan-out
+/// subscribers are Rampart services: read `devices/#`). `max_inflight_messages` and
 /// `max_queued_messages` are set to Rampart's defaults (64 and 1000;
 /// Mosquitto's own defaults are 20 and 1000). Persistence is on with the
 /// default `autosave_interval` (1800 s): queued messages live in memory and
@@ -128,18 +223,19 @@ pub fn mosquitto_config(env: &Env, port: u16) -> Result<PathBuf> {
     let cafile = mdir.join("ca-chain.pem");
     std::fs::write(&cafile, chain).context("writing the CA chain")?;
     let acl = mdir.join("acl");
-    std::fs::write(
-        &acl,
-        format!(
-            "# Rampart's defaults: devices publish devices/{{cn}}/+/up and\n\
-             # subscribe devices/{{cn}}/+/down; the reader service subscribes devices/#.\n\
-             pattern write devices/%u/+/up\n\
-             pattern read devices/%u/+/down\n\
-             user {READER}\n\
-             topic read devices/#\n"
-        ),
-    )
-    .context("writing the Mosquitto ACL")?;
+    let mut rules = format!(
+        "# Rampart's defaults: devices publish devices/{{cn}}/+/up and\n\
+         # subscribe devices/{{cn}}/+/down; services (the reader, the fan-out\n\
+         # subscribers) subscribe devices/#.\n\
+         pattern write devices/%u/+/up\n\
+         pattern read devices/%u/+/down\n\
+         user {READER}\n\
+         topic read devices/#\n"
+    );
+    for name in &env.fanout {
+        rules.push_str(&format!("user {name}\ntopic read devices/#\n"));
+    }
+    std::fs::write(&acl, rules).context("writing the Mosquitto ACL")?;
     let pki = env.data.join("pki");
     let conf = format!(
         "# Generated by `cargo xtask bench`.\n\

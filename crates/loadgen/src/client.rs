@@ -201,10 +201,9 @@ impl Client {
             .await
             .map_err(|e| LoadgenError::io(format!("read as '{}'", self.id), e))?;
         if n == 0 {
-            return Err(LoadgenError::Protocol(format!(
-                "broker closed the connection of '{}'",
-                self.id
-            )));
+            return Err(LoadgenError::Closed {
+                id: self.id.clone(),
+            });
         }
         Ok(())
     }
@@ -226,10 +225,10 @@ impl Client {
         )
         .map_err(|e| LoadgenError::Codec(e.to_string()))?;
         if let Packet::Disconnect(d) = &packet {
-            return Err(LoadgenError::Protocol(format!(
-                "broker disconnected '{}': {:?}",
-                self.id, d.reason_code
-            )));
+            return Err(LoadgenError::Disconnected {
+                id: self.id.clone(),
+                reason: d.reason_code,
+            });
         }
         Ok(Some(packet))
     }

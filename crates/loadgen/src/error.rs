@@ -40,6 +40,20 @@ pub enum LoadgenError {
         /// The reason code or description.
         reason: String,
     },
+    /// The broker sent DISCONNECT (MQTT 5 §3.14) and closes the connection.
+    #[error("broker disconnected '{id}': {reason:?}")]
+    Disconnected {
+        /// The client id.
+        id: String,
+        /// The DISCONNECT reason code.
+        reason: mqtt5_protocol::ReasonCode,
+    },
+    /// The broker closed the connection without DISCONNECT (end of stream).
+    #[error("broker closed the connection of '{id}'")]
+    Closed {
+        /// The client id.
+        id: String,
+    },
     /// The broker broke the protocol as the load generator expects it.
     #[error("unexpected from the broker: {0}")]
     Protocol(String),

@@ -104,6 +104,9 @@ pub(crate) struct Outstanding {
     pub sent: u64,
     pub acked: u64,
     pub rejected: u64,
+    /// Open loop only: messages scheduled before the end but never sent
+    /// (the publisher fell too far behind its schedule).
+    pub unsent: u64,
 }
 
 impl Outstanding {
@@ -320,9 +323,9 @@ pub async fn run(cfg: FaninConfig) -> Result<FaninReport, LoadgenError> {
         duration_s,
         payload_bytes: cfg.payload_size,
         subscriber_session: cfg.subscriber_session,
-        sent: totals.0,
-        acked: totals.1,
-        rejected: totals.2,
+        sent: totals.sent,
+        acked: totals.acked,
+        rejected: totals.rejected,
         received: received.total,
         received_in_window: received.in_window,
         msgs_per_s: received.in_window as f64 / duration_s,
@@ -334,21 +337,31 @@ pub async fn run(cfg: FaninConfig) -> Result<FaninReport, LoadgenError> {
     })
 }
 
-/// Gather publisher results: expected bitmaps by device index, totals
-/// (sent, acked, rejected) and the first few errors.
+/// Publisher counts summed over devices.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Totals {
+    pub sent: u64,
+    pub acked: u64,
+    pub rejected: u64,
+    pub unsent: u64,
+}
+
+/// Gather publisher results: expected bitmaps by device index, totals and
+/// the first few errors.
 pub(crate) async fn collect(
     tasks: &mut tokio::task::JoinSet<(u32, Result<Outstanding, LoadgenError>)>,
     devices: usize,
-) -> (Vec<Vec<bool>>, (u64, u64, u64), Vec<String>) {
+) -> (Vec<Vec<bool>>, Totals, Vec<String>) {
     let mut expected = vec![Vec::new(); devices];
-    let mut totals = (0, 0, 0);
+    let mut totals = Totals::default();
     let mut errors = Vec::new();
     while let Some(joined) = tasks.join_next().await {
         match joined {
             Ok((index, Ok(out))) => {
-                totals.0 += out.sent;
-                totals.1 += out.acked;
-                totals.2 += out.rejected;
+                totals.sent += out.sent;
+                totals.acked += out.acked;
+                totals.rejected += out.rejected;
+                totals.unsent += out.unsent;
                 if let Some(slot) = expected.get_mut(index as usize) {
                     *slot = out.expected;
                 }

@@ -71,6 +71,13 @@ pub struct LatencyReport {
     pub sent: u64,
     /// Acknowledged with success (QoS 1).
     pub acked: u64,
+    /// Acknowledged with a failure reason (QoS 1).
+    #[serde(default)]
+    pub rejected: u64,
+    /// Scheduled before the end but never sent: the publishers were still
+    /// waiting for PUBACKs (full window) when they gave up.
+    #[serde(default)]
+    pub unsent: u64,
     /// Messages received.
     pub received: u64,
     /// Expected but never received.
@@ -85,6 +92,10 @@ pub struct LatencyReport {
     pub errors: Vec<String>,
 }
 
+/// How long after the end publishers keep sending late messages and
+/// waiting for PUBACKs in a latency run.
+pub const GIVE_UP: Duration = Duration::from_secs(10);
+
 async fn open_loop(
     mut client: Client,
     index: u32,
@@ -92,6 +103,7 @@ async fn open_loop(
     run: u32,
     epoch: Instant,
     end: Instant,
+    give_up: Duration,
 ) -> Result<Outstanding, LoadgenError> {
     let topic = topic(&client.id);
     let mut out = Outstanding::default();
@@ -99,7 +111,7 @@ async fn open_loop(
     let interval = Duration::from_secs_f64(devices / cfg.rate);
     // Spread the devices' schedules evenly over one interval.
     let mut next = epoch + interval.mul_f64(f64::from(index) / devices);
-    let give_up = end + Duration::from_secs(10);
+    let give_up = end + give_up;
     let window = cfg.window.max(1);
     let qos1 = cfg.qos == Qos::AtLeastOnce;
     loop {
@@ -133,12 +145,25 @@ async fn open_loop(
             () = tokio::time::sleep_until(give_up) => break,
         }
     }
+    while next < end {
+        out.unsent += 1;
+        next += interval;
+    }
     let _ = client.disconnect().await;
     Ok(out)
 }
 
 /// Run a latency measurement.
 pub async fn run(cfg: LatencyConfig) -> Result<LatencyReport, LoadgenError> {
+    run_with_give_up(cfg, GIVE_UP).await
+}
+
+/// Run a latency measurement whose publishers stop sending late messages
+/// and waiting for PUBACKs `give_up` after the end.
+pub async fn run_with_give_up(
+    cfg: LatencyConfig,
+    give_up: Duration,
+) -> Result<LatencyReport, LoadgenError> {
     if cfg.devices == 0 || cfg.duration <= cfg.warmup || !cfg.rate.is_finite() || cfg.rate <= 0.0 {
         return Err(LoadgenError::Config(
             "latency needs devices, a positive rate and a duration longer than the warm-up".into(),
@@ -181,14 +206,19 @@ pub async fn run(cfg: LatencyConfig) -> Result<LatencyReport, LoadgenError> {
         },
         Arc::clone(&done),
         Duration::from_secs(1),
-        end + Duration::from_secs(15),
+        end + give_up + Duration::from_secs(5),
     ));
     let mut tasks = tokio::task::JoinSet::new();
     for (index, client) in clients.into_iter().enumerate() {
         let index =
             u32::try_from(index).map_err(|_| LoadgenError::Config("too many devices".into()))?;
         let cfg = Arc::clone(&cfg);
-        tasks.spawn(async move { (index, open_loop(client, index, cfg, run, epoch, end).await) });
+        tasks.spawn(async move {
+            (
+                index,
+                open_loop(client, index, cfg, run, epoch, end, give_up).await,
+            )
+        });
     }
     let (expected, totals, errors) = collect(&mut tasks, cfg.devices).await;
     done.store(true, Ordering::Release);
@@ -203,12 +233,14 @@ pub async fn run(cfg: LatencyConfig) -> Result<LatencyReport, LoadgenError> {
         qos: cfg.qos,
         devices: cfg.devices,
         rate_target: cfg.rate,
-        rate_sent: totals.0 as f64 / duration_s,
+        rate_sent: totals.sent as f64 / duration_s,
         duration_s,
         warmup_s: cfg.warmup.as_secs_f64(),
         subscriber_session: cfg.subscriber_session,
-        sent: totals.0,
-        acked: totals.1,
+        sent: totals.sent,
+        acked: totals.acked,
+        rejected: totals.rejected,
+        unsent: totals.unsent,
         received: received.total,
         lost: acc.lost,
         duplicated: acc.duplicated,

@@ -2,8 +2,10 @@
 //!
 //! Speaks MQTT 3.1.1 and 5 over mutual TLS with one client certificate per
 //! connection, and runs the scenarios of `cargo xtask bench`: fan-in
-//! throughput, open-loop latency, idle connections and TLS handshakes. Every
-//! scenario returns a serialisable report. [`storebench`] measures the
+//! throughput, open-loop latency, loss-free probes (the bench searches for
+//! the highest loss-free rate), fan-out to many subscribers, idle
+//! connections, TLS handshakes and (Rampart only) revoke-to-disconnect
+//! latency. Every scenario returns a serialisable report. [`storebench`] measures the
 //! telemetry pipeline and store in process (Rampart only); the `rampart-loadgen` binary
 //! prints it as JSON.
 
@@ -11,12 +13,15 @@ pub mod client;
 pub mod conns;
 pub mod error;
 pub mod fanin;
+pub mod fanout;
 pub mod frame;
 pub mod handshakes;
 pub mod identity;
 pub mod latency;
+pub mod lossfree;
 pub mod payload;
 pub mod procfs;
+pub mod revoke;
 pub mod storebench;
 pub mod tracking;
 

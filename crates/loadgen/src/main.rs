@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use rampart_loadgen::{
-    CertDir, MqttVersion, Qos, SessionKind, Target, conns, fanin, handshakes, latency, storebench,
+    CertDir, MqttVersion, Qos, SessionKind, Target, conns, fanin, fanout, handshakes, latency,
+    lossfree, revoke, storebench,
 };
 use rustls_pki_types::ServerName;
 
@@ -133,6 +134,74 @@ enum Scenario {
         concurrency: usize,
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         duration: Duration,
+    },
+    /// One device publishes; N subscribers (own identities) receive its topic.
+    Fanout {
+        /// Directory with ca.crt and the subscribers' <id>.crt/<id>.key
+        /// (identities allowed to subscribe to a device's telemetry).
+        #[arg(long)]
+        subscriber_certs: PathBuf,
+        #[arg(long, default_value_t = 1000)]
+        subscribers: usize,
+        #[arg(long, default_value = "1")]
+        qos: Qos,
+        /// Messages the slowest subscriber may be behind the publisher.
+        #[arg(long, default_value_t = 16)]
+        window: usize,
+        #[arg(long, default_value = "8s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        warmup: Duration,
+        #[arg(long, default_value_t = 100)]
+        payload: usize,
+        #[arg(long, default_value_t = 32)]
+        connect_concurrency: usize,
+    },
+    /// Open-loop QoS 1 fan-in at a fixed rate (persistent subscriber): loss-free or not.
+    Lossfree {
+        #[arg(long, default_value_t = 50)]
+        devices: usize,
+        /// Total messages per second.
+        #[arg(long)]
+        rate: f64,
+        #[arg(long, default_value = "4s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        warmup: Duration,
+        #[arg(long, default_value_t = 64)]
+        window: usize,
+        #[arg(long, default_value_t = 100)]
+        payload: usize,
+        /// Time after the end for late sends and PUBACKs.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        give_up: Duration,
+        /// Highest p99 latency that still counts as keeping up.
+        #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+        max_p99: Duration,
+    },
+    /// Rampart only: revoke connected devices with the CLI, time the disconnects.
+    Revoke {
+        /// Directory with ca.crt and the revocable devices' <id>.crt/<id>.key.
+        #[arg(long)]
+        device_certs: PathBuf,
+        #[arg(long, default_value_t = 20)]
+        devices: usize,
+        /// The `rampart` binary.
+        #[arg(long)]
+        rampart: PathBuf,
+        /// The running server's data dir.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The running server's config file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Longest wait per device (CLI run and disconnect).
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        /// Spread the revocations' start phases over this (the server's
+        /// `serve.change_poll_interval`).
+        #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+        spread: Duration,
     },
 }
 
@@ -310,6 +379,100 @@ async fn main() -> anyhow::Result<()> {
             )
             .await?,
         )?,
+        Scenario::Fanout {
+            subscriber_certs,
+            subscribers,
+            qos,
+            window,
+            duration,
+            warmup,
+            payload,
+            connect_concurrency,
+        } => {
+            let (certs, target) = mqtt()?;
+            let subscriber_certs = CertDir::open(&subscriber_certs).with_context(|| {
+                format!(
+                    "reading subscriber identities from {}",
+                    subscriber_certs.display()
+                )
+            })?;
+            serde_json::to_value(
+                fanout::run(fanout::FanoutConfig {
+                    target,
+                    certs,
+                    exclude: c.subscriber,
+                    subscriber_certs,
+                    subscribers,
+                    qos,
+                    window,
+                    duration,
+                    warmup,
+                    payload_size: payload,
+                    connect_concurrency,
+                })
+                .await?,
+            )?
+        }
+        Scenario::Lossfree {
+            devices,
+            rate,
+            duration,
+            warmup,
+            window,
+            payload,
+            give_up,
+            max_p99,
+        } => {
+            let (certs, target) = mqtt()?;
+            serde_json::to_value(
+                lossfree::run(lossfree::LossFreeConfig {
+                    run: latency::LatencyConfig {
+                        target,
+                        certs,
+                        devices,
+                        subscriber: c.subscriber,
+                        qos: Qos::AtLeastOnce,
+                        rate,
+                        duration,
+                        warmup,
+                        window,
+                        payload_size: payload,
+                        subscriber_session: SessionKind::Persistent,
+                        connect_concurrency: 16,
+                    },
+                    give_up,
+                    max_p99,
+                })
+                .await?,
+            )?
+        }
+        Scenario::Revoke {
+            device_certs,
+            devices,
+            rampart,
+            data_dir,
+            config,
+            timeout,
+            spread,
+        } => {
+            let (_, target) = mqtt()?;
+            let certs = CertDir::open(&device_certs).with_context(|| {
+                format!("reading device identities from {}", device_certs.display())
+            })?;
+            serde_json::to_value(
+                revoke::run(revoke::RevokeConfig {
+                    target,
+                    certs,
+                    devices,
+                    rampart,
+                    data_dir,
+                    config,
+                    timeout,
+                    spread,
+                })
+                .await?,
+            )?
+        }
     };
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
