@@ -114,9 +114,17 @@ async fn write_points_paged(
 
 /// A point's timestamp as RFC 3339 UTC with milliseconds.
 pub fn format_ts(point: &PointRecord) -> Result<String, ExportError> {
-    datetime(point)?
+    format_ms(point.ts_ms).ok_or_else(|| timestamp_error(point))
+}
+
+/// Unix milliseconds as RFC 3339 UTC with milliseconds
+/// (`2026-11-25T21:00:00.123Z`), the one timestamp format of exports and
+/// the CLI; `None` outside the representable range.
+pub fn format_ms(ms: i64) -> Option<String> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()?
         .format(TS_FORMAT)
-        .map_err(|_| timestamp_error(point))
+        .ok()
 }
 
 /// The UTC day (`YYYY-MM-DD`) holding a point's timestamp.

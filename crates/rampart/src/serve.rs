@@ -14,6 +14,7 @@ use anyhow::{Context, Result};
 use rampart_broker::{Broker, TlsMaterial};
 use rampart_ingest::{CommitOptions, Pipeline, PipelineOptions};
 use rampart_proto::telemetry::Limits;
+use rampart_store::telemetry::TelemetryStore;
 use rampart_store::{Change, ChangeKind, Store};
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
@@ -47,9 +48,12 @@ pub async fn run(g: &GlobalArgs, config: Config, args: ServeArgs) -> Result<Exit
     let shutdown = CancellationToken::new();
     spawn_signal_listener(shutdown.clone())?;
 
+    // One handle on the telemetry store for the pipeline, retention and the
+    // InfluxDB push.
+    let telemetry: Arc<dyn TelemetryStore> = Arc::new(platform.store.clone());
     // The pipeline: every device uplink is committed before it is acknowledged.
     let (pipeline, committer) = Pipeline::start(
-        Arc::new(platform.store.clone()),
+        Arc::clone(&telemetry),
         pipeline_options(&platform.config.telemetry),
     );
 
@@ -84,11 +88,11 @@ pub async fn run(g: &GlobalArgs, config: Config, args: ServeArgs) -> Result<Exit
     .await?;
     let crl = spawn_crl_refresher(Arc::clone(&platform), shutdown.child_token());
     let retention = tokio::spawn(rampart_ingest::retention::run(
-        Arc::new(platform.store.clone()),
+        Arc::clone(&telemetry),
         retention_options(&platform),
         shutdown.child_token(),
     ));
-    let influx = spawn_influx(&platform, shutdown.child_token())?;
+    let influx = spawn_influx(&platform, telemetry, shutdown.child_token())?;
     let reloader = spawn_tls_reloader(
         Arc::clone(&platform),
         Arc::clone(&broker),
@@ -326,7 +330,11 @@ fn retention_options(platform: &Platform) -> rampart_ingest::retention::Retentio
 
 /// Starts the InfluxDB push when `[telemetry.influx]` is set; a bad
 /// configuration (URL, CA file) stops the start with its reason.
-fn spawn_influx(platform: &Platform, shutdown: CancellationToken) -> Result<JoinHandle<()>> {
+fn spawn_influx(
+    platform: &Platform,
+    store: Arc<dyn TelemetryStore>,
+    shutdown: CancellationToken,
+) -> Result<JoinHandle<()>> {
     let Some(c) = platform.config.telemetry.influx.clone() else {
         return Ok(tokio::spawn(async {}));
     };
@@ -337,6 +345,5 @@ fn spawn_influx(platform: &Platform, shutdown: CancellationToken) -> Result<Join
     let exporter = rampart_ingest::influx::InfluxExporter::new(&options)
         .context("telemetry.influx is not usable")?;
     tracing::info!(measurement = %options.measurement, token = options.token.is_some(), "pushing telemetry to InfluxDB");
-    let store: Arc<dyn rampart_store::telemetry::TelemetryStore> = Arc::new(platform.store.clone());
     Ok(tokio::spawn(exporter.run(store, shutdown)))
 }

@@ -33,14 +33,10 @@ pub fn parse(text: &str, now_ms: i64) -> Result<i64> {
     }
 }
 
-/// RFC 3339 with milliseconds, UTC.
+/// RFC 3339 with milliseconds, UTC: the format of exports
+/// ([`rampart_ingest::export::format_ms`]); the number itself if out of range.
 pub fn format_ms(ms: i64) -> String {
-    let at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
-    let f = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-    );
-    at.format(&f).unwrap_or_else(|_| ms.to_string())
+    rampart_ingest::export::format_ms(ms).unwrap_or_else(|| ms.to_string())
 }
 
 /// Now, Unix milliseconds.
