@@ -29,9 +29,6 @@ pub enum LoadgenError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// The broker sent bytes that do not decode as MQTT.
-    #[error("undecodable packet from the broker: {0}")]
-    Codec(String),
     /// The broker refused the CONNECT or a SUBSCRIBE.
     #[error("broker refused '{id}': {reason}")]
     Refused {
@@ -40,20 +37,9 @@ pub enum LoadgenError {
         /// The reason code or description.
         reason: String,
     },
-    /// The broker sent DISCONNECT (MQTT 5 §3.14) and closes the connection.
-    #[error("broker disconnected '{id}': {reason:?}")]
-    Disconnected {
-        /// The client id.
-        id: String,
-        /// The DISCONNECT reason code.
-        reason: mqtt5_protocol::ReasonCode,
-    },
-    /// The broker closed the connection without DISCONNECT (end of stream).
-    #[error("broker closed the connection of '{id}'")]
-    Closed {
-        /// The client id.
-        id: String,
-    },
+    /// The MQTT connection failed (I/O, codec, refusal, disconnect).
+    #[error(transparent)]
+    Client(#[from] rampart_mqtt_client::ClientError),
     /// The broker broke the protocol as the load generator expects it.
     #[error("unexpected from the broker: {0}")]
     Protocol(String),

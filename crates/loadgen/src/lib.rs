@@ -14,7 +14,6 @@ pub mod conns;
 pub mod error;
 pub mod fanin;
 pub mod fanout;
-pub mod frame;
 pub mod handshakes;
 pub mod identity;
 pub mod latency;
@@ -25,42 +24,9 @@ pub mod revoke;
 pub mod storebench;
 pub mod tracking;
 
-pub use client::{Client, MqttVersion, SessionKind, Target};
+pub use client::{Client, ClientError, MqttVersion, Qos, SessionKind, Target};
 pub use error::LoadgenError;
 pub use identity::{CertDir, Identity};
-
-/// QoS levels the scenarios publish with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Qos {
-    /// At most once.
-    #[serde(rename = "0")]
-    AtMostOnce,
-    /// At least once (PUBACK).
-    #[serde(rename = "1")]
-    AtLeastOnce,
-}
-
-impl Qos {
-    /// The wire QoS of the codec crate.
-    pub fn wire(self) -> mqtt5_protocol::QoS {
-        match self {
-            Qos::AtMostOnce => mqtt5_protocol::QoS::AtMostOnce,
-            Qos::AtLeastOnce => mqtt5_protocol::QoS::AtLeastOnce,
-        }
-    }
-}
-
-impl std::str::FromStr for Qos {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "0" => Ok(Qos::AtMostOnce),
-            "1" => Ok(Qos::AtLeastOnce),
-            other => Err(format!("QoS must be 0 or 1, not '{other}'")),
-        }
-    }
-}
 
 /// Percentiles of a latency histogram, in microseconds.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]

@@ -27,7 +27,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::client::{Client, SessionKind, Target, connect_many};
+use crate::client::{Client, ClientError, SessionKind, Target, connect_many};
 use crate::{CertDir, LoadgenError, MqttVersion};
 
 /// Revoke-to-disconnect parameters.
@@ -145,13 +145,13 @@ fn signed_micros(a: Instant, b: Instant) -> i64 {
 }
 
 /// How a connection ended, from the error that ended its reads.
-fn close_kind(e: &LoadgenError) -> String {
+fn close_kind(e: &ClientError) -> String {
     match e {
-        LoadgenError::Disconnected { reason, .. } => {
+        ClientError::Disconnected { reason, .. } => {
             format!("DISCONNECT {:#04x}", *reason as u8)
         }
-        LoadgenError::Closed { .. } => "end of stream".into(),
-        LoadgenError::Io { source, .. } => format!("I/O error ({})", source.kind()),
+        ClientError::Closed { .. } => "end of stream".into(),
+        ClientError::Io { source, .. } => format!("I/O error ({})", source.kind()),
         other => format!("other: {other}"),
     }
 }
@@ -315,13 +315,13 @@ mod tests {
 
     #[test]
     fn close_kinds_name_the_reason_code() {
-        let e = LoadgenError::Disconnected {
+        let e = ClientError::Disconnected {
             id: "d".into(),
             reason: mqtt5_protocol::ReasonCode::AdministrativeAction,
         };
         assert_eq!(close_kind(&e), "DISCONNECT 0x98");
         assert_eq!(
-            close_kind(&LoadgenError::Closed { id: "d".into() }),
+            close_kind(&ClientError::Closed { id: "d".into() }),
             "end of stream"
         );
     }

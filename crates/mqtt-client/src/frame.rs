@@ -8,7 +8,7 @@ pub enum FrameError {
     /// The Remaining Length is longer than 4 bytes (MQTT 5 §1.5.5).
     #[error("remaining length longer than 4 bytes")]
     MalformedLength,
-    /// The packet is larger than the load generator accepts.
+    /// The packet is larger than the client accepts.
     #[error("packet of {0} bytes exceeds the limit")]
     TooLarge(usize),
 }
