@@ -70,6 +70,7 @@ pub mod backoff;
 pub mod batch;
 mod layout;
 pub mod measurement;
+pub mod payload;
 pub mod ring;
 pub mod seq;
 

@@ -1,0 +1,3 @@
+//! Integration tests of the device core, run on the host with std.
+
+mod payload;
