@@ -206,6 +206,37 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Starts reading a persisted layout: checks its length, magic and version,
+/// and returns a reader positioned after the version.
+pub(crate) fn open(
+    bytes: &[u8],
+    needed: usize,
+    magic: [u8; 4],
+    version: u16,
+) -> Result<Reader<'_>, LayoutError> {
+    if bytes.len() < needed {
+        return Err(LayoutError::TooShort {
+            needed,
+            got: bytes.len(),
+        });
+    }
+    let mut r = Reader::new(bytes);
+    if r.take::<4>() != Some(magic) {
+        return Err(LayoutError::BadMagic);
+    }
+    match r.u16() {
+        Some(found) if found == version => Ok(r),
+        Some(found) => Err(LayoutError::Version {
+            found,
+            supported: version,
+        }),
+        None => Err(LayoutError::TooShort {
+            needed,
+            got: bytes.len(),
+        }),
+    }
+}
+
 /// Checks the trailing CRC-32 of `bytes[..len]` (the last 4 bytes of that
 /// prefix hold the CRC of what precedes them).
 pub(crate) fn check_crc(bytes: &[u8], len: usize) -> Result<(), LayoutError> {

@@ -71,6 +71,8 @@ pub mod batch;
 mod layout;
 pub mod measurement;
 pub mod payload;
+pub mod provision;
+pub mod renewal;
 pub mod ring;
 pub mod seq;
 
