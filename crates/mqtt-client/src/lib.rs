@@ -365,4 +365,3 @@ impl Client {
             .map_err(|e| ClientError::io(format!("close '{}'", self.id), e))
     }
 }
-

@@ -1,0 +1,37 @@
+//! The fleet simulator: thousands of simulated DHT11/DHT22 sensor devices
+//! in one process, each running the device core (`rampart-core`) as the
+//! firmware does.
+//!
+//! Each device makes its own P-256 key, enrolls over HTTPS with a CSR and
+//! the fleet's enrollment token (verifying the server against `--ca`
+//! only), connects with mutual TLS as itself, streams batched readings at
+//! QoS 1 out of the core's ring (a reading leaves the ring only on PUBACK),
+//! keeps buffering while offline, and answers claims, commands, state
+//! requests and certificate renewals. Its identity, boot counter and ring
+//! live in a state dir, so a killed and restarted simulator resumes the
+//! same devices with strictly increasing sequence numbers.
+//!
+//! [`run`] (or [`Fleet::start`] and [`Fleet::wait`]) is the entry point;
+//! `rampart simulate` and `rampart serve --demo` drive it.
+//!
+//! # What it must not do
+//!
+//! Re-implement device logic the core owns (ring, batching, sequence
+//! numbers, backoff, provisioning, renewal, payloads); trust a server not
+//! signed by the given CA; panic on anything a server sends.
+
+mod device;
+pub mod enroll;
+mod fleet;
+pub mod options;
+pub mod progress;
+pub mod sensor;
+pub mod statedir;
+pub mod stats;
+pub mod tls;
+
+pub use device::{COMMANDS, FIRMWARE, METRICS, RING_CAPACITY};
+pub use fleet::{Fleet, SimError, Summary, run};
+pub use options::{FleetOptions, parse_rate};
+pub use sensor::SensorKind;
+pub use stats::{Counts, DeviceReport};
