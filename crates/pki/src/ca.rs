@@ -17,11 +17,11 @@ use x509_parser::revocation_list::CertificateRevocationList;
 use zeroize::Zeroizing;
 
 use crate::certificate::{self, CertificateSummary, IdentityKind, IssuedCertificate};
+use crate::csr::VerifiedCsr;
 use crate::files::{
     self, CA_CERT, CA_KEY, CHAIN_CERT, CRL, IMPORTED_MARKER, PRIVATE, PUBLIC, ROOT_CERT, ROOT_KEY,
     SERVER_CERT, SERVER_KEY, Staging,
 };
-use crate::csr::VerifiedCsr;
 use crate::{PkiError, RevokedSerial, crl, csr, keys};
 
 /// A server certificate expiring sooner than this is reissued by `init`/`open`.

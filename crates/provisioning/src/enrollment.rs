@@ -19,8 +19,8 @@ use std::time::Duration;
 use rampart_pki::{Pki, PkiError};
 use rampart_proto::DeviceId;
 use rampart_store::{
-    Actor, AuditEntry, Enrollment, EnrollmentRefusal, EnrollmentToken, NewEnrollmentToken,
-    Owner, Store, StoreError,
+    Actor, AuditEntry, Enrollment, EnrollmentRefusal, EnrollmentToken, NewEnrollmentToken, Owner,
+    Store, StoreError,
 };
 use rand::RngCore;
 use serde_json::json;
@@ -95,10 +95,7 @@ impl EnrollmentSecret {
 
     /// What the store keeps and looks tokens up by: `sha256:` and the hex digest.
     pub fn hash(&self) -> String {
-        format!(
-            "sha256:{}",
-            hex::encode(Sha256::digest(self.0.as_bytes()))
-        )
+        format!("sha256:{}", hex::encode(Sha256::digest(self.0.as_bytes())))
     }
 }
 
@@ -154,7 +151,9 @@ impl TokenSpec {
         if let Some(prefix) = &self.id_prefix {
             // A prefix is the start of an id, so it obeys the id's rules.
             DeviceId::parse(prefix).map_err(|e| {
-                TokenError::Invalid(format!("id prefix '{prefix}' cannot start a device id: {e}"))
+                TokenError::Invalid(format!(
+                    "id prefix '{prefix}' cannot start a device id: {e}"
+                ))
             })?;
         }
         if let Some(owner) = &self.owner {
@@ -250,8 +249,7 @@ impl EnrollError {
                 // Unknown and revoked read the same to the client: a revoked
                 // token's holder learns nothing about its history.
                 EnrollError::TokenInvalid(
-                    "the enrollment token is not valid; ask the operator for a valid token"
-                        .into(),
+                    "the enrollment token is not valid; ask the operator for a valid token".into(),
                 )
             }
             r @ EnrollmentRefusal::Expired { .. } => EnrollError::TokenExpired(r),
@@ -491,7 +489,10 @@ mod tests {
         };
         assert!(ok.validate().is_ok());
         for bad in [
-            TokenSpec { uses: 0, ..ok.clone() },
+            TokenSpec {
+                uses: 0,
+                ..ok.clone()
+            },
             TokenSpec {
                 valid_for: Duration::ZERO,
                 ..ok.clone()
@@ -524,7 +525,10 @@ mod tests {
     fn refusals_map_to_the_api_codes() {
         let cases = [
             (EnrollmentRefusal::UnknownToken, "token_invalid"),
-            (EnrollmentRefusal::Revoked { id: "t".into() }, "token_invalid"),
+            (
+                EnrollmentRefusal::Revoked { id: "t".into() },
+                "token_invalid",
+            ),
             (
                 EnrollmentRefusal::Expired {
                     id: "t".into(),

@@ -308,9 +308,7 @@ pub(crate) fn device_enrolled(
 }
 
 /// Checks the certificate `issue` returned names the device asked for.
-pub(crate) fn issued_for(
-    enrollment: &Enrollment,
-) -> Result<IssuedCertificate> {
+pub(crate) fn issued_for(enrollment: &Enrollment) -> Result<IssuedCertificate> {
     let cert = (enrollment.issue)().map_err(StoreError::Issue)?;
     if cert.id != enrollment.id {
         return Err(StoreError::Corrupt(format!(

@@ -32,8 +32,8 @@ use rampart_proto::DeviceId;
 pub use any::AnyStore;
 pub use audit::{AuditBreak, AuditEntry, AuditKey, AuditRecord, AuditReport, read_key_file};
 pub use enrollment::{
-    Enrolled, Enrollment, EnrollmentRefusal, EnrollmentToken, IssueCertificate,
-    NewEnrollmentToken, TokenState,
+    Enrolled, Enrollment, EnrollmentRefusal, EnrollmentToken, IssueCertificate, NewEnrollmentToken,
+    TokenState,
 };
 pub use error::StoreError;
 pub use model::{

@@ -34,7 +34,11 @@ pub(crate) struct DeviceRow {
 impl DeviceRow {
     /// The device, or why the row is damaged.
     pub fn into_device(self) -> Result<Device> {
-        let owner = owner_from_columns(("device", &self.id), self.owner_type.as_deref(), self.owner_id)?;
+        let owner = owner_from_columns(
+            ("device", &self.id),
+            self.owner_type.as_deref(),
+            self.owner_id,
+        )?;
         Ok(Device {
             id: DeviceId::parse(&self.id)
                 .map_err(|e| StoreError::Corrupt(format!("stored device id: {e}")))?,

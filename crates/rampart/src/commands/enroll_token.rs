@@ -100,7 +100,11 @@ pub async fn run(g: &GlobalArgs, config: Config, cmd: EnrollTokenCommand) -> Res
                         .id_prefix
                         .map(|pre| format!(", ids starting with '{pre}'"))
                         .unwrap_or_default(),
-                    summary.owner.map(output::owner).map(|o| format!(", owned by {o}")).unwrap_or_default(),
+                    summary
+                        .owner
+                        .map(output::owner)
+                        .map(|o| format!(", owned by {o}"))
+                        .unwrap_or_default(),
                 );
                 eprintln!(
                     "the token is shown once: only its hash is stored. Devices POST their CSR with it to /api/v1/enroll."

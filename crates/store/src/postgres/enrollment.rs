@@ -53,10 +53,7 @@ async fn get_by(
 }
 
 /// One token by hash.
-pub(super) async fn by_hash(
-    c: &impl GenericClient,
-    hash: &str,
-) -> Result<Option<EnrollmentToken>> {
+pub(super) async fn by_hash(c: &impl GenericClient, hash: &str) -> Result<Option<EnrollmentToken>> {
     get_by(c, "token_hash", hash, false).await
 }
 

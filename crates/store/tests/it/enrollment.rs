@@ -40,7 +40,8 @@ impl Issuer {
 
     /// An enrollment of `device` with the token whose hash is `hash`.
     fn enrollment(&self, hash: &str, device: &str) -> Enrollment {
-        let (pki, issued, device_id) = (Arc::clone(&self.pki), Arc::clone(&self.issued), id(device));
+        let (pki, issued, device_id) =
+            (Arc::clone(&self.pki), Arc::clone(&self.issued), id(device));
         let for_issue = device_id.clone();
         Enrollment {
             token_hash: hash.into(),
@@ -121,7 +122,11 @@ async fn tokens_register_devices_within_their_scope(backend: impl Backend) {
     assert_eq!(enrolled.token.uses_used, 1);
     assert!(enrolled.token.last_used_at.is_some());
     assert_eq!(ca.issued(), 1);
-    let stored = store.device(&id("gh-1")).await.expect("get").expect("exists");
+    let stored = store
+        .device(&id("gh-1"))
+        .await
+        .expect("get")
+        .expect("exists");
     assert_eq!(stored, enrolled.device);
 
     // Out of scope, id taken (also by a service-free device of another
@@ -261,7 +266,13 @@ async fn expired_and_revoked_tokens_register_nothing(backend: impl Backend) {
         .await
         .expect("list")
         .into_iter()
-        .map(|t| (t.id.clone(), t.state(OffsetDateTime::now_utc()), t.uses_used))
+        .map(|t| {
+            (
+                t.id.clone(),
+                t.state(OffsetDateTime::now_utc()),
+                t.uses_used,
+            )
+        })
         .collect();
     assert_eq!(
         states,
