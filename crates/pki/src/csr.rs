@@ -28,13 +28,21 @@ const MIN_RSA_BITS: usize = 2048;
 /// Largest RSA modulus accepted (what the signature verifier supports).
 const MAX_RSA_BITS: usize = 8192;
 
-/// A CSR whose key type, self-signature and common name have been checked.
+/// A CSR whose key type, self-signature and common name have been checked:
+/// only [`crate::Pki::verify_device_csr`] makes one, and only it can be signed.
 #[derive(Debug)]
-pub(crate) struct VerifiedCsr {
+pub struct VerifiedCsr {
     /// The requested identity (the CSR's CN).
     pub(crate) id: DeviceId,
     /// The requester's public key, ready to be certified.
     pub(crate) public_key: rcgen::SubjectPublicKeyInfo,
+}
+
+impl VerifiedCsr {
+    /// The identity the CSR asks for (its common name).
+    pub fn id(&self) -> &DeviceId {
+        &self.id
+    }
 }
 
 /// Decodes and checks a PEM CSR; see the module documentation for what is taken from it.

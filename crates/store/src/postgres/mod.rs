@@ -13,6 +13,7 @@
 mod audit;
 mod changes;
 mod devices;
+mod enrollment;
 mod ledger;
 mod mqtt;
 mod schema;

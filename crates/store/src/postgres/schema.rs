@@ -19,6 +19,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0003_mqtt_sessions.sql"),
     include_str!("../../migrations/postgres/0004_telemetry.sql"),
     include_str!("../../migrations/postgres/0005_grafana_views.sql"),
+    include_str!("../../migrations/postgres/0006_enrollment.sql"),
 ];
 
 /// Newest schema version this binary knows.

@@ -11,6 +11,7 @@
 mod audit;
 mod changes;
 mod devices;
+mod enrollment;
 mod mqtt;
 mod schema;
 mod services;
