@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use rampart_pki::RevocationReason;
@@ -66,6 +67,8 @@ pub enum Command {
     /// Telemetry: chart queries, exports, rejected messages.
     #[command(subcommand)]
     Telemetry(TelemetryCommand),
+    /// Run a fleet of simulated DHT11/DHT22 sensor devices against a server.
+    Simulate(Box<SimulateArgs>),
     /// Write a consistent backup of the data dir to FILE (works while
     /// `serve` runs).
     Backup {
@@ -159,6 +162,99 @@ pub struct ServeArgs {
     /// HTTPS (console, API) listen address (port 0 picks a free port).
     #[arg(long, env = "RAMPART_HTTP_ADDR", default_value = "0.0.0.0:8443")]
     pub http_addr: SocketAddr,
+}
+
+/// `rampart simulate` options. Every interval is configurable so that
+/// tests run in seconds.
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// Number of simulated devices.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub devices: u32,
+    /// The server's MQTT port, HOST:PORT (HOST is checked against its certificate).
+    #[arg(long, default_value = "localhost:8883", value_name = "HOST:PORT")]
+    pub server: String,
+    /// The server's HTTPS port (enrollment), HOST:PORT.
+    #[arg(long, default_value = "localhost:8443", value_name = "HOST:PORT")]
+    pub http: String,
+    /// The CA bundle the server is verified against (`rampart ca export > ca.pem`).
+    #[arg(long, value_name = "FILE")]
+    pub ca: PathBuf,
+    /// Enrollment token (`rampart enroll-token create`); needed while a device is not enrolled.
+    #[arg(long, env = "RAMPART_ENROLL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Readings per device: 1/s, 10/s, 6/min, 30/h.
+    #[arg(long, default_value = "1/s", value_parser = rampart_sim::parse_rate)]
+    pub rate: Duration,
+    /// Id prefix of a new state dir (default: sim- and six random hex digits); must fit the token's scope.
+    #[arg(long, value_name = "P")]
+    pub id_prefix: Option<String>,
+    /// Where the devices' keys, certificates, boot counters and buffers live.
+    #[arg(long, default_value = "./rampart-sim", value_name = "DIR")]
+    pub state_dir: PathBuf,
+    /// Probability per reading interval that a connected device drops its connection.
+    #[arg(long, default_value_t = 0.0, value_name = "P")]
+    pub flaky: f64,
+    /// Deep-sleep mode: wake every DURATION, read, flush, disconnect, sleep (--rate is then unused).
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub sleep_cycle: Option<Duration>,
+    /// Stop reading after this long, deliver what is buffered, and exit (default: until SIGINT/SIGTERM).
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub duration: Option<Duration>,
+    /// The sensor model.
+    #[arg(long, default_value = "dht11", value_parser = parse_sensor)]
+    pub sensor: rampart_sim::SensorKind,
+    /// Probability that a sensor read fails (default: the sensor's typical 2 % / 1 %).
+    #[arg(long, value_name = "P")]
+    pub read_failures: Option<f64>,
+    /// Flush once this many readings are buffered.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub batch_size: u32,
+    /// Flush once the oldest buffered reading is this old.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub batch_age: Duration,
+    /// Telemetry encoding.
+    #[arg(long, value_enum, default_value = "json")]
+    pub format: PayloadFormatArg,
+    /// First reconnect delay (grows with jitter up to --backoff-max).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub backoff_min: Duration,
+    /// Longest reconnect delay.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub backoff_max: Duration,
+    /// Test knob: renew each certificate this long after it was issued
+    /// (real renewals happen at two thirds of the validity, i.e. after months).
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub renew_every: Option<Duration>,
+    /// How long the final delivery may take after reading stops.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+    /// New connections per second across the fleet (the broker limits
+    /// connections per address: broker.connection_rate_per_ip).
+    #[arg(long, default_value_t = 40.0)]
+    pub connect_rate: f64,
+    /// MQTT keepalive.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub keepalive: Duration,
+    /// Time limit of one network operation (connect, enrollment, write).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub io_timeout: Duration,
+    /// How often progress is shown.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub progress_every: Duration,
+}
+
+/// Telemetry payload encodings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PayloadFormatArg {
+    /// JSON text.
+    Json,
+    /// CBOR.
+    Cbor,
+}
+
+fn parse_sensor(s: &str) -> Result<rampart_sim::SensorKind, String> {
+    s.parse()
 }
 
 /// `rampart ca ...`

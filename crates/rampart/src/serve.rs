@@ -154,7 +154,8 @@ pub async fn run(g: &GlobalArgs, config: Config, args: ServeArgs) -> Result<Exit
     Ok(ExitCode::SUCCESS)
 }
 
-fn spawn_signal_listener(shutdown: CancellationToken) -> Result<()> {
+/// Cancels `shutdown` on the first SIGTERM or SIGINT.
+pub(crate) fn spawn_signal_listener(shutdown: CancellationToken) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;

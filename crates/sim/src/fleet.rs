@@ -35,6 +35,15 @@ pub enum SimError {
     /// The enrollment client could not be set up.
     #[error(transparent)]
     Enroll(#[from] EnrollSetupError),
+    /// Devices need enrolling and no token was given.
+    #[error(
+        "{count} of the devices are not enrolled yet and no enrollment token was given; \
+         create one with `rampart enroll-token create --uses {count}` and pass it with --token"
+    )]
+    NoToken {
+        /// Devices without a certificate.
+        count: usize,
+    },
     /// The MQTT server address does not resolve.
     #[error("cannot resolve --server {addr}: {reason}")]
     Resolve {
@@ -107,14 +116,43 @@ pub struct Summary {
     pub devices: Vec<DeviceReport>,
 }
 
+/// A live view of a fleet's counters (for a progress display).
+#[derive(Debug, Clone)]
+pub struct FleetMonitor {
+    devices: Arc<Vec<(DeviceId, Arc<DeviceStats>)>>,
+    started: Instant,
+}
+
+impl FleetMonitor {
+    /// Live totals over the fleet.
+    pub fn counts(&self) -> Counts {
+        let mut total = Counts::default();
+        for (_, stats) in self.devices.iter() {
+            total += stats.counts();
+        }
+        total
+    }
+
+    /// Time since the fleet started.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    fn reports(&self) -> Vec<DeviceReport> {
+        self.devices
+            .iter()
+            .map(|(id, stats)| stats.report(id.as_str()))
+            .collect()
+    }
+}
+
 /// A running fleet.
 #[derive(Debug)]
 pub struct Fleet {
     shared: Arc<Shared>,
     state: StateDir,
-    devices: Vec<(DeviceId, Arc<DeviceStats>)>,
+    monitor: FleetMonitor,
     tasks: JoinSet<()>,
-    started: Instant,
 }
 
 impl Fleet {
@@ -143,6 +181,23 @@ impl Fleet {
             )?),
             None => None,
         };
+        if options.token.is_none() {
+            let (state, n) = (state.clone(), options.devices);
+            let count = tokio::task::spawn_blocking(move || -> Result<usize, StateError> {
+                let mut count = 0;
+                for i in 1..=n {
+                    if state.device(&state.device_id(i)?)?.identity()?.is_none() {
+                        count += 1;
+                    }
+                }
+                Ok(count)
+            })
+            .await
+            .map_err(|e| SimError::Options(format!("state dir task: {e}")))??;
+            if count > 0 {
+                return Err(SimError::NoToken { count });
+            }
+        }
         if options.raise_fd_limit {
             raise_fd_limit(options.devices);
         }
@@ -165,13 +220,8 @@ impl Fleet {
             stop,
             epoch: Instant::now(),
         });
-        let mut fleet = Self {
-            shared: Arc::clone(&shared),
-            state: state.clone(),
-            devices: Vec::with_capacity(shared.options.devices),
-            tasks: JoinSet::new(),
-            started: Instant::now(),
-        };
+        let mut devices = Vec::with_capacity(shared.options.devices);
+        let mut tasks = JoinSet::new();
         info!(
             devices = shared.options.devices,
             id_prefix = state.prefix(),
@@ -181,9 +231,9 @@ impl Fleet {
         for n in 1..=shared.options.devices {
             let id = state.device_id(n)?;
             let stats = Arc::new(DeviceStats::default());
-            fleet.devices.push((id.clone(), Arc::clone(&stats)));
+            devices.push((id.clone(), Arc::clone(&stats)));
             let (shared, state) = (Arc::clone(&shared), state.clone());
-            fleet.tasks.spawn(async move {
+            tasks.spawn(async move {
                 let opened = tokio::task::spawn_blocking({
                     let (id, stats) = (id.clone(), Arc::clone(&stats));
                     move || {
@@ -202,7 +252,15 @@ impl Fleet {
                 }
             });
         }
-        Ok(fleet)
+        Ok(Self {
+            shared,
+            state,
+            monitor: FleetMonitor {
+                devices: Arc::new(devices),
+                started: Instant::now(),
+            },
+            tasks,
+        })
     }
 
     /// The fleet's id prefix.
@@ -210,18 +268,9 @@ impl Fleet {
         self.state.prefix()
     }
 
-    /// Live totals over the fleet.
-    pub fn counts(&self) -> Counts {
-        let mut total = Counts::default();
-        for (_, stats) in &self.devices {
-            total += stats.counts();
-        }
-        total
-    }
-
-    /// Time since the fleet started.
-    pub fn elapsed(&self) -> Duration {
-        self.started.elapsed()
+    /// A live view of the counters.
+    pub fn monitor(&self) -> FleetMonitor {
+        self.monitor.clone()
     }
 
     /// Waits until reading stops and every device has drained (bounded by
@@ -250,19 +299,14 @@ impl Fleet {
                 }
             }
         }
-        let devices: Vec<DeviceReport> = self
-            .devices
-            .iter()
-            .map(|(id, stats)| stats.report(id.as_str()))
-            .collect();
-        let fleet = self.counts();
+        let fleet = self.monitor.counts();
         Summary {
             id_prefix: self.state.prefix().to_owned(),
             state_dir: self.state.root().display().to_string(),
-            elapsed_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            elapsed_ms: u64::try_from(self.monitor.elapsed().as_millis()).unwrap_or(u64::MAX),
             drained: fleet.buffered == 0,
             fleet,
-            devices,
+            devices: self.monitor.reports(),
         }
     }
 }

@@ -31,7 +31,7 @@ pub mod stats;
 pub mod tls;
 
 pub use device::{COMMANDS, FIRMWARE, METRICS, RING_CAPACITY};
-pub use fleet::{Fleet, SimError, Summary, run};
+pub use fleet::{Fleet, FleetMonitor, SimError, Summary, run};
 pub use options::{FleetOptions, parse_rate};
 pub use sensor::SensorKind;
 pub use stats::{Counts, DeviceReport};

@@ -8,4 +8,5 @@ pub mod device;
 pub mod enroll_token;
 pub mod init;
 pub mod service;
+pub mod simulate;
 pub mod telemetry;
