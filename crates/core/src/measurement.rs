@@ -111,23 +111,34 @@ impl fmt::Display for MeasurementError {
 impl core::error::Error for MeasurementError {}
 
 /// One buffered reading; always valid for the wire (see the module doc).
-#[derive(Debug, Clone, Copy, PartialEq)]
+///
+/// Stored compactly (56 bytes) because a simulator holds a ring of these
+/// for each of thousands of devices; [`Measurement::metrics`] yields the
+/// values as [`Metric`]s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Measurement {
     seq: u64,
-    ts_ms: Option<u64>,
+    /// Valid only when `has_ts`.
+    ts_ms: u64,
+    /// IEEE bits of each value (an f32's bits in the low half).
+    bits: [u64; MAX_METRICS],
+    indices: [u8; MAX_METRICS],
+    /// Bit `i` set: value `i` is an f64.
+    wide: u8,
     count: u8,
-    metrics: [Metric; MAX_METRICS],
+    has_ts: bool,
 }
-
-const UNUSED: Metric = Metric::new(0, Value::F32(0.0));
 
 impl Measurement {
     /// An unused ring slot (never handed out).
     pub(crate) const EMPTY: Measurement = Measurement {
         seq: 0,
-        ts_ms: None,
+        ts_ms: 0,
+        bits: [0; MAX_METRICS],
+        indices: [0; MAX_METRICS],
+        wide: 0,
         count: 0,
-        metrics: [UNUSED; MAX_METRICS],
+        has_ts: false,
     };
 
     /// Checks and builds a measurement.
@@ -144,8 +155,13 @@ impl Measurement {
         if metrics.len() > MAX_METRICS {
             return Err(MeasurementError::TooManyMetrics);
         }
-        let mut out = [UNUSED; MAX_METRICS];
-        for (i, (slot, m)) in out.iter_mut().zip(metrics).enumerate() {
+        let mut out = Self {
+            seq,
+            ts_ms: ts_ms.unwrap_or(0),
+            has_ts: ts_ms.is_some(),
+            ..Self::EMPTY
+        };
+        for (i, m) in metrics.iter().enumerate() {
             if !m.value.is_finite() {
                 return Err(MeasurementError::NotFinite(m.index));
             }
@@ -156,15 +172,19 @@ impl Measurement {
             {
                 return Err(MeasurementError::DuplicateMetric(m.index));
             }
-            *slot = *m;
+            let (bits, wide) = match m.value {
+                Value::F32(v) => (u64::from(v.to_bits()), 0u8),
+                Value::F64(v) => (v.to_bits(), 1u8),
+            };
+            if let (Some(b), Some(x)) = (out.bits.get_mut(i), out.indices.get_mut(i)) {
+                *b = bits;
+                *x = m.index;
+            }
+            // i < MAX_METRICS ≤ 8, so the shift stays inside the byte.
+            out.wide |= wide.checked_shl(u32::try_from(i).unwrap_or(0)).unwrap_or(0);
+            out.count = out.count.saturating_add(1);
         }
-        Ok(Self {
-            seq,
-            ts_ms,
-            // At most MAX_METRICS (checked above), which fits in a u8.
-            count: u8::try_from(metrics.len()).unwrap_or(0),
-            metrics: out,
-        })
+        Ok(out)
     }
 
     /// The sequence number.
@@ -174,14 +194,59 @@ impl Measurement {
 
     /// The device timestamp (Unix milliseconds), if the device had a clock.
     pub fn ts_ms(&self) -> Option<u64> {
-        self.ts_ms
+        self.has_ts.then_some(self.ts_ms)
+    }
+
+    /// How many metric values it holds (1 to [`MAX_METRICS`]).
+    pub fn metric_count(&self) -> usize {
+        usize::from(self.count)
     }
 
     /// The metric values, in the order given.
-    pub fn metrics(&self) -> &[Metric] {
-        self.metrics.get(..usize::from(self.count)).unwrap_or(&[])
+    pub fn metrics(&self) -> Metrics<'_> {
+        Metrics { m: self, next: 0 }
+    }
+
+    /// Value `i`, if there is one.
+    fn metric(&self, i: usize) -> Option<Metric> {
+        if i >= self.metric_count() {
+            return None;
+        }
+        let bits = *self.bits.get(i)?;
+        let index = *self.indices.get(i)?;
+        let wide = self.wide.checked_shr(u32::try_from(i).ok()?).unwrap_or(0) & 1 == 1;
+        let value = if wide {
+            Value::F64(f64::from_bits(bits))
+        } else {
+            Value::F32(f32::from_bits(u32::try_from(bits).ok()?))
+        };
+        Some(Metric { index, value })
     }
 }
+
+/// The metric values of a [`Measurement`], in order.
+#[derive(Debug, Clone)]
+pub struct Metrics<'a> {
+    m: &'a Measurement,
+    next: usize,
+}
+
+impl Iterator for Metrics<'_> {
+    type Item = Metric;
+
+    fn next(&mut self) -> Option<Metric> {
+        let item = self.m.metric(self.next)?;
+        self.next = self.next.saturating_add(1);
+        Some(item)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = self.m.metric_count().saturating_sub(self.next);
+        (left, Some(left))
+    }
+}
+
+impl ExactSizeIterator for Metrics<'_> {}
 
 #[cfg(test)]
 mod tests {
@@ -238,6 +303,8 @@ mod tests {
         let m = Measurement::new(MAX_WIRE_INT, Some(1_732_550_000_123), &[t, h]).expect("valid");
         assert_eq!(m.seq(), MAX_WIRE_INT);
         assert_eq!(m.ts_ms(), Some(1_732_550_000_123));
-        assert_eq!(m.metrics(), &[t, h]);
+        assert_eq!(m.metrics().collect::<std::vec::Vec<_>>(), [t, h]);
+        assert_eq!(m.metric_count(), 2);
+        assert_eq!(core::mem::size_of::<Measurement>(), 56);
     }
 }

@@ -536,6 +536,15 @@ mod tests {
         TestRng(7)
     }
 
+    /// A pending claim (its nonce and expiry are set by [`machine_in`]).
+    fn pending() -> S {
+        S::ClaimPending {
+            nonce: nonce(b'a'),
+            expires_at_ms: 0,
+            confirmed: false,
+        }
+    }
+
     /// One of each state (times and nonce filled in by [`machine_in`]).
     fn all_states() -> [S; 10] {
         [
@@ -547,11 +556,7 @@ mod tests {
             S::CertificateReceived,
             S::CertificateStored,
             S::Unbound,
-            S::ClaimPending {
-                nonce: nonce(b'a'),
-                expires_at_ms: 0,
-                confirmed: false,
-            },
+            pending(),
             S::Bound,
         ]
     }
@@ -704,31 +709,19 @@ mod tests {
     fn claims_expire_are_replaced_or_refused() {
         let mut r = rng();
         // Expiry before confirmation and after it.
-        let mut p = machine_in(S::ClaimPending {
-            nonce: nonce(b'a'),
-            expires_at_ms: 0,
-            confirmed: false,
-        });
+        let mut p = machine_in(pending());
         assert_eq!(
             p.poll(T0 + 59_999, &mut r),
             A::PublishClaimConfirmation(nonce(b'a'))
         );
         assert_eq!(p.poll(T0 + 60_000, &mut r), A::Nothing);
         assert_eq!(p.state(), S::Unbound);
-        let mut p = machine_in(S::ClaimPending {
-            nonce: nonce(b'a'),
-            expires_at_ms: 0,
-            confirmed: false,
-        });
+        let mut p = machine_in(pending());
         p.handle(E::ClaimConfirmed, T0, &mut r).expect("valid");
         assert_eq!(p.poll(T0 + 60_000, &mut r), A::Nothing);
         assert_eq!(p.state(), S::Unbound);
         // A newer claim replaces the pending one.
-        let mut p = machine_in(S::ClaimPending {
-            nonce: nonce(b'a'),
-            expires_at_ms: 0,
-            confirmed: false,
-        });
+        let mut p = machine_in(pending());
         let newer = E::ClaimRequested {
             nonce: nonce(b'b'),
             expires_at_ms: T0 + 120_000,

@@ -313,22 +313,22 @@ impl<const N: usize> Ring<N> {
 }
 
 fn write_entry(w: &mut Writer<'_>, m: &Measurement) -> bool {
-    let metrics = m.metrics();
     let mut ok = w.u64(m.seq())
         && w.u64(m.ts_ms().unwrap_or(0))
         && w.u8(u8::from(m.ts_ms().is_some()))
-        && w.u8(u8::try_from(metrics.len()).unwrap_or(0));
-    for i in 0..MAX_METRICS {
+        && w.u8(u8::try_from(m.metric_count()).unwrap_or(0));
+    let mut metrics = m.metrics();
+    for _ in 0..MAX_METRICS {
         ok = ok
-            && match metrics.get(i) {
+            && match metrics.next() {
                 Some(Metric {
                     index,
                     value: Value::F32(v),
-                }) => w.u8(*index) && w.u8(KIND_F32) && w.u64(u64::from(v.to_bits())),
+                }) => w.u8(index) && w.u8(KIND_F32) && w.u64(u64::from(v.to_bits())),
                 Some(Metric {
                     index,
                     value: Value::F64(v),
-                }) => w.u8(*index) && w.u8(KIND_F64) && w.u64(v.to_bits()),
+                }) => w.u8(index) && w.u8(KIND_F64) && w.u64(v.to_bits()),
                 None => w.u8(0) && w.u8(KIND_UNUSED) && w.u64(0),
             };
     }
@@ -593,7 +593,7 @@ mod tests {
             reseal(&mut bytes);
             if let Ok(r) = Ring::<3>::from_bytes(&bytes) {
                 prop_assert!(r.len() <= 3);
-                prop_assert!(r.iter().all(|m| !m.metrics().is_empty()));
+                prop_assert!(r.iter().all(|m| m.metric_count() > 0));
             }
         }
     }

@@ -112,7 +112,6 @@ fn write_reading(
     names: &MetricNames<'_>,
     format: Format,
 ) -> Result<(), EncodeError> {
-    let metrics = m.metrics();
     match format {
         Format::Json => {
             out.put(b"{\"seq\":")?;
@@ -122,7 +121,7 @@ fn write_reading(
                 json::uint(out, ts)?;
             }
             out.put(b",\"m\":{")?;
-            for (i, metric) in metrics.iter().enumerate() {
+            for (i, metric) in m.metrics().enumerate() {
                 let name = names
                     .get(metric.index)
                     .ok_or(EncodeError::UnknownMetric(metric.index))?;
@@ -148,8 +147,8 @@ fn write_reading(
                 cbor::head(out, cbor::MAJOR_UINT, ts)?;
             }
             cbor::text(out, "m")?;
-            cbor::head(out, cbor::MAJOR_MAP, metrics.len() as u64)?;
-            for metric in metrics {
+            cbor::head(out, cbor::MAJOR_MAP, m.metric_count() as u64)?;
+            for metric in m.metrics() {
                 let name = names
                     .get(metric.index)
                     .ok_or(EncodeError::UnknownMetric(metric.index))?;
