@@ -1,11 +1,13 @@
 //! Shared fixtures for Rampart's tests: temporary data dirs, the `rampart`
-//! binary under test, a running `serve` whose stderr can be awaited, and
-//! the real `openssl` command-line tool.
+//! binary under test, a running `serve` whose stderr can be awaited, the
+//! real `openssl` command-line tool, HTTPS clients that trust only
+//! Rampart's CA, and device keys and CSRs made as a device makes them.
 //!
 //! Nothing here fakes a component: tests run the real binary against real
 //! files, check certificates with the real OpenSSL, and run the PostgreSQL
 //! store against a real server ([`PgTestDb`]).
 
+pub mod https;
 mod postgres;
 
 pub use postgres::PgTestDb;
