@@ -188,17 +188,17 @@ impl Workspace {
 
     /// Starts `rampart serve` on loopback with OS-chosen ports.
     pub fn serve(&self, extra_env: &[(&str, &str)]) -> Serve {
+        self.serve_on("127.0.0.1:0", "127.0.0.1:0", extra_env)
+    }
+
+    /// Starts `rampart serve` on the given addresses (a restart on the
+    /// ports an earlier `serve` was given).
+    pub fn serve_on(&self, mqtt: &str, http: &str, extra_env: &[(&str, &str)]) -> Serve {
         let mut cmd = self.rampart_std();
-        cmd.args([
-            "serve",
-            "--mqtt-addr",
-            "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
-        ])
-        .envs(extra_env.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        cmd.args(["serve", "--mqtt-addr", mqtt, "--http-addr", http])
+            .envs(extra_env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         Serve::spawn(cmd)
     }
 }
@@ -298,7 +298,8 @@ impl Drop for Background {
     }
 }
 
-/// A running `rampart serve` whose stderr lines can be awaited.
+/// A running `rampart serve` (or another long-running command, such as
+/// `rampart simulate`) whose stderr lines can be awaited.
 #[derive(Debug)]
 pub struct Serve {
     child: Child,
@@ -308,8 +309,9 @@ pub struct Serve {
 }
 
 impl Serve {
-    fn spawn(mut cmd: Command) -> Self {
-        let mut child = cmd.spawn().expect("start rampart serve");
+    /// Starts `cmd`, whose stderr must be piped.
+    pub fn spawn(mut cmd: Command) -> Self {
+        let mut child = cmd.spawn().expect("start rampart");
         let stderr = child.stderr.take().expect("piped stderr");
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -331,7 +333,15 @@ impl Serve {
     /// the line the previous `wait_for` matched; panics with everything
     /// seen so far if none arrives within [`wait_limit`].
     pub fn wait_for(&mut self, needles: &[&str]) -> String {
-        let hit = |l: &String| needles.iter().all(|n| l.contains(n));
+        self.wait_until(&format!("{needles:?}"), |l| {
+            needles.iter().all(|n| l.contains(n))
+        })
+    }
+
+    /// Waits for a stderr line for which `hit` holds (described as `what`
+    /// in the failure), after the line the previous wait matched.
+    pub fn wait_until(&mut self, what: &str, hit: impl Fn(&str) -> bool) -> String {
+        let hit = |l: &String| hit(l);
         if let Some(i) = self.seen[self.cursor..].iter().position(hit) {
             self.cursor += i + 1;
             return self.seen[self.cursor - 1].clone();
@@ -348,7 +358,7 @@ impl Serve {
                     }
                 }
                 Err(_) => panic!(
-                    "serve printed no line with {needles:?}; it printed:\n{}",
+                    "the process printed no line with {what}; it printed:\n{}",
                     self.seen.join("\n")
                 ),
             }

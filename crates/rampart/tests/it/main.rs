@@ -6,4 +6,5 @@ mod broker;
 mod cli;
 mod crash;
 mod serve;
+mod simulate;
 mod telemetry;

@@ -1,0 +1,605 @@
+//! `rampart simulate` against `rampart serve`, both as real processes:
+//! enrollment over HTTPS, streaming over mutual TLS, exactly-once delivery
+//! under flaky connections, resuming after kill -9, and the bad inputs
+//! (wrong CA, refused tokens, an unreachable server, malformed downlinks).
+//!
+//! Sizes can be raised through the environment (`RAMPART_TEST_SIM_DEVICES`,
+//! `RAMPART_TEST_SIM_FLAKY_DEVICES`); the defaults keep the suite in tens
+//! of seconds in the dev profile.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use rampart_test_support::{Serve, Workspace, mosquitto, spawn_mosquitto, wait_limit};
+use serde_json::Value;
+
+/// Loopback may open as many connections as the tests need.
+const CONFIG: &str = "[broker]\nrate_limit_exempt = [\"127.0.0.1\", \"::1\"]\n";
+
+fn env_size(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A running server with its addresses and CA bundle.
+struct Platform {
+    ws: Workspace,
+    serve: Serve,
+    mqtt: SocketAddr,
+    http: SocketAddr,
+    ca: PathBuf,
+}
+
+fn platform() -> Platform {
+    let ws = Workspace::new();
+    std::fs::write(ws.join("rampart.toml"), CONFIG).expect("config");
+    ws.rampart().arg("init").assert().success();
+    let mut serve = ws.serve(&[("RAMPART_CONFIG", "rampart.toml")]);
+    let (mqtt, http) = serve.addresses();
+    serve.wait_for(&["rampart serve ready"]);
+    let out = ws
+        .rampart()
+        .args(["ca", "export"])
+        .output()
+        .expect("export");
+    assert!(out.status.success());
+    let ca = ws.join("ca.pem");
+    std::fs::write(&ca, &out.stdout).expect("write ca");
+    Platform {
+        ws,
+        serve,
+        mqtt,
+        http,
+        ca,
+    }
+}
+
+impl Platform {
+    /// A new enrollment token.
+    fn token(&self, uses: usize, extra: &[&str]) -> String {
+        let uses = uses.to_string();
+        let mut args = vec!["enroll-token", "create", "--uses", &uses];
+        args.extend_from_slice(extra);
+        let out = self.ws.rampart_json(&args);
+        out["token"].as_str().expect("token").to_owned()
+    }
+
+    /// `rampart simulate` against this server with every interval short.
+    fn simulate(&self, state_dir: &str, args: &[&str]) -> Command {
+        let mut cmd = self.ws.rampart_std();
+        cmd.args(["simulate", "--json", "--server"])
+            .arg(self.mqtt.to_string())
+            .arg("--http")
+            .arg(self.http.to_string())
+            .arg("--ca")
+            .arg(&self.ca)
+            .arg("--state-dir")
+            .arg(self.ws.join(state_dir))
+            .args([
+                "--backoff-min",
+                "50ms",
+                "--backoff-max",
+                "400ms",
+                "--connect-rate",
+                "1000",
+                "--io-timeout",
+                "5s",
+                "--drain-timeout",
+                "15s",
+                "--progress-every",
+                "200ms",
+                "--batch-age",
+                "300ms",
+            ])
+            .args(args);
+        cmd
+    }
+
+    /// Runs `simulate` to its end; returns exit success, summary, stderr.
+    fn run(&self, state_dir: &str, args: &[&str]) -> (bool, Value, String) {
+        let out = assert_cmd::Command::from_std(self.simulate(state_dir, args))
+            .timeout(wait_limit() * 2)
+            .output()
+            .expect("run simulate");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let summary = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "simulate printed no JSON summary ({e}): {}\n{stderr}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        });
+        (out.status.success(), summary, stderr)
+    }
+
+    /// Starts `simulate` in the background; its JSON summary goes to `out`.
+    fn spawn(&self, state_dir: &str, out: &str, args: &[&str]) -> Serve {
+        let mut cmd = self.simulate(state_dir, args);
+        let file = std::fs::File::create(self.ws.join(out)).expect("summary file");
+        cmd.stdout(Stdio::from(file)).stderr(Stdio::piped());
+        Serve::spawn(cmd)
+    }
+
+    /// Stored readings: device → seq → points stored with that seq.
+    fn stored(&self) -> BTreeMap<String, BTreeMap<u64, usize>> {
+        let out = self
+            .ws
+            .rampart()
+            .args(["telemetry", "export", "--format", "jsonl"])
+            .output()
+            .expect("export");
+        assert!(out.status.success());
+        let mut stored: BTreeMap<String, BTreeMap<u64, usize>> = BTreeMap::new();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let point: Value = serde_json::from_str(line).expect("a JSON point per line");
+            let device = point["device"].as_str().expect("device").to_owned();
+            let seq = point["seq"].as_u64().expect("seq");
+            *stored.entry(device).or_default().entry(seq).or_default() += 1;
+        }
+        stored
+    }
+
+    /// Asserts that the store holds exactly the readings the simulator
+    /// says were acknowledged: per device, as many distinct seqs as
+    /// acknowledged readings, each with its two metrics, and no conflict.
+    fn assert_exactly_once(&self, summary: &Value) {
+        let stored = self.stored();
+        for d in summary["devices"].as_array().expect("devices") {
+            let id = d["id"].as_str().expect("id");
+            let acked = d["counts"]["acknowledged"].as_u64().expect("acknowledged");
+            let seqs = stored.get(id).cloned().unwrap_or_default();
+            assert_eq!(
+                seqs.len() as u64,
+                acked,
+                "{id}: the store holds {} readings, the simulator saw {acked} acknowledged",
+                seqs.len()
+            );
+            assert!(
+                seqs.values().all(|&points| points == 2),
+                "{id}: every reading has temperature and humidity: {seqs:?}"
+            );
+        }
+        let rejected = self.ws.rampart_json(&["telemetry", "rejected"]);
+        assert_eq!(
+            rejected,
+            serde_json::json!([]),
+            "no conflicts, nothing refused"
+        );
+    }
+}
+
+fn count(summary: &Value, name: &str) -> u64 {
+    summary["fleet"][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no fleet.{name} in {summary}"))
+}
+
+/// The number after `name ` in a progress line.
+fn figure(line: &str, name: &str) -> u64 {
+    line.split(&format!("{name} "))
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+fn read_summary(p: &Platform, file: &str) -> Value {
+    let text = std::fs::read_to_string(p.ws.join(file)).expect("summary file");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("summary is not JSON ({e}): {text}"))
+}
+
+#[test]
+fn a_fleet_enrolls_streams_and_every_reading_is_stored_once() {
+    let n = env_size("RAMPART_TEST_SIM_DEVICES", 200);
+    let p = platform();
+    let token = p.token(n, &["--id-prefix", "fleet-"]);
+    let (ok, summary, stderr) = p.run(
+        "state",
+        &[
+            "--devices",
+            &n.to_string(),
+            "--token",
+            &token,
+            "--id-prefix",
+            "fleet-",
+            "--rate",
+            "4/s",
+            "--batch-size",
+            "4",
+            "--duration",
+            "4s",
+        ],
+    );
+    assert!(ok, "{stderr}");
+    assert_eq!(count(&summary, "devices"), n as u64);
+    assert_eq!(count(&summary, "enrolled"), n as u64, "{stderr}");
+    assert_eq!(count(&summary, "enrollFailures"), 0, "{stderr}");
+    assert_eq!(summary["drained"], true, "{summary}");
+    assert_eq!(summary["idPrefix"], "fleet-");
+    let readings = count(&summary, "readings");
+    assert!(readings >= n as u64, "every device read: {readings}");
+    assert_eq!(count(&summary, "acknowledged"), readings);
+    for d in summary["devices"].as_array().expect("devices") {
+        assert!(d["id"].as_str().is_some_and(|id| id.starts_with("fleet-")));
+        assert_eq!(d["state"], "unbound", "{d}");
+        assert!(d["counts"]["acknowledged"].as_u64() > Some(0), "{d}");
+    }
+    p.assert_exactly_once(&summary);
+
+    // The server registered every device as unbound, with its own key.
+    let devices = p.ws.rampart_json(&["device", "list", "--search", "fleet-"]);
+    let devices = devices.as_array().expect("list");
+    assert_eq!(devices.len(), n);
+    assert!(
+        devices.iter().all(|d| d["state"] == "unbound"),
+        "{devices:?}"
+    );
+    // Each key lives only in the state dir, private to the user.
+    let key = p.ws.join("state/devices/fleet-0001").join("key-0.pem");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&key).expect("key file").permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[test]
+fn flaky_connections_neither_lose_nor_duplicate_readings() {
+    let n = env_size("RAMPART_TEST_SIM_FLAKY_DEVICES", 40);
+    let p = platform();
+    let token = p.token(n, &[]);
+    let (ok, summary, stderr) = p.run(
+        "state",
+        &[
+            "--devices",
+            &n.to_string(),
+            "--token",
+            &token,
+            "--rate",
+            "10/s",
+            "--batch-size",
+            "3",
+            "--flaky",
+            "0.2",
+            "--duration",
+            "5s",
+        ],
+    );
+    assert!(ok, "{stderr}");
+    assert!(count(&summary, "flakyDrops") > n as u64, "{summary}");
+    assert!(count(&summary, "connects") > 2 * n as u64, "{summary}");
+    assert_eq!(summary["drained"], true, "{summary}");
+    // Resends after drops counted as sent again, acknowledged once.
+    assert!(count(&summary, "sent") > count(&summary, "acknowledged"));
+    assert_eq!(count(&summary, "acknowledged"), count(&summary, "readings"));
+    assert_eq!(count(&summary, "dropped"), 0);
+    p.assert_exactly_once(&summary);
+}
+
+#[test]
+fn a_killed_simulator_resumes_its_identities_and_sequence_numbers() {
+    let p = platform();
+    let token = p.token(3, &[]);
+    let args = ["--devices", "3", "--rate", "10/s", "--batch-size", "2"];
+    let mut first = p.spawn(
+        "state",
+        "first.json",
+        &[&args[..], &["--token", &token]].concat(),
+    );
+    first.wait_until("30 readings acknowledged", |l| {
+        l.starts_with("progress") && figure(l, "acked") >= 30
+    });
+    first.kill();
+    let before = p.stored();
+    assert_eq!(before.len(), 3, "{before:?}");
+
+    // No token this time: the devices must not need to enroll again.
+    let (ok, summary, stderr) = p.run("state", &[&args[..], &["--duration", "2s"]].concat());
+    assert!(ok, "{stderr}");
+    assert_eq!(count(&summary, "enrolled"), 3);
+    assert_eq!(count(&summary, "enrollFailures"), 0);
+    let tokens = p.ws.rampart_json(&["enroll-token", "list"]);
+    assert_eq!(tokens[0]["uses_used"], 3, "{tokens}");
+    let after = p.stored();
+    for d in summary["devices"].as_array().expect("devices") {
+        let id = d["id"].as_str().expect("id");
+        assert!(
+            before.contains_key(id),
+            "{id} is one of the first run's devices"
+        );
+        assert_eq!(d["boot"], 1, "{d}");
+        // Every reading of the second boot is above every reading of the first.
+        let first_max = before[id].keys().max().copied().unwrap_or(0);
+        let second: BTreeSet<u64> = after[id].keys().copied().filter(|s| s >> 32 == 1).collect();
+        assert!(!second.is_empty(), "{id} stored readings of boot 1");
+        assert!(second.iter().all(|s| *s > first_max));
+        let stats = p.ws.rampart_json(&["telemetry", "stats", id]);
+        assert_eq!(stats["stats"]["conflicts"], 0, "{stats}");
+        assert!(stats["stats"]["flag_reason"].is_null(), "{stats}");
+    }
+    assert_eq!(summary["drained"], true);
+    assert_eq!(
+        p.ws.rampart_json(&["telemetry", "rejected"]),
+        serde_json::json!([])
+    );
+}
+
+#[test]
+fn a_wrong_ca_refuses_the_server_and_nothing_is_enrolled() {
+    let p = platform();
+    let token = p.token(1, &[]);
+    let other = Workspace::new();
+    other.rampart().arg("init").assert().success();
+    let out = other
+        .rampart()
+        .args(["ca", "export"])
+        .output()
+        .expect("export");
+    let wrong = p.ws.join("wrong-ca.pem");
+    std::fs::write(&wrong, &out.stdout).expect("write");
+
+    let mut cmd = p.simulate(
+        "state",
+        &["--devices", "1", "--token", &token, "--duration", "1s"],
+    );
+    cmd.arg("--ca").arg(&wrong);
+    let out = assert_cmd::Command::from_std(cmd)
+        .timeout(wait_limit())
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("no simulated device ever connected"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("enrollment failed") && stderr.contains("UnknownIssuer"),
+        "{stderr}"
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout).expect("summary");
+    assert_eq!(count(&summary, "enrolled"), 0);
+    assert!(count(&summary, "enrollFailures") >= 1);
+    let tokens = p.ws.rampart_json(&["enroll-token", "list"]);
+    assert_eq!(tokens[0]["uses_used"], 0, "{tokens}");
+
+    // Enrolled with the right CA, a device still refuses a server its
+    // --ca does not vouch for on the MQTT port.
+    let (ok, _, stderr) = p.run(
+        "state",
+        &["--devices", "1", "--token", &token, "--duration", "500ms"],
+    );
+    assert!(ok, "{stderr}");
+    let mut cmd = p.simulate("state", &["--devices", "1", "--duration", "1s"]);
+    cmd.arg("--ca").arg(&wrong);
+    let out = assert_cmd::Command::from_std(cmd)
+        .timeout(wait_limit())
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("the server's certificate is not trusted"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn refused_tokens_are_reported_per_device_and_the_rest_of_the_fleet_runs() {
+    let p = platform();
+    // Two uses for three devices: one device is refused.
+    let token = p.token(2, &[]);
+    let (ok, summary, stderr) = p.run(
+        "used-up",
+        &["--devices", "3", "--token", &token, "--duration", "1s"],
+    );
+    assert!(ok, "{stderr}");
+    assert_eq!(count(&summary, "enrolled"), 2, "{summary}");
+    let refused: Vec<&Value> = summary["devices"]
+        .as_array()
+        .expect("devices")
+        .iter()
+        .filter(|d| d["enrolled"] == false)
+        .collect();
+    assert_eq!(refused.len(), 1);
+    let id = refused[0]["id"].as_str().expect("id");
+    assert_eq!(refused[0]["state"], "needs a new token", "{summary}");
+    // It kept reading while it could not deliver.
+    assert!(refused[0]["counts"]["buffered"].as_u64() > Some(0));
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains(id) && l.contains("token_used_up")),
+        "{stderr}"
+    );
+
+    // An expired token.
+    let token = p.token(1, &["--expires", "1s"]);
+    let deadline = std::time::Instant::now() + wait_limit();
+    while p
+        .ws
+        .rampart_json(&["enroll-token", "list"])
+        .as_array()
+        .expect("tokens")
+        .iter()
+        .any(|t| t["state"] == "active")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the token never expired"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let mut cmd = p.simulate(
+        "expired",
+        &["--devices", "1", "--token", &token, "--duration", "1s"],
+    );
+    let out = cmd.output().expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("token_expired"), "{stderr}");
+}
+
+#[test]
+fn readings_buffered_while_the_server_is_down_arrive_once_it_is_back() {
+    let mut p = platform();
+    let token = p.token(3, &[]);
+    let (ok, _, stderr) = p.run(
+        "state",
+        &["--devices", "3", "--token", &token, "--duration", "500ms"],
+    );
+    assert!(ok, "{stderr}");
+    assert!(p.serve.terminate(), "serve stops");
+
+    let mut sim = p.spawn(
+        "state",
+        "summary.json",
+        &["--devices", "3", "--rate", "10/s", "--batch-size", "2"],
+    );
+    sim.wait_for(&["server unreachable", "readings stay buffered"]);
+    sim.wait_until("readings buffered while offline", |l| {
+        l.starts_with("progress") && figure(l, "buffered") >= 15
+    });
+
+    let (mqtt, http) = (p.mqtt.to_string(), p.http.to_string());
+    p.serve =
+        p.ws.serve_on(&mqtt, &http, &[("RAMPART_CONFIG", "rampart.toml")]);
+    p.serve.wait_for(&["rampart serve ready"]);
+    sim.wait_until("all three reconnected", |l| {
+        l.starts_with("progress") && l.contains("connected 3/3")
+    });
+    assert!(sim.terminate(), "simulate exits 0 on SIGTERM");
+    let summary = read_summary(&p, "summary.json");
+    assert_eq!(summary["drained"], true, "{summary}");
+    assert!(count(&summary, "connectFailures") > 0);
+    assert_eq!(count(&summary, "acknowledged"), count(&summary, "readings"));
+    p.assert_exactly_once(&summary);
+}
+
+#[test]
+fn commands_state_requests_and_malformed_downlinks() {
+    let p = platform();
+    let token = p.token(1, &["--id-prefix", "cmd"]);
+    let mut sim = p.spawn(
+        "state",
+        "summary.json",
+        &[
+            "--devices",
+            "1",
+            "--token",
+            &token,
+            "--id-prefix",
+            "cmd",
+            "--rate",
+            "5/s",
+        ],
+    );
+    sim.wait_until("connected", |l| {
+        l.starts_with("progress") && l.contains("connected 1/1")
+    });
+    let id = "cmd-0001";
+    let svc =
+        p.ws.rampart_json(&["service", "create", "ops", "--out", "svc"]);
+    assert_eq!(svc["service"]["state"], "active", "{svc}");
+    let dir = p.ws.join("svc");
+    let base = |client: &str| -> Vec<String> {
+        vec![
+            "-h".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            p.mqtt.port().to_string(),
+            "--cafile".into(),
+            dir.join("ca.crt").display().to_string(),
+            "--cert".into(),
+            dir.join("ops.crt").display().to_string(),
+            "--key".into(),
+            dir.join("ops.key").display().to_string(),
+            "-i".into(),
+            client.into(),
+            "-V".into(),
+            "mqttv5".into(),
+        ]
+    };
+    // A persistent subscription first, so that no reply published before
+    // the receiving client connects is lost (MQTT 5 session expiry).
+    let mut sub_args = base("ops");
+    sub_args.extend(
+        [
+            "-c",
+            "-x",
+            "60",
+            "-q",
+            "1",
+            "-t",
+            &format!("devices/{id}/cmd/up"),
+            "-t",
+            &format!("devices/{id}/state/up"),
+        ]
+        .map(String::from),
+    );
+    let mut subscribe = sub_args.clone();
+    subscribe.push("-E".into());
+    let out = mosquitto("mosquitto_sub", &subscribe);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let publish = |topic: &str, body: &str| {
+        let mut a = base("ops-pub");
+        a.extend(["-q", "1", "-t", topic, "-m", body].map(String::from));
+        let out = mosquitto("mosquitto_pub", &a);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    // Garbage first: the device counts it and carries on.
+    publish(&format!("devices/{id}/cmd/down"), "not json at all");
+    publish(&format!("devices/{id}/state/down"), "[1,2]");
+    sim.wait_for(&[id, "downlink ignored"]);
+    publish(
+        &format!("devices/{id}/cmd/down"),
+        r#"{"id":"c-1","name":"ping"}"#,
+    );
+    publish(
+        &format!("devices/{id}/cmd/down"),
+        r#"{"id":"c-2","name":"self-destruct"}"#,
+    );
+    publish(&format!("devices/{id}/state/down"), "{}");
+    sub_args.extend(["-v", "-C", "3"].map(String::from));
+    let out = spawn_mosquitto("mosquitto_sub", &sub_args).wait();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&format!("devices/{id}/cmd/up"))
+                && l.contains(r#""id":"c-1""#)
+                && l.contains(r#""status":"ok""#)
+                && l.contains("pong")),
+        "{text}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(r#""id":"c-2""#) && l.contains(r#""status":"unknown""#)),
+        "{text}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&format!("devices/{id}/state/up"))
+                && l.contains(r#""sensor":"dht11""#)),
+        "{text}"
+    );
+    assert!(sim.terminate());
+    let summary = read_summary(&p, "summary.json");
+    assert!(count(&summary, "malformedDownlinks") >= 2, "{summary}");
+    assert_eq!(count(&summary, "commands"), 2);
+    assert_eq!(summary["drained"], true);
+    p.assert_exactly_once(&summary);
+}
