@@ -5,5 +5,6 @@
 mod broker;
 mod cli;
 mod crash;
+mod enroll;
 mod serve;
 mod telemetry;
