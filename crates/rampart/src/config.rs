@@ -552,6 +552,37 @@ mod tests {
     }
 
     #[test]
+    fn web_limits_come_from_the_environment_and_are_checked() {
+        let c = Config::load_with_env(
+            None,
+            env(&[
+                ("RAMPART_WEB__ENROLL_FAILURE_BURST", "500"),
+                ("RAMPART_WEB__ENROLL_FAILURE_REFILL", "100ms"),
+                ("RAMPART_WEB__HANDSHAKE_TIMEOUT", "2s"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(c.web.enroll_failure_burst, 500);
+        assert_eq!(c.web.enroll_failure_refill, Duration::from_millis(100));
+        assert_eq!(c.web.handshake_timeout, Duration::from_secs(2));
+        for (var, value, key) in [
+            ("RAMPART_WEB__MAX_CONNECTIONS", "0", "web.max_connections"),
+            (
+                "RAMPART_WEB__HANDSHAKE_TIMEOUT",
+                "0s",
+                "web.handshake_timeout",
+            ),
+            ("RAMPART_WEB__MAX_BODY_BYTES", "10", "web.max_body_bytes"),
+        ] {
+            let msg = format!(
+                "{:#}",
+                Config::load_with_env(None, env(&[(var, value)])).expect_err("refused")
+            );
+            assert!(msg.contains(key), "{msg}");
+        }
+    }
+
+    #[test]
     fn store_url_from_env_selects_postgres_and_hides_its_password() {
         let url = "postgres://rampart:s3cret@db.internal:5432/rampart";
         let c = Config::load_with_env(None, env(&[("RAMPART_STORE__URL", url)])).expect("valid");
