@@ -146,9 +146,17 @@ impl Enroller {
     /// Sends `csr_pem` and returns the certificate.
     pub async fn enroll(&self, csr_pem: &str) -> Result<Enrolled, EnrollError> {
         let body = serde_json::json!({ "csr": csr_pem }).to_string();
-        let transport = |e: reqwest::Error| EnrollError::Transport {
-            url: self.url.clone(),
-            reason: error_chain(&e.without_url()),
+        let transport = |e: reqwest::Error| {
+            let mut reason = error_chain(&e.without_url());
+            if reason.contains("invalid peer certificate") {
+                reason.push_str(
+                    "; the server is not vouched for by --ca (is it the output of `rampart ca export` for this server?)",
+                );
+            }
+            EnrollError::Transport {
+                url: self.url.clone(),
+                reason,
+            }
         };
         let mut response = self
             .client
