@@ -10,8 +10,10 @@
 
 mod audit;
 mod changes;
+mod claims;
 mod devices;
 mod mqtt;
+mod renewal;
 mod schema;
 mod services;
 mod store;
