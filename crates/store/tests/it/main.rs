@@ -1,5 +1,6 @@
 //! The store's integration tests, one binary: every scenario against a real
 //! SQLite file and a fresh PostgreSQL database (`PgTestDb`).
 
+mod provisioning;
 mod store;
 mod telemetry;

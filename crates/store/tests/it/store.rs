@@ -27,7 +27,7 @@ const KEY: [u8; 32] = [7; 32];
 // can do).
 
 /// A database to run a scenario on.
-trait Backend {
+pub(crate) trait Backend {
     /// The store type this backend opens.
     type Store: Store + Clone + 'static;
 
@@ -42,12 +42,12 @@ trait Backend {
     async fn tamper(&self, sql: &str);
 }
 
-struct Sqlite {
+pub(crate) struct Sqlite {
     dir: tempfile::TempDir,
 }
 
 impl Sqlite {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             dir: tempfile::tempdir().expect("tempdir"),
         }
@@ -81,14 +81,14 @@ impl Backend for Sqlite {
     }
 }
 
-struct Postgres {
+pub(crate) struct Postgres {
     db: PgTestDb,
     dir: tempfile::TempDir,
 }
 
 impl Postgres {
     /// `None` when the server is unreachable and `RAMPART_TEST_PG=skip`.
-    async fn new() -> Option<Self> {
+    pub(crate) async fn new() -> Option<Self> {
         Some(Self {
             db: PgTestDb::create().await?,
             dir: tempfile::tempdir().expect("tempdir"),
@@ -150,6 +150,9 @@ macro_rules! on_both {
     )*};
 }
 
+/// The harness for the other modules of this binary.
+pub(crate) use on_both;
+
 on_both!(
     devices_lifecycle_and_change_feed,
     audit_chain_verifies_when_intact,
@@ -164,12 +167,12 @@ on_both!(
     broker_state_survives_reopening,
 );
 
-fn id(s: &str) -> DeviceId {
+pub(crate) fn id(s: &str) -> DeviceId {
     DeviceId::parse(s).expect("valid id")
 }
 
 /// A device whose serial and fingerprint are unique per `(prefix, n)`.
-fn new_device(name: &str, n: u8) -> NewDevice {
+pub(crate) fn new_device(name: &str, n: u8) -> NewDevice {
     numbered_device(name, 0, n)
 }
 
@@ -185,7 +188,7 @@ fn numbered_device(name: &str, prefix: u8, n: u8) -> NewDevice {
     }
 }
 
-fn cli() -> Actor {
+pub(crate) fn cli() -> Actor {
     Actor {
         name: "cli:test".into(),
         source: "cli@localhost".into(),
