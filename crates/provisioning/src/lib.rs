@@ -7,3 +7,6 @@
 //! (DESIGN.md "Claiming"). It owns no tables of its own (the store does)
 //! and does no network I/O: callers hand it what arrived and publish what
 //! it answers.
+
+pub mod claim;
+pub mod renewal;
