@@ -218,6 +218,8 @@ pub enum BindErrorCode {
     AlreadyBound,
     /// The device may not be claimed (disabled, revoked).
     NotAllowed,
+    /// Too many confirmations from this device recently.
+    RateLimited,
     /// The server failed; try again later.
     Internal,
 }
@@ -232,6 +234,7 @@ impl BindErrorCode {
             BindErrorCode::NoPendingClaim => "no_pending_claim",
             BindErrorCode::AlreadyBound => "already_bound",
             BindErrorCode::NotAllowed => "not_allowed",
+            BindErrorCode::RateLimited => "rate_limited",
             BindErrorCode::Internal => "internal",
         }
     }

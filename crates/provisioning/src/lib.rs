@@ -9,4 +9,5 @@
 //! it answers.
 
 pub mod claim;
+pub mod limit;
 pub mod renewal;
