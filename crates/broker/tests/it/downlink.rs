@@ -189,7 +189,7 @@ async fn pending_certificate_becomes_current_on_first_connect() {
         .into_iter()
         .map(|r| r.serial)
         .collect();
-    assert_eq!(crl, [old.serial.clone()]);
+    assert_eq!(crl, std::slice::from_ref(&old.serial));
     d.disconnect().await;
 
     let (mut c, ack) = p.connect(&old, Connect::v5("d1")).await;
