@@ -27,6 +27,8 @@ window = "1h"
 [claim]
 expiry = "10m"
 max_attempts = 3
+max_confirmations_per_window = 6
+confirmation_window = "1h"
 "#;
 
 /// A server with one device, `meter-1`, whose files are in `devices/`.
@@ -638,6 +640,19 @@ async fn claim_by_qr_code_expires_or_is_refused_when_the_device_fails_to_confirm
         BindMessage::decode(&answer).expect("answer"),
         BindMessage::Error {
             code: rampart_proto::control::BindErrorCode::InvalidRequest,
+            ..
+        }
+    ));
+
+    // Five confirmations so far, six allowed per window: a flood is cut off.
+    let (code, _) = d.request("bind", b"[]").await;
+    assert_eq!(code, ReasonCode::PayloadFormatInvalid);
+    let (code, answer) = d.request("bind", b"[]").await;
+    assert_eq!(code, ReasonCode::QuotaExceeded);
+    assert!(matches!(
+        BindMessage::decode(&answer).expect("answer"),
+        BindMessage::Error {
+            code: rampart_proto::control::BindErrorCode::RateLimited,
             ..
         }
     ));
