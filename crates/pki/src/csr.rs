@@ -36,6 +36,28 @@ pub struct VerifiedCsr {
     pub(crate) id: DeviceId,
     /// The requester's public key, ready to be certified.
     pub(crate) public_key: rcgen::SubjectPublicKeyInfo,
+    /// SHA-256 of the public key's DER SubjectPublicKeyInfo, lowercase hex.
+    pub(crate) public_key_sha256: String,
+}
+
+/// What a checked CSR asks for, before anything is signed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CsrSummary {
+    /// The requested identity (the CSR's CN).
+    pub id: DeviceId,
+    /// SHA-256 of its public key's DER SubjectPublicKeyInfo, lowercase hex
+    /// (compare with a certificate's key to refuse a reused key).
+    pub public_key_sha256: String,
+}
+
+/// Checks a PEM CSR as signing would (size, format, key policy,
+/// self-signature, CN) without signing it.
+pub fn inspect(csr_pem: &str) -> Result<CsrSummary, PkiError> {
+    let csr = verify(csr_pem)?;
+    Ok(CsrSummary {
+        id: csr.id,
+        public_key_sha256: csr.public_key_sha256,
+    })
 }
 
 impl VerifiedCsr {
@@ -116,7 +138,11 @@ pub(crate) fn verify(csr_pem: &str) -> Result<VerifiedCsr, PkiError> {
             reason: format!("its public key cannot be re-encoded ({e})"),
         }
     })?;
-    Ok(VerifiedCsr { id, public_key })
+    Ok(VerifiedCsr {
+        id,
+        public_key,
+        public_key_sha256: crate::fingerprint_sha256(info.subject_pki.raw),
+    })
 }
 
 /// Accepts ECDSA P-256 and P-384, Ed25519, and RSA of 2048 to 8192 bits.
@@ -220,6 +246,25 @@ mod tests {
             let csr = verify(&csr_for(Some("dev-1"), &key)).expect("accepted");
             assert_eq!(csr.id.as_str(), "dev-1");
         }
+    }
+
+    #[test]
+    fn inspect_hashes_the_public_key() {
+        let key = KeyPair::generate().expect("keygen");
+        let a = inspect(&csr_for(Some("dev-1"), &key)).expect("accepted");
+        let b = inspect(&csr_for(Some("dev-1"), &key)).expect("accepted");
+        assert_eq!(a.id.as_str(), "dev-1");
+        assert_eq!(
+            a.public_key_sha256, b.public_key_sha256,
+            "same key, same hash"
+        );
+        assert_eq!(
+            a.public_key_sha256,
+            crate::fingerprint_sha256(&rcgen::PublicKeyData::subject_public_key_info(&key))
+        );
+        let other = KeyPair::generate().expect("keygen");
+        let c = inspect(&csr_for(Some("dev-1"), &other)).expect("accepted");
+        assert_ne!(a.public_key_sha256, c.public_key_sha256);
     }
 
     #[test]

@@ -149,6 +149,7 @@ macro_rules! on_both {
         }
     )*};
 }
+/// The harness for the other modules of this binary.
 pub(crate) use on_both;
 
 on_both!(
@@ -170,7 +171,7 @@ pub(crate) fn id(s: &str) -> DeviceId {
 }
 
 /// A device whose serial and fingerprint are unique per `(prefix, n)`.
-fn new_device(name: &str, n: u8) -> NewDevice {
+pub(crate) fn new_device(name: &str, n: u8) -> NewDevice {
     numbered_device(name, 0, n)
 }
 
