@@ -647,3 +647,105 @@ fn commands_state_requests_and_malformed_downlinks() {
     assert_eq!(summary["drained"], true);
     p.assert_exactly_once(&[&summary]);
 }
+
+#[test]
+fn a_renewal_cycle_supersedes_and_revokes_the_old_certificate() {
+    let p = platform();
+    let token = p.token(1, &["--id-prefix", "renew"]);
+    let common = ["--devices", "1", "--id-prefix", "renew", "--rate", "5/s"];
+    let (ok, enrolled, stderr) = p.run(
+        "state",
+        &[&common[..], &["--token", &token, "--duration", "500ms"]].concat(),
+    );
+    assert!(ok, "{stderr}");
+    let old = enrolled["devices"][0]["serial"]
+        .as_str()
+        .expect("serial")
+        .to_owned();
+
+    // `--renew-every` stands in for two thirds of a year-long validity.
+    let mut sim = p.spawn(
+        "state",
+        "summary.json",
+        &[&common[..], &["--renew-every", "1s", "-v"]].concat(),
+    );
+    sim.wait_for(&["renew-0001", "renewal complete"]);
+    assert!(sim.terminate());
+    let summary = read_summary(&p, "summary.json");
+    assert!(count(&summary, "renewals") >= 1, "{summary}");
+    let new = summary["devices"][0]["serial"].as_str().expect("serial");
+    assert_ne!(new, old);
+    let shown = p.ws.rampart_json(&["device", "show", "renew-0001"]);
+    assert_eq!(shown["serial"], new, "{shown}");
+
+    // The old certificate is on the CRL as superseded.
+    let crl = p.ws.rampart().args(["ca", "crl"]).output().expect("ca crl");
+    assert!(crl.status.success());
+    std::fs::write(p.ws.join("crl.pem"), &crl.stdout).expect("write CRL");
+    let text =
+        p.ws.openssl_ok(&["crl", "-in", "crl.pem", "-noout", "-text"])
+            .to_ascii_lowercase();
+    assert!(text.contains(&old.to_ascii_lowercase()), "{text}");
+    assert!(text.contains("superseded"), "{text}");
+    // The first key is gone once the new certificate worked.
+    let dir = p.ws.join("state/devices/renew-0001");
+    assert!(!dir.join("key-0.pem").exists());
+    assert!(dir.join("key-1.pem").exists());
+    // Readings flowed across the renewal, each stored once.
+    assert_eq!(summary["drained"], true);
+    p.assert_exactly_once(&[&enrolled, &summary]);
+}
+
+#[test]
+fn a_claim_is_confirmed_by_the_simulated_device() {
+    let p = platform();
+    let token = p.token(1, &["--id-prefix", "claim"]);
+    let mut sim = p.spawn(
+        "state",
+        "summary.json",
+        &[
+            "--devices",
+            "1",
+            "--id-prefix",
+            "claim",
+            "--token",
+            &token,
+            "--rate",
+            "5/s",
+        ],
+    );
+    sim.wait_until("connected", |l| {
+        l.starts_with("progress") && l.contains("connected 1/1")
+    });
+    // The claim code is on the device's label: its state dir here.
+    let identity: Value = serde_json::from_str(
+        &std::fs::read_to_string(p.ws.join("state/devices/claim-0001/identity.json"))
+            .expect("identity"),
+    )
+    .expect("identity JSON");
+    let code = identity["claimCode"].as_str().expect("claim code");
+    let claimed = p.ws.rampart_json(&[
+        "device",
+        "claim",
+        "claim-0001",
+        "--code",
+        code,
+        "--owner",
+        "user:ann",
+        "--wait",
+        "20s",
+    ]);
+    assert_eq!(claimed["status"], "bound", "{claimed}");
+    let shown = p.ws.rampart_json(&["device", "show", "claim-0001"]);
+    assert_eq!(shown["state"], "bound");
+    assert!(sim.terminate());
+    let summary = read_summary(&p, "summary.json");
+    assert_eq!(count(&summary, "claimsConfirmed"), 1, "{summary}");
+    assert_eq!(summary["devices"][0]["state"], "bound", "{summary}");
+    let identity: Value = serde_json::from_str(
+        &std::fs::read_to_string(p.ws.join("state/devices/claim-0001/identity.json"))
+            .expect("identity"),
+    )
+    .expect("identity JSON");
+    assert_eq!(identity["boundTo"], "user:ann");
+}
