@@ -17,6 +17,7 @@ use x509_parser::revocation_list::CertificateRevocationList;
 use zeroize::Zeroizing;
 
 use crate::certificate::{self, CertificateSummary, IdentityKind, IssuedCertificate};
+use crate::csr::VerifiedCsr;
 use crate::files::{
     self, CA_CERT, CA_KEY, CHAIN_CERT, CRL, IMPORTED_MARKER, PRIVATE, PUBLIC, ROOT_CERT, ROOT_KEY,
     SERVER_CERT, SERVER_KEY, Staging,
@@ -493,8 +494,7 @@ impl Pki {
         csr_pem: &str,
         expected_id: Option<&DeviceId>,
     ) -> Result<IssuedCertificate, PkiError> {
-        let signer = self.signer()?;
-        let csr = csr::verify(csr_pem)?;
+        let csr = self.verify_device_csr(csr_pem)?;
         if let Some(expected) = expected_id
             && *expected != csr.id
         {
@@ -503,7 +503,28 @@ impl Pki {
                 found: csr.id.to_string(),
             });
         }
-        self.issue(signer, csr.id, IdentityKind::Device, &csr.public_key)
+        self.sign_verified_csr(&csr)
+    }
+
+    /// Checks a device's CSR without signing it, so that a caller can make
+    /// its own checks on the requested id (enrollment scope, id free)
+    /// before any certificate exists; see the `csr` module for the checks.
+    pub fn verify_device_csr(&self, csr_pem: &str) -> Result<VerifiedCsr, PkiError> {
+        // Refuse before parsing when this CA cannot sign anyway.
+        self.signer()?;
+        csr::verify(csr_pem)
+    }
+
+    /// Signs a CSR that [`Pki::verify_device_csr`] accepted, as
+    /// [`Pki::sign_device_csr`] does.
+    pub fn sign_verified_csr(&self, csr: &VerifiedCsr) -> Result<IssuedCertificate, PkiError> {
+        let signer = self.signer()?;
+        self.issue(
+            signer,
+            csr.id.clone(),
+            IdentityKind::Device,
+            &csr.public_key,
+        )
     }
 
     /// Accepts a device certificate issued elsewhere by this CA (typically
@@ -686,6 +707,12 @@ impl Pki {
             .chain(&self.issuers)
             .map(|c| c.pem.as_str())
             .collect()
+    }
+
+    /// The issuing CA certificate alone (PEM): what follows a leaf in the
+    /// chain a device presents.
+    pub fn issuing_ca_pem(&self) -> &str {
+        &self.issuing.pem
     }
 
     /// Trust anchors the broker uses to verify client certificates: the issuing CA, then its issuers.

@@ -28,9 +28,10 @@ const MIN_RSA_BITS: usize = 2048;
 /// Largest RSA modulus accepted (what the signature verifier supports).
 const MAX_RSA_BITS: usize = 8192;
 
-/// A CSR whose key type, self-signature and common name have been checked.
+/// A CSR whose key type, self-signature and common name have been checked:
+/// only [`crate::Pki::verify_device_csr`] makes one, and only it can be signed.
 #[derive(Debug)]
-pub(crate) struct VerifiedCsr {
+pub struct VerifiedCsr {
     /// The requested identity (the CSR's CN).
     pub(crate) id: DeviceId,
     /// The requester's public key, ready to be certified.
@@ -39,24 +40,17 @@ pub(crate) struct VerifiedCsr {
     pub(crate) public_key_sha256: String,
 }
 
-/// What a checked CSR asks for, before anything is signed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CsrSummary {
-    /// The requested identity (the CSR's CN).
-    pub id: DeviceId,
-    /// SHA-256 of its public key's DER SubjectPublicKeyInfo, lowercase hex
-    /// (compare with a certificate's key to refuse a reused key).
-    pub public_key_sha256: String,
-}
+impl VerifiedCsr {
+    /// The identity the CSR asks for (its common name).
+    pub fn id(&self) -> &DeviceId {
+        &self.id
+    }
 
-/// Checks a PEM CSR as signing would (size, format, key policy,
-/// self-signature, CN) without signing it.
-pub fn inspect(csr_pem: &str) -> Result<CsrSummary, PkiError> {
-    let csr = verify(csr_pem)?;
-    Ok(CsrSummary {
-        id: csr.id,
-        public_key_sha256: csr.public_key_sha256,
-    })
+    /// SHA-256 of its public key's DER SubjectPublicKeyInfo, lowercase hex:
+    /// compare with a certificate's key to refuse a reused key.
+    pub fn public_key_sha256(&self) -> &str {
+        &self.public_key_sha256
+    }
 }
 
 /// Decodes and checks a PEM CSR; see the module documentation for what is taken from it.
@@ -241,10 +235,10 @@ mod tests {
     }
 
     #[test]
-    fn inspect_hashes_the_public_key() {
+    fn verified_csr_hashes_the_public_key() {
         let key = KeyPair::generate().expect("keygen");
-        let a = inspect(&csr_for(Some("dev-1"), &key)).expect("accepted");
-        let b = inspect(&csr_for(Some("dev-1"), &key)).expect("accepted");
+        let a = verify(&csr_for(Some("dev-1"), &key)).expect("accepted");
+        let b = verify(&csr_for(Some("dev-1"), &key)).expect("accepted");
         assert_eq!(a.id.as_str(), "dev-1");
         assert_eq!(
             a.public_key_sha256, b.public_key_sha256,
@@ -255,7 +249,7 @@ mod tests {
             crate::fingerprint_sha256(&rcgen::PublicKeyData::subject_public_key_info(&key))
         );
         let other = KeyPair::generate().expect("keygen");
-        let c = inspect(&csr_for(Some("dev-1"), &other)).expect("accepted");
+        let c = verify(&csr_for(Some("dev-1"), &other)).expect("accepted");
         assert_ne!(a.public_key_sha256, c.public_key_sha256);
     }
 

@@ -27,6 +27,6 @@ pub use certificate::{
     parse_certificate_pem,
 };
 pub use crl::{RevocationReason, RevokedSerial};
-pub use csr::{CsrSummary, inspect as inspect_csr};
+pub use csr::VerifiedCsr;
 pub use error::PkiError;
 pub use zeroize::Zeroizing;

@@ -9,5 +9,7 @@
 //! it answers.
 
 pub mod claim;
+pub mod enrollment;
 pub mod limit;
+pub mod registration;
 pub mod renewal;

@@ -62,6 +62,9 @@ pub enum Command {
     /// Service identities: back-end consumers and operators' tools.
     #[command(subcommand)]
     Service(ServiceCommand),
+    /// Enrollment tokens: devices register themselves over HTTPS with one.
+    #[command(subcommand)]
+    EnrollToken(EnrollTokenCommand),
     /// Telemetry: chart queries, exports, rejected messages.
     #[command(subcommand)]
     Telemetry(TelemetryCommand),
@@ -313,6 +316,33 @@ pub enum ServiceCommand {
         /// RFC 5280 reason.
         #[arg(long, default_value = "unspecified", value_parser = parse_reason)]
         reason: RevocationReason,
+    },
+}
+
+/// `rampart enroll-token ...`
+#[derive(Debug, Subcommand)]
+pub enum EnrollTokenCommand {
+    /// Create a token; it is printed once (only its hash is stored).
+    Create {
+        /// How many devices it may register.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+        uses: u32,
+        /// How long it is accepted: 30m, 24h, 7d, ...
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        expires: std::time::Duration,
+        /// Only device ids starting with this may enroll.
+        #[arg(long, value_name = "PREFIX")]
+        id_prefix: Option<String>,
+        /// The user who owns the devices it registers.
+        #[arg(long, value_name = "USER")]
+        owner: Option<String>,
+    },
+    /// List tokens (never the tokens themselves): id, state, uses, expiry, scope.
+    List,
+    /// Revoke a token: it registers no more devices.
+    Revoke {
+        /// The token's id, as `list` shows it.
+        id: String,
     },
 }
 

@@ -28,6 +28,8 @@ pub struct Config {
     pub serve: ServeConfig,
     /// The MQTT broker.
     pub broker: rampart_broker::BrokerConfig,
+    /// The HTTPS server (API, enrollment, console).
+    pub web: rampart_web::WebConfig,
     /// The telemetry pipeline.
     pub telemetry: TelemetryConfig,
     /// Certificate renewal over MQTT.
@@ -434,6 +436,26 @@ max_keepalive_secs = 3600
 # access = "readwrite"         # "publish", "subscribe" or "readwrite"
 # topic = "devices/{cn}/#"     # {cn} = the connecting identity
 
+[web]
+# The HTTPS server (--http-addr, default :8443): JSON API, device
+# enrollment, later the console. It presents the same server certificate
+# as the broker.
+# Also offer TLS 1.2 (TLS 1.3 only otherwise).
+tls12 = false
+# The TLS handshake, and then each request's headers, must arrive within
+# this (slowloris).
+handshake_timeout = "10s"
+# Most simultaneous connections; more are closed at once.
+max_connections = 1024
+# Largest request body, in bytes.
+max_body_bytes = 65536
+# Failed enrollments (bad token, CSR or id) one source address may make in
+# a burst before it is answered 429 with Retry-After; then one more per
+# enroll_failure_refill. Successful enrollments never count, so a fleet
+# behind one address is not slowed. 0 disables the limit (not advised).
+enroll_failure_burst = 10
+enroll_failure_refill = "6s"
+
 [telemetry]
 # Largest telemetry or state payload, in bytes.
 max_payload_bytes = 65536
@@ -556,6 +578,7 @@ impl Config {
                 self.store.url.redacted().expose()
             );
         }
+        self.web.validate().map_err(anyhow::Error::msg)?;
         if self.serve.change_poll_interval.is_zero() {
             bail!("serve.change_poll_interval must be greater than zero");
         }
@@ -639,6 +662,37 @@ mod tests {
         assert_eq!(c.store.busy_timeout, Duration::from_secs(2));
         assert_eq!(c.pki.server_sans, ["iot.example.com", "10.0.0.5"]);
         assert!(c.store.url.is_empty());
+    }
+
+    #[test]
+    fn web_limits_come_from_the_environment_and_are_checked() {
+        let c = Config::load_with_env(
+            None,
+            env(&[
+                ("RAMPART_WEB__ENROLL_FAILURE_BURST", "500"),
+                ("RAMPART_WEB__ENROLL_FAILURE_REFILL", "100ms"),
+                ("RAMPART_WEB__HANDSHAKE_TIMEOUT", "2s"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(c.web.enroll_failure_burst, 500);
+        assert_eq!(c.web.enroll_failure_refill, Duration::from_millis(100));
+        assert_eq!(c.web.handshake_timeout, Duration::from_secs(2));
+        for (var, value, key) in [
+            ("RAMPART_WEB__MAX_CONNECTIONS", "0", "web.max_connections"),
+            (
+                "RAMPART_WEB__HANDSHAKE_TIMEOUT",
+                "0s",
+                "web.handshake_timeout",
+            ),
+            ("RAMPART_WEB__MAX_BODY_BYTES", "10", "web.max_body_bytes"),
+        ] {
+            let msg = format!(
+                "{:#}",
+                Config::load_with_env(None, env(&[(var, value)])).expect_err("refused")
+            );
+            assert!(msg.contains(key), "{msg}");
+        }
     }
 
     #[test]

@@ -54,6 +54,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
         Command::Ca(cmd) => commands::ca::run(g, config, cmd).await,
         Command::Device(cmd) => commands::device::run(g, config, cmd).await,
         Command::Service(cmd) => commands::service::run(g, config, cmd).await,
+        Command::EnrollToken(cmd) => commands::enroll_token::run(g, config, cmd).await,
         Command::Telemetry(cmd) => commands::telemetry::run(g, config, cmd).await,
         Command::Backup { file } => commands::backup::backup(g, config, &file).await,
         Command::Restore { file } => commands::backup::restore(g, config, &file).await,

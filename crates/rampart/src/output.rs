@@ -13,3 +13,11 @@ pub fn when(t: time::OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| t.to_string())
 }
+
+/// An owner for human output: `user ann`, `group lab`.
+pub fn owner(o: &rampart_store::Owner) -> String {
+    match o {
+        rampart_store::Owner::User(u) => format!("user {u}"),
+        rampart_store::Owner::Group(g) => format!("group {g}"),
+    }
+}

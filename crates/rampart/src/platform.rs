@@ -1,6 +1,7 @@
 //! Opening everything a command needs: data dir, configuration, store, CA.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use rampart_pki::{Pki, PkiOptions, RevokedSerial};
@@ -21,8 +22,9 @@ pub struct Platform {
     pub config: Config,
     /// The store: SQLite in the data dir, or PostgreSQL (`store.url`).
     pub store: AnyStore,
-    /// The certificate authority.
-    pub pki: Pki,
+    /// The certificate authority (shared with the web part, which signs
+    /// enrolling devices' CSRs).
+    pub pki: Arc<Pki>,
 }
 
 impl Platform {
@@ -46,7 +48,7 @@ impl Platform {
             dir,
             config,
             store,
-            pki,
+            pki: Arc::new(pki),
         };
         if created == Created::New {
             platform.publish_crl().await?;
@@ -74,7 +76,7 @@ impl Platform {
             dir,
             config,
             store,
-            pki,
+            pki: Arc::new(pki),
         })
     }
 
@@ -92,16 +94,6 @@ impl Platform {
             );
         }
         Ok((cert, key))
-    }
-
-    /// The issuing CA certificate (PEM): the first block of the chain.
-    pub fn issuing_ca_pem(&self) -> String {
-        const END: &str = "-----END CERTIFICATE-----";
-        let chain = self.pki.chain_pem();
-        match chain.find(END) {
-            Some(i) => format!("{}\n", &chain[..i + END.len()]),
-            None => chain,
-        }
     }
 
     /// CA options of this platform's configuration.

@@ -3,8 +3,8 @@
 //!
 //! Parts follow STYLE.md's server shape: each is a task given what it needs
 //! and a shutdown token. Shutdown is ordered: stop accepting → drain sessions
-//! → flush the pipeline → close the store. The broker and the web console
-//! join this sequence as their listeners arrive (issues 4 and 8).
+//! → flush the pipeline → close the store. The broker and the web part
+//! stop accepting together, first.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -91,6 +91,15 @@ pub async fn run(g: &GlobalArgs, config: Config, args: ServeArgs) -> Result<Exit
         broker_stop.clone(),
     ));
 
+    // The web part: HTTPS with the same server certificate.
+    let web = web_state(&platform, Arc::clone(&store))?;
+    let http = TcpListener::bind(args.http_addr)
+        .await
+        .with_context(|| format!("cannot listen for HTTPS on {}", args.http_addr))?;
+    eprintln!("listening http={}", http.local_addr()?);
+    let web_stop = CancellationToken::new();
+    let web_task = tokio::spawn(rampart_web::run(http, web.clone(), web_stop.clone()));
+
     let (changes, _) = broadcast::channel::<Change>(CHANGE_BUFFER);
     let follower = spawn_change_follower(
         Arc::clone(&platform),
@@ -110,6 +119,7 @@ pub async fn run(g: &GlobalArgs, config: Config, args: ServeArgs) -> Result<Exit
     let reloader = spawn_tls_reloader(
         Arc::clone(&platform),
         Arc::clone(&broker),
+        web,
         shutdown.child_token(),
     );
 
@@ -118,13 +128,20 @@ pub async fn run(g: &GlobalArgs, config: Config, args: ServeArgs) -> Result<Exit
 
     tracing::info!("shutting down");
     let deadline = platform.config.serve.shutdown_timeout;
-    // Stop accepting and drain sessions first, then the rest.
+    // Stop accepting and drain sessions and requests first, then the rest.
     broker_stop.cancel();
-    match tokio::time::timeout(deadline, broker_task).await {
-        Ok(Ok(Ok(()))) => tracing::info!("broker stopped"),
-        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "broker stopped with an error"),
-        Ok(Err(e)) => tracing::warn!(error = %e, "broker task failed"),
-        Err(_) => tracing::warn!("broker did not stop within the shutdown timeout"),
+    web_stop.cancel();
+    let (broker_end, web_end) = tokio::join!(
+        tokio::time::timeout(deadline, broker_task),
+        tokio::time::timeout(deadline, web_task)
+    );
+    for (part, end) in [("broker", broker_end), ("web", web_end)] {
+        match end {
+            Ok(Ok(Ok(()))) => tracing::info!(part, "stopped"),
+            Ok(Ok(Err(e))) => tracing::warn!(part, error = %e, "stopped with an error"),
+            Ok(Err(e)) => tracing::warn!(part, error = %e, "task failed"),
+            Err(_) => tracing::warn!(part, "did not stop within the shutdown timeout"),
+        }
     }
     for (name, task) in [
         ("change follower", follower),
@@ -284,6 +301,23 @@ fn tls_material(platform: &Platform) -> Result<TlsMaterial> {
     })
 }
 
+/// The web part's state: the store, the CA, `[web]`, the server certificate.
+fn web_state(platform: &Platform, store: Arc<dyn Store>) -> Result<rampart_web::AppState> {
+    let m = tls_material(platform)?;
+    let tls = rampart_web::ServerTls::new(
+        &m.server_chain_pem,
+        &m.server_key_pem,
+        platform.config.web.tls12,
+    )
+    .context("cannot set up HTTPS")?;
+    Ok(rampart_web::AppState::new(
+        store,
+        Arc::clone(&platform.pki),
+        platform.config.web.clone(),
+        tls,
+    ))
+}
+
 /// Modification times of every file the TLS configuration is built from.
 fn tls_stamp(platform: &Platform) -> Vec<Option<std::time::SystemTime>> {
     let mut files = vec![platform.pki.crl_path(), platform.dir.pki().join("ca.crt")];
@@ -301,6 +335,7 @@ fn tls_stamp(platform: &Platform) -> Vec<Option<std::time::SystemTime>> {
 fn spawn_tls_reloader(
     platform: Arc<Platform>,
     broker: Arc<Broker>,
+    web: rampart_web::AppState,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
     let every = platform.config.serve.tls_reload_interval;
@@ -315,7 +350,17 @@ fn spawn_tls_reloader(
             if now == seen {
                 continue;
             }
-            match tls_material(&platform).map(|m| broker.reload_tls(&m)) {
+            let reloaded = tls_material(&platform).map(|m| {
+                broker
+                    .reload_tls(&m)
+                    .map_err(|e| e.to_string())
+                    .and_then(|()| {
+                        web.tls()
+                            .reload(&m.server_chain_pem, &m.server_key_pem)
+                            .map_err(|e| e.to_string())
+                    })
+            });
+            match reloaded {
                 Ok(Ok(())) => {
                     tracing::info!("reloaded TLS certificates and CRL");
                     seen = now;

@@ -15,8 +15,9 @@ use crate::telemetry::{
 };
 use crate::{
     Actor, AuditEntry, AuditRecord, AuditReport, CertificateRecord, Change, Claim, ClaimStatus,
-    Device, DeviceFilter, MqttOp, MqttSnapshot, NewCertificate, NewClaim, NewDevice, NewService,
-    PostgresStore, Result, RevokedCertificate, Service, SqliteStore, Store,
+    Device, DeviceFilter, Enrolled, Enrollment, EnrollmentToken, MqttOp, MqttSnapshot,
+    NewCertificate, NewClaim, NewDevice, NewEnrollmentToken, NewService, PostgresStore, Result,
+    RevokedCertificate, Service, SqliteStore, Store,
 };
 
 /// Either backend, delegating every [`Store`] and [`TelemetryStore`]
@@ -135,6 +136,30 @@ impl Store for AnyStore {
         actor: &Actor,
     ) -> Result<Service> {
         delegate!(self.revoke_service(id, reason, actor))
+    }
+
+    async fn create_enrollment_token(
+        &self,
+        token: NewEnrollmentToken,
+        actor: &Actor,
+    ) -> Result<EnrollmentToken> {
+        delegate!(self.create_enrollment_token(token, actor))
+    }
+
+    async fn enrollment_tokens(&self) -> Result<Vec<EnrollmentToken>> {
+        delegate!(self.enrollment_tokens())
+    }
+
+    async fn enrollment_token_by_hash(&self, token_hash: &str) -> Result<Option<EnrollmentToken>> {
+        delegate!(self.enrollment_token_by_hash(token_hash))
+    }
+
+    async fn revoke_enrollment_token(&self, id: &str, actor: &Actor) -> Result<EnrollmentToken> {
+        delegate!(self.revoke_enrollment_token(id, actor))
+    }
+
+    async fn enroll_device(&self, enrollment: Enrollment, actor: &Actor) -> Result<Enrolled> {
+        delegate!(self.enroll_device(enrollment, actor))
     }
 
     async fn mqtt_apply(&self, ops: Vec<MqttOp>) -> Result<()> {

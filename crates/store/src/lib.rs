@@ -14,6 +14,7 @@
 
 mod any;
 mod audit;
+mod enrollment;
 mod error;
 mod lifecycle;
 mod millis;
@@ -30,6 +31,10 @@ use rampart_proto::DeviceId;
 
 pub use any::AnyStore;
 pub use audit::{AuditBreak, AuditEntry, AuditKey, AuditRecord, AuditReport, read_key_file};
+pub use enrollment::{
+    Enrolled, Enrollment, EnrollmentRefusal, EnrollmentToken, IssueCertificate, NewEnrollmentToken,
+    TokenState,
+};
 pub use error::StoreError;
 pub use model::{
     Actor, CertificateRecord, CertificateStatus, Change, ChangeKind, Claim, ClaimStatus, Device,
@@ -117,6 +122,32 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         reason: RevocationReason,
         actor: &Actor,
     ) -> Result<Service>;
+
+    /// Stores a new enrollment token (its hash only), with its audit row.
+    async fn create_enrollment_token(
+        &self,
+        token: NewEnrollmentToken,
+        actor: &Actor,
+    ) -> Result<EnrollmentToken>;
+
+    /// Every enrollment token, oldest first.
+    async fn enrollment_tokens(&self) -> Result<Vec<EnrollmentToken>>;
+
+    /// The token with this hash, or `None`.
+    async fn enrollment_token_by_hash(&self, token_hash: &str) -> Result<Option<EnrollmentToken>>;
+
+    /// Revokes a token: it registers nothing more. Revoking a revoked token
+    /// is refused as [`StoreError::InvalidTokenState`]; an unknown id is
+    /// [`StoreError::TokenNotFound`].
+    async fn revoke_enrollment_token(&self, id: &str, actor: &Actor) -> Result<EnrollmentToken>;
+
+    /// One use of an enrollment token, in one transaction: the token is
+    /// checked ([`EnrollmentToken::check_use`]), the id must be free, then
+    /// the certificate is issued, the device registered as `unbound` (owned
+    /// by the token's owner), the use counted and the audit and change-feed
+    /// rows appended. A refusal ([`StoreError::EnrollmentRefused`],
+    /// [`StoreError::IdTaken`]) changes nothing and issues no certificate.
+    async fn enroll_device(&self, enrollment: Enrollment, actor: &Actor) -> Result<Enrolled>;
 
     /// Applies a batch of broker state changes in one durable transaction.
     async fn mqtt_apply(&self, ops: Vec<MqttOp>) -> Result<()>;

@@ -34,17 +34,11 @@ pub(crate) struct DeviceRow {
 impl DeviceRow {
     /// The device, or why the row is damaged.
     pub fn into_device(self) -> Result<Device> {
-        let owner = match (self.owner_type.as_deref(), self.owner_id) {
-            (Some("user"), Some(id)) => Some(Owner::User(id)),
-            (Some("group"), Some(id)) => Some(Owner::Group(id)),
-            (None, None) => None,
-            (t, _) => {
-                return Err(StoreError::Corrupt(format!(
-                    "device {} has owner type {t:?}",
-                    self.id
-                )));
-            }
-        };
+        let owner = owner_from_columns(
+            ("device", &self.id),
+            self.owner_type.as_deref(),
+            self.owner_id,
+        )?;
         Ok(Device {
             id: DeviceId::parse(&self.id)
                 .map_err(|e| StoreError::Corrupt(format!("stored device id: {e}")))?,
@@ -58,6 +52,23 @@ impl DeviceRow {
             created_at: from_ms(self.created_at)?,
             updated_at: from_ms(self.updated_at)?,
         })
+    }
+}
+
+/// The owner held in the `owner_type`, `owner_id` columns of the row of
+/// `kind` (device, enrollment token) named `name`.
+pub(crate) fn owner_from_columns(
+    (kind, name): (&str, &str),
+    owner_type: Option<&str>,
+    owner_id: Option<String>,
+) -> Result<Option<Owner>> {
+    match (owner_type, owner_id) {
+        (Some("user"), Some(id)) => Ok(Some(Owner::User(id))),
+        (Some("group"), Some(id)) => Ok(Some(Owner::Group(id))),
+        (None, None) => Ok(None),
+        (t, _) => Err(StoreError::Corrupt(format!(
+            "{kind} {name} has owner type {t:?}"
+        ))),
     }
 }
 

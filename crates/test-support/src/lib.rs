@@ -1,11 +1,13 @@
 //! Shared fixtures for Rampart's tests: temporary data dirs, the `rampart`
-//! binary under test, a running `serve` whose stderr can be awaited, and
-//! the real `openssl` command-line tool.
+//! binary under test, a running `serve` whose stderr can be awaited, the
+//! real `openssl` command-line tool, HTTPS clients that trust only
+//! Rampart's CA, and device keys and CSRs made as a device makes them.
 //!
 //! Nothing here fakes a component: tests run the real binary against real
 //! files, check certificates with the real OpenSSL, and run the PostgreSQL
 //! store against a real server ([`PgTestDb`]).
 
+pub mod https;
 mod postgres;
 
 pub use postgres::PgTestDb;
@@ -353,14 +355,27 @@ impl Serve {
         }
     }
 
-    /// Waits for `listening NAME=IP:PORT` and returns the address.
+    /// Waits for `listening NAME=IP:PORT` (`mqtt`, `http`) and returns the
+    /// address. Each part prints its line once at start, in any order, so
+    /// lines already seen count even before the last match.
     pub fn listening(&mut self, name: &str) -> std::net::SocketAddr {
         let prefix = format!("listening {name}=");
-        let line = self.wait_for(&[&prefix]);
+        let line = match self.seen.iter().position(|l| l.contains(&prefix)) {
+            Some(i) => {
+                self.cursor = self.cursor.max(i + 1);
+                self.seen[i].clone()
+            }
+            None => self.wait_for(&[&prefix]),
+        };
         line.trim()
             .strip_prefix(&prefix)
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("malformed listening line: {line}"))
+    }
+
+    /// The MQTT (mTLS) and HTTPS addresses, once both parts listen.
+    pub fn addresses(&mut self) -> (std::net::SocketAddr, std::net::SocketAddr) {
+        (self.listening("mqtt"), self.listening("http"))
     }
 
     /// Kills the process with SIGKILL (no cleanup, like a power cut for

@@ -69,9 +69,12 @@ impl Fixture {
             )
             .await
             .expect("register");
-        let key_hash = rampart_pki::inspect_csr(&csr)
+        let key_hash = self
+            .pki
+            .verify_device_csr(&csr)
             .expect("CSR")
-            .public_key_sha256;
+            .public_key_sha256()
+            .to_owned();
         (code, key_hash, cert.fingerprint)
     }
 

@@ -61,7 +61,10 @@ pub async fn run(g: &GlobalArgs, config: Config, cmd: CaCommand) -> Result<ExitC
                     detail: json!({ "ca": pki.info(), "with_key": key.is_some() }),
                 })
                 .await?;
-            let platform = Platform { pki, ..platform };
+            let platform = Platform {
+                pki: pki.into(),
+                ..platform
+            };
             platform.publish_crl().await?;
             print_info(g, &platform.pki)?;
         }

@@ -5,10 +5,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use rampart_pki::IssuedCertificate;
-use rampart_proto::{CLAIM_CODE_BYTES, ClaimCode, DeviceId, QrPayload};
+use rampart_pki::{IssuedCertificate, PkiError};
+use rampart_proto::{ClaimCode, DeviceId};
 use rampart_provisioning::claim::{self, ClaimRequest};
-use rampart_store::{Device, DeviceFilter, DeviceState, NewDevice, Owner, Store, StoreError};
+use rampart_provisioning::registration::{self, Registration};
+use rampart_store::{Device, DeviceFilter, DeviceState, Owner, Store, StoreError};
 use rand::RngCore;
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -238,57 +239,30 @@ async fn claim(
     }
 }
 
-fn new_claim_code() -> ClaimCode {
-    let mut bytes = [0u8; CLAIM_CODE_BYTES];
-    rand::rng().fill_bytes(&mut bytes);
-    ClaimCode::from_random(bytes)
-}
-
-fn qr_payload(id: &DeviceId, fingerprint: &str, code: &ClaimCode) -> String {
-    QrPayload {
-        device_id: id.to_string(),
-        fingerprint: fingerprint.to_owned(),
-        claim_code: code.as_str().to_owned(),
+/// The report of a device just registered.
+fn registered(reg: Registration) -> Registered {
+    Registered {
+        id: reg.device.id,
+        certificate: reg.certificate.pem,
+        chain: reg.chain,
+        fingerprint: reg.device.fingerprint,
+        serial: reg.device.serial,
+        not_after: reg.device.not_after,
+        claim_code: reg.claim_code.as_str().to_owned(),
+        qr_payload: reg.qr_payload,
+        files: None,
     }
-    .to_json()
 }
 
 /// Registers an issued certificate as a new `unbound` device.
 async fn register(p: &Platform, cert: IssuedCertificate) -> Result<Registered> {
-    let code = new_claim_code();
-    let device = p
-        .store
-        .create_device(
-            NewDevice {
-                id: cert.id.clone(),
-                serial: cert.serial.clone(),
-                fingerprint: cert.fingerprint.clone(),
-                not_before: cert.not_before,
-                not_after: cert.not_after,
-                claim_code_hash: code.hash(),
-            },
-            &cli_actor(),
-        )
-        .await?;
-    Ok(Registered {
-        qr_payload: qr_payload(&device.id, &device.fingerprint, &code),
-        chain: format!("{}{}", cert.pem, p.issuing_ca_pem()),
-        id: device.id,
-        certificate: cert.pem,
-        fingerprint: device.fingerprint,
-        serial: device.serial,
-        not_after: device.not_after,
-        claim_code: code.as_str().to_owned(),
-        files: None,
-    })
+    let reg = registration::register(&p.store, &p.pki, cert, &cli_actor()).await?;
+    Ok(registered(reg))
 }
 
 /// Refuses early, before any signing, when the id is taken.
 async fn ensure_free(p: &Platform, id: &DeviceId) -> Result<()> {
-    if p.store.device(id).await?.is_some() {
-        return Err(StoreError::IdTaken(id.clone()).into());
-    }
-    Ok(())
+    Ok(registration::ensure_free(&p.store, id).await?)
 }
 
 async fn sign_csr(
@@ -307,8 +281,19 @@ async fn sign_csr(
     } else {
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?
     };
-    let cert = p.pki.sign_device_csr(&csr, id)?;
-    ensure_free(p, &cert.id).await?;
+    // Every check before signing: no certificate exists for a refused id.
+    let verified = p.pki.verify_device_csr(&csr)?;
+    if let Some(expected) = id
+        && expected != verified.id()
+    {
+        return Err(PkiError::CsrIdMismatch {
+            expected: expected.to_string(),
+            found: verified.id().to_string(),
+        }
+        .into());
+    }
+    ensure_free(p, verified.id()).await?;
+    let cert = p.pki.sign_verified_csr(&verified)?;
     let reg = register(p, cert).await?;
     if let Some(out) = &out {
         write_atomic(out, reg.chain.as_bytes(), 0o644)?;
@@ -430,11 +415,7 @@ fn show(g: &GlobalArgs, d: &Device) -> Result<ExitCode> {
         output::json(d)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let owner = match &d.owner {
-        Some(Owner::User(u)) => format!("user {u}"),
-        Some(Owner::Group(gr)) => format!("group {gr}"),
-        None => "-".into(),
-    };
+    let owner = d.owner.as_ref().map_or_else(|| "-".into(), output::owner);
     println!("id           {}", d.id);
     println!("state        {}", d.state);
     println!("owner        {owner}");
@@ -471,12 +452,12 @@ async fn qr(
             "only a hash of the claim code is kept, so its QR code cannot be shown again; pass --rotate-claim-code to issue a new code (the old one becomes void)"
         );
     }
-    let code = new_claim_code();
+    let code = registration::new_claim_code();
     let device = p
         .store
         .set_claim_code(id, &code.hash(), &cli_actor())
         .await?;
-    let payload = qr_payload(id, &device.fingerprint, &code);
+    let payload = registration::qr_payload(id, &device.fingerprint, &code);
     if let Some(path) = &png {
         write_atomic(path, &label::png(&payload)?, 0o600)?;
     }

@@ -5,6 +5,7 @@ pub mod backup;
 pub mod ca;
 pub mod config;
 pub mod device;
+pub mod enroll_token;
 pub mod init;
 pub mod service;
 pub mod telemetry;

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
+use rampart_provisioning::registration;
 use rampart_store::{NewService, Store};
 use serde_json::json;
 
@@ -36,7 +37,7 @@ pub async fn run(g: &GlobalArgs, config: Config, cmd: ServiceCommand) -> Result<
                     &cli_actor(),
                 )
                 .await?;
-            let chain = format!("{}{}", cert.pem, p.issuing_ca_pem());
+            let chain = registration::chain_pem(&cert.pem, p.pki.issuing_ca_pem());
             if let Err(e) = files.write(&key, &chain, &p.pki.chain_pem()) {
                 p.store
                     .revoke_service(

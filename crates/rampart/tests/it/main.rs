@@ -6,5 +6,6 @@ mod broker;
 mod cli;
 mod control;
 mod crash;
+mod enroll;
 mod serve;
 mod telemetry;

@@ -79,6 +79,18 @@ pub(super) async fn list(c: &impl GenericClient, filter: &DeviceFilter) -> Resul
         .collect()
 }
 
+/// Whether a device or service holds `id`.
+pub(super) async fn identity_exists(c: &impl GenericClient, id: &DeviceId) -> Result<bool> {
+    let row = c
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM identities WHERE id = $1)",
+            &[&id.as_str()],
+        )
+        .await
+        .map_err(db)?;
+    get(&row, 0)
+}
+
 /// Reserves `id` in the shared identity namespace and records its first
 /// certificate as current. The primary key decides a race between two
 /// writers: the loser gets [`StoreError::IdTaken`], as it would have

@@ -14,6 +14,7 @@ mod audit;
 mod changes;
 mod claims;
 mod devices;
+mod enrollment;
 mod ledger;
 mod mqtt;
 mod renewal;

@@ -19,7 +19,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0003_mqtt_sessions.sql"),
     include_str!("../../migrations/postgres/0004_telemetry.sql"),
     include_str!("../../migrations/postgres/0005_grafana_views.sql"),
-    // 0006 is enrollment tokens (issue 7, another branch).
+    include_str!("../../migrations/postgres/0006_enrollment.sql"),
     include_str!("../../migrations/postgres/0007_renewal_claims.sql"),
 ];
 

@@ -8,14 +8,16 @@ use rampart_pki::RevocationReason;
 use rampart_proto::DeviceId;
 
 use super::ledger::{self, Ledger};
-use super::{PostgresStore, audit, changes, claims, db, devices, get, mqtt, renewal, services};
+use super::{
+    PostgresStore, audit, changes, claims, db, devices, enrollment, get, mqtt, renewal, services,
+};
 use crate::lifecycle::{self, IdentityChange};
 use crate::millis::{now_ms, to_ms};
 use crate::{
     Actor, AuditEntry, AuditKey, AuditRecord, AuditReport, CertificateRecord, CertificateStatus,
-    Change, Claim, ClaimStatus, Device, DeviceFilter, DeviceState, MqttOp, MqttSnapshot,
-    NewCertificate, NewClaim, NewDevice, NewService, Result, RevokedCertificate, Service, Store,
-    StoreError,
+    Change, Claim, ClaimStatus, Device, DeviceFilter, DeviceState, Enrolled, Enrollment,
+    EnrollmentToken, MqttOp, MqttSnapshot, NewCertificate, NewClaim, NewDevice, NewEnrollmentToken,
+    NewService, Result, RevokedCertificate, Service, Store, StoreError,
 };
 
 /// Appends the change-feed row and the audit row of `change`.
@@ -220,6 +222,62 @@ impl Store for PostgresStore {
                 .ok_or_else(|| StoreError::ServiceNotFound(id.clone()))?;
             tx.commit().await.map_err(db)?;
             Ok((revoked, rec))
+        })
+        .await
+    }
+
+    async fn create_enrollment_token(
+        &self,
+        token: NewEnrollmentToken,
+        actor: &Actor,
+    ) -> Result<EnrollmentToken> {
+        self.audited(|| async {
+            let mut client = self.client().await?;
+            let tx = self.begin(&mut client).await?;
+            let ledger = ledger::lock(&tx).await?;
+            let out = enrollment::create(&ledger, &self.inner.audit_key, &token, actor).await?;
+            tx.commit().await.map_err(db)?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn enrollment_tokens(&self) -> Result<Vec<EnrollmentToken>> {
+        self.retrying(|| async {
+            let client = self.client().await?;
+            enrollment::list(&client).await
+        })
+        .await
+    }
+
+    async fn enrollment_token_by_hash(&self, token_hash: &str) -> Result<Option<EnrollmentToken>> {
+        self.retrying(|| async {
+            let client = self.client().await?;
+            enrollment::by_hash(&client, token_hash).await
+        })
+        .await
+    }
+
+    async fn revoke_enrollment_token(&self, id: &str, actor: &Actor) -> Result<EnrollmentToken> {
+        self.audited(|| async {
+            let mut client = self.client().await?;
+            let tx = self.begin(&mut client).await?;
+            let ledger = ledger::lock(&tx).await?;
+            let out = enrollment::revoke(&ledger, &self.inner.audit_key, id, actor).await?;
+            tx.commit().await.map_err(db)?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn enroll_device(&self, e: Enrollment, actor: &Actor) -> Result<Enrolled> {
+        self.audited(|| async {
+            let mut client = self.client().await?;
+            let tx = self.begin(&mut client).await?;
+            let ledger = ledger::lock(&tx).await?;
+            let out = enrollment::enroll(&ledger, &self.inner.audit_key, &e, actor).await?;
+            tx.commit().await.map_err(db)?;
+            Ok(out)
         })
         .await
     }

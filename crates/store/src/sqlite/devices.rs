@@ -77,6 +77,16 @@ pub(super) fn list(conn: &Connection, filter: &DeviceFilter) -> Result<Vec<Devic
         .collect()
 }
 
+/// Whether a device or service holds `id`.
+pub(super) fn identity_exists(conn: &Connection, id: &DeviceId) -> Result<bool> {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM identities WHERE id = ?1)",
+        params![id.as_str()],
+        |r| r.get(0),
+    )
+    .map_err(db)
+}
+
 /// Reserves `id` in the shared identity namespace and records its first
 /// certificate as current.
 pub(super) fn insert_identity(
@@ -86,14 +96,7 @@ pub(super) fn insert_identity(
     cert: (&str, &str, OffsetDateTime, OffsetDateTime),
     now_ms: i64,
 ) -> Result<()> {
-    let taken: bool = tx
-        .query_row(
-            "SELECT EXISTS (SELECT 1 FROM identities WHERE id = ?1)",
-            params![id.as_str()],
-            |r| r.get(0),
-        )
-        .map_err(db)?;
-    if taken {
+    if identity_exists(tx, id)? {
         return Err(StoreError::IdTaken(id.clone()));
     }
     tx.execute(

@@ -12,6 +12,7 @@ mod audit;
 mod changes;
 mod claims;
 mod devices;
+mod enrollment;
 mod mqtt;
 mod renewal;
 mod schema;

@@ -17,7 +17,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0002_services.sql"),
     include_str!("../../migrations/sqlite/0003_mqtt_sessions.sql"),
     include_str!("../../migrations/sqlite/0004_telemetry.sql"),
-    // 0005 is enrollment tokens (issue 7, another branch).
+    include_str!("../../migrations/sqlite/0005_enrollment.sql"),
     include_str!("../../migrations/sqlite/0006_renewal_claims.sql"),
 ];
 

@@ -6,13 +6,16 @@ use rampart_pki::RevocationReason;
 use rampart_proto::DeviceId;
 use rusqlite::{Transaction, params};
 
-use super::{SqliteStore, audit, changes, claims, db, devices, mqtt, renewal, services};
+use super::{
+    SqliteStore, audit, changes, claims, db, devices, enrollment, mqtt, renewal, services,
+};
 use crate::lifecycle::{self, IdentityChange};
 use crate::millis::{now_ms, to_ms};
 use crate::{
     Actor, AuditEntry, AuditKey, AuditRecord, AuditReport, CertificateRecord, Change, Claim,
-    ClaimStatus, Device, DeviceFilter, DeviceState, MqttOp, MqttSnapshot, NewCertificate, NewClaim,
-    NewDevice, NewService, Result, RevokedCertificate, Service, Store, StoreError,
+    ClaimStatus, Device, DeviceFilter, DeviceState, Enrolled, Enrollment, EnrollmentToken, MqttOp,
+    MqttSnapshot, NewCertificate, NewClaim, NewDevice, NewEnrollmentToken, NewService, Result,
+    RevokedCertificate, Service, Store, StoreError,
 };
 
 impl SqliteStore {
@@ -205,6 +208,38 @@ impl Store for SqliteStore {
             Ok((revoked, rec))
         })
         .await
+    }
+
+    async fn create_enrollment_token(
+        &self,
+        token: NewEnrollmentToken,
+        actor: &Actor,
+    ) -> Result<EnrollmentToken> {
+        let actor = actor.clone();
+        self.write_audited(move |tx, key| enrollment::create(tx, key, &token, &actor))
+            .await
+    }
+
+    async fn enrollment_tokens(&self) -> Result<Vec<EnrollmentToken>> {
+        self.read(|conn, _| enrollment::list(conn)).await
+    }
+
+    async fn enrollment_token_by_hash(&self, token_hash: &str) -> Result<Option<EnrollmentToken>> {
+        let hash = token_hash.to_owned();
+        self.read(move |conn, _| enrollment::by_hash(conn, &hash))
+            .await
+    }
+
+    async fn revoke_enrollment_token(&self, id: &str, actor: &Actor) -> Result<EnrollmentToken> {
+        let (id, actor) = (id.to_owned(), actor.clone());
+        self.write_audited(move |tx, key| enrollment::revoke(tx, key, &id, &actor))
+            .await
+    }
+
+    async fn enroll_device(&self, e: Enrollment, actor: &Actor) -> Result<Enrolled> {
+        let actor = actor.clone();
+        self.write_audited(move |tx, key| enrollment::enroll(tx, key, &e, &actor))
+            .await
     }
 
     async fn mqtt_apply(&self, ops: Vec<MqttOp>) -> Result<()> {

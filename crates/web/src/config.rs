@@ -1,0 +1,61 @@
+//! `[web]`: the HTTPS server's limits, as the configuration file holds them.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Limits of the HTTPS server (the `[web]` section of the configuration).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebConfig {
+    /// Also offer TLS 1.2 (TLS 1.3 only otherwise).
+    pub tls12: bool,
+    /// The TLS handshake, and then each request's headers, must arrive
+    /// within this (slowloris).
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Most simultaneous connections; more are closed at once.
+    pub max_connections: usize,
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Failed enrollments one source address may make in a burst before
+    /// it is answered 429 (0: no limit).
+    pub enroll_failure_burst: u32,
+    /// After the burst, one more failed enrollment is allowed per this.
+    #[serde(with = "humantime_serde")]
+    pub enroll_failure_refill: Duration,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        Self {
+            tls12: false,
+            handshake_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+            max_body_bytes: 64 * 1024,
+            enroll_failure_burst: 10,
+            enroll_failure_refill: Duration::from_secs(6),
+        }
+    }
+}
+
+impl WebConfig {
+    /// Refuses values the server cannot work with, naming the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.handshake_timeout.is_zero() {
+            return Err("web.handshake_timeout must be greater than zero".into());
+        }
+        if self.max_connections == 0 {
+            return Err("web.max_connections must be at least 1".into());
+        }
+        if self.max_body_bytes < 1024 {
+            return Err("web.max_body_bytes must be at least 1024 (a CSR alone is ~1 KiB)".into());
+        }
+        if self.enroll_failure_burst > 0 && self.enroll_failure_refill.is_zero() {
+            return Err(
+                "web.enroll_failure_refill must be greater than zero while enroll_failure_burst limits failures".into(),
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,28 @@
+//! Rampart's web part: the HTTPS server and its routes.
+//!
+//! It owns the HTTP surface: TLS termination with the Rampart server
+//! certificate (reloadable), the connection limit, handshake and header
+//! timeouts, the request body limit, JSON errors
+//! (`{"error":{"code","message"}}`), request logging, and the routes: the
+//! health check and the JSON API (device enrollment so far; the console of
+//! issue 8 builds on the same [`AppState`] and router).
+//!
+//! It must not hold domain logic: handlers parse the request, call the
+//! provisioning or store crates, and map the answer to HTTP. It never logs
+//! a secret (bearer tokens, claim codes).
+
+mod config;
+mod error;
+mod limit;
+mod routes;
+mod server;
+mod state;
+mod tls;
+
+pub use config::WebConfig;
+pub use error::ApiError;
+pub use limit::FailureLimiter;
+pub use routes::router;
+pub use server::run;
+pub use state::{AppState, WebMetrics};
+pub use tls::{ServerTls, TlsError};

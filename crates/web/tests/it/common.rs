@@ -1,0 +1,138 @@
+//! A running web server on its own CA and store.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use rampart_pki::{Pki, PkiOptions};
+use rampart_provisioning::enrollment::{self, TokenSpec};
+use rampart_store::sqlite::SqliteOptions;
+use rampart_store::{Actor, AuditKey, SqliteStore, Store};
+use rampart_web::{AppState, ServerTls, WebConfig};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// The server under test.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    pub store: SqliteStore,
+    pub pki: Arc<Pki>,
+    pub client: reqwest::Client,
+    stop: CancellationToken,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+    _dir: tempfile::TempDir,
+}
+
+/// Limits for tests: no failure limit unless a test sets one.
+pub fn config() -> WebConfig {
+    WebConfig {
+        enroll_failure_burst: 0,
+        ..WebConfig::default()
+    }
+}
+
+impl Server {
+    pub async fn start(config: WebConfig) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (pki, _) = Pki::init(&dir.path().join("pki"), &PkiOptions::default()).expect("CA");
+        let pki = Arc::new(pki);
+        let store = SqliteStore::open(
+            &dir.path().join("rampart.db"),
+            AuditKey::new([7; 32], Some(dir.path().join("audit.head"))),
+            SqliteOptions::default(),
+        )
+        .expect("store");
+        let tls = ServerTls::new(
+            &read(&pki.server_cert_path()),
+            &read(&pki.server_key_path()),
+            config.tls12,
+        )
+        .expect("TLS");
+        let state = AppState::new(Arc::new(store.clone()), Arc::clone(&pki), config, tls);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(rampart_web::run(listener, state.clone(), stop.clone()));
+        Self {
+            addr,
+            client: rampart_test_support::https::client_trusting(&pki.chain_pem()),
+            state,
+            store,
+            pki,
+            stop,
+            task: Some(task),
+            _dir: dir,
+        }
+    }
+
+    /// A token for `uses` devices valid for an hour, in clear.
+    pub async fn token(&self, uses: u32, prefix: Option<&str>, owner: Option<&str>) -> String {
+        let created = enrollment::create_token(
+            &self.store,
+            &TokenSpec {
+                uses,
+                valid_for: std::time::Duration::from_secs(3600),
+                id_prefix: prefix.map(str::to_owned),
+                owner: owner.map(str::to_owned),
+            },
+            &Actor::system(),
+        )
+        .await
+        .expect("create token");
+        created.secret.as_str().to_owned()
+    }
+
+    /// Enrolls a fresh key for `id` with `token`.
+    pub async fn enroll(
+        &self,
+        token: Option<&str>,
+        id: &str,
+    ) -> rampart_test_support::https::ApiReply {
+        let (_key, csr) = rampart_test_support::https::p256_csr(id);
+        self.post_enroll(token, rampart_test_support::https::enroll_body(&csr))
+            .await
+    }
+
+    /// POSTs a raw body to the enrollment endpoint.
+    pub async fn post_enroll(
+        &self,
+        token: Option<&str>,
+        body: impl Into<reqwest::Body>,
+    ) -> rampart_test_support::https::ApiReply {
+        rampart_test_support::https::post(&self.client, self.addr, "/api/v1/enroll", token, body)
+            .await
+    }
+
+    /// Audit actions in order.
+    pub async fn audit_actions(&self) -> Vec<String> {
+        self.store
+            .audit_log(0, 1000)
+            .await
+            .expect("audit")
+            .into_iter()
+            .map(|r| r.action)
+            .collect()
+    }
+
+    /// Stops the server and waits for `run` to return.
+    pub async fn stop(&mut self) -> std::io::Result<()> {
+        self.stop.cancel();
+        let task = self.task.take().expect("running");
+        tokio::time::timeout(rampart_test_support::wait_limit(), task)
+            .await
+            .expect("run returns after shutdown")
+            .expect("join")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+pub fn read(path: &std::path::Path) -> String {
+    std::fs::read_to_string(path).expect("read")
+}

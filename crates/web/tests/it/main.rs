@@ -1,0 +1,7 @@
+//! The web part's integration tests, one binary: the real server in
+//! process on a loopback port, over real TLS, with a real HTTPS client that
+//! trusts only the test CA, a real CA and a real SQLite store.
+
+mod common;
+mod enroll;
+mod server;
