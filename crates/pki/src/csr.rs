@@ -40,30 +40,16 @@ pub struct VerifiedCsr {
     pub(crate) public_key_sha256: String,
 }
 
-/// What a checked CSR asks for, before anything is signed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CsrSummary {
-    /// The requested identity (the CSR's CN).
-    pub id: DeviceId,
-    /// SHA-256 of its public key's DER SubjectPublicKeyInfo, lowercase hex
-    /// (compare with a certificate's key to refuse a reused key).
-    pub public_key_sha256: String,
-}
-
-/// Checks a PEM CSR as signing would (size, format, key policy,
-/// self-signature, CN) without signing it.
-pub fn inspect(csr_pem: &str) -> Result<CsrSummary, PkiError> {
-    let csr = verify(csr_pem)?;
-    Ok(CsrSummary {
-        id: csr.id,
-        public_key_sha256: csr.public_key_sha256,
-    })
-}
-
 impl VerifiedCsr {
     /// The identity the CSR asks for (its common name).
     pub fn id(&self) -> &DeviceId {
         &self.id
+    }
+
+    /// SHA-256 of its public key's DER SubjectPublicKeyInfo, lowercase hex:
+    /// compare with a certificate's key to refuse a reused key.
+    pub fn public_key_sha256(&self) -> &str {
+        &self.public_key_sha256
     }
 }
 
@@ -249,10 +235,10 @@ mod tests {
     }
 
     #[test]
-    fn inspect_hashes_the_public_key() {
+    fn verified_csr_hashes_the_public_key() {
         let key = KeyPair::generate().expect("keygen");
-        let a = inspect(&csr_for(Some("dev-1"), &key)).expect("accepted");
-        let b = inspect(&csr_for(Some("dev-1"), &key)).expect("accepted");
+        let a = verify(&csr_for(Some("dev-1"), &key)).expect("accepted");
+        let b = verify(&csr_for(Some("dev-1"), &key)).expect("accepted");
         assert_eq!(a.id.as_str(), "dev-1");
         assert_eq!(
             a.public_key_sha256, b.public_key_sha256,
@@ -263,7 +249,7 @@ mod tests {
             crate::fingerprint_sha256(&rcgen::PublicKeyData::subject_public_key_info(&key))
         );
         let other = KeyPair::generate().expect("keygen");
-        let c = inspect(&csr_for(Some("dev-1"), &other)).expect("accepted");
+        let c = verify(&csr_for(Some("dev-1"), &other)).expect("accepted");
         assert_ne!(a.public_key_sha256, c.public_key_sha256);
     }
 

@@ -28,6 +28,5 @@ pub use certificate::{
 };
 pub use crl::{RevocationReason, RevokedSerial};
 pub use csr::VerifiedCsr;
-pub use csr::{CsrSummary, inspect as inspect_csr};
 pub use error::PkiError;
 pub use zeroize::Zeroizing;

@@ -361,18 +361,15 @@ pub async fn confirm(
         }
     };
     if now >= claim.expires_at {
-        match store
-            .end_claim(
-                claim.id,
-                ClaimStatus::Expired,
-                BindErrorCode::ClaimExpired.as_str(),
-                actor,
-            )
-            .await
-        {
-            Ok(_) | Err(StoreError::ClaimState { .. }) => {}
-            Err(e) => return Err(internal(e)),
-        }
+        end(
+            store,
+            &claim,
+            ClaimStatus::Expired,
+            BindErrorCode::ClaimExpired,
+            actor,
+        )
+        .await
+        .map_err(internal)?;
         return Err(ConfirmError::new(
             BindErrorCode::ClaimExpired,
             "the claim expired before this confirmation; the user must start it again",
@@ -384,18 +381,15 @@ pub async fn confirm(
             .await
             .map_err(internal)?;
         if attempts >= policy.max_attempts {
-            match store
-                .end_claim(
-                    claim.id,
-                    ClaimStatus::Refused,
-                    BindErrorCode::NonceMismatch.as_str(),
-                    actor,
-                )
-                .await
-            {
-                Ok(_) | Err(StoreError::ClaimState { .. }) => {}
-                Err(e) => return Err(internal(e)),
-            }
+            end(
+                store,
+                &claim,
+                ClaimStatus::Refused,
+                BindErrorCode::NonceMismatch,
+                actor,
+            )
+            .await
+            .map_err(internal)?;
             return Err(ConfirmError::new(
                 BindErrorCode::NonceMismatch,
                 "wrong nonce; too many wrong nonces, so the claim is refused",
@@ -428,6 +422,24 @@ pub async fn confirm(
             }
             other => internal(other),
         })
+}
+
+/// Ends `claim` as `status` with `code` as its reason; a claim that ended
+/// meanwhile (a concurrent confirmation) is left as it is.
+async fn end(
+    store: &dyn Store,
+    claim: &Claim,
+    status: ClaimStatus,
+    code: BindErrorCode,
+    actor: &Actor,
+) -> Result<(), StoreError> {
+    match store
+        .end_claim(claim.id, status, code.as_str(), actor)
+        .await
+    {
+        Ok(_) | Err(StoreError::ClaimState { .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// The `bind/down` message telling the device it is bound.

@@ -110,8 +110,6 @@ pub struct Renewal<'a> {
     pub store: &'a dyn Store,
     /// The CA that signs.
     pub pki: &'a Pki,
-    /// The issuing CA certificate (PEM), appended to make the chain.
-    pub issuing_ca_pem: &'a str,
 }
 
 impl Renewal<'_> {
@@ -141,29 +139,27 @@ impl Renewal<'_> {
                 why: format!("it is {}", registered.state),
             });
         }
-        let csr = rampart_pki::inspect_csr(&request.csr).map_err(RenewalError::InvalidCsr)?;
-        if csr.id != *device {
+        let csr = self
+            .pki
+            .verify_device_csr(&request.csr)
+            .map_err(|e| match e {
+                PkiError::CannotIssue { .. } => RenewalError::Internal(e.to_string()),
+                other => RenewalError::InvalidCsr(other),
+            })?;
+        if csr.id() != device {
             return Err(RenewalError::IdMismatch {
                 device: device.clone(),
-                found: csr.id.to_string(),
+                found: csr.id().to_string(),
             });
         }
         // Public keys are not secret: a plain comparison is fine here.
-        if csr.public_key_sha256 == connected_key {
+        if csr.public_key_sha256() == connected_key {
             return Err(RenewalError::SameKey);
         }
         let certificate = self
             .pki
-            .sign_device_csr(&request.csr, Some(device))
-            .map_err(|e| match e {
-                PkiError::CsrIdMismatch { found, .. } => RenewalError::IdMismatch {
-                    device: device.clone(),
-                    found,
-                },
-                PkiError::CannotIssue { .. } => RenewalError::Internal(e.to_string()),
-                other if is_csr_error(&other) => RenewalError::InvalidCsr(other),
-                other => RenewalError::Internal(other.to_string()),
-            })?;
+            .sign_verified_csr(&csr)
+            .map_err(|e| RenewalError::Internal(e.to_string()))?;
         let replaced = self
             .store
             .add_pending_certificate(
@@ -187,24 +183,11 @@ impl Renewal<'_> {
                 other => RenewalError::Internal(other.to_string()),
             })?;
         Ok(Renewed {
-            chain: format!("{}{}", certificate.pem, self.issuing_ca_pem),
+            chain: crate::registration::chain_pem(&certificate.pem, self.pki.issuing_ca_pem()),
             certificate,
             replaced,
         })
     }
-}
-
-/// Whether a signing error is about the CSR (the device's fault).
-fn is_csr_error(e: &PkiError) -> bool {
-    matches!(
-        e,
-        PkiError::MalformedPem { .. }
-            | PkiError::MalformedCsr { .. }
-            | PkiError::CsrSignatureInvalid
-            | PkiError::CsrCommonNameCount { .. }
-            | PkiError::CsrInvalidCommonName { .. }
-            | PkiError::UnsupportedCsrKey { .. }
-    )
 }
 
 #[cfg(test)]

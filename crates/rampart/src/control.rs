@@ -89,7 +89,6 @@ pub struct ControlOptions {
 pub struct ControlPlane {
     pipeline: Pipeline,
     platform: Arc<Platform>,
-    issuing_ca_pem: String,
     /// Set once the broker exists (it needs this sink first). Weak: the
     /// broker owns this sink, and shutdown relies on dropping the broker.
     broker: OnceLock<Weak<Broker>>,
@@ -112,7 +111,6 @@ impl ControlPlane {
     pub fn new(pipeline: Pipeline, platform: Arc<Platform>, options: ControlOptions) -> Arc<Self> {
         Arc::new(Self {
             pipeline,
-            issuing_ca_pem: platform.pki.issuing_ca_pem().to_owned(),
             platform,
             broker: OnceLock::new(),
             renewals: Mutex::new(RateLimiter::new(options.renewals)),
@@ -251,7 +249,6 @@ impl ControlPlane {
         let renewal = Renewal {
             store: self.store(),
             pki: &self.platform.pki,
-            issuing_ca_pem: &self.issuing_ca_pem,
         };
         renewal
             .renew(

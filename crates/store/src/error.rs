@@ -24,25 +24,6 @@ pub enum StoreError {
         /// What cannot be done and why.
         why: &'static str,
     },
-    /// No enrollment token has this id.
-    #[error("no enrollment token with id '{0}'; `rampart enroll-token list` shows them")]
-    TokenNotFound(String),
-    /// The token cannot make that change in its current state.
-    #[error("enrollment token '{id}' is {state}: {why}")]
-    InvalidTokenState {
-        /// The token's id.
-        id: String,
-        /// Its current state.
-        state: crate::TokenState,
-        /// What cannot be done and why.
-        why: &'static str,
-    },
-    /// An enrollment token may not register the device.
-    #[error("{0}")]
-    EnrollmentRefused(#[from] crate::EnrollmentRefusal),
-    /// The certificate of an enrolling device could not be issued.
-    #[error("cannot issue the device certificate: {0}")]
-    Issue(#[source] rampart_pki::PkiError),
     /// The certificate is not in a status that allows the change.
     #[error("certificate {serial} is {status}: {why}")]
     CertificateState {
@@ -76,6 +57,25 @@ pub enum StoreError {
         "the claim code of '{0}' changed while the claim was being made; use the code on the current label"
     )]
     ClaimCodeChanged(DeviceId),
+    /// No enrollment token has this id.
+    #[error("no enrollment token with id '{0}'; `rampart enroll-token list` shows them")]
+    TokenNotFound(String),
+    /// The token cannot make that change in its current state.
+    #[error("enrollment token '{id}' is {state}: {why}")]
+    InvalidTokenState {
+        /// The token's id.
+        id: String,
+        /// Its current state.
+        state: crate::TokenState,
+        /// What cannot be done and why.
+        why: &'static str,
+    },
+    /// An enrollment token may not register the device.
+    #[error("{0}")]
+    EnrollmentRefused(#[from] crate::EnrollmentRefusal),
+    /// The certificate of an enrolling device could not be issued.
+    #[error("cannot issue the device certificate: {0}")]
+    Issue(#[source] rampart_pki::PkiError),
     /// The database belongs to something else, or is damaged.
     #[error("{path} is not a Rampart database: {why}")]
     Foreign {

@@ -19,6 +19,26 @@ fn request(device: &str, code: &ClaimCode, owner: &str) -> ClaimRequest {
     }
 }
 
+/// Starts a claim of `lamp-1` by `owner` with a nonce of `byte`s.
+async fn started(
+    f: &Fixture,
+    code: &ClaimCode,
+    owner: &str,
+    byte: u8,
+    now: OffsetDateTime,
+) -> rampart_store::Claim {
+    claim::start(
+        &f.store,
+        &request("lamp-1", code, owner),
+        &POLICY,
+        [byte; 16],
+        now,
+        &actor(),
+    )
+    .await
+    .expect("started")
+}
+
 const POLICY: ClaimPolicy = ClaimPolicy {
     expiry: Duration::from_secs(60),
     max_attempts: 2,
@@ -144,16 +164,7 @@ async fn confirmations_are_checked_against_nonce_expiry_and_attempts() {
     assert_eq!(err.code, BindErrorCode::NoPendingClaim);
 
     // Expired: refused, and the claim ends as expired.
-    let first = claim::start(
-        &f.store,
-        &request("lamp-1", &code, "user:ann"),
-        &POLICY,
-        [1; 16],
-        now,
-        &actor(),
-    )
-    .await
-    .expect("started");
+    let first = started(&f, &code, "user:ann", 1, now).await;
     let late = now + time::Duration::seconds(61);
     let err = confirm(&"01".repeat(16), late).await.expect_err("expired");
     assert_eq!(err.code, BindErrorCode::ClaimExpired);
@@ -163,16 +174,7 @@ async fn confirmations_are_checked_against_nonce_expiry_and_attempts() {
     assert!(matches!(waited, Err(ClaimError::Expired(_))), "{waited:?}");
 
     // Wrong nonces: refused; at the limit (2) the claim is refused.
-    let second = claim::start(
-        &f.store,
-        &request("lamp-1", &code, "group:ops"),
-        &POLICY,
-        [2; 16],
-        now,
-        &actor(),
-    )
-    .await
-    .expect("started");
+    let second = started(&f, &code, "group:ops", 2, now).await;
     assert_eq!(
         claim::outcome(&f.store, second.id, now, &actor())
             .await
@@ -207,16 +209,7 @@ async fn confirmations_are_checked_against_nonce_expiry_and_attempts() {
     );
 
     // The right nonce in time binds; a replay is told the device is bound.
-    let third = claim::start(
-        &f.store,
-        &request("lamp-1", &code, "group:ops"),
-        &POLICY,
-        [3; 16],
-        now,
-        &actor(),
-    )
-    .await
-    .expect("started");
+    let third = started(&f, &code, "group:ops", 3, now).await;
     let device = confirm(&"03".repeat(16), now).await.expect("bound");
     assert_eq!(
         claim::bound_message(&device),

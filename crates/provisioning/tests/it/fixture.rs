@@ -43,16 +43,7 @@ impl Fixture {
     /// Registers `name` with a certificate from the CA; returns its claim
     /// code, the SHA-256 of its public key and its fingerprint.
     pub async fn device(&self, name: &str, code_byte: u8) -> (ClaimCode, String, String) {
-        let key = rcgen::KeyPair::generate().expect("key");
-        let mut params = rcgen::CertificateParams::default();
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        let csr = params
-            .serialize_request(&key)
-            .and_then(|r| r.pem())
-            .expect("CSR");
+        let (csr, _key) = csr(name);
         let cert = self.pki.sign_device_csr(&csr, None).expect("signed");
         let code = ClaimCode::from_random([code_byte; rampart_proto::CLAIM_CODE_BYTES]);
         self.store
@@ -69,9 +60,12 @@ impl Fixture {
             )
             .await
             .expect("register");
-        let key_hash = rampart_pki::inspect_csr(&csr)
+        let key_hash = self
+            .pki
+            .verify_device_csr(&csr)
             .expect("CSR")
-            .public_key_sha256;
+            .public_key_sha256()
+            .to_owned();
         (code, key_hash, cert.fingerprint)
     }
 

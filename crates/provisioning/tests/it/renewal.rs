@@ -17,7 +17,6 @@ async fn a_new_key_is_signed_and_recorded_as_pending() {
     let renewal = Renewal {
         store: &f.store,
         pki: &f.pki,
-        issuing_ca_pem: "ISSUING CA\n",
     };
     let (pem, _) = csr("meter-1");
     let renewed = renewal
@@ -27,7 +26,7 @@ async fn a_new_key_is_signed_and_recorded_as_pending() {
     assert_eq!(renewed.replaced, None);
     assert_eq!(
         renewed.chain,
-        format!("{}ISSUING CA\n", renewed.certificate.pem)
+        format!("{}{}", renewed.certificate.pem, f.pki.issuing_ca_pem())
     );
     let answer = renewed.answer();
     assert_eq!(answer.serial, renewed.certificate.serial);
@@ -61,17 +60,13 @@ async fn refusals_carry_their_codes() {
     let renewal = Renewal {
         store: &f.store,
         pki: &f.pki,
-        issuing_ca_pem: "",
     };
-    let refuse = |csr: String, connected: String| {
-        let renewal = renewal;
-        async move {
-            renewal
-                .renew(&id("meter-1"), &connected, &request(csr), &actor())
-                .await
-                .expect_err("refused")
-                .code()
-        }
+    let refuse = |csr: String, connected: String| async move {
+        renewal
+            .renew(&id("meter-1"), &connected, &request(csr), &actor())
+            .await
+            .expect_err("refused")
+            .code()
     };
     assert_eq!(
         refuse("not a CSR".into(), key.clone()).await,
@@ -83,9 +78,12 @@ async fn refusals_carry_their_codes() {
     );
     // The CSR's key is the connected certificate's key.
     let (pem, fresh) = csr("meter-1");
-    let same = rampart_pki::inspect_csr(&pem)
+    let same = f
+        .pki
+        .verify_device_csr(&pem)
         .expect("CSR")
-        .public_key_sha256;
+        .public_key_sha256()
+        .to_owned();
     assert_eq!(refuse(pem, same).await, RenewalErrorCode::SameKey);
     drop(fresh);
 

@@ -149,7 +149,6 @@ macro_rules! on_both {
         }
     )*};
 }
-/// The harness for the other modules of this binary.
 pub(crate) use on_both;
 
 on_both!(
