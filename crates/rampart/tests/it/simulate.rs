@@ -678,15 +678,26 @@ fn a_renewal_cycle_supersedes_and_revokes_the_old_certificate() {
     let shown = p.ws.rampart_json(&["device", "show", "renew-0001"]);
     assert_eq!(shown["serial"], new, "{shown}");
 
-    // The old certificate is on the CRL as superseded.
-    let crl = p.ws.rampart().args(["ca", "crl"]).output().expect("ca crl");
-    assert!(crl.status.success());
-    std::fs::write(p.ws.join("crl.pem"), &crl.stdout).expect("write CRL");
-    let text =
-        p.ws.openssl_ok(&["crl", "-in", "crl.pem", "-noout", "-text"])
-            .to_ascii_lowercase();
-    assert!(text.contains(&old.to_ascii_lowercase()), "{text}");
-    assert!(text.contains("superseded"), "{text}");
+    // The old certificate goes on the CRL as superseded (serve re-signs
+    // the CRL after the new one's first connection).
+    let old = old.to_ascii_lowercase();
+    let deadline = std::time::Instant::now() + wait_limit();
+    loop {
+        let crl = p.ws.rampart().args(["ca", "crl"]).output().expect("ca crl");
+        assert!(crl.status.success());
+        std::fs::write(p.ws.join("crl.pem"), &crl.stdout).expect("write CRL");
+        let text =
+            p.ws.openssl_ok(&["crl", "-in", "crl.pem", "-noout", "-text"])
+                .to_ascii_lowercase();
+        if text.contains(&old) && text.contains("superseded") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{old} never appeared on the CRL as superseded: {text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     // The first key is gone once the new certificate worked.
     let dir = p.ws.join("state/devices/renew-0001");
     assert!(!dir.join("key-0.pem").exists());
