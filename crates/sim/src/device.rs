@@ -132,6 +132,8 @@ struct Session {
     last_sent_seq: Option<u64>,
     next_packet_id: u16,
     last_write: Instant,
+    /// When the server last sent anything (keepalive, MQTT 5 §3.1.2.10).
+    last_read: Instant,
     connected_at: Instant,
 }
 
@@ -145,6 +147,7 @@ impl Session {
             last_sent_seq: None,
             next_packet_id: 1,
             last_write: now,
+            last_read: now,
             connected_at: now,
         }
     }
@@ -205,6 +208,8 @@ enum Wake {
     Provision,
     Renew,
     Sleep,
+    /// Nothing from the server for 1.5 keepalives: the link is dead.
+    Silent,
 }
 
 /// Topic names of one device.
@@ -447,6 +452,18 @@ impl Device {
                 Wake::Provision => self.step_provisioning().await,
                 Wake::Renew => self.step_renewal().await,
                 Wake::Sleep => self.go_to_sleep("awake too long").await,
+                Wake::Silent => {
+                    if let Some(s) = self.session.take() {
+                        let e = ClientError::io(
+                            format!("read as '{}'", self.id),
+                            std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                "the server sent nothing for 1.5 keepalive intervals",
+                            ),
+                        );
+                        self.connection_lost(s, &e);
+                    }
+                }
             }
             if self.reboot {
                 self.do_reboot().await;
@@ -484,6 +501,7 @@ impl Device {
         match self.session.as_mut() {
             Some(s) => {
                 let ping_at = s.last_write + keepalive.mul_f64(0.75);
+                let silent_at = s.last_read + keepalive.mul_f64(1.5);
                 tokio::select! {
                     biased;
                     _ = stop.cancelled() => Wake::Stop,
@@ -494,6 +512,7 @@ impl Device {
                     _ = sleep_until(renew_at.unwrap_or(far)), if renew_at.is_some() => Wake::Renew,
                     _ = sleep_until(provision_at.unwrap_or(far)), if provision_at.is_some() => Wake::Provision,
                     _ = sleep_until(sleep_at.unwrap_or(far)), if sleep_at.is_some() => Wake::Sleep,
+                    _ = sleep_until(silent_at) => Wake::Silent,
                 }
             }
             None => tokio::select! {
@@ -962,7 +981,10 @@ impl Device {
             return;
         };
         let result = match result {
-            Ok(()) => self.process_packets(&mut s),
+            Ok(()) => {
+                s.last_read = Instant::now();
+                self.process_packets(&mut s)
+            }
             Err(e) => Err(e),
         };
         let result = match result {

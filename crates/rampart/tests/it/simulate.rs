@@ -614,7 +614,11 @@ fn commands_state_requests_and_malformed_downlinks() {
         r#"{"id":"c-2","name":"self-destruct"}"#,
     );
     publish(&format!("devices/{id}/state/down"), "{}");
-    sub_args.extend(["-v", "-C", "3"].map(String::from));
+    publish(
+        &format!("devices/{id}/cmd/down"),
+        r#"{"id":"c-3","name":"reboot"}"#,
+    );
+    sub_args.extend(["-v", "-C", "4"].map(String::from));
     let out = spawn_mosquitto("mosquitto_sub", &sub_args).wait();
     let text = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = text.lines().collect();
@@ -640,10 +644,30 @@ fn commands_state_requests_and_malformed_downlinks() {
                 && l.contains(r#""sensor":"dht11""#)),
         "{text}"
     );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(r#""id":"c-3""#) && l.contains(r#""status":"ok""#)),
+        "{text}"
+    );
+    // After the reboot its readings carry the next boot number.
+    let deadline = std::time::Instant::now() + wait_limit();
+    while !p
+        .stored()
+        .get(id)
+        .is_some_and(|seqs| seqs.keys().any(|s| s >> 32 == 1))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reading of boot 1 stored"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     assert!(sim.terminate());
     let summary = read_summary(&p, "summary.json");
     assert!(count(&summary, "malformedDownlinks") >= 2, "{summary}");
-    assert_eq!(count(&summary, "commands"), 2);
+    assert_eq!(count(&summary, "commands"), 3);
+    assert_eq!(summary["devices"][0]["boot"], 1, "{summary}");
     assert_eq!(summary["drained"], true);
     p.assert_exactly_once(&[&summary]);
 }
@@ -759,4 +783,45 @@ fn a_claim_is_confirmed_by_the_simulated_device() {
     )
     .expect("identity JSON");
     assert_eq!(identity["boundTo"], "user:ann");
+}
+
+#[test]
+fn deep_sleeping_devices_wake_flush_disconnect_and_sleep() {
+    let p = platform();
+    let token = p.token(2, &[]);
+    let (ok, summary, stderr) = p.run(
+        "state",
+        &[
+            "--devices",
+            "2",
+            "--token",
+            &token,
+            "--sleep-cycle",
+            "400ms",
+            "--format",
+            "cbor",
+            "--duration",
+            "3s",
+        ],
+    );
+    assert!(ok, "{stderr}");
+    // One connection per wake: several per device in three seconds.
+    for d in summary["devices"].as_array().expect("devices") {
+        assert!(d["counts"]["connects"].as_u64() >= Some(4), "{d}");
+        let id = d["id"].as_str().expect("id");
+        let stats = p.ws.rampart_json(&["telemetry", "stats", id]);
+        let clean = stats["presence"]
+            .as_array()
+            .expect("presence")
+            .iter()
+            .filter(|e| e["reason"] == "clean")
+            .count();
+        assert!(
+            clean >= 3,
+            "it disconnected cleanly before each sleep: {stats}"
+        );
+    }
+    assert_eq!(summary["drained"], true, "{summary}");
+    assert_eq!(count(&summary, "acknowledged"), count(&summary, "readings"));
+    p.assert_exactly_once(&[&summary]);
 }
