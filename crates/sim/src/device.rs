@@ -534,6 +534,12 @@ impl Device {
             return;
         };
         let result = f(self, &mut s);
+        self.keep_or_lose(s, result).await;
+    }
+
+    /// Sends what the step that gave `result` queued and keeps the
+    /// session, or ends it if the step or the write failed.
+    async fn keep_or_lose(&mut self, mut s: Session, result: Result<(), ClientError>) {
         let result = match result {
             Ok(()) => self.send(&mut s).await,
             Err(e) => Err(e),
@@ -911,14 +917,7 @@ impl Device {
             self.renew_at = Some(Instant::now());
         }
         let result = self.start_session(&mut s);
-        let result = match result {
-            Ok(()) => self.send(&mut s).await,
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(()) => self.session = Some(s),
-            Err(e) => self.connection_lost(s, &e),
-        }
+        self.keep_or_lose(s, result).await;
         self.provision_at = Some(Instant::now());
     }
 
@@ -987,14 +986,7 @@ impl Device {
             }
             Err(e) => Err(e),
         };
-        let result = match result {
-            Ok(()) => self.send(&mut s).await,
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(()) => self.session = Some(s),
-            Err(e) => self.connection_lost(s, &e),
-        }
+        self.keep_or_lose(s, result).await;
     }
 
     /// Handles every complete packet in the read buffer.

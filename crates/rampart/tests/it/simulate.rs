@@ -104,7 +104,17 @@ impl Platform {
 
     /// Runs `simulate` to its end; returns exit success, summary, stderr.
     fn run(&self, state_dir: &str, args: &[&str]) -> (bool, Value, String) {
-        let out = assert_cmd::Command::from_std(self.simulate(state_dir, args))
+        self.run_trusting(&self.ca, state_dir, args)
+    }
+
+    /// [`Platform::run`] verifying the server against `ca`.
+    fn run_trusting(
+        &self,
+        ca: &std::path::Path,
+        state_dir: &str,
+        args: &[&str],
+    ) -> (bool, Value, String) {
+        let out = assert_cmd::Command::from_std(self.simulate_trusting(ca, state_dir, args))
             .timeout(wait_limit() * 2)
             .output()
             .expect("run simulate");
@@ -124,6 +134,30 @@ impl Platform {
         let file = std::fs::File::create(self.ws.join(out)).expect("summary file");
         cmd.stdout(Stdio::from(file)).stderr(Stdio::piped());
         Serve::spawn(cmd)
+    }
+
+    /// One device `PREFIX-0001` enrolled with its own token and connected,
+    /// reading five times a second until terminated.
+    fn one_connected_device(&self, prefix: &str) -> Serve {
+        let token = self.token(1, &["--id-prefix", prefix]);
+        let mut sim = self.spawn(
+            "state",
+            "summary.json",
+            &[
+                "--devices",
+                "1",
+                "--id-prefix",
+                prefix,
+                "--token",
+                &token,
+                "--rate",
+                "5/s",
+            ],
+        );
+        sim.wait_until("connected", |l| {
+            l.starts_with("progress") && l.contains("connected 1/1")
+        });
+        sim
     }
 
     /// Stored readings: device → seq → points stored with that seq.
@@ -350,7 +384,7 @@ fn a_wrong_ca_refuses_the_server_and_nothing_is_enrolled() {
     let wrong = p.ws.join("wrong-ca.pem");
     std::fs::write(&wrong, &out.stdout).expect("write");
 
-    let cmd = p.simulate_trusting(
+    let (ok, summary, stderr) = p.run_trusting(
         &wrong,
         "state",
         &[
@@ -364,12 +398,7 @@ fn a_wrong_ca_refuses_the_server_and_nothing_is_enrolled() {
             "1s",
         ],
     );
-    let out = assert_cmd::Command::from_std(cmd)
-        .timeout(wait_limit())
-        .output()
-        .expect("run");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    assert!(!ok);
     assert!(
         stderr.contains("no simulated device ever connected"),
         "{stderr}"
@@ -380,7 +409,6 @@ fn a_wrong_ca_refuses_the_server_and_nothing_is_enrolled() {
             && stderr.contains("rampart ca export"),
         "{stderr}"
     );
-    let summary: Value = serde_json::from_slice(&out.stdout).expect("summary");
     assert_eq!(count(&summary, "enrolled"), 0);
     assert!(count(&summary, "enrollFailures") >= 1);
     let tokens = p.ws.rampart_json(&["enroll-token", "list"]);
@@ -393,7 +421,7 @@ fn a_wrong_ca_refuses_the_server_and_nothing_is_enrolled() {
         &["--devices", "1", "--token", &token, "--duration", "500ms"],
     );
     assert!(ok, "{stderr}");
-    let cmd = p.simulate_trusting(
+    let (ok, summary, stderr) = p.run_trusting(
         &wrong,
         "state",
         &[
@@ -405,12 +433,8 @@ fn a_wrong_ca_refuses_the_server_and_nothing_is_enrolled() {
             "1s",
         ],
     );
-    let out = assert_cmd::Command::from_std(cmd)
-        .timeout(wait_limit())
-        .output()
-        .expect("run");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    assert!(!ok);
+    assert_eq!(count(&summary, "connects"), 0);
     assert!(
         stderr.contains("the server's certificate is not trusted"),
         "{stderr}"
@@ -463,7 +487,7 @@ fn refused_tokens_are_reported_per_device_and_the_rest_of_the_fleet_runs() {
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    let mut cmd = p.simulate(
+    let (ok, summary, stderr) = p.run(
         "expired",
         &[
             "--devices",
@@ -476,10 +500,9 @@ fn refused_tokens_are_reported_per_device_and_the_rest_of_the_fleet_runs() {
             "1s",
         ],
     );
-    let out = cmd.output().expect("run");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    assert!(!ok);
     assert!(stderr.contains("token_expired"), "{stderr}");
+    assert_eq!(summary["devices"][0]["state"], "needs a new token");
 }
 
 #[test]
@@ -521,24 +544,7 @@ fn readings_buffered_while_the_server_is_down_arrive_once_it_is_back() {
 #[test]
 fn commands_state_requests_and_malformed_downlinks() {
     let p = platform();
-    let token = p.token(1, &["--id-prefix", "cmd"]);
-    let mut sim = p.spawn(
-        "state",
-        "summary.json",
-        &[
-            "--devices",
-            "1",
-            "--token",
-            &token,
-            "--id-prefix",
-            "cmd",
-            "--rate",
-            "5/s",
-        ],
-    );
-    sim.wait_until("connected", |l| {
-        l.starts_with("progress") && l.contains("connected 1/1")
-    });
+    let mut sim = p.one_connected_device("cmd");
     let id = "cmd-0001";
     // Two service identities: a subscriber whose session persists, and a
     // publisher (a client id is its certificate's CN).
@@ -734,24 +740,7 @@ fn a_renewal_cycle_supersedes_and_revokes_the_old_certificate() {
 #[test]
 fn a_claim_is_confirmed_by_the_simulated_device() {
     let p = platform();
-    let token = p.token(1, &["--id-prefix", "claim"]);
-    let mut sim = p.spawn(
-        "state",
-        "summary.json",
-        &[
-            "--devices",
-            "1",
-            "--id-prefix",
-            "claim",
-            "--token",
-            &token,
-            "--rate",
-            "5/s",
-        ],
-    );
-    sim.wait_until("connected", |l| {
-        l.starts_with("progress") && l.contains("connected 1/1")
-    });
+    let mut sim = p.one_connected_device("claim");
     // The claim code is on the device's label: its state dir here.
     let identity: Value = serde_json::from_str(
         &std::fs::read_to_string(p.ws.join("state/devices/claim-0001/identity.json"))
