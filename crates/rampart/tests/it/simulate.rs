@@ -814,3 +814,47 @@ fn deep_sleeping_devices_wake_flush_disconnect_and_sleep() {
     assert_eq!(count(&summary, "acknowledged"), count(&summary, "readings"));
     p.assert_exactly_once(&[&summary]);
 }
+
+#[test]
+fn a_revoked_device_is_refused_logs_why_and_keeps_buffering() {
+    let p = platform();
+    let token = p.token(1, &["--id-prefix", "rev"]);
+    let mut sim = p.spawn(
+        "state",
+        "summary.json",
+        &[
+            "--devices",
+            "1",
+            "--id-prefix",
+            "rev",
+            "--token",
+            &token,
+            "--rate",
+            "10/s",
+            "--drain-timeout",
+            "500ms",
+        ],
+    );
+    sim.wait_until("connected", |l| {
+        l.starts_with("progress") && l.contains("connected 1/1")
+    });
+    p.ws.rampart_json(&["device", "revoke", "rev-0001", "--reason", "key-compromise"]);
+    let refused = sim.wait_for(&["rev-0001", "connection failed"]);
+    assert!(
+        refused.contains("rejected this device's certificate"),
+        "{refused}"
+    );
+    sim.wait_until("readings buffered after the revocation", |l| {
+        l.starts_with("progress") && figure(l, "buffered") >= 10
+    });
+    assert!(sim.terminate(), "simulate exits 0 on SIGTERM");
+    let summary = read_summary(&p, "summary.json");
+    assert_eq!(summary["drained"], false);
+    assert!(count(&summary, "connectFailures") >= 1, "{summary}");
+    assert!(count(&summary, "buffered") >= 10, "{summary}");
+    // Nothing it read was lost: what was not acknowledged is in its ring.
+    assert_eq!(
+        count(&summary, "readings"),
+        count(&summary, "acknowledged") + count(&summary, "buffered")
+    );
+}
