@@ -373,6 +373,24 @@ impl fmt::Debug for Claim {
     }
 }
 
+impl NewDevice {
+    /// The device `cert` names, registered with its certificate and the
+    /// hash of its claim code.
+    pub fn from_certificate(
+        cert: &rampart_pki::IssuedCertificate,
+        claim_code_hash: String,
+    ) -> Self {
+        Self {
+            id: cert.id.clone(),
+            serial: cert.serial.clone(),
+            fingerprint: cert.fingerprint.clone(),
+            not_before: cert.not_before,
+            not_after: cert.not_after,
+            claim_code_hash,
+        }
+    }
+}
+
 /// A registered device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Device {
