@@ -240,24 +240,6 @@ pub struct NewDevice {
     pub claim_code_hash: String,
 }
 
-impl NewDevice {
-    /// The device `cert` names, registered with its certificate and the
-    /// hash of its claim code.
-    pub fn from_certificate(
-        cert: &rampart_pki::IssuedCertificate,
-        claim_code_hash: String,
-    ) -> Self {
-        Self {
-            id: cert.id.clone(),
-            serial: cert.serial.clone(),
-            fingerprint: cert.fingerprint.clone(),
-            not_before: cert.not_before,
-            not_after: cert.not_after,
-            claim_code_hash,
-        }
-    }
-}
-
 /// A certificate issued to an existing device by a renewal.
 #[derive(Debug, Clone)]
 pub struct NewCertificate {
@@ -388,6 +370,24 @@ impl fmt::Debug for Claim {
             .field("attempts", &self.attempts)
             .field("expires_at", &self.expires_at)
             .finish_non_exhaustive()
+    }
+}
+
+impl NewDevice {
+    /// The device `cert` names, registered with its certificate and the
+    /// hash of its claim code.
+    pub fn from_certificate(
+        cert: &rampart_pki::IssuedCertificate,
+        claim_code_hash: String,
+    ) -> Self {
+        Self {
+            id: cert.id.clone(),
+            serial: cert.serial.clone(),
+            fingerprint: cert.fingerprint.clone(),
+            not_before: cert.not_before,
+            not_after: cert.not_after,
+            claim_code_hash,
+        }
     }
 }
 

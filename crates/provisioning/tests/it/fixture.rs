@@ -47,17 +47,7 @@ impl Fixture {
         let cert = self.pki.sign_device_csr(&csr, None).expect("signed");
         let code = ClaimCode::from_random([code_byte; rampart_proto::CLAIM_CODE_BYTES]);
         self.store
-            .create_device(
-                NewDevice {
-                    id: id(name),
-                    serial: cert.serial.clone(),
-                    fingerprint: cert.fingerprint.clone(),
-                    not_before: cert.not_before,
-                    not_after: cert.not_after,
-                    claim_code_hash: code.hash(),
-                },
-                &actor(),
-            )
+            .create_device(NewDevice::from_certificate(&cert, code.hash()), &actor())
             .await
             .expect("register");
         let key_hash = self
