@@ -1052,7 +1052,10 @@ impl Device {
         if code.is_error() {
             warn!(device_id = %self.id, what = ?control, code = u8::from(code), reason = ?reason, "uplink refused by the server");
             if control == Control::ClaimConfirmation {
+                // The server did not take the confirmation: the claim
+                // failed (it says why on bind/down); never repeat it.
                 self.claim_in_flight = false;
+                self.provision_event(ProvisionEvent::BindRefused);
             }
             return Ok(());
         }
@@ -1753,7 +1756,10 @@ impl Device {
                 self.connect_at = Some(Instant::now());
                 self.connect().await;
                 if self.session.is_none() && self.connect_at.is_none() {
-                    self.connect_at = Some(Instant::now());
+                    // A sleeping device's failed wake leaves no retry time;
+                    // while draining it backs off like any other.
+                    let delay = self.backoff.next_delay(&mut self.rng);
+                    self.connect_at = Some(Instant::now() + Duration::from_millis(delay));
                 }
                 continue;
             }
