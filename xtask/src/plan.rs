@@ -126,9 +126,9 @@ impl Plan {
             step(
                 "ingest",
                 format!(
-                    "durable ingest: {} SQLite + {pg_configs} PostgreSQL configurations × {} rounds × {}",
+                    "durable ingest: ({} SQLite + {pg_configs} PostgreSQL configurations) × {} × {}",
                     SQLITE_CONFIGS.len(),
-                    pz.rounds,
+                    count(pz.rounds, "round"),
                     secs(pz.ingest)
                 ),
                 sqlite + pg,
@@ -166,8 +166,8 @@ impl Plan {
                 step(
                     key,
                     format!(
-                        "{name}: {} rounds × 2 brokers × {}",
-                        z.fanin_rounds,
+                        "{name}: {} × 2 brokers × {}",
+                        count(z.fanin_rounds, "round"),
                         secs(z.fanin)
                     ),
                     both(z.fanin_rounds, z.fanin.as_secs_f64() + RUN_OVERHEAD_S),
@@ -188,9 +188,9 @@ impl Plan {
             step(
                 "latency",
                 format!(
-                    "latency: {} rates × {} rounds × 2 brokers × {}",
-                    i.latency_rates,
-                    z.latency_rounds,
+                    "latency: {} × {} × 2 brokers × {}",
+                    count(i.latency_rates, "rate"),
+                    count(z.latency_rounds, "round"),
                     secs(z.latency)
                 ),
                 i.latency_rates as f64
@@ -199,8 +199,8 @@ impl Plan {
             step(
                 "handshakes",
                 format!(
-                    "TLS handshakes: {} rounds × 2 brokers × {}",
-                    z.handshake_rounds,
+                    "TLS handshakes: {} × 2 brokers × {}",
+                    count(z.handshake_rounds, "round"),
                     secs(z.handshakes)
                 ),
                 both(
@@ -214,9 +214,9 @@ impl Plan {
             step(
                 "fanout",
                 format!(
-                    "fan-out: {} rounds × 2 brokers × ({} subscribers connected once, QoS 0 and 1 phases of {})",
-                    z.fanout_rounds,
-                    z.fanout_subscribers,
+                    "fan-out: {} × 2 brokers × ({} connected once, QoS 0 and 1 phases of {})",
+                    count(z.fanout_rounds, "round"),
+                    count(z.fanout_subscribers, "subscriber"),
                     secs(z.fanout)
                 ),
                 z.fanout_rounds as f64 * (connect + 2.0 * (RUN_OVERHEAD_S + phases)),
@@ -227,9 +227,9 @@ impl Plan {
             step(
                 "conns",
                 format!(
-                    "idle connections: {} × 2 brokers, {} rounds, hold {}",
+                    "idle connections: {} × 2 brokers, {}, hold {}",
                     z.connections,
-                    z.conns_rounds,
+                    count(z.conns_rounds, "round"),
                     secs(z.hold)
                 ),
                 z.conns_rounds as f64
@@ -296,6 +296,15 @@ impl Plan {
             minutes(bound),
             named.join(", ")
         )
+    }
+}
+
+/// "1 round", "2 rounds".
+fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
     }
 }
 
