@@ -621,10 +621,15 @@ impl LatencyBasis {
     fn note(self) -> String {
         match self {
             Self::LossFree(r) => format!(
-                "Latency rates: fractions of Mosquitto's highest loss-free rate in this run                  ({r:.0} msg/s), so both brokers are measured at rates Mosquitto sustains                  without loss.\n"
+                "Latency rates: fractions of Mosquitto's highest loss-free rate in this run \
+                 ({r:.0} msg/s), so both brokers are measured at rates Mosquitto sustains \
+                 without loss.\n"
             ),
             Self::FaninFallback(r) => format!(
-                "Latency rates: FALLBACK. The loss-free search found no loss-free rate for                  Mosquitto (every probe failed; see the loss-free note), so the rates are                  fractions of Mosquitto's closed-loop QoS 1 persistent fan-in median                  ({r:.0} msg/s) instead: rates at which Mosquitto may lose messages.\n"
+                "Latency rates: FALLBACK. The loss-free search found no loss-free rate for \
+                 Mosquitto (every probe failed; see the loss-free note), so the rates are \
+                 fractions of Mosquitto's closed-loop QoS 1 persistent fan-in median \
+                 ({r:.0} msg/s) instead: rates at which Mosquitto may lose messages.\n"
             ),
         }
     }
@@ -1035,7 +1040,7 @@ fn scenario_notes(bench: &Bench, z: &Sizes) -> String {
                  own identity and connection (Rampart services; Mosquitto users with `topic read \
                  devices/#`), clean sessions, subscribed at QoS 1 and connected once per broker \
                  and round for both phases: QoS 0 (published at QoS 0, so delivered at QoS 0) \
-                 then QoS 1, {:.0} s each ({:.0} s warm-up). Closed loop end to end: message n \
+                 then QoS 1, {:.1} s each ({:.1} s warm-up). Closed loop end to end: message n \
                  is sent only once every subscriber has received message n − {}, so no broker \
                  queue ever fills and lost/dup are real; latency is send to delivery under that \
                  load.\n",
@@ -1271,5 +1276,45 @@ fn start_brokers(
 fn main() -> Result<()> {
     match Cli::parse().command {
         Task::Bench(args) => bench(args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_rates_come_from_the_loss_free_rate_else_fall_back_to_fan_in() {
+        assert_eq!(
+            LatencyBasis::of(Some(20_000.0), Some(2_000.0)),
+            Some(LatencyBasis::LossFree(20_000.0))
+        );
+        let fallback = LatencyBasis::of(None, Some(2_000.0));
+        assert_eq!(fallback, Some(LatencyBasis::FaninFallback(2_000.0)));
+        assert_eq!(
+            LatencyBasis::of(Some(0.0), Some(2_000.0)),
+            Some(LatencyBasis::FaninFallback(2_000.0))
+        );
+        assert_eq!(LatencyBasis::of(None, Some(f64::NAN)), None);
+        let Some(fallback) = fallback else {
+            panic!("a fallback basis was expected");
+        };
+        // The fallback is said in every row's title and in the note.
+        let title =
+            latency_scenario(&Sizes::of(&quick_args()), 1000.0, Some((0.5, fallback))).title;
+        assert!(title.contains("FALLBACK"), "{title}");
+        assert!(fallback.note().contains("FALLBACK"));
+    }
+
+    fn quick_args() -> BenchArgs {
+        let Task::Bench(a) = Cli::parse_from(["xtask", "bench", "--quick"]).command;
+        a
+    }
+
+    #[test]
+    fn search_start_rates_are_rounded_to_two_significant_digits() {
+        assert_eq!(two_significant_digits(26_501.0), 27_000.0);
+        assert_eq!(two_significant_digits(1_968.0), 2_000.0);
+        assert_eq!(two_significant_digits(493.0), 490.0);
     }
 }
