@@ -504,7 +504,7 @@ impl Bench {
 
 /// Which broker goes first in `round`: they alternate.
 fn round_order(round: usize) -> [Broker; 2] {
-    if round % 2 == 0 {
+    if round.is_multiple_of(2) {
         BOTH
     } else {
         [Broker::Mosquitto, Broker::Rampart]
