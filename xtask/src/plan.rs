@@ -155,23 +155,14 @@ impl Plan {
             format!("set-up: init, {ids} identities (CLI, 4 at a time), both brokers started"),
             STARTUP_S + ids as f64 * IDENTITY_S,
         );
-        // Each comparison run happens once per broker.
-        let both = |rounds: usize, per_run: f64| 2.0 * rounds as f64 * per_run;
         if s.broker {
             for (key, name) in [
-                ("fanin-q0-clean", "fan-in QoS 0, clean sub"),
-                ("fanin-q1-clean", "fan-in QoS 1, clean sub"),
-                ("fanin-q1-persistent", "fan-in QoS 1, persistent sub"),
+                ("fanin-q0-clean", "fan-in QoS 0, clean sub: "),
+                ("fanin-q1-clean", "fan-in QoS 1, clean sub: "),
+                ("fanin-q1-persistent", "fan-in QoS 1, persistent sub: "),
             ] {
-                step(
-                    key,
-                    format!(
-                        "{name}: {} × 2 brokers × {}",
-                        count(z.fanin_rounds, "round"),
-                        secs(z.fanin)
-                    ),
-                    both(z.fanin_rounds, z.fanin.as_secs_f64() + RUN_OVERHEAD_S),
-                );
+                let c = comparison(name.into(), z.fanin_rounds, z.fanin, RUN_OVERHEAD_S);
+                step(key, c.0, c.1);
             }
             let probe = z.probe.as_secs_f64() + RUN_OVERHEAD_S + z.probe_give_up.as_secs_f64();
             let search = (z.search_max_probes as f64 * probe).min(z.search_budget.as_secs_f64());
@@ -185,29 +176,20 @@ impl Plan {
                 ),
                 2.0 * search,
             );
-            step(
-                "latency",
-                format!(
-                    "latency: {} × {} × 2 brokers × {}",
-                    count(i.latency_rates, "rate"),
-                    count(z.latency_rounds, "round"),
-                    secs(z.latency)
-                ),
-                i.latency_rates as f64
-                    * both(z.latency_rounds, z.latency.as_secs_f64() + RUN_OVERHEAD_S),
+            let (what, seconds) = comparison(
+                format!("latency: {} × ", count(i.latency_rates, "rate")),
+                z.latency_rounds,
+                z.latency,
+                RUN_OVERHEAD_S,
             );
-            step(
-                "handshakes",
-                format!(
-                    "TLS handshakes: {} × 2 brokers × {}",
-                    count(z.handshake_rounds, "round"),
-                    secs(z.handshakes)
-                ),
-                both(
-                    z.handshake_rounds,
-                    z.handshakes.as_secs_f64() + HANDSHAKE_OVERHEAD_S,
-                ),
+            step("latency", what, i.latency_rates as f64 * seconds);
+            let c = comparison(
+                "TLS handshakes: ".into(),
+                z.handshake_rounds,
+                z.handshakes,
+                HANDSHAKE_OVERHEAD_S,
             );
+            step("handshakes", c.0, c.1);
             let subs = z.fanout_subscribers as f64;
             let connect = subs / RAMPART_CONNECTS_PER_S + subs / MOSQUITTO_SUBSCRIBERS_PER_S;
             let phases = 2.0 * (z.fanout.as_secs_f64() + FANOUT_PHASE_OVERHEAD_S);
@@ -297,6 +279,19 @@ impl Plan {
             named.join(", ")
         )
     }
+}
+
+/// A scenario run `rounds` times against each broker, `window` long plus
+/// `overhead` seconds: its description (after `name`) and estimate.
+fn comparison(name: String, rounds: usize, window: Duration, overhead: f64) -> (String, f64) {
+    (
+        format!(
+            "{name}{} × 2 brokers × {}",
+            count(rounds, "round"),
+            secs(window)
+        ),
+        2.0 * rounds as f64 * (window.as_secs_f64() + overhead),
+    )
 }
 
 /// "1 round", "2 rounds".
