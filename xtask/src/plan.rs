@@ -30,6 +30,11 @@ const STARTUP_S: f64 = 5.0;
 /// the ≈ 50 devices and the subscriber, the subscriber's drain (≥ 1 s of
 /// silence) and the wait until both brokers are idle (≥ 0.3 s).
 const RUN_OVERHEAD_S: f64 = 2.5;
+/// Per QoS 0 fan-in round beyond [`RUN_OVERHEAD_S`]: Rampart keeps
+/// delivering (and committing) what it read after the window, and the next
+/// run waits until both brokers are idle. `--quick` dev runs spent 14–25 s
+/// on it for a 1 s window; release runs have not measured it yet.
+const QOS0_BACKLOG_S: f64 = 10.0;
 /// A handshake run has no subscriber to connect or drain.
 const HANDSHAKE_OVERHEAD_S: f64 = 1.0;
 /// Per fan-out phase beyond its window: the subscribers' last deliveries
@@ -161,8 +166,12 @@ impl Plan {
                 ("fanin-q1-clean", "fan-in QoS 1, clean sub: "),
                 ("fanin-q1-persistent", "fan-in QoS 1, persistent sub: "),
             ] {
-                let c = comparison(name.into(), z.fanin_rounds, z.fanin, RUN_OVERHEAD_S);
-                step(key, c.0, c.1);
+                let (what, mut seconds) =
+                    comparison(name.into(), z.fanin_rounds, z.fanin, RUN_OVERHEAD_S);
+                if key == "fanin-q0-clean" {
+                    seconds += z.fanin_rounds as f64 * QOS0_BACKLOG_S;
+                }
+                step(key, what, seconds);
             }
             let probe = z.probe.as_secs_f64() + RUN_OVERHEAD_S + z.probe_give_up.as_secs_f64();
             let search = (z.search_max_probes as f64 * probe).min(z.search_budget.as_secs_f64());
@@ -422,9 +431,9 @@ mod tests {
         let (z, pz) = sizes(&["all"]);
         let p = plan(&z, &pz, ALL);
         assert!(p.check_bound(ALL_BOUND).is_ok(), "{}", p.render());
-        // Room for estimates that are off by a minute or two.
+        // Room for estimates that are off by a minute.
         assert!(
-            p.total() <= Duration::from_secs(13 * 60 + 30),
+            p.total() <= Duration::from_secs(14 * 60),
             "{}",
             p.render()
         );
