@@ -432,11 +432,7 @@ mod tests {
         let p = plan(&z, &pz, ALL);
         assert!(p.check_bound(ALL_BOUND).is_ok(), "{}", p.render());
         // Room for estimates that are off by a minute.
-        assert!(
-            p.total() <= Duration::from_secs(14 * 60),
-            "{}",
-            p.render()
-        );
+        assert!(p.total() <= Duration::from_secs(14 * 60), "{}", p.render());
         let keys: Vec<&str> = p.steps.iter().map(|s| s.key).collect();
         assert_eq!(
             keys,
