@@ -3,9 +3,11 @@
 //! equivalent configuration; see BENCHMARKS.md.
 
 mod pipeline;
+mod plan;
 mod procs;
 mod search;
 mod setup;
+mod sizes;
 mod stats;
 
 use std::collections::BTreeMap;
@@ -17,9 +19,11 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::Value;
 
+use crate::plan::{Plan, Suites, Timeline};
 use crate::procs::Guard;
 use crate::search::RateSearch;
 use crate::setup::{Env, READER};
+use crate::sizes::Sizes;
 
 /// Project automation for Rampart.
 #[derive(Debug, Parser)]
@@ -55,10 +59,11 @@ struct BenchArgs {
     /// Which scenarios to run.
     #[arg(value_enum, default_value = "all")]
     suite: Suite,
-    /// Tiny sizes and one round (a CI smoke run: about a minute).
+    /// Tiny sizes and one round (a CI smoke run: about two minutes).
     #[arg(long)]
     quick: bool,
-    /// Rounds per scenario and broker (default 3, 1 with --quick).
+    /// Rounds of every comparison scenario per broker, and of every ingest
+    /// configuration (default 2, 1 with --quick).
     #[arg(long)]
     rounds: Option<usize>,
     /// Rounds of the idle-connections scenario (default 1: it is slow).
@@ -73,14 +78,17 @@ struct BenchArgs {
     /// Subscribers in fan-out (default 1000, 50 with --quick).
     #[arg(long)]
     fanout_subscribers: Option<usize>,
-    /// Time per broker for the loss-free rate search (default 90s, 20s
+    /// Time per broker for the loss-free rate search (default 45s, 20s
     /// with --quick).
     #[arg(long, value_parser = humantime::parse_duration)]
     search_budget: Option<Duration>,
     /// Latency rates in messages per second (comma-separated), instead of
-    /// 25/50/75 % of Mosquitto's fan-in QoS 1 (persistent) median.
+    /// 25/50/75 % of Mosquitto's highest loss-free rate in this run.
     #[arg(long, value_delimiter = ',')]
     latency_rates: Vec<f64>,
+    /// Run `all` even when its time plan exceeds 15 minutes.
+    #[arg(long)]
+    no_time_bound: bool,
     /// Use dev-profile binaries (faster to build, meaningless figures).
     #[arg(long)]
     dev_build: bool,
@@ -103,81 +111,6 @@ struct BenchArgs {
 enum Broker {
     Rampart,
     Mosquitto,
-}
-
-/// Sizes of one bench run.
-#[derive(Debug, Clone)]
-struct Sizes {
-    rounds: usize,
-    conns_rounds: usize,
-    devices: usize,
-    connections: usize,
-    fanin: Duration,
-    latency: Duration,
-    warmup: Duration,
-    latency_fractions: Vec<f64>,
-    handshakes: Duration,
-    handshake_concurrency: usize,
-    hold: Duration,
-    fanout_subscribers: usize,
-    fanout: Duration,
-    fanout_warmup: Duration,
-    fanout_window: usize,
-    probe: Duration,
-    probe_warmup: Duration,
-    probe_give_up: Duration,
-    probe_max_p99: Duration,
-    search_budget: Duration,
-    search_max_probes: usize,
-    search_start: f64,
-    search_precision: f64,
-    revocable: usize,
-}
-
-impl Sizes {
-    fn of(a: &BenchArgs) -> Sizes {
-        let quick = a.quick;
-        Sizes {
-            rounds: a.rounds.unwrap_or(if quick { 1 } else { 3 }).max(1),
-            conns_rounds: a.conns_rounds.unwrap_or(1).max(1),
-            devices: a.devices.unwrap_or(if quick { 10 } else { 50 }).max(1),
-            connections: a
-                .connections
-                .unwrap_or(if quick { 50 } else { 10_000 })
-                .max(1),
-            fanin: Duration::from_secs(if quick { 1 } else { 8 }),
-            latency: Duration::from_secs(if quick { 2 } else { 8 }),
-            warmup: Duration::from_millis(if quick { 500 } else { 2000 }),
-            latency_fractions: if quick {
-                vec![0.5]
-            } else {
-                vec![0.25, 0.5, 0.75]
-            },
-            handshakes: Duration::from_secs(if quick { 1 } else { 8 }),
-            handshake_concurrency: 8,
-            hold: Duration::from_secs(if quick { 1 } else { 5 }),
-            fanout_subscribers: a
-                .fanout_subscribers
-                .unwrap_or(if quick { 50 } else { 1000 })
-                .max(1),
-            fanout: Duration::from_secs(if quick { 1 } else { 8 }),
-            fanout_warmup: Duration::from_millis(if quick { 200 } else { 1000 }),
-            fanout_window: 16,
-            probe: Duration::from_millis(if quick { 1500 } else { 4000 }),
-            probe_warmup: Duration::from_millis(if quick { 500 } else { 1000 }),
-            probe_give_up: Duration::from_secs(2),
-            probe_max_p99: Duration::from_millis(100),
-            search_budget: a.search_budget.unwrap_or(Duration::from_secs(if quick {
-                20
-            } else {
-                90
-            })),
-            search_max_probes: if quick { 4 } else { 16 },
-            search_start: if quick { 500.0 } else { 1000.0 },
-            search_precision: 0.05,
-            revocable: 20,
-        }
-    }
 }
 
 /// One row of the results table: a figure pulled out of the load
@@ -235,6 +168,9 @@ struct Bench {
     rampart: (Guard, std::net::SocketAddr),
     mosquitto: (Guard, std::net::SocketAddr),
     outcomes: Vec<(Scenario, Outcome)>,
+    /// What this run's latency rates are fractions of (none when they were
+    /// given with `--latency-rates`).
+    latency_basis: Option<LatencyBasis>,
 }
 
 impl Bench {
@@ -285,32 +221,76 @@ impl Bench {
             ..Outcome::default()
         };
         for round in 0..s.rounds {
-            let order = if round % 2 == 0 {
-                [Broker::Rampart, Broker::Mosquitto]
-            } else {
-                [Broker::Mosquitto, Broker::Rampart]
-            };
-            for b in order.into_iter().filter(|b| s.brokers.contains(b)) {
+            for b in round_order(round)
+                .into_iter()
+                .filter(|b| s.brokers.contains(b))
+            {
                 self.settle();
                 let started = Instant::now();
                 let tag = format!("{}-{b:?}-{round}", s.key);
                 let report = self.run_loadgen(b, &s, &tag)?;
-                let summary: Vec<String> = s
-                    .metrics
-                    .iter()
-                    .map(|m| format!("{} {}", stats::fmt(value(&report, m)), m.unit))
-                    .collect();
-                eprintln!(
-                    "  {:<34} {b:<9?} round {}: {} ({:.1} s)",
-                    s.title,
-                    round + 1,
-                    summary.join(", "),
-                    started.elapsed().as_secs_f64()
-                );
+                print_run(&s, b, round, &report, started.elapsed());
                 outcome.reports.entry(b).or_default().push(report);
             }
         }
         self.outcomes.push((s, outcome));
+        Ok(())
+    }
+
+    /// Fan-out: per round and broker, one load generator run connects the
+    /// subscribers once and measures a phase per scenario in `parts` (their
+    /// QoS, in order); each phase's report goes to its scenario.
+    fn run_fanout(&mut self, run: &Scenario, parts: Vec<Scenario>) -> Result<()> {
+        let mut outcomes: Vec<Outcome> = parts
+            .iter()
+            .map(|p| Outcome {
+                title: p.title.clone(),
+                ..Outcome::default()
+            })
+            .collect();
+        for round in 0..run.rounds {
+            for b in round_order(round) {
+                self.settle();
+                let started = Instant::now();
+                let report = self.run_loadgen(b, run, &format!("{}-{b:?}-{round}", run.key))?;
+                let took = started.elapsed();
+                let phases = report
+                    .get("phases")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                if phases.len() != parts.len() {
+                    bail!(
+                        "fan-out against {b:?} measured {} of {} phases: {}",
+                        phases.len(),
+                        parts.len(),
+                        phases
+                            .last()
+                            .and_then(|p| p.get("errors"))
+                            .map_or_else(String::new, Value::to_string)
+                    );
+                }
+                eprintln!(
+                    "  fan-out {b:<9?} round {}: {} subscribers connected in {:.1} s, {} phases in {:.1} s",
+                    round + 1,
+                    report
+                        .get("subscribers")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(0),
+                    report
+                        .get("connect_wall_s")
+                        .and_then(Value::as_f64)
+                        .unwrap_or(0.0),
+                    phases.len(),
+                    took.as_secs_f64()
+                );
+                for ((part, outcome), phase) in parts.iter().zip(&mut outcomes).zip(phases) {
+                    print_run(part, b, round, &phase, took);
+                    outcome.reports.entry(b).or_default().push(phase);
+                }
+            }
+        }
+        self.outcomes.extend(parts.into_iter().zip(outcomes));
         Ok(())
     }
 
@@ -329,9 +309,13 @@ impl Bench {
 
     /// Search each broker's highest loss-free fan-in rate ([`RateSearch`]):
     /// one open-loop probe per rate, probes alternating between the brokers,
-    /// each broker within `z.search_budget` and `z.search_max_probes`. The
-    /// outcome holds, per broker, the report of the highest passing probe
-    /// (none if nothing passed) with the whole search under `/search`.
+    /// each broker within `z.search_budget` and `z.search_max_probes`. Each
+    /// broker's search starts at its closed-loop QoS 1 persistent fan-in
+    /// median of this run when there is one (the rate it carried with its
+    /// own back-pressure: a close first guess, so fewer probes are spent
+    /// doubling), else at `z.search_start`. The outcome holds, per broker,
+    /// the report of the highest passing probe (none if nothing passed)
+    /// with the whole search under `/search`.
     fn search_loss_free(&mut self, z: &Sizes) -> Result<()> {
         struct State {
             search: RateSearch,
@@ -341,11 +325,23 @@ impl Bench {
             best: Option<Value>,
         }
         let floor = (z.devices as f64).max(50.0);
+        let closed_loop = metric("", "", "/msgs_per_s", true);
+        let starts: BTreeMap<Broker, f64> = BOTH
+            .iter()
+            .map(|&b| {
+                let start = self
+                    .median("fanin-q1-persistent", b, &closed_loop)
+                    .filter(|r| r.is_finite() && *r > 0.0)
+                    .map_or(z.search_start, two_significant_digits)
+                    .max(floor);
+                (b, start)
+            })
+            .collect();
         let mut states: BTreeMap<Broker, State> = BOTH
             .iter()
             .map(|&b| {
                 let search = RateSearch::new(
-                    z.search_start,
+                    starts.get(&b).copied().unwrap_or(z.search_start),
                     floor,
                     z.search_precision,
                     z.search_max_probes,
@@ -362,13 +358,8 @@ impl Bench {
             .collect();
         let scenario = loss_free_scenario(z);
         for step in 0.. {
-            let order = if step % 2 == 0 {
-                BOTH
-            } else {
-                [Broker::Mosquitto, Broker::Rampart]
-            };
             let mut ran = false;
-            for b in order {
+            for b in round_order(step) {
                 let Some(st) = states.get_mut(&b) else {
                     continue;
                 };
@@ -437,6 +428,7 @@ impl Bench {
                 obj.insert(
                     "search".into(),
                     serde_json::json!({
+                        "start": starts.get(&b),
                         "highest_pass": st.search.highest_pass(),
                         "lowest_fail": st.search.lowest_fail(),
                         "probes": st.probes,
@@ -450,16 +442,99 @@ impl Bench {
         Ok(())
     }
 
-    fn median(&self, key: &str, b: Broker, m: &Metric) -> Option<f64> {
-        let (_, o) = self.outcomes.iter().find(|(s, _)| s.key == key)?;
-        let values: Vec<f64> = o
-            .reports
-            .get(&b)?
+    /// Latency at fixed rates: `given`, or else 25/50/75 % of Mosquitto's
+    /// highest loss-free rate from this run's search; when the search found
+    /// none, of Mosquitto's closed-loop QoS 1 persistent fan-in median, said
+    /// in every row's title and in a note.
+    fn run_latency(&mut self, z: &Sizes, given: &[f64]) -> Result<()> {
+        if !given.is_empty() {
+            for &rate in given {
+                self.run(latency_scenario(z, rate, None))?;
+            }
+            return Ok(());
+        }
+        let loss_free = self
+            .outcomes
             .iter()
-            .filter_map(|r| value(r, m))
-            .collect();
-        stats::median(&values)
+            .find(|(s, _)| s.key == "lossfree")
+            .and_then(|(_, o)| o.reports.get(&Broker::Mosquitto)?.first())
+            .and_then(|r| r.pointer("/search/highest_pass")?.as_f64());
+        let closed_loop = metric("", "", "/msgs_per_s", true);
+        let fanin = self.median("fanin-q1-persistent", Broker::Mosquitto, &closed_loop);
+        let basis = LatencyBasis::of(loss_free, fanin).context(
+            "neither a Mosquitto loss-free rate nor a fan-in QoS 1 figure to base the latency \
+             rates on (or pass --latency-rates)",
+        )?;
+        if let LatencyBasis::FaninFallback(r) = basis {
+            eprintln!(
+                "  latency rates: FALLBACK to Mosquitto's closed-loop fan-in ({r:.0} msg/s): the \
+                 loss-free search found no loss-free rate for it"
+            );
+        }
+        self.latency_basis = Some(basis);
+        for &f in &z.latency_fractions {
+            self.run(latency_scenario(
+                z,
+                (basis.rate() * f).max(1.0),
+                Some((f, basis)),
+            ))?;
+        }
+        Ok(())
     }
+
+    /// A figure's values over the rounds of one scenario and broker.
+    fn values(&self, key: &str, b: Broker, m: &Metric) -> Vec<f64> {
+        self.outcomes
+            .iter()
+            .find(|(s, _)| s.key == key)
+            .and_then(|(_, o)| o.reports.get(&b))
+            .map(|reports| reports.iter().filter_map(|r| value(r, m)).collect())
+            .unwrap_or_default()
+    }
+
+    fn median(&self, key: &str, b: Broker, m: &Metric) -> Option<f64> {
+        stats::median(&self.values(key, b, m))
+    }
+
+    /// (max − min) / median over the rounds, in percent.
+    fn spread(&self, key: &str, b: Broker, m: &Metric) -> Option<f64> {
+        stats::spread_percent(&self.values(key, b, m))
+    }
+}
+
+/// Which broker goes first in `round`: they alternate.
+fn round_order(round: usize) -> [Broker; 2] {
+    if round.is_multiple_of(2) {
+        BOTH
+    } else {
+        [Broker::Mosquitto, Broker::Rampart]
+    }
+}
+
+/// One line per run: the scenario, broker, round and its figures.
+fn print_run(s: &Scenario, b: Broker, round: usize, report: &Value, took: Duration) {
+    let summary: Vec<String> = s
+        .metrics
+        .iter()
+        .map(|m| format!("{} {}", stats::fmt(value(report, m)), m.unit))
+        .collect();
+    eprintln!(
+        "  {:<34} {b:<9?} round {}: {} ({:.1} s)",
+        s.title,
+        round + 1,
+        summary.join(", "),
+        took.as_secs_f64()
+    );
+}
+
+/// `x` rounded to two significant digits (26,501 → 27,000), for readable
+/// probe rates.
+fn two_significant_digits(x: f64) -> f64 {
+    if !x.is_finite() || x <= 0.0 {
+        return x;
+    }
+    let scale = 10f64.powi(x.log10().floor() as i32 - 1);
+    (x / scale).round() * scale
 }
 
 fn value(report: &Value, m: &Metric) -> Option<f64> {
@@ -500,19 +575,76 @@ fn fanin_scenario(z: &Sizes, qos: u8, persistent: bool) -> Scenario {
         title: format!("fan-in QoS {qos}, {} dev→1, {session} sub", z.devices),
         args,
         metrics: vec![metric("received", "msg/s", "/msgs_per_s", true)],
-        rounds: z.rounds,
+        rounds: z.fanin_rounds,
         timeout: z.fanin + Duration::from_secs(90),
         brokers: BOTH.to_vec(),
     }
 }
 
-fn latency_scenario(z: &Sizes, rate: f64, fraction: Option<f64>) -> Scenario {
+/// What the latency rates are fractions of.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum LatencyBasis {
+    /// Mosquitto's highest loss-free rate found by this run's search.
+    LossFree(f64),
+    /// The search found no loss-free rate for Mosquitto: its closed-loop
+    /// QoS 1 persistent fan-in median of this run instead.
+    FaninFallback(f64),
+}
+
+impl LatencyBasis {
+    /// Mosquitto's highest loss-free rate in the search's outcome, else its
+    /// closed-loop QoS 1 persistent fan-in median, else nothing.
+    fn of(loss_free: Option<f64>, fanin: Option<f64>) -> Option<Self> {
+        let usable = |r: &f64| r.is_finite() && *r > 0.0;
+        match (loss_free.filter(usable), fanin.filter(usable)) {
+            (Some(r), _) => Some(Self::LossFree(r)),
+            (None, Some(r)) => Some(Self::FaninFallback(r)),
+            (None, None) => None,
+        }
+    }
+
+    fn rate(self) -> f64 {
+        match self {
+            Self::LossFree(r) | Self::FaninFallback(r) => r,
+        }
+    }
+
+    /// How a latency row names its basis.
+    fn short(self) -> &'static str {
+        match self {
+            Self::LossFree(_) => "M. loss-free",
+            Self::FaninFallback(_) => "M. fan-in, FALLBACK",
+        }
+    }
+
+    /// The note under the table.
+    fn note(self) -> String {
+        match self {
+            Self::LossFree(r) => format!(
+                "Latency rates: fractions of Mosquitto's highest loss-free rate in this run \
+                 ({r:.0} msg/s), so both brokers are measured at rates Mosquitto sustains \
+                 without loss.\n"
+            ),
+            Self::FaninFallback(r) => format!(
+                "Latency rates: FALLBACK. The loss-free search found no loss-free rate for \
+                 Mosquitto (every probe failed; see the loss-free note), so the rates are \
+                 fractions of Mosquitto's closed-loop QoS 1 persistent fan-in median \
+                 ({r:.0} msg/s) instead: rates at which Mosquitto may lose messages.\n"
+            ),
+        }
+    }
+}
+
+fn latency_scenario(z: &Sizes, rate: f64, fraction: Option<(f64, LatencyBasis)>) -> Scenario {
     let (key, title) = match fraction {
-        Some(f) => {
+        Some((f, basis)) => {
             let pct = (f * 100.0).round();
             (
                 format!("latency-{pct}"),
-                format!("latency QoS 1 @ {rate:.0} msg/s ({pct} % of M.)"),
+                format!(
+                    "latency QoS 1 @ {rate:.0} msg/s ({pct} % of {})",
+                    basis.short()
+                ),
             )
         }
         None => (
@@ -542,7 +674,7 @@ fn latency_scenario(z: &Sizes, rate: f64, fraction: Option<f64>) -> Scenario {
             metric("p99", "µs", "/latency/p99_us", false),
             metric("p99.9", "µs", "/latency/p999_us", false),
         ],
-        rounds: z.rounds,
+        rounds: z.latency_rounds,
         timeout: z.latency + Duration::from_secs(90),
         brokers: BOTH.to_vec(),
     }
@@ -580,10 +712,17 @@ fn loss_free_scenario(z: &Sizes) -> Scenario {
     }
 }
 
-fn fanout_scenario(z: &Sizes, qos: u8, subscriber_certs: &Path) -> Scenario {
+/// QoS of the fan-out phases, in run order.
+const FANOUT_QOS: [u8; 2] = [0, 1];
+
+/// The fan-out run: subscribers connected once per broker and round, one
+/// phase per [`FANOUT_QOS`]; its phases' figures go to
+/// [`fanout_part`]'s scenarios.
+fn fanout_run(z: &Sizes, subscriber_certs: &Path) -> Scenario {
+    let qos: Vec<String> = FANOUT_QOS.iter().map(u8::to_string).collect();
     Scenario {
-        key: format!("fanout-q{qos}"),
-        title: format!("fan-out QoS {qos}, 1 dev→{} subs", z.fanout_subscribers),
+        key: "fanout".into(),
+        title: format!("fan-out, 1 dev→{} subs", z.fanout_subscribers),
         args: vec![
             "fanout".into(),
             "--subscriber-certs".into(),
@@ -591,7 +730,7 @@ fn fanout_scenario(z: &Sizes, qos: u8, subscriber_certs: &Path) -> Scenario {
             "--subscribers".into(),
             z.fanout_subscribers.to_string(),
             "--qos".into(),
-            qos.to_string(),
+            qos.join(","),
             "--window".into(),
             z.fanout_window.to_string(),
             "--duration".into(),
@@ -599,14 +738,29 @@ fn fanout_scenario(z: &Sizes, qos: u8, subscriber_certs: &Path) -> Scenario {
             "--warmup".into(),
             format!("{}ms", z.fanout_warmup.as_millis()),
         ],
+        metrics: Vec::new(),
+        rounds: z.fanout_rounds,
+        // Connecting: Mosquitto completes ≈ 165 handshakes/s (8 connectors);
+        // each phase may drain for up to 7 s after its window.
+        timeout: (z.fanout + Duration::from_secs(10)) * FANOUT_QOS.len() as u32
+            + Duration::from_secs(120 + (z.fanout_subscribers / 20) as u64),
+        brokers: BOTH.to_vec(),
+    }
+}
+
+/// The table rows of one fan-out phase (measured by [`fanout_run`]).
+fn fanout_part(z: &Sizes, qos: u8) -> Scenario {
+    Scenario {
+        key: format!("fanout-q{qos}"),
+        title: format!("fan-out QoS {qos}, 1 dev→{} subs", z.fanout_subscribers),
+        args: Vec::new(),
         metrics: vec![
             metric("deliveries", "msg/s", "/deliveries_per_s", true),
             metric("latency p50", "µs", "/latency/p50_us", false),
             metric("latency p99", "µs", "/latency/p99_us", false),
         ],
-        rounds: z.rounds,
-        // Connecting: Mosquitto completes ≈ 165 handshakes/s (8 connectors).
-        timeout: z.fanout + Duration::from_secs(120 + (z.fanout_subscribers / 20) as u64),
+        rounds: z.fanout_rounds,
+        timeout: Duration::ZERO,
         brokers: BOTH.to_vec(),
     }
 }
@@ -668,7 +822,7 @@ fn handshakes_scenario(z: &Sizes) -> Scenario {
             metric("connections", "1/s", "/per_s", true),
             metric("connect p99", "µs", "/connect_time/p99_us", false),
         ],
-        rounds: z.rounds,
+        rounds: z.handshake_rounds,
         timeout: z.handshakes + Duration::from_secs(90),
         brokers: BOTH.to_vec(),
     }
@@ -758,9 +912,14 @@ fn durability_notes(fanin_persistent: bool) -> String {
 fn table(bench: &Bench, z: &Sizes, args: &BenchArgs) -> String {
     let mut out = String::new();
     out.push_str(&format!(
-        "rounds: {} (idle connections: {}); medians over rounds; loopback, both brokers and the \
+        "rounds per broker: fan-in {}, latency {}, handshakes {}, fan-out {}, idle connections \
+         {}; the loss-free search and revoke run once; medians over rounds, and the round spread \
+         ((max − min) / median) where there are two or more; loopback, both brokers and the \
          load generator on the same 2-core machine{}\n\n",
-        z.rounds,
+        z.fanin_rounds,
+        z.latency_rounds,
+        z.handshake_rounds,
+        z.fanout_rounds,
         z.conns_rounds,
         if args.dev_build {
             "; DEV BUILD: figures meaningless"
@@ -768,8 +927,8 @@ fn table(bench: &Bench, z: &Sizes, args: &BenchArgs) -> String {
             ""
         }
     ));
-    out.push_str("| scenario | figure | unit | Rampart | Mosquitto | Rampart/Mosquitto | better | lost/dup (R; M) |\n");
-    out.push_str("|---|---|---|---:|---:|---:|---|---|\n");
+    out.push_str("| scenario | figure | unit | Rampart | Mosquitto | Rampart/Mosquitto | better | lost/dup (R; M) | round spread % (R; M) |\n");
+    out.push_str("|---|---|---|---:|---:|---:|---|---|---|\n");
     for (s, o) in &bench.outcomes {
         let loss = if ["fanin", "latency", "fanout", "lossfree"]
             .iter()
@@ -792,8 +951,15 @@ fn table(bench: &Bench, z: &Sizes, args: &BenchArgs) -> String {
                 (Some(r), Some(q)) if q != 0.0 => stats::fmt(Some(r / q)),
                 _ => "–".into(),
             };
+            let spread = match (
+                bench.spread(&s.key, Broker::Rampart, m),
+                bench.spread(&s.key, Broker::Mosquitto, m),
+            ) {
+                (None, None) => String::new(),
+                (r, q) => format!("{}; {}", stats::fmt(r), stats::fmt(q)),
+            };
             out.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 o.title,
                 m.label,
                 m.unit,
@@ -805,12 +971,16 @@ fn table(bench: &Bench, z: &Sizes, args: &BenchArgs) -> String {
                 } else {
                     "lower"
                 },
-                loss
+                loss,
+                spread
             ));
         }
     }
     out.push('\n');
     out.push_str(&durability_notes(true));
+    if let Some(basis) = bench.latency_basis {
+        out.push_str(&basis.note());
+    }
     out.push_str(&scenario_notes(bench, z));
     out
 }
@@ -824,9 +994,12 @@ fn scenario_notes(bench: &Bench, z: &Sizes) -> String {
             "lossfree" => {
                 out.push_str(&format!(
                     "Loss-free rate: open-loop QoS 1 fan-in probes of {:.1} s ({:.1} s warm-up), \
-                     doubling from {:.0} msg/s then bisecting to {:.0} %, at most {} probes and \
-                     {:.0} s per broker; a probe passes when every scheduled message was sent and \
-                     acknowledged, the persistent subscriber received every one, and p99 ≤ {} ms.",
+                     one per rate, starting at the broker's closed-loop QoS 1 persistent fan-in \
+                     median of this run (two significant digits; {:.0} msg/s without one), \
+                     doubling (or halving) until the verdict changes, then bisecting to {:.0} %, \
+                     at most {} probes and {:.0} s per broker; a probe passes when every \
+                     scheduled message was sent and acknowledged, the persistent subscriber \
+                     received every one, and p99 ≤ {} ms.",
                     z.probe.as_secs_f64(),
                     z.probe_warmup.as_secs_f64(),
                     z.search_start,
@@ -851,7 +1024,9 @@ fn scenario_notes(bench: &Bench, z: &Sizes) -> String {
                         "no probe failed".into()
                     };
                     out.push_str(&format!(
-                        " {b:?}: loss-free at {} msg/s, {failed} ({probes} probes, {:.0} s).",
+                        " {b:?}: started at {} msg/s, loss-free at {} msg/s, {failed} ({probes} \
+                         probes, {:.0} s).",
+                        rate("/search/start"),
                         rate("/search/highest_pass"),
                         r.pointer("/search/seconds")
                             .and_then(Value::as_f64)
@@ -863,10 +1038,16 @@ fn scenario_notes(bench: &Bench, z: &Sizes) -> String {
             "fanout-q0" => out.push_str(&format!(
                 "Fan-out: one device publishes to its telemetry topic; {} subscribers, each its \
                  own identity and connection (Rampart services; Mosquitto users with `topic read \
-                 devices/#`), clean sessions. Closed loop end to end: message n is sent only once \
-                 every subscriber has received message n − {}, so no broker queue ever fills and \
-                 lost/dup are real; latency is send to delivery under that load.\n",
-                z.fanout_subscribers, z.fanout_window
+                 devices/#`), clean sessions, subscribed at QoS 1 and connected once per broker \
+                 and round for both phases: QoS 0 (published at QoS 0, so delivered at QoS 0) \
+                 then QoS 1, {:.1} s each ({:.1} s warm-up). Closed loop end to end: message n \
+                 is sent only once every subscriber has received message n − {}, so no broker \
+                 queue ever fills and lost/dup are real; latency is send to delivery under that \
+                 load.\n",
+                z.fanout_subscribers,
+                z.fanout.as_secs_f64(),
+                z.fanout_warmup.as_secs_f64(),
+                z.fanout_window
             )),
             "revoke" => {
                 let Some(r) = o.reports.get(&Broker::Rampart).and_then(|v| v.first()) else {
@@ -897,8 +1078,41 @@ fn scenario_notes(bench: &Bench, z: &Sizes) -> String {
 }
 
 fn bench(args: BenchArgs) -> Result<()> {
-    let started = Instant::now();
     let z = Sizes::of(&args);
+    let pz = pipeline::PipelineSizes::new(args.quick, args.rounds);
+    let suites = Suites {
+        broker: matches!(args.suite, Suite::Broker | Suite::All),
+        conns: matches!(args.suite, Suite::Conns | Suite::All),
+        ingest: matches!(args.suite, Suite::Ingest | Suite::All),
+        query: matches!(args.suite, Suite::Query | Suite::All),
+    };
+    if let Some(bad) = args
+        .latency_rates
+        .iter()
+        .find(|r| !r.is_finite() || **r <= 0.0)
+    {
+        bail!("latency rates must be positive, not {bad}");
+    }
+    let plan = Plan::new(plan::Inputs {
+        sizes: &z,
+        pipeline: &pz,
+        suites,
+        postgres: !args.no_postgres,
+        latency_rates: if args.latency_rates.is_empty() {
+            z.latency_fractions.len()
+        } else {
+            args.latency_rates.len()
+        },
+    });
+    eprint!("{}", plan.render());
+    if args.suite == Suite::All {
+        if !args.no_time_bound {
+            plan.check_bound(plan::ALL_BOUND)?;
+        } else if plan.total() > plan::ALL_BOUND {
+            eprintln!("--no-time-bound: running past the 15-minute bound of `all`");
+        }
+    }
+    let mut time = Timeline::new(plan);
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(n) => eprintln!("file descriptor limit: {n}"),
         Err(e) => eprintln!("could not raise the file descriptor limit: {e}"),
@@ -909,29 +1123,24 @@ fn bench(args: BenchArgs) -> Result<()> {
             args.mosquitto.display()
         );
     }
-    let bin = build(args.dev_build)?;
+    let bin = time.time("build", || build(args.dev_build))?;
     let tmp = tempfile::Builder::new()
         .prefix("rampart-bench-")
         .tempdir()
         .context("creating the temp dir")?;
     let dir = tmp.path().to_path_buf();
-    let run_conns = matches!(args.suite, Suite::Conns | Suite::All);
-    let run_broker = matches!(args.suite, Suite::Broker | Suite::All);
-    let run_ingest = matches!(args.suite, Suite::Ingest | Suite::All);
-    let run_query = matches!(args.suite, Suite::Query | Suite::All);
     let out_dir = workspace_root().join("target").join("bench");
     std::fs::create_dir_all(&out_dir).context("creating target/bench")?;
     let mut pipeline_table = String::new();
-    if run_ingest || run_query {
-        let pz = pipeline::PipelineSizes::new(args.quick, z.rounds);
+    if suites.ingest || suites.query {
         let pg = (!args.no_postgres).then_some(args.pg_admin_url.as_str());
         let (t, raw) = pipeline::bench(
             &bin.join("rampart-loadgen"),
             &dir,
             &pz,
-            run_ingest,
-            run_query,
+            suites,
             pg,
+            &mut time,
         )?;
         std::fs::write(
             out_dir.join("pipeline.json"),
@@ -939,37 +1148,89 @@ fn bench(args: BenchArgs) -> Result<()> {
         )
         .context("writing target/bench/pipeline.json")?;
         pipeline_table = t;
-        if !(run_broker || run_conns) {
+        if !(suites.broker || suites.conns) {
+            pipeline_table.push('\n');
+            pipeline_table.push_str(&time.render());
             println!("{pipeline_table}");
             std::fs::write(out_dir.join("latest-pipeline.md"), &pipeline_table)
                 .context("writing target/bench/latest-pipeline.md")?;
-            eprintln!("total {:.0} s", started.elapsed().as_secs_f64());
             return Ok(());
         }
     }
-    let mut identities = z.handshake_concurrency.max(z.devices);
-    if run_conns {
-        identities = identities.max(z.connections);
+    let mut b = time.time("setup", || start_brokers(&args, &z, suites, &bin, &dir))?;
+
+    if suites.broker {
+        time.time("fanin-q0-clean", || b.run(fanin_scenario(&z, 0, false)))?;
+        time.time("fanin-q1-clean", || b.run(fanin_scenario(&z, 1, false)))?;
+        time.time("fanin-q1-persistent", || b.run(fanin_scenario(&z, 1, true)))?;
+        time.time("lossfree", || b.search_loss_free(&z))?;
+        time.time("latency", || b.run_latency(&z, &args.latency_rates))?;
+        time.time("handshakes", || b.run(handshakes_scenario(&z)))?;
+        time.time("fanout", || {
+            let run = fanout_run(&z, &b.env.fanout_certs);
+            let parts = FANOUT_QOS.iter().map(|&q| fanout_part(&z, q)).collect();
+            b.run_fanout(&run, parts)
+        })?;
     }
-    let t = Instant::now();
+    if suites.conns {
+        time.time("conns", || b.run(conns_scenario(&z)))?;
+    }
+    if suites.broker {
+        // Last: it revokes identities and makes the server re-read its CRL.
+        time.time("revoke", || {
+            let poll = setup::change_poll_interval(&b.env)?;
+            let revoke = revoke_scenario(&z, &b.env, poll);
+            b.run(revoke)
+        })?;
+    }
+
+    let mut table = table(&b, &z, &args);
+    if !pipeline_table.is_empty() {
+        table.push('\n');
+        table.push_str(&pipeline_table);
+    }
+    let raw: Vec<(&str, &Outcome)> = b
+        .outcomes
+        .iter()
+        .map(|(s, o)| (s.key.as_str(), o))
+        .collect();
+    std::fs::write(
+        out_dir.join("latest.json"),
+        serde_json::to_string_pretty(&raw)?,
+    )
+    .context("writing target/bench/latest.json")?;
+    eprintln!("raw reports: {}", out_dir.join("latest.json").display());
+    // Stop both brokers (by PID) before the temp dir goes away.
+    drop(b);
+    if args.keep {
+        let kept = tmp.keep();
+        eprintln!("kept {}", kept.display());
+    }
+    table.push('\n');
+    table.push_str(&time.render());
+    println!("{table}");
+    std::fs::write(out_dir.join("latest.md"), &table).context("writing target/bench/latest.md")?;
+    Ok(())
+}
+
+/// Create the identities, then start Mosquitto and Rampart side by side.
+fn start_brokers(
+    args: &BenchArgs,
+    z: &Sizes,
+    suites: Suites,
+    bin: &Path,
+    dir: &Path,
+) -> Result<Bench> {
+    let ids = setup::Identities::for_run(z, suites);
     eprintln!(
-        "preparing {} (init, {identities} device identities{})",
+        "preparing {} (init, {} device identities, {} fan-out subscribers, {} revocable devices)",
         dir.display(),
-        if run_broker {
-            format!(
-                ", {} fan-out subscribers, {} revocable devices",
-                z.fanout_subscribers, z.revocable
-            )
-        } else {
-            String::new()
-        }
+        ids.devices,
+        ids.fanout_subscribers,
+        ids.revocable
     );
-    let ids = setup::Identities {
-        devices: identities,
-        fanout_subscribers: if run_broker { z.fanout_subscribers } else { 0 },
-        revocable: if run_broker { z.revocable } else { 0 },
-    };
-    let env = setup::prepare(&bin.join("rampart"), &dir, ids, 4)?;
+    let t = Instant::now();
+    let env = setup::prepare(&bin.join("rampart"), dir, ids, 4)?;
     eprintln!("  done in {:.1} s", t.elapsed().as_secs_f64());
 
     let port = procs::free_port()?;
@@ -1002,84 +1263,58 @@ fn bench(args: BenchArgs) -> Result<()> {
         rampart.1,
         mosq.pid()
     );
-    let mut b = Bench {
+    Ok(Bench {
         env,
         loadgen: bin.join("rampart-loadgen"),
         rampart,
         mosquitto: (mosq, maddr),
         outcomes: Vec::new(),
-    };
-
-    if run_broker {
-        b.run(fanin_scenario(&z, 0, false))?;
-        b.run(fanin_scenario(&z, 1, false))?;
-        b.run(fanin_scenario(&z, 1, true))?;
-        b.search_loss_free(&z)?;
-        if args.latency_rates.is_empty() {
-            let max = metric("", "", "/msgs_per_s", true);
-            let mosq_max = b
-                .median("fanin-q1-persistent", Broker::Mosquitto, &max)
-                .filter(|m| *m > 0.0)
-                .context("no Mosquitto fan-in QoS 1 figure to base the latency rates on")?;
-            for f in z.latency_fractions.clone() {
-                b.run(latency_scenario(&z, (mosq_max * f).max(1.0), Some(f)))?;
-            }
-        } else {
-            for &rate in &args.latency_rates {
-                if !rate.is_finite() || rate <= 0.0 {
-                    bail!("latency rates must be positive, not {rate}");
-                }
-                b.run(latency_scenario(&z, rate, None))?;
-            }
-        }
-        b.run(handshakes_scenario(&z))?;
-        let fanout_certs = b.env.fanout_certs.clone();
-        b.run(fanout_scenario(&z, 0, &fanout_certs))?;
-        b.run(fanout_scenario(&z, 1, &fanout_certs))?;
-    }
-    if run_conns {
-        b.run(conns_scenario(&z))?;
-    }
-    if run_broker {
-        // Last: it revokes identities and makes the server re-read its CRL.
-        let poll = setup::change_poll_interval(&b.env)?;
-        let revoke = revoke_scenario(&z, &b.env, poll);
-        b.run(revoke)?;
-    }
-
-    let mut table = table(&b, &z, &args);
-    if !pipeline_table.is_empty() {
-        table.push('\n');
-        table.push_str(&pipeline_table);
-    }
-    println!("{table}");
-    let raw: Vec<(&str, &Outcome)> = b
-        .outcomes
-        .iter()
-        .map(|(s, o)| (s.key.as_str(), o))
-        .collect();
-    std::fs::write(
-        out_dir.join("latest.json"),
-        serde_json::to_string_pretty(&raw)?,
-    )
-    .context("writing target/bench/latest.json")?;
-    std::fs::write(out_dir.join("latest.md"), &table).context("writing target/bench/latest.md")?;
-    eprintln!(
-        "raw reports: {}; total {:.0} s",
-        out_dir.join("latest.json").display(),
-        started.elapsed().as_secs_f64()
-    );
-    // Stop both brokers (by PID) before the temp dir goes away.
-    drop(b);
-    if args.keep {
-        let kept = tmp.keep();
-        eprintln!("kept {}", kept.display());
-    }
-    Ok(())
+        latency_basis: None,
+    })
 }
 
 fn main() -> Result<()> {
     match Cli::parse().command {
         Task::Bench(args) => bench(args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_rates_come_from_the_loss_free_rate_else_fall_back_to_fan_in() {
+        assert_eq!(
+            LatencyBasis::of(Some(20_000.0), Some(2_000.0)),
+            Some(LatencyBasis::LossFree(20_000.0))
+        );
+        let fallback = LatencyBasis::of(None, Some(2_000.0));
+        assert_eq!(fallback, Some(LatencyBasis::FaninFallback(2_000.0)));
+        assert_eq!(
+            LatencyBasis::of(Some(0.0), Some(2_000.0)),
+            Some(LatencyBasis::FaninFallback(2_000.0))
+        );
+        assert_eq!(LatencyBasis::of(None, Some(f64::NAN)), None);
+        let Some(fallback) = fallback else {
+            panic!("a fallback basis was expected");
+        };
+        // The fallback is said in every row's title and in the note.
+        let title =
+            latency_scenario(&Sizes::of(&quick_args()), 1000.0, Some((0.5, fallback))).title;
+        assert!(title.contains("FALLBACK"), "{title}");
+        assert!(fallback.note().contains("FALLBACK"));
+    }
+
+    fn quick_args() -> BenchArgs {
+        let Task::Bench(a) = Cli::parse_from(["xtask", "bench", "--quick"]).command;
+        a
+    }
+
+    #[test]
+    fn search_start_rates_are_rounded_to_two_significant_digits() {
+        assert_eq!(two_significant_digits(26_501.0), 27_000.0);
+        assert_eq!(two_significant_digits(1_968.0), 2_000.0);
+        assert_eq!(two_significant_digits(493.0), 490.0);
     }
 }

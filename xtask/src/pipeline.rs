@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
+use crate::plan::{Suites, Timeline};
 use crate::procs::Guard;
 use crate::stats;
 
@@ -24,10 +25,13 @@ pub struct PipelineSizes {
 }
 
 impl PipelineSizes {
-    pub fn new(quick: bool, rounds: usize) -> Self {
+    /// Full size (2 rounds of 6 s per ingest configuration, chart queries on
+    /// 10 million points) or tiny with `quick`; `rounds` overrides the
+    /// ingest rounds.
+    pub fn new(quick: bool, rounds: Option<usize>) -> Self {
         Self {
-            rounds,
-            ingest: Duration::from_secs(if quick { 1 } else { 10 }),
+            rounds: rounds.unwrap_or(if quick { 1 } else { 2 }).max(1),
+            ingest: Duration::from_secs(if quick { 1 } else { 6 }),
             devices: if quick { 20 } else { 200 },
             chart_days: if quick { 1 } else { 7 },
             chart_points: if quick { 200_000 } else { 10_000_000 },
@@ -147,15 +151,22 @@ fn ingest_rows(
     ))
 }
 
+/// Ingest configurations on SQLite: (points per message, messages in
+/// flight per device).
+pub const SQLITE_CONFIGS: [(usize, usize); 4] = [(50, 1), (50, 16), (1, 1), (1, 16)];
+
+/// Ingest configurations on PostgreSQL.
+pub const POSTGRES_CONFIGS: [(usize, usize); 2] = [(50, 16), (1, 16)];
+
 /// Runs the ingest and/or chart benchmarks; returns a markdown table and the
 /// raw reports.
 pub fn bench(
     loadgen: &Path,
     dir: &Path,
     z: &PipelineSizes,
-    ingest: bool,
-    query: bool,
+    suites: Suites,
     pg_admin: Option<&str>,
+    time: &mut Timeline,
 ) -> Result<(String, Value)> {
     let mut out = String::from(
         "Rampart only, in process (`rampart-loadgen ingest|chart`, SQLite, \
@@ -163,78 +174,89 @@ pub fn bench(
          | scenario | figure | unit | median |\n|---|---|---|---:|\n",
     );
     let mut raw = serde_json::Map::new();
-    if ingest {
-        let mut configs: Vec<(Backend, usize, usize)> = [(50, 1), (50, 16), (1, 1), (1, 16)]
-            .into_iter()
-            .map(|(p, w)| (Backend::Sqlite, p, w))
-            .collect();
-        if let Some(admin) = pg_admin {
-            configs.extend([(50, 16), (1, 16)].map(|(p, w)| (Backend::Postgres(admin), p, w)));
-        }
-        for (backend, points, window) in configs {
-            let (rows, (key, reports)) = ingest_rows(loadgen, dir, z, backend, points, window)?;
-            out.push_str(&rows);
-            raw.insert(key, reports);
-        }
-    }
-    if query {
-        let store = dir.join("chart");
-        eprintln!(
-            "  chart: loading {} points, then {} queries per window",
-            z.chart_points, z.chart_queries
-        );
-        let report = run(
-            loadgen,
-            dir,
-            "chart",
-            &[
-                "chart".into(),
-                "--store-dir".into(),
-                store.display().to_string(),
-                "--days".into(),
-                z.chart_days.to_string(),
-                "--total-points".into(),
-                z.chart_points.to_string(),
-                "--queries".into(),
-                z.chart_queries.to_string(),
-                "--buckets".into(),
-                "1000".into(),
-            ],
-            Duration::from_secs(1200),
-        )?;
-        let _ = std::fs::remove_dir_all(&store);
-        let stored = report.pointer("/points_stored").and_then(Value::as_f64);
-        out.push_str(&format!(
-            "| chart store | points stored | points | {} |\n| chart store | bulk load | points/s | {} |\n",
-            stats::fmt(stored),
-            stats::fmt(report.pointer("/load_points_per_s").and_then(Value::as_f64)),
-        ));
-        for w in report
-            .pointer("/windows")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default()
-        {
-            let name = format!(
-                "chart query, {} window, 1,000 buckets (from {}, {} buckets)",
-                w["window"].as_str().unwrap_or("?"),
-                w["resolution"].as_str().unwrap_or("?"),
-                w["buckets"]
-            );
-            for (label, pointer) in [("p50", "/latency/p50_us"), ("p99", "/latency/p99_us")] {
-                let v = w
-                    .pointer(pointer)
-                    .and_then(Value::as_f64)
-                    .map(|us| us / 1000.0);
-                out.push_str(&format!(
-                    "| {name} | latency {label} | ms | {} |\n",
-                    stats::fmt(v)
-                ));
+    if suites.ingest {
+        time.time("ingest", || {
+            let mut configs: Vec<(Backend, usize, usize)> = SQLITE_CONFIGS
+                .into_iter()
+                .map(|(p, w)| (Backend::Sqlite, p, w))
+                .collect();
+            if let Some(admin) = pg_admin {
+                configs.extend(POSTGRES_CONFIGS.map(|(p, w)| (Backend::Postgres(admin), p, w)));
             }
-        }
+            for (backend, points, window) in configs {
+                let (rows, (key, reports)) = ingest_rows(loadgen, dir, z, backend, points, window)?;
+                out.push_str(&rows);
+                raw.insert(key, reports);
+            }
+            Ok(())
+        })?;
+    }
+    if suites.query {
+        let (rows, report) = time.time("query", || chart(loadgen, dir, z))?;
+        out.push_str(&rows);
         raw.insert("chart".into(), report);
     }
     Ok((out, Value::Object(raw)))
+}
+
+/// The chart store and its queries: table rows and the raw report.
+fn chart(loadgen: &Path, dir: &Path, z: &PipelineSizes) -> Result<(String, Value)> {
+    let mut out = String::new();
+    let store = dir.join("chart");
+    eprintln!(
+        "  chart: loading {} points, then {} queries per window",
+        z.chart_points, z.chart_queries
+    );
+    let report = run(
+        loadgen,
+        dir,
+        "chart",
+        &[
+            "chart".into(),
+            "--store-dir".into(),
+            store.display().to_string(),
+            "--days".into(),
+            z.chart_days.to_string(),
+            "--total-points".into(),
+            z.chart_points.to_string(),
+            "--queries".into(),
+            z.chart_queries.to_string(),
+            "--buckets".into(),
+            "1000".into(),
+        ],
+        Duration::from_secs(1200),
+    )?;
+    let _ = std::fs::remove_dir_all(&store);
+    let stored = report.pointer("/points_stored").and_then(Value::as_f64);
+    out.push_str(&format!(
+        "| chart store | points stored | points | {} |\n| chart store | bulk load | points/s | {} |\n",
+        stats::fmt(stored),
+        stats::fmt(report.pointer("/load_points_per_s").and_then(Value::as_f64)),
+    ));
+    for w in report
+        .pointer("/windows")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+    {
+        let name = format!(
+            "chart query, {} window, 1,000 buckets (from {}, {} buckets)",
+            w["window"].as_str().unwrap_or("?"),
+            w["resolution"].as_str().unwrap_or("?"),
+            w["buckets"]
+        );
+        for (label, pointer) in [("p50", "/latency/p50_us"), ("p99", "/latency/p99_us")] {
+            let v = w
+                .pointer(pointer)
+                .and_then(Value::as_f64)
+                .map(|us| us / 1000.0);
+            out.push_str(&format!(
+                "| {name} | latency {label} | ms | {} |\n",
+                stats::fmt(v)
+            ));
+        }
+    }
+    Ok((out, report))
 }
 
 /// A database created for one benchmark run with `psql`, dropped after.

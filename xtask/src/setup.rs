@@ -8,6 +8,9 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
 
+use crate::plan::Suites;
+use crate::sizes::Sizes;
+
 /// Identity the subscriber uses (a Rampart service: subscribes `devices/#`).
 pub const READER: &str = "reader";
 
@@ -93,6 +96,28 @@ pub struct Identities {
     pub fanout_subscribers: usize,
     /// Devices `revoke-NNN` (revoke-to-disconnect).
     pub revocable: usize,
+}
+
+impl Identities {
+    /// What a run needs: devices for the scenario that uses the most (the
+    /// idle connections when they run), and for the broker suite the
+    /// fan-out subscribers and the revocable devices.
+    pub fn for_run(z: &Sizes, s: Suites) -> Self {
+        let mut devices = z.handshake_concurrency.max(z.devices);
+        if s.conns {
+            devices = devices.max(z.connections);
+        }
+        Self {
+            devices,
+            fanout_subscribers: if s.broker { z.fanout_subscribers } else { 0 },
+            revocable: if s.broker { z.revocable } else { 0 },
+        }
+    }
+
+    /// Identities created in all, the reader included.
+    pub fn total(&self) -> usize {
+        self.devices + 1 + self.fanout_subscribers + self.revocable
+    }
 }
 
 /// `rampart init`, the identities (`parallel` CLI processes at a time), the

@@ -3,6 +3,14 @@
 //! exactly that topic. Reports deliveries per second over all subscribers,
 //! publish-to-delivery latency, and lost and duplicated deliveries.
 //!
+//! Connecting a thousand mTLS subscribers takes longer than measuring them
+//! (seconds against Mosquitto), so one run connects them once and measures
+//! one *phase* per requested QoS on the same connections. They subscribe
+//! at the highest QoS of the phases; a QoS 0 phase publishes at QoS 0, which
+//! the broker delivers at QoS 0 (MQTT 5 §3.8.4: the lower of the published
+//! and the granted QoS). Each phase has its own run id, so a late delivery
+//! of an earlier phase counts as stale, not as this phase's.
+//!
 //! The publisher runs a closed loop over the *whole path*: message `n` is
 //! sent only once every subscriber has received message `n - window` (and,
 //! at QoS 1, fewer than `window` PUBACKs are outstanding). So no
@@ -44,11 +52,11 @@ pub struct FanoutConfig {
     pub subscriber_certs: CertDir,
     /// Number of subscribers.
     pub subscribers: usize,
-    /// QoS of publishing and of the subscriptions.
-    pub qos: Qos,
+    /// The phases, in order: the QoS the device publishes at in each.
+    pub phases: Vec<Qos>,
     /// Messages the slowest subscriber may be behind the publisher.
     pub window: usize,
-    /// How long the device publishes.
+    /// How long the device publishes, per phase.
     pub duration: Duration,
     /// Leading part of the run left out of the latency histogram.
     pub warmup: Duration,
@@ -58,7 +66,29 @@ pub struct FanoutConfig {
     pub connect_concurrency: usize,
 }
 
-/// Fan-out results.
+/// Pause between phases: each phase ends once every subscriber holds
+/// everything sent, so this only lets the last acknowledgements settle.
+const PHASE_PAUSE: Duration = Duration::from_millis(500);
+
+/// Results of a run: the subscribers' set-up and one report per phase.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct FanoutRun {
+    /// Always "fanout".
+    pub scenario: String,
+    /// The publishing device.
+    pub publisher: String,
+    /// Subscribers connected and subscribed.
+    pub subscribers: usize,
+    /// QoS of the subscriptions (the highest of the phases).
+    pub subscription_qos: Qos,
+    /// Wall time to connect and subscribe every subscriber, seconds.
+    pub connect_wall_s: f64,
+    /// One report per phase, in order. Fewer than asked when the publisher's
+    /// connection failed; the last report's `errors` say why.
+    pub phases: Vec<FanoutReport>,
+}
+
+/// Results of one phase.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct FanoutReport {
     /// Always "fanout".
@@ -79,7 +109,8 @@ pub struct FanoutReport {
     pub warmup_s: f64,
     /// Payload size.
     pub payload_bytes: usize,
-    /// Wall time to connect and subscribe every subscriber, seconds.
+    /// Wall time to connect and subscribe every subscriber, seconds (once
+    /// per run: shared by its phases).
     pub connect_wall_s: f64,
     /// PUBLISH packets sent.
     pub sent: u64,
@@ -175,17 +206,19 @@ struct Clock {
     latency_from: Instant,
 }
 
+/// Publish one phase; the connection is kept for the next phase.
 async fn publish(
-    mut client: Client,
-    cfg: Arc<FanoutConfig>,
-    progress: Arc<Progress>,
+    client: &mut Client,
+    cfg: &FanoutConfig,
+    qos: Qos,
+    progress: &Progress,
     clock: Clock,
     drain: Duration,
 ) -> Result<Outstanding, LoadgenError> {
     let topic = topic(&client.id);
     let mut out = Outstanding::default();
     let window = u64::try_from(cfg.window.max(1)).unwrap_or(u64::MAX);
-    let qos1 = cfg.qos == Qos::AtLeastOnce;
+    let qos1 = qos == Qos::AtLeastOnce;
     let acks_allow = |out: &Outstanding| !qos1 || (out.in_flight() as u64) < window;
     tokio::time::sleep_until(clock.epoch).await;
     loop {
@@ -195,14 +228,14 @@ async fn publish(
         }
         let allowed = progress.slowest().saturating_add(window);
         while out.sent < allowed && acks_allow(&out) {
-            let (seq, pid) = out.next(cfg.qos);
+            let (seq, pid) = out.next(qos);
             let stamp = Stamp {
                 run: clock.run,
                 device: 0,
                 seq,
                 intended_ns: nanos_since(clock.epoch, now),
             };
-            let p = client.publish_packet(&topic, stamp.encode(cfg.payload_size), cfg.qos, pid);
+            let p = client.publish_packet(&topic, stamp.encode(cfg.payload_size), qos, pid);
             client.queue(&p)?;
         }
         if client.pending_write() > 0 {
@@ -219,7 +252,7 @@ async fn publish(
             () = progress.wake.notified() => {}
             read = client.read_more(), if qos1 => {
                 read?;
-                out.drain_acks(&mut client)?;
+                out.drain_acks(client)?;
             }
             () = tokio::time::sleep_until(clock.end) => {}
         }
@@ -230,9 +263,8 @@ async fn publish(
             Err(_elapsed) => break,
             Ok(read) => read?,
         }
-        out.drain_acks(&mut client)?;
+        out.drain_acks(client)?;
     }
-    let _ = client.disconnect().await;
     Ok(out)
 }
 
@@ -289,7 +321,8 @@ impl Seen {
 
 /// Receive until everything the publisher sent has arrived (in order: MQTT
 /// 5 §4.6 keeps one publisher's messages on one topic ordered), or until
-/// `drain` after the publisher stopped.
+/// `drain` after the publisher stopped. Gives the connection back for the
+/// next phase unless it failed.
 async fn subscribe(
     mut client: Client,
     index: usize,
@@ -297,7 +330,7 @@ async fn subscribe(
     clock: Clock,
     mut sent: watch::Receiver<Option<u64>>,
     drain: Duration,
-) -> Seen {
+) -> (Option<Client>, Seen) {
     let mut seen = Seen::default();
     let mut next = 0u64;
     let mut give_up: Option<Instant> = None;
@@ -344,12 +377,13 @@ async fn subscribe(
     }
     .await;
     progress.stop(index);
-    if let Err(e) = result {
-        seen.error = Some(e.to_string());
+    match result {
+        Ok(()) => (Some(client), seen),
+        Err(e) => {
+            seen.error = Some(e.to_string());
+            (None, seen)
+        }
     }
-    // Best effort: the counts are what matter.
-    let _ = client.disconnect().await;
-    seen
 }
 
 /// Connect and subscribe every identity in `ids` to `filter`, at most
@@ -358,6 +392,7 @@ async fn connect_subscribers(
     cfg: &FanoutConfig,
     ids: &[String],
     filter: &str,
+    qos: Qos,
 ) -> Result<Vec<Client>, LoadgenError> {
     let limit = Arc::new(tokio::sync::Semaphore::new(cfg.connect_concurrency.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
@@ -368,7 +403,7 @@ async fn connect_subscribers(
             id.clone(),
             Arc::clone(&limit),
             filter.to_string(),
-            cfg.qos,
+            qos,
         );
         tasks.spawn(async move {
             let result = async {
@@ -413,14 +448,14 @@ async fn connect_subscribers(
     Ok(clients.into_iter().flatten().collect())
 }
 
-/// Run a fan-out measurement.
-pub async fn run(cfg: FanoutConfig) -> Result<FanoutReport, LoadgenError> {
-    if cfg.subscribers == 0 || cfg.duration <= cfg.warmup {
+/// Connect the subscribers once and run every phase on them.
+pub async fn run(cfg: FanoutConfig) -> Result<FanoutRun, LoadgenError> {
+    if cfg.subscribers == 0 || cfg.duration <= cfg.warmup || cfg.phases.is_empty() {
         return Err(LoadgenError::Config(
-            "fan-out needs subscribers and a duration longer than the warm-up".into(),
+            "fan-out needs subscribers, at least one phase and a duration longer than the warm-up"
+                .into(),
         ));
     }
-    let cfg = Arc::new(cfg);
     let publisher_id = cfg
         .certs
         .device_ids(1, &cfg.exclude)?
@@ -434,10 +469,16 @@ pub async fn run(cfg: FanoutConfig) -> Result<FanoutReport, LoadgenError> {
             "the publisher '{publisher_id}' is also among the subscribers"
         )));
     }
+    let subscription_qos = if cfg.phases.contains(&Qos::AtLeastOnce) {
+        Qos::AtLeastOnce
+    } else {
+        Qos::AtMostOnce
+    };
     let connect_started = Instant::now();
-    let subscribers = connect_subscribers(&cfg, &subscriber_ids, &filter).await?;
+    let mut subscribers =
+        connect_subscribers(&cfg, &subscriber_ids, &filter, subscription_qos).await?;
     let connect_wall_s = connect_started.elapsed().as_secs_f64();
-    let publisher = Client::connect(
+    let mut publisher = Client::connect(
         &cfg.target,
         cfg.certs
             .client_config(&cfg.certs.load(&publisher_id)?, true)?,
@@ -445,7 +486,51 @@ pub async fn run(cfg: FanoutConfig) -> Result<FanoutReport, LoadgenError> {
         SessionKind::Clean,
     )
     .await?;
+    let connected = subscribers.len();
+    let cfg = Arc::new(cfg);
+    let mut phases = Vec::with_capacity(cfg.phases.len());
+    for (i, &qos) in cfg.phases.iter().enumerate() {
+        if i > 0 {
+            tokio::time::sleep(PHASE_PAUSE).await;
+        }
+        let (mut report, survivors, publisher_ok) =
+            phase(&cfg, qos, &mut publisher, subscribers).await?;
+        subscribers = survivors;
+        report.connect_wall_s = connect_wall_s;
+        if subscribers.len() < connected && report.errors.len() < 5 {
+            report.errors.push(format!(
+                "{} of {connected} subscribers lost their connection so far",
+                connected - subscribers.len()
+            ));
+        }
+        phases.push(report);
+        if !publisher_ok {
+            break;
+        }
+    }
+    // Best effort: the counts are what matter.
+    let _ = publisher.disconnect().await;
+    for s in subscribers {
+        let _ = s.disconnect().await;
+    }
+    Ok(FanoutRun {
+        scenario: "fanout".into(),
+        publisher: publisher_id,
+        subscribers: connected,
+        subscription_qos,
+        connect_wall_s,
+        phases,
+    })
+}
 
+/// One measured phase at `qos`: returns its report, the subscribers whose
+/// connections are still good, and whether the publisher's is.
+async fn phase(
+    cfg: &Arc<FanoutConfig>,
+    qos: Qos,
+    publisher: &mut Client,
+    subscribers: Vec<Client>,
+) -> Result<(FanoutReport, Vec<Client>, bool), LoadgenError> {
     let drain = Duration::from_secs(5);
     let epoch = Instant::now() + Duration::from_millis(50);
     let clock = Clock {
@@ -468,14 +553,7 @@ pub async fn run(cfg: FanoutConfig) -> Result<FanoutReport, LoadgenError> {
         ));
     }
     drop(sent_rx);
-    let published = publish(
-        publisher,
-        Arc::clone(&cfg),
-        Arc::clone(&progress),
-        clock,
-        drain,
-    )
-    .await;
+    let published = publish(publisher, cfg, qos, &progress, clock, drain).await;
     let mut errors = Vec::new();
     let out = match published {
         Ok(out) => out,
@@ -484,21 +562,22 @@ pub async fn run(cfg: FanoutConfig) -> Result<FanoutReport, LoadgenError> {
             Outstanding::default()
         }
     };
+    let publisher_ok = errors.is_empty();
     // Subscribers stop once they hold everything sent (or after the drain).
-    let _ = sent_tx.send(Some(if errors.is_empty() { out.sent } else { 0 }));
+    let _ = sent_tx.send(Some(if publisher_ok { out.sent } else { 0 }));
 
     let mut hist = crate::latency_histogram()?;
     let mut report = FanoutReport {
         scenario: "fanout".into(),
         mqtt_version: cfg.target.version,
-        qos: cfg.qos,
-        publisher: publisher_id,
+        qos,
+        publisher: publisher.id.clone(),
         subscribers: progress.next.len(),
         window: cfg.window,
         duration_s: cfg.duration.as_secs_f64(),
         warmup_s: cfg.warmup.as_secs_f64(),
         payload_bytes: cfg.payload_size,
-        connect_wall_s,
+        connect_wall_s: 0.0,
         sent: out.sent,
         acked: out.acked,
         rejected: out.rejected,
@@ -515,9 +594,10 @@ pub async fn run(cfg: FanoutConfig) -> Result<FanoutReport, LoadgenError> {
         errors,
     };
     let expected_per_subscriber = out.expected.iter().filter(|&&e| e).count() as u64;
+    let mut survivors = Vec::with_capacity(report.subscribers);
     while let Some(joined) = receivers.join_next().await {
-        let seen = match joined {
-            Ok(seen) => seen,
+        let (client, seen) = match joined {
+            Ok(done) => done,
             Err(e) => {
                 if report.errors.len() < 5 {
                     report.errors.push(format!("subscriber task: {e}"));
@@ -528,6 +608,7 @@ pub async fn run(cfg: FanoutConfig) -> Result<FanoutReport, LoadgenError> {
                 continue;
             }
         };
+        survivors.extend(client);
         let acc = account(&out.expected, &seen.counts);
         report.expected_deliveries += expected_per_subscriber;
         report.lost += acc.0;
@@ -547,7 +628,7 @@ pub async fn run(cfg: FanoutConfig) -> Result<FanoutReport, LoadgenError> {
     }
     report.deliveries_per_s = report.deliveries_in_window as f64 / report.duration_s;
     report.latency = Percentiles::of(&hist);
-    Ok(report)
+    Ok((report, survivors, publisher_ok))
 }
 
 /// Lost and duplicated deliveries to one subscriber: `expected[seq]` says

@@ -136,6 +136,7 @@ enum Scenario {
         duration: Duration,
     },
     /// One device publishes; N subscribers (own identities) receive its topic.
+    /// The subscribers connect once; one measured phase per QoS given.
     Fanout {
         /// Directory with ca.crt and the subscribers' <id>.crt/<id>.key
         /// (identities allowed to subscribe to a device's telemetry).
@@ -143,11 +144,13 @@ enum Scenario {
         subscriber_certs: PathBuf,
         #[arg(long, default_value_t = 1000)]
         subscribers: usize,
-        #[arg(long, default_value = "1")]
-        qos: Qos,
+        /// QoS of each phase, in order (e.g. `0,1`).
+        #[arg(long, default_value = "1", value_delimiter = ',')]
+        qos: Vec<Qos>,
         /// Messages the slowest subscriber may be behind the publisher.
         #[arg(long, default_value_t = 16)]
         window: usize,
+        /// Publishing time per phase.
         #[arg(long, default_value = "8s", value_parser = humantime::parse_duration)]
         duration: Duration,
         #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
@@ -403,7 +406,7 @@ async fn main() -> anyhow::Result<()> {
                     exclude: c.subscriber,
                     subscriber_certs,
                     subscribers,
-                    qos,
+                    phases: qos,
                     window,
                     duration,
                     warmup,

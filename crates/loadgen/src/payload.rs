@@ -2,6 +2,8 @@
 //! and when it was meant to be sent, as a telemetry reading padded up to
 //! the configured size.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 /// Smallest payload: the JSON of a stamp never needs more.
 pub const HEADER_LEN: usize = 120;
 
@@ -19,17 +21,39 @@ pub struct Stamp {
     pub intended_ns: u64,
 }
 
-/// The telemetry `seq` of this process's first message: Unix ms at start
-/// × 10⁶, so that every run's sequence numbers are new to Rampart's dedupe
-/// (a rerun must be stored, not acknowledged as a replay).
+/// The telemetry `seq` of the current run's first message. Each run id
+/// ([`new_run_id`]) starts a new block at Unix ms × 10⁶ (and past the
+/// previous block), so that every run's sequence numbers are new to
+/// Rampart's dedupe, within one process (a fan-out run measures several
+/// phases on the same connections) as across processes: a rerun must be
+/// stored, not acknowledged as a replay or refused as a conflict.
+static SEQ_BASE: AtomicU64 = AtomicU64::new(0);
+
+/// Room a block leaves for one run's per-device sequence numbers.
+const SEQ_BLOCK: u64 = 1 << 32;
+
+fn start_seq_block() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+        .saturating_mul(1_000_000);
+    let _ = SEQ_BASE.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |prev| {
+        Some(if prev == 0 {
+            now
+        } else {
+            now.max(prev.saturating_add(SEQ_BLOCK))
+        })
+    });
+}
+
 fn seq_base() -> u64 {
-    static BASE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *BASE.get_or_init(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64)
-            .saturating_mul(1_000_000)
-    })
+    match SEQ_BASE.load(Ordering::SeqCst) {
+        0 => {
+            start_seq_block();
+            SEQ_BASE.load(Ordering::SeqCst)
+        }
+        base => base,
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -78,8 +102,10 @@ impl Stamp {
 }
 
 /// A run id that differs between runs: the low 32 bits of the wall-clock
-/// nanoseconds at start.
+/// nanoseconds at start. Also starts a new block of telemetry sequence
+/// numbers for the run's payloads.
 pub fn new_run_id() -> u32 {
+    start_seq_block();
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos() ^ (d.as_secs() & 0xffff_ffff) as u32)
@@ -108,6 +134,31 @@ mod tests {
         )
         .expect("a valid telemetry payload");
         assert_eq!(reading.len(), 1);
+    }
+
+    /// The telemetry `seq` a payload carries.
+    fn telemetry_seq(s: &Stamp) -> Option<u64> {
+        let v: serde_json::Value = serde_json::from_slice(&s.encode(100)).ok()?;
+        v.get("seq")?.as_u64()
+    }
+
+    #[test]
+    fn each_run_id_starts_new_telemetry_sequence_numbers() {
+        let stamp = |run| Stamp {
+            run,
+            device: 0,
+            seq: 5,
+            intended_ns: 0,
+        };
+        let first_run = new_run_id();
+        let first = telemetry_seq(&stamp(first_run));
+        let second = telemetry_seq(&stamp(new_run_id()));
+        let (Some(first), Some(second)) = (first, second) else {
+            panic!("no telemetry seq: {first:?} {second:?}");
+        };
+        // The same per-run seq in the next run lands past everything the
+        // first run could have used.
+        assert!(second >= first - 5 + SEQ_BLOCK, "{first} {second}");
     }
 
     #[test]
