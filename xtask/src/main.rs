@@ -1,4 +1,4 @@
-//! Project automation. `cargo xtask bench [broker|ingest|query|conns|all] [--quick]`
+//! Project automation. `cargo xtask bench [broker|ingest|query|conns|sim|all] [--quick]`
 //! measures Rampart against a Mosquitto 2.x started beside it with an
 //! equivalent configuration; see BENCHMARKS.md.
 
@@ -6,6 +6,7 @@ mod pipeline;
 mod procs;
 mod search;
 mod setup;
+mod sim;
 mod stats;
 
 use std::collections::BTreeMap;
@@ -46,6 +47,8 @@ enum Suite {
     Ingest,
     /// Rampart only: chart query latency on a store of 10 million points.
     Query,
+    /// Rampart only: simulated devices one `rampart simulate` sustains at 1 reading/s each.
+    Sim,
     /// Everything.
     All,
 }
@@ -97,6 +100,8 @@ struct BenchArgs {
     /// Keep the temporary directory (data dir, certificates, logs).
     #[arg(long)]
     keep: bool,
+    #[command(flatten)]
+    sim: sim::SimArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
@@ -903,7 +908,7 @@ fn bench(args: BenchArgs) -> Result<()> {
         Ok(n) => eprintln!("file descriptor limit: {n}"),
         Err(e) => eprintln!("could not raise the file descriptor limit: {e}"),
     }
-    if !args.mosquitto.is_file() {
+    if args.suite != Suite::Sim && !args.mosquitto.is_file() {
         bail!(
             "Mosquitto not found at {} (Debian: apt-get install mosquitto; or pass --mosquitto PATH)",
             args.mosquitto.display()
@@ -921,7 +926,22 @@ fn bench(args: BenchArgs) -> Result<()> {
     let run_query = matches!(args.suite, Suite::Query | Suite::All);
     let out_dir = workspace_root().join("target").join("bench");
     std::fs::create_dir_all(&out_dir).context("creating target/bench")?;
+    let run_sim = matches!(args.suite, Suite::Sim | Suite::All);
     let mut pipeline_table = String::new();
+    if run_sim {
+        let sz = sim::SimSizes::new(&args.sim, args.quick);
+        let (t, raw) = sim::bench(&bin.join("rampart"), &dir.join("sim"), &sz, args.dev_build)?;
+        std::fs::write(out_dir.join("sim.json"), serde_json::to_string_pretty(&raw)?)
+            .context("writing target/bench/sim.json")?;
+        if args.suite == Suite::Sim {
+            println!("{t}");
+            std::fs::write(out_dir.join("latest-sim.md"), &t)
+                .context("writing target/bench/latest-sim.md")?;
+            eprintln!("total {:.0} s", started.elapsed().as_secs_f64());
+            return Ok(());
+        }
+        pipeline_table = t;
+    }
     if run_ingest || run_query {
         let pz = pipeline::PipelineSizes::new(args.quick, z.rounds);
         let pg = (!args.no_postgres).then_some(args.pg_admin_url.as_str());
@@ -938,7 +958,10 @@ fn bench(args: BenchArgs) -> Result<()> {
             serde_json::to_string_pretty(&raw)?,
         )
         .context("writing target/bench/pipeline.json")?;
-        pipeline_table = t;
+        if !pipeline_table.is_empty() {
+            pipeline_table.push('\n');
+        }
+        pipeline_table.push_str(&t);
         if !(run_broker || run_conns) {
             println!("{pipeline_table}");
             std::fs::write(out_dir.join("latest-pipeline.md"), &pipeline_table)

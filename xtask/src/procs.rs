@@ -147,7 +147,7 @@ pub fn wait_listening(guard: &mut Guard, addr: SocketAddr, timeout: Duration) ->
 
 /// User plus system CPU seconds of a process (`/proc/PID/stat` fields 14
 /// and 15, in `USER_HZ` = 100 ticks per second).
-fn cpu_seconds(pid: u32) -> Option<f64> {
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = stat.rsplit_once(')')?.1;
     let mut fields = after.split_whitespace().skip(11);

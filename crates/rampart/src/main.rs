@@ -8,6 +8,7 @@ mod commands;
 mod config;
 mod credentials;
 mod datadir;
+mod demo;
 mod label;
 mod logging;
 mod output;

@@ -5,6 +5,7 @@
 mod broker;
 mod cli;
 mod crash;
+mod demo;
 mod enroll;
 mod serve;
 mod simulate;
