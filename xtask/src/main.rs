@@ -931,8 +931,11 @@ fn bench(args: BenchArgs) -> Result<()> {
     if run_sim {
         let sz = sim::SimSizes::new(&args.sim, args.quick);
         let (t, raw) = sim::bench(&bin.join("rampart"), &dir.join("sim"), &sz, args.dev_build)?;
-        std::fs::write(out_dir.join("sim.json"), serde_json::to_string_pretty(&raw)?)
-            .context("writing target/bench/sim.json")?;
+        std::fs::write(
+            out_dir.join("sim.json"),
+            serde_json::to_string_pretty(&raw)?,
+        )
+        .context("writing target/bench/sim.json")?;
         if args.suite == Suite::Sim {
             println!("{t}");
             std::fs::write(out_dir.join("latest-sim.md"), &t)

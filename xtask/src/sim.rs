@@ -242,7 +242,12 @@ fn rampart(env: &Env, args: &[&str]) -> Result<Vec<u8>> {
 }
 
 /// Runs the scenario in `dir`; returns its table (Markdown) and raw rows.
-pub fn bench(rampart_bin: &Path, dir: &Path, z: &SimSizes, dev_build: bool) -> Result<(String, Value)> {
+pub fn bench(
+    rampart_bin: &Path,
+    dir: &Path,
+    z: &SimSizes,
+    dev_build: bool,
+) -> Result<(String, Value)> {
     let started = Instant::now();
     std::fs::create_dir_all(dir).context("creating the sim bench dir")?;
     let none = Identities {
@@ -390,7 +395,11 @@ impl Fleet<'_> {
                 break p;
             }
         };
-        let (sim_cpu, server_cpu, t0) = (cpu_seconds(sim_pid), cpu_seconds(server_pid), Instant::now());
+        let (sim_cpu, server_cpu, t0) = (
+            cpu_seconds(sim_pid),
+            cpu_seconds(server_pid),
+            Instant::now(),
+        );
         let end = loop {
             let p = next(window_deadline)?;
             if p.elapsed_s >= start.elapsed_s + z.window.as_secs_f64() {
@@ -453,7 +462,10 @@ fn table(rows: &[Row], skipped: &[usize], z: &SimSizes, dev_build: bool) -> Stri
     let mut previous: Option<&Row> = None;
     for r in rows {
         let rss = r.sim_rss_kib.map(|k| k as f64);
-        let marginal = match (previous.and_then(|p| p.sim_rss_kib.map(|k| (p.devices, k))), r.sim_rss_kib) {
+        let marginal = match (
+            previous.and_then(|p| p.sim_rss_kib.map(|k| (p.devices, k))),
+            r.sim_rss_kib,
+        ) {
             (Some((pn, pk)), Some(k)) if r.devices > pn => {
                 Some((k as f64 - pk as f64) / (r.devices - pn) as f64)
             }

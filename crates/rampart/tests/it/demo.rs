@@ -36,7 +36,11 @@ fn stored_max_seq(ws: &Workspace) -> BTreeMap<String, u64> {
         .args(["telemetry", "export", "--format", "jsonl"])
         .output()
         .expect("export");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut max: BTreeMap<String, u64> = BTreeMap::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let point: Value = serde_json::from_str(line).expect("a JSON point per line");
