@@ -11,7 +11,6 @@
 //! CPU and RSS (and the server's CPU) from `/proc`.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -20,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-use crate::procs::{Guard, cpu_seconds};
+use crate::procs::{self, Guard, Listening, cpu_seconds};
 use crate::setup::{self, Env, Identities};
 use crate::stats;
 
@@ -156,70 +155,6 @@ struct Row {
     sim_rss_kib: Option<u64>,
 }
 
-/// `rampart serve` for the scenario, with its two addresses.
-struct Server {
-    guard: Guard,
-    mqtt: SocketAddr,
-    http: SocketAddr,
-}
-
-/// Starts `rampart serve` on loopback port 0 and reads both `listening`
-/// lines; the rest of its stderr goes to `log`.
-fn start_server(env: &Env, log: PathBuf) -> Result<Server> {
-    let mut cmd = Command::new(&env.rampart);
-    cmd.arg("--data-dir")
-        .arg(&env.data)
-        .arg("--config")
-        .arg(&env.config)
-        .args([
-            "serve",
-            "--mqtt-addr",
-            "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut guard = Guard::spawn("rampart serve", &mut cmd)?;
-    let stderr = guard
-        .take_stderr()
-        .context("rampart serve: no stderr pipe")?;
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut out = std::fs::File::create(&log).ok();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.strip_prefix("listening ")
-                && let Some((name, addr)) = rest.split_once('=')
-            {
-                let _ = tx.send((name.to_owned(), addr.trim().to_owned()));
-            }
-            if let Some(f) = out.as_mut() {
-                let _ = writeln!(f, "{line}");
-            }
-        }
-    });
-    let (mut mqtt, mut http) = (None, None);
-    while mqtt.is_none() || http.is_none() {
-        let (name, addr) = rx
-            .recv_timeout(Duration::from_secs(60))
-            .context("rampart serve did not print both `listening` lines within 60 s")?;
-        let addr: SocketAddr = addr
-            .parse()
-            .with_context(|| format!("rampart printed an unparsable address '{addr}'"))?;
-        match name.as_str() {
-            "mqtt" => mqtt = Some(addr),
-            "http" => http = Some(addr),
-            _ => {}
-        }
-    }
-    Ok(Server {
-        guard,
-        mqtt: mqtt.context("no MQTT address")?,
-        http: http.context("no HTTPS address")?,
-    })
-}
-
 /// Runs `rampart ARGS` against the scenario's data dir; its stdout.
 fn rampart(env: &Env, args: &[&str]) -> Result<Vec<u8>> {
     let out = Command::new(&env.rampart)
@@ -256,7 +191,12 @@ pub fn bench(
         revocable: 0,
     };
     let env = setup::prepare(rampart_bin, dir, none, 1)?;
-    let server = start_server(&env, dir.join("rampart.log"))?;
+    let (server, addrs) = procs::start_rampart_listening(
+        rampart_bin,
+        &env.data,
+        &env.config,
+        dir.join("rampart.log"),
+    )?;
     let ca = dir.join("ca.pem");
     std::fs::write(&ca, rampart(&env, &["ca", "export"])?).context("writing ca.pem")?;
     let largest = z.fleets.last().copied().unwrap_or(0).to_string();
@@ -282,9 +222,9 @@ pub fn bench(
         .to_owned();
     eprintln!(
         "sim: rampart serve (pid {}) on {} / {}; fleets {:?}",
-        server.guard.pid(),
-        server.mqtt,
-        server.http,
+        server.pid(),
+        addrs.mqtt,
+        addrs.http,
         z.fleets
     );
 
@@ -299,6 +239,7 @@ pub fn bench(
         let run = Fleet {
             rampart: rampart_bin,
             server: &server,
+            addrs,
             ca: &ca,
             token: &token,
             state: &dir.join("state"),
@@ -319,7 +260,8 @@ pub fn bench(
 /// One `rampart simulate` run against the scenario's server.
 struct Fleet<'a> {
     rampart: &'a Path,
-    server: &'a Server,
+    server: &'a Guard,
+    addrs: Listening,
     ca: &'a Path,
     token: &'a str,
     state: &'a Path,
@@ -339,9 +281,9 @@ impl Fleet<'_> {
             .args(["--progress-every", "1s"])
             .args(["--drain-timeout", &format!("{}s", z.drain.as_secs())])
             .arg("--server")
-            .arg(self.server.mqtt.to_string())
+            .arg(self.addrs.mqtt.to_string())
             .arg("--http")
-            .arg(self.server.http.to_string())
+            .arg(self.addrs.http.to_string())
             .arg("--ca")
             .arg(self.ca)
             .arg("--state-dir")
@@ -365,7 +307,7 @@ impl Fleet<'_> {
                 }
             }
         });
-        let (sim_pid, server_pid) = (sim.pid(), self.server.guard.pid());
+        let (sim_pid, server_pid) = (sim.pid(), self.server.pid());
         let log = self.log.display().to_string();
         let next = |deadline: Instant| -> Result<Progress> {
             let wait = deadline.saturating_duration_since(Instant::now());
