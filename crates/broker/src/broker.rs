@@ -21,6 +21,27 @@ use crate::router::{ClientId, Router, SubOptions};
 use crate::session::{Delivery, Message, Session};
 use crate::tls::{ReloadableAcceptor, TlsError, TlsMaterial};
 
+/// Why a message Rampart itself publishes was not sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServerPublishError {
+    /// The topic is not a valid topic name (empty, wildcards, too long).
+    #[error("'{topic}' is not a valid topic name: {why}")]
+    InvalidTopic {
+        /// The topic given.
+        topic: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// QoS other than 0, 1 or 2.
+    #[error("QoS {0} does not exist; use 0, 1 or 2")]
+    InvalidQos(u8),
+    /// Copies queued for offline persistent sessions could not be stored.
+    #[error(
+        "the broker could not store the message for offline sessions (see the store's error in the log)"
+    )]
+    NotDurable,
+}
+
 /// Why the broker cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -88,6 +109,54 @@ impl Broker {
     /// Swaps in new certificates or a new CRL; live connections keep theirs.
     pub fn reload_tls(&self, material: &TlsMaterial) -> Result<(), TlsError> {
         self.tls.reload(material)
+    }
+
+    /// Publishes a message from Rampart itself: the `bind`, `cert` and
+    /// `ota` downlinks, which only the server sends. There is no ACL check
+    /// (no client publishes it) and no pipeline; otherwise it is routed as
+    /// any publish, and QoS ≥ 1 copies for offline persistent sessions are
+    /// queued durably: when this returns `Ok`, they survive a restart.
+    /// Returns the number of sessions it was delivered or queued to.
+    pub async fn publish_from_server(
+        &self,
+        topic: &str,
+        payload: Bytes,
+        qos: u8,
+    ) -> Result<usize, ServerPublishError> {
+        crate::topic::validate_name(topic).map_err(|e| ServerPublishError::InvalidTopic {
+            topic: topic.chars().take(200).collect(),
+            why: e.to_string(),
+        })?;
+        if qos > 2 {
+            return Err(ServerPublishError::InvalidQos(qos));
+        }
+        Metrics::inc(&self.metrics.server_publishes);
+        let message = Arc::new(Message {
+            topic: Arc::from(topic),
+            payload,
+            qos,
+            retain: false,
+            properties: Properties::default(),
+            expires_at: None,
+            publisher: None,
+        });
+        let (durable, recipients) = self.route(&message);
+        if crate::persist::durable(durable).await {
+            Ok(recipients)
+        } else {
+            Err(ServerPublishError::NotDurable)
+        }
+    }
+
+    /// The identity connected as `id` right now, with the certificate it
+    /// connected with.
+    pub fn connected_identity(&self, id: &str) -> Option<crate::identity::Identity> {
+        self.session(id).and_then(|s| {
+            s.control
+                .lock()
+                .ok()
+                .and_then(|c| c.as_ref().map(|c| c.identity.clone()))
+        })
     }
 
     /// Identities connected right now.
@@ -206,11 +275,11 @@ impl Broker {
     /// Hands `message` to every matching subscription. QoS ≥ 1 deliveries
     /// to persistent sessions are written to the durable queue; the result
     /// resolves once they are, and the publisher's acknowledgement waits
-    /// for it.
-    pub(crate) fn route(&self, message: &Arc<Message>) -> Option<Durable> {
+    /// for it. Also returns how many sessions it was handed to.
+    pub(crate) fn route(&self, message: &Arc<Message>) -> (Option<Durable>, usize) {
         let targets = match self.router.read() {
             Ok(r) => r.route(&message.topic, message.publisher.as_deref()),
-            Err(_) => return None,
+            Err(_) => return (None, 0),
         };
         let mut ops = Vec::new();
         let mut deliveries = Vec::with_capacity(targets.len());
@@ -242,10 +311,11 @@ impl Broker {
         // Submitted before the deliveries become visible, so that a
         // subscriber's acknowledgement can never overtake its enqueue.
         let durable = self.persister.submit(ops);
+        let recipients = deliveries.len();
         for (client, session, delivery) in deliveries {
             self.enqueue_to(&client, &session, delivery);
         }
-        durable
+        (durable, recipients)
     }
 
     /// The session of `client`, if it has one.

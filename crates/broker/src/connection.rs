@@ -278,7 +278,7 @@ impl Connection {
         // Identity: the registry decides, the certificate alone does not.
         let identity = match peer_der {
             None => Err(identity::IdentityError::NoCertificate),
-            Some(der) => identity::verify(broker.store.as_ref(), &der).await,
+            Some(der) => identity::verify(broker.store.as_ref(), &der, addr).await,
         };
         let identity = match identity {
             Ok(i) => i,
@@ -1081,7 +1081,7 @@ impl Connection {
         } else {
             None
         };
-        let routed = self.broker.route(&message);
+        let (routed, _) = self.broker.route(&message);
         Ok(Step {
             qos,
             id,
@@ -1372,7 +1372,7 @@ impl Connection {
             if message.retain {
                 drop(broker.retain(&message));
             }
-            drop(broker.route(&message));
+            drop(broker.route(&message).0);
         });
     }
 }

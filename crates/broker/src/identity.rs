@@ -7,13 +7,18 @@
 //! carry the recorded fingerprint; the identity must be allowed to connect
 //! (not disabled or revoked). Only then does an [`Identity`] exist, and
 //! every other part of the broker takes that type, never a bare string.
+//!
+//! A certificate issued by a renewal is `pending` until its device first
+//! connects with it: that connection makes it current in the registry (and
+//! the previous one superseded and revoked) before the identity exists.
 
 use std::fmt;
+use std::net::SocketAddr;
 
 pub use rampart_pki::IdentityKind;
 use rampart_pki::fingerprint_sha256;
 use rampart_proto::DeviceId;
-use rampart_store::{CertificateStatus, Store};
+use rampart_store::{Actor, CertificateStatus, Store};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// A connected identity whose certificate was verified against the registry.
@@ -29,6 +34,10 @@ pub struct Identity {
     pub kind: IdentityKind,
     /// Serial of the certificate it connected with (lowercase hex).
     pub serial: String,
+    /// SHA-256 of that certificate's public key (its DER
+    /// SubjectPublicKeyInfo), lowercase hex: what a renewal compares a new
+    /// key with.
+    pub public_key_sha256: String,
     _proof: (),
 }
 
@@ -50,6 +59,7 @@ impl Identity {
             id,
             kind,
             serial: "00".into(),
+            public_key_sha256: String::new(),
             _proof: (),
         }
     }
@@ -123,6 +133,7 @@ pub(crate) struct Presented {
     pub(crate) id: DeviceId,
     pub(crate) serial: String,
     pub(crate) fingerprint: String,
+    pub(crate) public_key_sha256: String,
 }
 
 /// Reads CN, serial and fingerprint from the peer's leaf certificate (DER).
@@ -140,6 +151,9 @@ pub(crate) fn presented(der: &[u8]) -> Result<Presented, IdentityError> {
         id,
         serial: hex_serial(cert.raw_serial()),
         fingerprint: fingerprint_sha256(der),
+        // The same digest as a fingerprint, over the key instead of the
+        // whole certificate.
+        public_key_sha256: fingerprint_sha256(cert.public_key().raw),
     })
 }
 
@@ -148,8 +162,14 @@ fn hex_serial(raw: &[u8]) -> String {
     raw.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Checks the presented certificate against the registry.
-pub(crate) async fn verify(store: &dyn Store, der: &[u8]) -> Result<Identity, IdentityError> {
+/// Checks the presented certificate against the registry. A pending
+/// certificate (from a renewal) is made current first, in the name of the
+/// device connecting from `addr`.
+pub(crate) async fn verify(
+    store: &dyn Store,
+    der: &[u8],
+    addr: SocketAddr,
+) -> Result<Identity, IdentityError> {
     let p = presented(der)?;
     let record = store
         .certificate(&p.serial)
@@ -164,7 +184,7 @@ pub(crate) async fn verify(store: &dyn Store, der: &[u8]) -> Result<Identity, Id
         });
     }
     match record.status {
-        CertificateStatus::Current => {}
+        CertificateStatus::Current | CertificateStatus::Pending => {}
         CertificateStatus::Revoked => {
             return Err(IdentityError::NotCurrent {
                 serial: p.serial,
@@ -178,11 +198,38 @@ pub(crate) async fn verify(store: &dyn Store, der: &[u8]) -> Result<Identity, Id
             });
         }
     }
+    // Before activation, so that a disabled device's attempt does not
+    // retire its certificate.
     check_allowed(store, &p.id, record.kind).await?;
+    if record.status == CertificateStatus::Pending {
+        let actor = Actor {
+            name: p.id.to_string(),
+            source: addr.to_string(),
+        };
+        let activated = store
+            .activate_certificate(&p.serial, &actor)
+            .await
+            .map_err(|e| match e {
+                // Superseded or revoked between the two reads.
+                rampart_store::StoreError::CertificateState { status, .. } => {
+                    IdentityError::NotCurrent {
+                        serial: p.serial.clone(),
+                        status: if status == "revoked" {
+                            "revoked"
+                        } else {
+                            "superseded"
+                        },
+                    }
+                }
+                other => IdentityError::Registry(other.to_string()),
+            })?;
+        tracing::info!(device_id = %p.id, serial = %activated.serial, "renewed certificate in use: now current");
+    }
     Ok(Identity {
         id: p.id,
         kind: record.kind,
         serial: p.serial,
+        public_key_sha256: p.public_key_sha256,
         _proof: (),
     })
 }

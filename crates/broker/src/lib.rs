@@ -21,7 +21,7 @@ pub mod session;
 pub mod tls;
 pub mod topic;
 
-pub use broker::{Broker, BrokerError};
+pub use broker::{Broker, BrokerError, ServerPublishError};
 pub use config::BrokerConfig;
 pub use server::run;
 pub use tls::TlsMaterial;

@@ -56,6 +56,8 @@ counters! {
     messages_in_qos2,
     /// PUBLISH packets sent to subscribers.
     messages_out,
+    /// Messages Rampart itself published (claim requests, renewed certificates).
+    server_publishes,
     /// Publishes refused by the ACL.
     acl_denied_publish,
     /// Subscriptions refused by the ACL.

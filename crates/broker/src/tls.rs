@@ -8,7 +8,7 @@ use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
 use tokio_rustls::TlsAcceptor;
 
 /// The PEM material a TLS configuration is built from.
@@ -64,18 +64,13 @@ pub fn acceptor(m: &TlsMaterial) -> Result<TlsAcceptor, TlsError> {
             why: e.to_string(),
         }
     };
-    let chain: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(m.server_chain_pem.as_bytes())
-            .collect::<Result<_, _>>()
-            .map_err(pem_err("server certificate"))?;
-    if chain.is_empty() {
-        return Err(TlsError::Pem {
-            what: "server certificate",
-            why: "no certificate found".into(),
-        });
-    }
-    let key = PrivateKeyDer::from_pem_slice(m.server_key_pem.as_bytes())
-        .map_err(pem_err("server key"))?;
+    let rampart_pki::ServerIdentity { chain, key } =
+        rampart_pki::server_identity(&m.server_chain_pem, &m.server_key_pem).map_err(|e| {
+            TlsError::Pem {
+                what: "server identity",
+                why: e.to_string(),
+            }
+        })?;
     let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(m.client_ca_pem.as_bytes()) {
         let cert = cert.map_err(pem_err("client CA"))?;

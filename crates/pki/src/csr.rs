@@ -36,12 +36,20 @@ pub struct VerifiedCsr {
     pub(crate) id: DeviceId,
     /// The requester's public key, ready to be certified.
     pub(crate) public_key: rcgen::SubjectPublicKeyInfo,
+    /// SHA-256 of the public key's DER SubjectPublicKeyInfo, lowercase hex.
+    pub(crate) public_key_sha256: String,
 }
 
 impl VerifiedCsr {
     /// The identity the CSR asks for (its common name).
     pub fn id(&self) -> &DeviceId {
         &self.id
+    }
+
+    /// SHA-256 of its public key's DER SubjectPublicKeyInfo, lowercase hex:
+    /// compare with a certificate's key to refuse a reused key.
+    pub fn public_key_sha256(&self) -> &str {
+        &self.public_key_sha256
     }
 }
 
@@ -116,7 +124,11 @@ pub(crate) fn verify(csr_pem: &str) -> Result<VerifiedCsr, PkiError> {
             reason: format!("its public key cannot be re-encoded ({e})"),
         }
     })?;
-    Ok(VerifiedCsr { id, public_key })
+    Ok(VerifiedCsr {
+        id,
+        public_key,
+        public_key_sha256: crate::fingerprint_sha256(info.subject_pki.raw),
+    })
 }
 
 /// Accepts ECDSA P-256 and P-384, Ed25519, and RSA of 2048 to 8192 bits.
@@ -220,6 +232,25 @@ mod tests {
             let csr = verify(&csr_for(Some("dev-1"), &key)).expect("accepted");
             assert_eq!(csr.id.as_str(), "dev-1");
         }
+    }
+
+    #[test]
+    fn verified_csr_hashes_the_public_key() {
+        let key = KeyPair::generate().expect("keygen");
+        let a = verify(&csr_for(Some("dev-1"), &key)).expect("accepted");
+        let b = verify(&csr_for(Some("dev-1"), &key)).expect("accepted");
+        assert_eq!(a.id.as_str(), "dev-1");
+        assert_eq!(
+            a.public_key_sha256, b.public_key_sha256,
+            "same key, same hash"
+        );
+        assert_eq!(
+            a.public_key_sha256,
+            crate::fingerprint_sha256(&rcgen::PublicKeyData::subject_public_key_info(&key))
+        );
+        let other = KeyPair::generate().expect("keygen");
+        let c = verify(&csr_for(Some("dev-1"), &other)).expect("accepted");
+        assert_ne!(a.public_key_sha256, c.public_key_sha256);
     }
 
     #[test]

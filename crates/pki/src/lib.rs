@@ -20,6 +20,7 @@ mod csr;
 mod error;
 mod files;
 mod keys;
+mod tls;
 
 pub use ca::{CaInfo, InitOutcome, Pki, PkiOptions};
 pub use certificate::{
@@ -29,4 +30,5 @@ pub use certificate::{
 pub use crl::{RevocationReason, RevokedSerial};
 pub use csr::VerifiedCsr;
 pub use error::PkiError;
+pub use tls::{ServerIdentity, server_identity};
 pub use zeroize::Zeroizing;

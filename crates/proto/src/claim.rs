@@ -79,7 +79,17 @@ pub struct QrPayload {
     pub claim_code: String,
 }
 
+/// Why a text is not a label's QR payload.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct QrPayloadError(String);
+
 impl QrPayload {
+    /// Parses the text a label's QR code holds.
+    pub fn from_json(text: &str) -> Result<Self, QrPayloadError> {
+        serde_json::from_str(text.trim()).map_err(|e| QrPayloadError(e.to_string()))
+    }
+
     /// The payload as compact JSON.
     pub fn to_json(&self) -> String {
         // Serialising a struct of strings cannot fail.

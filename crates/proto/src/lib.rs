@@ -6,10 +6,11 @@
 //! the device firmware agree through these types.
 
 mod claim;
+pub mod control;
 mod id;
 pub mod ingest;
 pub mod telemetry;
 pub mod topic;
 
-pub use claim::{CLAIM_CODE_BYTES, ClaimCode, ClaimCodeError, QrPayload};
+pub use claim::{CLAIM_CODE_BYTES, ClaimCode, ClaimCodeError, QrPayload, QrPayloadError};
 pub use id::{DeviceId, IdError, MAX_ID_LEN};

@@ -8,5 +8,8 @@
 //! and does no network I/O: callers hand it what arrived and publish what
 //! it answers.
 
+pub mod claim;
 pub mod enrollment;
+pub mod limit;
 pub mod registration;
+pub mod renewal;

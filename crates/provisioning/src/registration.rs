@@ -86,14 +86,7 @@ pub async fn register(
     let code = new_claim_code();
     let device = store
         .create_device(
-            NewDevice {
-                id: certificate.id.clone(),
-                serial: certificate.serial.clone(),
-                fingerprint: certificate.fingerprint.clone(),
-                not_before: certificate.not_before,
-                not_after: certificate.not_after,
-                claim_code_hash: code.hash(),
-            },
+            NewDevice::from_certificate(&certificate, code.hash()),
             actor,
         )
         .await?;

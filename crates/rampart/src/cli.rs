@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use rampart_pki::RevocationReason;
 use rampart_proto::DeviceId;
+use rampart_store::Owner;
 
 /// Rampart: a secure, self-hosted IoT device platform in one binary.
 #[derive(Debug, Parser)]
@@ -363,6 +364,27 @@ pub enum DeviceCommand {
     Delete {
         /// Device id.
         id: DeviceId,
+    },
+    /// Claim a device for a user or group: checks the claim code, and sends
+    /// the device (which must be online) a nonce to confirm.
+    Claim {
+        /// Device id (with --code; or give --qr instead).
+        #[arg(required_unless_present = "qr", conflicts_with = "qr")]
+        id: Option<DeviceId>,
+        /// The claim code printed on the device's label.
+        #[arg(long, required_unless_present = "qr", conflicts_with = "qr")]
+        code: Option<String>,
+        /// The content of the label's QR code: JSON with deviceId,
+        /// fingerprint and claimCode.
+        #[arg(long, value_name = "JSON")]
+        qr: Option<String>,
+        /// Who is to own the device: user:NAME or group:NAME.
+        #[arg(long)]
+        owner: Owner,
+        /// Wait up to this long (e.g. 30s) for the device to confirm; exits
+        /// 0 only once it is bound.
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        wait: Option<Duration>,
     },
     /// Issue a new claim code and show its QR code (the old code becomes void).
     Qr {

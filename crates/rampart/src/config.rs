@@ -32,8 +32,89 @@ pub struct Config {
     pub web: rampart_web::WebConfig,
     /// The telemetry pipeline.
     pub telemetry: TelemetryConfig,
+    /// Certificate renewal over MQTT.
+    pub renewal: RenewalConfig,
+    /// Claiming devices.
+    pub claim: ClaimConfig,
     /// Logging.
     pub log: LogConfig,
+}
+
+/// `[renewal]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RenewalConfig {
+    /// Renewal requests one device may make within `window` (refused ones count).
+    pub max_per_window: u32,
+    /// The sliding window of that limit.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+}
+
+impl Default for RenewalConfig {
+    fn default() -> Self {
+        let p = rampart_provisioning::limit::RatePolicy::default();
+        Self {
+            max_per_window: p.max_per_window,
+            window: p.window,
+        }
+    }
+}
+
+/// `[claim]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClaimConfig {
+    /// How long a device has to confirm a claim.
+    #[serde(with = "humantime_serde")]
+    pub expiry: Duration,
+    /// Confirmations with a wrong nonce before the claim is refused.
+    pub max_attempts: u32,
+    /// Confirmations one device may send within `confirmation_window`.
+    pub max_confirmations_per_window: u32,
+    /// The sliding window of that limit.
+    #[serde(with = "humantime_serde")]
+    pub confirmation_window: Duration,
+}
+
+impl Default for ClaimConfig {
+    fn default() -> Self {
+        let p = rampart_provisioning::claim::ClaimPolicy::default();
+        Self {
+            expiry: p.expiry,
+            max_attempts: p.max_attempts,
+            max_confirmations_per_window: 10,
+            confirmation_window: Duration::from_secs(60),
+        }
+    }
+}
+
+impl RenewalConfig {
+    /// The limiter's policy.
+    pub fn policy(&self) -> rampart_provisioning::limit::RatePolicy {
+        rampart_provisioning::limit::RatePolicy {
+            max_per_window: self.max_per_window,
+            window: self.window,
+        }
+    }
+}
+
+impl ClaimConfig {
+    /// The claim policy.
+    pub fn policy(&self) -> rampart_provisioning::claim::ClaimPolicy {
+        rampart_provisioning::claim::ClaimPolicy {
+            expiry: self.expiry,
+            max_attempts: self.max_attempts,
+        }
+    }
+
+    /// The limit on confirmations.
+    pub fn confirmation_limit(&self) -> rampart_provisioning::limit::RatePolicy {
+        rampart_provisioning::limit::RatePolicy {
+            max_per_window: self.max_confirmations_per_window,
+            window: self.confirmation_window,
+        }
+    }
 }
 
 /// `[pki]`
@@ -401,6 +482,24 @@ retention_interval = "1h"
 # measurement = "telemetry"
 # ca_file = "/etc/rampart/influx-ca.pem"
 
+[renewal]
+# Devices renew their certificate by sending a CSR for a new key on
+# devices/{id}/cert/up. Requests one device may make per window (malformed
+# and refused ones count); more are answered "rate_limited".
+max_per_window = 3
+window = "1h"
+
+[claim]
+# How long a device has to confirm a claim (`rampart device claim`) with
+# the nonce sent on devices/{id}/bind/down.
+expiry = "10m"
+# Confirmations with a wrong nonce before the claim is refused.
+max_attempts = 5
+# Confirmations one device may send per window; more are answered
+# "rate_limited" without being checked.
+max_confirmations_per_window = 10
+confirmation_window = "1m"
+
 [log]
 # "text" or "json".
 format = "text"
@@ -482,6 +581,20 @@ impl Config {
         self.web.validate().map_err(anyhow::Error::msg)?;
         if self.serve.change_poll_interval.is_zero() {
             bail!("serve.change_poll_interval must be greater than zero");
+        }
+        if self.renewal.max_per_window == 0 || self.renewal.window.is_zero() {
+            bail!(
+                "renewal.max_per_window and renewal.window must be greater than zero (devices could never renew)"
+            );
+        }
+        if self.claim.expiry.is_zero() || self.claim.max_attempts == 0 {
+            bail!("claim.expiry and claim.max_attempts must be greater than zero");
+        }
+        if self.claim.max_confirmations_per_window == 0 || self.claim.confirmation_window.is_zero()
+        {
+            bail!(
+                "claim.max_confirmations_per_window and claim.confirmation_window must be greater than zero"
+            );
         }
         Ok(())
     }

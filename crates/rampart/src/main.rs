@@ -6,6 +6,7 @@
 mod cli;
 mod commands;
 mod config;
+mod control;
 mod credentials;
 mod datadir;
 mod demo;

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::{GlobalArgs, ServeArgs};
 use crate::config::{Config, TelemetryConfig};
+use crate::control::{ControlOptions, ControlPlane};
 use crate::datadir::DataDir;
 use crate::demo::{DemoFleet, DemoOptions};
 use crate::platform::Platform;
@@ -60,13 +61,25 @@ pub async fn run(g: &GlobalArgs, config: Config, args: ServeArgs) -> Result<Exit
 
     // The broker: bound first so that a taken port fails the start cleanly.
     let store: Arc<dyn Store> = Arc::new(platform.store.clone());
+    // The control plane answers renewals and claim confirmations and hands
+    // every other uplink to the pipeline.
+    let control = ControlPlane::new(
+        pipeline.clone(),
+        Arc::clone(&platform),
+        ControlOptions {
+            renewals: platform.config.renewal.policy(),
+            confirmations: platform.config.claim.confirmation_limit(),
+            claims: platform.config.claim.policy(),
+        },
+    );
     let broker = Broker::new(
         platform.config.broker.clone(),
         &tls_material(&platform)?,
         Arc::clone(&store),
-        Arc::new(pipeline.clone()),
+        Arc::clone(&control) as Arc<dyn rampart_proto::ingest::IngestSink>,
     )
     .context("cannot start the MQTT broker")?;
+    control.attach(&broker);
     let mqtt = TcpListener::bind(args.mqtt_addr)
         .await
         .with_context(|| format!("cannot listen for MQTT on {}", args.mqtt_addr))?;
@@ -94,6 +107,7 @@ pub async fn run(g: &GlobalArgs, config: Config, args: ServeArgs) -> Result<Exit
     let follower = spawn_change_follower(
         Arc::clone(&platform),
         Arc::clone(&broker),
+        Arc::clone(&control),
         changes.clone(),
         shutdown.child_token(),
     )
@@ -177,7 +191,15 @@ pub async fn run(g: &GlobalArgs, config: Config, args: ServeArgs) -> Result<Exit
     }
     // Then the pipeline: once the broker and this function let go of it, the
     // committer commits what is queued and ends.
+    let counters: Vec<String> = control
+        .metrics()
+        .snapshot()
+        .into_iter()
+        .map(|(name, n)| format!("{name}={n}"))
+        .collect();
+    tracing::info!(counters = %counters.join(" "), "control plane counters");
     drop(broker);
+    drop(control);
     drop(pipeline);
     if tokio::time::timeout(deadline, committer).await.is_err() {
         tracing::warn!("the telemetry committer did not finish within the shutdown timeout");
@@ -214,6 +236,7 @@ pub(crate) fn spawn_signal_listener(shutdown: CancellationToken) -> Result<()> {
 async fn spawn_change_follower(
     platform: Arc<Platform>,
     broker: Arc<Broker>,
+    control: Arc<ControlPlane>,
     changes: broadcast::Sender<Change>,
     shutdown: CancellationToken,
 ) -> Result<JoinHandle<()>> {
@@ -245,10 +268,19 @@ async fn spawn_change_follower(
             }
             for change in batch {
                 last = change.seq;
-                if change.kind == ChangeKind::DeviceRevoked
-                    || change.kind == ChangeKind::DeviceDeleted
-                {
-                    // The CLI published a new CRL; new handshakes check it.
+                if matches!(
+                    change.kind,
+                    ChangeKind::CertificateIssued | ChangeKind::CertificateActivated
+                ) {
+                    // Made by this server (a renewal, a device connecting
+                    // with its new certificate): nobody else publishes
+                    // the CRL that now lists the superseded serial.
+                    if let Err(e) = platform.publish_crl().await {
+                        tracing::error!(error = %format!("{e:#}"), "cannot publish the CRL after a renewal");
+                    }
+                }
+                if change.kind.revokes_certificates() {
+                    // A new CRL is on disk; new handshakes check it.
                     match tls_material(&platform) {
                         Ok(m) => {
                             if let Err(e) = broker.reload_tls(&m) {
@@ -261,6 +293,7 @@ async fn spawn_change_follower(
                     }
                 }
                 broker.apply_change(&change).await;
+                control.apply_change(&change).await;
                 tracing::info!(
                     seq = change.seq,
                     kind = change.kind.as_str(),

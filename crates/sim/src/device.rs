@@ -132,6 +132,8 @@ struct Session {
     last_sent_seq: Option<u64>,
     next_packet_id: u16,
     last_write: Instant,
+    /// When the server last sent anything (keepalive, MQTT 5 §3.1.2.10).
+    last_read: Instant,
     connected_at: Instant,
 }
 
@@ -145,6 +147,7 @@ impl Session {
             last_sent_seq: None,
             next_packet_id: 1,
             last_write: now,
+            last_read: now,
             connected_at: now,
         }
     }
@@ -205,6 +208,8 @@ enum Wake {
     Provision,
     Renew,
     Sleep,
+    /// Nothing from the server for 1.5 keepalives: the link is dead.
+    Silent,
 }
 
 /// Topic names of one device.
@@ -447,6 +452,18 @@ impl Device {
                 Wake::Provision => self.step_provisioning().await,
                 Wake::Renew => self.step_renewal().await,
                 Wake::Sleep => self.go_to_sleep("awake too long").await,
+                Wake::Silent => {
+                    if let Some(s) = self.session.take() {
+                        let e = ClientError::io(
+                            format!("read as '{}'", self.id),
+                            std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                "the server sent nothing for 1.5 keepalive intervals",
+                            ),
+                        );
+                        self.connection_lost(s, &e);
+                    }
+                }
             }
             if self.reboot {
                 self.do_reboot().await;
@@ -484,6 +501,7 @@ impl Device {
         match self.session.as_mut() {
             Some(s) => {
                 let ping_at = s.last_write + keepalive.mul_f64(0.75);
+                let silent_at = s.last_read + keepalive.mul_f64(1.5);
                 tokio::select! {
                     biased;
                     _ = stop.cancelled() => Wake::Stop,
@@ -494,6 +512,7 @@ impl Device {
                     _ = sleep_until(renew_at.unwrap_or(far)), if renew_at.is_some() => Wake::Renew,
                     _ = sleep_until(provision_at.unwrap_or(far)), if provision_at.is_some() => Wake::Provision,
                     _ = sleep_until(sleep_at.unwrap_or(far)), if sleep_at.is_some() => Wake::Sleep,
+                    _ = sleep_until(silent_at) => Wake::Silent,
                 }
             }
             None => tokio::select! {
@@ -515,6 +534,12 @@ impl Device {
             return;
         };
         let result = f(self, &mut s);
+        self.keep_or_lose(s, result).await;
+    }
+
+    /// Sends what the step that gave `result` queued and keeps the
+    /// session, or ends it if the step or the write failed.
+    async fn keep_or_lose(&mut self, mut s: Session, result: Result<(), ClientError>) {
         let result = match result {
             Ok(()) => self.send(&mut s).await,
             Err(e) => Err(e),
@@ -892,14 +917,7 @@ impl Device {
             self.renew_at = Some(Instant::now());
         }
         let result = self.start_session(&mut s);
-        let result = match result {
-            Ok(()) => self.send(&mut s).await,
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(()) => self.session = Some(s),
-            Err(e) => self.connection_lost(s, &e),
-        }
+        self.keep_or_lose(s, result).await;
         self.provision_at = Some(Instant::now());
     }
 
@@ -962,17 +980,13 @@ impl Device {
             return;
         };
         let result = match result {
-            Ok(()) => self.process_packets(&mut s),
+            Ok(()) => {
+                s.last_read = Instant::now();
+                self.process_packets(&mut s)
+            }
             Err(e) => Err(e),
         };
-        let result = match result {
-            Ok(()) => self.send(&mut s).await,
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(()) => self.session = Some(s),
-            Err(e) => self.connection_lost(s, &e),
-        }
+        self.keep_or_lose(s, result).await;
     }
 
     /// Handles every complete packet in the read buffer.
@@ -1038,7 +1052,10 @@ impl Device {
         if code.is_error() {
             warn!(device_id = %self.id, what = ?control, code = u8::from(code), reason = ?reason, "uplink refused by the server");
             if control == Control::ClaimConfirmation {
+                // The server did not take the confirmation: the claim
+                // failed (it says why on bind/down); never repeat it.
                 self.claim_in_flight = false;
+                self.provision_event(ProvisionEvent::BindRefused);
             }
             return Ok(());
         }
@@ -1739,7 +1756,10 @@ impl Device {
                 self.connect_at = Some(Instant::now());
                 self.connect().await;
                 if self.session.is_none() && self.connect_at.is_none() {
-                    self.connect_at = Some(Instant::now());
+                    // A sleeping device's failed wake leaves no retry time;
+                    // while draining it backs off like any other.
+                    let delay = self.backoff.next_delay(&mut self.rng);
+                    self.connect_at = Some(Instant::now() + Duration::from_millis(delay));
                 }
                 continue;
             }

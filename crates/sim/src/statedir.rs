@@ -315,11 +315,7 @@ impl DeviceDir {
 
     /// Stores the key of `generation` (PEM, 0600, durably).
     pub fn save_key(&self, generation: u32, pem: &str) -> Result<(), StateError> {
-        write_atomic(
-            &self.file(&format!("key-{generation}.pem")),
-            pem.as_bytes(),
-            true,
-        )
+        self.save_text(&format!("key-{generation}.pem"), pem)
     }
 
     /// The certificate chain of `generation` (PEM), `None` if absent.
@@ -329,11 +325,11 @@ impl DeviceDir {
 
     /// Stores the certificate chain of `generation` (PEM, durably).
     pub fn save_cert(&self, generation: u32, pem: &str) -> Result<(), StateError> {
-        write_atomic(
-            &self.file(&format!("cert-{generation}.pem")),
-            pem.as_bytes(),
-            true,
-        )
+        self.save_text(&format!("cert-{generation}.pem"), pem)
+    }
+
+    fn save_text(&self, name: &str, text: &str) -> Result<(), StateError> {
+        write_atomic(&self.file(name), text.as_bytes(), true)
     }
 
     fn text(&self, name: &str) -> Result<Option<String>, StateError> {

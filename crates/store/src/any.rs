@@ -14,9 +14,10 @@ use crate::telemetry::{
     PresenceHistoryRecord, Pruned, RejectedRecord, Series, SeriesQuery, TelemetryStore,
 };
 use crate::{
-    Actor, AuditEntry, AuditRecord, AuditReport, CertificateRecord, Change, Device, DeviceFilter,
-    Enrolled, Enrollment, EnrollmentToken, MqttOp, MqttSnapshot, NewDevice, NewEnrollmentToken,
-    NewService, PostgresStore, Result, RevokedCertificate, Service, SqliteStore, Store,
+    Actor, AuditEntry, AuditRecord, AuditReport, CertificateRecord, Change, Claim, ClaimStatus,
+    Device, DeviceFilter, Enrolled, Enrollment, EnrollmentToken, MqttOp, MqttSnapshot,
+    NewCertificate, NewClaim, NewDevice, NewEnrollmentToken, NewService, PostgresStore, Result,
+    RevokedCertificate, Service, SqliteStore, Store,
 };
 
 /// Either backend, delegating every [`Store`] and [`TelemetryStore`]
@@ -199,6 +200,56 @@ impl Store for AnyStore {
 
     async fn latest_change(&self) -> Result<u64> {
         delegate!(self.latest_change())
+    }
+
+    async fn add_pending_certificate(
+        &self,
+        cert: NewCertificate,
+        actor: &Actor,
+    ) -> Result<Option<String>> {
+        delegate!(self.add_pending_certificate(cert, actor))
+    }
+
+    async fn activate_certificate(&self, serial: &str, actor: &Actor) -> Result<CertificateRecord> {
+        delegate!(self.activate_certificate(serial, actor))
+    }
+
+    async fn certificates_of(&self, id: &DeviceId) -> Result<Vec<CertificateRecord>> {
+        delegate!(self.certificates_of(id))
+    }
+
+    async fn claim_code_hash(&self, id: &DeviceId) -> Result<Option<String>> {
+        delegate!(self.claim_code_hash(id))
+    }
+
+    async fn start_claim(&self, claim: NewClaim, actor: &Actor) -> Result<Claim> {
+        delegate!(self.start_claim(claim, actor))
+    }
+
+    async fn claim(&self, id: u64) -> Result<Option<Claim>> {
+        delegate!(self.claim(id))
+    }
+
+    async fn latest_claim(&self, device: &DeviceId) -> Result<Option<Claim>> {
+        delegate!(self.latest_claim(device))
+    }
+
+    async fn complete_claim(&self, id: u64, actor: &Actor) -> Result<Device> {
+        delegate!(self.complete_claim(id, actor))
+    }
+
+    async fn end_claim(
+        &self,
+        id: u64,
+        status: ClaimStatus,
+        reason: &str,
+        actor: &Actor,
+    ) -> Result<Claim> {
+        delegate!(self.end_claim(id, status, reason, actor))
+    }
+
+    async fn count_claim_attempt(&self, id: u64) -> Result<u32> {
+        delegate!(self.count_claim_attempt(id))
     }
 }
 

@@ -319,6 +319,20 @@ pub(crate) fn issued_for(enrollment: &Enrollment) -> Result<IssuedCertificate> {
     Ok(cert)
 }
 
+/// Refuses the enrollment when counting the use matched no row: unreachable
+/// while the transaction holds the token (write lock, row lock), but
+/// refused rather than over-used should that ever break.
+pub(crate) fn use_counted(counted: bool, token: &EnrollmentToken) -> Result<()> {
+    if counted {
+        return Ok(());
+    }
+    Err(EnrollmentRefusal::UsedUp {
+        id: token.id.clone(),
+        uses: token.uses_allowed,
+    }
+    .into())
+}
+
 /// An `enrollment_tokens` row as both backends read it.
 #[derive(Debug)]
 pub(crate) struct TokenRow {

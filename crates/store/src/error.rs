@@ -24,6 +24,39 @@ pub enum StoreError {
         /// What cannot be done and why.
         why: &'static str,
     },
+    /// The certificate is not in a status that allows the change.
+    #[error("certificate {serial} is {status}: {why}")]
+    CertificateState {
+        /// Its serial.
+        serial: String,
+        /// Its status.
+        status: String,
+        /// What cannot be done and why.
+        why: &'static str,
+    },
+    /// No certificate has this serial.
+    #[error("no certificate with serial '{0}'")]
+    CertificateNotFound(String),
+    /// No claim has this number.
+    #[error("no claim number {0}")]
+    ClaimNotFound(u64),
+    /// The claim is not pending any more.
+    #[error("claim {id} of '{device}' is {status}: {why}")]
+    ClaimState {
+        /// The claim.
+        id: u64,
+        /// Its device.
+        device: DeviceId,
+        /// Its status.
+        status: String,
+        /// What cannot be done and why.
+        why: &'static str,
+    },
+    /// The claim code was rotated between its check and the claim.
+    #[error(
+        "the claim code of '{0}' changed while the claim was being made; use the code on the current label"
+    )]
+    ClaimCodeChanged(DeviceId),
     /// No enrollment token has this id.
     #[error("no enrollment token with id '{0}'; `rampart enroll-token list` shows them")]
     TokenNotFound(String),

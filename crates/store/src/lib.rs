@@ -37,9 +37,9 @@ pub use enrollment::{
 };
 pub use error::StoreError;
 pub use model::{
-    Actor, CertificateRecord, CertificateStatus, Change, ChangeKind, Device, DeviceFilter,
-    DeviceState, IdentityKind, NewDevice, NewService, Owner, RevokedCertificate, Service,
-    ServiceState,
+    Actor, CertificateRecord, CertificateStatus, Change, ChangeKind, Claim, ClaimStatus, Device,
+    DeviceFilter, DeviceState, IdentityKind, MAX_OWNER_NAME, NewCertificate, NewClaim, NewDevice,
+    NewService, Owner, OwnerError, RevokedCertificate, Service, ServiceState,
 };
 pub use mqtt::{MqttOp, MqttSnapshot, StoredMessage, StoredSession, StoredSubscription};
 pub use postgres::PostgresStore;
@@ -179,4 +179,55 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// The newest change-feed sequence number (0 when empty).
     async fn latest_change(&self) -> Result<u64>;
+
+    /// Records a certificate issued by renewal as the device's `pending`
+    /// one. A pending certificate it replaces is superseded and revoked as
+    /// `superseded`; returns that one's serial. Refused unless the device
+    /// may connect.
+    async fn add_pending_certificate(
+        &self,
+        cert: NewCertificate,
+        actor: &Actor,
+    ) -> Result<Option<String>>;
+
+    /// Makes the pending certificate `serial` its device's current one, at
+    /// once: the previous current certificate becomes `superseded` and is
+    /// revoked as `superseded` (so it goes on the CRL), and the device row
+    /// names the new one. A certificate that is current already is returned
+    /// as it is (two connections racing with the same new certificate).
+    async fn activate_certificate(&self, serial: &str, actor: &Actor) -> Result<CertificateRecord>;
+
+    /// Every certificate issued to `id`, oldest first.
+    async fn certificates_of(&self, id: &DeviceId) -> Result<Vec<CertificateRecord>>;
+
+    /// The device's claim code hash (`None` once consumed by a binding).
+    async fn claim_code_hash(&self, id: &DeviceId) -> Result<Option<String>>;
+
+    /// Records a pending claim; a pending claim of the same device is
+    /// superseded. Refused unless the device is unbound and its claim code
+    /// hash is still `claim.claim_code_hash`.
+    async fn start_claim(&self, claim: NewClaim, actor: &Actor) -> Result<Claim>;
+
+    /// One claim by number.
+    async fn claim(&self, id: u64) -> Result<Option<Claim>>;
+
+    /// The device's newest claim, whatever its status.
+    async fn latest_claim(&self, device: &DeviceId) -> Result<Option<Claim>>;
+
+    /// Binds the claim's device to its owner: state `bound`, owner set,
+    /// claim code consumed, claim `bound`. Refused unless the claim is
+    /// pending and the device unbound.
+    async fn complete_claim(&self, id: u64, actor: &Actor) -> Result<Device>;
+
+    /// Ends a pending claim as `expired` or `refused`, with an error code.
+    async fn end_claim(
+        &self,
+        id: u64,
+        status: ClaimStatus,
+        reason: &str,
+        actor: &Actor,
+    ) -> Result<Claim>;
+
+    /// Counts one confirmation with a wrong nonce; returns the count so far.
+    async fn count_claim_attempt(&self, id: u64) -> Result<u32>;
 }

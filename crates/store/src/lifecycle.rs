@@ -8,7 +8,8 @@ use rampart_proto::DeviceId;
 use serde_json::json;
 
 use crate::{
-    Actor, AuditEntry, ChangeKind, Device, DeviceState, NewDevice, NewService, Result, Service,
+    Actor, AuditEntry, CertificateRecord, CertificateStatus, ChangeKind, Claim, ClaimStatus,
+    Device, DeviceState, NewCertificate, NewClaim, NewDevice, NewService, Result, Service,
     ServiceState, StoreError,
 };
 
@@ -143,6 +144,154 @@ pub(crate) fn revoke_service(svc: &Service, reason: RevocationReason) -> Result<
         subject: svc.id.clone(),
         detail: json!({ "serial": svc.serial, "reason": reason.to_string() }),
     })
+}
+
+/// A renewal's certificate is to be recorded as pending for `dev`,
+/// replacing the pending certificate `replaced` if there is one. Only a
+/// device that may connect gets one.
+pub(crate) fn issue_certificate(
+    dev: &Device,
+    cert: &NewCertificate,
+    replaced: Option<&str>,
+) -> Result<IdentityChange> {
+    if !dev.state.may_connect() {
+        return Err(StoreError::InvalidState {
+            id: dev.id.clone(),
+            state: dev.state.to_string(),
+            why: "only a device that may connect gets a renewed certificate",
+        });
+    }
+    Ok(IdentityChange {
+        kind: ChangeKind::CertificateIssued,
+        subject: dev.id.clone(),
+        detail: json!({
+            "serial": cert.serial,
+            "fingerprint": cert.fingerprint,
+            "current": dev.serial,
+            "replaced_pending": replaced,
+        }),
+    })
+}
+
+/// `cert` is to become `dev`'s current certificate; the current one is
+/// superseded (and revoked as `superseded`).
+pub(crate) fn activate_certificate(
+    dev: &Device,
+    cert: &CertificateRecord,
+) -> Result<IdentityChange> {
+    if cert.identity != dev.id {
+        return Err(StoreError::CertificateState {
+            serial: cert.serial.clone(),
+            status: cert.status.as_str().into(),
+            why: "it belongs to another identity",
+        });
+    }
+    if cert.status != CertificateStatus::Pending {
+        return Err(StoreError::CertificateState {
+            serial: cert.serial.clone(),
+            status: cert.status.as_str().into(),
+            why: "only a pending certificate can be made current",
+        });
+    }
+    if !dev.state.may_connect() {
+        return Err(StoreError::InvalidState {
+            id: dev.id.clone(),
+            state: dev.state.to_string(),
+            why: "its certificates cannot be activated",
+        });
+    }
+    Ok(IdentityChange {
+        kind: ChangeKind::CertificateActivated,
+        subject: dev.id.clone(),
+        detail: json!({ "serial": cert.serial, "superseded": dev.serial }),
+    })
+}
+
+/// A claim of `dev` is to be recorded. `stored_hash` is the device's claim
+/// code hash now: it must still be the one the caller verified.
+pub(crate) fn start_claim(
+    dev: &Device,
+    claim: &NewClaim,
+    stored_hash: Option<&str>,
+) -> Result<IdentityChange> {
+    if dev.state != DeviceState::Unbound {
+        return Err(StoreError::InvalidState {
+            id: dev.id.clone(),
+            state: dev.state.to_string(),
+            why: match dev.state {
+                DeviceState::Bound => "it is already claimed",
+                _ => "only an unbound device can be claimed",
+            },
+        });
+    }
+    if stored_hash != Some(claim.claim_code_hash.as_str()) {
+        return Err(StoreError::ClaimCodeChanged(dev.id.clone()));
+    }
+    Ok(IdentityChange {
+        kind: ChangeKind::ClaimRequested,
+        subject: dev.id.clone(),
+        detail: json!({
+            "owner": claim.owner.to_string(),
+            "expires_at": crate::millis::to_ms(claim.expires_at),
+        }),
+    })
+}
+
+/// The device confirmed `claim`: it is to be bound to the claim's owner.
+pub(crate) fn complete_claim(dev: &Device, claim: &Claim) -> Result<IdentityChange> {
+    require_pending(claim, "only a pending claim can bind its device")?;
+    if dev.state != DeviceState::Unbound {
+        return Err(StoreError::InvalidState {
+            id: dev.id.clone(),
+            state: dev.state.to_string(),
+            why: "only an unbound device can be bound",
+        });
+    }
+    Ok(IdentityChange {
+        kind: ChangeKind::DeviceBound,
+        subject: dev.id.clone(),
+        detail: json!({ "claim": claim.id, "owner": claim.owner.to_string() }),
+    })
+}
+
+/// `claim` is to end without binding, as `status` (expired or refused).
+pub(crate) fn end_claim(
+    claim: &Claim,
+    status: ClaimStatus,
+    reason: &str,
+) -> Result<IdentityChange> {
+    require_pending(claim, "it has ended already")?;
+    if !matches!(status, ClaimStatus::Expired | ClaimStatus::Refused) {
+        return Err(StoreError::ClaimState {
+            id: claim.id,
+            device: claim.device.clone(),
+            status: status.as_str().into(),
+            why: "a claim ends as expired or refused; binding completes it",
+        });
+    }
+    Ok(IdentityChange {
+        kind: ChangeKind::ClaimFailed,
+        subject: claim.device.clone(),
+        detail: json!({
+            "claim": claim.id,
+            "owner": claim.owner.to_string(),
+            "status": status.as_str(),
+            "reason": reason,
+        }),
+    })
+}
+
+fn require_pending(claim: &Claim, why: &'static str) -> Result<()> {
+    if claim.status == ClaimStatus::Pending {
+        Ok(())
+    } else {
+        Err(StoreError::ClaimState {
+            id: claim.id,
+            device: claim.device.clone(),
+            status: claim.status.as_str().into(),
+            why,
+        })
+    }
 }
 
 #[cfg(test)]

@@ -96,11 +96,78 @@ pub enum Owner {
     Group(String),
 }
 
+/// Longest owner name accepted.
+pub const MAX_OWNER_NAME: usize = 128;
+
+/// Why a string is not an owner (`user:NAME` or `group:NAME`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "owner '{given}' is not valid: {why}; write user:NAME or group:NAME (NAME up to 128 printable characters)"
+)]
+pub struct OwnerError {
+    /// What was given (shortened).
+    pub given: String,
+    /// What is wrong with it.
+    pub why: &'static str,
+}
+
+impl Owner {
+    /// `user` or `group`, as stored in `owner_type`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Owner::User(_) => "user",
+            Owner::Group(_) => "group",
+        }
+    }
+
+    /// The user or group name.
+    pub fn name(&self) -> &str {
+        match self {
+            Owner::User(n) | Owner::Group(n) => n,
+        }
+    }
+}
+
+impl fmt::Display for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.kind(), self.name())
+    }
+}
+
+impl FromStr for Owner {
+    type Err = OwnerError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = |why| OwnerError {
+            given: s.chars().take(64).collect(),
+            why,
+        };
+        let (kind, name) = s.split_once(':').ok_or_else(|| err("it has no ':'"))?;
+        if name.is_empty() {
+            return Err(err("the name is empty"));
+        }
+        if name.chars().count() > MAX_OWNER_NAME {
+            return Err(err("the name is too long"));
+        }
+        if name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(err("the name holds spaces or control characters"));
+        }
+        match kind {
+            "user" => Ok(Owner::User(name.to_owned())),
+            "group" => Ok(Owner::Group(name.to_owned())),
+            _ => Err(err("the kind is neither 'user' nor 'group'")),
+        }
+    }
+}
+
 /// Status of one issued certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CertificateStatus {
-    /// The identity's registered certificate: the only one accepted.
+    /// Issued by a renewal and not yet used: accepted at CONNECT besides
+    /// the current one, and made current by the first connection with it.
+    Pending,
+    /// The identity's registered certificate.
     Current,
     /// Replaced by a renewal.
     Superseded,
@@ -112,6 +179,7 @@ impl CertificateStatus {
     /// The status as stored and shown.
     pub fn as_str(self) -> &'static str {
         match self {
+            CertificateStatus::Pending => "pending",
             CertificateStatus::Current => "current",
             CertificateStatus::Superseded => "superseded",
             CertificateStatus::Revoked => "revoked",
@@ -120,6 +188,7 @@ impl CertificateStatus {
 
     pub(crate) fn parse(s: &str) -> Option<Self> {
         match s {
+            "pending" => Some(Self::Pending),
             "current" => Some(Self::Current),
             "superseded" => Some(Self::Superseded),
             "revoked" => Some(Self::Revoked),
@@ -169,6 +238,157 @@ pub struct NewDevice {
     pub not_after: OffsetDateTime,
     /// Hash of the claim code printed on its label.
     pub claim_code_hash: String,
+}
+
+/// A certificate issued to an existing device by a renewal.
+#[derive(Debug, Clone)]
+pub struct NewCertificate {
+    /// The device it was issued to (its CN).
+    pub identity: DeviceId,
+    /// Serial number (lowercase hex).
+    pub serial: String,
+    /// SHA-256 fingerprint.
+    pub fingerprint: String,
+    /// Validity start.
+    pub not_before: OffsetDateTime,
+    /// Validity end.
+    pub not_after: OffsetDateTime,
+}
+
+/// Where a claim stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClaimStatus {
+    /// Sent to the device, waiting for its confirmation.
+    Pending,
+    /// Confirmed: the device is bound to the claim's owner.
+    Bound,
+    /// Not confirmed in time.
+    Expired,
+    /// Ended by the server (too many wrong nonces, device not claimable).
+    Refused,
+    /// Replaced by a newer claim for the same device.
+    Superseded,
+}
+
+impl ClaimStatus {
+    /// Every status.
+    pub const ALL: [ClaimStatus; 5] = [
+        ClaimStatus::Pending,
+        ClaimStatus::Bound,
+        ClaimStatus::Expired,
+        ClaimStatus::Refused,
+        ClaimStatus::Superseded,
+    ];
+
+    /// The status as stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClaimStatus::Pending => "pending",
+            ClaimStatus::Bound => "bound",
+            ClaimStatus::Expired => "expired",
+            ClaimStatus::Refused => "refused",
+            ClaimStatus::Superseded => "superseded",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+impl fmt::Display for ClaimStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A claim to record: the caller has checked the claim code, the device's
+/// state and that it is online, and made the nonce.
+#[derive(Clone)]
+pub struct NewClaim {
+    /// The device to bind.
+    pub device: DeviceId,
+    /// Who it is to belong to.
+    pub owner: Owner,
+    /// The challenge the device must send back (lowercase hex).
+    pub nonce: String,
+    /// Until when the device may confirm.
+    pub expires_at: OffsetDateTime,
+    /// The claim code hash the caller verified: the claim is refused if the
+    /// code was rotated in the meantime.
+    pub claim_code_hash: String,
+}
+
+impl fmt::Debug for NewClaim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NewClaim")
+            .field("device", &self.device)
+            .field("owner", &self.owner)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A claim of a device by a user or group (DESIGN.md "Claiming").
+#[derive(Clone, PartialEq, Eq, Serialize)]
+pub struct Claim {
+    /// Its number.
+    pub id: u64,
+    /// The device.
+    pub device: DeviceId,
+    /// Who claims it.
+    pub owner: Owner,
+    /// The challenge sent to the device (lowercase hex).
+    #[serde(skip)]
+    pub nonce: String,
+    /// Where it stands.
+    pub status: ClaimStatus,
+    /// Why it ended, when it ended without binding (an error code).
+    pub reason: Option<String>,
+    /// Confirmations with a wrong nonce so far.
+    pub attempts: u32,
+    /// When it was started.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// Until when the device may confirm.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    /// When it ended.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub finished_at: Option<OffsetDateTime>,
+}
+
+impl fmt::Debug for Claim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Claim")
+            .field("id", &self.id)
+            .field("device", &self.device)
+            .field("owner", &self.owner)
+            .field("status", &self.status)
+            .field("reason", &self.reason)
+            .field("attempts", &self.attempts)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NewDevice {
+    /// The device `cert` names, registered with its certificate and the
+    /// hash of its claim code.
+    pub fn from_certificate(
+        cert: &rampart_pki::IssuedCertificate,
+        claim_code_hash: String,
+    ) -> Self {
+        Self {
+            id: cert.id.clone(),
+            serial: cert.serial.clone(),
+            fingerprint: cert.fingerprint.clone(),
+            not_before: cert.not_before,
+            not_after: cert.not_after,
+            claim_code_hash,
+        }
+    }
 }
 
 /// A registered device.
@@ -300,10 +520,22 @@ pub enum ChangeKind {
     ServiceCreated,
     /// A service identity's certificate was revoked.
     ServiceRevoked,
+    /// A renewal issued a pending certificate (a pending one it replaced
+    /// went on the CRL).
+    CertificateIssued,
+    /// A device connected with its pending certificate: it is current now,
+    /// and the previous one is superseded and on the CRL.
+    CertificateActivated,
+    /// A claim was started: the device is to be sent its nonce.
+    ClaimRequested,
+    /// The device confirmed a claim and is bound to its owner.
+    DeviceBound,
+    /// A claim ended without binding (expired, refused).
+    ClaimFailed,
 }
 
 impl ChangeKind {
-    const ALL: [ChangeKind; 8] = [
+    const ALL: [ChangeKind; 13] = [
         ChangeKind::DeviceCreated,
         ChangeKind::DeviceRevoked,
         ChangeKind::DeviceDisabled,
@@ -312,6 +544,11 @@ impl ChangeKind {
         ChangeKind::ClaimCodeRotated,
         ChangeKind::ServiceCreated,
         ChangeKind::ServiceRevoked,
+        ChangeKind::CertificateIssued,
+        ChangeKind::CertificateActivated,
+        ChangeKind::ClaimRequested,
+        ChangeKind::DeviceBound,
+        ChangeKind::ClaimFailed,
     ];
 
     /// Name stored in the feed (and used as the audit action).
@@ -325,6 +562,11 @@ impl ChangeKind {
             ChangeKind::ClaimCodeRotated => "device.claim-code.rotate",
             ChangeKind::ServiceCreated => "service.create",
             ChangeKind::ServiceRevoked => "service.revoke",
+            ChangeKind::CertificateIssued => "device.certificate.issue",
+            ChangeKind::CertificateActivated => "device.certificate.activate",
+            ChangeKind::ClaimRequested => "device.claim.request",
+            ChangeKind::DeviceBound => "device.claim.bind",
+            ChangeKind::ClaimFailed => "device.claim.fail",
         }
     }
 
@@ -340,6 +582,19 @@ impl ChangeKind {
                 | ChangeKind::DeviceDisabled
                 | ChangeKind::DeviceDeleted
                 | ChangeKind::ServiceRevoked
+        )
+    }
+
+    /// Whether the change put a certificate on the CRL (a running server
+    /// then publishes a new CRL and reloads its TLS configuration).
+    pub fn revokes_certificates(self) -> bool {
+        matches!(
+            self,
+            ChangeKind::DeviceRevoked
+                | ChangeKind::DeviceDeleted
+                | ChangeKind::ServiceRevoked
+                | ChangeKind::CertificateIssued
+                | ChangeKind::CertificateActivated
         )
     }
 }

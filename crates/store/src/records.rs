@@ -11,8 +11,8 @@ use rampart_proto::DeviceId;
 use crate::millis::from_ms;
 use crate::model::IdentityKind;
 use crate::{
-    CertificateRecord, CertificateStatus, Change, ChangeKind, Device, Owner, Result,
-    RevokedCertificate, Service, ServiceState, StoreError, StoredSubscription,
+    CertificateRecord, CertificateStatus, Change, ChangeKind, Claim, ClaimStatus, Device, Owner,
+    Result, RevokedCertificate, Service, ServiceState, StoreError, StoredSubscription,
 };
 
 /// A `devices` row joined with its certificate.
@@ -174,6 +174,48 @@ fn revocation_reason(s: Option<String>, serial: &str) -> Result<Option<Revocatio
         })
     })
     .transpose()
+}
+
+/// A `claims` row.
+#[derive(Debug)]
+pub(crate) struct ClaimRow {
+    pub id: i64,
+    pub device: String,
+    pub owner_type: String,
+    pub owner_id: String,
+    pub nonce: String,
+    pub status: String,
+    pub reason: Option<String>,
+    pub attempts: i64,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub finished_at: Option<i64>,
+}
+
+impl ClaimRow {
+    /// The claim, or why the row is damaged.
+    pub fn into_claim(self) -> Result<Claim> {
+        let id = self.id;
+        let corrupt = |what: String| StoreError::Corrupt(format!("claim {id}: {what}"));
+        let owner = match self.owner_type.as_str() {
+            "user" => Owner::User(self.owner_id),
+            "group" => Owner::Group(self.owner_id),
+            other => return Err(corrupt(format!("owner type '{other}'"))),
+        };
+        Ok(Claim {
+            id: u64::try_from(id).map_err(|_| corrupt("negative id".into()))?,
+            device: DeviceId::parse(&self.device).map_err(|e| corrupt(e.to_string()))?,
+            owner,
+            nonce: self.nonce,
+            status: ClaimStatus::parse(&self.status)
+                .ok_or_else(|| corrupt(format!("status '{}'", self.status)))?,
+            reason: self.reason,
+            attempts: u32::try_from(self.attempts).unwrap_or(u32::MAX),
+            created_at: from_ms(self.created_at)?,
+            expires_at: from_ms(self.expires_at)?,
+            finished_at: self.finished_at.map(from_ms).transpose()?,
+        })
+    }
 }
 
 /// A `changes` row.

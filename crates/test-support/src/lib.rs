@@ -111,6 +111,21 @@ impl Workspace {
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
+    /// The trust bundle `rampart ca export` prints (issuing CA, then root).
+    pub fn ca_bundle(&self) -> String {
+        let out = self
+            .rampart()
+            .args(["ca", "export"])
+            .output()
+            .expect("run rampart ca export");
+        assert!(
+            out.status.success(),
+            "ca export: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("PEM is text")
+    }
+
     /// Runs `openssl ARGS` in the workspace.
     pub fn openssl(&self, args: &[&str]) -> Output {
         Command::new("openssl")

@@ -5,25 +5,13 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 
-/// Why a TLS configuration cannot be built.
+/// Why a TLS configuration cannot be built: the certificate or key is not
+/// usable.
 #[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    /// A PEM input does not hold what it should.
-    #[error("{what}: {why}")]
-    Pem {
-        /// Which input.
-        what: &'static str,
-        /// What is wrong.
-        why: String,
-    },
-    /// rustls refused the configuration.
-    #[error("TLS configuration refused: {0}")]
-    Rustls(String),
-}
+#[error("cannot set up HTTPS: {0}")]
+pub struct TlsError(String);
 
 /// The acceptor in use, swapped atomically when the certificate changes.
 #[derive(Clone)]
@@ -64,22 +52,8 @@ impl ServerTls {
 }
 
 fn acceptor(chain_pem: &str, key_pem: &str, tls12: bool) -> Result<TlsAcceptor, TlsError> {
-    let pem_err = |what: &'static str| {
-        move |e: rustls_pki_types::pem::Error| TlsError::Pem {
-            what,
-            why: e.to_string(),
-        }
-    };
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .map_err(pem_err("server certificate"))?;
-    if chain.is_empty() {
-        return Err(TlsError::Pem {
-            what: "server certificate",
-            why: "no certificate found".into(),
-        });
-    }
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(pem_err("server key"))?;
+    let rampart_pki::ServerIdentity { chain, key } =
+        rampart_pki::server_identity(chain_pem, key_pem).map_err(|e| TlsError(e.to_string()))?;
     let versions: &[&rustls::SupportedProtocolVersion] = if tls12 {
         &[&rustls::version::TLS13, &rustls::version::TLS12]
     } else {
@@ -88,10 +62,10 @@ fn acceptor(chain_pem: &str, key_pem: &str, tls12: bool) -> Result<TlsAcceptor, 
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)
-        .map_err(|e| TlsError::Rustls(e.to_string()))?
+        .map_err(|e| TlsError(e.to_string()))?
         .with_no_client_auth()
         .with_single_cert(chain, key)
-        .map_err(|e| TlsError::Rustls(e.to_string()))?;
+        .map_err(|e| TlsError(e.to_string()))?;
     // HTTP/2 first for browsers; HTTP/1.1 for small device stacks.
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))

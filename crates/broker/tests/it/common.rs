@@ -39,7 +39,7 @@ use rampart_proto::ingest::{
     RejectionKind,
 };
 use rampart_store::sqlite::SqliteOptions;
-use rampart_store::{Actor, AuditKey, NewDevice, NewService, SqliteStore, Store};
+use rampart_store::{Actor, AuditKey, NewCertificate, NewDevice, NewService, SqliteStore, Store};
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -288,6 +288,8 @@ impl IngestSink for RecordingSink {
 pub struct Credentials {
     /// The certificate CN.
     pub id: DeviceId,
+    /// The certificate's serial (lowercase hex).
+    pub serial: String,
     cert_pem: String,
     key_pem: String,
 }
@@ -296,6 +298,7 @@ impl Credentials {
     fn issued(name: &str, cert: rampart_pki::IssuedCertificate, key: &str) -> Self {
         Self {
             id: id(name),
+            serial: cert.serial,
             cert_pem: cert.pem,
             key_pem: key.to_owned(),
         }
@@ -435,6 +438,29 @@ impl Platform {
             )
             .await
             .expect("register the device");
+        Credentials::issued(name, cert, &key)
+    }
+
+    /// A new certificate and key for the registered device `name`,
+    /// recorded as its pending certificate, as a renewal leaves it.
+    pub async fn renewed(&self, name: &str) -> Credentials {
+        let (cert, key) = self
+            .pki
+            .issue_device_with_generated_key(&id(name))
+            .expect("issue a device certificate");
+        self.store
+            .add_pending_certificate(
+                NewCertificate {
+                    identity: id(name),
+                    serial: cert.serial.clone(),
+                    fingerprint: cert.fingerprint.clone(),
+                    not_before: cert.not_before,
+                    not_after: cert.not_after,
+                },
+                &Actor::system(),
+            )
+            .await
+            .expect("record the pending certificate");
         Credentials::issued(name, cert, &key)
     }
 

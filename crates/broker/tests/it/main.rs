@@ -2,6 +2,7 @@
 //! certificates and a raw MQTT client (`common`).
 
 mod common;
+mod downlink;
 mod limits;
 mod protocol;
 mod scale;

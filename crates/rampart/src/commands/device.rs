@@ -6,9 +6,11 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use rampart_pki::{IssuedCertificate, PkiError};
-use rampart_proto::DeviceId;
+use rampart_proto::{ClaimCode, DeviceId};
+use rampart_provisioning::claim::{self, ClaimRequest};
 use rampart_provisioning::registration::{self, Registration};
-use rampart_store::{Device, DeviceFilter, DeviceState, Store, StoreError};
+use rampart_store::{Device, DeviceFilter, DeviceState, Owner, Store, StoreError};
+use rand::RngCore;
 use serde::Serialize;
 use time::OffsetDateTime;
 
@@ -128,6 +130,112 @@ pub async fn run(g: &GlobalArgs, config: Config, cmd: DeviceCommand) -> Result<E
             png,
             svg,
         } => qr(g, &p, &id, rotate_claim_code, png, svg).await,
+        DeviceCommand::Claim {
+            id,
+            code,
+            qr,
+            owner,
+            wait,
+        } => {
+            let request = match (qr, id, code) {
+                (Some(qr), _, _) => ClaimRequest::from_qr(&qr, owner)?,
+                (None, Some(device), Some(code)) => ClaimRequest {
+                    code: ClaimCode::parse(&code)
+                        .with_context(|| format!("wrong claim code for '{device}'"))?,
+                    device,
+                    fingerprint: None,
+                    owner,
+                },
+                _ => bail!("give the device id and --code, or --qr with the label's content"),
+            };
+            claim(g, &p, &request, wait).await
+        }
+    }
+}
+
+/// `device claim --json`: where the claim stands.
+#[derive(Serialize)]
+struct ClaimReport<'a> {
+    claim: u64,
+    device: &'a DeviceId,
+    owner: String,
+    /// `pending` (without `--wait`) or `bound`.
+    status: &'static str,
+    #[serde(with = "time::serde::rfc3339")]
+    expires_at: OffsetDateTime,
+}
+
+async fn claim(
+    g: &GlobalArgs,
+    p: &Platform,
+    request: &ClaimRequest,
+    wait: Option<std::time::Duration>,
+) -> Result<ExitCode> {
+    let mut nonce = [0u8; claim::NONCE_BYTES];
+    rand::rng().fill_bytes(&mut nonce);
+    let actor = cli_actor();
+    let started = claim::start(
+        &p.store,
+        request,
+        &p.config.claim.policy(),
+        nonce,
+        OffsetDateTime::now_utc(),
+        &actor,
+    )
+    .await?;
+    let report = |status| ClaimReport {
+        claim: started.id,
+        device: &started.device,
+        owner: started.owner.to_string(),
+        status,
+        expires_at: started.expires_at,
+    };
+    let Some(wait) = wait else {
+        if g.json {
+            output::json(&report("pending"))?;
+        } else {
+            println!(
+                "claim {} of {} for {} sent: the device must confirm before {} (`rampart device show {}` shows the result)",
+                started.id,
+                started.device,
+                started.owner,
+                output::when(started.expires_at),
+                started.device
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    // The running server sends the nonce; the device's answer binds it.
+    let deadline = std::time::Instant::now() + wait;
+    let every = p.config.serve.change_poll_interval;
+    loop {
+        if let Some(device) =
+            claim::outcome(&p.store, started.id, OffsetDateTime::now_utc(), &actor).await?
+        {
+            if g.json {
+                output::json(&report("bound"))?;
+            } else {
+                println!(
+                    "{} is now bound to {}",
+                    device.id,
+                    device
+                        .owner
+                        .as_ref()
+                        .map_or_else(|| "-".to_owned(), Owner::to_string)
+                );
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!(
+                "'{}' did not confirm the claim within {}; it stays pending until {} (is `rampart serve` running, and the device answering on devices/{}/bind/up?)",
+                started.device,
+                humantime::format_duration(wait),
+                output::when(started.expires_at),
+                started.device
+            );
+        }
+        tokio::time::sleep(every).await;
     }
 }
 

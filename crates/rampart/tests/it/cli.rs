@@ -10,14 +10,8 @@ fn init(ws: &Workspace) -> Value {
 }
 
 fn chain(ws: &Workspace) -> String {
-    let out = ws
-        .rampart()
-        .args(["ca", "export"])
-        .output()
-        .expect("export");
-    assert!(out.status.success());
     let path = ws.join("chain.pem");
-    std::fs::write(&path, &out.stdout).expect("write chain");
+    std::fs::write(&path, ws.ca_bundle()).expect("write chain");
     path.display().to_string()
 }
 

@@ -4,6 +4,7 @@
 
 mod broker;
 mod cli;
+mod control;
 mod crash;
 mod demo;
 mod enroll;

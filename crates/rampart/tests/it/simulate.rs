@@ -104,7 +104,17 @@ impl Platform {
 
     /// Runs `simulate` to its end; returns exit success, summary, stderr.
     fn run(&self, state_dir: &str, args: &[&str]) -> (bool, Value, String) {
-        let out = assert_cmd::Command::from_std(self.simulate(state_dir, args))
+        self.run_trusting(&self.ca, state_dir, args)
+    }
+
+    /// [`Platform::run`] verifying the server against `ca`.
+    fn run_trusting(
+        &self,
+        ca: &std::path::Path,
+        state_dir: &str,
+        args: &[&str],
+    ) -> (bool, Value, String) {
+        let out = assert_cmd::Command::from_std(self.simulate_trusting(ca, state_dir, args))
             .timeout(wait_limit() * 2)
             .output()
             .expect("run simulate");
@@ -124,6 +134,30 @@ impl Platform {
         let file = std::fs::File::create(self.ws.join(out)).expect("summary file");
         cmd.stdout(Stdio::from(file)).stderr(Stdio::piped());
         Serve::spawn(cmd)
+    }
+
+    /// One device `PREFIX-0001` enrolled with its own token and connected,
+    /// reading five times a second until terminated.
+    fn one_connected_device(&self, prefix: &str) -> Serve {
+        let token = self.token(1, &["--id-prefix", prefix]);
+        let mut sim = self.spawn(
+            "state",
+            "summary.json",
+            &[
+                "--devices",
+                "1",
+                "--id-prefix",
+                prefix,
+                "--token",
+                &token,
+                "--rate",
+                "5/s",
+            ],
+        );
+        sim.wait_until("connected", |l| {
+            l.starts_with("progress") && l.contains("connected 1/1")
+        });
+        sim
     }
 
     /// Stored readings: device → seq → points stored with that seq.
@@ -350,7 +384,7 @@ fn a_wrong_ca_refuses_the_server_and_nothing_is_enrolled() {
     let wrong = p.ws.join("wrong-ca.pem");
     std::fs::write(&wrong, &out.stdout).expect("write");
 
-    let cmd = p.simulate_trusting(
+    let (ok, summary, stderr) = p.run_trusting(
         &wrong,
         "state",
         &[
@@ -364,12 +398,7 @@ fn a_wrong_ca_refuses_the_server_and_nothing_is_enrolled() {
             "1s",
         ],
     );
-    let out = assert_cmd::Command::from_std(cmd)
-        .timeout(wait_limit())
-        .output()
-        .expect("run");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    assert!(!ok);
     assert!(
         stderr.contains("no simulated device ever connected"),
         "{stderr}"
@@ -380,7 +409,6 @@ fn a_wrong_ca_refuses_the_server_and_nothing_is_enrolled() {
             && stderr.contains("rampart ca export"),
         "{stderr}"
     );
-    let summary: Value = serde_json::from_slice(&out.stdout).expect("summary");
     assert_eq!(count(&summary, "enrolled"), 0);
     assert!(count(&summary, "enrollFailures") >= 1);
     let tokens = p.ws.rampart_json(&["enroll-token", "list"]);
@@ -393,7 +421,7 @@ fn a_wrong_ca_refuses_the_server_and_nothing_is_enrolled() {
         &["--devices", "1", "--token", &token, "--duration", "500ms"],
     );
     assert!(ok, "{stderr}");
-    let cmd = p.simulate_trusting(
+    let (ok, summary, stderr) = p.run_trusting(
         &wrong,
         "state",
         &[
@@ -405,12 +433,8 @@ fn a_wrong_ca_refuses_the_server_and_nothing_is_enrolled() {
             "1s",
         ],
     );
-    let out = assert_cmd::Command::from_std(cmd)
-        .timeout(wait_limit())
-        .output()
-        .expect("run");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    assert!(!ok);
+    assert_eq!(count(&summary, "connects"), 0);
     assert!(
         stderr.contains("the server's certificate is not trusted"),
         "{stderr}"
@@ -463,7 +487,7 @@ fn refused_tokens_are_reported_per_device_and_the_rest_of_the_fleet_runs() {
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    let mut cmd = p.simulate(
+    let (ok, summary, stderr) = p.run(
         "expired",
         &[
             "--devices",
@@ -476,10 +500,9 @@ fn refused_tokens_are_reported_per_device_and_the_rest_of_the_fleet_runs() {
             "1s",
         ],
     );
-    let out = cmd.output().expect("run");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    assert!(!ok);
     assert!(stderr.contains("token_expired"), "{stderr}");
+    assert_eq!(summary["devices"][0]["state"], "needs a new token");
 }
 
 #[test]
@@ -521,24 +544,7 @@ fn readings_buffered_while_the_server_is_down_arrive_once_it_is_back() {
 #[test]
 fn commands_state_requests_and_malformed_downlinks() {
     let p = platform();
-    let token = p.token(1, &["--id-prefix", "cmd"]);
-    let mut sim = p.spawn(
-        "state",
-        "summary.json",
-        &[
-            "--devices",
-            "1",
-            "--token",
-            &token,
-            "--id-prefix",
-            "cmd",
-            "--rate",
-            "5/s",
-        ],
-    );
-    sim.wait_until("connected", |l| {
-        l.starts_with("progress") && l.contains("connected 1/1")
-    });
+    let mut sim = p.one_connected_device("cmd");
     let id = "cmd-0001";
     // Two service identities: a subscriber whose session persists, and a
     // publisher (a client id is its certificate's CN).
@@ -614,7 +620,11 @@ fn commands_state_requests_and_malformed_downlinks() {
         r#"{"id":"c-2","name":"self-destruct"}"#,
     );
     publish(&format!("devices/{id}/state/down"), "{}");
-    sub_args.extend(["-v", "-C", "3"].map(String::from));
+    publish(
+        &format!("devices/{id}/cmd/down"),
+        r#"{"id":"c-3","name":"reboot"}"#,
+    );
+    sub_args.extend(["-v", "-C", "4"].map(String::from));
     let out = spawn_mosquitto("mosquitto_sub", &sub_args).wait();
     let text = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = text.lines().collect();
@@ -640,10 +650,211 @@ fn commands_state_requests_and_malformed_downlinks() {
                 && l.contains(r#""sensor":"dht11""#)),
         "{text}"
     );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(r#""id":"c-3""#) && l.contains(r#""status":"ok""#)),
+        "{text}"
+    );
+    // After the reboot its readings carry the next boot number.
+    let deadline = std::time::Instant::now() + wait_limit();
+    while !p
+        .stored()
+        .get(id)
+        .is_some_and(|seqs| seqs.keys().any(|s| s >> 32 == 1))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reading of boot 1 stored"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     assert!(sim.terminate());
     let summary = read_summary(&p, "summary.json");
     assert!(count(&summary, "malformedDownlinks") >= 2, "{summary}");
-    assert_eq!(count(&summary, "commands"), 2);
+    assert_eq!(count(&summary, "commands"), 3);
+    assert_eq!(summary["devices"][0]["boot"], 1, "{summary}");
     assert_eq!(summary["drained"], true);
     p.assert_exactly_once(&[&summary]);
+}
+
+#[test]
+fn a_renewal_cycle_supersedes_and_revokes_the_old_certificate() {
+    let p = platform();
+    let token = p.token(1, &["--id-prefix", "renew"]);
+    let common = ["--devices", "1", "--id-prefix", "renew", "--rate", "5/s"];
+    let (ok, enrolled, stderr) = p.run(
+        "state",
+        &[&common[..], &["--token", &token, "--duration", "500ms"]].concat(),
+    );
+    assert!(ok, "{stderr}");
+    let old = enrolled["devices"][0]["serial"]
+        .as_str()
+        .expect("serial")
+        .to_owned();
+
+    // `--renew-every` stands in for two thirds of a year-long validity.
+    let mut sim = p.spawn(
+        "state",
+        "summary.json",
+        &[&common[..], &["--renew-every", "1s", "-v"]].concat(),
+    );
+    sim.wait_for(&["renew-0001", "renewal complete"]);
+    assert!(sim.terminate());
+    let summary = read_summary(&p, "summary.json");
+    assert!(count(&summary, "renewals") >= 1, "{summary}");
+    let new = summary["devices"][0]["serial"].as_str().expect("serial");
+    assert_ne!(new, old);
+    let shown = p.ws.rampart_json(&["device", "show", "renew-0001"]);
+    assert_eq!(shown["serial"], new, "{shown}");
+
+    // The old certificate goes on the CRL as superseded (serve re-signs
+    // the CRL after the new one's first connection).
+    let old = old.to_ascii_lowercase();
+    let deadline = std::time::Instant::now() + wait_limit();
+    loop {
+        let crl = p.ws.rampart().args(["ca", "crl"]).output().expect("ca crl");
+        assert!(crl.status.success());
+        std::fs::write(p.ws.join("crl.pem"), &crl.stdout).expect("write CRL");
+        let text =
+            p.ws.openssl_ok(&["crl", "-in", "crl.pem", "-noout", "-text"])
+                .to_ascii_lowercase();
+        if text.contains(&old) && text.contains("superseded") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{old} never appeared on the CRL as superseded: {text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // The first key is gone once the new certificate worked.
+    let dir = p.ws.join("state/devices/renew-0001");
+    assert!(!dir.join("key-0.pem").exists());
+    assert!(dir.join("key-1.pem").exists());
+    // Readings flowed across the renewal, each stored once.
+    assert_eq!(summary["drained"], true);
+    p.assert_exactly_once(&[&enrolled, &summary]);
+}
+
+#[test]
+fn a_claim_is_confirmed_by_the_simulated_device() {
+    let p = platform();
+    let mut sim = p.one_connected_device("claim");
+    // The claim code is on the device's label: its state dir here.
+    let identity: Value = serde_json::from_str(
+        &std::fs::read_to_string(p.ws.join("state/devices/claim-0001/identity.json"))
+            .expect("identity"),
+    )
+    .expect("identity JSON");
+    let code = identity["claimCode"].as_str().expect("claim code");
+    let claimed = p.ws.rampart_json(&[
+        "device",
+        "claim",
+        "claim-0001",
+        "--code",
+        code,
+        "--owner",
+        "user:ann",
+        "--wait",
+        "20s",
+    ]);
+    assert_eq!(claimed["status"], "bound", "{claimed}");
+    let shown = p.ws.rampart_json(&["device", "show", "claim-0001"]);
+    assert_eq!(shown["state"], "bound");
+    assert!(sim.terminate());
+    let summary = read_summary(&p, "summary.json");
+    assert_eq!(count(&summary, "claimsConfirmed"), 1, "{summary}");
+    assert_eq!(summary["devices"][0]["state"], "bound", "{summary}");
+    let identity: Value = serde_json::from_str(
+        &std::fs::read_to_string(p.ws.join("state/devices/claim-0001/identity.json"))
+            .expect("identity"),
+    )
+    .expect("identity JSON");
+    assert_eq!(identity["boundTo"], "user:ann");
+}
+
+#[test]
+fn deep_sleeping_devices_wake_flush_disconnect_and_sleep() {
+    let p = platform();
+    let token = p.token(2, &[]);
+    let (ok, summary, stderr) = p.run(
+        "state",
+        &[
+            "--devices",
+            "2",
+            "--token",
+            &token,
+            "--sleep-cycle",
+            "400ms",
+            "--format",
+            "cbor",
+            "--duration",
+            "3s",
+        ],
+    );
+    assert!(ok, "{stderr}");
+    // One connection per wake: several per device in three seconds.
+    for d in summary["devices"].as_array().expect("devices") {
+        assert!(d["counts"]["connects"].as_u64() >= Some(4), "{d}");
+        let id = d["id"].as_str().expect("id");
+        let stats = p.ws.rampart_json(&["telemetry", "stats", id]);
+        let clean = stats["presence"]
+            .as_array()
+            .expect("presence")
+            .iter()
+            .filter(|e| e["reason"] == "clean")
+            .count();
+        assert!(
+            clean >= 3,
+            "it disconnected cleanly before each sleep: {stats}"
+        );
+    }
+    assert_eq!(summary["drained"], true, "{summary}");
+    assert_eq!(count(&summary, "acknowledged"), count(&summary, "readings"));
+    p.assert_exactly_once(&[&summary]);
+}
+
+#[test]
+fn a_revoked_device_is_refused_logs_why_and_keeps_buffering() {
+    let p = platform();
+    let token = p.token(1, &["--id-prefix", "rev"]);
+    let mut sim = p.spawn(
+        "state",
+        "summary.json",
+        &[
+            "--devices",
+            "1",
+            "--id-prefix",
+            "rev",
+            "--token",
+            &token,
+            "--rate",
+            "10/s",
+            "--drain-timeout",
+            "500ms",
+        ],
+    );
+    sim.wait_until("connected", |l| {
+        l.starts_with("progress") && l.contains("connected 1/1")
+    });
+    p.ws.rampart_json(&["device", "revoke", "rev-0001", "--reason", "key-compromise"]);
+    let refused = sim.wait_for(&["rev-0001", "connection failed"]);
+    assert!(
+        refused.contains("rejected this device's certificate"),
+        "{refused}"
+    );
+    sim.wait_until("readings buffered after the revocation", |l| {
+        l.starts_with("progress") && figure(l, "buffered") >= 10
+    });
+    assert!(sim.terminate(), "simulate exits 0 on SIGTERM");
+    let summary = read_summary(&p, "summary.json");
+    assert_eq!(summary["drained"], false);
+    assert!(count(&summary, "connectFailures") >= 1, "{summary}");
+    assert!(count(&summary, "buffered") >= 10, "{summary}");
+    // Nothing it read was lost: what was not acknowledged is in its ring.
+    assert_eq!(
+        count(&summary, "readings"),
+        count(&summary, "acknowledged") + count(&summary, "buffered")
+    );
 }

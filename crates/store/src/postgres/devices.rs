@@ -227,43 +227,49 @@ pub(super) async fn remove(tx: &Transaction<'_>, id: &DeviceId) -> Result<()> {
     Ok(())
 }
 
+/// The columns of a [`CertificateRow`], in its order.
+pub(super) const SELECT_CERTIFICATE: &str =
+    "SELECT serial, identity_id, kind, fingerprint, not_before, not_after, status,
+            revocation_reason, revoked_at
+     FROM certificates";
+
+/// Reads a row selected with [`SELECT_CERTIFICATE`].
+pub(super) fn certificate_row(r: &Row) -> Result<CertificateRow> {
+    Ok(CertificateRow {
+        serial: get(r, 0)?,
+        identity: get(r, 1)?,
+        kind: get(r, 2)?,
+        fingerprint: get(r, 3)?,
+        not_before: get(r, 4)?,
+        not_after: get(r, 5)?,
+        status: get(r, 6)?,
+        revocation_reason: get(r, 7)?,
+        revoked_at: get(r, 8)?,
+    })
+}
+
 /// One certificate by serial.
 pub(super) async fn certificate(
     c: &impl GenericClient,
     serial: &str,
 ) -> Result<Option<CertificateRecord>> {
     let stmt = c
-        .prepare_cached(
-            "SELECT serial, identity_id, kind, fingerprint, not_before, not_after, status,
-                    revocation_reason, revoked_at
-             FROM certificates WHERE serial = $1",
-        )
+        .prepare_cached(&format!("{SELECT_CERTIFICATE} WHERE serial = $1"))
         .await
         .map_err(db)?;
-    let Some(r) = c.query_opt(&stmt, &[&serial]).await.map_err(db)? else {
-        return Ok(None);
-    };
-    CertificateRow {
-        serial: get(&r, 0)?,
-        identity: get(&r, 1)?,
-        kind: get(&r, 2)?,
-        fingerprint: get(&r, 3)?,
-        not_before: get(&r, 4)?,
-        not_after: get(&r, 5)?,
-        status: get(&r, 6)?,
-        revocation_reason: get(&r, 7)?,
-        revoked_at: get(&r, 8)?,
+    match c.query_opt(&stmt, &[&serial]).await.map_err(db)? {
+        Some(r) => certificate_row(&r)?.into_record().map(Some),
+        None => Ok(None),
     }
-    .into_record()
-    .map(Some)
 }
 
-/// Every revoked certificate, oldest revocation first.
+/// Every revoked certificate, oldest revocation first: those revoked
+/// outright and those superseded by a renewal.
 pub(super) async fn revoked(c: &impl GenericClient) -> Result<Vec<RevokedCertificate>> {
     let stmt = c
         .prepare_cached(
             "SELECT serial, identity_id, revocation_reason, revoked_at FROM certificates
-             WHERE status = 'revoked' ORDER BY revoked_at, serial",
+             WHERE revoked_at IS NOT NULL ORDER BY revoked_at, serial",
         )
         .await
         .map_err(db)?;

@@ -6,7 +6,7 @@ use tokio_postgres::Row;
 use super::ledger::Ledger;
 use super::{audit, changes, db, devices, get};
 use crate::enrollment::{
-    self, TOKEN_COLUMNS, TokenRow, device_enrolled, issued_for, owner_columns,
+    self, TOKEN_COLUMNS, TokenRow, device_enrolled, issued_for, owner_columns, use_counted,
 };
 use crate::millis::{now_ms, to_ms};
 use crate::{
@@ -152,14 +152,7 @@ pub(super) async fn enroll(
     let cert = issued_for(e)?;
     devices::insert(
         tx,
-        &NewDevice {
-            id: cert.id.clone(),
-            serial: cert.serial.clone(),
-            fingerprint: cert.fingerprint.clone(),
-            not_before: cert.not_before,
-            not_after: cert.not_after,
-            claim_code_hash: e.claim_code_hash.clone(),
-        },
+        &NewDevice::from_certificate(&cert, e.claim_code_hash.clone()),
         now,
     )
     .await?;
@@ -178,14 +171,7 @@ pub(super) async fn enroll(
         )
         .await
         .map_err(db)?;
-    if counted != 1 {
-        // Unreachable with the row locked; refused rather than over-used.
-        return Err(EnrollmentRefusal::UsedUp {
-            id: token.id,
-            uses: token.uses_allowed,
-        }
-        .into());
-    }
+    use_counted(counted == 1, &token)?;
     let (change, entry) = device_enrolled(&token, &cert, actor);
     changes::append(ledger, change.kind, change.subject.as_str(), now).await?;
     let rec = audit::append(ledger, key, &entry).await?;

@@ -12,10 +12,12 @@
 
 mod audit;
 mod changes;
+mod claims;
 mod devices;
 mod enrollment;
 mod ledger;
 mod mqtt;
+mod renewal;
 mod schema;
 mod services;
 mod store;
@@ -207,12 +209,17 @@ impl PostgresStore {
         Fut: Future<Output = Result<(T, AuditRecord)>>,
     {
         let (out, record) = self.retrying(attempt).await?;
+        self.advance_head(&record);
+        Ok(out)
+    }
+
+    /// Moves the audit chain head past `record`, committed just now.
+    fn advance_head(&self, record: &AuditRecord) {
         if let Err(e) = self.inner.audit_key.advance_head(record.seq, &record.mac) {
             // The change and its audit row are committed; a stale head only
             // weakens truncation detection until the next append.
             tracing::warn!(error = %e, "could not advance the audit chain head");
         }
-        Ok(out)
     }
 
     /// Starts a READ COMMITTED write transaction whose lock waits end after

@@ -20,6 +20,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0004_telemetry.sql"),
     include_str!("../../migrations/postgres/0005_grafana_views.sql"),
     include_str!("../../migrations/postgres/0006_enrollment.sql"),
+    include_str!("../../migrations/postgres/0007_renewal_claims.sql"),
 ];
 
 /// Newest schema version this binary knows.

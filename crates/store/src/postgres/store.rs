@@ -8,14 +8,16 @@ use rampart_pki::RevocationReason;
 use rampart_proto::DeviceId;
 
 use super::ledger::{self, Ledger};
-use super::{PostgresStore, audit, changes, db, devices, enrollment, get, mqtt, services};
+use super::{
+    PostgresStore, audit, changes, claims, db, devices, enrollment, get, mqtt, renewal, services,
+};
 use crate::lifecycle::{self, IdentityChange};
 use crate::millis::{now_ms, to_ms};
 use crate::{
-    Actor, AuditEntry, AuditKey, AuditRecord, AuditReport, CertificateRecord, Change, Device,
-    DeviceFilter, DeviceState, Enrolled, Enrollment, EnrollmentToken, MqttOp, MqttSnapshot,
-    NewDevice, NewEnrollmentToken, NewService, Result, RevokedCertificate, Service, Store,
-    StoreError,
+    Actor, AuditEntry, AuditKey, AuditRecord, AuditReport, CertificateRecord, CertificateStatus,
+    Change, Claim, ClaimStatus, Device, DeviceFilter, DeviceState, Enrolled, Enrollment,
+    EnrollmentToken, MqttOp, MqttSnapshot, NewCertificate, NewClaim, NewDevice, NewEnrollmentToken,
+    NewService, Result, RevokedCertificate, Service, Store, StoreError,
 };
 
 /// Appends the change-feed row and the audit row of `change`.
@@ -78,6 +80,7 @@ impl Store for PostgresStore {
             let dev = devices::require(&tx, id).await?;
             let change = lifecycle::revoke_device(&dev, reason)?;
             devices::revoke_certificate(&tx, &dev.serial, reason, now).await?;
+            renewal::revoke_pending(&tx, id, reason, now).await?;
             devices::set_state(&tx, id, DeviceState::Revoked, now).await?;
             let rec = log_change(&ledger, &self.inner.audit_key, &change, actor, now).await?;
             let revoked = devices::require(&tx, id).await?;
@@ -118,6 +121,7 @@ impl Store for PostgresStore {
             let dev = devices::require(&tx, id).await?;
             let (reason, change) = lifecycle::delete_device(&dev);
             devices::revoke_certificate(&tx, &dev.serial, reason, now).await?;
+            renewal::revoke_pending(&tx, id, reason, now).await?;
             devices::remove(&tx, id).await?;
             let rec = log_change(&ledger, &self.inner.audit_key, &change, actor, now).await?;
             tx.commit().await.map_err(db)?;
@@ -374,6 +378,161 @@ impl Store for PostgresStore {
         self.retrying(|| async {
             let client = self.client().await?;
             changes::latest(&client).await
+        })
+        .await
+    }
+
+    async fn add_pending_certificate(
+        &self,
+        cert: NewCertificate,
+        actor: &Actor,
+    ) -> Result<Option<String>> {
+        self.audited(|| async {
+            let mut client = self.client().await?;
+            let tx = self.begin(&mut client).await?;
+            let ledger = ledger::lock(&tx).await?;
+            let (_, now) = now_ms();
+            let dev = devices::require(&tx, &cert.identity).await?;
+            let replaced = renewal::pending_serial(&tx, &cert.identity).await?;
+            let change = lifecycle::issue_certificate(&dev, &cert, replaced.as_deref())?;
+            if let Some(old) = &replaced {
+                renewal::supersede(&tx, old, now).await?;
+            }
+            renewal::insert_pending(&tx, &cert, now).await?;
+            let rec = log_change(&ledger, &self.inner.audit_key, &change, actor, now).await?;
+            tx.commit().await.map_err(db)?;
+            Ok((replaced, rec))
+        })
+        .await
+    }
+
+    async fn activate_certificate(&self, serial: &str, actor: &Actor) -> Result<CertificateRecord> {
+        let (cert, record) = self
+            .retrying(|| async {
+                let mut client = self.client().await?;
+                let tx = self.begin(&mut client).await?;
+                let ledger = ledger::lock(&tx).await?;
+                let (_, now) = now_ms();
+                let cert = devices::certificate(&tx, serial)
+                    .await?
+                    .ok_or_else(|| StoreError::CertificateNotFound(serial.to_owned()))?;
+                if cert.status == CertificateStatus::Current {
+                    return Ok((cert, None));
+                }
+                let dev = devices::require(&tx, &cert.identity).await?;
+                let change = lifecycle::activate_certificate(&dev, &cert)?;
+                renewal::supersede(&tx, &dev.serial, now).await?;
+                renewal::make_current(&tx, &dev.id, serial, now).await?;
+                let rec = log_change(&ledger, &self.inner.audit_key, &change, actor, now).await?;
+                let current = devices::certificate(&tx, serial)
+                    .await?
+                    .ok_or_else(|| StoreError::CertificateNotFound(serial.to_owned()))?;
+                tx.commit().await.map_err(db)?;
+                Ok((current, Some(rec)))
+            })
+            .await?;
+        if let Some(record) = &record {
+            self.advance_head(record);
+        }
+        Ok(cert)
+    }
+
+    async fn certificates_of(&self, id: &DeviceId) -> Result<Vec<CertificateRecord>> {
+        self.retrying(|| async {
+            let client = self.client().await?;
+            renewal::of_identity(&client, id).await
+        })
+        .await
+    }
+
+    async fn claim_code_hash(&self, id: &DeviceId) -> Result<Option<String>> {
+        self.retrying(|| async {
+            let client = self.client().await?;
+            claims::code_hash(&client, id).await
+        })
+        .await
+    }
+
+    async fn start_claim(&self, claim: NewClaim, actor: &Actor) -> Result<Claim> {
+        self.audited(|| async {
+            let mut client = self.client().await?;
+            let tx = self.begin(&mut client).await?;
+            let ledger = ledger::lock(&tx).await?;
+            let (_, now) = now_ms();
+            let dev = devices::require(&tx, &claim.device).await?;
+            let stored = claims::code_hash(&tx, &claim.device).await?;
+            let change = lifecycle::start_claim(&dev, &claim, stored.as_deref())?;
+            let id = claims::insert(&tx, &claim, now).await?;
+            let rec = log_change(&ledger, &self.inner.audit_key, &change, actor, now).await?;
+            let started = claims::require(&tx, id).await?;
+            tx.commit().await.map_err(db)?;
+            Ok((started, rec))
+        })
+        .await
+    }
+
+    async fn claim(&self, id: u64) -> Result<Option<Claim>> {
+        self.retrying(|| async {
+            let client = self.client().await?;
+            claims::get_claim(&client, id).await
+        })
+        .await
+    }
+
+    async fn latest_claim(&self, device: &DeviceId) -> Result<Option<Claim>> {
+        self.retrying(|| async {
+            let client = self.client().await?;
+            claims::latest(&client, device).await
+        })
+        .await
+    }
+
+    async fn complete_claim(&self, id: u64, actor: &Actor) -> Result<Device> {
+        self.audited(|| async {
+            let mut client = self.client().await?;
+            let tx = self.begin(&mut client).await?;
+            let ledger = ledger::lock(&tx).await?;
+            let (_, now) = now_ms();
+            let claim = claims::require(&tx, id).await?;
+            let dev = devices::require(&tx, &claim.device).await?;
+            let change = lifecycle::complete_claim(&dev, &claim)?;
+            claims::bind(&tx, &claim.device, &claim.owner, now).await?;
+            claims::finish(&tx, id, ClaimStatus::Bound, None, now).await?;
+            let rec = log_change(&ledger, &self.inner.audit_key, &change, actor, now).await?;
+            let bound = devices::require(&tx, &claim.device).await?;
+            tx.commit().await.map_err(db)?;
+            Ok((bound, rec))
+        })
+        .await
+    }
+
+    async fn end_claim(
+        &self,
+        id: u64,
+        status: ClaimStatus,
+        reason: &str,
+        actor: &Actor,
+    ) -> Result<Claim> {
+        self.audited(|| async {
+            let mut client = self.client().await?;
+            let tx = self.begin(&mut client).await?;
+            let ledger = ledger::lock(&tx).await?;
+            let (_, now) = now_ms();
+            let claim = claims::require(&tx, id).await?;
+            let change = lifecycle::end_claim(&claim, status, reason)?;
+            claims::finish(&tx, id, status, Some(reason), now).await?;
+            let rec = log_change(&ledger, &self.inner.audit_key, &change, actor, now).await?;
+            let ended = claims::require(&tx, id).await?;
+            tx.commit().await.map_err(db)?;
+            Ok((ended, rec))
+        })
+        .await
+    }
+
+    async fn count_claim_attempt(&self, id: u64) -> Result<u32> {
+        self.retrying(|| async {
+            let client = self.client().await?;
+            claims::count_attempt(&client, id).await
         })
         .await
     }

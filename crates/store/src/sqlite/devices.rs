@@ -193,39 +193,45 @@ pub(super) fn remove(tx: &Transaction<'_>, id: &DeviceId) -> Result<()> {
     Ok(())
 }
 
-/// One certificate by serial.
-pub(super) fn certificate(conn: &Connection, serial: &str) -> Result<Option<CertificateRecord>> {
-    conn.prepare_cached(
-        "SELECT serial, identity_id, kind, fingerprint, not_before, not_after, status,
-                revocation_reason, revoked_at
-         FROM certificates WHERE serial = ?1",
-    )
-    .map_err(db)?
-    .query_row(params![serial], |r| {
-        Ok(CertificateRow {
-            serial: r.get(0)?,
-            identity: r.get(1)?,
-            kind: r.get(2)?,
-            fingerprint: r.get(3)?,
-            not_before: r.get(4)?,
-            not_after: r.get(5)?,
-            status: r.get(6)?,
-            revocation_reason: r.get(7)?,
-            revoked_at: r.get(8)?,
-        })
+/// The columns of a [`CertificateRow`], in its order.
+pub(super) const SELECT_CERTIFICATE: &str =
+    "SELECT serial, identity_id, kind, fingerprint, not_before, not_after, status,
+            revocation_reason, revoked_at
+     FROM certificates";
+
+/// Reads a row selected with [`SELECT_CERTIFICATE`].
+pub(super) fn certificate_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CertificateRow> {
+    Ok(CertificateRow {
+        serial: r.get(0)?,
+        identity: r.get(1)?,
+        kind: r.get(2)?,
+        fingerprint: r.get(3)?,
+        not_before: r.get(4)?,
+        not_after: r.get(5)?,
+        status: r.get(6)?,
+        revocation_reason: r.get(7)?,
+        revoked_at: r.get(8)?,
     })
-    .optional()
-    .map_err(db)?
-    .map(CertificateRow::into_record)
-    .transpose()
 }
 
-/// Every revoked certificate, oldest revocation first.
+/// One certificate by serial.
+pub(super) fn certificate(conn: &Connection, serial: &str) -> Result<Option<CertificateRecord>> {
+    conn.prepare_cached(&format!("{SELECT_CERTIFICATE} WHERE serial = ?1"))
+        .map_err(db)?
+        .query_row(params![serial], certificate_row)
+        .optional()
+        .map_err(db)?
+        .map(CertificateRow::into_record)
+        .transpose()
+}
+
+/// Every revoked certificate, oldest revocation first: those revoked
+/// outright and those superseded by a renewal.
 pub(super) fn revoked(conn: &Connection) -> Result<Vec<RevokedCertificate>> {
     let mut stmt = conn
         .prepare_cached(
             "SELECT serial, identity_id, revocation_reason, revoked_at FROM certificates
-             WHERE status = 'revoked' ORDER BY revoked_at, serial",
+             WHERE revoked_at IS NOT NULL ORDER BY revoked_at, serial",
         )
         .map_err(db)?;
     let rows = stmt

@@ -4,7 +4,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::{audit, changes, db, devices};
 use crate::enrollment::{
-    self, TOKEN_COLUMNS, TokenRow, device_enrolled, issued_for, owner_columns,
+    self, TOKEN_COLUMNS, TokenRow, device_enrolled, issued_for, owner_columns, use_counted,
 };
 use crate::millis::{now_ms, to_ms};
 use crate::{
@@ -128,14 +128,7 @@ pub(super) fn enroll(
     let cert = issued_for(e)?;
     devices::insert(
         tx,
-        &NewDevice {
-            id: cert.id.clone(),
-            serial: cert.serial.clone(),
-            fingerprint: cert.fingerprint.clone(),
-            not_before: cert.not_before,
-            not_after: cert.not_after,
-            claim_code_hash: e.claim_code_hash.clone(),
-        },
+        &NewDevice::from_certificate(&cert, e.claim_code_hash.clone()),
         now,
     )?;
     let (owner_type, owner_id) = owner_columns(token.owner.as_ref());
@@ -151,14 +144,7 @@ pub(super) fn enroll(
             params![token.id, now],
         )
         .map_err(db)?;
-    if counted != 1 {
-        // Unreachable under the write lock; refused rather than over-used.
-        return Err(EnrollmentRefusal::UsedUp {
-            id: token.id,
-            uses: token.uses_allowed,
-        }
-        .into());
-    }
+    use_counted(counted == 1, &token)?;
     let (change, entry) = device_enrolled(&token, &cert, actor);
     changes::append(tx, change.kind, change.subject.as_str(), now)?;
     let rec = audit::append(tx, key, &entry)?;

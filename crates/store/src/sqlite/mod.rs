@@ -10,9 +10,11 @@
 
 mod audit;
 mod changes;
+mod claims;
 mod devices;
 mod enrollment;
 mod mqtt;
+mod renewal;
 mod schema;
 mod services;
 mod store;

@@ -18,6 +18,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0003_mqtt_sessions.sql"),
     include_str!("../../migrations/sqlite/0004_telemetry.sql"),
     include_str!("../../migrations/sqlite/0005_enrollment.sql"),
+    include_str!("../../migrations/sqlite/0006_renewal_claims.sql"),
 ];
 
 /// Newest schema version this binary knows.

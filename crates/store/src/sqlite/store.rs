@@ -6,14 +6,16 @@ use rampart_pki::RevocationReason;
 use rampart_proto::DeviceId;
 use rusqlite::{Transaction, params};
 
-use super::{SqliteStore, audit, changes, db, devices, enrollment, mqtt, services};
+use super::{
+    SqliteStore, audit, changes, claims, db, devices, enrollment, mqtt, renewal, services,
+};
 use crate::lifecycle::{self, IdentityChange};
 use crate::millis::{now_ms, to_ms};
 use crate::{
-    Actor, AuditEntry, AuditKey, AuditRecord, AuditReport, CertificateRecord, Change, Device,
-    DeviceFilter, DeviceState, Enrolled, Enrollment, EnrollmentToken, MqttOp, MqttSnapshot,
-    NewDevice, NewEnrollmentToken, NewService, Result, RevokedCertificate, Service, Store,
-    StoreError,
+    Actor, AuditEntry, AuditKey, AuditRecord, AuditReport, CertificateRecord, Change, Claim,
+    ClaimStatus, Device, DeviceFilter, DeviceState, Enrolled, Enrollment, EnrollmentToken, MqttOp,
+    MqttSnapshot, NewCertificate, NewClaim, NewDevice, NewEnrollmentToken, NewService, Result,
+    RevokedCertificate, Service, Store, StoreError,
 };
 
 impl SqliteStore {
@@ -24,12 +26,17 @@ impl SqliteStore {
         F: FnOnce(&Transaction<'_>, &AuditKey) -> Result<(T, AuditRecord)> + Send + 'static,
     {
         let (out, record) = self.write(f).await?;
+        self.advance_head(&record);
+        Ok(out)
+    }
+
+    /// Moves the audit chain head past `record`, committed just now.
+    fn advance_head(&self, record: &AuditRecord) {
         if let Err(e) = self.inner.audit_key.advance_head(record.seq, &record.mac) {
             // The change and its audit row are committed; a stale head only
             // weakens truncation detection until the next append.
             tracing::warn!(error = %e, "could not advance the audit chain head");
         }
-        Ok(out)
     }
 }
 
@@ -81,6 +88,7 @@ impl Store for SqliteStore {
             let dev = devices::require(tx, &id)?;
             let change = lifecycle::revoke_device(&dev, reason)?;
             devices::revoke_certificate(tx, &dev.serial, reason, now)?;
+            renewal::revoke_pending(tx, &id, reason, now)?;
             devices::set_state(tx, &id, DeviceState::Revoked, now)?;
             let rec = log_change(tx, key, &change, &actor, now)?;
             Ok((devices::require(tx, &id)?, rec))
@@ -113,6 +121,7 @@ impl Store for SqliteStore {
             let dev = devices::require(tx, &id)?;
             let (reason, change) = lifecycle::delete_device(&dev);
             devices::revoke_certificate(tx, &dev.serial, reason, now)?;
+            renewal::revoke_pending(tx, &id, reason, now)?;
             devices::remove(tx, &id)?;
             let rec = log_change(tx, key, &change, &actor, now)?;
             Ok(((), rec))
@@ -293,5 +302,126 @@ impl Store for SqliteStore {
 
     async fn latest_change(&self) -> Result<u64> {
         self.read(|conn, _| changes::latest(conn)).await
+    }
+
+    async fn add_pending_certificate(
+        &self,
+        cert: NewCertificate,
+        actor: &Actor,
+    ) -> Result<Option<String>> {
+        let actor = actor.clone();
+        self.write_audited(move |tx, key| {
+            let (_, now) = now_ms();
+            let dev = devices::require(tx, &cert.identity)?;
+            let replaced = renewal::pending_serial(tx, &cert.identity)?;
+            let change = lifecycle::issue_certificate(&dev, &cert, replaced.as_deref())?;
+            if let Some(old) = &replaced {
+                renewal::supersede(tx, old, now)?;
+            }
+            renewal::insert_pending(tx, &cert, now)?;
+            let rec = log_change(tx, key, &change, &actor, now)?;
+            Ok((replaced, rec))
+        })
+        .await
+    }
+
+    async fn activate_certificate(&self, serial: &str, actor: &Actor) -> Result<CertificateRecord> {
+        let (serial, actor) = (serial.to_owned(), actor.clone());
+        let activated = self
+            .write(move |tx, key| {
+                let (_, now) = now_ms();
+                let cert = devices::certificate(tx, &serial)?
+                    .ok_or_else(|| StoreError::CertificateNotFound(serial.clone()))?;
+                if cert.status == crate::CertificateStatus::Current {
+                    return Ok((cert, None));
+                }
+                let dev = devices::require(tx, &cert.identity)?;
+                let change = lifecycle::activate_certificate(&dev, &cert)?;
+                renewal::supersede(tx, &dev.serial, now)?;
+                renewal::make_current(tx, &dev.id, &serial, now)?;
+                let rec = log_change(tx, key, &change, &actor, now)?;
+                let current = devices::certificate(tx, &serial)?
+                    .ok_or_else(|| StoreError::CertificateNotFound(serial.clone()))?;
+                Ok((current, Some(rec)))
+            })
+            .await?;
+        let (cert, record) = activated;
+        if let Some(record) = &record {
+            self.advance_head(record);
+        }
+        Ok(cert)
+    }
+
+    async fn certificates_of(&self, id: &DeviceId) -> Result<Vec<CertificateRecord>> {
+        let id = id.clone();
+        self.read(move |conn, _| renewal::of_identity(conn, &id))
+            .await
+    }
+
+    async fn claim_code_hash(&self, id: &DeviceId) -> Result<Option<String>> {
+        let id = id.clone();
+        self.read(move |conn, _| claims::code_hash(conn, &id)).await
+    }
+
+    async fn start_claim(&self, claim: NewClaim, actor: &Actor) -> Result<Claim> {
+        let actor = actor.clone();
+        self.write_audited(move |tx, key| {
+            let (_, now) = now_ms();
+            let dev = devices::require(tx, &claim.device)?;
+            let stored = claims::code_hash(tx, &claim.device)?;
+            let change = lifecycle::start_claim(&dev, &claim, stored.as_deref())?;
+            let id = claims::insert(tx, &claim, now)?;
+            let rec = log_change(tx, key, &change, &actor, now)?;
+            Ok((claims::require(tx, id)?, rec))
+        })
+        .await
+    }
+
+    async fn claim(&self, id: u64) -> Result<Option<Claim>> {
+        self.read(move |conn, _| claims::get(conn, id)).await
+    }
+
+    async fn latest_claim(&self, device: &DeviceId) -> Result<Option<Claim>> {
+        let device = device.clone();
+        self.read(move |conn, _| claims::latest(conn, &device))
+            .await
+    }
+
+    async fn complete_claim(&self, id: u64, actor: &Actor) -> Result<Device> {
+        let actor = actor.clone();
+        self.write_audited(move |tx, key| {
+            let (_, now) = now_ms();
+            let claim = claims::require(tx, id)?;
+            let dev = devices::require(tx, &claim.device)?;
+            let change = lifecycle::complete_claim(&dev, &claim)?;
+            claims::bind(tx, &claim.device, &claim.owner, now)?;
+            claims::finish(tx, id, ClaimStatus::Bound, None, now)?;
+            let rec = log_change(tx, key, &change, &actor, now)?;
+            Ok((devices::require(tx, &claim.device)?, rec))
+        })
+        .await
+    }
+
+    async fn end_claim(
+        &self,
+        id: u64,
+        status: ClaimStatus,
+        reason: &str,
+        actor: &Actor,
+    ) -> Result<Claim> {
+        let (actor, reason) = (actor.clone(), reason.to_owned());
+        self.write_audited(move |tx, key| {
+            let (_, now) = now_ms();
+            let claim = claims::require(tx, id)?;
+            let change = lifecycle::end_claim(&claim, status, &reason)?;
+            claims::finish(tx, id, status, Some(&reason), now)?;
+            let rec = log_change(tx, key, &change, &actor, now)?;
+            Ok((claims::require(tx, id)?, rec))
+        })
+        .await
+    }
+
+    async fn count_claim_attempt(&self, id: u64) -> Result<u32> {
+        self.write(move |tx, _| claims::count_attempt(tx, id)).await
     }
 }

@@ -2,5 +2,6 @@
 //! SQLite file and a fresh PostgreSQL database (`PgTestDb`).
 
 mod enrollment;
+mod provisioning;
 mod store;
 mod telemetry;

@@ -170,7 +170,7 @@ pub(crate) fn id(s: &str) -> DeviceId {
 }
 
 /// A device whose serial and fingerprint are unique per `(prefix, n)`.
-fn new_device(name: &str, n: u8) -> NewDevice {
+pub(crate) fn new_device(name: &str, n: u8) -> NewDevice {
     numbered_device(name, 0, n)
 }
 

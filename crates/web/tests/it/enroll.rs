@@ -15,6 +15,24 @@ fn id(s: &str) -> DeviceId {
     DeviceId::parse(s).expect("id")
 }
 
+/// The registered device `name`.
+async fn device(s: &Server, name: &str) -> rampart_store::Device {
+    s.store
+        .device(&id(name))
+        .await
+        .expect("get")
+        .unwrap_or_else(|| panic!("{name} is not registered"))
+}
+
+/// How many refused enrollments the audit log holds.
+async fn refusals_audited(s: &Server) -> usize {
+    s.audit_actions()
+        .await
+        .iter()
+        .filter(|a| *a == "device.enroll-refused")
+        .count()
+}
+
 /// Uses taken of the only token.
 async fn uses_used(s: &Server) -> u32 {
     s.store.enrollment_tokens().await.expect("tokens")[0].uses_used
@@ -29,12 +47,7 @@ async fn a_device_enrolls_as_unbound_owned_by_the_tokens_owner() {
     let b = &r.body;
     assert_eq!(b["deviceId"], "gh-1");
 
-    let device = s
-        .store
-        .device(&id("gh-1"))
-        .await
-        .expect("get")
-        .expect("registered");
+    let device = device(&s, "gh-1").await;
     assert_eq!(device.state, DeviceState::Unbound);
     assert_eq!(device.owner, Some(Owner::User("ann".into())));
     assert_eq!(b["fingerprint"], device.fingerprint.as_str());
@@ -139,12 +152,7 @@ async fn expired_used_up_revoked_unknown_and_missing_tokens_are_refused() {
             .all(|t| t.uses_used == u32::from(t.uses_allowed == 1)),
         "a refused attempt took a use: {tokens:?}"
     );
-    let refused = s
-        .audit_actions()
-        .await
-        .iter()
-        .filter(|a| *a == "device.enroll-refused")
-        .count();
+    let refused = refusals_audited(&s).await;
     assert_eq!(refused, 6, "every refusal is audited");
     assert_eq!(WebMetrics::get(&s.state.metrics().enroll_refused), 6);
 }
@@ -160,12 +168,7 @@ async fn out_of_scope_and_taken_ids_are_refused_without_taking_a_use() {
     assert_eq!((r.status, r.code()), (409, "id_taken"));
     assert_eq!(uses_used(&s).await, 1);
     // The first device keeps its certificate.
-    let device = s
-        .store
-        .device(&id("gh-1"))
-        .await
-        .expect("get")
-        .expect("kept");
+    let device = device(&s, "gh-1").await;
     assert_eq!(device.state, DeviceState::Unbound);
 }
 
@@ -269,12 +272,7 @@ async fn failed_attempts_are_rate_limited_per_address_and_take_no_use() {
     assert_eq!(WebMetrics::get(&s.state.metrics().rate_limited), 1);
     // Rate-limited requests are not audited (a flood must not fill the
     // audit log); the two refusals before are.
-    let refused = s
-        .audit_actions()
-        .await
-        .iter()
-        .filter(|a| *a == "device.enroll-refused")
-        .count();
+    let refused = refusals_audited(&s).await;
     assert_eq!(refused, 2);
 }
 
