@@ -1,4 +1,4 @@
-//! Project automation. `cargo xtask bench [broker|ingest|query|conns|all] [--quick]`
+//! Project automation. `cargo xtask bench [broker|ingest|query|conns|sim|all] [--quick]`
 //! measures Rampart against a Mosquitto 2.x started beside it with an
 //! equivalent configuration; see BENCHMARKS.md.
 
@@ -7,6 +7,7 @@ mod plan;
 mod procs;
 mod search;
 mod setup;
+mod sim;
 mod sizes;
 mod stats;
 
@@ -50,7 +51,9 @@ enum Suite {
     Ingest,
     /// Rampart only: chart query latency on a store of 10 million points.
     Query,
-    /// Everything.
+    /// Rampart only: simulated devices one `rampart simulate` sustains at 1 reading/s each.
+    Sim,
+    /// Everything above but `sim` (issue 6's scenarios, within 15 minutes).
     All,
 }
 
@@ -105,6 +108,8 @@ struct BenchArgs {
     /// Keep the temporary directory (data dir, certificates, logs).
     #[arg(long)]
     keep: bool,
+    #[command(flatten)]
+    sim: sim::SimArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
@@ -1117,7 +1122,7 @@ fn bench(args: BenchArgs) -> Result<()> {
         Ok(n) => eprintln!("file descriptor limit: {n}"),
         Err(e) => eprintln!("could not raise the file descriptor limit: {e}"),
     }
-    if !args.mosquitto.is_file() {
+    if args.suite != Suite::Sim && !args.mosquitto.is_file() {
         bail!(
             "Mosquitto not found at {} (Debian: apt-get install mosquitto; or pass --mosquitto PATH)",
             args.mosquitto.display()
@@ -1131,7 +1136,26 @@ fn bench(args: BenchArgs) -> Result<()> {
     let dir = tmp.path().to_path_buf();
     let out_dir = workspace_root().join("target").join("bench");
     std::fs::create_dir_all(&out_dir).context("creating target/bench")?;
+    // The simulator benchmark (issue 7) runs on its own: `all` keeps to
+    // issue 6's scenarios and their 15-minute bound.
+    let run_sim = args.suite == Suite::Sim;
     let mut pipeline_table = String::new();
+    if run_sim {
+        let sz = sim::SimSizes::new(&args.sim, args.quick);
+        let (t, raw) = time.time("sim", || {
+            sim::bench(&bin.join("rampart"), &dir.join("sim"), &sz, args.dev_build)
+        })?;
+        std::fs::write(
+            out_dir.join("sim.json"),
+            serde_json::to_string_pretty(&raw)?,
+        )
+        .context("writing target/bench/sim.json")?;
+        println!("{t}");
+        eprint!("{}", time.render());
+        std::fs::write(out_dir.join("latest-sim.md"), &t)
+            .context("writing target/bench/latest-sim.md")?;
+        return Ok(());
+    }
     if suites.ingest || suites.query {
         let pg = (!args.no_postgres).then_some(args.pg_admin_url.as_str());
         let (t, raw) = pipeline::bench(

@@ -80,6 +80,27 @@ pub fn start_rampart(
     config: &Path,
     log: PathBuf,
 ) -> Result<(Guard, SocketAddr)> {
+    let (guard, listening) = start_rampart_listening(bin, data, config, log)?;
+    Ok((guard, listening.mqtt))
+}
+
+/// The addresses `rampart serve` listens on.
+#[derive(Debug, Clone, Copy)]
+pub struct Listening {
+    /// MQTT over TLS.
+    pub mqtt: SocketAddr,
+    /// HTTPS (API, enrollment).
+    pub http: SocketAddr,
+}
+
+/// [`start_rampart`], returning both addresses (`listening mqtt=` and
+/// `listening http=`, in either order).
+pub fn start_rampart_listening(
+    bin: &Path,
+    data: &Path,
+    config: &Path,
+    log: PathBuf,
+) -> Result<(Guard, Listening)> {
     let mut cmd = Command::new(bin);
     cmd.arg("--data-dir")
         .arg(data)
@@ -102,25 +123,40 @@ pub fn start_rampart(
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut out = std::fs::File::create(&log).ok();
-        let mut tx = Some(tx);
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(addr) = line.strip_prefix("listening mqtt=")
-                && let Some(tx) = tx.take()
+            if let Some((name, addr)) = line
+                .strip_prefix("listening ")
+                .and_then(|rest| rest.split_once('='))
             {
-                let _ = tx.send(addr.trim().to_string());
+                let _ = tx.send((name.to_string(), addr.trim().to_string()));
             }
             if let Some(f) = out.as_mut() {
                 let _ = writeln!(f, "{line}");
             }
         }
     });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(60))
-        .context("rampart serve did not print `listening mqtt=` within 60 s")?;
-    let addr: SocketAddr = addr
-        .parse()
-        .with_context(|| format!("rampart printed an unparsable address '{addr}'"))?;
-    Ok((guard, addr))
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut mqtt, mut http) = (None, None);
+    while mqtt.is_none() || http.is_none() {
+        let (name, addr) = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .context(
+                "rampart serve did not print `listening mqtt=` and `listening http=` within 60 s",
+            )?;
+        let addr: SocketAddr = addr
+            .parse()
+            .with_context(|| format!("rampart printed an unparsable address '{addr}'"))?;
+        match name.as_str() {
+            "mqtt" => mqtt = Some(addr),
+            "http" => http = Some(addr),
+            _ => {}
+        }
+    }
+    let listening = Listening {
+        mqtt: mqtt.context("no MQTT address")?,
+        http: http.context("no HTTPS address")?,
+    };
+    Ok((guard, listening))
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released; another process could
@@ -147,7 +183,7 @@ pub fn wait_listening(guard: &mut Guard, addr: SocketAddr, timeout: Duration) ->
 
 /// User plus system CPU seconds of a process (`/proc/PID/stat` fields 14
 /// and 15, in `USER_HZ` = 100 ticks per second).
-fn cpu_seconds(pid: u32) -> Option<f64> {
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = stat.rsplit_once(')')?.1;
     let mut fields = after.split_whitespace().skip(11);

@@ -163,6 +163,17 @@ pub struct ServeArgs {
     /// HTTPS (console, API) listen address (port 0 picks a free port).
     #[arg(long, env = "RAMPART_HTTP_ADDR", default_value = "0.0.0.0:8443")]
     pub http_addr: SocketAddr,
+    /// Also run a fleet of simulated DHT11-style sensors in this process
+    /// (ids `demo-0001` …, state in `<data dir>/demo`): data flows at once.
+    #[arg(long)]
+    pub demo: bool,
+    /// Devices in the demo fleet.
+    #[arg(long, default_value_t = 20, value_name = "N", requires = "demo",
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub demo_devices: u32,
+    /// Readings per demo device: 1/s, 10/s, 6/min.
+    #[arg(long, default_value = "1/s", requires = "demo", value_parser = rampart_sim::parse_rate)]
+    pub demo_rate: Duration,
 }
 
 /// `rampart simulate` options. Every interval is configurable so that

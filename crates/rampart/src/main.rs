@@ -9,6 +9,7 @@ mod config;
 mod control;
 mod credentials;
 mod datadir;
+mod demo;
 mod label;
 mod logging;
 mod output;

@@ -25,6 +25,7 @@ use crate::cli::{GlobalArgs, ServeArgs};
 use crate::config::{Config, TelemetryConfig};
 use crate::control::{ControlOptions, ControlPlane};
 use crate::datadir::DataDir;
+use crate::demo::{DemoFleet, DemoOptions};
 use crate::platform::Platform;
 
 /// Change-feed events buffered per subscriber before it is told it lagged.
@@ -83,7 +84,8 @@ pub async fn run(g: &GlobalArgs, config: Config, args: ServeArgs) -> Result<Exit
         .await
         .with_context(|| format!("cannot listen for MQTT on {}", args.mqtt_addr))?;
     // A plain line, whatever the log settings: scripts and tests wait for it.
-    eprintln!("listening mqtt={}", mqtt.local_addr()?);
+    let mqtt_bound = mqtt.local_addr()?;
+    eprintln!("listening mqtt={mqtt_bound}");
     let broker_stop = CancellationToken::new();
     let broker_task = tokio::spawn(rampart_broker::run(
         mqtt,
@@ -96,7 +98,8 @@ pub async fn run(g: &GlobalArgs, config: Config, args: ServeArgs) -> Result<Exit
     let http = TcpListener::bind(args.http_addr)
         .await
         .with_context(|| format!("cannot listen for HTTPS on {}", args.http_addr))?;
-    eprintln!("listening http={}", http.local_addr()?);
+    let http_bound = http.local_addr()?;
+    eprintln!("listening http={http_bound}");
     let web_stop = CancellationToken::new();
     let web_task = tokio::spawn(rampart_web::run(http, web.clone(), web_stop.clone()));
 
@@ -123,11 +126,43 @@ pub async fn run(g: &GlobalArgs, config: Config, args: ServeArgs) -> Result<Exit
         shutdown.child_token(),
     );
 
+    // The demo fleet, once both ports listen. If it cannot start, the
+    // server shuts down in order and says why: `--demo` was asked for.
+    let mut demo_error = None;
+    let demo = if args.demo {
+        let options = DemoOptions {
+            devices: args.demo_devices as usize,
+            reading_interval: args.demo_rate,
+        };
+        match DemoFleet::start(
+            &platform,
+            options,
+            mqtt_bound,
+            http_bound,
+            shutdown.child_token(),
+        )
+        .await
+        {
+            Ok(fleet) => Some(fleet),
+            Err(e) => {
+                demo_error = Some(e);
+                shutdown.cancel();
+                None
+            }
+        }
+    } else {
+        None
+    };
+
     tracing::info!("rampart serve ready");
     shutdown.cancelled().await;
 
     tracing::info!("shutting down");
     let deadline = platform.config.serve.shutdown_timeout;
+    // The demo fleet flushes its readings while the broker still accepts them.
+    if let Some(fleet) = demo {
+        fleet.stopped(deadline).await;
+    }
     // Stop accepting and drain sessions and requests first, then the rest.
     broker_stop.cancel();
     web_stop.cancel();
@@ -173,7 +208,10 @@ pub async fn run(g: &GlobalArgs, config: Config, args: ServeArgs) -> Result<Exit
     // every part holding it has stopped.
     drop(platform);
     tracing::info!("stopped");
-    Ok(ExitCode::SUCCESS)
+    match demo_error {
+        Some(e) => Err(e),
+        None => Ok(ExitCode::SUCCESS),
+    }
 }
 
 /// Cancels `shutdown` on the first SIGTERM or SIGINT.

@@ -6,6 +6,7 @@ mod broker;
 mod cli;
 mod control;
 mod crash;
+mod demo;
 mod enroll;
 mod serve;
 mod simulate;
