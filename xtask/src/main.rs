@@ -1154,6 +1154,9 @@ fn bench(args: BenchArgs) -> Result<()> {
         eprint!("{}", time.render());
         std::fs::write(out_dir.join("latest-sim.md"), &t)
             .context("writing target/bench/latest-sim.md")?;
+        if args.keep {
+            eprintln!("kept {}", tmp.keep().display());
+        }
         return Ok(());
     }
     if suites.ingest || suites.query {

@@ -230,6 +230,7 @@ pub fn bench(
 
     let mut rows = Vec::new();
     let mut skipped = Vec::new();
+    let mut failed: Vec<(usize, String)> = Vec::new();
     for &n in &z.fleets {
         let left = z.budget.saturating_sub(started.elapsed());
         if left < z.fixed_time() + Duration::from_secs(5) {
@@ -245,16 +246,30 @@ pub fn bench(
             state: &dir.join("state"),
             log: dir.join(format!("simulate-{n}.log")),
         };
-        let row = run.measure(n, z, left)?;
-        eprintln!(
-            "  {n} devices: {:.0} acked/s, buffered {} → {}, sustained: {}",
-            row.acked_per_s, row.buffered_start, row.buffered_end, row.sustained
-        );
-        rows.push(row);
+        // A size that cannot be measured (its fleet did not connect within
+        // the budget, or simulate failed) is reported in the table; the
+        // sizes measured before it keep their figures.
+        match run.measure(n, z, left) {
+            Ok(row) => {
+                eprintln!(
+                    "  {n} devices: {:.0} acked/s, buffered {} → {}, sustained: {}",
+                    row.acked_per_s, row.buffered_start, row.buffered_end, row.sustained
+                );
+                rows.push(row);
+            }
+            Err(e) => {
+                eprintln!("  {n} devices: not measured: {e:#}");
+                failed.push((n, format!("{e:#}")));
+            }
+        }
     }
     drop(server);
-    let raw = json!({ "rows": rows, "skipped": skipped });
-    Ok((table(&rows, &skipped, z, dev_build), raw))
+    let raw = json!({ "rows": rows, "skipped": skipped, "failed": failed });
+    let mut t = table(&rows, &skipped, z, dev_build);
+    for (n, why) in &failed {
+        t.push_str(&format!("\nNot measured: {n} devices: {why}\n"));
+    }
+    Ok((t, raw))
 }
 
 /// One `rampart simulate` run against the scenario's server.
@@ -312,7 +327,11 @@ impl Fleet<'_> {
         let next = |deadline: Instant| -> Result<Progress> {
             let wait = deadline.saturating_duration_since(Instant::now());
             rx.recv_timeout(wait).map_err(|_| {
-                anyhow::anyhow!("simulate of {n} devices stopped reporting progress; see {log}")
+                anyhow::anyhow!(
+                    "simulate of {n} devices: no progress line before the deadline (the time \
+                     budget ran out while devices were still enrolling or connecting, or the \
+                     simulator stalled); see {log} (kept with --keep)"
+                )
             })
         };
 
