@@ -81,23 +81,14 @@ impl Workspace {
 
     /// Runs `rampart ARGS --json`, asserts success, parses standard output.
     pub fn rampart_json(&self, args: &[&str]) -> serde_json::Value {
-        let out = self
-            .rampart()
-            .args(args)
-            .arg("--json")
-            .output()
-            .expect("run rampart");
-        assert!(
-            out.status.success(),
-            "rampart {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "rampart {args:?} printed no JSON ({e}): {}",
-                String::from_utf8_lossy(&out.stdout)
-            )
-        })
+        json_of(self.rampart(), args)
+    }
+
+    /// `rampart ARGS --json` with the store in PostgreSQL at `url`.
+    pub fn rampart_json_with_store(&self, url: &str, args: &[&str]) -> serde_json::Value {
+        let mut cmd = self.rampart();
+        cmd.env("RAMPART_STORE__URL", url);
+        json_of(cmd, args)
     }
 
     /// Runs `rampart ARGS`, asserts failure, returns its stderr.
@@ -444,4 +435,20 @@ impl Drop for Serve {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Runs `cmd ARGS --json`, asserts success, parses standard output.
+fn json_of(mut cmd: assert_cmd::Command, args: &[&str]) -> serde_json::Value {
+    let out = cmd.args(args).arg("--json").output().expect("run rampart");
+    assert!(
+        out.status.success(),
+        "rampart {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "rampart {args:?} printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
 }

@@ -625,23 +625,6 @@ fn imports_an_external_ca_with_and_without_its_key() {
     );
 }
 
-/// `rampart ARGS --json` with the store in PostgreSQL at `url`.
-fn json_with_store(ws: &Workspace, url: &str, args: &[&str]) -> Value {
-    let out = ws
-        .rampart()
-        .env("RAMPART_STORE__URL", url)
-        .args(args)
-        .arg("--json")
-        .output()
-        .expect("run rampart");
-    assert!(
-        out.status.success(),
-        "rampart {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("json output")
-}
-
 #[test]
 fn store_url_puts_the_registry_and_audit_log_in_postgresql() {
     let Some(db) = PgTestDb::create_blocking() else {
@@ -654,7 +637,7 @@ fn store_url_puts_the_registry_and_audit_log_in_postgresql() {
         .url()
         .replacen("://postgres@", "://postgres:pw-never-shown@", 1);
     let ws = Workspace::new();
-    let init = json_with_store(&ws, &url, &["init"]);
+    let init = ws.rampart_json_with_store(&url, &["init"]);
     assert_eq!(init["created"], true);
 
     let out = ws
@@ -673,7 +656,7 @@ fn store_url_puts_the_registry_and_audit_log_in_postgresql() {
         assert!(!String::from_utf8_lossy(stream).contains("pw-never-shown"));
     }
 
-    let devices = json_with_store(&ws, &url, &["device", "list"]);
+    let devices = ws.rampart_json_with_store(&url, &["device", "list"]);
     let ids: Vec<&str> = devices
         .as_array()
         .expect("array")
@@ -681,7 +664,7 @@ fn store_url_puts_the_registry_and_audit_log_in_postgresql() {
         .filter_map(|d| d["id"].as_str())
         .collect();
     assert_eq!(ids, ["pg-dev-1"]);
-    let report = json_with_store(&ws, &url, &["audit", "verify"]);
+    let report = ws.rampart_json_with_store(&url, &["audit", "verify"]);
     assert_eq!(report["ok"], true, "{report}");
     assert_eq!(report["rows"], 2, "instance.init and device.create");
     assert!(
@@ -689,7 +672,7 @@ fn store_url_puts_the_registry_and_audit_log_in_postgresql() {
         "nothing was written to SQLite"
     );
 
-    let shown = json_with_store(&ws, &url, &["config", "show"]);
+    let shown = ws.rampart_json_with_store(&url, &["config", "show"]);
     let shown_url = shown["store"]["url"].as_str().expect("url shown");
     assert!(!shown_url.contains("pw-never-shown"), "{shown_url}");
     assert!(shown_url.contains(db.name()), "{shown_url}");

@@ -279,28 +279,6 @@ fn published_readings_are_queried_exported_backed_up_and_restored() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
 }
 
-/// `rampart ARGS --json` with the store in PostgreSQL at `url`.
-fn json_with_store(ws: &Workspace, url: &str, args: &[&str]) -> serde_json::Value {
-    let out = ws
-        .rampart()
-        .env("RAMPART_STORE__URL", url)
-        .args(args)
-        .arg("--json")
-        .output()
-        .expect("run rampart");
-    assert!(
-        out.status.success(),
-        "rampart {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "rampart {args:?} printed no JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
-}
-
 #[test]
 fn serve_on_postgresql_stores_readings_that_the_cli_reads_back() {
     let Some(db) = PgTestDb::create_blocking() else {
@@ -309,7 +287,7 @@ fn serve_on_postgresql_stores_readings_that_the_cli_reads_back() {
     let url = db.url().to_owned();
     let ws = Workspace::new();
     std::fs::write(ws.join("rampart.toml"), CONFIG).expect("config");
-    json_with_store(&ws, &url, &["init"]);
+    ws.rampart_json_with_store(&url, &["init"]);
     let created = ws
         .rampart()
         .env("RAMPART_STORE__URL", &url)
@@ -372,8 +350,7 @@ fn serve_on_postgresql_stores_readings_that_the_cli_reads_back() {
         "nothing was written to SQLite"
     );
 
-    let q = json_with_store(
-        &ws,
+    let q = ws.rampart_json_with_store(
         &url,
         &[
             "telemetry",
@@ -404,7 +381,7 @@ fn serve_on_postgresql_stores_readings_that_the_cli_reads_back() {
     );
     assert!((b["avg"].as_f64().expect("avg") - 64.0 / 3.0).abs() < 1e-9);
 
-    let stats = json_with_store(&ws, &url, &["telemetry", "stats", "pg-sensor-1"]);
+    let stats = ws.rampart_json_with_store(&url, &["telemetry", "stats", "pg-sensor-1"]);
     let s = &stats["stats"];
     assert_eq!(
         (
@@ -431,14 +408,11 @@ fn serve_on_postgresql_stores_readings_that_the_cli_reads_back() {
             .any(|p| p["online"] == true && p["addr"].is_string()),
         "{stats}"
     );
-    let rejected = json_with_store(
-        &ws,
-        &url,
-        &["telemetry", "rejected", "--device", "pg-sensor-1"],
-    );
+    let rejected =
+        ws.rampart_json_with_store(&url, &["telemetry", "rejected", "--device", "pg-sensor-1"]);
     assert_eq!(rejected[0]["kind"], "sequence_conflict", "{rejected}");
     assert_eq!(rejected[0]["seq"], 3, "{rejected}");
-    let devices = json_with_store(&ws, &url, &["device", "list"]);
+    let devices = ws.rampart_json_with_store(&url, &["device", "list"]);
     assert!(devices[0]["last_seen"].is_string(), "{devices}");
 
     assert!(serve.terminate(), "serve exits 0 on SIGTERM");
