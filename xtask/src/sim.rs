@@ -34,7 +34,7 @@ pub struct SimArgs {
     #[arg(long, value_delimiter = ',')]
     sim_devices: Vec<usize>,
     /// Time the `sim` scenario may take; sizes that no longer fit are
-    /// skipped and marked (default 120s, 60s with --quick).
+    /// skipped and marked (default 300s, 60s with --quick).
     #[arg(long, value_parser = humantime::parse_duration)]
     sim_budget: Option<Duration>,
 }
@@ -47,6 +47,7 @@ pub struct SimSizes {
     warmup: Duration,
     window: Duration,
     connect_rate: f64,
+    enroll_rate: f64,
     drain: Duration,
 }
 
@@ -68,10 +69,14 @@ impl SimSizes {
             fleets,
             budget: a
                 .sim_budget
-                .unwrap_or(Duration::from_secs(if quick { 60 } else { 120 })),
+                .unwrap_or(Duration::from_secs(if quick { 60 } else { 300 })),
             warmup: Duration::from_secs(if quick { 1 } else { 3 }),
             window: Duration::from_secs(if quick { 3 } else { 10 }),
             connect_rate: 1_000.0,
+            // Each enrollment is a CSR verified, a certificate signed and a
+            // transaction committed: a rate two cores sustain beside the
+            // fleet already streaming.
+            enroll_rate: 100.0,
             drain: Duration::from_secs(5),
         }
     }
@@ -293,6 +298,7 @@ impl Fleet<'_> {
             .args(["--batch-size", "1", "--read-failures", "0"])
             .args(["--id-prefix", ID_PREFIX])
             .args(["--connect-rate", &z.connect_rate.to_string()])
+            .args(["--enroll-rate", &z.enroll_rate.to_string()])
             .args(["--progress-every", "1s"])
             .args(["--drain-timeout", &format!("{}s", z.drain.as_secs())])
             .arg("--server")

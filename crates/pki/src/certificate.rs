@@ -117,6 +117,41 @@ impl IssuedCertificate {
             not_after: summary.not_after,
         })
     }
+
+    /// Reads back a certificate this CA issued (kept as PEM): the identity
+    /// is its CN, the kind its policy.
+    pub fn from_pem(pem: &str) -> Result<Self, PkiError> {
+        let blocks = pem_blocks(pem, &["CERTIFICATE"], "certificate")?;
+        let der = blocks.first().ok_or_else(|| PkiError::MalformedPem {
+            expected: "certificate",
+            reason: "no certificate block".to_owned(),
+        })?;
+        let summary = CertificateSummary::from_der(der)?;
+        let cn = summary
+            .cn
+            .as_deref()
+            .ok_or_else(|| PkiError::InvalidCertificate {
+                reason: "it has no common name".to_owned(),
+            })?;
+        let id = DeviceId::parse(cn).map_err(|e| PkiError::InvalidCertificate {
+            reason: format!("its common name '{cn}' is not an identity ({e})"),
+        })?;
+        let kind = if summary.is_service {
+            IdentityKind::Service
+        } else {
+            IdentityKind::Device
+        };
+        Ok(Self {
+            id,
+            kind,
+            pem: to_pem(der)?,
+            der: der.clone(),
+            serial: summary.serial,
+            fingerprint: summary.fingerprint,
+            not_before: summary.not_before,
+            not_after: summary.not_after,
+        })
+    }
 }
 
 /// The facts about a certificate that Rampart shows and checks.

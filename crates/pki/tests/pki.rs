@@ -8,8 +8,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use rampart_pki::{
-    InitOutcome, IssuedCertificate, Pki, PkiError, PkiOptions, RevocationReason, RevokedSerial,
-    SERVICE_POLICY_OID, Zeroizing, parse_certificate_pem,
+    IdentityKind, InitOutcome, IssuedCertificate, Pki, PkiError, PkiOptions, RevocationReason,
+    RevokedSerial, SERVICE_POLICY_OID, Zeroizing, parse_certificate_pem,
 };
 use rampart_proto::DeviceId;
 use tempfile::TempDir;
@@ -324,6 +324,31 @@ fn issued_certificate_serializes_for_the_api() {
     let info = serde_json::to_value(pki.info()).expect("json");
     assert_eq!(info["can_issue"], true);
     assert!(info["issuer"]["not_after"].is_string());
+}
+
+#[test]
+fn issued_certificates_read_back_from_their_pem() {
+    let (_tmp, _dir, pki) = init(&options());
+    let (device, _key) = pki
+        .issue_device_with_generated_key(&id("dev-back"))
+        .expect("issue");
+    assert_eq!(
+        IssuedCertificate::from_pem(&device.pem).expect("reads"),
+        device
+    );
+    let (service, _key) = pki.issue_service(&id("svc-back")).expect("issue");
+    let back = IssuedCertificate::from_pem(&service.pem).expect("reads");
+    assert_eq!(
+        (back.kind, back.id.as_str()),
+        (IdentityKind::Service, "svc-back")
+    );
+    for bad in [
+        "",
+        "not pem",
+        &pki.issuing_ca_pem().replace("CERTIFICATE", "X"),
+    ] {
+        assert!(IssuedCertificate::from_pem(bad).is_err(), "{bad}");
+    }
 }
 
 #[test]

@@ -11,6 +11,14 @@
 //! then the store's transaction re-checks the token and the id and only
 //! then issues the certificate ([`Store::enroll_device`]). Every refusal is
 //! audited with the source address and the token's id, never the token.
+//!
+//! A device whose answer was lost (a timeout, a dropped connection) asks
+//! again with the same key. Within a short window, and while the device
+//! has never connected, that repeat is answered with the same certificate
+//! and a new claim code, without counting a use; otherwise its id is taken.
+//! Repeating needs the token and a CSR signed by the device's key, and it
+//! stops at the device's first connection, so it gives nothing a holder of
+//! the token could not get by enrolling a new id.
 
 use std::fmt;
 use std::sync::Arc;
@@ -277,6 +285,20 @@ pub struct EnrollRequest<'a> {
     pub csr_pem: &'a str,
     /// Where the request came from (an IP address), for the audit log.
     pub source: &'a str,
+    /// How long after enrolling the same request (same token and key,
+    /// device never connected) is answered again: a device whose answer
+    /// was lost asks again, and must not find its own id taken.
+    pub repeat_window: Duration,
+}
+
+/// What an accepted enrollment answers.
+#[derive(Debug, Clone)]
+pub struct EnrollOutcome {
+    /// The device, its certificate and its claim code.
+    pub registration: Registration,
+    /// Whether this repeated an earlier enrollment whose answer was lost
+    /// (the same certificate, a new claim code, no use of the token).
+    pub repeated: bool,
 }
 
 /// Registers the device a CSR asks for, if the token allows it. See the
@@ -285,7 +307,7 @@ pub async fn enroll(
     store: &dyn Store,
     pki: &Arc<Pki>,
     request: EnrollRequest<'_>,
-) -> Result<Registration, EnrollError> {
+) -> Result<EnrollOutcome, EnrollError> {
     let mut attempt = Attempt {
         source: request.source,
         token_id: None,
@@ -293,11 +315,12 @@ pub async fn enroll(
     };
     let result = attempt.run(store, pki, request).await;
     match &result {
-        Ok(reg) => tracing::info!(
-            device_id = %reg.device.id,
+        Ok(outcome) => tracing::info!(
+            device_id = %outcome.registration.device.id,
             client_addr = request.source,
             token_id = attempt.token_id.as_deref().unwrap_or(""),
-            serial = %reg.certificate.serial,
+            serial = %outcome.registration.certificate.serial,
+            repeated = outcome.repeated,
             "device enrolled"
         ),
         Err(e) => {
@@ -385,7 +408,7 @@ impl Attempt<'_> {
         store: &dyn Store,
         pki: &Arc<Pki>,
         request: EnrollRequest<'_>,
-    ) -> Result<Registration, EnrollError> {
+    ) -> Result<EnrollOutcome, EnrollError> {
         let secret = match request.token.map(EnrollmentSecret::parse) {
             Some(Ok(secret)) => secret,
             Some(Err(e)) => return Err(EnrollError::TokenInvalid(e.to_string())),
@@ -403,9 +426,12 @@ impl Attempt<'_> {
             .map_err(EnrollError::from_store)?
             .ok_or_else(|| EnrollError::from_refusal(EnrollmentRefusal::UnknownToken))?;
         self.token_id = Some(token.id.clone());
-        token
-            .check_use(None, OffsetDateTime::now_utc())
-            .map_err(EnrollError::from_refusal)?;
+        match token.check_use(None, OffsetDateTime::now_utc()) {
+            // A used-up token may still answer a repeat of its last use;
+            // the store decides once it knows the id and the key.
+            Ok(()) | Err(EnrollmentRefusal::UsedUp { .. }) => {}
+            Err(refusal) => return Err(EnrollError::from_refusal(refusal)),
+        }
 
         let csr = pki
             .verify_device_csr(request.csr_pem)
@@ -415,9 +441,12 @@ impl Attempt<'_> {
             })?;
         let id = csr.id().clone();
         self.device = Some(id.clone());
-        token
-            .check_use(Some(&id), OffsetDateTime::now_utc())
-            .map_err(EnrollError::from_refusal)?;
+        if let Err(refusal @ EnrollmentRefusal::PrefixMismatch { .. }) =
+            token.check_use(Some(&id), OffsetDateTime::now_utc())
+        {
+            return Err(EnrollError::from_refusal(refusal));
+        }
+        let public_key_sha256 = csr.public_key_sha256().to_owned();
 
         let code = new_claim_code();
         let signer = Arc::clone(pki);
@@ -429,17 +458,17 @@ impl Attempt<'_> {
                     id,
                     claim_code_hash: code.hash(),
                     issue: Arc::new(move || signer.sign_verified_csr(&csr)),
+                    public_key_sha256,
+                    repeat_window: request.repeat_window,
                 },
                 &actor(self.source, Some(&token.id)),
             )
             .await
             .map_err(EnrollError::from_store)?;
-        Ok(Registration::new(
-            enrolled.device,
-            enrolled.certificate,
-            code,
-            pki,
-        ))
+        Ok(EnrollOutcome {
+            registration: Registration::new(enrolled.device, enrolled.certificate, code, pki),
+            repeated: enrolled.repeated,
+        })
     }
 }
 

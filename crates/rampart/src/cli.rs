@@ -245,6 +245,10 @@ pub struct SimulateArgs {
     /// connections per address: broker.connection_rate_per_ip).
     #[arg(long, default_value_t = 40.0)]
     pub connect_rate: f64,
+    /// Enrollments per second across the fleet (each one has the server
+    /// sign a certificate and commit a transaction).
+    #[arg(long, default_value_t = 20.0)]
+    pub enroll_rate: f64,
     /// MQTT keepalive.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub keepalive: Duration,

@@ -455,6 +455,11 @@ max_body_bytes = 65536
 # behind one address is not slowed. 0 disables the limit (not advised).
 enroll_failure_burst = 10
 enroll_failure_refill = "6s"
+# A device whose enrollment answer was lost asks again with the same token
+# and key: within this, and until it first connects, it is answered with
+# the same certificate (and a new claim code) instead of "id taken".
+# "0s" never answers twice.
+enroll_repeat_window = "15m"
 
 [telemetry]
 # Largest telemetry or state payload, in bytes.

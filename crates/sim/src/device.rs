@@ -793,9 +793,10 @@ impl Device {
 
     // ---- the connection ----------------------------------------------------
 
-    /// Reserves a connection slot with the fleet's pacer; `Some(t)` means
-    /// wait until `t`.
-    fn need_slot(&mut self) -> Option<Instant> {
+    /// Reserves a slot with the fleet's connection pacer (or, with
+    /// `enrolling`, its enrollment pacer); `Some(t)` means wait until `t`.
+    /// Connecting and enrolling never overlap, so one ticket serves both.
+    fn need_slot(&mut self, enrolling: bool) -> Option<Instant> {
         let now = Instant::now();
         match self.ticket {
             Some(t) if t <= now => {
@@ -804,7 +805,11 @@ impl Device {
             }
             Some(t) => Some(t),
             None => {
-                let t = self.shared.pacer.reserve();
+                let t = if enrolling {
+                    self.shared.enroll_pacer.reserve()
+                } else {
+                    self.shared.pacer.reserve()
+                };
                 if t <= now + Duration::from_millis(1) {
                     None
                 } else {
@@ -848,7 +853,7 @@ impl Device {
             self.connect_at = None;
             return;
         }
-        if let Some(t) = self.need_slot() {
+        if let Some(t) = self.need_slot(false) {
             self.connect_at = Some(t);
             return;
         }
@@ -1498,7 +1503,7 @@ impl Device {
             }
             return false;
         };
-        if let Some(t) = self.need_slot() {
+        if let Some(t) = self.need_slot(true) {
             self.provision_at = Some(t);
             return false;
         }

@@ -54,9 +54,9 @@ pub enum SimError {
     },
 }
 
-/// Spreads new connections over time: at most `rate` per second across
-/// the fleet, so that thousands of devices do not hit the server (and its
-/// per-address connection limit) in the same instant.
+/// Spreads new connections (or enrollments) over time: at most `rate` per
+/// second across the fleet, so that thousands of devices do not hit the
+/// server (and its per-address limits) in the same instant.
 #[derive(Debug)]
 pub(crate) struct Pacer {
     gap: Duration,
@@ -92,6 +92,8 @@ pub(crate) struct Shared {
     pub(crate) enroller: Option<Enroller>,
     pub(crate) target: Target,
     pub(crate) pacer: Pacer,
+    /// Paces enrollments, as `pacer` paces connections.
+    pub(crate) enroll_pacer: Pacer,
     /// Cancelled when reading stops (duration over or shutdown).
     pub(crate) stop: CancellationToken,
     /// Start of the fleet's monotonic millisecond clock.
@@ -213,6 +215,7 @@ impl Fleet {
         }
         let shared = Arc::new(Shared {
             pacer: Pacer::new(options.connect_rate),
+            enroll_pacer: Pacer::new(options.enroll_rate),
             options,
             trust,
             enroller,

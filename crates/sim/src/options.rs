@@ -53,6 +53,9 @@ pub struct FleetOptions {
     pub drain_timeout: Duration,
     /// New connections (TLS handshakes) per second across the fleet.
     pub connect_rate: f64,
+    /// Enrollments (HTTPS requests whose CSR the server signs) per second
+    /// across the fleet: heavier for the server than a connection.
+    pub enroll_rate: f64,
     /// MQTT keepalive.
     pub keepalive: Duration,
     /// Time limit of one network operation (connect, enrollment, write).
@@ -91,6 +94,7 @@ impl FleetOptions {
             renew_every: None,
             drain_timeout: Duration::from_secs(10),
             connect_rate: 40.0,
+            enroll_rate: 20.0,
             keepalive: Duration::from_secs(60),
             io_timeout: Duration::from_secs(10),
             max_inflight: 16,
@@ -124,6 +128,9 @@ impl FleetOptions {
         }
         if !(self.connect_rate.is_finite() && self.connect_rate > 0.0) {
             return Err("--connect-rate must be above zero".to_owned());
+        }
+        if !(self.enroll_rate.is_finite() && self.enroll_rate > 0.0) {
+            return Err("--enroll-rate must be above zero".to_owned());
         }
         if self.keepalive.as_secs() == 0 || self.keepalive.as_secs() > u64::from(u16::MAX) {
             return Err("--keepalive must be between 1 s and 65535 s".to_owned());

@@ -20,7 +20,7 @@ use serde_json::json;
 use crate::lifecycle::IdentityChange;
 use crate::millis::{from_ms, to_ms};
 use crate::records::owner_from_columns;
-use crate::{Actor, AuditEntry, ChangeKind, Device, Owner, Result, StoreError};
+use crate::{Actor, AuditEntry, ChangeKind, Device, DeviceState, Owner, Result, StoreError};
 
 /// An enrollment token: who may register devices with it, how often, until when.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -227,6 +227,12 @@ pub struct Enrollment {
     pub claim_code_hash: String,
     /// Signs the certificate; must return one for `id`.
     pub issue: IssueCertificate,
+    /// SHA-256 of the CSR's public key (DER SubjectPublicKeyInfo, hex).
+    pub public_key_sha256: String,
+    /// How long after enrolling the same request (same token, same key,
+    /// device never connected) is answered again instead of refused as
+    /// [`StoreError::IdTaken`]: the first answer may have been lost.
+    pub repeat_window: std::time::Duration,
 }
 
 impl fmt::Debug for Enrollment {
@@ -246,6 +252,69 @@ pub struct Enrolled {
     pub certificate: IssuedCertificate,
     /// The token after this use.
     pub token: EnrollmentToken,
+    /// Whether this repeated an earlier enrollment whose answer was lost:
+    /// the same certificate, a new claim code, no use counted.
+    pub repeated: bool,
+}
+
+/// What an enrollment answered, kept to answer a repeat of it.
+#[derive(Debug, Clone)]
+pub(crate) struct EnrollmentAnswer {
+    pub token_id: String,
+    pub public_key_sha256: String,
+    pub certificate_pem: String,
+    pub enrolled_at: i64,
+}
+
+/// Whether `e`, for an id that exists, repeats the enrollment that made
+/// it, so that the same certificate may be handed out again: the same
+/// token (still neither revoked nor expired; used up is fine, its last use
+/// may be this device) and the same key, within the window, and the device
+/// is as enrolled: `unbound`, never seen, still on that certificate. Once
+/// the device has connected it had its answer, and a repeat is refused.
+pub(crate) fn is_repeat(
+    e: &Enrollment,
+    token: &EnrollmentToken,
+    check: &std::result::Result<(), EnrollmentRefusal>,
+    answer: &EnrollmentAnswer,
+    device: &Device,
+    certificate: &IssuedCertificate,
+    now_ms: i64,
+) -> bool {
+    let window_ms = i64::try_from(e.repeat_window.as_millis()).unwrap_or(i64::MAX);
+    !e.repeat_window.is_zero()
+        && matches!(check, Ok(()) | Err(EnrollmentRefusal::UsedUp { .. }))
+        && answer.token_id == token.id
+        && answer.public_key_sha256 == e.public_key_sha256
+        && now_ms.saturating_sub(answer.enrolled_at) <= window_ms
+        && device.state == DeviceState::Unbound
+        && device.last_seen.is_none()
+        && device.serial == certificate.serial
+}
+
+/// The certificate an enrollment answered, as kept.
+pub(crate) fn stored_certificate(answer: &EnrollmentAnswer) -> Result<IssuedCertificate> {
+    IssuedCertificate::from_pem(&answer.certificate_pem)
+        .map_err(|e| StoreError::Corrupt(format!("a stored enrollment answer: {e}")))
+}
+
+/// The audit row of a repeated enrollment.
+pub(crate) fn enrollment_repeated(
+    t: &EnrollmentToken,
+    cert: &IssuedCertificate,
+    actor: &Actor,
+) -> AuditEntry {
+    AuditEntry {
+        actor: actor.clone(),
+        action: "device.enroll-repeated".into(),
+        subject: Some(cert.id.to_string()),
+        detail: json!({
+            "serial": cert.serial,
+            "enrollment_token": t.id,
+            "why": "the same token and key asked again before the device first connected; \
+                    the same certificate was answered with a new claim code",
+        }),
+    }
 }
 
 /// The audit row of a token's creation: everything but the hash.

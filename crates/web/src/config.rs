@@ -24,6 +24,11 @@ pub struct WebConfig {
     /// After the burst, one more failed enrollment is allowed per this.
     #[serde(with = "humantime_serde")]
     pub enroll_failure_refill: Duration,
+    /// A device that enrolls again with the same token and key within this
+    /// (and has not connected yet) gets its certificate again instead of
+    /// "id taken": its first answer was lost (0: never).
+    #[serde(with = "humantime_serde")]
+    pub enroll_repeat_window: Duration,
 }
 
 impl Default for WebConfig {
@@ -35,6 +40,7 @@ impl Default for WebConfig {
             max_body_bytes: 64 * 1024,
             enroll_failure_burst: 10,
             enroll_failure_refill: Duration::from_secs(6),
+            enroll_repeat_window: Duration::from_secs(15 * 60),
         }
     }
 }

@@ -88,6 +88,8 @@ pub struct WebMetrics {
     pub requests: AtomicU64,
     /// Devices enrolled.
     pub enrolled: AtomicU64,
+    /// Enrollments answered again (the first answer was lost).
+    pub enroll_repeated: AtomicU64,
     /// Enrollments refused (bad token, CSR, id, body).
     pub enroll_refused: AtomicU64,
     /// Requests answered 429.

@@ -82,6 +82,7 @@ fn options(a: &SimulateArgs) -> FleetOptions {
     o.renew_every = a.renew_every;
     o.drain_timeout = a.drain_timeout;
     o.connect_rate = a.connect_rate;
+    o.enroll_rate = a.enroll_rate;
     o.keepalive = a.keepalive;
     o.io_timeout = a.io_timeout;
     o

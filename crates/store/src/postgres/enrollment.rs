@@ -6,7 +6,8 @@ use tokio_postgres::Row;
 use super::ledger::Ledger;
 use super::{audit, changes, db, devices, get};
 use crate::enrollment::{
-    self, TOKEN_COLUMNS, TokenRow, device_enrolled, issued_for, owner_columns, use_counted,
+    self, EnrollmentAnswer, TOKEN_COLUMNS, TokenRow, device_enrolled, enrollment_repeated,
+    is_repeat, issued_for, owner_columns, use_counted,
 };
 use crate::millis::{now_ms, to_ms};
 use crate::{
@@ -145,10 +146,15 @@ pub(super) async fn enroll(
     let token = get_by(tx, "token_hash", &e.token_hash, true)
         .await?
         .ok_or(EnrollmentRefusal::UnknownToken)?;
-    token.check_use(Some(&e.id), at)?;
+    let check = token.check_use(Some(&e.id), at);
     if devices::identity_exists(tx, &e.id).await? {
+        if let Some(repeated) = repeat(ledger, key, e, &token, &check, actor, now).await? {
+            return Ok(repeated);
+        }
+        check?;
         return Err(StoreError::IdTaken(e.id.clone()));
     }
+    check?;
     let cert = issued_for(e)?;
     devices::insert(
         tx,
@@ -172,6 +178,20 @@ pub(super) async fn enroll(
         .await
         .map_err(db)?;
     use_counted(counted == 1, &token)?;
+    tx.execute(
+        "INSERT INTO enrollment_answers
+             (device_id, token_id, public_key_sha256, certificate_pem, enrolled_at)
+         VALUES ($1, $2, $3, $4, $5)",
+        &[
+            &e.id.as_str(),
+            &token.id,
+            &e.public_key_sha256,
+            &cert.pem,
+            &now,
+        ],
+    )
+    .await
+    .map_err(db)?;
     let (change, entry) = device_enrolled(&token, &cert, actor);
     changes::append(ledger, change.kind, change.subject.as_str(), now).await?;
     let rec = audit::append(ledger, key, &entry).await?;
@@ -179,6 +199,56 @@ pub(super) async fn enroll(
         device: devices::require(tx, &e.id).await?,
         certificate: cert,
         token: require(tx, &token.id, false).await?,
+        repeated: false,
     };
     Ok((enrolled, rec))
+}
+
+/// Answers `e` again if it repeats the enrollment that registered its id
+/// ([`is_repeat`]): the stored certificate, a new claim code (the first
+/// one may never have arrived), no use counted; `None` otherwise.
+async fn repeat(
+    ledger: &Ledger<'_, '_>,
+    key: &AuditKey,
+    e: &Enrollment,
+    token: &EnrollmentToken,
+    check: &std::result::Result<(), EnrollmentRefusal>,
+    actor: &Actor,
+    now: i64,
+) -> Result<Option<(Enrolled, AuditRecord)>> {
+    let tx: &Transaction<'_> = ledger.tx();
+    let answer = tx
+        .query_opt(
+            "SELECT token_id, public_key_sha256, certificate_pem, enrolled_at
+             FROM enrollment_answers WHERE device_id = $1",
+            &[&e.id.as_str()],
+        )
+        .await
+        .map_err(db)?
+        .map(|r| -> Result<EnrollmentAnswer> {
+            Ok(EnrollmentAnswer {
+                token_id: get(&r, 0)?,
+                public_key_sha256: get(&r, 1)?,
+                certificate_pem: get(&r, 2)?,
+                enrolled_at: get(&r, 3)?,
+            })
+        })
+        .transpose()?;
+    let (Some(answer), Some(device)) = (answer, devices::get_device(tx, e.id.as_str()).await?)
+    else {
+        return Ok(None);
+    };
+    let cert = enrollment::stored_certificate(&answer)?;
+    if !is_repeat(e, token, check, &answer, &device, &cert, now) {
+        return Ok(None);
+    }
+    devices::set_claim_code(tx, &e.id, &e.claim_code_hash, now).await?;
+    let rec = audit::append(ledger, key, &enrollment_repeated(token, &cert, actor)).await?;
+    let enrolled = Enrolled {
+        device: devices::require(tx, &e.id).await?,
+        certificate: cert,
+        token: token.clone(),
+        repeated: true,
+    };
+    Ok(Some((enrolled, rec)))
 }

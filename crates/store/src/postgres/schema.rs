@@ -21,6 +21,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0005_grafana_views.sql"),
     include_str!("../../migrations/postgres/0006_enrollment.sql"),
     include_str!("../../migrations/postgres/0007_renewal_claims.sql"),
+    include_str!("../../migrations/postgres/0008_enrollment_answers.sql"),
 ];
 
 /// Newest schema version this binary knows.

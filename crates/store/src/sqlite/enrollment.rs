@@ -4,7 +4,8 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::{audit, changes, db, devices};
 use crate::enrollment::{
-    self, TOKEN_COLUMNS, TokenRow, device_enrolled, issued_for, owner_columns, use_counted,
+    self, EnrollmentAnswer, TOKEN_COLUMNS, TokenRow, device_enrolled, enrollment_repeated,
+    is_repeat, issued_for, owner_columns, use_counted,
 };
 use crate::millis::{now_ms, to_ms};
 use crate::{
@@ -121,10 +122,15 @@ pub(super) fn enroll(
 ) -> Result<(Enrolled, AuditRecord)> {
     let (at, now) = now_ms();
     let token = by_hash(tx, &e.token_hash)?.ok_or(EnrollmentRefusal::UnknownToken)?;
-    token.check_use(Some(&e.id), at)?;
+    let check = token.check_use(Some(&e.id), at);
     if devices::identity_exists(tx, &e.id)? {
+        if let Some(repeated) = repeat(tx, key, e, &token, &check, actor, now)? {
+            return Ok(repeated);
+        }
+        check?;
         return Err(StoreError::IdTaken(e.id.clone()));
     }
+    check?;
     let cert = issued_for(e)?;
     devices::insert(
         tx,
@@ -145,6 +151,13 @@ pub(super) fn enroll(
         )
         .map_err(db)?;
     use_counted(counted == 1, &token)?;
+    tx.execute(
+        "INSERT INTO enrollment_answers
+             (device_id, token_id, public_key_sha256, certificate_pem, enrolled_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![e.id.as_str(), token.id, e.public_key_sha256, cert.pem, now],
+    )
+    .map_err(db)?;
     let (change, entry) = device_enrolled(&token, &cert, actor);
     changes::append(tx, change.kind, change.subject.as_str(), now)?;
     let rec = audit::append(tx, key, &entry)?;
@@ -152,6 +165,53 @@ pub(super) fn enroll(
         device: devices::require(tx, &e.id)?,
         certificate: cert,
         token: require(tx, &token.id)?,
+        repeated: false,
     };
     Ok((enrolled, rec))
+}
+
+/// Answers `e` again if it repeats the enrollment that registered its id
+/// ([`is_repeat`]): the stored certificate, a new claim code (the first
+/// one may never have arrived), no use counted; `None` otherwise.
+fn repeat(
+    tx: &Transaction<'_>,
+    key: &crate::AuditKey,
+    e: &Enrollment,
+    token: &EnrollmentToken,
+    check: &std::result::Result<(), EnrollmentRefusal>,
+    actor: &Actor,
+    now: i64,
+) -> Result<Option<(Enrolled, AuditRecord)>> {
+    let answer = tx
+        .query_row(
+            "SELECT token_id, public_key_sha256, certificate_pem, enrolled_at
+             FROM enrollment_answers WHERE device_id = ?1",
+            params![e.id.as_str()],
+            |r| {
+                Ok(EnrollmentAnswer {
+                    token_id: r.get(0)?,
+                    public_key_sha256: r.get(1)?,
+                    certificate_pem: r.get(2)?,
+                    enrolled_at: r.get(3)?,
+                })
+            },
+        )
+        .optional()
+        .map_err(db)?;
+    let (Some(answer), Some(device)) = (answer, devices::get(tx, e.id.as_str())?) else {
+        return Ok(None);
+    };
+    let cert = enrollment::stored_certificate(&answer)?;
+    if !is_repeat(e, token, check, &answer, &device, &cert, now) {
+        return Ok(None);
+    }
+    devices::set_claim_code(tx, &e.id, &e.claim_code_hash, now)?;
+    let rec = audit::append(tx, key, &enrollment_repeated(token, &cert, actor))?;
+    let enrolled = Enrolled {
+        device: devices::require(tx, &e.id)?,
+        certificate: cert,
+        token: token.clone(),
+        repeated: true,
+    };
+    Ok(Some((enrolled, rec)))
 }

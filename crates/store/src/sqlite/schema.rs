@@ -19,6 +19,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0004_telemetry.sql"),
     include_str!("../../migrations/sqlite/0005_enrollment.sql"),
     include_str!("../../migrations/sqlite/0006_renewal_claims.sql"),
+    include_str!("../../migrations/sqlite/0007_enrollment_answers.sql"),
 ];
 
 /// Newest schema version this binary knows.

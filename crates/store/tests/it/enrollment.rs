@@ -18,6 +18,7 @@ on_both!(
     tokens_register_devices_within_their_scope,
     expired_and_revoked_tokens_register_nothing,
     racing_enrollments_take_the_last_use_once,
+    a_repeated_enrollment_gets_the_same_certificate_until_the_device_connects,
 );
 
 /// A CA that issues real certificates, and how many it issued.
@@ -38,8 +39,16 @@ impl Issuer {
         }
     }
 
-    /// An enrollment of `device` with the token whose hash is `hash`.
+    /// An enrollment of `device` with the token whose hash is `hash`, by a
+    /// key of its own (never the same twice).
     fn enrollment(&self, hash: &str, device: &str) -> Enrollment {
+        let key = format!("key-{}", KEYS.fetch_add(1, Ordering::SeqCst));
+        self.enrollment_by(hash, device, &key)
+    }
+
+    /// An enrollment of `device` with the token whose hash is `hash`, by
+    /// the key whose hash is `key`.
+    fn enrollment_by(&self, hash: &str, device: &str, key: &str) -> Enrollment {
         let (pki, issued, device_id) =
             (Arc::clone(&self.pki), Arc::clone(&self.issued), id(device));
         let for_issue = device_id.clone();
@@ -52,6 +61,8 @@ impl Issuer {
                 pki.issue_device_with_generated_key(&for_issue)
                     .map(|(cert, _key)| cert)
             }),
+            public_key_sha256: key.into(),
+            repeat_window: std::time::Duration::from_secs(600),
         }
     }
 
@@ -59,6 +70,9 @@ impl Issuer {
         self.issued.load(Ordering::SeqCst)
     }
 }
+
+/// Numbers the keys of [`Issuer::enrollment`].
+static KEYS: AtomicUsize = AtomicUsize::new(0);
 
 fn token(name: &str, uses: u32, prefix: Option<&str>, owner: Option<&str>) -> NewEnrollmentToken {
     NewEnrollmentToken {
@@ -336,4 +350,110 @@ async fn racing_enrollments_take_the_last_use_once(backend: impl Backend) {
         devices.iter().map(|d| d.id.clone()).collect::<Vec<_>>(),
         won
     );
+}
+
+async fn a_repeated_enrollment_gets_the_same_certificate_until_the_device_connects(
+    backend: impl Backend,
+) {
+    let store = backend.open().await;
+    let ca = Issuer::new();
+    for t in [token("t-one", 1, None, None), token("t-two", 3, None, None)] {
+        store
+            .create_enrollment_token(t, &cli())
+            .await
+            .expect("create token");
+    }
+    let first = store
+        .enroll_device(
+            ca.enrollment_by("sha256:t-one", "r-1", "k1"),
+            &device_actor(),
+        )
+        .await
+        .expect("enroll");
+    assert!(!first.repeated);
+    assert_eq!(first.token.uses_used, 1);
+
+    // The answer was lost: the same token (used up by now) and key ask again.
+    let mut again = ca.enrollment_by("sha256:t-one", "r-1", "k1");
+    again.claim_code_hash = "sha256:second-code".into();
+    let repeat = store
+        .enroll_device(again, &device_actor())
+        .await
+        .expect("repeat");
+    assert!(repeat.repeated);
+    assert_eq!(repeat.certificate, first.certificate);
+    assert_eq!(repeat.device.serial, first.device.serial);
+    assert_eq!(repeat.token.uses_used, 1, "a repeat took a use");
+    assert_eq!(ca.issued(), 1, "a repeat signed a certificate");
+    assert_eq!(
+        store
+            .claim_code_hash(&id("r-1"))
+            .await
+            .expect("code")
+            .as_deref(),
+        Some("sha256:second-code"),
+        "the repeat's claim code replaces the lost one"
+    );
+
+    // Another key, or another token, is not a repeat.
+    let err = store
+        .enroll_device(
+            ca.enrollment_by("sha256:t-one", "r-1", "k-other"),
+            &device_actor(),
+        )
+        .await
+        .expect_err("other key");
+    assert_eq!(refusal(err), "token_used_up");
+    let err = store
+        .enroll_device(
+            ca.enrollment_by("sha256:t-two", "r-1", "k1"),
+            &device_actor(),
+        )
+        .await
+        .expect_err("other token");
+    assert_eq!(refusal(err), "id_taken");
+    // A window of zero never repeats.
+    let mut no_window = ca.enrollment_by("sha256:t-two", "r-2", "k2");
+    store
+        .enroll_device(no_window.clone(), &device_actor())
+        .await
+        .expect("enroll r-2");
+    no_window.repeat_window = std::time::Duration::ZERO;
+    let err = store
+        .enroll_device(no_window, &device_actor())
+        .await
+        .expect_err("no window");
+    assert_eq!(refusal(err), "id_taken");
+
+    // Once the device has connected it had its answer.
+    store
+        .record_presence(&id("r-1"), true, OffsetDateTime::now_utc())
+        .await
+        .expect("presence");
+    let err = store
+        .enroll_device(
+            ca.enrollment_by("sha256:t-one", "r-1", "k1"),
+            &device_actor(),
+        )
+        .await
+        .expect_err("after connecting");
+    assert_eq!(refusal(err), "token_used_up");
+    let r2 = store
+        .enroll_device(
+            ca.enrollment_by("sha256:t-two", "r-2", "k2"),
+            &device_actor(),
+        )
+        .await
+        .expect("repeat r-2 before it connects");
+    assert!(r2.repeated);
+    assert_eq!(ca.issued(), 2);
+
+    let audit = store.audit_log(0, 100).await.expect("audit");
+    let repeats: Vec<&str> = audit
+        .iter()
+        .filter(|r| r.action == "device.enroll-repeated")
+        .filter_map(|r| r.subject.as_deref())
+        .collect();
+    assert_eq!(repeats, ["r-1", "r-2"]);
+    assert!(store.verify_audit().await.expect("verify").ok);
 }

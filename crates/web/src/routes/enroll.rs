@@ -8,7 +8,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use rampart_provisioning::enrollment::{self, EnrollError, EnrollRequest};
+use rampart_provisioning::enrollment::{self, EnrollError, EnrollOutcome, EnrollRequest};
 use rampart_provisioning::registration::Registration;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -101,6 +101,7 @@ pub(super) async fn enroll(
                 token: bearer(&headers),
                 csr_pem: &body.csr,
                 source: &source,
+                repeat_window: state.config().enroll_repeat_window,
             };
             enrollment::enroll(state.store(), state.pki(), request)
                 .await
@@ -122,9 +123,19 @@ pub(super) async fn enroll(
         }
     };
     match result {
-        Ok(registration) => {
-            WebMetrics::inc(&state.metrics().enrolled);
-            Ok((StatusCode::CREATED, Json(registration.into())))
+        Ok(EnrollOutcome {
+            registration,
+            repeated,
+        }) => {
+            // A repeat created nothing: 200 with the same certificate.
+            let status = if repeated {
+                WebMetrics::inc(&state.metrics().enroll_repeated);
+                StatusCode::OK
+            } else {
+                WebMetrics::inc(&state.metrics().enrolled);
+                StatusCode::CREATED
+            };
+            Ok((status, Json(registration.into())))
         }
         Err(e) => {
             if !e.status.is_server_error() {

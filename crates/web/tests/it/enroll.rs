@@ -173,6 +173,45 @@ async fn out_of_scope_and_taken_ids_are_refused_without_taking_a_use() {
 }
 
 #[tokio::test]
+async fn a_device_whose_answer_was_lost_gets_its_certificate_again() {
+    let s = Server::start(config()).await;
+    let token = s.token(1, None, None).await;
+    let (_key, csr) = p256_csr("lost-1");
+    let first = s.post_enroll(Some(&token), enroll_body(&csr)).await;
+    assert_eq!(first.status, 201, "{:?}", first.body);
+    // The answer never arrived: the device asks again, same key and token.
+    let again = s.post_enroll(Some(&token), enroll_body(&csr)).await;
+    assert_eq!(again.status, 200, "{:?}", again.body);
+    for field in [
+        "deviceId",
+        "certificate",
+        "serial",
+        "fingerprint",
+        "notAfter",
+    ] {
+        assert_eq!(again.body[field], first.body[field], "{field}");
+    }
+    assert_ne!(
+        again.body["claimCode"], first.body["claimCode"],
+        "the repeat carries a new claim code"
+    );
+    assert_eq!(uses_used(&s).await, 1, "a repeat took a use");
+    assert_eq!(WebMetrics::get(&s.state.metrics().enroll_repeated), 1);
+    // Another key asking for the same id is refused (the token is used up).
+    let other = s.enroll(Some(&token), "lost-1").await;
+    assert_eq!((other.status, other.code()), (403, "token_used_up"));
+    let actions = s.audit_actions().await;
+    assert!(
+        actions.iter().any(|a| a == "device.enroll-repeated"),
+        "{actions:?}"
+    );
+    assert_eq!(
+        device(&s, "lost-1").await.serial,
+        first.body["serial"].as_str().expect("serial")
+    );
+}
+
+#[tokio::test]
 async fn malformed_requests_get_json_errors() {
     let s = Server::start(WebConfig {
         max_body_bytes: 4096,
