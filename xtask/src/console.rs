@@ -79,7 +79,9 @@ fn table(r: &Value) -> String {
     let mut t = format!(
         "Console, server side ({} devices, {} readings on the charted device; setup {:.0} s)\n\n\
          | measurement | answer size | p50 ms | p99 ms | max ms |\n|---|---:|---:|---:|---:|\n",
-        r["devices"], r["readings"], r["setup_secs"].as_f64().unwrap_or(0.0)
+        r["devices"],
+        r["readings"],
+        r["setup_secs"].as_f64().unwrap_or(0.0)
     );
     for row in r["rows"].as_array().into_iter().flatten() {
         let l = &row["latency"];
@@ -105,6 +107,10 @@ mod tests {
             "devices": 10, "readings": 5, "setup_secs": 1.0,
             "rows": [{"what": "list", "size": 3, "latency": {"p50_us": 1500, "p99_us": 2500, "max_us": 3000}}]
         });
-        assert!(table(&r).contains("| list | 3 | 1.5 | 2.5 | 3.0 |"), "{}", table(&r));
+        assert!(
+            table(&r).contains("| list | 3 | 1.5 | 2.5 | 3.0 |"),
+            "{}",
+            table(&r)
+        );
     }
 }

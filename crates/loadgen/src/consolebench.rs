@@ -9,9 +9,7 @@ use bytes::Bytes;
 use rampart_proto::DeviceId;
 use rampart_proto::telemetry::MetricName;
 use rampart_store::telemetry::{IngestItem, NewReading, SeriesQuery, TelemetryStore};
-use rampart_store::{
-    Actor, DeviceQuery, DeviceSort, DeviceState, IdMatch, NewDevice, Store,
-};
+use rampart_store::{Actor, DeviceQuery, DeviceSort, DeviceState, IdMatch, NewDevice, Store};
 use serde::Serialize;
 
 use crate::{LoadgenError, Percentiles, latency_histogram};
@@ -57,7 +55,8 @@ pub async fn console(
     store: rampart_store::SqliteStore,
     config: ConsoleConfig,
 ) -> Result<ConsoleReport, LoadgenError> {
-    let err = |what: &str, e: rampart_store::StoreError| LoadgenError::Config(format!("{what}: {e}"));
+    let err =
+        |what: &str, e: rampart_store::StoreError| LoadgenError::Config(format!("{what}: {e}"));
     let setup = Instant::now();
     let now = time::OffsetDateTime::now_utc();
     let actor = Actor::system();
@@ -95,15 +94,18 @@ pub async fn console(
     }
     // A third online, some seen recently, some disabled.
     for n in (0..config.devices).step_by(3) {
-        let id = DeviceId::parse(&format!("sensor-{n:05}")).map_err(|e| LoadgenError::Config(e.to_string()))?;
+        let id = DeviceId::parse(&format!("sensor-{n:05}"))
+            .map_err(|e| LoadgenError::Config(e.to_string()))?;
         store
             .record_presence(&id, true, now - time::Duration::seconds(n as i64))
             .await
             .map_err(|e| err("presence", e))?;
     }
     // The charted device: one reading a minute for `days`.
-    let device = DeviceId::parse("sensor-00000").map_err(|e| LoadgenError::Config(e.to_string()))?;
-    let metric = MetricName::parse("temperature").map_err(|e| LoadgenError::Config(e.to_string()))?;
+    let device =
+        DeviceId::parse("sensor-00000").map_err(|e| LoadgenError::Config(e.to_string()))?;
+    let metric =
+        MetricName::parse("temperature").map_err(|e| LoadgenError::Config(e.to_string()))?;
     let to_ms = now.unix_timestamp() * 1000;
     let from_ms = to_ms - i64::from(config.days) * 86_400_000;
     let total = (to_ms - from_ms) / 60_000;
@@ -120,7 +122,10 @@ pub async fn console(
                     received_ms: ts,
                     flags: 0,
                     digest: s as i64,
-                    metrics: vec![(metric.clone(), 20.0 + ((s % 1440) as f64 / 240.0).sin() * 3.0)],
+                    metrics: vec![(
+                        metric.clone(),
+                        20.0 + ((s % 1440) as f64 / 240.0).sin() * 3.0,
+                    )],
                 }
             })
             .collect();
@@ -150,22 +155,35 @@ pub async fn console(
     };
     let lists: [(&str, DeviceQuery); 5] = [
         ("device list: first page by id", page(|_| {})),
-        ("device list: online, by last seen (desc)", page(|q| {
-            q.online = Some(true);
-            q.sort = DeviceSort::LastSeen;
-            q.descending = true;
-        })),
-        ("device list: state + cert expiring, by expiry", page(|q| {
-            q.state = Some(DeviceState::Unbound);
-            q.cert_expires_before = Some(time::OffsetDateTime::now_utc() + time::Duration::days(60));
-            q.sort = DeviceSort::CertExpiry;
-        })),
-        ("device list: substring search", page(|q| q.id = Some(IdMatch::Contains("77".into())))),
-        ("device list: page 100 by created (desc)", page(|q| {
-            q.sort = DeviceSort::Created;
-            q.descending = true;
-            q.offset = 4950;
-        })),
+        (
+            "device list: online, by last seen (desc)",
+            page(|q| {
+                q.online = Some(true);
+                q.sort = DeviceSort::LastSeen;
+                q.descending = true;
+            }),
+        ),
+        (
+            "device list: state + cert expiring, by expiry",
+            page(|q| {
+                q.state = Some(DeviceState::Unbound);
+                q.cert_expires_before =
+                    Some(time::OffsetDateTime::now_utc() + time::Duration::days(60));
+                q.sort = DeviceSort::CertExpiry;
+            }),
+        ),
+        (
+            "device list: substring search",
+            page(|q| q.id = Some(IdMatch::Contains("77".into()))),
+        ),
+        (
+            "device list: page 100 by created (desc)",
+            page(|q| {
+                q.sort = DeviceSort::Created;
+                q.descending = true;
+                q.offset = 4950;
+            }),
+        ),
     ];
     let mut rows = Vec::new();
     for (what, q) in lists {
@@ -177,7 +195,11 @@ pub async fn console(
             record(&mut h, t.elapsed());
             size = p.total;
         }
-        rows.push(ConsoleRow { what: what.into(), latency: Percentiles::of(&h), size });
+        rows.push(ConsoleRow {
+            what: what.into(),
+            latency: Percentiles::of(&h),
+            size,
+        });
     }
     let mut h = latency_histogram()?;
     let mut size = 0;
@@ -209,7 +231,10 @@ pub async fn console(
         std::hint::black_box(svg);
     }
     rows.push(ConsoleRow {
-        what: format!("{}-day chart: query_series (720 buckets) + SVG", config.days),
+        what: format!(
+            "{}-day chart: query_series (720 buckets) + SVG",
+            config.days
+        ),
         latency: Percentiles::of(&h),
         size,
     });

@@ -396,7 +396,11 @@ async fn main() -> anyhow::Result<()> {
             serde_json::to_value(
                 rampart_loadgen::consolebench::console(
                     store,
-                    rampart_loadgen::consolebench::ConsoleConfig { devices, days, runs },
+                    rampart_loadgen::consolebench::ConsoleConfig {
+                        devices,
+                        days,
+                        runs,
+                    },
                 )
                 .await?,
             )?

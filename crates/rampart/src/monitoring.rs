@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rampart_broker::Broker;
 use rampart_broker::metrics::Metrics as BrokerMetrics;
 use rampart_ingest::PipelineMetrics;
-use rampart_web::metrics::{MetricKind, MetricsText};
 use rampart_web::Monitoring;
+use rampart_web::metrics::{MetricKind, MetricsText};
 
 use crate::control::ControlMetrics;
 
@@ -51,29 +51,121 @@ fn broker_exposed(name: &str) -> Option<Exposed> {
             help: "Messages queued for delivery across all sessions.",
             labels: &[],
         },
-        "accepted" => c("rampart_broker_connections_accepted_total", "TCP connections accepted by the broker.", &[]),
-        "refused_max_connections" => c("rampart_broker_connections_refused_total", "Broker connections refused before TLS, by reason.", &[("reason", "max_connections")]),
-        "refused_rate_limited" => c("rampart_broker_connections_refused_total", "Broker connections refused before TLS, by reason.", &[("reason", "rate_limited")]),
-        "handshake_failures" => c("rampart_broker_tls_handshake_failures_total", "Broker TLS handshakes that failed (bad or missing certificate, garbage).", &[]),
-        "handshake_timeouts" => c("rampart_broker_handshake_timeouts_total", "Handshakes or CONNECTs that did not finish in time.", &[]),
-        "identity_refused" => c("rampart_broker_connects_refused_total", "CONNECTs refused, by reason.", &[("reason", "identity")]),
-        "client_id_mismatch" => c("rampart_broker_connects_refused_total", "CONNECTs refused, by reason.", &[("reason", "client_id_mismatch")]),
-        "protocol_errors" => c("rampart_broker_protocol_errors_total", "Connections closed for malformed packets or protocol violations.", &[]),
-        "messages_in_qos0" => c("rampart_broker_messages_received_total", "PUBLISH packets received, by QoS.", &[("qos", "0")]),
-        "messages_in_qos1" => c("rampart_broker_messages_received_total", "PUBLISH packets received, by QoS.", &[("qos", "1")]),
-        "messages_in_qos2" => c("rampart_broker_messages_received_total", "PUBLISH packets received, by QoS.", &[("qos", "2")]),
-        "messages_out" => c("rampart_broker_messages_sent_total", "PUBLISH packets sent to subscribers.", &[]),
-        "server_publishes" => c("rampart_broker_server_publishes_total", "Messages Rampart itself published.", &[]),
-        "acl_denied_publish" => c("rampart_broker_acl_denied_total", "Operations refused by the ACL.", &[("operation", "publish")]),
-        "acl_denied_subscribe" => c("rampart_broker_acl_denied_total", "Operations refused by the ACL.", &[("operation", "subscribe")]),
-        "ingest_rejected" => c("rampart_broker_ingest_rejected_total", "Publishes the pipeline rejected.", &[]),
-        "ingest_duplicates" => c("rampart_broker_ingest_duplicates_total", "Publishes the pipeline reported as already stored.", &[]),
-        "dropped_queue_full" => c("rampart_broker_messages_dropped_total", "Messages dropped before delivery, by reason.", &[("reason", "queue_full")]),
-        "dropped_expired" => c("rampart_broker_messages_dropped_total", "Messages dropped before delivery, by reason.", &[("reason", "expired")]),
-        "dropped_too_large" => c("rampart_broker_messages_dropped_total", "Messages dropped before delivery, by reason.", &[("reason", "too_large")]),
-        "kicked_revoked" => c("rampart_broker_sessions_closed_total", "Sessions closed by the server, by reason.", &[("reason", "revoked_or_disabled")]),
-        "taken_over" => c("rampart_broker_sessions_closed_total", "Sessions closed by the server, by reason.", &[("reason", "taken_over")]),
-        "keepalive_timeouts" => c("rampart_broker_sessions_closed_total", "Sessions closed by the server, by reason.", &[("reason", "keepalive_timeout")]),
+        "accepted" => c(
+            "rampart_broker_connections_accepted_total",
+            "TCP connections accepted by the broker.",
+            &[],
+        ),
+        "refused_max_connections" => c(
+            "rampart_broker_connections_refused_total",
+            "Broker connections refused before TLS, by reason.",
+            &[("reason", "max_connections")],
+        ),
+        "refused_rate_limited" => c(
+            "rampart_broker_connections_refused_total",
+            "Broker connections refused before TLS, by reason.",
+            &[("reason", "rate_limited")],
+        ),
+        "handshake_failures" => c(
+            "rampart_broker_tls_handshake_failures_total",
+            "Broker TLS handshakes that failed (bad or missing certificate, garbage).",
+            &[],
+        ),
+        "handshake_timeouts" => c(
+            "rampart_broker_handshake_timeouts_total",
+            "Handshakes or CONNECTs that did not finish in time.",
+            &[],
+        ),
+        "identity_refused" => c(
+            "rampart_broker_connects_refused_total",
+            "CONNECTs refused, by reason.",
+            &[("reason", "identity")],
+        ),
+        "client_id_mismatch" => c(
+            "rampart_broker_connects_refused_total",
+            "CONNECTs refused, by reason.",
+            &[("reason", "client_id_mismatch")],
+        ),
+        "protocol_errors" => c(
+            "rampart_broker_protocol_errors_total",
+            "Connections closed for malformed packets or protocol violations.",
+            &[],
+        ),
+        "messages_in_qos0" => c(
+            "rampart_broker_messages_received_total",
+            "PUBLISH packets received, by QoS.",
+            &[("qos", "0")],
+        ),
+        "messages_in_qos1" => c(
+            "rampart_broker_messages_received_total",
+            "PUBLISH packets received, by QoS.",
+            &[("qos", "1")],
+        ),
+        "messages_in_qos2" => c(
+            "rampart_broker_messages_received_total",
+            "PUBLISH packets received, by QoS.",
+            &[("qos", "2")],
+        ),
+        "messages_out" => c(
+            "rampart_broker_messages_sent_total",
+            "PUBLISH packets sent to subscribers.",
+            &[],
+        ),
+        "server_publishes" => c(
+            "rampart_broker_server_publishes_total",
+            "Messages Rampart itself published.",
+            &[],
+        ),
+        "acl_denied_publish" => c(
+            "rampart_broker_acl_denied_total",
+            "Operations refused by the ACL.",
+            &[("operation", "publish")],
+        ),
+        "acl_denied_subscribe" => c(
+            "rampart_broker_acl_denied_total",
+            "Operations refused by the ACL.",
+            &[("operation", "subscribe")],
+        ),
+        "ingest_rejected" => c(
+            "rampart_broker_ingest_rejected_total",
+            "Publishes the pipeline rejected.",
+            &[],
+        ),
+        "ingest_duplicates" => c(
+            "rampart_broker_ingest_duplicates_total",
+            "Publishes the pipeline reported as already stored.",
+            &[],
+        ),
+        "dropped_queue_full" => c(
+            "rampart_broker_messages_dropped_total",
+            "Messages dropped before delivery, by reason.",
+            &[("reason", "queue_full")],
+        ),
+        "dropped_expired" => c(
+            "rampart_broker_messages_dropped_total",
+            "Messages dropped before delivery, by reason.",
+            &[("reason", "expired")],
+        ),
+        "dropped_too_large" => c(
+            "rampart_broker_messages_dropped_total",
+            "Messages dropped before delivery, by reason.",
+            &[("reason", "too_large")],
+        ),
+        "kicked_revoked" => c(
+            "rampart_broker_sessions_closed_total",
+            "Sessions closed by the server, by reason.",
+            &[("reason", "revoked_or_disabled")],
+        ),
+        "taken_over" => c(
+            "rampart_broker_sessions_closed_total",
+            "Sessions closed by the server, by reason.",
+            &[("reason", "taken_over")],
+        ),
+        "keepalive_timeouts" => c(
+            "rampart_broker_sessions_closed_total",
+            "Sessions closed by the server, by reason.",
+            &[("reason", "keepalive_timeout")],
+        ),
         _ => return None,
     })
 }
@@ -127,16 +219,58 @@ pub(crate) fn write_broker(m: &BrokerMetrics, t: &mut MetricsText) {
 pub(crate) fn write_pipeline(m: &PipelineMetrics, t: &mut MetricsText) {
     let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
     let f = |c: &AtomicU64| g(c) as f64;
-    t.single("rampart_ingest_messages_total", MetricKind::Counter, "Messages offered to the pipeline.", f(&m.messages));
-    t.single("rampart_ingest_readings_stored_total", MetricKind::Counter, "Readings stored.", f(&m.readings_stored));
-    t.single("rampart_ingest_points_stored_total", MetricKind::Counter, "Points (one metric of one reading) stored.", f(&m.points_stored));
-    t.single("rampart_ingest_duplicates_total", MetricKind::Counter, "Readings acknowledged as replays.", f(&m.duplicates));
-    t.single("rampart_ingest_conflicts_total", MetricKind::Counter, "Readings refused as sequence conflicts.", f(&m.conflicts));
-    let (format, quota, internal) = (g(&m.rejected_format), g(&m.rejected_quota), g(&m.rejected_internal));
+    t.single(
+        "rampart_ingest_messages_total",
+        MetricKind::Counter,
+        "Messages offered to the pipeline.",
+        f(&m.messages),
+    );
+    t.single(
+        "rampart_ingest_readings_stored_total",
+        MetricKind::Counter,
+        "Readings stored.",
+        f(&m.readings_stored),
+    );
+    t.single(
+        "rampart_ingest_points_stored_total",
+        MetricKind::Counter,
+        "Points (one metric of one reading) stored.",
+        f(&m.points_stored),
+    );
+    t.single(
+        "rampart_ingest_duplicates_total",
+        MetricKind::Counter,
+        "Readings acknowledged as replays.",
+        f(&m.duplicates),
+    );
+    t.single(
+        "rampart_ingest_conflicts_total",
+        MetricKind::Counter,
+        "Readings refused as sequence conflicts.",
+        f(&m.conflicts),
+    );
+    let (format, quota, internal) = (
+        g(&m.rejected_format),
+        g(&m.rejected_quota),
+        g(&m.rejected_internal),
+    );
     let other = g(&m.rejected).saturating_sub(format + quota + internal);
-    t.family("rampart_ingest_rejected_total", MetricKind::Counter, "Messages rejected, by reason (internal: the store failed).");
-    for (reason, v) in [("format", format), ("quota", quota), ("internal", internal), ("other", other)] {
-        t.sample("rampart_ingest_rejected_total", &[("reason", reason)], v as f64);
+    t.family(
+        "rampart_ingest_rejected_total",
+        MetricKind::Counter,
+        "Messages rejected, by reason (internal: the store failed).",
+    );
+    for (reason, v) in [
+        ("format", format),
+        ("quota", quota),
+        ("internal", internal),
+        ("other", other),
+    ] {
+        t.sample(
+            "rampart_ingest_rejected_total",
+            &[("reason", reason)],
+            v as f64,
+        );
     }
     t.summary(
         "rampart_ingest_commit_seconds",
@@ -162,7 +296,12 @@ pub(crate) fn write_pipeline(m: &PipelineMetrics, t: &mut MetricsText) {
 pub(crate) fn write_control(m: &ControlMetrics, t: &mut MetricsText) {
     for (name, v) in m.snapshot() {
         let family = format!("rampart_control_{name}_total");
-        t.single(&family, MetricKind::Counter, "Control-plane counter (renewals, claim confirmations).", v as f64);
+        t.single(
+            &family,
+            MetricKind::Counter,
+            "Control-plane counter (renewals, claim confirmations).",
+            v as f64,
+        );
     }
 }
 
@@ -198,10 +337,24 @@ mod tests {
         let mut t = MetricsText::new();
         write_broker(&m, &mut t);
         let text = t.finish();
-        assert!(text.contains("rampart_broker_messages_received_total{qos=\"1\"} 2\n"), "{text}");
-        assert!(text.contains("rampart_broker_messages_dropped_total{reason=\"expired\"} 1\n"), "{text}");
-        assert_eq!(text.matches("# TYPE rampart_broker_messages_received_total counter").count(), 1);
-        assert!(text.contains("# TYPE rampart_broker_connections gauge\nrampart_broker_connections 0\n"));
+        assert!(
+            text.contains("rampart_broker_messages_received_total{qos=\"1\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("rampart_broker_messages_dropped_total{reason=\"expired\"} 1\n"),
+            "{text}"
+        );
+        assert_eq!(
+            text.matches("# TYPE rampart_broker_messages_received_total counter")
+                .count(),
+            1
+        );
+        assert!(
+            text.contains(
+                "# TYPE rampart_broker_connections gauge\nrampart_broker_connections 0\n"
+            )
+        );
         // No counter falls back to the generic name today.
         assert!(!text.contains("Broker counter."), "{text}");
         // Each family's TYPE line appears once.

@@ -95,18 +95,14 @@ pub async fn run(g: &GlobalArgs, config: Config, args: ServeArgs) -> Result<Exit
 
     // The web part: HTTPS with the same server certificate.
     let web = web_state(&platform, Arc::clone(&store))?.with_monitoring(
-        crate::monitoring::monitoring(
-            &broker,
-            Arc::clone(pipeline.metrics()),
-            control.metrics(),
-        ),
+        crate::monitoring::monitoring(&broker, Arc::clone(pipeline.metrics()), control.metrics()),
     );
     // `/metrics` on its own plain-HTTP address, when configured.
     let metrics_task = match platform.config.web.metrics_addr {
         Some(addr) => {
-            let listener = TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen for metrics on {addr} (web.metrics_addr)"))?;
+            let listener = TcpListener::bind(addr).await.with_context(|| {
+                format!("cannot listen for metrics on {addr} (web.metrics_addr)")
+            })?;
             let bound = listener.local_addr()?;
             eprintln!("listening metrics={bound}");
             tracing::info!(metrics_addr = %bound, token = platform.config.web.metrics_token.is_some(), "serving /metrics over plain HTTP");

@@ -201,7 +201,13 @@ mod tests {
 
     #[test]
     fn page_size_is_clamped() {
-        let q = |limit| DeviceQuery { limit, ..DeviceQuery::default() }.page_size();
+        let q = |limit| {
+            DeviceQuery {
+                limit,
+                ..DeviceQuery::default()
+            }
+            .page_size()
+        };
         assert_eq!((q(0), q(50), q(100_000)), (1, 50, MAX_PAGE));
     }
 

@@ -33,7 +33,11 @@ pub(crate) struct Plan {
 /// The migrations of `known` not in `applied` (or, without a record,
 /// not below the `marker`), and the marker after them. Refuses a database
 /// that applied a migration this binary does not know.
-pub(crate) fn plan(known: &[Migration], applied: Option<&BTreeSet<i64>>, marker: i64) -> Result<Plan> {
+pub(crate) fn plan(
+    known: &[Migration],
+    applied: Option<&BTreeSet<i64>>,
+    marker: i64,
+) -> Result<Plan> {
     let newest_known = known.iter().map(|(n, _)| *n).max().unwrap_or(0);
     if marker > newest_known {
         return Err(StoreError::TooNew {
@@ -87,7 +91,13 @@ mod tests {
     #[test]
     fn a_new_database_gets_everything() {
         let p = plan(KNOWN, Some(&BTreeSet::new()), 0).expect("plan");
-        assert_eq!(p, Plan { apply: vec![0, 1, 2, 3], marker: 6 });
+        assert_eq!(
+            p,
+            Plan {
+                apply: vec![0, 1, 2, 3],
+                marker: 6
+            }
+        );
         let p = plan(KNOWN, None, 0).expect("plan");
         assert_eq!(p.apply, vec![0, 1, 2, 3]);
     }
@@ -95,7 +105,13 @@ mod tests {
     #[test]
     fn a_legacy_version_means_every_migration_up_to_it() {
         let p = plan(KNOWN, None, 3).expect("plan");
-        assert_eq!(p, Plan { apply: vec![3], marker: 6 });
+        assert_eq!(
+            p,
+            Plan {
+                apply: vec![3],
+                marker: 6
+            }
+        );
     }
 
     #[test]
@@ -104,22 +120,46 @@ mod tests {
         let known: &[Migration] = &[(1, "a"), (2, "b"), (3, "c"), (4, "d"), (6, "f")];
         let applied: BTreeSet<i64> = [1, 2, 3, 6].into();
         let p = plan(known, Some(&applied), 6).expect("plan");
-        assert_eq!(p, Plan { apply: vec![3], marker: 6 });
+        assert_eq!(
+            p,
+            Plan {
+                apply: vec![3],
+                marker: 6
+            }
+        );
     }
 
     #[test]
     fn an_unknown_migration_or_a_newer_marker_is_refused() {
         let applied: BTreeSet<i64> = [1, 2, 3, 4].into();
         let err = plan(KNOWN, Some(&applied), 4).expect_err("4 is unknown");
-        assert!(matches!(err, StoreError::TooNew { found: 4, supported: 6 }), "{err}");
+        assert!(
+            matches!(
+                err,
+                StoreError::TooNew {
+                    found: 4,
+                    supported: 6
+                }
+            ),
+            "{err}"
+        );
         let err = plan(KNOWN, None, 999).expect_err("newer");
-        assert!(matches!(err, StoreError::TooNew { found: 999, .. }), "{err}");
+        assert!(
+            matches!(err, StoreError::TooNew { found: 999, .. }),
+            "{err}"
+        );
     }
 
     #[test]
     fn nothing_to_do_when_up_to_date() {
         let applied: BTreeSet<i64> = [1, 2, 3, 6].into();
         let p = plan(KNOWN, Some(&applied), 6).expect("plan");
-        assert_eq!(p, Plan { apply: vec![], marker: 6 });
+        assert_eq!(
+            p,
+            Plan {
+                apply: vec![],
+                marker: 6
+            }
+        );
     }
 }

@@ -168,7 +168,10 @@ impl LiveHub {
                 match event {
                     Ok(event) => task.dispatch(&event),
                     Err(broadcast::error::RecvError::Lagged(n)) => {
-                        task.inner.metrics.hub_lagged.fetch_add(n, Ordering::Relaxed);
+                        task.inner
+                            .metrics
+                            .hub_lagged
+                            .fetch_add(n, Ordering::Relaxed);
                         tracing::warn!(missed = n, "live hub fell behind the fan-out");
                         task.all_lagged(n);
                     }
@@ -238,11 +241,7 @@ impl LiveHub {
                     .map(|r| LiveMessage::Reading {
                         seq: r.seq,
                         ts_ms: r.ts_ms,
-                        metrics: r
-                            .metrics
-                            .iter()
-                            .map(|(m, v)| (m.to_string(), *v))
-                            .collect(),
+                        metrics: r.metrics.iter().map(|(m, v)| (m.to_string(), *v)).collect(),
                     })
                     .collect::<Vec<_>>(),
             ),
@@ -379,7 +378,11 @@ pub async fn device_events(State(hub): State<LiveHub>, Path(id): Path<String>) -
         Ok(sub) => sse_response(sub, hub.inner.options.keep_alive),
         Err(e) => ApiError {
             retry_after: Some(5),
-            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "too_many_streams", e.to_string())
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_streams",
+                e.to_string(),
+            )
         }
         .into_response(),
     }
@@ -426,7 +429,11 @@ mod tests {
     #[tokio::test]
     async fn events_go_to_their_device_only() {
         let fanout = Fanout::new(64);
-        let hub = LiveHub::spawn(fanout.subscribe(), LiveOptions::default(), CancellationToken::new());
+        let hub = LiveHub::spawn(
+            fanout.subscribe(),
+            LiveOptions::default(),
+            CancellationToken::new(),
+        );
         let mut a = hub.subscribe(&id("a")).expect("subscribe");
         let mut b = hub.subscribe(&id("b")).expect("subscribe");
         fanout.publish(readings("a", 1..2));
@@ -478,7 +485,10 @@ mod tests {
         assert_eq!(seqs, [0, 1, 2, 3]);
         // Caught up: new events flow again.
         fanout.publish(readings("a", 10..11));
-        assert!(matches!(next(&mut slow).await, LiveMessage::Reading { seq: 10, .. }));
+        assert!(matches!(
+            next(&mut slow).await,
+            LiveMessage::Reading { seq: 10, .. }
+        ));
     }
 
     #[tokio::test]
@@ -494,7 +504,10 @@ mod tests {
         );
         let first = hub.subscribe(&id("a")).expect("first");
         let _second = hub.subscribe(&id("a")).expect("second");
-        assert_eq!(hub.subscribe(&id("b")).err(), Some(LiveError::TooManyStreams(2)));
+        assert_eq!(
+            hub.subscribe(&id("b")).err(),
+            Some(LiveError::TooManyStreams(2))
+        );
         assert_eq!(hub.open_streams(), 2);
         drop(first);
         assert_eq!(hub.open_streams(), 1);

@@ -218,7 +218,8 @@ pub(crate) async fn metrics_https(State(state): State<AppState>, headers: Header
             Some(addr) => format!("metrics are served over plain HTTP on {addr}, not here; set web.metrics_token to also serve them here"),
             None => "metrics are not exposed: set web.metrics_token (or RAMPART_WEB_METRICS_TOKEN) to serve /metrics here behind a bearer token, or web.metrics_addr to serve them on a separate address".into(),
         };
-        return ApiError::new(StatusCode::NOT_FOUND, "metrics_not_exposed", message).into_response();
+        return ApiError::new(StatusCode::NOT_FOUND, "metrics_not_exposed", message)
+            .into_response();
     }
     metrics_checked(&state, &headers)
 }
@@ -298,9 +299,11 @@ pub async fn run_metrics(
     let app = Router::new()
         .route(
             "/metrics",
-            get(|State(state): State<AppState>, headers: HeaderMap| async move {
-                metrics_checked(&state, &headers)
-            }),
+            get(
+                |State(state): State<AppState>, headers: HeaderMap| async move {
+                    metrics_checked(&state, &headers)
+                },
+            ),
         )
         .route(
             "/healthz",
@@ -321,7 +324,11 @@ mod tests {
     #[test]
     fn families_samples_and_escaping() {
         let mut t = MetricsText::new();
-        t.family("rampart_x_total", MetricKind::Counter, "Things.\nSecond \\ line.");
+        t.family(
+            "rampart_x_total",
+            MetricKind::Counter,
+            "Things.\nSecond \\ line.",
+        );
         t.sample("rampart_x_total", &[("reason", "a\"b\\c\nd")], 3.0);
         t.sample("rampart_x_total", &[("reason", "ok"), ("qos", "1")], 0.5);
         t.summary("rampart_y_seconds", "Time.", 1.25, 4);

@@ -86,7 +86,11 @@ fn a_published_message_moves_the_counters_scraped_on_the_metrics_address() {
         .map(String::from),
     );
     let out = mosquitto("mosquitto_pub", &args);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // PUBACK came after the commit, so the counters have moved already.
     let (_, after) = get(metrics, "/metrics", None);

@@ -8,10 +8,10 @@ use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
 
 use super::{db, get};
+use crate::fleet::id_pattern;
 use crate::millis::to_ms;
 use crate::model::IdentityKind;
 use crate::records::{CertificateRow, DeviceRow, RevokedRow, contains_pattern};
-use crate::fleet::id_pattern;
 use crate::{
     CertificateRecord, Device, DeviceFilter, DevicePage, DeviceQuery, DeviceState, FleetSummary,
     NewDevice, Owner, Result, RevokedCertificate, StoreError,
@@ -299,7 +299,10 @@ const QUERY_FILTER: &str = "WHERE ($1::text IS NULL OR d.id ILIKE $1::text)
 
 /// One page of the devices matching `q`, and how many match in all, read
 /// from one snapshot so that the two agree.
-pub(super) async fn query(client: &mut deadpool_postgres::Client, q: &DeviceQuery) -> Result<DevicePage> {
+pub(super) async fn query(
+    client: &mut deadpool_postgres::Client,
+    q: &DeviceQuery,
+) -> Result<DevicePage> {
     let pattern = q.id.as_ref().map(id_pattern);
     let (owner_type, owner_id) = match &q.owner {
         Some(Owner::User(u)) => (Some("user"), Some(u.as_str())),
@@ -324,7 +327,14 @@ pub(super) async fn query(client: &mut deadpool_postgres::Client, q: &DeviceQuer
     let total: i64 = get(
         &tx.query_one(
             &count,
-            &[&pattern, &state, &q.online, &owner_type, &owner_id, &expires],
+            &[
+                &pattern,
+                &state,
+                &q.online,
+                &owner_type,
+                &owner_id,
+                &expires,
+            ],
         )
         .await
         .map_err(db)?,

@@ -18,14 +18,38 @@ use crate::{Result, StoreError};
 /// `migrations/sqlite` up to 0006. Numbers may have gaps (see
 /// [`crate::migrations`]): 0008 and 0009 belong to branches not merged yet.
 const MIGRATIONS: &[Migration] = &[
-    (1, include_str!("../../migrations/postgres/0001_foundation.sql")),
-    (2, include_str!("../../migrations/postgres/0002_services.sql")),
-    (3, include_str!("../../migrations/postgres/0003_mqtt_sessions.sql")),
-    (4, include_str!("../../migrations/postgres/0004_telemetry.sql")),
-    (5, include_str!("../../migrations/postgres/0005_grafana_views.sql")),
-    (6, include_str!("../../migrations/postgres/0006_enrollment.sql")),
-    (7, include_str!("../../migrations/postgres/0007_renewal_claims.sql")),
-    (10, include_str!("../../migrations/postgres/0010_device_list.sql")),
+    (
+        1,
+        include_str!("../../migrations/postgres/0001_foundation.sql"),
+    ),
+    (
+        2,
+        include_str!("../../migrations/postgres/0002_services.sql"),
+    ),
+    (
+        3,
+        include_str!("../../migrations/postgres/0003_mqtt_sessions.sql"),
+    ),
+    (
+        4,
+        include_str!("../../migrations/postgres/0004_telemetry.sql"),
+    ),
+    (
+        5,
+        include_str!("../../migrations/postgres/0005_grafana_views.sql"),
+    ),
+    (
+        6,
+        include_str!("../../migrations/postgres/0006_enrollment.sql"),
+    ),
+    (
+        7,
+        include_str!("../../migrations/postgres/0007_renewal_claims.sql"),
+    ),
+    (
+        10,
+        include_str!("../../migrations/postgres/0010_device_list.sql"),
+    ),
 ];
 
 /// Advisory lock serialising migrations: "RMPT" and 0.

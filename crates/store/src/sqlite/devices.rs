@@ -6,10 +6,10 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use time::OffsetDateTime;
 
 use super::db;
+use crate::fleet::id_pattern;
 use crate::millis::to_ms;
 use crate::model::IdentityKind;
 use crate::records::{CertificateRow, DeviceRow, RevokedRow, contains_pattern};
-use crate::fleet::id_pattern;
 use crate::{
     CertificateRecord, Device, DeviceFilter, DevicePage, DeviceQuery, DeviceState, FleetSummary,
     NewDevice, Owner, Result, RevokedCertificate, StoreError,
@@ -322,11 +322,17 @@ pub(super) fn query(conn: &Connection, q: &DeviceQuery) -> Result<DevicePage> {
 /// Device counts per state and online.
 pub(super) fn summary(conn: &Connection) -> Result<FleetSummary> {
     let mut stmt = conn
-        .prepare_cached("SELECT state, count(*), coalesce(sum(online), 0) FROM devices GROUP BY state")
+        .prepare_cached(
+            "SELECT state, count(*), coalesce(sum(online), 0) FROM devices GROUP BY state",
+        )
         .map_err(db)?;
     let rows = stmt
         .query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
         })
         .map_err(db)?;
     let mut out = Vec::new();

@@ -17,13 +17,31 @@ const APPLICATION_ID: i32 = 0x524D_5054;
 /// gaps (see [`crate::migrations`]): 0007 and 0008 belong to branches not
 /// merged yet.
 const MIGRATIONS: &[Migration] = &[
-    (1, include_str!("../../migrations/sqlite/0001_foundation.sql")),
+    (
+        1,
+        include_str!("../../migrations/sqlite/0001_foundation.sql"),
+    ),
     (2, include_str!("../../migrations/sqlite/0002_services.sql")),
-    (3, include_str!("../../migrations/sqlite/0003_mqtt_sessions.sql")),
-    (4, include_str!("../../migrations/sqlite/0004_telemetry.sql")),
-    (5, include_str!("../../migrations/sqlite/0005_enrollment.sql")),
-    (6, include_str!("../../migrations/sqlite/0006_renewal_claims.sql")),
-    (9, include_str!("../../migrations/sqlite/0009_device_list.sql")),
+    (
+        3,
+        include_str!("../../migrations/sqlite/0003_mqtt_sessions.sql"),
+    ),
+    (
+        4,
+        include_str!("../../migrations/sqlite/0004_telemetry.sql"),
+    ),
+    (
+        5,
+        include_str!("../../migrations/sqlite/0005_enrollment.sql"),
+    ),
+    (
+        6,
+        include_str!("../../migrations/sqlite/0006_renewal_claims.sql"),
+    ),
+    (
+        9,
+        include_str!("../../migrations/sqlite/0009_device_list.sql"),
+    ),
 ];
 
 /// Refuses a file that exists but is not an SQLite database at all, before
@@ -111,10 +129,8 @@ pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
     let plan = migrations::plan(MIGRATIONS, applied.as_ref(), version)?;
     if !recorded {
         // Record what the version marker meant (1..=version) before adding to it.
-        tx.execute_batch(
-            "CREATE TABLE rampart_migrations (number INTEGER PRIMARY KEY)",
-        )
-        .map_err(db)?;
+        tx.execute_batch("CREATE TABLE rampart_migrations (number INTEGER PRIMARY KEY)")
+            .map_err(db)?;
         for (n, _) in MIGRATIONS.iter().filter(|(n, _)| *n <= version) {
             tx.execute("INSERT INTO rampart_migrations (number) VALUES (?1)", [n])
                 .map_err(db)?;
@@ -123,8 +139,11 @@ pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
     for i in plan.apply {
         let (number, sql) = MIGRATIONS[i];
         tx.execute_batch(sql).map_err(db)?;
-        tx.execute("INSERT INTO rampart_migrations (number) VALUES (?1)", [number])
-            .map_err(db)?;
+        tx.execute(
+            "INSERT INTO rampart_migrations (number) VALUES (?1)",
+            [number],
+        )
+        .map_err(db)?;
         tracing::info!(migration = number, "applied store migration");
     }
     tx.pragma_update(None, "user_version", plan.marker)

@@ -829,9 +829,10 @@ impl TelemetryStore for SqliteStore {
                 )
                 .map_err(db)?;
             let rows = stmt
-                .query_map(rusqlite::params![from_ms - from_ms.rem_euclid(60_000), to_ms], |r| {
-                    Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
-                })
+                .query_map(
+                    rusqlite::params![from_ms - from_ms.rem_euclid(60_000), to_ms],
+                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+                )
                 .map_err(db)?;
             rows.map(|r| {
                 r.map(|(m, n)| (m, u64::try_from(n).unwrap_or(0)))

@@ -94,13 +94,22 @@ async fn device_list_searches_filters_sorts_and_pages(backend: impl Backend) {
     let page = store.query_devices(&q(&|_| {})).await.expect("all");
     assert_eq!(
         ids(&page),
-        ["barn-1", "barn_2", "greenhouse-1", "greenhouse-2", "greenhouse-3"]
+        [
+            "barn-1",
+            "barn_2",
+            "greenhouse-1",
+            "greenhouse-2",
+            "greenhouse-3"
+        ]
     );
     assert_eq!((page.total, page.offset, page.limit), (5, 0, 50));
 
     // Search: prefix and substring, case ignored, wildcards literal.
     let cases: [(IdMatch, &[&str]); 5] = [
-        (IdMatch::Prefix("GREEN".into()), &["greenhouse-1", "greenhouse-2", "greenhouse-3"]),
+        (
+            IdMatch::Prefix("GREEN".into()),
+            &["greenhouse-1", "greenhouse-2", "greenhouse-3"],
+        ),
         (IdMatch::Prefix("house".into()), &[]),
         (IdMatch::Contains("house-2".into()), &["greenhouse-2"]),
         (IdMatch::Contains("_".into()), &["barn_2"]),
@@ -160,12 +169,72 @@ async fn device_list_searches_filters_sorts_and_pages(backend: impl Backend) {
 
     // Orders, both directions; devices never seen come last either way.
     for (sort, descending, want) in [
-        (DeviceSort::Id, true, ["greenhouse-3", "greenhouse-2", "greenhouse-1", "barn_2", "barn-1"]),
-        (DeviceSort::Created, false, ["barn_2", "greenhouse-3", "barn-1", "greenhouse-1", "greenhouse-2"]),
-        (DeviceSort::Created, true, ["greenhouse-2", "greenhouse-1", "barn-1", "greenhouse-3", "barn_2"]),
-        (DeviceSort::CertExpiry, false, ["barn-1", "greenhouse-2", "barn_2", "greenhouse-3", "greenhouse-1"]),
-        (DeviceSort::LastSeen, true, ["barn-1", "greenhouse-3", "greenhouse-2", "greenhouse-1", "barn_2"]),
-        (DeviceSort::LastSeen, false, ["greenhouse-3", "barn-1", "barn_2", "greenhouse-1", "greenhouse-2"]),
+        (
+            DeviceSort::Id,
+            true,
+            [
+                "greenhouse-3",
+                "greenhouse-2",
+                "greenhouse-1",
+                "barn_2",
+                "barn-1",
+            ],
+        ),
+        (
+            DeviceSort::Created,
+            false,
+            [
+                "barn_2",
+                "greenhouse-3",
+                "barn-1",
+                "greenhouse-1",
+                "greenhouse-2",
+            ],
+        ),
+        (
+            DeviceSort::Created,
+            true,
+            [
+                "greenhouse-2",
+                "greenhouse-1",
+                "barn-1",
+                "greenhouse-3",
+                "barn_2",
+            ],
+        ),
+        (
+            DeviceSort::CertExpiry,
+            false,
+            [
+                "barn-1",
+                "greenhouse-2",
+                "barn_2",
+                "greenhouse-3",
+                "greenhouse-1",
+            ],
+        ),
+        (
+            DeviceSort::LastSeen,
+            true,
+            [
+                "barn-1",
+                "greenhouse-3",
+                "greenhouse-2",
+                "greenhouse-1",
+                "barn_2",
+            ],
+        ),
+        (
+            DeviceSort::LastSeen,
+            false,
+            [
+                "greenhouse-3",
+                "barn-1",
+                "barn_2",
+                "greenhouse-1",
+                "greenhouse-2",
+            ],
+        ),
     ] {
         let page = store
             .query_devices(&q(&|q| {
@@ -195,7 +264,13 @@ async fn device_list_searches_filters_sorts_and_pages(backend: impl Backend) {
     }
     assert_eq!(
         seen,
-        ["greenhouse-1", "greenhouse-3", "barn_2", "greenhouse-2", "barn-1"]
+        [
+            "greenhouse-1",
+            "greenhouse-3",
+            "barn_2",
+            "greenhouse-2",
+            "barn-1"
+        ]
     );
 
     let summary = store.fleet_summary().await.expect("summary");

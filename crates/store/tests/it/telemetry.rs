@@ -1141,9 +1141,21 @@ async fn readings_are_counted_per_minute<S: TelemetryStore>(s: &S) {
     commit(
         s,
         vec![
-            message("a", vec![reading(1, T0, &[("t", 1.0)]), reading(2, T0 + MIN - 1, &[("t", 2.0)])]),
+            message(
+                "a",
+                vec![
+                    reading(1, T0, &[("t", 1.0)]),
+                    reading(2, T0 + MIN - 1, &[("t", 2.0)]),
+                ],
+            ),
             message("a", vec![reading(3, T0 + 2 * MIN, &[("t", 3.0)])]),
-            message("b", vec![reading(1, T0 + 2 * MIN + 5, &[("t", 3.0)]), reading(2, T0 + 3 * MIN - 1, &[("t", 3.0)])]),
+            message(
+                "b",
+                vec![
+                    reading(1, T0 + 2 * MIN + 5, &[("t", 3.0)]),
+                    reading(2, T0 + 3 * MIN - 1, &[("t", 3.0)]),
+                ],
+            ),
             message("b", vec![reading(3, T0 - DAY, &[("t", 3.0)])]),
         ],
         false,

@@ -149,7 +149,11 @@ impl Frame {
 
     fn y(&self, v: f64) -> f64 {
         let f = (v - self.axis.lo) / (self.axis.hi - self.axis.lo);
-        let f = if f.is_finite() { f.clamp(0.0, 1.0) } else { 0.5 };
+        let f = if f.is_finite() {
+            f.clamp(0.0, 1.0)
+        } else {
+            0.5
+        };
         self.y1 - f * (self.y1 - self.y0)
     }
 }
@@ -176,7 +180,11 @@ pub fn render(chart: &Chart<'_>) -> String {
         .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
         .take(64)
         .collect();
-    let id = if id.is_empty() { "chart".to_owned() } else { id };
+    let id = if id.is_empty() {
+        "chart".to_owned()
+    } else {
+        id
+    };
     let from = chart.from_ms.min(chart.to_ms);
     let to = chart.to_ms.max(chart.from_ms).max(from.saturating_add(1));
     let bucket_ms = chart.bucket_ms.max(1);
@@ -281,10 +289,7 @@ pub fn render(chart: &Chart<'_>) -> String {
     // The data: per run of buckets, the min–max band and the average line.
     // Each point sits at the middle of its bucket.
     let mid = |p: &Point| frame.x(p.start.saturating_add(bucket_ms / 2));
-    let _ = write!(
-        svg,
-        r##"<g class="chart-data"><title>{unit}</title>"##
-    );
+    let _ = write!(svg, r##"<g class="chart-data"><title>{unit}</title>"##);
     for run in segments(&points, bucket_ms) {
         if let [p] = run {
             let x = n(mid(p));

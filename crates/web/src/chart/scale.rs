@@ -67,7 +67,9 @@ pub(crate) fn value_axis(min: f64, max: f64, target: usize) -> ValueAxis {
     } else {
         // 0.25 needs two decimals, 0.5 one.
         let mut d = 0;
-        while d < 9 && ((step * 10f64.powi(d as i32)).round() - step * 10f64.powi(d as i32)).abs() > 1e-6 {
+        while d < 9
+            && ((step * 10f64.powi(d as i32)).round() - step * 10f64.powi(d as i32)).abs() > 1e-6
+        {
             d += 1;
         }
         d
@@ -120,7 +122,10 @@ pub(crate) fn time_ticks(from_ms: i64, to_ms: i64, max: usize) -> Vec<(i64, Stri
         .unwrap_or((span / max + 1, TimeLabel::Day));
     // Steps of a day or more align on UTC midnights; a week on the epoch's
     // Thursday is as good as any for a chart.
-    let first = from_ms.saturating_add(step - 1).div_euclid(step).saturating_mul(step);
+    let first = from_ms
+        .saturating_add(step - 1)
+        .div_euclid(step)
+        .saturating_mul(step);
     let mut out = Vec::new();
     let mut t = first;
     while t <= to_ms && out.len() < 64 {
@@ -200,7 +205,12 @@ mod tests {
             .into_iter()
             .map(|(_, l)| l)
             .collect();
-        assert_eq!(hour, ["16:00", "16:10", "16:20", "16:30", "16:40", "16:50", "17:00"]);
+        assert_eq!(
+            hour,
+            [
+                "16:00", "16:10", "16:20", "16:30", "16:40", "16:50", "17:00"
+            ]
+        );
         let day = time_ticks(T0, T0 + 86_400_000, 8);
         assert_eq!(day.first().map(|(_, l)| l.as_str()), Some("18:00"));
         assert!(day.iter().any(|(_, l)| l == "Nov 25"), "{day:?}");
@@ -209,6 +219,9 @@ mod tests {
         assert_eq!(week.len(), 7);
         let month = time_ticks(T0, T0 + 30 * 86_400_000, 8);
         assert!(month.len() <= 8 && month.len() >= 3, "{month:?}");
-        assert!(month.iter().all(|(_, l)| l.contains(' ')), "dates: {month:?}");
+        assert!(
+            month.iter().all(|(_, l)| l.contains(' ')),
+            "dates: {month:?}"
+        );
     }
 }

@@ -74,7 +74,10 @@ fn accessible_title_description_and_labels() {
     );
     // Round value ticks covering the data, time ticks every 10 minutes.
     for label in ["18 °C", "20 °C", "26 °C", "16:00", "16:30", "17:00"] {
-        assert!(svg.contains(&format!(">{label}</text>")), "{label} in {svg}");
+        assert!(
+            svg.contains(&format!(">{label}</text>")),
+            "{label} in {svg}"
+        );
     }
 }
 
@@ -116,7 +119,13 @@ fn a_lone_bucket_is_a_mark_not_a_line() {
 fn thirty_days_of_hourly_buckets_are_labelled_by_date() {
     let hour = 3_600_000;
     let buckets: Vec<Bucket> = (0..720)
-        .map(|i| bucket(T0 + i * hour, 15.0 + (i % 24) as f64 / 3.0, 16.0 + (i % 24) as f64 / 2.0))
+        .map(|i| {
+            bucket(
+                T0 + i * hour,
+                15.0 + (i % 24) as f64 / 3.0,
+                16.0 + (i % 24) as f64 / 2.0,
+            )
+        })
         .collect();
     let svg = render(&Chart {
         from_ms: T0,
@@ -124,7 +133,10 @@ fn thirty_days_of_hourly_buckets_are_labelled_by_date() {
         bucket_ms: hour,
         ..chart(&buckets, "month")
     });
-    assert!(svg.contains(">Nov 27</text>") || svg.contains(">Dec 4</text>"), "{svg}");
+    assert!(
+        svg.contains(">Nov 27</text>") || svg.contains(">Dec 4</text>"),
+        "{svg}"
+    );
     assert_eq!(avg_paths(&svg).len(), 1);
 }
 

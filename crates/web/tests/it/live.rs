@@ -44,9 +44,12 @@ struct Stream {
 impl Stream {
     async fn open(addr: std::net::SocketAddr, path: &str) -> Self {
         let mut tcp = TcpStream::connect(addr).await.expect("connect");
-        tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\nAccept: text/event-stream\r\n\r\n").as_bytes())
-            .await
-            .expect("send");
+        tcp.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: t\r\nAccept: text/event-stream\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .expect("send");
         Self {
             tcp,
             text: String::new(),
@@ -116,7 +119,10 @@ async fn a_browser_receives_readings_presence_and_keep_alives_as_sse() {
     assert!(body.contains("event: reading\ndata: {"), "{body}");
     assert!(body.contains("\"seq\":7"), "{body}");
     assert!(body.contains("\"temperature\":21.5"), "{body}");
-    assert!(!body.contains("99.0") && !body.contains("\"seq\":1,"), "{body}");
+    assert!(
+        !body.contains("99.0") && !body.contains("\"seq\":1,"),
+        "{body}"
+    );
     // Keep-alive comments while idle.
     s.until(": keep-alive").await;
     // The browser leaves: its slot is freed.
@@ -124,7 +130,10 @@ async fn a_browser_receives_readings_presence_and_keep_alives_as_sse() {
     let deadline = tokio::time::Instant::now() + wait_limit();
     while hub.open_streams() != 0 {
         fanout.publish(reading("greenhouse-1", 8, 1.0));
-        assert!(tokio::time::Instant::now() < deadline, "stream not released");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stream not released"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     stop.cancel();
@@ -148,7 +157,10 @@ async fn streams_beyond_the_cap_get_503_and_bad_ids_400() {
     let mut second = Stream::open(addr, "/devices/a/live").await;
     let text = second.until("too_many_streams").await;
     assert!(text.starts_with("HTTP/1.1 503"), "{text}");
-    assert!(text.to_ascii_lowercase().contains("retry-after: 5"), "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("retry-after: 5"),
+        "{text}"
+    );
     let mut bad = Stream::open(addr, "/devices/..%2F..%2Fetc/live").await;
     let text = bad.until("invalid_device_id").await;
     assert!(text.starts_with("HTTP/1.1 400"), "{text}");

@@ -44,7 +44,12 @@ async fn the_bearer_token_is_checked() {
         ..config()
     })
     .await;
-    for wrong in [None, Some(""), Some("0123456789abcdef-metricz"), Some("0123456789abcdef")] {
+    for wrong in [
+        None,
+        Some(""),
+        Some("0123456789abcdef-metricz"),
+        Some("0123456789abcdef"),
+    ] {
         let (status, _, body) = scrape(&s, wrong).await;
         assert_eq!(status, 401, "{wrong:?}: {body}");
         assert!(body.contains("metrics_token_invalid"), "{body}");
@@ -84,7 +89,10 @@ async fn plugged_in_sources_and_readiness_checks() {
             }),
     );
     let (_, _, body) = scrape(&s, Some(TOKEN)).await;
-    assert!(body.contains("rampart_test_total{device=\"a\\\"b\"} 7\n"), "{body}");
+    assert!(
+        body.contains("rampart_test_total{device=\"a\\\"b\"} 7\n"),
+        "{body}"
+    );
 
     let r = get(&s.client, s.addr, "/readyz").await;
     assert_eq!(r.status, 503, "{:?}", r.body);
