@@ -224,7 +224,10 @@ pub fn render(chart: &Chart<'_>) -> String {
     };
 
     // Grid and value labels.
-    let _ = write!(svg, r#"<g class="chart-grid" stroke="#d0d5dd" stroke-width="1">"#);
+    let _ = write!(
+        svg,
+        r##"<g class="chart-grid" stroke="#d0d5dd" stroke-width="1">"##
+    );
     for t in &frame.axis.ticks {
         let y = n(frame.y(*t));
         let _ = write!(
