@@ -14,6 +14,9 @@ use rampart_web::metrics::{MetricKind, MetricsText};
 
 use crate::control::ControlMetrics;
 
+/// Label pairs of a sample, fixed in code.
+type Labels = &'static [(&'static str, &'static str)];
+
 /// One broker counter or gauge as exposed: family, help, labels.
 struct Exposed {
     family: &'static str,
@@ -180,8 +183,7 @@ pub(crate) fn write_broker(m: &BrokerMetrics, t: &mut MetricsText) {
             .map_or(0.0, |(_, v)| *v as f64)
     };
     // Families in first-seen order, each with its samples.
-    let mut families: Vec<(Exposed, Vec<(&'static [(&'static str, &'static str)], f64)>)> =
-        Vec::new();
+    let mut families: Vec<(Exposed, Vec<(Labels, f64)>)> = Vec::new();
     let mut unmapped = Vec::new();
     for (name, v) in &snapshot {
         if matches!(*name, "ack_latency_us_sum" | "ack_latency_count") {
