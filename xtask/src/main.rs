@@ -2,6 +2,7 @@
 //! measures Rampart against a Mosquitto 2.x started beside it with an
 //! equivalent configuration; see BENCHMARKS.md.
 
+mod console;
 mod pipeline;
 mod plan;
 mod procs;
@@ -53,7 +54,10 @@ enum Suite {
     Query,
     /// Rampart only: simulated devices one `rampart simulate` sustains at 1 reading/s each.
     Sim,
-    /// Everything above but `sim` (issue 6's scenarios, within 15 minutes).
+    /// Rampart only, in process: the console's device list on 10,000
+    /// devices and a 30-day chart (runs on its own, not part of `all`).
+    Console,
+    /// Everything above but `sim` and `console` (issue 6's scenarios, within 15 minutes).
     All,
 }
 
@@ -1122,7 +1126,7 @@ fn bench(args: BenchArgs) -> Result<()> {
         Ok(n) => eprintln!("file descriptor limit: {n}"),
         Err(e) => eprintln!("could not raise the file descriptor limit: {e}"),
     }
-    if args.suite != Suite::Sim && !args.mosquitto.is_file() {
+    if !matches!(args.suite, Suite::Sim | Suite::Console) && !args.mosquitto.is_file() {
         bail!(
             "Mosquitto not found at {} (Debian: apt-get install mosquitto; or pass --mosquitto PATH)",
             args.mosquitto.display()
@@ -1138,6 +1142,25 @@ fn bench(args: BenchArgs) -> Result<()> {
     std::fs::create_dir_all(&out_dir).context("creating target/bench")?;
     // The simulator benchmark (issue 7) runs on its own: `all` keeps to
     // issue 6's scenarios and their 15-minute bound.
+    if args.suite == Suite::Console {
+        let z = console::ConsoleSizes::new(args.quick);
+        let (t, raw) = time.time("console", || {
+            console::bench(&bin.join("rampart-loadgen"), &dir, &z)
+        })?;
+        std::fs::write(
+            out_dir.join("console.json"),
+            serde_json::to_string_pretty(&raw)?,
+        )
+        .context("writing target/bench/console.json")?;
+        println!("{t}");
+        eprint!("{}", time.render());
+        std::fs::write(out_dir.join("latest-console.md"), &t)
+            .context("writing target/bench/latest-console.md")?;
+        if args.keep {
+            eprintln!("kept {}", tmp.keep().display());
+        }
+        return Ok(());
+    }
     let run_sim = args.suite == Suite::Sim;
     let mut pipeline_table = String::new();
     if run_sim {

@@ -75,6 +75,8 @@ pub struct Broker {
     pub(crate) persister: Persister,
     next_persist_id: AtomicU64,
     rate: Mutex<HashMap<IpAddr, Bucket>>,
+    /// Set while [`crate::run`] accepts connections (readiness).
+    pub(crate) accepting: std::sync::atomic::AtomicBool,
 }
 
 impl Broker {
@@ -98,7 +100,14 @@ impl Broker {
             persister: Persister::start(Arc::clone(&store)),
             next_persist_id: AtomicU64::new(1),
             rate: Mutex::new(HashMap::new()),
+            accepting: std::sync::atomic::AtomicBool::new(false),
         }))
+    }
+
+    /// Whether the broker is accepting connections: its state is restored
+    /// and its accept loop runs (the `/readyz` check).
+    pub fn is_accepting(&self) -> bool {
+        self.accepting.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The broker's counters.

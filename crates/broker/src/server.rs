@@ -32,6 +32,9 @@ pub async fn run(
     let slots = Arc::new(Semaphore::new(broker.config.max_connections));
     let tasks = TaskTracker::new();
     let mut sweep = tokio::time::interval(EXPIRY_SWEEP);
+    broker
+        .accepting
+        .store(true, std::sync::atomic::Ordering::Release);
     loop {
         let (tcp, addr) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -67,6 +70,9 @@ pub async fn run(
             drop(permit);
         });
     }
+    broker
+        .accepting
+        .store(false, std::sync::atomic::Ordering::Release);
     drop(listener);
     broker.close_all(DisconnectReason::ServerShutdown);
     tasks.close();

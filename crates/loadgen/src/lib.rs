@@ -11,6 +11,7 @@
 
 pub mod client;
 pub mod conns;
+pub mod consolebench;
 pub mod error;
 pub mod fanin;
 pub mod fanout;

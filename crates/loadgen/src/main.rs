@@ -128,6 +128,21 @@ enum Scenario {
         #[arg(long, default_value_t = 1000)]
         buckets: u32,
     },
+    /// Rampart only, in process: the console's device list on a large
+    /// fleet and a long chart (SQLite).
+    Console {
+        /// Store directory (SQLite; created, must be empty).
+        #[arg(long)]
+        store_dir: PathBuf,
+        #[arg(long, default_value_t = 10_000)]
+        devices: usize,
+        /// Days of one-minute data for the charted device.
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+        /// Timed runs of each measurement.
+        #[arg(long, default_value_t = 200)]
+        runs: usize,
+    },
     /// New connections per second (full handshakes).
     Handshakes {
         #[arg(long, default_value_t = 8)]
@@ -364,6 +379,32 @@ async fn main() -> anyhow::Result<()> {
             )
             .await?,
         )?,
+        Scenario::Console {
+            store_dir,
+            devices,
+            days,
+            runs,
+        } => {
+            std::fs::create_dir_all(&store_dir)
+                .with_context(|| format!("creating {}", store_dir.display()))?;
+            let store = rampart_store::SqliteStore::open(
+                &store_dir.join("rampart.db"),
+                rampart_store::AuditKey::new([0; 32], None),
+                rampart_store::sqlite::SqliteOptions::default(),
+            )
+            .context("opening the store")?;
+            serde_json::to_value(
+                rampart_loadgen::consolebench::console(
+                    store,
+                    rampart_loadgen::consolebench::ConsoleConfig {
+                        devices,
+                        days,
+                        runs,
+                    },
+                )
+                .await?,
+            )?
+        }
         Scenario::Chart {
             store,
             days,

@@ -16,6 +16,9 @@ use serde::{Deserialize, Serialize};
 /// Prefix of every configuration override variable.
 const ENV_PREFIX: &str = "RAMPART_";
 
+/// Sets `web.metrics_token` (as `RAMPART_WEB__METRICS_TOKEN` also does).
+const METRICS_TOKEN_ENV: &str = "RAMPART_WEB_METRICS_TOKEN";
+
 /// The whole configuration. Every field has a default.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -460,6 +463,14 @@ enroll_failure_refill = "6s"
 # the same certificate (and a new claim code) instead of "id taken".
 # "0s" never answers twice.
 enroll_repeat_window = "15m"
+# /metrics (Prometheus text format) is served only with one of these.
+# A bearer token scrapers send as "Authorization: Bearer <token>", at
+# least 16 characters; better set in RAMPART_WEB_METRICS_TOKEN than here.
+# metrics_token = "..."
+# A separate plain-HTTP address serving /metrics, /healthz and /readyz
+# only, for a scraper on a trusted network (the token is required there
+# too when set).
+# metrics_addr = "127.0.0.1:9464"
 
 [telemetry]
 # Largest telemetry or state payload, in bytes.
@@ -534,7 +545,13 @@ impl Config {
             None => toml::Table::new(),
         };
         let mut from_env = Vec::new();
+        let mut metrics_token = None;
         for (name, raw) in env {
+            // The one secret of `[web]` also has a plain name (no `__`).
+            if name == METRICS_TOKEN_ENV {
+                metrics_token = Some(raw);
+                continue;
+            }
             let Some(path) = name.strip_prefix(ENV_PREFIX) else {
                 continue;
             };
@@ -558,6 +575,10 @@ impl Config {
                     .unwrap_or_default();
                 anyhow::anyhow!("invalid configuration key '{key}'{origin}: {}", e.inner())
             })?;
+        let mut config = config;
+        if let Some(token) = metrics_token.filter(|t| !t.is_empty()) {
+            config.web.metrics_token = Some(rampart_web::MetricsToken::new(token));
+        }
         config.validate()?;
         Ok(config)
     }

@@ -12,6 +12,7 @@ mod datadir;
 mod demo;
 mod label;
 mod logging;
+mod monitoring;
 mod output;
 mod platform;
 mod serve;

@@ -94,7 +94,26 @@ pub async fn run(g: &GlobalArgs, config: Config, args: ServeArgs) -> Result<Exit
     ));
 
     // The web part: HTTPS with the same server certificate.
-    let web = web_state(&platform, Arc::clone(&store))?;
+    let web = web_state(&platform, Arc::clone(&store))?.with_monitoring(
+        crate::monitoring::monitoring(&broker, Arc::clone(pipeline.metrics()), control.metrics()),
+    );
+    // `/metrics` on its own plain-HTTP address, when configured.
+    let metrics_task = match platform.config.web.metrics_addr {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr).await.with_context(|| {
+                format!("cannot listen for metrics on {addr} (web.metrics_addr)")
+            })?;
+            let bound = listener.local_addr()?;
+            eprintln!("listening metrics={bound}");
+            tracing::info!(metrics_addr = %bound, token = platform.config.web.metrics_token.is_some(), "serving /metrics over plain HTTP");
+            Some(tokio::spawn(rampart_web::run_metrics(
+                listener,
+                web.clone(),
+                shutdown.child_token(),
+            )))
+        }
+        None => None,
+    };
     let http = TcpListener::bind(args.http_addr)
         .await
         .with_context(|| format!("cannot listen for HTTPS on {}", args.http_addr))?;
@@ -176,6 +195,14 @@ pub async fn run(g: &GlobalArgs, config: Config, args: ServeArgs) -> Result<Exit
             Ok(Ok(Err(e))) => tracing::warn!(part, error = %e, "stopped with an error"),
             Ok(Err(e)) => tracing::warn!(part, error = %e, "task failed"),
             Err(_) => tracing::warn!(part, "did not stop within the shutdown timeout"),
+        }
+    }
+    if let Some(task) = metrics_task {
+        match tokio::time::timeout(deadline, task).await {
+            Ok(Ok(Ok(()))) => tracing::info!(part = "metrics", "stopped"),
+            Ok(Ok(Err(e))) => tracing::warn!(part = "metrics", error = %e, "stopped with an error"),
+            Ok(Err(e)) => tracing::warn!(part = "metrics", error = %e, "task failed"),
+            Err(_) => tracing::warn!(part = "metrics", "did not stop within the shutdown timeout"),
         }
     }
     for (name, task) in [

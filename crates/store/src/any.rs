@@ -77,6 +77,18 @@ impl Store for AnyStore {
         delegate!(self.list_devices(filter))
     }
 
+    async fn query_devices(&self, query: &crate::DeviceQuery) -> Result<crate::DevicePage> {
+        delegate!(self.query_devices(query))
+    }
+
+    async fn fleet_summary(&self) -> Result<crate::FleetSummary> {
+        delegate!(self.fleet_summary())
+    }
+
+    async fn ping(&self) -> Result<()> {
+        delegate!(self.ping())
+    }
+
     async fn revoke_device(
         &self,
         id: &DeviceId,
@@ -313,6 +325,10 @@ impl TelemetryStore for AnyStore {
 
     async fn reported_state(&self, device: &DeviceId) -> Result<Option<(serde_json::Value, i64)>> {
         delegate!(self.reported_state(device))
+    }
+
+    async fn readings_per_minute(&self, from_ms: i64, to_ms: i64) -> Result<Vec<(i64, u64)>> {
+        delegate!(self.readings_per_minute(from_ms, to_ms))
     }
 
     async fn outbox_peek(&self, limit: u32) -> Result<Vec<(i64, Vec<PointRecord>)>> {

@@ -16,7 +16,9 @@ mod any;
 mod audit;
 mod enrollment;
 mod error;
+pub mod fleet;
 mod lifecycle;
+mod migrations;
 mod millis;
 mod model;
 mod mqtt;
@@ -36,6 +38,7 @@ pub use enrollment::{
     TokenState,
 };
 pub use error::StoreError;
+pub use fleet::{DevicePage, DeviceQuery, DeviceSort, FleetSummary, IdMatch};
 pub use model::{
     Actor, CertificateRecord, CertificateStatus, Change, ChangeKind, Claim, ClaimStatus, Device,
     DeviceFilter, DeviceState, IdentityKind, MAX_OWNER_NAME, NewCertificate, NewClaim, NewDevice,
@@ -66,6 +69,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Devices matching `filter`, ordered by id.
     async fn list_devices(&self, filter: &DeviceFilter) -> Result<Vec<Device>>;
+
+    /// One page of the devices matching `query`, in its order, with the
+    /// number of devices matching on every page (the console's list).
+    async fn query_devices(&self, query: &DeviceQuery) -> Result<DevicePage>;
+
+    /// Device counts for the fleet overview.
+    async fn fleet_summary(&self) -> Result<FleetSummary>;
+
+    /// Runs a trivial query: the database answers (readiness checks).
+    async fn ping(&self) -> Result<()>;
 
     /// Revokes the device's current certificate and marks the device revoked.
     async fn revoke_device(

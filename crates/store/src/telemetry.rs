@@ -384,6 +384,11 @@ pub trait TelemetryStore: Send + Sync + std::fmt::Debug {
         limit: u32,
     ) -> Result<Vec<PresenceHistoryRecord>>;
 
+    /// Readings stored per whole minute of their timestamp, for minutes
+    /// starting in `from_ms..to_ms`, ascending; minutes without readings
+    /// are left out. One index range scan (`readings_ts`).
+    async fn readings_per_minute(&self, from_ms: i64, to_ms: i64) -> Result<Vec<(i64, u64)>>;
+
     /// A device's latest reported state and when it was reported.
     async fn reported_state(&self, device: &DeviceId) -> Result<Option<(serde_json::Value, i64)>>;
 

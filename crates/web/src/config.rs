@@ -1,5 +1,6 @@
 //! `[web]`: the HTTPS server's limits, as the configuration file holds them.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -29,6 +30,36 @@ pub struct WebConfig {
     /// "id taken": its first answer was lost (0: never).
     #[serde(with = "humantime_serde")]
     pub enroll_repeat_window: Duration,
+    /// Bearer token a scraper must send to read `/metrics`. Without it (and
+    /// without `metrics_addr`), `/metrics` is not served.
+    pub metrics_token: Option<MetricsToken>,
+    /// Also serve `/metrics`, `/healthz` and `/readyz` over plain HTTP on
+    /// this address (e.g. `127.0.0.1:9464`), for scrapers on a trusted
+    /// network. The token, if set, is required there too.
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+/// The `/metrics` bearer token; never printed by `Debug`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct MetricsToken(String);
+
+impl MetricsToken {
+    /// A token from its text.
+    pub fn new(token: impl Into<String>) -> Self {
+        Self(token.into())
+    }
+
+    /// The token itself, for the comparison.
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for MetricsToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MetricsToken(<redacted>)")
+    }
 }
 
 impl Default for WebConfig {
@@ -41,6 +72,8 @@ impl Default for WebConfig {
             enroll_failure_burst: 10,
             enroll_failure_refill: Duration::from_secs(6),
             enroll_repeat_window: Duration::from_secs(15 * 60),
+            metrics_token: None,
+            metrics_addr: None,
         }
     }
 }
@@ -60,6 +93,13 @@ impl WebConfig {
         if self.enroll_failure_burst > 0 && self.enroll_failure_refill.is_zero() {
             return Err(
                 "web.enroll_failure_refill must be greater than zero while enroll_failure_burst limits failures".into(),
+            );
+        }
+        if let Some(t) = &self.metrics_token
+            && t.expose().len() < 16
+        {
+            return Err(
+                "web.metrics_token must be at least 16 characters (use a random value, e.g. `openssl rand -hex 32`)".into(),
             );
         }
         Ok(())

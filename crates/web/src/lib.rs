@@ -11,17 +11,21 @@
 //! provisioning or store crates, and map the answer to HTTP. It never logs
 //! a secret (bearer tokens, claim codes).
 
+pub mod chart;
 mod config;
 mod error;
 mod limit;
+pub mod live;
+pub mod metrics;
 mod routes;
 mod server;
 mod state;
 mod tls;
 
-pub use config::WebConfig;
+pub use config::{MetricsToken, WebConfig};
 pub use error::ApiError;
 pub use limit::FailureLimiter;
+pub use metrics::{Monitoring, run_metrics};
 pub use routes::router;
 pub use server::run;
 pub use state::{AppState, WebMetrics};

@@ -1,13 +1,14 @@
 //! What every handler shares: the store, the CA, the limits, the counters.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use rampart_pki::Pki;
 use rampart_store::Store;
 
 use crate::config::WebConfig;
 use crate::limit::FailureLimiter;
+use crate::metrics::{MetricKind, MetricsText, Monitoring};
 use crate::tls::ServerTls;
 
 /// The web part's shared state; cheap to clone.
@@ -24,6 +25,7 @@ struct Inner {
     tls: ServerTls,
     enroll_failures: FailureLimiter,
     metrics: WebMetrics,
+    monitoring: OnceLock<Monitoring>,
 }
 
 impl AppState {
@@ -40,8 +42,28 @@ impl AppState {
                 config,
                 tls,
                 metrics: WebMetrics::default(),
+                monitoring: OnceLock::new(),
             }),
         }
+    }
+
+    /// Plugs in the other parts' metrics and readiness checks (see
+    /// [`Monitoring`]). Set once, before serving; a second call is ignored
+    /// with a warning.
+    pub fn with_monitoring(self, monitoring: Monitoring) -> Self {
+        if self.inner.monitoring.set(monitoring).is_err() {
+            tracing::warn!("monitoring was already set; the new sources are ignored");
+        }
+        self
+    }
+
+    /// The plugged-in metrics and readiness checks.
+    pub(crate) fn monitoring(&self) -> &Monitoring {
+        static NONE: OnceLock<Monitoring> = OnceLock::new();
+        self.inner
+            .monitoring
+            .get()
+            .unwrap_or_else(|| NONE.get_or_init(Monitoring::new))
     }
 
     /// The store.
@@ -94,6 +116,8 @@ pub struct WebMetrics {
     pub enroll_refused: AtomicU64,
     /// Requests answered 429.
     pub rate_limited: AtomicU64,
+    /// Requests answered, by status class (index 0: 1xx ... 4: 5xx).
+    pub responses_by_class: [AtomicU64; 5],
 }
 
 impl WebMetrics {
@@ -105,5 +129,64 @@ impl WebMetrics {
     /// The current value of `counter`.
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    /// Counts a response with `status`.
+    pub(crate) fn count_response(&self, status: u16) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        if let Some(c) = self.responses_by_class.get(class) {
+            Self::inc(c);
+        }
+    }
+
+    /// The web part's figures, names prefixed `rampart_http_`.
+    pub fn write_prometheus(&self, t: &mut MetricsText) {
+        let g = |c: &AtomicU64| Self::get(c) as f64;
+        t.single(
+            "rampart_http_connections_accepted_total",
+            MetricKind::Counter,
+            "TCP connections accepted by the HTTPS server.",
+            g(&self.accepted),
+        );
+        t.single(
+            "rampart_http_connections_refused_total",
+            MetricKind::Counter,
+            "HTTPS connections closed at once because web.max_connections were open.",
+            g(&self.refused_max_connections),
+        );
+        t.single(
+            "rampart_http_tls_handshake_failures_total",
+            MetricKind::Counter,
+            "HTTPS TLS handshakes that failed or timed out.",
+            g(&self.handshake_failures),
+        );
+        t.family(
+            "rampart_http_responses_total",
+            MetricKind::Counter,
+            "HTTPS requests answered, by status class.",
+        );
+        for (i, class) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
+            if let Some(c) = self.responses_by_class.get(i) {
+                t.sample("rampart_http_responses_total", &[("class", class)], g(c));
+            }
+        }
+        t.single(
+            "rampart_http_rate_limited_total",
+            MetricKind::Counter,
+            "HTTPS requests answered 429.",
+            g(&self.rate_limited),
+        );
+        t.single(
+            "rampart_enrollments_total",
+            MetricKind::Counter,
+            "Devices enrolled over HTTPS.",
+            g(&self.enrolled),
+        );
+        t.single(
+            "rampart_enrollments_refused_total",
+            MetricKind::Counter,
+            "Enrollments refused (bad token, CSR, id or body).",
+            g(&self.enroll_refused),
+        );
     }
 }

@@ -8,12 +8,13 @@ use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
 
 use super::{db, get};
+use crate::fleet::id_pattern;
 use crate::millis::to_ms;
 use crate::model::IdentityKind;
 use crate::records::{CertificateRow, DeviceRow, RevokedRow, contains_pattern};
 use crate::{
-    CertificateRecord, Device, DeviceFilter, DeviceState, NewDevice, Result, RevokedCertificate,
-    StoreError,
+    CertificateRecord, Device, DeviceFilter, DevicePage, DeviceQuery, DeviceState, FleetSummary,
+    NewDevice, Owner, Result, RevokedCertificate, StoreError,
 };
 
 const SELECT_DEVICE: &str = "SELECT d.id, d.state, d.owner_type, d.owner_id, d.cert_serial,
@@ -287,4 +288,112 @@ pub(super) async fn revoked(c: &impl GenericClient) -> Result<Vec<RevokedCertifi
             .into_revoked()
         })
         .collect()
+}
+
+/// `WHERE` of the console's device list; parameters `$1`..`$6`.
+const QUERY_FILTER: &str = "WHERE ($1::text IS NULL OR d.id ILIKE $1::text)
+       AND ($2::text IS NULL OR d.state = $2::text)
+       AND ($3::bool IS NULL OR d.online = $3::bool)
+       AND ($4::text IS NULL OR (d.owner_type = $4::text AND d.owner_id = $5::text))
+       AND ($6::bigint IS NULL OR c.not_after < $6::bigint)";
+
+/// One page of the devices matching `q`, and how many match in all, read
+/// from one snapshot so that the two agree.
+pub(super) async fn query(
+    client: &mut deadpool_postgres::Client,
+    q: &DeviceQuery,
+) -> Result<DevicePage> {
+    let pattern = q.id.as_ref().map(id_pattern);
+    let (owner_type, owner_id) = match &q.owner {
+        Some(Owner::User(u)) => (Some("user"), Some(u.as_str())),
+        Some(Owner::Group(g)) => (Some("group"), Some(g.as_str())),
+        None => (None, None),
+    };
+    let state = q.state.map(DeviceState::as_str);
+    let expires = q.cert_expires_before.map(to_ms);
+    let limit = q.page_size();
+    let (limit_sql, offset_sql) = (i64::from(limit), i64::from(q.offset));
+    let tx = client.transaction().await.map_err(db)?;
+    tx.batch_execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .await
+        .map_err(db)?;
+    let count = tx
+        .prepare_cached(&format!(
+            "SELECT count(*) FROM devices d JOIN certificates c ON c.serial = d.cert_serial
+             {QUERY_FILTER}"
+        ))
+        .await
+        .map_err(db)?;
+    let total: i64 = get(
+        &tx.query_one(
+            &count,
+            &[
+                &pattern,
+                &state,
+                &q.online,
+                &owner_type,
+                &owner_id,
+                &expires,
+            ],
+        )
+        .await
+        .map_err(db)?,
+        0,
+    )?;
+    let page = tx
+        .prepare_cached(&format!(
+            "{SELECT_DEVICE} {QUERY_FILTER} ORDER BY {} LIMIT $7 OFFSET $8",
+            q.order_by()
+        ))
+        .await
+        .map_err(db)?;
+    let devices = tx
+        .query(
+            &page,
+            &[
+                &pattern,
+                &state,
+                &q.online,
+                &owner_type,
+                &owner_id,
+                &expires,
+                &limit_sql,
+                &offset_sql,
+            ],
+        )
+        .await
+        .map_err(db)?
+        .iter()
+        .map(|r| device_row(r)?.into_device())
+        .collect::<Result<Vec<_>>>()?;
+    tx.commit().await.map_err(db)?;
+    Ok(DevicePage {
+        devices,
+        total: u64::try_from(total).unwrap_or(0),
+        offset: q.offset,
+        limit,
+    })
+}
+
+/// Device counts per state and online.
+pub(super) async fn summary(c: &impl GenericClient) -> Result<FleetSummary> {
+    let stmt = c
+        .prepare_cached(
+            "SELECT state, count(*), count(*) FILTER (WHERE online) FROM devices GROUP BY state",
+        )
+        .await
+        .map_err(db)?;
+    let mut out = Vec::new();
+    for row in c.query(&stmt, &[]).await.map_err(db)? {
+        let state: String = get(&row, 0)?;
+        let n: i64 = get(&row, 1)?;
+        let online: i64 = get(&row, 2)?;
+        let state = state.parse::<DeviceState>().map_err(StoreError::Corrupt)?;
+        out.push((
+            state,
+            u64::try_from(n).unwrap_or(0),
+            u64::try_from(online).unwrap_or(0),
+        ));
+    }
+    Ok(FleetSummary::from_rows(out))
 }

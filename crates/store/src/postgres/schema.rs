@@ -6,26 +6,55 @@
 //! tables but no marker belongs to another application and is refused,
 //! as is a version newer than this binary.
 
+use std::collections::BTreeSet;
+
 use deadpool_postgres::Client;
 
 use super::{db, get};
+use crate::migrations::{self, Migration};
 use crate::{Result, StoreError};
 
-/// Migration `i` brings the schema from version `i` to `i + 1`. The steps
-/// mirror `migrations/sqlite`, so a version means the same on both.
-const MIGRATIONS: &[&str] = &[
-    include_str!("../../migrations/postgres/0001_foundation.sql"),
-    include_str!("../../migrations/postgres/0002_services.sql"),
-    include_str!("../../migrations/postgres/0003_mqtt_sessions.sql"),
-    include_str!("../../migrations/postgres/0004_telemetry.sql"),
-    include_str!("../../migrations/postgres/0005_grafana_views.sql"),
-    include_str!("../../migrations/postgres/0006_enrollment.sql"),
-    include_str!("../../migrations/postgres/0007_renewal_claims.sql"),
-    include_str!("../../migrations/postgres/0008_enrollment_answers.sql"),
+/// Every migration, by the number of its file, ascending. The steps mirror
+/// `migrations/sqlite` up to 0006. Numbers may have gaps (see
+/// [`crate::migrations`]): 0009 belongs to a branch not merged yet.
+const MIGRATIONS: &[Migration] = &[
+    (
+        1,
+        include_str!("../../migrations/postgres/0001_foundation.sql"),
+    ),
+    (
+        2,
+        include_str!("../../migrations/postgres/0002_services.sql"),
+    ),
+    (
+        3,
+        include_str!("../../migrations/postgres/0003_mqtt_sessions.sql"),
+    ),
+    (
+        4,
+        include_str!("../../migrations/postgres/0004_telemetry.sql"),
+    ),
+    (
+        5,
+        include_str!("../../migrations/postgres/0005_grafana_views.sql"),
+    ),
+    (
+        6,
+        include_str!("../../migrations/postgres/0006_enrollment.sql"),
+    ),
+    (
+        7,
+        include_str!("../../migrations/postgres/0007_renewal_claims.sql"),
+    ),
+    (
+        8,
+        include_str!("../../migrations/postgres/0008_enrollment_answers.sql"),
+    ),
+    (
+        10,
+        include_str!("../../migrations/postgres/0010_device_list.sql"),
+    ),
 ];
-
-/// Newest schema version this binary knows.
-pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// Advisory lock serialising migrations: "RMPT" and 0.
 const MIGRATION_LOCK: i64 = 0x524D_5054_0000;
@@ -95,18 +124,62 @@ pub(super) async fn migrate(client: &mut Client, target: &str) -> Result<()> {
             .map_err(db)?,
         0,
     )?;
-    if version > SCHEMA_VERSION {
-        return Err(StoreError::TooNew {
-            found: version,
-            supported: SCHEMA_VERSION,
-        });
+    let recorded: bool = get(
+        &tx.query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_tables
+                            WHERE schemaname = $1 AND tablename = 'rampart_migrations')",
+            &[&schema],
+        )
+        .await
+        .map_err(db)?,
+        0,
+    )?;
+    let applied = if recorded {
+        let rows = tx
+            .query("SELECT number FROM rampart_migrations", &[])
+            .await
+            .map_err(db)?;
+        let mut numbers = BTreeSet::new();
+        for row in &rows {
+            numbers.insert(get::<i64>(row, 0)?);
+        }
+        Some(numbers)
+    } else {
+        None
+    };
+    let plan = migrations::plan(MIGRATIONS, applied.as_ref(), version)?;
+    if !recorded {
+        // Record what the version marker meant (1..=version) before adding to it.
+        tx.batch_execute("CREATE TABLE rampart_migrations (number BIGINT PRIMARY KEY)")
+            .await
+            .map_err(db)?;
+        for (n, _) in MIGRATIONS.iter().filter(|(n, _)| *n <= version) {
+            tx.execute("INSERT INTO rampart_migrations (number) VALUES ($1)", &[n])
+                .await
+                .map_err(db)?;
+        }
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+    for i in plan.apply {
+        let (number, sql) = MIGRATIONS[i];
         tx.batch_execute(sql).await.map_err(db)?;
-        tracing::info!(version = i + 1, "applied store migration");
+        tx.execute(
+            "INSERT INTO rampart_migrations (number) VALUES ($1)",
+            &[&number],
+        )
+        .await
+        .map_err(db)?;
+        tracing::info!(migration = number, "applied store migration");
     }
-    tx.execute("UPDATE rampart_schema SET version = $1", &[&SCHEMA_VERSION])
+    tx.execute("UPDATE rampart_schema SET version = $1", &[&plan.marker])
         .await
         .map_err(db)?;
     tx.commit().await.map_err(db)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn migration_numbers_ascend() {
+        assert!(crate::migrations::numbers_ascend(super::MIGRATIONS));
+    }
 }

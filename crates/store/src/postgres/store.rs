@@ -66,6 +66,31 @@ impl Store for PostgresStore {
         .await
     }
 
+    async fn query_devices(&self, query: &crate::DeviceQuery) -> Result<crate::DevicePage> {
+        self.retrying(|| async {
+            let mut client = self.client().await?;
+            devices::query(&mut client, query).await
+        })
+        .await
+    }
+
+    async fn fleet_summary(&self) -> Result<crate::FleetSummary> {
+        self.retrying(|| async {
+            let client = self.client().await?;
+            devices::summary(&client).await
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<()> {
+        let client = self.client().await?;
+        client
+            .query_one("SELECT 1", &[])
+            .await
+            .map(drop)
+            .map_err(super::db)
+    }
+
     async fn revoke_device(
         &self,
         id: &DeviceId,

@@ -1324,6 +1324,28 @@ impl TelemetryStore for PostgresStore {
         .await
     }
 
+    async fn readings_per_minute(&self, from_ms: i64, to_ms: i64) -> Result<Vec<(i64, u64)>> {
+        let from = from_ms - from_ms.rem_euclid(60_000);
+        self.retrying(|| async {
+            let c = self.client().await?;
+            let stmt = c
+                .prepare_cached(
+                    "SELECT ts - (ts % 60000) AS minute, count(*) FROM readings
+                     WHERE ts >= $1 AND ts < $2 GROUP BY minute ORDER BY minute",
+                )
+                .await
+                .map_err(db)?;
+            let mut out = Vec::new();
+            for row in c.query(&stmt, &[&from, &to_ms]).await.map_err(db)? {
+                let minute: i64 = get(&row, 0)?;
+                let n: i64 = get(&row, 1)?;
+                out.push((minute, u64::try_from(n).unwrap_or(0)));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn reported_state(&self, device: &DeviceId) -> Result<Option<(serde_json::Value, i64)>> {
         self.retrying(|| async { reported_state(&self.client().await?, device.as_str()).await })
             .await

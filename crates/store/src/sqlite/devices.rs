@@ -6,12 +6,13 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use time::OffsetDateTime;
 
 use super::db;
+use crate::fleet::id_pattern;
 use crate::millis::to_ms;
 use crate::model::IdentityKind;
 use crate::records::{CertificateRow, DeviceRow, RevokedRow, contains_pattern};
 use crate::{
-    CertificateRecord, Device, DeviceFilter, DeviceState, NewDevice, Result, RevokedCertificate,
-    StoreError,
+    CertificateRecord, Device, DeviceFilter, DevicePage, DeviceQuery, DeviceState, FleetSummary,
+    NewDevice, Owner, Result, RevokedCertificate, StoreError,
 };
 
 const SELECT_DEVICE: &str = "SELECT d.id, d.state, d.owner_type, d.owner_id, d.cert_serial,
@@ -246,4 +247,103 @@ pub(super) fn revoked(conn: &Connection) -> Result<Vec<RevokedCertificate>> {
         .map_err(db)?;
     rows.map(|r| r.map_err(db).and_then(RevokedRow::into_revoked))
         .collect()
+}
+
+/// `WHERE` of the console's device list; parameters `?1`..`?6`.
+const QUERY_FILTER: &str = "WHERE (?1 IS NULL OR d.id LIKE ?1 ESCAPE '\\')
+       AND (?2 IS NULL OR d.state = ?2)
+       AND (?3 IS NULL OR d.online = ?3)
+       AND (?4 IS NULL OR (d.owner_type = ?4 AND d.owner_id = ?5))
+       AND (?6 IS NULL OR c.not_after < ?6)";
+
+/// One page of the devices matching `q`, and how many match in all, read
+/// in one transaction so that the two agree.
+pub(super) fn query(conn: &Connection, q: &DeviceQuery) -> Result<DevicePage> {
+    let tx = conn.unchecked_transaction().map_err(db)?;
+    let conn: &Connection = &tx;
+    let pattern = q.id.as_ref().map(id_pattern);
+    let (owner_type, owner_id) = match &q.owner {
+        Some(Owner::User(u)) => (Some("user"), Some(u.as_str())),
+        Some(Owner::Group(g)) => (Some("group"), Some(g.as_str())),
+        None => (None, None),
+    };
+    let expires = q.cert_expires_before.map(to_ms);
+    let filter = params![
+        pattern,
+        q.state.map(DeviceState::as_str),
+        q.online,
+        owner_type,
+        owner_id,
+        expires
+    ];
+    let total: i64 = conn
+        .prepare_cached(&format!(
+            "SELECT count(*) FROM devices d JOIN certificates c ON c.serial = d.cert_serial
+             {QUERY_FILTER}"
+        ))
+        .map_err(db)?
+        .query_row(filter, |r| r.get(0))
+        .map_err(db)?;
+    let limit = q.page_size();
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "{SELECT_DEVICE} {QUERY_FILTER} ORDER BY {} LIMIT ?7 OFFSET ?8",
+            q.order_by()
+        ))
+        .map_err(db)?;
+    let rows = stmt
+        .query_map(
+            params![
+                pattern,
+                q.state.map(DeviceState::as_str),
+                q.online,
+                owner_type,
+                owner_id,
+                expires,
+                limit,
+                q.offset
+            ],
+            device_row,
+        )
+        .map_err(db)?;
+    let devices = rows
+        .map(|r| r.map_err(db).and_then(DeviceRow::into_device))
+        .collect::<Result<Vec<_>>>()?;
+    drop(stmt);
+    tx.commit().map_err(db)?;
+    Ok(DevicePage {
+        devices,
+        total: u64::try_from(total).unwrap_or(0),
+        offset: q.offset,
+        limit,
+    })
+}
+
+/// Device counts per state and online.
+pub(super) fn summary(conn: &Connection) -> Result<FleetSummary> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT state, count(*), coalesce(sum(online), 0) FROM devices GROUP BY state",
+        )
+        .map_err(db)?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })
+        .map_err(db)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (state, n, online) = row.map_err(db)?;
+        let state = state.parse::<DeviceState>().map_err(StoreError::Corrupt)?;
+        out.push((
+            state,
+            u64::try_from(n).unwrap_or(0),
+            u64::try_from(online).unwrap_or(0),
+        ));
+    }
+    Ok(FleetSummary::from_rows(out))
 }

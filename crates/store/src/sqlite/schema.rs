@@ -1,29 +1,52 @@
 //! Migrations, embedded in the binary and applied at open.
 
+use std::collections::BTreeSet;
 use std::io::Read;
 use std::path::Path;
 
 use rusqlite::{Connection, TransactionBehavior};
 
 use super::db;
+use crate::migrations::{self, Migration};
 use crate::{Result, StoreError};
 
 /// `PRAGMA application_id` of a Rampart database: "RMPT".
 const APPLICATION_ID: i32 = 0x524D_5054;
 
-/// Migration `i` brings the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[
-    include_str!("../../migrations/sqlite/0001_foundation.sql"),
-    include_str!("../../migrations/sqlite/0002_services.sql"),
-    include_str!("../../migrations/sqlite/0003_mqtt_sessions.sql"),
-    include_str!("../../migrations/sqlite/0004_telemetry.sql"),
-    include_str!("../../migrations/sqlite/0005_enrollment.sql"),
-    include_str!("../../migrations/sqlite/0006_renewal_claims.sql"),
-    include_str!("../../migrations/sqlite/0007_enrollment_answers.sql"),
+/// Every migration, by the number of its file, ascending. Numbers may have
+/// gaps (see [`crate::migrations`]): 0008 belongs to a branch not merged
+/// yet.
+const MIGRATIONS: &[Migration] = &[
+    (
+        1,
+        include_str!("../../migrations/sqlite/0001_foundation.sql"),
+    ),
+    (2, include_str!("../../migrations/sqlite/0002_services.sql")),
+    (
+        3,
+        include_str!("../../migrations/sqlite/0003_mqtt_sessions.sql"),
+    ),
+    (
+        4,
+        include_str!("../../migrations/sqlite/0004_telemetry.sql"),
+    ),
+    (
+        5,
+        include_str!("../../migrations/sqlite/0005_enrollment.sql"),
+    ),
+    (
+        6,
+        include_str!("../../migrations/sqlite/0006_renewal_claims.sql"),
+    ),
+    (
+        7,
+        include_str!("../../migrations/sqlite/0007_enrollment_answers.sql"),
+    ),
+    (
+        9,
+        include_str!("../../migrations/sqlite/0009_device_list.sql"),
+    ),
 ];
-
-/// Newest schema version this binary knows.
-pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// Refuses a file that exists but is not an SQLite database at all, before
 /// SQLite gets a chance to treat it as one.
@@ -86,17 +109,56 @@ pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
     } else if app_id != APPLICATION_ID {
         return Err(foreign(format!("its application id is {app_id:#x}")));
     }
-    if version > SCHEMA_VERSION {
-        return Err(StoreError::TooNew {
-            found: version,
-            supported: SCHEMA_VERSION,
-        });
+    let recorded: bool = tx
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master
+                            WHERE type = 'table' AND name = 'rampart_migrations')",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(db)?;
+    let applied = if recorded {
+        let mut stmt = tx
+            .prepare("SELECT number FROM rampart_migrations")
+            .map_err(db)?;
+        let numbers = stmt
+            .query_map([], |r| r.get::<_, i64>(0))
+            .map_err(db)?
+            .collect::<rusqlite::Result<BTreeSet<i64>>>()
+            .map_err(db)?;
+        Some(numbers)
+    } else {
+        None
+    };
+    let plan = migrations::plan(MIGRATIONS, applied.as_ref(), version)?;
+    if !recorded {
+        // Record what the version marker meant (1..=version) before adding to it.
+        tx.execute_batch("CREATE TABLE rampart_migrations (number INTEGER PRIMARY KEY)")
+            .map_err(db)?;
+        for (n, _) in MIGRATIONS.iter().filter(|(n, _)| *n <= version) {
+            tx.execute("INSERT INTO rampart_migrations (number) VALUES (?1)", [n])
+                .map_err(db)?;
+        }
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+    for i in plan.apply {
+        let (number, sql) = MIGRATIONS[i];
         tx.execute_batch(sql).map_err(db)?;
-        tracing::info!(version = i + 1, "applied store migration");
+        tx.execute(
+            "INSERT INTO rampart_migrations (number) VALUES (?1)",
+            [number],
+        )
+        .map_err(db)?;
+        tracing::info!(migration = number, "applied store migration");
     }
-    tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+    tx.pragma_update(None, "user_version", plan.marker)
         .map_err(db)?;
     tx.commit().map_err(db)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn migration_numbers_ascend() {
+        assert!(crate::migrations::numbers_ascend(super::MIGRATIONS));
+    }
 }

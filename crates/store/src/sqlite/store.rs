@@ -76,6 +76,24 @@ impl Store for SqliteStore {
         self.read(move |conn, _| devices::list(conn, &filter)).await
     }
 
+    async fn query_devices(&self, query: &crate::DeviceQuery) -> Result<crate::DevicePage> {
+        let query = query.clone();
+        self.read(move |conn, _| devices::query(conn, &query)).await
+    }
+
+    async fn fleet_summary(&self) -> Result<crate::FleetSummary> {
+        self.read(|conn, _| devices::summary(conn)).await
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.read(|conn, _| {
+            conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
+                .map(drop)
+                .map_err(db)
+        })
+        .await
+    }
+
     async fn revoke_device(
         &self,
         id: &DeviceId,

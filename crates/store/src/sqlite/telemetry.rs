@@ -820,6 +820,29 @@ impl TelemetryStore for SqliteStore {
             .await
     }
 
+    async fn readings_per_minute(&self, from_ms: i64, to_ms: i64) -> Result<Vec<(i64, u64)>> {
+        self.read(move |conn, _| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT ts - (ts % 60000) AS minute, count(*) FROM readings
+                     WHERE ts >= ?1 AND ts < ?2 GROUP BY minute ORDER BY minute",
+                )
+                .map_err(db)?;
+            let rows = stmt
+                .query_map(
+                    rusqlite::params![from_ms - from_ms.rem_euclid(60_000), to_ms],
+                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+                )
+                .map_err(db)?;
+            rows.map(|r| {
+                r.map(|(m, n)| (m, u64::try_from(n).unwrap_or(0)))
+                    .map_err(db)
+            })
+            .collect()
+        })
+        .await
+    }
+
     async fn reported_state(&self, device: &DeviceId) -> Result<Option<(serde_json::Value, i64)>> {
         let device = device.clone();
         self.read(move |conn, _| reported_state(conn, device.as_str()))

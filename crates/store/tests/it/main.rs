@@ -2,6 +2,7 @@
 //! SQLite file and a fresh PostgreSQL database (`PgTestDb`).
 
 mod enrollment;
+mod fleet;
 mod provisioning;
 mod store;
 mod telemetry;

@@ -74,6 +74,7 @@ on_both!(
     outbox_holds_stored_points_until_acknowledged,
     retention_prunes_old_raw_data_but_keeps_rollups,
     a_week_of_points_queried_at_every_resolution,
+    readings_are_counted_per_minute,
 );
 
 fn id(s: &str) -> DeviceId {
@@ -1131,4 +1132,44 @@ async fn postgres_grafana_views_serve_a_read_only_role() {
         ))
         .await
         .expect("drop role");
+}
+
+async fn readings_are_counted_per_minute<S: TelemetryStore>(s: &S) {
+    const MIN: i64 = 60_000;
+    // T0 is a whole minute. Two readings in its first minute, none in the
+    // second, three in the third (two devices), one far earlier.
+    commit(
+        s,
+        vec![
+            message(
+                "a",
+                vec![
+                    reading(1, T0, &[("t", 1.0)]),
+                    reading(2, T0 + MIN - 1, &[("t", 2.0)]),
+                ],
+            ),
+            message("a", vec![reading(3, T0 + 2 * MIN, &[("t", 3.0)])]),
+            message(
+                "b",
+                vec![
+                    reading(1, T0 + 2 * MIN + 5, &[("t", 3.0)]),
+                    reading(2, T0 + 3 * MIN - 1, &[("t", 3.0)]),
+                ],
+            ),
+            message("b", vec![reading(3, T0 - DAY, &[("t", 3.0)])]),
+        ],
+        false,
+    )
+    .await;
+    let counts = s
+        .readings_per_minute(T0 + 30_000, T0 + 10 * MIN)
+        .await
+        .expect("counts");
+    // The start is rounded down to its minute.
+    assert_eq!(counts, [(T0, 2), (T0 + 2 * MIN, 3)]);
+    let counts = s
+        .readings_per_minute(T0 + MIN, T0 + 2 * MIN)
+        .await
+        .expect("empty range");
+    assert!(counts.is_empty(), "{counts:?}");
 }

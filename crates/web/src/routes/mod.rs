@@ -20,6 +20,8 @@ pub fn router(state: AppState) -> Router {
     let body_limit = state.config().max_body_bytes;
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(crate::metrics::readyz))
+        .route("/metrics", get(crate::metrics::metrics_https))
         .route("/api/v1/enroll", post(enroll::enroll))
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
@@ -46,6 +48,7 @@ async fn log_request(
     let path = request.uri().path().to_owned();
     let response = next.run(request).await;
     WebMetrics::inc(&state.metrics().requests);
+    state.metrics().count_response(response.status().as_u16());
     let status = response.status().as_u16();
     let code = response.extensions().get::<ErrorCode>().map_or("", |c| c.0);
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;

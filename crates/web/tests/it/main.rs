@@ -4,4 +4,6 @@
 
 mod common;
 mod enroll;
+mod live;
+mod metrics;
 mod server;

@@ -1,0 +1,388 @@
+//! What `/metrics` and `/readyz` show of the broker, the pipeline and the
+//! control plane: their counters named and labelled for Prometheus, and
+//! the broker's readiness. The web part writes the format; this module
+//! only knows the other parts' counters (the web part must not).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rampart_broker::Broker;
+use rampart_broker::metrics::Metrics as BrokerMetrics;
+use rampart_ingest::PipelineMetrics;
+use rampart_web::Monitoring;
+use rampart_web::metrics::{MetricKind, MetricsText};
+
+use crate::control::ControlMetrics;
+
+/// Label pairs of a sample, fixed in code.
+type Labels = &'static [(&'static str, &'static str)];
+
+/// One broker counter or gauge as exposed: family, help, labels.
+struct Exposed {
+    family: &'static str,
+    kind: MetricKind,
+    help: &'static str,
+    labels: &'static [(&'static str, &'static str)],
+}
+
+const fn c(
+    family: &'static str,
+    help: &'static str,
+    labels: &'static [(&'static str, &'static str)],
+) -> Exposed {
+    Exposed {
+        family,
+        kind: MetricKind::Counter,
+        help,
+        labels,
+    }
+}
+
+/// How each broker counter is exposed; a counter missing here is still
+/// exposed, as `rampart_broker_<name>_total`.
+fn broker_exposed(name: &str) -> Option<Exposed> {
+    Some(match name {
+        "connections" => Exposed {
+            family: "rampart_broker_connections",
+            kind: MetricKind::Gauge,
+            help: "Open MQTT connections that completed CONNECT.",
+            labels: &[],
+        },
+        "queued_messages" => Exposed {
+            family: "rampart_broker_queued_messages",
+            kind: MetricKind::Gauge,
+            help: "Messages queued for delivery across all sessions.",
+            labels: &[],
+        },
+        "accepted" => c(
+            "rampart_broker_connections_accepted_total",
+            "TCP connections accepted by the broker.",
+            &[],
+        ),
+        "refused_max_connections" => c(
+            "rampart_broker_connections_refused_total",
+            "Broker connections refused before TLS, by reason.",
+            &[("reason", "max_connections")],
+        ),
+        "refused_rate_limited" => c(
+            "rampart_broker_connections_refused_total",
+            "Broker connections refused before TLS, by reason.",
+            &[("reason", "rate_limited")],
+        ),
+        "handshake_failures" => c(
+            "rampart_broker_tls_handshake_failures_total",
+            "Broker TLS handshakes that failed (bad or missing certificate, garbage).",
+            &[],
+        ),
+        "handshake_timeouts" => c(
+            "rampart_broker_handshake_timeouts_total",
+            "Handshakes or CONNECTs that did not finish in time.",
+            &[],
+        ),
+        "identity_refused" => c(
+            "rampart_broker_connects_refused_total",
+            "CONNECTs refused, by reason.",
+            &[("reason", "identity")],
+        ),
+        "client_id_mismatch" => c(
+            "rampart_broker_connects_refused_total",
+            "CONNECTs refused, by reason.",
+            &[("reason", "client_id_mismatch")],
+        ),
+        "protocol_errors" => c(
+            "rampart_broker_protocol_errors_total",
+            "Connections closed for malformed packets or protocol violations.",
+            &[],
+        ),
+        "messages_in_qos0" => c(
+            "rampart_broker_messages_received_total",
+            "PUBLISH packets received, by QoS.",
+            &[("qos", "0")],
+        ),
+        "messages_in_qos1" => c(
+            "rampart_broker_messages_received_total",
+            "PUBLISH packets received, by QoS.",
+            &[("qos", "1")],
+        ),
+        "messages_in_qos2" => c(
+            "rampart_broker_messages_received_total",
+            "PUBLISH packets received, by QoS.",
+            &[("qos", "2")],
+        ),
+        "messages_out" => c(
+            "rampart_broker_messages_sent_total",
+            "PUBLISH packets sent to subscribers.",
+            &[],
+        ),
+        "server_publishes" => c(
+            "rampart_broker_server_publishes_total",
+            "Messages Rampart itself published.",
+            &[],
+        ),
+        "acl_denied_publish" => c(
+            "rampart_broker_acl_denied_total",
+            "Operations refused by the ACL.",
+            &[("operation", "publish")],
+        ),
+        "acl_denied_subscribe" => c(
+            "rampart_broker_acl_denied_total",
+            "Operations refused by the ACL.",
+            &[("operation", "subscribe")],
+        ),
+        "ingest_rejected" => c(
+            "rampart_broker_ingest_rejected_total",
+            "Publishes the pipeline rejected.",
+            &[],
+        ),
+        "ingest_duplicates" => c(
+            "rampart_broker_ingest_duplicates_total",
+            "Publishes the pipeline reported as already stored.",
+            &[],
+        ),
+        "dropped_queue_full" => c(
+            "rampart_broker_messages_dropped_total",
+            "Messages dropped before delivery, by reason.",
+            &[("reason", "queue_full")],
+        ),
+        "dropped_expired" => c(
+            "rampart_broker_messages_dropped_total",
+            "Messages dropped before delivery, by reason.",
+            &[("reason", "expired")],
+        ),
+        "dropped_too_large" => c(
+            "rampart_broker_messages_dropped_total",
+            "Messages dropped before delivery, by reason.",
+            &[("reason", "too_large")],
+        ),
+        "kicked_revoked" => c(
+            "rampart_broker_sessions_closed_total",
+            "Sessions closed by the server, by reason.",
+            &[("reason", "revoked_or_disabled")],
+        ),
+        "taken_over" => c(
+            "rampart_broker_sessions_closed_total",
+            "Sessions closed by the server, by reason.",
+            &[("reason", "taken_over")],
+        ),
+        "keepalive_timeouts" => c(
+            "rampart_broker_sessions_closed_total",
+            "Sessions closed by the server, by reason.",
+            &[("reason", "keepalive_timeout")],
+        ),
+        _ => return None,
+    })
+}
+
+/// The broker's counters, grouped into labelled families.
+pub(crate) fn write_broker(m: &BrokerMetrics, t: &mut MetricsText) {
+    let snapshot = m.snapshot();
+    let value = |name: &str| {
+        snapshot
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(0.0, |(_, v)| *v as f64)
+    };
+    // Families in first-seen order, each with its samples.
+    let mut families: Vec<(Exposed, Vec<(Labels, f64)>)> = Vec::new();
+    let mut unmapped = Vec::new();
+    for (name, v) in &snapshot {
+        if matches!(*name, "ack_latency_us_sum" | "ack_latency_count") {
+            continue;
+        }
+        let Some(e) = broker_exposed(name) else {
+            unmapped.push((*name, *v));
+            continue;
+        };
+        let labels = e.labels;
+        match families.iter_mut().find(|(f, _)| f.family == e.family) {
+            Some((_, samples)) => samples.push((labels, *v as f64)),
+            None => families.push((e, vec![(labels, *v as f64)])),
+        }
+    }
+    for (e, samples) in families {
+        t.family(e.family, e.kind, e.help);
+        for (labels, v) in samples {
+            t.sample(e.family, labels, v);
+        }
+    }
+    for (name, v) in unmapped {
+        let family = format!("rampart_broker_{name}_total");
+        t.single(&family, MetricKind::Counter, "Broker counter.", v as f64);
+    }
+    t.summary(
+        "rampart_broker_ack_latency_seconds",
+        "Time from PUBLISH received to PUBACK sent (QoS 1), including the durable commit.",
+        value("ack_latency_us_sum") / 1e6,
+        value("ack_latency_count") as u64,
+    );
+}
+
+/// The pipeline's counters.
+pub(crate) fn write_pipeline(m: &PipelineMetrics, t: &mut MetricsText) {
+    let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let f = |c: &AtomicU64| g(c) as f64;
+    t.single(
+        "rampart_ingest_messages_total",
+        MetricKind::Counter,
+        "Messages offered to the pipeline.",
+        f(&m.messages),
+    );
+    t.single(
+        "rampart_ingest_readings_stored_total",
+        MetricKind::Counter,
+        "Readings stored.",
+        f(&m.readings_stored),
+    );
+    t.single(
+        "rampart_ingest_points_stored_total",
+        MetricKind::Counter,
+        "Points (one metric of one reading) stored.",
+        f(&m.points_stored),
+    );
+    t.single(
+        "rampart_ingest_duplicates_total",
+        MetricKind::Counter,
+        "Readings acknowledged as replays.",
+        f(&m.duplicates),
+    );
+    t.single(
+        "rampart_ingest_conflicts_total",
+        MetricKind::Counter,
+        "Readings refused as sequence conflicts.",
+        f(&m.conflicts),
+    );
+    let (format, quota, internal) = (
+        g(&m.rejected_format),
+        g(&m.rejected_quota),
+        g(&m.rejected_internal),
+    );
+    let other = g(&m.rejected).saturating_sub(format + quota + internal);
+    t.family(
+        "rampart_ingest_rejected_total",
+        MetricKind::Counter,
+        "Messages rejected, by reason (internal: the store failed).",
+    );
+    for (reason, v) in [
+        ("format", format),
+        ("quota", quota),
+        ("internal", internal),
+        ("other", other),
+    ] {
+        t.sample(
+            "rampart_ingest_rejected_total",
+            &[("reason", reason)],
+            v as f64,
+        );
+    }
+    t.summary(
+        "rampart_ingest_commit_seconds",
+        "Time spent in group-commit transactions.",
+        g(&m.commit_micros) as f64 / 1e6,
+        g(&m.commits),
+    );
+    t.summary(
+        "rampart_ingest_commit_batch_items",
+        "Items per group-commit transaction (sum and count: the mean batch size).",
+        f(&m.commit_items),
+        g(&m.commits),
+    );
+    t.single(
+        "rampart_ingest_store_errors_total",
+        MetricKind::Counter,
+        "Failed commit attempts (store errors).",
+        f(&m.commit_failures),
+    );
+}
+
+/// The control plane's counters (renewals, claims).
+pub(crate) fn write_control(m: &ControlMetrics, t: &mut MetricsText) {
+    for (name, v) in m.snapshot() {
+        let family = format!("rampart_control_{name}_total");
+        t.single(
+            &family,
+            MetricKind::Counter,
+            "Control-plane counter (renewals, claim confirmations).",
+            v as f64,
+        );
+    }
+}
+
+/// Monitoring of a running server: its parts' metrics, and the broker's
+/// readiness.
+pub(crate) fn monitoring(
+    broker: &Arc<Broker>,
+    pipeline: Arc<PipelineMetrics>,
+    control: Arc<ControlMetrics>,
+) -> Monitoring {
+    let broker_metrics = broker.metrics();
+    let ready = Arc::downgrade(broker);
+    Monitoring::new()
+        .source(move |t| write_broker(&broker_metrics, t))
+        .source(move |t| write_pipeline(&pipeline, t))
+        .source(move |t| write_control(&control, t))
+        .check("broker", move || match ready.upgrade() {
+            Some(b) if b.is_accepting() => Ok(()),
+            Some(_) => Err("the MQTT broker is not accepting connections".into()),
+            None => Err("the MQTT broker has stopped".into()),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_broker_counter_is_exposed_once_in_its_family() {
+        let m = BrokerMetrics::default();
+        m.messages_in_qos1.fetch_add(2, Ordering::Relaxed);
+        m.dropped_expired.fetch_add(1, Ordering::Relaxed);
+        let mut t = MetricsText::new();
+        write_broker(&m, &mut t);
+        let text = t.finish();
+        assert!(
+            text.contains("rampart_broker_messages_received_total{qos=\"1\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("rampart_broker_messages_dropped_total{reason=\"expired\"} 1\n"),
+            "{text}"
+        );
+        assert_eq!(
+            text.matches("# TYPE rampart_broker_messages_received_total counter")
+                .count(),
+            1
+        );
+        assert!(
+            text.contains(
+                "# TYPE rampart_broker_connections gauge\nrampart_broker_connections 0\n"
+            )
+        );
+        // No counter falls back to the generic name today.
+        assert!(!text.contains("Broker counter."), "{text}");
+        // Each family's TYPE line appears once.
+        let mut types: Vec<&str> = text.lines().filter(|l| l.starts_with("# TYPE")).collect();
+        let n = types.len();
+        types.sort_unstable();
+        types.dedup();
+        assert_eq!(types.len(), n);
+    }
+
+    #[test]
+    fn pipeline_rejections_by_reason() {
+        let m = PipelineMetrics::default();
+        PipelineMetrics::add(&m.rejected, 5);
+        PipelineMetrics::add(&m.rejected_format, 3);
+        PipelineMetrics::inc(&m.rejected_internal);
+        let mut t = MetricsText::new();
+        write_pipeline(&m, &mut t);
+        let text = t.finish();
+        for line in [
+            "rampart_ingest_rejected_total{reason=\"format\"} 3",
+            "rampart_ingest_rejected_total{reason=\"internal\"} 1",
+            "rampart_ingest_rejected_total{reason=\"other\"} 1",
+            "rampart_ingest_commit_seconds_count 0",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+    }
+}
