@@ -91,6 +91,8 @@ impl Platform {
                 "400ms",
                 "--connect-rate",
                 "1000",
+                "--enroll-rate",
+                "1000",
                 "--io-timeout",
                 "5s",
                 "--progress-every",
