@@ -8,6 +8,7 @@ use rampart_store::Store;
 use crate::cli::{AuditCommand, GlobalArgs};
 use crate::config::Config;
 use crate::output;
+use crate::output::say;
 use crate::platform::Platform;
 
 /// Verifies or lists the audit log. `verify` exits 1 when the chain is broken.
@@ -19,12 +20,14 @@ pub async fn run(g: &GlobalArgs, config: Config, cmd: AuditCommand) -> Result<Ex
             if g.json {
                 output::json(&report)?;
             } else if let Some(b) = &report.first_break {
-                println!(
+                say!(
                     "audit chain BROKEN at row {}: {} ({} rows before it verify)",
-                    b.seq, b.problem, report.rows
+                    b.seq,
+                    b.problem,
+                    report.rows
                 );
             } else {
-                println!("audit chain intact: {} rows verified", report.rows);
+                say!("audit chain intact: {} rows verified", report.rows);
             }
             Ok(if report.ok {
                 ExitCode::SUCCESS
@@ -38,7 +41,7 @@ pub async fn run(g: &GlobalArgs, config: Config, cmd: AuditCommand) -> Result<Ex
                 output::json(&rows)?;
             } else {
                 for r in rows {
-                    println!(
+                    say!(
                         "{:>6}  {}  {:<28} {:<24} {}  {}  {}",
                         r.seq,
                         output::when(r.at),

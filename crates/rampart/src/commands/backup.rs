@@ -23,6 +23,7 @@ use crate::cli::GlobalArgs;
 use crate::config::Config;
 use crate::datadir::DataDir;
 use crate::output;
+use crate::output::say;
 use crate::platform::Platform;
 
 /// Top-level entries a backup may hold.
@@ -64,7 +65,7 @@ pub async fn backup(g: &GlobalArgs, config: Config, file: &Path) -> Result<ExitC
             "audit_rows": summary.audit_rows,
         }))?;
     } else {
-        println!(
+        say!(
             "backup written to {} ({bytes} bytes, {} devices, {} audit rows)",
             file.display(),
             summary.devices,
@@ -241,7 +242,7 @@ pub async fn restore(g: &GlobalArgs, config: Config, file: &Path) -> Result<Exit
             "audit_ok": audit.ok,
         }))?;
     } else {
-        println!(
+        say!(
             "restored into {} ({devices} devices; audit chain {}, {} rows)",
             target.display(),
             if audit.ok { "intact" } else { "BROKEN" },

@@ -10,6 +10,7 @@ use serde_json::json;
 use crate::cli::{CaCommand, GlobalArgs};
 use crate::config::Config;
 use crate::output;
+use crate::output::say;
 use crate::platform::{Platform, cli_actor};
 
 /// Runs a CA command.
@@ -82,12 +83,12 @@ pub async fn run(g: &GlobalArgs, config: Config, cmd: CaCommand) -> Result<ExitC
             if g.json {
                 output::json(&json!({ "out": out.display().to_string(), "removed": remove }))?;
             } else if remove {
-                println!(
+                say!(
                     "root key written to {} and removed from the data dir; keep it offline",
                     out.display()
                 );
             } else {
-                println!("root key written to {}", out.display());
+                say!("root key written to {}", out.display());
             }
         }
     }
@@ -100,9 +101,9 @@ fn print_info(g: &GlobalArgs, pki: &Pki) -> Result<()> {
         return output::json(&info);
     }
     let cert = |label: &str, c: &rampart_pki::CertificateSummary| {
-        println!("{label:<8} {}", c.subject);
-        println!("{:<8} sha256 {}", "", c.fingerprint);
-        println!("{:<8} valid until {}", "", output::when(c.not_after));
+        say!("{label:<8} {}", c.subject);
+        say!("{:<8} sha256 {}", "", c.fingerprint);
+        say!("{:<8} valid until {}", "", output::when(c.not_after));
     };
     if let Some(root) = &info.root {
         cert("root", root);
@@ -112,9 +113,9 @@ fn print_info(g: &GlobalArgs, pki: &Pki) -> Result<()> {
         cert("server", server);
     }
     let yes_no = |b: bool| if b { "yes" } else { "no" };
-    println!("can issue certificates   {}", yes_no(info.can_issue));
-    println!("root key in data dir     {}", yes_no(info.root_key_present));
-    println!("keys encrypted           {}", yes_no(info.keys_encrypted));
-    println!("imported CA              {}", yes_no(info.imported));
+    say!("can issue certificates   {}", yes_no(info.can_issue));
+    say!("root key in data dir     {}", yes_no(info.root_key_present));
+    say!("keys encrypted           {}", yes_no(info.keys_encrypted));
+    say!("imported CA              {}", yes_no(info.imported));
     Ok(())
 }

@@ -18,6 +18,7 @@ use crate::cli::{DeviceCommand, GlobalArgs, StateArg};
 use crate::config::Config;
 use crate::credentials::Credentials;
 use crate::datadir::write_atomic;
+use crate::output::say;
 use crate::platform::{Platform, cli_actor};
 use crate::{label, output};
 
@@ -90,16 +91,17 @@ pub async fn run(g: &GlobalArgs, config: Config, cmd: DeviceCommand) -> Result<E
             let d = p.store.revoke_device(&id, reason, &cli_actor()).await?;
             p.publish_crl().await?;
             if !g.json {
-                println!("revoked {} (serial {}, reason {reason})", d.id, d.serial);
+                say!("revoked {} (serial {}, reason {reason})", d.id, d.serial);
             }
             show_json_only(g, &d)
         }
         DeviceCommand::Disable { id } => {
             let d = p.store.set_device_disabled(&id, true, &cli_actor()).await?;
             if !g.json {
-                println!(
+                say!(
                     "disabled {}: it cannot connect until `rampart device enable {}`",
-                    d.id, d.id
+                    d.id,
+                    d.id
                 );
             }
             show_json_only(g, &d)
@@ -110,7 +112,7 @@ pub async fn run(g: &GlobalArgs, config: Config, cmd: DeviceCommand) -> Result<E
                 .set_device_disabled(&id, false, &cli_actor())
                 .await?;
             if !g.json {
-                println!("enabled {} (now {})", d.id, d.state);
+                say!("enabled {} (now {})", d.id, d.state);
             }
             show_json_only(g, &d)
         }
@@ -120,7 +122,7 @@ pub async fn run(g: &GlobalArgs, config: Config, cmd: DeviceCommand) -> Result<E
             if g.json {
                 output::json(&serde_json::json!({ "id": id, "deleted": true }))?;
             } else {
-                println!("deleted {id}; its certificate stays on the CRL");
+                say!("deleted {id}; its certificate stays on the CRL");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -194,7 +196,7 @@ async fn claim(
         if g.json {
             output::json(&report("pending"))?;
         } else {
-            println!(
+            say!(
                 "claim {} of {} for {} sent: the device must confirm before {} (`rampart device show {}` shows the result)",
                 started.id,
                 started.device,
@@ -215,7 +217,7 @@ async fn claim(
             if g.json {
                 output::json(&report("bound"))?;
             } else {
-                println!(
+                say!(
                     "{} is now bound to {}",
                     device.id,
                     device
@@ -334,11 +336,11 @@ async fn create(g: &GlobalArgs, p: &Platform, id: &DeviceId, out: &Path) -> Resu
     if g.json {
         output::json(&reg)?;
     } else {
-        println!("created {id}");
-        println!("  key:         {}", key_path.display());
-        println!("  certificate: {}", cert_path.display());
-        println!("  CA bundle:   {}", ca_path.display());
-        println!("  fingerprint: {}", reg.fingerprint);
+        say!("created {id}");
+        say!("  key:         {}", key_path.display());
+        say!("  certificate: {}", cert_path.display());
+        say!("  CA bundle:   {}", ca_path.display());
+        say!("  fingerprint: {}", reg.fingerprint);
         print_claim(&reg);
     }
     Ok(ExitCode::SUCCESS)
@@ -353,7 +355,7 @@ async fn register_existing(g: &GlobalArgs, p: &Platform, file: &Path) -> Result<
     if g.json {
         output::json(&reg)?;
     } else {
-        println!("registered {} (serial {})", reg.id, reg.serial);
+        say!("registered {} (serial {})", reg.id, reg.serial);
         print_claim(&reg);
     }
     Ok(ExitCode::SUCCESS)
@@ -392,12 +394,16 @@ async fn list(
         output::json(&rows)?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    say!(
         "{:<24} {:<9} {:<7} {:<25} {:<25} FINGERPRINT",
-        "ID", "STATE", "ONLINE", "LAST SEEN", "CERT EXPIRES"
+        "ID",
+        "STATE",
+        "ONLINE",
+        "LAST SEEN",
+        "CERT EXPIRES"
     );
     for d in &devices {
-        println!(
+        say!(
             "{:<24} {:<9} {:<7} {:<25} {:<25} {}…",
             d.id.as_str(),
             d.state.as_str(),
@@ -416,19 +422,19 @@ fn show(g: &GlobalArgs, d: &Device) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let owner = d.owner.as_ref().map_or_else(|| "-".into(), output::owner);
-    println!("id           {}", d.id);
-    println!("state        {}", d.state);
-    println!("owner        {owner}");
-    println!("online       {}", if d.online { "yes" } else { "no" });
-    println!(
+    say!("id           {}", d.id);
+    say!("state        {}", d.state);
+    say!("owner        {owner}");
+    say!("online       {}", if d.online { "yes" } else { "no" });
+    say!(
         "last seen    {}",
         d.last_seen.map_or_else(|| "never".into(), output::when)
     );
-    println!("serial       {}", d.serial);
-    println!("fingerprint  {}", d.fingerprint);
-    println!("not after    {}", output::when(d.not_after));
-    println!("created      {}", output::when(d.created_at));
-    println!("updated      {}", output::when(d.updated_at));
+    say!("serial       {}", d.serial);
+    say!("fingerprint  {}", d.fingerprint);
+    say!("not after    {}", output::when(d.not_after));
+    say!("created      {}", output::when(d.created_at));
+    say!("updated      {}", output::when(d.updated_at));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -472,13 +478,13 @@ async fn qr(
         }))?;
     } else {
         if png.is_none() && svg.is_none() {
-            println!("{}", label::terminal(&payload)?);
+            say!("{}", label::terminal(&payload)?);
         }
-        println!(
+        say!(
             "claim code for {id}: {} (the previous code is void)",
             code.as_str()
         );
-        println!("QR payload: {payload}");
+        say!("QR payload: {payload}");
     }
     Ok(ExitCode::SUCCESS)
 }

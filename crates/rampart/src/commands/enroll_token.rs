@@ -11,6 +11,7 @@ use time::OffsetDateTime;
 use crate::cli::{EnrollTokenCommand, GlobalArgs};
 use crate::config::Config;
 use crate::output;
+use crate::output::say;
 use crate::platform::{Platform, cli_actor};
 
 /// A token as `list` and `revoke` show it: never the token itself.
@@ -90,7 +91,7 @@ pub async fn run(g: &GlobalArgs, config: Config, cmd: EnrollTokenCommand) -> Res
             } else {
                 // The token alone on standard output, so that a script can
                 // capture it; the rest is for the person at the terminal.
-                println!("{}", created.secret.as_str());
+                say!("{}", created.secret.as_str());
                 eprintln!(
                     "enrollment token {} for {} device(s), expires {}{}{}",
                     summary.id,
@@ -118,12 +119,16 @@ pub async fn run(g: &GlobalArgs, config: Config, cmd: EnrollTokenCommand) -> Res
             if g.json {
                 output::json(&rows)?;
             } else {
-                println!(
+                say!(
                     "{:<16} {:<8} {:<9} {:<25} {:<16} OWNER",
-                    "ID", "STATE", "USES", "EXPIRES", "ID PREFIX"
+                    "ID",
+                    "STATE",
+                    "USES",
+                    "EXPIRES",
+                    "ID PREFIX"
                 );
                 for t in &rows {
-                    println!(
+                    say!(
                         "{:<16} {:<8} {:<9} {:<25} {:<16} {}",
                         t.id,
                         t.state.as_str(),
@@ -140,9 +145,11 @@ pub async fn run(g: &GlobalArgs, config: Config, cmd: EnrollTokenCommand) -> Res
             if g.json {
                 output::json(&TokenSummary::new(&t, now))?;
             } else {
-                println!(
+                say!(
                     "revoked enrollment token {} ({} of {} uses taken); devices it registered are not affected",
-                    t.id, t.uses_used, t.uses_allowed
+                    t.id,
+                    t.uses_used,
+                    t.uses_allowed
                 );
             }
         }

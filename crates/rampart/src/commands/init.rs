@@ -9,6 +9,7 @@ use crate::cli::GlobalArgs;
 use crate::config::Config;
 use crate::datadir::Created;
 use crate::output;
+use crate::output::say;
 use crate::platform::Platform;
 
 #[derive(Serialize)]
@@ -29,11 +30,11 @@ pub async fn run(g: &GlobalArgs, config: Config) -> Result<ExitCode> {
             ca: &info,
         })?;
     } else if created == Created::New {
-        println!("initialised {}", g.data_dir.display());
-        println!("  CA:     {}", info.issuer.subject);
-        println!("  server: {}", platform.pki.server_cert_path().display());
+        say!("initialised {}", g.data_dir.display());
+        say!("  CA:     {}", info.issuer.subject);
+        say!("  server: {}", platform.pki.server_cert_path().display());
     } else {
-        println!("{} is already initialised", g.data_dir.display());
+        say!("{} is already initialised", g.data_dir.display());
     }
     Ok(ExitCode::SUCCESS)
 }

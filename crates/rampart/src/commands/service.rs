@@ -11,6 +11,7 @@ use crate::cli::{GlobalArgs, ServiceCommand};
 use crate::config::Config;
 use crate::credentials::Credentials;
 use crate::output;
+use crate::output::say;
 use crate::platform::{Platform, cli_actor};
 
 /// Runs a service command.
@@ -60,10 +61,10 @@ pub async fn run(g: &GlobalArgs, config: Config, cmd: ServiceCommand) -> Result<
                     }
                 }))?;
             } else {
-                println!("created service {name}");
-                println!("  key:         {}", key_path.display());
-                println!("  certificate: {}", cert_path.display());
-                println!("  CA bundle:   {}", ca_path.display());
+                say!("created service {name}");
+                say!("  key:         {}", key_path.display());
+                say!("  certificate: {}", cert_path.display());
+                say!("  CA bundle:   {}", ca_path.display());
             }
         }
         ServiceCommand::List => {
@@ -71,12 +72,14 @@ pub async fn run(g: &GlobalArgs, config: Config, cmd: ServiceCommand) -> Result<
             if g.json {
                 output::json(&services)?;
             } else {
-                println!(
+                say!(
                     "{:<24} {:<8} {:<25} FINGERPRINT",
-                    "NAME", "STATE", "CERT EXPIRES"
+                    "NAME",
+                    "STATE",
+                    "CERT EXPIRES"
                 );
                 for s in &services {
-                    println!(
+                    say!(
                         "{:<24} {:<8} {:<25} {}…",
                         s.id.as_str(),
                         s.state.as_str(),
@@ -92,9 +95,10 @@ pub async fn run(g: &GlobalArgs, config: Config, cmd: ServiceCommand) -> Result<
             if g.json {
                 output::json(&s)?;
             } else {
-                println!(
+                say!(
                     "revoked service {} (serial {}, reason {reason})",
-                    s.id, s.serial
+                    s.id,
+                    s.serial
                 );
             }
         }

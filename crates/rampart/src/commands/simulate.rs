@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::{GlobalArgs, PayloadFormatArg, SimulateArgs};
 use crate::output;
+use crate::output::say;
 use crate::serve::spawn_signal_listener;
 
 /// Runs the fleet until `--duration` is over or a signal arrives.
@@ -123,7 +124,7 @@ async fn report_progress(
 
 fn print_summary(s: &Summary) {
     let c = &s.fleet;
-    println!(
+    say!(
         "fleet {}: {} devices, {} enrolled, ran {:.1} s (state dir {})",
         s.id_prefix,
         c.devices,
@@ -131,7 +132,7 @@ fn print_summary(s: &Summary) {
         s.elapsed_ms as f64 / 1000.0,
         s.state_dir
     );
-    println!(
+    say!(
         "readings {} (read failures {}, restored {}), sent {}, acknowledged {}, rejected {}, dropped {}, buffered {}",
         c.readings,
         c.read_failures,
@@ -142,7 +143,7 @@ fn print_summary(s: &Summary) {
         c.dropped,
         c.buffered
     );
-    println!(
+    say!(
         "connections {} (reconnects {}, failures {}, flaky drops {}), enrollment failures {}",
         c.connects,
         c.reconnects(),
@@ -150,12 +151,16 @@ fn print_summary(s: &Summary) {
         c.flaky_drops,
         c.enroll_failures
     );
-    println!(
+    say!(
         "downlinks {} (malformed {}), claims confirmed {}, commands {}, renewals {}",
-        c.downlinks, c.malformed_downlinks, c.claims_confirmed, c.commands, c.renewals
+        c.downlinks,
+        c.malformed_downlinks,
+        c.claims_confirmed,
+        c.commands,
+        c.renewals
     );
     if !s.drained {
-        println!(
+        say!(
             "{} readings are still buffered in the state dir; the next run delivers them",
             c.buffered
         );

@@ -17,6 +17,7 @@ use rampart_store::telemetry::PointFilter;
 use crate::cli::{ExportFormatArg, GlobalArgs, TelemetryCommand};
 use crate::config::Config;
 use crate::output;
+use crate::output::say;
 use crate::platform::Platform;
 use crate::timespec;
 
@@ -75,7 +76,7 @@ pub async fn run(g: &GlobalArgs, config: Config, cmd: TelemetryCommand) -> Resul
                     _ => output::json(&docs)?,
                 }
             } else if answers.is_empty() {
-                println!("{device} has no telemetry");
+                say!("{device} has no telemetry");
             } else {
                 for (m, s) in &answers {
                     print_series(&device, m, s);
@@ -102,10 +103,10 @@ pub async fn run(g: &GlobalArgs, config: Config, cmd: TelemetryCommand) -> Resul
                     .collect();
                 output::json(&docs)?;
             } else if rows.is_empty() {
-                println!("no rejected messages");
+                say!("no rejected messages");
             } else {
                 for r in rows {
-                    println!(
+                    say!(
                         "{}  {:<20} {:<10} {:<24} {}",
                         timespec::format_ms(r.at_ms),
                         r.device,
@@ -181,18 +182,23 @@ fn series_json(device: &DeviceId, metric: &MetricName, s: &Series) -> serde_json
 }
 
 fn print_series(device: &DeviceId, metric: &MetricName, s: &Series) {
-    println!(
+    say!(
         "{device} {metric}: {} buckets of {} ms from {} data",
         s.buckets.len(),
         s.bucket_ms,
         s.resolution.as_str()
     );
-    println!(
+    say!(
         "{:<25} {:>12} {:>12} {:>12} {:>8} {:>12}",
-        "start", "min", "max", "avg", "count", "last"
+        "start",
+        "min",
+        "max",
+        "avg",
+        "count",
+        "last"
     );
     for b in &s.buckets {
-        println!(
+        say!(
             "{:<25} {:>12.3} {:>12.3} {:>12.3} {:>8} {:>12.3}",
             timespec::format_ms(b.start),
             b.min,
@@ -222,27 +228,30 @@ async fn stats(g: &GlobalArgs, store: &dyn TelemetryStore, device: &DeviceId) ->
         }))?;
         return Ok(());
     }
-    println!("device      {device}");
-    println!(
+    say!("device      {device}");
+    say!(
         "readings    {} stored, {} duplicates, {} rejected, {} sequence conflicts",
-        stats.readings, stats.duplicates, stats.rejected, stats.conflicts
+        stats.readings,
+        stats.duplicates,
+        stats.rejected,
+        stats.conflicts
     );
     if let Some(seq) = stats.last_seq {
-        println!("last seq    {seq}");
+        say!("last seq    {seq}");
     }
     if let Some(at) = stats.flagged_at {
-        println!(
+        say!(
             "FLAGGED     {} ({})",
             timespec::format_ms(at),
             stats.flag_reason.as_deref().unwrap_or("")
         );
     }
-    println!("metrics     {}", stats.metrics.join(", "));
+    say!("metrics     {}", stats.metrics.join(", "));
     if let Some((v, at)) = state {
-        println!("state       {v} (at {})", timespec::format_ms(at));
+        say!("state       {v} (at {})", timespec::format_ms(at));
     }
     for p in presence {
-        println!(
+        say!(
             "presence    {} {} {}",
             timespec::format_ms(p.at_ms),
             if p.online { "online " } else { "offline" },
