@@ -21,6 +21,9 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0005_grafana_views.sql"),
     include_str!("../../migrations/postgres/0006_enrollment.sql"),
     include_str!("../../migrations/postgres/0007_renewal_claims.sql"),
+    // 0008 is taken by a concurrent change; when both land, list them in
+    // file order (this one after 0008).
+    include_str!("../../migrations/postgres/0009_users.sql"),
 ];
 
 /// Newest schema version this binary knows.

@@ -19,6 +19,9 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0004_telemetry.sql"),
     include_str!("../../migrations/sqlite/0005_enrollment.sql"),
     include_str!("../../migrations/sqlite/0006_renewal_claims.sql"),
+    // 0007 is taken by a concurrent change; when both land, list them in
+    // file order (this one after 0007).
+    include_str!("../../migrations/sqlite/0008_users.sql"),
 ];
 
 /// Newest schema version this binary knows.
