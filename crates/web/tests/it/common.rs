@@ -7,7 +7,8 @@ use rampart_pki::{Pki, PkiOptions};
 use rampart_provisioning::enrollment::{self, TokenSpec};
 use rampart_store::sqlite::SqliteOptions;
 use rampart_store::{Actor, AuditKey, SqliteStore, Store};
-use rampart_web::{AppState, ServerTls, WebConfig};
+use rampart_web::auth::{Clock, SealingKey};
+use rampart_web::{AppState, AuthBackend, ServerTls, WebConfig};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -18,6 +19,7 @@ pub struct Server {
     pub store: SqliteStore,
     pub pki: Arc<Pki>,
     pub client: reqwest::Client,
+    pub clock: Clock,
     stop: CancellationToken,
     task: Option<JoinHandle<std::io::Result<()>>>,
     _dir: tempfile::TempDir,
@@ -48,7 +50,19 @@ impl Server {
             config.tls12,
         )
         .expect("TLS");
-        let state = AppState::new(Arc::new(store.clone()), Arc::clone(&pki), config, tls);
+        let clock = Clock::manual(time::OffsetDateTime::now_utc());
+        let auth = AuthBackend {
+            users: Arc::new(store.clone()),
+            sealing_key: SealingKey::new([9; 32]),
+            clock: clock.clone(),
+        };
+        let state = AppState::new(
+            Arc::new(store.clone()),
+            Arc::clone(&pki),
+            config,
+            tls,
+            auth,
+        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -61,6 +75,7 @@ impl Server {
             state,
             store,
             pki,
+            clock,
             stop,
             task: Some(task),
             _dir: dir,
