@@ -384,7 +384,10 @@ async fn print_setup_url(web: &rampart_web::AppState, http: std::net::SocketAddr
         std::net::IpAddr::V6(v6) => format!("[{v6}]"),
         ip => ip.to_string(),
     };
-    println!("setup url=https://{host}:{}/setup?token={token}", http.port());
+    println!(
+        "setup url=https://{host}:{}/setup?token={token}",
+        http.port()
+    );
     tracing::warn!(
         valid_minutes = rampart_web::auth::SETUP_TOKEN_VALID.whole_minutes(),
         "no owner account yet: open the setup URL printed on stdout to create it"

@@ -94,7 +94,9 @@ pub enum StoreError {
     #[error("{0}")]
     SetupRefused(crate::users::SetupRefusal),
     /// The invitation is wrong, used or expired.
-    #[error("the invitation is not valid (wrong, used or expired); ask an administrator for a new one")]
+    #[error(
+        "the invitation is not valid (wrong, used or expired); ask an administrator for a new one"
+    )]
     InviteInvalid,
     /// No API token has this id, or it is revoked already.
     #[error("no active API token with id '{0}'")]

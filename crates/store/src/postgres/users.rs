@@ -181,7 +181,11 @@ async fn insert_session(c: &impl GenericClient, s: &NewSession) -> Result<Sessio
         .ok_or_else(|| StoreError::Corrupt("session vanished".into()))
 }
 
-async fn token_where(c: &impl GenericClient, column: &str, value: &str) -> Result<Option<ApiToken>> {
+async fn token_where(
+    c: &impl GenericClient,
+    column: &str,
+    value: &str,
+) -> Result<Option<ApiToken>> {
     let stmt = c
         .prepare_cached(&format!(
             "SELECT {API_TOKEN_COLUMNS} FROM api_tokens WHERE {column} = $1"

@@ -5,3 +5,4 @@ mod enrollment;
 mod provisioning;
 mod store;
 mod telemetry;
+mod users;

@@ -12,9 +12,9 @@ use rampart_store::{
 
 use super::authz::{self, Action, Principal};
 use super::password::{self, PasswordError};
+use super::secret;
 use super::session;
 use super::totp::TotpSecret;
-use super::secret;
 use crate::error::ApiError;
 use crate::state::{AppState, WebMetrics};
 
@@ -90,7 +90,9 @@ pub fn check_name(name: &str) -> Result<(), ApiError> {
     } else {
         Err(bad_request(
             "invalid_name",
-            format!("a user name has 1 to {MAX_NAME} characters, no control characters and no spaces at either end"),
+            format!(
+                "a user name has 1 to {MAX_NAME} characters, no control characters and no spaces at either end"
+            ),
         ))
     }
 }
@@ -286,7 +288,11 @@ pub async fn login(
     check_ip_throttle(state, origin)?;
     let now = state.clock().now();
     let user = if name.len() <= MAX_NAME * 4 {
-        state.users().user_by_name(name).await.map_err(store_error)?
+        state
+            .users()
+            .user_by_name(name)
+            .await
+            .map_err(store_error)?
     } else {
         None
     };
@@ -346,10 +352,19 @@ pub async fn login_totp(
     }
 }
 
-async fn finish_login(state: &AppState, user: User, origin: &Origin) -> Result<LoginStep, ApiError> {
-    let (cookie, session) =
-        session::start(state, &user, &origin.ip, &origin.user_agent, &origin.actor(&user.name))
-            .await?;
+async fn finish_login(
+    state: &AppState,
+    user: User,
+    origin: &Origin,
+) -> Result<LoginStep, ApiError> {
+    let (cookie, session) = session::start(
+        state,
+        &user,
+        &origin.ip,
+        &origin.user_agent,
+        &origin.actor(&user.name),
+    )
+    .await?;
     tracing::info!(user = %user.name, client_addr = %origin.ip, "signed in");
     Ok(LoginStep::Done(Box::new(SignedIn {
         cookie,

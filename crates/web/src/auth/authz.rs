@@ -88,10 +88,7 @@ impl Action {
 
     /// Whether only a signed-in person (not an API token) may do it.
     fn needs_session(self) -> bool {
-        matches!(
-            self,
-            Action::ManageOwnAccount | Action::ManageOwnApiTokens
-        )
+        matches!(self, Action::ManageOwnAccount | Action::ManageOwnApiTokens)
     }
 
     /// Whether a session that still has to enrol MFA may do it.

@@ -5,15 +5,15 @@
 //! Secrets never reach a log: the request log has no headers or query
 //! strings, and every type holding one redacts it in `Debug`.
 
+pub(crate) mod accounts;
 pub mod authz;
 mod clock;
-pub(crate) mod accounts;
 pub(crate) mod password;
 pub(crate) mod secret;
 pub(crate) mod session;
 pub(crate) mod totp;
 
-pub use authz::{Action, Credential, Denied, Principal, authorize};
 pub use accounts::{SETUP_TOKEN_VALID, issue_setup_token};
+pub use authz::{Action, Credential, Denied, Principal, authorize};
 pub use clock::Clock;
 pub use totp::{SealingKey, TotpSecret};

@@ -100,8 +100,7 @@ pub async fn hash(password: String) -> Result<String, HashError> {
 /// A valid hash of a password nobody knows: verifying an unknown user's
 /// attempt against it costs as much as a real check, so response times do
 /// not tell which names exist.
-const DECOY: &str =
-    "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$3sYvCvCjb2UZvqkY2S6n0S4b0W8LTV2vYIBxqyE7mGU";
+const DECOY: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$3sYvCvCjb2UZvqkY2S6n0S4b0W8LTV2vYIBxqyE7mGU";
 
 /// Whether `password` matches `phc` (or the decoy when `phc` is `None`,
 /// which never matches). A damaged hash counts as a mismatch and is logged.
@@ -151,12 +150,17 @@ mod tests {
             check_policy(&"x".repeat(MAX_LEN + 1), &[]),
             Err(PasswordError::TooLong)
         );
-        assert_eq!(check_policy("violet tractor sunrise 42", &["alice"]), Ok(()));
+        assert_eq!(
+            check_policy("violet tractor sunrise 42", &["alice"]),
+            Ok(())
+        );
     }
 
     #[tokio::test]
     async fn hashes_are_argon2id_and_verify() {
-        let phc = hash("violet tractor sunrise 42".into()).await.expect("hash");
+        let phc = hash("violet tractor sunrise 42".into())
+            .await
+            .expect("hash");
         assert!(phc.starts_with("$argon2id$v=19$"), "{phc}");
         assert!(verify("violet tractor sunrise 42".into(), Some(phc.clone())).await);
         assert!(!verify("violet tractor sunrise 43".into(), Some(phc)).await);

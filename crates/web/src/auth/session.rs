@@ -149,7 +149,9 @@ async fn api_token(state: &AppState, token: &str) -> Result<Principal, ApiError>
         .api_token_by_hash(&secret::hash(token))
         .await
         .map_err(internal)?;
-    let t = found.filter(|t| t.usable_at(now)).ok_or_else(token_invalid)?;
+    let t = found
+        .filter(|t| t.usable_at(now))
+        .ok_or_else(token_invalid)?;
     let creator = users
         .user(&t.created_by)
         .await
@@ -246,7 +248,14 @@ mod tests {
     fn the_cookie_has_every_protective_attribute() {
         let c = set_cookie("v", std::time::Duration::from_secs(60));
         let c = c.to_str().expect("text");
-        for attr in ["__Host-rampart_session=v", "Path=/", "Secure", "HttpOnly", "SameSite=Strict", "Max-Age=60"] {
+        for attr in [
+            "__Host-rampart_session=v",
+            "Path=/",
+            "Secure",
+            "HttpOnly",
+            "SameSite=Strict",
+            "Max-Age=60",
+        ] {
             assert!(c.contains(attr), "{c}");
         }
         assert!(!c.contains("Domain"));

@@ -89,7 +89,11 @@ impl TotpSecret {
     /// The 6-digit code at Unix time `unix`, zero-padded.
     pub fn code_at(&self, unix: i64) -> String {
         let step = u64::try_from(Self::step(unix)).unwrap_or(0);
-        format!("{:0width$}", self.hotp(step, DIGITS), width = DIGITS as usize)
+        format!(
+            "{:0width$}",
+            self.hotp(step, DIGITS),
+            width = DIGITS as usize
+        )
     }
 
     /// The step whose code `code` is, within one step of `unix`; `None` if
@@ -100,9 +104,8 @@ impl TotpSecret {
             return None;
         }
         let now = Self::step(unix);
-        (now - WINDOW..=now + WINDOW).find(|&s| {
-            s >= 0 && super::secret::same(&self.code_at(s * STEP_SECS), code)
-        })
+        (now - WINDOW..=now + WINDOW)
+            .find(|&s| s >= 0 && super::secret::same(&self.code_at(s * STEP_SECS), code))
     }
 }
 

@@ -319,7 +319,10 @@ mod tests {
 
     #[test]
     fn the_csrf_field_is_read_from_a_form() {
-        assert_eq!(form_field(b"a=1&csrf_token=xyz&b=2", "csrf_token"), Some("xyz"));
+        assert_eq!(
+            form_field(b"a=1&csrf_token=xyz&b=2", "csrf_token"),
+            Some("xyz")
+        );
         assert_eq!(form_field(b"a=1", "csrf_token"), None);
         assert_eq!(form_field(&[0xff, 0xfe], "csrf_token"), None);
     }

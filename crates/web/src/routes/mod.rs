@@ -112,21 +112,41 @@ pub const ROUTES: &[RouteSpec] = &[
     api("GET", "/api/v1/me/sessions", act(Action::ReadOwnAccount)),
     api("POST", "/api/v1/me/password", act(Action::ManageOwnAccount)),
     api("POST", "/api/v1/me/mfa", act(Action::ManageOwnAccount)),
-    api("POST", "/api/v1/me/mfa/confirm", act(Action::ManageOwnAccount)),
-    api("POST", "/api/v1/me/mfa/disable", act(Action::ManageOwnAccount)),
+    api(
+        "POST",
+        "/api/v1/me/mfa/confirm",
+        act(Action::ManageOwnAccount),
+    ),
+    api(
+        "POST",
+        "/api/v1/me/mfa/disable",
+        act(Action::ManageOwnAccount),
+    ),
     page("GET", "/logout", act(Action::ReadOwnAccount)),
     page("POST", "/logout", act(Action::ManageOwnAccount)),
     page("GET", "/account", act(Action::ReadOwnAccount)),
     page("POST", "/account/password", act(Action::ManageOwnAccount)),
     page("POST", "/account/mfa", act(Action::ManageOwnAccount)),
-    page("POST", "/account/mfa/confirm", act(Action::ManageOwnAccount)),
-    page("POST", "/account/mfa/disable", act(Action::ManageOwnAccount)),
+    page(
+        "POST",
+        "/account/mfa/confirm",
+        act(Action::ManageOwnAccount),
+    ),
+    page(
+        "POST",
+        "/account/mfa/disable",
+        act(Action::ManageOwnAccount),
+    ),
     page(
         "POST",
         "/account/logout-everywhere",
         act(Action::ManageOwnAccount),
     ),
-    page("POST", "/account/api-tokens", act(Action::ManageOwnApiTokens)),
+    page(
+        "POST",
+        "/account/api-tokens",
+        act(Action::ManageOwnApiTokens),
+    ),
     page(
         "POST",
         "/account/api-tokens/{id}/revoke",
@@ -134,7 +154,11 @@ pub const ROUTES: &[RouteSpec] = &[
     ),
     // API tokens.
     api("GET", "/api/v1/api-tokens", act(Action::ManageOwnApiTokens)),
-    api("POST", "/api/v1/api-tokens", act(Action::ManageOwnApiTokens)),
+    api(
+        "POST",
+        "/api/v1/api-tokens",
+        act(Action::ManageOwnApiTokens),
+    ),
     api(
         "DELETE",
         "/api/v1/api-tokens/{id}",
@@ -217,7 +241,11 @@ pub fn router(state: AppState) -> Router {
         match endpoint(spec) {
             Some(handler) => router = router.route(spec.path, handler),
             None => {
-                tracing::error!(method = spec.method, path = spec.path, "route table row without a handler");
+                tracing::error!(
+                    method = spec.method,
+                    path = spec.path,
+                    "route table row without a handler"
+                );
             }
         }
     }

@@ -82,13 +82,21 @@ pub(super) async fn setup_submit(
 ) -> PageResult {
     let f = match form {
         Ok(Form(f)) => f,
-        Err(e) => return Ok(html(StatusCode::BAD_REQUEST, pages::setup("", Some(&form_error(e))))),
+        Err(e) => {
+            return Ok(html(
+                StatusCode::BAD_REQUEST,
+                pages::setup("", Some(&form_error(e))),
+            ));
+        }
     };
     let email = Some(f.email.trim().to_owned()).filter(|e| !e.is_empty());
     let origin = origin_of(client, &headers);
     match accounts::setup(&state, &f.token, f.name.trim(), email, &f.password, &origin).await {
         Ok(s) => Ok(signed_in_redirect(&state, &s, "/account")),
-        Err(e) => Ok(html(e.status, pages::setup(&f.token, Some(&Flash::error(e.message))))),
+        Err(e) => Ok(html(
+            e.status,
+            pages::setup(&f.token, Some(&Flash::error(e.message))),
+        )),
     }
 }
 
@@ -115,7 +123,12 @@ pub(super) async fn login_submit(
 ) -> PageResult {
     let f = match form {
         Ok(Form(f)) => f,
-        Err(e) => return Ok(html(StatusCode::BAD_REQUEST, pages::login(Some(&form_error(e))))),
+        Err(e) => {
+            return Ok(html(
+                StatusCode::BAD_REQUEST,
+                pages::login(Some(&form_error(e))),
+            ));
+        }
     };
     let origin = origin_of(client, &headers);
     match accounts::login(&state, &f.name, &f.password, None, &origin).await {
@@ -143,7 +156,12 @@ pub(super) async fn login_totp(
 ) -> PageResult {
     let f = match form {
         Ok(Form(f)) => f,
-        Err(e) => return Ok(html(StatusCode::BAD_REQUEST, pages::login(Some(&form_error(e))))),
+        Err(e) => {
+            return Ok(html(
+                StatusCode::BAD_REQUEST,
+                pages::login(Some(&form_error(e))),
+            ));
+        }
     };
     let origin = origin_of(client, &headers);
     match accounts::login_totp(&state, &f.ticket, &f.code, &origin).await {
@@ -175,7 +193,12 @@ pub(super) async fn invite_submit(
 ) -> PageResult {
     let f = match form {
         Ok(Form(f)) => f,
-        Err(e) => return Ok(html(StatusCode::BAD_REQUEST, pages::invite("", Some(&form_error(e))))),
+        Err(e) => {
+            return Ok(html(
+                StatusCode::BAD_REQUEST,
+                pages::invite("", Some(&form_error(e))),
+            ));
+        }
     };
     let origin = origin_of(client, &headers);
     match accounts::accept_invite(&state, &f.token, &f.password, &origin).await {
@@ -183,7 +206,10 @@ pub(super) async fn invite_submit(
             StatusCode::OK,
             pages::login(Some(&Flash::ok("Your password is set. Sign in."))),
         )),
-        Err(e) => Ok(html(e.status, pages::invite(&f.token, Some(&Flash::error(e.message))))),
+        Err(e) => Ok(html(
+            e.status,
+            pages::invite(&f.token, Some(&Flash::error(e.message))),
+        )),
     }
 }
 
@@ -228,7 +254,9 @@ async fn account_page(
         .user(&p.user_id)
         .await
         .map_err(accounts::store_error)?
-        .ok_or_else(|| accounts::store_error(rampart_store::StoreError::UserNotFound(p.name.clone())))?;
+        .ok_or_else(|| {
+            accounts::store_error(rampart_store::StoreError::UserNotFound(p.name.clone()))
+        })?;
     let sessions = users
         .sessions_of(&p.user_id)
         .await
@@ -316,7 +344,11 @@ pub(super) async fn account_password(
             )
             .await
         }
-        Err(e) => Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_form", e.body_text())),
+        Err(e) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_form",
+            e.body_text(),
+        )),
     };
     after(&state, &p, result, "password").await
 }
@@ -356,8 +388,14 @@ pub(super) async fn account_mfa_confirm(
 ) -> PageResult {
     let p = principal(caller)?;
     let result = match form {
-        Ok(Form(f)) => accounts::mfa_confirm(&state, &p, &f.code, &origin_of(client, &headers)).await,
-        Err(e) => Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_form", e.body_text())),
+        Ok(Form(f)) => {
+            accounts::mfa_confirm(&state, &p, &f.code, &origin_of(client, &headers)).await
+        }
+        Err(e) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_form",
+            e.body_text(),
+        )),
     };
     after(&state, &p, result, "mfa-on").await
 }
@@ -372,8 +410,14 @@ pub(super) async fn account_mfa_disable(
 ) -> PageResult {
     let p = principal(caller)?;
     let result = match form {
-        Ok(Form(f)) => accounts::mfa_disable(&state, &p, &f.code, &origin_of(client, &headers)).await,
-        Err(e) => Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_form", e.body_text())),
+        Ok(Form(f)) => {
+            accounts::mfa_disable(&state, &p, &f.code, &origin_of(client, &headers)).await
+        }
+        Err(e) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_form",
+            e.body_text(),
+        )),
     };
     after(&state, &p, result, "mfa-off").await
 }
@@ -413,8 +457,14 @@ pub(super) async fn account_token_create(
     let f = match form {
         Ok(Form(f)) => f,
         Err(e) => {
-            return account_page(&state, &p, StatusCode::BAD_REQUEST, Some(form_error(e)), None)
-                .await;
+            return account_page(
+                &state,
+                &p,
+                StatusCode::BAD_REQUEST,
+                Some(form_error(e)),
+                None,
+            )
+            .await;
         }
     };
     let role = Role::parse(&f.role);
@@ -457,11 +507,7 @@ async fn users_page(
     flash: Option<Flash>,
     invite_link: Option<String>,
 ) -> PageResult {
-    let users = state
-        .users()
-        .users()
-        .await
-        .map_err(accounts::store_error)?;
+    let users = state.users().users().await.map_err(accounts::store_error)?;
     let view = UsersView {
         principal: p,
         csrf_token: csrf_of(p),
@@ -498,14 +544,37 @@ pub(super) async fn users_invite(
     let f = match form {
         Ok(Form(f)) => f,
         Err(e) => {
-            return users_page(&state, &p, StatusCode::BAD_REQUEST, Some(form_error(e)), None).await;
+            return users_page(
+                &state,
+                &p,
+                StatusCode::BAD_REQUEST,
+                Some(form_error(e)),
+                None,
+            )
+            .await;
         }
     };
     let Some(role) = Role::parse(&f.role) else {
-        return users_page(&state, &p, StatusCode::BAD_REQUEST, Some(Flash::error("choose a role")), None).await;
+        return users_page(
+            &state,
+            &p,
+            StatusCode::BAD_REQUEST,
+            Some(Flash::error("choose a role")),
+            None,
+        )
+        .await;
     };
     let email = Some(f.email.trim().to_owned()).filter(|e| !e.is_empty());
-    match accounts::invite(&state, &p, f.name.trim(), email, role, &origin_of(client, &headers)).await {
+    match accounts::invite(
+        &state,
+        &p,
+        f.name.trim(),
+        email,
+        role,
+        &origin_of(client, &headers),
+    )
+    .await
+    {
         Ok((user, token)) => {
             let host = headers
                 .get(header::HOST)
@@ -538,14 +607,33 @@ pub(super) async fn users_change(
         Ok("disable") => Some(UserOp::Disabled(true)),
         Ok("enable") => Some(UserOp::Disabled(false)),
         Ok("mfa-reset") => Some(UserOp::MfaReset),
-        Ok(other) => other.strip_prefix("role:").and_then(Role::parse).map(UserOp::Role),
+        Ok(other) => other
+            .strip_prefix("role:")
+            .and_then(Role::parse)
+            .map(UserOp::Role),
         Err(_) => None,
     };
     let Some(op) = op else {
-        return users_page(&state, &p, StatusCode::BAD_REQUEST, Some(Flash::error("unknown action")), None).await;
+        return users_page(
+            &state,
+            &p,
+            StatusCode::BAD_REQUEST,
+            Some(Flash::error("unknown action")),
+            None,
+        )
+        .await;
     };
     match accounts::change_user(&state, &p, &id, op, &origin_of(client, &headers)).await {
-        Ok(u) => users_page(&state, &p, StatusCode::OK, Some(Flash::ok(format!("{} is updated.", u.name))), None).await,
+        Ok(u) => {
+            users_page(
+                &state,
+                &p,
+                StatusCode::OK,
+                Some(Flash::ok(format!("{} is updated.", u.name))),
+                None,
+            )
+            .await
+        }
         Err(e) => users_page(&state, &p, e.status, Some(Flash::error(e.message)), None).await,
     }
 }

@@ -32,11 +32,7 @@ fn role(s: &str) -> Result<Role, ApiError> {
 pub(super) async fn list(
     State(state): State<AppState>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let users = state
-        .users()
-        .users()
-        .await
-        .map_err(accounts::store_error)?;
+    let users = state.users().users().await.map_err(accounts::store_error)?;
     let list: Vec<_> = users
         .iter()
         .map(|u| json!({ "user": u, "invited": u.invited() }))
@@ -133,9 +129,14 @@ pub(super) async fn mfa_reset(
     caller: Caller,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let p = principal(caller)?;
-    let user =
-        accounts::change_user(&state, &p, &id, UserOp::MfaReset, &origin_of(client, &headers))
-            .await?;
+    let user = accounts::change_user(
+        &state,
+        &p,
+        &id,
+        UserOp::MfaReset,
+        &origin_of(client, &headers),
+    )
+    .await?;
     Ok(Json(json!({ "user": user })))
 }
 
@@ -153,9 +154,8 @@ pub(super) async fn list_tokens(
     query: Result<Query<TokenQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let p = principal(caller)?;
-    let Query(q) = query.map_err(|e| {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text())
-    })?;
+    let Query(q) = query
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
     let of = if q.all {
         authorize(Some(&p), Action::ManageAllApiTokens)
             .map_err(|d| ApiError::new(StatusCode::FORBIDDEN, d.code(), d.to_string()))?;

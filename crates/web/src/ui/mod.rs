@@ -33,7 +33,11 @@ pub(crate) async fn stylesheet(headers: HeaderMap) -> Response {
     let mut r = if matches {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
-        ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLESHEET).into_response()
+        (
+            [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+            STYLESHEET,
+        )
+            .into_response()
     };
     let h = r.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&etag) {

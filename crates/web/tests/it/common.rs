@@ -56,13 +56,7 @@ impl Server {
             sealing_key: SealingKey::new([9; 32]),
             clock: clock.clone(),
         };
-        let state = AppState::new(
-            Arc::new(store.clone()),
-            Arc::clone(&pki),
-            config,
-            tls,
-            auth,
-        );
+        let state = AppState::new(Arc::new(store.clone()), Arc::clone(&pki), config, tls, auth);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
