@@ -19,6 +19,8 @@ pub struct Server {
     pub store: SqliteStore,
     pub pki: Arc<Pki>,
     pub client: reqwest::Client,
+    /// A client that shows redirects instead of following them.
+    pub browser: reqwest::Client,
     pub clock: Clock,
     stop: CancellationToken,
     task: Option<JoinHandle<std::io::Result<()>>>,
@@ -66,6 +68,9 @@ impl Server {
         Self {
             addr,
             client: rampart_test_support::https::client_trusting(&pki.chain_pem()),
+            browser: rampart_test_support::https::client_trusting_without_redirects(
+                &pki.chain_pem(),
+            ),
             state,
             store,
             pki,
