@@ -199,7 +199,7 @@ pub enum LoginStep {
     /// Signed in.
     Done(Box<SignedIn>),
     /// The password was right; a TOTP code is needed (none was sent).
-    TotpRequired(User),
+    TotpRequired(Box<User>),
 }
 
 fn login_failed() -> ApiError {
@@ -312,7 +312,7 @@ pub async fn login(
     };
     if user.mfa_enabled {
         let Some(code) = totp.filter(|c| !c.trim().is_empty()) else {
-            return Ok(LoginStep::TotpRequired(user));
+            return Ok(LoginStep::TotpRequired(Box::new(user)));
         };
         if !totp_ok(state, &user, code) {
             return Err(failure(state, Some(&user), origin).await);
