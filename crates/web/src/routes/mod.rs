@@ -178,11 +178,15 @@ pub const ROUTES: &[RouteSpec] = &[
     page("POST", "/users/{id}", act(Action::ManageUsers)),
 ];
 
-/// The table row of a request, by method and matched path.
+/// The table row of a request, by method and matched path (`HEAD` is
+/// served, and ruled, as `GET`).
 pub(crate) fn find_route(method: &Method, path: &str) -> Option<&'static RouteSpec> {
-    ROUTES
-        .iter()
-        .find(|r| r.path == path && r.method == method.as_str())
+    let method = if method == Method::HEAD {
+        "GET"
+    } else {
+        method.as_str()
+    };
+    ROUTES.iter().find(|r| r.path == path && r.method == method)
 }
 
 /// The handler of a table row.
@@ -323,6 +327,17 @@ async fn log_request(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn head_follows_the_rule_of_get() {
+        let get = find_route(&Method::GET, "/api/v1/users").map(|r| r.access);
+        assert_eq!(
+            find_route(&Method::HEAD, "/api/v1/users").map(|r| r.access),
+            get
+        );
+        assert!(get.is_some());
+        assert_eq!(find_route(&Method::PUT, "/api/v1/users"), None);
+    }
 
     #[test]
     fn every_table_row_has_a_handler_and_appears_once() {
