@@ -117,3 +117,38 @@ impl WebConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auth_settings_are_checked() {
+        assert_eq!(WebConfig::default().validate(), Ok(()));
+        let bad = |c: WebConfig| c.validate().expect_err("refused");
+        assert!(
+            bad(WebConfig {
+                session_idle_timeout: Duration::ZERO,
+                ..WebConfig::default()
+            })
+            .contains("session_idle_timeout")
+        );
+        for origin in [
+            "*",
+            "tools.example",
+            "https://tools.example/",
+            "https://a/b",
+        ] {
+            let e = bad(WebConfig {
+                cors_allowed_origins: vec![origin.into()],
+                ..WebConfig::default()
+            });
+            assert!(e.contains("cors_allowed_origins"), "{origin}: {e}");
+        }
+        let ok = WebConfig {
+            cors_allowed_origins: vec!["https://tools.example:8443".into()],
+            ..WebConfig::default()
+        };
+        assert_eq!(ok.validate(), Ok(()));
+    }
+}

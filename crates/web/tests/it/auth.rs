@@ -910,3 +910,43 @@ async fn bad_input_gets_clear_json_errors() {
     }
     assert_eq!(s.store.users().await.expect("users").len(), 1);
 }
+
+#[tokio::test]
+async fn a_password_change_needs_the_current_password_and_a_strong_new_one() {
+    let s = Server::start(config()).await;
+    let owner = s.owner().await;
+    let change = |current: &str, new: &str| {
+        Req::post("/api/v1/me/password")
+            .session(&owner)
+            .json(json!({ "currentPassword": current, "newPassword": new }))
+    };
+    let r = change("not my password", "amber canyon falcon 1984")
+        .send(&s)
+        .await;
+    assert_eq!((r.status, r.code()), (403, "password_wrong"));
+    let r = change(PASSWORD, "owner12345678").send(&s).await;
+    assert_eq!((r.status, r.code()), (400, "weak_password"), "{}", r.text);
+    let r = change(PASSWORD, "amber canyon falcon 1984").send(&s).await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    assert_eq!(s.login("owner", PASSWORD, None).await.status, 401);
+    assert_eq!(
+        s.login("owner", "amber canyon falcon 1984", None)
+            .await
+            .status,
+        200
+    );
+    let log = actions(&s).await;
+    assert_eq!(
+        log.iter().filter(|a| *a == "user.password").count(),
+        1,
+        "{log:?}"
+    );
+    // HEAD follows GET's rule.
+    let r = Req::new(Method::HEAD, "/api/v1/users").send(&s).await;
+    assert_eq!(r.status, 401);
+    let r = Req::new(Method::HEAD, "/api/v1/users")
+        .session(&owner)
+        .send(&s)
+        .await;
+    assert_eq!(r.status, 200);
+}
