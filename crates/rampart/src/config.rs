@@ -440,8 +440,8 @@ max_keepalive_secs = 3600
 # topic = "devices/{cn}/#"     # {cn} = the connecting identity
 
 [web]
-# The HTTPS server (--http-addr, default :8443): JSON API, device
-# enrollment, later the console. It presents the same server certificate
+# The HTTPS server (--http-addr, default :8443): the console, the JSON API,
+# device enrollment. It presents the same server certificate
 # as the broker.
 # Also offer TLS 1.2 (TLS 1.3 only otherwise).
 tls12 = false
@@ -471,6 +471,25 @@ enroll_repeat_window = "15m"
 # only, for a scraper on a trusted network (the token is required there
 # too when set).
 # metrics_addr = "127.0.0.1:9464"
+# Console sign-in. Owners and admins must use a TOTP second factor (until
+# they enrol one, they can do nothing else).
+require_mfa_for_admins = false
+# A session ends after this long without a request, and this long after
+# sign-in whatever happens.
+session_idle_timeout = "30m"
+session_absolute_timeout = "12h"
+# Failed sign-ins in a row that lock an account, and for how long (0: never).
+login_max_failures = 5
+login_lockout = "15m"
+# Failed sign-ins one source address may make in a burst before it is
+# answered 429; then one more per login_failure_refill. Kept in memory.
+login_failure_burst = 20
+login_failure_refill = "30s"
+# How long an invitation link stays valid.
+invite_valid_for = "7days"
+# Origins whose pages may call the API with an API token (never with the
+# session cookie), e.g. ["https://tools.example.com"]. Empty: none.
+cors_allowed_origins = []
 
 [telemetry]
 # Largest telemetry or state payload, in bytes.

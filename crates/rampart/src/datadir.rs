@@ -190,6 +190,24 @@ impl DataDir {
         self.root.join("audit.head")
     }
 
+    /// The key sealing console TOTP secrets (hex, mode 0600). Kept out of
+    /// the database so that a database dump alone reveals no second factor.
+    pub fn console_key_path(&self) -> PathBuf {
+        self.root.join("console.key")
+    }
+
+    /// The console key, created on first use.
+    pub fn console_key(&self) -> Result<[u8; 32]> {
+        let path = self.console_key_path();
+        if !path.exists() {
+            let mut key = [0u8; 32];
+            rand::rng().fill_bytes(&mut key);
+            write_private(&path, hex::encode(key).as_bytes())?;
+        }
+        rampart_store::read_key_file(&path)
+            .with_context(|| format!("cannot read the console key {}", path.display()))
+    }
+
     /// The CA directory.
     pub fn pki(&self) -> PathBuf {
         self.root.join("pki")

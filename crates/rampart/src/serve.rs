@@ -94,7 +94,7 @@ pub async fn run(g: &GlobalArgs, config: Config, args: ServeArgs) -> Result<Exit
     ));
 
     // The web part: HTTPS with the same server certificate.
-    let web = web_state(&platform, Arc::clone(&store))?.with_monitoring(
+    let web = web_state(&platform, &dir, Arc::clone(&store))?.with_monitoring(
         crate::monitoring::monitoring(&broker, Arc::clone(pipeline.metrics()), control.metrics()),
     );
     // `/metrics` on its own plain-HTTP address, when configured.
@@ -119,6 +119,7 @@ pub async fn run(g: &GlobalArgs, config: Config, args: ServeArgs) -> Result<Exit
         .with_context(|| format!("cannot listen for HTTPS on {}", args.http_addr))?;
     let http_bound = http.local_addr()?;
     eprintln!("listening http={http_bound}");
+    print_setup_url(&web, http_bound).await?;
     let web_stop = CancellationToken::new();
     let web_task = tokio::spawn(rampart_web::run(http, web.clone(), web_stop.clone()));
 
@@ -368,7 +369,11 @@ fn tls_material(platform: &Platform) -> Result<TlsMaterial> {
 }
 
 /// The web part's state: the store, the CA, `[web]`, the server certificate.
-fn web_state(platform: &Platform, store: Arc<dyn Store>) -> Result<rampart_web::AppState> {
+fn web_state(
+    platform: &Platform,
+    dir: &DataDir,
+    store: Arc<dyn Store>,
+) -> Result<rampart_web::AppState> {
     let m = tls_material(platform)?;
     let tls = rampart_web::ServerTls::new(
         &m.server_chain_pem,
@@ -376,12 +381,45 @@ fn web_state(platform: &Platform, store: Arc<dyn Store>) -> Result<rampart_web::
         platform.config.web.tls12,
     )
     .context("cannot set up HTTPS")?;
+    let auth = rampart_web::AuthBackend {
+        users: Arc::new(platform.store.clone()),
+        sealing_key: rampart_web::auth::SealingKey::new(dir.console_key()?),
+        clock: rampart_web::auth::Clock::system(),
+    };
     Ok(rampart_web::AppState::new(
         store,
         Arc::clone(&platform.pki),
         platform.config.web.clone(),
         tls,
+        auth,
     ))
+}
+
+/// While no owner exists, prints a fresh one-time setup URL on stdout
+/// (`setup url=...`, a plain line that scripts and tests read); the token
+/// is valid for an hour and voids the ones printed before. The URL is a
+/// credential: it goes to stdout only, never to the log.
+async fn print_setup_url(web: &rampart_web::AppState, http: std::net::SocketAddr) -> Result<()> {
+    let Some(token) = rampart_web::auth::issue_setup_token(web)
+        .await
+        .context("cannot issue the first-start setup token")?
+    else {
+        return Ok(());
+    };
+    let host = match http.ip() {
+        ip if ip.is_unspecified() => "localhost".to_owned(),
+        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+        ip => ip.to_string(),
+    };
+    println!(
+        "setup url=https://{host}:{}/setup?token={token}",
+        http.port()
+    );
+    tracing::warn!(
+        valid_minutes = rampart_web::auth::SETUP_TOKEN_VALID.whole_minutes(),
+        "no owner account yet: open the setup URL printed on stdout to create it"
+    );
+    Ok(())
 }
 
 /// Modification times of every file the TLS configuration is built from.

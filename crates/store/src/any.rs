@@ -343,3 +343,138 @@ impl TelemetryStore for AnyStore {
         delegate!(self.outbox_failed(id))
     }
 }
+
+#[async_trait]
+impl crate::UserStore for AnyStore {
+    async fn owner_exists(&self) -> Result<bool> {
+        delegate!(self.owner_exists())
+    }
+
+    async fn issue_setup_token(
+        &self,
+        token_hash: &str,
+        now: time::OffsetDateTime,
+        expires_at: time::OffsetDateTime,
+        actor: &Actor,
+    ) -> Result<()> {
+        delegate!(self.issue_setup_token(token_hash, now, expires_at, actor))
+    }
+
+    async fn complete_setup(
+        &self,
+        token_hash: &str,
+        owner: crate::NewUser,
+        session: crate::NewSession,
+        actor: &Actor,
+    ) -> Result<(crate::User, crate::Session)> {
+        delegate!(self.complete_setup(token_hash, owner, session, actor))
+    }
+
+    async fn create_user(&self, user: crate::NewUser, actor: &Actor) -> Result<crate::User> {
+        delegate!(self.create_user(user, actor))
+    }
+
+    async fn user(&self, id: &str) -> Result<Option<crate::User>> {
+        delegate!(self.user(id))
+    }
+
+    async fn user_by_name(&self, name: &str) -> Result<Option<crate::User>> {
+        delegate!(self.user_by_name(name))
+    }
+
+    async fn users(&self) -> Result<Vec<crate::User>> {
+        delegate!(self.users())
+    }
+
+    async fn accept_invite(
+        &self,
+        invite_hash: &str,
+        password_hash: &str,
+        now: time::OffsetDateTime,
+        actor: &Actor,
+    ) -> Result<crate::User> {
+        delegate!(self.accept_invite(invite_hash, password_hash, now, actor))
+    }
+
+    async fn update_user(
+        &self,
+        id: &str,
+        change: crate::UserChange,
+        now: time::OffsetDateTime,
+        actor: &Actor,
+    ) -> Result<crate::User> {
+        delegate!(self.update_user(id, change, now, actor))
+    }
+
+    async fn record_login_failure(
+        &self,
+        user_id: &str,
+        now: time::OffsetDateTime,
+        policy: crate::LockoutPolicy,
+        actor: &Actor,
+    ) -> Result<crate::LoginFailure> {
+        delegate!(self.record_login_failure(user_id, now, policy, actor))
+    }
+
+    async fn create_session(
+        &self,
+        session: crate::NewSession,
+        actor: &Actor,
+    ) -> Result<crate::Session> {
+        delegate!(self.create_session(session, actor))
+    }
+
+    async fn session(&self, id_hash: &str) -> Result<Option<crate::Session>> {
+        delegate!(self.session(id_hash))
+    }
+
+    async fn touch_session(
+        &self,
+        id_hash: &str,
+        now: time::OffsetDateTime,
+        idle_expires_at: time::OffsetDateTime,
+    ) -> Result<()> {
+        delegate!(self.touch_session(id_hash, now, idle_expires_at))
+    }
+
+    async fn end_session(&self, id_hash: &str) -> Result<()> {
+        delegate!(self.end_session(id_hash))
+    }
+
+    async fn end_all_sessions(&self, user_id: &str, actor: &Actor) -> Result<u64> {
+        delegate!(self.end_all_sessions(user_id, actor))
+    }
+
+    async fn sessions_of(&self, user_id: &str) -> Result<Vec<crate::Session>> {
+        delegate!(self.sessions_of(user_id))
+    }
+
+    async fn create_api_token(
+        &self,
+        token: crate::NewApiToken,
+        actor: &Actor,
+    ) -> Result<crate::ApiToken> {
+        delegate!(self.create_api_token(token, actor))
+    }
+
+    async fn api_token_by_hash(&self, token_hash: &str) -> Result<Option<crate::ApiToken>> {
+        delegate!(self.api_token_by_hash(token_hash))
+    }
+
+    async fn api_tokens(&self, created_by: Option<&str>) -> Result<Vec<crate::ApiToken>> {
+        delegate!(self.api_tokens(created_by))
+    }
+
+    async fn revoke_api_token(
+        &self,
+        id: &str,
+        now: time::OffsetDateTime,
+        actor: &Actor,
+    ) -> Result<crate::ApiToken> {
+        delegate!(self.revoke_api_token(id, now, actor))
+    }
+
+    async fn touch_api_token(&self, id: &str, now: time::OffsetDateTime) -> Result<()> {
+        delegate!(self.touch_api_token(id, now))
+    }
+}

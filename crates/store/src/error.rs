@@ -76,6 +76,31 @@ pub enum StoreError {
     /// The certificate of an enrolling device could not be issued.
     #[error("cannot issue the device certificate: {0}")]
     Issue(#[source] rampart_pki::PkiError),
+    /// No console user has this id or name.
+    #[error("no user '{0}'")]
+    UserNotFound(String),
+    /// A console user with this name exists already.
+    #[error("a user named '{0}' exists already; choose another name")]
+    UserNameTaken(String),
+    /// The change is not allowed for this user.
+    #[error("user '{name}': {why}")]
+    UserState {
+        /// The user's name.
+        name: String,
+        /// What cannot be done and why.
+        why: &'static str,
+    },
+    /// First-start setup was refused.
+    #[error("{0}")]
+    SetupRefused(crate::users::SetupRefusal),
+    /// The invitation is wrong, used or expired.
+    #[error(
+        "the invitation is not valid (wrong, used or expired); ask an administrator for a new one"
+    )]
+    InviteInvalid,
+    /// No API token has this id, or it is revoked already.
+    #[error("no active API token with id '{0}'")]
+    ApiTokenNotFound(String),
     /// The database belongs to something else, or is damaged.
     #[error("{path} is not a Rampart database: {why}")]
     Foreign {

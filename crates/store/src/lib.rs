@@ -26,6 +26,7 @@ pub mod postgres;
 mod records;
 pub mod sqlite;
 pub mod telemetry;
+mod users;
 
 use async_trait::async_trait;
 use rampart_pki::RevocationReason;
@@ -48,6 +49,10 @@ pub use mqtt::{MqttOp, MqttSnapshot, StoredMessage, StoredSession, StoredSubscri
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 pub use telemetry::TelemetryStore;
+pub use users::{
+    ApiToken, LockoutPolicy, LoginFailure, NewApiToken, NewSession, NewUser, Role, Session,
+    SetupRefusal, User, UserChange, UserStore,
+};
 
 /// How many change-feed rows are kept; a follower further behind
 /// resynchronises from the registry.

@@ -6,6 +6,19 @@ use std::sync::Arc;
 /// An HTTPS client that trusts only the CA certificates in `ca_pem`
 /// (Rampart's trust bundle): no public roots, no insecure mode.
 pub fn client_trusting(ca_pem: &str) -> reqwest::Client {
+    builder_trusting(ca_pem).build().expect("HTTPS client")
+}
+
+/// [`client_trusting`] that does not follow redirects, as tests of the
+/// console need to see a `303` and its `Location`.
+pub fn client_trusting_without_redirects(ca_pem: &str) -> reqwest::Client {
+    builder_trusting(ca_pem)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("HTTPS client")
+}
+
+fn builder_trusting(ca_pem: &str) -> reqwest::ClientBuilder {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
@@ -25,8 +38,6 @@ pub fn client_trusting(ca_pem: &str) -> reqwest::Client {
     reqwest::Client::builder()
         .tls_backend_preconfigured(config)
         .timeout(crate::wait_limit())
-        .build()
-        .expect("HTTPS client")
 }
 
 /// A fresh P-256 key and a CSR for it with CN = `cn`: `(key PEM, CSR PEM)`.

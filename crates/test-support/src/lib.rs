@@ -203,7 +203,7 @@ impl Workspace {
         let mut cmd = self.rampart_std();
         cmd.args(["serve", "--mqtt-addr", mqtt, "--http-addr", http])
             .envs(extra_env.iter().copied())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         Serve::spawn(cmd)
     }
@@ -305,7 +305,8 @@ impl Drop for Background {
 }
 
 /// A running `rampart serve` (or another long-running command, such as
-/// `rampart simulate`) whose stderr lines can be awaited.
+/// `rampart simulate`) whose stderr lines, and stdout lines when stdout is
+/// piped too, can be awaited.
 #[derive(Debug)]
 pub struct Serve {
     child: Child,
@@ -315,11 +316,23 @@ pub struct Serve {
 }
 
 impl Serve {
-    /// Starts `cmd`, whose stderr must be piped.
+    /// Starts `cmd`, whose stderr must be piped; if its stdout is piped
+    /// too, stdout lines arrive in the same stream (their order relative
+    /// to stderr lines is not kept).
     pub fn spawn(mut cmd: Command) -> Self {
         let mut child = cmd.spawn().expect("start rampart");
         let stderr = child.stderr.take().expect("piped stderr");
         let (tx, lines) = mpsc::channel();
+        if let Some(stdout) = child.stdout.take() {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if tx.send(line).is_err() {
@@ -387,6 +400,20 @@ impl Serve {
             .strip_prefix(&prefix)
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("malformed listening line: {line}"))
+    }
+
+    /// The first-start setup URL `serve` prints on stdout
+    /// (`setup url=https://...`), seen already or awaited.
+    pub fn setup_url(&mut self) -> String {
+        const PREFIX: &str = "setup url=";
+        let line = match self.seen.iter().find(|l| l.starts_with(PREFIX)) {
+            Some(l) => l.clone(),
+            None => self.wait_until("a setup URL", |l| l.starts_with(PREFIX)),
+        };
+        line.trim()
+            .strip_prefix(PREFIX)
+            .unwrap_or_default()
+            .to_owned()
     }
 
     /// The MQTT (mTLS) and HTTPS addresses, once both parts listen.

@@ -4,14 +4,18 @@
 //! certificate (reloadable), the connection limit, handshake and header
 //! timeouts, the request body limit, JSON errors
 //! (`{"error":{"code","message"}}`), request logging, and the routes: the
-//! health check and the JSON API (device enrollment so far; the console of
-//! issue 8 builds on the same [`AppState`] and router).
+//! health check, the JSON API (device enrollment, accounts, users, API
+//! tokens) and the console pages, behind one route table ([`ROUTES`]) that
+//! names each route's access rule and one authorization function
+//! ([`auth::authorize`]).
 //!
 //! It must not hold domain logic: handlers parse the request, call the
 //! provisioning or store crates, and map the answer to HTTP. It never logs
-//! a secret (bearer tokens, claim codes).
+//! a secret (bearer tokens, claim codes, passwords, session ids, TOTP
+//! secrets).
 
 pub mod chart;
+pub mod auth;
 mod config;
 mod error;
 mod limit;
@@ -21,12 +25,13 @@ mod routes;
 mod server;
 mod state;
 mod tls;
+pub mod ui;
 
 pub use config::{MetricsToken, WebConfig};
 pub use error::ApiError;
 pub use limit::FailureLimiter;
 pub use metrics::{Monitoring, run_metrics};
-pub use routes::router;
+pub use routes::{Access, ROUTES, RouteSpec, Surface, router};
 pub use server::run;
-pub use state::{AppState, WebMetrics};
+pub use state::{AppState, AuthBackend, WebMetrics};
 pub use tls::{ServerTls, TlsError};

@@ -1,10 +1,14 @@
 //! What every handler shares: the store, the CA, the limits, the counters.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use rampart_pki::Pki;
-use rampart_store::Store;
+use rampart_store::{Store, UserStore};
+use time::OffsetDateTime;
+
+use crate::auth::{Clock, SealingKey};
 
 use crate::config::WebConfig;
 use crate::limit::FailureLimiter;
@@ -26,13 +30,44 @@ struct Inner {
     enroll_failures: FailureLimiter,
     metrics: WebMetrics,
     monitoring: OnceLock<Monitoring>,
+    auth: AuthBackend,
+    login_failures: FailureLimiter,
+    /// The last TOTP step accepted per user: a code is good once.
+    totp_steps: Mutex<HashMap<String, i64>>,
+    /// Sign-ins waiting for their TOTP code: ticket hash → (user id, expiry).
+    mfa_tickets: Mutex<HashMap<String, (String, OffsetDateTime)>>,
+}
+
+/// What the console's sign-in needs besides the registry store: the user
+/// store, the key sealing TOTP secrets, and the clock.
+#[derive(Clone, Debug)]
+pub struct AuthBackend {
+    /// Users, sessions, setup and API tokens.
+    pub users: Arc<dyn UserStore>,
+    /// Seals TOTP secrets at rest (kept outside the database).
+    pub sealing_key: SealingKey,
+    /// Now (a manual clock in tests).
+    pub clock: Clock,
 }
 
 impl AppState {
     /// State serving `store` and `pki` with the limits of `config`, over `tls`.
-    pub fn new(store: Arc<dyn Store>, pki: Arc<Pki>, config: WebConfig, tls: ServerTls) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        pki: Arc<Pki>,
+        config: WebConfig,
+        tls: ServerTls,
+        auth: AuthBackend,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
+                login_failures: FailureLimiter::new(
+                    config.login_failure_burst,
+                    config.login_failure_refill,
+                ),
+                auth,
+                totp_steps: Mutex::new(HashMap::new()),
+                mfa_tickets: Mutex::new(HashMap::new()),
                 enroll_failures: FailureLimiter::new(
                     config.enroll_failure_burst,
                     config.enroll_failure_refill,
@@ -95,6 +130,64 @@ impl AppState {
     pub fn metrics(&self) -> &WebMetrics {
         &self.inner.metrics
     }
+
+    /// The user store.
+    pub fn users(&self) -> &dyn UserStore {
+        self.inner.auth.users.as_ref()
+    }
+
+    /// The key sealing TOTP secrets.
+    pub(crate) fn sealing_key(&self) -> &SealingKey {
+        &self.inner.auth.sealing_key
+    }
+
+    /// The console's clock.
+    pub fn clock(&self) -> &Clock {
+        &self.inner.auth.clock
+    }
+
+    /// Failed sign-ins per source address.
+    pub(crate) fn login_failures(&self) -> &FailureLimiter {
+        &self.inner.login_failures
+    }
+
+    /// Accepts TOTP step `step` for `user_id` unless it (or a later one)
+    /// was accepted before: each code signs in once (RFC 6238 §5.2).
+    pub(crate) fn use_totp_step(&self, user_id: &str, step: i64) -> bool {
+        let Ok(mut steps) = self.inner.totp_steps.lock() else {
+            return false;
+        };
+        match steps.get(user_id) {
+            Some(&last) if last >= step => false,
+            _ => {
+                steps.insert(user_id.to_owned(), step);
+                true
+            }
+        }
+    }
+
+    /// Remembers that `user_id` passed the password step; returns the
+    /// ticket the TOTP step must bring (valid five minutes).
+    pub(crate) fn issue_mfa_ticket(&self, user_id: &str) -> String {
+        let ticket = crate::auth::secret::random_token();
+        let now = self.clock().now();
+        if let Ok(mut t) = self.inner.mfa_tickets.lock() {
+            t.retain(|_, (_, expires)| *expires > now);
+            t.insert(
+                crate::auth::secret::hash(&ticket),
+                (user_id.to_owned(), now + time::Duration::minutes(5)),
+            );
+        }
+        ticket
+    }
+
+    /// The user whose password step `ticket` proves, used up by this call.
+    pub(crate) fn take_mfa_ticket(&self, ticket: &str) -> Option<String> {
+        let now = self.clock().now();
+        let mut t = self.inner.mfa_tickets.lock().ok()?;
+        let (user, expires) = t.remove(&crate::auth::secret::hash(ticket))?;
+        (expires > now).then_some(user)
+    }
 }
 
 /// Counters of the web part, for logs, tests and (later) `/metrics`.
@@ -118,6 +211,13 @@ pub struct WebMetrics {
     pub rate_limited: AtomicU64,
     /// Requests answered, by status class (index 0: 1xx ... 4: 5xx).
     pub responses_by_class: [AtomicU64; 5],
+    /// Successful console sign-ins.
+    pub logins: AtomicU64,
+    /// Failed console sign-ins (wrong name, password or code).
+    pub login_failures: AtomicU64,
+    /// State-changing requests refused for a missing or wrong CSRF token
+    /// or a foreign origin.
+    pub csrf_refused: AtomicU64,
 }
 
 impl WebMetrics {

@@ -4,6 +4,7 @@
 
 mod broker;
 mod cli;
+mod console;
 mod control;
 mod crash;
 mod demo;

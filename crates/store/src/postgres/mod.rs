@@ -23,6 +23,7 @@ mod services;
 mod store;
 mod telemetry;
 mod url;
+mod users;
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};

@@ -16,7 +16,7 @@ use crate::{Result, StoreError};
 
 /// Every migration, by the number of its file, ascending. The steps mirror
 /// `migrations/sqlite` up to 0006. Numbers may have gaps (see
-/// [`crate::migrations`]): 0009 belongs to a branch not merged yet.
+/// [`crate::migrations`]).
 const MIGRATIONS: &[Migration] = &[
     (
         1,
@@ -49,6 +49,10 @@ const MIGRATIONS: &[Migration] = &[
     (
         8,
         include_str!("../../migrations/postgres/0008_enrollment_answers.sql"),
+    ),
+    (
+        9,
+        include_str!("../../migrations/postgres/0009_users.sql"),
     ),
     (
         10,

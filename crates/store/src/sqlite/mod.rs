@@ -19,6 +19,7 @@ mod schema;
 mod services;
 mod store;
 mod telemetry;
+mod users;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

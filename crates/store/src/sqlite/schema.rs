@@ -14,8 +14,7 @@ use crate::{Result, StoreError};
 const APPLICATION_ID: i32 = 0x524D_5054;
 
 /// Every migration, by the number of its file, ascending. Numbers may have
-/// gaps (see [`crate::migrations`]): 0008 belongs to a branch not merged
-/// yet.
+/// gaps (see [`crate::migrations`]).
 const MIGRATIONS: &[Migration] = &[
     (
         1,
@@ -41,6 +40,10 @@ const MIGRATIONS: &[Migration] = &[
     (
         7,
         include_str!("../../migrations/sqlite/0007_enrollment_answers.sql"),
+    ),
+    (
+        8,
+        include_str!("../../migrations/sqlite/0008_users.sql"),
     ),
     (
         9,

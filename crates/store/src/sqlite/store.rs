@@ -20,7 +20,7 @@ use crate::{
 
 impl SqliteStore {
     /// A write that leaves an audit row: advances the chain head after commit.
-    async fn write_audited<T, F>(&self, f: F) -> Result<T>
+    pub(super) async fn write_audited<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Transaction<'_>, &AuditKey) -> Result<(T, AuditRecord)> + Send + 'static,
@@ -31,7 +31,7 @@ impl SqliteStore {
     }
 
     /// Moves the audit chain head past `record`, committed just now.
-    fn advance_head(&self, record: &AuditRecord) {
+    pub(super) fn advance_head(&self, record: &AuditRecord) {
         if let Err(e) = self.inner.audit_key.advance_head(record.seq, &record.mac) {
             // The change and its audit row are committed; a stale head only
             // weakens truncation detection until the next append.

@@ -6,3 +6,4 @@ mod fleet;
 mod provisioning;
 mod store;
 mod telemetry;
+mod users;

@@ -1,38 +1,308 @@
-//! The routes, and what wraps every one: body limit, JSON 404/405, logging.
+//! The routes, and what wraps every one: the route table with each
+//! route's access rule, security headers, CORS, the body limit, JSON
+//! 404/405, logging.
+//!
+//! The router is built from [`ROUTES`] and nothing else, so a route cannot
+//! exist without its access rule; the guard (see `guard`) looks the rule
+//! up for every request and refuses a route it does not find.
 
+mod account;
 mod enroll;
+pub(crate) mod guard;
+mod pages;
+mod users;
 
 use std::net::SocketAddr;
 
 use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, delete, get, patch, post};
+use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio::time::Instant;
 
+use crate::auth::Action;
+use crate::auth::accounts::Origin;
 use crate::error::{ApiError, ErrorCode};
 use crate::state::{AppState, WebMetrics};
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone, signed in or not (the handler may still refuse).
+    Public,
+    /// A principal authorized for this action.
+    Action(Action),
+}
+
+/// What a route answers with, which decides how a refusal looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// JSON; refusals are `{"error":{...}}` with 401 or 403.
+    Api,
+    /// HTML; anonymous callers are sent to `/login`.
+    Page,
+}
+
+/// One route: method, path pattern, access rule, surface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteSpec {
+    /// HTTP method.
+    pub method: &'static str,
+    /// Path pattern as axum writes it (`/api/v1/users/{id}`).
+    pub path: &'static str,
+    /// Who may call it.
+    pub access: Access,
+    /// JSON or HTML.
+    pub surface: Surface,
+}
+
+const fn api(method: &'static str, path: &'static str, access: Access) -> RouteSpec {
+    RouteSpec {
+        method,
+        path,
+        access,
+        surface: Surface::Api,
+    }
+}
+
+const fn page(method: &'static str, path: &'static str, access: Access) -> RouteSpec {
+    RouteSpec {
+        method,
+        path,
+        access,
+        surface: Surface::Page,
+    }
+}
+
+use Access::Public;
+const fn act(a: Action) -> Access {
+    Access::Action(a)
+}
+
+/// Every route of the web part with its access rule.
+pub const ROUTES: &[RouteSpec] = &[
+    api("GET", "/healthz", Public),
+    api("GET", "/readyz", Public),
+    // Checks its own bearer token (web.metrics_token), for scrapers.
+    api("GET", "/metrics", Public),
+    page("GET", "/static/app.css", Public),
+    api("POST", "/api/v1/enroll", Public),
+    // First start and sign-in.
+    page("GET", "/setup", Public),
+    page("POST", "/setup", Public),
+    api("POST", "/api/v1/setup", Public),
+    page("GET", "/login", Public),
+    page("POST", "/login", Public),
+    page("POST", "/login/totp", Public),
+    api("POST", "/api/v1/session", Public),
+    page("GET", "/invite", Public),
+    page("POST", "/invite", Public),
+    api("POST", "/api/v1/invite", Public),
+    // One's own account.
+    api("DELETE", "/api/v1/session", act(Action::ManageOwnAccount)),
+    api(
+        "POST",
+        "/api/v1/session/logout-everywhere",
+        act(Action::ManageOwnAccount),
+    ),
+    api("GET", "/api/v1/me", act(Action::ReadOwnAccount)),
+    api("GET", "/api/v1/me/sessions", act(Action::ReadOwnAccount)),
+    api("POST", "/api/v1/me/password", act(Action::ManageOwnAccount)),
+    api("POST", "/api/v1/me/mfa", act(Action::ManageOwnAccount)),
+    api(
+        "POST",
+        "/api/v1/me/mfa/confirm",
+        act(Action::ManageOwnAccount),
+    ),
+    api(
+        "POST",
+        "/api/v1/me/mfa/disable",
+        act(Action::ManageOwnAccount),
+    ),
+    page("GET", "/logout", act(Action::ReadOwnAccount)),
+    page("POST", "/logout", act(Action::ManageOwnAccount)),
+    page("GET", "/account", act(Action::ReadOwnAccount)),
+    page("POST", "/account/password", act(Action::ManageOwnAccount)),
+    page("POST", "/account/mfa", act(Action::ManageOwnAccount)),
+    page(
+        "POST",
+        "/account/mfa/confirm",
+        act(Action::ManageOwnAccount),
+    ),
+    page(
+        "POST",
+        "/account/mfa/disable",
+        act(Action::ManageOwnAccount),
+    ),
+    page(
+        "POST",
+        "/account/logout-everywhere",
+        act(Action::ManageOwnAccount),
+    ),
+    page(
+        "POST",
+        "/account/api-tokens",
+        act(Action::ManageOwnApiTokens),
+    ),
+    page(
+        "POST",
+        "/account/api-tokens/{id}/revoke",
+        act(Action::ManageOwnApiTokens),
+    ),
+    // API tokens.
+    api("GET", "/api/v1/api-tokens", act(Action::ManageOwnApiTokens)),
+    api(
+        "POST",
+        "/api/v1/api-tokens",
+        act(Action::ManageOwnApiTokens),
+    ),
+    api(
+        "DELETE",
+        "/api/v1/api-tokens/{id}",
+        act(Action::ManageOwnApiTokens),
+    ),
+    // Users.
+    api("GET", "/api/v1/users", act(Action::ReadUsers)),
+    api("POST", "/api/v1/users", act(Action::ManageUsers)),
+    api("PATCH", "/api/v1/users/{id}", act(Action::ManageUsers)),
+    api(
+        "POST",
+        "/api/v1/users/{id}/mfa-reset",
+        act(Action::ManageUsers),
+    ),
+    page("GET", "/users", act(Action::ReadUsers)),
+    page("POST", "/users", act(Action::ManageUsers)),
+    page("POST", "/users/{id}", act(Action::ManageUsers)),
+];
+
+/// The table row of a request, by method and matched path (`HEAD` is
+/// served, and ruled, as `GET`).
+pub(crate) fn find_route(method: &Method, path: &str) -> Option<&'static RouteSpec> {
+    let method = if method == Method::HEAD {
+        "GET"
+    } else {
+        method.as_str()
+    };
+    ROUTES.iter().find(|r| r.path == path && r.method == method)
+}
+
+/// The handler of a table row.
+fn endpoint(spec: &RouteSpec) -> Option<MethodRouter<AppState>> {
+    Some(match (spec.method, spec.path) {
+        ("GET", "/healthz") => get(healthz),
+        ("GET", "/readyz") => get(crate::metrics::readyz),
+        ("GET", "/metrics") => get(crate::metrics::metrics_https),
+        ("GET", "/static/app.css") => get(crate::ui::stylesheet),
+        ("POST", "/api/v1/enroll") => post(enroll::enroll),
+        ("GET", "/setup") => get(pages::setup_form),
+        ("POST", "/setup") => post(pages::setup_submit),
+        ("POST", "/api/v1/setup") => post(account::setup),
+        ("GET", "/login") => get(pages::login_form),
+        ("POST", "/login") => post(pages::login_submit),
+        ("POST", "/login/totp") => post(pages::login_totp),
+        ("POST", "/api/v1/session") => post(account::login),
+        ("GET", "/invite") => get(pages::invite_form),
+        ("POST", "/invite") => post(pages::invite_submit),
+        ("POST", "/api/v1/invite") => post(account::accept_invite),
+        ("DELETE", "/api/v1/session") => delete(account::logout),
+        ("POST", "/api/v1/session/logout-everywhere") => post(account::logout_everywhere),
+        ("GET", "/api/v1/me") => get(account::me),
+        ("GET", "/api/v1/me/sessions") => get(account::sessions),
+        ("POST", "/api/v1/me/password") => post(account::password),
+        ("POST", "/api/v1/me/mfa") => post(account::mfa_start),
+        ("POST", "/api/v1/me/mfa/confirm") => post(account::mfa_confirm),
+        ("POST", "/api/v1/me/mfa/disable") => post(account::mfa_disable),
+        ("GET", "/logout") => get(pages::logout_form),
+        ("POST", "/logout") => post(pages::logout_submit),
+        ("GET", "/account") => get(pages::account),
+        ("POST", "/account/password") => post(pages::account_password),
+        ("POST", "/account/mfa") => post(pages::account_mfa_start),
+        ("POST", "/account/mfa/confirm") => post(pages::account_mfa_confirm),
+        ("POST", "/account/mfa/disable") => post(pages::account_mfa_disable),
+        ("POST", "/account/logout-everywhere") => post(pages::account_logout_everywhere),
+        ("POST", "/account/api-tokens") => post(pages::account_token_create),
+        ("POST", "/account/api-tokens/{id}/revoke") => post(pages::account_token_revoke),
+        ("GET", "/api/v1/api-tokens") => get(users::list_tokens),
+        ("POST", "/api/v1/api-tokens") => post(users::create_token),
+        ("DELETE", "/api/v1/api-tokens/{id}") => delete(users::revoke_token),
+        ("GET", "/api/v1/users") => get(users::list),
+        ("POST", "/api/v1/users") => post(users::invite),
+        ("PATCH", "/api/v1/users/{id}") => patch(users::change),
+        ("POST", "/api/v1/users/{id}/mfa-reset") => post(users::mfa_reset),
+        ("GET", "/users") => get(pages::users),
+        ("POST", "/users") => post(pages::users_invite),
+        ("POST", "/users/{id}") => post(pages::users_change),
+        _ => return None,
+    })
+}
 
 /// Every route of the web part, with its middleware.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config().max_body_bytes;
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(crate::metrics::readyz))
-        .route("/metrics", get(crate::metrics::metrics_https))
-        .route("/api/v1/enroll", post(enroll::enroll))
+    let mut router = Router::new();
+    for spec in ROUTES {
+        match endpoint(spec) {
+            Some(handler) => router = router.route(spec.path, handler),
+            None => {
+                tracing::error!(
+                    method = spec.method,
+                    path = spec.path,
+                    "route table row without a handler"
+                );
+            }
+        }
+    }
+    router
+        .route_layer(middleware::from_fn_with_state(state.clone(), guard::guard))
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), guard::cors))
         .layer(middleware::from_fn_with_state(state.clone(), log_request))
+        .layer(middleware::from_fn(guard::security_headers))
         .with_state(state)
 }
 
 /// `GET /healthz`: the server answers; nothing else is promised.
 async fn healthz() -> impl IntoResponse {
     axum::Json(json!({ "status": "ok" }))
+}
+
+/// Where a request comes from, for sessions and the audit log.
+pub(crate) fn origin_of(client: SocketAddr, headers: &HeaderMap) -> Origin {
+    Origin {
+        ip: client.ip().to_string(),
+        user_agent: headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .chars()
+            .take(200)
+            .collect(),
+    }
+}
+
+/// A JSON body of type `T`: too large, malformed, of the wrong shape or
+/// with unknown fields is a 4xx JSON error saying which.
+pub(crate) fn json_body<T: DeserializeOwned>(
+    state: &AppState,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    let bytes =
+        body.map_err(|r| ApiError::from_body_rejection(&r, state.config().max_body_bytes))?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("the body is not the expected JSON: {e}"),
+        )
+    })
 }
 
 /// One structured line per request: who, what, the outcome, how long.
@@ -58,4 +328,33 @@ async fn log_request(
         tracing::info!(client_addr = %client, %method, path, status, code, elapsed_ms, "request");
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_follows_the_rule_of_get() {
+        let get = find_route(&Method::GET, "/api/v1/users").map(|r| r.access);
+        assert_eq!(
+            find_route(&Method::HEAD, "/api/v1/users").map(|r| r.access),
+            get
+        );
+        assert!(get.is_some());
+        assert_eq!(find_route(&Method::PUT, "/api/v1/users"), None);
+    }
+
+    #[test]
+    fn every_table_row_has_a_handler_and_appears_once() {
+        for (i, spec) in ROUTES.iter().enumerate() {
+            assert!(endpoint(spec).is_some(), "{spec:?} has no handler");
+            assert!(
+                !ROUTES[..i]
+                    .iter()
+                    .any(|r| r.method == spec.method && r.path == spec.path),
+                "{spec:?} twice"
+            );
+        }
+    }
 }

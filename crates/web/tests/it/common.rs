@@ -7,7 +7,8 @@ use rampart_pki::{Pki, PkiOptions};
 use rampart_provisioning::enrollment::{self, TokenSpec};
 use rampart_store::sqlite::SqliteOptions;
 use rampart_store::{Actor, AuditKey, SqliteStore, Store};
-use rampart_web::{AppState, ServerTls, WebConfig};
+use rampart_web::auth::{Clock, SealingKey};
+use rampart_web::{AppState, AuthBackend, ServerTls, WebConfig};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -18,6 +19,9 @@ pub struct Server {
     pub store: SqliteStore,
     pub pki: Arc<Pki>,
     pub client: reqwest::Client,
+    /// A client that shows redirects instead of following them.
+    pub browser: reqwest::Client,
+    pub clock: Clock,
     stop: CancellationToken,
     task: Option<JoinHandle<std::io::Result<()>>>,
     _dir: tempfile::TempDir,
@@ -48,7 +52,13 @@ impl Server {
             config.tls12,
         )
         .expect("TLS");
-        let state = AppState::new(Arc::new(store.clone()), Arc::clone(&pki), config, tls);
+        let clock = Clock::manual(time::OffsetDateTime::now_utc());
+        let auth = AuthBackend {
+            users: Arc::new(store.clone()),
+            sealing_key: SealingKey::new([9; 32]),
+            clock: clock.clone(),
+        };
+        let state = AppState::new(Arc::new(store.clone()), Arc::clone(&pki), config, tls, auth);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -58,9 +68,13 @@ impl Server {
         Self {
             addr,
             client: rampart_test_support::https::client_trusting(&pki.chain_pem()),
+            browser: rampart_test_support::https::client_trusting_without_redirects(
+                &pki.chain_pem(),
+            ),
             state,
             store,
             pki,
+            clock,
             stop,
             task: Some(task),
             _dir: dir,

@@ -2,8 +2,11 @@
 //! process on a loopback port, over real TLS, with a real HTTPS client that
 //! trusts only the test CA, a real CA and a real SQLite store.
 
+mod auth;
 mod common;
+mod console;
 mod enroll;
 mod live;
+mod matrix;
 mod metrics;
 mod server;

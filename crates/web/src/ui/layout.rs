@@ -1,0 +1,89 @@
+//! The layout every console page shares: header with the product name and
+//! navigation, the main column, the stylesheet. Later pages (fleet,
+//! devices, audit) render their content into [`page`].
+
+use maud::{DOCTYPE, Markup, html};
+
+use crate::auth::{Action, Principal, authorize};
+
+/// A navigation entry: label, path, the action it needs.
+const NAV: &[(&str, &str, Action)] = &[
+    ("Account", "/account", Action::ReadOwnAccount),
+    ("Users", "/users", Action::ReadUsers),
+];
+
+/// The full page: `title`, the signed-in `principal` (for the navigation,
+/// which shows only what they may open), the `current` path, the content.
+pub fn page(title: &str, principal: Option<&Principal>, current: &str, content: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                meta name="color-scheme" content="light dark";
+                title { (title) " · Rampart" }
+                link rel="stylesheet" href={ "/static/app.css?v=" (super::stylesheet_version()) };
+            }
+            body {
+                header.top {
+                    div.bar {
+                        a.brand href="/account" { span.mark {} "Rampart" }
+                        @if let Some(p) = principal {
+                            nav.main aria-label="Main" {
+                                @for (label, path, action) in NAV {
+                                    @if authorize(Some(p), *action).is_ok() {
+                                        a class=[(current == *path).then_some("current")] href=(path) { (label) }
+                                    }
+                                }
+                            }
+                            span.who { (p.name) " · " (p.role) " · " a href="/logout" { "Sign out" } }
+                        }
+                    }
+                }
+                @if principal.is_some() {
+                    main { (content) }
+                } @else {
+                    main.narrow { (content) }
+                }
+                footer { "Rampart · self-hosted IoT platform" }
+            }
+        }
+    }
+}
+
+/// A message box above a form: an error or a confirmation.
+pub fn flash(message: Option<&Flash>) -> Markup {
+    html! {
+        @if let Some(f) = message {
+            div class={ "flash " (if f.ok { "ok" } else { "error" }) } role="status" { (f.text) }
+        }
+    }
+}
+
+/// A message to show once on a page.
+#[derive(Debug, Clone)]
+pub struct Flash {
+    /// Confirmation (`true`) or error.
+    pub ok: bool,
+    /// The text.
+    pub text: String,
+}
+
+impl Flash {
+    /// An error message.
+    pub fn error(text: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            text: text.into(),
+        }
+    }
+
+    /// A confirmation.
+    pub fn ok(text: impl Into<String>) -> Self {
+        Self {
+            ok: true,
+            text: text.into(),
+        }
+    }
+}

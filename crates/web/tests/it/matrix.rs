@@ -1,0 +1,198 @@
+//! Every route × every role and anonymous, against the expected statuses
+//! in ONE table. A route added to the web part without a row here fails
+//! the test; a row whose status changes fails it too.
+//!
+//! Each cell runs on a fresh session (made directly in the store), so
+//! routes that end sessions do not disturb the next cell. Requests carry
+//! the session's CSRF token, an empty JSON object (API) or a form holding
+//! only the CSRF field (pages), and `nonexistent` for path parameters, so
+//! that an allowed call answers 200/204/303 or a 400/404 of its own, and a
+//! refused one the guard's 401/403/303.
+
+use std::collections::BTreeSet;
+
+use rampart_store::{Actor, NewSession, NewUser, Role, UserStore};
+use rampart_web::{ROUTES, Surface};
+use reqwest::Method;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::common::{Server, config};
+use crate::console::{Req, Session};
+
+/// Columns: anonymous, viewer, operator, admin, owner.
+const EXPECTED: &[(&str, &str, [u16; 5])] = &[
+    ("GET", "/healthz", [200, 200, 200, 200, 200]),
+    ("GET", "/readyz", [200, 200, 200, 200, 200]),
+    // Not exposed without web.metrics_token (checked by its own tests).
+    ("GET", "/metrics", [404, 404, 404, 404, 404]),
+    ("GET", "/static/app.css", [200, 200, 200, 200, 200]),
+    ("POST", "/api/v1/enroll", [400, 400, 400, 400, 400]),
+    ("GET", "/setup", [303, 303, 303, 303, 303]),
+    ("POST", "/setup", [400, 400, 400, 400, 400]),
+    ("POST", "/api/v1/setup", [400, 400, 400, 400, 400]),
+    ("GET", "/login", [200, 303, 303, 303, 303]),
+    ("POST", "/login", [400, 400, 400, 400, 400]),
+    ("POST", "/login/totp", [400, 400, 400, 400, 400]),
+    ("POST", "/api/v1/session", [400, 400, 400, 400, 400]),
+    ("GET", "/invite", [200, 200, 200, 200, 200]),
+    ("POST", "/invite", [400, 400, 400, 400, 400]),
+    ("POST", "/api/v1/invite", [400, 400, 400, 400, 400]),
+    ("DELETE", "/api/v1/session", [401, 204, 204, 204, 204]),
+    (
+        "POST",
+        "/api/v1/session/logout-everywhere",
+        [401, 200, 200, 200, 200],
+    ),
+    ("GET", "/api/v1/me", [401, 200, 200, 200, 200]),
+    ("GET", "/api/v1/me/sessions", [401, 200, 200, 200, 200]),
+    ("POST", "/api/v1/me/password", [401, 400, 400, 400, 400]),
+    ("POST", "/api/v1/me/mfa", [401, 200, 200, 200, 200]),
+    ("POST", "/api/v1/me/mfa/confirm", [401, 400, 400, 400, 400]),
+    ("POST", "/api/v1/me/mfa/disable", [401, 400, 400, 400, 400]),
+    ("GET", "/logout", [303, 200, 200, 200, 200]),
+    ("POST", "/logout", [303, 303, 303, 303, 303]),
+    ("GET", "/account", [303, 200, 200, 200, 200]),
+    ("POST", "/account/password", [303, 400, 400, 400, 400]),
+    ("POST", "/account/mfa", [303, 200, 200, 200, 200]),
+    ("POST", "/account/mfa/confirm", [303, 400, 400, 400, 400]),
+    ("POST", "/account/mfa/disable", [303, 400, 400, 400, 400]),
+    (
+        "POST",
+        "/account/logout-everywhere",
+        [303, 303, 303, 303, 303],
+    ),
+    ("POST", "/account/api-tokens", [303, 400, 400, 400, 400]),
+    (
+        "POST",
+        "/account/api-tokens/{id}/revoke",
+        [303, 404, 404, 404, 404],
+    ),
+    ("GET", "/api/v1/api-tokens", [401, 200, 200, 200, 200]),
+    ("POST", "/api/v1/api-tokens", [401, 400, 400, 400, 400]),
+    (
+        "DELETE",
+        "/api/v1/api-tokens/{id}",
+        [401, 404, 404, 404, 404],
+    ),
+    ("GET", "/api/v1/users", [401, 403, 403, 200, 200]),
+    ("POST", "/api/v1/users", [401, 403, 403, 400, 400]),
+    ("PATCH", "/api/v1/users/{id}", [401, 403, 403, 400, 400]),
+    (
+        "POST",
+        "/api/v1/users/{id}/mfa-reset",
+        [401, 403, 403, 404, 404],
+    ),
+    ("GET", "/users", [303, 403, 403, 200, 200]),
+    ("POST", "/users", [303, 403, 403, 400, 400]),
+    ("POST", "/users/{id}", [303, 403, 403, 400, 400]),
+];
+
+const ROLES: [Option<Role>; 5] = [
+    None,
+    Some(Role::Viewer),
+    Some(Role::Operator),
+    Some(Role::Admin),
+    Some(Role::Owner),
+];
+
+/// A fresh session for the user with `role`, made in the store.
+async fn session_of(s: &Server, role: Role, n: usize) -> Session {
+    let cookie = format!("matrix-{role}-{n}-cookie-value-long-enough");
+    let csrf = format!("csrf-{role}-{n}");
+    let now = s.clock.now();
+    s.store
+        .create_session(
+            NewSession {
+                id_hash: hex::encode(Sha256::digest(cookie.as_bytes())),
+                user_id: format!("user-{role}"),
+                csrf_token: csrf.clone(),
+                created_at: now,
+                last_used_at: now,
+                idle_expires_at: now + time::Duration::hours(1),
+                absolute_expires_at: now + time::Duration::hours(2),
+                user_agent: "matrix".into(),
+                ip: "127.0.0.1".into(),
+            },
+            &Actor::system(),
+        )
+        .await
+        .expect("session");
+    Session { cookie, csrf }
+}
+
+#[tokio::test]
+async fn every_route_answers_every_role_as_the_table_says() {
+    let table: BTreeSet<(&str, &str)> = EXPECTED.iter().map(|(m, p, _)| (*m, *p)).collect();
+    let routes: BTreeSet<(&str, &str)> = ROUTES.iter().map(|r| (r.method, r.path)).collect();
+    assert_eq!(
+        routes.difference(&table).collect::<Vec<_>>(),
+        Vec::<&(&str, &str)>::new(),
+        "routes without a row in EXPECTED"
+    );
+    assert_eq!(
+        table.difference(&routes).collect::<Vec<_>>(),
+        Vec::<&(&str, &str)>::new(),
+        "rows in EXPECTED for routes that do not exist"
+    );
+    assert_eq!(table.len(), EXPECTED.len(), "a route has two rows");
+
+    let s = Server::start(config()).await;
+    for role in Role::ALL {
+        s.store
+            .create_user(
+                NewUser {
+                    id: format!("user-{role}"),
+                    name: format!("{role}-user"),
+                    email: None,
+                    password_hash: None,
+                    role,
+                    invite: None,
+                    now: s.clock.now(),
+                },
+                &Actor::system(),
+            )
+            .await
+            .expect("user");
+    }
+    let mut failures = Vec::new();
+    let mut n = 0;
+    for (method, path, expected) in EXPECTED {
+        let surface = ROUTES
+            .iter()
+            .find(|r| r.method == *method && r.path == *path)
+            .map(|r| r.surface)
+            .expect("in the table");
+        for (role, want) in ROLES.iter().zip(expected) {
+            n += 1;
+            let session = match role {
+                Some(r) => Some(session_of(&s, *r, n).await),
+                None => None,
+            };
+            let method = Method::from_bytes(method.as_bytes()).expect("method");
+            let mut req = Req::new(method.clone(), &path.replace("{id}", "nonexistent"));
+            if method != Method::GET {
+                req = match surface {
+                    Surface::Api => req.json(json!({})),
+                    Surface::Page => req.form(&[(
+                        "csrf_token",
+                        session.as_ref().map_or("", |x| x.csrf.as_str()),
+                    )]),
+                };
+            }
+            if let Some(session) = &session {
+                req = req.session(session);
+            }
+            let r = req.send(&s).await;
+            if r.status != *want {
+                failures.push(format!(
+                    "{method} {path} as {}: {} (expected {want}) {}",
+                    role.map_or("anonymous".to_owned(), |r| r.to_string()),
+                    r.status,
+                    r.text.chars().take(120).collect::<String>()
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
