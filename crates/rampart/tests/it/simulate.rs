@@ -317,8 +317,10 @@ fn flaky_connections_neither_lose_nor_duplicate_readings() {
     assert!(count(&summary, "flakyDrops") > n as u64, "{summary}");
     assert!(count(&summary, "connects") > 2 * n as u64, "{summary}");
     assert_eq!(summary["drained"], true, "{summary}");
-    // Resends after drops counted as sent again, acknowledged once.
-    assert!(count(&summary, "sent") > count(&summary, "acknowledged"));
+    // Resends after drops count as sent again and are acknowledged once
+    // (whether a drop caught a batch in flight depends on timing, so sent
+    // may equal acknowledged on a busy machine).
+    assert!(count(&summary, "sent") >= count(&summary, "acknowledged"));
     assert_eq!(count(&summary, "acknowledged"), count(&summary, "readings"));
     assert_eq!(count(&summary, "dropped"), 0);
     p.assert_exactly_once(&[&summary]);
