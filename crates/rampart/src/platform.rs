@@ -8,6 +8,7 @@ use rampart_pki::{Pki, PkiOptions, RevokedSerial};
 use rampart_store::postgres::PostgresOptions;
 use rampart_store::sqlite::SqliteOptions;
 use rampart_store::{Actor, AnyStore, AuditKey, PostgresStore, SqliteStore, Store};
+use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
 use crate::config::Config;
@@ -112,17 +113,11 @@ impl Platform {
             );
             return Ok(());
         }
-        let revoked: Vec<RevokedSerial> = self
-            .store
-            .revoked_certificates()
-            .await?
-            .into_iter()
-            .map(|r| RevokedSerial {
-                serial: r.serial,
-                reason: r.reason,
-                revoked_at: r.revoked_at,
-            })
-            .collect();
+        let revoked = crl_entries(
+            self.store.revoked_certificates().await?,
+            OffsetDateTime::now_utc(),
+            self.config.pki.crl_validity,
+        );
         let number = self.store.next_crl_number().await?;
         let pem = self
             .pki
@@ -132,6 +127,28 @@ impl Platform {
         tracing::debug!(number, entries = revoked.len(), "published CRL");
         Ok(())
     }
+}
+
+/// The CRL's entries: every revoked certificate still valid, or expired
+/// for less than one CRL validity. RFC 5280 §3.3: an entry may leave the
+/// CRL once a regularly scheduled CRL issued after the certificate expired
+/// has listed it; one validity past expiry guarantees that, and keeps the
+/// CRL from growing forever with every renewal's superseded serial.
+fn crl_entries(
+    revoked: Vec<rampart_store::RevokedCertificate>,
+    now: OffsetDateTime,
+    crl_validity: std::time::Duration,
+) -> Vec<RevokedSerial> {
+    let keep_after = now - crl_validity;
+    revoked
+        .into_iter()
+        .filter(|r| r.not_after > keep_after)
+        .map(|r| RevokedSerial {
+            serial: r.serial,
+            reason: r.reason,
+            revoked_at: r.revoked_at,
+        })
+        .collect()
 }
 
 /// Opens the configured store: PostgreSQL when `store.url` is set, else
@@ -220,5 +237,39 @@ pub fn cli_actor() -> Actor {
     Actor {
         name: format!("cli:{user}"),
         source: format!("cli@{host}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use rampart_pki::RevocationReason;
+    use rampart_store::RevokedCertificate;
+
+    use super::*;
+
+    #[test]
+    fn the_crl_drops_entries_one_validity_after_their_certificate_expired() {
+        let now = OffsetDateTime::now_utc();
+        let week = Duration::from_secs(7 * 86_400);
+        let revoked = |serial: &str, expired_ago: time::Duration| RevokedCertificate {
+            serial: serial.into(),
+            identity: "d".into(),
+            reason: RevocationReason::Superseded,
+            revoked_at: now - time::Duration::days(400),
+            not_after: now - expired_ago,
+        };
+        let entries = crl_entries(
+            vec![
+                revoked("valid", time::Duration::days(-30)),
+                revoked("expired-yesterday", time::Duration::days(1)),
+                revoked("expired-long-ago", time::Duration::days(8)),
+            ],
+            now,
+            week,
+        );
+        let serials: Vec<&str> = entries.iter().map(|e| e.serial.as_str()).collect();
+        assert_eq!(serials, ["valid", "expired-yesterday"]);
     }
 }

@@ -498,6 +498,9 @@ pub struct RevokedCertificate {
     pub reason: RevocationReason,
     /// When.
     pub revoked_at: OffsetDateTime,
+    /// The end of the certificate's validity: a CRL need not list it once
+    /// a CRL issued after this has listed it (RFC 5280 §3.3).
+    pub not_after: OffsetDateTime,
 }
 
 /// What kind of change a change-feed row announces.

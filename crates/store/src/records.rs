@@ -152,6 +152,7 @@ pub(crate) struct RevokedRow {
     pub identity: String,
     pub reason: Option<String>,
     pub revoked_at: Option<i64>,
+    pub not_after: i64,
 }
 
 impl RevokedRow {
@@ -161,6 +162,7 @@ impl RevokedRow {
             reason: revocation_reason(self.reason, &self.serial)?
                 .unwrap_or(RevocationReason::Unspecified),
             revoked_at: from_ms(self.revoked_at.unwrap_or(0))?,
+            not_after: from_ms(self.not_after)?,
             serial: self.serial,
             identity: self.identity,
         })

@@ -14,8 +14,8 @@
 //! a secret (bearer tokens, claim codes, passwords, session ids, TOTP
 //! secrets).
 
-pub mod chart;
 pub mod auth;
+pub mod chart;
 mod config;
 mod error;
 mod limit;

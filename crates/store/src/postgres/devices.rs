@@ -269,7 +269,7 @@ pub(super) async fn certificate(
 pub(super) async fn revoked(c: &impl GenericClient) -> Result<Vec<RevokedCertificate>> {
     let stmt = c
         .prepare_cached(
-            "SELECT serial, identity_id, revocation_reason, revoked_at FROM certificates
+            "SELECT serial, identity_id, revocation_reason, revoked_at, not_after FROM certificates
              WHERE revoked_at IS NOT NULL ORDER BY revoked_at, serial",
         )
         .await
@@ -284,6 +284,7 @@ pub(super) async fn revoked(c: &impl GenericClient) -> Result<Vec<RevokedCertifi
                 identity: get(r, 1)?,
                 reason: get(r, 2)?,
                 revoked_at: get(r, 3)?,
+                not_after: get(r, 4)?,
             }
             .into_revoked()
         })

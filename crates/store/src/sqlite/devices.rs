@@ -231,7 +231,7 @@ pub(super) fn certificate(conn: &Connection, serial: &str) -> Result<Option<Cert
 pub(super) fn revoked(conn: &Connection) -> Result<Vec<RevokedCertificate>> {
     let mut stmt = conn
         .prepare_cached(
-            "SELECT serial, identity_id, revocation_reason, revoked_at FROM certificates
+            "SELECT serial, identity_id, revocation_reason, revoked_at, not_after FROM certificates
              WHERE revoked_at IS NOT NULL ORDER BY revoked_at, serial",
         )
         .map_err(db)?;
@@ -242,6 +242,7 @@ pub(super) fn revoked(conn: &Connection) -> Result<Vec<RevokedCertificate>> {
                 identity: r.get(1)?,
                 reason: r.get(2)?,
                 revoked_at: r.get(3)?,
+                not_after: r.get(4)?,
             })
         })
         .map_err(db)?;
