@@ -255,6 +255,11 @@ pub struct SimulateArgs {
     /// Time limit of one network operation (connect, enrollment, write).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub io_timeout: Duration,
+    /// Shortest time between two writes of a device's reading buffer to
+    /// the state dir (always written before sleeping and stopping; a
+    /// kill -9 loses at most this much of unacknowledged readings).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub persist_every: Duration,
     /// How often progress is shown.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub progress_every: Duration,

@@ -62,6 +62,9 @@ pub struct FleetOptions {
     pub io_timeout: Duration,
     /// Batches in flight (unacknowledged) per device.
     pub max_inflight: usize,
+    /// Shortest time between two writes of a device's buffer to the state
+    /// dir (it is always written before sleeping, rebooting and stopping).
+    pub persist_every: Duration,
     /// Raise the open-files limit to fit the fleet.
     pub raise_fd_limit: bool,
 }
@@ -98,6 +101,7 @@ impl FleetOptions {
             keepalive: Duration::from_secs(60),
             io_timeout: Duration::from_secs(10),
             max_inflight: 16,
+            persist_every: Duration::from_secs(5),
             raise_fd_limit: true,
         }
     }

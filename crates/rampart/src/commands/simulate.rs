@@ -86,6 +86,7 @@ fn options(a: &SimulateArgs) -> FleetOptions {
     o.enroll_rate = a.enroll_rate;
     o.keepalive = a.keepalive;
     o.io_timeout = a.io_timeout;
+    o.persist_every = a.persist_every;
     o
 }
 
