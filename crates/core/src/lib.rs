@@ -16,9 +16,12 @@
 //! - [`provision`]: the provisioning state machine (key → CSR → certificate
 //!   → unbound → bound), persistable as a few bytes.
 //! - [`renewal`]: when and how to renew the device certificate.
+//! - [`ota`]: signed firmware bundles (format and verification, shared
+//!   with the server) and the update state machine: verify, stream into the
+//!   inactive slot, boot on trial, confirm or roll back.
 //! - [`payload`]: the wire formats of `docs/payloads.md`: telemetry (JSON
-//!   and CBOR), reported state, claim confirmations, renewal CSRs and
-//!   command results are encoded into caller buffers; claim, renewal, state
+//!   and CBOR), reported state, claim confirmations, renewal CSRs,
+//!   command results and OTA reports are encoded into caller buffers; claim, renewal, state
 //!   and command downlinks are parsed without allocating.
 //!
 //! # What it must not do
@@ -26,7 +29,9 @@
 //! No I/O, no allocation (`#![no_std]` without `alloc`), no clock and no
 //! random source of its own, no `unsafe`, and no panic on any input: every
 //! byte that came from a network, flash or RTC memory is checked and refused
-//! with an error value. Crypto (key generation, CSRs, TLS) belongs to the host.
+//! with an error value. Crypto (key generation, CSRs, TLS) belongs to the host;
+//! the one exception is firmware signature and hash verification ([`ota`]),
+//! done here so the device checks exactly what the server checks.
 //!
 //! # How a host drives it
 //!
@@ -70,6 +75,7 @@ pub mod backoff;
 pub mod batch;
 mod layout;
 pub mod measurement;
+pub mod ota;
 pub mod payload;
 pub mod provision;
 pub mod renewal;
