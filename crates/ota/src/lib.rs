@@ -176,6 +176,23 @@ impl VerifiedFirmware {
     pub fn signed_by(&self) -> &PublicKey {
         &self.signed_by
     }
+
+    /// The proof in `rampart_core`'s borrowed form (what
+    /// `rampart_store::NewFirmware::verified` takes): the bundle verified
+    /// again, in place, with the key that signed it. It was verified once
+    /// already, so this fails only if memory was corrupted.
+    pub fn proof(&self) -> Result<rampart_core::ota::VerifiedFirmware<'_>, OtaError> {
+        let keys = [TrustedKey::new(*self.signed_by.bytes())];
+        let limits = Limits {
+            max_image_size: self.info.image_size,
+            device_type: Some(&self.info.device_type),
+        };
+        Ok(rampart_core::ota::verify_bundle(
+            &self.bundle,
+            &keys,
+            &limits,
+        )?)
+    }
 }
 
 /// Verifies a bundle against trusted public keys: the checks of
@@ -244,6 +261,9 @@ mod tests {
         assert_eq!(v.signature().len(), 64);
         assert_eq!(v.bundle(), &b[..]);
         assert_eq!(inspect(&b).expect("inspects"), *v.manifest());
+        let proof = v.proof().expect("proof");
+        assert_eq!(proof.image(), b"image bytes");
+        assert_eq!(proof.manifest_bytes(), v.manifest_bytes());
         assert_eq!(
             parse_key_id(&v.manifest().key_id),
             Some(key.public_key().id())

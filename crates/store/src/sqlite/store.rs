@@ -20,7 +20,7 @@ use crate::{
 
 impl SqliteStore {
     /// A write that leaves an audit row: advances the chain head after commit.
-    async fn write_audited<T, F>(&self, f: F) -> Result<T>
+    pub(super) async fn write_audited<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Transaction<'_>, &AuditKey) -> Result<(T, AuditRecord)> + Send + 'static,
