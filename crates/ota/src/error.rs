@@ -8,7 +8,7 @@ use rampart_core::ota::VerifyError;
 #[derive(Debug, thiserror::Error)]
 pub enum OtaError {
     /// The bundle was refused; the reason says why.
-    #[error("{0}")]
+    #[error(transparent)]
     Verify(#[from] VerifyError),
     /// A file operation failed.
     #[error("cannot {action} {path}: {source}")]
