@@ -51,7 +51,10 @@ mod never_panic {
         };
         if let Ok(head) = parse_head(data) {
             let mut buf = [0u8; manifest::MAX_MANIFEST_LEN];
-            let n = head.manifest.encode(&mut buf).expect("a decoded manifest encodes");
+            let n = head
+                .manifest
+                .encode(&mut buf)
+                .expect("a decoded manifest encodes");
             assert_eq!(&buf[..n], head.manifest_bytes);
         }
         if let Ok(v) = verify_bundle(data, &keys, &limits) {
