@@ -56,6 +56,11 @@
 //! 4. Disconnected: keep buffering; reconnect after [`backoff::Backoff::next_delay`].
 //! 5. Before deep sleep: flush if connected, then [`ring::Ring::to_bytes`]
 //!    into RTC memory.
+//! 6. Updates: at boot [`ota::update::Ota::start`] with the persisted
+//!    [`ota::update::OtaState`] (a trial image must confirm with
+//!    [`ota::update::Ota::confirm`] once connected and published); an offer
+//!    goes through [`ota::update::Ota::offer`], the image through
+//!    [`ota::update::Ota::write_chunk`] and [`ota::update::Ota::finish`].
 #![no_std]
 #![cfg_attr(
     not(test),

@@ -201,11 +201,11 @@ impl OtaState {
     /// returns the length.
     pub fn to_bytes(&self, buf: &mut [u8]) -> Result<usize, crate::BufferTooSmall> {
         let out = buf.get_mut(..STATE_LEN).ok_or(crate::BufferTooSmall)?;
-        let (outcome, _) = match self.outcome {
-            Outcome::None => (0u8, ()),
-            Outcome::Succeeded => (1, ()),
-            Outcome::RolledBack(RollbackReason::CrashLoop) => (2, ()),
-            Outcome::RolledBack(RollbackReason::NotConfirmed) => (3, ()),
+        let outcome: u8 = match self.outcome {
+            Outcome::None => 0,
+            Outcome::Succeeded => 1,
+            Outcome::RolledBack(RollbackReason::CrashLoop) => 2,
+            Outcome::RolledBack(RollbackReason::NotConfirmed) => 3,
         };
         let mut w = Writer::new(out);
         let ok = w.put(&STATE_MAGIC)
