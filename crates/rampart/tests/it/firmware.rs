@@ -126,6 +126,27 @@ fn keygen_sign_verify_trust_and_upload() {
     assert!(actions.contains(&"firmware-key.add"), "{actions:?}");
     assert!(actions.contains(&"firmware.upload"), "{actions:?}");
     assert_eq!(ws.rampart_json(&["audit", "verify"])["ok"], true);
+
+    // Backups carry the images.
+    let backup = ws.join("fw.backup").display().to_string();
+    ws.rampart_json(&["backup", &backup]);
+    let restored = ws.join("restored");
+    let out = ws
+        .rampart()
+        .arg("--data-dir")
+        .arg(&restored)
+        .args(["restore", &backup])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read(restored.join("firmware").join(&sha)).expect("restored image"),
+        std::fs::read(&img).expect("image")
+    );
 }
 
 #[test]
