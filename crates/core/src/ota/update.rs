@@ -521,6 +521,24 @@ impl<'k> Ota<'k> {
         }
     }
 
+    /// The `downloading` report of the update being received, or `None`.
+    pub fn progress_report(&self) -> Option<OtaReport<'_>> {
+        match &self.phase {
+            Phase::Receiving {
+                expected,
+                written,
+                version,
+                ..
+            } => Some(OtaReport {
+                status: OtaStatus::Downloading,
+                version: version.as_str(),
+                progress: Some((*written, *expected)),
+                reason: None,
+            }),
+            _ => None,
+        }
+    }
+
     /// Discards the update being received (erasing its slot, best effort).
     fn discard<F: FlashSlot>(&mut self, flash: &mut F) {
         self.phase = Phase::Idle;
@@ -969,6 +987,20 @@ mod tests {
         // A new offer is possible afterwards.
         assert!(offer_bundle(&mut ota, &b, &mut flash).is_ok());
         assert_eq!(ota.update_version(), "1.1.0");
+        assert_eq!(
+            ota.progress_report(),
+            Some(OtaReport {
+                status: OtaStatus::Downloading,
+                version: "1.1.0",
+                progress: Some((0, IMAGE.len() as u64)),
+                reason: None
+            })
+        );
+        ota.write_chunk(&IMAGE[..5], &mut flash).expect("chunk");
+        assert_eq!(
+            ota.progress_report().and_then(|r| r.progress),
+            Some((5, IMAGE.len() as u64))
+        );
     }
 
     #[test]
