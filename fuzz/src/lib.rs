@@ -111,3 +111,38 @@ pub fn control_round_trips(data: &[u8]) {
         assert_eq!(BindMessage::decode(&m.encode()), Ok(m));
     }
 }
+
+/// Feeds `data` to the firmware bundle decoders of `rampart_core::ota`: the
+/// bundle head, full verification against a fixed trusted key, and the
+/// persisted update state. Whatever decodes must re-encode unchanged.
+pub fn ota_bundle_checks(data: &[u8]) {
+    use rampart_core::ota::manifest::MAX_MANIFEST_LEN;
+    use rampart_core::ota::update::{OtaState, STATE_LEN};
+    use rampart_core::ota::{Limits, TrustedKey, parse_head, verify_bundle};
+
+    // The Ed25519 public key of the all-7 seed: any valid key will do.
+    let public = ed25519_dalek::SigningKey::from_bytes(&[7; 32])
+        .verifying_key()
+        .to_bytes();
+    let keys = [TrustedKey::new(public)];
+    let limits = Limits {
+        max_image_size: 1 << 20,
+        device_type: None,
+    };
+    if let Ok(head) = parse_head(data) {
+        let mut buf = [0u8; MAX_MANIFEST_LEN];
+        let n = head
+            .manifest
+            .encode(&mut buf)
+            .expect("a decoded manifest encodes");
+        assert_eq!(buf.get(..n), Some(head.manifest_bytes));
+    }
+    if let Ok(v) = verify_bundle(data, &keys, &limits) {
+        assert_eq!(v.manifest().image_size, v.image().len() as u64);
+    }
+    if let Ok(state) = OtaState::from_bytes(data) {
+        let mut buf = [0u8; STATE_LEN];
+        state.to_bytes(&mut buf).expect("fits");
+        assert_eq!(data.get(..STATE_LEN), Some(&buf[..]));
+    }
+}

@@ -16,9 +16,12 @@
 //! - [`provision`]: the provisioning state machine (key → CSR → certificate
 //!   → unbound → bound), persistable as a few bytes.
 //! - [`renewal`]: when and how to renew the device certificate.
+//! - [`ota`]: signed firmware bundles (format and verification, shared
+//!   with the server) and the update state machine: verify, stream into the
+//!   inactive slot, boot on trial, confirm or roll back.
 //! - [`payload`]: the wire formats of `docs/payloads.md`: telemetry (JSON
-//!   and CBOR), reported state, claim confirmations, renewal CSRs and
-//!   command results are encoded into caller buffers; claim, renewal, state
+//!   and CBOR), reported state, claim confirmations, renewal CSRs,
+//!   command results and OTA reports are encoded into caller buffers; claim, renewal, state
 //!   and command downlinks are parsed without allocating.
 //!
 //! # What it must not do
@@ -26,7 +29,9 @@
 //! No I/O, no allocation (`#![no_std]` without `alloc`), no clock and no
 //! random source of its own, no `unsafe`, and no panic on any input: every
 //! byte that came from a network, flash or RTC memory is checked and refused
-//! with an error value. Crypto (key generation, CSRs, TLS) belongs to the host.
+//! with an error value. Crypto (key generation, CSRs, TLS) belongs to the host;
+//! the one exception is firmware signature and hash verification ([`ota`]),
+//! done here so the device checks exactly what the server checks.
 //!
 //! # How a host drives it
 //!
@@ -51,6 +56,11 @@
 //! 4. Disconnected: keep buffering; reconnect after [`backoff::Backoff::next_delay`].
 //! 5. Before deep sleep: flush if connected, then [`ring::Ring::to_bytes`]
 //!    into RTC memory.
+//! 6. Updates: at boot [`ota::update::Ota::start`] with the persisted
+//!    [`ota::update::OtaState`] (a trial image must confirm with
+//!    [`ota::update::Ota::confirm`] once connected and published); an offer
+//!    goes through [`ota::update::Ota::offer`], the image through
+//!    [`ota::update::Ota::write_chunk`] and [`ota::update::Ota::finish`].
 #![no_std]
 #![cfg_attr(
     not(test),
@@ -70,6 +80,7 @@ pub mod backoff;
 pub mod batch;
 mod layout;
 pub mod measurement;
+pub mod ota;
 pub mod payload;
 pub mod provision;
 pub mod renewal;

@@ -68,6 +68,9 @@ pub enum Command {
     /// Telemetry: chart queries, exports, rejected messages.
     #[command(subcommand)]
     Telemetry(TelemetryCommand),
+    /// Firmware updates: signing keys, signed bundles, trusted keys, uploads.
+    #[command(subcommand)]
+    Firmware(FirmwareCommand),
     /// Run a fleet of simulated DHT11/DHT22 sensor devices against a server.
     Simulate(Box<SimulateArgs>),
     /// Write a consistent backup of the data dir to FILE (works while
@@ -472,6 +475,91 @@ pub enum StateArg {
     Disabled,
     /// Revoked.
     Revoked,
+}
+
+/// `rampart firmware ...`
+#[derive(Debug, Subcommand)]
+pub enum FirmwareCommand {
+    /// Generate an Ed25519 firmware signing key: the secret key to KEY (PEM
+    /// PKCS#8, mode 0600) and the public key to KEY.pub (PEM SPKI). Keep KEY
+    /// offline; the server only ever needs KEY.pub. Never overwrites.
+    Keygen {
+        /// Where to write the secret key.
+        #[arg(long, value_name = "KEY")]
+        out: PathBuf,
+    },
+    /// Sign IMAGE into a bundle: manifest (device type, version, security
+    /// version, size, SHA-256, key id), Ed25519 signature, image.
+    // `--version` here is the image's; `rampart --version` still works.
+    #[command(disable_version_flag = true)]
+    Sign {
+        /// The firmware image (raw application binary).
+        image: PathBuf,
+        /// The secret key from `rampart firmware keygen`.
+        #[arg(long, value_name = "KEY")]
+        key: PathBuf,
+        /// The kind of device the image is for (`[a-z0-9._-]`, up to 64).
+        #[arg(long, value_name = "T")]
+        device_type: String,
+        /// The image's semantic version (e.g. 1.4.0).
+        #[arg(long, value_name = "SEMVER")]
+        version: String,
+        /// Anti-rollback counter: devices refuse images below the highest
+        /// security version they confirmed. Raise it for security fixes.
+        #[arg(long, value_name = "N")]
+        security_version: u32,
+        /// Where to write the bundle (must not exist).
+        #[arg(long, value_name = "BUNDLE")]
+        out: PathBuf,
+    },
+    /// Verify a bundle with public keys (the checks a device makes) and
+    /// print its manifest.
+    Verify {
+        /// The bundle.
+        bundle: PathBuf,
+        /// A trusted public key (KEY.pub); repeat for several.
+        #[arg(long = "pubkey", value_name = "KEY.pub", required = true)]
+        pubkeys: Vec<PathBuf>,
+        /// Also require this device type.
+        #[arg(long, value_name = "T")]
+        device_type: Option<String>,
+        /// Largest image accepted, bytes (default: firmware.max_image_size).
+        #[arg(long, value_name = "BYTES")]
+        max_image_size: Option<u64>,
+    },
+    /// Public keys the server trusts to sign firmware.
+    #[command(subcommand)]
+    Key(FirmwareKeyCommand),
+    /// Upload a bundle: accepted only if signed by a trusted key; the image
+    /// is stored by its SHA-256 in the data dir and recorded.
+    Upload {
+        /// The bundle from `rampart firmware sign`.
+        bundle: PathBuf,
+    },
+    /// Uploaded firmware, newest first.
+    List,
+}
+
+/// `rampart firmware key ...`
+#[derive(Debug, Subcommand)]
+pub enum FirmwareKeyCommand {
+    /// Trust a public key (KEY.pub from `rampart firmware keygen`).
+    Add {
+        /// The public key file.
+        pubkey: PathBuf,
+        /// A name for it (default: `key-` and its key id).
+        #[arg(long, value_name = "N")]
+        name: Option<String>,
+    },
+    /// Trusted keys.
+    List,
+    /// Stop trusting keys, by name; several at once for a rotation. All or
+    /// none: an unknown name removes nothing.
+    Remove {
+        /// Key names.
+        #[arg(required = true, value_name = "NAME")]
+        names: Vec<String>,
+    },
 }
 
 /// `rampart audit ...`

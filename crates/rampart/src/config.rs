@@ -39,6 +39,8 @@ pub struct Config {
     pub renewal: RenewalConfig,
     /// Claiming devices.
     pub claim: ClaimConfig,
+    /// Firmware updates.
+    pub firmware: FirmwareConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -60,6 +62,22 @@ impl Default for RenewalConfig {
         Self {
             max_per_window: p.max_per_window,
             window: p.window,
+        }
+    }
+}
+
+/// `[firmware]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FirmwareConfig {
+    /// Largest firmware image accepted by `rampart firmware upload`, bytes.
+    pub max_image_size: u64,
+}
+
+impl Default for FirmwareConfig {
+    fn default() -> Self {
+        Self {
+            max_image_size: rampart_ota::DEFAULT_MAX_IMAGE_SIZE,
         }
     }
 }
@@ -534,6 +552,12 @@ max_attempts = 5
 # "rate_limited" without being checked.
 max_confirmations_per_window = 10
 confirmation_window = "1m"
+
+[firmware]
+# Largest firmware image `rampart firmware upload` accepts, in bytes
+# (16 MiB, the largest ESP32 app partition). Larger bundles are refused
+# before their signature is checked.
+max_image_size = 16777216
 
 [log]
 # "text" or "json".

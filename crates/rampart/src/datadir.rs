@@ -175,6 +175,11 @@ impl DataDir {
         self.root.join("archive")
     }
 
+    /// Firmware images, content-addressed by SHA-256 (`rampart firmware upload`).
+    pub fn firmware(&self) -> PathBuf {
+        self.root.join("firmware")
+    }
+
     /// The SQLite database.
     pub fn database(&self) -> PathBuf {
         self.root.join("rampart.db")

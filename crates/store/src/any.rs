@@ -478,3 +478,42 @@ impl crate::UserStore for AnyStore {
         delegate!(self.touch_api_token(id, now))
     }
 }
+
+#[async_trait]
+impl crate::FirmwareStore for AnyStore {
+    async fn add_firmware_key(
+        &self,
+        key: crate::NewFirmwareKey,
+        actor: &Actor,
+    ) -> Result<crate::FirmwareKey> {
+        delegate!(self.add_firmware_key(key, actor))
+    }
+
+    async fn firmware_keys(&self) -> Result<Vec<crate::FirmwareKey>> {
+        delegate!(self.firmware_keys())
+    }
+
+    async fn remove_firmware_keys(
+        &self,
+        names: &[String],
+        actor: &Actor,
+    ) -> Result<Vec<crate::FirmwareKey>> {
+        delegate!(self.remove_firmware_keys(names, actor))
+    }
+
+    async fn add_firmware(
+        &self,
+        firmware: crate::NewFirmware,
+        actor: &Actor,
+    ) -> Result<crate::Firmware> {
+        delegate!(self.add_firmware(firmware, actor))
+    }
+
+    async fn list_firmware(&self) -> Result<Vec<crate::Firmware>> {
+        delegate!(self.list_firmware())
+    }
+
+    async fn firmware(&self, id: u64) -> Result<Option<crate::Firmware>> {
+        delegate!(self.firmware(id))
+    }
+}

@@ -101,6 +101,30 @@ pub enum StoreError {
     /// No API token has this id, or it is revoked already.
     #[error("no active API token with id '{0}'")]
     ApiTokenNotFound(String),
+    /// A firmware key name is not allowed.
+    #[error("firmware key name '{0}' must be 1 to 64 characters of A-Z, a-z, 0-9, '.', '_' or '-'")]
+    InvalidFirmwareKeyName(String),
+    /// A trusted firmware key has this name or is this key already.
+    #[error("{0}")]
+    FirmwareKeyExists(String),
+    /// No trusted firmware key has this name.
+    #[error("no trusted firmware key named '{0}'; `rampart firmware key list` shows them")]
+    FirmwareKeyNotFound(String),
+    /// The key that signed a bundle is not trusted (any more).
+    #[error("firmware signing key {0} is not trusted; add it with `rampart firmware key add`")]
+    FirmwareKeyNotTrusted(String),
+    /// The device type already has firmware with this version.
+    #[error(
+        "firmware {version} for device type '{device_type}' was uploaded already (id {id}); versions are never replaced, sign a new version"
+    )]
+    FirmwareExists {
+        /// The device type.
+        device_type: String,
+        /// The version.
+        version: String,
+        /// The existing upload.
+        id: u64,
+    },
     /// The database belongs to something else, or is damaged.
     #[error("{path} is not a Rampart database: {why}")]
     Foreign {

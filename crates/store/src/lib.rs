@@ -16,6 +16,7 @@ mod any;
 mod audit;
 mod enrollment;
 mod error;
+pub mod firmware;
 pub mod fleet;
 mod lifecycle;
 mod migrations;
@@ -39,6 +40,7 @@ pub use enrollment::{
     TokenState,
 };
 pub use error::StoreError;
+pub use firmware::{Firmware, FirmwareKey, FirmwareStore, NewFirmware, NewFirmwareKey};
 pub use fleet::{DevicePage, DeviceQuery, DeviceSort, FleetSummary, IdMatch};
 pub use model::{
     Actor, CertificateRecord, CertificateStatus, Change, ChangeKind, Claim, ClaimStatus, Device,

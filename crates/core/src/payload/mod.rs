@@ -21,6 +21,7 @@
 //! | `devices/{id}/cert/down` | down | [`parse_certificate`] |
 //! | `devices/{id}/cmd/down` | down | [`parse_command`] |
 //! | `devices/{id}/cmd/up` | up | [`encode_command_result`] |
+//! | `devices/{id}/ota/up` | up | [`encode_ota_report`] |
 
 use core::fmt;
 
@@ -36,8 +37,8 @@ pub use downlink::{
 };
 pub use telemetry::{Encoded, MetricNames, NameTableError, encode_batch, encode_reading};
 pub use uplink::{
-    CommandStatus, ReportedState, StateValue, encode_claim_confirmation, encode_command_result,
-    encode_renewal_request, encode_state,
+    CommandStatus, OtaReport, OtaStatus, ReportedState, StateValue, encode_claim_confirmation,
+    encode_command_result, encode_ota_report, encode_renewal_request, encode_state,
 };
 
 use crate::BufferTooSmall;

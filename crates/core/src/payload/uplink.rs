@@ -3,7 +3,10 @@
 //! - `state/up`: `{"fw":"1.4.2","uptimeMs":123456,"rssi":-61, …host fields}`;
 //! - `bind/up`: `{"nonce":"<32 lowercase hex>"}` (claim confirmation);
 //! - `cert/up`: `{"csr":"<PEM CSR>"}` (renewal request);
-//! - `cmd/up`: `{"id":"<request id>","status":"ok"|"error"|"unknown","message":"…"}`.
+//! - `cmd/up`: `{"id":"<request id>","status":"ok"|"error"|"unknown","message":"…"}`;
+//! - `ota/up`: `{"status":"downloading","version":"1.4.0","bytes":1024,"total":4096}`,
+//!   `{"status":"failed","version":"1.4.0","reason":"hash-mismatch"}`, … (update
+//!   progress and result, see [`OtaStatus`]).
 
 use super::json::JsonStr;
 use super::out::{Out, json};
@@ -146,6 +149,77 @@ pub fn encode_command_result(
     Ok(out.len())
 }
 
+/// Where an update stands, as reported on `ota/up` (the per-device states
+/// of a campaign).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtaStatus {
+    /// The offer was accepted; the image is being received.
+    Downloading,
+    /// The image is received; its hash is being checked.
+    Verifying,
+    /// The new slot is selected (pending); the device reboots into it.
+    PendingReboot,
+    /// The new image runs on trial; it confirms once connected and published.
+    PendingConfirm,
+    /// The new image confirmed its health; the update is done.
+    Succeeded,
+    /// The update was refused or failed; the device stays on its firmware.
+    Failed,
+    /// The new image did not confirm (crash loop, hang, no connection); the
+    /// device went back to its previous firmware.
+    RolledBack,
+}
+
+impl OtaStatus {
+    /// The wire name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            OtaStatus::Downloading => "downloading",
+            OtaStatus::Verifying => "verifying",
+            OtaStatus::PendingReboot => "pending-reboot",
+            OtaStatus::PendingConfirm => "pending-confirm",
+            OtaStatus::Succeeded => "succeeded",
+            OtaStatus::Failed => "failed",
+            OtaStatus::RolledBack => "rolled-back",
+        }
+    }
+}
+
+/// An update progress or result report for `ota/up`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OtaReport<'a> {
+    /// Where the update stands.
+    pub status: OtaStatus,
+    /// The version being installed (empty when unknown, e.g. a manifest
+    /// that did not decode).
+    pub version: &'a str,
+    /// Bytes received and expected, while downloading.
+    pub progress: Option<(u64, u64)>,
+    /// Why it failed or rolled back: a stable code such as `hash-mismatch`.
+    pub reason: Option<&'static str>,
+}
+
+/// Encodes an update report for `ota/up`; returns the length.
+pub fn encode_ota_report(report: &OtaReport<'_>, buf: &mut [u8]) -> Result<usize, EncodeError> {
+    let mut out = Out::new(buf);
+    out.put(b"{\"status\":")?;
+    json::string(&mut out, report.status.as_str())?;
+    out.put(b",\"version\":")?;
+    json::string(&mut out, report.version)?;
+    if let Some((bytes, total)) = report.progress {
+        out.put(b",\"bytes\":")?;
+        json::uint(&mut out, bytes)?;
+        out.put(b",\"total\":")?;
+        json::uint(&mut out, total)?;
+    }
+    if let Some(reason) = report.reason {
+        out.put(b",\"reason\":")?;
+        json::string(&mut out, reason)?;
+    }
+    out.byte(b'}')?;
+    Ok(out.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,6 +320,35 @@ mod tests {
                 b
             )),
             r#"{"id":"r\"2","status":"unknown","message":"no such command: reboot"}"#
+        );
+    }
+
+    #[test]
+    fn ota_reports() {
+        let progress = OtaReport {
+            status: OtaStatus::Downloading,
+            version: "1.4.0",
+            progress: Some((1024, 4096)),
+            reason: None,
+        };
+        assert_eq!(
+            text(|b| encode_ota_report(&progress, b)),
+            r#"{"status":"downloading","version":"1.4.0","bytes":1024,"total":4096}"#
+        );
+        let failed = OtaReport {
+            status: OtaStatus::RolledBack,
+            version: "1.4.0",
+            progress: None,
+            reason: Some("crash-loop"),
+        };
+        assert_eq!(
+            text(|b| encode_ota_report(&failed, b)),
+            r#"{"status":"rolled-back","version":"1.4.0","reason":"crash-loop"}"#
+        );
+        let mut small = [0u8; 8];
+        assert_eq!(
+            encode_ota_report(&failed, &mut small),
+            Err(EncodeError::BufferTooSmall)
         );
     }
 }

@@ -34,6 +34,7 @@ const ENTRIES: &[&str] = &[
     "rampart.db",
     "pki",
     "archive",
+    "firmware",
 ];
 
 /// Writes a backup of the data dir to `file`.
@@ -120,7 +121,7 @@ async fn write_backup(
         append_bytes(&mut tar, "audit.head", &head)?;
     }
     append_file(&mut tar, snapshot, "rampart.db")?;
-    for sub in ["pki", "archive"] {
+    for sub in ["pki", "archive", "firmware"] {
         let path = if sub == "archive" {
             dir.archive()
         } else {

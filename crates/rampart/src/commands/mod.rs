@@ -6,6 +6,7 @@ pub mod ca;
 pub mod config;
 pub mod device;
 pub mod enroll_token;
+pub mod firmware;
 pub mod init;
 pub mod service;
 pub mod simulate;

@@ -9,6 +9,7 @@ mod control;
 mod crash;
 mod demo;
 mod enroll;
+mod firmware;
 mod metrics;
 mod serve;
 mod simulate;

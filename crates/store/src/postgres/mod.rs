@@ -15,6 +15,7 @@ mod changes;
 mod claims;
 mod devices;
 mod enrollment;
+mod firmware;
 mod ledger;
 mod mqtt;
 mod renewal;

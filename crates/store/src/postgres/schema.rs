@@ -55,6 +55,10 @@ const MIGRATIONS: &[Migration] = &[
         10,
         include_str!("../../migrations/postgres/0010_device_list.sql"),
     ),
+    (
+        11,
+        include_str!("../../migrations/postgres/0011_firmware.sql"),
+    ),
 ];
 
 /// Advisory lock serialising migrations: "RMPT" and 0.

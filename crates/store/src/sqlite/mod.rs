@@ -13,6 +13,7 @@ mod changes;
 mod claims;
 mod devices;
 mod enrollment;
+mod firmware;
 mod mqtt;
 mod renewal;
 mod schema;

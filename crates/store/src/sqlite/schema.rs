@@ -46,6 +46,10 @@ const MIGRATIONS: &[Migration] = &[
         9,
         include_str!("../../migrations/sqlite/0009_device_list.sql"),
     ),
+    (
+        10,
+        include_str!("../../migrations/sqlite/0010_firmware.sql"),
+    ),
 ];
 
 /// Refuses a file that exists but is not an SQLite database at all, before

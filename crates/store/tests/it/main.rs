@@ -2,6 +2,7 @@
 //! SQLite file and a fresh PostgreSQL database (`PgTestDb`).
 
 mod enrollment;
+mod firmware;
 mod fleet;
 mod provisioning;
 mod store;
