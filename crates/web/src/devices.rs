@@ -594,22 +594,12 @@ pub fn claim_error(e: ClaimError) -> ApiError {
         ClaimError::Offline(_) => (StatusCode::CONFLICT, "device_offline"),
         ClaimError::Expired(_) => (StatusCode::GONE, "expired"),
         ClaimError::Ended { .. } => (StatusCode::CONFLICT, "refused"),
-        ClaimError::Store(_) => {
-            return match e {
-                ClaimError::Store(s) => device_store_error(s),
-                _ => unreachable_store(),
-            };
-        }
+        ClaimError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
     };
-    ApiError::new(status, code, e.to_string())
-}
-
-fn unreachable_store() -> ApiError {
-    ApiError::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "internal",
-        "internal error",
-    )
+    match e {
+        ClaimError::Store(s) => device_store_error(s),
+        e => ApiError::new(status, code, e.to_string()),
+    }
 }
 
 /// The request a claim body makes for `owner`.
