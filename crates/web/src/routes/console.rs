@@ -171,9 +171,17 @@ pub(super) async fn device(
     q: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> PageResult {
     let p = principal(caller)?;
-    let id = dev::device_id(&id)?;
     let params = query(q);
-    render_device(&state, &p, &id, &params, None, StatusCode::OK).await
+    let shown = match dev::device_id(&id) {
+        Ok(id) => render_device(&state, &p, &id, &params, None, StatusCode::OK).await,
+        Err(e) => Err(e),
+    };
+    Ok(shown.unwrap_or_else(|e| problem(&p, e)))
+}
+
+/// An error of a page handler as a page.
+fn problem(p: &crate::auth::Principal, e: ApiError) -> Response {
+    html(e.status, ui::problem(p, e.status.as_u16(), &e.message))
 }
 
 async fn render_device(
@@ -323,7 +331,23 @@ pub(super) async fn disable(
     Path(id): Path<String>,
     form: Result<Form<ActionForm>, FormRejection>,
 ) -> PageResult {
-    act(state, caller, client, headers, id, "disable", form).await
+    act_page(state, caller, client, headers, id, "disable", form).await
+}
+
+/// Runs a device form, rendering its failure as a page.
+async fn act_page(
+    state: AppState,
+    caller: Caller,
+    client: SocketAddr,
+    headers: HeaderMap,
+    id: String,
+    what: &'static str,
+    form: Result<Form<ActionForm>, FormRejection>,
+) -> PageResult {
+    let p = principal(caller.clone())?;
+    Ok(act(state, caller, client, headers, id, what, form)
+        .await
+        .unwrap_or_else(|e| problem(&p, e)))
 }
 
 /// `POST /devices/{id}/enable`.
@@ -335,7 +359,7 @@ pub(super) async fn enable(
     Path(id): Path<String>,
     form: Result<Form<ActionForm>, FormRejection>,
 ) -> PageResult {
-    act(state, caller, client, headers, id, "enable", form).await
+    act_page(state, caller, client, headers, id, "enable", form).await
 }
 
 /// `POST /devices/{id}/revoke`.
@@ -347,7 +371,7 @@ pub(super) async fn revoke(
     Path(id): Path<String>,
     form: Result<Form<ActionForm>, FormRejection>,
 ) -> PageResult {
-    act(state, caller, client, headers, id, "revoke", form).await
+    act_page(state, caller, client, headers, id, "revoke", form).await
 }
 
 /// `GET /claim?id=`: the form, and the status of claim `id`.

@@ -616,3 +616,24 @@ pub fn claim(
         },
     )
 }
+
+/// A refusal or failure on a console page, inside the layout.
+pub fn problem(p: &Principal, status: u16, message: &str) -> Markup {
+    let title = match status {
+        404 => "Not found",
+        400..=499 => "Cannot do that",
+        _ => "Something went wrong",
+    };
+    page(
+        title,
+        Some(p),
+        "",
+        html! {
+            div.card {
+                h1 { (title) }
+                p { (message) }
+                p { a href="/devices" { "Back to the devices" } }
+            }
+        },
+    )
+}
