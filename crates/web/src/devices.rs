@@ -720,3 +720,128 @@ pub async fn claim_status(
 pub fn ms(t: OffsetDateTime) -> i64 {
     unix_ms(t)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn list_parameters_map_to_the_store_query() {
+        let now = OffsetDateTime::UNIX_EPOCH;
+        let q = list_query(
+            &params(&[
+                ("q", " pump "),
+                ("state", "bound"),
+                ("online", "false"),
+                ("owner", "user:ann"),
+                ("certExpiringDays", "30"),
+                ("sort", "last_seen"),
+                ("order", "desc"),
+                ("limit", "20"),
+                ("offset", "40"),
+            ]),
+            now,
+        )
+        .expect("valid");
+        assert_eq!(q.id, Some(IdMatch::Contains("pump".into())));
+        assert_eq!(q.state, Some(DeviceState::Bound));
+        assert_eq!(q.online, Some(false));
+        assert_eq!(q.owner, Some(Owner::User("ann".into())));
+        assert_eq!(q.cert_expires_before, Some(now + time::Duration::days(30)));
+        assert_eq!((q.sort, q.descending), (DeviceSort::LastSeen, true));
+        assert_eq!((q.limit, q.offset), (20, 40));
+        // Empty filter boxes are no filter.
+        let q = list_query(&params(&[("q", ""), ("state", "")]), now).expect("valid");
+        assert_eq!((q.id, q.state, q.limit), (None, None, DEFAULT_PAGE));
+    }
+
+    #[test]
+    fn bad_list_parameters_are_refused_with_their_name() {
+        let now = OffsetDateTime::UNIX_EPOCH;
+        for (k, v) in [
+            ("limit", "0"),
+            ("limit", "501"),
+            ("online", "maybe"),
+            ("owner", "ann"),
+            ("sort", "name"),
+            ("order", "up"),
+            ("certExpiringDays", "-1"),
+            ("q", &"x".repeat(129)),
+        ] {
+            let e = list_query(&params(&[(k, v)]), now).expect_err(k);
+            assert_eq!(e.status, StatusCode::BAD_REQUEST);
+            assert!(e.message.starts_with(k), "{k}: {}", e.message);
+        }
+        let e = list_query(&params(&[("color", "red")]), now).expect_err("unknown");
+        assert_eq!(e.code, "unknown_parameter");
+    }
+
+    #[test]
+    fn ranges_default_to_a_day_and_refuse_reversed_or_huge_ones() {
+        let now = 1_800_000_000_000;
+        let r = range(None, None, None, now).expect("default");
+        assert_eq!(
+            (r.from_ms, r.to_ms, r.buckets),
+            (now - 86_400_000, now, 240)
+        );
+        let r = range(Some("-1h"), Some("now"), Some("60"), now).expect("hour");
+        assert_eq!((r.from_ms, r.buckets), (now - 3_600_000, 60));
+        assert!(range(Some("now"), Some("-1h"), None, now).is_err());
+        assert!(range(None, None, Some("0"), now).is_err());
+        assert!(range(None, None, Some("2001"), now).is_err());
+        assert!(range(Some("last week"), None, None, now).is_err());
+    }
+
+    #[test]
+    fn a_claim_body_is_a_label_or_an_id_with_a_code() {
+        let owner = Owner::User("ann".into());
+        let code = ClaimCode::from_random([3; rampart_proto::CLAIM_CODE_BYTES]);
+        let typed = ClaimBody {
+            device_id: Some("pump-1".into()),
+            claim_code: Some(code.as_str().to_uppercase()),
+            ..ClaimBody::default()
+        };
+        let r = claim_request(&typed, owner.clone()).expect("typed");
+        assert_eq!(
+            (r.device.as_str(), r.code.as_str()),
+            ("pump-1", code.as_str())
+        );
+        assert_eq!(r.fingerprint, None);
+        let wrong = ClaimBody {
+            claim_code: Some("not-a-code".into()),
+            ..typed.clone()
+        };
+        assert_eq!(
+            claim_request(&wrong, owner.clone()).expect_err("code").code,
+            "wrong_code"
+        );
+        let both = ClaimBody {
+            qr: Some("{}".into()),
+            ..typed
+        };
+        assert_eq!(
+            claim_request(&both, owner.clone()).expect_err("both").code,
+            "invalid_claim"
+        );
+        let none = ClaimBody::default();
+        assert_eq!(
+            claim_request(&none, owner.clone()).expect_err("none").code,
+            "invalid_claim"
+        );
+        let qr = ClaimBody {
+            qr: Some("not json".into()),
+            ..ClaimBody::default()
+        };
+        assert_eq!(
+            claim_request(&qr, owner).expect_err("qr").code,
+            "invalid_qr"
+        );
+    }
+}
