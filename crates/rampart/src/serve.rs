@@ -93,10 +93,27 @@ pub async fn run(g: &GlobalArgs, config: Config, args: ServeArgs) -> Result<Exit
         broker_stop.clone(),
     ));
 
-    // The web part: HTTPS with the same server certificate.
-    let web = web_state(&platform, &dir, Arc::clone(&store))?.with_monitoring(
-        crate::monitoring::monitoring(&broker, Arc::clone(pipeline.metrics()), control.metrics()),
+    // The web part: HTTPS with the same server certificate. Its live
+    // device streams follow the pipeline's fan-out of committed readings
+    // and end when the web part stops, so that draining is not held up.
+    let web_stop = CancellationToken::new();
+    let live = rampart_web::live::LiveHub::spawn(
+        pipeline.subscribe(),
+        rampart_web::live::LiveOptions::default(),
+        web_stop.clone(),
     );
+    let web = web_state(&platform, &dir, Arc::clone(&store))?
+        .with_monitoring(crate::monitoring::monitoring(
+            &broker,
+            Arc::clone(pipeline.metrics()),
+            control.metrics(),
+        ))
+        .with_devices(rampart_web::DeviceBackend {
+            telemetry: Arc::clone(&telemetry),
+            live,
+            crl: Arc::new(PlatformCrl(Arc::clone(&platform))),
+            claim_policy: platform.config.claim.policy(),
+        });
     // `/metrics` on its own plain-HTTP address, when configured.
     let metrics_task = match platform.config.web.metrics_addr {
         Some(addr) => {
@@ -120,7 +137,6 @@ pub async fn run(g: &GlobalArgs, config: Config, args: ServeArgs) -> Result<Exit
     let http_bound = http.local_addr()?;
     eprintln!("listening http={http_bound}");
     print_setup_url(&web, http_bound).await?;
-    let web_stop = CancellationToken::new();
     let web_task = tokio::spawn(rampart_web::run(http, web.clone(), web_stop.clone()));
 
     let (changes, _) = broadcast::channel::<Change>(CHANGE_BUFFER);
@@ -366,6 +382,23 @@ fn tls_material(platform: &Platform) -> Result<TlsMaterial> {
         crl_pem: crl_path.exists().then(|| read(&crl_path)).transpose()?,
         tls12: platform.config.broker.tls12,
     })
+}
+
+/// Publishes the CRL for the console's revocations, as `rampart device
+/// revoke` does.
+struct PlatformCrl(Arc<Platform>);
+
+impl std::fmt::Debug for PlatformCrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PlatformCrl")
+    }
+}
+
+#[async_trait::async_trait]
+impl rampart_web::CrlPublisher for PlatformCrl {
+    async fn publish_crl(&self) -> Result<(), String> {
+        self.0.publish_crl().await.map_err(|e| format!("{e:#}"))
+    }
 }
 
 /// The web part's state: the store, the CA, `[web]`, the server certificate.

@@ -17,6 +17,7 @@
 pub mod auth;
 pub mod chart;
 mod config;
+pub mod devices;
 mod error;
 mod limit;
 pub mod live;
@@ -24,6 +25,7 @@ pub mod metrics;
 mod routes;
 mod server;
 mod state;
+mod timespec;
 mod tls;
 pub mod ui;
 
@@ -33,5 +35,5 @@ pub use limit::FailureLimiter;
 pub use metrics::{Monitoring, run_metrics};
 pub use routes::{Access, ROUTES, RouteSpec, Surface, router};
 pub use server::run;
-pub use state::{AppState, AuthBackend, WebMetrics};
+pub use state::{AppState, AuthBackend, CrlPublisher, DeviceBackend, WebMetrics};
 pub use tls::{ServerTls, TlsError};

@@ -196,6 +196,11 @@ impl LiveHub {
         &self.inner.metrics
     }
 
+    /// The interval of keep-alive comments.
+    pub fn keep_alive(&self) -> Duration {
+        self.inner.options.keep_alive
+    }
+
     /// Streams open now.
     pub fn open_streams(&self) -> usize {
         self.inner.options.max_streams - self.inner.slots.available_permits()

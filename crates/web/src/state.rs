@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use rampart_pki::Pki;
+use rampart_provisioning::claim::ClaimPolicy;
+use rampart_store::telemetry::TelemetryStore;
 use rampart_store::{Store, UserStore};
 use time::OffsetDateTime;
 
@@ -12,6 +14,7 @@ use crate::auth::{Clock, SealingKey};
 
 use crate::config::WebConfig;
 use crate::limit::FailureLimiter;
+use crate::live::LiveHub;
 use crate::metrics::{MetricKind, MetricsText, Monitoring};
 use crate::tls::ServerTls;
 
@@ -30,12 +33,34 @@ struct Inner {
     enroll_failures: FailureLimiter,
     metrics: WebMetrics,
     monitoring: OnceLock<Monitoring>,
+    devices: OnceLock<DeviceBackend>,
     auth: AuthBackend,
     login_failures: FailureLimiter,
     /// The last TOTP step accepted per user: a code is good once.
     totp_steps: Mutex<HashMap<String, i64>>,
     /// Sign-ins waiting for their TOTP code: ticket hash → (user id, expiry).
     mfa_tickets: Mutex<HashMap<String, (String, OffsetDateTime)>>,
+}
+
+/// Publishes the CRL after a revocation, so that new TLS handshakes refuse
+/// the certificate (the broker cuts live sessions from the change feed).
+#[async_trait::async_trait]
+pub trait CrlPublisher: Send + Sync + std::fmt::Debug {
+    /// Signs and writes a fresh CRL from the store's revocations.
+    async fn publish_crl(&self) -> Result<(), String>;
+}
+
+/// What the device and claim routes need besides the registry store.
+#[derive(Clone, Debug)]
+pub struct DeviceBackend {
+    /// Telemetry: series, points, presence, rejected payloads.
+    pub telemetry: Arc<dyn TelemetryStore>,
+    /// Live events of committed readings and presence.
+    pub live: LiveHub,
+    /// Publishes the CRL after a revocation.
+    pub crl: Arc<dyn CrlPublisher>,
+    /// How claims behave (expiry, attempts).
+    pub claim_policy: ClaimPolicy,
 }
 
 /// What the console's sign-in needs besides the registry store: the user
@@ -78,6 +103,7 @@ impl AppState {
                 tls,
                 metrics: WebMetrics::default(),
                 monitoring: OnceLock::new(),
+                devices: OnceLock::new(),
             }),
         }
     }
@@ -99,6 +125,27 @@ impl AppState {
             .monitoring
             .get()
             .unwrap_or_else(|| NONE.get_or_init(Monitoring::new))
+    }
+
+    /// Plugs in what the device and claim routes need besides the
+    /// registry (telemetry, live events, CRL publishing). Set once, before
+    /// serving; without it those routes answer 503.
+    pub fn with_devices(self, devices: DeviceBackend) -> Self {
+        if self.inner.devices.set(devices).is_err() {
+            tracing::warn!("the device backend was already set; the new one is ignored");
+        }
+        self
+    }
+
+    /// The device backend, or a 503 saying it is missing.
+    pub(crate) fn devices(&self) -> Result<&DeviceBackend, crate::ApiError> {
+        self.inner.devices.get().ok_or_else(|| {
+            crate::ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "devices_unavailable",
+                "this server was started without telemetry; device pages are unavailable",
+            )
+        })
     }
 
     /// The store.

@@ -866,3 +866,172 @@ fn a_revoked_device_is_refused_logs_why_and_keeps_buffering() {
         count(&summary, "acknowledged") + count(&summary, "buffered")
     );
 }
+
+/// One HTTPS request of the console test: `(status, body as JSON or text)`.
+fn console_call(
+    rt: &tokio::runtime::Runtime,
+    client: &reqwest::Client,
+    method: &str,
+    url: String,
+    session: &(String, String),
+    body: Option<serde_json::Value>,
+) -> (u16, Value, String) {
+    rt.block_on(async {
+        let mut r = match method {
+            "POST" => client.post(url),
+            _ => client.get(url),
+        }
+        .header("cookie", &session.0)
+        .header("x-csrf-token", &session.1);
+        if let Some(b) = body {
+            r = r
+                .header("content-type", "application/json")
+                .body(b.to_string());
+        }
+        let response = r.send().await.expect("HTTPS");
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::Null),
+            text,
+        )
+    })
+}
+
+#[test]
+fn the_console_claims_a_simulated_device_over_mqtt_streams_it_and_revokes_it() {
+    let mut p = platform();
+    let mut sim = p.one_connected_device("web");
+    let identity: Value = serde_json::from_str(
+        &std::fs::read_to_string(p.ws.join("state/devices/web-0001/identity.json"))
+            .expect("identity"),
+    )
+    .expect("identity JSON");
+    let code = identity["claimCode"]
+        .as_str()
+        .expect("claim code")
+        .to_owned();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let client = rampart_test_support::https::client_trusting_without_redirects(&p.ws.ca_bundle());
+    let http = p.http;
+
+    // The owner, created through the printed setup URL.
+    let url = p.serve.setup_url();
+    let token = url
+        .split_once("token=")
+        .map(|(_, t)| t.to_owned())
+        .expect("token");
+    let (session, csrf) = rt.block_on(async {
+        let r = client
+            .post(format!("https://{http}/api/v1/setup"))
+            .header("content-type", "application/json")
+            .body(
+                serde_json::json!({ "token": token, "name": "ann", "password": "violet tractor sunrise 42" })
+                    .to_string(),
+            )
+            .send()
+            .await
+            .expect("setup");
+        assert_eq!(r.status().as_u16(), 201);
+        let cookie = r
+            .headers()
+            .get("set-cookie")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|c| c.split(';').next())
+            .expect("cookie")
+            .to_owned();
+        let body: Value = serde_json::from_str(&r.text().await.expect("body")).expect("JSON");
+        (cookie, body["csrfToken"].as_str().expect("csrf").to_owned())
+    });
+    let s = (session, csrf);
+
+    // Claim: the server sends the nonce over MQTT, the simulated device
+    // answers on bind/up, the claim is bound to the signed-in user.
+    let (status, claim, text) = console_call(
+        &rt,
+        &client,
+        "POST",
+        format!("https://{http}/api/v1/claims"),
+        &s,
+        Some(serde_json::json!({ "deviceId": "web-0001", "claimCode": code })),
+    );
+    assert_eq!(status, 201, "{text}");
+    let claim_url = format!("https://{http}/api/v1/claims/{}", claim["id"]);
+    let deadline = std::time::Instant::now() + wait_limit();
+    loop {
+        let (_, c, text) = console_call(&rt, &client, "GET", claim_url.clone(), &s, None);
+        if c["status"] == "bound" {
+            break;
+        }
+        assert_eq!(c["status"], "pending", "{text}");
+        assert!(std::time::Instant::now() < deadline, "never bound: {text}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let (_, d, _) = console_call(
+        &rt,
+        &client,
+        "GET",
+        format!("https://{http}/api/v1/devices/web-0001"),
+        &s,
+        None,
+    );
+    assert_eq!(d["device"]["owner"], "user:ann", "{d}");
+
+    // The live stream carries the device's committed readings.
+    let seen = rt.block_on(async {
+        let mut r = client
+            .get(format!("https://{http}/api/v1/devices/web-0001/events"))
+            .header("cookie", &s.0)
+            .send()
+            .await
+            .expect("events");
+        let mut text = String::new();
+        while !text.contains("event: reading") {
+            match tokio::time::timeout(wait_limit(), r.chunk()).await {
+                Ok(Ok(Some(c))) => text.push_str(&String::from_utf8_lossy(&c)),
+                _ => break,
+            }
+        }
+        text
+    });
+    assert!(seen.contains("event: reading"), "{seen}");
+
+    // Revocation from the console cuts the device off.
+    let (status, _, text) = console_call(
+        &rt,
+        &client,
+        "POST",
+        format!("https://{http}/api/v1/devices/web-0001/revoke"),
+        &s,
+        Some(serde_json::json!({ "reason": "key-compromise" })),
+    );
+    assert_eq!(status, 200, "{text}");
+    let deadline = std::time::Instant::now() + wait_limit();
+    loop {
+        let (_, d, text) = console_call(
+            &rt,
+            &client,
+            "GET",
+            format!("https://{http}/api/v1/devices/web-0001"),
+            &s,
+            None,
+        );
+        assert_eq!(d["device"]["state"], "revoked", "{text}");
+        if d["device"]["online"] == false {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still online: {text}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let audit = p.ws.rampart_json(&["audit", "list"]);
+    let by_ann =
+        audit.as_array().expect("rows").iter().any(|r| {
+            r["actor"] == "ann" && r["action"].as_str().is_some_and(|a| a.contains("revoke"))
+        });
+    assert!(by_ann, "{audit}");
+    assert!(sim.terminate());
+}

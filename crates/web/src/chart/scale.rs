@@ -55,8 +55,17 @@ pub(crate) fn value_axis(min: f64, max: f64, target: usize) -> ValueAxis {
         hi += pad;
     }
     let step = nice_step((hi - lo) / target.max(2) as f64);
-    let lo = (lo / step).floor() * step;
-    let hi = (hi / step).ceil() * step;
+    let (data_lo, data_hi) = (lo, hi);
+    // `lo / step` can underflow to -0.0 for a tiny negative `lo` (and
+    // round the bound past the data): step out once more when it did.
+    let mut lo = (lo / step).floor() * step;
+    if lo > data_lo {
+        lo -= step;
+    }
+    let mut hi = (hi / step).ceil() * step;
+    if hi < data_hi {
+        hi += step;
+    }
     let count = ((hi - lo) / step).round() as usize;
     let ticks = (0..=count)
         .map(|i| lo + step * i as f64)

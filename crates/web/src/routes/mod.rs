@@ -7,6 +7,8 @@
 //! up for every request and refuses a route it does not find.
 
 mod account;
+mod console;
+mod devices;
 mod enroll;
 pub(crate) mod guard;
 mod pages;
@@ -92,6 +94,7 @@ pub const ROUTES: &[RouteSpec] = &[
     // Checks its own bearer token (web.metrics_token), for scrapers.
     api("GET", "/metrics", Public),
     page("GET", "/static/app.css", Public),
+    page("GET", "/static/console.js", Public),
     api("POST", "/api/v1/enroll", Public),
     // First start and sign-in.
     page("GET", "/setup", Public),
@@ -179,6 +182,54 @@ pub const ROUTES: &[RouteSpec] = &[
     page("GET", "/users", act(Action::ReadUsers)),
     page("POST", "/users", act(Action::ManageUsers)),
     page("POST", "/users/{id}", act(Action::ManageUsers)),
+    // Devices and claims.
+    api("GET", "/api/v1/devices", act(Action::ReadDevices)),
+    api("GET", "/api/v1/devices/{id}", act(Action::ReadDevices)),
+    api(
+        "GET",
+        "/api/v1/devices/{id}/telemetry",
+        act(Action::ReadDevices),
+    ),
+    api(
+        "GET",
+        "/api/v1/devices/{id}/telemetry.csv",
+        act(Action::ReadDevices),
+    ),
+    api(
+        "GET",
+        "/api/v1/devices/{id}/presence",
+        act(Action::ReadDevices),
+    ),
+    api(
+        "GET",
+        "/api/v1/devices/{id}/events",
+        act(Action::ReadDevices),
+    ),
+    api(
+        "POST",
+        "/api/v1/devices/{id}/disable",
+        act(Action::DisableDevice),
+    ),
+    api(
+        "POST",
+        "/api/v1/devices/{id}/enable",
+        act(Action::DisableDevice),
+    ),
+    api(
+        "POST",
+        "/api/v1/devices/{id}/revoke",
+        act(Action::RevokeDevice),
+    ),
+    api("POST", "/api/v1/claims", act(Action::ClaimDevice)),
+    api("GET", "/api/v1/claims/{id}", act(Action::ClaimDevice)),
+    page("GET", "/", act(Action::ReadDevices)),
+    page("GET", "/devices", act(Action::ReadDevices)),
+    page("GET", "/devices/{id}", act(Action::ReadDevices)),
+    page("POST", "/devices/{id}/disable", act(Action::DisableDevice)),
+    page("POST", "/devices/{id}/enable", act(Action::DisableDevice)),
+    page("POST", "/devices/{id}/revoke", act(Action::RevokeDevice)),
+    page("GET", "/claim", act(Action::ClaimDevice)),
+    page("POST", "/claim", act(Action::ClaimDevice)),
 ];
 
 /// The table row of a request, by method and matched path (`HEAD` is
@@ -238,6 +289,26 @@ fn endpoint(spec: &RouteSpec) -> Option<MethodRouter<AppState>> {
         ("GET", "/users") => get(pages::users),
         ("POST", "/users") => post(pages::users_invite),
         ("POST", "/users/{id}") => post(pages::users_change),
+        ("GET", "/static/console.js") => get(crate::ui::console_script),
+        ("GET", "/api/v1/devices") => get(devices::list),
+        ("GET", "/api/v1/devices/{id}") => get(devices::show),
+        ("GET", "/api/v1/devices/{id}/telemetry") => get(devices::telemetry),
+        ("GET", "/api/v1/devices/{id}/telemetry.csv") => get(devices::telemetry_csv),
+        ("GET", "/api/v1/devices/{id}/presence") => get(devices::presence),
+        ("GET", "/api/v1/devices/{id}/events") => get(devices::events),
+        ("POST", "/api/v1/devices/{id}/disable") => post(devices::disable),
+        ("POST", "/api/v1/devices/{id}/enable") => post(devices::enable),
+        ("POST", "/api/v1/devices/{id}/revoke") => post(devices::revoke),
+        ("POST", "/api/v1/claims") => post(devices::claim_start),
+        ("GET", "/api/v1/claims/{id}") => get(devices::claim_show),
+        ("GET", "/") => get(console::fleet),
+        ("GET", "/devices") => get(console::devices),
+        ("GET", "/devices/{id}") => get(console::device),
+        ("POST", "/devices/{id}/disable") => post(console::disable),
+        ("POST", "/devices/{id}/enable") => post(console::enable),
+        ("POST", "/devices/{id}/revoke") => post(console::revoke),
+        ("GET", "/claim") => get(console::claim_form),
+        ("POST", "/claim") => post(console::claim_submit),
         _ => return None,
     })
 }

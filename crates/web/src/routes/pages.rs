@@ -213,7 +213,7 @@ pub(super) async fn invite_submit(
     }
 }
 
-fn csrf_of(p: &Principal) -> &str {
+pub(super) fn csrf_of(p: &Principal) -> &str {
     match &p.credential {
         Credential::Session { csrf_token, .. } => csrf_token,
         Credential::ApiToken { .. } => "",

@@ -8,6 +8,9 @@ use crate::auth::{Action, Principal, authorize};
 
 /// A navigation entry: label, path, the action it needs.
 const NAV: &[(&str, &str, Action)] = &[
+    ("Overview", "/", Action::ReadDevices),
+    ("Devices", "/devices", Action::ReadDevices),
+    ("Claim", "/claim", Action::ClaimDevice),
     ("Account", "/account", Action::ReadOwnAccount),
     ("Users", "/users", Action::ReadUsers),
 ];
@@ -28,7 +31,7 @@ pub fn page(title: &str, principal: Option<&Principal>, current: &str, content: 
             body {
                 header.top {
                     div.bar {
-                        a.brand href="/account" { span.mark {} "Rampart" }
+                        a.brand href="/" { span.mark {} "Rampart" }
                         @if let Some(p) = principal {
                             nav.main aria-label="Main" {
                                 @for (label, path, action) in NAV {

@@ -8,7 +8,7 @@ use rampart_provisioning::enrollment::{self, TokenSpec};
 use rampart_store::sqlite::SqliteOptions;
 use rampart_store::{Actor, AuditKey, SqliteStore, Store};
 use rampart_web::auth::{Clock, SealingKey};
-use rampart_web::{AppState, AuthBackend, ServerTls, WebConfig};
+use rampart_web::{AppState, AuthBackend, CrlPublisher, DeviceBackend, ServerTls, WebConfig};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -22,6 +22,10 @@ pub struct Server {
     /// A client that shows redirects instead of following them.
     pub browser: reqwest::Client,
     pub clock: Clock,
+    /// Feeds the live hub as the pipeline's fan-out does.
+    pub fanout: rampart_ingest::Fanout,
+    /// CRL publications asked for by revocations.
+    pub crl: Arc<CountingCrl>,
     stop: CancellationToken,
     task: Option<JoinHandle<std::io::Result<()>>>,
     _dir: tempfile::TempDir,
@@ -58,12 +62,26 @@ impl Server {
             sealing_key: SealingKey::new([9; 32]),
             clock: clock.clone(),
         };
-        let state = AppState::new(Arc::new(store.clone()), Arc::clone(&pki), config, tls, auth);
+        let fanout = rampart_ingest::Fanout::new(256);
+        let crl = Arc::new(CountingCrl::default());
+        let live_stop = CancellationToken::new();
+        let live = rampart_web::live::LiveHub::spawn(
+            fanout.subscribe(),
+            rampart_web::live::LiveOptions::default(),
+            live_stop.clone(),
+        );
+        let state = AppState::new(Arc::new(store.clone()), Arc::clone(&pki), config, tls, auth)
+            .with_devices(DeviceBackend {
+                telemetry: Arc::new(store.clone()),
+                live,
+                crl: crl.clone(),
+                claim_policy: rampart_provisioning::claim::ClaimPolicy::default(),
+            });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let stop = CancellationToken::new();
+        let stop = live_stop;
         let task = tokio::spawn(rampart_web::run(listener, state.clone(), stop.clone()));
         Self {
             addr,
@@ -75,6 +93,8 @@ impl Server {
             store,
             pki,
             clock,
+            fanout,
+            crl,
             stop,
             task: Some(task),
             _dir: dir,
@@ -149,4 +169,17 @@ impl Drop for Server {
 
 pub fn read(path: &std::path::Path) -> String {
     std::fs::read_to_string(path).expect("read")
+}
+
+/// Counts CRL publications (the real one signs with the CA; tests only
+/// need to know the revocation asked for it).
+#[derive(Debug, Default)]
+pub struct CountingCrl(pub std::sync::atomic::AtomicUsize);
+
+#[async_trait::async_trait]
+impl CrlPublisher for CountingCrl {
+    async fn publish_crl(&self) -> Result<(), String> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
 }

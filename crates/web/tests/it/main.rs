@@ -5,6 +5,7 @@
 mod auth;
 mod common;
 mod console;
+mod devices;
 mod enroll;
 mod live;
 mod matrix;

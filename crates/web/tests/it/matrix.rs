@@ -27,6 +27,7 @@ const EXPECTED: &[(&str, &str, [u16; 5])] = &[
     // Not exposed without web.metrics_token (checked by its own tests).
     ("GET", "/metrics", [404, 404, 404, 404, 404]),
     ("GET", "/static/app.css", [200, 200, 200, 200, 200]),
+    ("GET", "/static/console.js", [200, 200, 200, 200, 200]),
     ("POST", "/api/v1/enroll", [400, 400, 400, 400, 400]),
     ("GET", "/setup", [303, 303, 303, 303, 303]),
     ("POST", "/setup", [400, 400, 400, 400, 400]),
@@ -86,6 +87,55 @@ const EXPECTED: &[(&str, &str, [u16; 5])] = &[
     ("GET", "/users", [303, 403, 403, 200, 200]),
     ("POST", "/users", [303, 403, 403, 400, 400]),
     ("POST", "/users/{id}", [303, 403, 403, 400, 400]),
+    // Devices and claims: viewers read, operators claim and disable,
+    // admins revoke; `nonexistent` devices and claims are 404.
+    ("GET", "/api/v1/devices", [401, 200, 200, 200, 200]),
+    ("GET", "/api/v1/devices/{id}", [401, 404, 404, 404, 404]),
+    (
+        "GET",
+        "/api/v1/devices/{id}/telemetry",
+        [401, 404, 404, 404, 404],
+    ),
+    (
+        "GET",
+        "/api/v1/devices/{id}/telemetry.csv",
+        [401, 404, 404, 404, 404],
+    ),
+    (
+        "GET",
+        "/api/v1/devices/{id}/presence",
+        [401, 404, 404, 404, 404],
+    ),
+    (
+        "GET",
+        "/api/v1/devices/{id}/events",
+        [401, 404, 404, 404, 404],
+    ),
+    (
+        "POST",
+        "/api/v1/devices/{id}/disable",
+        [401, 403, 404, 404, 404],
+    ),
+    (
+        "POST",
+        "/api/v1/devices/{id}/enable",
+        [401, 403, 404, 404, 404],
+    ),
+    (
+        "POST",
+        "/api/v1/devices/{id}/revoke",
+        [401, 403, 403, 404, 404],
+    ),
+    ("POST", "/api/v1/claims", [401, 403, 400, 400, 400]),
+    ("GET", "/api/v1/claims/{id}", [401, 403, 404, 404, 404]),
+    ("GET", "/", [303, 200, 200, 200, 200]),
+    ("GET", "/devices", [303, 200, 200, 200, 200]),
+    ("GET", "/devices/{id}", [303, 404, 404, 404, 404]),
+    ("POST", "/devices/{id}/disable", [303, 403, 404, 404, 404]),
+    ("POST", "/devices/{id}/enable", [303, 403, 404, 404, 404]),
+    ("POST", "/devices/{id}/revoke", [303, 403, 403, 404, 404]),
+    ("GET", "/claim", [303, 403, 200, 200, 200]),
+    ("POST", "/claim", [303, 403, 400, 400, 400]),
 ];
 
 const ROLES: [Option<Role>; 5] = [

@@ -1,0 +1,114 @@
+// Rampart console: live device charts, claim status, camera scanning.
+// Our own script, served from /static (the CSP allows no inline script).
+(function () {
+  "use strict";
+
+  // Device page: follow the device's live events; on a reading, show it at
+  // once and re-fetch the page's charts (server-rendered SVG from rollups)
+  // at most every few seconds.
+  var device = document.getElementById("device");
+  if (device && window.EventSource) {
+    var id = device.getAttribute("data-device");
+    var latest = document.getElementById("latest");
+    var badge = document.getElementById("presence-badge");
+    var pending = null;
+    var refresh = function () {
+      pending = null;
+      fetch(window.location.href, { credentials: "same-origin" })
+        .then(function (r) { return r.ok ? r.text() : null; })
+        .then(function (text) {
+          if (!text) return;
+          var doc = new DOMParser().parseFromString(text, "text/html");
+          ["charts", "presence", "last-seen"].forEach(function (name) {
+            var fresh = doc.getElementById(name);
+            var old = document.getElementById(name);
+            if (fresh && old) old.replaceWith(fresh);
+          });
+        })
+        .catch(function () {});
+    };
+    var later = function () { if (!pending) pending = setTimeout(refresh, 3000); };
+    var source = new EventSource("/api/v1/devices/" + encodeURIComponent(id) + "/events");
+    source.addEventListener("reading", function (e) {
+      try {
+        var m = JSON.parse(e.data);
+        var parts = Object.keys(m.metrics).sort().map(function (k) {
+          return k + " " + (Math.round(m.metrics[k] * 100) / 100);
+        });
+        latest.textContent = parts.join(" · ") + " at " + new Date(m.ts_ms).toLocaleTimeString();
+      } catch (err) { /* a malformed event changes nothing */ }
+      later();
+    });
+    source.addEventListener("presence", function (e) {
+      try {
+        var m = JSON.parse(e.data);
+        badge.innerHTML = "";
+        var span = document.createElement("span");
+        span.className = m.online ? "badge on" : "badge";
+        span.textContent = m.online ? "online" : "offline";
+        badge.appendChild(span);
+      } catch (err) { /* ignore */ }
+      later();
+    });
+    source.addEventListener("lagged", later);
+    source.onerror = function () { latest.textContent = "live updates paused (reconnecting…)"; };
+  }
+
+  // Claim page: poll the claim until it is bound or failed.
+  var status = document.getElementById("claim-status");
+  if (status && status.getAttribute("data-status") === "pending") {
+    var claim = status.getAttribute("data-claim");
+    var message = document.getElementById("claim-message");
+    var poll = function () {
+      fetch("/api/v1/claims/" + encodeURIComponent(claim), { credentials: "same-origin" })
+        .then(function (r) { return r.json(); })
+        .then(function (c) {
+          if (c.status && c.status !== "pending") {
+            window.location.replace("/claim?id=" + encodeURIComponent(claim));
+          } else if (c.error) {
+            message.textContent = c.error.message;
+          } else {
+            setTimeout(poll, 1500);
+          }
+        })
+        .catch(function () { setTimeout(poll, 3000); });
+    };
+    setTimeout(poll, 1000);
+  }
+
+  // Claim page: scan the label with the camera where the browser has
+  // BarcodeDetector (Chrome on Android, ...); otherwise paste.
+  var scanner = document.getElementById("scanner");
+  if (scanner && "BarcodeDetector" in window && navigator.mediaDevices) {
+    scanner.hidden = false;
+    var start = document.getElementById("scan-start");
+    var video = document.getElementById("scan-video");
+    var hint = document.getElementById("scan-hint");
+    var qr = document.getElementById("qr");
+    start.addEventListener("click", function () {
+      var detector = new window.BarcodeDetector({ formats: ["qr_code"] });
+      navigator.mediaDevices.getUserMedia({ video: { facingMode: "environment" } })
+        .then(function (stream) {
+          video.srcObject = stream;
+          video.hidden = false;
+          video.play();
+          hint.textContent = "Point the camera at the label's QR code.";
+          var stop = function () { stream.getTracks().forEach(function (t) { t.stop(); }); video.hidden = true; };
+          var look = function () {
+            detector.detect(video).then(function (codes) {
+              if (codes.length > 0) {
+                stop();
+                qr.value = codes[0].rawValue;
+                hint.textContent = "Label read.";
+                document.getElementById("claim-form").submit();
+              } else {
+                requestAnimationFrame(look);
+              }
+            }).catch(function () { requestAnimationFrame(look); });
+          };
+          look();
+        })
+        .catch(function (err) { hint.textContent = "The camera is not available (" + err.name + "): paste the label instead."; });
+    });
+  }
+})();
