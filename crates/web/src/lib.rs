@@ -14,8 +14,8 @@
 //! a secret (bearer tokens, claim codes, passwords, session ids, TOTP
 //! secrets).
 
-pub mod chart;
 pub mod auth;
+pub mod chart;
 mod config;
 mod error;
 mod limit;
@@ -31,6 +31,7 @@ pub use config::{MetricsToken, WebConfig};
 pub use error::ApiError;
 pub use limit::FailureLimiter;
 pub use metrics::{Monitoring, run_metrics};
+pub use routes::openapi::openapi_json;
 pub use routes::{Access, ROUTES, RouteSpec, Surface, router};
 pub use server::run;
 pub use state::{AppState, AuthBackend, WebMetrics};

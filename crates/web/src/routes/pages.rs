@@ -23,7 +23,7 @@ use crate::ui::pages::{self, AccountView, Reveal, UsersView};
 
 type PageResult = Result<Response, ApiError>;
 
-fn html(status: StatusCode, markup: maud::Markup) -> Response {
+pub(super) fn html(status: StatusCode, markup: maud::Markup) -> Response {
     (status, Html(markup.into_string())).into_response()
 }
 
@@ -213,7 +213,7 @@ pub(super) async fn invite_submit(
     }
 }
 
-fn csrf_of(p: &Principal) -> &str {
+pub(super) fn csrf_of(p: &Principal) -> &str {
     match &p.credential {
         Credential::Session { csrf_token, .. } => csrf_token,
         Credential::ApiToken { .. } => "",

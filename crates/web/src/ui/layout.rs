@@ -10,6 +10,13 @@ use crate::auth::{Action, Principal, authorize};
 const NAV: &[(&str, &str, Action)] = &[
     ("Account", "/account", Action::ReadOwnAccount),
     ("Users", "/users", Action::ReadUsers),
+    (
+        "Enroll tokens",
+        "/enroll-tokens",
+        Action::ManageEnrollmentTokens,
+    ),
+    ("Services", "/services", Action::ReadServices),
+    ("Audit", "/audit", Action::ReadAudit),
 ];
 
 /// The full page: `title`, the signed-in `principal` (for the navigation,

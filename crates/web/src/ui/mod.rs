@@ -6,6 +6,7 @@
 
 pub mod layout;
 pub(crate) mod pages;
+pub(crate) mod registry;
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
