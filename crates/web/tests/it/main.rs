@@ -9,4 +9,5 @@ mod enroll;
 mod live;
 mod matrix;
 mod metrics;
+mod registry;
 mod server;

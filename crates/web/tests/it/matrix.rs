@@ -111,11 +111,7 @@ const EXPECTED: &[(&str, &str, [u16; 5])] = &[
     ),
     ("GET", "/services", [303, 403, 403, 200, 200]),
     ("POST", "/services", [303, 403, 403, 400, 400]),
-    (
-        "POST",
-        "/services/{name}/revoke",
-        [303, 403, 403, 404, 404],
-    ),
+    ("POST", "/services/{name}/revoke", [303, 403, 403, 404, 404]),
     // Viewers and operators do not read the audit log: it names every
     // user, address and action (DESIGN.md "Users and access").
     ("GET", "/api/v1/audit", [401, 403, 403, 200, 200]),
@@ -205,7 +201,12 @@ async fn every_route_answers_every_role_as_the_table_says() {
                 None => None,
             };
             let method = Method::from_bytes(method.as_bytes()).expect("method");
-            let mut req = Req::new(method.clone(), &path.replace("{id}", "nonexistent").replace("{name}", "nonexistent"));
+            let mut req = Req::new(
+                method.clone(),
+                &path
+                    .replace("{id}", "nonexistent")
+                    .replace("{name}", "nonexistent"),
+            );
             if method != Method::GET {
                 req = match surface {
                     Surface::Api => req.json(json!({})),
