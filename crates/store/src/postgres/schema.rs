@@ -50,10 +50,7 @@ const MIGRATIONS: &[Migration] = &[
         8,
         include_str!("../../migrations/postgres/0008_enrollment_answers.sql"),
     ),
-    (
-        9,
-        include_str!("../../migrations/postgres/0009_users.sql"),
-    ),
+    (9, include_str!("../../migrations/postgres/0009_users.sql")),
     (
         10,
         include_str!("../../migrations/postgres/0010_device_list.sql"),

@@ -41,10 +41,7 @@ const MIGRATIONS: &[Migration] = &[
         7,
         include_str!("../../migrations/sqlite/0007_enrollment_answers.sql"),
     ),
-    (
-        8,
-        include_str!("../../migrations/sqlite/0008_users.sql"),
-    ),
+    (8, include_str!("../../migrations/sqlite/0008_users.sql")),
     (
         9,
         include_str!("../../migrations/sqlite/0009_device_list.sql"),
