@@ -15,13 +15,14 @@ use rampart_test_support::browser::{Browser, Window, server_spki_hash};
 const PASSWORD: &str = "violet tractor sunrise 42";
 
 async fn text_of(b: &Browser, css: &str) -> String {
-    b.client()
-        .find(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("no {css} on {:?}: {e}", b.client().current_url().await))
-        .text()
-        .await
-        .expect("text")
+    let url = b.client().current_url().await.map(|u| u.to_string());
+    match b.client().find(Locator::Css(css)).await {
+        Ok(e) => e.text().await.expect("text"),
+        Err(e) => {
+            let shot = b.screenshot("failure").await;
+            panic!("no {css} on {url:?}: {e} (screenshot {})", shot.display())
+        }
+    }
 }
 
 async fn fill(b: &Browser, css: &str, value: &str) {
@@ -30,7 +31,10 @@ async fn fill(b: &Browser, css: &str, value: &str) {
     field.send_keys(value).await.expect("type");
 }
 
+/// Submits the form and waits for the next page: the old document goes
+/// stale when the browser replaces it.
 async fn submit(b: &Browser, form_css: &str) {
+    let old = b.client().find(Locator::Css("html")).await.expect("page");
     b.client()
         .find(Locator::Css(&format!("{form_css} button[type=submit]")))
         .await
@@ -38,6 +42,30 @@ async fn submit(b: &Browser, form_css: &str) {
         .click()
         .await
         .expect("click");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while old.tag_name().await.is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "submitting {form_css} loaded no new page"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    if b.client()
+        .wait()
+        .at_most(std::time::Duration::from_secs(15))
+        .for_element(Locator::Css("footer"))
+        .await
+        .is_err()
+    {
+        let shot = b.screenshot("failure").await;
+        let url = b.client().current_url().await.map(|u| u.to_string());
+        let source = b.client().source().await.unwrap_or_default();
+        panic!(
+            "after submitting {form_css}, {url:?} is not a console page (screenshot {}):\n{}",
+            shot.display(),
+            source.chars().take(2000).collect::<String>()
+        );
+    }
 }
 
 async fn path_of(b: &Browser) -> String {
