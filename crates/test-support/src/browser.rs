@@ -11,6 +11,7 @@
 //! [`Browser::start`] panics with what to install.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -124,7 +125,11 @@ impl Browser {
         let mut last_error = String::new();
         for _ in 0..5 {
             let port = free_port();
+            // Its own process group, which Chromium and its helpers join,
+            // so that drop can end them all (a killed chromedriver leaves
+            // Chromium running otherwise).
             let mut driver = match Command::new(&driver_bin)
+                .process_group(0)
                 .arg(format!("--port={port}"))
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -147,8 +152,7 @@ impl Browser {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             if !up {
-                let _ = driver.kill();
-                let _ = driver.wait();
+                kill_group(&mut driver);
                 if last_error.is_empty() {
                     last_error = format!("chromedriver did not listen on port {port} within 10 s");
                 }
@@ -189,8 +193,7 @@ impl Browser {
                 }
                 Err(e) => {
                     last_error = format!("chromedriver could not open Chromium: {e}");
-                    let _ = driver.kill();
-                    let _ = driver.wait();
+                    kill_group(&mut driver);
                 }
             }
         }
@@ -232,10 +235,20 @@ pub fn screenshot_dir() -> PathBuf {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        // Without a session to end politely (a panic), killing
-        // chromedriver makes Chromium, its child, exit with it; its
-        // profile dir goes with `_profile`.
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
+        // After `close` Chromium is gone already; after a panic it is not,
+        // and a killed chromedriver does not take it along: end the group.
+        kill_group(&mut self.driver);
     }
+}
+
+/// Kills chromedriver's process group (chromedriver, Chromium and its
+/// helpers, all started by this harness) and reaps chromedriver.
+fn kill_group(driver: &mut Child) {
+    let group = format!("-{}", driver.id());
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &group])
+        .stderr(Stdio::null())
+        .status();
+    let _ = driver.kill();
+    let _ = driver.wait();
 }
