@@ -255,3 +255,35 @@ async fn the_pages_create_show_once_and_refuse_a_forged_form() {
     let r = Req::get("/api/v1/audit").session(&viewer).send(&s).await;
     assert_eq!((r.status, r.code()), (403, "forbidden"));
 }
+
+#[tokio::test]
+async fn the_openapi_document_is_served_and_lists_every_api_route() {
+    let s = Server::start(config()).await;
+    let r = Req::get("/api/v1/openapi.json").send(&s).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(
+        r.body["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3.")),
+        "{}",
+        r.body["openapi"]
+    );
+    for route in rampart_web::ROUTES
+        .iter()
+        .filter(|r| r.path.starts_with("/api/v1/"))
+    {
+        let op = &r.body["paths"][route.path][route.method.to_ascii_lowercase()];
+        assert!(
+            op.is_object(),
+            "{} {} is not documented",
+            route.method,
+            route.path
+        );
+    }
+    // Request bodies refuse unknown fields in the document too.
+    assert_eq!(
+        r.body["components"]["schemas"]["NewServiceBody"]["additionalProperties"], false,
+        "{}",
+        r.body["components"]["schemas"]
+    );
+}
