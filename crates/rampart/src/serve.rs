@@ -314,11 +314,15 @@ async fn spawn_change_follower(
                 last = change.seq;
                 if matches!(
                     change.kind,
-                    ChangeKind::CertificateIssued | ChangeKind::CertificateActivated
+                    ChangeKind::CertificateIssued
+                        | ChangeKind::CertificateActivated
+                        | ChangeKind::ServiceRevoked
                 ) {
                     // Made by this server (a renewal, a device connecting
-                    // with its new certificate): nobody else publishes
-                    // the CRL that now lists the superseded serial.
+                    // with its new certificate, a service revoked in the
+                    // console): nobody else publishes the CRL that now
+                    // lists the serial. (A `rampart service revoke` has
+                    // published it already; once more costs a CRL number.)
                     if let Err(e) = platform.publish_crl().await {
                         tracing::error!(error = %format!("{e:#}"), "cannot publish the CRL after a renewal");
                     }

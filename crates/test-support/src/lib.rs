@@ -7,6 +7,7 @@
 //! files, check certificates with the real OpenSSL, and run the PostgreSQL
 //! store against a real server ([`PgTestDb`]).
 
+pub mod browser;
 pub mod https;
 mod postgres;
 

@@ -33,6 +33,7 @@ pub use config::{MetricsToken, WebConfig};
 pub use error::ApiError;
 pub use limit::FailureLimiter;
 pub use metrics::{Monitoring, run_metrics};
+pub use routes::openapi::openapi_json;
 pub use routes::{Access, ROUTES, RouteSpec, Surface, router};
 pub use server::run;
 pub use state::{AppState, AuthBackend, CrlPublisher, DeviceBackend, WebMetrics};

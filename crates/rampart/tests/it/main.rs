@@ -3,6 +3,7 @@
 //! (mosquitto, paho-mqtt, the load generator's Rust client) over mutual TLS.
 
 mod broker;
+mod browser;
 mod cli;
 mod console;
 mod control;

@@ -33,7 +33,7 @@ pub(crate) fn principal(caller: Caller) -> Result<Principal, ApiError> {
     })
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SetupBody {
     token: String,
@@ -59,6 +59,7 @@ fn signed_in(state: &AppState, s: SignedIn, status: StatusCode) -> Response {
 }
 
 /// `POST /api/v1/setup`: creates the owner with the setup token.
+#[utoipa::path(post, path = "/api/v1/setup", tag = "account", request_body = SetupBody, responses((status = 201, description = "The owner is created and signed in (session cookie set)"), (status = 401, description = "Setup token invalid or expired"), (status = 409, description = "Setup is done")))]
 pub(super) async fn setup(
     State(state): State<AppState>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
@@ -71,7 +72,7 @@ pub(super) async fn setup(
     Ok(signed_in(&state, s, StatusCode::CREATED))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct LoginBody {
     name: String,
@@ -81,6 +82,7 @@ struct LoginBody {
 }
 
 /// `POST /api/v1/session`: sign in.
+#[utoipa::path(post, path = "/api/v1/session", tag = "account", request_body = LoginBody, responses((status = 200, description = "Signed in; the session cookie is set and the CSRF token returned"), (status = 401, description = "Wrong name, password or code"), (status = 429, description = "Too many failures; see Retry-After")))]
 pub(super) async fn login(
     State(state): State<AppState>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
@@ -99,7 +101,8 @@ pub(super) async fn login(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(as = AcceptInviteBody)]
 #[serde(deny_unknown_fields)]
 struct InviteBody {
     token: String,
@@ -107,6 +110,7 @@ struct InviteBody {
 }
 
 /// `POST /api/v1/invite`: an invited user sets a password.
+#[utoipa::path(post, path = "/api/v1/invite", tag = "account", request_body = InviteBody, responses((status = 200, description = "The invited user has a password now"), (status = 401, description = "Invitation invalid or expired")))]
 pub(super) async fn accept_invite(
     State(state): State<AppState>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
@@ -120,6 +124,7 @@ pub(super) async fn accept_invite(
 }
 
 /// `DELETE /api/v1/session`: sign out of this session.
+#[utoipa::path(delete, path = "/api/v1/session", tag = "account", responses((status = 204, description = "This session is ended")))]
 pub(super) async fn logout(
     State(state): State<AppState>,
     caller: Caller,
@@ -138,6 +143,7 @@ pub(super) async fn logout(
 }
 
 /// `POST /api/v1/session/logout-everywhere`: end every session of mine.
+#[utoipa::path(post, path = "/api/v1/session/logout-everywhere", tag = "account", responses((status = 200, description = "Every session of the user is ended")))]
 pub(super) async fn logout_everywhere(
     State(state): State<AppState>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
@@ -152,6 +158,7 @@ pub(super) async fn logout_everywhere(
 }
 
 /// `GET /api/v1/me`.
+#[utoipa::path(get, path = "/api/v1/me", tag = "account", responses((status = 200, description = "The caller: user, role, how authenticated")))]
 pub(super) async fn me(
     State(state): State<AppState>,
     caller: Caller,
@@ -176,6 +183,7 @@ pub(super) async fn me(
 }
 
 /// `GET /api/v1/me/sessions`.
+#[utoipa::path(get, path = "/api/v1/me/sessions", tag = "account", responses((status = 200, description = "The caller's sessions")))]
 pub(super) async fn sessions(
     State(state): State<AppState>,
     caller: Caller,
@@ -205,7 +213,7 @@ pub(super) async fn sessions(
     Ok(Json(json!({ "sessions": list })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct PasswordBody {
     current_password: String,
@@ -213,6 +221,7 @@ struct PasswordBody {
 }
 
 /// `POST /api/v1/me/password`.
+#[utoipa::path(post, path = "/api/v1/me/password", tag = "account", request_body = PasswordBody, responses((status = 200, description = "Password changed; other sessions ended"), (status = 400, description = "Weak password or wrong current password")))]
 pub(super) async fn password(
     State(state): State<AppState>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
@@ -234,6 +243,7 @@ pub(super) async fn password(
 }
 
 /// `POST /api/v1/me/mfa`: start enrollment; the secret is shown once.
+#[utoipa::path(post, path = "/api/v1/me/mfa", tag = "account", responses((status = 200, description = "TOTP enrollment started: otpauth URI, secret, QR code")))]
 pub(super) async fn mfa_start(
     State(state): State<AppState>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
@@ -249,13 +259,14 @@ pub(super) async fn mfa_start(
     })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CodeBody {
     code: String,
 }
 
 /// `POST /api/v1/me/mfa/confirm`.
+#[utoipa::path(post, path = "/api/v1/me/mfa/confirm", tag = "account", request_body = CodeBody, responses((status = 200, description = "Two-factor authentication is on"), (status = 400, description = "Wrong code")))]
 pub(super) async fn mfa_confirm(
     State(state): State<AppState>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
@@ -270,6 +281,7 @@ pub(super) async fn mfa_confirm(
 }
 
 /// `POST /api/v1/me/mfa/disable`.
+#[utoipa::path(post, path = "/api/v1/me/mfa/disable", tag = "account", request_body = CodeBody, responses((status = 200, description = "Two-factor authentication is off"), (status = 400, description = "Wrong code")))]
 pub(super) async fn mfa_disable(
     State(state): State<AppState>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,

@@ -49,6 +49,18 @@ fn only(params: &HashMap<String, String>, allowed: &[&str]) -> Result<(), ApiErr
 }
 
 /// `GET /api/v1/devices`: a page of devices with the total.
+#[utoipa::path(get, path = "/api/v1/devices", tag = "devices",
+    params(("q" = Option<String>, Query, description = "Text the id contains (or starts with, see docs/api.md)"),
+        ("state" = Option<String>, Query, description = "unbound, bound, disabled or revoked"),
+        ("online" = Option<bool>, Query, description = "Only devices online (true) or offline (false)"),
+        ("owner" = Option<String>, Query, description = "Owner, e.g. user:ann"),
+        ("certExpiringDays" = Option<u32>, Query, description = "Certificate expires within this many days"),
+        ("sort" = Option<String>, Query, description = "id, lastSeen, created or certExpiry"),
+        ("order" = Option<String>, Query, description = "asc or desc"),
+        ("limit" = Option<u32>, Query, description = "1 to 500, default 50"),
+        ("offset" = Option<u32>, Query, description = "Devices to skip")),
+    responses((status = 200, description = "`{\"devices\": [...], \"total\", \"limit\", \"offset\"}`"),
+        (status = 400, description = "Unknown or invalid parameter")))]
 pub(super) async fn list(
     State(state): State<AppState>,
     q: Result<Query<HashMap<String, String>>, QueryRejection>,
@@ -69,12 +81,18 @@ pub(super) async fn list(
 }
 
 /// `GET /api/v1/devices/{id}`.
+#[utoipa::path(get, path = "/api/v1/devices/{id}", tag = "devices", params(("id" = String, Path, description = "The device id")),
+    responses((status = 200, description = "The device, its certificate, reported state, counters and last rejected payloads"),
+        (status = 404, description = "No such device")))]
 pub(super) async fn show(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult {
     let id = dev::device_id(&id)?;
     Ok(Json(dev::detail(&state, &id).await?).into_response())
 }
 
 /// `GET /api/v1/devices/{id}/telemetry?metric=&from=&to=&buckets=`.
+#[utoipa::path(get, path = "/api/v1/devices/{id}/telemetry", tag = "devices", params(("id" = String, Path, description = "The device id")),
+    responses((status = 200, description = "Buckets `{start, min, max, avg, count, last}` per metric for `metric`, `from`, `to`, `buckets`"),
+        (status = 400, description = "Invalid time range or parameter"), (status = 404, description = "No such device")))]
 pub(super) async fn telemetry(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -105,6 +123,9 @@ pub(super) async fn telemetry(
 }
 
 /// `GET /api/v1/devices/{id}/telemetry.csv?from=&to=`: the raw points.
+#[utoipa::path(get, path = "/api/v1/devices/{id}/telemetry.csv", tag = "devices", params(("id" = String, Path, description = "The device id")),
+    responses((status = 200, description = "The same buckets as CSV (text/csv)"),
+        (status = 404, description = "No such device")))]
 pub(super) async fn telemetry_csv(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -129,6 +150,9 @@ pub(super) async fn telemetry_csv(
 }
 
 /// `GET /api/v1/devices/{id}/presence`: newest first.
+#[utoipa::path(get, path = "/api/v1/devices/{id}/presence", tag = "devices", params(("id" = String, Path, description = "The device id")),
+    responses((status = 200, description = "Connect and disconnect history with reasons"),
+        (status = 404, description = "No such device")))]
 pub(super) async fn presence(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult {
     let id = dev::device_id(&id)?;
     dev::existing(&state, &id).await?;
@@ -144,6 +168,9 @@ pub(super) async fn presence(State(state): State<AppState>, Path(id): Path<Strin
 
 /// `GET /api/v1/devices/{id}/events`: committed readings and presence as
 /// Server-Sent Events (see `crate::live`).
+#[utoipa::path(get, path = "/api/v1/devices/{id}/events", tag = "devices", params(("id" = String, Path, description = "The device id")),
+    responses((status = 200, description = "Server-sent events `reading`, `presence` and `lagged` (text/event-stream)"),
+        (status = 404, description = "No such device"), (status = 503, description = "Too many open streams")))]
 pub(super) async fn events(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult {
     let id = dev::device_id(&id)?;
     dev::existing(&state, &id).await?;
@@ -198,6 +225,9 @@ async fn change(
 }
 
 /// `POST /api/v1/devices/{id}/disable`.
+#[utoipa::path(post, path = "/api/v1/devices/{id}/disable", tag = "devices", params(("id" = String, Path, description = "The device id")),
+    responses((status = 200, description = "The device, disabled; its session is cut"),
+        (status = 404, description = "No such device"), (status = 409, description = "Not in a state that can be disabled")))]
 pub(super) async fn disable(
     State(state): State<AppState>,
     caller: Caller,
@@ -211,6 +241,9 @@ pub(super) async fn disable(
 }
 
 /// `POST /api/v1/devices/{id}/enable`.
+#[utoipa::path(post, path = "/api/v1/devices/{id}/enable", tag = "devices", params(("id" = String, Path, description = "The device id")),
+    responses((status = 200, description = "The device, enabled again"),
+        (status = 404, description = "No such device"), (status = 409, description = "Revoked devices cannot be enabled")))]
 pub(super) async fn enable(
     State(state): State<AppState>,
     caller: Caller,
@@ -224,6 +257,9 @@ pub(super) async fn enable(
 }
 
 /// `POST /api/v1/devices/{id}/revoke` with `{"reason"}` (optional).
+#[utoipa::path(post, path = "/api/v1/devices/{id}/revoke", tag = "devices", params(("id" = String, Path, description = "The device id")),
+    responses((status = 200, description = "The device, revoked: its certificate is on the CRL and its session is cut"),
+        (status = 404, description = "No such device")))]
 pub(super) async fn revoke(
     State(state): State<AppState>,
     caller: Caller,
@@ -246,6 +282,11 @@ pub(super) async fn revoke(
 }
 
 /// `POST /api/v1/claims`: starts a claim for the signed-in user.
+#[utoipa::path(post, path = "/api/v1/claims", tag = "claims",
+    responses((status = 201, description = "The claim, pending until the device confirms over MQTT"),
+        (status = 400, description = "Malformed QR payload or body"),
+        (status = 409, description = "already_claimed, not_claimable or device_offline"),
+        (status = 422, description = "wrong_code or fingerprint_mismatch")))]
 pub(super) async fn claim_start(
     State(state): State<AppState>,
     caller: Caller,
@@ -260,6 +301,10 @@ pub(super) async fn claim_start(
 }
 
 /// `GET /api/v1/claims/{id}`: pending, bound, expired, refused.
+#[utoipa::path(get, path = "/api/v1/claims/{id}", tag = "claims",
+    params(("id" = String, Path, description = "The claim id")),
+    responses((status = 200, description = "pending, bound, expired or refused with the reason"),
+        (status = 404, description = "No such claim, or not yours")))]
 pub(super) async fn claim_show(
     State(state): State<AppState>,
     caller: Caller,

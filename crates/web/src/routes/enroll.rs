@@ -17,7 +17,7 @@ use crate::error::ApiError;
 use crate::state::{AppState, WebMetrics};
 
 /// The request body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct EnrollBody {
     /// PEM PKCS#10; its CN is the requested device id.
@@ -82,6 +82,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// The handler; see the module documentation.
+#[utoipa::path(post, path = "/api/v1/enroll", tag = "enrollment", request_body = EnrollBody, responses((status = 201, description = "The device is registered: certificate chain, CA bundle, claim code"), (status = 400, description = "Invalid CSR or body"), (status = 401, description = "Token invalid"), (status = 409, description = "Id taken"), (status = 429, description = "Too many failures")))]
 pub(super) async fn enroll(
     State(state): State<AppState>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,

@@ -47,7 +47,10 @@ pub(crate) async fn security_headers(request: Request, next: Next) -> Response {
         "max-age=63072000; includeSubDomains",
     );
     set(h, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
-    set(h, header::REFERRER_POLICY, "no-referrer");
+    // Not `no-referrer`: under it Chromium sends `Origin: null` with a
+    // same-origin form POST, which the CSRF check must refuse. `same-origin`
+    // still sends nothing (no setup or invitation token) to other sites.
+    set(h, header::REFERRER_POLICY, "same-origin");
     set(h, header::X_FRAME_OPTIONS, "DENY");
     set(
         h,

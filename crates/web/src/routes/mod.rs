@@ -11,7 +11,10 @@ mod console;
 mod devices;
 mod enroll;
 pub(crate) mod guard;
+pub mod openapi;
 mod pages;
+pub(crate) mod registry;
+mod registry_pages;
 mod users;
 
 use std::net::SocketAddr;
@@ -230,6 +233,53 @@ pub const ROUTES: &[RouteSpec] = &[
     page("POST", "/devices/{id}/revoke", act(Action::RevokeDevice)),
     page("GET", "/claim", act(Action::ClaimDevice)),
     page("POST", "/claim", act(Action::ClaimDevice)),
+    // Enrollment tokens.
+    api(
+        "GET",
+        "/api/v1/enroll-tokens",
+        act(Action::ManageEnrollmentTokens),
+    ),
+    api(
+        "POST",
+        "/api/v1/enroll-tokens",
+        act(Action::ManageEnrollmentTokens),
+    ),
+    api(
+        "DELETE",
+        "/api/v1/enroll-tokens/{id}",
+        act(Action::ManageEnrollmentTokens),
+    ),
+    page("GET", "/enroll-tokens", act(Action::ManageEnrollmentTokens)),
+    page(
+        "POST",
+        "/enroll-tokens",
+        act(Action::ManageEnrollmentTokens),
+    ),
+    page(
+        "POST",
+        "/enroll-tokens/{id}/revoke",
+        act(Action::ManageEnrollmentTokens),
+    ),
+    // Service identities.
+    api("GET", "/api/v1/services", act(Action::ReadServices)),
+    api("POST", "/api/v1/services", act(Action::ManageServices)),
+    api(
+        "POST",
+        "/api/v1/services/{name}/revoke",
+        act(Action::ManageServices),
+    ),
+    page("GET", "/services", act(Action::ReadServices)),
+    page("POST", "/services", act(Action::ManageServices)),
+    page(
+        "POST",
+        "/services/{name}/revoke",
+        act(Action::ManageServices),
+    ),
+    // Audit log.
+    api("GET", "/api/v1/audit", act(Action::ReadAudit)),
+    page("GET", "/audit", act(Action::ReadAudit)),
+    // The API's own description.
+    api("GET", "/api/v1/openapi.json", Public),
 ];
 
 /// The table row of a request, by method and matched path (`HEAD` is
@@ -309,6 +359,21 @@ fn endpoint(spec: &RouteSpec) -> Option<MethodRouter<AppState>> {
         ("POST", "/devices/{id}/revoke") => post(console::revoke),
         ("GET", "/claim") => get(console::claim_form),
         ("POST", "/claim") => post(console::claim_submit),
+        ("GET", "/api/v1/enroll-tokens") => get(registry::list_enroll_tokens),
+        ("POST", "/api/v1/enroll-tokens") => post(registry::create_enroll_token_api),
+        ("DELETE", "/api/v1/enroll-tokens/{id}") => delete(registry::revoke_enroll_token_api),
+        ("GET", "/enroll-tokens") => get(registry_pages::enroll_tokens),
+        ("POST", "/enroll-tokens") => post(registry_pages::enroll_token_create),
+        ("POST", "/enroll-tokens/{id}/revoke") => post(registry_pages::enroll_token_revoke),
+        ("GET", "/api/v1/services") => get(registry::list_services),
+        ("POST", "/api/v1/services") => post(registry::create_service_api),
+        ("POST", "/api/v1/services/{name}/revoke") => post(registry::revoke_service_api),
+        ("GET", "/services") => get(registry_pages::services),
+        ("POST", "/services") => post(registry_pages::service_create),
+        ("POST", "/services/{name}/revoke") => post(registry_pages::service_revoke),
+        ("GET", "/api/v1/audit") => get(registry::audit),
+        ("GET", "/audit") => get(registry_pages::audit),
+        ("GET", "/api/v1/openapi.json") => get(openapi::document),
         _ => return None,
     })
 }

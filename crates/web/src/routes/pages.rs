@@ -23,7 +23,7 @@ use crate::ui::pages::{self, AccountView, Reveal, UsersView};
 
 type PageResult = Result<Response, ApiError>;
 
-fn html(status: StatusCode, markup: maud::Markup) -> Response {
+pub(super) fn html(status: StatusCode, markup: maud::Markup) -> Response {
     (status, Html(markup.into_string())).into_response()
 }
 

@@ -29,6 +29,7 @@ fn role(s: &str) -> Result<Role, ApiError> {
 }
 
 /// `GET /api/v1/users`.
+#[utoipa::path(get, path = "/api/v1/users", tag = "users", responses((status = 200, description = "{\"users\": [{\"user\", \"invited\"}]}")))]
 pub(super) async fn list(
     State(state): State<AppState>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -40,7 +41,7 @@ pub(super) async fn list(
     Ok(Json(json!({ "users": list })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct InviteBody {
     name: String,
@@ -50,6 +51,7 @@ struct InviteBody {
 }
 
 /// `POST /api/v1/users`: invite; the invitation token is shown once.
+#[utoipa::path(post, path = "/api/v1/users", tag = "users", request_body = InviteBody, responses((status = 201, description = "Invited; the invitation token is shown once"), (status = 400, description = "Invalid name or role"), (status = 409, description = "Name taken")))]
 pub(super) async fn invite(
     State(state): State<AppState>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
@@ -78,7 +80,7 @@ pub(super) async fn invite(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ChangeBody {
     #[serde(default)]
@@ -88,6 +90,7 @@ struct ChangeBody {
 }
 
 /// `PATCH /api/v1/users/{id}`: role, disabled.
+#[utoipa::path(patch, path = "/api/v1/users/{id}", tag = "users", request_body = ChangeBody, params(("id" = String, Path, description = "User id")), responses((status = 200, description = "The changed user"), (status = 403, description = "Role not assignable by the caller"), (status = 404, description = "No such user")))]
 pub(super) async fn change(
     State(state): State<AppState>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
@@ -121,6 +124,7 @@ pub(super) async fn change(
 }
 
 /// `POST /api/v1/users/{id}/mfa-reset`.
+#[utoipa::path(post, path = "/api/v1/users/{id}/mfa-reset", tag = "users", params(("id" = String, Path, description = "User id")), responses((status = 200, description = "The user's second factor is removed"), (status = 404, description = "No such user")))]
 pub(super) async fn mfa_reset(
     State(state): State<AppState>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
@@ -148,6 +152,7 @@ pub(super) struct TokenQuery {
 }
 
 /// `GET /api/v1/api-tokens` (`?all=true`: everyone's, for administrators).
+#[utoipa::path(get, path = "/api/v1/api-tokens", tag = "api tokens", params(("all" = Option<bool>, Query, description = "Everyone's tokens (administrators)")), responses((status = 200, description = "{\"apiTokens\": [...]}")))]
 pub(super) async fn list_tokens(
     State(state): State<AppState>,
     caller: Caller,
@@ -171,7 +176,7 @@ pub(super) async fn list_tokens(
     Ok(Json(json!({ "apiTokens": tokens })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct CreateTokenBody {
     name: String,
@@ -182,6 +187,7 @@ struct CreateTokenBody {
 }
 
 /// `POST /api/v1/api-tokens`: the token is in the answer, once.
+#[utoipa::path(post, path = "/api/v1/api-tokens", tag = "api tokens", request_body = CreateTokenBody, responses((status = 201, description = "{\"apiToken\", \"token\"}: the token is shown once"), (status = 400, description = "Invalid name, role or expiry")))]
 pub(super) async fn create_token(
     State(state): State<AppState>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
@@ -208,6 +214,7 @@ pub(super) async fn create_token(
 }
 
 /// `DELETE /api/v1/api-tokens/{id}`.
+#[utoipa::path(delete, path = "/api/v1/api-tokens/{id}", tag = "api tokens", params(("id" = String, Path, description = "Token id")), responses((status = 200, description = "The revoked token"), (status = 404, description = "No such token (or not yours)")))]
 pub(super) async fn revoke_token(
     State(state): State<AppState>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,

@@ -13,6 +13,13 @@ const NAV: &[(&str, &str, Action)] = &[
     ("Claim", "/claim", Action::ClaimDevice),
     ("Account", "/account", Action::ReadOwnAccount),
     ("Users", "/users", Action::ReadUsers),
+    (
+        "Enroll tokens",
+        "/enroll-tokens",
+        Action::ManageEnrollmentTokens,
+    ),
+    ("Services", "/services", Action::ReadServices),
+    ("Audit", "/audit", Action::ReadAudit),
 ];
 
 /// The full page: `title`, the signed-in `principal` (for the navigation,

@@ -7,6 +7,7 @@
 pub(crate) mod console;
 pub mod layout;
 pub(crate) mod pages;
+pub(crate) mod registry;
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};

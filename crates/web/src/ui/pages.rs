@@ -7,12 +7,12 @@ use super::layout::{Flash, flash, page};
 use crate::auth::{Action, Principal, authorize};
 use crate::routes::guard::CSRF_FIELD;
 
-fn when(t: time::OffsetDateTime) -> String {
+pub(crate) fn when(t: time::OffsetDateTime) -> String {
     let f = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute] UTC");
     t.format(&f).unwrap_or_default()
 }
 
-fn csrf(token: &str) -> Markup {
+pub(crate) fn csrf(token: &str) -> Markup {
     html! { input type="hidden" name=(CSRF_FIELD) value=(token); }
 }
 

@@ -610,7 +610,7 @@ async fn every_response_carries_the_security_headers() {
             "max-age=63072000; includeSubDomains"
         );
         assert_eq!(r.header("x-content-type-options"), "nosniff");
-        assert_eq!(r.header("referrer-policy"), "no-referrer");
+        assert_eq!(r.header("referrer-policy"), "same-origin");
         assert_eq!(r.header("x-frame-options"), "DENY");
     }
 }

@@ -10,4 +10,5 @@ mod enroll;
 mod live;
 mod matrix;
 mod metrics;
+mod registry;
 mod server;

@@ -136,6 +136,37 @@ const EXPECTED: &[(&str, &str, [u16; 5])] = &[
     ("POST", "/devices/{id}/revoke", [303, 403, 403, 404, 404]),
     ("GET", "/claim", [303, 403, 200, 200, 200]),
     ("POST", "/claim", [303, 403, 400, 400, 400]),
+    ("GET", "/api/v1/enroll-tokens", [401, 403, 403, 200, 200]),
+    // An empty body asks for the defaults: one use, 24 hours.
+    ("POST", "/api/v1/enroll-tokens", [401, 403, 403, 201, 201]),
+    (
+        "DELETE",
+        "/api/v1/enroll-tokens/{id}",
+        [401, 403, 403, 404, 404],
+    ),
+    ("GET", "/enroll-tokens", [303, 403, 403, 200, 200]),
+    ("POST", "/enroll-tokens", [303, 403, 403, 200, 200]),
+    (
+        "POST",
+        "/enroll-tokens/{id}/revoke",
+        [303, 403, 403, 404, 404],
+    ),
+    ("GET", "/api/v1/services", [401, 403, 403, 200, 200]),
+    // `{}` lacks the name.
+    ("POST", "/api/v1/services", [401, 403, 403, 400, 400]),
+    (
+        "POST",
+        "/api/v1/services/{name}/revoke",
+        [401, 403, 403, 404, 404],
+    ),
+    ("GET", "/services", [303, 403, 403, 200, 200]),
+    ("POST", "/services", [303, 403, 403, 400, 400]),
+    ("POST", "/services/{name}/revoke", [303, 403, 403, 404, 404]),
+    // Viewers and operators do not read the audit log: it names every
+    // user, address and action (DESIGN.md "Users and access").
+    ("GET", "/api/v1/audit", [401, 403, 403, 200, 200]),
+    ("GET", "/audit", [303, 403, 403, 200, 200]),
+    ("GET", "/api/v1/openapi.json", [200, 200, 200, 200, 200]),
 ];
 
 const ROLES: [Option<Role>; 5] = [
@@ -220,7 +251,12 @@ async fn every_route_answers_every_role_as_the_table_says() {
                 None => None,
             };
             let method = Method::from_bytes(method.as_bytes()).expect("method");
-            let mut req = Req::new(method.clone(), &path.replace("{id}", "nonexistent"));
+            let mut req = Req::new(
+                method.clone(),
+                &path
+                    .replace("{id}", "nonexistent")
+                    .replace("{name}", "nonexistent"),
+            );
             if method != Method::GET {
                 req = match surface {
                     Surface::Api => req.json(json!({})),

@@ -1,0 +1,220 @@
+//! The console in a real browser: headless Chromium (over WebDriver)
+//! against the real `rampart serve`. From the printed setup URL the owner
+//! is created in the form, signs out and in again, and visits account,
+//! users, enrollment tokens (creating one in the UI), services and the
+//! audit log; each page is checked for its content and saved as a
+//! screenshot in `target/e2e-screenshots/`.
+//!
+//! Needs `chromium` and `chromium-driver` (installed by `.ci/run`); without
+//! them the test fails and says so.
+
+use fantoccini::Locator;
+use rampart_test_support::Workspace;
+use rampart_test_support::browser::{Browser, Window, server_spki_hash};
+
+const PASSWORD: &str = "violet tractor sunrise 42";
+
+async fn text_of(b: &Browser, css: &str) -> String {
+    let url = b.client().current_url().await.map(|u| u.to_string());
+    match b.client().find(Locator::Css(css)).await {
+        Ok(e) => e.text().await.expect("text"),
+        Err(e) => {
+            let shot = b.screenshot("failure").await;
+            panic!("no {css} on {url:?}: {e} (screenshot {})", shot.display())
+        }
+    }
+}
+
+async fn fill(b: &Browser, css: &str, value: &str) {
+    let field = b.client().find(Locator::Css(css)).await.expect(css);
+    field.clear().await.expect("clear");
+    field.send_keys(value).await.expect("type");
+}
+
+/// Submits the form and waits for the next page: the old document goes
+/// stale when the browser replaces it.
+async fn submit(b: &Browser, form_css: &str) {
+    let old = b.client().find(Locator::Css("html")).await.expect("page");
+    b.client()
+        .find(Locator::Css(&format!("{form_css} button[type=submit]")))
+        .await
+        .unwrap_or_else(|e| panic!("no submit button in {form_css}: {e}"))
+        .click()
+        .await
+        .expect("click");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while old.tag_name().await.is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "submitting {form_css} loaded no new page"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    if b.client()
+        .wait()
+        .at_most(std::time::Duration::from_secs(15))
+        .for_element(Locator::Css("footer"))
+        .await
+        .is_err()
+    {
+        let shot = b.screenshot("failure").await;
+        let url = b.client().current_url().await.map(|u| u.to_string());
+        let source = b.client().source().await.unwrap_or_default();
+        panic!(
+            "after submitting {form_css}, {url:?} is not a console page (screenshot {}):\n{}",
+            shot.display(),
+            source.chars().take(2000).collect::<String>()
+        );
+    }
+}
+
+async fn path_of(b: &Browser) -> String {
+    b.client()
+        .current_url()
+        .await
+        .expect("url")
+        .path()
+        .to_owned()
+}
+
+#[test]
+fn the_console_works_in_a_browser() {
+    let ws = Workspace::new();
+    ws.rampart().arg("init").assert().success();
+    let mut serve = ws.serve(&[]);
+    let http = serve.listening("http");
+    let setup_url = serve.setup_url();
+    let base = format!("https://{http}");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let spki = server_spki_hash(http);
+        let b = Browser::start(&spki, Window::Desktop).await;
+        let c = b.client();
+
+        // First start: the setup form from the printed URL.
+        c.goto(&setup_url).await.expect("open setup URL");
+        assert_eq!(text_of(&b, "h1").await, "Welcome to Rampart");
+        b.screenshot("setup").await;
+        fill(&b, "#name", "olivia").await;
+        fill(&b, "#email", "olivia@example.com").await;
+        fill(&b, "#password", PASSWORD).await;
+        submit(&b, "form[action='/setup']").await;
+        assert_eq!(path_of(&b).await, "/account");
+        assert!(text_of(&b, ".who").await.contains("olivia · owner"));
+
+        // Sign out and in again through the forms.
+        c.goto(&format!("{base}/logout"))
+            .await
+            .expect("logout page");
+        submit(&b, "form[action='/logout']").await;
+        assert_eq!(path_of(&b).await, "/login");
+        b.screenshot("login").await;
+        fill(&b, "#name", "olivia").await;
+        fill(&b, "#password", "not the password at all").await;
+        submit(&b, "form[action='/login']").await;
+        assert!(
+            text_of(&b, ".flash.error").await.len() > 5,
+            "a wrong password says so"
+        );
+        fill(&b, "#name", "olivia").await;
+        fill(&b, "#password", PASSWORD).await;
+        submit(&b, "form[action='/login']").await;
+        assert_eq!(path_of(&b).await, "/account");
+        assert_eq!(text_of(&b, "h1").await, "Account");
+        let nav = text_of(&b, "nav.main").await;
+        for link in ["Account", "Users", "Enroll tokens", "Services", "Audit"] {
+            assert!(nav.contains(link), "navigation lacks {link}: {nav}");
+        }
+        b.screenshot("account").await;
+
+        c.goto(&format!("{base}/users")).await.expect("users");
+        assert_eq!(text_of(&b, "h1").await, "Users");
+        assert!(text_of(&b, "table").await.contains("olivia"));
+        b.screenshot("users").await;
+
+        // An enrollment token made in the UI, shown once.
+        c.goto(&format!("{base}/enroll-tokens"))
+            .await
+            .expect("tokens");
+        assert_eq!(text_of(&b, "h1").await, "Enrollment tokens");
+        fill(&b, "#uses", "5").await;
+        fill(&b, "#prefix", "sensor-").await;
+        submit(&b, "form[action='/enroll-tokens']").await;
+        let secret = text_of(&b, "#new-token .secret").await;
+        assert!(secret.starts_with("rmp_enr_"), "{secret}");
+        let table = text_of(&b, "table").await;
+        assert!(
+            table.contains("0 / 5") && table.contains("sensor-"),
+            "{table}"
+        );
+        b.screenshot("enroll-tokens").await;
+        c.goto(&format!("{base}/enroll-tokens"))
+            .await
+            .expect("tokens");
+        let page = c.source().await.expect("source");
+        assert!(!page.contains(&secret), "the token is shown once only");
+
+        // A service identity, its key shown once.
+        c.goto(&format!("{base}/services")).await.expect("services");
+        assert_eq!(text_of(&b, "h1").await, "Service identities");
+        fill(&b, "#service-name", "billing-exporter").await;
+        submit(&b, "form[action='/services']").await;
+        assert!(
+            text_of(&b, "#new-service")
+                .await
+                .contains("BEGIN PRIVATE KEY")
+        );
+        assert!(text_of(&b, "table").await.contains("billing-exporter"));
+        b.screenshot("services").await;
+
+        // The audit log shows what was just done, by whom, and verifies.
+        c.goto(&format!("{base}/audit")).await.expect("audit");
+        assert_eq!(text_of(&b, "h1").await, "Audit log");
+        assert!(text_of(&b, "#chain").await.starts_with("Chain verified"));
+        let log = text_of(&b, "table").await;
+        for action in [
+            "enrollment-token.create",
+            "service.create",
+            "user.setup_owner",
+        ] {
+            assert!(log.contains(action), "audit page lacks {action}: {log}");
+        }
+        b.screenshot("audit").await;
+        fill(&b, "#f-action", "service.").await;
+        submit(&b, "form.filters").await;
+        let filtered = text_of(&b, "table").await;
+        assert!(
+            filtered.contains("service.create") && !filtered.contains("enrollment-token.create"),
+            "{filtered}"
+        );
+        b.screenshot("audit-filtered").await;
+        b.close().await;
+
+        // The same console on a phone.
+        let phone = Browser::start(&spki, Window::Phone).await;
+        phone
+            .client()
+            .goto(&format!("{base}/login"))
+            .await
+            .expect("login");
+        fill(&phone, "#name", "olivia").await;
+        fill(&phone, "#password", PASSWORD).await;
+        submit(&phone, "form[action='/login']").await;
+        phone
+            .client()
+            .goto(&format!("{base}/audit"))
+            .await
+            .expect("audit");
+        assert!(
+            text_of(&phone, "#chain")
+                .await
+                .starts_with("Chain verified")
+        );
+        phone.screenshot("audit-phone").await;
+        phone.close().await;
+    });
+    assert!(serve.terminate(), "serve stops cleanly");
+}

@@ -1,0 +1,289 @@
+//! Enrollment tokens, service identities and the audit log through the
+//! JSON API and the console forms: what is shown once, what is audited
+//! with the signed-in user as actor, what is refused and how.
+
+use serde_json::json;
+
+use crate::common::{Server, config};
+use crate::console::Req;
+
+#[tokio::test]
+async fn an_enrollment_token_is_shown_once_enrolls_and_is_revoked() {
+    let s = Server::start(config()).await;
+    let owner = s.owner().await;
+    let r = Req::post("/api/v1/enroll-tokens")
+        .session(&owner)
+        .json(json!({ "uses": 2, "expiresInHours": 1, "idPrefix": "sensor-" }))
+        .send(&s)
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let secret = r.body["token"].as_str().expect("token").to_owned();
+    let id = r.body["enrollToken"]["id"].as_str().expect("id").to_owned();
+    assert!(secret.starts_with("rmp_enr_"));
+    assert_eq!(r.body["enrollToken"]["uses_allowed"], 2, "{}", r.text);
+
+    let list = Req::get("/api/v1/enroll-tokens")
+        .session(&owner)
+        .send(&s)
+        .await;
+    assert_eq!(list.status, 200);
+    assert!(
+        !list.text.contains(&secret),
+        "the list never shows the secret"
+    );
+    assert_eq!(list.body["enrollTokens"][0]["token"]["id"], id.as_str());
+    assert_eq!(list.body["enrollTokens"][0]["state"], "active");
+
+    // The token works for a device.
+    let r = s.enroll(Some(&secret), "sensor-1").await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+
+    let r = Req::new(
+        reqwest::Method::DELETE,
+        &format!("/api/v1/enroll-tokens/{id}"),
+    )
+    .session(&owner)
+    .send(&s)
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(
+        r.body["enrollToken"]["revoked_at"].is_string(),
+        "{}",
+        r.text
+    );
+    let again = Req::new(
+        reqwest::Method::DELETE,
+        &format!("/api/v1/enroll-tokens/{id}"),
+    )
+    .session(&owner)
+    .send(&s)
+    .await;
+    assert_eq!((again.status, again.code()), (409, "enroll_token_state"));
+    let r = s.enroll(Some(&secret), "sensor-2").await;
+    assert_eq!(r.status, 401, "a revoked token registers nothing");
+
+    // Bad input: unknown field, out-of-range scope.
+    let r = Req::post("/api/v1/enroll-tokens")
+        .session(&owner)
+        .json(json!({ "uses": 1, "colour": "red" }))
+        .send(&s)
+        .await;
+    assert_eq!((r.status, r.code()), (400, "invalid_json"));
+    assert!(r.text.contains("colour"), "{}", r.text);
+    let r = Req::post("/api/v1/enroll-tokens")
+        .session(&owner)
+        .json(json!({ "uses": 0 }))
+        .send(&s)
+        .await;
+    assert_eq!((r.status, r.code()), (400, "invalid_token_spec"));
+
+    // Audited with the signed-in user as actor.
+    let audit = Req::get("/api/v1/audit?action=enrollment-token.&actor=owner")
+        .session(&owner)
+        .send(&s)
+        .await;
+    assert_eq!(audit.status, 200, "{}", audit.text);
+    let actions: Vec<&str> = audit.body["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert!(actions.len() >= 2, "{}", audit.text);
+    assert!(
+        actions.iter().all(|a| a.starts_with("enrollment-token.")),
+        "{actions:?}"
+    );
+    assert_eq!(audit.body["chain"]["ok"], true);
+}
+
+#[tokio::test]
+async fn a_service_gets_its_key_once_and_is_revoked() {
+    let s = Server::start(config()).await;
+    let owner = s.owner().await;
+    let r = Req::post("/api/v1/services")
+        .session(&owner)
+        .json(json!({ "name": "billing-exporter" }))
+        .send(&s)
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let key = r.body["keyPem"].as_str().expect("key");
+    assert!(key.contains("BEGIN PRIVATE KEY"), "{key}");
+    assert!(
+        r.body["certificatePem"]
+            .as_str()
+            .is_some_and(|c| c.matches("BEGIN CERTIFICATE").count() == 2),
+        "leaf and issuing CA"
+    );
+    let list = Req::get("/api/v1/services").session(&owner).send(&s).await;
+    assert_eq!(list.body["services"][0]["id"], "billing-exporter");
+    assert!(!list.text.contains("PRIVATE KEY"));
+
+    let taken = Req::post("/api/v1/services")
+        .session(&owner)
+        .json(json!({ "name": "billing-exporter" }))
+        .send(&s)
+        .await;
+    assert_eq!((taken.status, taken.code()), (409, "name_taken"));
+    let bad = Req::post("/api/v1/services")
+        .session(&owner)
+        .json(json!({ "name": "../etc" }))
+        .send(&s)
+        .await;
+    assert_eq!((bad.status, bad.code()), (400, "invalid_name"));
+
+    let r = Req::post("/api/v1/services/billing-exporter/revoke")
+        .session(&owner)
+        .json(json!({ "reason": "key-compromise" }))
+        .send(&s)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["service"]["state"], "revoked");
+    let r = Req::post("/api/v1/services/billing-exporter/revoke")
+        .session(&owner)
+        .json(json!({ "reason": "because" }))
+        .send(&s)
+        .await;
+    assert_eq!((r.status, r.code()), (400, "invalid_reason"));
+
+    let audit = Req::get("/api/v1/audit?subject=billing-exporter")
+        .session(&owner)
+        .send(&s)
+        .await;
+    let entries = audit.body["entries"].as_array().expect("entries");
+    assert!(entries.len() >= 2, "{}", audit.text);
+    assert!(
+        entries.iter().all(|e| e["actor"] == "owner"),
+        "{}",
+        audit.text
+    );
+}
+
+#[tokio::test]
+async fn the_audit_log_pages_and_refuses_bad_filters() {
+    let s = Server::start(config()).await;
+    let owner = s.owner().await;
+    for _ in 0..5 {
+        s.token(1, None, None).await;
+    }
+    let first = Req::get("/api/v1/audit?limit=2")
+        .session(&owner)
+        .send(&s)
+        .await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    let seqs = |r: &crate::console::Reply| -> Vec<u64> {
+        r.body["entries"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .filter_map(|e| e["seq"].as_u64())
+            .collect()
+    };
+    let a = seqs(&first);
+    assert_eq!(a.len(), 2);
+    assert!(a[0] > a[1], "newest first: {a:?}");
+    let before = first.body["nextBefore"].as_u64().expect("more pages");
+    assert_eq!(before, a[1]);
+    let second = Req::get(&format!("/api/v1/audit?limit=2&before={before}"))
+        .session(&owner)
+        .send(&s)
+        .await;
+    let b = seqs(&second);
+    assert_eq!(b, vec![a[1] - 1, a[1] - 2]);
+
+    for bad in ["limit=0", "since=yesterday", "colour=red"] {
+        let r = Req::get(&format!("/api/v1/audit?{bad}"))
+            .session(&owner)
+            .send(&s)
+            .await;
+        assert_eq!(
+            (r.status, r.code()),
+            (400, "invalid_query"),
+            "{bad}: {}",
+            r.text
+        );
+    }
+    let future = Req::get("/api/v1/audit?since=2999-01-01T00:00:00Z")
+        .session(&owner)
+        .send(&s)
+        .await;
+    assert_eq!(future.body["entries"], json!([]));
+}
+
+#[tokio::test]
+async fn the_pages_create_show_once_and_refuse_a_forged_form() {
+    let s = Server::start(config()).await;
+    let owner = s.owner().await;
+    let r = Req::post("/enroll-tokens")
+        .session(&owner)
+        .form(&[
+            ("csrf_token", &owner.csrf),
+            ("uses", "3"),
+            ("expires_in_hours", "2"),
+        ])
+        .send(&s)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(r.text.contains("rmp_enr_"), "the token is on the page once");
+    let page = Req::get("/enroll-tokens").session(&owner).send(&s).await;
+    assert!(!page.text.contains("rmp_enr_"), "and not again");
+    assert!(page.text.contains("0 / 3"), "{}", page.text);
+
+    let forged = Req::post("/services")
+        .cookie(&owner.cookie)
+        .form(&[("csrf_token", "forged"), ("name", "svc-a")])
+        .send(&s)
+        .await;
+    assert_eq!((forged.status, forged.code()), (403, "csrf_refused"));
+    let r = Req::post("/services")
+        .session(&owner)
+        .form(&[("csrf_token", &owner.csrf), ("name", "svc-a")])
+        .send(&s)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(r.text.contains("BEGIN PRIVATE KEY"));
+
+    let audit = Req::get("/audit?actor=owner")
+        .session(&owner)
+        .send(&s)
+        .await;
+    assert_eq!(audit.status, 200);
+    assert!(audit.text.contains("Chain verified"), "{}", audit.text);
+    assert!(audit.text.contains("service.create"), "{}", audit.text);
+
+    let viewer = s.user(&owner, "vera", "viewer").await;
+    let r = Req::get("/api/v1/audit").session(&viewer).send(&s).await;
+    assert_eq!((r.status, r.code()), (403, "forbidden"));
+}
+
+#[tokio::test]
+async fn the_openapi_document_is_served_and_lists_every_api_route() {
+    let s = Server::start(config()).await;
+    let r = Req::get("/api/v1/openapi.json").send(&s).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(
+        r.body["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3.")),
+        "{}",
+        r.body["openapi"]
+    );
+    for route in rampart_web::ROUTES
+        .iter()
+        .filter(|r| r.path.starts_with("/api/v1/"))
+    {
+        let op = &r.body["paths"][route.path][route.method.to_ascii_lowercase()];
+        assert!(
+            op.is_object(),
+            "{} {} is not documented",
+            route.method,
+            route.path
+        );
+    }
+    // Request bodies refuse unknown fields in the document too.
+    assert_eq!(
+        r.body["components"]["schemas"]["NewServiceBody"]["additionalProperties"], false,
+        "{}",
+        r.body["components"]["schemas"]
+    );
+}
