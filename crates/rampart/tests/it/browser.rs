@@ -218,3 +218,103 @@ fn the_console_works_in_a_browser() {
     });
     assert!(serve.terminate(), "serve stops cleanly");
 }
+
+/// Waits until the element `css` holds text for which `done` is true.
+async fn wait_for_text(b: &Browser, css: &str, what: &str, done: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + rampart_test_support::wait_limit();
+    loop {
+        if let Ok(e) = b.client().find(Locator::Css(css)).await
+            && let Ok(text) = e.text().await
+            && done(&text)
+        {
+            return text;
+        }
+        if std::time::Instant::now() > deadline {
+            let shot = b.screenshot("failure").await;
+            panic!("{what}: {css} never did (screenshot {})", shot.display());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// The device flow of issue 8 in a real browser: a simulated device streams
+/// over MQTT; the owner, created from the setup URL, sees its reading arrive
+/// live on the device page (server-sent events), claims it from its label
+/// (the device confirms the nonce over MQTT), and revokes it, after which
+/// the page shows it revoked and offline.
+#[test]
+fn a_device_is_watched_live_claimed_and_revoked_in_a_browser() {
+    let mut p = crate::simulate::platform();
+    let mut sim = p.one_connected_device("web");
+    let identity: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(p.ws.join("state/devices/web-0001/identity.json"))
+            .expect("identity"),
+    )
+    .expect("identity JSON");
+    let label = identity["qrPayload"]
+        .as_str()
+        .expect("the label's QR payload")
+        .to_owned();
+    let base = format!("https://{}", p.http);
+    let setup_url = p.serve.setup_url();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let b = Browser::start(&server_spki_hash(p.http), Window::Desktop).await;
+        let c = b.client();
+        c.goto(&setup_url).await.expect("open setup URL");
+        fill(&b, "#name", "olivia").await;
+        fill(&b, "#email", "olivia@example.com").await;
+        fill(&b, "#password", PASSWORD).await;
+        submit(&b, "form[action='/setup']").await;
+
+        // The fleet overview and the device list know the device.
+        c.goto(&format!("{base}/")).await.expect("overview");
+        b.screenshot("fleet").await;
+        c.goto(&format!("{base}/devices")).await.expect("devices");
+        assert!(text_of(&b, "table").await.contains("web-0001"));
+        b.screenshot("devices").await;
+
+        // Its page follows it live: the latest reading arrives by SSE.
+        c.goto(&format!("{base}/devices/web-0001"))
+            .await
+            .expect("device");
+        let latest = wait_for_text(&b, "#latest", "a live reading", |t| {
+            t.contains("temperature")
+        })
+        .await;
+        assert!(latest.contains("humidity"), "{latest}");
+        assert!(text_of(&b, "#presence-badge").await.contains("online"));
+        b.screenshot("device-live").await;
+
+        // Claim it from its label; the device confirms over MQTT.
+        c.goto(&format!("{base}/claim")).await.expect("claim page");
+        fill(&b, "#qr", &label).await;
+        submit(&b, "#claim-form").await;
+        let status = wait_for_text(&b, "#claim-status", "the claim is bound", |t| {
+            t.contains("is now yours")
+        })
+        .await;
+        assert!(status.contains("web-0001"), "{status}");
+        b.screenshot("claim-bound").await;
+
+        // Revoke it, confirming; it is cut off at once.
+        c.goto(&format!("{base}/devices/web-0001?confirm=revoke#confirm"))
+            .await
+            .expect("revoke confirmation");
+        assert!(text_of(&b, "#confirm").await.contains("cannot be undone"));
+        submit(&b, "#confirm").await;
+        c.goto(&format!("{base}/devices/web-0001"))
+            .await
+            .expect("device");
+        wait_for_text(&b, "#presence-badge", "the device goes offline", |t| {
+            t.contains("offline")
+        })
+        .await;
+        assert!(text_of(&b, "main").await.contains("revoked"));
+        b.screenshot("device-revoked").await;
+    });
+    assert!(sim.terminate());
+}

@@ -26,15 +26,15 @@ fn env_size(name: &str, default: usize) -> usize {
 }
 
 /// A running server with its addresses and CA bundle.
-struct Platform {
-    ws: Workspace,
-    serve: Serve,
+pub(crate) struct Platform {
+    pub(crate) ws: Workspace,
+    pub(crate) serve: Serve,
     mqtt: SocketAddr,
-    http: SocketAddr,
+    pub(crate) http: SocketAddr,
     ca: PathBuf,
 }
 
-fn platform() -> Platform {
+pub(crate) fn platform() -> Platform {
     let ws = Workspace::new();
     std::fs::write(ws.join("rampart.toml"), CONFIG).expect("config");
     ws.rampart().arg("init").assert().success();
@@ -140,7 +140,7 @@ impl Platform {
 
     /// One device `PREFIX-0001` enrolled with its own token and connected,
     /// reading five times a second until terminated.
-    fn one_connected_device(&self, prefix: &str) -> Serve {
+    pub(crate) fn one_connected_device(&self, prefix: &str) -> Serve {
         let token = self.token(1, &["--id-prefix", prefix]);
         let mut sim = self.spawn(
             "state",
