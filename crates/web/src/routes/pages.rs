@@ -37,6 +37,11 @@ fn signed_in_redirect(state: &AppState, s: &SignedIn, to: &str) -> Response {
     r
 }
 
+/// A form body that does not decode, as the refusal the account pages show.
+fn unreadable_form(e: &FormRejection) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "invalid_form", e.body_text())
+}
+
 fn form_error(e: FormRejection) -> Flash {
     Flash::error(format!("the form could not be read: {}", e.body_text()))
 }
@@ -344,11 +349,7 @@ pub(super) async fn account_password(
             )
             .await
         }
-        Err(e) => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_form",
-            e.body_text(),
-        )),
+        Err(e) => Err(unreadable_form(&e)),
     };
     after(&state, &p, result, "password").await
 }
@@ -391,11 +392,7 @@ pub(super) async fn account_mfa_confirm(
         Ok(Form(f)) => {
             accounts::mfa_confirm(&state, &p, &f.code, &origin_of(client, &headers)).await
         }
-        Err(e) => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_form",
-            e.body_text(),
-        )),
+        Err(e) => Err(unreadable_form(&e)),
     };
     after(&state, &p, result, "mfa-on").await
 }
@@ -413,11 +410,7 @@ pub(super) async fn account_mfa_disable(
         Ok(Form(f)) => {
             accounts::mfa_disable(&state, &p, &f.code, &origin_of(client, &headers)).await
         }
-        Err(e) => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_form",
-            e.body_text(),
-        )),
+        Err(e) => Err(unreadable_form(&e)),
     };
     after(&state, &p, result, "mfa-off").await
 }
