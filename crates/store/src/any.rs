@@ -202,6 +202,10 @@ impl Store for AnyStore {
         delegate!(self.audit_log(after, limit))
     }
 
+    async fn search_audit(&self, search: &crate::AuditSearch) -> Result<Vec<AuditRecord>> {
+        delegate!(self.search_audit(search))
+    }
+
     async fn verify_audit(&self) -> Result<AuditReport> {
         delegate!(self.verify_audit())
     }

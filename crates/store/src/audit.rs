@@ -419,3 +419,53 @@ pub struct AuditBreak {
     /// What is wrong with it.
     pub problem: String,
 }
+
+/// Which audit rows to list ([`crate::Store::search_audit`]): every given
+/// condition must hold; newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditSearch {
+    /// Only rows older than this sequence number (the next page's cursor).
+    pub before: Option<u64>,
+    /// Only this action (`device.revoke`).
+    pub action: Option<String>,
+    /// Only actions starting with this (`device.`).
+    pub action_prefix: Option<String>,
+    /// Only this actor.
+    pub actor: Option<String>,
+    /// Only this subject.
+    pub subject: Option<String>,
+    /// Only rows at or after this instant.
+    pub since: Option<time::OffsetDateTime>,
+    /// Only rows before this instant.
+    pub until: Option<time::OffsetDateTime>,
+    /// At most this many rows.
+    pub limit: u32,
+}
+
+impl AuditSearch {
+    /// The conditions as the backends bind them: before, action, action
+    /// prefix, actor, subject, since and until (Unix ms).
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn bound(
+        &self,
+    ) -> (
+        Option<i64>,
+        Option<&str>,
+        Option<&str>,
+        Option<&str>,
+        Option<&str>,
+        Option<i64>,
+        Option<i64>,
+    ) {
+        let ms = |t: time::OffsetDateTime| (t.unix_timestamp_nanos() / 1_000_000) as i64;
+        (
+            self.before.map(|b| i64::try_from(b).unwrap_or(i64::MAX)),
+            self.action.as_deref(),
+            self.action_prefix.as_deref(),
+            self.actor.as_deref(),
+            self.subject.as_deref(),
+            self.since.map(ms),
+            self.until.map(ms),
+        )
+    }
+}

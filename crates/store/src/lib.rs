@@ -34,7 +34,9 @@ use rampart_pki::RevocationReason;
 use rampart_proto::DeviceId;
 
 pub use any::AnyStore;
-pub use audit::{AuditBreak, AuditEntry, AuditKey, AuditRecord, AuditReport, read_key_file};
+pub use audit::{
+    AuditBreak, AuditEntry, AuditKey, AuditRecord, AuditReport, AuditSearch, read_key_file,
+};
 pub use enrollment::{
     Enrolled, Enrollment, EnrollmentRefusal, EnrollmentToken, IssueCertificate, NewEnrollmentToken,
     TokenState,
@@ -190,6 +192,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Audit rows with `seq > after`, oldest first, at most `limit`.
     async fn audit_log(&self, after: u64, limit: u32) -> Result<Vec<AuditRecord>>;
+
+    /// Audit rows matching `search`, newest first, at most `search.limit`:
+    /// the console's filtered, paged view, answered by the database.
+    async fn search_audit(&self, search: &AuditSearch) -> Result<Vec<AuditRecord>>;
 
     /// Recomputes the audit chain and reports the first broken row.
     async fn verify_audit(&self) -> Result<AuditReport>;

@@ -90,6 +90,47 @@ pub(super) async fn page(
         .collect()
 }
 
+/// Rows matching `s`, newest first (see [`crate::Store::search_audit`]).
+pub(super) async fn search(
+    c: &impl GenericClient,
+    s: &crate::AuditSearch,
+) -> Result<Vec<AuditRecord>> {
+    let (before, action, prefix, actor, subject, since, until) = s.bound();
+    let stmt = c
+        .prepare_cached(
+            "SELECT seq, at, actor, source, action, subject, detail, prev_mac, mac
+             FROM audit_log
+             WHERE ($1::BIGINT IS NULL OR seq < $1)
+               AND ($2::TEXT IS NULL OR action = $2)
+               AND ($3::TEXT IS NULL OR left(action, length($3)) = $3)
+               AND ($4::TEXT IS NULL OR actor = $4)
+               AND ($5::TEXT IS NULL OR subject = $5)
+               AND ($6::BIGINT IS NULL OR at >= $6)
+               AND ($7::BIGINT IS NULL OR at < $7)
+             ORDER BY seq DESC LIMIT $8",
+        )
+        .await
+        .map_err(db)?;
+    c.query(
+        &stmt,
+        &[
+            &before,
+            &action,
+            &prefix,
+            &actor,
+            &subject,
+            &since,
+            &until,
+            &i64::from(s.limit),
+        ],
+    )
+    .await
+    .map_err(db)?
+    .iter()
+    .map(row)
+    .collect()
+}
+
 /// Verifies the whole chain page by page, in one snapshot: a REPEATABLE
 /// READ transaction sees the log as it was at its first query, so rows
 /// appended meanwhile cannot shift the pages.

@@ -383,6 +383,14 @@ impl Store for PostgresStore {
         .await
     }
 
+    async fn search_audit(&self, search: &crate::AuditSearch) -> Result<Vec<AuditRecord>> {
+        self.retrying(|| async {
+            let client = self.client().await?;
+            audit::search(&client, search).await
+        })
+        .await
+    }
+
     async fn verify_audit(&self) -> Result<AuditReport> {
         self.retrying(|| async {
             let mut client = self.client().await?;

@@ -72,6 +72,33 @@ pub(super) fn page(conn: &Connection, after: u64, limit: u32) -> Result<Vec<Audi
         .collect()
 }
 
+/// Rows matching `s`, newest first (see [`crate::Store::search_audit`]).
+pub(super) fn search(conn: &Connection, s: &crate::AuditSearch) -> Result<Vec<AuditRecord>> {
+    let (before, action, prefix, actor, subject, since, until) = s.bound();
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "{SELECT} WHERE (?1 IS NULL OR seq < ?1)
+               AND (?2 IS NULL OR action = ?2)
+               AND (?3 IS NULL OR substr(action, 1, length(?3)) = ?3)
+               AND (?4 IS NULL OR actor = ?4)
+               AND (?5 IS NULL OR subject = ?5)
+               AND (?6 IS NULL OR at >= ?6)
+               AND (?7 IS NULL OR at < ?7)
+             ORDER BY seq DESC LIMIT ?8"
+        ))
+        .map_err(db)?;
+    let rows = stmt
+        .query_map(
+            params![
+                before, action, prefix, actor, subject, since, until, s.limit
+            ],
+            row,
+        )
+        .map_err(db)?;
+    rows.map(|r| r.map_err(db).and_then(AuditRow::into_record))
+        .collect()
+}
+
 /// Verifies the whole chain, streaming rows.
 pub(super) fn verify(conn: &Connection, key: &AuditKey) -> Result<crate::AuditReport> {
     let mut stmt = conn

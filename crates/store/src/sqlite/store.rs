@@ -310,6 +310,11 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn search_audit(&self, search: &crate::AuditSearch) -> Result<Vec<AuditRecord>> {
+        let search = search.clone();
+        self.read(move |conn, _| audit::search(conn, &search)).await
+    }
+
     async fn verify_audit(&self) -> Result<AuditReport> {
         self.read(audit::verify).await
     }

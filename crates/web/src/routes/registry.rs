@@ -16,7 +16,9 @@ use rampart_pki::RevocationReason;
 use rampart_proto::DeviceId;
 use rampart_provisioning::enrollment::{self, TokenError, TokenSpec};
 use rampart_provisioning::registration;
-use rampart_store::{Actor, AuditRecord, AuditReport, NewService, Service, StoreError};
+use rampart_store::{
+    Actor, AuditRecord, AuditReport, AuditSearch, NewService, Service, StoreError,
+};
 use serde::Deserialize;
 use serde_json::json;
 use time::OffsetDateTime;
@@ -251,9 +253,6 @@ pub(crate) struct AuditPage {
     pub chain: AuditReport,
 }
 
-/// Rows read from the store per call while filtering.
-const AUDIT_BATCH: u32 = 1000;
-
 fn instant(what: &str, s: Option<&str>) -> Result<Option<OffsetDateTime>, ApiError> {
     let Some(s) = s.map(str::trim).filter(|s| !s.is_empty()) else {
         return Ok(None);
@@ -271,41 +270,39 @@ fn instant(what: &str, s: Option<&str>) -> Result<Option<OffsetDateTime>, ApiErr
 }
 
 impl AuditQuery {
-    fn matches(
+    /// The store's search for one page (one row more than asked, to know
+    /// whether another page follows).
+    fn search(
         &self,
-        r: &AuditRecord,
+        limit: u32,
         since: Option<OffsetDateTime>,
         until: Option<OffsetDateTime>,
-    ) -> bool {
+    ) -> AuditSearch {
         let nonempty = |o: &Option<String>| {
             o.as_deref()
                 .map(str::trim)
                 .filter(|s| !s.is_empty())
                 .map(str::to_owned)
         };
-        if let Some(a) = nonempty(&self.action) {
-            let ok = if a.ends_with('.') {
-                r.action.starts_with(&a)
-            } else {
-                r.action == a
-            };
-            if !ok {
-                return false;
-            }
+        let action = nonempty(&self.action);
+        let (action, action_prefix) = match action {
+            Some(a) if a.ends_with('.') => (None, Some(a)),
+            other => (other, None),
+        };
+        AuditSearch {
+            before: self.before,
+            action,
+            action_prefix,
+            actor: nonempty(&self.actor),
+            subject: nonempty(&self.subject),
+            since,
+            until,
+            limit: limit + 1,
         }
-        if nonempty(&self.actor).is_some_and(|a| r.actor != a) {
-            return false;
-        }
-        if nonempty(&self.subject).is_some_and(|s| r.subject.as_deref() != Some(s.as_str())) {
-            return false;
-        }
-        since.is_none_or(|t| r.at >= t) && until.is_none_or(|t| r.at < t)
     }
 }
 
-/// Reads one page of the audit log. The store reads the chain in order;
-/// the filter runs here over every row (fine for a console-sized log; a
-/// store-side query can replace it without changing the API).
+/// Reads one page of the audit log, filtered and paged by the store.
 pub(crate) async fn audit_page(state: &AppState, q: &AuditQuery) -> Result<AuditPage, ApiError> {
     let limit = q.limit.unwrap_or(50);
     if !(1..=200).contains(&limit) {
@@ -314,30 +311,17 @@ pub(crate) async fn audit_page(state: &AppState, q: &AuditQuery) -> Result<Audit
     let since = instant("since", q.since.as_deref())?;
     let until = instant("until", q.until.as_deref())?;
     let store = state.store();
-    let mut matched = Vec::new();
-    let mut after = 0;
-    loop {
-        let batch = store.audit_log(after, AUDIT_BATCH).await.map_err(refusal)?;
-        let Some(last) = batch.last() else { break };
-        after = last.seq;
-        let full = batch.len() == AUDIT_BATCH as usize;
-        matched.extend(
-            batch
-                .into_iter()
-                .filter(|r| q.before.is_none_or(|b| r.seq < b) && q.matches(r, since, until)),
-        );
-        if !full {
-            break;
-        }
-    }
-    matched.reverse();
-    let next_before = (matched.len() > limit as usize)
-        .then(|| matched.get(limit as usize - 1).map(|r| r.seq))
+    let mut entries = store
+        .search_audit(&q.search(limit, since, until))
+        .await
+        .map_err(refusal)?;
+    let next_before = (entries.len() > limit as usize)
+        .then(|| entries.get(limit as usize - 1).map(|r| r.seq))
         .flatten();
-    matched.truncate(limit as usize);
+    entries.truncate(limit as usize);
     let chain = store.verify_audit().await.map_err(refusal)?;
     Ok(AuditPage {
-        entries: matched,
+        entries,
         next_before,
         chain,
     })
