@@ -95,6 +95,9 @@ pub struct DeviceQuery {
     pub owner: Option<Owner>,
     /// Only devices whose current certificate expires before this.
     pub cert_expires_before: Option<OffsetDateTime>,
+    /// Only devices whose last reported state (`state/up`) names this
+    /// firmware version (`"fw"`).
+    pub firmware: Option<String>,
     /// Order.
     pub sort: DeviceSort,
     /// Largest first.

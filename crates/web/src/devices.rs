@@ -80,6 +80,7 @@ pub const LIST_KEYS: &[&str] = &[
     "online",
     "owner",
     "certExpiringDays",
+    "firmware",
     "sort",
     "order",
     "limit",
@@ -145,6 +146,15 @@ pub fn list_query(
             return Err(bad("invalid_parameter", "certExpiringDays: at most 3650"));
         }
         q.cert_expires_before = Some(now + time::Duration::days(i64::from(days)));
+    }
+    if let Some(fw) = get("firmware") {
+        if fw.len() > 64 {
+            return Err(bad(
+                "invalid_parameter",
+                "firmware: a version is at most 64 characters",
+            ));
+        }
+        q.firmware = Some(fw.to_owned());
     }
     if let Some(s) = get("sort") {
         q.sort = s
@@ -746,6 +756,7 @@ mod tests {
                 ("order", "desc"),
                 ("limit", "20"),
                 ("offset", "40"),
+                ("firmware", " 1.4.2 "),
             ]),
             now,
         )
@@ -757,6 +768,7 @@ mod tests {
         assert_eq!(q.cert_expires_before, Some(now + time::Duration::days(30)));
         assert_eq!((q.sort, q.descending), (DeviceSort::LastSeen, true));
         assert_eq!((q.limit, q.offset), (20, 40));
+        assert_eq!(q.firmware.as_deref(), Some("1.4.2"));
         // Empty filter boxes are no filter.
         let q = list_query(&params(&[("q", ""), ("state", "")]), now).expect("valid");
         assert_eq!((q.id, q.state, q.limit), (None, None, DEFAULT_PAGE));
@@ -774,6 +786,7 @@ mod tests {
             ("order", "up"),
             ("certExpiringDays", "-1"),
             ("q", &"x".repeat(129)),
+            ("firmware", &"1".repeat(65)),
         ] {
             let e = list_query(&params(&[(k, v)]), now).expect_err(k);
             assert_eq!(e.status, StatusCode::BAD_REQUEST);

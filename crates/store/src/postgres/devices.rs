@@ -296,7 +296,9 @@ const QUERY_FILTER: &str = "WHERE ($1::text IS NULL OR d.id ILIKE $1::text)
        AND ($2::text IS NULL OR d.state = $2::text)
        AND ($3::bool IS NULL OR d.online = $3::bool)
        AND ($4::text IS NULL OR (d.owner_type = $4::text AND d.owner_id = $5::text))
-       AND ($6::bigint IS NULL OR c.not_after < $6::bigint)";
+       AND ($6::bigint IS NULL OR c.not_after < $6::bigint)
+       AND ($7::text IS NULL OR EXISTS (SELECT 1 FROM device_state s
+            WHERE s.device_id = d.id AND (s.reported::jsonb ->> 'fw') = $7::text))";
 
 /// One page of the devices matching `q`, and how many match in all, read
 /// from one snapshot so that the two agree.
@@ -335,6 +337,7 @@ pub(super) async fn query(
                 &owner_type,
                 &owner_id,
                 &expires,
+                &q.firmware,
             ],
         )
         .await
@@ -343,7 +346,7 @@ pub(super) async fn query(
     )?;
     let page = tx
         .prepare_cached(&format!(
-            "{SELECT_DEVICE} {QUERY_FILTER} ORDER BY {} LIMIT $7 OFFSET $8",
+            "{SELECT_DEVICE} {QUERY_FILTER} ORDER BY {} LIMIT $8 OFFSET $9",
             q.order_by()
         ))
         .await
@@ -358,6 +361,7 @@ pub(super) async fn query(
                 &owner_type,
                 &owner_id,
                 &expires,
+                &q.firmware,
                 &limit_sql,
                 &offset_sql,
             ],

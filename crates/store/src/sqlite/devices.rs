@@ -255,7 +255,10 @@ const QUERY_FILTER: &str = "WHERE (?1 IS NULL OR d.id LIKE ?1 ESCAPE '\\')
        AND (?2 IS NULL OR d.state = ?2)
        AND (?3 IS NULL OR d.online = ?3)
        AND (?4 IS NULL OR (d.owner_type = ?4 AND d.owner_id = ?5))
-       AND (?6 IS NULL OR c.not_after < ?6)";
+       AND (?6 IS NULL OR c.not_after < ?6)
+       AND (?7 IS NULL OR EXISTS (SELECT 1 FROM device_state s
+            WHERE s.device_id = d.id AND json_valid(s.reported)
+              AND json_extract(s.reported, '$.fw') = ?7))";
 
 /// One page of the devices matching `q`, and how many match in all, read
 /// in one transaction so that the two agree.
@@ -275,7 +278,8 @@ pub(super) fn query(conn: &Connection, q: &DeviceQuery) -> Result<DevicePage> {
         q.online,
         owner_type,
         owner_id,
-        expires
+        expires,
+        q.firmware
     ];
     let total: i64 = conn
         .prepare_cached(&format!(
@@ -288,7 +292,7 @@ pub(super) fn query(conn: &Connection, q: &DeviceQuery) -> Result<DevicePage> {
     let limit = q.page_size();
     let mut stmt = conn
         .prepare_cached(&format!(
-            "{SELECT_DEVICE} {QUERY_FILTER} ORDER BY {} LIMIT ?7 OFFSET ?8",
+            "{SELECT_DEVICE} {QUERY_FILTER} ORDER BY {} LIMIT ?8 OFFSET ?9",
             q.order_by()
         ))
         .map_err(db)?;
@@ -301,6 +305,7 @@ pub(super) fn query(conn: &Connection, q: &DeviceQuery) -> Result<DevicePage> {
                 owner_type,
                 owner_id,
                 expires,
+                q.firmware,
                 limit,
                 q.offset
             ],

@@ -167,6 +167,29 @@ async fn device_list_searches_filters_sorts_and_pages(backend: impl Backend) {
         .expect("combined");
     assert_eq!(ids(&page), ["greenhouse-2"]);
 
+    // Firmware, as the devices last reported it on state/up.
+    backend
+        .raw(
+            r#"INSERT INTO device_state (device_id, reported, updated_at) VALUES
+                 ('greenhouse-1', '{"fw":"1.4.2","uptimeMs":5}', 1),
+                 ('greenhouse-2', '{"fw":"1.4.2"}', 1),
+                 ('barn-1', '{"fw":"1.5.0"}', 1),
+                 ('barn_2', '[1, 2]', 1);"#,
+        )
+        .await
+        .expect("reported states");
+    let page = store
+        .query_devices(&q(&|q| q.firmware = Some("1.4.2".into())))
+        .await
+        .expect("firmware");
+    assert_eq!(ids(&page), ["greenhouse-1", "greenhouse-2"]);
+    assert_eq!(page.total, 2);
+    let page = store
+        .query_devices(&q(&|q| q.firmware = Some("9.9.9".into())))
+        .await
+        .expect("no such firmware");
+    assert_eq!(page.total, 0);
+
     // Orders, both directions; devices never seen come last either way.
     for (sort, descending, want) in [
         (

@@ -118,6 +118,7 @@ pub(super) async fn devices(
         online: get("online"),
         owner: get("owner"),
         cert_expiring_days: get("certExpiringDays"),
+        firmware: get("firmware"),
         sort: query.sort,
         desc: query.descending,
     };

@@ -55,6 +55,7 @@ fn only(params: &HashMap<String, String>, allowed: &[&str]) -> Result<(), ApiErr
         ("online" = Option<bool>, Query, description = "Only devices online (true) or offline (false)"),
         ("owner" = Option<String>, Query, description = "Owner, e.g. user:ann"),
         ("certExpiringDays" = Option<u32>, Query, description = "Certificate expires within this many days"),
+        ("firmware" = Option<String>, Query, description = "Firmware version the device last reported (`fw` in state/up)"),
         ("sort" = Option<String>, Query, description = "id, lastSeen, created or certExpiry"),
         ("order" = Option<String>, Query, description = "asc or desc"),
         ("limit" = Option<u32>, Query, description = "1 to 500, default 50"),

@@ -165,6 +165,8 @@ pub struct ListParams {
     pub owner: String,
     /// Certificate expiring within days.
     pub cert_expiring_days: String,
+    /// Firmware version last reported.
+    pub firmware: String,
     /// Sort.
     pub sort: DeviceSort,
     /// Descending.
@@ -185,6 +187,7 @@ impl ListParams {
             ("online", &self.online),
             ("owner", &self.owner),
             ("certExpiringDays", &self.cert_expiring_days),
+            ("firmware", &self.firmware),
         ] {
             if !v.is_empty() {
                 s.push('&');
@@ -280,6 +283,10 @@ pub fn devices(
                             option value=(d) selected[params.cert_expiring_days == d] { (d) " days" }
                         }
                     }
+                }
+                div.field {
+                    label for="firmware" { "Firmware" }
+                    input #firmware type="text" name="firmware" value=(params.firmware) placeholder="1.4.2";
                 }
                 input type="hidden" name="sort" value=(params.sort.as_str());
                 input type="hidden" name="order" value=(if params.desc { "desc" } else { "asc" });
