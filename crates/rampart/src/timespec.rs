@@ -1,36 +1,12 @@
 //! Points in time on the command line: RFC 3339 (`2026-11-25T10:00:00Z`),
 //! `now`, relative to now (`-24h`, `-7d`, `-1h30m`), or Unix milliseconds.
 
-use std::time::Duration;
+use anyhow::Result;
 
-use anyhow::{Context, Result, bail};
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
-
-/// Parses `text` into Unix milliseconds, relative to `now_ms`.
+/// Parses `text` into Unix milliseconds, relative to `now_ms`: the same
+/// syntax the console's query strings take ([`rampart_web::timespec`]).
 pub fn parse(text: &str, now_ms: i64) -> Result<i64> {
-    let t = text.trim();
-    if t.eq_ignore_ascii_case("now") {
-        return Ok(now_ms);
-    }
-    if let Some(ago) = t.strip_prefix('-') {
-        let d: Duration = humantime::parse_duration(ago).with_context(|| {
-            format!("{text:?} is not a time: a relative time looks like -24h, -7d or -1h30m")
-        })?;
-        let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
-        return Ok(now_ms.saturating_sub(ms));
-    }
-    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
-        return t
-            .parse()
-            .with_context(|| format!("{text:?} is too large for Unix milliseconds"));
-    }
-    match OffsetDateTime::parse(t, &Rfc3339) {
-        Ok(at) => Ok((at.unix_timestamp_nanos() / 1_000_000) as i64),
-        Err(e) => bail!(
-            "{text:?} is not a time ({e}): use RFC 3339 (2026-11-25T10:00:00Z), now, -24h or Unix milliseconds"
-        ),
-    }
+    rampart_web::timespec::parse(text, now_ms).map_err(anyhow::Error::msg)
 }
 
 /// RFC 3339 with milliseconds, UTC: the format of exports
@@ -41,7 +17,7 @@ pub fn format_ms(ms: i64) -> String {
 
 /// Now, Unix milliseconds.
 pub fn now_ms() -> i64 {
-    (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+    rampart_web::timespec::unix_ms(time::OffsetDateTime::now_utc())
 }
 
 #[cfg(test)]

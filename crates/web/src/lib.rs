@@ -25,7 +25,7 @@ pub mod metrics;
 mod routes;
 mod server;
 mod state;
-mod timespec;
+pub mod timespec;
 mod tls;
 pub mod ui;
 
