@@ -379,6 +379,41 @@ pub(super) struct CodeForm {
     code: String,
 }
 
+/// The two steps of a TOTP code form on the account page.
+#[derive(Debug, Clone, Copy)]
+enum MfaStep {
+    Confirm,
+    Disable,
+}
+
+/// `POST /account/mfa/confirm` and `/account/mfa/disable`: one code, then
+/// back to the account page with what happened.
+async fn mfa_code(
+    state: AppState,
+    client: SocketAddr,
+    headers: HeaderMap,
+    caller: Caller,
+    form: Result<Form<CodeForm>, FormRejection>,
+    step: MfaStep,
+) -> PageResult {
+    let p = principal(caller)?;
+    let result = match form {
+        Ok(Form(f)) => {
+            let origin = origin_of(client, &headers);
+            match step {
+                MfaStep::Confirm => accounts::mfa_confirm(&state, &p, &f.code, &origin).await,
+                MfaStep::Disable => accounts::mfa_disable(&state, &p, &f.code, &origin).await,
+            }
+        }
+        Err(e) => Err(unreadable_form(&e)),
+    };
+    let done = match step {
+        MfaStep::Confirm => "mfa-on",
+        MfaStep::Disable => "mfa-off",
+    };
+    after(&state, &p, result, done).await
+}
+
 /// `POST /account/mfa/confirm`.
 pub(super) async fn account_mfa_confirm(
     State(state): State<AppState>,
@@ -387,14 +422,7 @@ pub(super) async fn account_mfa_confirm(
     caller: Caller,
     form: Result<Form<CodeForm>, FormRejection>,
 ) -> PageResult {
-    let p = principal(caller)?;
-    let result = match form {
-        Ok(Form(f)) => {
-            accounts::mfa_confirm(&state, &p, &f.code, &origin_of(client, &headers)).await
-        }
-        Err(e) => Err(unreadable_form(&e)),
-    };
-    after(&state, &p, result, "mfa-on").await
+    mfa_code(state, client, headers, caller, form, MfaStep::Confirm).await
 }
 
 /// `POST /account/mfa/disable`.
@@ -405,14 +433,7 @@ pub(super) async fn account_mfa_disable(
     caller: Caller,
     form: Result<Form<CodeForm>, FormRejection>,
 ) -> PageResult {
-    let p = principal(caller)?;
-    let result = match form {
-        Ok(Form(f)) => {
-            accounts::mfa_disable(&state, &p, &f.code, &origin_of(client, &headers)).await
-        }
-        Err(e) => Err(unreadable_form(&e)),
-    };
-    after(&state, &p, result, "mfa-off").await
+    mfa_code(state, client, headers, caller, form, MfaStep::Disable).await
 }
 
 /// `POST /account/logout-everywhere`.
