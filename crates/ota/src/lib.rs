@@ -12,6 +12,7 @@
 //!   result as a [`VerifiedFirmware`], the only form firmware can be stored
 //!   and offered in.
 //! - [`store_image`]: the content-addressed image store in the data dir.
+//! - [`download`]: short-lived download tokens bound to a device and an image.
 //!
 //! # What it must not do
 //!
@@ -20,6 +21,7 @@
 //! (the registry of trusted keys and uploads is `rampart-store`), no
 //! network, and no secret key ever leaves the file it was written to.
 
+pub mod download;
 mod error;
 pub mod images;
 pub mod keys;
