@@ -521,3 +521,102 @@ impl crate::FirmwareStore for AnyStore {
         delegate!(self.firmware(id))
     }
 }
+
+#[async_trait]
+impl crate::AlertStore for AnyStore {
+    async fn add_alert_channel(
+        &self,
+        c: crate::NewAlertChannel,
+        actor: &Actor,
+    ) -> Result<crate::AlertChannel> {
+        delegate!(self.add_alert_channel(c, actor))
+    }
+
+    async fn alert_channels(&self) -> Result<Vec<crate::AlertChannel>> {
+        delegate!(self.alert_channels())
+    }
+
+    async fn alert_channel_secrets(&self, id: u64) -> Result<Option<crate::ChannelSecrets>> {
+        delegate!(self.alert_channel_secrets(id))
+    }
+
+    async fn remove_alert_channel(&self, name: &str, actor: &Actor) -> Result<crate::AlertChannel> {
+        delegate!(self.remove_alert_channel(name, actor))
+    }
+
+    async fn add_alert_rule(
+        &self,
+        r: crate::NewAlertRule,
+        actor: &Actor,
+    ) -> Result<crate::AlertRule> {
+        delegate!(self.add_alert_rule(r, actor))
+    }
+
+    async fn alert_rules(&self) -> Result<Vec<crate::AlertRule>> {
+        delegate!(self.alert_rules())
+    }
+
+    async fn remove_alert_rule(&self, name: &str, actor: &Actor) -> Result<crate::AlertRule> {
+        delegate!(self.remove_alert_rule(name, actor))
+    }
+
+    async fn fire_alert(
+        &self,
+        rule_id: u64,
+        subject: &str,
+        at: time::OffsetDateTime,
+        value: Option<f64>,
+    ) -> Result<Option<crate::Alert>> {
+        delegate!(self.fire_alert(rule_id, subject, at, value))
+    }
+
+    async fn resolve_alert(
+        &self,
+        rule_id: u64,
+        subject: &str,
+        at: time::OffsetDateTime,
+        value: Option<f64>,
+    ) -> Result<Option<crate::Alert>> {
+        delegate!(self.resolve_alert(rule_id, subject, at, value))
+    }
+
+    async fn firing_alerts(&self) -> Result<Vec<crate::Alert>> {
+        delegate!(self.firing_alerts())
+    }
+
+    async fn alerts(&self, query: &crate::AlertQuery) -> Result<Vec<crate::Alert>> {
+        delegate!(self.alerts(query))
+    }
+
+    async fn alert(&self, id: u64) -> Result<Option<crate::Alert>> {
+        delegate!(self.alert(id))
+    }
+
+    async fn acknowledge_alert(&self, id: u64, actor: &Actor) -> Result<crate::Alert> {
+        delegate!(self.acknowledge_alert(id, actor))
+    }
+
+    async fn due_deliveries(
+        &self,
+        now: time::OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<crate::Delivery>> {
+        delegate!(self.due_deliveries(now, limit))
+    }
+
+    async fn next_delivery_due(&self) -> Result<Option<time::OffsetDateTime>> {
+        delegate!(self.next_delivery_due())
+    }
+
+    async fn record_attempt(&self, id: u64, outcome: crate::AttemptOutcome) -> Result<()> {
+        delegate!(self.record_attempt(id, outcome))
+    }
+
+    async fn dead_deliveries(&self, limit: u32) -> Result<Vec<crate::Delivery>> {
+        delegate!(self.dead_deliveries(limit))
+    }
+
+    async fn retry_delivery(&self, id: u64, actor: &Actor) -> Result<crate::Delivery> {
+        delegate!(self.retry_delivery(id, actor))
+    }
+}

@@ -125,6 +125,37 @@ pub enum StoreError {
         /// The existing upload.
         id: u64,
     },
+    /// An alert channel or rule name is not allowed.
+    #[error(
+        "alert channel and rule names must be 1 to 64 characters of A-Z, a-z, 0-9, '.', '_' or '-', not '{0}'"
+    )]
+    InvalidAlertName(String),
+    /// An alert channel has this name already.
+    #[error("an alert channel named '{0}' exists already")]
+    AlertChannelExists(String),
+    /// No alert channel has this name.
+    #[error("no alert channel named '{0}'; `rampart alert list` shows them")]
+    AlertChannelNotFound(String),
+    /// Rules still notify the channel.
+    #[error("alert channel '{channel}' is used by the rules {}; remove them first", rules.join(", "))]
+    AlertChannelInUse {
+        /// The channel.
+        channel: String,
+        /// The rules using it.
+        rules: Vec<String>,
+    },
+    /// An alert rule has this name already.
+    #[error("an alert rule named '{0}' exists already")]
+    AlertRuleExists(String),
+    /// No alert rule has this name.
+    #[error("no alert rule named '{0}'; `rampart alert list` shows them")]
+    AlertRuleNotFound(String),
+    /// No alert has this number.
+    #[error("no alert {0}")]
+    AlertNotFound(u64),
+    /// The delivery is not a dead letter (unknown, pending or delivered).
+    #[error("delivery {0} is not a dead letter")]
+    DeliveryNotDead(u64),
     /// The database belongs to something else, or is damaged.
     #[error("{path} is not a Rampart database: {why}")]
     Foreign {

@@ -12,6 +12,7 @@
 //! change is never visible without its audit trail, and a running `serve`
 //! learns of it through [`Store::changes_since`] whichever process made it.
 
+pub mod alerts;
 mod any;
 mod audit;
 mod enrollment;
@@ -33,6 +34,10 @@ use async_trait::async_trait;
 use rampart_pki::RevocationReason;
 use rampart_proto::DeviceId;
 
+pub use alerts::{
+    Alert, AlertChannel, AlertQuery, AlertRule, AlertState, AlertStore, AttemptOutcome,
+    ChannelSecrets, Delivery, DeliveryStatus, NewAlertChannel, NewAlertRule, RuleScope,
+};
 pub use any::AnyStore;
 pub use audit::{
     AuditBreak, AuditEntry, AuditKey, AuditRecord, AuditReport, AuditSearch, read_key_file,

@@ -535,10 +535,12 @@ pub enum ChangeKind {
     DeviceBound,
     /// A claim ended without binding (expired, refused).
     ClaimFailed,
+    /// An alert rule or channel was added or removed.
+    AlertConfigChanged,
 }
 
 impl ChangeKind {
-    const ALL: [ChangeKind; 13] = [
+    const ALL: [ChangeKind; 14] = [
         ChangeKind::DeviceCreated,
         ChangeKind::DeviceRevoked,
         ChangeKind::DeviceDisabled,
@@ -552,6 +554,7 @@ impl ChangeKind {
         ChangeKind::ClaimRequested,
         ChangeKind::DeviceBound,
         ChangeKind::ClaimFailed,
+        ChangeKind::AlertConfigChanged,
     ];
 
     /// Name stored in the feed (and used as the audit action).
@@ -570,6 +573,7 @@ impl ChangeKind {
             ChangeKind::ClaimRequested => "device.claim.request",
             ChangeKind::DeviceBound => "device.claim.bind",
             ChangeKind::ClaimFailed => "device.claim.fail",
+            ChangeKind::AlertConfigChanged => "alert.config",
         }
     }
 

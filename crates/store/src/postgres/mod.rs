@@ -10,6 +10,7 @@
 //! fails with a serialisation failure or a deadlock is retried a bounded
 //! number of times; both guarantee it was rolled back.
 
+mod alerts;
 mod audit;
 mod changes;
 mod claims;

@@ -8,6 +8,7 @@
 //! blocking pool; one writer connection serialises writes within a process,
 //! and a small pool of reader connections serves reads concurrently.
 
+mod alerts;
 mod audit;
 mod changes;
 mod claims;

@@ -50,6 +50,7 @@ const MIGRATIONS: &[Migration] = &[
         10,
         include_str!("../../migrations/sqlite/0010_firmware.sql"),
     ),
+    (13, include_str!("../../migrations/sqlite/0013_alerts.sql")),
 ];
 
 /// Refuses a file that exists but is not an SQLite database at all, before
