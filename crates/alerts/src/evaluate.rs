@@ -298,6 +298,34 @@ impl Evaluator {
         }
     }
 
+    /// What a (re)started evaluator knows of a device's last telemetry:
+    /// starts its no-telemetry trackers, leaving existing ones (and firing
+    /// alerts) alone, unlike [`Evaluator::reading`].
+    pub fn seed_telemetry(&mut self, device: DeviceRef<'_>, last_ms: u64) {
+        for rule in &self.rules {
+            let Condition::NoTelemetry { after } = rule.condition else {
+                continue;
+            };
+            if !rule.scope.covers(device) {
+                continue;
+            }
+            let map = self.trackers.entry(rule.id).or_default();
+            if map.contains_key(device.id) {
+                continue;
+            }
+            let t = tracker(map, device.id, || State::Absence {
+                phase: Phase::Pending { since: last_ms },
+            });
+            Self::schedule(
+                &mut self.timers,
+                t,
+                rule.id,
+                device.id,
+                last_ms.saturating_add(ms(after)),
+            );
+        }
+    }
+
     /// A device connected (`online`) or disconnected.
     pub fn presence(
         &mut self,

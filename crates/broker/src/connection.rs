@@ -20,7 +20,7 @@ use crate::codec::{
 use bytes::BytesMut;
 use rampart_proto::ingest::{
     DisconnectReason, InboundMessage, IngestOutcome, MessageProperties, PresenceEvent, QoS,
-    RejectionKind,
+    RejectionKind, SecurityNotice,
 };
 use rampart_proto::topic::{DeviceTopic, Direction};
 use rampart_store::MqttOp;
@@ -51,6 +51,14 @@ fn now_ms() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
+/// The notice of an ACL refusal, for alert rules.
+fn acl_denied(identity: &Identity) -> SecurityNotice {
+    SecurityNotice::AclDenied {
+        identity: identity.id.clone(),
+        at_ms: now_ms(),
+    }
+}
+
 /// Serves one accepted TCP connection to its end.
 pub(crate) async fn serve(
     broker: Arc<Broker>,
@@ -75,6 +83,10 @@ pub(crate) async fn serve(
         Ok(Err(e)) => {
             Metrics::inc(&broker.metrics.handshake_failures);
             tracing::info!(client_addr = %addr, error = %e, "TLS handshake failed");
+            broker.sink.security(SecurityNotice::HandshakeFailed {
+                source: addr.ip(),
+                at_ms: now_ms(),
+            });
             return;
         }
         Err(_) => {
@@ -926,6 +938,7 @@ impl Connection {
         if !self.broker.acl.may_publish(identity, &topic) {
             Metrics::inc(&metrics.acl_denied_publish);
             tracing::warn!(device_id = %identity.id, topic = %topic, "publish denied by ACL");
+            self.broker.sink.security(acl_denied(identity));
             return Begin::Immediate(Immediate::Denied { qos, id });
         }
         let offered = inbound(
@@ -1254,6 +1267,7 @@ impl Connection {
                 Ok(sub) if !self.broker.acl.may_subscribe(identity, sub.filter) => {
                     Metrics::inc(&self.broker.metrics.acl_denied_subscribe);
                     tracing::warn!(device_id = %identity.id, filter = %f.filter, "subscribe denied by ACL");
+                    self.broker.sink.security(acl_denied(identity));
                     SubAckReasonCode::NotAuthorized
                 }
                 Ok(sub) if sub.group.is_some() && f.options.no_local => {
@@ -1347,6 +1361,7 @@ impl Connection {
         {
             Metrics::inc(&self.broker.metrics.acl_denied_publish);
             tracing::warn!(device_id = %identity.id, topic = %will.topic, "will message denied");
+            self.broker.sink.security(acl_denied(identity));
             return;
         }
         let mut props = Properties::default();

@@ -39,6 +39,10 @@ use tokio::task::JoinHandle;
 pub use commit::CommitOptions;
 pub use decode::Decoded;
 pub use fanout::{Fanout, LiveEvent, StoredReading};
+
+/// The `kind` of a [`LiveEvent::Rejected`] announcing a sequence conflict
+/// (same `seq`, other payload): kept aside by the store, flagged live.
+pub const SEQUENCE_CONFLICT: &str = "sequence_conflict";
 pub use metrics::PipelineMetrics;
 
 /// Pipeline settings.
@@ -225,6 +229,10 @@ impl Pipeline {
                 ReadingFate::Conflict => {
                     PipelineMetrics::inc(&m.conflicts);
                     tracing::warn!(device_id = %message.device, seq, "sequence conflict: device flagged");
+                    self.fanout.publish(LiveEvent::Rejected {
+                        device: message.device.clone(),
+                        kind: SEQUENCE_CONFLICT.to_owned(),
+                    });
                 }
             }
         }

@@ -187,6 +187,27 @@ pub enum PresenceEvent {
     },
 }
 
+/// A security-relevant event the broker saw, for alert rules
+/// (`handshake-failures`, `acl-denials`). Best effort: a sink may drop
+/// notices under load (it counts them), never blocks the broker on them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecurityNotice {
+    /// A TLS handshake failed (bad or missing certificate, garbage).
+    HandshakeFailed {
+        /// Where it came from.
+        source: std::net::IpAddr,
+        /// When, Unix milliseconds.
+        at_ms: i64,
+    },
+    /// The ACL refused a publish, subscription or will of an identity.
+    AclDenied {
+        /// The device or service.
+        identity: DeviceId,
+        /// When, Unix milliseconds.
+        at_ms: i64,
+    },
+}
+
 /// The pipeline, as the broker sees it.
 #[async_trait::async_trait]
 pub trait IngestSink: Send + Sync + fmt::Debug {
@@ -196,4 +217,9 @@ pub trait IngestSink: Send + Sync + fmt::Debug {
 
     /// Records a presence event. Must not block for long.
     async fn presence(&self, event: PresenceEvent);
+
+    /// Notes a security event; must return at once (drop rather than wait).
+    fn security(&self, notice: SecurityNotice) {
+        let _ = notice;
+    }
 }

@@ -87,6 +87,9 @@ pub enum Command {
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Alerts: webhook channels, rules, alerts and undeliverable notifications.
+    #[command(subcommand)]
+    Alert(AlertCommand),
     /// Configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -559,6 +562,108 @@ pub enum FirmwareKeyCommand {
         /// Key names.
         #[arg(required = true, value_name = "NAME")]
         names: Vec<String>,
+    },
+}
+
+/// `rampart alert ...`
+#[derive(Debug, Subcommand)]
+pub enum AlertCommand {
+    /// Webhook channels notifications go to.
+    #[command(subcommand)]
+    Channel(AlertChannelCommand),
+    /// Alert rules.
+    #[command(subcommand)]
+    Rule(AlertRuleCommand),
+    /// Channels, rules and alerts (firing ones, or all with --all).
+    List {
+        /// Resolved and closed alerts too.
+        #[arg(long)]
+        all: bool,
+        /// At most this many alerts.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Acknowledge an alert.
+    Ack {
+        /// The alert's number.
+        id: u64,
+    },
+    /// Notifications given up on (the dead letters).
+    DeadLetters {
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Queue a dead letter for delivery again.
+    Retry {
+        /// The delivery's number (from `dead-letters`).
+        id: u64,
+    },
+}
+
+/// `rampart alert channel ...`
+#[derive(Debug, Subcommand)]
+pub enum AlertChannelCommand {
+    /// Add a webhook channel. The URL is a secret: it is stored sealed and
+    /// shown redacted (scheme and host) everywhere.
+    Add {
+        /// Its name (rules refer to it).
+        #[arg(long, value_name = "N")]
+        name: String,
+        /// Receiver dialect: discord, slack or json (generic).
+        #[arg(long, value_name = "KIND")]
+        kind: String,
+        /// The webhook URL: https and a public address.
+        #[arg(long, value_name = "URL")]
+        url: String,
+        /// DANGER: allow plain http and private or loopback addresses (a
+        /// receiver on this machine or the internal network).
+        #[arg(long)]
+        danger_allow_private: bool,
+        /// Sign deliveries with the HMAC secret in this environment variable
+        /// (json channels; header X-Rampart-Signature).
+        #[arg(long, value_name = "VAR")]
+        secret_env: Option<String>,
+        /// Most deliveries per minute.
+        #[arg(long, value_name = "N")]
+        per_minute: Option<u32>,
+    },
+    /// Remove a channel no rule uses.
+    Remove {
+        /// The channel's name.
+        name: String,
+    },
+}
+
+/// `rampart alert rule ...`
+#[derive(Debug, Subcommand)]
+pub enum AlertRuleCommand {
+    /// Add a rule, e.g. --expr 'temperature > 30 for 5m', 'offline for
+    /// 10m', 'no-telemetry for 15m', 'cert-expires within 30d'.
+    Add {
+        /// Its name.
+        #[arg(long, value_name = "N")]
+        name: String,
+        /// The condition.
+        #[arg(long, value_name = "EXPR")]
+        expr: String,
+        /// The channel notified.
+        #[arg(long, value_name = "N")]
+        channel: String,
+        /// Only this device.
+        #[arg(long, value_name = "ID")]
+        device: Option<String>,
+        /// Only devices of this owner (user:NAME).
+        #[arg(long, value_name = "OWNER", conflicts_with = "device")]
+        owner: Option<String>,
+        /// Accept a metric no device has sent yet.
+        #[arg(long)]
+        new_metric: bool,
+    },
+    /// Remove a rule; its firing alerts are closed without a notification.
+    Remove {
+        /// The rule's name.
+        name: String,
     },
 }
 

@@ -39,6 +39,8 @@ pub struct Config {
     pub renewal: RenewalConfig,
     /// Claiming devices.
     pub claim: ClaimConfig,
+    /// Alert evaluation and webhook delivery.
+    pub alerts: AlertsConfig,
     /// Firmware updates.
     pub firmware: FirmwareConfig,
     /// Logging.
@@ -62,6 +64,66 @@ impl Default for RenewalConfig {
         Self {
             max_per_window: p.max_per_window,
             window: p.window,
+        }
+    }
+}
+
+/// `[alerts]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// Time limit of one webhook request, connection included.
+    #[serde(with = "humantime_serde")]
+    pub delivery_timeout: Duration,
+    /// First retry of a failed delivery after about this long (doubling).
+    #[serde(with = "humantime_serde")]
+    pub retry_base: Duration,
+    /// Longest wait between two attempts.
+    #[serde(with = "humantime_serde")]
+    pub retry_cap: Duration,
+    /// Attempts before a notification goes to the dead letters.
+    pub max_attempts: u32,
+    /// Deliveries in flight at once.
+    pub max_concurrent_deliveries: usize,
+    /// Redirect hops a delivery follows (each checked like the original).
+    pub max_redirects: u8,
+    /// Flapping suppression: an offline event counts only this much later
+    /// (a device back within it raises nothing). 0 turns it off.
+    #[serde(with = "humantime_serde")]
+    pub presence_hold_down: Duration,
+    /// The console's public URL, for links in notifications.
+    pub console_url: Option<String>,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        let retry = rampart_alerts::delivery::RetryPolicy::default();
+        Self {
+            delivery_timeout: Duration::from_secs(10),
+            retry_base: retry.base,
+            retry_cap: retry.cap,
+            max_attempts: retry.max_attempts,
+            max_concurrent_deliveries: 16,
+            max_redirects: 3,
+            presence_hold_down: Duration::ZERO,
+            console_url: None,
+        }
+    }
+}
+
+impl AlertsConfig {
+    /// The delivery settings of the alert deliverer.
+    pub fn delivery(&self) -> crate::alerting::DeliveryOptions {
+        crate::alerting::DeliveryOptions {
+            timeout: self.delivery_timeout,
+            retry: rampart_alerts::delivery::RetryPolicy {
+                base: self.retry_base,
+                cap: self.retry_cap.max(self.retry_base),
+                max_attempts: self.max_attempts.max(1),
+            },
+            max_concurrent: self.max_concurrent_deliveries.max(1),
+            max_redirects: self.max_redirects,
+            console_url: self.console_url.clone(),
         }
     }
 }
@@ -552,6 +614,27 @@ max_attempts = 5
 # "rate_limited" without being checked.
 max_confirmations_per_window = 10
 confirmation_window = "1m"
+
+[alerts]
+# Time limit of one webhook request, connection included. A receiver
+# that hangs holds up only its own notifications.
+delivery_timeout = "10s"
+# Failed deliveries are retried with exponential backoff from retry_base,
+# doubling up to retry_cap (with jitter, honouring Retry-After), and go
+# to the dead letters (console, `rampart alert dead-letters`) after
+# max_attempts attempts (about a day with these values).
+retry_base = "5s"
+retry_cap = "15m"
+max_attempts = 100
+max_concurrent_deliveries = 16
+# Redirects followed, each checked like the original URL (https, public).
+max_redirects = 3
+# Flapping suppression: an offline event counts only this much later, so
+# a device back within it raises nothing. "0s" turns it off; a rule's own
+# `for` duration already debounces.
+presence_hold_down = "0s"
+# The console's public URL, for links in notifications, e.g.
+# console_url = "https://rampart.example.net:8443"
 
 [firmware]
 # Largest firmware image `rampart firmware upload` accepts, in bytes

@@ -24,6 +24,7 @@ use rampart_proto::control::{
 };
 use rampart_proto::ingest::{
     InboundMessage, IngestOutcome, IngestSink, PresenceEvent, Rejection, RejectionKind,
+    SecurityNotice,
 };
 use rampart_proto::topic::{Category, DeviceTopic, Direction};
 use rampart_provisioning::claim::{self, ClaimPolicy};
@@ -32,6 +33,7 @@ use rampart_provisioning::renewal::{Renewal, RenewalError};
 use rampart_store::{Actor, Change, ChangeKind, ClaimStatus, Store};
 use time::OffsetDateTime;
 
+use crate::alerting::SecurityFeed;
 use crate::platform::Platform;
 
 /// Counters of the control plane.
@@ -96,6 +98,8 @@ pub struct ControlPlane {
     confirmations: Mutex<RateLimiter>,
     claims: ClaimPolicy,
     metrics: Arc<ControlMetrics>,
+    /// Where the broker's security notices go (the alert engine).
+    security: OnceLock<SecurityFeed>,
 }
 
 /// How an answer to a device went.
@@ -117,7 +121,15 @@ impl ControlPlane {
             confirmations: Mutex::new(RateLimiter::new(options.confirmations)),
             claims: options.claims,
             metrics: Arc::new(ControlMetrics::default()),
+            security: OnceLock::new(),
         })
+    }
+
+    /// Sends the broker's security notices to the alert engine.
+    pub fn feed_security(&self, feed: SecurityFeed) {
+        if self.security.set(feed).is_err() {
+            tracing::warn!("security feed attached twice; keeping the first");
+        }
     }
 
     /// Connects the control plane to the broker it answers through.
@@ -412,5 +424,11 @@ impl IngestSink for ControlPlane {
 
     async fn presence(&self, event: PresenceEvent) {
         self.pipeline.record_presence(event).await;
+    }
+
+    fn security(&self, notice: SecurityNotice) {
+        if let Some(feed) = self.security.get() {
+            feed.send(notice);
+        }
     }
 }

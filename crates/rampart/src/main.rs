@@ -3,6 +3,7 @@
 //! It owns wiring and process concerns (exit codes, signals, the serve
 //! lock); domain logic lives in the library crates.
 
+mod alerting;
 mod cli;
 mod commands;
 mod config;
@@ -63,6 +64,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
         Command::Backup { file } => commands::backup::backup(g, config, &file).await,
         Command::Restore { file } => commands::backup::restore(g, config, &file).await,
         Command::Audit(cmd) => commands::audit::run(g, config, cmd).await,
+        Command::Alert(cmd) => commands::alert::run(g, config, cmd).await,
         Command::Config(cmd) => commands::config::run(g, config, cmd),
     }
 }

@@ -307,6 +307,19 @@ pub(crate) fn write_control(m: &ControlMetrics, t: &mut MetricsText) {
     }
 }
 
+/// The alert engine's and deliverer's counters.
+pub(crate) fn write_alerts(m: &crate::alerting::AlertMetrics, t: &mut MetricsText) {
+    for (name, v) in m.snapshot() {
+        let family = format!("rampart_alerts_{name}_total");
+        t.single(
+            &family,
+            MetricKind::Counter,
+            "Alert counter (alerts fired and resolved, notifications delivered, retried, dead).",
+            v as f64,
+        );
+    }
+}
+
 /// Monitoring of a running server: its parts' metrics, and the broker's
 /// readiness.
 pub(crate) fn monitoring(

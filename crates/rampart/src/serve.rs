@@ -102,12 +102,17 @@ pub async fn run(g: &GlobalArgs, config: Config, args: ServeArgs) -> Result<Exit
         rampart_web::live::LiveOptions::default(),
         web_stop.clone(),
     );
+    let alert_metrics = Arc::new(crate::alerting::AlertMetrics::default());
+    let exposed_alerts = Arc::clone(&alert_metrics);
     let web = web_state(&platform, &dir, Arc::clone(&store))?
-        .with_monitoring(crate::monitoring::monitoring(
-            &broker,
-            Arc::clone(pipeline.metrics()),
-            control.metrics(),
-        ))
+        .with_monitoring(
+            crate::monitoring::monitoring(
+                &broker,
+                Arc::clone(pipeline.metrics()),
+                control.metrics(),
+            )
+            .source(move |t| crate::monitoring::write_alerts(&exposed_alerts, t)),
+        )
         .with_devices(rampart_web::DeviceBackend {
             telemetry: Arc::clone(&telemetry),
             live,
@@ -148,6 +153,14 @@ pub async fn run(g: &GlobalArgs, config: Config, args: ServeArgs) -> Result<Exit
         shutdown.child_token(),
     )
     .await?;
+    let alerting = spawn_alerting(
+        &platform,
+        &control,
+        &pipeline,
+        &changes,
+        alert_metrics,
+        shutdown.child_token(),
+    )?;
     let crl = spawn_crl_refresher(Arc::clone(&platform), shutdown.child_token());
     let retention = tokio::spawn(rampart_ingest::retention::run(
         Arc::clone(&telemetry),
@@ -222,6 +235,12 @@ pub async fn run(g: &GlobalArgs, config: Config, args: ServeArgs) -> Result<Exit
             Err(_) => tracing::warn!(part = "metrics", "did not stop within the shutdown timeout"),
         }
     }
+    if tokio::time::timeout(deadline, alerting.stopped())
+        .await
+        .is_err()
+    {
+        tracing::warn!(part = "alerts", "did not stop within the shutdown timeout");
+    }
     for (name, task) in [
         ("change follower", follower),
         ("CRL refresher", crl),
@@ -256,6 +275,35 @@ pub async fn run(g: &GlobalArgs, config: Config, args: ServeArgs) -> Result<Exit
         Some(e) => Err(e),
         None => Ok(ExitCode::SUCCESS),
     }
+}
+
+/// Starts alert evaluation and webhook delivery, fed by the pipeline's
+/// fan-out, the broker's security notices (through the control plane) and
+/// the change feed.
+fn spawn_alerting(
+    platform: &Arc<Platform>,
+    control: &Arc<ControlPlane>,
+    pipeline: &rampart_ingest::Pipeline,
+    changes: &broadcast::Sender<Change>,
+    metrics: Arc<crate::alerting::AlertMetrics>,
+    shutdown: CancellationToken,
+) -> Result<crate::alerting::Alerting> {
+    let (feed, notices) = crate::alerting::security_feed(&metrics);
+    control.feed_security(feed);
+    let config = &platform.config.alerts;
+    Ok(crate::alerting::Alerting::spawn(
+        platform.store.clone(),
+        rampart_web::auth::SealingKey::new(platform.dir.console_key()?),
+        pipeline.subscribe(),
+        changes.subscribe(),
+        notices,
+        metrics,
+        crate::alerting::AlertingOptions {
+            presence_hold_down: config.presence_hold_down,
+            delivery: config.delivery(),
+        },
+        shutdown,
+    ))
 }
 
 /// Cancels `shutdown` on the first SIGTERM or SIGINT.

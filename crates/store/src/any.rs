@@ -331,6 +331,10 @@ impl TelemetryStore for AnyStore {
         delegate!(self.reported_state(device))
     }
 
+    async fn metric_names(&self, limit: u32) -> Result<Vec<String>> {
+        delegate!(self.metric_names(limit))
+    }
+
     async fn readings_per_minute(&self, from_ms: i64, to_ms: i64) -> Result<Vec<(i64, u64)>> {
         delegate!(self.readings_per_minute(from_ms, to_ms))
     }

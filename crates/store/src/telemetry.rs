@@ -389,6 +389,10 @@ pub trait TelemetryStore: Send + Sync + std::fmt::Debug {
     /// are left out. One index range scan (`readings_ts`).
     async fn readings_per_minute(&self, from_ms: i64, to_ms: i64) -> Result<Vec<(i64, u64)>>;
 
+    /// Metric names some device has sent, sorted, at most `limit` (alert
+    /// rules refuse a metric nobody sends).
+    async fn metric_names(&self, limit: u32) -> Result<Vec<String>>;
+
     /// A device's latest reported state and when it was reported.
     async fn reported_state(&self, device: &DeviceId) -> Result<Option<(serde_json::Value, i64)>>;
 

@@ -14,6 +14,7 @@
 //! a secret (bearer tokens, claim codes, passwords, session ids, TOTP
 //! secrets).
 
+pub mod alert_config;
 pub mod auth;
 pub mod chart;
 mod config;

@@ -146,6 +146,22 @@ fn no_telemetry_keeps_one_timer_per_device() {
 }
 
 #[test]
+fn seeding_starts_absence_timers_without_touching_firing_alerts() {
+    let mut e = eval(vec![rule(2, Scope::Fleet, "no-telemetry for 15m")]);
+    let mut out = vec![];
+    e.restore_firing(2, "quiet");
+    e.seed_telemetry(dev("quiet"), 0);
+    e.seed_telemetry(dev("d1"), 10 * M);
+    e.seed_telemetry(dev("d1"), 0); // a second seed changes nothing
+    e.tick(24 * M, &mut out);
+    assert!(out.is_empty(), "{out:?}");
+    e.tick(25 * M, &mut out);
+    assert_eq!(changes(&mut out), vec![fired(2, "d1")]);
+    e.reading(dev("quiet"), &[], 30 * M, &mut out);
+    assert_eq!(changes(&mut out), vec![resolved(2, "quiet")]);
+}
+
+#[test]
 fn counting_rules_fire_above_the_count_and_resolve_as_the_window_slides() {
     let mut e = eval(vec![
         rule(3, Scope::Fleet, "handshake-failures > 2 in 1m"),

@@ -1,5 +1,6 @@
 //! One module per command group.
 
+pub mod alert;
 pub mod audit;
 pub mod backup;
 pub mod ca;

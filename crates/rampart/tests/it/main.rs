@@ -2,6 +2,7 @@
 //! executable driven like an operator would, with real MQTT clients
 //! (mosquitto, paho-mqtt, the load generator's Rust client) over mutual TLS.
 
+mod alerts;
 mod broker;
 mod browser;
 mod cli;

@@ -1324,6 +1324,23 @@ impl TelemetryStore for PostgresStore {
         .await
     }
 
+    async fn metric_names(&self, limit: u32) -> Result<Vec<String>> {
+        self.retrying(|| async {
+            let c = self.client().await?;
+            let stmt = c
+                .prepare_cached("SELECT DISTINCT metric FROM series ORDER BY metric LIMIT $1")
+                .await
+                .map_err(db)?;
+            c.query(&stmt, &[&i64::from(limit)])
+                .await
+                .map_err(db)?
+                .iter()
+                .map(|r| get(r, 0))
+                .collect()
+        })
+        .await
+    }
+
     async fn readings_per_minute(&self, from_ms: i64, to_ms: i64) -> Result<Vec<(i64, u64)>> {
         let from = from_ms - from_ms.rem_euclid(60_000);
         self.retrying(|| async {

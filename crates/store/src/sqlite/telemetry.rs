@@ -820,6 +820,19 @@ impl TelemetryStore for SqliteStore {
             .await
     }
 
+    async fn metric_names(&self, limit: u32) -> Result<Vec<String>> {
+        self.read(move |conn, _| {
+            let mut stmt = conn
+                .prepare_cached("SELECT DISTINCT metric FROM series ORDER BY metric LIMIT ?1")
+                .map_err(db)?;
+            let rows = stmt
+                .query_map(rusqlite::params![i64::from(limit)], |r| r.get(0))
+                .map_err(db)?;
+            rows.collect::<rusqlite::Result<_>>().map_err(db)
+        })
+        .await
+    }
+
     async fn readings_per_minute(&self, from_ms: i64, to_ms: i64) -> Result<Vec<(i64, u64)>> {
         self.read(move |conn, _| {
             let mut stmt = conn

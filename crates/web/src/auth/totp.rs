@@ -123,7 +123,7 @@ impl std::fmt::Debug for SealingKey {
 
 /// A sealed secret could not be opened: wrong key or damaged row.
 #[derive(Debug, thiserror::Error)]
-#[error("the stored TOTP secret cannot be opened (damaged, or sealed with another console key)")]
+#[error("the stored secret cannot be opened (damaged, or sealed with another console key)")]
 pub struct UnsealError;
 
 impl SealingKey {
@@ -142,28 +142,40 @@ impl SealingKey {
 
     /// `nonce ‖ ciphertext ‖ tag` of `secret` for user `user_id`.
     pub fn seal(&self, secret: &TotpSecret, user_id: &str) -> Vec<u8> {
+        self.seal_bytes(&secret.0, user_id)
+    }
+
+    /// The secret sealed by [`SealingKey::seal`] for `user_id`.
+    pub fn open(&self, sealed: &[u8], user_id: &str) -> Result<TotpSecret, UnsealError> {
+        self.open_bytes(sealed, user_id).map(TotpSecret)
+    }
+
+    /// `nonce ‖ ciphertext ‖ tag` of any secret, bound to `context` (the
+    /// row it belongs to, e.g. a user id or `alert-channel:NAME`) so that a
+    /// sealed value cannot be moved to another row.
+    pub fn seal_bytes(&self, clear: &[u8], context: &str) -> Vec<u8> {
         use rand::RngCore;
         let mut nonce = [0u8; NONCE_LEN];
         rand::rng().fill_bytes(&mut nonce);
-        let mut data = secret.0.clone();
+        let mut data = clear.to_vec();
         if self
             .key()
             .seal_in_place_append_tag(
                 Nonce::assume_unique_for_key(nonce),
-                Aad::from(user_id.as_bytes()),
+                Aad::from(context.as_bytes()),
                 &mut data,
             )
             .is_err()
         {
-            unreachable!("sealing 20 bytes cannot exceed the AES-GCM limit")
+            unreachable!("secrets of a few KiB cannot exceed the AES-GCM limit")
         }
         let mut out = nonce.to_vec();
         out.extend(data);
         out
     }
 
-    /// The secret sealed by [`SealingKey::seal`] for `user_id`.
-    pub fn open(&self, sealed: &[u8], user_id: &str) -> Result<TotpSecret, UnsealError> {
+    /// The secret sealed by [`SealingKey::seal_bytes`] for `context`.
+    pub fn open_bytes(&self, sealed: &[u8], context: &str) -> Result<Vec<u8>, UnsealError> {
         if sealed.len() < NONCE_LEN {
             return Err(UnsealError);
         }
@@ -172,9 +184,9 @@ impl SealingKey {
         let mut data = data.to_vec();
         let clear = self
             .key()
-            .open_in_place(nonce, Aad::from(user_id.as_bytes()), &mut data)
+            .open_in_place(nonce, Aad::from(context.as_bytes()), &mut data)
             .map_err(|_| UnsealError)?;
-        Ok(TotpSecret(clear.to_vec()))
+        Ok(clear.to_vec())
     }
 }
 

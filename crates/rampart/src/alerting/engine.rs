@@ -1,0 +1,418 @@
+//! The evaluation task: feeds the fleet's events to a
+//! [`rampart_alerts::Evaluator`] and records its transitions as alerts.
+//!
+//! Inputs, none of which scans the store:
+//! - the pipeline's fan-out (readings, presence, rejected payloads and
+//!   sequence conflicts), which is lossy under overload: a lag is counted
+//!   and logged, and an absence alert is checked against the registry
+//!   before it fires so that a lost event cannot raise a false one;
+//! - the broker's security notices (handshake failures, ACL denials);
+//! - the change feed: rule and channel changes reload the rules (within
+//!   the feed's poll interval), certificate and registry changes update
+//!   certificate-expiry trackers and owners;
+//! - its own timers (`for` holds, absences, expiry dates, sliding windows).
+//!
+//! At start it restores the firing alerts from the store and seeds the
+//! trackers from the registry (who is offline since when, last telemetry,
+//! certificate expiry), so a restart neither repeats nor forgets alerts.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rampart_alerts::{Change, Condition, DeviceRef, Evaluator, Rule, Scope, Transition};
+use rampart_ingest::LiveEvent;
+use rampart_proto::DeviceId;
+use rampart_proto::ingest::SecurityNotice;
+use rampart_store::{
+    AlertStore, AnyStore, ChangeKind, DeviceFilter, DeviceState, RuleScope, Store,
+};
+use time::OffsetDateTime;
+use tokio::sync::{Notify, broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::AlertMetrics;
+
+/// What the engine needs to run.
+pub(crate) struct EngineInputs {
+    pub(crate) store: AnyStore,
+    pub(crate) live: broadcast::Receiver<Arc<LiveEvent>>,
+    pub(crate) changes: broadcast::Receiver<rampart_store::Change>,
+    pub(crate) security: mpsc::Receiver<SecurityNotice>,
+    pub(crate) deliveries: Arc<Notify>,
+    pub(crate) metrics: Arc<AlertMetrics>,
+    pub(crate) hold_down: Duration,
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
+}
+
+fn ms_of(t: OffsetDateTime) -> u64 {
+    u64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
+}
+
+fn time_of(ms: u64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+/// The longest the loop sleeps without looking at its timers.
+const MAX_IDLE: Duration = Duration::from_secs(1);
+
+struct Engine {
+    store: AnyStore,
+    eval: Evaluator,
+    /// Device → owner (`user:NAME`), for owner-scoped rules.
+    owners: HashMap<String, Option<String>>,
+    deliveries: Arc<Notify>,
+    metrics: Arc<AlertMetrics>,
+    hold_down_ms: u64,
+    out: Vec<Transition>,
+}
+
+/// Runs the engine until `shutdown`.
+pub(crate) async fn run(mut inputs: EngineInputs, shutdown: CancellationToken) {
+    let mut engine = Engine {
+        store: inputs.store.clone(),
+        eval: Evaluator::new(),
+        owners: HashMap::new(),
+        deliveries: Arc::clone(&inputs.deliveries),
+        metrics: Arc::clone(&inputs.metrics),
+        hold_down_ms: u64::try_from(inputs.hold_down.as_millis()).unwrap_or(u64::MAX),
+        out: Vec::new(),
+    };
+    // Start: retry until the store answers (it may be restarting).
+    loop {
+        match engine.start().await {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "alert engine cannot load its state; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+            }
+        }
+    }
+    loop {
+        let idle = engine
+            .eval
+            .next_due()
+            .map(|due| Duration::from_millis(due.saturating_sub(now_ms())))
+            .unwrap_or(MAX_IDLE)
+            .min(MAX_IDLE);
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            event = inputs.live.recv() => match event {
+                Ok(event) => engine.live(&event).await,
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    AlertMetrics::add(&engine.metrics.events_lagged, n);
+                    tracing::warn!(missed = n, "alert engine fell behind the pipeline's fan-out; absence alerts are checked against the registry before firing");
+                }
+                Err(broadcast::error::RecvError::Closed) => break,
+            },
+            change = inputs.changes.recv() => match change {
+                Ok(change) => engine.change(&change).await,
+                Err(broadcast::error::RecvError::Lagged(_)) => engine.reload().await,
+                Err(broadcast::error::RecvError::Closed) => break,
+            },
+            Some(notice) = inputs.security.recv() => engine.security(&notice),
+            _ = tokio::time::sleep(idle) => {}
+        }
+        engine.eval.tick(now_ms(), &mut engine.out);
+        engine.apply().await;
+    }
+}
+
+/// A store rule as the evaluator needs it; `None` (logged) if its
+/// expression no longer parses (written by a newer version).
+fn to_rule(r: &rampart_store::AlertRule) -> Option<Rule> {
+    match rampart_alerts::parse(&r.expr) {
+        Ok(condition) => Some(Rule {
+            id: r.id,
+            scope: match &r.scope {
+                RuleScope::Fleet => Scope::Fleet,
+                RuleScope::Owner(o) => Scope::Owner(o.clone()),
+                RuleScope::Device(d) => Scope::Device(d.clone()),
+            },
+            condition,
+        }),
+        Err(e) => {
+            tracing::error!(rule = %r.name, expr = %r.expr, error = %e, "alert rule does not parse; it is not evaluated");
+            None
+        }
+    }
+}
+
+impl Engine {
+    async fn start(&mut self) -> rampart_store::Result<()> {
+        self.load_rules().await?;
+        for alert in self.store.firing_alerts().await? {
+            self.eval.restore_firing(alert.rule_id, &alert.subject);
+        }
+        self.seed().await?;
+        self.apply().await;
+        tracing::info!(
+            rules = self.eval.rules().len(),
+            tracked = self.eval.tracked(),
+            "alert engine started"
+        );
+        Ok(())
+    }
+
+    async fn load_rules(&mut self) -> rampart_store::Result<()> {
+        let rules = self.store.alert_rules().await?;
+        self.eval
+            .set_rules(rules.iter().filter_map(to_rule).collect());
+        Ok(())
+    }
+
+    /// Seeds the trackers from the registry: presence, last telemetry,
+    /// certificate expiry, owners.
+    async fn seed(&mut self) -> rampart_store::Result<()> {
+        let devices = self
+            .store
+            .list_devices(&DeviceFilter {
+                state: None,
+                search: None,
+                limit: None,
+                offset: 0,
+            })
+            .await?;
+        let now = now_ms();
+        for d in devices {
+            let id = d.id.as_str().to_owned();
+            if matches!(d.state, DeviceState::Revoked | DeviceState::Disabled) {
+                continue;
+            }
+            self.owners
+                .insert(id.clone(), d.owner.as_ref().map(ToString::to_string));
+            let owner = d.owner.as_ref().map(ToString::to_string);
+            let dev = DeviceRef {
+                id: &id,
+                owner: owner.as_deref(),
+            };
+            let last = d.last_seen.map_or(ms_of(d.created_at), ms_of);
+            self.eval.presence(dev, d.online, last, &mut self.out);
+            self.eval.seed_telemetry(dev, last);
+            self.eval
+                .certificate(dev, ms_of(d.not_after), now, &mut self.out);
+        }
+        Ok(())
+    }
+
+    /// Rules changed: reload them and seed the new ones.
+    async fn reload(&mut self) {
+        match self.load_rules().await {
+            Ok(()) => {
+                if let Err(e) = self.seed().await {
+                    tracing::warn!(error = %e, "cannot seed the new alert rules from the registry");
+                }
+                AlertMetrics::inc(&self.metrics.rule_reloads);
+                tracing::info!(rules = self.eval.rules().len(), "alert rules reloaded");
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot reload the alert rules"),
+        }
+    }
+
+    async fn live(&mut self, event: &LiveEvent) {
+        match event {
+            LiveEvent::Readings { device, readings } => {
+                let id = device.as_str();
+                let owner = self.owners.get(id).cloned().flatten();
+                let dev = DeviceRef {
+                    id,
+                    owner: owner.as_deref(),
+                };
+                for r in readings {
+                    let metrics: Vec<(&str, f64)> =
+                        r.metrics.iter().map(|(m, v)| (m.as_str(), *v)).collect();
+                    let at = u64::try_from(r.ts_ms).unwrap_or(0).max(1);
+                    // Device clocks can be off: time rules run on arrival time.
+                    let at = at.min(now_ms()).max(now_ms().saturating_sub(60_000));
+                    self.eval.reading(dev, &metrics, at, &mut self.out);
+                }
+            }
+            LiveEvent::Presence {
+                device,
+                online,
+                at_ms,
+                ..
+            } => {
+                let at = u64::try_from(*at_ms).unwrap_or(0);
+                let at = if *online {
+                    at
+                } else {
+                    at.saturating_add(self.hold_down_ms)
+                };
+                let id = device.as_str().to_owned();
+                let owner = self.owners.get(&id).cloned().flatten();
+                let dev = DeviceRef {
+                    id: &id,
+                    owner: owner.as_deref(),
+                };
+                self.eval.presence(dev, *online, at, &mut self.out);
+            }
+            LiveEvent::Rejected { device, kind } => {
+                let event = if kind == rampart_ingest::SEQUENCE_CONFLICT {
+                    rampart_alerts::SecurityEvent::SequenceConflict
+                } else {
+                    rampart_alerts::SecurityEvent::RejectedPayload
+                };
+                let id = device.as_str().to_owned();
+                let owner = self.owners.get(&id).cloned().flatten();
+                let dev = DeviceRef {
+                    id: &id,
+                    owner: owner.as_deref(),
+                };
+                self.eval
+                    .security(event, Some(dev), "", now_ms(), &mut self.out);
+            }
+            LiveEvent::State { .. } => {}
+        }
+    }
+
+    fn security(&mut self, notice: &SecurityNotice) {
+        match notice {
+            SecurityNotice::HandshakeFailed { source, at_ms } => {
+                let at = u64::try_from(*at_ms).unwrap_or(0);
+                self.eval.security(
+                    rampart_alerts::SecurityEvent::HandshakeFailure,
+                    None,
+                    &source.to_string(),
+                    at,
+                    &mut self.out,
+                );
+            }
+            SecurityNotice::AclDenied { identity, at_ms } => {
+                let at = u64::try_from(*at_ms).unwrap_or(0);
+                let id = identity.as_str().to_owned();
+                let owner = self.owners.get(&id).cloned().flatten();
+                let dev = DeviceRef {
+                    id: &id,
+                    owner: owner.as_deref(),
+                };
+                self.eval.security(
+                    rampart_alerts::SecurityEvent::AclDenial,
+                    Some(dev),
+                    "",
+                    at,
+                    &mut self.out,
+                );
+            }
+        }
+    }
+
+    async fn change(&mut self, change: &rampart_store::Change) {
+        match change.kind {
+            ChangeKind::AlertConfigChanged => self.reload().await,
+            ChangeKind::DeviceDeleted | ChangeKind::DeviceRevoked => {
+                self.owners.remove(&change.subject);
+                self.eval
+                    .forget_device(change.subject.as_str(), now_ms(), &mut self.out);
+            }
+            ChangeKind::DeviceCreated
+            | ChangeKind::CertificateActivated
+            | ChangeKind::DeviceBound
+            | ChangeKind::DeviceEnabled => {
+                if let Ok(id) = DeviceId::parse(&change.subject) {
+                    self.refresh_device(&id).await;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Re-reads one device (owner, certificate) after a registry change.
+    async fn refresh_device(&mut self, id: &DeviceId) {
+        match self.store.device(id).await {
+            Ok(Some(d)) => {
+                let owner = d.owner.as_ref().map(ToString::to_string);
+                self.owners.insert(id.as_str().to_owned(), owner.clone());
+                let dev = DeviceRef {
+                    id: id.as_str(),
+                    owner: owner.as_deref(),
+                };
+                self.eval
+                    .certificate(dev, ms_of(d.not_after), now_ms(), &mut self.out);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(device_id = %id, error = %e, "cannot re-read a device for its alerts")
+            }
+        }
+    }
+
+    /// Whether an absence alert about to fire still holds in the registry
+    /// (the fan-out may have dropped the event that ended it).
+    async fn still_absent(&mut self, t: &Transition) -> bool {
+        let Some(rule) = self.eval.rules().iter().find(|r| r.id == t.rule) else {
+            return false;
+        };
+        let offline = matches!(rule.condition, Condition::Offline { .. });
+        if !offline {
+            return true;
+        }
+        let Ok(id) = DeviceId::parse(&t.subject) else {
+            return true;
+        };
+        match self.store.device(&id).await {
+            Ok(Some(d)) if d.online => {
+                // The fan-out lost its reconnection: tell the evaluator.
+                let owner = self.owners.get(id.as_str()).cloned().flatten();
+                let dev = DeviceRef {
+                    id: id.as_str(),
+                    owner: owner.as_deref(),
+                };
+                let mut ignored = Vec::new();
+                self.eval.presence(dev, true, now_ms(), &mut ignored);
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// Records the evaluator's transitions as alerts (with their queued
+    /// notifications) and wakes the deliverer.
+    async fn apply(&mut self) {
+        let transitions = std::mem::take(&mut self.out);
+        let mut queued = false;
+        for t in transitions {
+            let at = time_of(t.at_ms);
+            let result = match t.change {
+                Change::Firing => {
+                    if !self.still_absent(&t).await {
+                        AlertMetrics::inc(&self.metrics.suppressed);
+                        continue;
+                    }
+                    self.store.fire_alert(t.rule, &t.subject, at, t.value).await
+                }
+                Change::Resolved => {
+                    self.store
+                        .resolve_alert(t.rule, &t.subject, at, t.value)
+                        .await
+                }
+            };
+            match result {
+                Ok(Some(alert)) => {
+                    queued = true;
+                    let counter = match t.change {
+                        Change::Firing => &self.metrics.fired,
+                        Change::Resolved => &self.metrics.resolved,
+                    };
+                    AlertMetrics::inc(counter);
+                    tracing::info!(alert = alert.id, rule = %alert.rule, subject = %alert.subject, state = alert.state.as_str(), "alert changed");
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    AlertMetrics::inc(&self.metrics.store_errors);
+                    tracing::error!(rule = t.rule, subject = %t.subject, error = %e, "cannot record an alert change");
+                }
+            }
+        }
+        if queued {
+            self.deliveries.notify_one();
+        }
+    }
+}

@@ -1,0 +1,431 @@
+//! Alerts end to end (issue 10): `rampart serve`, real MQTT devices
+//! (mosquitto clients over mutual TLS), rules and channels added with the
+//! CLI while `serve` runs, and a webhook receiver on 127.0.0.1 that
+//! records what Rampart posts to it.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use rampart_test_support::{
+    Background, DeviceFiles, Workspace, mosquitto, spawn_mosquitto, wait_limit,
+};
+
+const CONFIG: &str = "[broker]\nrate_limit_exempt = [\"127.0.0.1\", \"::1\"]\n";
+
+/// One request the receiver got.
+#[derive(Debug, Clone)]
+struct Received {
+    idempotency_key: String,
+    body: serde_json::Value,
+    /// The status it was answered with.
+    status: u16,
+}
+
+/// A webhook receiver: answers every POST with the current status.
+#[derive(Clone)]
+struct Receiver {
+    addr: SocketAddr,
+    status: Arc<AtomicU16>,
+    got: Arc<Mutex<Vec<Received>>>,
+}
+
+impl Receiver {
+    fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind receiver");
+        let r = Receiver {
+            addr: listener.local_addr().expect("addr"),
+            status: Arc::new(AtomicU16::new(204)),
+            got: Arc::new(Mutex::new(Vec::new())),
+        };
+        let me = r.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                me.answer(stream);
+            }
+        });
+        r
+    }
+
+    fn answer(&self, stream: TcpStream) {
+        let _ = stream.set_read_timeout(Some(wait_limit()));
+        let mut reader = BufReader::new(stream);
+        let mut length = 0usize;
+        let mut key = String::new();
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':') {
+                match name.to_ascii_lowercase().as_str() {
+                    "content-length" => length = value.trim().parse().unwrap_or(0),
+                    "idempotency-key" => key = value.trim().to_owned(),
+                    _ => {}
+                }
+            }
+        }
+        let mut body = vec![0; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let status = self.status.load(Ordering::SeqCst);
+        self.got.lock().expect("lock").push(Received {
+            idempotency_key: key,
+            body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+            status,
+        });
+        let mut stream = reader.into_inner();
+        let _ = write!(
+            stream,
+            "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/hook/secret-token", self.addr)
+    }
+
+    /// Messages accepted (2xx), as their Discord `content`.
+    fn accepted(&self) -> Vec<String> {
+        self.got
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|r| (200..300).contains(&r.status))
+            .map(|r| r.body["content"].as_str().unwrap_or("").to_owned())
+            .collect()
+    }
+
+    /// Waits until `n` messages were accepted; returns them.
+    fn wait_accepted(&self, n: usize) -> Vec<String> {
+        let deadline = Instant::now() + wait_limit();
+        loop {
+            let got = self.accepted();
+            if got.len() >= n {
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "expected {n} notifications, got {got:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until `n` requests arrived, whatever their answer.
+    fn wait_requests(&self, n: usize) {
+        let deadline = Instant::now() + wait_limit();
+        while self.got.lock().expect("lock").len() < n {
+            assert!(Instant::now() < deadline, "expected {n} delivery attempts");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+fn setup() -> Workspace {
+    let ws = Workspace::new();
+    std::fs::write(ws.join("rampart.toml"), CONFIG).expect("config");
+    ws.rampart().arg("init").assert().success();
+    ws
+}
+
+const FAST: [(&str, &str); 4] = [
+    ("RAMPART_CONFIG", "rampart.toml"),
+    ("RAMPART_SERVE__CHANGE_POLL_INTERVAL", "50ms"),
+    ("RAMPART_ALERTS__RETRY_BASE", "200ms"),
+    ("RAMPART_ALERTS__RETRY_CAP", "400ms"),
+];
+
+fn add_channel(ws: &Workspace, r: &Receiver) {
+    let out = ws.rampart_json(&[
+        "alert",
+        "channel",
+        "add",
+        "--name",
+        "ops",
+        "--kind",
+        "discord",
+        "--url",
+        &r.url(),
+        "--danger-allow-private",
+    ]);
+    assert_eq!(out["target"], format!("http://{}/…", r.addr));
+}
+
+/// A device connected as a background subscriber (online while it runs).
+fn connect(dev: &DeviceFiles, addr: SocketAddr) -> Background {
+    let mut a = dev.mosquitto_args(addr);
+    a.extend(
+        [
+            "-V",
+            "mqttv5",
+            "-t",
+            &format!("devices/{}/cmd/down", dev.id),
+        ]
+        .map(String::from),
+    );
+    spawn_mosquitto("mosquitto_sub", &a)
+}
+
+fn publish(dev: &DeviceFiles, addr: SocketAddr, body: &str) {
+    let mut a = dev.mosquitto_args(addr);
+    let topic = format!("devices/{}/telemetry/up", dev.id);
+    a.extend(["-V", "mqttv5", "-q", "1", "-t", &topic, "-m", body].map(String::from));
+    let out = mosquitto("mosquitto_pub", &a);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Waits until the registry shows the device online (or offline).
+fn wait_online(ws: &Workspace, id: &str, online: bool) {
+    let deadline = Instant::now() + wait_limit();
+    loop {
+        let d = ws.rampart_json(&["device", "show", id]);
+        if d["online"] == online {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id} online={online} never showed: {d}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_device_going_offline_and_back_sends_one_message_each() {
+    let ws = setup();
+    let dev = ws.device("greenhouse-1");
+    let receiver = Receiver::start();
+    let mut serve = ws.serve(&FAST);
+    let mqtt = serve.listening("mqtt");
+    add_channel(&ws, &receiver);
+    let rule = ws.rampart_json(&[
+        "alert",
+        "rule",
+        "add",
+        "--name",
+        "gh-offline",
+        "--expr",
+        "offline for 1s",
+        "--channel",
+        "ops",
+        "--device",
+        "greenhouse-1",
+    ]);
+    assert_eq!(rule["expr"], "offline for 1s");
+    // Unknown devices, bad expressions and unknown metrics are refused at creation.
+    assert!(
+        ws.rampart_fails(&[
+            "alert",
+            "rule",
+            "add",
+            "--name",
+            "x",
+            "--expr",
+            "offline 10m",
+            "--channel",
+            "ops",
+        ])
+        .contains("expected for at word 2")
+    );
+    assert!(
+        ws.rampart_fails(&[
+            "alert",
+            "rule",
+            "add",
+            "--name",
+            "x",
+            "--expr",
+            "pressure > 3",
+            "--channel",
+            "ops",
+        ])
+        .contains("no device has sent the metric 'pressure'")
+    );
+    assert!(
+        ws.rampart_fails(&[
+            "alert",
+            "channel",
+            "add",
+            "--name",
+            "x",
+            "--kind",
+            "discord",
+            "--url",
+            "http://127.0.0.1:1/x",
+        ])
+        .contains("must use https")
+    );
+
+    let sub = connect(&dev, mqtt);
+    wait_online(&ws, "greenhouse-1", true);
+    drop(sub);
+    let got = receiver.wait_accepted(1);
+    assert!(
+        got[0].starts_with("🔴 FIRING: gh-offline on greenhouse-1 (offline for 1s)"),
+        "{got:?}"
+    );
+    let listed = ws.rampart_json(&["alert", "list"]);
+    assert_eq!(
+        listed["alerts"].as_array().map(Vec::len),
+        Some(1),
+        "{listed}"
+    );
+
+    let _back = connect(&dev, mqtt);
+    let got = receiver.wait_accepted(2);
+    assert!(
+        got[1].starts_with("🟢 RESOLVED: gh-offline on greenhouse-1"),
+        "{got:?}"
+    );
+    assert_eq!(got.len(), 2, "one message each: {got:?}");
+    let listed = ws.rampart_json(&["alert", "list"]);
+    assert_eq!(
+        listed["alerts"].as_array().map(Vec::len),
+        Some(0),
+        "{listed}"
+    );
+    // The URL is a secret: never in the output, the log or the audit.
+    let logs = serve.seen().join("\n");
+    assert!(
+        !logs.contains("secret-token"),
+        "the URL leaked into the log"
+    );
+    let audit = ws.rampart_json(&["audit", "list"]).to_string();
+    assert!(
+        !audit.contains("secret-token"),
+        "the URL leaked into the audit log"
+    );
+    assert!(serve.terminate());
+}
+
+#[test]
+fn a_threshold_fires_once_and_resolves_past_its_hysteresis() {
+    let ws = setup();
+    let dev = ws.device("greenhouse-2");
+    let receiver = Receiver::start();
+    let mut serve = ws.serve(&FAST);
+    let mqtt = serve.listening("mqtt");
+    add_channel(&ws, &receiver);
+    ws.rampart_json(&[
+        "alert",
+        "rule",
+        "add",
+        "--name",
+        "hot",
+        "--expr",
+        "temperature > 30 hysteresis 2",
+        "--channel",
+        "ops",
+        "--new-metric",
+    ]);
+    // The rule is in force within the change feed's poll interval; the
+    // first reading above the limit may come before: publish until it fires.
+    let deadline = Instant::now() + wait_limit();
+    let mut seq = 0;
+    while receiver.accepted().is_empty() {
+        assert!(Instant::now() < deadline, "the rule never fired");
+        seq += 1;
+        publish(
+            &dev,
+            mqtt,
+            &format!(r#"{{"seq":{seq},"m":{{"temperature":31.5}}}}"#),
+        );
+    }
+    // Below the limit but within the hysteresis: still firing, no message.
+    publish(
+        &dev,
+        mqtt,
+        &format!(r#"{{"seq":{},"m":{{"temperature":29.5}}}}"#, seq + 1),
+    );
+    publish(
+        &dev,
+        mqtt,
+        &format!(r#"{{"seq":{},"m":{{"temperature":32}}}}"#, seq + 2),
+    );
+    publish(
+        &dev,
+        mqtt,
+        &format!(r#"{{"seq":{},"m":{{"temperature":27.5}}}}"#, seq + 3),
+    );
+    let got = receiver.wait_accepted(2);
+    assert!(
+        got[0].contains("FIRING: hot on greenhouse-2") && got[0].contains("value 31.5"),
+        "{got:?}"
+    );
+    assert!(
+        got[1].contains("RESOLVED: hot on greenhouse-2") && got[1].contains("value 27.5"),
+        "resolved by the reading past the hysteresis, not by 29.5: {got:?}"
+    );
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(serve.terminate());
+}
+
+#[test]
+fn notifications_survive_a_receiver_outage_and_a_restart() {
+    let ws = setup();
+    let dev = ws.device("greenhouse-3");
+    let receiver = Receiver::start();
+    receiver.status.store(503, Ordering::SeqCst);
+    let mut serve = ws.serve(&FAST);
+    let (mqtt, http) = serve.addresses();
+    add_channel(&ws, &receiver);
+    ws.rampart_json(&[
+        "alert",
+        "rule",
+        "add",
+        "--name",
+        "gone",
+        "--expr",
+        "offline for 1s",
+        "--channel",
+        "ops",
+    ]);
+    let sub = connect(&dev, mqtt);
+    wait_online(&ws, "greenhouse-3", true);
+    drop(sub);
+    // The receiver is down: attempts are made and refused, then retried.
+    receiver.wait_requests(2);
+    assert!(receiver.accepted().is_empty());
+    assert!(serve.terminate());
+
+    // Restarted with the receiver back: the firing is delivered once.
+    receiver.status.store(200, Ordering::SeqCst);
+    let mut serve = ws.serve_on(&mqtt.to_string(), &http.to_string(), &FAST);
+    serve.listening("mqtt");
+    let got = receiver.wait_accepted(1);
+    assert!(got[0].contains("FIRING: gone on greenhouse-3"), "{got:?}");
+    let _back = connect(&dev, mqtt);
+    let got = receiver.wait_accepted(2);
+    assert!(got[1].contains("RESOLVED: gone on greenhouse-3"), "{got:?}");
+    let keys: Vec<String> = receiver
+        .got
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|r| r.status == 200)
+        .map(|r| r.idempotency_key.clone())
+        .collect();
+    assert_eq!(keys.len(), 2, "each accepted once: {keys:?}");
+    assert!(
+        keys[0].ends_with("-firing") && keys[1].ends_with("-resolved"),
+        "{keys:?}"
+    );
+    assert!(
+        ws.rampart_json(&["alert", "dead-letters"])
+            .as_array()
+            .is_some_and(Vec::is_empty)
+    );
+    assert!(serve.terminate());
+}
