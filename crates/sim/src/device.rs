@@ -54,7 +54,7 @@ use tracing::{debug, error, info, warn};
 use crate::download::{self as dl, Download, DownloadEvent, DownloadRequest};
 use crate::enroll::EnrollError;
 use crate::faults::FaultKind;
-use crate::firmware::{self, Firmware};
+use crate::firmware::{self, Firmware, Running};
 use crate::fleet::Shared;
 use crate::sensor::Sensor;
 use crate::statedir::{BootFile, DeviceDir, StateError, StoredIdentity};
@@ -1535,48 +1535,40 @@ impl Device {
     /// Acts on how the firmware booted: a crash-looping image rolled back
     /// boots again into the previous slot; an image on trial runs (or,
     /// with `--ota-fault`, crashes, hangs or stays offline).
-    fn after_boot(&mut self, mut boot: Boot) {
+    fn after_boot(&mut self, boot: Boot) {
         self.hung = false;
         self.offline = false;
         self.pending_confirm_sent = false;
-        // Each pass is one boot; the core rolls back after max_boot_attempts.
-        let most = usize::from(self.shared.options.ota_max_boot_attempts).saturating_add(2);
-        for _ in 0..most {
-            match boot {
-                Boot::Normal => break,
-                Boot::RollBack => {
-                    warn!(device_id = %self.id, reason = "crash-loop", "the image on trial never came up; rolled back to the previous slot");
+        match self.firmware.boot_through(boot, self.fault, self.mono_ms()) {
+            Ok((running, log)) => {
+                if log.crashes > 0 {
+                    self.stats.add(Count::BootCrash, u64::from(log.crashes));
+                    warn!(device_id = %self.id, crashes = log.crashes, "--ota-fault crash-on-boot: the image on trial crashed while booting");
+                }
+                if log.rolled_back {
                     self.stats.bump(Count::OtaRolledBack);
+                    warn!(device_id = %self.id, reason = "crash-loop", version = %self.firmware.running_version(), "the image on trial never came up; rolled back to the previous slot");
                 }
-                Boot::Trial { deadline_ms } => match self.fault {
-                    Some(FaultKind::CrashOnBoot) => {
-                        self.stats.bump(Count::BootCrash);
-                        warn!(device_id = %self.id, version = %self.firmware.running_version(), attempt = self.firmware.state().boot_attempts(), "--ota-fault crash-on-boot: the image on trial crashed while booting");
+                let version = self.firmware.running_version();
+                match running {
+                    Running::Normal => {}
+                    Running::Trial { deadline_ms } => {
+                        info!(device_id = %self.id, version = %version, deadline_in_ms = deadline_ms.saturating_sub(self.mono_ms()), "booted a new image on trial; it confirms once connected and published");
                     }
-                    Some(FaultKind::Hang) => {
-                        warn!(device_id = %self.id, version = %self.firmware.running_version(), "--ota-fault hang: the image on trial hangs and will not connect");
+                    Running::Hung { .. } => {
+                        warn!(device_id = %self.id, version = %version, "--ota-fault hang: the image on trial hangs and will not connect");
                         self.hung = true;
-                        break;
                     }
-                    Some(FaultKind::NoNetwork) => {
-                        warn!(device_id = %self.id, version = %self.firmware.running_version(), "--ota-fault no-network: the image on trial cannot reach the network");
+                    Running::Offline { .. } => {
+                        warn!(device_id = %self.id, version = %version, "--ota-fault no-network: the image on trial cannot reach the network");
                         self.offline = true;
-                        break;
                     }
-                    Some(FaultKind::CorruptDownload) | None => {
-                        info!(device_id = %self.id, version = %self.firmware.running_version(), deadline_in_ms = deadline_ms.saturating_sub(self.mono_ms()), "booted a new image on trial; it confirms once connected and published");
-                        break;
-                    }
-                },
-            }
-            boot = match self.firmware.reboot(self.mono_ms()) {
-                Ok(b) => b,
-                Err(e) => {
-                    error!(device_id = %self.id, reason = %e, "boot: the firmware state is unusable");
-                    self.stats.set_error(e.to_string());
-                    break;
                 }
-            };
+            }
+            Err(e) => {
+                error!(device_id = %self.id, reason = %e, "boot: the firmware state is unusable");
+                self.stats.set_error(e.to_string());
+            }
         }
         self.stats.set_firmware(self.firmware.running_version());
     }

@@ -25,6 +25,7 @@ use rampart_core::ota::update::{
 };
 use tracing::warn;
 
+use crate::faults::FaultKind;
 use crate::statedir::{DeviceDir, StateError};
 
 /// The file name letter of a slot.
@@ -149,6 +150,37 @@ pub struct FirmwareBuild {
     pub slot_size: u64,
 }
 
+/// What runs after a boot ([`Firmware::boot_through`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Running {
+    /// A confirmed image (possibly the one rolled back to).
+    Normal,
+    /// A new image on trial: it confirms once connected and published.
+    Trial {
+        /// Its deadline (fleet clock, ms).
+        deadline_ms: u64,
+    },
+    /// `hang`: the image on trial does nothing until its deadline.
+    Hung {
+        /// Its deadline (fleet clock, ms).
+        deadline_ms: u64,
+    },
+    /// `no-network`: the image on trial runs but cannot connect.
+    Offline {
+        /// Its deadline (fleet clock, ms).
+        deadline_ms: u64,
+    },
+}
+
+/// What happened on the way ([`Firmware::boot_through`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BootLog {
+    /// Trial boots that crashed.
+    pub crashes: u32,
+    /// Whether the core rolled a crash-looping image back.
+    pub rolled_back: bool,
+}
+
 /// One device's firmware: the update machine (kept as [`OtaParts`], since
 /// an async device task cannot hold the machine's borrow of its own
 /// configuration), its slots, and the version of the running image.
@@ -262,6 +294,45 @@ impl Firmware {
         self.machine = machine;
         self.receiving_manifest.clear();
         Ok(boot)
+    }
+
+    /// Boots through the device's update fault until an image runs: a
+    /// trial image with `crash-on-boot` crashes on every boot until the
+    /// core rolls it back (then the previous image boots normally); `hang`
+    /// and `no-network` keep the trial image (which the deadline will roll
+    /// back). `boot` is what the last [`Ota::start`] found.
+    pub fn boot_through(
+        &mut self,
+        mut boot: Boot,
+        fault: Option<FaultKind>,
+        now_ms: u64,
+    ) -> Result<(Running, BootLog), StateError> {
+        let mut log = BootLog::default();
+        // Each pass is one boot; the core rolls back after max_boot_attempts.
+        let most = usize::from(self.build.max_boot_attempts).saturating_add(2);
+        for _ in 0..most {
+            match boot {
+                Boot::Normal => return Ok((Running::Normal, log)),
+                Boot::RollBack => log.rolled_back = true,
+                Boot::Trial { deadline_ms } => match fault {
+                    Some(FaultKind::CrashOnBoot) => log.crashes = log.crashes.saturating_add(1),
+                    Some(FaultKind::Hang) => return Ok((Running::Hung { deadline_ms }, log)),
+                    Some(FaultKind::NoNetwork) => {
+                        return Ok((Running::Offline { deadline_ms }, log));
+                    }
+                    Some(FaultKind::CorruptDownload) | None => {
+                        return Ok((Running::Trial { deadline_ms }, log));
+                    }
+                },
+            }
+            boot = self.reboot(now_ms)?;
+        }
+        // The core rolls back within max_boot_attempts + 1 boots; reaching
+        // this means the state is not what it wrote.
+        Err(StateError::Corrupt {
+            path: self.dir.path().join("ota.bin"),
+            reason: format!("still booting on trial after {most} boots"),
+        })
     }
 
     /// Runs `f` on the machine with its configuration, then persists what
@@ -435,4 +506,263 @@ fn encode(report: &OtaReport<'_>) -> Vec<u8> {
         Err(_) => buf = b"{}".to_vec(),
     }
     buf
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::statedir::StateDir;
+    use rampart_core::ota::parse_head;
+    use rampart_ota::{SignRequest, SigningKey, sign};
+
+    struct Bench {
+        _tmp: tempfile::TempDir,
+        dir: DeviceDir,
+        key: SigningKey,
+        build: FirmwareBuild,
+    }
+
+    fn bench() -> Bench {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let state = StateDir::open(tmp.path(), Some("fw")).expect("state dir");
+        let dir = state.device(&state.device_id(1).expect("id")).expect("dir");
+        let key = SigningKey::generate();
+        let build = FirmwareBuild {
+            device_type: "rampart-sim".into(),
+            factory_version: "1.0.0".into(),
+            trusted_keys: vec![TrustedKey::new(*key.public_key().bytes())].into(),
+            max_boot_attempts: 3,
+            confirm_timeout_ms: 1_000,
+            slot_size: 4096,
+        };
+        Bench {
+            _tmp: tmp,
+            dir,
+            key,
+            build,
+        }
+    }
+
+    fn image(version: &str) -> Vec<u8> {
+        format!("simulated firmware {version} ")
+            .repeat(40)
+            .into_bytes()
+    }
+
+    fn bundle(b: &Bench, version: &str, security_version: u32) -> Vec<u8> {
+        let req = SignRequest {
+            device_type: "rampart-sim",
+            version,
+            security_version,
+            created_at_ms: 1,
+        };
+        sign(&image(version), &b.key, &req).expect("sign")
+    }
+
+    /// Offers `bundle`, writes its image in 100-byte chunks (with `edit`
+    /// applied), and finishes.
+    fn install(
+        fw: &mut Firmware,
+        bundle: &[u8],
+        edit: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<Next, OtaError> {
+        let head = parse_head(bundle).expect("head");
+        let size = fw.offer(head.manifest_bytes, &head.signature)?;
+        let mut img = bundle
+            .get(bundle.len() - usize::try_from(size).expect("size")..)
+            .expect("image")
+            .to_vec();
+        edit(&mut img);
+        for chunk in img.chunks(100) {
+            fw.write(chunk)?;
+        }
+        fw.finish()
+    }
+
+    #[test]
+    fn slot_files_are_written_in_sequence_within_capacity() {
+        let b = bench();
+        let mut flash = SlotFiles::new(b.dir.clone(), 10);
+        flash.erase(Slot::B).expect("erase");
+        flash.write(Slot::B, 0, b"hello").expect("write");
+        flash.write(Slot::B, 5, b"12345").expect("write");
+        assert_eq!(
+            std::fs::read(b.dir.slot_path('b')).expect("read"),
+            b"hello12345"
+        );
+        assert!(matches!(
+            flash.write(Slot::B, 3, b"x"),
+            Err(FlashError::OutOfSequence { len: 10, .. })
+        ));
+        assert!(matches!(
+            flash.write(Slot::B, 10, b"x"),
+            Err(FlashError::Full { capacity: 10, .. })
+        ));
+        b.dir.save_slot_manifest('b', b"m").expect("manifest");
+        flash.erase(Slot::B).expect("erase");
+        assert_eq!(std::fs::read(b.dir.slot_path('b')).expect("read"), b"");
+        assert_eq!(b.dir.slot_manifest('b').expect("read"), None);
+        assert_eq!(std::fs::read(b.dir.slot_path('a')).ok(), None, "untouched");
+    }
+
+    #[test]
+    fn an_update_installs_into_the_other_slot_and_survives_a_restart() {
+        let b = bench();
+        let (mut fw, boot) = Firmware::boot(b.build.clone(), b.dir.clone(), 0).expect("boot");
+        assert_eq!(boot, Boot::Normal);
+        assert_eq!(fw.running_version(), "1.0.0");
+        let v2 = bundle(&b, "1.1.0", 2);
+        assert_eq!(install(&mut fw, &v2, |_| {}), Ok(Next::PersistAndReboot));
+        assert_eq!(
+            std::fs::read(b.dir.slot_path('b')).expect("slot"),
+            image("1.1.0")
+        );
+        // The state on disk selects slot B on trial before the reboot.
+        let on_disk = OtaState::from_bytes(&b.dir.ota_state().expect("read").expect("written"))
+            .expect("valid");
+        assert_eq!((on_disk.active(), on_disk.pending()), (Slot::B, true));
+
+        let boot = fw.reboot(100).expect("reboot");
+        assert_eq!(boot, Boot::Trial { deadline_ms: 1_100 });
+        assert_eq!(fw.running_version(), "1.1.0");
+        assert_eq!(
+            fw.boot_through(boot, None, 100).expect("boot"),
+            (Running::Trial { deadline_ms: 1_100 }, BootLog::default())
+        );
+        assert_eq!(
+            String::from_utf8(fw.status_report(OtaStatus::PendingConfirm)).expect("utf-8"),
+            r#"{"status":"pending-confirm","version":"1.1.0"}"#
+        );
+        assert_eq!(fw.confirm(500).expect("persisted"), Next::Nothing);
+        assert_eq!(fw.trial_deadline(), None);
+        assert_eq!(fw.state().min_security_version(), 2);
+
+        // A restarted simulator: the same slot, version and pending report.
+        let (mut again, boot) = Firmware::boot(b.build.clone(), b.dir.clone(), 0).expect("boot");
+        assert_eq!(boot, Boot::Normal);
+        assert_eq!(again.running_version(), "1.1.0");
+        let (status, report) = again.pending_report().expect("succeeded to report");
+        assert_eq!(status, OtaStatus::Succeeded);
+        assert_eq!(
+            String::from_utf8(report).expect("utf-8"),
+            r#"{"status":"succeeded","version":"1.1.0"}"#
+        );
+        again.report_sent().expect("persisted");
+        let (again, _) = Firmware::boot(b.build.clone(), b.dir.clone(), 0).expect("boot");
+        assert_eq!(again.pending_report(), None);
+        // The same offer again is not newer; an older security version is a downgrade.
+        let mut again = again;
+        let head = parse_head(&v2).expect("head");
+        assert_eq!(
+            again.offer(head.manifest_bytes, &head.signature),
+            Err(OtaError::NotNewer)
+        );
+        let old_sv = bundle(&b, "1.2.0", 1);
+        assert_eq!(
+            install(&mut again, &old_sv, |_| {}).map_err(|e| e.code()),
+            Err("downgrade")
+        );
+    }
+
+    #[test]
+    fn a_corrupted_download_is_discarded_and_reported() {
+        let b = bench();
+        let (mut fw, _) = Firmware::boot(b.build.clone(), b.dir.clone(), 0).expect("boot");
+        let v2 = bundle(&b, "1.1.0", 0);
+        let err = install(&mut fw, &v2, |img| {
+            if let Some(byte) = img.get_mut(300) {
+                *byte ^= 0xff;
+            }
+        })
+        .expect_err("hash mismatch");
+        assert_eq!(err.code(), "hash-mismatch");
+        assert_eq!(std::fs::read(b.dir.slot_path('b')).expect("slot"), b"");
+        assert_eq!(b.dir.slot_manifest('b').expect("read"), None);
+        assert_eq!(fw.state(), &OtaState::new(Slot::A, 0));
+        assert_eq!(
+            String::from_utf8(failed_report("1.1.0", &err)).expect("utf-8"),
+            r#"{"status":"failed","version":"1.1.0","reason":"hash-mismatch"}"#
+        );
+        // Aborting mid-download (a cancel) also erases the slot.
+        let head = parse_head(&v2).expect("head");
+        fw.offer(head.manifest_bytes, &head.signature)
+            .expect("offer");
+        fw.write(b"partial").expect("chunk");
+        assert_eq!(fw.receiving_sha256(), Some(head.manifest.image_sha256));
+        assert!(fw.abort());
+        assert_eq!(fw.receiving_sha256(), None);
+        assert_eq!(std::fs::read(b.dir.slot_path('b')).expect("slot"), b"");
+    }
+
+    #[test]
+    fn crash_on_boot_loops_until_the_rollback() {
+        let b = bench();
+        let (mut fw, _) = Firmware::boot(b.build.clone(), b.dir.clone(), 0).expect("boot");
+        install(&mut fw, &bundle(&b, "2.0.0", 5), |_| {}).expect("install");
+        let boot = fw.reboot(10).expect("reboot");
+        let (running, log) = fw
+            .boot_through(boot, Some(FaultKind::CrashOnBoot), 10)
+            .expect("boots");
+        assert_eq!(running, Running::Normal);
+        assert_eq!(
+            log,
+            BootLog {
+                crashes: 3,
+                rolled_back: true
+            }
+        );
+        assert_eq!(fw.running_version(), "1.0.0");
+        assert_eq!(fw.state().active(), Slot::A);
+        assert_eq!(fw.state().min_security_version(), 0, "not raised");
+        let (status, report) = fw.pending_report().expect("report");
+        assert_eq!(status, OtaStatus::RolledBack);
+        assert_eq!(
+            String::from_utf8(report).expect("utf-8"),
+            r#"{"status":"rolled-back","version":"2.0.0","reason":"crash-loop"}"#
+        );
+    }
+
+    #[test]
+    fn hang_and_no_network_roll_back_at_the_deadline() {
+        for fault in [FaultKind::Hang, FaultKind::NoNetwork] {
+            let b = bench();
+            let (mut fw, _) = Firmware::boot(b.build.clone(), b.dir.clone(), 0).expect("boot");
+            install(&mut fw, &bundle(&b, "2.0.0", 5), |_| {}).expect("install");
+            let boot = fw.reboot(10).expect("reboot");
+            let (running, log) = fw.boot_through(boot, Some(fault), 10).expect("boots");
+            let expected = match fault {
+                FaultKind::Hang => Running::Hung { deadline_ms: 1_010 },
+                _ => Running::Offline { deadline_ms: 1_010 },
+            };
+            assert_eq!((running, log), (expected, BootLog::default()));
+            assert_eq!(fw.running_version(), "2.0.0");
+            assert_eq!(fw.tick(1_010).expect("tick"), Next::Nothing);
+            assert_eq!(fw.tick(1_011).expect("tick"), Next::PersistAndReboot);
+            let boot = fw.reboot(1_012).expect("reboot");
+            assert_eq!(boot, Boot::Normal);
+            assert_eq!(fw.running_version(), "1.0.0");
+            let (status, report) = fw.pending_report().expect("report");
+            assert_eq!(status, OtaStatus::RolledBack);
+            assert!(
+                String::from_utf8(report)
+                    .expect("utf-8")
+                    .contains("not-confirmed"),
+                "{fault}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_corrupt_state_file_is_a_factory_state_and_a_bad_manifest_is_refused() {
+        let b = bench();
+        b.dir.save_ota_state(b"garbage").expect("write");
+        let (fw, boot) = Firmware::boot(b.build.clone(), b.dir.clone(), 0).expect("boot");
+        assert_eq!(boot, Boot::Normal);
+        assert_eq!(fw.state(), &OtaState::new(Slot::A, 0));
+        b.dir
+            .save_slot_manifest('a', b"not a manifest")
+            .expect("write");
+        let err = Firmware::boot(b.build.clone(), b.dir.clone(), 0).expect_err("corrupt");
+        assert!(matches!(err, StateError::Corrupt { .. }), "{err}");
+    }
 }
