@@ -70,7 +70,8 @@ impl Default for RenewalConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FirmwareConfig {
-    /// Largest firmware image accepted by `rampart firmware upload`, bytes.
+    /// Largest firmware image accepted by `rampart firmware upload` and
+    /// `POST /api/v1/firmware`, bytes.
     pub max_image_size: u64,
 }
 
@@ -554,8 +555,9 @@ max_confirmations_per_window = 10
 confirmation_window = "1m"
 
 [firmware]
-# Largest firmware image `rampart firmware upload` accepts, in bytes
-# (16 MiB, the largest ESP32 app partition). Larger bundles are refused
+# Largest firmware image `rampart firmware upload` and the console's
+# upload (POST /api/v1/firmware) accept, in bytes (16 MiB, the largest
+# ESP32 app partition). Larger bundles are refused
 # before their signature is checked.
 max_image_size = 16777216
 
