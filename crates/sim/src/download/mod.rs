@@ -271,6 +271,9 @@ async fn restart(tx: &mpsc::Sender<DownloadEvent>, received: &mut u64, why: Stri
 }
 
 #[cfg(test)]
+mod route_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
