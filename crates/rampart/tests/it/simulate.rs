@@ -35,8 +35,13 @@ pub(crate) struct Platform {
 }
 
 pub(crate) fn platform() -> Platform {
+    platform_with(CONFIG)
+}
+
+/// [`platform`] with another configuration file.
+fn platform_with(config: &str) -> Platform {
     let ws = Workspace::new();
-    std::fs::write(ws.join("rampart.toml"), CONFIG).expect("config");
+    std::fs::write(ws.join("rampart.toml"), config).expect("config");
     ws.rampart().arg("init").assert().success();
     let mut serve = ws.serve(&[("RAMPART_CONFIG", "rampart.toml")]);
     let (mqtt, http) = serve.addresses();
@@ -1034,4 +1039,237 @@ fn the_console_claims_a_simulated_device_over_mqtt_streams_it_and_revokes_it() {
         });
     assert!(by_ann, "{audit}");
     assert!(sim.terminate());
+}
+
+/// Offers stand in for the campaign engine: one service identity may
+/// publish on `ota/down` (Rampart publishes there itself otherwise).
+const OTA_CONFIG: &str = "[broker]\nrate_limit_exempt = [\"127.0.0.1\", \"::1\"]\n\n\
+[[broker.acl]]\nidentity = \"ota-pub\"\naccess = \"publish\"\ntopic = \"devices/+/ota/down\"\n";
+
+#[test]
+fn offered_updates_are_downloaded_installed_and_confirmed_or_rolled_back() {
+    use rampart_ota::download::{DownloadGrant, TokenKey, mint};
+
+    let p = platform_with(OTA_CONFIG);
+    // A release key the server and the devices trust, and a 200 kB image.
+    let key = p.ws.join("release.key").display().to_string();
+    p.ws.rampart_json(&["firmware", "keygen", "--out", &key]);
+    let public = format!("{key}.pub");
+    p.ws.rampart_json(&["firmware", "key", "add", &public, "--name", "release"]);
+    let image: Vec<u8> = (0..200_000usize).map(|i| (i * 17 % 251) as u8).collect();
+    let image_path = p.ws.join("app.bin");
+    std::fs::write(&image_path, &image).expect("image");
+    let bundle_path = p.ws.join("app.rfw").display().to_string();
+    p.ws.rampart_json(&[
+        "firmware",
+        "sign",
+        &image_path.display().to_string(),
+        "--key",
+        &key,
+        "--device-type",
+        "rampart-sim",
+        "--version",
+        "1.1.0",
+        "--security-version",
+        "1",
+        "--out",
+        &bundle_path,
+    ]);
+    p.ws.rampart_json(&["firmware", "upload", &bundle_path]);
+    let bundle = std::fs::read(&bundle_path).expect("bundle");
+    let head = rampart_core::ota::parse_head(&bundle).expect("a bundle");
+    let sha = hex::encode(head.manifest.image_sha256);
+
+    // Three devices; exactly one crashes on every trial boot.
+    let token = p.token(3, &["--id-prefix", "upd"]);
+    let mut sim = p.spawn(
+        "state",
+        "summary.json",
+        &[
+            "--devices",
+            "3",
+            "--id-prefix",
+            "upd",
+            "--token",
+            &token,
+            "--rate",
+            "5/s",
+            "--ota-trust",
+            &public,
+            "--ota-fault",
+            "crash-on-boot:0.34",
+            "--ota-max-boot-attempts",
+            "2",
+            "--ota-confirm-timeout",
+            "30s",
+        ],
+    );
+    let fault_line = sim.wait_for(&["ota-fault id="]);
+    assert!(fault_line.ends_with("kind=crash-on-boot"), "{fault_line}");
+    let faulty = fault_line
+        .split("id=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .expect("an id")
+        .to_owned();
+    sim.wait_until("all connected", |l| {
+        l.starts_with("progress") && l.contains("connected 3/3")
+    });
+
+    for name in ["ota-pub", "ota-sub"] {
+        let svc =
+            p.ws.rampart_json(&["service", "create", name, "--out", "svc"]);
+        assert_eq!(svc["service"]["state"], "active", "{svc}");
+    }
+    let dir = p.ws.join("svc");
+    let base = |client: &str| -> Vec<String> {
+        vec![
+            "-h".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            p.mqtt.port().to_string(),
+            "--cafile".into(),
+            dir.join("ca.crt").display().to_string(),
+            "--cert".into(),
+            dir.join(format!("{client}.crt")).display().to_string(),
+            "--key".into(),
+            dir.join(format!("{client}.key")).display().to_string(),
+            "-i".into(),
+            client.into(),
+            "-V".into(),
+            "mqttv5".into(),
+        ]
+    };
+    // A persistent subscription to the reports before any offer.
+    let mut sub_args = base("ota-sub");
+    sub_args.extend(["-c", "-x", "120", "-q", "1", "-t", "devices/+/ota/up"].map(String::from));
+    let mut subscribe = sub_args.clone();
+    subscribe.push("-E".into());
+    let out = mosquitto("mosquitto_sub", &subscribe);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // One offer per device, its download URL bound to it.
+    let console_key = std::fs::read_to_string(p.ws.data_dir().join("console.key")).expect("key");
+    let console_key: [u8; 32] = hex::decode(console_key.trim())
+        .expect("hex")
+        .try_into()
+        .expect("32 bytes");
+    let tokens = TokenKey::derive(&console_key);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as u64;
+    let ids: Vec<String> = (1..=3).map(|n| format!("upd-{n:04}")).collect();
+    for id in &ids {
+        let t = mint(
+            &tokens,
+            &DownloadGrant {
+                device_id: id.clone(),
+                sha256: sha.clone(),
+                expires_at_ms: now_ms + 3_600_000,
+            },
+        )
+        .expect("token");
+        let offer = serde_json::json!({
+            "type": "offer",
+            "campaign": 1,
+            "manifest": hex::encode(head.manifest_bytes),
+            "signature": hex::encode(head.signature),
+            "url": format!("https://{}/ota/v1/images/{sha}?t={t}", p.http),
+            "size": image.len(),
+            "sha256": sha,
+        })
+        .to_string();
+        let mut a = base("ota-pub");
+        a.extend(
+            [
+                "-q",
+                "1",
+                "-t",
+                &format!("devices/{id}/ota/down"),
+                "-m",
+                &offer,
+            ]
+            .map(String::from),
+        );
+        let out = mosquitto("mosquitto_pub", &a);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // Two confirm the new image; the crashing one is rolled back. The
+    // reports are read from the persistent subscription until every
+    // device's outcome is there.
+    let outcome = |id: &str| {
+        if *id == faulty {
+            r#""status":"rolled-back""#
+        } else {
+            r#""status":"succeeded""#
+        }
+    };
+    let mut text = String::new();
+    sub_args.extend(["-v", "-W", "2"].map(String::from));
+    let deadline = std::time::Instant::now() + wait_limit();
+    while !ids.iter().all(|id| {
+        text.lines()
+            .any(|l| l.starts_with(&format!("devices/{id}/ota/up ")) && l.contains(outcome(id)))
+    }) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not every outcome reported: {text}"
+        );
+        let out = spawn_mosquitto("mosquitto_sub", &sub_args).wait();
+        text.push_str(&String::from_utf8_lossy(&out.stdout));
+    }
+    assert!(sim.terminate());
+    let summary = read_summary(&p, "summary.json");
+    assert_eq!(count(&summary, "otaOffers"), 3, "{summary}");
+    assert_eq!(count(&summary, "otaSucceeded"), 2, "{summary}");
+    assert_eq!(count(&summary, "otaRolledBack"), 1, "{summary}");
+    assert_eq!(count(&summary, "bootCrashes"), 2, "{summary}");
+    assert_eq!(count(&summary, "otaFailed"), 0, "{summary}");
+    for d in summary["devices"].as_array().expect("devices") {
+        let expected = if d["id"] == faulty.as_str() {
+            "1.0.0"
+        } else {
+            "1.1.0"
+        };
+        assert_eq!(d["firmware"], expected, "{d}");
+    }
+
+    // The reports reached the server in order, per device.
+    for id in &ids {
+        let statuses: Vec<String> = text
+            .lines()
+            .filter(|l| l.starts_with(&format!("devices/{id}/ota/up ")))
+            .filter_map(|l| l.split_once(' '))
+            .filter_map(|(_, body)| serde_json::from_str::<Value>(body).ok())
+            .map(|v| {
+                assert_eq!(v["version"], "1.1.0", "{v}");
+                match v["reason"].as_str() {
+                    Some(r) => format!("{}:{r}", v["status"].as_str().unwrap_or_default()),
+                    None => v["status"].as_str().unwrap_or_default().to_owned(),
+                }
+            })
+            .filter(|s| s != "downloading")
+            .collect();
+        let expected: &[&str] = if *id == faulty {
+            &["verifying", "pending-reboot", "rolled-back:crash-loop"]
+        } else {
+            &[
+                "verifying",
+                "pending-reboot",
+                "pending-confirm",
+                "succeeded",
+            ]
+        };
+        assert_eq!(statuses, expected, "{id}: {text}");
+    }
 }
