@@ -1046,8 +1046,25 @@ fn the_console_claims_a_simulated_device_over_mqtt_streams_it_and_revokes_it() {
 const OTA_CONFIG: &str = "[broker]\nrate_limit_exempt = [\"127.0.0.1\", \"::1\"]\n\n\
 [[broker.acl]]\nidentity = \"ota-pub\"\naccess = \"publish\"\ntopic = \"devices/+/ota/down\"\n";
 
-#[test]
-fn offered_updates_are_downloaded_installed_and_confirmed_or_rolled_back() {
+/// What an update run of [`update_fleet`] produced.
+struct UpdateRun {
+    /// Device id → its `--ota-fault` kind (printed by the simulator).
+    faults: BTreeMap<String, String>,
+    /// Device id → its `ota/up` reports other than `downloading`, as
+    /// `status` or `status:reason`, in order.
+    reports: BTreeMap<String, Vec<String>>,
+    summary: Value,
+}
+
+/// A fleet of `devices` trusting a release key, each offered a signed
+/// 200 kB image `1.1.0` over MQTT (a download URL bound to it), run until
+/// every device reported its outcome (`expected` gives it by fault kind,
+/// `""` for healthy devices).
+fn update_fleet(
+    devices: usize,
+    args: &[&str],
+    expected: impl Fn(&str) -> &'static str,
+) -> UpdateRun {
     use rampart_ota::download::{DownloadGrant, TokenKey, mint};
 
     let p = platform_with(OTA_CONFIG);
@@ -1080,41 +1097,34 @@ fn offered_updates_are_downloaded_installed_and_confirmed_or_rolled_back() {
     let head = rampart_core::ota::parse_head(&bundle).expect("a bundle");
     let sha = hex::encode(head.manifest.image_sha256);
 
-    // Three devices; exactly one crashes on every trial boot.
-    let token = p.token(3, &["--id-prefix", "upd"]);
-    let mut sim = p.spawn(
-        "state",
-        "summary.json",
-        &[
-            "--devices",
-            "3",
-            "--id-prefix",
-            "upd",
-            "--token",
-            &token,
-            "--rate",
-            "5/s",
-            "--ota-trust",
-            &public,
-            "--ota-fault",
-            "crash-on-boot:0.34",
-            "--ota-max-boot-attempts",
-            "2",
-            "--ota-confirm-timeout",
-            "30s",
-        ],
-    );
-    let fault_line = sim.wait_for(&["ota-fault id="]);
-    assert!(fault_line.ends_with("kind=crash-on-boot"), "{fault_line}");
-    let faulty = fault_line
-        .split("id=")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .expect("an id")
-        .to_owned();
+    let n = devices.to_string();
+    let token = p.token(devices, &["--id-prefix", "upd"]);
+    let mut sim_args = vec![
+        "--devices",
+        &n,
+        "--id-prefix",
+        "upd",
+        "--token",
+        &token,
+        "--rate",
+        "5/s",
+        "--ota-trust",
+        &public,
+    ];
+    sim_args.extend_from_slice(args);
+    let mut sim = p.spawn("state", "summary.json", &sim_args);
+    let connected = format!("connected {devices}/{devices}");
     sim.wait_until("all connected", |l| {
-        l.starts_with("progress") && l.contains("connected 3/3")
+        l.starts_with("progress") && l.contains(&connected)
     });
+    // The fault lines come before the fleet runs.
+    let faults: BTreeMap<String, String> = sim
+        .seen()
+        .iter()
+        .filter_map(|l| l.strip_prefix("ota-fault id="))
+        .filter_map(|rest| rest.split_once(" kind="))
+        .map(|(id, kind)| (id.to_owned(), kind.to_owned()))
+        .collect();
 
     for name in ["ota-pub", "ota-sub"] {
         let svc =
@@ -1152,7 +1162,8 @@ fn offered_updates_are_downloaded_installed_and_confirmed_or_rolled_back() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    // One offer per device, its download URL bound to it.
+    // One offer per device, its download URL bound to it (minted with the
+    // server's key, as the campaign engine does).
     let console_key = std::fs::read_to_string(p.ws.data_dir().join("console.key")).expect("key");
     let console_key: [u8; 32] = hex::decode(console_key.trim())
         .expect("hex")
@@ -1163,7 +1174,7 @@ fn offered_updates_are_downloaded_installed_and_confirmed_or_rolled_back() {
         .duration_since(std::time::UNIX_EPOCH)
         .expect("after 1970")
         .as_millis() as u64;
-    let ids: Vec<String> = (1..=3).map(|n| format!("upd-{n:04}")).collect();
+    let ids: Vec<String> = (1..=devices).map(|n| format!("upd-{n:04}")).collect();
     for id in &ids {
         let t = mint(
             &tokens,
@@ -1204,72 +1215,146 @@ fn offered_updates_are_downloaded_installed_and_confirmed_or_rolled_back() {
         );
     }
 
-    // Two confirm the new image; the crashing one is rolled back. The
-    // reports are read from the persistent subscription until every
-    // device's outcome is there.
-    let outcome = |id: &str| {
-        if *id == faulty {
-            r#""status":"rolled-back""#
-        } else {
-            r#""status":"succeeded""#
-        }
-    };
-    let mut text = String::new();
+    // The reports, from the persistent subscription, until every device's
+    // final one is there.
+    let mut reports: BTreeMap<String, Vec<String>> = BTreeMap::new();
     sub_args.extend(["-v", "-W", "2"].map(String::from));
     let deadline = std::time::Instant::now() + wait_limit();
+    let final_status = |id: &str| {
+        let outcome = expected(faults.get(id).map_or("", String::as_str));
+        outcome.split(':').next().unwrap_or(outcome).to_owned()
+    };
     while !ids.iter().all(|id| {
-        text.lines()
-            .any(|l| l.starts_with(&format!("devices/{id}/ota/up ")) && l.contains(outcome(id)))
+        reports
+            .get(id)
+            .and_then(|r| r.last())
+            .is_some_and(|last| last.split(':').next() == Some(final_status(id).as_str()))
     }) {
         assert!(
             std::time::Instant::now() < deadline,
-            "not every outcome reported: {text}"
+            "not every outcome reported: {reports:?}"
         );
         let out = spawn_mosquitto("mosquitto_sub", &sub_args).wait();
-        text.push_str(&String::from_utf8_lossy(&out.stdout));
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let Some((topic, body)) = line.split_once(' ') else {
+                continue;
+            };
+            let id = topic.split('/').nth(1).unwrap_or_default().to_owned();
+            let v: Value = serde_json::from_str(body).expect("a JSON report");
+            assert_eq!(v["version"], "1.1.0", "{v}");
+            let status = v["status"].as_str().unwrap_or_default();
+            if status == "downloading" {
+                continue;
+            }
+            let entry = match v["reason"].as_str() {
+                Some(r) => format!("{status}:{r}"),
+                None => status.to_owned(),
+            };
+            reports.entry(id).or_default().push(entry);
+        }
     }
     assert!(sim.terminate());
-    let summary = read_summary(&p, "summary.json");
-    assert_eq!(count(&summary, "otaOffers"), 3, "{summary}");
-    assert_eq!(count(&summary, "otaSucceeded"), 2, "{summary}");
-    assert_eq!(count(&summary, "otaRolledBack"), 1, "{summary}");
-    assert_eq!(count(&summary, "bootCrashes"), 2, "{summary}");
-    assert_eq!(count(&summary, "otaFailed"), 0, "{summary}");
-    for d in summary["devices"].as_array().expect("devices") {
-        let expected = if d["id"] == faulty.as_str() {
-            "1.0.0"
-        } else {
-            "1.1.0"
-        };
-        assert_eq!(d["firmware"], expected, "{d}");
+    UpdateRun {
+        faults,
+        reports,
+        summary: read_summary(&p, "summary.json"),
     }
+}
 
-    // The reports reached the server in order, per device.
-    for id in &ids {
-        let statuses: Vec<String> = text
-            .lines()
-            .filter(|l| l.starts_with(&format!("devices/{id}/ota/up ")))
-            .filter_map(|l| l.split_once(' '))
-            .filter_map(|(_, body)| serde_json::from_str::<Value>(body).ok())
-            .map(|v| {
-                assert_eq!(v["version"], "1.1.0", "{v}");
-                match v["reason"].as_str() {
-                    Some(r) => format!("{}:{r}", v["status"].as_str().unwrap_or_default()),
-                    None => v["status"].as_str().unwrap_or_default().to_owned(),
-                }
-            })
-            .filter(|s| s != "downloading")
-            .collect();
-        let expected: &[&str] = if *id == faulty {
-            &["verifying", "pending-reboot", "rolled-back:crash-loop"]
-        } else {
-            &[
-                "verifying",
-                "pending-reboot",
-                "pending-confirm",
-                "succeeded",
-            ]
+#[test]
+fn offered_updates_are_downloaded_installed_and_confirmed_or_rolled_back() {
+    // Three devices; exactly one crashes on every trial boot.
+    let run = update_fleet(
+        3,
+        &[
+            "--ota-fault",
+            "crash-on-boot:0.34",
+            "--ota-max-boot-attempts",
+            "2",
+        ],
+        |kind| match kind {
+            "crash-on-boot" => "rolled-back:crash-loop",
+            _ => "succeeded",
+        },
+    );
+    let summary = &run.summary;
+    assert_eq!(run.faults.len(), 1, "{:?}", run.faults);
+    assert_eq!(count(summary, "otaOffers"), 3, "{summary}");
+    assert_eq!(count(summary, "otaSucceeded"), 2, "{summary}");
+    assert_eq!(count(summary, "otaRolledBack"), 1, "{summary}");
+    assert_eq!(count(summary, "bootCrashes"), 2, "{summary}");
+    assert_eq!(count(summary, "otaFailed"), 0, "{summary}");
+    for d in summary["devices"].as_array().expect("devices") {
+        let id = d["id"].as_str().expect("id");
+        let (firmware, reports): (&str, &[&str]) = match run.faults.get(id) {
+            Some(kind) => {
+                assert_eq!(kind, "crash-on-boot");
+                assert_eq!(d["otaFault"], "crash-on-boot");
+                (
+                    "1.0.0",
+                    &["verifying", "pending-reboot", "rolled-back:crash-loop"],
+                )
+            }
+            None => (
+                "1.1.0",
+                &[
+                    "verifying",
+                    "pending-reboot",
+                    "pending-confirm",
+                    "succeeded",
+                ],
+            ),
         };
-        assert_eq!(statuses, expected, "{id}: {text}");
+        assert_eq!(d["firmware"], firmware, "{d}");
+        assert_eq!(run.reports[id], reports, "{id}: {:?}", run.reports);
+    }
+}
+
+#[test]
+fn hung_offline_and_corrupted_updates_end_rolled_back_or_failed() {
+    let run = update_fleet(
+        4,
+        &[
+            "--ota-fault",
+            "hang:0.25",
+            "--ota-fault",
+            "no-network:0.25",
+            "--ota-fault",
+            "corrupt-download:0.25",
+            "--ota-confirm-timeout",
+            "2s",
+        ],
+        |kind| match kind {
+            "hang" | "no-network" => "rolled-back:not-confirmed",
+            "corrupt-download" => "failed:hash-mismatch",
+            _ => "succeeded",
+        },
+    );
+    let summary = &run.summary;
+    assert_eq!(run.faults.len(), 3, "{:?}", run.faults);
+    assert_eq!(count(summary, "otaSucceeded"), 1, "{summary}");
+    assert_eq!(count(summary, "otaRolledBack"), 2, "{summary}");
+    assert_eq!(count(summary, "otaFailed"), 1, "{summary}");
+    for d in summary["devices"].as_array().expect("devices") {
+        let id = d["id"].as_str().expect("id");
+        let kind = run.faults.get(id).map_or("", String::as_str);
+        let (firmware, reports): (&str, &[&str]) = match kind {
+            "hang" | "no-network" => (
+                "1.0.0",
+                &["verifying", "pending-reboot", "rolled-back:not-confirmed"],
+            ),
+            "corrupt-download" => ("1.0.0", &["verifying", "failed:hash-mismatch"]),
+            _ => (
+                "1.1.0",
+                &[
+                    "verifying",
+                    "pending-reboot",
+                    "pending-confirm",
+                    "succeeded",
+                ],
+            ),
+        };
+        assert_eq!(d["firmware"], firmware, "{id} ({kind}): {d}");
+        assert_eq!(run.reports[id], reports, "{id} ({kind}): {:?}", run.reports);
     }
 }
