@@ -235,6 +235,8 @@ enum Wake {
     Download(Option<DownloadEvent>),
     /// The image on trial reached its confirmation deadline.
     TrialDeadline,
+    /// Waiting for the update reports before a reboot took too long.
+    RebootDue,
 }
 
 /// Topic names of one device.
@@ -328,6 +330,9 @@ pub(crate) struct Device {
     outcome_in_flight: bool,
     /// Update reports waiting for a connection.
     ota_outbox: VecDeque<Vec<u8>>,
+    /// A new image is selected: reboot once the update reports are
+    /// acknowledged (so `pending-reboot` is not lost), at the latest then.
+    reboot_after_reports: Option<Instant>,
 }
 
 /// An update being downloaded, with what a restart needs.
@@ -454,6 +459,7 @@ impl Device {
             pending_confirm_sent: false,
             outcome_in_flight: false,
             ota_outbox: VecDeque::new(),
+            reboot_after_reports: None,
             shared,
         };
         device.after_boot(first_boot);
@@ -540,6 +546,8 @@ impl Device {
                 Wake::Sleep => self.go_to_sleep("awake too long").await,
                 Wake::Download(event) => self.on_download_event(event).await,
                 Wake::TrialDeadline => self.on_trial_deadline(),
+                // Checked below, with every wake.
+                Wake::RebootDue => {}
                 Wake::Silent => {
                     if let Some(s) = self.session.take() {
                         let e = ClientError::io(
@@ -551,6 +559,16 @@ impl Device {
                         );
                         self.connection_lost(s, &e);
                     }
+                }
+            }
+            if let Some(latest) = self.reboot_after_reports {
+                let unacknowledged = self
+                    .session
+                    .as_ref()
+                    .is_some_and(|s| s.control.iter().any(|(_, c)| *c == Control::OtaStep));
+                if !unacknowledged || Instant::now() >= latest {
+                    self.reboot_after_reports = None;
+                    self.reboot = true;
                 }
             }
             if self.reboot {
@@ -600,6 +618,7 @@ impl Device {
             };
         }
         let downloading = self.download.is_some();
+        let reboot_at = self.reboot_after_reports;
         let active = self.download.as_mut();
         match self.session.as_mut() {
             Some(s) => {
@@ -618,6 +637,7 @@ impl Device {
                     _ = sleep_until(silent_at) => Wake::Silent,
                     event = next_download(active), if downloading => Wake::Download(event),
                     _ = sleep_until(trial_at.unwrap_or(far)), if trial_at.is_some() => Wake::TrialDeadline,
+                    _ = sleep_until(reboot_at.unwrap_or(far)), if reboot_at.is_some() => Wake::RebootDue,
                 }
             }
             None => tokio::select! {
@@ -1054,13 +1074,16 @@ impl Device {
         self.provision_at = Some(Instant::now());
     }
 
-    /// Subscribes, reports state if due, and flushes what is buffered.
+    /// Subscribes, reports state, and flushes what is buffered.
     fn start_session(&mut self, s: &mut Session) -> Result<(), ClientError> {
         let id = s.packet_id();
         let subscribe =
             SubscribePacket::new(id).add_filter(self.topics.down.clone(), QoS::AtLeastOnce);
         s.client.queue(&subscribe)?;
         s.control.push((id, Control::Subscribe));
+        // A state report after every connect (docs/ota.md §1), so the
+        // version running after an update shows within a connection.
+        self.report_state = true;
         if self.report_state {
             let payload = self.state_report();
             s.publish(
@@ -1811,7 +1834,8 @@ impl Device {
                         info!(device_id = %self.id, version = %active.version, "image verified and selected; rebooting into it");
                         self.send_ota(self.firmware.status_report(OtaStatus::PendingReboot), true)
                             .await;
-                        self.reboot = true;
+                        self.reboot_after_reports =
+                            Some(Instant::now() + self.shared.options.io_timeout);
                     }
                     Ok(Next::Nothing) => {}
                     Err(e) => {
@@ -2211,6 +2235,7 @@ impl Device {
         // What was being received is lost with RAM; the core boots the
         // slot its persisted state selects.
         self.download = None;
+        self.reboot_after_reports = None;
         match self.firmware.reboot(self.mono_ms()) {
             Ok(boot) => self.after_boot(boot),
             Err(e) => {

@@ -1054,6 +1054,8 @@ struct UpdateRun {
     /// `status` or `status:reason`, in order.
     reports: BTreeMap<String, Vec<String>>,
     summary: Value,
+    /// Device id → the state it last reported, as the server stored it.
+    reported: BTreeMap<String, Value>,
 }
 
 /// A fleet of `devices` trusting a release key, each offered a signed
@@ -1254,10 +1256,18 @@ fn update_fleet(
         }
     }
     assert!(sim.terminate());
+    let reported = ids
+        .iter()
+        .map(|id| {
+            let stats = p.ws.rampart_json(&["telemetry", "stats", id]);
+            (id.clone(), stats["reported_state"]["state"].clone())
+        })
+        .collect();
     UpdateRun {
         faults,
         reports,
         summary: read_summary(&p, "summary.json"),
+        reported,
     }
 }
 
@@ -1307,6 +1317,9 @@ fn offered_updates_are_downloaded_installed_and_confirmed_or_rolled_back() {
         };
         assert_eq!(d["firmware"], firmware, "{d}");
         assert_eq!(run.reports[id], reports, "{id}: {:?}", run.reports);
+        // The server holds the running version and the device type.
+        assert_eq!(run.reported[id]["fw"], firmware, "{:?}", run.reported);
+        assert_eq!(run.reported[id]["type"], "rampart-sim");
     }
 }
 
@@ -1356,5 +1369,6 @@ fn hung_offline_and_corrupted_updates_end_rolled_back_or_failed() {
         };
         assert_eq!(d["firmware"], firmware, "{id} ({kind}): {d}");
         assert_eq!(run.reports[id], reports, "{id} ({kind}): {:?}", run.reports);
+        assert_eq!(run.reported[id]["fw"], firmware, "{:?}", run.reported);
     }
 }
