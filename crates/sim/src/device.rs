@@ -1696,9 +1696,9 @@ impl Device {
             }
             OtaMessage::Offer(offer) => offer,
         };
-        if self.firmware.receiving_sha256() == Some(offer.sha256) {
+        if self.firmware.update_in_progress() == Some(offer.sha256) {
             // docs/ota.md §2: the server may re-send an offer on reconnect.
-            debug!(device_id = %self.id, campaign = offer.campaign, "offer for the download in progress; ignored");
+            debug!(device_id = %self.id, campaign = offer.campaign, "offer for the update in progress; ignored");
             return Ok(Vec::new());
         }
         let version = Manifest::decode(offer.manifest)

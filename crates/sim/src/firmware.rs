@@ -400,6 +400,24 @@ impl Firmware {
         self.peek(|ota| ota.receiving_sha256().copied())
     }
 
+    /// The SHA-256 of the update in progress: the image being received,
+    /// or the new image awaiting its reboot or on trial (docs/ota.md §2: an
+    /// offer for it again is ignored, not refused).
+    pub fn update_in_progress(&self) -> Option<[u8; 32]> {
+        if let Some(sha) = self.receiving_sha256() {
+            return Some(sha);
+        }
+        if !self.state().pending() {
+            return None;
+        }
+        let bytes = self
+            .dir
+            .slot_manifest(letter(self.state().active()))
+            .ok()
+            .flatten()?;
+        Manifest::decode(&bytes).ok().map(|m| m.image_sha256)
+    }
+
     /// The next chunk of the image; returns `(bytes so far, total)`.
     pub fn write(&mut self, data: &[u8]) -> Result<(u64, u64), OtaError> {
         self.with_ota(|ota, flash| ota.write_chunk(data, flash)).0
@@ -622,8 +640,11 @@ mod tests {
             .expect("valid");
         assert_eq!((on_disk.active(), on_disk.pending()), (Slot::B, true));
 
+        let sha = parse_head(&v2).expect("head").manifest.image_sha256;
+        assert_eq!(fw.update_in_progress(), Some(sha), "awaiting its reboot");
         let boot = fw.reboot(100).expect("reboot");
         assert_eq!(boot, Boot::Trial { deadline_ms: 1_100 });
+        assert_eq!(fw.update_in_progress(), Some(sha), "on trial");
         assert_eq!(fw.running_version(), "1.1.0");
         assert_eq!(
             fw.boot_through(boot, None, 100).expect("boot"),
@@ -635,6 +656,7 @@ mod tests {
         );
         assert_eq!(fw.confirm(500).expect("persisted"), Next::Nothing);
         assert_eq!(fw.trial_deadline(), None);
+        assert_eq!(fw.update_in_progress(), None, "done");
         assert_eq!(fw.state().min_security_version(), 2);
 
         // A restarted simulator: the same slot, version and pending report.
@@ -689,6 +711,7 @@ mod tests {
             .expect("offer");
         fw.write(b"partial").expect("chunk");
         assert_eq!(fw.receiving_sha256(), Some(head.manifest.image_sha256));
+        assert_eq!(fw.update_in_progress(), Some(head.manifest.image_sha256));
         assert!(fw.abort());
         assert_eq!(fw.receiving_sha256(), None);
         assert_eq!(std::fs::read(b.dir.slot_path('b')).expect("slot"), b"");
