@@ -131,6 +131,8 @@ enum Control {
     Subscribe,
     /// An `ota/up` step or failure report.
     OtaStep,
+    /// The `pending-confirm` report of the image on trial.
+    OtaPendingConfirm,
     /// The `ota/up` outcome the core keeps until it is delivered.
     OtaOutcome,
 }
@@ -1107,6 +1109,13 @@ impl Device {
     }
 
     fn went_offline(&mut self, s: Session) {
+        if s.control
+            .iter()
+            .any(|(_, c)| *c == Control::OtaPendingConfirm)
+        {
+            // Not acknowledged: say it again on the next connection.
+            self.pending_confirm_sent = false;
+        }
         drop(s);
         self.outcome_in_flight = false;
         self.stats.set_connected(false);
@@ -1630,7 +1639,7 @@ impl Device {
             s.publish(
                 self.topics.up(Category::Ota),
                 report,
-                Some(Control::OtaStep),
+                Some(Control::OtaPendingConfirm),
             )?;
             self.pending_confirm_sent = true;
         }
