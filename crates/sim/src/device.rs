@@ -1085,16 +1085,13 @@ impl Device {
         s.control.push((id, Control::Subscribe));
         // A state report after every connect (docs/ota.md §1), so the
         // version running after an update shows within a connection.
-        self.report_state = true;
-        if self.report_state {
-            let payload = self.state_report();
-            s.publish(
-                self.topics.up(Category::State),
-                payload,
-                Some(Control::State),
-            )?;
-            self.report_state = false;
-        }
+        let payload = self.state_report();
+        s.publish(
+            self.topics.up(Category::State),
+            payload,
+            Some(Control::State),
+        )?;
+        self.report_state = false;
         self.queue_ota_reports(s)?;
         let before_sleep = self.shared.options.sleep_cycle.is_some();
         self.queue_flush(s, before_sleep)
