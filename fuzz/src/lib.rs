@@ -112,6 +112,25 @@ pub fn control_round_trips(data: &[u8]) {
     }
 }
 
+/// Feeds `data` to the device core's downlink parsers (`bind/down`,
+/// `cert/down`, `state/down`, `cmd/down`, `ota/down`), as a device receives
+/// them: no panic, and an `ota/down` offer keeps its decoded sizes within
+/// what the parser promises.
+pub fn device_downlinks(data: &[u8]) {
+    use rampart_core::ota::manifest::MAX_MANIFEST_LEN;
+    use rampart_core::payload::{
+        OtaMessage, parse_bind, parse_certificate, parse_command, parse_ota, parse_state_request,
+    };
+    let _ = parse_bind(data);
+    let _ = parse_certificate(data);
+    let _ = parse_state_request(data);
+    let _ = parse_command(data);
+    let mut manifest = [0u8; MAX_MANIFEST_LEN];
+    if let Ok(OtaMessage::Offer(offer)) = parse_ota(data, &mut manifest) {
+        assert!(!offer.manifest.is_empty() && offer.manifest.len() <= MAX_MANIFEST_LEN);
+    }
+}
+
 /// Feeds `data` to the firmware bundle decoders of `rampart_core::ota`: the
 /// bundle head, full verification against a fixed trusted key, and the
 /// persisted update state. Whatever decodes must re-encode unchanged.

@@ -21,8 +21,8 @@
 //!   inactive slot, boot on trial, confirm or roll back.
 //! - [`payload`]: the wire formats of `docs/payloads.md`: telemetry (JSON
 //!   and CBOR), reported state, claim confirmations, renewal CSRs,
-//!   command results and OTA reports are encoded into caller buffers; claim, renewal, state
-//!   and command downlinks are parsed without allocating.
+//!   command results and OTA reports are encoded into caller buffers; claim, renewal, state,
+//!   command and update-offer (`ota/down`) downlinks are parsed without allocating.
 //!
 //! # What it must not do
 //!

@@ -218,6 +218,11 @@ pub fn parse_certificate_pem(pem: &str) -> Result<CertificateSummary, PkiError> 
     CertificateSummary::from_der(der)
 }
 
+/// Summarizes one DER-encoded certificate (a TLS peer's leaf, say).
+pub fn parse_certificate_der(der: &[u8]) -> Result<CertificateSummary, PkiError> {
+    CertificateSummary::from_der(der)
+}
+
 /// Parses one DER certificate, refusing trailing bytes.
 pub(crate) fn parse_der(der: &[u8]) -> Result<X509Certificate<'_>, PkiError> {
     match x509_parser::parse_x509_certificate(der) {

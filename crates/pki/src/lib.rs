@@ -25,7 +25,7 @@ mod tls;
 pub use ca::{CaInfo, InitOutcome, Pki, PkiOptions};
 pub use certificate::{
     CertificateSummary, IdentityKind, IssuedCertificate, SERVICE_POLICY_OID, fingerprint_sha256,
-    parse_certificate_pem,
+    parse_certificate_der, parse_certificate_pem,
 };
 pub use crl::{RevocationReason, RevokedSerial};
 pub use csr::VerifiedCsr;

@@ -269,6 +269,28 @@ pub struct SimulateArgs {
     /// How often progress is shown.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub progress_every: Duration,
+    /// The device type the simulated firmware is built for (reported as "type"; offers for another are refused).
+    #[arg(long, default_value = rampart_sim::options::DEFAULT_DEVICE_TYPE, value_name = "TYPE")]
+    pub device_type: String,
+    /// The version of the factory image every device starts with (reported as "fw").
+    #[arg(long, default_value = rampart_sim::options::DEFAULT_FIRMWARE_VERSION, value_name = "SEMVER")]
+    pub firmware_version: String,
+    /// A firmware signing key the devices trust (`rampart firmware keygen`'s KEY.pub); repeatable.
+    #[arg(long, value_name = "KEY.pub")]
+    pub ota_trust: Vec<PathBuf>,
+    /// Bytes one firmware slot holds: 4MiB, 512KiB, 65536.
+    #[arg(long, default_value = "4MiB", value_parser = rampart_sim::parse_size, value_name = "SIZE")]
+    pub ota_slot_size: u64,
+    /// Make a share of the devices misbehave during updates, KIND:SHARE
+    /// (corrupt-download, crash-on-boot, hang, no-network; e.g. crash-on-boot:0.05); repeatable.
+    #[arg(long, value_name = "KIND:SHARE")]
+    pub ota_fault: Vec<rampart_sim::FaultShare>,
+    /// How long an image on trial has to connect and publish before it is rolled back.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub ota_confirm_timeout: Duration,
+    /// Trial boots allowed before an image counts as crash-looping and is rolled back.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub ota_max_boot_attempts: u8,
 }
 
 /// Telemetry payload encodings.

@@ -132,7 +132,8 @@ impl AlertsConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FirmwareConfig {
-    /// Largest firmware image accepted by `rampart firmware upload`, bytes.
+    /// Largest firmware image accepted by `rampart firmware upload` and
+    /// `POST /api/v1/firmware`, bytes.
     pub max_image_size: u64,
 }
 
@@ -637,8 +638,9 @@ presence_hold_down = "0s"
 # console_url = "https://rampart.example.net:8443"
 
 [firmware]
-# Largest firmware image `rampart firmware upload` accepts, in bytes
-# (16 MiB, the largest ESP32 app partition). Larger bundles are refused
+# Largest firmware image `rampart firmware upload` and the console's
+# upload (POST /api/v1/firmware) accept, in bytes (16 MiB, the largest
+# ESP32 app partition). Larger bundles are refused
 # before their signature is checked.
 max_image_size = 16777216
 

@@ -460,10 +460,16 @@ fn web_state(
     store: Arc<dyn Store>,
 ) -> Result<rampart_web::AppState> {
     let m = tls_material(platform)?;
-    let tls = rampart_web::ServerTls::new(
+    // Client certificates are asked for, optionally, so that devices can
+    // prove who they are when they download firmware (docs/ota.md §4).
+    let tls = rampart_web::ServerTls::with_client_trust(
         &m.server_chain_pem,
         &m.server_key_pem,
         platform.config.web.tls12,
+        rampart_web::ClientTrust {
+            ca_pem: m.client_ca_pem.clone(),
+            crl_pem: m.crl_pem.clone(),
+        },
     )
     .context("cannot set up HTTPS")?;
     let auth = rampart_web::AuthBackend {
@@ -471,13 +477,20 @@ fn web_state(
         sealing_key: rampart_web::auth::SealingKey::new(dir.console_key()?),
         clock: rampart_web::auth::Clock::system(),
     };
+    let ota = rampart_web::OtaBackend {
+        firmware: Arc::new(platform.store.clone()),
+        images: dir.firmware(),
+        tokens: rampart_ota::download::TokenKey::derive(&dir.console_key()?),
+        max_image_size: platform.config.firmware.max_image_size,
+    };
     Ok(rampart_web::AppState::new(
         store,
         Arc::clone(&platform.pki),
         platform.config.web.clone(),
         tls,
         auth,
-    ))
+    )
+    .with_ota(ota))
 }
 
 /// While no owner exists, prints a fresh one-time setup URL on stdout
@@ -545,7 +558,14 @@ fn spawn_tls_reloader(
                     .map_err(|e| e.to_string())
                     .and_then(|()| {
                         web.tls()
-                            .reload(&m.server_chain_pem, &m.server_key_pem)
+                            .reload_with_client_trust(
+                                &m.server_chain_pem,
+                                &m.server_key_pem,
+                                rampart_web::ClientTrust {
+                                    ca_pem: m.client_ca_pem.clone(),
+                                    crl_pem: m.crl_pem.clone(),
+                                },
+                            )
                             .map_err(|e| e.to_string())
                     })
             });

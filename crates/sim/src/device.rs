@@ -26,9 +26,13 @@ use mqtt5_protocol::{Packet, PropertyId, PropertyValue, QoS, ReasonCode};
 use rampart_core::backoff::{Backoff, RandomSource};
 use rampart_core::batch::{Flush, Pending};
 use rampart_core::measurement::{Measurement, Metric, Value};
+use rampart_core::ota::Manifest;
+use rampart_core::ota::manifest::MAX_MANIFEST_LEN;
+use rampart_core::ota::update::{Boot, Next, OtaStatus};
 use rampart_core::payload::json::{JsonObject, JsonValue};
 use rampart_core::payload::{
-    self, BindMessage, CertificateMessage, CommandStatus, MetricNames, ReportedState, StateValue,
+    self, BindMessage, CertificateMessage, CommandStatus, MetricNames, OtaMessage, OtaOffer,
+    ReportedState, StateValue,
 };
 use rampart_core::provision::{
     GiveUpReason, IgnoreReason, ProvisionAction, ProvisionConfig, ProvisionEvent, Provisioning,
@@ -47,7 +51,10 @@ use rand::{Rng, SeedableRng};
 use tokio::time::{Instant, sleep_until, timeout};
 use tracing::{debug, error, info, warn};
 
+use crate::download::{self as dl, Download, DownloadEvent, DownloadRequest};
 use crate::enroll::EnrollError;
+use crate::faults::FaultKind;
+use crate::firmware::{self, Firmware, Running};
 use crate::fleet::Shared;
 use crate::sensor::Sensor;
 use crate::statedir::{BootFile, DeviceDir, StateError, StoredIdentity};
@@ -67,8 +74,11 @@ pub const METRICS: [&str; 2] = ["temperature", "humidity"];
 const TEMPERATURE: u8 = 0;
 const HUMIDITY: u8 = 1;
 
-/// What the simulated devices report as their firmware (`fw`).
-pub const FIRMWARE: &str = concat!("rampart-sim ", env!("CARGO_PKG_VERSION"));
+/// `downloading` reports are sent at most this often (docs/ota.md §3).
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+/// Update reports kept while offline (failures and steps, in order).
+const OTA_OUTBOX: usize = 16;
 
 /// The commands a simulated device understands on `cmd/down`.
 pub const COMMANDS: [&str; 5] = ["ping", "read", "reboot", "renew", "led"];
@@ -88,7 +98,14 @@ fn instant_at_wall(ms: u64) -> Instant {
 
 /// The device's random source for the core (jitter, flaky drops).
 #[derive(Debug)]
-struct DeviceRng(SmallRng);
+pub(crate) struct DeviceRng(SmallRng);
+
+impl DeviceRng {
+    /// A generator seeded from the operating system.
+    pub(crate) fn from_entropy() -> Self {
+        Self(SmallRng::from_rng(&mut rand::rng()))
+    }
+}
 
 impl RandomSource for DeviceRng {
     fn next_u32(&mut self) -> u32 {
@@ -112,6 +129,12 @@ enum Control {
     CommandResult,
     RenewalCsr,
     Subscribe,
+    /// An `ota/up` step or failure report.
+    OtaStep,
+    /// The `pending-confirm` report of the image on trial.
+    OtaPendingConfirm,
+    /// The `ota/up` outcome the core keeps until it is delivered.
+    OtaOutcome,
 }
 
 /// A telemetry batch in flight.
@@ -210,13 +233,19 @@ enum Wake {
     Sleep,
     /// Nothing from the server for 1.5 keepalives: the link is dead.
     Silent,
+    /// The download task reported (`None`: it is gone).
+    Download(Option<DownloadEvent>),
+    /// The image on trial reached its confirmation deadline.
+    TrialDeadline,
+    /// Waiting for the update reports before a reboot took too long.
+    RebootDue,
 }
 
 /// Topic names of one device.
 #[derive(Debug)]
 struct Topics {
     down: String,
-    up: [(Category, String); 5],
+    up: [(Category, String); 6],
 }
 
 impl Topics {
@@ -235,6 +264,7 @@ impl Topics {
                 up(Category::Bind),
                 up(Category::Cert),
                 up(Category::Cmd),
+                up(Category::Ota),
             ],
         }
     }
@@ -286,6 +316,48 @@ pub(crate) struct Device {
     reboot: bool,
     /// Reconnect at once (a new certificate is to be used).
     reconnect_now: bool,
+    /// The firmware: slots, update machine, running version.
+    firmware: Firmware,
+    /// This device's update fault (`--ota-fault`).
+    fault: Option<FaultKind>,
+    /// The update being downloaded.
+    download: Option<ActiveDownload>,
+    /// `--ota-fault hang`: the trial image does nothing until its deadline.
+    hung: bool,
+    /// `--ota-fault no-network`: the trial image cannot reach the network.
+    offline: bool,
+    /// `pending-confirm` was published for the image on trial.
+    pending_confirm_sent: bool,
+    /// The outcome report is published and not yet acknowledged.
+    outcome_in_flight: bool,
+    /// Update reports waiting for a connection.
+    ota_outbox: VecDeque<Vec<u8>>,
+    /// A new image is selected: reboot once the update reports are
+    /// acknowledged (so `pending-reboot` is not lost), at the latest then.
+    reboot_after_reports: Option<Instant>,
+}
+
+/// An update being downloaded, with what a restart needs.
+#[derive(Debug)]
+struct ActiveDownload {
+    download: Download,
+    campaign: u64,
+    manifest: Vec<u8>,
+    signature: [u8; 64],
+    version: String,
+    /// Bytes written into the slot.
+    written: u64,
+    last_progress: Instant,
+    /// `--ota-fault corrupt-download`: the byte flipped on its way to flash.
+    corrupt_at: Option<u64>,
+}
+
+/// The next event of the download, or never without one.
+async fn next_download(active: Option<&mut ActiveDownload>) -> Option<DownloadEvent> {
+    match active {
+        Some(a) => a.download.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Device {
@@ -338,6 +410,15 @@ impl Device {
         let failure_rate = options
             .read_failure_rate
             .unwrap_or_else(|| options.sensor.typical_failure_rate());
+        let fault = shared.faults.get(id.as_str()).copied();
+        if let Some(kind) = fault {
+            stats.set_ota_fault(kind.as_str());
+        }
+        let (firmware, first_boot) = Firmware::boot(
+            shared.firmware.clone(),
+            dir.clone(),
+            millis(shared.epoch.elapsed()),
+        )?;
         let mut rng = DeviceRng(SmallRng::from_rng(&mut rand::rng()));
         let wake = options.wake_interval();
         let first_read = Instant::now() + wake.mul_f64(rng.0.random_range(0.0..1.0));
@@ -372,8 +453,18 @@ impl Device {
             gave_up_logged: false,
             reboot: false,
             reconnect_now: false,
+            firmware,
+            fault,
+            download: None,
+            hung: false,
+            offline: false,
+            pending_confirm_sent: false,
+            outcome_in_flight: false,
+            ota_outbox: VecDeque::new(),
+            reboot_after_reports: None,
             shared,
         };
+        device.after_boot(first_boot);
         if let Some(identity) = identity {
             device.install_identity(identity)?;
         }
@@ -455,6 +546,10 @@ impl Device {
                 Wake::Provision => self.step_provisioning().await,
                 Wake::Renew => self.step_renewal().await,
                 Wake::Sleep => self.go_to_sleep("awake too long").await,
+                Wake::Download(event) => self.on_download_event(event).await,
+                Wake::TrialDeadline => self.on_trial_deadline(),
+                // Checked below, with every wake.
+                Wake::RebootDue => {}
                 Wake::Silent => {
                     if let Some(s) = self.session.take() {
                         let e = ClientError::io(
@@ -466,6 +561,16 @@ impl Device {
                         );
                         self.connection_lost(s, &e);
                     }
+                }
+            }
+            if let Some(latest) = self.reboot_after_reports {
+                let unacknowledged = self
+                    .session
+                    .as_ref()
+                    .is_some_and(|s| s.control.iter().any(|(_, c)| *c == Control::OtaStep));
+                if !unacknowledged || Instant::now() >= latest {
+                    self.reboot_after_reports = None;
+                    self.reboot = true;
                 }
             }
             if self.reboot {
@@ -501,6 +606,22 @@ impl Device {
             .filter(|_| self.shared.options.sleep_cycle.is_some())
             .map(|s| s.connected_at + self.shared.options.io_timeout);
         let far = Instant::now() + Duration::from_secs(86_400);
+        let trial_at = self
+            .firmware
+            .trial_deadline()
+            .map(|ms| self.at_mono(ms.saturating_add(1)));
+        if self.hung {
+            // A hung image does nothing; only the deadline (the
+            // bootloader's watchdog) ends it.
+            return tokio::select! {
+                biased;
+                _ = stop.cancelled() => Wake::Stop,
+                _ = sleep_until(trial_at.unwrap_or(far)) => Wake::TrialDeadline,
+            };
+        }
+        let downloading = self.download.is_some();
+        let reboot_at = self.reboot_after_reports;
+        let active = self.download.as_mut();
         match self.session.as_mut() {
             Some(s) => {
                 let ping_at = s.last_write + keepalive.mul_f64(0.75);
@@ -516,6 +637,9 @@ impl Device {
                     _ = sleep_until(provision_at.unwrap_or(far)), if provision_at.is_some() => Wake::Provision,
                     _ = sleep_until(sleep_at.unwrap_or(far)), if sleep_at.is_some() => Wake::Sleep,
                     _ = sleep_until(silent_at) => Wake::Silent,
+                    event = next_download(active), if downloading => Wake::Download(event),
+                    _ = sleep_until(trial_at.unwrap_or(far)), if trial_at.is_some() => Wake::TrialDeadline,
+                    _ = sleep_until(reboot_at.unwrap_or(far)), if reboot_at.is_some() => Wake::RebootDue,
                 }
             }
             None => tokio::select! {
@@ -524,6 +648,8 @@ impl Device {
                 _ = sleep_until(read_at) => Wake::Read,
                 _ = sleep_until(connect_at.unwrap_or(far)), if connect_at.is_some() => Wake::Connect,
                 _ = sleep_until(provision_at.unwrap_or(far)), if provision_at.is_some() => Wake::Provision,
+                event = next_download(active), if downloading => Wake::Download(event),
+                _ = sleep_until(trial_at.unwrap_or(far)), if trial_at.is_some() => Wake::TrialDeadline,
             },
         }
     }
@@ -871,6 +997,12 @@ impl Device {
             self.connect_at = None;
             return;
         }
+        if self.offline {
+            self.connect_failed(
+                "--ota-fault no-network: the image on trial cannot reach the network".to_owned(),
+            );
+            return;
+        }
         if let Some(t) = self.need_slot(false) {
             self.connect_at = Some(t);
             return;
@@ -944,22 +1076,23 @@ impl Device {
         self.provision_at = Some(Instant::now());
     }
 
-    /// Subscribes, reports state if due, and flushes what is buffered.
+    /// Subscribes, reports state, and flushes what is buffered.
     fn start_session(&mut self, s: &mut Session) -> Result<(), ClientError> {
         let id = s.packet_id();
         let subscribe =
             SubscribePacket::new(id).add_filter(self.topics.down.clone(), QoS::AtLeastOnce);
         s.client.queue(&subscribe)?;
         s.control.push((id, Control::Subscribe));
-        if self.report_state {
-            let payload = self.state_report();
-            s.publish(
-                self.topics.up(Category::State),
-                payload,
-                Some(Control::State),
-            )?;
-            self.report_state = false;
-        }
+        // A state report after every connect (docs/ota.md §1), so the
+        // version running after an update shows within a connection.
+        let payload = self.state_report();
+        s.publish(
+            self.topics.up(Category::State),
+            payload,
+            Some(Control::State),
+        )?;
+        self.report_state = false;
+        self.queue_ota_reports(s)?;
         let before_sleep = self.shared.options.sleep_cycle.is_some();
         self.queue_flush(s, before_sleep)
     }
@@ -973,7 +1106,15 @@ impl Device {
     }
 
     fn went_offline(&mut self, s: Session) {
+        if s.control
+            .iter()
+            .any(|(_, c)| *c == Control::OtaPendingConfirm)
+        {
+            // Not acknowledged: say it again on the next connection.
+            self.pending_confirm_sent = false;
+        }
         drop(s);
+        self.outcome_in_flight = false;
         self.stats.set_connected(false);
         let now = self.mono_ms();
         self.backoff.disconnected(now);
@@ -1065,6 +1206,10 @@ impl Device {
                 ))
             });
             self.settle(s);
+            if code.is_success() {
+                // Connected and published: an image on trial is healthy.
+                self.confirm_trial(s)?;
+            }
             return Ok(());
         }
         let Some(at) = s.control.iter().position(|(id, _)| *id == packet_id) else {
@@ -1072,6 +1217,15 @@ impl Device {
             return Ok(());
         };
         let (_, control) = s.control.swap_remove(at);
+        if control == Control::OtaOutcome {
+            self.outcome_in_flight = false;
+        }
+        if control == Control::OtaOutcome && code.is_success() {
+            if let Err(e) = self.firmware.report_sent() {
+                warn!(device_id = %self.id, reason = %e, "cannot persist the update state");
+            }
+            return Ok(());
+        }
         if code.is_error() {
             warn!(device_id = %self.id, what = ?control, code = u8::from(code), reason = ?reason, "uplink refused by the server");
             if control == Control::ClaimConfirmation {
@@ -1108,6 +1262,7 @@ impl Device {
             Some(Category::Cert) => self.on_certificate(&p.payload),
             Some(Category::State) => self.on_state_request(&p.payload),
             Some(Category::Cmd) => self.on_command(&p.payload),
+            Some(Category::Ota) => self.on_ota(&p.payload),
             Some(other) => Err(format!(
                 "the simulator does not handle {} downlinks",
                 other.as_str()
@@ -1387,7 +1542,8 @@ impl Device {
             ("led", StateValue::Bool(self.led)),
         ];
         let state = ReportedState {
-            firmware: FIRMWARE,
+            firmware: self.firmware.running_version(),
+            device_type: self.firmware.device_type(),
             uptime_ms: millis(self.booted_at.elapsed()),
             rssi: None,
             fields: &fields,
@@ -1401,6 +1557,335 @@ impl Device {
             }
         }
         buf
+    }
+
+    // ---- firmware updates ------------------------------------------------------------
+
+    /// Acts on how the firmware booted: a crash-looping image rolled back
+    /// boots again into the previous slot; an image on trial runs (or,
+    /// with `--ota-fault`, crashes, hangs or stays offline).
+    fn after_boot(&mut self, boot: Boot) {
+        self.hung = false;
+        self.offline = false;
+        self.pending_confirm_sent = false;
+        match self.firmware.boot_through(boot, self.fault, self.mono_ms()) {
+            Ok((running, log)) => {
+                if log.crashes > 0 {
+                    self.stats.add(Count::BootCrash, u64::from(log.crashes));
+                    warn!(device_id = %self.id, crashes = log.crashes, "--ota-fault crash-on-boot: the image on trial crashed while booting");
+                }
+                if log.rolled_back {
+                    self.stats.bump(Count::OtaRolledBack);
+                    warn!(device_id = %self.id, reason = "crash-loop", version = %self.firmware.running_version(), "the image on trial never came up; rolled back to the previous slot");
+                }
+                let version = self.firmware.running_version();
+                match running {
+                    Running::Normal => {}
+                    Running::Trial { deadline_ms } => {
+                        info!(device_id = %self.id, version = %version, deadline_in_ms = deadline_ms.saturating_sub(self.mono_ms()), "booted a new image on trial; it confirms once connected and published");
+                    }
+                    Running::Hung { .. } => {
+                        warn!(device_id = %self.id, version = %version, "--ota-fault hang: the image on trial hangs and will not connect");
+                        self.hung = true;
+                    }
+                    Running::Offline { .. } => {
+                        warn!(device_id = %self.id, version = %version, "--ota-fault no-network: the image on trial cannot reach the network");
+                        self.offline = true;
+                    }
+                }
+            }
+            Err(e) => {
+                error!(device_id = %self.id, reason = %e, "boot: the firmware state is unusable");
+                self.stats.set_error(e.to_string());
+            }
+        }
+        self.stats.set_firmware(self.firmware.running_version());
+    }
+
+    /// An acknowledged publish: the image on trial is confirmed (the core
+    /// raises the minimum security version), or rolled back if too late.
+    fn confirm_trial(&mut self, s: &mut Session) -> Result<(), ClientError> {
+        if self.firmware.trial_deadline().is_none() {
+            return Ok(());
+        }
+        match self.firmware.confirm(self.mono_ms()) {
+            Ok(Next::Nothing) => {
+                info!(device_id = %self.id, version = %self.firmware.running_version(), "update confirmed");
+                self.stats.bump(Count::OtaSucceeded);
+                self.queue_ota_reports(s)
+            }
+            Ok(Next::PersistAndReboot) => {
+                warn!(device_id = %self.id, reason = "not-confirmed", "confirmed after the deadline; rolling back");
+                self.stats.bump(Count::OtaRolledBack);
+                self.reboot = true;
+                Ok(())
+            }
+            Err(e) => {
+                error!(device_id = %self.id, reason = %e, "cannot persist the update state");
+                Ok(())
+            }
+        }
+    }
+
+    /// Publishes what the update machine has to say on a live connection:
+    /// the outcome it keeps (succeeded, rolled back), `pending-confirm`
+    /// for an image on trial, and reports kept while offline.
+    fn queue_ota_reports(&mut self, s: &mut Session) -> Result<(), ClientError> {
+        if self.firmware.trial_deadline().is_some() && !self.pending_confirm_sent {
+            let report = self.firmware.status_report(OtaStatus::PendingConfirm);
+            s.publish(
+                self.topics.up(Category::Ota),
+                report,
+                Some(Control::OtaPendingConfirm),
+            )?;
+            self.pending_confirm_sent = true;
+        }
+        if !self.outcome_in_flight
+            && let Some((status, report)) = self.firmware.pending_report()
+        {
+            if status == OtaStatus::RolledBack {
+                info!(device_id = %self.id, version = %self.firmware.running_version(), "reporting the rollback");
+            }
+            s.publish(
+                self.topics.up(Category::Ota),
+                report,
+                Some(Control::OtaOutcome),
+            )?;
+            self.outcome_in_flight = true;
+        }
+        while let Some(report) = self.ota_outbox.pop_front() {
+            s.publish(
+                self.topics.up(Category::Ota),
+                report,
+                Some(Control::OtaStep),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Publishes an `ota/up` report now, or keeps it for the next
+    /// connection (progress reports are only worth sending live).
+    async fn send_ota(&mut self, report: Vec<u8>, keep: bool) {
+        if self.session.is_some() {
+            let topic = self.topics.up(Category::Ota).to_owned();
+            self.with_session(|_, s| {
+                s.publish(&topic, report, Some(Control::OtaStep))
+                    .map(|_| ())
+            })
+            .await;
+        } else if keep {
+            if self.ota_outbox.len() >= OTA_OUTBOX {
+                self.ota_outbox.pop_front();
+            }
+            self.ota_outbox.push_back(report);
+        }
+    }
+
+    fn on_ota(&mut self, payload: &[u8]) -> Result<Vec<Uplink>, String> {
+        let mut buf = [0u8; MAX_MANIFEST_LEN];
+        let message =
+            payload::parse_ota(payload, &mut buf).map_err(|e| format!("ota/down: {e}"))?;
+        let offer = match message {
+            OtaMessage::Cancel { campaign } => {
+                if self
+                    .download
+                    .as_ref()
+                    .is_some_and(|d| d.campaign == campaign)
+                {
+                    self.download = None;
+                    self.firmware.abort();
+                    info!(device_id = %self.id, campaign, "update cancelled; the download is discarded");
+                } else {
+                    debug!(device_id = %self.id, campaign, "cancel for no download in progress");
+                }
+                return Ok(Vec::new());
+            }
+            OtaMessage::Offer(offer) => offer,
+        };
+        if self.firmware.update_in_progress() == Some(offer.sha256) {
+            // docs/ota.md §2: the server may re-send an offer on reconnect.
+            debug!(device_id = %self.id, campaign = offer.campaign, "offer for the update in progress; ignored");
+            return Ok(Vec::new());
+        }
+        let version = Manifest::decode(offer.manifest)
+            .map(|m| m.version.as_str().to_owned())
+            .unwrap_or_default();
+        let report = match self.firmware.offer(offer.manifest, &offer.signature) {
+            Err(e) => {
+                self.stats.bump(Count::OtaFailed);
+                warn!(device_id = %self.id, campaign = offer.campaign, version = %version, reason = e.code(), "update offer refused: {e}");
+                firmware::failed_report(&version, &e)
+            }
+            Ok(size) => match self.start_download(&offer, size, &version) {
+                Ok(()) => {
+                    self.stats.bump(Count::OtaOffer);
+                    info!(device_id = %self.id, campaign = offer.campaign, version = %version, size, "update offer accepted; downloading");
+                    self.firmware
+                        .progress_report()
+                        .unwrap_or_else(|| self.firmware.status_report(OtaStatus::Downloading))
+                }
+                Err(reason) => {
+                    self.firmware.abort();
+                    self.stats.bump(Count::OtaFailed);
+                    warn!(device_id = %self.id, campaign = offer.campaign, reason = %reason, "cannot start the download");
+                    firmware::download_failed_report(&version)
+                }
+            },
+        };
+        Ok(vec![Uplink {
+            category: Category::Ota,
+            payload: report,
+            control: Control::OtaStep,
+        }])
+    }
+
+    fn start_download(
+        &mut self,
+        offer: &OtaOffer<'_, '_>,
+        size: u64,
+        version: &str,
+    ) -> Result<(), String> {
+        let tls = self.tls_config()?;
+        let options = &self.shared.options;
+        let client = dl::client((*tls).clone(), options.io_timeout)?;
+        let flaky = options.flaky;
+        let cut_after = (flaky > 0.0 && size > 1 && self.rng.0.random_bool(flaky.min(1.0)))
+            .then(|| self.rng.0.random_range(1..size));
+        let request = DownloadRequest {
+            url: offer.url.to_string(),
+            size,
+            sha256_hex: hex::encode(offer.sha256),
+            cut_after,
+            backoff: options.backoff,
+        };
+        let corrupt_at =
+            (self.fault == Some(FaultKind::CorruptDownload) && size > 0).then_some(size / 2);
+        self.download = Some(ActiveDownload {
+            download: Download::start(
+                client,
+                request,
+                Arc::clone(&self.stats),
+                self.id.to_string(),
+            ),
+            campaign: offer.campaign,
+            manifest: offer.manifest.to_vec(),
+            signature: offer.signature,
+            version: version.to_owned(),
+            written: 0,
+            last_progress: Instant::now(),
+            corrupt_at,
+        });
+        Ok(())
+    }
+
+    /// Bytes (or the end) of the download: into the slot through the core.
+    async fn on_download_event(&mut self, event: Option<DownloadEvent>) {
+        let Some(mut active) = self.download.take() else {
+            return;
+        };
+        match event {
+            Some(DownloadEvent::Chunk(bytes)) => {
+                let mut data = bytes.to_vec();
+                if let Some(at) = active.corrupt_at
+                    && let Some(byte) = at
+                        .checked_sub(active.written)
+                        .and_then(|i| usize::try_from(i).ok())
+                        .and_then(|i| data.get_mut(i))
+                {
+                    *byte ^= 0xff;
+                    debug!(device_id = %self.id, offset = at, "--ota-fault corrupt-download: a byte flipped");
+                }
+                match self.firmware.write(&data) {
+                    Ok((written, _)) => {
+                        active.written = written;
+                        let due = active.last_progress.elapsed() >= PROGRESS_EVERY;
+                        if due {
+                            active.last_progress = Instant::now();
+                        }
+                        self.download = Some(active);
+                        if due && let Some(report) = self.firmware.progress_report() {
+                            self.send_ota(report, false).await;
+                        }
+                    }
+                    Err(e) => {
+                        self.stats.bump(Count::OtaFailed);
+                        warn!(device_id = %self.id, version = %active.version, reason = e.code(), "download discarded: {e}");
+                        self.send_ota(firmware::failed_report(&active.version, &e), true)
+                            .await;
+                    }
+                }
+            }
+            Some(DownloadEvent::Restart) => {
+                // A fresh machine state for the whole image: discard and
+                // offer the same manifest again.
+                self.firmware.abort();
+                match self.firmware.offer(&active.manifest, &active.signature) {
+                    Ok(_) => {
+                        active.written = 0;
+                        self.download = Some(active);
+                    }
+                    Err(e) => {
+                        self.stats.bump(Count::OtaFailed);
+                        warn!(device_id = %self.id, reason = e.code(), "restarted download refused: {e}");
+                        self.send_ota(firmware::failed_report(&active.version, &e), true)
+                            .await;
+                    }
+                }
+            }
+            Some(DownloadEvent::Done) => {
+                self.send_ota(self.firmware.status_report(OtaStatus::Verifying), true)
+                    .await;
+                match self.firmware.finish() {
+                    Ok(Next::PersistAndReboot) => {
+                        info!(device_id = %self.id, version = %active.version, "image verified and selected; rebooting into it");
+                        self.send_ota(self.firmware.status_report(OtaStatus::PendingReboot), true)
+                            .await;
+                        self.reboot_after_reports =
+                            Some(Instant::now() + self.shared.options.io_timeout);
+                    }
+                    Ok(Next::Nothing) => {}
+                    Err(e) => {
+                        self.stats.bump(Count::OtaFailed);
+                        warn!(device_id = %self.id, version = %active.version, reason = e.code(), "downloaded image refused: {e}");
+                        self.send_ota(firmware::failed_report(&active.version, &e), true)
+                            .await;
+                    }
+                }
+            }
+            Some(DownloadEvent::Failed(reason)) => {
+                self.firmware.abort();
+                self.stats.bump(Count::OtaFailed);
+                warn!(device_id = %self.id, version = %active.version, reason = %reason, "download failed; staying on the running firmware");
+                self.stats.set_error(format!("download failed: {reason}"));
+                self.send_ota(firmware::download_failed_report(&active.version), true)
+                    .await;
+            }
+            None => {
+                self.firmware.abort();
+                self.stats.bump(Count::OtaFailed);
+                error!(device_id = %self.id, "the download task ended without a result");
+                self.send_ota(firmware::download_failed_report(&active.version), true)
+                    .await;
+            }
+        }
+    }
+
+    /// The image on trial did not confirm in time: the core rolls back.
+    fn on_trial_deadline(&mut self) {
+        match self.firmware.tick(self.mono_ms()) {
+            Ok(Next::PersistAndReboot) => {
+                let cause = match self.fault {
+                    Some(FaultKind::Hang) => "the image hung",
+                    Some(FaultKind::NoNetwork) => "the image could not reach the network",
+                    _ => "the image did not connect and publish",
+                };
+                warn!(device_id = %self.id, reason = "not-confirmed", cause, "no confirmation before the deadline; rolling back to the previous slot");
+                self.stats.bump(Count::OtaRolledBack);
+                self.reboot = true;
+            }
+            Ok(Next::Nothing) => {}
+            Err(e) => error!(device_id = %self.id, reason = %e, "cannot persist the update state"),
+        }
     }
 
     // ---- provisioning ----------------------------------------------------------
@@ -1753,6 +2238,17 @@ impl Device {
             }
             Err(e) => error!(device_id = %self.id, reason = %e, "reboot task"),
         }
+        // What was being received is lost with RAM; the core boots the
+        // slot its persisted state selects.
+        self.download = None;
+        self.reboot_after_reports = None;
+        match self.firmware.reboot(self.mono_ms()) {
+            Ok(boot) => self.after_boot(boot),
+            Err(e) => {
+                error!(device_id = %self.id, reason = %e, "reboot: the firmware state is unusable");
+                self.stats.set_error(e.to_string());
+            }
+        }
         self.booted_at = Instant::now();
         self.report_state = true;
         if self.shared.options.sleep_cycle.is_none() {
@@ -1763,6 +2259,10 @@ impl Device {
     /// After reading stops: deliver what is buffered within the drain
     /// timeout, then disconnect cleanly.
     async fn drain(&mut self) {
+        if self.hung {
+            // A hung image delivers nothing.
+            return;
+        }
         let deadline = Instant::now() + self.shared.options.drain_timeout;
         loop {
             let buffered = !self.ring.is_empty();

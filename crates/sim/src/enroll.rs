@@ -233,7 +233,7 @@ pub enum EnrollSetupError {
 
 /// An error and its causes, one sentence (reqwest hides the TLS reason in
 /// the source chain).
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -2,6 +2,7 @@
 //! connections paced across the fleet), stop reading when the duration is
 //! over or on shutdown, let every device drain, and sum up.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,6 +16,8 @@ use tracing::{error, info, warn};
 
 use crate::device::Device;
 use crate::enroll::{EnrollSetupError, Enroller};
+use crate::faults::{self, FaultKind};
+use crate::firmware::FirmwareBuild;
 use crate::options::FleetOptions;
 use crate::statedir::{StateDir, StateError};
 use crate::stats::{Counts, DeviceReport, DeviceStats};
@@ -43,6 +46,14 @@ pub enum SimError {
     NoToken {
         /// Devices without a certificate.
         count: usize,
+    },
+    /// A `--ota-trust` key file is unusable.
+    #[error("--ota-trust {path}: {reason}")]
+    TrustKey {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
     },
     /// The MQTT server address does not resolve.
     #[error("cannot resolve --server {addr}: {reason}")]
@@ -98,6 +109,10 @@ pub(crate) struct Shared {
     pub(crate) stop: CancellationToken,
     /// Start of the fleet's monotonic millisecond clock.
     pub(crate) epoch: Instant,
+    /// What every device's firmware is built with.
+    pub(crate) firmware: FirmwareBuild,
+    /// The devices with an update fault.
+    pub(crate) faults: BTreeMap<String, FaultKind>,
 }
 
 /// The result of a run.
@@ -174,6 +189,31 @@ impl Fleet {
                 .map_err(|e| SimError::Options(format!("state dir task: {e}")))??
         };
         let target = resolve(&options).await?;
+        let mut trusted_keys = Vec::new();
+        for path in &options.ota_trust {
+            let key = rampart_ota::PublicKey::read(path).map_err(|e| SimError::TrustKey {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+            trusted_keys.push(rampart_core::ota::TrustedKey::new(*key.bytes()));
+        }
+        let firmware = FirmwareBuild {
+            device_type: options.device_type.clone(),
+            factory_version: options.firmware_version.clone(),
+            trusted_keys: trusted_keys.into(),
+            max_boot_attempts: options.ota_max_boot_attempts,
+            confirm_timeout_ms: u64::try_from(options.ota_confirm_timeout.as_millis())
+                .unwrap_or(u64::MAX),
+            slot_size: options.ota_slot_size,
+        };
+        let ids = (1..=options.devices)
+            .map(|n| state.device_id(n).map(|id| id.as_str().to_owned()))
+            .collect::<Result<Vec<String>, StateError>>()?;
+        let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let faults = faults::assign(&id_refs, &options.ota_faults).map_err(SimError::Options)?;
+        for (id, kind) in &faults {
+            info!(device_id = %id, kind = %kind, "update fault");
+        }
         let enroller = match &options.token {
             Some(token) => Some(Enroller::new(
                 &trust,
@@ -222,6 +262,8 @@ impl Fleet {
             target,
             stop,
             epoch: Instant::now(),
+            firmware,
+            faults,
         });
         let mut devices = Vec::with_capacity(shared.options.devices);
         let mut tasks = JoinSet::new();
@@ -269,6 +311,11 @@ impl Fleet {
     /// The fleet's id prefix.
     pub fn id_prefix(&self) -> &str {
         self.state.prefix()
+    }
+
+    /// The devices with an update fault (`--ota-fault`), by id.
+    pub fn faults(&self) -> &BTreeMap<String, FaultKind> {
+        &self.shared.faults
     }
 
     /// A live view of the counters.

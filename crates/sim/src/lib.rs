@@ -11,6 +11,13 @@
 //! live in a state dir, so a killed and restarted simulator resumes the
 //! same devices with strictly increasing sequence numbers.
 //!
+//! Each device also runs firmware of a device type and version, with two
+//! A/B slots as files ([`firmware`]): it takes signed update offers on
+//! `ota/down` through the core's update machine, downloads the image over
+//! HTTPS with its own certificate (resuming a broken download with a range
+//! request), reboots into it on trial, and confirms it or rolls back.
+//! `--ota-fault` makes a share of the fleet misbehave ([`faults`]).
+//!
 //! [`run`] (or [`Fleet::start`] and [`Fleet::wait`]) is the entry point;
 //! `rampart simulate` and `rampart serve --demo` drive it.
 //!
@@ -21,7 +28,10 @@
 //! signed by the given CA; panic on anything a server sends.
 
 mod device;
+mod download;
 pub mod enroll;
+pub mod faults;
+pub mod firmware;
 mod fleet;
 pub mod options;
 pub mod progress;
@@ -30,8 +40,9 @@ pub mod statedir;
 pub mod stats;
 pub mod tls;
 
-pub use device::{COMMANDS, FIRMWARE, METRICS, RING_CAPACITY};
+pub use device::{COMMANDS, METRICS, RING_CAPACITY};
+pub use faults::{FaultKind, FaultShare};
 pub use fleet::{Fleet, FleetMonitor, SimError, Summary, run};
-pub use options::{FleetOptions, parse_rate};
+pub use options::{FleetOptions, parse_rate, parse_size};
 pub use sensor::SensorKind;
 pub use stats::{Counts, DeviceReport};

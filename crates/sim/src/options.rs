@@ -8,7 +8,15 @@ use rampart_core::backoff::{BackoffConfig, Jitter};
 use rampart_core::batch::BatchPolicy;
 use rampart_core::payload::Format;
 
+use crate::faults::FaultShare;
 use crate::sensor::SensorKind;
+
+/// The device type simulated devices report and accept firmware for.
+pub const DEFAULT_DEVICE_TYPE: &str = "rampart-sim";
+/// The version of the factory image every simulated device starts with.
+pub const DEFAULT_FIRMWARE_VERSION: &str = "1.0.0";
+/// Bytes one firmware slot holds by default (4 MiB).
+pub const DEFAULT_SLOT_SIZE: u64 = 4 * 1024 * 1024;
 
 /// Options of a fleet run. [`FleetOptions::new`] fills in the defaults.
 #[derive(Debug, Clone)]
@@ -67,6 +75,21 @@ pub struct FleetOptions {
     pub persist_every: Duration,
     /// Raise the open-files limit to fit the fleet.
     pub raise_fd_limit: bool,
+    /// The device type (`"type"` on `state/up`; offers for another are refused).
+    pub device_type: String,
+    /// The version of the factory image (slot A before any update), semver.
+    pub firmware_version: String,
+    /// Public keys (`rampart firmware keygen`'s `KEY.pub`) the devices
+    /// trust to sign firmware; without any, every offer is refused.
+    pub ota_trust: Vec<PathBuf>,
+    /// Bytes one firmware slot holds.
+    pub ota_slot_size: u64,
+    /// Update faults and the share of devices each applies to.
+    pub ota_faults: Vec<FaultShare>,
+    /// How long a trial image has to connect and publish before it is rolled back.
+    pub ota_confirm_timeout: Duration,
+    /// Trial boots allowed before an image counts as crash-looping.
+    pub ota_max_boot_attempts: u8,
 }
 
 impl FleetOptions {
@@ -103,6 +126,13 @@ impl FleetOptions {
             max_inflight: 16,
             persist_every: Duration::from_secs(5),
             raise_fd_limit: true,
+            device_type: DEFAULT_DEVICE_TYPE.to_owned(),
+            firmware_version: DEFAULT_FIRMWARE_VERSION.to_owned(),
+            ota_trust: Vec::new(),
+            ota_slot_size: DEFAULT_SLOT_SIZE,
+            ota_faults: Vec::new(),
+            ota_confirm_timeout: Duration::from_secs(60),
+            ota_max_boot_attempts: 3,
         }
     }
 
@@ -142,7 +172,28 @@ impl FleetOptions {
         if self.max_inflight == 0 {
             return Err("at least one batch must be allowed in flight".to_owned());
         }
-        Ok(())
+        if !rampart_core::ota::manifest::valid_device_type(&self.device_type) {
+            return Err(format!(
+                "--device-type '{}' is not a device type (1 to 64 of a-z 0-9 . _ -)",
+                self.device_type
+            ));
+        }
+        if rampart_core::ota::Version::parse(&self.firmware_version).is_err() {
+            return Err(format!(
+                "--firmware-version '{}' is not a semantic version such as 1.0.0",
+                self.firmware_version
+            ));
+        }
+        if self.ota_slot_size == 0 {
+            return Err("--ota-slot-size must be above zero".to_owned());
+        }
+        if self.ota_confirm_timeout.is_zero() {
+            return Err("--ota-confirm-timeout must be longer than zero".to_owned());
+        }
+        if self.ota_max_boot_attempts == 0 {
+            return Err("--ota-max-boot-attempts must be at least 1".to_owned());
+        }
+        crate::faults::counts(&self.ota_faults, self.devices).map(|_| ())
     }
 
     /// Time between two readings: the sleep cycle if set, else the rate's interval.
@@ -181,6 +232,33 @@ pub fn parse_rate(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(interval))
 }
 
+/// Parses a byte size: `4194304`, `512KiB`, `4MiB` (also `KB`/`MB` as
+/// powers of 1000).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(digits);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("size '{s}' is not a number of bytes, e.g. 4MiB or 65536"))?;
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => {
+            return Err(format!(
+                "unknown unit '{other}' in size '{s}'; use B, KiB, MiB, GiB, KB, MB or GB"
+            ));
+        }
+    };
+    n.checked_mul(factor)
+        .ok_or_else(|| format!("size '{s}' is too large"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,5 +284,34 @@ mod tests {
         o.flaky = 0.2;
         o.devices = 0;
         assert!(o.validate().expect_err("devices").contains("--devices"));
+        o.devices = 4;
+        o.firmware_version = "1.0".into();
+        assert!(
+            o.validate()
+                .expect_err("version")
+                .contains("--firmware-version")
+        );
+        o.firmware_version = "1.0.0".into();
+        o.device_type = "Sim".into();
+        assert!(o.validate().expect_err("type").contains("--device-type"));
+        o.device_type = "sim".into();
+        o.ota_faults = vec![
+            "hang:0.5".parse().expect("fault"),
+            "crash-on-boot:0.5".parse().expect("fault"),
+        ];
+        assert_eq!(o.validate(), Ok(()));
+        o.ota_faults.push("no-network:0.4".parse().expect("fault"));
+        assert!(o.validate().expect_err("faults").contains("--ota-fault"));
+    }
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_size("4MiB"), Ok(4 * 1024 * 1024));
+        assert_eq!(parse_size("512KiB"), Ok(512 * 1024));
+        assert_eq!(parse_size("65536"), Ok(65_536));
+        assert_eq!(parse_size("2MB"), Ok(2_000_000));
+        assert!(parse_size("4 parsecs").is_err());
+        assert!(parse_size("MiB").is_err());
+        assert!(parse_size("99999999999999GiB").is_err());
     }
 }

@@ -12,6 +12,10 @@
 //!     provision.bin              the core's provisioning state (its byte layout)
 //!     boot                       the boot counter (decimal)
 //!     ring.bin                   the measurement ring, in the core's byte layout
+//!     ota.bin                    the update machine's state (`OtaState`, its byte layout)
+//!     slot-a.bin, slot-b.bin     the two firmware slots (the image bytes)
+//!     slot-a.manifest, …         the signed manifest of the image in a slot
+//!                                (absent: the factory image, `--firmware-version`)
 //! ```
 //!
 //! Every file is replaced atomically (write a temporary file, rename it
@@ -363,6 +367,42 @@ impl DeviceDir {
     /// Replaces the persisted ring (atomically, not flushed to disk).
     pub fn save_ring(&self, bytes: &[u8]) -> Result<(), StateError> {
         write_atomic(&self.file("ring.bin"), bytes, false)
+    }
+
+    /// The persisted update state (`OtaState` bytes), `None` if never written.
+    pub fn ota_state(&self) -> Result<Option<Vec<u8>>, StateError> {
+        read_optional(&self.file("ota.bin"))
+    }
+
+    /// Replaces the persisted update state (durably: the next boot, and the
+    /// bootloader's slot choice, depend on it).
+    pub fn save_ota_state(&self, bytes: &[u8]) -> Result<(), StateError> {
+        write_atomic(&self.file("ota.bin"), bytes, true)
+    }
+
+    /// The image file of firmware slot `name` (`a` or `b`).
+    pub fn slot_path(&self, name: char) -> PathBuf {
+        self.file(&format!("slot-{name}.bin"))
+    }
+
+    /// The manifest of the image in slot `name`, `None` for the factory image.
+    pub fn slot_manifest(&self, name: char) -> Result<Option<Vec<u8>>, StateError> {
+        read_optional(&self.file(&format!("slot-{name}.manifest")))
+    }
+
+    /// Records the manifest of the image just written to slot `name` (durably).
+    pub fn save_slot_manifest(&self, name: char, bytes: &[u8]) -> Result<(), StateError> {
+        write_atomic(&self.file(&format!("slot-{name}.manifest")), bytes, true)
+    }
+
+    /// Forgets the manifest of slot `name` (its image is being replaced).
+    pub fn remove_slot_manifest(&self, name: char) -> Result<(), StateError> {
+        let path = self.file(&format!("slot-{name}.manifest"));
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(&path)(e)),
+        }
     }
 
     /// The boot counter's storage.

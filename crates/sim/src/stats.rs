@@ -26,6 +26,12 @@ pub struct DeviceStats {
     claims_confirmed: AtomicU64,
     commands: AtomicU64,
     renewals: AtomicU64,
+    ota_offers: AtomicU64,
+    ota_succeeded: AtomicU64,
+    ota_failed: AtomicU64,
+    ota_rolled_back: AtomicU64,
+    download_resumes: AtomicU64,
+    boot_crashes: AtomicU64,
     boot: AtomicU64,
     last_acked_seq: AtomicU64,
     has_acked: AtomicBool,
@@ -38,6 +44,8 @@ struct Detail {
     serial: Option<String>,
     state: &'static str,
     last_error: Option<String>,
+    firmware: Option<String>,
+    ota_fault: Option<&'static str>,
 }
 
 /// Which counter to bump.
@@ -75,6 +83,18 @@ pub enum Count {
     Command,
     /// A certificate renewal completed.
     Renewal,
+    /// An update offer was accepted (its download started).
+    OtaOffer,
+    /// An update was confirmed (`succeeded` reported).
+    OtaSucceeded,
+    /// An update was refused or failed (`failed` reported).
+    OtaFailed,
+    /// A trial image was rolled back.
+    OtaRolledBack,
+    /// A broken download was resumed with a range request.
+    DownloadResume,
+    /// A trial boot crashed (`--ota-fault crash-on-boot`).
+    BootCrash,
 }
 
 impl DeviceStats {
@@ -96,6 +116,12 @@ impl DeviceStats {
             Count::ClaimConfirmed => &self.claims_confirmed,
             Count::Command => &self.commands,
             Count::Renewal => &self.renewals,
+            Count::OtaOffer => &self.ota_offers,
+            Count::OtaSucceeded => &self.ota_succeeded,
+            Count::OtaFailed => &self.ota_failed,
+            Count::OtaRolledBack => &self.ota_rolled_back,
+            Count::DownloadResume => &self.download_resumes,
+            Count::BootCrash => &self.boot_crashes,
         }
     }
 
@@ -158,6 +184,16 @@ impl DeviceStats {
         self.detail().state = state;
     }
 
+    /// Records the version of the running firmware.
+    pub fn set_firmware(&self, version: &str) {
+        self.detail().firmware = Some(version.to_owned());
+    }
+
+    /// Records the device's update fault (`--ota-fault`).
+    pub fn set_ota_fault(&self, kind: &'static str) {
+        self.detail().ota_fault = Some(kind);
+    }
+
     /// Records the last failure seen (for the summary).
     pub fn set_error(&self, error: impl Into<String>) {
         self.detail().last_error = Some(error.into());
@@ -178,6 +214,8 @@ impl DeviceStats {
                 .then(|| self.last_acked_seq.load(Ordering::Relaxed)),
             counts: self.counts(),
             last_error: d.last_error,
+            firmware: d.firmware,
+            ota_fault: d.ota_fault.map(str::to_owned),
         }
     }
 
@@ -204,6 +242,12 @@ impl DeviceStats {
             claims_confirmed: self.get(Count::ClaimConfirmed),
             commands: self.get(Count::Command),
             renewals: self.get(Count::Renewal),
+            ota_offers: self.get(Count::OtaOffer),
+            ota_succeeded: self.get(Count::OtaSucceeded),
+            ota_failed: self.get(Count::OtaFailed),
+            ota_rolled_back: self.get(Count::OtaRolledBack),
+            download_resumes: self.get(Count::DownloadResume),
+            boot_crashes: self.get(Count::BootCrash),
         }
     }
 }
@@ -252,6 +296,24 @@ pub struct Counts {
     pub commands: u64,
     /// Certificate renewals completed.
     pub renewals: u64,
+    /// Update offers accepted (downloads started).
+    #[serde(default)]
+    pub ota_offers: u64,
+    /// Updates confirmed.
+    #[serde(default)]
+    pub ota_succeeded: u64,
+    /// Updates refused or failed.
+    #[serde(default)]
+    pub ota_failed: u64,
+    /// Trial images rolled back.
+    #[serde(default)]
+    pub ota_rolled_back: u64,
+    /// Broken downloads resumed with a range request.
+    #[serde(default)]
+    pub download_resumes: u64,
+    /// Trial boots that crashed (`--ota-fault crash-on-boot`).
+    #[serde(default)]
+    pub boot_crashes: u64,
 }
 
 impl Counts {
@@ -284,6 +346,12 @@ impl std::ops::AddAssign for Counts {
         self.claims_confirmed += o.claims_confirmed;
         self.commands += o.commands;
         self.renewals += o.renewals;
+        self.ota_offers += o.ota_offers;
+        self.ota_succeeded += o.ota_succeeded;
+        self.ota_failed += o.ota_failed;
+        self.ota_rolled_back += o.ota_rolled_back;
+        self.download_resumes += o.download_resumes;
+        self.boot_crashes += o.boot_crashes;
     }
 }
 
@@ -307,6 +375,12 @@ pub struct DeviceReport {
     pub counts: Counts,
     /// The last failure it saw.
     pub last_error: Option<String>,
+    /// The version of the firmware it runs.
+    #[serde(default)]
+    pub firmware: Option<String>,
+    /// Its update fault (`--ota-fault`), if any.
+    #[serde(default)]
+    pub ota_fault: Option<String>,
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ use tower::Service;
 
 use crate::routes::router;
 use crate::state::{AppState, WebMetrics};
+use crate::tls::PeerCertificate;
 
 /// Serves HTTPS on `listener` until `shutdown` is cancelled, then stops
 /// accepting and lets the open connections finish (see the module
@@ -99,9 +100,20 @@ async fn connection(
             }
         },
     };
-    // Each request learns its client's address, as `ConnectInfo`.
+    // Each request learns its client's address, as `ConnectInfo`, and the
+    // verified client certificate, if one was presented (the acceptor only
+    // lets through certificates that chain to Rampart's CA).
+    let peer = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(|leaf| PeerCertificate(Arc::new(leaf.clone().into_owned())));
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         request.extensions_mut().insert(ConnectInfo(client));
+        if let Some(peer) = &peer {
+            request.extensions_mut().insert(peer.clone());
+        }
         app.clone().call(request)
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());

@@ -1,13 +1,15 @@
 //! What every handler shares: the store, the CA, the limits, the counters.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use rampart_ota::download::TokenKey;
 use rampart_pki::Pki;
 use rampart_provisioning::claim::ClaimPolicy;
 use rampart_store::telemetry::TelemetryStore;
-use rampart_store::{Store, UserStore};
+use rampart_store::{FirmwareStore, Store, UserStore};
 use time::OffsetDateTime;
 
 use crate::auth::{Clock, SealingKey};
@@ -34,6 +36,7 @@ struct Inner {
     metrics: WebMetrics,
     monitoring: OnceLock<Monitoring>,
     devices: OnceLock<DeviceBackend>,
+    ota: OnceLock<OtaBackend>,
     auth: AuthBackend,
     login_failures: FailureLimiter,
     /// The last TOTP step accepted per user: a code is good once.
@@ -61,6 +64,30 @@ pub struct DeviceBackend {
     pub crl: Arc<dyn CrlPublisher>,
     /// How claims behave (expiry, attempts).
     pub claim_policy: ClaimPolicy,
+}
+
+/// What firmware distribution needs: the uploads, the content-addressed
+/// image store, and the key download tokens are checked with.
+#[derive(Clone)]
+pub struct OtaBackend {
+    /// Trusted keys and uploaded firmware.
+    pub firmware: Arc<dyn FirmwareStore>,
+    /// The image store (`DATA_DIR/firmware`, as `rampart firmware upload`
+    /// writes it): one file per image, named by its SHA-256.
+    pub images: PathBuf,
+    /// Checks download tokens (derived from the console key).
+    pub tokens: TokenKey,
+    /// Largest image an upload may carry (`firmware.max_image_size`).
+    pub max_image_size: u64,
+}
+
+impl std::fmt::Debug for OtaBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OtaBackend")
+            .field("images", &self.images)
+            .field("max_image_size", &self.max_image_size)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What the console's sign-in needs besides the registry store: the user
@@ -104,6 +131,7 @@ impl AppState {
                 metrics: WebMetrics::default(),
                 monitoring: OnceLock::new(),
                 devices: OnceLock::new(),
+                ota: OnceLock::new(),
             }),
         }
     }
@@ -144,6 +172,26 @@ impl AppState {
                 axum::http::StatusCode::SERVICE_UNAVAILABLE,
                 "devices_unavailable",
                 "this server was started without telemetry; device pages are unavailable",
+            )
+        })
+    }
+
+    /// Plugs in firmware distribution (downloads, firmware API and pages).
+    /// Set once, before serving; without it those routes answer 503.
+    pub fn with_ota(self, ota: OtaBackend) -> Self {
+        if self.inner.ota.set(ota).is_err() {
+            tracing::warn!("the OTA backend was already set; the new one is ignored");
+        }
+        self
+    }
+
+    /// The OTA backend, or a 503 saying it is missing.
+    pub(crate) fn ota(&self) -> Result<&OtaBackend, crate::ApiError> {
+        self.inner.ota.get().ok_or_else(|| {
+            crate::ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "ota_unavailable",
+                "this server was started without firmware distribution",
             )
         })
     }
@@ -265,12 +313,42 @@ pub struct WebMetrics {
     /// State-changing requests refused for a missing or wrong CSRF token
     /// or a foreign origin.
     pub csrf_refused: AtomicU64,
+    /// Firmware download requests refused, by reason (docs/ota.md §4).
+    pub ota_refused: Mutex<BTreeMap<&'static str, u64>>,
+    /// Firmware downloads answered with image bytes (200 or 206).
+    pub ota_downloads: AtomicU64,
+    /// Of those, the ones answering a `Range` (206).
+    pub ota_range_requests: AtomicU64,
+    /// Firmware downloads answered 304 (`If-None-Match`).
+    pub ota_not_modified: AtomicU64,
+    /// Image bytes sent.
+    pub ota_bytes: AtomicU64,
 }
 
 impl WebMetrics {
     /// Adds one to `counter`.
     pub(crate) fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Adds `n` to `counter`.
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts a refused firmware download.
+    pub(crate) fn ota_refusal(&self, reason: &'static str) {
+        if let Ok(mut m) = self.ota_refused.lock() {
+            *m.entry(reason).or_default() += 1;
+        }
+    }
+
+    /// Refused firmware downloads with `reason` so far.
+    pub fn ota_refused(&self, reason: &str) -> u64 {
+        self.ota_refused
+            .lock()
+            .map(|m| m.get(reason).copied().unwrap_or_default())
+            .unwrap_or_default()
     }
 
     /// The current value of `counter`.
@@ -335,5 +413,46 @@ impl WebMetrics {
             "Enrollments refused (bad token, CSR, id or body).",
             g(&self.enroll_refused),
         );
+        t.single(
+            "rampart_ota_downloads_total",
+            MetricKind::Counter,
+            "Firmware downloads answered with image bytes (200 or 206).",
+            g(&self.ota_downloads),
+        );
+        t.single(
+            "rampart_ota_download_range_requests_total",
+            MetricKind::Counter,
+            "Firmware downloads answering a Range request (206).",
+            g(&self.ota_range_requests),
+        );
+        t.single(
+            "rampart_ota_download_not_modified_total",
+            MetricKind::Counter,
+            "Firmware downloads answered 304 Not Modified.",
+            g(&self.ota_not_modified),
+        );
+        t.single(
+            "rampart_ota_download_bytes_total",
+            MetricKind::Counter,
+            "Firmware image bytes sent.",
+            g(&self.ota_bytes),
+        );
+        t.family(
+            "rampart_ota_download_refused_total",
+            MetricKind::Counter,
+            "Firmware download requests refused, by reason.",
+        );
+        let refused: Vec<(&'static str, u64)> = self
+            .ota_refused
+            .lock()
+            .map(|m| m.iter().map(|(k, v)| (*k, *v)).collect())
+            .unwrap_or_default();
+        for (reason, n) in refused {
+            t.sample(
+                "rampart_ota_download_refused_total",
+                &[("reason", reason)],
+                n as f64,
+            );
+        }
     }
 }

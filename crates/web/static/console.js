@@ -111,4 +111,36 @@
         .catch(function (err) { hint.textContent = "The camera is not available (" + err.name + "): paste the label instead."; });
     });
   }
+
+  // Firmware page: send the chosen bundle to the API as the request body
+  // (a bundle is too large for a form the CSRF check reads), then reload.
+  var upload = document.getElementById("firmware-upload");
+  if (upload && window.fetch) {
+    upload.addEventListener("submit", function (e) {
+      e.preventDefault();
+      var file = document.getElementById("bundle").files[0];
+      var out = document.getElementById("upload-status");
+      if (!file) return;
+      out.textContent = "Uploading " + file.name + "…";
+      fetch("/api/v1/firmware", {
+        method: "POST",
+        credentials: "same-origin",
+        headers: {
+          "Content-Type": "application/octet-stream",
+          "X-CSRF-Token": upload.getAttribute("data-csrf")
+        },
+        body: file
+      })
+        .then(function (r) { return r.json().then(function (b) { return { ok: r.ok, body: b }; }); })
+        .then(function (r) {
+          if (r.ok) {
+            out.textContent = "Uploaded " + r.body.version + " for " + r.body.deviceType + " (id " + r.body.id + ").";
+            window.location.reload();
+          } else {
+            out.textContent = "Refused (" + r.body.error.code + "): " + r.body.error.message;
+          }
+        })
+        .catch(function (err) { out.textContent = "The upload failed: " + err; });
+    });
+  }
 })();

@@ -411,6 +411,25 @@ pub struct Ota<'k> {
     dirty: bool,
 }
 
+/// An update machine without its borrowed configuration ([`Ota::into_parts`]):
+/// what a host keeps between calls when it cannot hold a borrow for the
+/// machine's whole life (an async task that owns the configuration's
+/// strings and keys next to the machine). Opaque: only [`Ota::from_parts`]
+/// makes a machine of it again, so no phase can be forged.
+#[derive(Debug, Clone)]
+pub struct OtaParts {
+    state: OtaState,
+    phase: Phase,
+    dirty: bool,
+}
+
+impl OtaParts {
+    /// The persisted state.
+    pub fn state(&self) -> &OtaState {
+        &self.state
+    }
+}
+
 impl<'k> Ota<'k> {
     /// Starts at boot from the persisted state (or [`OtaState::new`] when
     /// none was valid). A pending image counts one more trial boot; past
@@ -436,9 +455,63 @@ impl<'k> Ota<'k> {
         (ota, Boot::Trial { deadline_ms })
     }
 
+    /// Sets the configuration aside ([`OtaParts`]); nothing else changes.
+    pub fn into_parts(self) -> OtaParts {
+        OtaParts {
+            state: self.state,
+            phase: self.phase,
+            dirty: self.dirty,
+        }
+    }
+
+    /// The machine of [`Ota::into_parts`] again, with `config` (the same
+    /// configuration within one boot; a new running version needs a new
+    /// boot through [`Ota::start`]).
+    pub fn from_parts(config: OtaConfig<'k>, parts: OtaParts) -> Self {
+        Ota {
+            config,
+            state: parts.state,
+            phase: parts.phase,
+            dirty: parts.dirty,
+        }
+    }
+
     /// The persisted state.
     pub fn state(&self) -> &OtaState {
         &self.state
+    }
+
+    /// Whether an image is being received.
+    pub fn receiving(&self) -> bool {
+        matches!(self.phase, Phase::Receiving { .. })
+    }
+
+    /// The SHA-256 of the image being received, to recognise a re-sent offer.
+    pub fn receiving_sha256(&self) -> Option<&[u8; 32]> {
+        match &self.phase {
+            Phase::Receiving { sha256, .. } => Some(sha256),
+            _ => None,
+        }
+    }
+
+    /// The deadline of the image on trial (host clock, ms), if one is.
+    pub fn trial_deadline(&self) -> Option<u64> {
+        match self.phase {
+            Phase::Trial { deadline_ms } => Some(deadline_ms),
+            _ => None,
+        }
+    }
+
+    /// Discards the update being received (a `cancel` downlink, or a
+    /// download that must start over): the inactive slot is erased and the
+    /// machine is idle again, ready for an offer. Returns whether an update
+    /// was being received; an update already switched is not touched.
+    pub fn abort_download<F: FlashSlot>(&mut self, flash: &mut F) -> bool {
+        if !self.receiving() {
+            return false;
+        }
+        self.discard(flash);
+        true
     }
 
     /// Whether the persisted state changed since the last
@@ -1061,6 +1134,38 @@ mod tests {
         };
         let (mut ota, _) = Ota::start(cfg, *ota.state(), 10);
         assert!(offer_bundle(&mut ota, &newer, &mut flash).is_ok());
+    }
+
+    #[test]
+    fn parts_keep_the_machine_and_abort_discards_only_a_download() {
+        let keys = keys();
+        let mut flash = Flash::new(4096);
+        let mut ota = device(&keys);
+        let b = bundle(&key(1), "sensor", "1.1.0", 3, IMAGE);
+        assert!(!ota.abort_download(&mut flash));
+        offer_bundle(&mut ota, &b, &mut flash).expect("accepted");
+        let sha = parse_head(&b).expect("head").manifest.image_sha256;
+        assert_eq!(ota.receiving_sha256(), Some(&sha));
+        ota.write_chunk(&IMAGE[..9], &mut flash).expect("chunk");
+        // Set aside and resumed, it carries on hashing where it was.
+        let parts = ota.clone().into_parts();
+        assert_eq!(parts.state(), ota.state());
+        let mut ota = Ota::from_parts(config(&keys), parts);
+        assert!(ota.receiving());
+        ota.write_chunk(&IMAGE[9..], &mut flash).expect("rest");
+        let mut aborted = ota.clone();
+        assert_eq!(ota.finish(&mut flash), Ok(Next::PersistAndReboot));
+        // Aborting the download erases the slot and allows a new offer.
+        assert!(aborted.abort_download(&mut flash));
+        assert!(!aborted.receiving() && aborted.receiving_sha256().is_none());
+        assert!(flash.slot(Slot::B).is_empty());
+        assert_eq!(aborted.state(), &OtaState::new(Slot::A, 2));
+        assert!(offer_bundle(&mut aborted, &b, &mut flash).is_ok());
+        // A switched update is not aborted.
+        assert!(!ota.abort_download(&mut flash));
+        assert!(ota.state().pending());
+        let (ota, _) = reboot(&ota, 5);
+        assert_eq!(ota.trial_deadline(), Some(60_005));
     }
 
     #[test]

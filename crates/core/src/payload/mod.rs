@@ -21,6 +21,7 @@
 //! | `devices/{id}/cert/down` | down | [`parse_certificate`] |
 //! | `devices/{id}/cmd/down` | down | [`parse_command`] |
 //! | `devices/{id}/cmd/up` | up | [`encode_command_result`] |
+//! | `devices/{id}/ota/down` | down | [`parse_ota`] |
 //! | `devices/{id}/ota/up` | up | [`encode_ota_report`] |
 
 use core::fmt;
@@ -32,8 +33,8 @@ pub mod telemetry;
 pub mod uplink;
 
 pub use downlink::{
-    BindMessage, CertificateMessage, Command, DownlinkError, StateRequest, parse_bind,
-    parse_certificate, parse_command, parse_state_request,
+    BindMessage, CertificateMessage, Command, DownlinkError, OtaMessage, OtaOffer, StateRequest,
+    parse_bind, parse_certificate, parse_command, parse_ota, parse_state_request,
 };
 pub use telemetry::{Encoded, MetricNames, NameTableError, encode_batch, encode_reading};
 pub use uplink::{
@@ -87,9 +88,9 @@ impl fmt::Display for EncodeError {
             EncodeError::NotFinite => {
                 f.write_str("a reported value is NaN or infinite; report a finite number or null")
             }
-            EncodeError::DuplicateField => {
-                f.write_str("a reported-state field appears twice (or reuses fw, uptimeMs or rssi)")
-            }
+            EncodeError::DuplicateField => f.write_str(
+                "a reported-state field appears twice (or reuses fw, type, uptimeMs or rssi)",
+            ),
         }
     }
 }

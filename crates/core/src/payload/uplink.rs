@@ -1,6 +1,6 @@
 //! Control uplinks, all JSON:
 //!
-//! - `state/up`: `{"fw":"1.4.2","uptimeMs":123456,"rssi":-61, …host fields}`;
+//! - `state/up`: `{"fw":"1.4.2","type":"rampart-sim","uptimeMs":123456,"rssi":-61, …host fields}`;
 //! - `bind/up`: `{"nonce":"<32 lowercase hex>"}` (claim confirmation);
 //! - `cert/up`: `{"csr":"<PEM CSR>"}` (renewal request);
 //! - `cmd/up`: `{"id":"<request id>","status":"ok"|"error"|"unknown","message":"…"}`;
@@ -30,8 +30,11 @@ pub enum StateValue<'a> {
 /// The device's reported state for `state/up`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ReportedState<'a> {
-    /// Firmware version (`"fw"`).
+    /// Firmware version (`"fw"`), a semantic version such as `1.4.2`.
     pub firmware: &'a str,
+    /// The device type the firmware was built for (`"type"`), the string
+    /// firmware manifests carry; campaigns target devices by it.
+    pub device_type: &'a str,
     /// Milliseconds since boot (`"uptimeMs"`).
     pub uptime_ms: u64,
     /// Received signal strength in dBm (`"rssi"`), when known.
@@ -40,7 +43,7 @@ pub struct ReportedState<'a> {
     pub fields: &'a [(&'a str, StateValue<'a>)],
 }
 
-const BUILT_IN: [&str; 3] = ["fw", "uptimeMs", "rssi"];
+const BUILT_IN: [&str; 4] = ["fw", "type", "uptimeMs", "rssi"];
 
 /// Encodes the reported state as one JSON object; returns the length.
 pub fn encode_state(state: &ReportedState<'_>, buf: &mut [u8]) -> Result<usize, EncodeError> {
@@ -62,6 +65,9 @@ pub fn encode_state(state: &ReportedState<'_>, buf: &mut [u8]) -> Result<usize, 
     out.byte(b'{')?;
     json::key(&mut out, "fw")?;
     json::string(&mut out, state.firmware)?;
+    out.byte(b',')?;
+    json::key(&mut out, "type")?;
+    json::string(&mut out, state.device_type)?;
     out.byte(b',')?;
     json::key(&mut out, "uptimeMs")?;
     json::uint(&mut out, state.uptime_ms)?;
@@ -235,6 +241,7 @@ mod tests {
     fn reported_state() {
         let s = ReportedState {
             firmware: "1.4.2",
+            device_type: "esp32c3-dht11",
             uptime_ms: 123_456,
             rssi: Some(-61),
             fields: &[
@@ -247,7 +254,7 @@ mod tests {
         };
         assert_eq!(
             text(|b| encode_state(&s, b)),
-            r#"{"fw":"1.4.2","uptimeMs":123456,"rssi":-61,"led":true,"mode":"eco \"quiet\"","drops":0,"vbat":3.3,"note":null}"#
+            r#"{"fw":"1.4.2","type":"esp32c3-dht11","uptimeMs":123456,"rssi":-61,"led":true,"mode":"eco \"quiet\"","drops":0,"vbat":3.3,"note":null}"#
         );
         let bare = ReportedState {
             rssi: None,
@@ -256,7 +263,7 @@ mod tests {
         };
         assert_eq!(
             text(|b| encode_state(&bare, b)),
-            r#"{"fw":"1.4.2","uptimeMs":123456}"#
+            r#"{"fw":"1.4.2","type":"esp32c3-dht11","uptimeMs":123456}"#
         );
     }
 
@@ -264,6 +271,7 @@ mod tests {
     fn reported_state_refuses_duplicates_and_non_finite_numbers() {
         let base = ReportedState {
             firmware: "1",
+            device_type: "t",
             uptime_ms: 0,
             rssi: None,
             fields: &[],
@@ -277,14 +285,16 @@ mod tests {
             encode_state(&dup, &mut buf),
             Err(EncodeError::DuplicateField)
         );
-        let builtin = ReportedState {
-            fields: &[("rssi", StateValue::Int(1))],
-            ..base
-        };
-        assert_eq!(
-            encode_state(&builtin, &mut buf),
-            Err(EncodeError::DuplicateField)
-        );
+        for name in ["rssi", "type"] {
+            let builtin = ReportedState {
+                fields: &[(name, StateValue::Int(1))],
+                ..base
+            };
+            assert_eq!(
+                encode_state(&builtin, &mut buf),
+                Err(EncodeError::DuplicateField)
+            );
+        }
         let nan = ReportedState {
             fields: &[("t", StateValue::Float(f64::NAN))],
             ..base

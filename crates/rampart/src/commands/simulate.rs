@@ -25,6 +25,10 @@ pub async fn run(g: &GlobalArgs, args: SimulateArgs) -> Result<ExitCode> {
     let fleet = Fleet::start(options, shutdown.clone())
         .await
         .context("cannot start the simulated fleet")?;
+    // One line per faulty device, so that tests and operators know them.
+    for (id, kind) in fleet.faults() {
+        eprintln!("ota-fault id={id} kind={kind}");
+    }
     let done = CancellationToken::new();
     let reporter = tokio::spawn(report_progress(
         fleet.monitor(),
@@ -87,6 +91,13 @@ fn options(a: &SimulateArgs) -> FleetOptions {
     o.keepalive = a.keepalive;
     o.io_timeout = a.io_timeout;
     o.persist_every = a.persist_every;
+    o.device_type = a.device_type.clone();
+    o.firmware_version = a.firmware_version.clone();
+    o.ota_trust = a.ota_trust.clone();
+    o.ota_slot_size = a.ota_slot_size;
+    o.ota_faults = a.ota_fault.clone();
+    o.ota_confirm_timeout = a.ota_confirm_timeout;
+    o.ota_max_boot_attempts = a.ota_max_boot_attempts;
     o
 }
 
@@ -160,6 +171,17 @@ fn print_summary(s: &Summary) {
         c.commands,
         c.renewals
     );
+    if c.ota_offers + c.ota_failed + c.ota_rolled_back > 0 {
+        say!(
+            "updates: offers accepted {}, succeeded {}, failed {}, rolled back {} (boot crashes {}, downloads resumed {})",
+            c.ota_offers,
+            c.ota_succeeded,
+            c.ota_failed,
+            c.ota_rolled_back,
+            c.boot_crashes,
+            c.download_resumes
+        );
+    }
     if !s.drained {
         say!(
             "{} readings are still buffered in the state dir; the next run delivers them",

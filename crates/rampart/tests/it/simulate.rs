@@ -35,8 +35,13 @@ pub(crate) struct Platform {
 }
 
 pub(crate) fn platform() -> Platform {
+    platform_with(CONFIG)
+}
+
+/// [`platform`] with another configuration file.
+fn platform_with(config: &str) -> Platform {
     let ws = Workspace::new();
-    std::fs::write(ws.join("rampart.toml"), CONFIG).expect("config");
+    std::fs::write(ws.join("rampart.toml"), config).expect("config");
     ws.rampart().arg("init").assert().success();
     let mut serve = ws.serve(&[("RAMPART_CONFIG", "rampart.toml")]);
     let (mqtt, http) = serve.addresses();
@@ -1034,4 +1039,435 @@ fn the_console_claims_a_simulated_device_over_mqtt_streams_it_and_revokes_it() {
         });
     assert!(by_ann, "{audit}");
     assert!(sim.terminate());
+}
+
+/// Offers stand in for the campaign engine: one service identity may
+/// publish on `ota/down` (Rampart publishes there itself otherwise).
+const OTA_CONFIG: &str = "[broker]\nrate_limit_exempt = [\"127.0.0.1\", \"::1\"]\n\n\
+[[broker.acl]]\nidentity = \"ota-pub\"\naccess = \"publish\"\ntopic = \"devices/+/ota/down\"\n";
+
+/// What an update run of [`update_fleet`] produced.
+struct UpdateRun {
+    /// Device id → its `--ota-fault` kind (printed by the simulator).
+    faults: BTreeMap<String, String>,
+    /// Device id → its `ota/up` reports other than `downloading`, as
+    /// `status` or `status:reason`, in order.
+    reports: BTreeMap<String, Vec<String>>,
+    summary: Value,
+    /// Device id → the state it last reported, as the server stored it.
+    reported: BTreeMap<String, Value>,
+}
+
+/// A server with a trusted release key and an uploaded 200 kB image
+/// `1.1.0`, a simulated fleet trusting the key, and service identities
+/// to publish offers (standing in for the campaign engine) and read the
+/// reports.
+struct UpdateBench {
+    p: Platform,
+    sim: Serve,
+    ids: Vec<String>,
+    faults: BTreeMap<String, String>,
+    manifest_hex: String,
+    signature_hex: String,
+    sha: String,
+    size: usize,
+    tokens: rampart_ota::download::TokenKey,
+    sub_args: Vec<String>,
+    reports: BTreeMap<String, Vec<String>>,
+}
+
+impl UpdateBench {
+    fn start(devices: usize, args: &[&str]) -> Self {
+        let p = platform_with(OTA_CONFIG);
+        let key = p.ws.join("release.key").display().to_string();
+        p.ws.rampart_json(&["firmware", "keygen", "--out", &key]);
+        let public = format!("{key}.pub");
+        p.ws.rampart_json(&["firmware", "key", "add", &public, "--name", "release"]);
+        let image: Vec<u8> = (0..200_000usize).map(|i| (i * 17 % 251) as u8).collect();
+        let image_path = p.ws.join("app.bin");
+        std::fs::write(&image_path, &image).expect("image");
+        let bundle_path = p.ws.join("app.rfw").display().to_string();
+        p.ws.rampart_json(&[
+            "firmware",
+            "sign",
+            &image_path.display().to_string(),
+            "--key",
+            &key,
+            "--device-type",
+            "rampart-sim",
+            "--version",
+            "1.1.0",
+            "--security-version",
+            "1",
+            "--out",
+            &bundle_path,
+        ]);
+        p.ws.rampart_json(&["firmware", "upload", &bundle_path]);
+        let bundle = std::fs::read(&bundle_path).expect("bundle");
+        let head = rampart_core::ota::parse_head(&bundle).expect("a bundle");
+
+        let n = devices.to_string();
+        let token = p.token(devices, &["--id-prefix", "upd"]);
+        let mut sim_args = vec![
+            "--devices",
+            &n,
+            "--id-prefix",
+            "upd",
+            "--token",
+            &token,
+            "--rate",
+            "5/s",
+            "--ota-trust",
+            &public,
+        ];
+        sim_args.extend_from_slice(args);
+        let mut sim = p.spawn("state", "summary.json", &sim_args);
+        let connected = format!("connected {devices}/{devices}");
+        sim.wait_until("all connected", |l| {
+            l.starts_with("progress") && l.contains(&connected)
+        });
+        // The fault lines come before the fleet runs.
+        let faults: BTreeMap<String, String> = sim
+            .seen()
+            .iter()
+            .filter_map(|l| l.strip_prefix("ota-fault id="))
+            .filter_map(|rest| rest.split_once(" kind="))
+            .map(|(id, kind)| (id.to_owned(), kind.to_owned()))
+            .collect();
+        for name in ["ota-pub", "ota-sub"] {
+            let svc =
+                p.ws.rampart_json(&["service", "create", name, "--out", "svc"]);
+            assert_eq!(svc["service"]["state"], "active", "{svc}");
+        }
+        // The server's download token key, as the campaign engine has it.
+        let console_key =
+            std::fs::read_to_string(p.ws.data_dir().join("console.key")).expect("key");
+        let console_key: [u8; 32] = hex::decode(console_key.trim())
+            .expect("hex")
+            .try_into()
+            .expect("32 bytes");
+        let mut bench = UpdateBench {
+            ids: (1..=devices).map(|n| format!("upd-{n:04}")).collect(),
+            faults,
+            manifest_hex: hex::encode(head.manifest_bytes),
+            signature_hex: hex::encode(head.signature),
+            sha: hex::encode(head.manifest.image_sha256),
+            size: image.len(),
+            tokens: rampart_ota::download::TokenKey::derive(&console_key),
+            sub_args: Vec::new(),
+            reports: BTreeMap::new(),
+            sim,
+            p,
+        };
+        // A persistent subscription to the reports before any offer.
+        let mut sub_args = bench.mosquitto_base("ota-sub");
+        sub_args.extend(["-c", "-x", "120", "-q", "1", "-t", "devices/+/ota/up"].map(String::from));
+        let mut subscribe = sub_args.clone();
+        subscribe.push("-E".into());
+        let out = mosquitto("mosquitto_sub", &subscribe);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        sub_args.extend(["-v", "-W", "2"].map(String::from));
+        bench.sub_args = sub_args;
+        bench
+    }
+
+    fn mosquitto_base(&self, client: &str) -> Vec<String> {
+        let dir = self.p.ws.join("svc");
+        vec![
+            "-h".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            self.p.mqtt.port().to_string(),
+            "--cafile".into(),
+            dir.join("ca.crt").display().to_string(),
+            "--cert".into(),
+            dir.join(format!("{client}.crt")).display().to_string(),
+            "--key".into(),
+            dir.join(format!("{client}.key")).display().to_string(),
+            "-i".into(),
+            client.into(),
+            "-V".into(),
+            "mqttv5".into(),
+        ]
+    }
+
+    /// The download URL of the image for `id` (a token bound to it).
+    fn url(&self, id: &str) -> String {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis() as u64;
+        let t = rampart_ota::download::mint(
+            &self.tokens,
+            &rampart_ota::download::DownloadGrant {
+                device_id: id.to_owned(),
+                sha256: self.sha.clone(),
+                expires_at_ms: now_ms + 3_600_000,
+            },
+        )
+        .expect("token");
+        format!("https://{}/ota/v1/images/{}?t={t}", self.p.http, self.sha)
+    }
+
+    /// Publishes `body` on `devices/{id}/ota/down`.
+    fn publish(&self, id: &str, body: &str) {
+        let mut a = self.mosquitto_base("ota-pub");
+        a.extend(
+            [
+                "-q",
+                "1",
+                "-t",
+                &format!("devices/{id}/ota/down"),
+                "-m",
+                body,
+            ]
+            .map(String::from),
+        );
+        let out = mosquitto("mosquitto_pub", &a);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Offers the image to `id`, to be downloaded from `url`.
+    fn offer(&self, id: &str, url: &str) {
+        let offer = serde_json::json!({
+            "type": "offer",
+            "campaign": 1,
+            "manifest": self.manifest_hex,
+            "signature": self.signature_hex,
+            "url": url,
+            "size": self.size,
+            "sha256": self.sha,
+        })
+        .to_string();
+        self.publish(id, &offer);
+    }
+
+    /// Reads reports from the persistent subscription until every device's
+    /// last one has the status `final_status(id)`.
+    fn await_reports(&mut self, final_status: impl Fn(&str) -> String) {
+        let deadline = std::time::Instant::now() + wait_limit();
+        while !self.ids.iter().all(|id| {
+            self.reports
+                .get(id)
+                .and_then(|r| r.last())
+                .is_some_and(|last| last.split(':').next() == Some(final_status(id).as_str()))
+        }) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not every outcome reported: {:?}",
+                self.reports
+            );
+            let out = spawn_mosquitto("mosquitto_sub", &self.sub_args).wait();
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                let Some((topic, body)) = line.split_once(' ') else {
+                    continue;
+                };
+                let id = topic.split('/').nth(1).unwrap_or_default().to_owned();
+                let v: Value = serde_json::from_str(body).expect("a JSON report");
+                assert_eq!(v["version"], "1.1.0", "{v}");
+                let status = v["status"].as_str().unwrap_or_default();
+                if status == "downloading" {
+                    continue;
+                }
+                let entry = match v["reason"].as_str() {
+                    Some(r) => format!("{status}:{r}"),
+                    None => status.to_owned(),
+                };
+                self.reports.entry(id).or_default().push(entry);
+            }
+        }
+    }
+
+    /// Stops the fleet; returns what the run produced.
+    fn finish(mut self) -> UpdateRun {
+        assert!(self.sim.terminate());
+        let reported = self
+            .ids
+            .iter()
+            .map(|id| {
+                let stats = self.p.ws.rampart_json(&["telemetry", "stats", id]);
+                (id.clone(), stats["reported_state"]["state"].clone())
+            })
+            .collect();
+        UpdateRun {
+            faults: self.faults,
+            reports: self.reports,
+            summary: read_summary(&self.p, "summary.json"),
+            reported,
+        }
+    }
+}
+
+/// Every device of a fleet of `devices` is offered the image; runs until
+/// each reported its outcome (`expected` gives it by fault kind, `""` for
+/// healthy devices).
+fn update_fleet(
+    devices: usize,
+    args: &[&str],
+    expected: impl Fn(&str) -> &'static str,
+) -> UpdateRun {
+    let mut bench = UpdateBench::start(devices, args);
+    for id in &bench.ids {
+        bench.offer(id, &bench.url(id));
+    }
+    let outcome = |id: &str| {
+        let o = expected(bench.faults.get(id).map_or("", String::as_str));
+        o.split(':').next().unwrap_or(o).to_owned()
+    };
+    let finals: BTreeMap<String, String> = bench
+        .ids
+        .iter()
+        .map(|id| (id.clone(), outcome(id)))
+        .collect();
+    bench.await_reports(|id| finals[id].clone());
+    bench.finish()
+}
+
+#[test]
+fn a_resent_offer_is_ignored_and_a_cancel_discards_the_download() {
+    let mut bench = UpdateBench::start(1, &[]);
+    let id = bench.ids[0].clone();
+    // A download that cannot progress: an address that accepts and never
+    // answers, as a network that swallows packets.
+    let stuck = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let stuck_url = format!(
+        "https://{}/ota/v1/images/{}?t=x",
+        stuck.local_addr().expect("addr"),
+        bench.sha
+    );
+    bench.offer(&id, &stuck_url);
+    // The same offer again while it is being received: ignored (no
+    // `failed:busy`); then the campaign cancels it: discarded silently.
+    bench.offer(&id, &stuck_url);
+    bench.publish(&id, r#"{"type":"cancel","campaign":1}"#);
+    // Offered afresh with a working URL, it installs (had the cancel not
+    // discarded the first download, this offer would be ignored and the
+    // stuck one would end in `failed:download`).
+    bench.offer(&id, &bench.url(&id));
+    bench.await_reports(|_| "succeeded".to_owned());
+    let run = bench.finish();
+    assert_eq!(
+        run.reports[&id],
+        [
+            "verifying",
+            "pending-reboot",
+            "pending-confirm",
+            "succeeded"
+        ],
+        "{:?}",
+        run.reports
+    );
+    assert_eq!(count(&run.summary, "otaOffers"), 2, "{}", run.summary);
+    assert_eq!(count(&run.summary, "otaFailed"), 0, "{}", run.summary);
+    drop(stuck);
+}
+
+#[test]
+fn offered_updates_are_downloaded_installed_and_confirmed_or_rolled_back() {
+    // Three devices; exactly one crashes on every trial boot.
+    let run = update_fleet(
+        3,
+        &[
+            "--ota-fault",
+            "crash-on-boot:0.34",
+            "--ota-max-boot-attempts",
+            "2",
+        ],
+        |kind| match kind {
+            "crash-on-boot" => "rolled-back:crash-loop",
+            _ => "succeeded",
+        },
+    );
+    let summary = &run.summary;
+    assert_eq!(run.faults.len(), 1, "{:?}", run.faults);
+    assert_eq!(count(summary, "otaOffers"), 3, "{summary}");
+    assert_eq!(count(summary, "otaSucceeded"), 2, "{summary}");
+    assert_eq!(count(summary, "otaRolledBack"), 1, "{summary}");
+    assert_eq!(count(summary, "bootCrashes"), 2, "{summary}");
+    assert_eq!(count(summary, "otaFailed"), 0, "{summary}");
+    for d in summary["devices"].as_array().expect("devices") {
+        let id = d["id"].as_str().expect("id");
+        let (firmware, reports): (&str, &[&str]) = match run.faults.get(id) {
+            Some(kind) => {
+                assert_eq!(kind, "crash-on-boot");
+                assert_eq!(d["otaFault"], "crash-on-boot");
+                (
+                    "1.0.0",
+                    &["verifying", "pending-reboot", "rolled-back:crash-loop"],
+                )
+            }
+            None => (
+                "1.1.0",
+                &[
+                    "verifying",
+                    "pending-reboot",
+                    "pending-confirm",
+                    "succeeded",
+                ],
+            ),
+        };
+        assert_eq!(d["firmware"], firmware, "{d}");
+        assert_eq!(run.reports[id], reports, "{id}: {:?}", run.reports);
+        // The server holds the running version and the device type.
+        assert_eq!(run.reported[id]["fw"], firmware, "{:?}", run.reported);
+        assert_eq!(run.reported[id]["type"], "rampart-sim");
+    }
+}
+
+#[test]
+fn hung_offline_and_corrupted_updates_end_rolled_back_or_failed() {
+    let run = update_fleet(
+        4,
+        &[
+            "--ota-fault",
+            "hang:0.25",
+            "--ota-fault",
+            "no-network:0.25",
+            "--ota-fault",
+            "corrupt-download:0.25",
+            "--ota-confirm-timeout",
+            "2s",
+        ],
+        |kind| match kind {
+            "hang" | "no-network" => "rolled-back:not-confirmed",
+            "corrupt-download" => "failed:hash-mismatch",
+            _ => "succeeded",
+        },
+    );
+    let summary = &run.summary;
+    assert_eq!(run.faults.len(), 3, "{:?}", run.faults);
+    assert_eq!(count(summary, "otaSucceeded"), 1, "{summary}");
+    assert_eq!(count(summary, "otaRolledBack"), 2, "{summary}");
+    assert_eq!(count(summary, "otaFailed"), 1, "{summary}");
+    for d in summary["devices"].as_array().expect("devices") {
+        let id = d["id"].as_str().expect("id");
+        let kind = run.faults.get(id).map_or("", String::as_str);
+        let (firmware, reports): (&str, &[&str]) = match kind {
+            "hang" | "no-network" => (
+                "1.0.0",
+                &["verifying", "pending-reboot", "rolled-back:not-confirmed"],
+            ),
+            "corrupt-download" => ("1.0.0", &["verifying", "failed:hash-mismatch"]),
+            _ => (
+                "1.1.0",
+                &[
+                    "verifying",
+                    "pending-reboot",
+                    "pending-confirm",
+                    "succeeded",
+                ],
+            ),
+        };
+        assert_eq!(d["firmware"], firmware, "{id} ({kind}): {d}");
+        assert_eq!(run.reports[id], reports, "{id} ({kind}): {:?}", run.reports);
+        assert_eq!(run.reported[id]["fw"], firmware, "{:?}", run.reported);
+    }
 }

@@ -44,11 +44,21 @@ pub enum Action {
     ReadAudit,
     /// Read `/metrics` and figures pages.
     ReadMetrics,
+    /// Read uploaded firmware and the trusted signing keys.
+    ReadFirmware,
+    /// Upload a signed firmware bundle.
+    UploadFirmware,
+    /// Read campaigns and their per-device progress.
+    ReadCampaigns,
+    /// Start updates: create a campaign, approve it, resume it.
+    StartCampaigns,
+    /// Stop updates: pause a campaign, or cancel it (emergency stop).
+    StopCampaigns,
 }
 
 impl Action {
     /// Every action, for tests and documentation.
-    pub const ALL: [Action; 15] = [
+    pub const ALL: [Action; 20] = [
         Action::ReadOwnAccount,
         Action::ManageOwnAccount,
         Action::ManageOwnApiTokens,
@@ -64,6 +74,11 @@ impl Action {
         Action::ManageUsers,
         Action::ReadAudit,
         Action::ReadMetrics,
+        Action::ReadFirmware,
+        Action::UploadFirmware,
+        Action::ReadCampaigns,
+        Action::StartCampaigns,
+        Action::StopCampaigns,
     ];
 
     /// The least role allowed to do it.
@@ -72,8 +87,10 @@ impl Action {
             Action::ReadOwnAccount
             | Action::ManageOwnAccount
             | Action::ManageOwnApiTokens
-            | Action::ReadDevices => Role::Viewer,
-            Action::ClaimDevice | Action::DisableDevice => Role::Operator,
+            | Action::ReadDevices
+            | Action::ReadFirmware
+            | Action::ReadCampaigns => Role::Viewer,
+            Action::ClaimDevice | Action::DisableDevice | Action::StopCampaigns => Role::Operator,
             Action::ManageAllApiTokens
             | Action::RevokeDevice
             | Action::ManageEnrollmentTokens
@@ -82,7 +99,9 @@ impl Action {
             | Action::ReadUsers
             | Action::ManageUsers
             | Action::ReadAudit
-            | Action::ReadMetrics => Role::Admin,
+            | Action::ReadMetrics
+            | Action::UploadFirmware
+            | Action::StartCampaigns => Role::Admin,
         }
     }
 
@@ -114,6 +133,11 @@ impl Action {
             Action::ManageUsers => "manage users",
             Action::ReadAudit => "read the audit log",
             Action::ReadMetrics => "read metrics",
+            Action::ReadFirmware => "read firmware",
+            Action::UploadFirmware => "upload firmware",
+            Action::ReadCampaigns => "read update campaigns",
+            Action::StartCampaigns => "create, approve or resume update campaigns",
+            Action::StopCampaigns => "pause or cancel update campaigns",
         }
     }
 }

@@ -10,8 +10,11 @@ mod account;
 mod console;
 mod devices;
 mod enroll;
+mod firmware;
+mod firmware_pages;
 pub(crate) mod guard;
 pub mod openapi;
+mod ota;
 mod pages;
 pub(crate) mod registry;
 mod registry_pages;
@@ -99,6 +102,9 @@ pub const ROUTES: &[RouteSpec] = &[
     page("GET", "/static/app.css", Public),
     page("GET", "/static/console.js", Public),
     api("POST", "/api/v1/enroll", Public),
+    // Firmware images for devices: the handler checks the download token
+    // and the device's TLS client certificate (docs/ota.md §4).
+    api("GET", "/ota/v1/images/{sha256}", Public),
     // First start and sign-in.
     page("GET", "/setup", Public),
     page("POST", "/setup", Public),
@@ -275,6 +281,12 @@ pub const ROUTES: &[RouteSpec] = &[
         "/services/{name}/revoke",
         act(Action::ManageServices),
     ),
+    // Firmware (issue 9): viewers read, admins upload.
+    api("GET", "/api/v1/firmware", act(Action::ReadFirmware)),
+    api("POST", "/api/v1/firmware", act(Action::UploadFirmware)),
+    api("GET", "/api/v1/firmware/keys", act(Action::ReadFirmware)),
+    api("GET", "/api/v1/firmware/{id}", act(Action::ReadFirmware)),
+    page("GET", "/firmware", act(Action::ReadFirmware)),
     // Audit log.
     api("GET", "/api/v1/audit", act(Action::ReadAudit)),
     page("GET", "/audit", act(Action::ReadAudit)),
@@ -301,6 +313,7 @@ fn endpoint(spec: &RouteSpec) -> Option<MethodRouter<AppState>> {
         ("GET", "/metrics") => get(crate::metrics::metrics_https),
         ("GET", "/static/app.css") => get(crate::ui::stylesheet),
         ("POST", "/api/v1/enroll") => post(enroll::enroll),
+        ("GET", "/ota/v1/images/{sha256}") => get(ota::image),
         ("GET", "/setup") => get(pages::setup_form),
         ("POST", "/setup") => post(pages::setup_submit),
         ("POST", "/api/v1/setup") => post(account::setup),
@@ -371,6 +384,11 @@ fn endpoint(spec: &RouteSpec) -> Option<MethodRouter<AppState>> {
         ("GET", "/services") => get(registry_pages::services),
         ("POST", "/services") => post(registry_pages::service_create),
         ("POST", "/services/{name}/revoke") => post(registry_pages::service_revoke),
+        ("GET", "/api/v1/firmware") => get(firmware::list),
+        ("POST", "/api/v1/firmware") => post(firmware::upload),
+        ("GET", "/api/v1/firmware/keys") => get(firmware::keys),
+        ("GET", "/api/v1/firmware/{id}") => get(firmware::show),
+        ("GET", "/firmware") => get(firmware_pages::firmware),
         ("GET", "/api/v1/audit") => get(registry::audit),
         ("GET", "/audit") => get(registry_pages::audit),
         ("GET", "/api/v1/openapi.json") => get(openapi::document),
@@ -382,8 +400,20 @@ fn endpoint(spec: &RouteSpec) -> Option<MethodRouter<AppState>> {
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config().max_body_bytes;
     let mut router = Router::new();
+    // A firmware upload carries a whole bundle: its own, larger limit.
+    let upload_limit = firmware::upload_limit(
+        state
+            .ota()
+            .map_or(rampart_ota::DEFAULT_MAX_IMAGE_SIZE, |o| o.max_image_size),
+    );
     for spec in ROUTES {
         match endpoint(spec) {
+            Some(handler) if (spec.method, spec.path) == ("POST", "/api/v1/firmware") => {
+                router = router.route(
+                    spec.path,
+                    handler.layer(DefaultBodyLimit::max(upload_limit)),
+                );
+            }
             Some(handler) => router = router.route(spec.path, handler),
             None => {
                 tracing::error!(

@@ -6,7 +6,7 @@ use axum::Json;
 use axum::response::IntoResponse;
 use utoipa::OpenApi;
 
-use super::{account, devices, enroll, registry, users};
+use super::{account, devices, enroll, firmware, registry, users};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -52,6 +52,10 @@ use super::{account, devices, enroll, registry, users};
         devices::revoke,
         devices::claim_start,
         devices::claim_show,
+        firmware::list,
+        firmware::upload,
+        firmware::keys,
+        firmware::show,
         document,
     )
 )]

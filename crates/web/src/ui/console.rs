@@ -43,7 +43,7 @@ fn online_badge(online: bool) -> Markup {
 }
 
 /// The script of the device and claim pages (served from `/static`).
-fn script() -> Markup {
+pub(crate) fn script() -> Markup {
     html! { script src={ "/static/console.js?v=" (super::console_script_version()) } defer {} }
 }
 

@@ -11,6 +11,7 @@ const NAV: &[(&str, &str, Action)] = &[
     ("Overview", "/", Action::ReadDevices),
     ("Devices", "/devices", Action::ReadDevices),
     ("Claim", "/claim", Action::ClaimDevice),
+    ("Firmware", "/firmware", Action::ReadFirmware),
     ("Account", "/account", Action::ReadOwnAccount),
     ("Users", "/users", Action::ReadUsers),
     (

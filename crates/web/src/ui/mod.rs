@@ -5,6 +5,7 @@
 //! inline script or style anywhere: the CSP forbids both.
 
 pub(crate) mod console;
+pub(crate) mod firmware;
 pub mod layout;
 pub(crate) mod pages;
 pub(crate) mod registry;

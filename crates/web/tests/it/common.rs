@@ -3,12 +3,16 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use rampart_ota::download::TokenKey;
 use rampart_pki::{Pki, PkiOptions};
 use rampart_provisioning::enrollment::{self, TokenSpec};
 use rampart_store::sqlite::SqliteOptions;
 use rampart_store::{Actor, AuditKey, SqliteStore, Store};
 use rampart_web::auth::{Clock, SealingKey};
-use rampart_web::{AppState, AuthBackend, CrlPublisher, DeviceBackend, ServerTls, WebConfig};
+use rampart_web::{
+    AppState, AuthBackend, ClientTrust, CrlPublisher, DeviceBackend, OtaBackend, ServerTls,
+    WebConfig,
+};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -26,6 +30,10 @@ pub struct Server {
     pub fanout: rampart_ingest::Fanout,
     /// CRL publications asked for by revocations.
     pub crl: Arc<CountingCrl>,
+    /// Where firmware images are stored (content-addressed).
+    pub images: std::path::PathBuf,
+    /// The key download tokens are made with.
+    pub tokens: TokenKey,
     stop: CancellationToken,
     task: Option<JoinHandle<std::io::Result<()>>>,
     _dir: tempfile::TempDir,
@@ -50,10 +58,14 @@ impl Server {
             SqliteOptions::default(),
         )
         .expect("store");
-        let tls = ServerTls::new(
+        let tls = ServerTls::with_client_trust(
             &read(&pki.server_cert_path()),
             &read(&pki.server_key_path()),
             config.tls12,
+            ClientTrust {
+                ca_pem: pki.client_ca_pem(),
+                crl_pem: None,
+            },
         )
         .expect("TLS");
         let clock = Clock::manual(time::OffsetDateTime::now_utc());
@@ -62,6 +74,8 @@ impl Server {
             sealing_key: SealingKey::new([9; 32]),
             clock: clock.clone(),
         };
+        let images = dir.path().join("firmware");
+        let tokens = TokenKey::derive(&[5; 32]);
         let fanout = rampart_ingest::Fanout::new(256);
         let crl = Arc::new(CountingCrl::default());
         let live_stop = CancellationToken::new();
@@ -76,6 +90,12 @@ impl Server {
                 live,
                 crl: crl.clone(),
                 claim_policy: rampart_provisioning::claim::ClaimPolicy::default(),
+            })
+            .with_ota(OtaBackend {
+                firmware: Arc::new(store.clone()),
+                images: images.clone(),
+                tokens: tokens.clone(),
+                max_image_size: 256 * 1024,
             });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -95,6 +115,8 @@ impl Server {
             clock,
             fanout,
             crl,
+            images,
+            tokens,
             stop,
             task: Some(task),
             _dir: dir,
@@ -165,6 +187,34 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.stop.cancel();
     }
+}
+
+/// An HTTPS client that trusts the test CA and presents `cert_pem` (a
+/// device certificate) with `key_pem`, as a device downloading firmware.
+pub fn client_with_certificate(ca_pem: &str, cert_pem: &str, key_pem: &str) -> reqwest::Client {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.expect("CA PEM")).expect("CA certificate");
+    }
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .expect("certificate PEM");
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).expect("key PEM");
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)
+    .expect("client certificate");
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(config)
+        .timeout(rampart_test_support::wait_limit())
+        .build()
+        .expect("HTTPS client")
 }
 
 pub fn read(path: &std::path::Path) -> String {

@@ -29,6 +29,8 @@ const EXPECTED: &[(&str, &str, [u16; 5])] = &[
     ("GET", "/static/app.css", [200, 200, 200, 200, 200]),
     ("GET", "/static/console.js", [200, 200, 200, 200, 200]),
     ("POST", "/api/v1/enroll", [400, 400, 400, 400, 400]),
+    // Devices only, by client certificate: none here.
+    ("GET", "/ota/v1/images/{sha256}", [401, 401, 401, 401, 401]),
     ("GET", "/setup", [303, 303, 303, 303, 303]),
     ("POST", "/setup", [400, 400, 400, 400, 400]),
     ("POST", "/api/v1/setup", [400, 400, 400, 400, 400]),
@@ -164,6 +166,13 @@ const EXPECTED: &[(&str, &str, [u16; 5])] = &[
     ("POST", "/services/{name}/revoke", [303, 403, 403, 404, 404]),
     // Viewers and operators do not read the audit log: it names every
     // user, address and action (DESIGN.md "Users and access").
+    // Firmware: viewers read, admins upload (`{}` as JSON is the wrong
+    // content type: 415 once allowed).
+    ("GET", "/api/v1/firmware", [401, 200, 200, 200, 200]),
+    ("POST", "/api/v1/firmware", [401, 403, 403, 415, 415]),
+    ("GET", "/api/v1/firmware/keys", [401, 200, 200, 200, 200]),
+    ("GET", "/api/v1/firmware/{id}", [401, 404, 404, 404, 404]),
+    ("GET", "/firmware", [303, 200, 200, 200, 200]),
     ("GET", "/api/v1/audit", [401, 403, 403, 200, 200]),
     ("GET", "/audit", [303, 403, 403, 200, 200]),
     ("GET", "/api/v1/openapi.json", [200, 200, 200, 200, 200]),
@@ -255,7 +264,8 @@ async fn every_route_answers_every_role_as_the_table_says() {
                 method.clone(),
                 &path
                     .replace("{id}", "nonexistent")
-                    .replace("{name}", "nonexistent"),
+                    .replace("{name}", "nonexistent")
+                    .replace("{sha256}", "nonexistent"),
             );
             if method != Method::GET {
                 req = match surface {
