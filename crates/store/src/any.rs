@@ -3,7 +3,7 @@
 //! The binary picks SQLite or PostgreSQL at start; holding the choice in an
 //! enum rather than `Arc<dyn Store>` keeps the type `Clone`, lets callers
 //! reach backend-specific methods by matching, and delegates further traits
-//! that both backends implement ([`TelemetryStore`]) the same way.
+//! that both backends implement ([`TelemetryStore`], notifications) the same way.
 
 use async_trait::async_trait;
 use rampart_pki::RevocationReason;
@@ -519,5 +519,38 @@ impl crate::FirmwareStore for AnyStore {
 
     async fn firmware(&self, id: u64) -> Result<Option<crate::Firmware>> {
         delegate!(self.firmware(id))
+    }
+}
+
+#[async_trait]
+impl crate::NotificationStore for AnyStore {
+    async fn add_notification(
+        &self,
+        notification: crate::NewNotification,
+        actor: &Actor,
+    ) -> Result<crate::Notification> {
+        delegate!(self.add_notification(notification, actor))
+    }
+
+    async fn notifications(
+        &self,
+        user_id: &str,
+        query: &crate::NotificationQuery,
+    ) -> Result<crate::NotificationPage> {
+        delegate!(self.notifications(user_id, query))
+    }
+
+    async fn unread_notifications(&self, user_id: &str) -> Result<u64> {
+        delegate!(self.unread_notifications(user_id))
+    }
+
+    async fn mark_notifications_read(
+        &self,
+        user_id: &str,
+        up_to: Option<u64>,
+        at: time::OffsetDateTime,
+        actor: &Actor,
+    ) -> Result<u64> {
+        delegate!(self.mark_notifications_read(user_id, up_to, at, actor))
     }
 }

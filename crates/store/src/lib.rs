@@ -23,6 +23,7 @@ mod migrations;
 mod millis;
 mod model;
 mod mqtt;
+pub mod notifications;
 pub mod postgres;
 mod records;
 pub mod sqlite;
@@ -50,6 +51,9 @@ pub use model::{
     NewService, Owner, OwnerError, RevokedCertificate, Service, ServiceState,
 };
 pub use mqtt::{MqttOp, MqttSnapshot, StoredMessage, StoredSession, StoredSubscription};
+pub use notifications::{
+    NewNotification, Notification, NotificationPage, NotificationQuery, NotificationStore,
+};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 pub use telemetry::TelemetryStore;

@@ -59,6 +59,10 @@ const MIGRATIONS: &[Migration] = &[
         11,
         include_str!("../../migrations/postgres/0011_firmware.sql"),
     ),
+    (
+        13,
+        include_str!("../../migrations/postgres/0013_notifications.sql"),
+    ),
 ];
 
 /// Advisory lock serialising migrations: "RMPT" and 0.

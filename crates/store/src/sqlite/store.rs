@@ -7,7 +7,8 @@ use rampart_proto::DeviceId;
 use rusqlite::{Transaction, params};
 
 use super::{
-    SqliteStore, audit, changes, claims, db, devices, enrollment, mqtt, renewal, services,
+    SqliteStore, audit, changes, claims, db, devices, enrollment, mqtt, notifications, renewal,
+    services,
 };
 use crate::lifecycle::{self, IdentityChange};
 use crate::millis::{now_ms, to_ms};
@@ -393,7 +394,7 @@ impl Store for SqliteStore {
             let dev = devices::require(tx, &claim.device)?;
             let stored = claims::code_hash(tx, &claim.device)?;
             let change = lifecycle::start_claim(&dev, &claim, stored.as_deref())?;
-            let id = claims::insert(tx, &claim, now)?;
+            let id = claims::insert(tx, &claim, &actor.name, now)?;
             let rec = log_change(tx, key, &change, &actor, now)?;
             Ok((claims::require(tx, id)?, rec))
         })
@@ -419,6 +420,7 @@ impl Store for SqliteStore {
             let change = lifecycle::complete_claim(&dev, &claim)?;
             claims::bind(tx, &claim.device, &claim.owner, now)?;
             claims::finish(tx, id, ClaimStatus::Bound, None, now)?;
+            notifications::claim_ended(tx, &claim, ClaimStatus::Bound, None, now)?;
             let rec = log_change(tx, key, &change, &actor, now)?;
             Ok((devices::require(tx, &claim.device)?, rec))
         })
@@ -438,6 +440,7 @@ impl Store for SqliteStore {
             let claim = claims::require(tx, id)?;
             let change = lifecycle::end_claim(&claim, status, &reason)?;
             claims::finish(tx, id, status, Some(&reason), now)?;
+            notifications::claim_ended(tx, &claim, status, Some(&reason), now)?;
             let rec = log_change(tx, key, &change, &actor, now)?;
             Ok((claims::require(tx, id)?, rec))
         })

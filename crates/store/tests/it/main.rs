@@ -4,6 +4,7 @@
 mod enrollment;
 mod firmware;
 mod fleet;
+mod notifications;
 mod provisioning;
 mod store;
 mod telemetry;
