@@ -420,6 +420,7 @@ fn web_state(
     .context("cannot set up HTTPS")?;
     let auth = rampart_web::AuthBackend {
         users: Arc::new(platform.store.clone()),
+        notifications: Arc::new(platform.store.clone()),
         sealing_key: rampart_web::auth::SealingKey::new(dir.console_key()?),
         clock: rampart_web::auth::Clock::system(),
     };

@@ -30,7 +30,7 @@ mod tls;
 pub mod ui;
 
 pub use config::{MetricsToken, WebConfig};
-pub use error::ApiError;
+pub use error::{ApiError, ErrorBody, ErrorDetail};
 pub use limit::FailureLimiter;
 pub use metrics::{Monitoring, run_metrics};
 pub use routes::openapi::openapi_json;

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use rampart_pki::Pki;
 use rampart_provisioning::claim::ClaimPolicy;
 use rampart_store::telemetry::TelemetryStore;
-use rampart_store::{Store, UserStore};
+use rampart_store::{NotificationStore, Store, UserStore};
 use time::OffsetDateTime;
 
 use crate::auth::{Clock, SealingKey};
@@ -64,11 +64,13 @@ pub struct DeviceBackend {
 }
 
 /// What the console's sign-in needs besides the registry store: the user
-/// store, the key sealing TOTP secrets, and the clock.
+/// store, users' notifications, the key sealing TOTP secrets, and the clock.
 #[derive(Clone, Debug)]
 pub struct AuthBackend {
     /// Users, sessions, setup and API tokens.
     pub users: Arc<dyn UserStore>,
+    /// What the console tells each user (claims that ended, ...).
+    pub notifications: Arc<dyn NotificationStore>,
     /// Seals TOTP secrets at rest (kept outside the database).
     pub sealing_key: SealingKey,
     /// Now (a manual clock in tests).
@@ -181,6 +183,11 @@ impl AppState {
     /// The user store.
     pub fn users(&self) -> &dyn UserStore {
         self.inner.auth.users.as_ref()
+    }
+
+    /// Users' notifications.
+    pub fn notifications(&self) -> &dyn NotificationStore {
+        self.inner.auth.notifications.as_ref()
     }
 
     /// The key sealing TOTP secrets.

@@ -11,6 +11,7 @@ mod console;
 mod devices;
 mod enroll;
 pub(crate) mod guard;
+mod notifications;
 pub mod openapi;
 mod pages;
 pub(crate) mod registry;
@@ -278,6 +279,16 @@ pub const ROUTES: &[RouteSpec] = &[
     // Audit log.
     api("GET", "/api/v1/audit", act(Action::ReadAudit)),
     page("GET", "/audit", act(Action::ReadAudit)),
+    // One's own notifications: reading them includes marking them read,
+    // which API tokens may do too (it changes nothing but the inbox).
+    api("GET", "/api/v1/notifications", act(Action::ReadOwnAccount)),
+    api(
+        "POST",
+        "/api/v1/notifications/read",
+        act(Action::ReadOwnAccount),
+    ),
+    page("GET", "/notifications", act(Action::ReadOwnAccount)),
+    page("POST", "/notifications/read", act(Action::ReadOwnAccount)),
     // The API's own description.
     api("GET", "/api/v1/openapi.json", Public),
 ];
@@ -373,6 +384,10 @@ fn endpoint(spec: &RouteSpec) -> Option<MethodRouter<AppState>> {
         ("POST", "/services/{name}/revoke") => post(registry_pages::service_revoke),
         ("GET", "/api/v1/audit") => get(registry::audit),
         ("GET", "/audit") => get(registry_pages::audit),
+        ("GET", "/api/v1/notifications") => get(notifications::list),
+        ("POST", "/api/v1/notifications/read") => post(notifications::mark_read),
+        ("GET", "/notifications") => get(notifications::page),
+        ("POST", "/notifications/read") => post(notifications::page_mark_read),
         ("GET", "/api/v1/openapi.json") => get(openapi::document),
         _ => return None,
     })

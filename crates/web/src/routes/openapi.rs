@@ -6,7 +6,7 @@ use axum::Json;
 use axum::response::IntoResponse;
 use utoipa::OpenApi;
 
-use super::{account, devices, enroll, registry, users};
+use super::{account, devices, enroll, notifications, registry, users};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -52,6 +52,8 @@ use super::{account, devices, enroll, registry, users};
         devices::revoke,
         devices::claim_start,
         devices::claim_show,
+        notifications::list,
+        notifications::mark_read,
         document,
     )
 )]

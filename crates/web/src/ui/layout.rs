@@ -47,6 +47,7 @@ pub fn page(title: &str, principal: Option<&Principal>, current: &str, content: 
                                     }
                                 }
                             }
+                            (bell(p, current))
                             span.who { (p.name) " · " (p.role) " · " a href="/logout" { "Sign out" } }
                         }
                     }
@@ -57,6 +58,26 @@ pub fn page(title: &str, principal: Option<&Principal>, current: &str, content: 
                     main.narrow { (content) }
                 }
                 footer { "Rampart · self-hosted IoT platform" }
+            }
+        }
+    }
+}
+
+/// The notifications bell with its unread count (`console.js` refreshes
+/// the count when the page comes back into view).
+fn bell(p: &Principal, current: &str) -> Markup {
+    let unread = p.unread_notifications.unwrap_or(0);
+    let label = match unread {
+        0 => "Notifications, none unread".to_owned(),
+        1 => "Notifications, 1 unread".to_owned(),
+        n => format!("Notifications, {n} unread"),
+    };
+    html! {
+        a.bell #notify-bell class=[(current == "/notifications").then_some("current")]
+            href="/notifications" title=(label) aria-label=(label) {
+            span.icon aria-hidden="true" { "\u{1F514}" }
+            span.count #notify-badge data-unread=(unread) hidden[unread == 0] {
+                @if unread > 99 { "99+" } @else { (unread) }
             }
         }
     }

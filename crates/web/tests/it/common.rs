@@ -59,6 +59,7 @@ impl Server {
         let clock = Clock::manual(time::OffsetDateTime::now_utc());
         let auth = AuthBackend {
             users: Arc::new(store.clone()),
+            notifications: Arc::new(store.clone()),
             sealing_key: SealingKey::new([9; 32]),
             clock: clock.clone(),
         };
