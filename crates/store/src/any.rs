@@ -210,6 +210,10 @@ impl Store for AnyStore {
         delegate!(self.verify_audit())
     }
 
+    async fn verify_audit_since(&self, anchor: &crate::AuditAnchor) -> Result<AuditReport> {
+        delegate!(self.verify_audit_since(anchor))
+    }
+
     async fn changes_since(&self, after: u64) -> Result<Vec<Change>> {
         delegate!(self.changes_since(after))
     }

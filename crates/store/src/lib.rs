@@ -36,7 +36,8 @@ use rampart_proto::DeviceId;
 
 pub use any::AnyStore;
 pub use audit::{
-    AuditBreak, AuditEntry, AuditKey, AuditRecord, AuditReport, AuditSearch, read_key_file,
+    AuditAnchor, AuditBreak, AuditEntry, AuditKey, AuditRecord, AuditReport, AuditSearch,
+    read_key_file,
 };
 pub use enrollment::{
     Enrolled, Enrollment, EnrollmentRefusal, EnrollmentToken, IssueCertificate, NewEnrollmentToken,
@@ -203,6 +204,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Recomputes the audit chain and reports the first broken row.
     async fn verify_audit(&self) -> Result<AuditReport>;
+
+    /// Verifies only what was appended after `anchor` (the `verified` of
+    /// an earlier report): the anchor row must still be there, unchanged,
+    /// and every newer row must link from it. Rows before the anchor are
+    /// not read again; a full [`Store::verify_audit`] now and then covers them.
+    async fn verify_audit_since(&self, anchor: &AuditAnchor) -> Result<AuditReport>;
 
     /// Change-feed rows with `seq > after`, oldest first.
     async fn changes_since(&self, after: u64) -> Result<Vec<Change>>;

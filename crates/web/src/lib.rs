@@ -14,6 +14,7 @@
 //! a secret (bearer tokens, claim codes, passwords, session ids, TOTP
 //! secrets).
 
+mod audit_chain;
 pub mod auth;
 pub mod chart;
 mod config;

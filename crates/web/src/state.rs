@@ -40,6 +40,8 @@ struct Inner {
     totp_steps: Mutex<HashMap<String, i64>>,
     /// Sign-ins waiting for their TOTP code: ticket hash → (user id, expiry).
     mfa_tickets: Mutex<HashMap<String, (String, OffsetDateTime)>>,
+    /// Where the audit chain last verified, so `/audit` checks only newer rows.
+    audit_chain: crate::audit_chain::ChainMemo,
 }
 
 /// Publishes the CRL after a revocation, so that new TLS handshakes refuse
@@ -95,6 +97,7 @@ impl AppState {
                 auth,
                 totp_steps: Mutex::new(HashMap::new()),
                 mfa_tickets: Mutex::new(HashMap::new()),
+                audit_chain: crate::audit_chain::ChainMemo::default(),
                 enroll_failures: FailureLimiter::new(
                     config.enroll_failure_burst,
                     config.enroll_failure_refill,
@@ -183,6 +186,11 @@ impl AppState {
     /// The user store.
     pub fn users(&self) -> &dyn UserStore {
         self.inner.auth.users.as_ref()
+    }
+
+    /// The audit chain's last verified position.
+    pub(crate) fn audit_chain(&self) -> &crate::audit_chain::ChainMemo {
+        &self.inner.audit_chain
     }
 
     /// Users' notifications.

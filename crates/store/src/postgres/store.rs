@@ -395,7 +395,15 @@ impl Store for PostgresStore {
     async fn verify_audit(&self) -> Result<AuditReport> {
         self.retrying(|| async {
             let mut client = self.client().await?;
-            audit::verify(&mut client, &self.inner.audit_key).await
+            audit::verify(&mut client, &self.inner.audit_key, None).await
+        })
+        .await
+    }
+
+    async fn verify_audit_since(&self, anchor: &crate::AuditAnchor) -> Result<AuditReport> {
+        self.retrying(|| async {
+            let mut client = self.client().await?;
+            audit::verify(&mut client, &self.inner.audit_key, Some(anchor)).await
         })
         .await
     }

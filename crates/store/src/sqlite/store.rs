@@ -320,6 +320,12 @@ impl Store for SqliteStore {
         self.read(audit::verify).await
     }
 
+    async fn verify_audit_since(&self, anchor: &crate::AuditAnchor) -> Result<AuditReport> {
+        let anchor = anchor.clone();
+        self.read(move |conn, key| audit::verify_since(conn, key, &anchor))
+            .await
+    }
+
     async fn changes_since(&self, after: u64) -> Result<Vec<Change>> {
         self.read(move |conn, _| changes::since(conn, after)).await
     }

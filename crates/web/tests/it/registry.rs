@@ -287,3 +287,42 @@ async fn the_openapi_document_is_served_and_lists_every_api_route() {
         r.body["components"]["schemas"]
     );
 }
+
+#[tokio::test]
+async fn the_audit_view_verifies_new_rows_from_where_it_left_off() {
+    let s = Server::start(config()).await;
+    let owner = s.owner().await;
+    let rows = |r: &crate::console::Reply| r.body["chain"]["rows"].as_u64().unwrap_or(0);
+    let first = Req::get("/api/v1/audit").session(&owner).send(&s).await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    assert_eq!(first.body["chain"]["ok"], true, "{}", first.text);
+    let before = rows(&first);
+    assert!(before > 0, "{}", first.text);
+    for i in 0..3 {
+        rampart_store::Store::record_audit(
+            &s.store,
+            rampart_store::AuditEntry {
+                actor: rampart_store::Actor::system(),
+                action: "test.later".into(),
+                subject: Some(format!("row-{i}")),
+                detail: json!({ "i": i }),
+            },
+        )
+        .await
+        .expect("append");
+    }
+    // The next view checks from the row it verified last: all of them count.
+    let next = Req::get("/api/v1/audit").session(&owner).send(&s).await;
+    assert_eq!(next.body["chain"]["ok"], true, "{}", next.text);
+    assert_eq!(rows(&next), before + 3, "{}", next.text);
+    // A full check on demand, and on the page a link to ask for one.
+    let full = Req::get("/api/v1/audit?full=true")
+        .session(&owner)
+        .send(&s)
+        .await;
+    assert_eq!(full.body["chain"]["ok"], true, "{}", full.text);
+    assert_eq!(rows(&full), before + 3);
+    let page = Req::get("/audit").session(&owner).send(&s).await;
+    assert!(page.text.contains("/audit?full=true"), "{}", page.text);
+    assert!(page.text.contains("Chain verified"), "{}", page.text);
+}
