@@ -16,6 +16,7 @@ pub mod openapi;
 mod pages;
 pub(crate) mod registry;
 mod registry_pages;
+pub(crate) mod schemas;
 mod users;
 
 use std::net::SocketAddr;
