@@ -470,7 +470,7 @@ pub(super) async fn revoke_service_api(
 
 /// `GET /api/v1/audit`.
 #[utoipa::path(get, path = "/api/v1/audit", tag = "audit", params(AuditQuery),
-    responses((status = 200, description = "`{\"entries\": [...newest first], \"nextBefore\": seq|null, \"chain\": {\"ok\", \"rows\", \"firstBreak\"}}`", body = crate::routes::schemas::AuditBody),
+    responses((status = 200, description = "`{\"entries\": [...newest first], \"nextBefore\": seq|null, \"chain\": {\"ok\", \"rows\", \"first_break\"}}`", body = crate::routes::schemas::AuditBody),
         (status = 400, description = "A malformed filter", body = crate::error::ErrorBody)))]
 pub(super) async fn audit(
     State(state): State<AppState>,
