@@ -221,13 +221,13 @@ pub(super) async fn page(
     params: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let p = principal(caller)?;
-    let (params, problem) = match params {
-        Ok(Query(q)) => (q, None),
-        Err(e) => (ListParams::default(), Some(e.body_text())),
-    };
-    let q = match query_of(&params) {
-        Ok(q) => q,
-        Err(e) => return Err(e),
+    // A bad query string shows the first page with the problem above it.
+    let (q, problem) = match params
+        .map_err(|e| e.body_text())
+        .and_then(|Query(p)| query_of(&p).map_err(|e| e.message))
+    {
+        Ok(q) => (q, None),
+        Err(problem) => (NotificationQuery::default(), Some(problem)),
     };
     let page = list_of(&state, &p, &q).await?;
     let view = ui::NotificationsView {

@@ -771,6 +771,16 @@ async fn a_finished_claim_notifies_the_user_who_started_it_and_nobody_else() {
         .await;
     assert_eq!(r.body["unread"], 0, "{}", r.text);
     assert_eq!(r.body["notifications"], json!([]), "{}", r.text);
+    let r = Req::get("/notifications?limit=0")
+        .session(&otto)
+        .send(&s)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(
+        r.text.contains("limit must be between 1 and 200"),
+        "{}",
+        r.text
+    );
     let r = Req::get("/api/v1/notifications?color=red")
         .session(&otto)
         .send(&s)
