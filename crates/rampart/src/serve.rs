@@ -102,7 +102,17 @@ pub async fn run(g: &GlobalArgs, config: Config, args: ServeArgs) -> Result<Exit
         rampart_web::live::LiveOptions::default(),
         web_stop.clone(),
     );
+    // Changes made anywhere (this server's control plane, the CLI, other
+    // replicas), as the change follower reads them from the store.
+    let (changes, _) = broadcast::channel::<Change>(CHANGE_BUFFER);
+    let inbox = rampart_web::inbox::InboxHub::spawn(
+        changes.subscribe(),
+        rampart_web::live::LiveOptions::default().max_streams,
+        rampart_web::live::LiveOptions::default().keep_alive,
+        web_stop.clone(),
+    );
     let web = web_state(&platform, &dir, Arc::clone(&store))?
+        .with_inbox(inbox)
         .with_monitoring(crate::monitoring::monitoring(
             &broker,
             Arc::clone(pipeline.metrics()),
@@ -139,7 +149,6 @@ pub async fn run(g: &GlobalArgs, config: Config, args: ServeArgs) -> Result<Exit
     print_setup_url(&web, http_bound).await?;
     let web_task = tokio::spawn(rampart_web::run(http, web.clone(), web_stop.clone()));
 
-    let (changes, _) = broadcast::channel::<Change>(CHANGE_BUFFER);
     let follower = spawn_change_follower(
         Arc::clone(&platform),
         Arc::clone(&broker),

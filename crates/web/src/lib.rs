@@ -20,6 +20,7 @@ pub mod chart;
 mod config;
 pub mod devices;
 mod error;
+pub mod inbox;
 mod limit;
 pub mod live;
 pub mod metrics;

@@ -34,6 +34,7 @@ struct Inner {
     metrics: WebMetrics,
     monitoring: OnceLock<Monitoring>,
     devices: OnceLock<DeviceBackend>,
+    inbox: OnceLock<crate::inbox::InboxHub>,
     auth: AuthBackend,
     login_failures: FailureLimiter,
     /// The last TOTP step accepted per user: a code is good once.
@@ -109,6 +110,7 @@ impl AppState {
                 metrics: WebMetrics::default(),
                 monitoring: OnceLock::new(),
                 devices: OnceLock::new(),
+                inbox: OnceLock::new(),
             }),
         }
     }
@@ -140,6 +142,21 @@ impl AppState {
             tracing::warn!("the device backend was already set; the new one is ignored");
         }
         self
+    }
+
+    /// Plugs in the hub that wakes the notification streams (see
+    /// [`crate::inbox`]). Set once, before serving; without it the stream
+    /// route answers 503 and the badge refreshes only on page views.
+    pub fn with_inbox(self, hub: crate::inbox::InboxHub) -> Self {
+        if self.inner.inbox.set(hub).is_err() {
+            tracing::warn!("the inbox hub was already set; the new one is ignored");
+        }
+        self
+    }
+
+    /// The hub waking notification streams, when plugged in.
+    pub(crate) fn inbox(&self) -> Option<&crate::inbox::InboxHub> {
+        self.inner.inbox.get()
     }
 
     /// The device backend, or a 503 saying it is missing.
@@ -196,6 +213,11 @@ impl AppState {
     /// Users' notifications.
     pub fn notifications(&self) -> &dyn NotificationStore {
         self.inner.auth.notifications.as_ref()
+    }
+
+    /// The same, shared (for streams that outlive the request).
+    pub(crate) fn notifications_shared(&self) -> Arc<dyn NotificationStore> {
+        Arc::clone(&self.inner.auth.notifications)
     }
 
     /// The key sealing TOTP secrets.

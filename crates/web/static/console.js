@@ -77,8 +77,8 @@
   }
 
   // Header: the notifications badge. Rendered by the server on every
-  // page; refreshed from the API when the page comes back into view, so a
-  // claim that finished meanwhile shows without a reload.
+  // page; then pushed by the server over SSE, and re-read from the API
+  // when the page comes back into view.
   var bellCount = document.getElementById("notify-badge");
   if (bellCount) {
     var bell = document.getElementById("notify-bell");
@@ -99,6 +99,17 @@
     };
     document.addEventListener("visibilitychange", recount);
     window.addEventListener("focus", recount);
+    // The server pushes the count when a claim ends or notifications are
+    // marked read elsewhere.
+    if (window.EventSource) {
+      var inbox = new EventSource("/api/v1/notifications/events");
+      inbox.addEventListener("unread", function (e) {
+        try {
+          var m = JSON.parse(e.data);
+          if (typeof m.unread === "number") showUnread(m.unread);
+        } catch (err) { /* a malformed event changes nothing */ }
+      });
+    }
   }
 
   // Claim page: scan the label with the camera where the browser has

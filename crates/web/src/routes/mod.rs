@@ -284,6 +284,11 @@ pub const ROUTES: &[RouteSpec] = &[
     // which API tokens may do too (it changes nothing but the inbox).
     api("GET", "/api/v1/notifications", act(Action::ReadOwnAccount)),
     api(
+        "GET",
+        "/api/v1/notifications/events",
+        act(Action::ReadOwnAccount),
+    ),
+    api(
         "POST",
         "/api/v1/notifications/read",
         act(Action::ReadOwnAccount),
@@ -386,6 +391,7 @@ fn endpoint(spec: &RouteSpec) -> Option<MethodRouter<AppState>> {
         ("GET", "/api/v1/audit") => get(registry::audit),
         ("GET", "/audit") => get(registry_pages::audit),
         ("GET", "/api/v1/notifications") => get(notifications::list),
+        ("GET", "/api/v1/notifications/events") => get(notifications::events),
         ("POST", "/api/v1/notifications/read") => post(notifications::mark_read),
         ("GET", "/notifications") => get(notifications::page),
         ("POST", "/notifications/read") => post(notifications::page_mark_read),

@@ -160,6 +160,12 @@ async fn mark(
         .unread_notifications(&p.user_id)
         .await
         .map_err(store_error)?;
+    if marked > 0
+        && let Some(hub) = state.inbox()
+    {
+        // The user's other tabs update their badge.
+        hub.wake();
+    }
     Ok(ReadResult { marked, unread })
 }
 
@@ -212,6 +218,43 @@ pub(super) async fn mark_read(
     let b: ReadBody = json_body(&state, body)?;
     let done = mark(&state, &p, b.up_to, actor(&p, client, &headers)).await?;
     Ok(Json(done))
+}
+
+/// `GET /api/v1/notifications/events`: the caller's unread count as
+/// Server-Sent Events, for the bell (the first event at once, then one per
+/// change). Only for `Accept: text/event-stream` (what `EventSource`
+/// sends); anything else is 406, so that a plain client does not hang.
+#[utoipa::path(get, path = "/api/v1/notifications/events", tag = "notifications",
+    responses((status = 200, description = "Events `unread` with data `{\"unread\": n}` (text/event-stream)", body = String, content_type = "text/event-stream"),
+        (status = 406, description = "The request does not accept text/event-stream", body = crate::error::ErrorBody),
+        (status = 503, description = "Live updates are off in this server, or too many streams are open", body = crate::error::ErrorBody)))]
+pub(super) async fn events(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let p = principal(caller)?;
+    let wants_events = headers
+        .get_all(axum::http::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("text/event-stream"));
+    if !wants_events {
+        return Err(ApiError::new(
+            StatusCode::NOT_ACCEPTABLE,
+            "not_acceptable",
+            "this is an event stream: send Accept: text/event-stream (EventSource does)",
+        ));
+    }
+    let unavailable = |message: String| ApiError {
+        retry_after: Some(5),
+        ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "live_unavailable", message)
+    };
+    let hub = state.inbox().ok_or_else(|| {
+        unavailable("this server was started without live notification updates".into())
+    })?;
+    hub.subscribe(state.notifications_shared(), p.user_id)
+        .map_err(|e| unavailable(e.to_string()))
 }
 
 /// `GET /notifications`: the page.

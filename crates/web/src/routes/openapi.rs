@@ -53,6 +53,7 @@ use super::{account, devices, enroll, notifications, registry, users};
         devices::claim_start,
         devices::claim_show,
         notifications::list,
+        notifications::events,
         notifications::mark_read,
         document,
     )

@@ -63,8 +63,8 @@ pub fn page(title: &str, principal: Option<&Principal>, current: &str, content: 
     }
 }
 
-/// The notifications bell with its unread count (`console.js` refreshes
-/// the count when the page comes back into view).
+/// The notifications bell with its unread count (`console.js` then follows
+/// `/api/v1/notifications/events`).
 fn bell(p: &Principal, current: &str) -> Markup {
     let unread = p.unread_notifications.unwrap_or(0);
     let label = match unread {

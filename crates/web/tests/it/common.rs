@@ -26,6 +26,8 @@ pub struct Server {
     pub fanout: rampart_ingest::Fanout,
     /// CRL publications asked for by revocations.
     pub crl: Arc<CountingCrl>,
+    /// Feeds the notification streams as `serve`'s change follower does.
+    pub changes: tokio::sync::broadcast::Sender<rampart_store::Change>,
     stop: CancellationToken,
     task: Option<JoinHandle<std::io::Result<()>>>,
     _dir: tempfile::TempDir,
@@ -71,7 +73,15 @@ impl Server {
             rampart_web::live::LiveOptions::default(),
             live_stop.clone(),
         );
+        let (changes, _) = tokio::sync::broadcast::channel(64);
+        let inbox = rampart_web::inbox::InboxHub::spawn(
+            changes.subscribe(),
+            8,
+            std::time::Duration::from_secs(15),
+            live_stop.clone(),
+        );
         let state = AppState::new(Arc::new(store.clone()), Arc::clone(&pki), config, tls, auth)
+            .with_inbox(inbox)
             .with_devices(DeviceBackend {
                 telemetry: Arc::new(store.clone()),
                 live,
@@ -96,6 +106,7 @@ impl Server {
             clock,
             fanout,
             crl,
+            changes,
             stop,
             task: Some(task),
             _dir: dir,

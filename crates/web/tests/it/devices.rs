@@ -617,6 +617,27 @@ async fn a_claim_the_device_never_confirms_expires() {
     );
 }
 
+/// The next `unread` count of a notifications event stream, within a
+/// bounded wait.
+async fn next_unread(stream: &mut reqwest::Response) -> u64 {
+    let deadline = tokio::time::Instant::now() + wait_limit();
+    let mut text = String::new();
+    loop {
+        if let Some(at) = text.find("data: {\"unread\":") {
+            let rest = &text[at + "data: {\"unread\":".len()..];
+            if let Some(end) = rest.find('}') {
+                return rest[..end].parse().expect("a count");
+            }
+        }
+        let chunk = tokio::time::timeout_at(deadline, stream.chunk())
+            .await
+            .expect("an unread event in time")
+            .expect("stream open")
+            .expect("stream not ended");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+}
+
 #[tokio::test]
 async fn a_finished_claim_notifies_the_user_who_started_it_and_nobody_else() {
     let s = Server::start(config()).await;
@@ -651,6 +672,18 @@ async fn a_finished_claim_notifies_the_user_who_started_it_and_nobody_else() {
         r.text
     );
 
+    // Otto's bell follows the count live, as EventSource would.
+    let mut bell = s
+        .browser
+        .get(format!("https://{}/api/v1/notifications/events", s.addr))
+        .header("cookie", format!("__Host-rampart_session={}", otto.cookie))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(bell.status(), 200);
+    assert_eq!(next_unread(&mut bell).await, 0);
+
     // The device confirms on bind/up (what the control plane does with
     // the MQTT message): the claim binds and Otto is told, in the same
     // transaction.
@@ -671,6 +704,18 @@ async fn a_finished_claim_notifies_the_user_who_started_it_and_nobody_else() {
     )
     .await
     .expect("confirmed");
+    // `serve`'s change follower broadcasts the feed's rows; the stream
+    // wakes on the binding and re-reads Otto's count.
+    let bound = s
+        .store
+        .changes_since(0)
+        .await
+        .expect("feed")
+        .into_iter()
+        .rfind(|c| c.kind == rampart_store::ChangeKind::DeviceBound)
+        .expect("a DeviceBound change");
+    s.changes.send(bound).expect("a listener");
+    assert_eq!(next_unread(&mut bell).await, 1);
     let r = Req::get("/api/v1/notifications")
         .session(&otto)
         .send(&s)
@@ -765,6 +810,8 @@ async fn a_finished_claim_notifies_the_user_who_started_it_and_nobody_else() {
         .send(&s)
         .await;
     assert_eq!(r.status, 303, "{}", r.text);
+    // Marking read wakes the streams too (the user's other tabs).
+    assert_eq!(next_unread(&mut bell).await, 0);
     let r = Req::get("/api/v1/notifications?unread=true")
         .session(&otto)
         .send(&s)

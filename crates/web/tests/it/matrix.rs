@@ -130,6 +130,12 @@ const EXPECTED: &[(&str, &str, [u16; 5])] = &[
     ("GET", "/api/v1/claims/{id}", [401, 403, 404, 404, 404]),
     // One's own notifications: everyone signed in.
     ("GET", "/api/v1/notifications", [401, 200, 200, 200, 200]),
+    // An event stream: only for Accept: text/event-stream.
+    (
+        "GET",
+        "/api/v1/notifications/events",
+        [401, 406, 406, 406, 406],
+    ),
     (
         "POST",
         "/api/v1/notifications/read",
