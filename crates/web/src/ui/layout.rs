@@ -2,7 +2,7 @@
 //! navigation, the main column, the stylesheet. Later pages (fleet,
 //! devices, audit) render their content into [`page`].
 
-use maud::{DOCTYPE, Markup, html};
+use maud::{DOCTYPE, Markup, PreEscaped, html};
 
 use crate::auth::{Action, Principal, authorize};
 
@@ -63,6 +63,11 @@ pub fn page(title: &str, principal: Option<&Principal>, current: &str, content: 
     }
 }
 
+/// A bell, drawn in the text colour (inline SVG: no image request).
+const BELL_ICON: PreEscaped<&str> = PreEscaped(
+    r#"<svg class="icon" aria-hidden="true" width="20" height="20" viewBox="0 0 24 24" fill="none" stroke="currentColor" stroke-width="2" stroke-linecap="round" stroke-linejoin="round"><path d="M18 8a6 6 0 0 0-12 0c0 7-3 9-3 9h18s-3-2-3-9"/><path d="M13.7 21a2 2 0 0 1-3.4 0"/></svg>"#,
+);
+
 /// The notifications bell with its unread count (`console.js` then follows
 /// `/api/v1/notifications/events`).
 fn bell(p: &Principal, current: &str) -> Markup {
@@ -75,7 +80,7 @@ fn bell(p: &Principal, current: &str) -> Markup {
     html! {
         a.bell #notify-bell class=[(current == "/notifications").then_some("current")]
             href="/notifications" title=(label) aria-label=(label) {
-            span.icon aria-hidden="true" { "\u{1F514}" }
+            (BELL_ICON)
             span.count #notify-badge data-unread=(unread) hidden[unread == 0] {
                 @if unread > 99 { "99+" } @else { (unread) }
             }
