@@ -102,9 +102,19 @@ pub async fn run(g: &GlobalArgs, config: Config, args: ServeArgs) -> Result<Exit
         rampart_web::live::LiveOptions::default(),
         web_stop.clone(),
     );
+    // Changes made anywhere (this server's control plane, the CLI, other
+    // replicas), as the change follower reads them from the store.
+    let (changes, _) = broadcast::channel::<Change>(CHANGE_BUFFER);
+    let inbox = rampart_web::inbox::InboxHub::spawn(
+        changes.subscribe(),
+        rampart_web::live::LiveOptions::default().max_streams,
+        rampart_web::live::LiveOptions::default().keep_alive,
+        web_stop.clone(),
+    );
     let alert_metrics = Arc::new(crate::alerting::AlertMetrics::default());
     let exposed_alerts = Arc::clone(&alert_metrics);
     let web = web_state(&platform, &dir, Arc::clone(&store))?
+        .with_inbox(inbox)
         .with_monitoring(
             crate::monitoring::monitoring(
                 &broker,
@@ -144,7 +154,6 @@ pub async fn run(g: &GlobalArgs, config: Config, args: ServeArgs) -> Result<Exit
     print_setup_url(&web, http_bound).await?;
     let web_task = tokio::spawn(rampart_web::run(http, web.clone(), web_stop.clone()));
 
-    let (changes, _) = broadcast::channel::<Change>(CHANGE_BUFFER);
     let follower = spawn_change_follower(
         Arc::clone(&platform),
         Arc::clone(&broker),
@@ -474,6 +483,7 @@ fn web_state(
     .context("cannot set up HTTPS")?;
     let auth = rampart_web::AuthBackend {
         users: Arc::new(platform.store.clone()),
+        notifications: Arc::new(platform.store.clone()),
         sealing_key: rampart_web::auth::SealingKey::new(dir.console_key()?),
         clock: rampart_web::auth::Clock::system(),
     };

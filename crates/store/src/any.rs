@@ -3,7 +3,7 @@
 //! The binary picks SQLite or PostgreSQL at start; holding the choice in an
 //! enum rather than `Arc<dyn Store>` keeps the type `Clone`, lets callers
 //! reach backend-specific methods by matching, and delegates further traits
-//! that both backends implement ([`TelemetryStore`]) the same way.
+//! that both backends implement ([`TelemetryStore`], notifications) the same way.
 
 use async_trait::async_trait;
 use rampart_pki::RevocationReason;
@@ -208,6 +208,10 @@ impl Store for AnyStore {
 
     async fn verify_audit(&self) -> Result<AuditReport> {
         delegate!(self.verify_audit())
+    }
+
+    async fn verify_audit_since(&self, anchor: &crate::AuditAnchor) -> Result<AuditReport> {
+        delegate!(self.verify_audit_since(anchor))
     }
 
     async fn changes_since(&self, after: u64) -> Result<Vec<Change>> {
@@ -622,5 +626,38 @@ impl crate::AlertStore for AnyStore {
 
     async fn retry_delivery(&self, id: u64, actor: &Actor) -> Result<crate::Delivery> {
         delegate!(self.retry_delivery(id, actor))
+    }
+}
+
+#[async_trait]
+impl crate::NotificationStore for AnyStore {
+    async fn add_notification(
+        &self,
+        notification: crate::NewNotification,
+        actor: &Actor,
+    ) -> Result<crate::Notification> {
+        delegate!(self.add_notification(notification, actor))
+    }
+
+    async fn notifications(
+        &self,
+        user_id: &str,
+        query: &crate::NotificationQuery,
+    ) -> Result<crate::NotificationPage> {
+        delegate!(self.notifications(user_id, query))
+    }
+
+    async fn unread_notifications(&self, user_id: &str) -> Result<u64> {
+        delegate!(self.unread_notifications(user_id))
+    }
+
+    async fn mark_notifications_read(
+        &self,
+        user_id: &str,
+        up_to: Option<u64>,
+        at: time::OffsetDateTime,
+        actor: &Actor,
+    ) -> Result<u64> {
+        delegate!(self.mark_notifications_read(user_id, up_to, at, actor))
     }
 }

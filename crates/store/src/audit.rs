@@ -201,6 +201,65 @@ impl AuditKey {
         Ok(check.finish())
     }
 
+    /// A check resuming after `anchor`, a row an earlier verification
+    /// ended on: `anchor_row` is that row as stored now. It must still be
+    /// there, unchanged (same mac, and contents matching it), or the check
+    /// ends at once with the report saying so. Rows before the anchor are
+    /// not read again: an edit there is found by the next full check.
+    pub(crate) fn resume(
+        &self,
+        anchor: &AuditAnchor,
+        anchor_row: Option<AuditRecord>,
+    ) -> Result<Result<ChainCheck<'_>, AuditReport>> {
+        let before = anchor.seq.saturating_sub(1);
+        let Some(row) = anchor_row else {
+            return Ok(Err(AuditReport::broken(
+                before,
+                anchor.seq,
+                format!(
+                    "row {}, verified before, is missing (rows were deleted)",
+                    anchor.seq
+                ),
+            )));
+        };
+        if row.mac != anchor.mac {
+            return Ok(Err(AuditReport::broken(
+                before,
+                anchor.seq,
+                "it is not the row verified before (its mac changed: rows were rewritten)".into(),
+            )));
+        }
+        if self.mac_of(&row) != row.mac {
+            return Ok(Err(AuditReport::broken(
+                before,
+                anchor.seq,
+                "its contents do not match its mac (the row was edited)".into(),
+            )));
+        }
+        let head = self.head()?;
+        let head_seen = match &head {
+            Some((hs, hm)) if *hs == anchor.seq => {
+                if *hm != anchor.mac {
+                    return Ok(Err(AuditReport::broken(
+                        before,
+                        anchor.seq,
+                        "it is not the row the chain head recorded (rows were rewritten)".into(),
+                    )));
+                }
+                true
+            }
+            Some((hs, _)) => *hs < anchor.seq,
+            None => false,
+        };
+        Ok(Ok(ChainCheck {
+            key: self,
+            head,
+            expected_seq: anchor.seq + 1,
+            prev: anchor.mac.clone(),
+            head_seen,
+        }))
+    }
+
     /// An incremental check of the chain, for backends that page through a
     /// long log instead of holding it in memory. Reads the head first, so a
     /// row appended while the check runs can only extend what it sees.
@@ -290,6 +349,10 @@ impl ChainCheck<'_> {
             rows,
             ok: true,
             first_break: None,
+            verified: (rows > 0).then_some(AuditAnchor {
+                seq: rows,
+                mac: self.prev,
+            }),
         }
     }
 }
@@ -399,6 +462,10 @@ pub struct AuditReport {
     pub ok: bool,
     /// The first broken row, if any.
     pub first_break: Option<AuditBreak>,
+    /// The newest row verified, when the chain verified: where the next
+    /// check may resume ([`crate::Store::verify_audit_since`]).
+    #[serde(skip)]
+    pub verified: Option<AuditAnchor>,
 }
 
 impl AuditReport {
@@ -407,8 +474,19 @@ impl AuditReport {
             rows,
             ok: false,
             first_break: Some(AuditBreak { seq, problem }),
+            verified: None,
         }
     }
+}
+
+/// A position of the chain that verified: row `seq` with mac `mac`, every
+/// row up to it linked from the first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditAnchor {
+    /// The row's sequence number.
+    pub seq: u64,
+    /// Its mac when it verified.
+    pub mac: String,
 }
 
 /// Where and how the chain breaks.

@@ -79,6 +79,9 @@ pub enum StoreError {
     /// No console user has this id or name.
     #[error("no user '{0}'")]
     UserNotFound(String),
+    /// A notification was refused before it was written.
+    #[error("the notification is not valid: {0}")]
+    InvalidNotification(&'static str),
     /// A console user with this name exists already.
     #[error("a user named '{0}' exists already; choose another name")]
     UserNameTaken(String),

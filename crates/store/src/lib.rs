@@ -24,6 +24,7 @@ mod migrations;
 mod millis;
 mod model;
 mod mqtt;
+pub mod notifications;
 pub mod postgres;
 mod records;
 pub mod sqlite;
@@ -40,7 +41,8 @@ pub use alerts::{
 };
 pub use any::AnyStore;
 pub use audit::{
-    AuditBreak, AuditEntry, AuditKey, AuditRecord, AuditReport, AuditSearch, read_key_file,
+    AuditAnchor, AuditBreak, AuditEntry, AuditKey, AuditRecord, AuditReport, AuditSearch,
+    read_key_file,
 };
 pub use enrollment::{
     Enrolled, Enrollment, EnrollmentRefusal, EnrollmentToken, IssueCertificate, NewEnrollmentToken,
@@ -55,6 +57,9 @@ pub use model::{
     NewService, Owner, OwnerError, RevokedCertificate, Service, ServiceState,
 };
 pub use mqtt::{MqttOp, MqttSnapshot, StoredMessage, StoredSession, StoredSubscription};
+pub use notifications::{
+    NewNotification, Notification, NotificationPage, NotificationQuery, NotificationStore,
+};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 pub use telemetry::TelemetryStore;
@@ -204,6 +209,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Recomputes the audit chain and reports the first broken row.
     async fn verify_audit(&self) -> Result<AuditReport>;
+
+    /// Verifies only what was appended after `anchor` (the `verified` of
+    /// an earlier report): the anchor row must still be there, unchanged,
+    /// and every newer row must link from it. Rows before the anchor are
+    /// not read again; a full [`Store::verify_audit`] now and then covers them.
+    async fn verify_audit_since(&self, anchor: &AuditAnchor) -> Result<AuditReport>;
 
     /// Change-feed rows with `seq > after`, oldest first.
     async fn changes_since(&self, after: u64) -> Result<Vec<Change>>;

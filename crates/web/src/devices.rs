@@ -189,7 +189,7 @@ pub fn list_query(
 }
 
 /// A certificate as the console shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CertificateView {
     /// Serial, lowercase hex.
@@ -198,11 +198,14 @@ pub struct CertificateView {
     pub fingerprint: String,
     /// Validity start.
     #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub not_before: OffsetDateTime,
     /// Expiry.
     #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub not_after: OffsetDateTime,
     /// `current`, `pending`, `superseded`, `revoked`.
+    #[schema(value_type = String)]
     pub status: CertificateStatus,
 }
 
@@ -219,12 +222,14 @@ impl From<&CertificateRecord> for CertificateView {
 }
 
 /// A device in a list.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceView {
     /// Its id.
+    #[schema(value_type = String)]
     pub id: DeviceId,
-    /// Lifecycle state.
+    /// Lifecycle state: `unbound`, `bound`, `disabled` or `revoked`.
+    #[schema(value_type = String)]
     pub state: DeviceState,
     /// `user:NAME` or `group:NAME` once claimed.
     pub owner: Option<String>,
@@ -232,9 +237,11 @@ pub struct DeviceView {
     pub online: bool,
     /// When the broker last heard from it.
     #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub last_seen: Option<OffsetDateTime>,
     /// Registration time.
     #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: OffsetDateTime,
     /// Serial of its registered certificate.
     pub serial: String,
@@ -242,6 +249,7 @@ pub struct DeviceView {
     pub fingerprint: String,
     /// That certificate's expiry.
     #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub cert_expires_at: OffsetDateTime,
 }
 
@@ -262,7 +270,7 @@ impl From<&Device> for DeviceView {
 }
 
 /// A rejected payload as the console shows it (never the bytes).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RejectedView {
     /// When, Unix ms.
@@ -290,7 +298,7 @@ impl From<&RejectedRecord> for RejectedView {
 }
 
 /// Everything the device page and `GET /api/v1/devices/{id}` show.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceDetail {
     /// The device.
@@ -298,10 +306,12 @@ pub struct DeviceDetail {
     /// Its registered (or last revoked) certificate, when the registry has it.
     pub certificate: Option<CertificateView>,
     /// Its latest reported state document.
+    #[schema(value_type = Option<Object>)]
     pub reported_state: Option<serde_json::Value>,
     /// When it was reported, Unix ms.
     pub reported_at_ms: Option<i64>,
     /// Ingest counters and metric names.
+    #[schema(value_type = crate::routes::schemas::TelemetryStatsSchema)]
     pub telemetry: DeviceTelemetryStats,
     /// The newest rejected payloads, newest first.
     pub rejected: Vec<RejectedView>,
@@ -552,16 +562,18 @@ pub struct ClaimBody {
 }
 
 /// Where a claim stands, for the page and `GET /api/v1/claims/{id}`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ClaimView {
     /// Its number.
     pub id: u64,
     /// The device.
+    #[schema(value_type = String)]
     pub device: DeviceId,
     /// Who claims it.
     pub owner: String,
     /// `pending`, `bound`, `expired`, `refused`, `superseded`.
+    #[schema(value_type = String)]
     pub status: ClaimStatus,
     /// A stable code of why it ended without binding.
     pub reason: Option<String>,
@@ -569,6 +581,7 @@ pub struct ClaimView {
     pub message: Option<String>,
     /// Until when the device may confirm.
     #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub expires_at: OffsetDateTime,
 }
 

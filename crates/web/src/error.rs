@@ -89,6 +89,24 @@ impl ApiError {
     }
 }
 
+/// The body of every refused API request, `{"error": {"code", "message"}}`
+/// (its OpenAPI schema; [`ApiError`] writes it).
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// The inside of [`ErrorBody`].
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// A stable code for programs (`forbidden`, `invalid_json`, ...).
+    #[schema(example = "forbidden")]
+    pub code: String,
+    /// What happened and what to do, for people.
+    pub message: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({ "error": { "code": self.code, "message": self.message } });

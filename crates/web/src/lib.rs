@@ -15,12 +15,14 @@
 //! secrets).
 
 pub mod alert_config;
+mod audit_chain;
 pub mod auth;
 pub mod chart;
 mod config;
 pub mod devices;
 pub mod download;
 mod error;
+pub mod inbox;
 mod limit;
 pub mod live;
 pub mod metrics;
@@ -32,7 +34,7 @@ mod tls;
 pub mod ui;
 
 pub use config::{MetricsToken, WebConfig};
-pub use error::ApiError;
+pub use error::{ApiError, ErrorBody, ErrorDetail};
 pub use limit::FailureLimiter;
 pub use metrics::{Monitoring, run_metrics};
 pub use routes::openapi::openapi_json;

@@ -9,7 +9,7 @@ use rampart_ota::download::TokenKey;
 use rampart_pki::Pki;
 use rampart_provisioning::claim::ClaimPolicy;
 use rampart_store::telemetry::TelemetryStore;
-use rampart_store::{FirmwareStore, Store, UserStore};
+use rampart_store::{FirmwareStore, NotificationStore, Store, UserStore};
 use time::OffsetDateTime;
 
 use crate::auth::{Clock, SealingKey};
@@ -37,12 +37,15 @@ struct Inner {
     monitoring: OnceLock<Monitoring>,
     devices: OnceLock<DeviceBackend>,
     ota: OnceLock<OtaBackend>,
+    inbox: OnceLock<crate::inbox::InboxHub>,
     auth: AuthBackend,
     login_failures: FailureLimiter,
     /// The last TOTP step accepted per user: a code is good once.
     totp_steps: Mutex<HashMap<String, i64>>,
     /// Sign-ins waiting for their TOTP code: ticket hash → (user id, expiry).
     mfa_tickets: Mutex<HashMap<String, (String, OffsetDateTime)>>,
+    /// Where the audit chain last verified, so `/audit` checks only newer rows.
+    audit_chain: crate::audit_chain::ChainMemo,
 }
 
 /// Publishes the CRL after a revocation, so that new TLS handshakes refuse
@@ -91,11 +94,13 @@ impl std::fmt::Debug for OtaBackend {
 }
 
 /// What the console's sign-in needs besides the registry store: the user
-/// store, the key sealing TOTP secrets, and the clock.
+/// store, users' notifications, the key sealing TOTP secrets, and the clock.
 #[derive(Clone, Debug)]
 pub struct AuthBackend {
     /// Users, sessions, setup and API tokens.
     pub users: Arc<dyn UserStore>,
+    /// What the console tells each user (claims that ended, ...).
+    pub notifications: Arc<dyn NotificationStore>,
     /// Seals TOTP secrets at rest (kept outside the database).
     pub sealing_key: SealingKey,
     /// Now (a manual clock in tests).
@@ -120,6 +125,7 @@ impl AppState {
                 auth,
                 totp_steps: Mutex::new(HashMap::new()),
                 mfa_tickets: Mutex::new(HashMap::new()),
+                audit_chain: crate::audit_chain::ChainMemo::default(),
                 enroll_failures: FailureLimiter::new(
                     config.enroll_failure_burst,
                     config.enroll_failure_refill,
@@ -132,6 +138,7 @@ impl AppState {
                 monitoring: OnceLock::new(),
                 devices: OnceLock::new(),
                 ota: OnceLock::new(),
+                inbox: OnceLock::new(),
             }),
         }
     }
@@ -163,6 +170,21 @@ impl AppState {
             tracing::warn!("the device backend was already set; the new one is ignored");
         }
         self
+    }
+
+    /// Plugs in the hub that wakes the notification streams (see
+    /// [`crate::inbox`]). Set once, before serving; without it the stream
+    /// route answers 503 and the badge refreshes only on page views.
+    pub fn with_inbox(self, hub: crate::inbox::InboxHub) -> Self {
+        if self.inner.inbox.set(hub).is_err() {
+            tracing::warn!("the inbox hub was already set; the new one is ignored");
+        }
+        self
+    }
+
+    /// The hub waking notification streams, when plugged in.
+    pub(crate) fn inbox(&self) -> Option<&crate::inbox::InboxHub> {
+        self.inner.inbox.get()
     }
 
     /// The device backend, or a 503 saying it is missing.
@@ -229,6 +251,21 @@ impl AppState {
     /// The user store.
     pub fn users(&self) -> &dyn UserStore {
         self.inner.auth.users.as_ref()
+    }
+
+    /// The audit chain's last verified position.
+    pub(crate) fn audit_chain(&self) -> &crate::audit_chain::ChainMemo {
+        &self.inner.audit_chain
+    }
+
+    /// Users' notifications.
+    pub fn notifications(&self) -> &dyn NotificationStore {
+        self.inner.auth.notifications.as_ref()
+    }
+
+    /// The same, shared (for streams that outlive the request).
+    pub(crate) fn notifications_shared(&self) -> Arc<dyn NotificationStore> {
+        Arc::clone(&self.inner.auth.notifications)
     }
 
     /// The key sealing TOTP secrets.

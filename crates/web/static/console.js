@@ -76,6 +76,42 @@
     setTimeout(poll, 1000);
   }
 
+  // Header: the notifications badge. Rendered by the server on every
+  // page; then pushed by the server over SSE, and re-read from the API
+  // when the page comes back into view.
+  var bellCount = document.getElementById("notify-badge");
+  if (bellCount) {
+    var bell = document.getElementById("notify-bell");
+    var showUnread = function (n) {
+      bellCount.setAttribute("data-unread", String(n));
+      bellCount.textContent = n > 99 ? "99+" : String(n);
+      bellCount.hidden = n === 0;
+      var label = n === 0 ? "Notifications, none unread" : "Notifications, " + n + " unread";
+      bell.setAttribute("title", label);
+      bell.setAttribute("aria-label", label);
+    };
+    var recount = function () {
+      if (document.visibilityState !== "visible") return;
+      fetch("/api/v1/notifications?unread=true&limit=1", { credentials: "same-origin" })
+        .then(function (r) { return r.ok ? r.json() : null; })
+        .then(function (page) { if (page && typeof page.unread === "number") showUnread(page.unread); })
+        .catch(function () {});
+    };
+    document.addEventListener("visibilitychange", recount);
+    window.addEventListener("focus", recount);
+    // The server pushes the count when a claim ends or notifications are
+    // marked read elsewhere.
+    if (window.EventSource) {
+      var inbox = new EventSource("/api/v1/notifications/events");
+      inbox.addEventListener("unread", function (e) {
+        try {
+          var m = JSON.parse(e.data);
+          if (typeof m.unread === "number") showUnread(m.unread);
+        } catch (err) { /* a malformed event changes nothing */ }
+      });
+    }
+  }
+
   // Claim page: scan the label with the camera where the browser has
   // BarcodeDetector (Chrome on Android, ...); otherwise paste.
   var scanner = document.getElementById("scanner");

@@ -300,6 +300,23 @@ fn a_device_is_watched_live_claimed_and_revoked_in_a_browser() {
         assert!(status.contains("web-0001"), "{status}");
         b.screenshot("claim-bound").await;
 
+        // The bell counts it on every page; the notifications page lists
+        // it, and "Mark all read" clears the count.
+        wait_for_text(&b, "#notify-badge", "the bell counts the claim", |t| {
+            t == "1"
+        })
+        .await;
+        c.goto(&format!("{base}/notifications"))
+            .await
+            .expect("notifications");
+        assert!(text_of(&b, "main").await.contains("web-0001 is claimed"));
+        b.screenshot("notifications").await;
+        submit(&b, "form[action='/notifications/read']").await;
+        wait_for_text(&b, "#notify-summary", "everything is read", |t| {
+            t.contains("Nothing unread")
+        })
+        .await;
+
         // Revoke it, confirming; it is cut off at once.
         c.goto(&format!("{base}/devices/web-0001?confirm=revoke#confirm"))
             .await

@@ -131,11 +131,15 @@ pub(super) async fn search(
     .collect()
 }
 
-/// Verifies the whole chain page by page, in one snapshot: a REPEATABLE
-/// READ transaction sees the log as it was at its first query, so rows
-/// appended meanwhile cannot shift the pages.
-pub(super) async fn verify(client: &mut Client, key: &AuditKey) -> Result<AuditReport> {
-    let mut check = key.check()?;
+/// Verifies the whole chain (or only the rows after `anchor`, see
+/// [`crate::Store::verify_audit_since`]) page by page, in one snapshot: a
+/// REPEATABLE READ transaction sees the log as it was at its first query,
+/// so rows appended meanwhile cannot shift the pages.
+pub(super) async fn verify(
+    client: &mut Client,
+    key: &AuditKey,
+    anchor: Option<&crate::AuditAnchor>,
+) -> Result<AuditReport> {
     let tx = client
         .build_transaction()
         .isolation_level(IsolationLevel::RepeatableRead)
@@ -143,6 +147,25 @@ pub(super) async fn verify(client: &mut Client, key: &AuditKey) -> Result<AuditR
         .start()
         .await
         .map_err(db)?;
+    let mut check = match anchor {
+        None => key.check()?,
+        Some(anchor) => {
+            let seq = i64::try_from(anchor.seq).unwrap_or(i64::MAX);
+            let found = tx
+                .query_opt(
+                    "SELECT seq, at, actor, source, action, subject, detail, prev_mac, mac
+                     FROM audit_log WHERE seq = $1",
+                    &[&seq],
+                )
+                .await
+                .map_err(db)?;
+            let anchor_row = found.as_ref().map(row).transpose()?;
+            match key.resume(anchor, anchor_row)? {
+                Ok(check) => check,
+                Err(broken) => return Ok(broken),
+            }
+        }
+    };
     let stmt = tx.prepare_cached(PAGE).await.map_err(db)?;
     loop {
         let after = i64::try_from(check.last_seq()).unwrap_or(i64::MAX);

@@ -81,7 +81,12 @@ pub(super) async fn code_hash(c: &impl GenericClient, device: &DeviceId) -> Resu
 
 /// Supersedes the device's pending claim and inserts `c` as pending;
 /// returns the new claim's number.
-pub(super) async fn insert(tx: &Transaction<'_>, c: &NewClaim, now_ms: i64) -> Result<u64> {
+pub(super) async fn insert(
+    tx: &Transaction<'_>,
+    c: &NewClaim,
+    requested_by: &str,
+    now_ms: i64,
+) -> Result<u64> {
     tx.execute(
         "UPDATE claims SET status = 'superseded', finished_at = $2
          WHERE device_id = $1 AND status = 'pending'",
@@ -91,8 +96,9 @@ pub(super) async fn insert(tx: &Transaction<'_>, c: &NewClaim, now_ms: i64) -> R
     .map_err(db)?;
     let row = tx
         .query_one(
-            "INSERT INTO claims (device_id, owner_type, owner_id, nonce, status, created_at, expires_at)
-             VALUES ($1, $2, $3, $4, 'pending', $5, $6) RETURNING id",
+            "INSERT INTO claims (device_id, owner_type, owner_id, nonce, status, created_at,
+                                 expires_at, requested_by)
+             VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7) RETURNING id",
             &[
                 &c.device.as_str(),
                 &c.owner.kind(),
@@ -100,6 +106,7 @@ pub(super) async fn insert(tx: &Transaction<'_>, c: &NewClaim, now_ms: i64) -> R
                 &c.nonce,
                 &now_ms,
                 &to_ms(c.expires_at),
+                &requested_by,
             ],
         )
         .await

@@ -19,6 +19,7 @@ mod enrollment;
 mod firmware;
 mod ledger;
 mod mqtt;
+mod notifications;
 mod renewal;
 mod schema;
 mod services;

@@ -60,6 +60,10 @@ const MIGRATIONS: &[Migration] = &[
         include_str!("../../migrations/postgres/0011_firmware.sql"),
     ),
     (
+        13,
+        include_str!("../../migrations/postgres/0013_notifications.sql"),
+    ),
+    (
         14,
         include_str!("../../migrations/postgres/0014_alerts.sql"),
     ),

@@ -9,7 +9,8 @@ use rampart_proto::DeviceId;
 
 use super::ledger::{self, Ledger};
 use super::{
-    PostgresStore, audit, changes, claims, db, devices, enrollment, get, mqtt, renewal, services,
+    PostgresStore, audit, changes, claims, db, devices, enrollment, get, mqtt, notifications,
+    renewal, services,
 };
 use crate::lifecycle::{self, IdentityChange};
 use crate::millis::{now_ms, to_ms};
@@ -394,7 +395,15 @@ impl Store for PostgresStore {
     async fn verify_audit(&self) -> Result<AuditReport> {
         self.retrying(|| async {
             let mut client = self.client().await?;
-            audit::verify(&mut client, &self.inner.audit_key).await
+            audit::verify(&mut client, &self.inner.audit_key, None).await
+        })
+        .await
+    }
+
+    async fn verify_audit_since(&self, anchor: &crate::AuditAnchor) -> Result<AuditReport> {
+        self.retrying(|| async {
+            let mut client = self.client().await?;
+            audit::verify(&mut client, &self.inner.audit_key, Some(anchor)).await
         })
         .await
     }
@@ -495,7 +504,7 @@ impl Store for PostgresStore {
             let dev = devices::require(&tx, &claim.device).await?;
             let stored = claims::code_hash(&tx, &claim.device).await?;
             let change = lifecycle::start_claim(&dev, &claim, stored.as_deref())?;
-            let id = claims::insert(&tx, &claim, now).await?;
+            let id = claims::insert(&tx, &claim, &actor.name, now).await?;
             let rec = log_change(&ledger, &self.inner.audit_key, &change, actor, now).await?;
             let started = claims::require(&tx, id).await?;
             tx.commit().await.map_err(db)?;
@@ -531,6 +540,7 @@ impl Store for PostgresStore {
             let change = lifecycle::complete_claim(&dev, &claim)?;
             claims::bind(&tx, &claim.device, &claim.owner, now).await?;
             claims::finish(&tx, id, ClaimStatus::Bound, None, now).await?;
+            notifications::claim_ended(&tx, &claim, ClaimStatus::Bound, None, now).await?;
             let rec = log_change(&ledger, &self.inner.audit_key, &change, actor, now).await?;
             let bound = devices::require(&tx, &claim.device).await?;
             tx.commit().await.map_err(db)?;
@@ -554,6 +564,7 @@ impl Store for PostgresStore {
             let claim = claims::require(&tx, id).await?;
             let change = lifecycle::end_claim(&claim, status, reason)?;
             claims::finish(&tx, id, status, Some(reason), now).await?;
+            notifications::claim_ended(&tx, &claim, status, Some(reason), now).await?;
             let rec = log_change(&ledger, &self.inner.audit_key, &change, actor, now).await?;
             let ended = claims::require(&tx, id).await?;
             tx.commit().await.map_err(db)?;

@@ -99,6 +99,43 @@ pub(super) fn search(conn: &Connection, s: &crate::AuditSearch) -> Result<Vec<Au
         .collect()
 }
 
+/// Verifies the rows after `anchor`, streaming them, in one read
+/// transaction (one snapshot of the log).
+pub(super) fn verify_since(
+    conn: &Connection,
+    key: &AuditKey,
+    anchor: &crate::AuditAnchor,
+) -> Result<crate::AuditReport> {
+    let tx = conn.unchecked_transaction().map_err(db)?;
+    let seq = i64::try_from(anchor.seq).unwrap_or(i64::MAX);
+    let anchor_row = tx
+        .query_row(&format!("{SELECT} WHERE seq = ?1"), params![seq], row)
+        .optional()
+        .map_err(db)?
+        .map(AuditRow::into_record)
+        .transpose()?;
+    let mut check = match key.resume(anchor, anchor_row)? {
+        Ok(check) => check,
+        Err(broken) => return Ok(broken),
+    };
+    let report = {
+        let mut stmt = tx
+            .prepare(&format!("{SELECT} WHERE seq > ?1 ORDER BY seq"))
+            .map_err(db)?;
+        let rows = stmt.query_map(params![seq], row).map_err(db)?;
+        let mut broken = None;
+        for r in rows {
+            if let Some(b) = check.push(r.map_err(db).and_then(AuditRow::into_record)?) {
+                broken = Some(b);
+                break;
+            }
+        }
+        broken.unwrap_or_else(|| check.finish())
+    };
+    tx.finish().map_err(db)?;
+    Ok(report)
+}
+
 /// Verifies the whole chain, streaming rows.
 pub(super) fn verify(conn: &Connection, key: &AuditKey) -> Result<crate::AuditReport> {
     let mut stmt = conn

@@ -72,9 +72,15 @@ pub(super) fn code_hash(conn: &Connection, device: &DeviceId) -> Result<Option<S
     .ok_or_else(|| StoreError::NotFound(device.clone()))
 }
 
-/// Supersedes the device's pending claim and inserts `c` as pending;
-/// returns the new claim's number.
-pub(super) fn insert(tx: &Transaction<'_>, c: &NewClaim, now_ms: i64) -> Result<u64> {
+/// Supersedes the device's pending claim and inserts `c` as pending,
+/// started by `requested_by` (an audit actor name); returns the new
+/// claim's number.
+pub(super) fn insert(
+    tx: &Transaction<'_>,
+    c: &NewClaim,
+    requested_by: &str,
+    now_ms: i64,
+) -> Result<u64> {
     tx.execute(
         "UPDATE claims SET status = 'superseded', finished_at = ?2
          WHERE device_id = ?1 AND status = 'pending'",
@@ -82,15 +88,17 @@ pub(super) fn insert(tx: &Transaction<'_>, c: &NewClaim, now_ms: i64) -> Result<
     )
     .map_err(db)?;
     tx.execute(
-        "INSERT INTO claims (device_id, owner_type, owner_id, nonce, status, created_at, expires_at)
-         VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6)",
+        "INSERT INTO claims (device_id, owner_type, owner_id, nonce, status, created_at,
+                             expires_at, requested_by)
+         VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?7)",
         params![
             c.device.as_str(),
             c.owner.kind(),
             c.owner.name(),
             c.nonce,
             now_ms,
-            to_ms(c.expires_at)
+            to_ms(c.expires_at),
+            requested_by
         ],
     )
     .map_err(db)?;

@@ -16,6 +16,7 @@ mod devices;
 mod enrollment;
 mod firmware;
 mod mqtt;
+mod notifications;
 mod renewal;
 mod schema;
 mod services;

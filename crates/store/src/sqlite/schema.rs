@@ -50,6 +50,10 @@ const MIGRATIONS: &[Migration] = &[
         10,
         include_str!("../../migrations/sqlite/0010_firmware.sql"),
     ),
+    (
+        12,
+        include_str!("../../migrations/sqlite/0012_notifications.sql"),
+    ),
     (13, include_str!("../../migrations/sqlite/0013_alerts.sql")),
 ];
 

@@ -7,7 +7,8 @@ use rampart_proto::DeviceId;
 use rusqlite::{Transaction, params};
 
 use super::{
-    SqliteStore, audit, changes, claims, db, devices, enrollment, mqtt, renewal, services,
+    SqliteStore, audit, changes, claims, db, devices, enrollment, mqtt, notifications, renewal,
+    services,
 };
 use crate::lifecycle::{self, IdentityChange};
 use crate::millis::{now_ms, to_ms};
@@ -319,6 +320,12 @@ impl Store for SqliteStore {
         self.read(audit::verify).await
     }
 
+    async fn verify_audit_since(&self, anchor: &crate::AuditAnchor) -> Result<AuditReport> {
+        let anchor = anchor.clone();
+        self.read(move |conn, key| audit::verify_since(conn, key, &anchor))
+            .await
+    }
+
     async fn changes_since(&self, after: u64) -> Result<Vec<Change>> {
         self.read(move |conn, _| changes::since(conn, after)).await
     }
@@ -393,7 +400,7 @@ impl Store for SqliteStore {
             let dev = devices::require(tx, &claim.device)?;
             let stored = claims::code_hash(tx, &claim.device)?;
             let change = lifecycle::start_claim(&dev, &claim, stored.as_deref())?;
-            let id = claims::insert(tx, &claim, now)?;
+            let id = claims::insert(tx, &claim, &actor.name, now)?;
             let rec = log_change(tx, key, &change, &actor, now)?;
             Ok((claims::require(tx, id)?, rec))
         })
@@ -419,6 +426,7 @@ impl Store for SqliteStore {
             let change = lifecycle::complete_claim(&dev, &claim)?;
             claims::bind(tx, &claim.device, &claim.owner, now)?;
             claims::finish(tx, id, ClaimStatus::Bound, None, now)?;
+            notifications::claim_ended(tx, &claim, ClaimStatus::Bound, None, now)?;
             let rec = log_change(tx, key, &change, &actor, now)?;
             Ok((devices::require(tx, &claim.device)?, rec))
         })
@@ -438,6 +446,7 @@ impl Store for SqliteStore {
             let claim = claims::require(tx, id)?;
             let change = lifecycle::end_claim(&claim, status, &reason)?;
             claims::finish(tx, id, status, Some(&reason), now)?;
+            notifications::claim_ended(tx, &claim, status, Some(&reason), now)?;
             let rec = log_change(tx, key, &change, &actor, now)?;
             Ok((claims::require(tx, id)?, rec))
         })

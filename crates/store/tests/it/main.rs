@@ -5,6 +5,7 @@ mod alerts;
 mod enrollment;
 mod firmware;
 mod fleet;
+mod notifications;
 mod provisioning;
 mod store;
 mod telemetry;

@@ -33,6 +33,7 @@ pub(crate) trait Backend {
         + rampart_store::UserStore
         + rampart_store::FirmwareStore
         + rampart_store::AlertStore
+        + rampart_store::NotificationStore
         + Clone
         + 'static;
 
@@ -165,6 +166,7 @@ on_both!(
     audit_chain_detects_a_deleted_row,
     audit_chain_detects_an_edit_with_recomputed_hashes,
     audit_chain_detects_truncated_tail,
+    audit_check_resumes_from_its_anchor_and_still_finds_tampering,
     concurrent_writers_keep_one_chain_and_an_ordered_feed,
     presence_updates_online_and_last_seen,
     services_share_the_identity_namespace_with_devices,
@@ -511,6 +513,85 @@ async fn audit_chain_detects_an_edited_row(backend: impl Backend) {
     let b = report.first_break.expect("break");
     assert_eq!(b.seq, 3);
     assert!(b.problem.contains("edited"), "{}", b.problem);
+}
+
+async fn append_audit(store: &impl Store, n: usize) {
+    for i in 0..n {
+        store
+            .record_audit(AuditEntry {
+                actor: cli(),
+                action: "test.later".into(),
+                subject: Some(format!("later-{i}")),
+                detail: serde_json::json!({ "i": i }),
+            })
+            .await
+            .expect("append");
+    }
+}
+
+async fn audit_check_resumes_from_its_anchor_and_still_finds_tampering(backend: impl Backend) {
+    let store = audited(&backend, 5).await;
+    let full = store.verify_audit().await.expect("verify");
+    assert!(full.ok);
+    let anchor = full.verified.clone().expect("anchor");
+    assert_eq!(anchor.seq, 5);
+
+    // Nothing new: the anchor alone is checked.
+    let again = store.verify_audit_since(&anchor).await.expect("verify");
+    assert_eq!(
+        (again.ok, again.rows, again.verified.as_ref()),
+        (true, 5, Some(&anchor))
+    );
+    // New rows are verified from the anchor on; the report moves it.
+    append_audit(&store, 3).await;
+    let next = store.verify_audit_since(&anchor).await.expect("verify");
+    assert!(next.ok, "{next:?}");
+    assert_eq!(next.rows, 8);
+    let anchor8 = next.verified.clone().expect("anchor");
+    assert_eq!(anchor8.seq, 8);
+
+    // An edit after the anchor is found, and where (`tamper` lifts the
+    // append-only triggers for the rest of the test).
+    append_audit(&store, 2).await;
+    backend
+        .tamper("UPDATE audit_log SET actor = 'someone-else' WHERE seq = 9")
+        .await;
+    let r = store.verify_audit_since(&anchor8).await.expect("verify");
+    assert!(!r.ok);
+    assert_eq!(r.verified, None);
+    let b = r.first_break.expect("break");
+    assert_eq!((b.seq, r.rows), (9, 8));
+    assert!(b.problem.contains("edited"), "{}", b.problem);
+
+    // An edit of the anchor row itself is found by the incremental check.
+    backend
+        .raw("UPDATE audit_log SET detail = '{\"i\":99}' WHERE seq = 5")
+        .await
+        .expect("tamper");
+    let r = store.verify_audit_since(&anchor).await.expect("verify");
+    let b = r.first_break.expect("break");
+    assert_eq!(b.seq, 5);
+    assert!(b.problem.contains("edited"), "{}", b.problem);
+
+    // An edit before the anchor is outside what an incremental check
+    // reads; the full check finds it (the web part runs one at start and
+    // periodically).
+    backend
+        .raw("UPDATE audit_log SET actor = 'mallory' WHERE seq = 2")
+        .await
+        .expect("tamper");
+    let full = store.verify_audit().await.expect("verify");
+    assert_eq!(full.first_break.map(|b| b.seq), Some(2));
+
+    // A deleted anchor row is reported as missing.
+    backend
+        .raw("DELETE FROM audit_log WHERE seq >= 8")
+        .await
+        .expect("tamper");
+    let r = store.verify_audit_since(&anchor8).await.expect("verify");
+    let b = r.first_break.expect("break");
+    assert_eq!(b.seq, 8);
+    assert!(b.problem.contains("missing"), "{}", b.problem);
 }
 
 async fn audit_chain_detects_a_deleted_row(backend: impl Backend) {

@@ -173,6 +173,9 @@ pub struct Principal {
     pub credential: Credential,
     /// An owner or admin who must enrol MFA before anything else.
     pub mfa_enrollment_required: bool,
+    /// Unread notifications, for the pages' header badge (read by the
+    /// guard for page routes only; `None` elsewhere).
+    pub unread_notifications: Option<u64>,
 }
 
 impl Principal {
@@ -276,6 +279,7 @@ mod tests {
                 Credential::ApiToken { id: "t".into() }
             },
             mfa_enrollment_required: false,
+            unread_notifications: None,
         }
     }
 

@@ -122,6 +122,7 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Found
             id_hash,
             csrf_token: session.csrf_token,
         },
+        unread_notifications: None,
     };
     Ok(Found {
         principal: Some(principal),
@@ -168,6 +169,7 @@ async fn api_token(state: &AppState, token: &str) -> Result<Principal, ApiError>
         role: t.role.min(creator.role),
         credential: Credential::ApiToken { id: t.id },
         mfa_enrollment_required: false,
+        unread_notifications: None,
     })
 }
 

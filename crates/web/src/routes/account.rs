@@ -59,7 +59,7 @@ fn signed_in(state: &AppState, s: SignedIn, status: StatusCode) -> Response {
 }
 
 /// `POST /api/v1/setup`: creates the owner with the setup token.
-#[utoipa::path(post, path = "/api/v1/setup", tag = "account", request_body = SetupBody, responses((status = 201, description = "The owner is created and signed in (session cookie set)"), (status = 401, description = "Setup token invalid or expired"), (status = 409, description = "Setup is done")))]
+#[utoipa::path(post, path = "/api/v1/setup", tag = "account", request_body = SetupBody, responses((status = 201, description = "The owner is created and signed in (session cookie set)", body = crate::routes::schemas::SignedInBody), (status = 401, description = "Setup token invalid or expired", body = crate::error::ErrorBody), (status = 409, description = "Setup is done", body = crate::error::ErrorBody)))]
 pub(super) async fn setup(
     State(state): State<AppState>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
@@ -82,7 +82,7 @@ struct LoginBody {
 }
 
 /// `POST /api/v1/session`: sign in.
-#[utoipa::path(post, path = "/api/v1/session", tag = "account", request_body = LoginBody, responses((status = 200, description = "Signed in; the session cookie is set and the CSRF token returned"), (status = 401, description = "Wrong name, password or code"), (status = 429, description = "Too many failures; see Retry-After")))]
+#[utoipa::path(post, path = "/api/v1/session", tag = "account", request_body = LoginBody, responses((status = 200, description = "Signed in; the session cookie is set and the CSRF token returned", body = crate::routes::schemas::SignedInBody), (status = 401, description = "Wrong name, password or code", body = crate::error::ErrorBody), (status = 429, description = "Too many failures; see Retry-After", body = crate::error::ErrorBody)))]
 pub(super) async fn login(
     State(state): State<AppState>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
@@ -110,7 +110,7 @@ struct InviteBody {
 }
 
 /// `POST /api/v1/invite`: an invited user sets a password.
-#[utoipa::path(post, path = "/api/v1/invite", tag = "account", request_body = InviteBody, responses((status = 200, description = "The invited user has a password now"), (status = 401, description = "Invitation invalid or expired")))]
+#[utoipa::path(post, path = "/api/v1/invite", tag = "account", request_body = InviteBody, responses((status = 200, description = "The invited user has a password now", body = crate::routes::schemas::UserBody), (status = 401, description = "Invitation invalid or expired", body = crate::error::ErrorBody)))]
 pub(super) async fn accept_invite(
     State(state): State<AppState>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
@@ -143,7 +143,7 @@ pub(super) async fn logout(
 }
 
 /// `POST /api/v1/session/logout-everywhere`: end every session of mine.
-#[utoipa::path(post, path = "/api/v1/session/logout-everywhere", tag = "account", responses((status = 200, description = "Every session of the user is ended")))]
+#[utoipa::path(post, path = "/api/v1/session/logout-everywhere", tag = "account", responses((status = 200, description = "Every session of the user is ended", body = crate::routes::schemas::SessionsEndedBody)))]
 pub(super) async fn logout_everywhere(
     State(state): State<AppState>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
@@ -158,7 +158,7 @@ pub(super) async fn logout_everywhere(
 }
 
 /// `GET /api/v1/me`.
-#[utoipa::path(get, path = "/api/v1/me", tag = "account", responses((status = 200, description = "The caller: user, role, how authenticated")))]
+#[utoipa::path(get, path = "/api/v1/me", tag = "account", responses((status = 200, description = "The caller: user, role, how authenticated", body = crate::routes::schemas::MeBody)))]
 pub(super) async fn me(
     State(state): State<AppState>,
     caller: Caller,
@@ -183,7 +183,7 @@ pub(super) async fn me(
 }
 
 /// `GET /api/v1/me/sessions`.
-#[utoipa::path(get, path = "/api/v1/me/sessions", tag = "account", responses((status = 200, description = "The caller's sessions")))]
+#[utoipa::path(get, path = "/api/v1/me/sessions", tag = "account", responses((status = 200, description = "The caller's sessions", body = crate::routes::schemas::SessionsBody)))]
 pub(super) async fn sessions(
     State(state): State<AppState>,
     caller: Caller,
@@ -221,7 +221,7 @@ struct PasswordBody {
 }
 
 /// `POST /api/v1/me/password`.
-#[utoipa::path(post, path = "/api/v1/me/password", tag = "account", request_body = PasswordBody, responses((status = 200, description = "Password changed; other sessions ended"), (status = 400, description = "Weak password or wrong current password")))]
+#[utoipa::path(post, path = "/api/v1/me/password", tag = "account", request_body = PasswordBody, responses((status = 204, description = "Password changed; other sessions ended"), (status = 400, description = "Weak password or wrong current password", body = crate::error::ErrorBody)))]
 pub(super) async fn password(
     State(state): State<AppState>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
@@ -243,7 +243,7 @@ pub(super) async fn password(
 }
 
 /// `POST /api/v1/me/mfa`: start enrollment; the secret is shown once.
-#[utoipa::path(post, path = "/api/v1/me/mfa", tag = "account", responses((status = 200, description = "TOTP enrollment started: otpauth URI, secret, QR code")))]
+#[utoipa::path(post, path = "/api/v1/me/mfa", tag = "account", responses((status = 200, description = "TOTP enrollment started: otpauth URI, secret, QR code", body = crate::routes::schemas::MfaStartBody)))]
 pub(super) async fn mfa_start(
     State(state): State<AppState>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
@@ -266,7 +266,7 @@ struct CodeBody {
 }
 
 /// `POST /api/v1/me/mfa/confirm`.
-#[utoipa::path(post, path = "/api/v1/me/mfa/confirm", tag = "account", request_body = CodeBody, responses((status = 200, description = "Two-factor authentication is on"), (status = 400, description = "Wrong code")))]
+#[utoipa::path(post, path = "/api/v1/me/mfa/confirm", tag = "account", request_body = CodeBody, responses((status = 204, description = "Two-factor authentication is on"), (status = 400, description = "Wrong code", body = crate::error::ErrorBody)))]
 pub(super) async fn mfa_confirm(
     State(state): State<AppState>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
@@ -281,7 +281,7 @@ pub(super) async fn mfa_confirm(
 }
 
 /// `POST /api/v1/me/mfa/disable`.
-#[utoipa::path(post, path = "/api/v1/me/mfa/disable", tag = "account", request_body = CodeBody, responses((status = 200, description = "Two-factor authentication is off"), (status = 400, description = "Wrong code")))]
+#[utoipa::path(post, path = "/api/v1/me/mfa/disable", tag = "account", request_body = CodeBody, responses((status = 204, description = "Two-factor authentication is off"), (status = 400, description = "Wrong code", body = crate::error::ErrorBody)))]
 pub(super) async fn mfa_disable(
     State(state): State<AppState>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,

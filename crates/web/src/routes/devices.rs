@@ -60,8 +60,8 @@ fn only(params: &HashMap<String, String>, allowed: &[&str]) -> Result<(), ApiErr
         ("order" = Option<String>, Query, description = "asc or desc"),
         ("limit" = Option<u32>, Query, description = "1 to 500, default 50"),
         ("offset" = Option<u32>, Query, description = "Devices to skip")),
-    responses((status = 200, description = "`{\"devices\": [...], \"total\", \"limit\", \"offset\"}`"),
-        (status = 400, description = "Unknown or invalid parameter")))]
+    responses((status = 200, description = "`{\"devices\": [...], \"total\", \"limit\", \"offset\"}`", body = crate::routes::schemas::DeviceListBody),
+        (status = 400, description = "Unknown or invalid parameter", body = crate::error::ErrorBody)))]
 pub(super) async fn list(
     State(state): State<AppState>,
     q: Result<Query<HashMap<String, String>>, QueryRejection>,
@@ -83,8 +83,8 @@ pub(super) async fn list(
 
 /// `GET /api/v1/devices/{id}`.
 #[utoipa::path(get, path = "/api/v1/devices/{id}", tag = "devices", params(("id" = String, Path, description = "The device id")),
-    responses((status = 200, description = "The device, its certificate, reported state, counters and last rejected payloads"),
-        (status = 404, description = "No such device")))]
+    responses((status = 200, description = "The device, its certificate, reported state, counters and last rejected payloads", body = crate::devices::DeviceDetail),
+        (status = 404, description = "No such device", body = crate::error::ErrorBody)))]
 pub(super) async fn show(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult {
     let id = dev::device_id(&id)?;
     Ok(Json(dev::detail(&state, &id).await?).into_response())
@@ -92,8 +92,8 @@ pub(super) async fn show(State(state): State<AppState>, Path(id): Path<String>) 
 
 /// `GET /api/v1/devices/{id}/telemetry?metric=&from=&to=&buckets=`.
 #[utoipa::path(get, path = "/api/v1/devices/{id}/telemetry", tag = "devices", params(("id" = String, Path, description = "The device id")),
-    responses((status = 200, description = "Buckets `{start, min, max, avg, count, last}` per metric for `metric`, `from`, `to`, `buckets`"),
-        (status = 400, description = "Invalid time range or parameter"), (status = 404, description = "No such device")))]
+    responses((status = 200, description = "Buckets `{start, min, max, avg, count, last}` per metric for `metric`, `from`, `to`, `buckets`", body = crate::routes::schemas::TelemetryBody),
+        (status = 400, description = "Invalid time range or parameter", body = crate::error::ErrorBody), (status = 404, description = "No such device", body = crate::error::ErrorBody)))]
 pub(super) async fn telemetry(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -125,8 +125,8 @@ pub(super) async fn telemetry(
 
 /// `GET /api/v1/devices/{id}/telemetry.csv?from=&to=`: the raw points.
 #[utoipa::path(get, path = "/api/v1/devices/{id}/telemetry.csv", tag = "devices", params(("id" = String, Path, description = "The device id")),
-    responses((status = 200, description = "The same buckets as CSV (text/csv)"),
-        (status = 404, description = "No such device")))]
+    responses((status = 200, description = "The same buckets as CSV (text/csv)", body = String, content_type = "text/csv"),
+        (status = 404, description = "No such device", body = crate::error::ErrorBody)))]
 pub(super) async fn telemetry_csv(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -152,8 +152,8 @@ pub(super) async fn telemetry_csv(
 
 /// `GET /api/v1/devices/{id}/presence`: newest first.
 #[utoipa::path(get, path = "/api/v1/devices/{id}/presence", tag = "devices", params(("id" = String, Path, description = "The device id")),
-    responses((status = 200, description = "Connect and disconnect history with reasons"),
-        (status = 404, description = "No such device")))]
+    responses((status = 200, description = "Connect and disconnect history with reasons", body = crate::routes::schemas::PresenceBody),
+        (status = 404, description = "No such device", body = crate::error::ErrorBody)))]
 pub(super) async fn presence(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult {
     let id = dev::device_id(&id)?;
     dev::existing(&state, &id).await?;
@@ -170,8 +170,8 @@ pub(super) async fn presence(State(state): State<AppState>, Path(id): Path<Strin
 /// `GET /api/v1/devices/{id}/events`: committed readings and presence as
 /// Server-Sent Events (see `crate::live`).
 #[utoipa::path(get, path = "/api/v1/devices/{id}/events", tag = "devices", params(("id" = String, Path, description = "The device id")),
-    responses((status = 200, description = "Server-sent events `reading`, `presence` and `lagged` (text/event-stream)"),
-        (status = 404, description = "No such device"), (status = 503, description = "Too many open streams")))]
+    responses((status = 200, description = "Server-sent events `reading`, `presence` and `lagged` (text/event-stream)", body = String, content_type = "text/event-stream"),
+        (status = 404, description = "No such device", body = crate::error::ErrorBody), (status = 503, description = "Too many open streams", body = crate::error::ErrorBody)))]
 pub(super) async fn events(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult {
     let id = dev::device_id(&id)?;
     dev::existing(&state, &id).await?;
@@ -227,8 +227,8 @@ async fn change(
 
 /// `POST /api/v1/devices/{id}/disable`.
 #[utoipa::path(post, path = "/api/v1/devices/{id}/disable", tag = "devices", params(("id" = String, Path, description = "The device id")),
-    responses((status = 200, description = "The device, disabled; its session is cut"),
-        (status = 404, description = "No such device"), (status = 409, description = "Not in a state that can be disabled")))]
+    responses((status = 200, description = "The device, disabled; its session is cut", body = crate::devices::DeviceView),
+        (status = 404, description = "No such device", body = crate::error::ErrorBody), (status = 409, description = "Not in a state that can be disabled", body = crate::error::ErrorBody)))]
 pub(super) async fn disable(
     State(state): State<AppState>,
     caller: Caller,
@@ -243,8 +243,8 @@ pub(super) async fn disable(
 
 /// `POST /api/v1/devices/{id}/enable`.
 #[utoipa::path(post, path = "/api/v1/devices/{id}/enable", tag = "devices", params(("id" = String, Path, description = "The device id")),
-    responses((status = 200, description = "The device, enabled again"),
-        (status = 404, description = "No such device"), (status = 409, description = "Revoked devices cannot be enabled")))]
+    responses((status = 200, description = "The device, enabled again", body = crate::devices::DeviceView),
+        (status = 404, description = "No such device", body = crate::error::ErrorBody), (status = 409, description = "Revoked devices cannot be enabled", body = crate::error::ErrorBody)))]
 pub(super) async fn enable(
     State(state): State<AppState>,
     caller: Caller,
@@ -259,8 +259,8 @@ pub(super) async fn enable(
 
 /// `POST /api/v1/devices/{id}/revoke` with `{"reason"}` (optional).
 #[utoipa::path(post, path = "/api/v1/devices/{id}/revoke", tag = "devices", params(("id" = String, Path, description = "The device id")),
-    responses((status = 200, description = "The device, revoked: its certificate is on the CRL and its session is cut"),
-        (status = 404, description = "No such device")))]
+    responses((status = 200, description = "The device, revoked: its certificate is on the CRL and its session is cut", body = crate::devices::DeviceView),
+        (status = 404, description = "No such device", body = crate::error::ErrorBody)))]
 pub(super) async fn revoke(
     State(state): State<AppState>,
     caller: Caller,
@@ -284,10 +284,10 @@ pub(super) async fn revoke(
 
 /// `POST /api/v1/claims`: starts a claim for the signed-in user.
 #[utoipa::path(post, path = "/api/v1/claims", tag = "claims",
-    responses((status = 201, description = "The claim, pending until the device confirms over MQTT"),
-        (status = 400, description = "Malformed QR payload or body"),
-        (status = 409, description = "already_claimed, not_claimable or device_offline"),
-        (status = 422, description = "wrong_code or fingerprint_mismatch")))]
+    responses((status = 201, description = "The claim, pending until the device confirms over MQTT", body = crate::devices::ClaimView),
+        (status = 400, description = "Malformed QR payload or body", body = crate::error::ErrorBody),
+        (status = 409, description = "already_claimed, not_claimable or device_offline", body = crate::error::ErrorBody),
+        (status = 422, description = "wrong_code or fingerprint_mismatch", body = crate::error::ErrorBody)))]
 pub(super) async fn claim_start(
     State(state): State<AppState>,
     caller: Caller,
@@ -304,8 +304,8 @@ pub(super) async fn claim_start(
 /// `GET /api/v1/claims/{id}`: pending, bound, expired, refused.
 #[utoipa::path(get, path = "/api/v1/claims/{id}", tag = "claims",
     params(("id" = String, Path, description = "The claim id")),
-    responses((status = 200, description = "pending, bound, expired or refused with the reason"),
-        (status = 404, description = "No such claim, or not yours")))]
+    responses((status = 200, description = "pending, bound, expired or refused with the reason", body = crate::devices::ClaimView),
+        (status = 404, description = "No such claim, or not yours", body = crate::error::ErrorBody)))]
 pub(super) async fn claim_show(
     State(state): State<AppState>,
     caller: Caller,

@@ -25,7 +25,7 @@ struct EnrollBody {
 }
 
 /// The 201 body.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct Enrolled {
     device_id: String,
@@ -82,7 +82,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// The handler; see the module documentation.
-#[utoipa::path(post, path = "/api/v1/enroll", tag = "enrollment", request_body = EnrollBody, responses((status = 201, description = "The device is registered: certificate chain, CA bundle, claim code"), (status = 400, description = "Invalid CSR or body"), (status = 401, description = "Token invalid"), (status = 409, description = "Id taken"), (status = 429, description = "Too many failures")))]
+#[utoipa::path(post, path = "/api/v1/enroll", tag = "enrollment", request_body = EnrollBody, responses((status = 201, description = "The device is registered: certificate chain, CA bundle, claim code", body = Enrolled), (status = 400, description = "Invalid CSR or body", body = crate::error::ErrorBody), (status = 401, description = "Token invalid", body = crate::error::ErrorBody), (status = 409, description = "Id taken", body = crate::error::ErrorBody), (status = 429, description = "Too many failures", body = crate::error::ErrorBody)))]
 pub(super) async fn enroll(
     State(state): State<AppState>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,

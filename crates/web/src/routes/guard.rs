@@ -259,6 +259,20 @@ pub(crate) async fn guard(
         );
         return refusal(route.surface, denied, stale_session);
     }
+    let mut principal = principal;
+    if route.surface == Surface::Page
+        && let Some(p) = principal.as_mut()
+    {
+        // The header's badge; a failure costs the badge, not the page.
+        p.unread_notifications = match state.notifications().unread_notifications(&p.user_id).await
+        {
+            Ok(n) => Some(n),
+            Err(e) => {
+                tracing::warn!(user = %p.name, error = %e, "cannot count unread notifications");
+                None
+            }
+        };
+    }
     request.extensions_mut().insert(principal);
     next.run(request).await
 }

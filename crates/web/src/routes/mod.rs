@@ -13,11 +13,13 @@ mod enroll;
 mod firmware;
 mod firmware_pages;
 pub(crate) mod guard;
+mod notifications;
 pub mod openapi;
 mod ota;
 mod pages;
 pub(crate) mod registry;
 mod registry_pages;
+pub(crate) mod schemas;
 mod users;
 
 use std::net::SocketAddr;
@@ -290,6 +292,21 @@ pub const ROUTES: &[RouteSpec] = &[
     // Audit log.
     api("GET", "/api/v1/audit", act(Action::ReadAudit)),
     page("GET", "/audit", act(Action::ReadAudit)),
+    // One's own notifications: reading them includes marking them read,
+    // which API tokens may do too (it changes nothing but the inbox).
+    api("GET", "/api/v1/notifications", act(Action::ReadOwnAccount)),
+    api(
+        "GET",
+        "/api/v1/notifications/events",
+        act(Action::ReadOwnAccount),
+    ),
+    api(
+        "POST",
+        "/api/v1/notifications/read",
+        act(Action::ReadOwnAccount),
+    ),
+    page("GET", "/notifications", act(Action::ReadOwnAccount)),
+    page("POST", "/notifications/read", act(Action::ReadOwnAccount)),
     // The API's own description.
     api("GET", "/api/v1/openapi.json", Public),
 ];
@@ -391,6 +408,11 @@ fn endpoint(spec: &RouteSpec) -> Option<MethodRouter<AppState>> {
         ("GET", "/firmware") => get(firmware_pages::firmware),
         ("GET", "/api/v1/audit") => get(registry::audit),
         ("GET", "/audit") => get(registry_pages::audit),
+        ("GET", "/api/v1/notifications") => get(notifications::list),
+        ("GET", "/api/v1/notifications/events") => get(notifications::events),
+        ("POST", "/api/v1/notifications/read") => post(notifications::mark_read),
+        ("GET", "/notifications") => get(notifications::page),
+        ("POST", "/notifications/read") => post(notifications::page_mark_read),
         ("GET", "/api/v1/openapi.json") => get(openapi::document),
         _ => return None,
     })

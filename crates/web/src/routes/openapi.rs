@@ -6,7 +6,7 @@ use axum::Json;
 use axum::response::IntoResponse;
 use utoipa::OpenApi;
 
-use super::{account, devices, enroll, firmware, registry, users};
+use super::{account, devices, enroll, firmware, notifications, registry, users};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -56,6 +56,9 @@ use super::{account, devices, enroll, firmware, registry, users};
         firmware::upload,
         firmware::keys,
         firmware::show,
+        notifications::list,
+        notifications::events,
+        notifications::mark_read,
         document,
     )
 )]
@@ -68,7 +71,7 @@ pub fn openapi_json() -> String {
 
 /// `GET /api/v1/openapi.json`.
 #[utoipa::path(get, path = "/api/v1/openapi.json", tag = "meta",
-    responses((status = 200, description = "This document")))]
+    responses((status = 200, description = "This document", body = Object)))]
 pub(super) async fn document() -> impl IntoResponse {
     Json(ApiDoc::openapi())
 }
@@ -91,5 +94,76 @@ mod tests {
             }
         }
         assert!(missing.is_empty(), "undocumented API routes: {missing:?}");
+    }
+
+    /// Every `$ref` in `v`, recursively.
+    fn refs<'a>(v: &'a serde_json::Value, out: &mut Vec<&'a str>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, x) in m {
+                    match (k.as_str(), x.as_str()) {
+                        ("$ref", Some(r)) => out.push(r),
+                        _ => refs(x, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|x| refs(x, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_answer_has_a_schema_and_errors_share_one() {
+        let doc: serde_json::Value = serde_json::from_str(&openapi_json()).expect("valid JSON");
+        let paths = doc["paths"].as_object().expect("paths");
+        let mut problems = Vec::new();
+        let mut operations = 0;
+        for (path, item) in paths {
+            for (method, op) in item.as_object().into_iter().flatten() {
+                operations += 1;
+                let responses = op["responses"].as_object().cloned().unwrap_or_default();
+                for (status, response) in &responses {
+                    let at = format!("{} {path} {status}", method.to_uppercase());
+                    let schemas: Vec<_> = response["content"]
+                        .as_object()
+                        .into_iter()
+                        .flat_map(|c| c.values())
+                        .map(|media| &media["schema"])
+                        .filter(|s| !s.is_null())
+                        .collect();
+                    if status.starts_with('2') && status != "204" && schemas.is_empty() {
+                        problems.push(format!("{at}: no response schema"));
+                    }
+                    if status == "204" && !schemas.is_empty() {
+                        problems.push(format!("{at}: 204 with a body"));
+                    }
+                    if (status.starts_with('4') || status.starts_with('5'))
+                        && !schemas
+                            .iter()
+                            .any(|s| s["$ref"] == "#/components/schemas/ErrorBody")
+                    {
+                        problems.push(format!("{at}: not the shared error body"));
+                    }
+                }
+            }
+        }
+        assert!(operations > 30, "{operations} operations");
+        assert!(problems.is_empty(), "{problems:#?}");
+        // Every reference resolves.
+        let mut all = Vec::new();
+        refs(&doc, &mut all);
+        let unresolved: Vec<_> = all
+            .into_iter()
+            .filter(|r| {
+                r.strip_prefix("#/components/schemas/")
+                    .is_none_or(|name| doc["components"]["schemas"][name].is_null())
+            })
+            .collect();
+        assert!(unresolved.is_empty(), "unresolved: {unresolved:?}");
+        let error = &doc["components"]["schemas"]["ErrorDetail"]["properties"];
+        assert!(
+            error["code"].is_object() && error["message"].is_object(),
+            "{error}"
+        );
     }
 }

@@ -240,6 +240,10 @@ pub(crate) struct AuditQuery {
     /// Rows with a sequence number below this (the previous page's `nextBefore`).
     #[serde(default)]
     pub before: Option<u64>,
+    /// Verify the whole chain now, not only the rows added since the last
+    /// verification.
+    #[serde(default)]
+    pub full: Option<bool>,
 }
 
 /// One page of the audit log, newest first, with the chain's verification.
@@ -319,7 +323,11 @@ pub(crate) async fn audit_page(state: &AppState, q: &AuditQuery) -> Result<Audit
         .then(|| entries.get(limit as usize - 1).map(|r| r.seq))
         .flatten();
     entries.truncate(limit as usize);
-    let chain = store.verify_audit().await.map_err(refusal)?;
+    let chain = state
+        .audit_chain()
+        .verify(store, state.clock().now(), q.full.unwrap_or(false))
+        .await
+        .map_err(refusal)?;
     Ok(AuditPage {
         entries,
         next_before,
@@ -332,7 +340,7 @@ type Created = Result<(StatusCode, Json<serde_json::Value>), ApiError>;
 
 /// `GET /api/v1/enroll-tokens`.
 #[utoipa::path(get, path = "/api/v1/enroll-tokens", tag = "enrollment tokens",
-    responses((status = 200, description = "Every enrollment token (never the secret): `{\"enrollTokens\": [...]}`")))]
+    responses((status = 200, description = "Every enrollment token (never the secret): `{\"enrollTokens\": [...]}`", body = crate::routes::schemas::EnrollTokensBody)))]
 pub(super) async fn list_enroll_tokens(State(state): State<AppState>) -> JsonResult {
     let tokens = state.store().enrollment_tokens().await.map_err(refusal)?;
     let now = OffsetDateTime::now_utc();
@@ -345,8 +353,8 @@ pub(super) async fn list_enroll_tokens(State(state): State<AppState>) -> JsonRes
 
 /// `POST /api/v1/enroll-tokens`: the token is in the answer, once.
 #[utoipa::path(post, path = "/api/v1/enroll-tokens", tag = "enrollment tokens", request_body = NewTokenBody,
-    responses((status = 201, description = "`{\"enrollToken\": {...}, \"token\": \"rmp_enr_...\"}`; the token is not shown again"),
-        (status = 400, description = "Invalid scope, malformed JSON or unknown field")))]
+    responses((status = 201, description = "`{\"enrollToken\": {...}, \"token\": \"rmp_enr_...\"}`; the token is not shown again", body = crate::routes::schemas::EnrollTokenCreatedBody),
+        (status = 400, description = "Invalid scope, malformed JSON or unknown field", body = crate::error::ErrorBody)))]
 pub(super) async fn create_enroll_token_api(
     State(state): State<AppState>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
@@ -366,8 +374,8 @@ pub(super) async fn create_enroll_token_api(
 /// `DELETE /api/v1/enroll-tokens/{id}`.
 #[utoipa::path(delete, path = "/api/v1/enroll-tokens/{id}", tag = "enrollment tokens",
     params(("id" = String, Path, description = "The token's public id")),
-    responses((status = 200, description = "`{\"enrollToken\": {...}}`, revoked"),
-        (status = 404, description = "No such token"), (status = 409, description = "Already revoked")))]
+    responses((status = 200, description = "`{\"enrollToken\": {...}}`, revoked", body = crate::routes::schemas::EnrollTokenBody),
+        (status = 404, description = "No such token", body = crate::error::ErrorBody), (status = 409, description = "Already revoked", body = crate::error::ErrorBody)))]
 pub(super) async fn revoke_enroll_token_api(
     State(state): State<AppState>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
@@ -382,7 +390,7 @@ pub(super) async fn revoke_enroll_token_api(
 
 /// `GET /api/v1/services`.
 #[utoipa::path(get, path = "/api/v1/services", tag = "services",
-    responses((status = 200, description = "`{\"services\": [...]}`, ordered by name")))]
+    responses((status = 200, description = "`{\"services\": [...]}`, ordered by name", body = crate::routes::schemas::ServicesBody)))]
 pub(super) async fn list_services(State(state): State<AppState>) -> JsonResult {
     let services = state.store().list_services().await.map_err(refusal)?;
     Ok(Json(json!({ "services": services })))
@@ -398,8 +406,8 @@ pub(crate) struct NewServiceBody {
 
 /// `POST /api/v1/services`: the key and certificate are in the answer, once.
 #[utoipa::path(post, path = "/api/v1/services", tag = "services", request_body = NewServiceBody,
-    responses((status = 201, description = "`{\"service\", \"keyPem\", \"certificatePem\", \"caPem\"}`; the key is not kept and not shown again"),
-        (status = 409, description = "The name is taken by a service or a device")))]
+    responses((status = 201, description = "`{\"service\", \"keyPem\", \"certificatePem\", \"caPem\"}`; the key is not kept and not shown again", body = crate::routes::schemas::ServiceCreatedBody),
+        (status = 409, description = "The name is taken by a service or a device", body = crate::error::ErrorBody)))]
 pub(super) async fn create_service_api(
     State(state): State<AppState>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
@@ -433,8 +441,8 @@ pub(crate) struct RevokeBody {
 /// `POST /api/v1/services/{name}/revoke`.
 #[utoipa::path(post, path = "/api/v1/services/{name}/revoke", tag = "services", request_body = RevokeBody,
     params(("name" = String, Path, description = "The service's name")),
-    responses((status = 200, description = "`{\"service\": {...}}`, revoked"),
-        (status = 404, description = "No such service")))]
+    responses((status = 200, description = "`{\"service\": {...}}`, revoked", body = crate::routes::schemas::ServiceBody),
+        (status = 404, description = "No such service", body = crate::error::ErrorBody)))]
 pub(super) async fn revoke_service_api(
     State(state): State<AppState>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
@@ -462,8 +470,8 @@ pub(super) async fn revoke_service_api(
 
 /// `GET /api/v1/audit`.
 #[utoipa::path(get, path = "/api/v1/audit", tag = "audit", params(AuditQuery),
-    responses((status = 200, description = "`{\"entries\": [...newest first], \"nextBefore\": seq|null, \"chain\": {\"ok\", \"rows\", \"firstBreak\"}}`"),
-        (status = 400, description = "A malformed filter")))]
+    responses((status = 200, description = "`{\"entries\": [...newest first], \"nextBefore\": seq|null, \"chain\": {\"ok\", \"rows\", \"first_break\"}}`", body = crate::routes::schemas::AuditBody),
+        (status = 400, description = "A malformed filter", body = crate::error::ErrorBody)))]
 pub(super) async fn audit(
     State(state): State<AppState>,
     query: Result<Query<AuditQuery>, QueryRejection>,

@@ -29,7 +29,7 @@ fn role(s: &str) -> Result<Role, ApiError> {
 }
 
 /// `GET /api/v1/users`.
-#[utoipa::path(get, path = "/api/v1/users", tag = "users", responses((status = 200, description = "{\"users\": [{\"user\", \"invited\"}]}")))]
+#[utoipa::path(get, path = "/api/v1/users", tag = "users", responses((status = 200, description = "{\"users\": [{\"user\", \"invited\"}]}", body = crate::routes::schemas::UsersBody)))]
 pub(super) async fn list(
     State(state): State<AppState>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -51,7 +51,7 @@ struct InviteBody {
 }
 
 /// `POST /api/v1/users`: invite; the invitation token is shown once.
-#[utoipa::path(post, path = "/api/v1/users", tag = "users", request_body = InviteBody, responses((status = 201, description = "Invited; the invitation token is shown once"), (status = 400, description = "Invalid name or role"), (status = 409, description = "Name taken")))]
+#[utoipa::path(post, path = "/api/v1/users", tag = "users", request_body = InviteBody, responses((status = 201, description = "Invited; the invitation token is shown once", body = crate::routes::schemas::InvitedBody), (status = 400, description = "Invalid name or role", body = crate::error::ErrorBody), (status = 409, description = "Name taken", body = crate::error::ErrorBody)))]
 pub(super) async fn invite(
     State(state): State<AppState>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
@@ -90,7 +90,7 @@ struct ChangeBody {
 }
 
 /// `PATCH /api/v1/users/{id}`: role, disabled.
-#[utoipa::path(patch, path = "/api/v1/users/{id}", tag = "users", request_body = ChangeBody, params(("id" = String, Path, description = "User id")), responses((status = 200, description = "The changed user"), (status = 403, description = "Role not assignable by the caller"), (status = 404, description = "No such user")))]
+#[utoipa::path(patch, path = "/api/v1/users/{id}", tag = "users", request_body = ChangeBody, params(("id" = String, Path, description = "User id")), responses((status = 200, description = "The changed user", body = crate::routes::schemas::UserBody), (status = 403, description = "Role not assignable by the caller", body = crate::error::ErrorBody), (status = 404, description = "No such user", body = crate::error::ErrorBody)))]
 pub(super) async fn change(
     State(state): State<AppState>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
@@ -124,7 +124,7 @@ pub(super) async fn change(
 }
 
 /// `POST /api/v1/users/{id}/mfa-reset`.
-#[utoipa::path(post, path = "/api/v1/users/{id}/mfa-reset", tag = "users", params(("id" = String, Path, description = "User id")), responses((status = 200, description = "The user's second factor is removed"), (status = 404, description = "No such user")))]
+#[utoipa::path(post, path = "/api/v1/users/{id}/mfa-reset", tag = "users", params(("id" = String, Path, description = "User id")), responses((status = 200, description = "The user's second factor is removed", body = crate::routes::schemas::UserBody), (status = 404, description = "No such user", body = crate::error::ErrorBody)))]
 pub(super) async fn mfa_reset(
     State(state): State<AppState>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
@@ -152,7 +152,7 @@ pub(super) struct TokenQuery {
 }
 
 /// `GET /api/v1/api-tokens` (`?all=true`: everyone's, for administrators).
-#[utoipa::path(get, path = "/api/v1/api-tokens", tag = "api tokens", params(("all" = Option<bool>, Query, description = "Everyone's tokens (administrators)")), responses((status = 200, description = "{\"apiTokens\": [...]}")))]
+#[utoipa::path(get, path = "/api/v1/api-tokens", tag = "api tokens", params(("all" = Option<bool>, Query, description = "Everyone's tokens (administrators)")), responses((status = 200, description = "{\"apiTokens\": [...]}", body = crate::routes::schemas::ApiTokensBody)))]
 pub(super) async fn list_tokens(
     State(state): State<AppState>,
     caller: Caller,
@@ -187,7 +187,7 @@ struct CreateTokenBody {
 }
 
 /// `POST /api/v1/api-tokens`: the token is in the answer, once.
-#[utoipa::path(post, path = "/api/v1/api-tokens", tag = "api tokens", request_body = CreateTokenBody, responses((status = 201, description = "{\"apiToken\", \"token\"}: the token is shown once"), (status = 400, description = "Invalid name, role or expiry")))]
+#[utoipa::path(post, path = "/api/v1/api-tokens", tag = "api tokens", request_body = CreateTokenBody, responses((status = 201, description = "{\"apiToken\", \"token\"}: the token is shown once", body = crate::routes::schemas::ApiTokenCreatedBody), (status = 400, description = "Invalid name, role or expiry", body = crate::error::ErrorBody)))]
 pub(super) async fn create_token(
     State(state): State<AppState>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
@@ -214,7 +214,7 @@ pub(super) async fn create_token(
 }
 
 /// `DELETE /api/v1/api-tokens/{id}`.
-#[utoipa::path(delete, path = "/api/v1/api-tokens/{id}", tag = "api tokens", params(("id" = String, Path, description = "Token id")), responses((status = 200, description = "The revoked token"), (status = 404, description = "No such token (or not yours)")))]
+#[utoipa::path(delete, path = "/api/v1/api-tokens/{id}", tag = "api tokens", params(("id" = String, Path, description = "Token id")), responses((status = 200, description = "The revoked token", body = crate::routes::schemas::ApiTokenBody), (status = 404, description = "No such token (or not yours)", body = crate::error::ErrorBody)))]
 pub(super) async fn revoke_token(
     State(state): State<AppState>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,

@@ -644,3 +644,77 @@ pub fn problem(p: &Principal, status: u16, message: &str) -> Markup {
         },
     )
 }
+
+/// What the notifications page shows.
+#[derive(Debug)]
+pub struct NotificationsView<'a> {
+    /// Who is signed in.
+    pub principal: &'a Principal,
+    /// Their session's CSRF token.
+    pub csrf_token: &'a str,
+    /// One page, newest first.
+    pub notifications: &'a [rampart_store::Notification],
+    /// Unread in all pages.
+    pub unread: u64,
+    /// The cursor of the next page.
+    pub next_before: Option<u64>,
+    /// A query string that could not be read (the first page is shown).
+    pub problem: Option<String>,
+}
+
+/// `/notifications`: newest first, unread ones marked, "mark all read".
+pub fn notifications(v: &NotificationsView<'_>) -> Markup {
+    let newest = v.notifications.first().map(|n| n.id);
+    page(
+        "Notifications",
+        Some(v.principal),
+        "/notifications",
+        html! {
+            h1 { "Notifications" }
+            @if let Some(problem) = &v.problem {
+                (flash(Some(&Flash::error(problem.clone()))))
+            }
+            div.card {
+                p #notify-summary {
+                    @match v.unread {
+                        0 => "Nothing unread.",
+                        1 => "1 unread notification.",
+                        n => { (n) " unread notifications." },
+                    }
+                }
+                @if v.unread > 0 {
+                    form method="post" action="/notifications/read" {
+                        (csrf(v.csrf_token))
+                        @if let Some(id) = newest { input type="hidden" name="up_to" value=(id); }
+                        button type="submit" { "Mark all read" }
+                    }
+                }
+            }
+            div.card {
+                @if v.notifications.is_empty() {
+                    p.hint { "No notifications yet. Claims you start tell you here when they finish." }
+                } @else {
+                    ul.notifications {
+                        @for n in v.notifications {
+                            li class=[n.read_at.is_none().then_some("unread")] data-kind=(n.kind) {
+                                div.head {
+                                    @if n.read_at.is_none() { span.badge.on { "new" } " " }
+                                    @if let Some(link) = &n.link {
+                                        a href=(link) { strong { (n.title) } }
+                                    } @else {
+                                        strong { (n.title) }
+                                    }
+                                    span.hint { " · " (when(n.created_at)) }
+                                }
+                                @if !n.body.is_empty() { p { (n.body) } }
+                            }
+                        }
+                    }
+                }
+            }
+            @if let Some(b) = v.next_before {
+                p { a.button.secondary href={ "/notifications?before=" (b) } { "Older notifications" } }
+            }
+        },
+    )
+}

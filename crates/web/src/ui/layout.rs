@@ -2,7 +2,7 @@
 //! navigation, the main column, the stylesheet. Later pages (fleet,
 //! devices, audit) render their content into [`page`].
 
-use maud::{DOCTYPE, Markup, html};
+use maud::{DOCTYPE, Markup, PreEscaped, html};
 
 use crate::auth::{Action, Principal, authorize};
 
@@ -48,6 +48,7 @@ pub fn page(title: &str, principal: Option<&Principal>, current: &str, content: 
                                     }
                                 }
                             }
+                            (bell(p, current))
                             span.who { (p.name) " · " (p.role) " · " a href="/logout" { "Sign out" } }
                         }
                     }
@@ -58,6 +59,31 @@ pub fn page(title: &str, principal: Option<&Principal>, current: &str, content: 
                     main.narrow { (content) }
                 }
                 footer { "Rampart · self-hosted IoT platform" }
+            }
+        }
+    }
+}
+
+/// A bell, drawn in the text colour (inline SVG: no image request).
+const BELL_ICON: PreEscaped<&str> = PreEscaped(
+    r#"<svg class="icon" aria-hidden="true" width="20" height="20" viewBox="0 0 24 24" fill="none" stroke="currentColor" stroke-width="2" stroke-linecap="round" stroke-linejoin="round"><path d="M18 8a6 6 0 0 0-12 0c0 7-3 9-3 9h18s-3-2-3-9"/><path d="M13.7 21a2 2 0 0 1-3.4 0"/></svg>"#,
+);
+
+/// The notifications bell with its unread count (`console.js` then follows
+/// `/api/v1/notifications/events`).
+fn bell(p: &Principal, current: &str) -> Markup {
+    let unread = p.unread_notifications.unwrap_or(0);
+    let label = match unread {
+        0 => "Notifications, none unread".to_owned(),
+        1 => "Notifications, 1 unread".to_owned(),
+        n => format!("Notifications, {n} unread"),
+    };
+    html! {
+        a.bell #notify-bell class=[(current == "/notifications").then_some("current")]
+            href="/notifications" title=(label) aria-label=(label) {
+            (BELL_ICON)
+            span.count #notify-badge data-unread=(unread) hidden[unread == 0] {
+                @if unread > 99 { "99+" } @else { (unread) }
             }
         }
     }

@@ -267,7 +267,10 @@ pub fn audit(v: &AuditView<'_>) -> Markup {
             (flash(v.flash.as_ref()))
             @if let Some(p) = v.page {
                 @if p.chain.ok {
-                    div.flash.ok #chain role="status" { "Chain verified: " (p.chain.rows) " entries, none altered or missing." }
+                    div.flash.ok #chain role="status" {
+                        "Chain verified: " (p.chain.rows) " entries, none altered or missing. "
+                        a href="/audit?full=true" { "Verify the whole chain again" }
+                    }
                 } @else {
                     div.flash.error #chain role="alert" {
                         "The chain does NOT verify after " (p.chain.rows) " entries"

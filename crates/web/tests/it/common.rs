@@ -34,6 +34,8 @@ pub struct Server {
     pub images: std::path::PathBuf,
     /// The key download tokens are made with.
     pub tokens: TokenKey,
+    /// Feeds the notification streams as `serve`'s change follower does.
+    pub changes: tokio::sync::broadcast::Sender<rampart_store::Change>,
     stop: CancellationToken,
     task: Option<JoinHandle<std::io::Result<()>>>,
     _dir: tempfile::TempDir,
@@ -71,6 +73,7 @@ impl Server {
         let clock = Clock::manual(time::OffsetDateTime::now_utc());
         let auth = AuthBackend {
             users: Arc::new(store.clone()),
+            notifications: Arc::new(store.clone()),
             sealing_key: SealingKey::new([9; 32]),
             clock: clock.clone(),
         };
@@ -84,7 +87,15 @@ impl Server {
             rampart_web::live::LiveOptions::default(),
             live_stop.clone(),
         );
+        let (changes, _) = tokio::sync::broadcast::channel(64);
+        let inbox = rampart_web::inbox::InboxHub::spawn(
+            changes.subscribe(),
+            8,
+            std::time::Duration::from_secs(15),
+            live_stop.clone(),
+        );
         let state = AppState::new(Arc::new(store.clone()), Arc::clone(&pki), config, tls, auth)
+            .with_inbox(inbox)
             .with_devices(DeviceBackend {
                 telemetry: Arc::new(store.clone()),
                 live,
@@ -117,6 +128,7 @@ impl Server {
             crl,
             images,
             tokens,
+            changes,
             stop,
             task: Some(task),
             _dir: dir,

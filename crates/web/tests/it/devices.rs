@@ -616,3 +616,222 @@ async fn a_claim_the_device_never_confirms_expires() {
             .contains("expired")
     );
 }
+
+/// The next `unread` count of a notifications event stream, within a
+/// bounded wait.
+async fn next_unread(stream: &mut reqwest::Response) -> u64 {
+    let deadline = tokio::time::Instant::now() + wait_limit();
+    let mut text = String::new();
+    loop {
+        if let Some(at) = text.find("data: {\"unread\":") {
+            let rest = &text[at + "data: {\"unread\":".len()..];
+            if let Some(end) = rest.find('}') {
+                return rest[..end].parse().expect("a count");
+            }
+        }
+        let chunk = tokio::time::timeout_at(deadline, stream.chunk())
+            .await
+            .expect("an unread event in time")
+            .expect("stream open")
+            .expect("stream not ended");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+}
+
+#[tokio::test]
+async fn a_finished_claim_notifies_the_user_who_started_it_and_nobody_else() {
+    let s = Server::start(config()).await;
+    let owner = s.owner().await;
+    let otto = s.user(&owner, "otto", "operator").await;
+    let olga = s.user(&owner, "olga", "operator").await;
+    for (n, device) in [(11, "thermo-11"), (12, "thermo-12")] {
+        register(&s, device, &code(n)).await;
+        s.store
+            .record_presence(&id(device), true, OffsetDateTime::now_utc())
+            .await
+            .expect("online");
+    }
+    let r = Req::post("/api/v1/claims")
+        .session(&otto)
+        .json(json!({ "deviceId": "thermo-11", "claimCode": code(11).as_str() }))
+        .send(&s)
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let claim_id = r.body["id"].as_u64().expect("id");
+    let r = Req::get("/api/v1/notifications")
+        .session(&otto)
+        .send(&s)
+        .await;
+    assert_eq!(
+        (
+            r.body["unread"].as_u64(),
+            r.body["notifications"].as_array().map(Vec::len)
+        ),
+        (Some(0), Some(0)),
+        "{}",
+        r.text
+    );
+
+    // Otto's bell follows the count live, as EventSource would.
+    let mut bell = s
+        .browser
+        .get(format!("https://{}/api/v1/notifications/events", s.addr))
+        .header("cookie", format!("__Host-rampart_session={}", otto.cookie))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(bell.status(), 200);
+    assert_eq!(next_unread(&mut bell).await, 0);
+
+    // The device confirms on bind/up (what the control plane does with
+    // the MQTT message): the claim binds and Otto is told, in the same
+    // transaction.
+    let nonce = s
+        .store
+        .claim(claim_id)
+        .await
+        .expect("store")
+        .expect("claim")
+        .nonce;
+    claim::confirm(
+        &s.store,
+        &id("thermo-11"),
+        &ClaimConfirmation { nonce },
+        &ClaimPolicy::default(),
+        OffsetDateTime::now_utc(),
+        &Actor::system(),
+    )
+    .await
+    .expect("confirmed");
+    // `serve`'s change follower broadcasts the feed's rows; the stream
+    // wakes on the binding and re-reads Otto's count.
+    let bound = s
+        .store
+        .changes_since(0)
+        .await
+        .expect("feed")
+        .into_iter()
+        .rfind(|c| c.kind == rampart_store::ChangeKind::DeviceBound)
+        .expect("a DeviceBound change");
+    s.changes.send(bound).expect("a listener");
+    assert_eq!(next_unread(&mut bell).await, 1);
+    let r = Req::get("/api/v1/notifications")
+        .session(&otto)
+        .send(&s)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["unread"], 1, "{}", r.text);
+    let n = &r.body["notifications"][0];
+    assert_eq!(n["kind"], "claim.bound", "{}", r.text);
+    assert_eq!(n["link"], "/devices/thermo-11");
+    assert!(
+        n["title"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("thermo-11")
+    );
+    assert!(n["readAt"].is_null());
+    let notification_id = n["id"].as_u64().expect("id");
+
+    // Every page's header shows Otto's badge; the page lists it.
+    let r = Req::get("/devices").session(&otto).send(&s).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(r.text.contains(r#"data-unread="1""#), "{}", r.text);
+    let r = Req::get("/notifications").session(&otto).send(&s).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(r.text.contains("thermo-11 is claimed"), "{}", r.text);
+    assert!(r.text.contains("Mark all read"), "{}", r.text);
+
+    // Olga sees none of it and cannot mark it, by id or at all.
+    let r = Req::get("/api/v1/notifications")
+        .session(&olga)
+        .send(&s)
+        .await;
+    assert_eq!(r.body["unread"], 0, "{}", r.text);
+    assert_eq!(r.body["notifications"], json!([]), "{}", r.text);
+    let r = Req::get("/notifications").session(&olga).send(&s).await;
+    assert!(!r.text.contains("thermo-11"), "{}", r.text);
+    assert!(r.text.contains(r#"data-unread="0""#), "{}", r.text);
+    let r = Req::post("/api/v1/notifications/read")
+        .session(&olga)
+        .json(json!({ "upTo": notification_id }))
+        .send(&s)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["marked"], 0, "{}", r.text);
+    let r = Req::post("/notifications/read")
+        .session(&olga)
+        .form(&[("csrf_token", &olga.csrf)])
+        .send(&s)
+        .await;
+    assert_eq!(r.status, 303, "{}", r.text);
+    let r = Req::get("/api/v1/notifications?unread=true")
+        .session(&otto)
+        .send(&s)
+        .await;
+    assert_eq!(r.body["unread"], 1, "{}", r.text);
+
+    // A claim that expires tells Otto too.
+    let r = Req::post("/api/v1/claims")
+        .session(&otto)
+        .json(json!({ "deviceId": "thermo-12", "claimCode": code(12).as_str() }))
+        .send(&s)
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let expiring = r.body["id"].as_u64().expect("id");
+    s.clock.advance(Duration::from_secs(601));
+    let r = Req::get(&format!("/api/v1/claims/{expiring}"))
+        .session(&otto)
+        .send(&s)
+        .await;
+    assert_eq!(r.body["status"], "expired", "{}", r.text);
+    let r = Req::get("/api/v1/notifications")
+        .session(&otto)
+        .send(&s)
+        .await;
+    assert_eq!(r.body["unread"], 2, "{}", r.text);
+    assert_eq!(
+        r.body["notifications"][0]["kind"], "claim.failed",
+        "{}",
+        r.text
+    );
+
+    // Marking needs the CSRF token like any change; then Otto's are read.
+    let r = Req::post("/notifications/read")
+        .cookie(&otto.cookie)
+        .form(&[("csrf_token", "wrong")])
+        .send(&s)
+        .await;
+    assert_eq!(r.status, 403, "{}", r.text);
+    let r = Req::post("/notifications/read")
+        .cookie(&otto.cookie)
+        .form(&[("csrf_token", &otto.csrf)])
+        .send(&s)
+        .await;
+    assert_eq!(r.status, 303, "{}", r.text);
+    // Marking read wakes the streams too (the user's other tabs).
+    assert_eq!(next_unread(&mut bell).await, 0);
+    let r = Req::get("/api/v1/notifications?unread=true")
+        .session(&otto)
+        .send(&s)
+        .await;
+    assert_eq!(r.body["unread"], 0, "{}", r.text);
+    assert_eq!(r.body["notifications"], json!([]), "{}", r.text);
+    let r = Req::get("/notifications?limit=0")
+        .session(&otto)
+        .send(&s)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(
+        r.text.contains("limit must be between 1 and 200"),
+        "{}",
+        r.text
+    );
+    let r = Req::get("/api/v1/notifications?color=red")
+        .session(&otto)
+        .send(&s)
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert_eq!(r.code(), "invalid_query");
+}

@@ -130,6 +130,21 @@ const EXPECTED: &[(&str, &str, [u16; 5])] = &[
     ),
     ("POST", "/api/v1/claims", [401, 403, 400, 400, 400]),
     ("GET", "/api/v1/claims/{id}", [401, 403, 404, 404, 404]),
+    // One's own notifications: everyone signed in.
+    ("GET", "/api/v1/notifications", [401, 200, 200, 200, 200]),
+    // An event stream: only for Accept: text/event-stream.
+    (
+        "GET",
+        "/api/v1/notifications/events",
+        [401, 406, 406, 406, 406],
+    ),
+    (
+        "POST",
+        "/api/v1/notifications/read",
+        [401, 200, 200, 200, 200],
+    ),
+    ("GET", "/notifications", [303, 200, 200, 200, 200]),
+    ("POST", "/notifications/read", [303, 303, 303, 303, 303]),
     ("GET", "/", [303, 200, 200, 200, 200]),
     ("GET", "/devices", [303, 200, 200, 200, 200]),
     ("GET", "/devices/{id}", [303, 404, 404, 404, 404]),

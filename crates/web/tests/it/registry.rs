@@ -287,3 +287,188 @@ async fn the_openapi_document_is_served_and_lists_every_api_route() {
         r.body["components"]["schemas"]
     );
 }
+
+#[tokio::test]
+async fn the_audit_view_verifies_new_rows_from_where_it_left_off() {
+    let s = Server::start(config()).await;
+    let owner = s.owner().await;
+    let rows = |r: &crate::console::Reply| r.body["chain"]["rows"].as_u64().unwrap_or(0);
+    let first = Req::get("/api/v1/audit").session(&owner).send(&s).await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    assert_eq!(first.body["chain"]["ok"], true, "{}", first.text);
+    let before = rows(&first);
+    assert!(before > 0, "{}", first.text);
+    for i in 0..3 {
+        rampart_store::Store::record_audit(
+            &s.store,
+            rampart_store::AuditEntry {
+                actor: rampart_store::Actor::system(),
+                action: "test.later".into(),
+                subject: Some(format!("row-{i}")),
+                detail: json!({ "i": i }),
+            },
+        )
+        .await
+        .expect("append");
+    }
+    // The next view checks from the row it verified last: all of them count.
+    let next = Req::get("/api/v1/audit").session(&owner).send(&s).await;
+    assert_eq!(next.body["chain"]["ok"], true, "{}", next.text);
+    assert_eq!(rows(&next), before + 3, "{}", next.text);
+    // A full check on demand, and on the page a link to ask for one.
+    let full = Req::get("/api/v1/audit?full=true")
+        .session(&owner)
+        .send(&s)
+        .await;
+    assert_eq!(full.body["chain"]["ok"], true, "{}", full.text);
+    assert_eq!(rows(&full), before + 3);
+    let page = Req::get("/audit").session(&owner).send(&s).await;
+    assert!(page.text.contains("/audit?full=true"), "{}", page.text);
+    assert!(page.text.contains("Chain verified"), "{}", page.text);
+}
+
+/// The schema `s` with `$ref`s resolved and, for a present value, the
+/// non-null branch of an optional.
+fn resolve<'a>(doc: &'a serde_json::Value, s: &'a serde_json::Value) -> &'a serde_json::Value {
+    if let Some(r) = s["$ref"].as_str() {
+        let name = r.trim_start_matches("#/components/schemas/");
+        return resolve(doc, &doc["components"]["schemas"][name]);
+    }
+    for key in ["oneOf", "anyOf"] {
+        if let Some(variants) = s[key].as_array()
+            && let Some(v) = variants.iter().find(|v| v["type"] != "null")
+        {
+            return resolve(doc, v);
+        }
+    }
+    s
+}
+
+/// Compares the object keys of `value` with the documented properties,
+/// recursively; collects every difference.
+fn conforms(
+    doc: &serde_json::Value,
+    schema: &serde_json::Value,
+    value: &serde_json::Value,
+    at: &str,
+    out: &mut Vec<String>,
+) {
+    let schema = resolve(doc, schema);
+    match value {
+        serde_json::Value::Object(m) => {
+            let Some(props) = schema["properties"].as_object() else {
+                // A free-form object (`detail`, a reported state).
+                return;
+            };
+            let sent: std::collections::BTreeSet<_> = m.keys().collect();
+            let documented: std::collections::BTreeSet<_> = props.keys().collect();
+            if sent != documented {
+                out.push(format!("{at}: sent {sent:?}, documented {documented:?}"));
+            }
+            for (k, v) in m {
+                if let Some(p) = props.get(k) {
+                    conforms(doc, p, v, &format!("{at}.{k}"), out);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                conforms(doc, &schema["items"], v, &format!("{at}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn real_answers_have_the_documented_shape() {
+    let s = Server::start(config()).await;
+    let owner = s.owner().await;
+    let doc = Req::get("/api/v1/openapi.json").send(&s).await.body;
+    // Some of everything to list.
+    let r = Req::post("/api/v1/users")
+        .session(&owner)
+        .json(json!({ "name": "vera", "role": "viewer" }))
+        .send(&s)
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    for (path, body) in [
+        (
+            "/api/v1/api-tokens",
+            json!({ "name": "ci", "role": "viewer" }),
+        ),
+        ("/api/v1/enroll-tokens", json!({ "uses": 2 })),
+        ("/api/v1/services", json!({ "name": "exporter" })),
+    ] {
+        let r = Req::post(path).session(&owner).json(body).send(&s).await;
+        assert_eq!(r.status, 201, "{path}: {}", r.text);
+        let schema = &doc["paths"][path]["post"]["responses"]["201"]["content"]["application/json"]
+            ["schema"];
+        let mut out = Vec::new();
+        conforms(&doc, schema, &r.body, path, &mut out);
+        assert!(out.is_empty(), "{out:#?}");
+    }
+    // A device, enrolled with a fresh token: the enrollment answer and the
+    // device list and detail.
+    let r = Req::post("/api/v1/enroll-tokens")
+        .session(&owner)
+        .json(json!({ "uses": 1 }))
+        .send(&s)
+        .await;
+    let secret = r.body["token"].as_str().expect("token").to_owned();
+    let enrolled = s.enroll(Some(&secret), "sensor-9").await;
+    assert_eq!(enrolled.status, 201, "{}", enrolled.body);
+    let mut out = Vec::new();
+    conforms(
+        &doc,
+        &doc["paths"]["/api/v1/enroll"]["post"]["responses"]["201"]["content"]["application/json"]
+            ["schema"],
+        &enrolled.body,
+        "/api/v1/enroll",
+        &mut out,
+    );
+    let r = Req::get("/api/v1/devices/sensor-9")
+        .session(&owner)
+        .send(&s)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    conforms(
+        &doc,
+        &doc["paths"]["/api/v1/devices/{id}"]["get"]["responses"]["200"]["content"]["application/json"]
+            ["schema"],
+        &r.body,
+        "/api/v1/devices/{id}",
+        &mut out,
+    );
+    for path in [
+        "/api/v1/me",
+        "/api/v1/me/sessions",
+        "/api/v1/users",
+        "/api/v1/api-tokens",
+        "/api/v1/enroll-tokens",
+        "/api/v1/services",
+        "/api/v1/audit",
+        "/api/v1/devices",
+        "/api/v1/notifications",
+    ] {
+        let r = Req::get(path).session(&owner).send(&s).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.text);
+        let schema =
+            &doc["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]["schema"];
+        assert!(schema.is_object(), "{path} has no schema");
+        conforms(&doc, schema, &r.body, path, &mut out);
+    }
+    // An error, in the shared shape.
+    let r = Req::get("/api/v1/users/none/nothing")
+        .session(&owner)
+        .send(&s)
+        .await;
+    conforms(
+        &doc,
+        &json!({ "$ref": "#/components/schemas/ErrorBody" }),
+        &r.body,
+        "error",
+        &mut out,
+    );
+    assert!(out.is_empty(), "{out:#?}");
+}
