@@ -2,6 +2,7 @@
 //! measures Rampart against a Mosquitto 2.x started beside it with an
 //! equivalent configuration; see BENCHMARKS.md.
 
+mod alerts;
 mod console;
 mod pipeline;
 mod plan;
@@ -57,6 +58,9 @@ enum Suite {
     /// Rampart only, in process: the console's device list on 10,000
     /// devices and a 30-day chart (runs on its own, not part of `all`).
     Console,
+    /// Rampart only, in process: alert evaluation of 10,000 devices × 3
+    /// rules at 1 message/s each (runs on its own, not part of `all`).
+    Alerts,
     /// Everything above but `sim` and `console` (issue 6's scenarios, within 15 minutes).
     All,
 }
@@ -1126,7 +1130,9 @@ fn bench(args: BenchArgs) -> Result<()> {
         Ok(n) => eprintln!("file descriptor limit: {n}"),
         Err(e) => eprintln!("could not raise the file descriptor limit: {e}"),
     }
-    if !matches!(args.suite, Suite::Sim | Suite::Console) && !args.mosquitto.is_file() {
+    if !matches!(args.suite, Suite::Sim | Suite::Console | Suite::Alerts)
+        && !args.mosquitto.is_file()
+    {
         bail!(
             "Mosquitto not found at {} (Debian: apt-get install mosquitto; or pass --mosquitto PATH)",
             args.mosquitto.display()
@@ -1142,6 +1148,20 @@ fn bench(args: BenchArgs) -> Result<()> {
     std::fs::create_dir_all(&out_dir).context("creating target/bench")?;
     // The simulator benchmark (issue 7) runs on its own: `all` keeps to
     // issue 6's scenarios and their 15-minute bound.
+    if args.suite == Suite::Alerts {
+        let z = alerts::AlertSizes::new(args.quick);
+        let (t, raw) = time.time("alerts", || alerts::bench(&bin.join("rampart-loadgen"), &z))?;
+        std::fs::write(
+            out_dir.join("alerts.json"),
+            serde_json::to_string_pretty(&raw)?,
+        )
+        .context("writing target/bench/alerts.json")?;
+        println!("{t}");
+        eprint!("{}", time.render());
+        std::fs::write(out_dir.join("latest-alerts.md"), &t)
+            .context("writing target/bench/latest-alerts.md")?;
+        return Ok(());
+    }
     if args.suite == Suite::Console {
         let z = console::ConsoleSizes::new(args.quick);
         let (t, raw) = time.time("console", || {

@@ -9,6 +9,7 @@
 //! telemetry pipeline and store in process (Rampart only); the `rampart-loadgen` binary
 //! prints it as JSON.
 
+pub mod alertbench;
 pub mod client;
 pub mod conns;
 pub mod consolebench;

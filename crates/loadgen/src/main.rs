@@ -128,6 +128,18 @@ enum Scenario {
         #[arg(long, default_value_t = 1000)]
         buckets: u32,
     },
+    /// Rampart only, in process: alert evaluation of a fleet at its real
+    /// message rate (three rules per device), and flat out.
+    Alerts {
+        #[arg(long, default_value_t = 10_000)]
+        devices: usize,
+        /// Length of the paced phase.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        duration: std::time::Duration,
+        /// Messages per device per second.
+        #[arg(long, default_value_t = 1.0)]
+        rate: f64,
+    },
     /// Rampart only, in process: the console's device list on a large
     /// fleet and a long chart (SQLite).
     Console {
@@ -379,6 +391,17 @@ async fn main() -> anyhow::Result<()> {
             )
             .await?,
         )?,
+        Scenario::Alerts {
+            devices,
+            duration,
+            rate,
+        } => serde_json::to_value(rampart_loadgen::alertbench::alerts(
+            rampart_loadgen::alertbench::AlertBenchConfig {
+                devices: devices.max(1),
+                duration,
+                rate_per_device: rate,
+            },
+        ))?,
         Scenario::Console {
             store_dir,
             devices,
