@@ -92,7 +92,7 @@ async fn connect(dir: &Path, addr: std::net::SocketAddr, id: &str) -> Device {
     let mut client = Client::connect(&target, config, id, SessionKind::Clean)
         .await
         .expect("connect");
-    let sub = SubscribePacket::new(1).add_filter(&format!("devices/{id}/+/down"), QoS::AtLeastOnce);
+    let sub = SubscribePacket::new(1).add_filter(format!("devices/{id}/+/down"), QoS::AtLeastOnce);
     client.queue(&sub).expect("queue");
     client.flush().await.expect("flush");
     match client.next_packet().await.expect("read") {
