@@ -448,3 +448,24 @@ async fn a_silent_device_times_out_and_cancel_reaches_a_downloading_one() {
     let err = s.ws.rampart_fails(&["campaign", "cancel", &id.to_string()]);
     assert!(err.contains("cancelled"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_reconnecting_while_offered_gets_the_offer_again() {
+    let s = start(&["r-0"]);
+    let dir = s.ws.join("devices");
+    let mut d = connect(&dir, s.addr, "r-0").await;
+    let id = create(&s.ws, &["--devices", "r-0", "--waves", "100"]);
+    let first = d.ota_down().await;
+    check_offer(&first, id, "r-0", s.http);
+    drop(d);
+    let mut again = connect(&dir, s.addr, "r-0").await;
+    let second = again.ota_down().await;
+    check_offer(&second, id, "r-0", s.http);
+    // The same update, offered again by the engine on connect.
+    assert_eq!(first["sha256"], second["sha256"]);
+    again.succeed().await;
+    until(&s.ws, id, "completed", |v| {
+        v["campaign"]["status"] == "completed"
+    })
+    .await;
+}
