@@ -35,6 +35,7 @@ use time::OffsetDateTime;
 
 use crate::alerting::SecurityFeed;
 use crate::platform::Platform;
+use crate::rollout::Rollout;
 
 /// Counters of the control plane.
 #[derive(Debug, Default)]
@@ -100,6 +101,9 @@ pub struct ControlPlane {
     metrics: Arc<ControlMetrics>,
     /// Where the broker's security notices go (the alert engine).
     security: OnceLock<SecurityFeed>,
+    /// The rollout engine, which handles `ota/up` and re-sends offers on
+    /// connect; without one, `ota/up` goes to the pipeline like any other.
+    rollout: OnceLock<Arc<Rollout>>,
 }
 
 /// How an answer to a device went.
@@ -122,6 +126,7 @@ impl ControlPlane {
             claims: options.claims,
             metrics: Arc::new(ControlMetrics::default()),
             security: OnceLock::new(),
+            rollout: OnceLock::new(),
         })
     }
 
@@ -129,6 +134,13 @@ impl ControlPlane {
     pub fn feed_security(&self, feed: SecurityFeed) {
         if self.security.set(feed).is_err() {
             tracing::warn!("security feed attached twice; keeping the first");
+        }
+    }
+
+    /// Hands `ota/up` and connects to the rollout engine.
+    pub fn with_rollout(&self, rollout: Arc<Rollout>) {
+        if self.rollout.set(rollout).is_err() {
+            tracing::warn!("rollout engine set twice; keeping the first");
         }
     }
 
@@ -418,11 +430,19 @@ impl IngestSink for ControlPlane {
         match message.category {
             Category::Cert => self.renewal(message).await,
             Category::Bind => self.confirmation(message).await,
+            Category::Ota => match self.rollout.get() {
+                Some(r) => r.report(&message).await,
+                None => self.pipeline.process(message).await,
+            },
             _ => self.pipeline.process(message).await,
         }
     }
 
     async fn presence(&self, event: PresenceEvent) {
+        // Offers are re-sent in the background: presence must not block.
+        if let (PresenceEvent::Connected { device, .. }, Some(r)) = (&event, self.rollout.get()) {
+            tokio::spawn(Arc::clone(r).connected(device.clone()));
+        }
         self.pipeline.record_presence(event).await;
     }
 

@@ -15,6 +15,7 @@
 pub mod alerts;
 mod any;
 mod audit;
+pub mod campaigns;
 mod enrollment;
 mod error;
 pub mod firmware;
@@ -43,6 +44,10 @@ pub use any::AnyStore;
 pub use audit::{
     AuditAnchor, AuditBreak, AuditEntry, AuditKey, AuditRecord, AuditReport, AuditSearch,
     read_key_file,
+};
+pub use campaigns::{
+    BusyDevice, Campaign, CampaignChange, CampaignEntry, CampaignStore, CampaignTarget, EntryMove,
+    EntryPage, EntryQuery, NewCampaign, PauseReason,
 };
 pub use enrollment::{
     Enrolled, Enrollment, EnrollmentRefusal, EnrollmentToken, IssueCertificate, NewEnrollmentToken,

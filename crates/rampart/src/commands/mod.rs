@@ -4,6 +4,7 @@ pub mod alert;
 pub mod audit;
 pub mod backup;
 pub mod ca;
+pub mod campaign;
 pub mod config;
 pub mod device;
 pub mod enroll_token;

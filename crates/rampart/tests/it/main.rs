@@ -5,6 +5,7 @@
 mod alerts;
 mod broker;
 mod browser;
+mod campaigns;
 mod cli;
 mod console;
 mod control;

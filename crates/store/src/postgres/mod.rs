@@ -12,6 +12,7 @@
 
 mod alerts;
 mod audit;
+mod campaigns;
 mod changes;
 mod claims;
 mod devices;

@@ -60,6 +60,10 @@ const MIGRATIONS: &[Migration] = &[
         include_str!("../../migrations/postgres/0011_firmware.sql"),
     ),
     (
+        12,
+        include_str!("../../migrations/postgres/0012_campaigns.sql"),
+    ),
+    (
         13,
         include_str!("../../migrations/postgres/0013_notifications.sql"),
     ),

@@ -10,6 +10,7 @@
 
 mod alerts;
 mod audit;
+mod campaigns;
 mod changes;
 mod claims;
 mod devices;

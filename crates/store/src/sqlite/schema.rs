@@ -51,6 +51,10 @@ const MIGRATIONS: &[Migration] = &[
         include_str!("../../migrations/sqlite/0010_firmware.sql"),
     ),
     (
+        11,
+        include_str!("../../migrations/sqlite/0011_campaigns.sql"),
+    ),
+    (
         12,
         include_str!("../../migrations/sqlite/0012_notifications.sql"),
     ),

@@ -2,6 +2,7 @@
 //! SQLite file and a fresh PostgreSQL database (`PgTestDb`).
 
 mod alerts;
+mod campaigns;
 mod enrollment;
 mod firmware;
 mod fleet;

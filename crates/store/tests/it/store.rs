@@ -34,6 +34,8 @@ pub(crate) trait Backend {
         + rampart_store::FirmwareStore
         + rampart_store::AlertStore
         + rampart_store::NotificationStore
+        + rampart_store::CampaignStore
+        + rampart_store::telemetry::TelemetryStore
         + Clone
         + 'static;
 
