@@ -13,6 +13,7 @@
 //!   and offered in.
 //! - [`store_image`]: the content-addressed image store in the data dir.
 //! - [`download`]: short-lived download tokens bound to a device and an image.
+//! - [`campaign`]: rollout decisions (waves, thresholds, timeouts), no I/O.
 //!
 //! # What it must not do
 //!
@@ -21,6 +22,7 @@
 //! (the registry of trusted keys and uploads is `rampart-store`), no
 //! network, and no secret key ever leaves the file it was written to.
 
+pub mod campaign;
 pub mod download;
 mod error;
 pub mod images;

@@ -521,3 +521,87 @@ impl crate::FirmwareStore for AnyStore {
         delegate!(self.firmware(id))
     }
 }
+
+#[async_trait]
+impl crate::CampaignStore for AnyStore {
+    async fn create_campaign(
+        &self,
+        campaign: crate::NewCampaign,
+        actor: &Actor,
+    ) -> Result<crate::Campaign> {
+        delegate!(self.create_campaign(campaign, actor))
+    }
+
+    async fn campaign(&self, id: u64) -> Result<Option<crate::Campaign>> {
+        delegate!(self.campaign(id))
+    }
+
+    async fn list_campaigns(
+        &self,
+        statuses: &[crate::campaigns::CampaignStatus],
+    ) -> Result<Vec<crate::Campaign>> {
+        delegate!(self.list_campaigns(statuses))
+    }
+
+    async fn campaign_entries(
+        &self,
+        id: u64,
+        query: &crate::EntryQuery,
+    ) -> Result<crate::EntryPage> {
+        delegate!(self.campaign_entries(id, query))
+    }
+
+    async fn campaign_waves(&self, id: u64) -> Result<Vec<crate::campaigns::WaveProgress>> {
+        delegate!(self.campaign_waves(id))
+    }
+
+    async fn change_campaign(
+        &self,
+        id: u64,
+        change: crate::CampaignChange,
+        actor: &Actor,
+    ) -> Result<crate::Campaign> {
+        delegate!(self.change_campaign(id, change, actor))
+    }
+
+    async fn start_wave(
+        &self,
+        id: u64,
+        wave: u32,
+        actor: &Actor,
+    ) -> Result<Option<Vec<crate::CampaignEntry>>> {
+        delegate!(self.start_wave(id, wave, actor))
+    }
+
+    async fn move_entry(&self, m: crate::EntryMove) -> Result<Option<crate::CampaignEntry>> {
+        delegate!(self.move_entry(m))
+    }
+
+    async fn expire_entries(
+        &self,
+        now: time::OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<crate::CampaignEntry>> {
+        delegate!(self.expire_entries(now, limit))
+    }
+
+    async fn active_entry(
+        &self,
+        device: &DeviceId,
+        version: &str,
+    ) -> Result<Option<crate::CampaignEntry>> {
+        delegate!(self.active_entry(device, version))
+    }
+
+    async fn open_entries_of(&self, device: &DeviceId) -> Result<Vec<crate::CampaignEntry>> {
+        delegate!(self.open_entries_of(device))
+    }
+
+    async fn pending_cancels(&self, limit: u32) -> Result<Vec<crate::CampaignEntry>> {
+        delegate!(self.pending_cancels(limit))
+    }
+
+    async fn cancel_sent(&self, campaign_id: u64, device: &DeviceId) -> Result<bool> {
+        delegate!(self.cancel_sent(campaign_id, device))
+    }
+}

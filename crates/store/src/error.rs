@@ -125,6 +125,29 @@ pub enum StoreError {
         /// The existing upload.
         id: u64,
     },
+    /// No uploaded firmware has this number.
+    #[error("no uploaded firmware with id {0}; `rampart firmware list` shows them")]
+    FirmwareNotFound(u64),
+    /// No campaign has this number.
+    #[error("no campaign with id {0}; `rampart campaign list` shows them")]
+    CampaignNotFound(u64),
+    /// Campaign parameters refused, or nothing to update.
+    #[error("{0}")]
+    InvalidCampaign(String),
+    /// A campaign's status does not allow the change.
+    #[error("campaign {id} is {status}: {why}")]
+    CampaignStatus {
+        /// The campaign.
+        id: u64,
+        /// Its status.
+        status: String,
+        /// What the change needs.
+        why: String,
+    },
+    /// Devices of a new campaign are in an open entry of another campaign
+    /// (`device_busy`).
+    #[error("{}", crate::campaigns::busy_message(.0))]
+    DeviceBusy(Vec<crate::campaigns::BusyDevice>),
     /// The database belongs to something else, or is damaged.
     #[error("{path} is not a Rampart database: {why}")]
     Foreign {

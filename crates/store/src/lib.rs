@@ -14,6 +14,7 @@
 
 mod any;
 mod audit;
+pub mod campaigns;
 mod enrollment;
 mod error;
 pub mod firmware;
@@ -36,6 +37,10 @@ use rampart_proto::DeviceId;
 pub use any::AnyStore;
 pub use audit::{
     AuditBreak, AuditEntry, AuditKey, AuditRecord, AuditReport, AuditSearch, read_key_file,
+};
+pub use campaigns::{
+    BusyDevice, Campaign, CampaignChange, CampaignEntry, CampaignStore, CampaignTarget, EntryMove,
+    EntryPage, EntryQuery, NewCampaign, PauseReason,
 };
 pub use enrollment::{
     Enrolled, Enrollment, EnrollmentRefusal, EnrollmentToken, IssueCertificate, NewEnrollmentToken,

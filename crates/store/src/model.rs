@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use rampart_pki::RevocationReason;
 use rampart_proto::DeviceId;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 /// Who did something, and from where: the "who" and "where" of an audit row.
@@ -30,7 +30,7 @@ impl Actor {
 pub use rampart_pki::IdentityKind;
 
 /// A device's lifecycle state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceState {
     /// Registered, not yet claimed by a user.

@@ -11,6 +11,7 @@
 //! number of times; both guarantee it was rolled back.
 
 mod audit;
+mod campaigns;
 mod changes;
 mod claims;
 mod devices;

@@ -59,6 +59,10 @@ const MIGRATIONS: &[Migration] = &[
         11,
         include_str!("../../migrations/postgres/0011_firmware.sql"),
     ),
+    (
+        12,
+        include_str!("../../migrations/postgres/0012_campaigns.sql"),
+    ),
 ];
 
 /// Advisory lock serialising migrations: "RMPT" and 0.

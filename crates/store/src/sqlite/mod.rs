@@ -9,6 +9,7 @@
 //! and a small pool of reader connections serves reads concurrently.
 
 mod audit;
+mod campaigns;
 mod changes;
 mod claims;
 mod devices;

@@ -50,6 +50,10 @@ const MIGRATIONS: &[Migration] = &[
         10,
         include_str!("../../migrations/sqlite/0010_firmware.sql"),
     ),
+    (
+        11,
+        include_str!("../../migrations/sqlite/0011_campaigns.sql"),
+    ),
 ];
 
 /// Refuses a file that exists but is not an SQLite database at all, before

@@ -29,7 +29,13 @@ const KEY: [u8; 32] = [7; 32];
 /// A database to run a scenario on.
 pub(crate) trait Backend {
     /// The store type this backend opens.
-    type Store: Store + rampart_store::UserStore + rampart_store::FirmwareStore + Clone + 'static;
+    type Store: Store
+        + rampart_store::UserStore
+        + rampart_store::FirmwareStore
+        + rampart_store::CampaignStore
+        + rampart_store::telemetry::TelemetryStore
+        + Clone
+        + 'static;
 
     /// Opens a store on the database; each call is a separate handle, as a
     /// second process would have.
