@@ -442,7 +442,11 @@ fn web_state(
         tls,
         auth,
     )
-    .with_ota(ota))
+    .with_ota(ota)
+    .with_campaigns(rampart_web::CampaignBackend {
+        campaigns: Arc::new(platform.store.clone()),
+        defaults: rampart_web::CampaignDefaults::default(),
+    }))
 }
 
 /// While no owner exists, prints a fresh one-time setup URL on stdout

@@ -37,5 +37,8 @@ pub use metrics::{Monitoring, run_metrics};
 pub use routes::openapi::openapi_json;
 pub use routes::{Access, ROUTES, RouteSpec, Surface, router};
 pub use server::run;
-pub use state::{AppState, AuthBackend, CrlPublisher, DeviceBackend, OtaBackend, WebMetrics};
+pub use state::{
+    AppState, AuthBackend, CampaignBackend, CampaignDefaults, CrlPublisher, DeviceBackend,
+    OtaBackend, WebMetrics,
+};
 pub use tls::{ClientTrust, PeerCertificate, ServerTls, TlsError};

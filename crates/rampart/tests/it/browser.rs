@@ -81,6 +81,35 @@ async fn path_of(b: &Browser) -> String {
 fn the_console_works_in_a_browser() {
     let ws = Workspace::new();
     ws.rampart().arg("init").assert().success();
+    // A signed bundle and its trusted key, for the firmware page's upload.
+    let key = ws.join("release.key").display().to_string();
+    ws.rampart_json(&["firmware", "keygen", "--out", &key]);
+    ws.rampart_json(&[
+        "firmware",
+        "key",
+        "add",
+        &format!("{key}.pub"),
+        "--name",
+        "release-2026",
+    ]);
+    let image = ws.join("app.bin");
+    std::fs::write(&image, vec![0x42u8; 40_000]).expect("image");
+    let bundle = ws.join("app-1.4.0.rfw").display().to_string();
+    ws.rampart_json(&[
+        "firmware",
+        "sign",
+        &image.display().to_string(),
+        "--key",
+        &key,
+        "--device-type",
+        "rampart-sim",
+        "--version",
+        "1.4.0",
+        "--security-version",
+        "2",
+        "--out",
+        &bundle,
+    ]);
     let mut serve = ws.serve(&[]);
     let http = serve.listening("http");
     let setup_url = serve.setup_url();
@@ -191,6 +220,50 @@ fn the_console_works_in_a_browser() {
             "{filtered}"
         );
         b.screenshot("audit-filtered").await;
+
+        // Firmware: the bundle uploaded from the page (our script sends it
+        // to the API with the CSRF token), then listed.
+        c.goto(&format!("{base}/firmware")).await.expect("firmware");
+        assert_eq!(text_of(&b, "h1").await, "Firmware");
+        assert!(
+            text_of(&b, "#firmware-list")
+                .await
+                .contains("No firmware uploaded yet")
+        );
+        c.find(Locator::Css("#bundle"))
+            .await
+            .expect("file input")
+            .send_keys(&bundle)
+            .await
+            .expect("choose file");
+        submit(&b, "#firmware-upload").await;
+        let list = text_of(&b, "#firmware-list").await;
+        assert!(
+            list.contains("1.4.0") && list.contains("rampart-sim") && list.contains("release-2026"),
+            "{list}"
+        );
+        b.screenshot("firmware").await;
+
+        // Campaigns: the list and the new-campaign form offering it.
+        c.goto(&format!("{base}/campaigns"))
+            .await
+            .expect("campaigns");
+        assert_eq!(text_of(&b, "h1").await, "Update campaigns");
+        b.screenshot("campaigns").await;
+        c.goto(&format!("{base}/campaigns/new"))
+            .await
+            .expect("new campaign");
+        assert!(
+            text_of(&b, "#firmware_id")
+                .await
+                .contains("1.4.0 for rampart-sim")
+        );
+        b.screenshot("campaign-new").await;
+        fill(&b, "#name", "first rollout").await;
+        fill(&b, "#waves", "10, 100").await;
+        submit(&b, "#campaign-form").await;
+        // No device reports that type yet: refused, the form kept.
+        assert!(text_of(&b, ".flash.error").await.len() > 5);
         b.close().await;
 
         // The same console on a phone.

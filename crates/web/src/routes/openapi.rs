@@ -6,7 +6,7 @@ use axum::Json;
 use axum::response::IntoResponse;
 use utoipa::OpenApi;
 
-use super::{account, devices, enroll, firmware, registry, users};
+use super::{account, campaigns, devices, enroll, firmware, registry, users};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -56,6 +56,13 @@ use super::{account, devices, enroll, firmware, registry, users};
         firmware::upload,
         firmware::keys,
         firmware::show,
+        campaigns::list,
+        campaigns::create,
+        campaigns::show,
+        campaigns::approve,
+        campaigns::pause,
+        campaigns::resume,
+        campaigns::cancel,
         document,
     )
 )]
