@@ -144,6 +144,7 @@ pub async fn run(g: &GlobalArgs, config: Config, args: ServeArgs) -> Result<Exit
         Arc::clone(&platform),
         Arc::clone(&broker),
         Arc::clone(&control),
+        web.clone(),
         changes.clone(),
         shutdown.child_token(),
     )
@@ -281,6 +282,7 @@ async fn spawn_change_follower(
     platform: Arc<Platform>,
     broker: Arc<Broker>,
     control: Arc<ControlPlane>,
+    web: rampart_web::AppState,
     changes: broadcast::Sender<Change>,
     shutdown: CancellationToken,
 ) -> Result<JoinHandle<()>> {
@@ -333,6 +335,19 @@ async fn spawn_change_follower(
                         Ok(m) => {
                             if let Err(e) = broker.reload_tls(&m) {
                                 tracing::warn!(error = %e, "cannot reload TLS material");
+                            }
+                            // The web listener checks device certificates
+                            // (firmware downloads) against the same CRL.
+                            let trust = rampart_web::ClientTrust {
+                                ca_pem: m.client_ca_pem.clone(),
+                                crl_pem: m.crl_pem.clone(),
+                            };
+                            if let Err(e) = web.tls().reload_with_client_trust(
+                                &m.server_chain_pem,
+                                &m.server_key_pem,
+                                trust,
+                            ) {
+                                tracing::warn!(error = %e, "cannot reload the web part's TLS material");
                             }
                         }
                         Err(e) => {
