@@ -112,6 +112,27 @@ fn the_console_works_in_a_browser() {
     ]);
     let mut serve = ws.serve(&[]);
     let http = serve.listening("http");
+    let mqtt = serve.listening("mqtt");
+    // A device of the firmware's type on an older version, for a campaign.
+    let dev = ws.device("ota-dev-1");
+    let mut pub_args = dev.mosquitto_args(mqtt);
+    pub_args.extend(
+        [
+            "-t",
+            "devices/ota-dev-1/state/up",
+            "-q",
+            "1",
+            "-m",
+            r#"{"fw":"1.3.0","type":"rampart-sim"}"#,
+        ]
+        .map(String::from),
+    );
+    let out = rampart_test_support::mosquitto("mosquitto_pub", &pub_args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let setup_url = serve.setup_url();
     let base = format!("https://{http}");
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -262,8 +283,38 @@ fn the_console_works_in_a_browser() {
         fill(&b, "#name", "first rollout").await;
         fill(&b, "#waves", "10, 100").await;
         submit(&b, "#campaign-form").await;
-        // No device reports that type yet: refused, the form kept.
-        assert!(text_of(&b, ".flash.error").await.len() > 5);
+        // A draft for the one device reporting the type, waiting for approval.
+        assert!(path_of(&b).await.starts_with("/campaigns/"));
+        assert!(text_of(&b, "h1").await.contains("draft"));
+        assert!(text_of(&b, "#devices").await.contains("ota-dev-1"));
+        b.screenshot("campaign-draft").await;
+        b.client()
+            .find(Locator::Css("#actions a.button.danger"))
+            .await
+            .expect("emergency stop button")
+            .text()
+            .await
+            .map(|t| assert_eq!(t, "Emergency stop (cancel)"))
+            .expect("label");
+        let approve = c
+            .find(Locator::Css("#actions a.button:not(.danger)"))
+            .await
+            .expect("approve button");
+        approve.click().await.expect("click approve");
+        c.wait()
+            .at_most(std::time::Duration::from_secs(15))
+            .for_element(Locator::Css("#confirm"))
+            .await
+            .expect("the confirmation step");
+        assert!(
+            text_of(&b, "#confirm")
+                .await
+                .contains("Approve this campaign?")
+        );
+        submit(&b, "#confirm").await;
+        assert!(text_of(&b, ".flash.ok").await.contains("Approved"));
+        assert!(text_of(&b, "h1").await.contains("running"));
+        b.screenshot("campaign-running").await;
         b.close().await;
 
         // The same console on a phone.
