@@ -338,6 +338,14 @@ fn the_console_works_in_a_browser() {
                 .starts_with("Chain verified")
         );
         phone.screenshot("audit-phone").await;
+        // The campaign on a phone: the emergency stop within reach.
+        phone
+            .client()
+            .goto(&format!("{base}/campaigns/1"))
+            .await
+            .expect("campaign");
+        assert!(text_of(&phone, "#actions").await.contains("Emergency stop"));
+        phone.screenshot("campaign-phone").await;
         phone.close().await;
     });
     assert!(serve.terminate(), "serve stops cleanly");
