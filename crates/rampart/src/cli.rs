@@ -71,6 +71,9 @@ pub enum Command {
     /// Firmware updates: signing keys, signed bundles, trusted keys, uploads.
     #[command(subcommand)]
     Firmware(FirmwareCommand),
+    /// OTA campaigns: roll uploaded firmware out in waves (docs/ota.md §5).
+    #[command(subcommand)]
+    Campaign(CampaignCommand),
     /// Run a fleet of simulated DHT11/DHT22 sensor devices against a server.
     Simulate(Box<SimulateArgs>),
     /// Write a consistent backup of the data dir to FILE (works while
@@ -538,6 +541,99 @@ pub enum FirmwareCommand {
     },
     /// Uploaded firmware, newest first.
     List,
+}
+
+/// `rampart campaign ...`
+#[derive(Debug, Subcommand)]
+pub enum CampaignCommand {
+    /// Create a campaign (a draft, or running with --approve). Targets the
+    /// devices reporting the firmware's device type, within --devices,
+    /// --state or --all, leaving out revoked and disabled devices and those
+    /// on the version already.
+    Create(Box<CampaignCreateArgs>),
+    /// Campaigns, newest first.
+    List,
+    /// One campaign: counts per state and the per-device table.
+    Show {
+        /// The campaign number.
+        id: u64,
+    },
+    /// Approve a draft: the engine of `serve` starts its first wave.
+    Approve {
+        /// The campaign number.
+        id: u64,
+    },
+    /// Pause a running campaign: no further wave starts.
+    Pause {
+        /// The campaign number.
+        id: u64,
+    },
+    /// Resume a paused campaign (after a success-threshold pause, the
+    /// finished wave counts as accepted).
+    Resume {
+        /// The campaign number.
+        id: u64,
+    },
+    /// Emergency stop: queued devices are cancelled and devices holding the
+    /// offer get a `cancel` downlink.
+    Cancel {
+        /// The campaign number.
+        id: u64,
+    },
+}
+
+/// `rampart campaign create`
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["devices", "state", "all"])))]
+pub struct CampaignCreateArgs {
+    /// A name for people.
+    #[arg(long, value_name = "N")]
+    pub name: String,
+    /// The uploaded firmware (`rampart firmware list`).
+    #[arg(long, value_name = "ID")]
+    pub firmware: u64,
+    /// Only these devices (comma-separated ids).
+    #[arg(long, value_delimiter = ',', value_name = "ID,...")]
+    pub devices: Vec<String>,
+    /// Only devices in this registry state: bound or unbound.
+    #[arg(long, value_name = "STATE", value_parser = ["bound", "unbound"])]
+    pub state: Option<String>,
+    /// Every device of the firmware's type.
+    #[arg(long)]
+    pub all: bool,
+    /// Cumulative wave percentages, the last 100.
+    #[arg(long, default_value = "1,10,50,100", value_name = "P,...")]
+    pub waves: String,
+    /// Minimum time between a wave finishing and the next (default:
+    /// ota.default_soak).
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub soak: Option<std::time::Duration>,
+    /// A finished wave below this success share pauses (default:
+    /// ota.default_success_threshold).
+    #[arg(long, value_name = "FRACTION")]
+    pub success_threshold: Option<f64>,
+    /// Failures reaching this share of the offered devices abort (default:
+    /// ota.default_failure_threshold).
+    #[arg(long, value_name = "FRACTION")]
+    pub failure_threshold: Option<f64>,
+    /// Timeout of `offered` (default: ota.offered_timeout).
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub offered_timeout: Option<std::time::Duration>,
+    /// Timeout of `downloading` (default: ota.downloading_timeout).
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub downloading_timeout: Option<std::time::Duration>,
+    /// Timeout of `verifying` (default: ota.verifying_timeout).
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub verifying_timeout: Option<std::time::Duration>,
+    /// Timeout of `pending-reboot` (default: ota.pending_reboot_timeout).
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub pending_reboot_timeout: Option<std::time::Duration>,
+    /// Timeout of `pending-confirm` (default: ota.pending_confirm_timeout).
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub pending_confirm_timeout: Option<std::time::Duration>,
+    /// Start running at once instead of as a draft.
+    #[arg(long)]
+    pub approve: bool,
 }
 
 /// `rampart firmware key ...`

@@ -41,6 +41,8 @@ pub struct Config {
     pub claim: ClaimConfig,
     /// Firmware updates.
     pub firmware: FirmwareConfig,
+    /// Offers, campaigns and the rollout engine (docs/ota.md §6).
+    pub ota: OtaConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -80,6 +82,116 @@ impl Default for FirmwareConfig {
         Self {
             max_image_size: rampart_ota::DEFAULT_MAX_IMAGE_SIZE,
         }
+    }
+}
+
+/// `[ota]` (docs/ota.md §6)
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtaConfig {
+    /// How often the rollout engine runs.
+    #[serde(with = "humantime_serde")]
+    pub tick: Duration,
+    /// Lifetime of a download URL in an offer.
+    #[serde(with = "humantime_serde")]
+    pub download_token_ttl: Duration,
+    /// Base of download URLs (`https://host:port`); by default derived
+    /// from the HTTPS listener's address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
+    /// Default `offered` timeout of new campaigns.
+    #[serde(with = "humantime_serde")]
+    pub offered_timeout: Duration,
+    /// Default `downloading` timeout.
+    #[serde(with = "humantime_serde")]
+    pub downloading_timeout: Duration,
+    /// Default `verifying` timeout.
+    #[serde(with = "humantime_serde")]
+    pub verifying_timeout: Duration,
+    /// Default `pending-reboot` timeout.
+    #[serde(with = "humantime_serde")]
+    pub pending_reboot_timeout: Duration,
+    /// Default `pending-confirm` timeout.
+    #[serde(with = "humantime_serde")]
+    pub pending_confirm_timeout: Duration,
+    /// Default failure threshold of new campaigns (0 to 1).
+    pub default_failure_threshold: f64,
+    /// Default success threshold of new campaigns (0 to 1).
+    pub default_success_threshold: f64,
+    /// Default soak time between waves.
+    #[serde(with = "humantime_serde")]
+    pub default_soak: Duration,
+}
+
+// Thresholds are validated finite fractions, so equality is total.
+impl Eq for OtaConfig {}
+
+impl Default for OtaConfig {
+    fn default() -> Self {
+        let t = rampart_ota::campaign::Timeouts::default();
+        Self {
+            tick: Duration::from_secs(1),
+            download_token_ttl: Duration::from_secs(3600),
+            public_url: None,
+            offered_timeout: t.offered,
+            downloading_timeout: t.downloading,
+            verifying_timeout: t.verifying,
+            pending_reboot_timeout: t.pending_reboot,
+            pending_confirm_timeout: t.pending_confirm,
+            default_failure_threshold: rampart_ota::campaign::DEFAULT_FAILURE_THRESHOLD,
+            default_success_threshold: rampart_ota::campaign::DEFAULT_SUCCESS_THRESHOLD,
+            default_soak: Duration::from_secs(600),
+        }
+    }
+}
+
+impl OtaConfig {
+    /// The default per-state timeouts of new campaigns.
+    pub fn timeouts(&self) -> rampart_ota::campaign::Timeouts {
+        rampart_ota::campaign::Timeouts {
+            offered: self.offered_timeout,
+            downloading: self.downloading_timeout,
+            verifying: self.verifying_timeout,
+            pending_reboot: self.pending_reboot_timeout,
+            pending_confirm: self.pending_confirm_timeout,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.tick.is_zero() || self.download_token_ttl.is_zero() {
+            bail!("ota.tick and ota.download_token_ttl must be greater than zero");
+        }
+        let t = self.timeouts();
+        let states = [
+            t.offered,
+            t.downloading,
+            t.verifying,
+            t.pending_reboot,
+            t.pending_confirm,
+        ];
+        if states.iter().any(Duration::is_zero) {
+            bail!("every ota.*_timeout must be greater than zero");
+        }
+        for (key, v) in [
+            (
+                "ota.default_failure_threshold",
+                self.default_failure_threshold,
+            ),
+            (
+                "ota.default_success_threshold",
+                self.default_success_threshold,
+            ),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                bail!("{key} must be a fraction between 0 and 1 (got {v})");
+            }
+        }
+        if let Some(url) = &self.public_url
+            && !url.starts_with("https://")
+        {
+            bail!("ota.public_url must start with https:// (got '{url}')");
+        }
+        Ok(())
     }
 }
 
@@ -561,6 +673,30 @@ confirmation_window = "1m"
 # before their signature is checked.
 max_image_size = 16777216
 
+[ota]
+# Firmware offers and campaigns (docs/ota.md). How often the rollout engine
+# times out devices, applies thresholds and starts waves.
+tick = "1s"
+# Lifetime of the download URL in an offer.
+download_token_ttl = "1h"
+# Base of download URLs in offers, as devices reach the HTTPS listener;
+# by default derived from --http-addr.
+# public_url = "https://rampart.example.net:8443"
+# Defaults of new campaigns: how long a device may stay in each state
+# before it counts as failed(timeout-<state>).
+offered_timeout = "1h"
+downloading_timeout = "1h"
+verifying_timeout = "5m"
+pending_reboot_timeout = "10m"
+pending_confirm_timeout = "15m"
+# Failures (failed + rolled back) reaching this share of the devices
+# offered so far abort a campaign; a finished wave whose success share is
+# below the success threshold pauses it.
+default_failure_threshold = 0.1
+default_success_threshold = 0.9
+# Minimum time between a wave finishing and the next starting.
+default_soak = "10m"
+
 [log]
 # "text" or "json".
 format = "text"
@@ -667,6 +803,7 @@ impl Config {
                 "claim.max_confirmations_per_window and claim.confirmation_window must be greater than zero"
             );
         }
+        self.ota.validate()?;
         Ok(())
     }
 }

@@ -33,6 +33,7 @@ use rampart_store::{Actor, Change, ChangeKind, ClaimStatus, Store};
 use time::OffsetDateTime;
 
 use crate::platform::Platform;
+use crate::rollout::Rollout;
 
 /// Counters of the control plane.
 #[derive(Debug, Default)]
@@ -96,6 +97,9 @@ pub struct ControlPlane {
     confirmations: Mutex<RateLimiter>,
     claims: ClaimPolicy,
     metrics: Arc<ControlMetrics>,
+    /// The rollout engine, which handles `ota/up` and re-sends offers on
+    /// connect; without one, `ota/up` goes to the pipeline like any other.
+    rollout: OnceLock<Arc<Rollout>>,
 }
 
 /// How an answer to a device went.
@@ -117,7 +121,15 @@ impl ControlPlane {
             confirmations: Mutex::new(RateLimiter::new(options.confirmations)),
             claims: options.claims,
             metrics: Arc::new(ControlMetrics::default()),
+            rollout: OnceLock::new(),
         })
+    }
+
+    /// Hands `ota/up` and connects to the rollout engine.
+    pub fn with_rollout(&self, rollout: Arc<Rollout>) {
+        if self.rollout.set(rollout).is_err() {
+            tracing::warn!("rollout engine set twice; keeping the first");
+        }
     }
 
     /// Connects the control plane to the broker it answers through.
@@ -406,11 +418,19 @@ impl IngestSink for ControlPlane {
         match message.category {
             Category::Cert => self.renewal(message).await,
             Category::Bind => self.confirmation(message).await,
+            Category::Ota => match self.rollout.get() {
+                Some(r) => r.report(&message).await,
+                None => self.pipeline.process(message).await,
+            },
             _ => self.pipeline.process(message).await,
         }
     }
 
     async fn presence(&self, event: PresenceEvent) {
+        // Offers are re-sent in the background: presence must not block.
+        if let (PresenceEvent::Connected { device, .. }, Some(r)) = (&event, self.rollout.get()) {
+            tokio::spawn(Arc::clone(r).connected(device.clone()));
+        }
         self.pipeline.record_presence(event).await;
     }
 }

@@ -15,6 +15,7 @@ mod logging;
 mod monitoring;
 mod output;
 mod platform;
+mod rollout;
 mod serve;
 mod timespec;
 
@@ -59,6 +60,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
         Command::EnrollToken(cmd) => commands::enroll_token::run(g, config, cmd).await,
         Command::Telemetry(cmd) => commands::telemetry::run(g, config, cmd).await,
         Command::Firmware(cmd) => commands::firmware::run(g, config, cmd).await,
+        Command::Campaign(cmd) => commands::campaign::run(g, config, cmd).await,
         Command::Simulate(args) => commands::simulate::run(g, *args).await,
         Command::Backup { file } => commands::backup::backup(g, config, &file).await,
         Command::Restore { file } => commands::backup::restore(g, config, &file).await,

@@ -13,6 +13,7 @@ use rampart_web::Monitoring;
 use rampart_web::metrics::{MetricKind, MetricsText};
 
 use crate::control::ControlMetrics;
+use crate::rollout::{REPORT_STATUSES, RolloutMetrics};
 
 /// Label pairs of a sample, fixed in code.
 type Labels = &'static [(&'static str, &'static str)];
@@ -307,12 +308,87 @@ pub(crate) fn write_control(m: &ControlMetrics, t: &mut MetricsText) {
     }
 }
 
+/// The rollout engine's counters and the campaigns by status.
+pub(crate) fn write_rollout(m: &RolloutMetrics, t: &mut MetricsText) {
+    let f = |c: &AtomicU64| c.load(Ordering::Relaxed) as f64;
+    t.single(
+        "rampart_ota_offers_sent_total",
+        MetricKind::Counter,
+        "Firmware offers published on ota/down (waves and re-sends on connect).",
+        f(&m.offers_sent),
+    );
+    t.single(
+        "rampart_ota_offers_failed_total",
+        MetricKind::Counter,
+        "Firmware offers that could not be published.",
+        f(&m.offers_failed),
+    );
+    t.single(
+        "rampart_ota_cancels_sent_total",
+        MetricKind::Counter,
+        "Cancel downlinks published for cancelled campaigns.",
+        f(&m.cancels_sent),
+    );
+    t.single(
+        "rampart_ota_timeouts_total",
+        MetricKind::Counter,
+        "Campaign entries failed by a state timeout.",
+        f(&m.timeouts),
+    );
+    t.family(
+        "rampart_ota_reports_total",
+        MetricKind::Counter,
+        "Reports received on ota/up, by status.",
+    );
+    for (status, c) in REPORT_STATUSES.iter().zip(m.reports.iter()) {
+        t.sample(
+            "rampart_ota_reports_total",
+            &[("status", status.as_str())],
+            f(c),
+        );
+    }
+    t.single(
+        "rampart_ota_reports_unmatched_total",
+        MetricKind::Counter,
+        "Reports matching no open entry of a campaign with that version.",
+        f(&m.reports_unmatched),
+    );
+    t.single(
+        "rampart_ota_reports_stale_total",
+        MetricKind::Counter,
+        "Reports that matched an entry but did not move it (late or repeated).",
+        f(&m.reports_stale),
+    );
+    t.single(
+        "rampart_ota_reports_invalid_total",
+        MetricKind::Counter,
+        "Reports refused as malformed or too large.",
+        f(&m.reports_invalid),
+    );
+    t.family(
+        "rampart_ota_campaigns",
+        MetricKind::Gauge,
+        "Campaigns by status (as of the engine's last tick).",
+    );
+    for (status, c) in rampart_ota::campaign::CampaignStatus::ALL
+        .iter()
+        .zip(m.campaigns.iter())
+    {
+        t.sample(
+            "rampart_ota_campaigns",
+            &[("status", status.as_str())],
+            f(c),
+        );
+    }
+}
+
 /// Monitoring of a running server: its parts' metrics, and the broker's
 /// readiness.
 pub(crate) fn monitoring(
     broker: &Arc<Broker>,
     pipeline: Arc<PipelineMetrics>,
     control: Arc<ControlMetrics>,
+    rollout: Arc<RolloutMetrics>,
 ) -> Monitoring {
     let broker_metrics = broker.metrics();
     let ready = Arc::downgrade(broker);
@@ -320,6 +396,7 @@ pub(crate) fn monitoring(
         .source(move |t| write_broker(&broker_metrics, t))
         .source(move |t| write_pipeline(&pipeline, t))
         .source(move |t| write_control(&control, t))
+        .source(move |t| write_rollout(&rollout, t))
         .check("broker", move || match ready.upgrade() {
             Some(b) if b.is_accepting() => Ok(()),
             Some(_) => Err("the MQTT broker is not accepting connections".into()),

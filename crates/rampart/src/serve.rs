@@ -27,6 +27,8 @@ use crate::control::{ControlOptions, ControlPlane};
 use crate::datadir::DataDir;
 use crate::demo::{DemoFleet, DemoOptions};
 use crate::platform::Platform;
+use crate::rollout::{Rollout, RolloutOptions};
+use rampart_ota::download::TokenKey;
 
 /// Change-feed events buffered per subscriber before it is told it lagged.
 const CHANGE_BUFFER: usize = 1024;
@@ -102,11 +104,29 @@ pub async fn run(g: &GlobalArgs, config: Config, args: ServeArgs) -> Result<Exit
         rampart_web::live::LiveOptions::default(),
         web_stop.clone(),
     );
+    let http = TcpListener::bind(args.http_addr)
+        .await
+        .with_context(|| format!("cannot listen for HTTPS on {}", args.http_addr))?;
+    let http_bound = http.local_addr()?;
+    eprintln!("listening http={http_bound}");
+    // The rollout engine: offers on ota/down, reports from ota/up.
+    let rollout = Rollout::new(
+        platform.store.clone(),
+        TokenKey::derive(&dir.console_key()?),
+        RolloutOptions {
+            tick: platform.config.ota.tick,
+            token_ttl: platform.config.ota.download_token_ttl,
+            download_base: download_base(&platform, http_bound),
+        },
+    );
+    rollout.attach(&broker);
+    control.with_rollout(Arc::clone(&rollout));
     let web = web_state(&platform, &dir, Arc::clone(&store))?
         .with_monitoring(crate::monitoring::monitoring(
             &broker,
             Arc::clone(pipeline.metrics()),
             control.metrics(),
+            rollout.metrics(),
         ))
         .with_devices(rampart_web::DeviceBackend {
             telemetry: Arc::clone(&telemetry),
@@ -131,11 +151,6 @@ pub async fn run(g: &GlobalArgs, config: Config, args: ServeArgs) -> Result<Exit
         }
         None => None,
     };
-    let http = TcpListener::bind(args.http_addr)
-        .await
-        .with_context(|| format!("cannot listen for HTTPS on {}", args.http_addr))?;
-    let http_bound = http.local_addr()?;
-    eprintln!("listening http={http_bound}");
     print_setup_url(&web, http_bound).await?;
     let web_task = tokio::spawn(rampart_web::run(http, web.clone(), web_stop.clone()));
 
@@ -150,6 +165,7 @@ pub async fn run(g: &GlobalArgs, config: Config, args: ServeArgs) -> Result<Exit
     )
     .await?;
     let crl = spawn_crl_refresher(Arc::clone(&platform), shutdown.child_token());
+    let rollout_task = tokio::spawn(Arc::clone(&rollout).run(shutdown.child_token()));
     let retention = tokio::spawn(rampart_ingest::retention::run(
         Arc::clone(&telemetry),
         retention_options(&platform),
@@ -226,6 +242,7 @@ pub async fn run(g: &GlobalArgs, config: Config, args: ServeArgs) -> Result<Exit
     for (name, task) in [
         ("change follower", follower),
         ("CRL refresher", crl),
+        ("rollout engine", rollout_task),
         ("TLS reloader", reloader),
         ("retention", retention),
         ("InfluxDB export", influx),
@@ -244,6 +261,7 @@ pub async fn run(g: &GlobalArgs, config: Config, args: ServeArgs) -> Result<Exit
         .collect();
     tracing::info!(counters = %counters.join(" "), "control plane counters");
     drop(broker);
+    drop(rollout);
     drop(control);
     drop(pipeline);
     if tokio::time::timeout(deadline, committer).await.is_err() {
@@ -257,6 +275,30 @@ pub async fn run(g: &GlobalArgs, config: Config, args: ServeArgs) -> Result<Exit
         Some(e) => Err(e),
         None => Ok(ExitCode::SUCCESS),
     }
+}
+
+/// Base of download URLs in offers: `ota.public_url`, or the HTTPS
+/// listener's address (a wildcard address named by the server
+/// certificate's first extra name, or `localhost`).
+fn download_base(platform: &Platform, http: std::net::SocketAddr) -> String {
+    if let Some(url) = &platform.config.ota.public_url {
+        return url.trim_end_matches('/').to_owned();
+    }
+    let host = if http.ip().is_unspecified() {
+        platform
+            .config
+            .pki
+            .server_sans
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "localhost".into())
+    } else {
+        match http.ip() {
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        }
+    };
+    format!("https://{host}:{}", http.port())
 }
 
 /// Cancels `shutdown` on the first SIGTERM or SIGINT.

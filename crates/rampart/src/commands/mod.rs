@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod backup;
 pub mod ca;
+pub mod campaign;
 pub mod config;
 pub mod device;
 pub mod enroll_token;
