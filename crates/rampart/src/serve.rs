@@ -489,7 +489,7 @@ fn web_state(
     let ota = rampart_web::OtaBackend {
         firmware: Arc::new(platform.store.clone()),
         images: dir.firmware(),
-        tokens: rampart_ota::download::TokenKey::derive(&dir.console_key()?),
+        tokens: TokenKey::derive(&dir.console_key()?),
         max_image_size: platform.config.firmware.max_image_size,
     };
     Ok(rampart_web::AppState::new(
@@ -502,7 +502,12 @@ fn web_state(
     .with_ota(ota)
     .with_campaigns(rampart_web::CampaignBackend {
         campaigns: Arc::new(platform.store.clone()),
-        defaults: rampart_web::CampaignDefaults::default(),
+        defaults: rampart_web::CampaignDefaults {
+            timeouts: platform.config.ota.timeouts(),
+            soak: platform.config.ota.default_soak,
+            success_threshold: platform.config.ota.default_success_threshold,
+            failure_threshold: platform.config.ota.default_failure_threshold,
+        },
     }))
 }
 
