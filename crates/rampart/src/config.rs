@@ -852,6 +852,46 @@ mod tests {
     }
 
     #[test]
+    fn ota_keys_come_from_the_environment_and_are_checked() {
+        let c = Config::load_with_env(
+            None,
+            env(&[
+                ("RAMPART_OTA__TICK", "250ms"),
+                ("RAMPART_OTA__PUBLIC_URL", "https://iot.example.com:8443"),
+                ("RAMPART_OTA__DEFAULT_FAILURE_THRESHOLD", "0.25"),
+                ("RAMPART_OTA__OFFERED_TIMEOUT", "30s"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(c.ota.tick, Duration::from_millis(250));
+        assert_eq!(
+            c.ota.public_url.as_deref(),
+            Some("https://iot.example.com:8443")
+        );
+        assert_eq!(c.ota.default_failure_threshold, 0.25);
+        assert_eq!(c.ota.timeouts().offered, Duration::from_secs(30));
+        for (var, value, key) in [
+            ("RAMPART_OTA__TICK", "0s", "ota.tick"),
+            (
+                "RAMPART_OTA__DEFAULT_SUCCESS_THRESHOLD",
+                "1.5",
+                "ota.default_success_threshold",
+            ),
+            (
+                "RAMPART_OTA__PUBLIC_URL",
+                "http://plain:80",
+                "ota.public_url",
+            ),
+            ("RAMPART_OTA__VERIFYING_TIMEOUT", "0s", "ota.*_timeout"),
+        ] {
+            let err = Config::load_with_env(None, env(&[(var, value)]))
+                .expect_err("refused")
+                .to_string();
+            assert!(err.contains(key), "{var}={value}: {err}");
+        }
+    }
+
+    #[test]
     fn env_overrides_nested_keys() {
         let c = Config::load_with_env(
             None,

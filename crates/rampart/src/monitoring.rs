@@ -445,6 +445,27 @@ mod tests {
     }
 
     #[test]
+    fn rollout_counters_by_status() {
+        let m = RolloutMetrics::default();
+        m.offers_sent.fetch_add(3, Ordering::Relaxed);
+        m.reports[5].fetch_add(2, Ordering::Relaxed);
+        m.campaigns[1].store(1, Ordering::Relaxed);
+        let mut t = MetricsText::new();
+        write_rollout(&m, &mut t);
+        let text = t.finish();
+        for line in [
+            "rampart_ota_offers_sent_total 3",
+            "rampart_ota_reports_total{status=\"failed\"} 2",
+            "rampart_ota_reports_total{status=\"succeeded\"} 0",
+            "rampart_ota_campaigns{status=\"running\"} 1",
+            "rampart_ota_campaigns{status=\"draft\"} 0",
+            "rampart_ota_reports_unmatched_total 0",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+    }
+
+    #[test]
     fn pipeline_rejections_by_reason() {
         let m = PipelineMetrics::default();
         PipelineMetrics::add(&m.rejected, 5);

@@ -4,6 +4,7 @@
 
 mod broker;
 mod browser;
+mod campaigns;
 mod cli;
 mod console;
 mod control;

@@ -22,6 +22,7 @@ on_both!(
     status_changes_are_conditional_and_audited,
     entries_move_forward_only_and_time_out,
     cancel_leaves_downlinks_due_and_abort_cancels_the_queue,
+    two_engines_racing_move_each_row_once,
 );
 
 /// Uploads firmware `version` for `sensor` and returns its id.
@@ -614,4 +615,69 @@ async fn cancel_leaves_downlinks_due_and_abort_cancels_the_queue(backend: impl B
     assert_eq!(abort_row.actor, "system");
     assert_eq!(abort_row.detail["failures"], 1);
     assert_eq!(abort_row.detail["offered"], 2);
+}
+
+async fn two_engines_racing_move_each_row_once(backend: impl Backend) {
+    let s = backend.open().await;
+    let fw = firmware(&s, "1.1.0").await;
+    for n in 0..8u8 {
+        device(&s, &format!("s-{n}"), n, "sensor", "1.0.0").await;
+    }
+    let c = s
+        .create_campaign(
+            NewCampaign {
+                approve: true,
+                ..campaign(fw, CampaignTarget::All, "100")
+            },
+            &cli(),
+        )
+        .await
+        .expect("create");
+    // Two handles (two replicas) start the same wave at once: one wins.
+    let (a, b) = (backend.open().await, backend.open().await);
+    let actor = rampart_store::Actor::system();
+    let (ra, rb) = tokio::join!(a.start_wave(c.id, 1, &actor), b.start_wave(c.id, 1, &actor));
+    let started: Vec<usize> = [ra.expect("a"), rb.expect("b")]
+        .into_iter()
+        .flatten()
+        .map(|e| e.len())
+        .collect();
+    assert_eq!(started, vec![8]);
+    // Two reports racing on each entry: it only ever moves forward, and
+    // the later state wins whatever the order. Then both time out the
+    // same entries: each fails once.
+    let mut moved = 0;
+    for n in 0..8u8 {
+        let name = format!("s-{n}");
+        let (ma, mb) = tokio::join!(
+            a.move_entry(mv(c.id, &name, EntryState::Downloading)),
+            b.move_entry(mv(c.id, &name, EntryState::Verifying))
+        );
+        let (ma, mb) = (ma.expect("a"), mb.expect("b"));
+        assert!(ma.is_some() || mb.is_some(), "{name} moved by neither");
+        moved += usize::from(ma.is_some()) + usize::from(mb.is_some());
+        let entry = s
+            .campaign_entries(c.id, &EntryQuery::default())
+            .await
+            .expect("entries")
+            .entries
+            .into_iter()
+            .find(|e| e.device_id.as_str() == name)
+            .expect("entry");
+        // Whichever order they ran in, the entry never went backwards.
+        assert!(
+            matches!(entry.state, EntryState::Downloading | EntryState::Verifying),
+            "{entry:?}"
+        );
+        if mb.is_some() {
+            assert_eq!(entry.state, EntryState::Verifying);
+        }
+    }
+    assert!((8..=16).contains(&moved));
+    let later = OffsetDateTime::now_utc() + time::Duration::days(1);
+    let (xa, xb) = tokio::join!(a.expire_entries(later, 100), b.expire_entries(later, 100));
+    let expired = xa.expect("a").len() + xb.expect("b").len();
+    assert_eq!(expired, 8);
+    let waves = s.campaign_waves(c.id).await.expect("waves");
+    assert_eq!(waves.first().expect("wave").counts.failed, 8);
 }
