@@ -173,6 +173,7 @@ pub async fn run(g: &GlobalArgs, config: Config, args: ServeArgs) -> Result<Exit
         Arc::clone(&platform),
         Arc::clone(&broker),
         Arc::clone(&control),
+        web.clone(),
         changes.clone(),
         shutdown.child_token(),
     )
@@ -380,6 +381,7 @@ async fn spawn_change_follower(
     platform: Arc<Platform>,
     broker: Arc<Broker>,
     control: Arc<ControlPlane>,
+    web: rampart_web::AppState,
     changes: broadcast::Sender<Change>,
     shutdown: CancellationToken,
 ) -> Result<JoinHandle<()>> {
@@ -432,6 +434,19 @@ async fn spawn_change_follower(
                         Ok(m) => {
                             if let Err(e) = broker.reload_tls(&m) {
                                 tracing::warn!(error = %e, "cannot reload TLS material");
+                            }
+                            // The web listener checks device certificates
+                            // (firmware downloads) against the same CRL.
+                            let trust = rampart_web::ClientTrust {
+                                ca_pem: m.client_ca_pem.clone(),
+                                crl_pem: m.crl_pem.clone(),
+                            };
+                            if let Err(e) = web.tls().reload_with_client_trust(
+                                &m.server_chain_pem,
+                                &m.server_key_pem,
+                                trust,
+                            ) {
+                                tracing::warn!(error = %e, "cannot reload the web part's TLS material");
                             }
                         }
                         Err(e) => {
@@ -532,7 +547,7 @@ fn web_state(
     let ota = rampart_web::OtaBackend {
         firmware: Arc::new(platform.store.clone()),
         images: dir.firmware(),
-        tokens: rampart_ota::download::TokenKey::derive(&dir.console_key()?),
+        tokens: TokenKey::derive(&dir.console_key()?),
         max_image_size: platform.config.firmware.max_image_size,
     };
     Ok(rampart_web::AppState::new(
@@ -542,7 +557,16 @@ fn web_state(
         tls,
         auth,
     )
-    .with_ota(ota))
+    .with_ota(ota)
+    .with_campaigns(rampart_web::CampaignBackend {
+        campaigns: Arc::new(platform.store.clone()),
+        defaults: rampart_web::CampaignDefaults {
+            timeouts: platform.config.ota.timeouts(),
+            soak: platform.config.ota.default_soak,
+            success_threshold: platform.config.ota.default_success_threshold,
+            failure_threshold: platform.config.ota.default_failure_threshold,
+        },
+    }))
 }
 
 /// While no owner exists, prints a fresh one-time setup URL on stdout

@@ -5,9 +5,11 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use rampart_ota::campaign::Timeouts;
 use rampart_ota::download::TokenKey;
 use rampart_pki::Pki;
 use rampart_provisioning::claim::ClaimPolicy;
+use rampart_store::campaigns::CampaignStore;
 use rampart_store::telemetry::TelemetryStore;
 use rampart_store::{FirmwareStore, NotificationStore, Store, UserStore};
 use time::OffsetDateTime;
@@ -38,6 +40,7 @@ struct Inner {
     devices: OnceLock<DeviceBackend>,
     ota: OnceLock<OtaBackend>,
     inbox: OnceLock<crate::inbox::InboxHub>,
+    campaigns: OnceLock<CampaignBackend>,
     auth: AuthBackend,
     login_failures: FailureLimiter,
     /// The last TOTP step accepted per user: a code is good once.
@@ -93,6 +96,36 @@ impl std::fmt::Debug for OtaBackend {
     }
 }
 
+/// What a new campaign takes when its request leaves it out (`[ota]`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CampaignDefaults {
+    /// Per-state timeouts.
+    pub timeouts: Timeouts,
+    /// Minimum time between waves.
+    pub soak: std::time::Duration,
+    /// A finished wave below this success share pauses.
+    pub success_threshold: f64,
+    /// Failures reaching this share abort.
+    pub failure_threshold: f64,
+}
+
+/// What the campaign routes need: the campaign store and the defaults.
+#[derive(Clone)]
+pub struct CampaignBackend {
+    /// Campaigns and their per-device entries.
+    pub campaigns: Arc<dyn CampaignStore>,
+    /// Defaults of new campaigns.
+    pub defaults: CampaignDefaults,
+}
+
+impl std::fmt::Debug for CampaignBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CampaignBackend")
+            .field("defaults", &self.defaults)
+            .finish_non_exhaustive()
+    }
+}
+
 /// What the console's sign-in needs besides the registry store: the user
 /// store, users' notifications, the key sealing TOTP secrets, and the clock.
 #[derive(Clone, Debug)]
@@ -139,6 +172,7 @@ impl AppState {
                 devices: OnceLock::new(),
                 ota: OnceLock::new(),
                 inbox: OnceLock::new(),
+                campaigns: OnceLock::new(),
             }),
         }
     }
@@ -214,6 +248,26 @@ impl AppState {
                 axum::http::StatusCode::SERVICE_UNAVAILABLE,
                 "ota_unavailable",
                 "this server was started without firmware distribution",
+            )
+        })
+    }
+
+    /// Plugs in campaigns (API and pages). Set once, before serving;
+    /// without it those routes answer 503.
+    pub fn with_campaigns(self, campaigns: CampaignBackend) -> Self {
+        if self.inner.campaigns.set(campaigns).is_err() {
+            tracing::warn!("the campaign backend was already set; the new one is ignored");
+        }
+        self
+    }
+
+    /// The campaign backend, or a 503 saying it is missing.
+    pub(crate) fn campaigns(&self) -> Result<&CampaignBackend, crate::ApiError> {
+        self.inner.campaigns.get().ok_or_else(|| {
+            crate::ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "campaigns_unavailable",
+                "this server was started without update campaigns",
             )
         })
     }

@@ -81,8 +81,58 @@ async fn path_of(b: &Browser) -> String {
 fn the_console_works_in_a_browser() {
     let ws = Workspace::new();
     ws.rampart().arg("init").assert().success();
+    // A signed bundle and its trusted key, for the firmware page's upload.
+    let key = ws.join("release.key").display().to_string();
+    ws.rampart_json(&["firmware", "keygen", "--out", &key]);
+    ws.rampart_json(&[
+        "firmware",
+        "key",
+        "add",
+        &format!("{key}.pub"),
+        "--name",
+        "release-2026",
+    ]);
+    let image = ws.join("app.bin");
+    std::fs::write(&image, vec![0x42u8; 40_000]).expect("image");
+    let bundle = ws.join("app-1.4.0.rfw").display().to_string();
+    ws.rampart_json(&[
+        "firmware",
+        "sign",
+        &image.display().to_string(),
+        "--key",
+        &key,
+        "--device-type",
+        "rampart-sim",
+        "--version",
+        "1.4.0",
+        "--security-version",
+        "2",
+        "--out",
+        &bundle,
+    ]);
     let mut serve = ws.serve(&[]);
     let http = serve.listening("http");
+    let mqtt = serve.listening("mqtt");
+    // A device of the firmware's type on an older version, for a campaign.
+    let dev = ws.device("ota-dev-1");
+    let mut pub_args = dev.mosquitto_args(mqtt);
+    pub_args.extend(
+        [
+            "-t",
+            "devices/ota-dev-1/state/up",
+            "-q",
+            "1",
+            "-m",
+            r#"{"fw":"1.3.0","type":"rampart-sim"}"#,
+        ]
+        .map(String::from),
+    );
+    let out = rampart_test_support::mosquitto("mosquitto_pub", &pub_args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let setup_url = serve.setup_url();
     let base = format!("https://{http}");
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -191,6 +241,80 @@ fn the_console_works_in_a_browser() {
             "{filtered}"
         );
         b.screenshot("audit-filtered").await;
+
+        // Firmware: the bundle uploaded from the page (our script sends it
+        // to the API with the CSRF token), then listed.
+        c.goto(&format!("{base}/firmware")).await.expect("firmware");
+        assert_eq!(text_of(&b, "h1").await, "Firmware");
+        assert!(
+            text_of(&b, "#firmware-list")
+                .await
+                .contains("No firmware uploaded yet")
+        );
+        c.find(Locator::Css("#bundle"))
+            .await
+            .expect("file input")
+            .send_keys(&bundle)
+            .await
+            .expect("choose file");
+        submit(&b, "#firmware-upload").await;
+        let list = text_of(&b, "#firmware-list").await;
+        assert!(
+            list.contains("1.4.0") && list.contains("rampart-sim") && list.contains("release-2026"),
+            "{list}"
+        );
+        b.screenshot("firmware").await;
+
+        // Campaigns: the list and the new-campaign form offering it.
+        c.goto(&format!("{base}/campaigns"))
+            .await
+            .expect("campaigns");
+        assert_eq!(text_of(&b, "h1").await, "Update campaigns");
+        b.screenshot("campaigns").await;
+        c.goto(&format!("{base}/campaigns/new"))
+            .await
+            .expect("new campaign");
+        assert!(
+            text_of(&b, "#firmware_id")
+                .await
+                .contains("1.4.0 for rampart-sim")
+        );
+        b.screenshot("campaign-new").await;
+        fill(&b, "#name", "first rollout").await;
+        fill(&b, "#waves", "10, 100").await;
+        submit(&b, "#campaign-form").await;
+        // A draft for the one device reporting the type, waiting for approval.
+        assert!(path_of(&b).await.starts_with("/campaigns/"));
+        assert!(text_of(&b, "h1").await.contains("draft"));
+        assert!(text_of(&b, "#devices").await.contains("ota-dev-1"));
+        b.screenshot("campaign-draft").await;
+        b.client()
+            .find(Locator::Css("#actions a.button.danger"))
+            .await
+            .expect("emergency stop button")
+            .text()
+            .await
+            .map(|t| assert_eq!(t, "Emergency stop (cancel)"))
+            .expect("label");
+        let approve = c
+            .find(Locator::Css("#actions a.button:not(.danger)"))
+            .await
+            .expect("approve button");
+        approve.click().await.expect("click approve");
+        c.wait()
+            .at_most(std::time::Duration::from_secs(15))
+            .for_element(Locator::Css("#confirm"))
+            .await
+            .expect("the confirmation step");
+        assert!(
+            text_of(&b, "#confirm")
+                .await
+                .contains("Approve this campaign?")
+        );
+        submit(&b, "#confirm").await;
+        assert!(text_of(&b, ".flash.ok").await.contains("Approved"));
+        assert!(text_of(&b, "h1").await.contains("running"));
+        b.screenshot("campaign-running").await;
         b.close().await;
 
         // The same console on a phone.
@@ -214,6 +338,14 @@ fn the_console_works_in_a_browser() {
                 .starts_with("Chain verified")
         );
         phone.screenshot("audit-phone").await;
+        // The campaign on a phone: the emergency stop within reach.
+        phone
+            .client()
+            .goto(&format!("{base}/campaigns/1"))
+            .await
+            .expect("campaign");
+        assert!(text_of(&phone, "#actions").await.contains("Emergency stop"));
+        phone.screenshot("campaign-phone").await;
         phone.close().await;
     });
     assert!(serve.terminate(), "serve stops cleanly");

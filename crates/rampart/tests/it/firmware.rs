@@ -1,6 +1,7 @@
 //! `rampart firmware` end to end: keygen → sign → verify → key add →
 //! upload with the real binary, and every bad bundle refused with its
-//! reason, stored nowhere, and audited.
+//! reason, stored nowhere, and audited; then an approved campaign's offer
+//! fetched with curl and the device's certificate (docs/ota.md §4).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -301,4 +302,139 @@ fn uploads_into_postgresql() {
     let list = ws.rampart_json_with_store(&url, &["firmware", "list"]);
     assert_eq!(list[0]["size"], 1234);
     assert!(Path::new(up["image"].as_str().expect("path")).exists());
+}
+
+/// Runs curl as a device would fetch its image: the CA bundle, and the
+/// device's certificate unless `identity` is `None`; returns the status
+/// and the body.
+fn curl(
+    ws: &Workspace,
+    dev: Option<&rampart_test_support::DeviceFiles>,
+    url: &str,
+    headers: &[&str],
+    out: &str,
+) -> (String, Vec<u8>) {
+    let out = ws.join(out);
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-sS", "--max-time", "30", "-o"])
+        .arg(&out)
+        .args(["-w", "%{http_code}", "--cacert"])
+        .arg(ws.join("devices/ca.crt"));
+    if let Some(d) = dev {
+        cmd.arg("--cert").arg(&d.cert).arg("--key").arg(&d.key);
+    }
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    let o = cmd.arg(url).output().expect("curl is installed");
+    assert!(
+        o.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        std::fs::read(&out).unwrap_or_default(),
+    )
+}
+
+#[test]
+fn an_offered_image_downloads_with_the_device_certificate_and_resumes() {
+    let ws = Workspace::new();
+    ws.rampart().arg("init").assert().success();
+    let (key, public) = keygen(&ws, "release.key");
+    ws.rampart_json(&["firmware", "key", "add", &public, "--name", "release"]);
+    let img = image(&ws, "app.bin", 150_000);
+    let image_bytes = std::fs::read(&img).expect("image");
+    let sha = hex::encode(Sha256::digest(&image_bytes));
+    let bundle = sign(&ws, &img, &key, "1.1.0", "app.rfw");
+    let up = ws.rampart_json(&["firmware", "upload", &bundle]);
+    let firmware = up["firmware"]["id"].as_u64().expect("id").to_string();
+
+    let mut serve = ws.serve(&[
+        ("RAMPART_OTA__TICK", "100ms"),
+        ("RAMPART_LOG__LEVEL", "debug"),
+    ]);
+    let mqtt = serve.listening("mqtt");
+    let dev = ws.device("ota-e2e-1");
+    let other = ws.device("ota-e2e-2");
+    // The device says what it runs.
+    let mut report = dev.mosquitto_args(mqtt);
+    report.extend(
+        [
+            "-t",
+            "devices/ota-e2e-1/state/up",
+            "-q",
+            "1",
+            "-m",
+            r#"{"fw":"1.0.0","type":"esp32c3-dht11"}"#,
+        ]
+        .map(String::from),
+    );
+    let o = rampart_test_support::mosquitto("mosquitto_pub", &report);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // It listens for offers.
+    let mut listen = dev.mosquitto_args(mqtt);
+    listen.extend(["-t", "devices/ota-e2e-1/ota/down", "-q", "1", "-C", "1"].map(String::from));
+    let offers = rampart_test_support::spawn_mosquitto("mosquitto_sub", &listen);
+    serve.wait_for(&["subscribed", "ota-e2e-1"]);
+    // A campaign for it, approved; the state report may still be on its
+    // way to the store, so creation is retried until it sees the device.
+    let deadline = std::time::Instant::now() + rampart_test_support::wait_limit();
+    loop {
+        let o = ws
+            .rampart_std()
+            .args([
+                "campaign",
+                "create",
+                "--name",
+                "e2e",
+                "--firmware",
+                &firmware,
+                "--devices",
+                "ota-e2e-1",
+                "--waves",
+                "100",
+                "--approve",
+            ])
+            .output()
+            .expect("rampart campaign create");
+        if o.status.success() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "campaign create: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let offer = offers.wait();
+    let offer: Value = serde_json::from_slice(&offer.stdout).expect("offer JSON");
+    assert_eq!(offer["type"], "offer");
+    assert_eq!(offer["sha256"], sha.as_str());
+    let url = offer["url"].as_str().expect("url").to_owned();
+    assert!(url.contains(&format!("/ota/v1/images/{sha}?t=")), "{url}");
+
+    // The whole image, then a resumed tail, as the device core asks.
+    let (status, body) = curl(&ws, Some(&dev), &url, &[], "full.bin");
+    assert_eq!(status, "200");
+    assert_eq!(body, image_bytes);
+    let if_range = format!("If-Range: \"{sha}\"");
+    let (status, body) = curl(
+        &ws,
+        Some(&dev),
+        &url,
+        &["Range: bytes=100000-", &if_range],
+        "tail.bin",
+    );
+    assert_eq!(status, "206");
+    assert_eq!(body, &image_bytes[100_000..]);
+    // Without the certificate, or with another device's, the URL is useless.
+    let (status, body) = curl(&ws, None, &url, &[], "anon.json");
+    assert_eq!(status, "401", "{}", String::from_utf8_lossy(&body));
+    let (status, body) = curl(&ws, Some(&other), &url, &[], "other.json");
+    assert_eq!(status, "403");
+    assert!(String::from_utf8_lossy(&body).contains("token_device_mismatch"));
+    assert!(serve.terminate(), "serve stops cleanly");
 }

@@ -7,6 +7,8 @@
 //! up for every request and refuses a route it does not find.
 
 mod account;
+mod campaign_pages;
+pub(crate) mod campaigns;
 mod console;
 mod devices;
 mod enroll;
@@ -289,6 +291,47 @@ pub const ROUTES: &[RouteSpec] = &[
     api("GET", "/api/v1/firmware/keys", act(Action::ReadFirmware)),
     api("GET", "/api/v1/firmware/{id}", act(Action::ReadFirmware)),
     page("GET", "/firmware", act(Action::ReadFirmware)),
+    // Campaigns: viewers read; admins start updates (create, approve,
+    // resume); operators may stop them too (pause, cancel).
+    api("GET", "/api/v1/campaigns", act(Action::ReadCampaigns)),
+    api("POST", "/api/v1/campaigns", act(Action::StartCampaigns)),
+    api("GET", "/api/v1/campaigns/{id}", act(Action::ReadCampaigns)),
+    api(
+        "POST",
+        "/api/v1/campaigns/{id}/approve",
+        act(Action::StartCampaigns),
+    ),
+    api(
+        "POST",
+        "/api/v1/campaigns/{id}/pause",
+        act(Action::StopCampaigns),
+    ),
+    api(
+        "POST",
+        "/api/v1/campaigns/{id}/resume",
+        act(Action::StartCampaigns),
+    ),
+    api(
+        "POST",
+        "/api/v1/campaigns/{id}/cancel",
+        act(Action::StopCampaigns),
+    ),
+    page("GET", "/campaigns", act(Action::ReadCampaigns)),
+    page("POST", "/campaigns", act(Action::StartCampaigns)),
+    page("GET", "/campaigns/new", act(Action::StartCampaigns)),
+    page("GET", "/campaigns/{id}", act(Action::ReadCampaigns)),
+    page(
+        "POST",
+        "/campaigns/{id}/approve",
+        act(Action::StartCampaigns),
+    ),
+    page("POST", "/campaigns/{id}/pause", act(Action::StopCampaigns)),
+    page(
+        "POST",
+        "/campaigns/{id}/resume",
+        act(Action::StartCampaigns),
+    ),
+    page("POST", "/campaigns/{id}/cancel", act(Action::StopCampaigns)),
     // Audit log.
     api("GET", "/api/v1/audit", act(Action::ReadAudit)),
     page("GET", "/audit", act(Action::ReadAudit)),
@@ -406,6 +449,21 @@ fn endpoint(spec: &RouteSpec) -> Option<MethodRouter<AppState>> {
         ("GET", "/api/v1/firmware/keys") => get(firmware::keys),
         ("GET", "/api/v1/firmware/{id}") => get(firmware::show),
         ("GET", "/firmware") => get(firmware_pages::firmware),
+        ("GET", "/api/v1/campaigns") => get(campaigns::list),
+        ("POST", "/api/v1/campaigns") => post(campaigns::create),
+        ("GET", "/api/v1/campaigns/{id}") => get(campaigns::show),
+        ("POST", "/api/v1/campaigns/{id}/approve") => post(campaigns::approve),
+        ("POST", "/api/v1/campaigns/{id}/pause") => post(campaigns::pause),
+        ("POST", "/api/v1/campaigns/{id}/resume") => post(campaigns::resume),
+        ("POST", "/api/v1/campaigns/{id}/cancel") => post(campaigns::cancel),
+        ("GET", "/campaigns") => get(campaign_pages::list),
+        ("POST", "/campaigns") => post(campaign_pages::create),
+        ("GET", "/campaigns/new") => get(campaign_pages::new_form),
+        ("GET", "/campaigns/{id}") => get(campaign_pages::show),
+        ("POST", "/campaigns/{id}/approve") => post(campaign_pages::approve),
+        ("POST", "/campaigns/{id}/pause") => post(campaign_pages::pause),
+        ("POST", "/campaigns/{id}/resume") => post(campaign_pages::resume),
+        ("POST", "/campaigns/{id}/cancel") => post(campaign_pages::cancel),
         ("GET", "/api/v1/audit") => get(registry::audit),
         ("GET", "/audit") => get(registry_pages::audit),
         ("GET", "/api/v1/notifications") => get(notifications::list),

@@ -6,7 +6,7 @@ use axum::Json;
 use axum::response::IntoResponse;
 use utoipa::OpenApi;
 
-use super::{account, devices, enroll, firmware, notifications, registry, users};
+use super::{account, campaigns, devices, enroll, firmware, notifications, registry, users};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -59,6 +59,13 @@ use super::{account, devices, enroll, firmware, notifications, registry, users};
         notifications::list,
         notifications::events,
         notifications::mark_read,
+        campaigns::list,
+        campaigns::create,
+        campaigns::show,
+        campaigns::approve,
+        campaigns::pause,
+        campaigns::resume,
+        campaigns::cancel,
         document,
     )
 )]

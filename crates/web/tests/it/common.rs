@@ -10,8 +10,8 @@ use rampart_store::sqlite::SqliteOptions;
 use rampart_store::{Actor, AuditKey, SqliteStore, Store};
 use rampart_web::auth::{Clock, SealingKey};
 use rampart_web::{
-    AppState, AuthBackend, ClientTrust, CrlPublisher, DeviceBackend, OtaBackend, ServerTls,
-    WebConfig,
+    AppState, AuthBackend, CampaignBackend, CampaignDefaults, ClientTrust, CrlPublisher,
+    DeviceBackend, OtaBackend, ServerTls, WebConfig,
 };
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -107,6 +107,10 @@ impl Server {
                 images: images.clone(),
                 tokens: tokens.clone(),
                 max_image_size: 256 * 1024,
+            })
+            .with_campaigns(CampaignBackend {
+                campaigns: Arc::new(store.clone()),
+                defaults: CampaignDefaults::default(),
             });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

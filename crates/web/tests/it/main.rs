@@ -3,6 +3,7 @@
 //! trusts only the test CA, a real CA and a real SQLite store.
 
 mod auth;
+mod campaigns;
 mod common;
 mod console;
 mod devices;

@@ -7,6 +7,7 @@ use rampart_ota::{SignRequest, SigningKey};
 use rampart_pki::RevocationReason;
 use rampart_proto::DeviceId;
 use rampart_store::{Actor, Store};
+use rampart_web::WebMetrics;
 use sha2::{Digest, Sha256};
 
 use crate::common::{Server, client_with_certificate, config};
@@ -14,6 +15,9 @@ use crate::common::{Server, client_with_certificate, config};
 /// A device enrolled with its own key: a client presenting its certificate.
 struct Device {
     id: String,
+    serial: String,
+    cert: String,
+    key: String,
     client: reqwest::Client,
 }
 
@@ -27,7 +31,10 @@ async fn enrolled(s: &Server, id: &str) -> Device {
     let cert = r.body["chain"].as_str().expect("chain");
     Device {
         id: id.to_owned(),
+        serial: r.body["serial"].as_str().expect("serial").to_owned(),
         client: client_with_certificate(&s.pki.chain_pem(), cert, &key),
+        cert: cert.to_owned(),
+        key,
     }
 }
 
@@ -160,7 +167,6 @@ async fn a_device_downloads_its_image_whole_and_resumes_with_a_range() {
     assert_eq!(header(&h, "etag"), etag);
 
     let m = s.state.metrics();
-    use rampart_web::WebMetrics;
     assert_eq!(WebMetrics::get(&m.ota_downloads), 5);
     assert_eq!(WebMetrics::get(&m.ota_range_requests), 3);
     assert_eq!(WebMetrics::get(&m.ota_not_modified), 1);
@@ -266,6 +272,73 @@ async fn every_refusal_has_its_status_and_code_and_is_counted() {
 #[tokio::test]
 async fn browsers_without_a_certificate_still_get_pages() {
     let s = Server::start(config()).await;
+    let r = rampart_test_support::https::get(&s.client, s.addr, "/healthz").await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
+async fn a_certificate_on_a_reloaded_crl_fails_the_handshake() {
+    let s = Server::start(config()).await;
+    let d = enrolled(&s, "ota-crl").await;
+    let other = enrolled(&s, "ota-ok").await;
+    let (_image, sha) = stored_image(&s, 100);
+    let (ok, _, _) = get(
+        &d.client,
+        &url(&s, &sha, &token(&s, &d.id, &sha, 60_000)),
+        &[],
+    )
+    .await;
+    assert_eq!(ok, 200);
+    let crl = s
+        .pki
+        .build_crl(
+            &[rampart_pki::RevokedSerial {
+                serial: d.serial.clone(),
+                reason: RevocationReason::KeyCompromise,
+                revoked_at: time::OffsetDateTime::now_utc(),
+            }],
+            1,
+            std::time::Duration::from_secs(3600),
+        )
+        .expect("CRL");
+    s.state
+        .tls()
+        .reload_with_client_trust(
+            &crate::common::read(&s.pki.server_cert_path()),
+            &crate::common::read(&s.pki.server_key_path()),
+            rampart_web::ClientTrust {
+                ca_pem: s.pki.client_ca_pem(),
+                crl_pem: Some(crl),
+            },
+        )
+        .expect("reload");
+    // A new connection (a fresh client) handshakes against the new CRL.
+    let fresh = client_with_certificate(&s.pki.chain_pem(), &d.cert, &d.key);
+    let answer = fresh
+        .get(url(&s, &sha, &token(&s, &d.id, &sha, 60_000)))
+        .send()
+        .await;
+    let refused = match answer {
+        Err(_) => true,
+        // TLS 1.3: the server's alert may only surface when reading.
+        Ok(r) => r.bytes().await.is_err(),
+    };
+    assert!(
+        refused,
+        "a revoked certificate must not complete the handshake"
+    );
+    assert!(
+        WebMetrics::get(&s.state.metrics().handshake_failures) >= 1,
+        "the failed handshake is counted"
+    );
+    // Other devices and browsers are unaffected.
+    let (ok, _, _) = get(
+        &other.client,
+        &url(&s, &sha, &token(&s, &other.id, &sha, 60_000)),
+        &[],
+    )
+    .await;
+    assert_eq!(ok, 200);
     let r = rampart_test_support::https::get(&s.client, s.addr, "/healthz").await;
     assert_eq!(r.status, 200);
 }
