@@ -216,6 +216,10 @@ pub struct SimulateArgs {
     /// Probability per reading interval that a connected device drops its connection.
     #[arg(long, default_value_t = 0.0, value_name = "P")]
     pub flaky: f64,
+    /// Probability that a firmware download is cut once at a random byte and
+    /// resumed with a range request (default: the --flaky probability).
+    #[arg(long, value_name = "P")]
+    pub flaky_downloads: Option<f64>,
     /// Deep-sleep mode: wake every DURATION, read, flush, disconnect, sleep (--rate is then unused).
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub sleep_cycle: Option<Duration>,

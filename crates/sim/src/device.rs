@@ -1748,7 +1748,7 @@ impl Device {
         let tls = self.tls_config()?;
         let options = &self.shared.options;
         let client = dl::client((*tls).clone(), options.io_timeout)?;
-        let flaky = options.flaky;
+        let flaky = options.flaky_downloads.unwrap_or(options.flaky);
         let cut_after = (flaky > 0.0 && size > 1 && self.rng.0.random_bool(flaky.min(1.0)))
             .then(|| self.rng.0.random_range(1..size));
         let request = DownloadRequest {

@@ -40,6 +40,9 @@ pub struct FleetOptions {
     /// Probability, per reading interval, that a connected device drops its
     /// connection abruptly.
     pub flaky: f64,
+    /// Probability that a firmware download is cut once at a random byte
+    /// (and resumed with a range request); `None`: the same as `flaky`.
+    pub flaky_downloads: Option<f64>,
     /// Deep-sleep cycle: wake, read, flush, disconnect, sleep this long.
     pub sleep_cycle: Option<Duration>,
     /// Stop reading after this long (`None`: until shut down).
@@ -105,6 +108,7 @@ impl FleetOptions {
             id_prefix: None,
             state_dir,
             flaky: 0.0,
+            flaky_downloads: None,
             sleep_cycle: None,
             duration: None,
             sensor: SensorKind::Dht11,
@@ -145,6 +149,13 @@ impl FleetOptions {
             return Err(format!(
                 "--flaky {} is not a probability between 0 and 1",
                 self.flaky
+            ));
+        }
+        if let Some(p) = self.flaky_downloads
+            && !(0.0..=1.0).contains(&p)
+        {
+            return Err(format!(
+                "--flaky-downloads {p} is not a probability between 0 and 1"
             ));
         }
         if let Some(p) = self.read_failure_rate

@@ -66,6 +66,7 @@ fn options(a: &SimulateArgs) -> FleetOptions {
     o.reading_interval = a.rate;
     o.id_prefix = a.id_prefix.clone();
     o.flaky = a.flaky;
+    o.flaky_downloads = a.flaky_downloads;
     o.sleep_cycle = a.sleep_cycle;
     o.duration = a.duration;
     o.sensor = a.sensor;

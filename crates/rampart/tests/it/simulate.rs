@@ -1471,3 +1471,283 @@ fn hung_offline_and_corrupted_updates_end_rolled_back_or_failed() {
         assert_eq!(run.reported[id]["fw"], firmware, "{:?}", run.reported);
     }
 }
+
+/// A simulated fleet on `1.0.0` trusting a release key, with `1.1.0`
+/// signed by that key and uploaded, every device's state report (type
+/// and version) in the store: what a campaign needs to target it.
+struct RolloutFleet {
+    p: Platform,
+    sim: Serve,
+    ids: Vec<String>,
+    /// Device id → its `--ota-fault` kind.
+    faults: BTreeMap<String, String>,
+    firmware: u64,
+}
+
+impl RolloutFleet {
+    fn start(devices: usize, args: &[&str]) -> Self {
+        let p = platform();
+        let key = p.ws.join("release.key").display().to_string();
+        p.ws.rampart_json(&["firmware", "keygen", "--out", &key]);
+        let public = format!("{key}.pub");
+        p.ws.rampart_json(&["firmware", "key", "add", &public, "--name", "release"]);
+        let image: Vec<u8> = (0..200_000usize).map(|i| (i * 31 % 253) as u8).collect();
+        let image_path = p.ws.join("app.bin");
+        std::fs::write(&image_path, &image).expect("image");
+        let bundle = p.ws.join("app.rfw").display().to_string();
+        p.ws.rampart_json(&[
+            "firmware",
+            "sign",
+            &image_path.display().to_string(),
+            "--key",
+            &key,
+            "--device-type",
+            "rampart-sim",
+            "--version",
+            "1.1.0",
+            "--security-version",
+            "1",
+            "--out",
+            &bundle,
+        ]);
+        let uploaded = p.ws.rampart_json(&["firmware", "upload", &bundle]);
+        let firmware = uploaded["firmware"]["id"].as_u64().expect("firmware id");
+
+        let n = devices.to_string();
+        let token = p.token(devices, &["--id-prefix", "fleet"]);
+        let mut sim_args = vec![
+            "--devices",
+            &n,
+            "--id-prefix",
+            "fleet",
+            "--token",
+            &token,
+            "--rate",
+            "1/s",
+            "--ota-trust",
+            &public,
+        ];
+        sim_args.extend_from_slice(args);
+        let mut sim = p.spawn("state", "summary.json", &sim_args);
+        let connected = format!("connected {devices}/{devices}");
+        sim.wait_until("all connected", |l| {
+            l.starts_with("progress") && l.contains(&connected)
+        });
+        let faults = sim
+            .seen()
+            .iter()
+            .filter_map(|l| l.strip_prefix("ota-fault id="))
+            .filter_map(|rest| rest.split_once(" kind="))
+            .map(|(id, kind)| (id.to_owned(), kind.to_owned()))
+            .collect();
+        let ids: Vec<String> = (1..=devices).map(|n| format!("fleet-{n:04}")).collect();
+        // Each device reports its type and version once connected; a
+        // campaign targets the devices whose report is in.
+        let deadline = std::time::Instant::now() + wait_limit();
+        for id in &ids {
+            loop {
+                let stats = p.ws.rampart_json(&["telemetry", "stats", id]);
+                if stats["reported_state"]["state"]["type"] == "rampart-sim" {
+                    assert_eq!(stats["reported_state"]["state"]["fw"], "1.0.0");
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{id} never reported its type: {stats}"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+        RolloutFleet {
+            p,
+            sim,
+            ids,
+            faults,
+            firmware,
+        }
+    }
+
+    /// Creates and approves a campaign of the release to every device.
+    fn campaign(&self, extra: &[&str]) -> u64 {
+        let firmware = self.firmware.to_string();
+        let mut args = vec![
+            "campaign",
+            "create",
+            "--name",
+            "roll out 1.1.0",
+            "--firmware",
+            &firmware,
+            "--all",
+            "--soak",
+            "0s",
+            "--approve",
+        ];
+        args.extend_from_slice(extra);
+        let c = self.p.ws.rampart_json(&args);
+        assert_eq!(c["status"], "running", "{c}");
+        c["id"].as_u64().expect("campaign id")
+    }
+
+    /// Polls `campaign show` until its status is final; returns it.
+    fn until_final(&self, id: u64, bound: std::time::Duration) -> Value {
+        let deadline = std::time::Instant::now() + bound;
+        loop {
+            let shown = self
+                .p
+                .ws
+                .rampart_json(&["campaign", "show", &id.to_string()]);
+            let status = shown["campaign"]["status"].as_str().unwrap_or_default();
+            if matches!(status, "completed" | "aborted" | "cancelled") {
+                return shown;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "campaign {id} did not finish: {shown:#}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+
+    fn finish(mut self) -> Value {
+        assert!(self.sim.terminate());
+        read_summary(&self.p, "summary.json")
+    }
+}
+
+/// Entries of a shown campaign: device id → (state, reason, wave).
+fn entries(shown: &Value) -> BTreeMap<String, (String, String, u64)> {
+    shown["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| {
+            (
+                e["deviceId"].as_str().expect("id").to_owned(),
+                (
+                    e["state"].as_str().expect("state").to_owned(),
+                    e["reason"].as_str().unwrap_or_default().to_owned(),
+                    e["wave"].as_u64().expect("wave"),
+                ),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_campaign_over_a_simulated_fleet_completes_with_the_crashing_devices_rolled_back() {
+    let devices = env_size("RAMPART_TEST_OTA_DEVICES", 100);
+    let fleet = RolloutFleet::start(
+        devices,
+        &[
+            "--ota-fault",
+            "crash-on-boot:0.05",
+            "--ota-max-boot-attempts",
+            "2",
+            "--flaky-downloads",
+            "0.2",
+        ],
+    );
+    let crashing: BTreeSet<String> = fleet.faults.keys().cloned().collect();
+    assert_eq!(crashing.len(), (devices as f64 * 0.05).round() as usize);
+    // Three waves; 5 % failing never reaches half of any wave.
+    let id = fleet.campaign(&[
+        "--waves",
+        "10,50,100",
+        "--failure-threshold",
+        "0.5",
+        "--success-threshold",
+        "0.5",
+    ]);
+    let shown = fleet.until_final(id, wait_limit() * 6);
+    assert_eq!(shown["campaign"]["status"], "completed", "{shown:#}");
+    let entries = entries(&shown);
+    assert_eq!(entries.len(), devices);
+    for (device, (state, reason, _)) in &entries {
+        if crashing.contains(device) {
+            assert_eq!(
+                (state.as_str(), reason.as_str()),
+                ("rolled-back", "crash-loop"),
+                "{device}"
+            );
+        } else {
+            assert_eq!(state, "succeeded", "{device}: {reason}");
+        }
+    }
+    // Every wave ran: the first tenth, then up to half, then the rest.
+    let waves: BTreeSet<u64> = entries.values().map(|e| e.2).collect();
+    assert_eq!(waves.len(), 3, "{waves:?}");
+    let ids = fleet.ids.clone();
+    let p_ws_stats: Vec<Value> = ids
+        .iter()
+        .take(3)
+        .map(|d| fleet.p.ws.rampart_json(&["telemetry", "stats", d]))
+        .collect();
+    let summary = fleet.finish();
+    assert_eq!(
+        count(&summary, "otaRolledBack"),
+        crashing.len() as u64,
+        "{summary}"
+    );
+    assert_eq!(
+        count(&summary, "otaSucceeded"),
+        (devices - crashing.len()) as u64,
+        "{summary}"
+    );
+    assert_eq!(count(&summary, "otaFailed"), 0, "{summary}");
+    // A fifth of the downloads were cut; they resumed where they broke
+    // (a cut that came too early for a range simply starts again).
+    assert!(count(&summary, "downloadResumes") > 0, "{summary}");
+    for (d, stats) in ids.iter().zip(&p_ws_stats) {
+        let want = if crashing.contains(d) {
+            "1.0.0"
+        } else {
+            "1.1.0"
+        };
+        assert_eq!(stats["reported_state"]["state"]["fw"], want, "{d}: {stats}");
+    }
+}
+
+#[test]
+fn a_campaign_with_half_the_fleet_failing_aborts_before_its_next_wave() {
+    let devices = 30;
+    let fleet = RolloutFleet::start(devices, &["--ota-fault", "corrupt-download:0.5"]);
+    let corrupt: BTreeSet<String> = fleet.faults.keys().cloned().collect();
+    assert_eq!(corrupt.len(), 15);
+    // Wave 1 is half the fleet; three failures of its fifteen abort.
+    let id = fleet.campaign(&["--waves", "50,100", "--failure-threshold", "0.2"]);
+    let shown = fleet.until_final(id, wait_limit() * 2);
+    assert_eq!(shown["campaign"]["status"], "aborted", "{shown:#}");
+    let entries = entries(&shown);
+    let first: Vec<&String> = entries.iter().filter(|e| e.1.2 == 1).map(|e| e.0).collect();
+    assert_eq!(first.len(), 15, "{entries:?}");
+    for (device, (state, reason, wave)) in &entries {
+        if *wave == 2 {
+            assert_eq!(
+                state, "cancelled",
+                "{device}: the second wave never started"
+            );
+        } else if corrupt.contains(device) && state == "failed" {
+            assert_eq!(reason, "hash-mismatch", "{device}");
+        }
+    }
+    let failed = entries
+        .values()
+        .filter(|e| e.0 == "failed" || e.0 == "rolled-back")
+        .count();
+    assert!(failed >= 3, "aborted at the threshold: {entries:?}");
+    let summary = fleet.finish();
+    // Offers went to the first wave only; nobody installed a corrupted image.
+    assert!(
+        count(&summary, "otaOffers") <= first.len() as u64,
+        "{summary}"
+    );
+    for d in summary["devices"].as_array().expect("devices") {
+        let id = d["id"].as_str().expect("id");
+        if corrupt.contains(id) {
+            assert_eq!(d["firmware"], "1.0.0", "{d}");
+        }
+        if entries[id].2 == 2 {
+            assert_eq!(d["firmware"], "1.0.0", "{d}");
+        }
+    }
+}
