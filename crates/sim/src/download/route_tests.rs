@@ -69,6 +69,7 @@ async fn route() -> Route {
     .expect("TLS");
     let auth = AuthBackend {
         users: Arc::new(store.clone()),
+        notifications: Arc::new(store.clone()),
         sealing_key: SealingKey::new([9; 32]),
         clock: Clock::manual(time::OffsetDateTime::now_utc()),
     };
