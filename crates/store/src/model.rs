@@ -537,10 +537,12 @@ pub enum ChangeKind {
     ClaimFailed,
     /// An alert rule or channel was added or removed.
     AlertConfigChanged,
+    /// A campaign's status changed (subject: its number).
+    CampaignChanged,
 }
 
 impl ChangeKind {
-    const ALL: [ChangeKind; 14] = [
+    const ALL: [ChangeKind; 15] = [
         ChangeKind::DeviceCreated,
         ChangeKind::DeviceRevoked,
         ChangeKind::DeviceDisabled,
@@ -555,6 +557,7 @@ impl ChangeKind {
         ChangeKind::DeviceBound,
         ChangeKind::ClaimFailed,
         ChangeKind::AlertConfigChanged,
+        ChangeKind::CampaignChanged,
     ];
 
     /// Name stored in the feed (and used as the audit action).
@@ -574,6 +577,7 @@ impl ChangeKind {
             ChangeKind::DeviceBound => "device.claim.bind",
             ChangeKind::ClaimFailed => "device.claim.fail",
             ChangeKind::AlertConfigChanged => "alert.config",
+            ChangeKind::CampaignChanged => "campaign.status",
         }
     }
 

@@ -20,12 +20,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rampart_alerts::{Change, Condition, DeviceRef, Evaluator, Rule, Scope, Transition};
+use rampart_alerts::{
+    Change, Condition, DeviceRef, Evaluator, RolloutHalt, Rule, Scope, Transition,
+};
 use rampart_ingest::LiveEvent;
+use rampart_ota::campaign::CampaignStatus;
 use rampart_proto::DeviceId;
 use rampart_proto::ingest::SecurityNotice;
 use rampart_store::{
-    AlertStore, AnyStore, ChangeKind, DeviceFilter, DeviceState, RuleScope, Store,
+    AlertStore, AnyStore, CampaignStore, ChangeKind, DeviceFilter, DeviceState, RuleScope, Store,
 };
 use time::OffsetDateTime;
 use tokio::sync::{Notify, broadcast, mpsc};
@@ -125,6 +128,15 @@ pub(crate) async fn run(mut inputs: EngineInputs, shutdown: CancellationToken) {
     }
 }
 
+/// The rollout halt a campaign status is, if any.
+fn halt_of(status: CampaignStatus) -> Option<RolloutHalt> {
+    match status {
+        CampaignStatus::Paused => Some(RolloutHalt::Paused),
+        CampaignStatus::Aborted => Some(RolloutHalt::Aborted),
+        _ => None,
+    }
+}
+
 /// A store rule as the evaluator needs it; `None` (logged) if its
 /// expression no longer parses (written by a newer version).
 fn to_rule(r: &rampart_store::AlertRule) -> Option<Rule> {
@@ -152,6 +164,11 @@ impl Engine {
             self.eval.restore_firing(alert.rule_id, &alert.subject);
         }
         self.seed().await?;
+        // Campaigns paused now (aborts are final: alerted when they happen).
+        for c in self.store.list_campaigns(&[CampaignStatus::Paused]).await? {
+            self.eval
+                .rollout(c.id, halt_of(c.status), now_ms(), &mut self.out);
+        }
         self.apply().await;
         tracing::info!(
             rules = self.eval.rules().len(),
@@ -307,6 +324,11 @@ impl Engine {
     async fn change(&mut self, change: &rampart_store::Change) {
         match change.kind {
             ChangeKind::AlertConfigChanged => self.reload().await,
+            ChangeKind::CampaignChanged => {
+                if let Ok(id) = change.subject.parse::<u64>() {
+                    self.campaign(id).await;
+                }
+            }
             ChangeKind::DeviceDeleted | ChangeKind::DeviceRevoked => {
                 self.owners.remove(&change.subject);
                 self.eval
@@ -321,6 +343,20 @@ impl Engine {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// A campaign's status changed: a pause or an abort is a rollout halt.
+    async fn campaign(&mut self, id: u64) {
+        match self.store.campaign(id).await {
+            Ok(Some(c)) => {
+                self.eval
+                    .rollout(id, halt_of(c.status), now_ms(), &mut self.out);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(campaign = id, error = %e, "cannot read a campaign for its alerts")
+            }
         }
     }
 

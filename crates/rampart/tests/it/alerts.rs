@@ -429,3 +429,114 @@ fn notifications_survive_a_receiver_outage_and_a_restart() {
     );
     assert!(serve.terminate());
 }
+
+#[test]
+fn a_paused_campaign_fires_a_rollout_alert_and_resuming_resolves_it() {
+    let ws = setup();
+    let dev = ws.device("greenhouse-4");
+    let receiver = Receiver::start();
+    let mut serve = ws.serve(&FAST);
+    let mqtt = serve.listening("mqtt");
+    add_channel(&ws, &receiver);
+    ws.rampart_json(&[
+        "alert",
+        "rule",
+        "add",
+        "--name",
+        "rollouts",
+        "--expr",
+        "rollout halted",
+        "--channel",
+        "ops",
+    ]);
+    // A release and a device that reports the type it is for.
+    let key = ws.join("release.key").display().to_string();
+    ws.rampart_json(&["firmware", "keygen", "--out", &key]);
+    ws.rampart_json(&[
+        "firmware",
+        "key",
+        "add",
+        &format!("{key}.pub"),
+        "--name",
+        "release",
+    ]);
+    std::fs::write(ws.join("app.bin"), vec![7u8; 4096]).expect("image");
+    let bundle = ws.join("app.rfw").display().to_string();
+    ws.rampart_json(&[
+        "firmware",
+        "sign",
+        &ws.join("app.bin").display().to_string(),
+        "--key",
+        &key,
+        "--device-type",
+        "sensor",
+        "--version",
+        "2.0.0",
+        "--security-version",
+        "1",
+        "--out",
+        &bundle,
+    ]);
+    let firmware = ws.rampart_json(&["firmware", "upload", &bundle])["firmware"]["id"]
+        .as_u64()
+        .expect("id")
+        .to_string();
+    let mut a = dev.mosquitto_args(mqtt);
+    a.extend(
+        [
+            "-V",
+            "mqttv5",
+            "-q",
+            "1",
+            "-t",
+            "devices/greenhouse-4/state/up",
+            "-m",
+            r#"{"fw":"1.0.0","type":"sensor"}"#,
+        ]
+        .map(String::from),
+    );
+    assert!(mosquitto("mosquitto_pub", &a).status.success());
+    let deadline = Instant::now() + wait_limit();
+    let campaign = loop {
+        let out = ws
+            .rampart()
+            .args([
+                "campaign",
+                "create",
+                "--name",
+                "2.0",
+                "--firmware",
+                &firmware,
+                "--all",
+                "--json",
+            ])
+            .output()
+            .expect("run");
+        if out.status.success() {
+            let c: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+            break c["id"].as_u64().expect("id").to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    ws.rampart_json(&["campaign", "approve", &campaign]);
+    ws.rampart_json(&["campaign", "pause", &campaign]);
+    let got = receiver.wait_accepted(1);
+    assert!(
+        got[0].starts_with(&format!(
+            "🔴 FIRING: rollouts on campaign:{campaign} (rollout halted)"
+        )),
+        "{got:?}"
+    );
+    ws.rampart_json(&["campaign", "resume", &campaign]);
+    let got = receiver.wait_accepted(2);
+    assert!(
+        got[1].starts_with(&format!("🟢 RESOLVED: rollouts on campaign:{campaign}")),
+        "{got:?}"
+    );
+    assert!(serve.terminate());
+}

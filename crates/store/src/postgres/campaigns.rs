@@ -12,7 +12,8 @@ use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
 use super::ledger::{self, Ledger};
-use super::{PostgresStore, audit, db, get};
+use super::{PostgresStore, audit, changes, db, get};
+use crate::ChangeKind;
 use crate::campaigns::{
     BusyDevice, CAMPAIGN_COLUMNS, Campaign, CampaignChange, CampaignEntry, CampaignRow,
     CampaignStatus, CampaignStore, CampaignTarget, Candidate, ENTRY_COLUMNS, EntryMove, EntryPage,
@@ -320,6 +321,7 @@ async fn change(
     )
     .await
     .map_err(db)?;
+    changes::append(ledger, ChangeKind::CampaignChanged, &id.to_string(), now).await?;
     let mut affected = 0u64;
     match change {
         CampaignChange::Cancel => {

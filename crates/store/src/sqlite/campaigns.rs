@@ -6,7 +6,8 @@ use rampart_proto::DeviceId;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use time::OffsetDateTime;
 
-use super::{SqliteStore, audit, db};
+use super::{SqliteStore, audit, changes, db};
+use crate::ChangeKind;
 use crate::campaigns::{
     BusyDevice, CAMPAIGN_COLUMNS, Campaign, CampaignChange, CampaignEntry, CampaignRow,
     CampaignStatus, CampaignStore, CampaignTarget, Candidate, ENTRY_COLUMNS, EntryMove, EntryPage,
@@ -281,6 +282,7 @@ fn change(
         ],
     )
     .map_err(db)?;
+    changes::append(tx, ChangeKind::CampaignChanged, &id.to_string(), now)?;
     let mut affected = 0usize;
     match change {
         CampaignChange::Cancel => {
