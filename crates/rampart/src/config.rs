@@ -95,6 +95,55 @@ pub struct AlertsConfig {
     pub presence_hold_down: Duration,
     /// The console's public URL, for links in notifications.
     pub console_url: Option<String>,
+    /// Webhook channels declared here (`[[alerts.channels]]`), created at
+    /// start when missing.
+    pub channels: Vec<DeclaredChannel>,
+    /// Alert rules declared here (`[[alerts.rules]]`), created at start
+    /// when missing and replaced when changed.
+    pub rules: Vec<DeclaredRule>,
+}
+
+/// `[[alerts.channels]]`: a webhook channel kept in the configuration. The
+/// URL is a secret, so it comes from an environment variable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeclaredChannel {
+    /// Its name.
+    pub name: String,
+    /// `discord`, `slack` or `json`.
+    pub kind: String,
+    /// The environment variable holding the webhook URL.
+    pub url_env: String,
+    /// DANGER: plain http and private addresses allowed.
+    #[serde(default)]
+    pub danger_allow_private: bool,
+    /// The environment variable holding the HMAC secret (json channels).
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// Most deliveries per minute.
+    #[serde(default)]
+    pub per_minute: Option<u32>,
+}
+
+/// `[[alerts.rules]]`: an alert rule kept in the configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeclaredRule {
+    /// Its name.
+    pub name: String,
+    /// The expression, e.g. `offline for 10m`.
+    pub expr: String,
+    /// The channel notified.
+    pub channel: String,
+    /// Only this device.
+    #[serde(default)]
+    pub device: Option<String>,
+    /// Only devices of this owner (`user:NAME`).
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// Accept a metric no device has sent yet.
+    #[serde(default)]
+    pub new_metric: bool,
 }
 
 impl Default for AlertsConfig {
@@ -109,6 +158,8 @@ impl Default for AlertsConfig {
             max_redirects: 3,
             presence_hold_down: Duration::ZERO,
             console_url: None,
+            channels: Vec::new(),
+            rules: Vec::new(),
         }
     }
 }
@@ -748,6 +799,19 @@ max_redirects = 3
 presence_hold_down = "0s"
 # The console's public URL, for links in notifications, e.g.
 # console_url = "https://rampart.example.net:8443"
+#
+# Channels and rules can live here too (created when `serve` starts; a
+# rule whose expression, scope or channel changed is replaced). A channel's
+# URL is a secret: it is read from an environment variable.
+# [[alerts.channels]]
+# name = "ops-discord"
+# kind = "discord"                  # or "slack", "json"
+# url_env = "RAMPART_OPS_DISCORD_URL"
+# [[alerts.rules]]
+# name = "greenhouse-hot"
+# expr = "temperature > 30 for 5m hysteresis 1"
+# channel = "ops-discord"
+# device = "greenhouse-1"           # or owner = "user:ann"; neither: fleet
 
 [firmware]
 # Largest firmware image `rampart firmware upload` and the console's

@@ -185,7 +185,8 @@ pub async fn run(g: &GlobalArgs, config: Config, args: ServeArgs) -> Result<Exit
         &changes,
         alert_metrics,
         shutdown.child_token(),
-    )?;
+    )
+    .await?;
     let crl = spawn_crl_refresher(Arc::clone(&platform), shutdown.child_token());
     let rollout_task = tokio::spawn(Arc::clone(&rollout).run(shutdown.child_token()));
     let retention = tokio::spawn(rampart_ingest::retention::run(
@@ -308,7 +309,7 @@ pub async fn run(g: &GlobalArgs, config: Config, args: ServeArgs) -> Result<Exit
 /// Starts alert evaluation and webhook delivery, fed by the pipeline's
 /// fan-out, the broker's security notices (through the control plane) and
 /// the change feed.
-fn spawn_alerting(
+async fn spawn_alerting(
     platform: &Arc<Platform>,
     control: &Arc<ControlPlane>,
     pipeline: &rampart_ingest::Pipeline,
@@ -316,12 +317,16 @@ fn spawn_alerting(
     metrics: Arc<crate::alerting::AlertMetrics>,
     shutdown: CancellationToken,
 ) -> Result<crate::alerting::Alerting> {
+    let config = &platform.config.alerts;
+    let key = rampart_web::auth::SealingKey::new(platform.dir.console_key()?);
+    crate::alerting::declared::apply(&platform.store, &key, config)
+        .await
+        .context("cannot apply the alert channels and rules of the configuration")?;
     let (feed, notices) = crate::alerting::security_feed(&metrics);
     control.feed_security(feed);
-    let config = &platform.config.alerts;
     Ok(crate::alerting::Alerting::spawn(
         platform.store.clone(),
-        rampart_web::auth::SealingKey::new(platform.dir.console_key()?),
+        key,
         pipeline.subscribe(),
         changes.subscribe(),
         notices,

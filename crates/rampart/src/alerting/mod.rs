@@ -6,6 +6,7 @@
 //! `rampart_alerts` (pure); the tables are `rampart_store::AlertStore`;
 //! this module is the wiring: two tasks and their counters.
 
+pub mod declared;
 mod deliver;
 mod engine;
 

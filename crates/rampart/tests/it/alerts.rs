@@ -540,3 +540,45 @@ fn a_paused_campaign_fires_a_rollout_alert_and_resuming_resolves_it() {
     );
     assert!(serve.terminate());
 }
+
+#[test]
+fn channels_and_rules_of_the_config_file_are_created_at_start() {
+    let ws = setup();
+    let dev = ws.device("greenhouse-5");
+    let receiver = Receiver::start();
+    std::fs::write(
+        ws.join("rampart.toml"),
+        format!(
+            "{CONFIG}\n[[alerts.channels]]\nname = \"ops\"\nkind = \"discord\"\n\
+             url_env = \"OPS_HOOK_URL\"\ndanger_allow_private = true\n\n\
+             [[alerts.rules]]\nname = \"gone\"\nexpr = \"offline for 1s\"\nchannel = \"ops\"\n\
+             device = \"greenhouse-5\"\n"
+        ),
+    )
+    .expect("config");
+    let url = receiver.url();
+    let mut env = FAST.to_vec();
+    env.push(("OPS_HOOK_URL", &url));
+    let mut serve = ws.serve(&env);
+    let mqtt = serve.listening("mqtt");
+    serve.wait_for(&["rampart serve ready"]);
+    let listed = ws.rampart_json(&["alert", "list"]);
+    assert_eq!(listed["channels"][0]["name"], "ops", "{listed}");
+    assert_eq!(listed["rules"][0]["expr"], "offline for 1s", "{listed}");
+    assert_eq!(listed["rules"][0]["createdBy"], "config", "{listed}");
+    let sub = connect(&dev, mqtt);
+    wait_online(&ws, "greenhouse-5", true);
+    drop(sub);
+    let got = receiver.wait_accepted(1);
+    assert!(got[0].contains("FIRING: gone on greenhouse-5"), "{got:?}");
+    assert!(serve.terminate());
+    // A declaration that does not check stops the start with the reason.
+    let config = std::fs::read_to_string(ws.join("rampart.toml")).expect("config");
+    std::fs::write(
+        ws.join("rampart.toml"),
+        format!("{config}\n[[alerts.rules]]\nname = \"broken\"\nexpr = \"offline 10m\"\nchannel = \"ops\"\n"),
+    )
+    .expect("config");
+    let mut failed = ws.serve(&FAST);
+    failed.wait_for(&["alert rule 'broken'", "expected for at word 2"]);
+}
