@@ -223,8 +223,13 @@ pub(crate) async fn run(inputs: DelivererInputs, shutdown: CancellationToken) {
                 Err(e) => tracing::warn!(error = %e, "cannot read the alert outbox; retrying"),
             }
         }
+        // A finished attempt and a new alert wake the loop; otherwise it
+        // looks again when the next retry is due (attempts in flight are
+        // due already but taken: no need to spin on them).
         let wait = if limited {
             Duration::from_secs(1)
+        } else if !tasks.is_empty() {
+            Duration::from_millis(500)
         } else {
             shared.until_next_due().await
         };

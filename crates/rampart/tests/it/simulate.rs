@@ -1046,6 +1046,55 @@ fn the_console_claims_a_simulated_device_over_mqtt_streams_it_and_revokes_it() {
 const OTA_CONFIG: &str = "[broker]\nrate_limit_exempt = [\"127.0.0.1\", \"::1\"]\n\n\
 [[broker.acl]]\nidentity = \"ota-pub\"\naccess = \"publish\"\ntopic = \"devices/+/ota/down\"\n";
 
+/// Release `1.1.0` of `rampart-sim` (a 200 kB image), signed with a new
+/// key that the server trusts, and uploaded.
+struct Release {
+    /// The public key file (devices trust it with `--ota-trust`).
+    public: String,
+    /// The image.
+    image: Vec<u8>,
+    /// The bundle file.
+    bundle: String,
+    /// Its number in the store.
+    firmware: u64,
+}
+
+impl Release {
+    fn upload(p: &Platform) -> Self {
+        let key = p.ws.join("release.key").display().to_string();
+        p.ws.rampart_json(&["firmware", "keygen", "--out", &key]);
+        let public = format!("{key}.pub");
+        p.ws.rampart_json(&["firmware", "key", "add", &public, "--name", "release"]);
+        let image: Vec<u8> = (0..200_000usize).map(|i| (i * 17 % 251) as u8).collect();
+        let image_path = p.ws.join("app.bin");
+        std::fs::write(&image_path, &image).expect("image");
+        let bundle = p.ws.join("app.rfw").display().to_string();
+        p.ws.rampart_json(&[
+            "firmware",
+            "sign",
+            &image_path.display().to_string(),
+            "--key",
+            &key,
+            "--device-type",
+            "rampart-sim",
+            "--version",
+            "1.1.0",
+            "--security-version",
+            "1",
+            "--out",
+            &bundle,
+        ]);
+        let uploaded = p.ws.rampart_json(&["firmware", "upload", &bundle]);
+        let firmware = uploaded["firmware"]["id"].as_u64().expect("firmware id");
+        Release {
+            public,
+            image,
+            bundle,
+            firmware,
+        }
+    }
+}
+
 /// What an update run of [`update_fleet`] produced.
 struct UpdateRun {
     /// Device id → its `--ota-fault` kind (printed by the simulator).
@@ -1079,30 +1128,8 @@ struct UpdateBench {
 impl UpdateBench {
     fn start(devices: usize, args: &[&str]) -> Self {
         let p = platform_with(OTA_CONFIG);
-        let key = p.ws.join("release.key").display().to_string();
-        p.ws.rampart_json(&["firmware", "keygen", "--out", &key]);
-        let public = format!("{key}.pub");
-        p.ws.rampart_json(&["firmware", "key", "add", &public, "--name", "release"]);
-        let image: Vec<u8> = (0..200_000usize).map(|i| (i * 17 % 251) as u8).collect();
-        let image_path = p.ws.join("app.bin");
-        std::fs::write(&image_path, &image).expect("image");
-        let bundle_path = p.ws.join("app.rfw").display().to_string();
-        p.ws.rampart_json(&[
-            "firmware",
-            "sign",
-            &image_path.display().to_string(),
-            "--key",
-            &key,
-            "--device-type",
-            "rampart-sim",
-            "--version",
-            "1.1.0",
-            "--security-version",
-            "1",
-            "--out",
-            &bundle_path,
-        ]);
-        p.ws.rampart_json(&["firmware", "upload", &bundle_path]);
+        let release = Release::upload(&p);
+        let (public, image, bundle_path) = (release.public, release.image, release.bundle);
         let bundle = std::fs::read(&bundle_path).expect("bundle");
         let head = rampart_core::ota::parse_head(&bundle).expect("a bundle");
 
@@ -1487,31 +1514,8 @@ struct RolloutFleet {
 impl RolloutFleet {
     fn start(devices: usize, args: &[&str]) -> Self {
         let p = platform();
-        let key = p.ws.join("release.key").display().to_string();
-        p.ws.rampart_json(&["firmware", "keygen", "--out", &key]);
-        let public = format!("{key}.pub");
-        p.ws.rampart_json(&["firmware", "key", "add", &public, "--name", "release"]);
-        let image: Vec<u8> = (0..200_000usize).map(|i| (i * 31 % 253) as u8).collect();
-        let image_path = p.ws.join("app.bin");
-        std::fs::write(&image_path, &image).expect("image");
-        let bundle = p.ws.join("app.rfw").display().to_string();
-        p.ws.rampart_json(&[
-            "firmware",
-            "sign",
-            &image_path.display().to_string(),
-            "--key",
-            &key,
-            "--device-type",
-            "rampart-sim",
-            "--version",
-            "1.1.0",
-            "--security-version",
-            "1",
-            "--out",
-            &bundle,
-        ]);
-        let uploaded = p.ws.rampart_json(&["firmware", "upload", &bundle]);
-        let firmware = uploaded["firmware"]["id"].as_u64().expect("firmware id");
+        let release = Release::upload(&p);
+        let (public, firmware) = (release.public, release.firmware);
 
         let n = devices.to_string();
         let token = p.token(devices, &["--id-prefix", "fleet"]);
