@@ -345,14 +345,34 @@ fn resolve<'a>(doc: &'a serde_json::Value, s: &'a serde_json::Value) -> &'a serd
 }
 
 /// Compares the object keys of `value` with the documented properties,
-/// recursively; collects every difference.
-fn conforms(
+/// recursively; collects every difference. An object documented as one of
+/// several shapes (a campaign's target) must match one of them.
+pub(crate) fn conforms(
     doc: &serde_json::Value,
     schema: &serde_json::Value,
     value: &serde_json::Value,
     at: &str,
     out: &mut Vec<String>,
 ) {
+    let mut schema = schema;
+    while let Some(r) = schema["$ref"].as_str() {
+        schema = &doc["components"]["schemas"][r.trim_start_matches("#/components/schemas/")];
+    }
+    if let (Some(variants), serde_json::Value::Object(_)) = (schema["oneOf"].as_array(), value)
+        && variants.iter().filter(|v| v["type"] != "null").count() > 1
+    {
+        let mut first = None;
+        for v in variants.iter().filter(|v| v["type"] != "null") {
+            let mut problems = Vec::new();
+            conforms(doc, v, value, at, &mut problems);
+            if problems.is_empty() {
+                return;
+            }
+            first.get_or_insert(problems);
+        }
+        out.extend(first.unwrap_or_default());
+        return;
+    }
     let schema = resolve(doc, schema);
     match value {
         serde_json::Value::Object(m) => {
