@@ -358,11 +358,17 @@ pub(crate) fn conforms(
     while let Some(r) = schema["$ref"].as_str() {
         schema = &doc["components"]["schemas"][r.trim_start_matches("#/components/schemas/")];
     }
-    if let (Some(variants), serde_json::Value::Object(_)) = (schema["oneOf"].as_array(), value)
-        && variants.iter().filter(|v| v["type"] != "null").count() > 1
-    {
+    // Only the object shapes can describe an object: a string variant
+    // (`"all"`) has no properties and would accept any object.
+    let shapes: Vec<_> = schema["oneOf"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|v| resolve(doc, v)["properties"].is_object())
+        .collect();
+    if value.is_object() && shapes.len() > 1 {
         let mut first = None;
-        for v in variants.iter().filter(|v| v["type"] != "null") {
+        for v in shapes {
             let mut problems = Vec::new();
             conforms(doc, v, value, at, &mut problems);
             if problems.is_empty() {
