@@ -76,6 +76,11 @@ struct Device {
     id: String,
     client: Client,
     next_id: u16,
+    /// `ota/down` messages that arrived while waiting for an
+    /// acknowledgement, oldest first: the engine re-sends an offer as soon
+    /// as a reconnecting device subscribes, which may be before the SUBACK
+    /// (MQTT 5 §3.8.4) or the PUBACK of its state report.
+    held: std::collections::VecDeque<Value>,
 }
 
 async fn connect(dir: &Path, addr: std::net::SocketAddr, id: &str) -> Device {
@@ -95,15 +100,17 @@ async fn connect(dir: &Path, addr: std::net::SocketAddr, id: &str) -> Device {
     let sub = SubscribePacket::new(1).add_filter(format!("devices/{id}/+/down"), QoS::AtLeastOnce);
     client.queue(&sub).expect("queue");
     client.flush().await.expect("flush");
-    match client.next_packet().await.expect("read") {
-        Packet::SubAck(a) => assert_eq!(a.packet_id, 1),
-        other => panic!("expected SUBACK, got {other:?}"),
-    }
     let mut d = Device {
         id: id.to_owned(),
         client,
         next_id: 1,
+        held: std::collections::VecDeque::new(),
     };
+    d.until_ack(
+        "SUBACK",
+        |p| matches!(p, Packet::SubAck(a) if a.packet_id == 1),
+    )
+    .await;
     d.publish(
         "state",
         serde_json::json!({"type": "sensor", "fw": "1.0.0"}),
@@ -124,27 +131,50 @@ impl Device {
                 .publish_packet(&topic, body.to_string().into_bytes(), Qos::AtLeastOnce, id);
         self.client.queue(&p).expect("queue");
         self.client.flush().await.expect("flush");
+        self.until_ack(
+            "PUBACK",
+            |p| matches!(p, Packet::PubAck(a) if a.packet_id == id),
+        )
+        .await;
+    }
+
+    /// Reads until the acknowledgement `is_ack`; an `ota/down` message
+    /// arriving meanwhile is acknowledged and held for [`Device::ota_down`],
+    /// any other publish is a failure.
+    async fn until_ack(&mut self, what: &str, is_ack: impl Fn(&Packet) -> bool) {
+        let topic = format!("devices/{}/ota/down", self.id);
         let deadline = tokio::time::Instant::now() + wait_limit();
         loop {
             let packet = tokio::time::timeout_at(deadline, self.client.next_packet())
                 .await
-                .expect("PUBACK within the wait limit")
+                .unwrap_or_else(|_| panic!("{}: no {what} within the wait limit", self.id))
                 .expect("read");
-            match packet {
-                Packet::PubAck(a) if a.packet_id == id => return,
-                Packet::Publish(p) => panic!(
-                    "{}: unexpected publish on {} while waiting for PUBACK: {}",
-                    self.id,
+            if is_ack(&packet) {
+                return;
+            }
+            if let Packet::Publish(p) = packet {
+                assert_eq!(
                     p.topic_name,
+                    topic,
+                    "{}: unexpected publish while waiting for {what}: {}",
+                    self.id,
                     String::from_utf8_lossy(&p.payload)
-                ),
-                _ => {}
+                );
+                if let Some(pid) = p.packet_id {
+                    self.client.queue(&PubAckPacket::new(pid)).expect("queue");
+                    self.client.flush().await.expect("flush");
+                }
+                self.held
+                    .push_back(serde_json::from_slice(&p.payload).expect("ota/down JSON"));
             }
         }
     }
 
     /// The next message on `ota/down`, acknowledged.
     async fn ota_down(&mut self) -> Value {
+        if let Some(held) = self.held.pop_front() {
+            return held;
+        }
         let topic = format!("devices/{}/ota/down", self.id);
         let deadline = tokio::time::Instant::now() + wait_limit();
         loop {

@@ -453,13 +453,51 @@ fn a_wrong_ca_refuses_the_server_and_nothing_is_enrolled() {
 #[test]
 fn refused_tokens_are_reported_per_device_and_the_rest_of_the_fleet_runs() {
     let p = platform();
-    // Two uses for three devices: one device is refused.
+    // Two uses for three devices: one device is refused. The fleet runs
+    // until that is seen, not for a fixed time: on a loaded machine a
+    // second may pass before every device has enrolled or read once.
     let token = p.token(2, &[]);
-    let (ok, summary, stderr) = p.run(
+    let mut sim = p.spawn(
         "used-up",
-        &["--devices", "3", "--token", &token, "--duration", "1s"],
+        "used-up.json",
+        &["--devices", "3", "--token", &token],
     );
+    let refusal = sim.wait_until("a device refused for the used-up token", |l| {
+        l.contains("token_used_up")
+    });
+    let refused_id = refusal
+        .split("device_id")
+        .nth(1)
+        .map(|rest| {
+            rest.trim_start_matches(|c: char| !c.is_ascii_alphanumeric())
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+                .next()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .unwrap_or_default();
+    assert!(!refused_id.is_empty(), "no device id in {refusal}");
+    sim.wait_until("the two others enrolled and connected", |l| {
+        l.starts_with("progress") && l.contains("connected 2/3") && figure(l, "enrolled") == 2
+    });
+    // Its first reading, kept in its ring (persisted at once).
+    let ring =
+        p.ws.join("used-up")
+            .join("devices")
+            .join(&refused_id)
+            .join("ring.bin");
+    let deadline = std::time::Instant::now() + wait_limit();
+    while !ring.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{refused_id} never buffered a reading"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let ok = sim.terminate();
+    let stderr = sim.seen().join("\n");
     assert!(ok, "{stderr}");
+    let summary = read_summary(&p, "used-up.json");
     assert_eq!(count(&summary, "enrolled"), 2, "{summary}");
     let refused: Vec<&Value> = summary["devices"]
         .as_array()
@@ -467,8 +505,9 @@ fn refused_tokens_are_reported_per_device_and_the_rest_of_the_fleet_runs() {
         .iter()
         .filter(|d| d["enrolled"] == false)
         .collect();
-    assert_eq!(refused.len(), 1);
+    assert_eq!(refused.len(), 1, "{summary}");
     let id = refused[0]["id"].as_str().expect("id");
+    assert_eq!(id, refused_id);
     assert_eq!(refused[0]["state"], "needs a new token", "{summary}");
     // It kept reading while it could not deliver.
     assert!(refused[0]["counts"]["buffered"].as_u64() > Some(0));

@@ -397,8 +397,8 @@ fn with_counts(c: &Campaign, counts: &StateCounts) -> Value {
 /// `GET /api/v1/campaigns?status=`.
 #[utoipa::path(get, path = "/api/v1/campaigns", tag = "campaigns",
     params(("status" = Option<String>, Query, description = "Only campaigns in these statuses, comma-separated: draft, running, paused, completed, aborted, cancelled")),
-    responses((status = 200, description = "`{\"campaigns\": [{id, name, firmwareId, deviceType, version, target, waves, soakMs, successThreshold, failureThreshold, timeouts, status, statusReason, currentWave, devices, createdAt, createdBy, counts}]}`, newest first"),
-        (status = 400, description = "Unknown status")))]
+    responses((status = 200, description = "Every campaign (or those in the statuses asked for) with its totals per state, newest first", body = crate::routes::schemas::CampaignListBody),
+        (status = 400, description = "Unknown status", body = crate::error::ErrorBody)))]
 pub(super) async fn list(
     State(state): State<AppState>,
     q: Result<Query<HashMap<String, String>>, QueryRejection>,
@@ -427,11 +427,11 @@ pub(super) async fn list(
 /// `POST /api/v1/campaigns`.
 #[utoipa::path(post, path = "/api/v1/campaigns", tag = "campaigns",
     request_body(content = String, content_type = "application/json", description = "`{\"name\", \"firmwareId\", \"devices\"?: [ids] | \"state\"?: \"all\"|\"bound\"|\"unbound\", \"waves\"?: [1,10,100], \"soak\"?: \"10m\", \"successThreshold\"?: 0.9, \"failureThreshold\"?: 0.1, \"timeouts\"?: {\"offered\", \"downloading\", \"verifying\", \"pendingReboot\", \"pendingConfirm\"}, \"approve\"?: false}`"),
-    responses((status = 201, description = "The campaign (`draft`, or `running` when approved)"),
-        (status = 400, description = "`invalid_campaign`: waves, durations, fractions or target malformed"),
-        (status = 404, description = "`firmware_not_found`, `device_not_found`"),
-        (status = 409, description = "`device_busy`: devices in another campaign's open update, listed in the message"),
-        (status = 422, description = "`invalid_campaign`: no device matches")))]
+    responses((status = 201, description = "The campaign (`draft`, or `running` when approved)", body = crate::routes::schemas::CampaignWithCountsSchema),
+        (status = 400, description = "`invalid_campaign`: waves, durations, fractions or target malformed", body = crate::error::ErrorBody),
+        (status = 404, description = "`firmware_not_found`, `device_not_found`", body = crate::error::ErrorBody),
+        (status = 409, description = "`device_busy`: devices in another campaign's open update, listed in the message", body = crate::error::ErrorBody),
+        (status = 422, description = "`invalid_campaign`: no device matches", body = crate::error::ErrorBody)))]
 pub(super) async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -456,8 +456,8 @@ pub(super) async fn create(
         ("wave" = Option<u32>, Query, description = "Only entries of this wave"),
         ("limit" = Option<u32>, Query, description = "1 to 1000, default 100"),
         ("offset" = Option<u32>, Query, description = "Entries to skip")),
-    responses((status = 200, description = "`{\"campaign\", \"counts\", \"waves\": [{wave, counts, offered}], \"entries\": [{deviceId, wave, state, reason, bytes, total, deadline, offeredAt, updatedAt}], \"total\", \"limit\", \"offset\"}`"),
-        (status = 404, description = "`campaign_not_found`")))]
+    responses((status = 200, description = "The campaign, its totals and waves, and one page of its entries", body = crate::routes::schemas::CampaignDetailBody),
+        (status = 404, description = "`campaign_not_found`", body = crate::error::ErrorBody)))]
 pub(super) async fn show(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -496,8 +496,8 @@ async fn act(
 /// `POST /api/v1/campaigns/{id}/approve`.
 #[utoipa::path(post, path = "/api/v1/campaigns/{id}/approve", tag = "campaigns",
     params(("id" = u64, Path, description = "The campaign")),
-    responses((status = 200, description = "`{\"campaign\"}`: `draft` → `running`; the engine offers wave 1 on its next tick"),
-        (status = 404, description = "`campaign_not_found`"), (status = 409, description = "`campaign_status`: not a draft")))]
+    responses((status = 200, description = "`{\"campaign\"}`: `draft` → `running`; the engine offers wave 1 on its next tick", body = crate::routes::schemas::CampaignBody),
+        (status = 404, description = "`campaign_not_found`", body = crate::error::ErrorBody), (status = 409, description = "`campaign_status`: not a draft", body = crate::error::ErrorBody)))]
 pub(super) async fn approve(
     State(state): State<AppState>,
     caller: Caller,
@@ -511,8 +511,8 @@ pub(super) async fn approve(
 /// `POST /api/v1/campaigns/{id}/pause`.
 #[utoipa::path(post, path = "/api/v1/campaigns/{id}/pause", tag = "campaigns",
     params(("id" = u64, Path, description = "The campaign")),
-    responses((status = 200, description = "`{\"campaign\"}`: `running` → `paused`; no further offers, devices already updating finish"),
-        (status = 404, description = "`campaign_not_found`"), (status = 409, description = "`campaign_status`: not running")))]
+    responses((status = 200, description = "`{\"campaign\"}`: `running` → `paused`; no further offers, devices already updating finish", body = crate::routes::schemas::CampaignBody),
+        (status = 404, description = "`campaign_not_found`", body = crate::error::ErrorBody), (status = 409, description = "`campaign_status`: not running", body = crate::error::ErrorBody)))]
 pub(super) async fn pause(
     State(state): State<AppState>,
     caller: Caller,
@@ -526,8 +526,8 @@ pub(super) async fn pause(
 /// `POST /api/v1/campaigns/{id}/resume`.
 #[utoipa::path(post, path = "/api/v1/campaigns/{id}/resume", tag = "campaigns",
     params(("id" = u64, Path, description = "The campaign")),
-    responses((status = 200, description = "`{\"campaign\"}`: `paused` → `running`; after a success-threshold pause the wave is accepted and the next may start"),
-        (status = 404, description = "`campaign_not_found`"), (status = 409, description = "`campaign_status`: not paused")))]
+    responses((status = 200, description = "`{\"campaign\"}`: `paused` → `running`; after a success-threshold pause the wave is accepted and the next may start", body = crate::routes::schemas::CampaignBody),
+        (status = 404, description = "`campaign_not_found`", body = crate::error::ErrorBody), (status = 409, description = "`campaign_status`: not paused", body = crate::error::ErrorBody)))]
 pub(super) async fn resume(
     State(state): State<AppState>,
     caller: Caller,
@@ -541,8 +541,8 @@ pub(super) async fn resume(
 /// `POST /api/v1/campaigns/{id}/cancel`.
 #[utoipa::path(post, path = "/api/v1/campaigns/{id}/cancel", tag = "campaigns",
     params(("id" = u64, Path, description = "The campaign")),
-    responses((status = 200, description = "`{\"campaign\"}`: emergency stop, → `cancelled`; queued devices are cancelled, devices holding the offer get a `cancel` downlink on the engine's next tick"),
-        (status = 404, description = "`campaign_not_found`"), (status = 409, description = "`campaign_status`: already finished")))]
+    responses((status = 200, description = "`{\"campaign\"}`: emergency stop, → `cancelled`; queued devices are cancelled, devices holding the offer get a `cancel` downlink on the engine's next tick", body = crate::routes::schemas::CampaignBody),
+        (status = 404, description = "`campaign_not_found`", body = crate::error::ErrorBody), (status = 409, description = "`campaign_status`: already finished", body = crate::error::ErrorBody)))]
 pub(super) async fn cancel(
     State(state): State<AppState>,
     caller: Caller,

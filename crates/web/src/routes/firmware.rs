@@ -76,7 +76,7 @@ pub(crate) async fn list_with_keys(
 
 /// `GET /api/v1/firmware`.
 #[utoipa::path(get, path = "/api/v1/firmware", tag = "firmware",
-    responses((status = 200, description = "`{\"firmware\": [{id, deviceType, version, securityVersion, size, sha256, keyId, keyName, uploadedAt, uploadedBy}]}`, newest first")))]
+    responses((status = 200, description = "Every upload, newest first", body = crate::routes::schemas::FirmwareListBody)))]
 pub(super) async fn list(State(state): State<AppState>) -> ApiResult {
     let (list, keys) = list_with_keys(&state).await?;
     Ok(Json(json!({
@@ -88,8 +88,8 @@ pub(super) async fn list(State(state): State<AppState>) -> ApiResult {
 /// `GET /api/v1/firmware/{id}`.
 #[utoipa::path(get, path = "/api/v1/firmware/{id}", tag = "firmware",
     params(("id" = u64, Path, description = "The firmware number")),
-    responses((status = 200, description = "The upload, with its signed manifest and signature in hex"),
-        (status = 404, description = "No such firmware")))]
+    responses((status = 200, description = "The upload, with its signed manifest and signature in hex", body = crate::routes::schemas::FirmwareDetailSchema),
+        (status = 404, description = "No such firmware", body = crate::error::ErrorBody)))]
 pub(super) async fn show(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult {
     let not_found = || {
         ApiError::new(
@@ -121,7 +121,7 @@ pub(super) async fn show(State(state): State<AppState>, Path(id): Path<String>) 
 
 /// `GET /api/v1/firmware/keys`.
 #[utoipa::path(get, path = "/api/v1/firmware/keys", tag = "firmware",
-    responses((status = 200, description = "`{\"keys\": [{name, keyId, publicKey, addedAt, addedBy}]}`: the public keys trusted to sign firmware")))]
+    responses((status = 200, description = "The public keys trusted to sign firmware", body = crate::routes::schemas::FirmwareKeysBody)))]
 pub(super) async fn keys(State(state): State<AppState>) -> ApiResult {
     let keys = state
         .ota()?
@@ -283,11 +283,11 @@ pub(crate) async fn upload_bundle(
 /// `POST /api/v1/firmware` with the bundle as the body.
 #[utoipa::path(post, path = "/api/v1/firmware", tag = "firmware",
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "A bundle made by `rampart firmware sign`"),
-    responses((status = 201, description = "The recorded upload"),
-        (status = 409, description = "`firmware_exists`: this version is uploaded already for that device type"),
-        (status = 413, description = "Larger than `firmware.max_image_size` plus the manifest"),
-        (status = 415, description = "Not `application/octet-stream`"),
-        (status = 422, description = "Refused with the reason: `untrusted_key`, `bad_signature`, `truncated`, `hash_mismatch`, `oversized`, `not_a_bundle`, ...")))]
+    responses((status = 201, description = "The recorded upload", body = crate::routes::schemas::FirmwareSchema),
+        (status = 409, description = "`firmware_exists`: this version is uploaded already for that device type", body = crate::error::ErrorBody),
+        (status = 413, description = "Larger than `firmware.max_image_size` plus the manifest", body = crate::error::ErrorBody),
+        (status = 415, description = "Not `application/octet-stream`", body = crate::error::ErrorBody),
+        (status = 422, description = "Refused with the reason: `untrusted_key`, `bad_signature`, `truncated`, `hash_mismatch`, `oversized`, `not_a_bundle`, ...", body = crate::error::ErrorBody)))]
 pub(super) async fn upload(
     State(state): State<AppState>,
     caller: Caller,

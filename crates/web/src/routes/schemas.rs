@@ -476,3 +476,338 @@ pub(crate) struct TelemetryStatsSchema {
     /// Metric names seen.
     metrics: Vec<String>,
 }
+
+/// An uploaded firmware bundle (`rampart_store::Firmware`) with the name
+/// of its key while that key is trusted.
+#[derive(ToSchema)]
+#[schema(as = Firmware)]
+#[schema(rename_all = "camelCase")]
+pub(crate) struct FirmwareSchema {
+    /// Its number.
+    id: u64,
+    /// Which kind of device it is for.
+    #[schema(example = "rampart-sim")]
+    device_type: String,
+    /// Semantic version.
+    #[schema(example = "1.4.0")]
+    version: String,
+    /// Anti-rollback counter.
+    security_version: u32,
+    /// Image size in bytes.
+    size: u64,
+    /// SHA-256 of the image, lowercase hex.
+    sha256: String,
+    /// Id of the key that signed it, lowercase hex.
+    key_id: String,
+    /// The trusted key's name; `null` once the key is no longer trusted.
+    key_name: Option<String>,
+    /// RFC 3339.
+    #[schema(format = DateTime)]
+    uploaded_at: String,
+    /// Who uploaded it.
+    uploaded_by: String,
+}
+
+/// `GET /api/v1/firmware/{id}`: the upload with what was signed.
+#[derive(ToSchema)]
+#[schema(as = FirmwareDetail)]
+#[schema(rename_all = "camelCase")]
+pub(crate) struct FirmwareDetailSchema {
+    /// Its number.
+    id: u64,
+    /// Which kind of device it is for.
+    device_type: String,
+    /// Semantic version.
+    version: String,
+    /// Anti-rollback counter.
+    security_version: u32,
+    /// Image size in bytes.
+    size: u64,
+    /// SHA-256 of the image, lowercase hex.
+    sha256: String,
+    /// Id of the key that signed it, lowercase hex.
+    key_id: String,
+    /// The trusted key's name; `null` once the key is no longer trusted.
+    key_name: Option<String>,
+    /// RFC 3339.
+    #[schema(format = DateTime)]
+    uploaded_at: String,
+    /// Who uploaded it.
+    uploaded_by: String,
+    /// The manifest bytes as signed, lowercase hex.
+    manifest: String,
+    /// The Ed25519 signature over the manifest, lowercase hex.
+    signature: String,
+}
+
+/// `GET /api/v1/firmware`.
+#[derive(ToSchema)]
+pub(crate) struct FirmwareListBody {
+    /// Every upload, newest first.
+    firmware: Vec<FirmwareSchema>,
+}
+
+/// A public key trusted to sign firmware (`rampart_store::FirmwareKey`).
+#[derive(ToSchema)]
+#[schema(as = FirmwareKey)]
+#[schema(rename_all = "camelCase")]
+pub(crate) struct FirmwareKeySchema {
+    /// The operator's name for it.
+    name: String,
+    /// First 8 bytes of SHA-256 of the key, lowercase hex.
+    key_id: String,
+    /// The Ed25519 public key, lowercase hex.
+    public_key: String,
+    /// RFC 3339.
+    #[schema(format = DateTime)]
+    added_at: String,
+    /// Who added it.
+    added_by: String,
+}
+
+/// `GET /api/v1/firmware/keys`.
+#[derive(ToSchema)]
+pub(crate) struct FirmwareKeysBody {
+    /// The trusted keys.
+    keys: Vec<FirmwareKeySchema>,
+}
+
+/// Which devices of the firmware's type a campaign is for: `"all"`,
+/// `{"devices": [ids]}` or `{"state": "bound"|"unbound"}`.
+#[derive(ToSchema)]
+#[schema(as = CampaignTarget)]
+#[schema(rename_all = "camelCase")]
+pub(crate) enum CampaignTargetSchema {
+    /// These devices.
+    Devices(Vec<String>),
+    /// Devices in this registry state: `bound` or `unbound`.
+    State(String),
+    /// Every device of the type.
+    All,
+}
+
+/// Per-state timeouts of a campaign, milliseconds.
+#[derive(ToSchema)]
+#[schema(as = CampaignTimeouts)]
+#[schema(rename_all = "camelCase")]
+pub(crate) struct CampaignTimeoutsSchema {
+    /// `offered`.
+    offered_ms: u64,
+    /// `downloading`.
+    downloading_ms: u64,
+    /// `verifying`.
+    verifying_ms: u64,
+    /// `pending-reboot`.
+    pending_reboot_ms: u64,
+    /// `pending-confirm`.
+    pending_confirm_ms: u64,
+}
+
+/// Entries per state (`rampart_ota::campaign::StateCounts`).
+#[derive(ToSchema)]
+#[schema(as = CampaignStateCounts)]
+#[schema(rename_all = "camelCase")]
+pub(crate) struct StateCountsSchema {
+    /// `queued`.
+    queued: u64,
+    /// `offered`.
+    offered: u64,
+    /// `downloading`.
+    downloading: u64,
+    /// `verifying`.
+    verifying: u64,
+    /// `pending-reboot`.
+    pending_reboot: u64,
+    /// `pending-confirm`.
+    pending_confirm: u64,
+    /// `succeeded`.
+    succeeded: u64,
+    /// `failed`.
+    failed: u64,
+    /// `rolled-back`.
+    rolled_back: u64,
+    /// `cancelled`.
+    cancelled: u64,
+}
+
+/// A campaign as stored (`rampart_store::campaigns::Campaign`).
+#[derive(ToSchema)]
+#[schema(as = Campaign)]
+#[schema(rename_all = "camelCase")]
+pub(crate) struct CampaignSchema {
+    /// Its number.
+    id: u64,
+    /// Its name.
+    name: String,
+    /// The firmware rolled out.
+    firmware_id: u64,
+    /// The firmware's device type.
+    device_type: String,
+    /// The firmware's version.
+    version: String,
+    /// The target as given.
+    target: CampaignTargetSchema,
+    /// Cumulative wave percentages, the last 100.
+    #[schema(example = json!([1, 10, 100]))]
+    waves: Vec<u8>,
+    /// Minimum time between waves, ms.
+    soak_ms: u64,
+    /// A finished wave below this success share pauses (0 to 1).
+    success_threshold: f64,
+    /// Failures reaching this share of the offered devices abort (0 to 1).
+    failure_threshold: f64,
+    /// Per-state timeouts.
+    timeouts: CampaignTimeoutsSchema,
+    /// `draft`, `running`, `paused`, `completed`, `aborted` or `cancelled`.
+    #[schema(example = "running")]
+    status: String,
+    /// Why, when the engine set it (`success-threshold`, `failure-threshold`).
+    status_reason: Option<String>,
+    /// The last wave started (0: none yet).
+    current_wave: u32,
+    /// The last wave whose success check passed or was overridden.
+    reviewed_wave: u32,
+    /// How many devices it holds.
+    devices: u64,
+    /// RFC 3339.
+    #[schema(format = DateTime)]
+    created_at: String,
+    /// Who created it.
+    created_by: String,
+    /// When its status last changed, RFC 3339.
+    #[schema(format = DateTime)]
+    updated_at: String,
+}
+
+/// A campaign with its totals per state (list and creation).
+#[derive(ToSchema)]
+#[schema(as = CampaignWithCounts)]
+#[schema(rename_all = "camelCase")]
+pub(crate) struct CampaignWithCountsSchema {
+    /// Its number.
+    id: u64,
+    /// Its name.
+    name: String,
+    /// The firmware rolled out.
+    firmware_id: u64,
+    /// The firmware's device type.
+    device_type: String,
+    /// The firmware's version.
+    version: String,
+    /// The target as given.
+    target: CampaignTargetSchema,
+    /// Cumulative wave percentages, the last 100.
+    waves: Vec<u8>,
+    /// Minimum time between waves, ms.
+    soak_ms: u64,
+    /// Success threshold (0 to 1).
+    success_threshold: f64,
+    /// Failure threshold (0 to 1).
+    failure_threshold: f64,
+    /// Per-state timeouts.
+    timeouts: CampaignTimeoutsSchema,
+    /// `draft`, `running`, `paused`, `completed`, `aborted` or `cancelled`.
+    status: String,
+    /// Why, when the engine set it.
+    status_reason: Option<String>,
+    /// The last wave started (0: none yet).
+    current_wave: u32,
+    /// The last wave whose success check passed or was overridden.
+    reviewed_wave: u32,
+    /// How many devices it holds.
+    devices: u64,
+    /// RFC 3339.
+    #[schema(format = DateTime)]
+    created_at: String,
+    /// Who created it.
+    created_by: String,
+    /// RFC 3339.
+    #[schema(format = DateTime)]
+    updated_at: String,
+    /// Its entries per state, all waves together.
+    counts: StateCountsSchema,
+}
+
+/// `GET /api/v1/campaigns`.
+#[derive(ToSchema)]
+pub(crate) struct CampaignListBody {
+    /// Newest first.
+    campaigns: Vec<CampaignWithCountsSchema>,
+}
+
+/// The answer of an operator action: `{"campaign"}`.
+#[derive(ToSchema)]
+pub(crate) struct CampaignBody {
+    /// The campaign after the change.
+    campaign: CampaignSchema,
+}
+
+/// One wave's progress (`rampart_ota::campaign::WaveProgress`).
+#[derive(ToSchema)]
+#[schema(as = CampaignWave)]
+#[schema(rename_all = "camelCase")]
+pub(crate) struct WaveProgressSchema {
+    /// The wave, from 1.
+    wave: u32,
+    /// Its entries per state.
+    counts: StateCountsSchema,
+    /// How many of its entries were offered (whatever their state now).
+    offered: u64,
+    /// When one of its entries last changed, Unix ms.
+    last_change_ms: Option<i64>,
+}
+
+/// One device in a campaign (`rampart_store::campaigns::CampaignEntry`).
+#[derive(ToSchema)]
+#[schema(as = CampaignEntry)]
+#[schema(rename_all = "camelCase")]
+pub(crate) struct CampaignEntrySchema {
+    /// The campaign.
+    campaign_id: u64,
+    /// The device.
+    device_id: String,
+    /// Its wave, from 1.
+    wave: u32,
+    /// Its place in the campaign's shuffle, from 0.
+    position: u32,
+    /// `queued`, `offered`, `downloading`, `verifying`, `pending-reboot`,
+    /// `pending-confirm`, `succeeded`, `failed`, `rolled-back` or `cancelled`.
+    #[schema(example = "offered")]
+    state: String,
+    /// Why it failed, rolled back or was cancelled.
+    reason: Option<String>,
+    /// Bytes downloaded, as last reported.
+    bytes: Option<u64>,
+    /// Image size, as last reported.
+    total: Option<u64>,
+    /// When its state times out, RFC 3339.
+    #[schema(format = DateTime)]
+    deadline: Option<String>,
+    /// When it was offered the update, RFC 3339.
+    #[schema(format = DateTime)]
+    offered_at: Option<String>,
+    /// A `cancel` downlink is due (cancelled while holding the offer).
+    cancel_pending: bool,
+    /// When it last changed, RFC 3339.
+    #[schema(format = DateTime)]
+    updated_at: String,
+}
+
+/// `GET /api/v1/campaigns/{id}`.
+#[derive(ToSchema)]
+pub(crate) struct CampaignDetailBody {
+    /// The campaign.
+    campaign: CampaignSchema,
+    /// Its entries per state, all waves together.
+    counts: StateCountsSchema,
+    /// Every wave, wave 1 first.
+    waves: Vec<WaveProgressSchema>,
+    /// One page of entries, in wave then shuffle order.
+    entries: Vec<CampaignEntrySchema>,
+    /// Entries matching the filter, on all pages.
+    total: u64,
+    /// The page size.
+    limit: u32,
+    /// The page's offset.
+    offset: u32,
+}

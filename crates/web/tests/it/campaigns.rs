@@ -247,3 +247,109 @@ async fn campaigns_are_created_read_and_steered_by_role() {
     assert!(list.text.contains("from the form") && list.text.contains("spring"));
     assert!(!list.text.contains("New campaign"));
 }
+
+/// The firmware and campaign answers have the shape the OpenAPI document
+/// gives them, field for field (as `registry::real_answers_have_the_documented_shape`).
+#[tokio::test]
+async fn firmware_and_campaign_answers_have_the_documented_shape() {
+    let s = Server::start(config()).await;
+    let owner = s.owner().await;
+    let fw = fleet_and_firmware(&s).await;
+    let doc = Req::get("/api/v1/openapi.json").send(&s).await.body;
+    let schema = |path: &str, method: &str, status: &str| {
+        doc["paths"][path][method]["responses"][status]["content"]["application/json"]["schema"]
+            .clone()
+    };
+    let mut out = Vec::new();
+    let mut check = |path: &str, method: &str, status: u16, r: &crate::console::Reply| {
+        assert_eq!(r.status, status, "{method} {path}: {}", r.text);
+        let schema = schema(path, method, &status.to_string());
+        assert!(schema.is_object(), "{method} {path} {status} has no schema");
+        crate::registry::conforms(&doc, &schema, &r.body, path, &mut out);
+    };
+
+    // A campaign for a device list: created, approved, cancelled.
+    let r = Req::post("/api/v1/campaigns")
+        .session(&owner)
+        .json(json!({"name": "one", "firmwareId": fw, "devices": ["cam-1"]}))
+        .send(&s)
+        .await;
+    check("/api/v1/campaigns", "post", 201, &r);
+    assert_eq!(
+        r.body["target"],
+        json!({"devices": ["cam-1"]}),
+        "{}",
+        r.text
+    );
+    let first = r.body["id"].as_u64().expect("id");
+    for action in ["approve", "pause", "resume", "cancel"] {
+        let r = post(&s, &owner, &format!("/api/v1/campaigns/{first}/{action}")).await;
+        check(
+            &format!("/api/v1/campaigns/{{id}}/{action}"),
+            "post",
+            200,
+            &r,
+        );
+    }
+    // One for a registry state, and one for every device.
+    let r = Req::post("/api/v1/campaigns")
+        .session(&owner)
+        .json(json!({"name": "two", "firmwareId": fw, "state": "unbound", "waves": [50, 100]}))
+        .send(&s)
+        .await;
+    check("/api/v1/campaigns", "post", 201, &r);
+    assert_eq!(r.body["target"], json!({"state": "unbound"}), "{}", r.text);
+    let second = r.body["id"].as_u64().expect("id");
+    let r = post(&s, &owner, &format!("/api/v1/campaigns/{second}/cancel")).await;
+    check("/api/v1/campaigns/{id}/cancel", "post", 200, &r);
+    let r = Req::post("/api/v1/campaigns")
+        .session(&owner)
+        .json(json!({"name": "three", "firmwareId": fw, "approve": true}))
+        .send(&s)
+        .await;
+    check("/api/v1/campaigns", "post", 201, &r);
+    assert_eq!(r.body["target"], "all", "{}", r.text);
+    let third = r.body["id"].as_u64().expect("id");
+
+    let r = Req::get("/api/v1/campaigns").session(&owner).send(&s).await;
+    check("/api/v1/campaigns", "get", 200, &r);
+    assert_eq!(r.body["campaigns"].as_array().map(Vec::len), Some(3));
+    for id in [first, second, third] {
+        let r = Req::get(&format!("/api/v1/campaigns/{id}"))
+            .session(&owner)
+            .send(&s)
+            .await;
+        check("/api/v1/campaigns/{id}", "get", 200, &r);
+        assert!(
+            !r.body["entries"].as_array().is_none_or(Vec::is_empty),
+            "{}",
+            r.text
+        );
+    }
+
+    let r = Req::get("/api/v1/firmware").session(&owner).send(&s).await;
+    check("/api/v1/firmware", "get", 200, &r);
+    assert_eq!(r.body["firmware"][0]["keyName"], "release", "{}", r.text);
+    let r = Req::get(&format!("/api/v1/firmware/{fw}"))
+        .session(&owner)
+        .send(&s)
+        .await;
+    check("/api/v1/firmware/{id}", "get", 200, &r);
+    let r = Req::get("/api/v1/firmware/keys")
+        .session(&owner)
+        .send(&s)
+        .await;
+    check("/api/v1/firmware/keys", "get", 200, &r);
+
+    // Errors, in the shared shape.
+    let error = json!({ "$ref": "#/components/schemas/ErrorBody" });
+    for path in ["/api/v1/campaigns/999", "/api/v1/firmware/999"] {
+        let r = Req::get(path).session(&owner).send(&s).await;
+        assert_eq!(r.status, 404, "{path}: {}", r.text);
+        crate::registry::conforms(&doc, &error, &r.body, path, &mut out);
+    }
+    let r = post(&s, &owner, &format!("/api/v1/campaigns/{first}/approve")).await;
+    assert_eq!((r.status, r.code()), (409, "campaign_status"), "{}", r.text);
+    crate::registry::conforms(&doc, &error, &r.body, "approve", &mut out);
+    assert!(out.is_empty(), "{out:#?}");
+}

@@ -345,14 +345,40 @@ fn resolve<'a>(doc: &'a serde_json::Value, s: &'a serde_json::Value) -> &'a serd
 }
 
 /// Compares the object keys of `value` with the documented properties,
-/// recursively; collects every difference.
-fn conforms(
+/// recursively; collects every difference. An object documented as one of
+/// several shapes (a campaign's target) must match one of them.
+pub(crate) fn conforms(
     doc: &serde_json::Value,
     schema: &serde_json::Value,
     value: &serde_json::Value,
     at: &str,
     out: &mut Vec<String>,
 ) {
+    let mut schema = schema;
+    while let Some(r) = schema["$ref"].as_str() {
+        schema = &doc["components"]["schemas"][r.trim_start_matches("#/components/schemas/")];
+    }
+    // Only the object shapes can describe an object: a string variant
+    // (`"all"`) has no properties and would accept any object.
+    let shapes: Vec<_> = schema["oneOf"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|v| resolve(doc, v)["properties"].is_object())
+        .collect();
+    if value.is_object() && shapes.len() > 1 {
+        let mut first = None;
+        for v in shapes {
+            let mut problems = Vec::new();
+            conforms(doc, v, value, at, &mut problems);
+            if problems.is_empty() {
+                return;
+            }
+            first.get_or_insert(problems);
+        }
+        out.extend(first.unwrap_or_default());
+        return;
+    }
     let schema = resolve(doc, schema);
     match value {
         serde_json::Value::Object(m) => {
