@@ -500,7 +500,8 @@ fn web_state(
         tls,
         auth,
     )
-    .with_ota(ota))
+    .with_ota(ota)
+    .with_alerts(Arc::new(platform.store.clone())))
 }
 
 /// While no owner exists, prints a fresh one-time setup URL on stdout

@@ -7,6 +7,7 @@
 //! up for every request and refuses a route it does not find.
 
 mod account;
+mod alerts;
 mod console;
 mod devices;
 mod enroll;
@@ -307,6 +308,39 @@ pub const ROUTES: &[RouteSpec] = &[
     ),
     page("GET", "/notifications", act(Action::ReadOwnAccount)),
     page("POST", "/notifications/read", act(Action::ReadOwnAccount)),
+    // Alerts (issue 10): viewers read, operators acknowledge, admins
+    // manage channels, rules and dead letters.
+    api("GET", "/api/v1/alerts", act(Action::ReadAlerts)),
+    api("GET", "/api/v1/alerts/{id}", act(Action::ReadAlerts)),
+    api(
+        "POST",
+        "/api/v1/alerts/{id}/acknowledge",
+        act(Action::AcknowledgeAlerts),
+    ),
+    api("GET", "/api/v1/alert-channels", act(Action::ManageAlerts)),
+    api("POST", "/api/v1/alert-channels", act(Action::ManageAlerts)),
+    api(
+        "DELETE",
+        "/api/v1/alert-channels/{name}",
+        act(Action::ManageAlerts),
+    ),
+    api("GET", "/api/v1/alert-rules", act(Action::ManageAlerts)),
+    api("POST", "/api/v1/alert-rules", act(Action::ManageAlerts)),
+    api(
+        "DELETE",
+        "/api/v1/alert-rules/{name}",
+        act(Action::ManageAlerts),
+    ),
+    api(
+        "GET",
+        "/api/v1/alert-deliveries/dead",
+        act(Action::ManageAlerts),
+    ),
+    api(
+        "POST",
+        "/api/v1/alert-deliveries/{id}/retry",
+        act(Action::ManageAlerts),
+    ),
     // The API's own description.
     api("GET", "/api/v1/openapi.json", Public),
 ];
@@ -413,6 +447,17 @@ fn endpoint(spec: &RouteSpec) -> Option<MethodRouter<AppState>> {
         ("POST", "/api/v1/notifications/read") => post(notifications::mark_read),
         ("GET", "/notifications") => get(notifications::page),
         ("POST", "/notifications/read") => post(notifications::page_mark_read),
+        ("GET", "/api/v1/alerts") => get(alerts::list),
+        ("GET", "/api/v1/alerts/{id}") => get(alerts::show),
+        ("POST", "/api/v1/alerts/{id}/acknowledge") => post(alerts::acknowledge),
+        ("GET", "/api/v1/alert-channels") => get(alerts::list_channels),
+        ("POST", "/api/v1/alert-channels") => post(alerts::create_channel),
+        ("DELETE", "/api/v1/alert-channels/{name}") => delete(alerts::delete_channel),
+        ("GET", "/api/v1/alert-rules") => get(alerts::list_rules),
+        ("POST", "/api/v1/alert-rules") => post(alerts::create_rule),
+        ("DELETE", "/api/v1/alert-rules/{name}") => delete(alerts::delete_rule),
+        ("GET", "/api/v1/alert-deliveries/dead") => get(alerts::list_dead),
+        ("POST", "/api/v1/alert-deliveries/{id}/retry") => post(alerts::retry),
         ("GET", "/api/v1/openapi.json") => get(openapi::document),
         _ => return None,
     })

@@ -6,7 +6,7 @@ use axum::Json;
 use axum::response::IntoResponse;
 use utoipa::OpenApi;
 
-use super::{account, devices, enroll, firmware, notifications, registry, users};
+use super::{account, alerts, devices, enroll, firmware, notifications, registry, users};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -59,6 +59,17 @@ use super::{account, devices, enroll, firmware, notifications, registry, users};
         notifications::list,
         notifications::events,
         notifications::mark_read,
+        alerts::list,
+        alerts::show,
+        alerts::acknowledge,
+        alerts::list_channels,
+        alerts::create_channel,
+        alerts::delete_channel,
+        alerts::list_rules,
+        alerts::create_rule,
+        alerts::delete_rule,
+        alerts::list_dead,
+        alerts::retry,
         document,
     )
 )]

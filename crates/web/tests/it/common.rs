@@ -107,7 +107,8 @@ impl Server {
                 images: images.clone(),
                 tokens: tokens.clone(),
                 max_image_size: 256 * 1024,
-            });
+            })
+            .with_alerts(Arc::new(store.clone()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

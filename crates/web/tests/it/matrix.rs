@@ -190,6 +190,37 @@ const EXPECTED: &[(&str, &str, [u16; 5])] = &[
     ("GET", "/firmware", [303, 200, 200, 200, 200]),
     ("GET", "/api/v1/audit", [401, 403, 403, 200, 200]),
     ("GET", "/audit", [303, 403, 403, 200, 200]),
+    ("GET", "/api/v1/alerts", [401, 200, 200, 200, 200]),
+    ("GET", "/api/v1/alerts/{id}", [401, 404, 404, 404, 404]),
+    (
+        "POST",
+        "/api/v1/alerts/{id}/acknowledge",
+        [401, 403, 404, 404, 404],
+    ),
+    ("GET", "/api/v1/alert-channels", [401, 403, 403, 200, 200]),
+    ("POST", "/api/v1/alert-channels", [401, 403, 403, 400, 400]),
+    (
+        "DELETE",
+        "/api/v1/alert-channels/{name}",
+        [401, 403, 403, 404, 404],
+    ),
+    ("GET", "/api/v1/alert-rules", [401, 403, 403, 200, 200]),
+    ("POST", "/api/v1/alert-rules", [401, 403, 403, 400, 400]),
+    (
+        "DELETE",
+        "/api/v1/alert-rules/{name}",
+        [401, 403, 403, 404, 404],
+    ),
+    (
+        "GET",
+        "/api/v1/alert-deliveries/dead",
+        [401, 403, 403, 200, 200],
+    ),
+    (
+        "POST",
+        "/api/v1/alert-deliveries/{id}/retry",
+        [401, 403, 403, 404, 404],
+    ),
     ("GET", "/api/v1/openapi.json", [200, 200, 200, 200, 200]),
 ];
 
