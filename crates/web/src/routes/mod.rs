@@ -7,6 +7,7 @@
 //! up for every request and refuses a route it does not find.
 
 mod account;
+mod alert_pages;
 mod alerts;
 mod console;
 mod devices;
@@ -341,6 +342,31 @@ pub const ROUTES: &[RouteSpec] = &[
         "/api/v1/alert-deliveries/{id}/retry",
         act(Action::ManageAlerts),
     ),
+    page("GET", "/alerts", act(Action::ReadAlerts)),
+    page(
+        "POST",
+        "/alerts/{id}/acknowledge",
+        act(Action::AcknowledgeAlerts),
+    ),
+    page("GET", "/alert-rules", act(Action::ManageAlerts)),
+    page("POST", "/alert-rules", act(Action::ManageAlerts)),
+    page(
+        "POST",
+        "/alert-rules/{name}/remove",
+        act(Action::ManageAlerts),
+    ),
+    page("POST", "/alert-channels", act(Action::ManageAlerts)),
+    page(
+        "POST",
+        "/alert-channels/{name}/remove",
+        act(Action::ManageAlerts),
+    ),
+    page("GET", "/alert-deliveries/dead", act(Action::ManageAlerts)),
+    page(
+        "POST",
+        "/alert-deliveries/{id}/retry",
+        act(Action::ManageAlerts),
+    ),
     // The API's own description.
     api("GET", "/api/v1/openapi.json", Public),
 ];
@@ -458,6 +484,15 @@ fn endpoint(spec: &RouteSpec) -> Option<MethodRouter<AppState>> {
         ("DELETE", "/api/v1/alert-rules/{name}") => delete(alerts::delete_rule),
         ("GET", "/api/v1/alert-deliveries/dead") => get(alerts::list_dead),
         ("POST", "/api/v1/alert-deliveries/{id}/retry") => post(alerts::retry),
+        ("GET", "/alerts") => get(alert_pages::alerts),
+        ("POST", "/alerts/{id}/acknowledge") => post(alert_pages::acknowledge),
+        ("GET", "/alert-rules") => get(alert_pages::rules),
+        ("POST", "/alert-rules") => post(alert_pages::rule_create),
+        ("POST", "/alert-rules/{name}/remove") => post(alert_pages::rule_remove),
+        ("POST", "/alert-channels") => post(alert_pages::channel_create),
+        ("POST", "/alert-channels/{name}/remove") => post(alert_pages::channel_remove),
+        ("GET", "/alert-deliveries/dead") => get(alert_pages::dead),
+        ("POST", "/alert-deliveries/{id}/retry") => post(alert_pages::retry),
         ("GET", "/api/v1/openapi.json") => get(openapi::document),
         _ => return None,
     })

@@ -12,6 +12,7 @@ const NAV: &[(&str, &str, Action)] = &[
     ("Devices", "/devices", Action::ReadDevices),
     ("Claim", "/claim", Action::ClaimDevice),
     ("Firmware", "/firmware", Action::ReadFirmware),
+    ("Alerts", "/alerts", Action::ReadAlerts),
     ("Account", "/account", Action::ReadOwnAccount),
     ("Users", "/users", Action::ReadUsers),
     (

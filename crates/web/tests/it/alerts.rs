@@ -398,3 +398,227 @@ async fn dead_letters_are_listed_and_retried() {
         .expect("due");
     assert!(again.iter().any(|d| d.id == delivery));
 }
+
+/// The escaped form maud writes text in.
+fn escaped(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+#[tokio::test]
+async fn the_alerts_page_shows_firing_first_and_acknowledges_with_csrf() {
+    let s = Server::start(config()).await;
+    let (owner, rule_id) = with_rule(&s).await;
+    let token = s.token(1, None, None).await;
+    assert_eq!(s.enroll(Some(&token), "pump-1").await.status, 201);
+    let now = s.clock.now();
+    let old = s
+        .store
+        .fire_alert(rule_id, "pump-1", now, None)
+        .await
+        .expect("fire")
+        .expect("new");
+    s.store
+        .resolve_alert(rule_id, "pump-1", now, None)
+        .await
+        .expect("resolve");
+    let firing = s
+        .store
+        .fire_alert(rule_id, "pump-1", now, None)
+        .await
+        .expect("fire")
+        .expect("new");
+
+    let viewer = s.user(&owner, "vera", "viewer").await;
+    let page = Req::get("/alerts").session(&viewer).send(&s).await;
+    assert_eq!(page.status, 200, "{}", page.text);
+    let firing_at = page.text.find("id=\"firing\"").expect("firing card");
+    let recent_at = page.text.find("id=\"recent\"").expect("recent card");
+    assert!(firing_at < recent_at);
+    assert!(page.text.contains("href=\"/alerts\""), "nav entry");
+    assert!(page.text.contains("href=\"/devices/pump-1\""));
+    assert!(page.text.contains("offline for 10m"));
+    assert!(!page.text.contains("/acknowledge"), "a viewer cannot ack");
+    assert!(!page.text.contains("/alert-rules"), "nor manage rules");
+    let resolved = Req::get("/alerts?state=resolved")
+        .session(&viewer)
+        .send(&s)
+        .await;
+    assert!(resolved.text.contains(&format!("<td>{}</td>", old.id)));
+    assert!(!resolved.text.contains(&format!("<td>{}</td>", firing.id)));
+
+    let operator = s.user(&owner, "olga", "operator").await;
+    let page = Req::get("/alerts").session(&operator).send(&s).await;
+    let ack = format!("/alerts/{}/acknowledge", firing.id);
+    assert!(page.text.contains(&ack), "{}", page.text);
+    let forged = Req::post(&ack)
+        .cookie(&operator.cookie)
+        .form(&[("csrf_token", "forged")])
+        .send(&s)
+        .await;
+    assert_eq!(forged.status, 403, "{}", forged.text);
+    let done = Req::post(&ack)
+        .cookie(&operator.cookie)
+        .form(&[("csrf_token", operator.csrf.as_str())])
+        .send(&s)
+        .await;
+    assert_eq!(done.status, 303, "{}", done.text);
+    assert_eq!(done.header("location"), "/alerts");
+    let a = s
+        .store
+        .alert(firing.id)
+        .await
+        .expect("read")
+        .expect("alert");
+    assert_eq!(a.acked_by.as_deref(), Some("olga"));
+
+    // The device page has the device's alerts; the overview counts them.
+    let device = Req::get("/devices/pump-1").session(&viewer).send(&s).await;
+    assert_eq!(device.status, 200, "{}", device.text);
+    assert!(device.text.contains("id=\"device-alerts\""));
+    assert!(device.text.contains("offline for 10m"));
+    let fleet = Req::get("/").session(&viewer).send(&s).await;
+    assert!(
+        fleet.text.contains("id=\"firing-alerts\""),
+        "{}",
+        fleet.text
+    );
+    assert!(fleet.text.contains("1 firing"));
+}
+
+#[tokio::test]
+async fn rules_and_channels_pages_show_the_checks_messages() {
+    let s = Server::start(config()).await;
+    let owner = s.owner().await;
+    let page = Req::get("/alert-rules").session(&owner).send(&s).await;
+    assert_eq!(page.status, 200, "{}", page.text);
+    assert!(page.text.contains("Dangerous:"));
+    let form = |pairs: &[(&str, &str)]| {
+        let mut all = vec![("csrf_token", owner.csrf.as_str())];
+        all.extend_from_slice(pairs);
+        all.into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect::<Vec<_>>()
+    };
+    let send = |path: &'static str, pairs: Vec<(String, String)>| {
+        let owner = owner.clone();
+        let s = &s;
+        async move {
+            let pairs: Vec<(&str, &str)> = pairs
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            Req::post(path)
+                .cookie(&owner.cookie)
+                .form(&pairs)
+                .send(s)
+                .await
+        }
+    };
+
+    let r = send(
+        "/alert-channels",
+        form(&[
+            ("name", "lan"),
+            ("kind", "json"),
+            ("url", "http://127.0.0.1:9/h"),
+        ]),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(r.text.contains("class=\"flash error\""), "{}", r.text);
+    let r = send(
+        "/alert-channels",
+        form(&[("name", "ops"), ("kind", "discord"), ("url", SECRET_URL)]),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(r.text.contains("Channel ops added"), "{}", r.text);
+    assert!(!r.text.contains(SECRET_PART));
+
+    // The rule form names the examples and shows the parser's message.
+    for example in [
+        "temperature &gt; 30 for 5m",
+        "offline for 10m",
+        "no-telemetry for 15m",
+        "cert-expires within 30d",
+    ] {
+        assert!(r.text.contains(example), "{example}");
+    }
+    let r = send(
+        "/alert-rules",
+        form(&[
+            ("name", "hot"),
+            ("expr", "temperature >> 30"),
+            ("channel", "ops"),
+        ]),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    let parser = rampart_alerts::parse("temperature >> 30")
+        .expect_err("refused")
+        .to_string();
+    assert!(r.text.contains(&escaped(&parser)), "{}", r.text);
+    let r = send(
+        "/alert-rules",
+        form(&[
+            ("name", "down"),
+            ("expr", "offline for 10m"),
+            ("channel", "ops"),
+        ]),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(r.text.contains("Rule down added"), "{}", r.text);
+
+    // Removal asks first.
+    let r = send("/alert-rules/down/remove", form(&[])).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(r.text.contains("Remove rule down?"), "{}", r.text);
+    assert_eq!(s.store.alert_rules().await.expect("rules").len(), 1);
+    let r = send("/alert-rules/down/remove", form(&[("confirm", "yes")])).await;
+    assert!(r.text.contains("Rule down removed"), "{}", r.text);
+    assert!(s.store.alert_rules().await.expect("rules").is_empty());
+    let r = send("/alert-channels/ops/remove", form(&[("confirm", "yes")])).await;
+    assert!(r.text.contains("Channel ops removed"), "{}", r.text);
+}
+
+#[tokio::test]
+async fn the_dead_letters_page_lists_and_retries() {
+    let s = Server::start(config()).await;
+    let (owner, rule_id) = with_rule(&s).await;
+    let now = s.clock.now();
+    s.store
+        .fire_alert(rule_id, "dev-a", now, None)
+        .await
+        .expect("fire");
+    let due = s
+        .store
+        .due_deliveries(now + time::Duration::minutes(1), 10)
+        .await
+        .expect("due");
+    let id = due.first().expect("queued").id;
+    s.store
+        .record_attempt(id, AttemptOutcome::Dead("receiver timed out".into()))
+        .await
+        .expect("dead");
+    let page = Req::get("/alert-deliveries/dead")
+        .session(&owner)
+        .send(&s)
+        .await;
+    assert_eq!(page.status, 200, "{}", page.text);
+    assert!(page.text.contains("receiver timed out"));
+    let retry = format!("/alert-deliveries/{id}/retry");
+    assert!(page.text.contains(&retry));
+    let r = Req::post(&retry)
+        .cookie(&owner.cookie)
+        .form(&[("csrf_token", owner.csrf.as_str())])
+        .send(&s)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(r.text.contains("queued again"), "{}", r.text);
+    assert!(r.text.contains("No dead letters."));
+}
