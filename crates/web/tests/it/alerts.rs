@@ -622,3 +622,101 @@ async fn the_dead_letters_page_lists_and_retries() {
     assert!(r.text.contains("queued again"), "{}", r.text);
     assert!(r.text.contains("No dead letters."));
 }
+
+#[tokio::test]
+async fn alert_answers_have_the_documented_shape() {
+    let s = Server::start(config()).await;
+    let (owner, rule_id) = with_rule(&s).await;
+    let doc = Req::get("/api/v1/openapi.json").send(&s).await.body;
+    let now = s.clock.now();
+    let alert = s
+        .store
+        .fire_alert(rule_id, "dev-a", now, Some(1.5))
+        .await
+        .expect("fire")
+        .expect("new");
+    let due = s
+        .store
+        .due_deliveries(now + time::Duration::minutes(1), 10)
+        .await
+        .expect("due");
+    let delivery = due.first().expect("queued").id;
+    s.store
+        .record_attempt(delivery, AttemptOutcome::Dead("gone".into()))
+        .await
+        .expect("dead");
+    let check = |path: &str, method: &str, status: &str, body: &Value| {
+        let schema = &doc["paths"][path][method]["responses"][status]["content"]["application/json"]
+            ["schema"];
+        assert!(schema.is_object(), "{method} {path} {status}: no schema");
+        let mut out = Vec::new();
+        crate::registry::conforms(&doc, schema, body, path, &mut out);
+        assert!(out.is_empty(), "{out:#?}");
+    };
+    for (path, route) in [
+        ("/api/v1/alerts", "/api/v1/alerts"),
+        (
+            &format!("/api/v1/alerts/{}", alert.id)[..],
+            "/api/v1/alerts/{id}",
+        ),
+        ("/api/v1/alert-channels", "/api/v1/alert-channels"),
+        ("/api/v1/alert-rules", "/api/v1/alert-rules"),
+        (
+            "/api/v1/alert-deliveries/dead",
+            "/api/v1/alert-deliveries/dead",
+        ),
+    ] {
+        let r = Req::get(path).session(&owner).send(&s).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.text);
+        check(route, "get", "200", &r.body);
+    }
+    let r = Req::post(&format!("/api/v1/alerts/{}/acknowledge", alert.id))
+        .session(&owner)
+        .send(&s)
+        .await;
+    check("/api/v1/alerts/{id}/acknowledge", "post", "200", &r.body);
+    let r = Req::post(&format!("/api/v1/alert-deliveries/{delivery}/retry"))
+        .session(&owner)
+        .send(&s)
+        .await;
+    check(
+        "/api/v1/alert-deliveries/{id}/retry",
+        "post",
+        "200",
+        &r.body,
+    );
+    let r = channel(
+        &s,
+        &owner,
+        json!({ "name": "signed", "kind": "json", "url": "https://example.com/hook", "secret": "a-long-enough-secret", "perMinute": 5 }),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.body["signed"], true);
+    check("/api/v1/alert-channels", "post", "201", &r.body);
+    let r = rule(
+        &s,
+        &owner,
+        json!({ "name": "late", "expr": "no-telemetry for 15m", "channel": "signed", "owner": "user:owner" }),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    check("/api/v1/alert-rules", "post", "201", &r.body);
+    let r = Req::new(reqwest::Method::DELETE, "/api/v1/alert-rules/late")
+        .session(&owner)
+        .send(&s)
+        .await;
+    check("/api/v1/alert-rules/{name}", "delete", "200", &r.body);
+    let r = Req::new(reqwest::Method::DELETE, "/api/v1/alert-channels/signed")
+        .session(&owner)
+        .send(&s)
+        .await;
+    check("/api/v1/alert-channels/{name}", "delete", "200", &r.body);
+    // The request bodies refuse unknown fields in the document too.
+    for body in ["ChannelBody", "RuleBody"] {
+        assert_eq!(
+            doc["components"]["schemas"][body]["additionalProperties"], false,
+            "{body}"
+        );
+    }
+}

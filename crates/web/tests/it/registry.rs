@@ -346,7 +346,7 @@ fn resolve<'a>(doc: &'a serde_json::Value, s: &'a serde_json::Value) -> &'a serd
 
 /// Compares the object keys of `value` with the documented properties,
 /// recursively; collects every difference.
-fn conforms(
+pub(crate) fn conforms(
     doc: &serde_json::Value,
     schema: &serde_json::Value,
     value: &serde_json::Value,
