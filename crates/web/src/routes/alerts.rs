@@ -68,7 +68,12 @@ pub(crate) fn config_error(e: &AlertConfigError) -> ApiError {
         | AlertConfigError::NotPerDevice(_)
         | AlertConfigError::Owner(_) => "invalid_scope",
     };
-    ApiError::new(StatusCode::BAD_REQUEST, code, e.to_string())
+    // The checks speak the CLI's words; name the API's flag too.
+    let message = e.to_string().replace(
+        "--danger-allow-private",
+        "--danger-allow-private (API: allowPrivate; console: the dangerous box)",
+    );
+    ApiError::new(StatusCode::BAD_REQUEST, code, message)
 }
 
 /// The caller as the audit log names them.
@@ -844,5 +849,12 @@ mod tests {
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
         assert_eq!(e.code, "invalid_scope");
         assert_eq!(e.message, AlertConfigError::TwoScopes.to_string());
+        let private = AlertConfigError::from(
+            rampart_alerts::target::WebhookUrl::parse("http://127.0.0.1:9/h", false)
+                .expect_err("private"),
+        );
+        let e = config_error(&private);
+        assert_eq!(e.code, "invalid_url");
+        assert!(e.message.contains("allowPrivate"), "{}", e.message);
     }
 }
