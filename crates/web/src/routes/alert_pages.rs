@@ -131,12 +131,20 @@ pub(super) async fn acknowledge(
     }
 }
 
+/// A refused form's values, to fill the form again.
+#[derive(Debug, Default, Clone, Copy)]
+struct Drafts<'a> {
+    rule: Option<&'a RuleRequest>,
+    channel: Option<&'a ChannelRequest>,
+}
+
 async fn rules_page(
     state: &AppState,
     p: &Principal,
     status: StatusCode,
     flash: Option<Flash>,
     confirm: Option<(&str, &str)>,
+    drafts: Drafts<'_>,
 ) -> PageResult {
     let rules = api::rules_of(state).await?;
     let channels = api::channels_of(state).await?;
@@ -147,6 +155,8 @@ async fn rules_page(
         channels: &channels,
         flash,
         confirm,
+        rule_draft: drafts.rule,
+        channel_draft: drafts.channel,
     };
     Ok(html(status, ui::rules(&view)))
 }
@@ -167,7 +177,7 @@ pub(super) async fn rules(
                 .get("remove-channel")
                 .map(|n| ("channel", n.as_str()))
         });
-    rules_page(&state, &p, StatusCode::OK, None, confirm).await
+    rules_page(&state, &p, StatusCode::OK, None, confirm, Drafts::default()).await
 }
 
 /// Text or `None` when blank.
@@ -213,7 +223,15 @@ pub(super) async fn rule_create(
         },
         Err(e) => {
             let flash = Flash::error(format!("the form could not be read: {}", e.body_text()));
-            return rules_page(&state, &p, StatusCode::BAD_REQUEST, Some(flash), None).await;
+            return rules_page(
+                &state,
+                &p,
+                StatusCode::BAD_REQUEST,
+                Some(flash),
+                None,
+                Drafts::default(),
+            )
+            .await;
         }
     };
     match api::add_rule(&state, &req, &actor_of(&p, client, &headers)).await {
@@ -222,9 +240,31 @@ pub(super) async fn rule_create(
                 "Rule {} added: {} → {}.",
                 r.name, r.expr, r.channel
             ));
-            rules_page(&state, &p, StatusCode::OK, Some(flash), None).await
+            rules_page(
+                &state,
+                &p,
+                StatusCode::OK,
+                Some(flash),
+                None,
+                Drafts::default(),
+            )
+            .await
         }
-        Err(e) => rules_page(&state, &p, e.status, Some(Flash::error(e.message)), None).await,
+        Err(e) => {
+            let drafts = Drafts {
+                rule: Some(&req),
+                channel: None,
+            };
+            rules_page(
+                &state,
+                &p,
+                e.status,
+                Some(Flash::error(e.message)),
+                None,
+                drafts,
+            )
+            .await
+        }
     }
 }
 
@@ -250,14 +290,40 @@ pub(super) async fn rule_remove(
 ) -> PageResult {
     let p = principal(caller)?;
     if !confirmed(form) {
-        return rules_page(&state, &p, StatusCode::OK, None, Some(("rule", &name))).await;
+        return rules_page(
+            &state,
+            &p,
+            StatusCode::OK,
+            None,
+            Some(("rule", &name)),
+            Drafts::default(),
+        )
+        .await;
     }
     match api::remove_rule(&state, &name, &actor_of(&p, client, &headers)).await {
         Ok(r) => {
             let flash = Flash::ok(format!("Rule {} removed.", r.name));
-            rules_page(&state, &p, StatusCode::OK, Some(flash), None).await
+            rules_page(
+                &state,
+                &p,
+                StatusCode::OK,
+                Some(flash),
+                None,
+                Drafts::default(),
+            )
+            .await
         }
-        Err(e) => rules_page(&state, &p, e.status, Some(Flash::error(e.message)), None).await,
+        Err(e) => {
+            rules_page(
+                &state,
+                &p,
+                e.status,
+                Some(Flash::error(e.message)),
+                None,
+                Drafts::default(),
+            )
+            .await
+        }
     }
 }
 
@@ -310,7 +376,15 @@ pub(super) async fn channel_create(
         Ok(r) => r,
         Err(message) => {
             let flash = Flash::error(message);
-            return rules_page(&state, &p, StatusCode::BAD_REQUEST, Some(flash), None).await;
+            return rules_page(
+                &state,
+                &p,
+                StatusCode::BAD_REQUEST,
+                Some(flash),
+                None,
+                Drafts::default(),
+            )
+            .await;
         }
     };
     match api::add_channel(&state, &req, &actor_of(&p, client, &headers)).await {
@@ -319,9 +393,31 @@ pub(super) async fn channel_create(
                 "Channel {} added ({}, {}).",
                 c.name, c.kind, c.target
             ));
-            rules_page(&state, &p, StatusCode::OK, Some(flash), None).await
+            rules_page(
+                &state,
+                &p,
+                StatusCode::OK,
+                Some(flash),
+                None,
+                Drafts::default(),
+            )
+            .await
         }
-        Err(e) => rules_page(&state, &p, e.status, Some(Flash::error(e.message)), None).await,
+        Err(e) => {
+            let drafts = Drafts {
+                rule: None,
+                channel: Some(&req),
+            };
+            rules_page(
+                &state,
+                &p,
+                e.status,
+                Some(Flash::error(e.message)),
+                None,
+                drafts,
+            )
+            .await
+        }
     }
 }
 
@@ -337,14 +433,40 @@ pub(super) async fn channel_remove(
 ) -> PageResult {
     let p = principal(caller)?;
     if !confirmed(form) {
-        return rules_page(&state, &p, StatusCode::OK, None, Some(("channel", &name))).await;
+        return rules_page(
+            &state,
+            &p,
+            StatusCode::OK,
+            None,
+            Some(("channel", &name)),
+            Drafts::default(),
+        )
+        .await;
     }
     match api::remove_channel(&state, &name, &actor_of(&p, client, &headers)).await {
         Ok(c) => {
             let flash = Flash::ok(format!("Channel {} removed.", c.name));
-            rules_page(&state, &p, StatusCode::OK, Some(flash), None).await
+            rules_page(
+                &state,
+                &p,
+                StatusCode::OK,
+                Some(flash),
+                None,
+                Drafts::default(),
+            )
+            .await
         }
-        Err(e) => rules_page(&state, &p, e.status, Some(Flash::error(e.message)), None).await,
+        Err(e) => {
+            rules_page(
+                &state,
+                &p,
+                e.status,
+                Some(Flash::error(e.message)),
+                None,
+                Drafts::default(),
+            )
+            .await
+        }
     }
 }
 

@@ -9,6 +9,7 @@ use rampart_store::{Alert, AlertChannel, AlertRule, AlertState, Delivery, RuleSc
 
 use super::layout::{Flash, flash, page};
 use super::pages::{csrf, when};
+use crate::alert_config::{ChannelRequest, RuleRequest};
 use crate::auth::{Action, Principal, authorize};
 
 /// The examples of the expression help text.
@@ -168,6 +169,10 @@ pub struct RulesView<'a> {
     pub flash: Option<Flash>,
     /// A removal to confirm: (`rule` or `channel`, name).
     pub confirm: Option<(&'a str, &'a str)>,
+    /// A refused rule, to fill its form again.
+    pub rule_draft: Option<&'a RuleRequest>,
+    /// A refused channel, to fill its form again (never its URL or secret).
+    pub channel_draft: Option<&'a ChannelRequest>,
 }
 
 fn scope_text(s: &RuleScope) -> Markup {
@@ -182,6 +187,9 @@ fn scope_text(s: &RuleScope) -> Markup {
 
 /// `/alert-rules`.
 pub fn rules(v: &RulesView<'_>) -> Markup {
+    let r = v.rule_draft;
+    let rv = |f: fn(&RuleRequest) -> &str| r.map_or("", f);
+    let c = v.channel_draft;
     page(
         "Alert rules",
         Some(v.principal),
@@ -241,17 +249,17 @@ pub fn rules(v: &RulesView<'_>) -> Markup {
                         div.fields {
                             div {
                                 label for="rule-name" { "Name" }
-                                input #rule-name type="text" name="name" required maxlength="64" placeholder="e.g. greenhouse-hot";
+                                input #rule-name type="text" name="name" required maxlength="64" placeholder="e.g. greenhouse-hot" value=(rv(|r| &r.name));
                             }
                             div {
                                 label for="rule-channel" { "Channel" }
                                 select #rule-channel name="channel" {
-                                    @for c in v.channels { option value=(c.name) { (c.name) } }
+                                    @for ch in v.channels { option value=(ch.name) selected[rv(|r| &r.channel) == ch.name] { (ch.name) } }
                                 }
                             }
                         }
                         label for="rule-expr" { "Expression" }
-                        input #rule-expr type="text" name="expr" required maxlength="200" placeholder=(EXPRESSION_EXAMPLES[0]) aria-describedby="expr-help";
+                        input #rule-expr type="text" name="expr" required maxlength="200" placeholder=(EXPRESSION_EXAMPLES[0]) aria-describedby="expr-help" value=(rv(|r| &r.expr));
                         p.hint #expr-help {
                             "For example "
                             @for (i, e) in EXPRESSION_EXAMPLES.iter().enumerate() {
@@ -263,14 +271,14 @@ pub fn rules(v: &RulesView<'_>) -> Markup {
                         div.fields {
                             div {
                                 label for="rule-device" { "Only this device (optional)" }
-                                input #rule-device type="text" name="device" maxlength="128";
+                                input #rule-device type="text" name="device" maxlength="128" value=(rv(|r| r.device.as_deref().unwrap_or_default()));
                             }
                             div {
                                 label for="rule-owner" { "Only devices of this owner (optional)" }
-                                input #rule-owner type="text" name="owner" maxlength="128" placeholder="user:NAME";
+                                input #rule-owner type="text" name="owner" maxlength="128" placeholder="user:NAME" value=(rv(|r| r.owner.as_deref().unwrap_or_default()));
                             }
                         }
-                        label.check { input type="checkbox" name="new_metric" value="yes"; " The metric is new: no device sends it yet" }
+                        label.check { input type="checkbox" name="new_metric" value="yes" checked[r.is_some_and(|r| r.new_metric)]; " The metric is new: no device sends it yet" }
                         button type="submit" { "Add rule" }
                     }
                 }
@@ -303,19 +311,19 @@ pub fn rules(v: &RulesView<'_>) -> Markup {
                     div.fields {
                         div {
                             label for="channel-name" { "Name" }
-                            input #channel-name type="text" name="name" required maxlength="64" placeholder="e.g. ops-discord";
+                            input #channel-name type="text" name="name" required maxlength="64" placeholder="e.g. ops-discord" value=(c.map_or("", |c| c.name.as_str()));
                         }
                         div {
                             label for="channel-kind" { "Kind" }
                             select #channel-kind name="kind" {
-                                option value="discord" { "Discord" }
-                                option value="slack" { "Slack" }
-                                option value="json" { "Generic JSON" }
+                                @for (kind, label) in [("discord", "Discord"), ("slack", "Slack"), ("json", "Generic JSON")] {
+                                    option value=(kind) selected[c.is_some_and(|c| c.kind == kind)] { (label) }
+                                }
                             }
                         }
                         div {
                             label for="channel-rate" { "Deliveries per minute" }
-                            input #channel-rate type="number" name="per_minute" min="1" max="600" value="30";
+                            input #channel-rate type="number" name="per_minute" min="1" max="600" value=(c.and_then(|c| c.per_minute).unwrap_or(crate::alert_config::DEFAULT_PER_MINUTE));
                         }
                     }
                     label for="channel-url" { "Webhook URL" }
@@ -324,7 +332,7 @@ pub fn rules(v: &RulesView<'_>) -> Markup {
                     label for="channel-secret" { "Signing secret (generic JSON only, optional)" }
                     input #channel-secret type="password" name="secret" maxlength="256" autocomplete="off";
                     label.check.danger-flag {
-                        input type="checkbox" name="allow_private" value="yes";
+                        input type="checkbox" name="allow_private" value="yes" checked[c.is_some_and(|c| c.allow_private)];
                         " "
                         strong { "Dangerous:" }
                         " allow plain http and private or loopback addresses (the server could then reach your internal network)"

@@ -530,6 +530,8 @@ async fn rules_and_channels_pages_show_the_checks_messages() {
     .await;
     assert_eq!(r.status, 400, "{}", r.text);
     assert!(r.text.contains("class=\"flash error\""), "{}", r.text);
+    assert!(r.text.contains("value=\"lan\""), "the name is kept");
+    assert!(!r.text.contains("127.0.0.1:9/h"), "the URL is not");
     let r = send(
         "/alert-channels",
         form(&[("name", "ops"), ("kind", "discord"), ("url", SECRET_URL)]),
@@ -562,6 +564,12 @@ async fn rules_and_channels_pages_show_the_checks_messages() {
         .expect_err("refused")
         .to_string();
     assert!(r.text.contains(&escaped(&parser)), "{}", r.text);
+    // The refused rule fills its form again.
+    assert!(
+        r.text.contains("value=\"temperature &gt;&gt; 30\""),
+        "{}",
+        r.text
+    );
     let r = send(
         "/alert-rules",
         form(&[
