@@ -571,7 +571,8 @@ fn web_state(
             success_threshold: platform.config.ota.default_success_threshold,
             failure_threshold: platform.config.ota.default_failure_threshold,
         },
-    }))
+    })
+    .with_alerts(Arc::new(platform.store.clone())))
 }
 
 /// While no owner exists, prints a fresh one-time setup URL on stdout

@@ -11,7 +11,7 @@ use rampart_pki::Pki;
 use rampart_provisioning::claim::ClaimPolicy;
 use rampart_store::campaigns::CampaignStore;
 use rampart_store::telemetry::TelemetryStore;
-use rampart_store::{FirmwareStore, NotificationStore, Store, UserStore};
+use rampart_store::{AlertStore, FirmwareStore, NotificationStore, Store, UserStore};
 use time::OffsetDateTime;
 
 use crate::auth::{Clock, SealingKey};
@@ -41,6 +41,7 @@ struct Inner {
     ota: OnceLock<OtaBackend>,
     inbox: OnceLock<crate::inbox::InboxHub>,
     campaigns: OnceLock<CampaignBackend>,
+    alerts: OnceLock<Alerts>,
     auth: AuthBackend,
     login_failures: FailureLimiter,
     /// The last TOTP step accepted per user: a code is good once.
@@ -49,6 +50,15 @@ struct Inner {
     mfa_tickets: Mutex<HashMap<String, (String, OffsetDateTime)>>,
     /// Where the audit chain last verified, so `/audit` checks only newer rows.
     audit_chain: crate::audit_chain::ChainMemo,
+}
+
+/// The alert store, which has no `Debug` of its own.
+struct Alerts(Arc<dyn AlertStore>);
+
+impl std::fmt::Debug for Alerts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AlertStore")
+    }
 }
 
 /// Publishes the CRL after a revocation, so that new TLS handshakes refuse
@@ -173,6 +183,7 @@ impl AppState {
                 ota: OnceLock::new(),
                 inbox: OnceLock::new(),
                 campaigns: OnceLock::new(),
+                alerts: OnceLock::new(),
             }),
         }
     }
@@ -261,6 +272,15 @@ impl AppState {
         self
     }
 
+    /// Plugs in the alert store (channels, rules, alerts, dead letters).
+    /// Set once, before serving; without it the alert routes answer 503.
+    pub fn with_alerts(self, alerts: Arc<dyn AlertStore>) -> Self {
+        if self.inner.alerts.set(Alerts(alerts)).is_err() {
+            tracing::warn!("the alert store was already set; the new one is ignored");
+        }
+        self
+    }
+
     /// The campaign backend, or a 503 saying it is missing.
     pub(crate) fn campaigns(&self) -> Result<&CampaignBackend, crate::ApiError> {
         self.inner.campaigns.get().ok_or_else(|| {
@@ -270,6 +290,21 @@ impl AppState {
                 "this server was started without update campaigns",
             )
         })
+    }
+
+    /// The alert store, or a 503 saying it is missing.
+    pub(crate) fn alerts(&self) -> Result<&dyn AlertStore, crate::ApiError> {
+        self.inner
+            .alerts
+            .get()
+            .map(|a| a.0.as_ref())
+            .ok_or_else(|| {
+                crate::ApiError::new(
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    "alerts_unavailable",
+                    "this server was started without alerts",
+                )
+            })
     }
 
     /// The store.

@@ -467,3 +467,107 @@ fn a_device_is_watched_live_claimed_and_revoked_in_a_browser() {
     });
     assert!(sim.terminate());
 }
+
+/// Alerts in a real browser (issue 10): a simulated device streams; the
+/// owner adds a webhook channel (the danger flag ticked: the receiver is on
+/// loopback) and a threshold rule in the forms; `serve`'s engine fires the
+/// alert from the next reading; the alerts page lists it with a link to the
+/// device, and "Acknowledge" records who. Screenshots on desktop and phone.
+#[test]
+fn alerts_are_configured_seen_and_acknowledged_in_a_browser() {
+    let mut p = crate::simulate::platform();
+    let mut sim = p.one_connected_device("alarm");
+    let base = format!("https://{}", p.http);
+    let setup_url = p.serve.setup_url();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let b = Browser::start(&server_spki_hash(p.http), Window::Desktop).await;
+        let c = b.client();
+        c.goto(&setup_url).await.expect("open setup URL");
+        fill(&b, "#name", "olivia").await;
+        fill(&b, "#email", "olivia@example.com").await;
+        fill(&b, "#password", PASSWORD).await;
+        submit(&b, "form[action='/setup']").await;
+        assert!(text_of(&b, "nav.main").await.contains("Alerts"));
+
+        // A channel: a loopback receiver needs the danger flag.
+        c.goto(&format!("{base}/alert-rules"))
+            .await
+            .expect("rules page");
+        assert!(text_of(&b, "#add-channel").await.contains("Dangerous"));
+        fill(&b, "#channel-name", "lab").await;
+        fill(&b, "#channel-url", "http://127.0.0.1:9/hook").await;
+        submit(&b, "form[action='/alert-channels']").await;
+        assert!(
+            text_of(&b, ".flash.error").await.contains("private"),
+            "a loopback URL without the flag is refused"
+        );
+        fill(&b, "#channel-name", "lab").await;
+        fill(&b, "#channel-url", "http://127.0.0.1:9/hook").await;
+        c.find(Locator::Css("input[name=allow_private]"))
+            .await
+            .expect("danger flag")
+            .click()
+            .await
+            .expect("tick");
+        submit(&b, "form[action='/alert-channels']").await;
+        assert!(text_of(&b, ".flash.ok").await.contains("Channel lab added"));
+
+        // A rule the simulated readings meet at once.
+        fill(&b, "#rule-name", "alive").await;
+        fill(&b, "#rule-expr", "temperature < 1000").await;
+        submit(&b, "form[action='/alert-rules']").await;
+        assert!(text_of(&b, ".flash.ok").await.contains("Rule alive added"));
+        b.screenshot("alert-rules").await;
+
+        // The engine fires it from the next reading.
+        let deadline = std::time::Instant::now() + rampart_test_support::wait_limit();
+        loop {
+            c.goto(&format!("{base}/alerts")).await.expect("alerts");
+            let firing = text_of(&b, "#firing").await;
+            if firing.contains("alarm-0001") {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                let shot = b.screenshot("failure").await;
+                panic!("the alert never fired (screenshot {})", shot.display());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        c.find(Locator::Css("#firing a[href='/devices/alarm-0001']"))
+            .await
+            .expect("a link to the device");
+        b.screenshot("alerts").await;
+        submit(&b, "#firing form").await;
+        assert_eq!(path_of(&b).await, "/alerts");
+        assert!(text_of(&b, "#firing").await.contains("olivia"));
+        b.screenshot("alerts-acknowledged").await;
+        b.close().await;
+
+        let phone = Browser::start(&server_spki_hash(p.http), Window::Phone).await;
+        phone
+            .client()
+            .goto(&format!("{base}/login"))
+            .await
+            .expect("login");
+        fill(&phone, "#name", "olivia").await;
+        fill(&phone, "#password", PASSWORD).await;
+        submit(&phone, "form[action='/login']").await;
+        phone
+            .client()
+            .goto(&format!("{base}/alerts"))
+            .await
+            .expect("alerts");
+        phone.screenshot("alerts-phone").await;
+        assert_eq!(text_of(&phone, "h1").await, "Alerts");
+        phone
+            .client()
+            .find(Locator::Css("#firing a[href='/devices/alarm-0001']"))
+            .await
+            .expect("the alert on a phone");
+    });
+    assert!(sim.terminate());
+}

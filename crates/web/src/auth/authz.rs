@@ -54,11 +54,17 @@ pub enum Action {
     StartCampaigns,
     /// Stop updates: pause a campaign, or cancel it (emergency stop).
     StopCampaigns,
+    /// Read alerts (firing, resolved, closed).
+    ReadAlerts,
+    /// Acknowledge an alert.
+    AcknowledgeAlerts,
+    /// Manage alert channels and rules, and retry dead letters.
+    ManageAlerts,
 }
 
 impl Action {
     /// Every action, for tests and documentation.
-    pub const ALL: [Action; 20] = [
+    pub const ALL: [Action; 23] = [
         Action::ReadOwnAccount,
         Action::ManageOwnAccount,
         Action::ManageOwnApiTokens,
@@ -79,6 +85,9 @@ impl Action {
         Action::ReadCampaigns,
         Action::StartCampaigns,
         Action::StopCampaigns,
+        Action::ReadAlerts,
+        Action::AcknowledgeAlerts,
+        Action::ManageAlerts,
     ];
 
     /// The least role allowed to do it.
@@ -89,8 +98,12 @@ impl Action {
             | Action::ManageOwnApiTokens
             | Action::ReadDevices
             | Action::ReadFirmware
-            | Action::ReadCampaigns => Role::Viewer,
-            Action::ClaimDevice | Action::DisableDevice | Action::StopCampaigns => Role::Operator,
+            | Action::ReadCampaigns
+            | Action::ReadAlerts => Role::Viewer,
+            Action::ClaimDevice
+            | Action::DisableDevice
+            | Action::StopCampaigns
+            | Action::AcknowledgeAlerts => Role::Operator,
             Action::ManageAllApiTokens
             | Action::RevokeDevice
             | Action::ManageEnrollmentTokens
@@ -101,7 +114,8 @@ impl Action {
             | Action::ReadAudit
             | Action::ReadMetrics
             | Action::UploadFirmware
-            | Action::StartCampaigns => Role::Admin,
+            | Action::StartCampaigns
+            | Action::ManageAlerts => Role::Admin,
         }
     }
 
@@ -138,6 +152,9 @@ impl Action {
             Action::ReadCampaigns => "read update campaigns",
             Action::StartCampaigns => "create, approve or resume update campaigns",
             Action::StopCampaigns => "pause or cancel update campaigns",
+            Action::ReadAlerts => "read alerts",
+            Action::AcknowledgeAlerts => "acknowledge alerts",
+            Action::ManageAlerts => "manage alert channels, rules and dead letters",
         }
     }
 }

@@ -84,8 +84,41 @@ pub(super) async fn fleet(State(state): State<AppState>, caller: Caller) -> Page
         problems: &problems,
         expiring,
         blocked,
+        firing_alerts: alerts_of(&state, &p, None).await?.map(|a| a.len()),
     };
     Ok(html(StatusCode::OK, ui::fleet(&p, &view)))
+}
+
+/// Alerts for the pages, when the caller may read them and the server has
+/// alerts: every firing one (`device` `None`), or a device's firing and
+/// recent ones, firing first.
+async fn alerts_of(
+    state: &AppState,
+    p: &crate::auth::Principal,
+    device: Option<&str>,
+) -> Result<Option<Vec<rampart_store::Alert>>, ApiError> {
+    let Ok(store) = state.alerts() else {
+        return Ok(None);
+    };
+    if crate::auth::authorize(Some(p), crate::auth::Action::ReadAlerts).is_err() {
+        return Ok(None);
+    }
+    let list = match device {
+        None => store.firing_alerts().await,
+        Some(d) => store
+            .alerts(&rampart_store::AlertQuery {
+                state: None,
+                subject: Some(d.to_owned()),
+                before: None,
+                limit: 20,
+            })
+            .await
+            .map(|mut list| {
+                list.sort_by_key(|a| a.state != rampart_store::AlertState::Firing);
+                list
+            }),
+    };
+    list.map(Some).map_err(super::alerts::alert_store_error)
 }
 
 /// `GET /devices`.
@@ -225,6 +258,7 @@ async fn render_device(
         .get("confirm")
         .map(String::as_str)
         .filter(|c| matches!(*c, "disable" | "enable" | "revoke"));
+    let alerts = alerts_of(state, p, Some(id.as_str())).await?;
     let extras = DeviceExtras {
         charts: &charts,
         range: &range_key,
@@ -238,6 +272,7 @@ async fn render_device(
         ),
         presence: &presence,
         confirm,
+        alerts: alerts.as_deref(),
     };
     Ok(html(
         status,

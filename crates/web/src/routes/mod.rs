@@ -7,6 +7,8 @@
 //! up for every request and refuses a route it does not find.
 
 mod account;
+mod alert_pages;
+mod alerts;
 mod campaign_pages;
 pub(crate) mod campaigns;
 mod console;
@@ -350,6 +352,64 @@ pub const ROUTES: &[RouteSpec] = &[
     ),
     page("GET", "/notifications", act(Action::ReadOwnAccount)),
     page("POST", "/notifications/read", act(Action::ReadOwnAccount)),
+    // Alerts (issue 10): viewers read, operators acknowledge, admins
+    // manage channels, rules and dead letters.
+    api("GET", "/api/v1/alerts", act(Action::ReadAlerts)),
+    api("GET", "/api/v1/alerts/{id}", act(Action::ReadAlerts)),
+    api(
+        "POST",
+        "/api/v1/alerts/{id}/acknowledge",
+        act(Action::AcknowledgeAlerts),
+    ),
+    api("GET", "/api/v1/alert-channels", act(Action::ManageAlerts)),
+    api("POST", "/api/v1/alert-channels", act(Action::ManageAlerts)),
+    api(
+        "DELETE",
+        "/api/v1/alert-channels/{name}",
+        act(Action::ManageAlerts),
+    ),
+    api("GET", "/api/v1/alert-rules", act(Action::ManageAlerts)),
+    api("POST", "/api/v1/alert-rules", act(Action::ManageAlerts)),
+    api(
+        "DELETE",
+        "/api/v1/alert-rules/{name}",
+        act(Action::ManageAlerts),
+    ),
+    api(
+        "GET",
+        "/api/v1/alert-deliveries/dead",
+        act(Action::ManageAlerts),
+    ),
+    api(
+        "POST",
+        "/api/v1/alert-deliveries/{id}/retry",
+        act(Action::ManageAlerts),
+    ),
+    page("GET", "/alerts", act(Action::ReadAlerts)),
+    page(
+        "POST",
+        "/alerts/{id}/acknowledge",
+        act(Action::AcknowledgeAlerts),
+    ),
+    page("GET", "/alert-rules", act(Action::ManageAlerts)),
+    page("POST", "/alert-rules", act(Action::ManageAlerts)),
+    page(
+        "POST",
+        "/alert-rules/{name}/remove",
+        act(Action::ManageAlerts),
+    ),
+    page("POST", "/alert-channels", act(Action::ManageAlerts)),
+    page(
+        "POST",
+        "/alert-channels/{name}/remove",
+        act(Action::ManageAlerts),
+    ),
+    page("GET", "/alert-deliveries/dead", act(Action::ManageAlerts)),
+    page(
+        "POST",
+        "/alert-deliveries/{id}/retry",
+        act(Action::ManageAlerts),
+    ),
     // The API's own description.
     api("GET", "/api/v1/openapi.json", Public),
 ];
@@ -471,6 +531,26 @@ fn endpoint(spec: &RouteSpec) -> Option<MethodRouter<AppState>> {
         ("POST", "/api/v1/notifications/read") => post(notifications::mark_read),
         ("GET", "/notifications") => get(notifications::page),
         ("POST", "/notifications/read") => post(notifications::page_mark_read),
+        ("GET", "/api/v1/alerts") => get(alerts::list),
+        ("GET", "/api/v1/alerts/{id}") => get(alerts::show),
+        ("POST", "/api/v1/alerts/{id}/acknowledge") => post(alerts::acknowledge),
+        ("GET", "/api/v1/alert-channels") => get(alerts::list_channels),
+        ("POST", "/api/v1/alert-channels") => post(alerts::create_channel),
+        ("DELETE", "/api/v1/alert-channels/{name}") => delete(alerts::delete_channel),
+        ("GET", "/api/v1/alert-rules") => get(alerts::list_rules),
+        ("POST", "/api/v1/alert-rules") => post(alerts::create_rule),
+        ("DELETE", "/api/v1/alert-rules/{name}") => delete(alerts::delete_rule),
+        ("GET", "/api/v1/alert-deliveries/dead") => get(alerts::list_dead),
+        ("POST", "/api/v1/alert-deliveries/{id}/retry") => post(alerts::retry),
+        ("GET", "/alerts") => get(alert_pages::alerts),
+        ("POST", "/alerts/{id}/acknowledge") => post(alert_pages::acknowledge),
+        ("GET", "/alert-rules") => get(alert_pages::rules),
+        ("POST", "/alert-rules") => post(alert_pages::rule_create),
+        ("POST", "/alert-rules/{name}/remove") => post(alert_pages::rule_remove),
+        ("POST", "/alert-channels") => post(alert_pages::channel_create),
+        ("POST", "/alert-channels/{name}/remove") => post(alert_pages::channel_remove),
+        ("GET", "/alert-deliveries/dead") => get(alert_pages::dead),
+        ("POST", "/alert-deliveries/{id}/retry") => post(alert_pages::retry),
         ("GET", "/api/v1/openapi.json") => get(openapi::document),
         _ => return None,
     })

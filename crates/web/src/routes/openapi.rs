@@ -6,7 +6,9 @@ use axum::Json;
 use axum::response::IntoResponse;
 use utoipa::OpenApi;
 
-use super::{account, campaigns, devices, enroll, firmware, notifications, registry, users};
+use super::{
+    account, alerts, campaigns, devices, enroll, firmware, notifications, registry, users,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -66,6 +68,17 @@ use super::{account, campaigns, devices, enroll, firmware, notifications, regist
         campaigns::pause,
         campaigns::resume,
         campaigns::cancel,
+        alerts::list,
+        alerts::show,
+        alerts::acknowledge,
+        alerts::list_channels,
+        alerts::create_channel,
+        alerts::delete_channel,
+        alerts::list_rules,
+        alerts::create_rule,
+        alerts::delete_rule,
+        alerts::list_dead,
+        alerts::retry,
         document,
     )
 )]

@@ -62,6 +62,8 @@ pub struct FleetView<'a> {
     pub expiring: u64,
     /// Devices disabled or revoked.
     pub blocked: u64,
+    /// Alerts firing, when the caller may read alerts.
+    pub firing_alerts: Option<usize>,
 }
 
 /// `/`: the fleet at a glance.
@@ -125,6 +127,9 @@ pub fn fleet(p: &Principal, v: &FleetView<'_>) -> Markup {
             }
             div.card {
                 h2 { "Recent problems" }
+                @if let Some(n) = v.firing_alerts.filter(|n| *n > 0) {
+                    p #firing-alerts { span.badge.off { (n) " firing" } " " a href="/alerts?state=firing" { (if n == 1 { "alert" } else { "alerts" }) } }
+                }
                 @if v.problems.is_empty() && v.blocked == 0 {
                     p.hint { "Nothing to report: no rejected messages recently." }
                 } @else {
@@ -359,6 +364,9 @@ pub struct DeviceExtras<'a> {
     pub presence: &'a [PresenceHistoryRecord],
     /// A confirmation asked for: `disable`, `enable`, `revoke`.
     pub confirm: Option<&'a str>,
+    /// The device's alerts (firing and recent), when the caller may read
+    /// alerts.
+    pub alerts: Option<&'a [rampart_store::Alert]>,
 }
 
 /// `/devices/{id}`.
@@ -390,6 +398,19 @@ pub fn device(
                 (flash(message))
                 @if let Some(what) = x.confirm {
                     (confirmation(id, csrf_token, what))
+                }
+                @if let Some(alerts) = x.alerts {
+                    div.card #device-alerts {
+                        div.head-row {
+                            h2 { "Alerts" }
+                            a href={ "/alerts?subject=" (id) } { "All alerts of " (id) }
+                        }
+                        (super::alerts::alert_table(
+                            alerts,
+                            authorize(Some(p), Action::AcknowledgeAlerts).is_ok().then_some(csrf_token),
+                            "No alerts for this device.",
+                        ))
+                    }
                 }
                 div.card {
                     div.head-row {

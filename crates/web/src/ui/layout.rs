@@ -13,6 +13,7 @@ const NAV: &[(&str, &str, Action)] = &[
     ("Claim", "/claim", Action::ClaimDevice),
     ("Firmware", "/firmware", Action::ReadFirmware),
     ("Campaigns", "/campaigns", Action::ReadCampaigns),
+    ("Alerts", "/alerts", Action::ReadAlerts),
     ("Account", "/account", Action::ReadOwnAccount),
     ("Users", "/users", Action::ReadUsers),
     (

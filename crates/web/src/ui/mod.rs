@@ -4,6 +4,7 @@
 //! Pages are rendered on the server with `maud` (escaped by default). No
 //! inline script or style anywhere: the CSP forbids both.
 
+pub(crate) mod alerts;
 pub(crate) mod campaigns;
 pub(crate) mod console;
 pub(crate) mod firmware;

@@ -111,7 +111,8 @@ impl Server {
             .with_campaigns(CampaignBackend {
                 campaigns: Arc::new(store.clone()),
                 defaults: CampaignDefaults::default(),
-            });
+            })
+            .with_alerts(Arc::new(store.clone()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

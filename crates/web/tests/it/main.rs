@@ -2,6 +2,7 @@
 //! process on a loopback port, over real TLS, with a real HTTPS client that
 //! trusts only the test CA, a real CA and a real SQLite store.
 
+mod alerts;
 mod auth;
 mod campaigns;
 mod common;

@@ -223,6 +223,62 @@ const EXPECTED: &[(&str, &str, [u16; 5])] = &[
     ("POST", "/campaigns/{id}/cancel", [303, 403, 404, 404, 404]),
     ("GET", "/api/v1/audit", [401, 403, 403, 200, 200]),
     ("GET", "/audit", [303, 403, 403, 200, 200]),
+    ("GET", "/api/v1/alerts", [401, 200, 200, 200, 200]),
+    ("GET", "/api/v1/alerts/{id}", [401, 404, 404, 404, 404]),
+    (
+        "POST",
+        "/api/v1/alerts/{id}/acknowledge",
+        [401, 403, 404, 404, 404],
+    ),
+    ("GET", "/api/v1/alert-channels", [401, 403, 403, 200, 200]),
+    ("POST", "/api/v1/alert-channels", [401, 403, 403, 400, 400]),
+    (
+        "DELETE",
+        "/api/v1/alert-channels/{name}",
+        [401, 403, 403, 404, 404],
+    ),
+    ("GET", "/api/v1/alert-rules", [401, 403, 403, 200, 200]),
+    ("POST", "/api/v1/alert-rules", [401, 403, 403, 400, 400]),
+    (
+        "DELETE",
+        "/api/v1/alert-rules/{name}",
+        [401, 403, 403, 404, 404],
+    ),
+    (
+        "GET",
+        "/api/v1/alert-deliveries/dead",
+        [401, 403, 403, 200, 200],
+    ),
+    (
+        "POST",
+        "/api/v1/alert-deliveries/{id}/retry",
+        [401, 403, 403, 404, 404],
+    ),
+    ("GET", "/alerts", [303, 200, 200, 200, 200]),
+    (
+        "POST",
+        "/alerts/{id}/acknowledge",
+        [303, 403, 404, 404, 404],
+    ),
+    ("GET", "/alert-rules", [303, 403, 403, 200, 200]),
+    ("POST", "/alert-rules", [303, 403, 403, 400, 400]),
+    (
+        "POST",
+        "/alert-rules/{name}/remove",
+        [303, 403, 403, 200, 200],
+    ),
+    ("POST", "/alert-channels", [303, 403, 403, 400, 400]),
+    (
+        "POST",
+        "/alert-channels/{name}/remove",
+        [303, 403, 403, 200, 200],
+    ),
+    ("GET", "/alert-deliveries/dead", [303, 403, 403, 200, 200]),
+    (
+        "POST",
+        "/alert-deliveries/{id}/retry",
+        [303, 403, 403, 404, 404],
+    ),
     ("GET", "/api/v1/openapi.json", [200, 200, 200, 200, 200]),
 ];
 
