@@ -15,6 +15,9 @@ use rampart_test_support::{
 
 const CONFIG: &str = "[broker]\nrate_limit_exempt = [\"127.0.0.1\", \"::1\"]\n";
 
+/// The receiver status that means: never answer.
+const HANG: u16 = 0;
+
 /// One request the receiver got.
 #[derive(Debug, Clone)]
 struct Received {
@@ -43,7 +46,8 @@ impl Receiver {
         let me = r.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                me.answer(stream);
+                let me = me.clone();
+                std::thread::spawn(move || me.answer(stream));
             }
         });
         r
@@ -82,10 +86,26 @@ impl Receiver {
             status,
         });
         let mut stream = reader.into_inner();
-        let _ = write!(
-            stream,
-            "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        );
+        match status {
+            // A receiver that hangs: reads the request, never answers.
+            HANG => {
+                let mut rest = Vec::new();
+                let _ = stream.read_to_end(&mut rest);
+            }
+            // A receiver that redirects to itself, forever.
+            302 => {
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 302 Found\r\nLocation: /hook/again\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+            }
+            _ => {
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+            }
+        }
     }
 
     fn url(&self) -> String {
@@ -581,4 +601,86 @@ fn channels_and_rules_of_the_config_file_are_created_at_start() {
     .expect("config");
     let mut failed = ws.serve(&FAST);
     failed.wait_for(&["alert rule 'broken'", "expected for at word 2"]);
+}
+
+#[test]
+fn bad_receivers_are_bounded_and_never_hold_up_the_others() {
+    let ws = setup();
+    let dev = ws.device("greenhouse-6");
+    let (good, hanging, looping) = (Receiver::start(), Receiver::start(), Receiver::start());
+    hanging.status.store(HANG, Ordering::SeqCst);
+    looping.status.store(302, Ordering::SeqCst);
+    let mut env = FAST.to_vec();
+    env.push(("RAMPART_ALERTS__DELIVERY_TIMEOUT", "300ms"));
+    let mut serve = ws.serve(&env);
+    let mqtt = serve.listening("mqtt");
+    for (name, url, private) in [
+        ("good", good.url(), true),
+        ("hanging", hanging.url(), true),
+        ("looping", looping.url(), true),
+        // A name that resolves to loopback passes the URL check but is
+        // refused at connect time: DNS cannot smuggle a private address in.
+        (
+            "rebinding",
+            format!("https://localhost:{}/hook", good.addr.port()),
+            false,
+        ),
+    ] {
+        let mut args = vec![
+            "alert", "channel", "add", "--name", name, "--kind", "discord", "--url", &url,
+        ];
+        if private {
+            args.push("--danger-allow-private");
+        }
+        ws.rampart_json(&args);
+        ws.rampart_json(&[
+            "alert",
+            "rule",
+            "add",
+            "--name",
+            name,
+            "--expr",
+            "offline for 1s",
+            "--channel",
+            name,
+            "--device",
+            "greenhouse-6",
+        ]);
+    }
+    let sub = connect(&dev, mqtt);
+    wait_online(&ws, "greenhouse-6", true);
+    drop(sub);
+    // The good receiver hears at once, whatever the others do.
+    let got = good.wait_accepted(1);
+    assert!(got[0].contains("FIRING: good on greenhouse-6"), "{got:?}");
+    // The hanging one is tried again after each time-out.
+    hanging.wait_requests(2);
+    assert!(hanging.accepted().is_empty());
+    // The looping and the rebinding ones end as dead letters, with why.
+    let deadline = Instant::now() + wait_limit();
+    let dead = loop {
+        let dead = ws.rampart_json(&["alert", "dead-letters"]);
+        if dead.as_array().is_some_and(|d| d.len() >= 2) {
+            break dead;
+        }
+        assert!(Instant::now() < deadline, "{dead}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let why = |rule: &str| {
+        dead.as_array()
+            .into_iter()
+            .flatten()
+            .find(|d| d["rule"] == rule)
+            .and_then(|d| d["lastError"].as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(why("looping").contains("more than 3 redirects"), "{dead}");
+    assert!(why("rebinding").contains("not a public address"), "{dead}");
+    assert_eq!(
+        good.accepted().len(),
+        1,
+        "the rebinding channel never reached it"
+    );
+    assert!(serve.terminate());
 }
