@@ -9,8 +9,8 @@
 //!   of one core (evaluation is one task: at most one core);
 //! - flat out: the same messages as fast as they go, for the headroom.
 //!
-//! Readings follow a daily-cycle-free random walk around typical values,
-//! crossing the thresholds now and then, so trackers move through their
+//! Readings follow a random walk from values spread over the fleet, some
+//! near the limits, crossing the thresholds now and then, so trackers move through their
 //! states and transitions happen (counted) as they would in a fleet.
 
 use std::collections::HashMap;
@@ -91,8 +91,10 @@ impl Fleet {
         Self {
             ids,
             owners,
-            temperature: vec![25.0; devices],
-            humidity: vec![45.0; devices],
+            // Spread from 20 to 30 °C and 18 to 57 %: some devices hover
+            // around the limits, so alerts fire and resolve during a run.
+            temperature: (0..devices).map(|i| 20.0 + (i % 11) as f64).collect(),
+            humidity: (0..devices).map(|i| 18.0 + (i % 40) as f64).collect(),
             noise: Noise(0x9E37_79B9_7F4A_7C15),
         }
     }
