@@ -128,6 +128,17 @@ pub(crate) async fn run(mut inputs: EngineInputs, shutdown: CancellationToken) {
     }
 }
 
+/// When a presence event counts for the rules: an offline event only
+/// after the hold-down, so a device back within it raised nothing
+/// (flapping suppression; 0 turns it off).
+fn presence_at(online: bool, at_ms: u64, hold_down_ms: u64) -> u64 {
+    if online {
+        at_ms
+    } else {
+        at_ms.saturating_add(hold_down_ms)
+    }
+}
+
 /// The rollout halt a campaign status is, if any.
 fn halt_of(status: CampaignStatus) -> Option<RolloutHalt> {
     match status {
@@ -257,12 +268,11 @@ impl Engine {
                 at_ms,
                 ..
             } => {
-                let at = u64::try_from(*at_ms).unwrap_or(0);
-                let at = if *online {
-                    at
-                } else {
-                    at.saturating_add(self.hold_down_ms)
-                };
+                let at = presence_at(
+                    *online,
+                    u64::try_from(*at_ms).unwrap_or(0),
+                    self.hold_down_ms,
+                );
                 let id = device.as_str().to_owned();
                 let owner = self.owners.get(&id).cloned().flatten();
                 let dev = DeviceRef {
@@ -450,5 +460,43 @@ impl Engine {
         if queued {
             self.deliveries.notify_one();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn evaluator() -> Evaluator {
+        let mut e = Evaluator::new();
+        e.set_rules(vec![Rule {
+            id: 1,
+            scope: Scope::Fleet,
+            condition: rampart_alerts::parse("offline for 1s").expect("parses"),
+        }]);
+        e
+    }
+
+    const DEV: DeviceRef<'static> = DeviceRef {
+        id: "d",
+        owner: None,
+    };
+
+    #[test]
+    fn the_hold_down_swallows_a_flap_and_delays_a_real_absence() {
+        let hold = 5_000;
+        let mut e = evaluator();
+        let mut out = Vec::new();
+        e.presence(DEV, false, presence_at(false, 0, hold), &mut out);
+        e.presence(DEV, true, presence_at(true, 3_000, hold), &mut out);
+        e.tick(60_000, &mut out);
+        assert!(out.is_empty(), "back within the hold-down: {out:?}");
+
+        e.presence(DEV, false, presence_at(false, 100_000, hold), &mut out);
+        e.tick(105_999, &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        e.tick(106_000, &mut out);
+        assert_eq!(out.len(), 1, "offline for 1 s after the 5 s hold-down");
+        assert_eq!(presence_at(false, 7, 0), 7, "0 turns it off");
     }
 }

@@ -684,3 +684,68 @@ fn bad_receivers_are_bounded_and_never_hold_up_the_others() {
     );
     assert!(serve.terminate());
 }
+
+#[test]
+fn security_rules_fire_on_handshake_failures_and_acl_denials() {
+    let ws = setup();
+    let dev = ws.device("greenhouse-7");
+    let receiver = Receiver::start();
+    let mut serve = ws.serve(&FAST);
+    let mqtt = serve.listening("mqtt");
+    add_channel(&ws, &receiver);
+    ws.rampart_json(&[
+        "alert",
+        "rule",
+        "add",
+        "--name",
+        "scan",
+        "--expr",
+        "handshake-failures > 2 in 1m",
+        "--channel",
+        "ops",
+    ]);
+    ws.rampart_json(&[
+        "alert",
+        "rule",
+        "add",
+        "--name",
+        "snooping",
+        "--expr",
+        "acl-denials",
+        "--channel",
+        "ops",
+        "--device",
+        "greenhouse-7",
+    ]);
+    // Garbage instead of a TLS handshake, three times from one address.
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(mqtt).expect("connect");
+        let _ = s.write_all(b"GET / HTTP/1.0\r\n\r\n");
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+    }
+    let got = receiver.wait_accepted(1);
+    assert!(got[0].contains("FIRING: scan on 127.0.0.1"), "{got:?}");
+    // A device publishing on another device's topic is refused by the ACL.
+    let mut a = dev.mosquitto_args(mqtt);
+    a.extend(
+        [
+            "-V",
+            "mqttv5",
+            "-q",
+            "1",
+            "-t",
+            "devices/greenhouse-8/telemetry/up",
+            "-m",
+            "{}",
+        ]
+        .map(String::from),
+    );
+    let _ = mosquitto("mosquitto_pub", &a);
+    let got = receiver.wait_accepted(2);
+    assert!(
+        got[1].contains("FIRING: snooping on greenhouse-7"),
+        "{got:?}"
+    );
+    assert!(serve.terminate());
+}
