@@ -747,5 +747,36 @@ fn security_rules_fire_on_handshake_failures_and_acl_denials() {
         got[1].contains("FIRING: snooping on greenhouse-7"),
         "{got:?}"
     );
+    // A payload the pipeline refuses.
+    ws.rampart_json(&[
+        "alert",
+        "rule",
+        "add",
+        "--name",
+        "garbled",
+        "--expr",
+        "rejected-payloads",
+        "--channel",
+        "ops",
+    ]);
+    let deadline = Instant::now() + wait_limit();
+    let mut seq = 0;
+    while receiver.accepted().len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the rejected-payloads rule never fired"
+        );
+        seq += 1;
+        publish(
+            &dev,
+            mqtt,
+            &format!(r#"{{"seq":{seq},"m":{{"temperature":"hot"}}}}"#),
+        );
+    }
+    let got = receiver.accepted();
+    assert!(
+        got[2].contains("FIRING: garbled on greenhouse-7"),
+        "{got:?}"
+    );
     assert!(serve.terminate());
 }
