@@ -175,11 +175,6 @@ impl Engine {
             self.eval.restore_firing(alert.rule_id, &alert.subject);
         }
         self.seed().await?;
-        // Campaigns paused now (aborts are final: alerted when they happen).
-        for c in self.store.list_campaigns(&[CampaignStatus::Paused]).await? {
-            self.eval
-                .rollout(c.id, halt_of(c.status), now_ms(), &mut self.out);
-        }
         self.apply().await;
         tracing::info!(
             rules = self.eval.rules().len(),
@@ -226,6 +221,11 @@ impl Engine {
             self.eval.seed_telemetry(dev, last);
             self.eval
                 .certificate(dev, ms_of(d.not_after), now, &mut self.out);
+        }
+        // Campaigns paused now (aborts are final: alerted when they happen).
+        for c in self.store.list_campaigns(&[CampaignStatus::Paused]).await? {
+            self.eval
+                .rollout(c.id, halt_of(c.status), now, &mut self.out);
         }
         Ok(())
     }
