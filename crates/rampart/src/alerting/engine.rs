@@ -128,6 +128,15 @@ pub(crate) async fn run(mut inputs: EngineInputs, shutdown: CancellationToken) {
     }
 }
 
+/// The device an event is about, with its owner from the cache (borrowed:
+/// no allocation per message).
+fn device_ref<'a>(owners: &'a HashMap<String, Option<String>>, id: &'a str) -> DeviceRef<'a> {
+    DeviceRef {
+        id,
+        owner: owners.get(id).and_then(|o| o.as_deref()),
+    }
+}
+
 /// When a presence event counts for the rules: an offline event only
 /// after the hold-down, so a device back within it raised nothing
 /// (flapping suppression; 0 turns it off).
@@ -247,18 +256,14 @@ impl Engine {
     async fn live(&mut self, event: &LiveEvent) {
         match event {
             LiveEvent::Readings { device, readings } => {
-                let id = device.as_str();
-                let owner = self.owners.get(id).cloned().flatten();
-                let dev = DeviceRef {
-                    id,
-                    owner: owner.as_deref(),
-                };
+                let dev = device_ref(&self.owners, device.as_str());
+                let now = now_ms();
                 for r in readings {
                     let metrics: Vec<(&str, f64)> =
                         r.metrics.iter().map(|(m, v)| (m.as_str(), *v)).collect();
                     let at = u64::try_from(r.ts_ms).unwrap_or(0).max(1);
                     // Device clocks can be off: time rules run on arrival time.
-                    let at = at.min(now_ms()).max(now_ms().saturating_sub(60_000));
+                    let at = at.min(now).max(now.saturating_sub(60_000));
                     self.eval.reading(dev, &metrics, at, &mut self.out);
                 }
             }
@@ -274,11 +279,7 @@ impl Engine {
                     self.hold_down_ms,
                 );
                 let id = device.as_str().to_owned();
-                let owner = self.owners.get(&id).cloned().flatten();
-                let dev = DeviceRef {
-                    id: &id,
-                    owner: owner.as_deref(),
-                };
+                let dev = device_ref(&self.owners, &id);
                 self.eval.presence(dev, *online, at, &mut self.out);
             }
             LiveEvent::Rejected { device, kind } => {
@@ -288,11 +289,7 @@ impl Engine {
                     rampart_alerts::SecurityEvent::RejectedPayload
                 };
                 let id = device.as_str().to_owned();
-                let owner = self.owners.get(&id).cloned().flatten();
-                let dev = DeviceRef {
-                    id: &id,
-                    owner: owner.as_deref(),
-                };
+                let dev = device_ref(&self.owners, &id);
                 self.eval
                     .security(event, Some(dev), "", now_ms(), &mut self.out);
             }
@@ -315,11 +312,7 @@ impl Engine {
             SecurityNotice::AclDenied { identity, at_ms } => {
                 let at = u64::try_from(*at_ms).unwrap_or(0);
                 let id = identity.as_str().to_owned();
-                let owner = self.owners.get(&id).cloned().flatten();
-                let dev = DeviceRef {
-                    id: &id,
-                    owner: owner.as_deref(),
-                };
+                let dev = device_ref(&self.owners, &id);
                 self.eval.security(
                     rampart_alerts::SecurityEvent::AclDenial,
                     Some(dev),
@@ -406,11 +399,7 @@ impl Engine {
         match self.store.device(&id).await {
             Ok(Some(d)) if d.online => {
                 // The fan-out lost its reconnection: tell the evaluator.
-                let owner = self.owners.get(id.as_str()).cloned().flatten();
-                let dev = DeviceRef {
-                    id: id.as_str(),
-                    owner: owner.as_deref(),
-                };
+                let dev = device_ref(&self.owners, id.as_str());
                 let mut ignored = Vec::new();
                 self.eval.presence(dev, true, now_ms(), &mut ignored);
                 false
