@@ -5,21 +5,24 @@
 
   // Device page: follow the device's live events; on a reading, show it at
   // once and re-fetch the page's charts (server-rendered SVG from rollups)
-  // at most every few seconds.
+  // at most every few seconds. Whenever the stream (re)opens the page's
+  // state is re-fetched too: an event that happened after the server
+  // rendered the page but before the stream was subscribed (a device cut
+  // off while the page loaded) is otherwise never seen.
   var device = document.getElementById("device");
   if (device && window.EventSource) {
     var id = device.getAttribute("data-device");
     var latest = document.getElementById("latest");
-    var badge = document.getElementById("presence-badge");
     var pending = null;
     var refresh = function () {
+      if (pending) clearTimeout(pending);
       pending = null;
       fetch(window.location.href, { credentials: "same-origin" })
         .then(function (r) { return r.ok ? r.text() : null; })
         .then(function (text) {
           if (!text) return;
           var doc = new DOMParser().parseFromString(text, "text/html");
-          ["charts", "presence", "last-seen"].forEach(function (name) {
+          ["charts", "presence", "last-seen", "presence-badge"].forEach(function (name) {
             var fresh = doc.getElementById(name);
             var old = document.getElementById(name);
             if (fresh && old) old.replaceWith(fresh);
@@ -42,6 +45,8 @@
     source.addEventListener("presence", function (e) {
       try {
         var m = JSON.parse(e.data);
+        // Looked up each time: a refresh may have replaced the element.
+        var badge = document.getElementById("presence-badge");
         badge.innerHTML = "";
         var span = document.createElement("span");
         span.className = m.online ? "badge on" : "badge";
@@ -51,6 +56,7 @@
       later();
     });
     source.addEventListener("lagged", later);
+    source.onopen = refresh;
     source.onerror = function () { latest.textContent = "live updates paused (reconnecting…)"; };
   }
 
