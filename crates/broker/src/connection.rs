@@ -19,8 +19,8 @@ use crate::codec::{
 };
 use bytes::BytesMut;
 use rampart_proto::ingest::{
-    DisconnectReason, InboundMessage, IngestOutcome, MessageProperties, PresenceEvent, QoS,
-    RejectionKind, SecurityNotice,
+    Admission, DisconnectReason, InboundMessage, IngestOutcome, MessageProperties, PendingOutcome,
+    PresenceEvent, QoS, Rejection, RejectionKind, SecurityNotice,
 };
 use rampart_proto::topic::{DeviceTopic, Direction};
 use rampart_store::MqttOp;
@@ -190,10 +190,11 @@ enum Immediate {
     Denied { qos: u8, id: u16 },
 }
 
-/// A publish whose pipeline answer is known.
+/// A publish the pipeline has answered (at least admitted).
 struct Step {
     qos: u8,
     id: u16,
+    topic: Arc<str>,
     received: Instant,
     action: StepAction,
 }
@@ -201,8 +202,14 @@ struct Step {
 enum StepAction {
     /// Refused by the pipeline: acknowledged with this code and reason.
     Refused(ReasonCode, String),
-    /// Routed; acknowledged once these writes are durable.
-    Routed(Option<persist::Durable>, Option<persist::Durable>),
+    /// Routed; acknowledged once it is durable: the pipeline's commit
+    /// (`commit`, when it was queued for one) and the broker's own writes
+    /// (the retained message, queued copies for persistent sessions).
+    Routed {
+        retained: Option<persist::Durable>,
+        routed: Option<persist::Durable>,
+        commit: Option<PendingOutcome>,
+    },
 }
 
 /// Most publishes offered to the pipeline together from one connection.
@@ -1009,7 +1016,7 @@ impl Connection {
                 let offered = pp.offered.clone();
                 async move {
                     match offered {
-                        Some(m) => Some(sink.ingest(m).await),
+                        Some(m) => Some(sink.admit(m).await),
                         None => None,
                     }
                 }
@@ -1046,11 +1053,12 @@ impl Connection {
                 return Some(End::Reason(DisconnectReason::ServerShutdown));
             }
         };
-        // Route everything first (durable copies are queued together), then
-        // acknowledge in arrival order as each becomes durable.
+        // Route everything admitted first (durable copies are queued
+        // together; the pipeline's commits are under way), then acknowledge
+        // in arrival order as each becomes durable.
         let mut steps = Vec::with_capacity(batch.len());
-        for (pp, outcome) in batch.into_iter().zip(outcomes) {
-            match self.settle(pp, outcome, identity, client) {
+        for (pp, admission) in batch.into_iter().zip(outcomes) {
+            match self.settle(pp, admission, identity, client) {
                 Ok(step) => steps.push(step),
                 Err(end) => {
                     // Earlier messages still get their answers.
@@ -1065,15 +1073,15 @@ impl Connection {
     }
 
     /// What the pipeline's answer means for one publish: routed (with the
-    /// durable writes to wait for) or refused; an error ends the connection.
+    /// commit and durable writes to wait for) or refused; an error ends the
+    /// connection.
     fn settle(
         &mut self,
         pp: PendingPublish,
-        outcome: Option<IngestOutcome>,
+        admission: Option<Admission>,
         identity: &Identity,
         client: &ClientId,
     ) -> Result<Step, End> {
-        let metrics = &self.broker.metrics;
         let PendingPublish {
             p,
             topic,
@@ -1082,28 +1090,23 @@ impl Connection {
             received,
             ..
         } = pp;
-        match outcome {
-            None | Some(IngestOutcome::Committed) => {}
-            Some(IngestOutcome::Duplicate) => Metrics::inc(&metrics.ingest_duplicates),
-            Some(IngestOutcome::Rejected(r)) => {
-                Metrics::inc(&metrics.ingest_rejected);
-                tracing::info!(device_id = %identity.id, topic = %topic, reason = r.kind.label(), detail = %r.detail, "publish rejected by the pipeline");
-                if r.kind == RejectionKind::Internal && self.version != 5 && qos > 0 {
-                    // Not stored, and MQTT 3.1.1 cannot say so: close
-                    // unacknowledged so the client sends it again.
-                    let e = CodecError::Protocol("telemetry store unavailable".into());
-                    return Err(self.protocol_error(identity, &e));
+        let commit = match admission {
+            None => None,
+            Some(Admission::Queued(commit)) => Some(commit),
+            Some(Admission::Decided(outcome)) => {
+                if let Err(r) = self.judge(outcome) {
+                    let (code, detail) = self.refusal(r, qos, &topic, identity)?;
+                    return Ok(Step {
+                        qos,
+                        id,
+                        topic,
+                        received,
+                        action: StepAction::Refused(code, detail),
+                    });
                 }
-                let code = ReasonCode::from_u8(r.kind.reason_code())
-                    .unwrap_or(ReasonCode::UnspecifiedError);
-                return Ok(Step {
-                    qos,
-                    id,
-                    received,
-                    action: StepAction::Refused(code, r.detail),
-                });
+                None
             }
-        }
+        };
         let expires_at = p
             .properties
             .get_message_expiry_interval()
@@ -1128,9 +1131,69 @@ impl Connection {
         Ok(Step {
             qos,
             id,
+            topic: Arc::clone(&message.topic),
             received,
-            action: StepAction::Routed(retained, routed),
+            action: StepAction::Routed {
+                retained,
+                routed,
+                commit,
+            },
         })
+    }
+
+    /// Counts a final outcome; a refusal is returned for answering.
+    fn judge(&self, outcome: IngestOutcome) -> Result<(), Rejection> {
+        match outcome {
+            IngestOutcome::Committed => Ok(()),
+            IngestOutcome::Duplicate => {
+                Metrics::inc(&self.broker.metrics.ingest_duplicates);
+                Ok(())
+            }
+            IngestOutcome::Rejected(r) => {
+                Metrics::inc(&self.broker.metrics.ingest_rejected);
+                Err(r)
+            }
+        }
+    }
+
+    /// The acknowledgement of a refused publish (code and reason string);
+    /// an error when it cannot be acknowledged at all.
+    fn refusal(
+        &mut self,
+        r: Rejection,
+        qos: u8,
+        topic: &str,
+        identity: &Identity,
+    ) -> Result<(ReasonCode, String), End> {
+        tracing::info!(device_id = %identity.id, topic = %topic, reason = r.kind.label(), detail = %r.detail, "publish rejected by the pipeline");
+        if r.kind == RejectionKind::Internal && self.version != 5 && qos > 0 {
+            // Not stored, and MQTT 3.1.1 cannot say so: close
+            // unacknowledged so the client sends it again.
+            let e = CodecError::Protocol("telemetry store unavailable".into());
+            return Err(self.protocol_error(identity, &e));
+        }
+        let code =
+            ReasonCode::from_u8(r.kind.reason_code()).unwrap_or(ReasonCode::UnspecifiedError);
+        Ok((code, r.detail))
+    }
+
+    /// Waits for a queued publish's commit; a kick or shutdown ends the
+    /// wait (the publish stays unacknowledged, so the device sends it
+    /// again and the pipeline's dedupe keeps the second copy out).
+    async fn committed(&self, commit: PendingOutcome) -> Result<IngestOutcome, End> {
+        let kick = self
+            .control
+            .as_ref()
+            .map(|c| c.kick.clone())
+            .unwrap_or_default();
+        tokio::select! {
+            outcome = commit => Ok(outcome),
+            _ = kick.cancelled() => {
+                let reason = self.control.as_ref().and_then(Control::reason);
+                Err(End::Reason(reason.unwrap_or(DisconnectReason::Disabled)))
+            }
+            _ = self.shutdown.cancelled() => Err(End::Reason(DisconnectReason::ServerShutdown)),
+        }
     }
 
     /// Acknowledges settled publishes in order, each once what it depends
@@ -1148,13 +1211,35 @@ impl Connection {
                 StepAction::Refused(code, detail) => {
                     self.ack(step.qos, step.id, code, Some(detail), session);
                 }
-                StepAction::Routed(retained, routed) => {
+                StepAction::Routed {
+                    retained,
+                    routed,
+                    commit,
+                } => {
                     // Waiting for a commit: send the acknowledgements already earned.
-                    if (retained.is_some() || routed.is_some()) && self.flush().await.is_err() {
+                    if (retained.is_some() || routed.is_some() || commit.is_some())
+                        && self.flush().await.is_err()
+                    {
                         return Some(End::Reason(DisconnectReason::ConnectionLost));
                     }
-                    let ok = persist::durable(retained).await & persist::durable(routed).await;
-                    if ok {
+                    // Routed already: a refusal by the commit (the store
+                    // failed, or a sequence conflict) still answers the
+                    // publisher, who sends it again where it can.
+                    let refused = match commit {
+                        None => None,
+                        Some(commit) => match self.committed(commit).await {
+                            Ok(outcome) => self.judge(outcome).err(),
+                            Err(end) => return Some(end),
+                        },
+                    };
+                    if let Some(r) = refused {
+                        match self.refusal(r, step.qos, &step.topic, identity) {
+                            Ok((code, detail)) => {
+                                self.ack(step.qos, step.id, code, Some(detail), session);
+                            }
+                            Err(end) => return Some(end),
+                        }
+                    } else if persist::durable(retained).await & persist::durable(routed).await {
                         self.ack(step.qos, step.id, ReasonCode::Success, None, session);
                     } else if self.version == 5 {
                         self.ack(

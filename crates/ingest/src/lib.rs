@@ -26,10 +26,11 @@ pub mod validate;
 
 use std::sync::Arc;
 
+use rampart_proto::DeviceId;
 use rampart_proto::ingest::{
-    InboundMessage, IngestOutcome, IngestSink, PresenceEvent, Rejection, RejectionKind,
+    Admission, InboundMessage, IngestOutcome, IngestSink, PresenceEvent, Rejection, RejectionKind,
 };
-use rampart_proto::telemetry::Limits;
+use rampart_proto::telemetry::{Limits, MetricName};
 use rampart_store::telemetry::{
     IngestItem, ItemOutcome, NewReading, NewRejection, PresenceRecord, ReadingFate, TelemetryStore,
 };
@@ -112,17 +113,34 @@ impl Pipeline {
     /// Queues `items` and waits for their transaction. `None` when the store
     /// could not commit them (or the pipeline is shutting down).
     async fn commit(&self, items: Vec<IngestItem>) -> Option<Vec<ItemOutcome>> {
+        self.enqueue(items).await?.await.ok().flatten()
+    }
+
+    /// Queues `items` for the next transaction (waiting for room: this is
+    /// the back-pressure) and returns where its answer will arrive. `None`
+    /// when the pipeline is shutting down.
+    async fn enqueue(
+        &self,
+        items: Vec<IngestItem>,
+    ) -> Option<oneshot::Receiver<Option<Vec<ItemOutcome>>>> {
         let (reply, answer) = oneshot::channel();
         let job = commit::Job {
             items,
             reply: Some(reply),
         };
         self.queue.send(job).await.ok()?;
-        answer.await.ok().flatten()
+        Some(answer)
     }
 
-    /// Runs one message through every step.
+    /// Runs one message through every step and returns its final outcome.
     pub async fn process(&self, message: InboundMessage) -> IngestOutcome {
+        self.admit(message).await.outcome().await
+    }
+
+    /// Runs one message through decode, validate and into the commit
+    /// queue; a refused message is recorded and answered at once. The
+    /// queued outcome resolves when its transaction is durable.
+    pub async fn admit(&self, message: InboundMessage) -> Admission {
         PipelineMetrics::inc(&self.metrics.messages);
         let decoded = match decode::decode(
             message.category,
@@ -131,33 +149,51 @@ impl Pipeline {
             &self.limits,
         ) {
             Ok(d) => d,
-            Err(rejection) => return self.reject(&message, rejection, None).await,
+            Err(rejection) => {
+                return Admission::Decided(self.reject(&message, rejection, None).await);
+            }
         };
         match decoded {
-            Decoded::PassThrough => IngestOutcome::Committed,
+            Decoded::PassThrough => Admission::Decided(IngestOutcome::Committed),
             Decoded::State(reported) => {
                 let item = IngestItem::State {
                     device: message.device.clone(),
                     at_ms: message.received_at_ms,
                     reported: reported.clone(),
                 };
-                match self.commit(vec![item]).await {
-                    Some(_) => {
-                        self.fanout.publish(LiveEvent::State {
-                            device: message.device,
-                            reported,
-                        });
-                        IngestOutcome::Committed
+                let Some(answer) = self.enqueue(vec![item]).await else {
+                    return Admission::Decided(self.failed());
+                };
+                let after = self.after_commit();
+                Admission::Queued(Box::pin(async move {
+                    match answer.await.ok().flatten() {
+                        Some(_) => {
+                            after.fanout.publish(LiveEvent::State {
+                                device: message.device,
+                                reported,
+                            });
+                            IngestOutcome::Committed
+                        }
+                        None => after.failed(),
                     }
-                    None => self.failed(),
-                }
+                }))
             }
             Decoded::Readings(readings) => {
                 match validate::validate(readings, message.received_at_ms) {
                     Ok(valid) => self.readings(message, valid).await,
-                    Err(rejection) => self.reject(&message, rejection, None).await,
+                    Err(rejection) => {
+                        Admission::Decided(self.reject(&message, rejection, None).await)
+                    }
                 }
             }
+        }
+    }
+
+    /// What a queued message needs once its transaction is in.
+    fn after_commit(&self) -> AfterCommit {
+        AfterCommit {
+            fanout: self.fanout.clone(),
+            metrics: Arc::clone(&self.metrics),
         }
     }
 
@@ -165,7 +201,7 @@ impl Pipeline {
         &self,
         message: InboundMessage,
         valid: Vec<validate::ValidReading>,
-    ) -> IngestOutcome {
+    ) -> Admission {
         // The metrics move into the store's item; a copy is kept only when
         // someone listens for live readings.
         let live = self.fanout.is_listened();
@@ -174,16 +210,16 @@ impl Pipeline {
             .into_iter()
             .map(|v| {
                 let digest = dedupe::digest(&v.reading);
-                kept.push((
-                    v.reading.seq,
-                    v.ts_ms,
-                    v.reading.metrics.len(),
-                    if live {
+                kept.push(Kept {
+                    seq: v.reading.seq,
+                    ts_ms: v.ts_ms,
+                    points: v.reading.metrics.len(),
+                    metrics: if live {
                         v.reading.metrics.clone()
                     } else {
                         Vec::new()
                     },
-                ));
+                });
                 NewReading {
                     seq: v.reading.seq,
                     ts_ms: v.ts_ms,
@@ -199,55 +235,16 @@ impl Pipeline {
             readings,
             payload: message.payload.clone(),
         };
-        let Some(mut outcomes) = self.commit(vec![item]).await else {
-            return self.failed();
+        let Some(answer) = self.enqueue(vec![item]).await else {
+            return Admission::Decided(self.failed());
         };
-        let fates = match outcomes.pop() {
-            Some(ItemOutcome::Readings(f)) if f.len() == kept.len() => f,
-            other => {
-                tracing::error!(?other, "telemetry store answered for the wrong items");
-                return self.failed();
+        let after = self.after_commit();
+        Admission::Queued(Box::pin(async move {
+            match answer.await.ok().flatten() {
+                Some(outcomes) => after.readings(message.device, kept, live, outcomes),
+                None => after.failed(),
             }
-        };
-        let m = &self.metrics;
-        let mut stored = Vec::new();
-        let mut readings_stored = 0;
-        for ((seq, ts_ms, points, metrics), fate) in kept.into_iter().zip(&fates) {
-            match fate {
-                ReadingFate::Stored => {
-                    readings_stored += 1;
-                    PipelineMetrics::add(&m.points_stored, points as u64);
-                    if live {
-                        stored.push(StoredReading {
-                            seq,
-                            ts_ms,
-                            metrics,
-                        });
-                    }
-                }
-                ReadingFate::Duplicate => PipelineMetrics::inc(&m.duplicates),
-                ReadingFate::Conflict => {
-                    PipelineMetrics::inc(&m.conflicts);
-                    tracing::warn!(device_id = %message.device, seq, "sequence conflict: device flagged");
-                    self.fanout.publish(LiveEvent::Rejected {
-                        device: message.device.clone(),
-                        kind: SEQUENCE_CONFLICT.to_owned(),
-                    });
-                }
-            }
-        }
-        PipelineMetrics::add(&m.readings_stored, readings_stored);
-        if !stored.is_empty() {
-            self.fanout.publish(LiveEvent::Readings {
-                device: message.device,
-                readings: stored,
-            });
-        }
-        let outcome = acknowledge::outcome(&fates);
-        if let IngestOutcome::Rejected(r) = &outcome {
-            self.count_rejection(r.kind);
-        }
-        outcome
+        }))
     }
 
     /// Records a rejection (kept in the store, counted, published) and
@@ -287,19 +284,11 @@ impl Pipeline {
     }
 
     fn count_rejection(&self, kind: RejectionKind) {
-        let m = &self.metrics;
-        PipelineMetrics::inc(&m.rejected);
-        match kind {
-            RejectionKind::PayloadFormatInvalid => PipelineMetrics::inc(&m.rejected_format),
-            RejectionKind::QuotaExceeded => PipelineMetrics::inc(&m.rejected_quota),
-            RejectionKind::Internal => PipelineMetrics::inc(&m.rejected_internal),
-            RejectionKind::NotAuthorized => {}
-        }
+        count_rejection(&self.metrics, kind);
     }
 
     fn failed(&self) -> IngestOutcome {
-        self.count_rejection(RejectionKind::Internal);
-        acknowledge::store_failed()
+        self.after_commit().failed()
     }
 
     /// Records a presence event without waiting for its commit.
@@ -356,10 +345,103 @@ impl Pipeline {
     }
 }
 
+/// One validated reading, as remembered for the steps after its commit.
+struct Kept {
+    seq: u64,
+    ts_ms: i64,
+    points: usize,
+    /// Empty unless someone listens for live readings.
+    metrics: Vec<(MetricName, f64)>,
+}
+
+/// The steps after a commit (counting, live fan-out, the outcome): what a
+/// queued message's outcome future holds instead of the whole pipeline.
+struct AfterCommit {
+    fanout: Fanout,
+    metrics: Arc<PipelineMetrics>,
+}
+
+impl AfterCommit {
+    fn failed(&self) -> IngestOutcome {
+        count_rejection(&self.metrics, RejectionKind::Internal);
+        acknowledge::store_failed()
+    }
+
+    /// Counts and publishes what the store did with `device`'s readings.
+    fn readings(
+        &self,
+        device: DeviceId,
+        kept: Vec<Kept>,
+        live: bool,
+        mut outcomes: Vec<ItemOutcome>,
+    ) -> IngestOutcome {
+        let fates = match outcomes.pop() {
+            Some(ItemOutcome::Readings(f)) if f.len() == kept.len() => f,
+            other => {
+                tracing::error!(?other, "telemetry store answered for the wrong items");
+                return self.failed();
+            }
+        };
+        let m = &self.metrics;
+        let mut stored = Vec::new();
+        let mut readings_stored = 0;
+        for (k, fate) in kept.into_iter().zip(&fates) {
+            match fate {
+                ReadingFate::Stored => {
+                    readings_stored += 1;
+                    PipelineMetrics::add(&m.points_stored, k.points as u64);
+                    if live {
+                        stored.push(StoredReading {
+                            seq: k.seq,
+                            ts_ms: k.ts_ms,
+                            metrics: k.metrics,
+                        });
+                    }
+                }
+                ReadingFate::Duplicate => PipelineMetrics::inc(&m.duplicates),
+                ReadingFate::Conflict => {
+                    PipelineMetrics::inc(&m.conflicts);
+                    tracing::warn!(device_id = %device, seq = k.seq, "sequence conflict: device flagged");
+                    self.fanout.publish(LiveEvent::Rejected {
+                        device: device.clone(),
+                        kind: SEQUENCE_CONFLICT.to_owned(),
+                    });
+                }
+            }
+        }
+        PipelineMetrics::add(&m.readings_stored, readings_stored);
+        if !stored.is_empty() {
+            self.fanout.publish(LiveEvent::Readings {
+                device,
+                readings: stored,
+            });
+        }
+        let outcome = acknowledge::outcome(&fates);
+        if let IngestOutcome::Rejected(r) = &outcome {
+            count_rejection(m, r.kind);
+        }
+        outcome
+    }
+}
+
+fn count_rejection(m: &PipelineMetrics, kind: RejectionKind) {
+    PipelineMetrics::inc(&m.rejected);
+    match kind {
+        RejectionKind::PayloadFormatInvalid => PipelineMetrics::inc(&m.rejected_format),
+        RejectionKind::QuotaExceeded => PipelineMetrics::inc(&m.rejected_quota),
+        RejectionKind::Internal => PipelineMetrics::inc(&m.rejected_internal),
+        RejectionKind::NotAuthorized => {}
+    }
+}
+
 #[async_trait::async_trait]
 impl IngestSink for Pipeline {
     async fn ingest(&self, message: InboundMessage) -> IngestOutcome {
         self.process(message).await
+    }
+
+    async fn admit(&self, message: InboundMessage) -> Admission {
+        Pipeline::admit(self, message).await
     }
 
     async fn presence(&self, event: PresenceEvent) {

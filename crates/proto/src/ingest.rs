@@ -2,14 +2,17 @@
 //! (docs/decisions/0004-ingest-hook.md).
 //!
 //! The broker hands every device publish on `devices/{id}/{category}/up`
-//! to an [`IngestSink`] and acts on the answer: it acknowledges a QoS ≥ 1
-//! message only after the sink returned, routes it to subscribers only when
-//! it was [`IngestOutcome::Committed`] or [`IngestOutcome::Duplicate`], and
-//! while the sink has not answered it reads nothing more from that
-//! connection (back-pressure: nothing is dropped). Publishes that arrived
-//! together may be offered concurrently; their answers are applied in
-//! arrival order. Connection events are
-//! handed over as [`PresenceEvent`]s.
+//! to an [`IngestSink`] and acts on the answer in two steps
+//! ([`IngestSink::admit`], docs/decisions/0016): once the sink has checked
+//! the message and queued it for its commit ([`Admission::Queued`]) the
+//! broker routes it to subscribers; it acknowledges a QoS ≥ 1 message only
+//! once the commit's final outcome is in (for
+//! [`IngestOutcome::Committed`], once it is durable). A message the sink
+//! refuses at admission is never routed. While the sink has not answered
+//! the broker reads nothing more from that connection (back-pressure:
+//! nothing is dropped). Publishes that arrived together may be offered
+//! concurrently; their answers are applied in arrival order. Connection
+//! events are handed over as [`PresenceEvent`]s.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -77,7 +80,8 @@ pub enum IngestOutcome {
     /// Already stored earlier (a replay): acknowledge as success and route.
     Duplicate,
     /// Refused: acknowledge with the reason (MQTT 5) or acknowledge and
-    /// drop (MQTT 3.1.1); never routed, never a disconnect.
+    /// drop (MQTT 3.1.1); never a disconnect. Refused at admission: never
+    /// routed.
     Rejected(Rejection),
 }
 
@@ -208,12 +212,59 @@ pub enum SecurityNotice {
     },
 }
 
+/// The final outcome of an admitted message, once its transaction is
+/// durable (or failed).
+pub type PendingOutcome =
+    std::pin::Pin<Box<dyn std::future::Future<Output = IngestOutcome> + Send>>;
+
+/// The sink's first answer to a publish ([`IngestSink::admit`]).
+pub enum Admission {
+    /// The outcome is final already: refused (never routed), passed
+    /// through, or a sink that decides in one step.
+    Decided(IngestOutcome),
+    /// Checked and queued for its commit, in arrival order: the broker may
+    /// route it now. The future resolves with the final outcome once the
+    /// transaction holding it is durable; only then is it acknowledged.
+    /// A commit that fails or finds a sequence conflict after routing
+    /// leaves subscribers with a copy the publisher will send again (QoS 1
+    /// is at least once).
+    Queued(PendingOutcome),
+}
+
+impl fmt::Debug for Admission {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Admission::Decided(o) => f.debug_tuple("Decided").field(o).finish(),
+            Admission::Queued(_) => f.write_str("Queued(..)"),
+        }
+    }
+}
+
+impl Admission {
+    /// The final outcome: waits for the commit of a queued message.
+    pub async fn outcome(self) -> IngestOutcome {
+        match self {
+            Admission::Decided(o) => o,
+            Admission::Queued(pending) => pending.await,
+        }
+    }
+}
+
 /// The pipeline, as the broker sees it.
 #[async_trait::async_trait]
 pub trait IngestSink: Send + Sync + fmt::Debug {
     /// Offers one device publish; returns once the outcome is final (for
     /// `Committed`, once it is durable). Slow answers are back-pressure.
     async fn ingest(&self, message: InboundMessage) -> IngestOutcome;
+
+    /// Offers one device publish in two steps: returns once the message is
+    /// checked and queued for its commit (or refused), so that the broker
+    /// can route it without waiting for the disk; the queued outcome
+    /// resolves when it is durable. Slow admissions are back-pressure.
+    /// The default decides in one step, through [`IngestSink::ingest`].
+    async fn admit(&self, message: InboundMessage) -> Admission {
+        Admission::Decided(self.ingest(message).await)
+    }
 
     /// Records a presence event. Must not block for long.
     async fn presence(&self, event: PresenceEvent);

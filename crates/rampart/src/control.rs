@@ -23,7 +23,7 @@ use rampart_proto::control::{
     BindErrorCode, BindMessage, ClaimConfirmation, RenewalAnswer, RenewalErrorCode, RenewalRequest,
 };
 use rampart_proto::ingest::{
-    InboundMessage, IngestOutcome, IngestSink, PresenceEvent, Rejection, RejectionKind,
+    Admission, InboundMessage, IngestOutcome, IngestSink, PresenceEvent, Rejection, RejectionKind,
     SecurityNotice,
 };
 use rampart_proto::topic::{Category, DeviceTopic, Direction};
@@ -435,6 +435,19 @@ impl IngestSink for ControlPlane {
                 None => self.pipeline.process(message).await,
             },
             _ => self.pipeline.process(message).await,
+        }
+    }
+
+    /// Telemetry, state and the rest are routed once queued for their
+    /// commit; certificate, claim and OTA messages are decided in one step
+    /// (each changes the registry before it is answered).
+    async fn admit(&self, message: InboundMessage) -> Admission {
+        match message.category {
+            Category::Cert | Category::Bind => Admission::Decided(self.ingest(message).await),
+            Category::Ota if self.rollout.get().is_some() => {
+                Admission::Decided(self.ingest(message).await)
+            }
+            _ => self.pipeline.admit(message).await,
         }
     }
 

@@ -35,8 +35,8 @@ use rampart_broker::{Broker, BrokerConfig, TlsMaterial};
 use rampart_pki::{Pki, PkiOptions, RevocationReason};
 use rampart_proto::DeviceId;
 use rampart_proto::ingest::{
-    DisconnectReason, InboundMessage, IngestOutcome, IngestSink, PresenceEvent, Rejection,
-    RejectionKind,
+    Admission, DisconnectReason, InboundMessage, IngestOutcome, IngestSink, PresenceEvent,
+    Rejection, RejectionKind,
 };
 use rampart_store::sqlite::SqliteOptions;
 use rampart_store::{Actor, AuditKey, NewCertificate, NewDevice, NewService, SqliteStore, Store};
@@ -93,26 +93,49 @@ pub struct SinkLog {
     pub presence: Vec<PresenceEvent>,
     /// `ingest` calls waiting at the gate right now.
     pub held: usize,
+    /// Admitted messages waiting for their commit at the commit gate.
+    pub commits_held: usize,
 }
 
-/// A pipeline that records what the broker hands it. It can reject payloads
-/// by prefix, and hold messages behind a gate to show back-pressure and that
-/// acknowledgements wait for the pipeline.
+/// A pipeline that records what the broker hands it, in two steps like the
+/// real one: admission (it can reject payloads by prefix, and hold messages
+/// behind a gate to show back-pressure) and commit (which can be held, to
+/// show that acknowledgements wait for it while routing does not, or made
+/// to fail).
 #[derive(Debug)]
 pub struct RecordingSink {
-    log: Mutex<SinkLog>,
+    rec: Recorder,
     reject_prefix: Mutex<Option<Vec<u8>>>,
     gate: Mutex<Option<Arc<Semaphore>>>,
-    changed: watch::Sender<u64>,
+    commit_gate: Mutex<Option<Arc<Semaphore>>>,
+    fail_commits: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// The log and its change notifications, shared with pending commits.
+#[derive(Debug, Clone)]
+struct Recorder {
+    log: Arc<Mutex<SinkLog>>,
+    changed: Arc<watch::Sender<u64>>,
+}
+
+impl Recorder {
+    fn record(&self, f: impl FnOnce(&mut SinkLog)) {
+        f(&mut self.log.lock().expect("sink log lock poisoned"));
+        self.changed.send_modify(|n| *n += 1);
+    }
 }
 
 impl Default for RecordingSink {
     fn default() -> Self {
         Self {
-            log: Mutex::new(SinkLog::default()),
+            rec: Recorder {
+                log: Arc::new(Mutex::new(SinkLog::default())),
+                changed: Arc::new(watch::Sender::new(0)),
+            },
             reject_prefix: Mutex::new(None),
             gate: Mutex::new(None),
-            changed: watch::Sender::new(0),
+            commit_gate: Mutex::new(None),
+            fail_commits: Arc::default(),
         }
     }
 }
@@ -120,14 +143,39 @@ impl Default for RecordingSink {
 /// The detail the sink gives when it rejects a payload.
 pub const REJECT_DETAIL: &str = "payload is not a telemetry document";
 
+/// The detail the sink gives when a commit fails.
+pub const STORE_FAILED_DETAIL: &str = "the telemetry store is unavailable";
+
 impl RecordingSink {
     fn log(&self) -> MutexGuard<'_, SinkLog> {
-        self.log.lock().expect("sink log lock poisoned")
+        self.rec.log.lock().expect("sink log lock poisoned")
     }
 
     fn record(&self, f: impl FnOnce(&mut SinkLog)) {
-        f(&mut self.log());
-        self.changed.send_modify(|n| *n += 1);
+        self.rec.record(f);
+    }
+
+    /// From now on every admitted message waits for its commit at a
+    /// closed gate until [`Self::release_commits`].
+    pub fn hold_commits(&self) {
+        *self.commit_gate.lock().expect("sink lock poisoned") = Some(Arc::new(Semaphore::new(0)));
+    }
+
+    /// Lets `n` more held commits through.
+    pub fn release_commits(&self, n: usize) {
+        if let Some(gate) = self
+            .commit_gate
+            .lock()
+            .expect("sink lock poisoned")
+            .as_ref()
+        {
+            gate.add_permits(n);
+        }
+    }
+
+    /// From now on every commit fails (the store is unavailable).
+    pub fn fail_commits(&self) {
+        self.fail_commits.store(true, Ordering::SeqCst);
     }
 
     /// Payloads starting with `prefix` are rejected as
@@ -170,7 +218,7 @@ impl RecordingSink {
     /// Waits until `pred` holds for the log. Checks after subscribing to
     /// changes, so no change between the check and the wait is missed.
     pub async fn wait_until(&self, what: &str, pred: impl Fn(&SinkLog) -> bool) {
-        let mut changes = self.changed.subscribe();
+        let mut changes = self.rec.changed.subscribe();
         let waited = tokio::time::timeout(WAIT, async {
             loop {
                 if pred(&self.log()) {
@@ -191,6 +239,15 @@ impl RecordingSink {
         self.wait_until(
             &format!("{n} or more message(s) held by the pipeline"),
             |l| l.held >= n,
+        )
+        .await;
+    }
+
+    /// Waits until at least `n` admitted messages wait for their commit.
+    pub async fn wait_commits_held(&self, n: usize) {
+        self.wait_until(
+            &format!("{n} or more message(s) waiting for their commit"),
+            |l| l.commits_held >= n,
         )
         .await;
     }
@@ -250,6 +307,10 @@ fn disconnects_in(log: &SinkLog, device: &str) -> Vec<DisconnectReason> {
 #[async_trait::async_trait]
 impl IngestSink for RecordingSink {
     async fn ingest(&self, message: InboundMessage) -> IngestOutcome {
+        self.admit(message).await.outcome().await
+    }
+
+    async fn admit(&self, message: InboundMessage) -> Admission {
         let gate = self.gate.lock().expect("sink lock poisoned").clone();
         if let Some(gate) = gate {
             self.record(|l| l.held += 1);
@@ -264,14 +325,29 @@ impl IngestSink for RecordingSink {
             .is_some_and(|p| message.payload.starts_with(p));
         if reject {
             self.record(|l| l.rejected.push(message));
-            IngestOutcome::Rejected(Rejection {
+            return Admission::Decided(IngestOutcome::Rejected(Rejection {
                 kind: RejectionKind::PayloadFormatInvalid,
                 detail: REJECT_DETAIL.to_owned(),
-            })
-        } else {
-            self.record(|l| l.committed.push(message));
-            IngestOutcome::Committed
+            }));
         }
+        let commit_gate = self.commit_gate.lock().expect("sink lock poisoned").clone();
+        let fail = Arc::clone(&self.fail_commits);
+        let rec = self.rec.clone();
+        Admission::Queued(Box::pin(async move {
+            if let Some(gate) = commit_gate {
+                rec.record(|l| l.commits_held += 1);
+                gate.acquire().await.expect("gate never closed").forget();
+                rec.record(|l| l.commits_held -= 1);
+            }
+            if fail.load(Ordering::SeqCst) {
+                return IngestOutcome::Rejected(Rejection {
+                    kind: RejectionKind::Internal,
+                    detail: STORE_FAILED_DETAIL.to_owned(),
+                });
+            }
+            rec.record(|l| l.committed.push(message));
+            IngestOutcome::Committed
+        }))
     }
 
     async fn presence(&self, event: PresenceEvent) {

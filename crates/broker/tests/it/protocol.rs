@@ -17,8 +17,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    Client, Connect, Event, Platform, REJECT_DETAIL, V5, WAIT, encode, eventually, reason_string,
-    up,
+    Client, Connect, Event, Platform, REJECT_DETAIL, STORE_FAILED_DETAIL, V5, WAIT, encode,
+    eventually, reason_string, up,
 };
 use bytes::Bytes;
 use mqtt5_protocol::packet::disconnect::DisconnectPacket;
@@ -233,6 +233,70 @@ async fn qos1_puback_waits_for_the_pipeline_and_keeps_order() {
         assert_eq!(m.payload, format!("{{\"seq\":{seq}}}").as_bytes());
     }
     assert_eq!(p.metrics().messages_in_qos1.load(Relaxed), 2);
+}
+
+/// Decision 0016: a message is routed as soon as the pipeline has admitted
+/// it (checked and queued for its commit), and acknowledged only once the
+/// commit is in: the subscriber has it while the publisher still waits.
+#[tokio::test]
+async fn a_publish_is_routed_while_its_commit_is_pending_and_acknowledged_after() {
+    let p = Platform::start().await;
+    let dev = p.device("d1").await;
+    let svc = p.service("svc").await;
+    let mut s = p.connected(&svc, Connect::v5("svc")).await;
+    assert_eq!(s.subscribe("devices/#", 1).await, 1);
+    let mut c = p.connected(&dev, Connect::v5("d1")).await;
+    let topic = up("d1", "telemetry");
+    p.sink.hold_commits();
+
+    let publish = c.publish_packet(&topic, b"{\"seq\":1}", 1);
+    let id = publish.packet_id.expect("QoS 1");
+    c.send(&Packet::Publish(publish)).await;
+    expect_publish(&mut s, &topic, b"{\"seq\":1}").await;
+    p.sink.wait_commits_held(1).await;
+    // Failure bound, not synchronisation: the commit is held (waited for
+    // above), so any PUBACK now is premature.
+    c.expect_silence(Duration::from_millis(300)).await;
+    assert!(p.sink.committed().is_empty());
+
+    p.sink.release_commits(1);
+    let ack = c.recv_puback(id).await;
+    assert_eq!(u8::from(ack.reason_code), 0, "{ack:?}");
+    assert_eq!(p.sink.committed().len(), 1, "acknowledged once committed");
+}
+
+/// A commit that fails after the message was routed is still answered:
+/// MQTT 5 gets PUBACK 0x83 with the pipeline's reason; MQTT 3.1.1, which
+/// has no negative acknowledgement, is closed unacknowledged so that the
+/// client sends the message again.
+#[tokio::test]
+async fn a_commit_that_fails_after_routing_is_refused_to_the_publisher() {
+    let p = Platform::start().await;
+    let dev = p.device("d1").await;
+    let svc = p.service("svc").await;
+    let mut s = p.connected(&svc, Connect::v5("svc")).await;
+    assert_eq!(s.subscribe("devices/#", 0).await, 0);
+    let topic = up("d1", "telemetry");
+    p.sink.fail_commits();
+
+    let mut c = p.connected(&dev, Connect::v5("d1")).await;
+    let ack = c.publish_qos1(&topic, b"{\"seq\":1}").await;
+    assert_eq!(u8::from(ack.reason_code), 0x83, "{ack:?}");
+    assert_eq!(
+        reason_string(&ack.properties).as_deref(),
+        Some(STORE_FAILED_DETAIL)
+    );
+    expect_publish(&mut s, &topic, b"{\"seq\":1}").await;
+    assert_eq!(p.metrics().ingest_rejected.load(Relaxed), 1);
+    c.ping().await;
+    drop(c);
+
+    let mut c = p.connected(&dev, Connect::v3("d1")).await;
+    let publish = c.publish_packet(&topic, b"{\"seq\":2}", 1);
+    c.send(&Packet::Publish(publish)).await;
+    expect_publish(&mut s, &topic, b"{\"seq\":2}").await;
+    c.expect_closed().await;
+    assert!(p.sink.committed().is_empty());
 }
 
 /// A rejected payload gets MQTT 5 PUBACK 0x99 "Payload format invalid" with

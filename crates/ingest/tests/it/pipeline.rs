@@ -5,7 +5,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use rampart_ingest::{LiveEvent, Pipeline, PipelineOptions};
 use rampart_proto::DeviceId;
-use rampart_proto::ingest::{InboundMessage, IngestOutcome, MessageProperties, QoS, RejectionKind};
+use rampart_proto::ingest::{
+    Admission, InboundMessage, IngestOutcome, MessageProperties, QoS, RejectionKind,
+};
 use rampart_proto::topic::Category;
 use rampart_store::sqlite::SqliteOptions;
 use rampart_store::telemetry::{PointFilter, TelemetryStore};
@@ -288,4 +290,64 @@ async fn state_is_stored_and_other_uplinks_pass_through() {
     );
     let o = p.process(msg("d", Category::State, "[]")).await;
     assert_eq!(rejected_kind(&o), Some(RejectionKind::PayloadFormatInvalid));
+}
+
+/// Decision 0016: admission answers once a message is checked and queued
+/// (the broker routes it then); the queued outcome is the commit's. A
+/// message refused by the checks is decided at admission (never routed);
+/// a replay or a sequence conflict is only known from the commit.
+#[tokio::test]
+async fn admission_decides_refusals_and_queues_the_rest_for_their_commit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = store(dir.path());
+    let (p, _task) = Pipeline::start(s.clone(), PipelineOptions::default());
+    let queued = |a: &Admission| matches!(a, Admission::Queued(_));
+
+    let first = p
+        .admit(telemetry(
+            "d",
+            r#"{"seq":1,"ts":1764000000,"m":{"t":20.5}}"#,
+        ))
+        .await;
+    assert!(queued(&first), "{first:?}");
+    assert_eq!(first.outcome().await, IngestOutcome::Committed);
+    assert_eq!(stored(&s, "d").await.len(), 1);
+
+    let replay = p
+        .admit(telemetry(
+            "d",
+            r#"{"seq":1,"ts":1764000000,"m":{"t":20.5}}"#,
+        ))
+        .await;
+    assert!(queued(&replay), "{replay:?}");
+    assert_eq!(replay.outcome().await, IngestOutcome::Duplicate);
+
+    let conflict = p
+        .admit(telemetry("d", r#"{"seq":1,"ts":1764000000,"m":{"t":99}}"#))
+        .await;
+    assert!(queued(&conflict), "{conflict:?}");
+    let o = conflict.outcome().await;
+    assert_eq!(rejected_kind(&o), Some(RejectionKind::PayloadFormatInvalid));
+
+    let bad = p.admit(telemetry("d", "{not json")).await;
+    match bad {
+        Admission::Decided(o) => {
+            assert_eq!(rejected_kind(&o), Some(RejectionKind::PayloadFormatInvalid));
+        }
+        other => panic!("a bad payload is refused at admission: {other:?}"),
+    }
+    let state = p
+        .admit(msg("d", Category::State, r#"{"fw":"2.0.1"}"#))
+        .await;
+    assert!(queued(&state), "{state:?}");
+    assert_eq!(state.outcome().await, IngestOutcome::Committed);
+    match p.admit(msg("d", Category::Cmd, "ok")).await {
+        Admission::Decided(IngestOutcome::Committed) => {}
+        other => panic!("a pass-through uplink is decided at once: {other:?}"),
+    }
+    assert_eq!(
+        stored(&s, "d").await.len(),
+        1,
+        "the replay and conflict add nothing"
+    );
 }
