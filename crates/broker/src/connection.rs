@@ -42,8 +42,11 @@ type Reader = ReadHalf<TlsStream<TcpStream>>;
 type Writer = WriteHalf<TlsStream<TcpStream>>;
 
 const READ_CHUNK: usize = 16 * 1024;
-/// Smallest read: an idle connection holds no more buffer than this.
+/// Smallest bulk read, while a packet is being read.
 const MIN_READ: usize = 1024;
+/// The first read after a pause, into the task itself: an idle connection
+/// holds no read buffer at all.
+const IDLE_READ: usize = 64;
 /// Pending output that is written before more input is handled.
 const FLUSH_AT: usize = 64 * 1024;
 
@@ -669,20 +672,37 @@ impl Connection {
                     None => std::future::pending().await,
                 }
             };
-            if self.rbuf.is_empty() && self.rbuf.capacity() > 2 * self.read_size {
-                // Give back what a burst left behind.
-                self.rbuf = BytesMut::with_capacity(self.read_size);
+            // Between packets (nothing half-read) the connection holds no
+            // read buffer: it waits with a few bytes inside the task, enough
+            // for an idle device's PINGREQ, and takes a real buffer only
+            // when a packet needs more.
+            let idle = self.rbuf.is_empty();
+            if idle {
+                self.rbuf = BytesMut::new();
+            } else {
+                self.rbuf.reserve(self.read_size);
             }
-            self.rbuf.reserve(self.read_size);
             let room = self.rbuf.capacity() - self.rbuf.len();
+            let read = async {
+                if idle {
+                    let mut first = [0u8; IDLE_READ];
+                    let n = self.reader.read(&mut first).await?;
+                    self.rbuf
+                        .extend_from_slice(first.get(..n).unwrap_or_default());
+                    Ok::<_, std::io::Error>(n)
+                } else {
+                    self.reader.read_buf(&mut self.rbuf).await
+                }
+            };
             tokio::select! {
                 biased;
                 _ = control.kick.cancelled() => {
                     return End::Reason(control.reason().unwrap_or(DisconnectReason::Disabled));
                 }
                 _ = shutdown.cancelled() => return End::Reason(DisconnectReason::ServerShutdown),
-                read = self.reader.read_buf(&mut self.rbuf) => match read {
+                read = read => match read {
                     Ok(0) | Err(_) => return End::Reason(DisconnectReason::ConnectionLost),
+                    Ok(_) if idle => {}
                     Ok(n) if n >= room => self.read_size = (self.read_size * 2).min(READ_CHUNK),
                     Ok(n) if n < self.read_size / 4 => {
                         self.read_size = (self.read_size / 2).max(MIN_READ);
@@ -1217,16 +1237,21 @@ impl Connection {
                     commit,
                 } => {
                     // Waiting for a commit: send the acknowledgements already earned.
-                    if (retained.is_some() || routed.is_some() || commit.is_some())
-                        && self.flush().await.is_err()
-                    {
+                    let waits = retained.is_some()
+                        || routed.is_some()
+                        || (commit.is_some() && step.qos > 0);
+                    if waits && self.flush().await.is_err() {
                         return Some(End::Reason(DisconnectReason::ConnectionLost));
                     }
                     // Routed already: a refusal by the commit (the store
                     // failed, or a sequence conflict) still answers the
                     // publisher, who sends it again where it can.
                     let refused = match commit {
+                        // Nothing to acknowledge: QoS 0 does not wait for
+                        // the disk (admission already applied the
+                        // pipeline's back-pressure).
                         None => None,
+                        Some(_) if step.qos == 0 => None,
                         Some(commit) => match self.committed(commit).await {
                             Ok(outcome) => self.judge(outcome).err(),
                             Err(end) => return Some(end),

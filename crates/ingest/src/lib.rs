@@ -165,7 +165,7 @@ impl Pipeline {
                     return Admission::Decided(self.failed());
                 };
                 let after = self.after_commit();
-                Admission::Queued(Box::pin(async move {
+                queued(async move {
                     match answer.await.ok().flatten() {
                         Some(_) => {
                             after.fanout.publish(LiveEvent::State {
@@ -176,7 +176,7 @@ impl Pipeline {
                         }
                         None => after.failed(),
                     }
-                }))
+                })
             }
             Decoded::Readings(readings) => {
                 match validate::validate(readings, message.received_at_ms) {
@@ -239,12 +239,12 @@ impl Pipeline {
             return Admission::Decided(self.failed());
         };
         let after = self.after_commit();
-        Admission::Queued(Box::pin(async move {
+        queued(async move {
             match answer.await.ok().flatten() {
                 Some(outcomes) => after.readings(message.device, kept, live, outcomes),
                 None => after.failed(),
             }
-        }))
+        })
     }
 
     /// Records a rejection (kept in the store, counted, published) and
@@ -343,6 +343,20 @@ impl Pipeline {
         }
         self.fanout.publish(live);
     }
+}
+
+/// A queued admission whose steps after the commit (counting, the live
+/// fan-out that the console and the alert engine follow) run in their own
+/// task: they happen even if the broker stops waiting for the outcome (a
+/// QoS 0 message, a connection cut off meanwhile).
+fn queued(after: impl Future<Output = IngestOutcome> + Send + 'static) -> Admission {
+    let (tx, rx) = oneshot::channel();
+    tokio::spawn(async move {
+        let _ = tx.send(after.await);
+    });
+    Admission::Queued(Box::pin(async move {
+        rx.await.unwrap_or_else(|_| acknowledge::store_failed())
+    }))
 }
 
 /// One validated reading, as remembered for the steps after its commit.
