@@ -111,6 +111,7 @@ pub(crate) async fn serve(
         writer,
         rbuf: BytesMut::with_capacity(MIN_READ),
         out: BytesMut::new(),
+        unacked: std::collections::VecDeque::new(),
         read_size: MIN_READ,
         decoder: Decoder::new(
             broker.config.max_packet_size,
@@ -148,6 +149,12 @@ struct Connection {
     writer: Writer,
     rbuf: BytesMut,
     out: BytesMut,
+    /// Publishes routed (or answered without the pipeline) but not yet
+    /// acknowledged, in arrival order: acknowledgements go out in this
+    /// order as commits come in, while reading goes on (up to
+    /// `broker.max_inflight` of them, the Receive Maximum Rampart
+    /// announces; then reading waits: back-pressure).
+    unacked: std::collections::VecDeque<Step>,
     decoder: Decoder,
     addr: SocketAddr,
     version: u8,
@@ -205,14 +212,58 @@ struct Step {
 enum StepAction {
     /// Refused by the pipeline: acknowledged with this code and reason.
     Refused(ReasonCode, String),
+    /// Answered without the pipeline, in its turn.
+    Immediate(Immediate),
     /// Routed; acknowledged once it is durable: the pipeline's commit
-    /// (`commit`, when it was queued for one) and the broker's own writes
-    /// (the retained message, queued copies for persistent sessions).
+    /// (`commit`, when it was queued for one and the publish is QoS ≥ 1)
+    /// and the broker's own writes (the retained message, queued copies for
+    /// persistent sessions). Each is taken out once it is in, and its
+    /// result kept (`outcome`, `durable`).
     Routed {
         retained: Option<persist::Durable>,
         routed: Option<persist::Durable>,
         commit: Option<PendingOutcome>,
+        outcome: Option<IngestOutcome>,
+        durable: bool,
     },
+}
+
+impl Step {
+    /// Whether the step still waits for a commit or a durable write.
+    fn waiting(&self) -> bool {
+        matches!(
+            &self.action,
+            StepAction::Routed { retained, routed, commit, .. }
+                if retained.is_some() || routed.is_some() || commit.is_some()
+        )
+    }
+
+    /// Waits for what the step waits for. Cancel-safe: every result is
+    /// stored as soon as it is in, so an interrupted wait goes on later.
+    async fn resolve(&mut self) {
+        let StepAction::Routed {
+            retained,
+            routed,
+            commit,
+            outcome,
+            durable,
+        } = &mut self.action
+        else {
+            return;
+        };
+        if let Some(pending) = commit {
+            let o = pending.await;
+            *commit = None;
+            *outcome = Some(o);
+        }
+        for write in [retained, routed] {
+            if let Some(rx) = write {
+                let ok = rx.await.unwrap_or(false);
+                *write = None;
+                *durable &= ok;
+            }
+        }
+    }
 }
 
 /// Most publishes offered to the pipeline together from one connection.
@@ -610,7 +661,13 @@ impl Connection {
                                 {
                                     return end;
                                 }
-                                self.answer_immediate(im, session);
+                                self.unacked.push_back(Step {
+                                    qos: 0,
+                                    id: 0,
+                                    topic: Arc::from(""),
+                                    received: Instant::now(),
+                                    action: StepAction::Immediate(im),
+                                });
                             }
                             Begin::End(end) => return end,
                         }
@@ -659,6 +716,9 @@ impl Connection {
             {
                 return end;
             }
+            if let Some(end) = self.acknowledge_ready(session, identity) {
+                return end;
+            }
             self.pump(session, client);
             if self.flush().await.is_err() {
                 return End::Reason(DisconnectReason::ConnectionLost);
@@ -683,24 +743,35 @@ impl Connection {
                 self.rbuf.reserve(self.read_size);
             }
             let room = self.rbuf.capacity() - self.rbuf.len();
-            let read = async {
+            let may_read = self.unacked.len() < usize::from(self.broker.config.max_inflight);
+            let (reader, rbuf) = (&mut self.reader, &mut self.rbuf);
+            let read = async move {
                 if idle {
                     let mut first = [0u8; IDLE_READ];
-                    let n = self.reader.read(&mut first).await?;
-                    self.rbuf
-                        .extend_from_slice(first.get(..n).unwrap_or_default());
+                    let n = reader.read(&mut first).await?;
+                    rbuf.extend_from_slice(first.get(..n).unwrap_or_default());
                     Ok::<_, std::io::Error>(n)
                 } else {
-                    self.reader.read_buf(&mut self.rbuf).await
+                    reader.read_buf(rbuf).await
                 }
             };
+            // The oldest unacknowledged publish, boxed: only a busy
+            // connection pays for its wait.
+            let waiting = self.unacked.front().is_some_and(Step::waiting);
+            let head = futures_util::future::OptionFuture::from(
+                self.unacked
+                    .front_mut()
+                    .filter(|_| waiting)
+                    .map(|step| Box::pin(step.resolve())),
+            );
             tokio::select! {
                 biased;
                 _ = control.kick.cancelled() => {
                     return End::Reason(control.reason().unwrap_or(DisconnectReason::Disabled));
                 }
                 _ = shutdown.cancelled() => return End::Reason(DisconnectReason::ServerShutdown),
-                read = read => match read {
+                _ = head, if waiting => {}
+                read = read, if may_read => match read {
                     Ok(0) | Err(_) => return End::Reason(DisconnectReason::ConnectionLost),
                     Ok(_) if idle => {}
                     Ok(n) if n >= room => self.read_size = (self.read_size * 2).min(READ_CHUNK),
@@ -1073,23 +1144,20 @@ impl Connection {
                 return Some(End::Reason(DisconnectReason::ServerShutdown));
             }
         };
-        // Route everything admitted first (durable copies are queued
-        // together; the pipeline's commits are under way), then acknowledge
-        // in arrival order as each becomes durable.
-        let mut steps = Vec::with_capacity(batch.len());
+        // Route everything admitted (durable copies are queued together;
+        // the pipeline's commits are under way); the acknowledgements
+        // follow in arrival order as each becomes durable, while the
+        // connection reads on.
         for (pp, admission) in batch.into_iter().zip(outcomes) {
-            match self.settle(pp, admission, identity, client) {
-                Ok(step) => steps.push(step),
+            match self.settle(pp, admission, session, identity, client) {
+                Ok(step) => self.unacked.push_back(step),
                 Err(end) => {
                     // Earlier messages still get their answers.
-                    if let Some(end) = self.acknowledge(steps, session, identity).await {
-                        return Some(end);
-                    }
-                    return Some(end);
+                    return Some(self.acknowledge_all(session, identity).await.unwrap_or(end));
                 }
             }
         }
-        self.acknowledge(steps, session, identity).await
+        None
     }
 
     /// What the pipeline's answer means for one publish: routed (with the
@@ -1099,6 +1167,7 @@ impl Connection {
         &mut self,
         pp: PendingPublish,
         admission: Option<Admission>,
+        session: &Session,
         identity: &Identity,
         client: &ClientId,
     ) -> Result<Step, End> {
@@ -1112,6 +1181,9 @@ impl Connection {
         } = pp;
         let commit = match admission {
             None => None,
+            // QoS 0 has no acknowledgement to hold back; the pipeline goes
+            // on with it alone.
+            Some(Admission::Queued(_)) if qos == 0 => None,
             Some(Admission::Queued(commit)) => Some(commit),
             Some(Admission::Decided(outcome)) => {
                 if let Err(r) = self.judge(outcome) {
@@ -1148,6 +1220,11 @@ impl Connection {
             None
         };
         let (routed, _) = self.broker.route(&message);
+        if qos == 2 {
+            // Taken: a retransmission from now on (even after a reconnect,
+            // before the PUBREC) is answered, not routed again.
+            Self::mark_qos2(session, id, true);
+        }
         Ok(Step {
             qos,
             id,
@@ -1157,8 +1234,22 @@ impl Connection {
                 retained,
                 routed,
                 commit,
+                outcome: None,
+                durable: true,
             },
         })
+    }
+
+    /// Records (or forgets, when it was refused) an incoming QoS 2 packet
+    /// id as taken.
+    fn mark_qos2(session: &Session, id: u16, taken: bool) {
+        if let Ok(mut st) = session.state.lock() {
+            if taken {
+                st.incoming_qos2.insert(id);
+            } else {
+                st.incoming_qos2.remove(&id);
+            }
+        }
     }
 
     /// Counts a final outcome; a refusal is returned for answering.
@@ -1197,98 +1288,111 @@ impl Connection {
         Ok((code, r.detail))
     }
 
-    /// Waits for a queued publish's commit; a kick or shutdown ends the
-    /// wait (the publish stays unacknowledged, so the device sends it
-    /// again and the pipeline's dedupe keeps the second copy out).
-    async fn committed(&self, commit: PendingOutcome) -> Result<IngestOutcome, End> {
+    /// Acknowledges, in arrival order, every publish at the head of the
+    /// queue whose commit and durable writes are in; stops at the first
+    /// that still waits. An error ends the connection.
+    fn acknowledge_ready(&mut self, session: &Arc<Session>, identity: &Identity) -> Option<End> {
+        while self.unacked.front().is_some_and(|s| !s.waiting()) {
+            let step = self.unacked.pop_front()?;
+            if let Some(end) = self.acknowledge(step, session, identity) {
+                return Some(end);
+            }
+        }
+        if self.unacked.is_empty() && self.unacked.capacity() > 0 {
+            // An idle connection keeps no queue.
+            self.unacked = std::collections::VecDeque::new();
+        }
+        None
+    }
+
+    /// Waits for and acknowledges every queued publish (before the
+    /// connection closes for a protocol error); a kick or shutdown ends the
+    /// wait, leaving the rest unacknowledged (the device sends them again
+    /// and the pipeline's dedupe keeps second copies out).
+    async fn acknowledge_all(
+        &mut self,
+        session: &Arc<Session>,
+        identity: &Identity,
+    ) -> Option<End> {
         let kick = self
             .control
             .as_ref()
             .map(|c| c.kick.clone())
             .unwrap_or_default();
-        tokio::select! {
-            outcome = commit => Ok(outcome),
-            _ = kick.cancelled() => {
-                let reason = self.control.as_ref().and_then(Control::reason);
-                Err(End::Reason(reason.unwrap_or(DisconnectReason::Disabled)))
+        let shutdown = self.shutdown.clone();
+        loop {
+            if let Some(end) = self.acknowledge_ready(session, identity) {
+                return Some(end);
             }
-            _ = self.shutdown.cancelled() => Err(End::Reason(DisconnectReason::ServerShutdown)),
+            let head = self.unacked.front_mut()?;
+            tokio::select! {
+                () = head.resolve() => {}
+                _ = kick.cancelled() => {
+                    let reason = self.control.as_ref().and_then(Control::reason);
+                    return Some(End::Reason(reason.unwrap_or(DisconnectReason::Disabled)));
+                }
+                _ = shutdown.cancelled() => return Some(End::Reason(DisconnectReason::ServerShutdown)),
+            }
         }
     }
 
-    /// Acknowledges settled publishes in order, each once what it depends
-    /// on is durable (queued copies for persistent sessions, the retained
-    /// message).
-    async fn acknowledge(
+    /// Answers one publish whose waits are over.
+    fn acknowledge(
         &mut self,
-        steps: Vec<Step>,
+        step: Step,
         session: &Arc<Session>,
         identity: &Identity,
     ) -> Option<End> {
-        let metrics = Arc::clone(&self.broker.metrics);
-        for step in steps {
-            match step.action {
-                StepAction::Refused(code, detail) => {
-                    self.ack(step.qos, step.id, code, Some(detail), session);
-                }
-                StepAction::Routed {
-                    retained,
-                    routed,
-                    commit,
-                } => {
-                    // Waiting for a commit: send the acknowledgements already earned.
-                    let waits = retained.is_some()
-                        || routed.is_some()
-                        || (commit.is_some() && step.qos > 0);
-                    if waits && self.flush().await.is_err() {
-                        return Some(End::Reason(DisconnectReason::ConnectionLost));
-                    }
-                    // Routed already: a refusal by the commit (the store
-                    // failed, or a sequence conflict) still answers the
-                    // publisher, who sends it again where it can.
-                    let refused = match commit {
-                        // Nothing to acknowledge: QoS 0 does not wait for
-                        // the disk (admission already applied the
-                        // pipeline's back-pressure).
-                        None => None,
-                        Some(_) if step.qos == 0 => None,
-                        Some(commit) => match self.committed(commit).await {
-                            Ok(outcome) => self.judge(outcome).err(),
-                            Err(end) => return Some(end),
-                        },
-                    };
-                    if let Some(r) = refused {
-                        match self.refusal(r, step.qos, &step.topic, identity) {
-                            Ok((code, detail)) => {
-                                self.ack(step.qos, step.id, code, Some(detail), session);
-                            }
-                            Err(end) => return Some(end),
+        match step.action {
+            StepAction::Immediate(im) => {
+                self.answer_immediate(im, session);
+                return None;
+            }
+            StepAction::Refused(code, detail) => {
+                self.ack(step.qos, step.id, code, Some(detail), session);
+            }
+            StepAction::Routed {
+                outcome, durable, ..
+            } => {
+                // Routed already: a refusal by the commit (the store
+                // failed, or a sequence conflict) still answers the
+                // publisher, who sends it again where it can.
+                if let Some(r) = outcome.and_then(|o| self.judge(o).err()) {
+                    match self.refusal(r, step.qos, &step.topic, identity) {
+                        Ok((code, detail)) => {
+                            self.ack(step.qos, step.id, code, Some(detail), session);
                         }
-                    } else if persist::durable(retained).await & persist::durable(routed).await {
-                        self.ack(step.qos, step.id, ReasonCode::Success, None, session);
-                    } else if self.version == 5 {
-                        self.ack(
-                            step.qos,
-                            step.id,
-                            ReasonCode::ImplementationSpecificError,
-                            Some("the broker could not store the message".into()),
-                            session,
-                        );
-                    } else if step.qos > 0 {
-                        // MQTT 3.1.1 has no negative acknowledgement: close,
-                        // and the client resends on reconnect.
-                        let e = CodecError::Protocol("broker storage unavailable".into());
-                        return Some(self.protocol_error(identity, &e));
+                        Err(end) => {
+                            Self::mark_qos2(session, step.id, step.qos != 2);
+                            return Some(end);
+                        }
                     }
+                } else if durable {
+                    self.ack(step.qos, step.id, ReasonCode::Success, None, session);
+                } else if self.version == 5 {
+                    self.ack(
+                        step.qos,
+                        step.id,
+                        ReasonCode::ImplementationSpecificError,
+                        Some("the broker could not store the message".into()),
+                        session,
+                    );
+                } else if step.qos > 0 {
+                    // MQTT 3.1.1 has no negative acknowledgement: close,
+                    // and the client resends on reconnect.
+                    Self::mark_qos2(session, step.id, step.qos != 2);
+                    let e = CodecError::Protocol("broker storage unavailable".into());
+                    return Some(self.protocol_error(identity, &e));
                 }
             }
-            if step.qos > 0 {
-                metrics.ack_latency_us_sum.fetch_add(
-                    step.received.elapsed().as_micros() as u64,
-                    Ordering::Relaxed,
-                );
-                Metrics::inc(&metrics.ack_latency_count);
-            }
+        }
+        if step.qos > 0 {
+            let metrics = &self.broker.metrics;
+            metrics.ack_latency_us_sum.fetch_add(
+                step.received.elapsed().as_micros() as u64,
+                Ordering::Relaxed,
+            );
+            Metrics::inc(&metrics.ack_latency_count);
         }
         None
     }
@@ -1344,11 +1448,7 @@ impl Connection {
                 self.send(&Packet::PubAck(a));
             }
             2 => {
-                if u8::from(code) < 0x80
-                    && let Ok(mut st) = session.state.lock()
-                {
-                    st.incoming_qos2.insert(id);
-                }
+                Self::mark_qos2(session, id, u8::from(code) < 0x80);
                 let mut a = PubRecPacket::new_with_reason(id, code);
                 if self.version == 5
                     && let Some(r) = reason

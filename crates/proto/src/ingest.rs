@@ -8,9 +8,10 @@
 //! broker routes it to subscribers; it acknowledges a QoS ≥ 1 message only
 //! once the commit's final outcome is in (for
 //! [`IngestOutcome::Committed`], once it is durable). A message the sink
-//! refuses at admission is never routed. While the sink has not answered
-//! the broker reads nothing more from that connection (back-pressure:
-//! nothing is dropped). Publishes that arrived together may be offered
+//! refuses at admission is never routed. While admission is pending the
+//! broker reads nothing more from that connection, and while commits are
+//! pending it reads on only up to its Receive Maximum of unacknowledged
+//! publishes (back-pressure: nothing is dropped). Publishes that arrived together may be offered
 //! concurrently; their answers are applied in arrival order. Connection
 //! events are handed over as [`PresenceEvent`]s.
 
@@ -215,7 +216,7 @@ pub enum SecurityNotice {
 /// The final outcome of an admitted message, once its transaction is
 /// durable (or failed).
 pub type PendingOutcome =
-    std::pin::Pin<Box<dyn std::future::Future<Output = IngestOutcome> + Send>>;
+    std::pin::Pin<Box<dyn std::future::Future<Output = IngestOutcome> + Send + Sync>>;
 
 /// The sink's first answer to a publish ([`IngestSink::admit`]).
 pub enum Admission {

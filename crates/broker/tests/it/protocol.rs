@@ -265,6 +265,55 @@ async fn a_publish_is_routed_while_its_commit_is_pending_and_acknowledged_after(
     assert_eq!(p.sink.committed().len(), 1, "acknowledged once committed");
 }
 
+/// While commits are pending the connection reads on: later publishes are
+/// routed and a PINGREQ answered before the first commit is in; the
+/// PUBACKs then follow in publish order (MQTT 5 §4.6). A QoS 2
+/// retransmission of a publish still waiting for its commit is not routed
+/// again.
+#[tokio::test]
+async fn reading_goes_on_while_commits_are_pending_and_pubacks_keep_order() {
+    let p = Platform::start().await;
+    let dev = p.device("d1").await;
+    let svc = p.service("svc").await;
+    let mut s = p.connected(&svc, Connect::v5("svc")).await;
+    assert_eq!(s.subscribe("devices/#", 1).await, 1);
+    let mut c = p.connected(&dev, Connect::v5("d1")).await;
+    let topic = up("d1", "telemetry");
+    p.sink.hold_commits();
+
+    let first = c.publish_packet(&topic, b"{\"seq\":1}", 1);
+    let id1 = first.packet_id.expect("QoS 1");
+    c.send(&Packet::Publish(first)).await;
+    expect_publish(&mut s, &topic, b"{\"seq\":1}").await;
+    p.sink.wait_commits_held(1).await;
+    // Read and answered while the first commit is held.
+    c.ping().await;
+    let second = c.publish_packet(&topic, b"{\"seq\":2}", 1);
+    let id2 = second.packet_id.expect("QoS 1");
+    c.send(&Packet::Publish(second)).await;
+    expect_publish(&mut s, &topic, b"{\"seq\":2}").await;
+    let third = c.publish_packet(&topic, b"{\"seq\":3}", 2);
+    let id3 = third.packet_id.expect("QoS 2");
+    let mut again = third.clone();
+    again.dup = true;
+    c.send(&Packet::Publish(third)).await;
+    expect_publish(&mut s, &topic, b"{\"seq\":3}").await;
+    c.send(&Packet::Publish(again)).await;
+    c.ping().await;
+    assert!(p.sink.committed().is_empty(), "no commit is through yet");
+
+    p.sink.release_commits(3);
+    assert_eq!(u8::from(c.recv_puback(id1).await.reason_code), 0);
+    assert_eq!(u8::from(c.recv_puback(id2).await.reason_code), 0);
+    let frame = c.recv_frame().await;
+    assert_eq!(frame.first >> 4, 5, "a PUBREC for the QoS 2 publish");
+    assert_eq!(frame.body.get(..2), Some(&id3.to_be_bytes()[..]));
+    // The retransmission was answered, not routed: the subscriber has
+    // nothing more, and the pipeline took the message once.
+    s.expect_silence(Duration::from_millis(300)).await;
+    assert_eq!(p.sink.committed().len(), 3);
+}
+
 /// A commit that fails after the message was routed is still answered:
 /// MQTT 5 gets PUBACK 0x83 with the pipeline's reason; MQTT 3.1.1, which
 /// has no negative acknowledgement, is closed unacknowledged so that the
