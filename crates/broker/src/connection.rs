@@ -1240,6 +1240,14 @@ impl Connection {
         })
     }
 
+    /// A QoS 2 publish that ends unacknowledged is not taken: its
+    /// retransmission is offered again.
+    fn forget_qos2(session: &Session, qos: u8, id: u16) {
+        if qos == 2 {
+            Self::mark_qos2(session, id, false);
+        }
+    }
+
     /// Records (or forgets, when it was refused) an incoming QoS 2 packet
     /// id as taken.
     fn mark_qos2(session: &Session, id: u16, taken: bool) {
@@ -1363,7 +1371,7 @@ impl Connection {
                             self.ack(step.qos, step.id, code, Some(detail), session);
                         }
                         Err(end) => {
-                            Self::mark_qos2(session, step.id, step.qos != 2);
+                            Self::forget_qos2(session, step.qos, step.id);
                             return Some(end);
                         }
                     }
@@ -1380,7 +1388,7 @@ impl Connection {
                 } else if step.qos > 0 {
                     // MQTT 3.1.1 has no negative acknowledgement: close,
                     // and the client resends on reconnect.
-                    Self::mark_qos2(session, step.id, step.qos != 2);
+                    Self::forget_qos2(session, step.qos, step.id);
                     let e = CodecError::Protocol("broker storage unavailable".into());
                     return Some(self.protocol_error(identity, &e));
                 }
