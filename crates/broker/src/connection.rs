@@ -1121,12 +1121,7 @@ impl Connection {
         if ready.is_pending() && self.flush().await.is_err() {
             return Some(End::Reason(DisconnectReason::ConnectionLost));
         }
-        let kick = self
-            .control
-            .as_ref()
-            .map(|c| c.kick.clone())
-            .unwrap_or_default();
-        let shutdown = self.shutdown.clone();
+        let (kick, shutdown) = self.stop_signals();
         let outcomes = tokio::select! {
             o = async {
                 match ready {
@@ -1158,6 +1153,17 @@ impl Connection {
             }
         }
         None
+    }
+
+    /// The live session's kick (revocation, takeover) and the server's
+    /// shutdown, for waits that must end at either.
+    fn stop_signals(&self) -> (CancellationToken, CancellationToken) {
+        let kick = self
+            .control
+            .as_ref()
+            .map(|c| c.kick.clone())
+            .unwrap_or_default();
+        (kick, self.shutdown.clone())
     }
 
     /// What the pipeline's answer means for one publish: routed (with the
@@ -1322,12 +1328,7 @@ impl Connection {
         session: &Arc<Session>,
         identity: &Identity,
     ) -> Option<End> {
-        let kick = self
-            .control
-            .as_ref()
-            .map(|c| c.kick.clone())
-            .unwrap_or_default();
-        let shutdown = self.shutdown.clone();
+        let (kick, shutdown) = self.stop_signals();
         loop {
             if let Some(end) = self.acknowledge_ready(session, identity) {
                 return Some(end);
