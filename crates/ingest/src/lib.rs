@@ -288,7 +288,7 @@ impl Pipeline {
     }
 
     fn failed(&self) -> IngestOutcome {
-        self.after_commit().failed()
+        store_failed(&self.metrics)
     }
 
     /// Records a presence event without waiting for its commit.
@@ -377,8 +377,7 @@ struct AfterCommit {
 
 impl AfterCommit {
     fn failed(&self) -> IngestOutcome {
-        count_rejection(&self.metrics, RejectionKind::Internal);
-        acknowledge::store_failed()
+        store_failed(&self.metrics)
     }
 
     /// Counts and publishes what the store did with `device`'s readings.
@@ -436,6 +435,12 @@ impl AfterCommit {
         }
         outcome
     }
+}
+
+/// The outcome when the store could not commit, counted.
+fn store_failed(m: &PipelineMetrics) -> IngestOutcome {
+    count_rejection(m, RejectionKind::Internal);
+    acknowledge::store_failed()
 }
 
 fn count_rejection(m: &PipelineMetrics, kind: RejectionKind) {
