@@ -681,11 +681,24 @@ fn latency_scenario(z: &Sizes, rate: f64, fraction: Option<(f64, LatencyBasis)>)
             "--warmup".into(),
             format!("{}ms", z.warmup.as_millis()),
             "--persistent-subscriber".into(),
+            "--broker-pid".into(),
+            "{broker_pid}".into(),
         ],
         metrics: vec![
             metric("p50", "µs", "/latency/p50_us", false),
             metric("p99", "µs", "/latency/p99_us", false),
             metric("p99.9", "µs", "/latency/p999_us", false),
+            // Where the time goes (see BENCHMARKS.md, "Latency breakdown").
+            metric("send lag p99", "µs", "/send_lag/p99_us", false),
+            metric("PUBACK p50", "µs", "/ack/p50_us", false),
+            metric("PUBACK p99", "µs", "/ack/p99_us", false),
+            metric("broker CPU", "% of a core", "/broker_cpu_percent", false),
+            metric(
+                "load generator CPU",
+                "% of a core",
+                "/loadgen_cpu_percent",
+                false,
+            ),
         ],
         rounds: z.latency_rounds,
         timeout: z.latency + Duration::from_secs(90),
@@ -994,9 +1007,24 @@ fn table(bench: &Bench, z: &Sizes, args: &BenchArgs) -> String {
     if let Some(basis) = bench.latency_basis {
         out.push_str(&basis.note());
     }
+    if bench
+        .outcomes
+        .iter()
+        .any(|(s, _)| s.key.starts_with("latency"))
+    {
+        out.push_str(LATENCY_NOTE);
+    }
     out.push_str(&scenario_notes(bench, z));
     out
 }
+
+const LATENCY_NOTE: &str = "Latency rows: p50/p99/p99.9 are the subscriber's receive time minus \
+     each message's scheduled send time. `send lag` is how late the load generator queued a \
+     message against its schedule (its own timer and CPU share; a full window of 64 \
+     unacknowledged messages per device would add to it), `PUBACK` the publisher's wait for \
+     its acknowledgement (Rampart: after the commit; it delays delivery only through a full \
+     window), `broker CPU` and `load generator CPU` each process's use over the measured \
+     time, in percent of one of the 2 cores the three share.\n";
 
 /// What the table cannot say: the loss-free search's brackets, fan-out's
 /// set-up and the revoke run's details.

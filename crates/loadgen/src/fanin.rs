@@ -97,7 +97,10 @@ pub struct FaninReport {
 /// which sequence numbers a device may expect the subscriber to get.
 #[derive(Debug, Default)]
 pub(crate) struct Outstanding {
-    by_packet_id: HashMap<u16, u64>,
+    /// In-flight QoS 1 messages: sequence number and when it was queued.
+    by_packet_id: HashMap<u16, (u64, Instant)>,
+    /// Where the open-loop latency run records its timing breakdown.
+    pub timing: Option<Timing>,
     last_packet_id: u16,
     /// `expected[seq]`: sent (QoS 0) or acknowledged with success (QoS 1).
     pub expected: Vec<bool>,
@@ -134,7 +137,7 @@ impl Outstanding {
                     }
                 }
                 self.last_packet_id = id;
-                self.by_packet_id.insert(id, seq);
+                self.by_packet_id.insert(id, (seq, Instant::now()));
                 (seq, id)
             }
         }
@@ -144,8 +147,11 @@ impl Outstanding {
     pub fn drain_acks(&mut self, client: &mut Client) -> Result<(), LoadgenError> {
         while let Some(packet) = client.next_buffered()? {
             if let Packet::PubAck(ack) = packet
-                && let Some(seq) = self.by_packet_id.remove(&ack.packet_id)
+                && let Some((seq, queued)) = self.by_packet_id.remove(&ack.packet_id)
             {
+                if let Some(t) = self.timing.as_mut() {
+                    t.acknowledged(queued);
+                }
                 // MQTT 5 §3.4.2.1: 0x10 "no matching subscribers" is a success too.
                 if ack.reason_code == ReasonCode::Success
                     || ack.reason_code == ReasonCode::NoMatchingSubscribers
@@ -164,6 +170,55 @@ impl Outstanding {
         }
         Ok(())
     }
+}
+
+/// Where an open-loop publisher's time goes, after the warm-up: how late
+/// each message was queued for sending against its schedule (a full window
+/// or a stalled publisher), and how long its PUBACK took.
+#[derive(Debug, Clone)]
+pub(crate) struct Timing {
+    /// Messages scheduled before this are left out.
+    from: Instant,
+    /// Queued minus scheduled, µs.
+    pub lag: hdrhistogram::Histogram<u64>,
+    /// PUBACK received minus queued, µs.
+    pub ack: hdrhistogram::Histogram<u64>,
+}
+
+impl Timing {
+    pub fn new(from: Instant) -> Result<Self, LoadgenError> {
+        Ok(Self {
+            from,
+            lag: crate::latency_histogram()?,
+            ack: crate::latency_histogram()?,
+        })
+    }
+
+    /// A message scheduled at `scheduled` is being queued now.
+    pub fn queued(&mut self, scheduled: Instant) {
+        if scheduled >= self.from {
+            let lag = Instant::now().saturating_duration_since(scheduled);
+            self.lag.saturating_record(micros(lag));
+        }
+    }
+
+    /// The PUBACK of a message queued at `queued` arrived now.
+    fn acknowledged(&mut self, queued: Instant) {
+        if queued >= self.from {
+            self.ack
+                .saturating_record(micros(Instant::now().saturating_duration_since(queued)));
+        }
+    }
+
+    /// Adds another publisher's figures.
+    pub fn merge(&mut self, other: &Timing) {
+        let _ = self.lag.add(&other.lag);
+        let _ = self.ack.add(&other.ack);
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
 }
 
 fn nanos_since(epoch: Instant, t: Instant) -> u64 {
@@ -338,12 +393,14 @@ pub async fn run(cfg: FaninConfig) -> Result<FaninReport, LoadgenError> {
 }
 
 /// Publisher counts summed over devices.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Totals {
     pub sent: u64,
     pub acked: u64,
     pub rejected: u64,
     pub unsent: u64,
+    /// Open-loop timing breakdown, merged over devices.
+    pub timing: Option<Timing>,
 }
 
 /// Gather publisher results: expected bitmaps by device index, totals and
@@ -362,6 +419,12 @@ pub(crate) async fn collect(
                 totals.acked += out.acked;
                 totals.rejected += out.rejected;
                 totals.unsent += out.unsent;
+                if let Some(t) = &out.timing {
+                    match totals.timing.as_mut() {
+                        Some(all) => all.merge(t),
+                        None => totals.timing = Some(t.clone()),
+                    }
+                }
                 if let Some(slot) = expected.get_mut(index as usize) {
                     *slot = out.expected;
                 }
@@ -399,5 +462,25 @@ mod tests {
         assert_eq!(out.in_flight(), 3);
         assert_eq!(out.next(Qos::AtMostOnce), (3, 0));
         assert_eq!(out.expected, vec![false, false, false, true]);
+    }
+
+    #[test]
+    fn timing_leaves_out_the_warm_up_and_merges() {
+        let start = Instant::now();
+        let from = start + Duration::from_secs(3600);
+        let mut t = Timing::new(from).expect("histograms");
+        // Scheduled during the warm-up: not counted.
+        t.queued(start);
+        t.acknowledged(start);
+        assert_eq!((t.lag.len(), t.ack.len()), (0, 0));
+        let mut measured = Timing::new(start).expect("histograms");
+        measured.queued(start);
+        measured.acknowledged(start);
+        assert_eq!((measured.lag.len(), measured.ack.len()), (1, 1));
+        // Every sample is at least 1 µs, so a histogram never holds zeros.
+        assert!(measured.lag.min() >= 1);
+        t.merge(&measured);
+        t.merge(&measured);
+        assert_eq!((t.lag.len(), t.ack.len()), (2, 2));
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::client::{Client, SessionKind, Target, connect_many};
-use crate::fanin::{Outstanding, collect, devices_and_subscriber, topic};
+use crate::fanin::{Outstanding, Timing, collect, devices_and_subscriber, topic};
 use crate::payload::Stamp;
 use crate::tracking::{self, Plan};
 use crate::{CertDir, LoadgenError, MqttVersion, Percentiles, Qos};
@@ -44,6 +44,8 @@ pub struct LatencyConfig {
     pub subscriber_session: SessionKind,
     /// Simultaneous handshakes while connecting the devices.
     pub connect_concurrency: usize,
+    /// The broker's process, for its CPU use while measured.
+    pub broker_pid: Option<u32>,
 }
 
 /// Latency results.
@@ -88,6 +90,21 @@ pub struct LatencyReport {
     pub stale: u64,
     /// Receive time minus intended send time, after the warm-up.
     pub latency: Percentiles,
+    /// Where the publishers' time went: how late each message was queued
+    /// for sending against its schedule (a full window of unacknowledged
+    /// messages delays it), after the warm-up.
+    #[serde(default)]
+    pub send_lag: Option<Percentiles>,
+    /// PUBACK received minus queued for sending, after the warm-up.
+    #[serde(default)]
+    pub ack: Option<Percentiles>,
+    /// The broker's CPU use from the end of the warm-up to the end of
+    /// publishing, in percent of one core (with `broker_pid`).
+    #[serde(default)]
+    pub broker_cpu_percent: Option<f64>,
+    /// The load generator's own CPU use over the same time, percent of one core.
+    #[serde(default)]
+    pub loadgen_cpu_percent: Option<f64>,
     /// Errors of individual devices (first few).
     pub errors: Vec<String>,
 }
@@ -107,6 +124,7 @@ async fn open_loop(
 ) -> Result<Outstanding, LoadgenError> {
     let topic = topic(&client.id);
     let mut out = Outstanding::default();
+    out.timing = Some(Timing::new(epoch + cfg.warmup)?);
     let devices = cfg.devices.max(1) as f64;
     let interval = Duration::from_secs_f64(devices / cfg.rate);
     // Spread the devices' schedules evenly over one interval.
@@ -127,6 +145,9 @@ async fn open_loop(
             };
             let p = client.publish_packet(&topic, stamp.encode(cfg.payload_size), cfg.qos, pid);
             client.queue(&p)?;
+            if let Some(t) = out.timing.as_mut() {
+                t.queued(next);
+            }
             next += interval;
         }
         if client.pending_write() > 0 {
@@ -151,6 +172,29 @@ async fn open_loop(
     }
     let _ = client.disconnect().await;
     Ok(out)
+}
+
+/// CPU use of each process between `from` and `to`, in percent of one
+/// core (`None` for a process that is not given or cannot be read).
+async fn cpu_use<const N: usize>(
+    pids: [Option<u32>; N],
+    from: Instant,
+    to: Instant,
+) -> [Option<f64>; N] {
+    let sample = || pids.map(|p| p.and_then(crate::procfs::cpu_seconds));
+    tokio::time::sleep_until(from).await;
+    let (before, started) = (sample(), Instant::now());
+    tokio::time::sleep_until(to).await;
+    let (after, seconds) = (sample(), started.elapsed().as_secs_f64());
+    let mut out = [None; N];
+    for (o, (b, a)) in out.iter_mut().zip(before.into_iter().zip(after)) {
+        if let (Some(b), Some(a)) = (b, a)
+            && seconds > 0.0
+        {
+            *o = Some(((a - b) / seconds * 100.0).max(0.0));
+        }
+    }
+    out
 }
 
 /// Run a latency measurement.
@@ -208,6 +252,11 @@ pub async fn run_with_give_up(
         Duration::from_secs(1),
         end + give_up + Duration::from_secs(5),
     ));
+    let cpu = tokio::spawn(cpu_use(
+        [cfg.broker_pid, Some(std::process::id())],
+        epoch + cfg.warmup,
+        end,
+    ));
     let mut tasks = tokio::task::JoinSet::new();
     for (index, client) in clients.into_iter().enumerate() {
         let index =
@@ -226,6 +275,7 @@ pub async fn run_with_give_up(
         .await
         .map_err(|e| LoadgenError::Protocol(format!("subscriber task: {e}")))??;
     let acc = received.account(&expected);
+    let [broker_cpu_percent, loadgen_cpu_percent] = cpu.await.unwrap_or_default();
     let duration_s = cfg.duration.as_secs_f64();
     Ok(LatencyReport {
         scenario: "latency".into(),
@@ -246,6 +296,14 @@ pub async fn run_with_give_up(
         duplicated: acc.duplicated,
         stale: received.stale,
         latency: Percentiles::of(&received.latency),
+        send_lag: totals.timing.as_ref().map(|t| Percentiles::of(&t.lag)),
+        ack: totals
+            .timing
+            .as_ref()
+            .filter(|_| cfg.qos == Qos::AtLeastOnce)
+            .map(|t| Percentiles::of(&t.ack)),
+        broker_cpu_percent,
+        loadgen_cpu_percent,
         errors,
     })
 }

@@ -133,6 +133,10 @@ mod tests {
                 p999_us: 5000,
                 max_us: 9000,
             },
+            send_lag: None,
+            ack: None,
+            broker_cpu_percent: None,
+            loadgen_cpu_percent: None,
             errors: Vec::new(),
         }
     }

@@ -85,6 +85,9 @@ enum Scenario {
         payload: usize,
         #[arg(long)]
         persistent_subscriber: bool,
+        /// Broker PID, for its CPU use while measured.
+        #[arg(long)]
+        broker_pid: Option<u32>,
     },
     /// Open and hold idle connections.
     Conns {
@@ -317,6 +320,7 @@ async fn main() -> anyhow::Result<()> {
             window,
             payload,
             persistent_subscriber,
+            broker_pid,
         } => {
             let (certs, target) = mqtt()?;
             serde_json::to_value(
@@ -333,6 +337,7 @@ async fn main() -> anyhow::Result<()> {
                     payload_size: payload,
                     subscriber_session: session(persistent_subscriber),
                     connect_concurrency: 16,
+                    broker_pid,
                 })
                 .await?,
             )?
@@ -506,6 +511,7 @@ async fn main() -> anyhow::Result<()> {
                         payload_size: payload,
                         subscriber_session: SessionKind::Persistent,
                         connect_concurrency: 16,
+                        broker_pid: None,
                     },
                     give_up,
                     max_p99,
