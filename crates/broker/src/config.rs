@@ -33,6 +33,13 @@ pub struct BrokerConfig {
     /// overflow policy applies: QoS 0 messages are dropped first, then the
     /// oldest queued message; each drop is counted.
     pub max_queued_messages: usize,
+    /// How long a write of copies queued for persistent sessions waits for
+    /// their subscribers to acknowledge them first: a copy delivered and
+    /// acknowledged meanwhile is never written (0 writes at once). Adds up
+    /// to this to the publisher's PUBACK when a persistent session
+    /// subscribes to its topic.
+    #[serde(with = "humantime_serde")]
+    pub delivery_grace: Duration,
     /// Topic aliases a v5 client may use (0 disables them).
     pub topic_alias_maximum: u16,
     /// Upper bound on a session's expiry interval; also the expiry of MQTT
@@ -56,6 +63,7 @@ impl Default for BrokerConfig {
             max_packet_size: 256 * 1024,
             max_inflight: 64,
             max_queued_messages: 1000,
+            delivery_grace: Duration::from_millis(2),
             topic_alias_maximum: 32,
             max_session_expiry: Duration::from_secs(7 * 24 * 3600),
             max_keepalive_secs: 3600,

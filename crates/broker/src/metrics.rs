@@ -82,6 +82,13 @@ counters! {
     ack_latency_us_sum,
     /// Number of acks in `ack_latency_us_sum`.
     ack_latency_count,
+    /// Transactions of durable broker state (sessions, queued copies, retained).
+    persist_commits,
+    /// Operations written in them.
+    persist_ops,
+    /// Queued copies for persistent sessions acknowledged by their
+    /// subscriber before they were written, and so never written.
+    persist_elided,
 }
 
 impl Metrics {
@@ -106,6 +113,11 @@ impl Metrics {
     /// Adds one to a counter.
     pub(crate) fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Adds `n` to a counter.
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
     }
 }
 
