@@ -170,6 +170,21 @@ fn broker_exposed(name: &str) -> Option<Exposed> {
             "Sessions closed by the server, by reason.",
             &[("reason", "keepalive_timeout")],
         ),
+        "persist_commits" => c(
+            "rampart_broker_persist_commits_total",
+            "Transactions of durable broker state (sessions, queued copies, retained messages).",
+            &[],
+        ),
+        "persist_ops" => c(
+            "rampart_broker_persist_ops_total",
+            "Operations written in those transactions.",
+            &[],
+        ),
+        "persist_elided" => c(
+            "rampart_broker_persist_elided_total",
+            "Copies queued for persistent sessions that their subscriber acknowledged before they were written, and so were never written.",
+            &[],
+        ),
         _ => return None,
     })
 }
