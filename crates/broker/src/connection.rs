@@ -238,6 +238,17 @@ impl Step {
         )
     }
 
+    /// Whether a resolved, routed step was stored: committed (or a
+    /// duplicate) and written where the broker writes it.
+    fn stored(&self) -> bool {
+        match &self.action {
+            StepAction::Routed {
+                outcome, durable, ..
+            } => *durable && !matches!(outcome, Some(IngestOutcome::Rejected(_))),
+            _ => false,
+        }
+    }
+
     /// Waits for what the step waits for. Cancel-safe: every result is
     /// stored as soon as it is in, so an interrupted wait goes on later.
     async fn resolve(&mut self) {
@@ -484,6 +495,7 @@ impl Connection {
         let end = self
             .packet_loop(&session, &identity, &client, &control, keepalive, &shutdown)
             .await;
+        self.release_unanswered(&session);
 
         let reason = match end {
             End::Reason(r) => r,
@@ -1244,6 +1256,31 @@ impl Connection {
                 durable: true,
             },
         })
+    }
+
+    /// QoS 2 publishes routed but not yet answered when the connection
+    /// ends stay marked taken, so that a retransmission is answered rather
+    /// than routed again: right once their commit is in. One whose commit
+    /// (or the broker's own write) fails is unmarked when that is known,
+    /// so the device's retransmission is offered to the pipeline again
+    /// instead of being answered as stored.
+    fn release_unanswered(&mut self, session: &Arc<Session>) {
+        let unanswered: Vec<Step> = std::mem::take(&mut self.unacked)
+            .into_iter()
+            .filter(|s| s.qos == 2 && matches!(s.action, StepAction::Routed { .. }))
+            .collect();
+        if unanswered.is_empty() {
+            return;
+        }
+        let session = Arc::clone(session);
+        tokio::spawn(async move {
+            for mut step in unanswered {
+                step.resolve().await;
+                if !step.stored() {
+                    Self::mark_qos2(&session, step.id, false);
+                }
+            }
+        });
     }
 
     /// A QoS 2 publish that ends unacknowledged is not taken: its

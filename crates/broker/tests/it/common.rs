@@ -95,6 +95,8 @@ pub struct SinkLog {
     pub held: usize,
     /// Admitted messages waiting for their commit at the commit gate.
     pub commits_held: usize,
+    /// Commits that failed ([`RecordingSink::fail_commits`]).
+    pub commits_failed: usize,
 }
 
 /// A pipeline that records what the broker hands it, in two steps like the
@@ -178,6 +180,11 @@ impl RecordingSink {
         self.fail_commits.store(true, Ordering::SeqCst);
     }
 
+    /// From now on commits succeed again (the store is back).
+    pub fn succeed_commits(&self) {
+        self.fail_commits.store(false, Ordering::SeqCst);
+    }
+
     /// Payloads starting with `prefix` are rejected as
     /// [`RejectionKind::PayloadFormatInvalid`] from now on.
     pub fn reject_payloads_starting_with(&self, prefix: &[u8]) {
@@ -249,6 +256,14 @@ impl RecordingSink {
             &format!("{n} or more message(s) waiting for their commit"),
             |l| l.commits_held >= n,
         )
+        .await;
+    }
+
+    /// Waits until `n` or more commits have failed.
+    pub async fn wait_commits_failed(&self, n: usize) {
+        self.wait_until(&format!("{n} or more failed commit(s)"), |l| {
+            l.commits_failed >= n
+        })
         .await;
     }
 
@@ -340,6 +355,7 @@ impl IngestSink for RecordingSink {
                 rec.record(|l| l.commits_held -= 1);
             }
             if fail.load(Ordering::SeqCst) {
+                rec.record(|l| l.commits_failed += 1);
                 return IngestOutcome::Rejected(Rejection {
                     kind: RejectionKind::Internal,
                     detail: STORE_FAILED_DETAIL.to_owned(),

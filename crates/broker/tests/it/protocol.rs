@@ -348,6 +348,46 @@ async fn a_commit_that_fails_after_routing_is_refused_to_the_publisher() {
     assert!(p.sink.committed().is_empty());
 }
 
+/// A QoS 2 publish whose commit fails after its connection ended is not
+/// left marked as taken: its retransmission on the next connection of the
+/// persistent session goes to the pipeline again and is stored, instead of
+/// being answered with PUBREC as if it had been.
+#[tokio::test]
+async fn a_qos2_publish_whose_commit_fails_after_its_connection_ended_is_offered_again() {
+    let p = Platform::start().await;
+    let dev = p.device("d1").await;
+    let topic = up("d1", "telemetry");
+    let persistent = || Connect {
+        session_expiry: Some(600),
+        clean_start: false,
+        ..Connect::v5("d1")
+    };
+    p.sink.hold_commits();
+    let mut c = p.connected(&dev, persistent()).await;
+    let publish = c.publish_packet(&topic, b"{\"seq\":1}", 2);
+    let id = publish.packet_id.expect("QoS 2");
+    c.send(&Packet::Publish(publish.clone())).await;
+    p.sink.wait_commits_held(1).await;
+    drop(c);
+    p.sink.wait_disconnects("d1", 1).await;
+    // The store fails the commit after the connection is gone.
+    p.sink.fail_commits();
+    p.sink.release_commits(1);
+    p.sink.wait_commits_failed(1).await;
+    p.sink.succeed_commits();
+    p.sink.release_commits(1);
+
+    let mut c = p.connected(&dev, persistent()).await;
+    let mut again = publish;
+    again.dup = true;
+    c.send(&Packet::Publish(again)).await;
+    match c.recv().await {
+        Packet::PubRec(r) => assert_eq!((r.packet_id, u8::from(r.reason_code)), (id, 0)),
+        other => panic!("expected PUBREC, got {other:?}"),
+    }
+    assert_eq!(p.sink.committed_payloads(), [&b"{\"seq\":1}"[..]]);
+}
+
 /// A rejected payload gets MQTT 5 PUBACK 0x99 "Payload format invalid" with
 /// the pipeline's reason string, and is never routed (ingest contract:
 /// "never routed, never a disconnect").
