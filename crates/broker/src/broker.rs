@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use mqtt5_protocol::Properties;
@@ -16,14 +16,10 @@ use rampart_store::{Change, ChangeKind, MqttOp, Store, StoredMessage};
 use crate::acl::{Acl, AclRuleError};
 use crate::config::BrokerConfig;
 use crate::metrics::Metrics;
-use crate::persist::{Batching, Durable, Persister};
+use crate::persist::{Durable, Persister};
 use crate::router::{ClientId, Router, SubOptions};
 use crate::session::{Delivery, Message, Session};
 use crate::tls::{ReloadableAcceptor, TlsError, TlsMaterial};
-
-/// How long deletions of acknowledged copies may wait to be written with
-/// the next batch someone waits for.
-const ACK_WRITE_DELAY: Duration = Duration::from_millis(100);
 
 /// Why a message Rampart itself publishes was not sent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -91,26 +87,26 @@ impl Broker {
         store: Arc<dyn Store>,
         sink: Arc<dyn IngestSink>,
     ) -> Result<Arc<Self>, BrokerError> {
+        // Fallible parts first: a refused configuration starts no task.
+        let acl = Acl::new(&config.acl)?;
+        let tls = ReloadableAcceptor::new(tls)?;
         let metrics = Arc::new(Metrics::default());
-        let grace = config.delivery_grace;
+        let persister = Persister::start(
+            Arc::clone(&store),
+            Arc::clone(&metrics),
+            config.delivery_grace,
+        );
         Ok(Arc::new(Self {
-            acl: Acl::new(&config.acl)?,
-            tls: ReloadableAcceptor::new(tls)?,
+            acl,
+            tls,
             config,
             store: Arc::clone(&store),
             sink,
-            metrics: Arc::clone(&metrics),
+            metrics,
             sessions: Mutex::new(HashMap::new()),
             router: RwLock::new(Router::new()),
             retained: RwLock::new(HashMap::new()),
-            persister: Persister::start(
-                Arc::clone(&store),
-                metrics,
-                Batching {
-                    grace,
-                    ack_delay: ACK_WRITE_DELAY,
-                },
-            ),
+            persister,
             next_persist_id: AtomicU64::new(1),
             rate: Mutex::new(HashMap::new()),
             accepting: std::sync::atomic::AtomicBool::new(false),

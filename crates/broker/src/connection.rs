@@ -1143,10 +1143,7 @@ impl Connection {
             } => o,
             // Unacknowledged, so the device sends them again later; the
             // pipeline's dedupe keeps second copies out.
-            _ = kick.cancelled() => {
-                let reason = self.control.as_ref().and_then(Control::reason);
-                return Some(End::Reason(reason.unwrap_or(DisconnectReason::Disabled)));
-            }
+            _ = kick.cancelled() => return Some(self.kicked()),
             _ = shutdown.cancelled() => {
                 return Some(End::Reason(DisconnectReason::ServerShutdown));
             }
@@ -1165,6 +1162,13 @@ impl Connection {
             }
         }
         None
+    }
+
+    /// How the connection ends once its session was kicked: with the
+    /// reason given (revoked, disabled, taken over).
+    fn kicked(&self) -> End {
+        let reason = self.control.as_ref().and_then(Control::reason);
+        End::Reason(reason.unwrap_or(DisconnectReason::Disabled))
     }
 
     /// The live session's kick (revocation, takeover) and the server's
@@ -1373,10 +1377,7 @@ impl Connection {
             let head = self.unacked.front_mut()?;
             tokio::select! {
                 () = head.resolve() => {}
-                _ = kick.cancelled() => {
-                    let reason = self.control.as_ref().and_then(Control::reason);
-                    return Some(End::Reason(reason.unwrap_or(DisconnectReason::Disabled)));
-                }
+                _ = kick.cancelled() => return Some(self.kicked()),
                 _ = shutdown.cancelled() => return Some(End::Reason(DisconnectReason::ServerShutdown)),
             }
         }

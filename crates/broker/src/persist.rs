@@ -45,23 +45,18 @@ impl std::fmt::Debug for Persister {
 /// Completion of a submitted batch: `true` once durable.
 pub(crate) type Durable = oneshot::Receiver<bool>;
 
-/// How the persistence task batches.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Batching {
-    /// How long a batch holding queued copies waits for their subscribers'
-    /// acknowledgements before it is written (`broker.delivery_grace`).
-    pub grace: Duration,
-    /// How long deletions of acknowledged copies may wait for the next
-    /// batch that someone waits for (losing them in a crash only means a
-    /// redelivery, which QoS 1 allows).
-    pub ack_delay: Duration,
-}
+/// How long deletions of acknowledged copies, which nobody waits for, may
+/// wait to be written with the next batch (losing them in a crash only
+/// means a redelivery, which QoS 1 allows).
+const ACK_WRITE_DELAY: Duration = Duration::from_millis(100);
 
 impl Persister {
-    /// Starts the task writing to `store`.
-    pub(crate) fn start(store: Arc<dyn Store>, metrics: Arc<Metrics>, batching: Batching) -> Self {
+    /// Starts the task writing to `store`. A batch holding queued copies
+    /// waits `grace` (`broker.delivery_grace`) for their subscribers'
+    /// acknowledgements before it is written.
+    pub(crate) fn start(store: Arc<dyn Store>, metrics: Arc<Metrics>, grace: Duration) -> Self {
         let (tx, rx) = mpsc::unbounded_channel::<Job>();
-        tokio::spawn(run(store, rx, metrics, batching));
+        tokio::spawn(run(store, rx, metrics, grace));
         Self { tx }
     }
 
@@ -132,7 +127,7 @@ async fn run(
     store: Arc<dyn Store>,
     mut rx: mpsc::UnboundedReceiver<Job>,
     metrics: Arc<Metrics>,
-    batching: Batching,
+    grace: Duration,
 ) {
     // Deletions of acknowledged copies, written with the next batch.
     let mut held: Vec<MqttOp> = Vec::new();
@@ -140,51 +135,43 @@ async fn run(
         let next = if held.is_empty() {
             rx.recv().await
         } else {
-            match tokio::time::timeout(batching.ack_delay, rx.recv()).await {
+            match tokio::time::timeout(ACK_WRITE_DELAY, rx.recv()).await {
                 Ok(job) => job,
-                // Quiet: write the deletions on their own.
-                Err(_) => Some(Job {
-                    ops: Vec::new(),
-                    done: None,
-                }),
+                Err(_) => {
+                    // Quiet: write the deletions on their own.
+                    write(&*store, std::mem::take(&mut held), &metrics).await;
+                    continue;
+                }
             }
         };
         let Some(first) = next else { break };
         let mut batch = Batch::default();
         batch.add(first);
         batch.drain(&mut rx);
-        if batch.queues_copies() && !batching.grace.is_zero() {
+        if batch.queues_copies() && !grace.is_zero() {
             // Online subscribers usually acknowledge within this: their
             // copies are then never written.
-            tokio::time::sleep(batching.grace).await;
+            tokio::time::sleep(grace).await;
             batch.drain(&mut rx);
         }
-        let (ops, elided) = elide_delivered(batch.ops);
+        let (mut ops, elided) = elide_delivered(batch.ops);
         Metrics::add(&metrics.persist_elided, elided as u64);
-        let only_deletions = ops.iter().all(|op| matches!(op, MqttOp::Ack { .. }));
         if batch.waiters.is_empty()
-            && only_deletions
-            && !ops.is_empty()
+            && ops.iter().all(|op| matches!(op, MqttOp::Ack { .. }))
             && held.len() < MAX_BATCH_OPS
         {
-            held.extend(ops);
+            held.append(&mut ops);
             continue;
         }
-        let mut ops = ops;
-        if !held.is_empty() {
-            // Held deletions came first; they refer to copies written
-            // by earlier batches, so their place among these is free.
-            held.append(&mut ops);
-            ops = std::mem::take(&mut held);
-        }
-        let ok = write(&*store, ops, &metrics).await;
+        // Held deletions go first; they refer to copies written by
+        // earlier batches, so their place among these is free.
+        held.append(&mut ops);
+        let ok = write(&*store, std::mem::take(&mut held), &metrics).await;
         for w in batch.waiters {
             let _ = w.send(ok);
         }
     }
-    if !held.is_empty() {
-        write(&*store, held, &metrics).await;
-    }
+    write(&*store, held, &metrics).await;
 }
 
 /// Writes `ops` in one transaction; `true` once durable (nothing to write

@@ -81,7 +81,7 @@ pub async fn run(cfg: ConnsConfig) -> Result<ConnsReport, LoadgenError> {
     for r in results {
         match r {
             Ok((client, took)) => {
-                hist.saturating_record(u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1));
+                hist.saturating_record(crate::micros(took));
                 clients.push(client);
             }
             Err(e) => {

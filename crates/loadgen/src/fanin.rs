@@ -198,15 +198,16 @@ impl Timing {
     pub fn queued(&mut self, scheduled: Instant) {
         if scheduled >= self.from {
             let lag = Instant::now().saturating_duration_since(scheduled);
-            self.lag.saturating_record(micros(lag));
+            self.lag.saturating_record(crate::micros(lag));
         }
     }
 
     /// The PUBACK of a message queued at `queued` arrived now.
     fn acknowledged(&mut self, queued: Instant) {
         if queued >= self.from {
-            self.ack
-                .saturating_record(micros(Instant::now().saturating_duration_since(queued)));
+            self.ack.saturating_record(crate::micros(
+                Instant::now().saturating_duration_since(queued),
+            ));
         }
     }
 
@@ -215,10 +216,6 @@ impl Timing {
         let _ = self.lag.add(&other.lag);
         let _ = self.ack.add(&other.ack);
     }
-}
-
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
 }
 
 fn nanos_since(epoch: Instant, t: Instant) -> u64 {

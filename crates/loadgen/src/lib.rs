@@ -61,6 +61,11 @@ impl Percentiles {
     }
 }
 
+/// A duration as a histogram sample: whole microseconds, at least 1.
+pub(crate) fn micros(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
+}
+
 /// A histogram for microsecond latencies from 1 µs to 10 minutes, 3 digits.
 pub fn latency_histogram() -> Result<hdrhistogram::Histogram<u64>, LoadgenError> {
     hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3)

@@ -30,6 +30,16 @@ use rampart_proto::ingest::{DisconnectReason, PresenceEvent};
 use rampart_proto::topic::Category;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// Service "svc" (MQTT 5) subscribed to `devices/#` at `qos`, and device
+/// "d1" (MQTT 5) connected: the publisher and the one who watches.
+async fn subscriber_and_device(p: &Platform, qos: u8) -> (Client, Client) {
+    let dev = p.device("d1").await;
+    let svc = p.service("svc").await;
+    let mut s = p.connected(&svc, Connect::v5("svc")).await;
+    assert_eq!(s.subscribe("devices/#", qos).await, qos);
+    (s, p.connected(&dev, Connect::v5("d1")).await)
+}
+
 /// Reads the next PUBLISH and checks its topic and payload.
 async fn expect_publish(client: &mut Client, topic: &str, payload: &[u8]) -> Bytes {
     let p = client.recv_publish().await;
@@ -241,11 +251,7 @@ async fn qos1_puback_waits_for_the_pipeline_and_keeps_order() {
 #[tokio::test]
 async fn a_publish_is_routed_while_its_commit_is_pending_and_acknowledged_after() {
     let p = Platform::start().await;
-    let dev = p.device("d1").await;
-    let svc = p.service("svc").await;
-    let mut s = p.connected(&svc, Connect::v5("svc")).await;
-    assert_eq!(s.subscribe("devices/#", 1).await, 1);
-    let mut c = p.connected(&dev, Connect::v5("d1")).await;
+    let (mut s, mut c) = subscriber_and_device(&p, 1).await;
     let topic = up("d1", "telemetry");
     p.sink.hold_commits();
 
@@ -273,11 +279,7 @@ async fn a_publish_is_routed_while_its_commit_is_pending_and_acknowledged_after(
 #[tokio::test]
 async fn reading_goes_on_while_commits_are_pending_and_pubacks_keep_order() {
     let p = Platform::start().await;
-    let dev = p.device("d1").await;
-    let svc = p.service("svc").await;
-    let mut s = p.connected(&svc, Connect::v5("svc")).await;
-    assert_eq!(s.subscribe("devices/#", 1).await, 1);
-    let mut c = p.connected(&dev, Connect::v5("d1")).await;
+    let (mut s, mut c) = subscriber_and_device(&p, 1).await;
     let topic = up("d1", "telemetry");
     p.sink.hold_commits();
 
@@ -452,11 +454,7 @@ async fn rejected_payload_over_mqtt_3_is_acknowledged_and_dropped() {
 #[tokio::test]
 async fn qos2_inbound_flow_ingests_a_duplicate_publish_once() {
     let p = Platform::start().await;
-    let dev = p.device("d1").await;
-    let svc = p.service("svc").await;
-    let mut s = p.connected(&svc, Connect::v5("svc")).await;
-    assert_eq!(s.subscribe("devices/#", 0).await, 0);
-    let mut c = p.connected(&dev, Connect::v5("d1")).await;
+    let (mut s, mut c) = subscriber_and_device(&p, 0).await;
     let topic = up("d1", "telemetry");
 
     let publish = c.publish_packet(&topic, b"exactly-once", 2);
