@@ -7,6 +7,7 @@ mod console;
 mod pipeline;
 mod plan;
 mod procs;
+mod scrape;
 mod search;
 mod setup;
 mod sim;
@@ -178,7 +179,7 @@ struct Outcome {
 struct Bench {
     env: Env,
     loadgen: PathBuf,
-    rampart: (Guard, std::net::SocketAddr),
+    rampart: (Guard, procs::Listening),
     mosquitto: (Guard, std::net::SocketAddr),
     outcomes: Vec<(Scenario, Outcome)>,
     /// What this run's latency rates are fractions of (none when they were
@@ -189,7 +190,7 @@ struct Bench {
 impl Bench {
     fn broker(&mut self, b: Broker) -> (u32, std::net::SocketAddr) {
         match b {
-            Broker::Rampart => (self.rampart.0.pid(), self.rampart.1),
+            Broker::Rampart => (self.rampart.0.pid(), self.rampart.1.mqtt),
             Broker::Mosquitto => (self.mosquitto.0.pid(), self.mosquitto.1),
         }
     }
@@ -213,6 +214,14 @@ impl Bench {
             .stdout(std::fs::File::create(&out_path).context("creating the report file")?)
             .stderr(std::fs::File::create(&err_path).context("creating the stderr file")?)
             .env("RUST_BACKTRACE", "0");
+        // The committer's counters around Rampart's latency runs: whether
+        // it kept up (BENCHMARKS.md, "Latency breakdown").
+        let counters = match (b, self.rampart.1.metrics) {
+            (Broker::Rampart, Some(at)) if s.key.starts_with("latency") => {
+                Some((at, scrape::read(at)?))
+            }
+            _ => None,
+        };
         let status = Guard::spawn("rampart-loadgen", &mut cmd)?.wait_timeout(s.timeout)?;
         if !status.success() {
             let err = std::fs::read_to_string(&err_path).unwrap_or_default();
@@ -222,8 +231,12 @@ impl Bench {
             );
         }
         let text = std::fs::read_to_string(&out_path).context("reading the report")?;
-        serde_json::from_str(&text)
-            .with_context(|| format!("parsing the report {}", out_path.display()))
+        let mut report: Value = serde_json::from_str(&text)
+            .with_context(|| format!("parsing the report {}", out_path.display()))?;
+        if let (Some((at, before)), Some(fields)) = (counters, report.as_object_mut()) {
+            fields.insert("store".into(), scrape::between(before, scrape::read(at)?));
+        }
+        Ok(report)
     }
 
     /// Run a scenario `rounds` times against both brokers, alternating which
@@ -699,6 +712,20 @@ fn latency_scenario(z: &Sizes, rate: f64, fraction: Option<(f64, LatencyBasis)>)
                 "/loadgen_cpu_percent",
                 false,
             ),
+            // Rampart only: its telemetry committer over the run.
+            metric("ingest commits", "1/s", "/store/commits_per_s", false),
+            metric(
+                "messages per commit",
+                "msg",
+                "/store/messages_per_commit",
+                false,
+            ),
+            metric(
+                "committer busy",
+                "% of the time",
+                "/store/committer_busy_percent",
+                false,
+            ),
         ],
         rounds: z.latency_rounds,
         timeout: z.latency + Duration::from_secs(90),
@@ -1024,7 +1051,11 @@ const LATENCY_NOTE: &str = "Latency rows: p50/p99/p99.9 are the subscriber's rec
      unacknowledged messages per device would add to it), `PUBACK` the publisher's wait for \
      its acknowledgement (Rampart: after the commit; it delays delivery only through a full \
      window), `broker CPU` and `load generator CPU` each process's use over the measured \
-     time, in percent of one of the 2 cores the three share.\n";
+     time, in percent of one of the 2 cores the three share. `ingest commits`, `messages per \
+     commit` and `committer busy` (Rampart only, from its `/metrics`, over the whole run \
+     including connection set-up and warm-up) show whether the telemetry committer kept up: \
+     busy near 100 % means it was saturated, batches grew and each acknowledgement waited \
+     for a whole commit in progress.\n";
 
 /// What the table cannot say: the loss-free search's brackets, fan-out's
 /// set-up and the revoke run's details.
@@ -1349,16 +1380,17 @@ fn start_brokers(
             dir.join("mosquitto.log").display()
         )
     })?;
-    let rampart = procs::start_rampart(
+    let rampart = procs::start_rampart_listening(
         &env.rampart,
         &env.data,
         &env.config,
         dir.join("rampart.log"),
+        true,
     )?;
     eprintln!(
         "rampart (pid {}) on {}, mosquitto (pid {}) on {maddr}",
         rampart.0.pid(),
-        rampart.1,
+        rampart.1.mqtt,
         mosq.pid()
     );
     Ok(Bench {

@@ -71,19 +71,6 @@ impl Drop for Guard {
     }
 }
 
-/// Start `rampart serve` on loopback port 0 and return its guard and MQTT
-/// address, read from the `listening mqtt=IP:PORT` line on its stderr. The
-/// rest of its stderr goes to `log`.
-pub fn start_rampart(
-    bin: &Path,
-    data: &Path,
-    config: &Path,
-    log: PathBuf,
-) -> Result<(Guard, SocketAddr)> {
-    let (guard, listening) = start_rampart_listening(bin, data, config, log)?;
-    Ok((guard, listening.mqtt))
-}
-
 /// The addresses `rampart serve` listens on.
 #[derive(Debug, Clone, Copy)]
 pub struct Listening {
@@ -91,15 +78,20 @@ pub struct Listening {
     pub mqtt: SocketAddr,
     /// HTTPS (API, enrollment).
     pub http: SocketAddr,
+    /// Plain-HTTP `/metrics`, when the configuration sets `web.metrics_addr`.
+    pub metrics: Option<SocketAddr>,
 }
 
-/// [`start_rampart`], returning both addresses (`listening mqtt=` and
-/// `listening http=`, in either order).
+/// Start `rampart serve` on loopback port 0 and return its guard and the
+/// addresses it printed on stderr (`listening mqtt=IP:PORT`, `http=` and,
+/// with `metrics`, `metrics=`, in any order). The rest of its stderr goes to
+/// `log`.
 pub fn start_rampart_listening(
     bin: &Path,
     data: &Path,
     config: &Path,
     log: PathBuf,
+    metrics: bool,
 ) -> Result<(Guard, Listening)> {
     let mut cmd = Command::new(bin);
     cmd.arg("--data-dir")
@@ -136,25 +128,25 @@ pub fn start_rampart_listening(
         }
     });
     let deadline = Instant::now() + Duration::from_secs(60);
-    let (mut mqtt, mut http) = (None, None);
-    while mqtt.is_none() || http.is_none() {
+    let (mut mqtt, mut http, mut metrics_at) = (None, None, None);
+    while mqtt.is_none() || http.is_none() || (metrics && metrics_at.is_none()) {
         let (name, addr) = rx
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .context(
-                "rampart serve did not print `listening mqtt=` and `listening http=` within 60 s",
-            )?;
+            .context("rampart serve did not print every `listening NAME=` line within 60 s")?;
         let addr: SocketAddr = addr
             .parse()
             .with_context(|| format!("rampart printed an unparsable address '{addr}'"))?;
         match name.as_str() {
             "mqtt" => mqtt = Some(addr),
             "http" => http = Some(addr),
+            "metrics" => metrics_at = Some(addr),
             _ => {}
         }
     }
     let listening = Listening {
         mqtt: mqtt.context("no MQTT address")?,
         http: http.context("no HTTPS address")?,
+        metrics: metrics_at,
     };
     Ok((guard, listening))
 }

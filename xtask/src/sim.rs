@@ -201,6 +201,7 @@ pub fn bench(
         &env.data,
         &env.config,
         dir.join("rampart.log"),
+        false,
     )?;
     let ca = dir.join("ca.pem");
     std::fs::write(&ca, rampart(&env, &["ca", "export"])?).context("writing ca.pem")?;
