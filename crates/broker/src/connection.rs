@@ -287,6 +287,17 @@ enum End {
     CleanWithWill,
 }
 
+/// Waits until an unsettled QoS 2 outcome is known (or its resolving task
+/// ended). Boxed: the wait is rare and must not grow every connection's
+/// task.
+fn settled(
+    mut outcome: tokio::sync::watch::Receiver<Option<bool>>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    Box::pin(async move {
+        let _ = outcome.wait_for(Option::is_some).await;
+    })
+}
+
 impl Connection {
     async fn flush(&mut self) -> std::io::Result<()> {
         if !self.out.is_empty() {
@@ -664,6 +675,9 @@ impl Connection {
                         {
                             return end;
                         }
+                        if let Some(outcome) = self.unsettled_retransmission(&p, session) {
+                            settled(outcome).await;
+                        }
                         match self.begin_publish(p, session, identity) {
                             Begin::Pending(pp) => pending.push(*pp),
                             Begin::Immediate(im) => {
@@ -993,6 +1007,9 @@ impl Connection {
         client: &ClientId,
     ) -> Option<End> {
         let mut pending = Vec::new();
+        if let Some(outcome) = self.unsettled_retransmission(&p, session) {
+            settled(outcome).await;
+        }
         match self.begin_publish(p, session, identity) {
             Begin::Pending(pp) => pending.push(*pp),
             Begin::Immediate(im) => self.answer_immediate(im, session),
@@ -1012,11 +1029,6 @@ impl Connection {
     ) -> Begin {
         let received = Instant::now();
         let metrics = &self.broker.metrics;
-        Metrics::inc(match p.qos {
-            WireQoS::AtMostOnce => &metrics.messages_in_qos0,
-            WireQoS::AtLeastOnce => &metrics.messages_in_qos1,
-            WireQoS::ExactlyOnce => &metrics.messages_in_qos2,
-        });
         // MQTT 5 §3.3.2.3.4: topic aliases map to the topic per connection.
         let topic: Arc<str> = match (p.properties.get_topic_alias(), p.topic_name.is_empty()) {
             (Some(alias), false) => {
@@ -1276,15 +1288,60 @@ impl Connection {
         if unanswered.is_empty() {
             return;
         }
+        // A retransmission on the next connection must not be answered
+        // before each outcome is known (`unsettled_retransmission`).
+        let mut outcomes = Vec::with_capacity(unanswered.len());
+        if let Ok(mut st) = session.state.lock() {
+            for step in &unanswered {
+                let (tx, rx) = tokio::sync::watch::channel(None);
+                st.unsettled_qos2.insert(step.id, rx);
+                outcomes.push(tx);
+            }
+        }
         let session = Arc::clone(session);
         tokio::spawn(async move {
-            for mut step in unanswered {
+            for (mut step, outcome) in unanswered.into_iter().zip(outcomes) {
                 step.resolve().await;
-                if !step.stored() {
-                    Self::mark_qos2(&session, step.id, false);
+                let stored = step.stored();
+                if let Ok(mut st) = session.state.lock() {
+                    if !stored {
+                        st.incoming_qos2.remove(&step.id);
+                    }
+                    if st
+                        .unsettled_qos2
+                        .get(&step.id)
+                        .is_some_and(|rx| rx.same_channel(&outcome.subscribe()))
+                    {
+                        st.unsettled_qos2.remove(&step.id);
+                    }
                 }
+                let _ = outcome.send(Some(stored));
             }
         });
+    }
+
+    /// Counts a received publish and, for a QoS 2 one whose packet id an
+    /// earlier connection took but whose commit outcome is not known yet,
+    /// returns that outcome to wait for (`settled`): once it is known the
+    /// publish is answered as taken (stored) or offered to the pipeline
+    /// again (the commit failed).
+    fn unsettled_retransmission(
+        &self,
+        p: &PublishPacket,
+        session: &Session,
+    ) -> Option<tokio::sync::watch::Receiver<Option<bool>>> {
+        let metrics = &self.broker.metrics;
+        Metrics::inc(match p.qos {
+            WireQoS::AtMostOnce => &metrics.messages_in_qos0,
+            WireQoS::AtLeastOnce => &metrics.messages_in_qos1,
+            WireQoS::ExactlyOnce => &metrics.messages_in_qos2,
+        });
+        if p.qos != WireQoS::ExactlyOnce {
+            return None;
+        }
+        let id = p.packet_id?;
+        let st = session.state.lock().ok()?;
+        st.unsettled_qos2.get(&id).cloned()
     }
 
     /// A QoS 2 publish that ends unacknowledged is not taken: its

@@ -9,7 +9,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use mqtt5_protocol::Properties;
 use rampart_proto::ingest::DisconnectReason;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::identity::Identity;
@@ -69,6 +69,10 @@ pub struct SessionState {
     pub inflight: HashMap<u16, Inflight>,
     /// Incoming QoS 2 packet ids received (PUBREC sent), awaiting PUBREL.
     pub incoming_qos2: HashSet<u16>,
+    /// Incoming QoS 2 packet ids taken by a connection that ended before
+    /// their commit's outcome was known: `Some(stored)` once it is. A
+    /// retransmission waits for it before it is answered or offered again.
+    pub unsettled_qos2: HashMap<u16, watch::Receiver<Option<bool>>>,
     /// Next outgoing packet id.
     pub next_packet_id: u16,
     /// Session expiry after disconnect, in seconds (0 = ends with the connection).

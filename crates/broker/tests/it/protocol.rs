@@ -390,6 +390,52 @@ async fn a_qos2_publish_whose_commit_fails_after_its_connection_ended_is_offered
     assert_eq!(p.sink.committed_payloads(), [&b"{\"seq\":1}"[..]]);
 }
 
+/// The same, but the device retransmits while the first commit is still
+/// in flight: the retransmission waits for that outcome instead of being
+/// answered as taken, then (the commit failed) is offered to the pipeline
+/// and stored once.
+#[tokio::test]
+async fn a_qos2_retransmission_waits_for_the_outcome_of_the_earlier_commit() {
+    let p = Platform::start().await;
+    let dev = p.device("d1").await;
+    let topic = up("d1", "telemetry");
+    let persistent = || Connect {
+        session_expiry: Some(600),
+        clean_start: false,
+        ..Connect::v5("d1")
+    };
+    p.sink.hold_commits();
+    let mut c = p.connected(&dev, persistent()).await;
+    let publish = c.publish_packet(&topic, b"{\"seq\":1}", 2);
+    let id = publish.packet_id.expect("QoS 2");
+    c.send(&Packet::Publish(publish.clone())).await;
+    p.sink.wait_commits_held(1).await;
+    drop(c);
+    p.sink.wait_disconnects("d1", 1).await;
+
+    // The retransmission arrives while the first commit is held.
+    let mut c = p.connected(&dev, persistent()).await;
+    let mut again = publish;
+    again.dup = true;
+    c.send(&Packet::Publish(again)).await;
+    eventually("the retransmission to be received", || {
+        p.metrics().messages_in_qos2.load(Relaxed) == 2
+    })
+    .await;
+    // Now the first commit fails; the retransmission is offered again.
+    p.sink.fail_commits();
+    p.sink.release_commits(1);
+    p.sink.wait_commits_failed(1).await;
+    p.sink.succeed_commits();
+    p.sink.wait_commits_held(1).await;
+    p.sink.release_commits(1);
+    match c.recv().await {
+        Packet::PubRec(r) => assert_eq!((r.packet_id, u8::from(r.reason_code)), (id, 0)),
+        other => panic!("expected PUBREC, got {other:?}"),
+    }
+    assert_eq!(p.sink.committed_payloads(), [&b"{\"seq\":1}"[..]]);
+}
+
 /// A rejected payload gets MQTT 5 PUBACK 0x99 "Payload format invalid" with
 /// the pipeline's reason string, and is never routed (ingest contract:
 /// "never routed, never a disconnect").
