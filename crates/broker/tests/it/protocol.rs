@@ -17,12 +17,13 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    Client, Connect, Event, Platform, REJECT_DETAIL, STORE_FAILED_DETAIL, V5, WAIT, encode,
-    eventually, reason_string, up,
+    Client, Connect, Credentials, Event, Platform, REJECT_DETAIL, STORE_FAILED_DETAIL, V5, WAIT,
+    encode, eventually, reason_string, up,
 };
 use bytes::Bytes;
 use mqtt5_protocol::packet::disconnect::DisconnectPacket;
 use mqtt5_protocol::packet::puback::PubAckPacket;
+use mqtt5_protocol::packet::publish::PublishPacket;
 use mqtt5_protocol::packet::pubrel::PubRelPacket;
 use mqtt5_protocol::packet::subscribe::{RetainHandling, SubscriptionOptions};
 use mqtt5_protocol::{Packet, QoS, ReasonCode, WillMessage};
@@ -350,6 +351,30 @@ async fn a_commit_that_fails_after_routing_is_refused_to_the_publisher() {
     assert!(p.sink.committed().is_empty());
 }
 
+/// d1's persistent session (MQTT 5, expiry 10 minutes).
+fn persistent_d1() -> Connect {
+    Connect {
+        session_expiry: Some(600),
+        clean_start: false,
+        ..Connect::v5("d1")
+    }
+}
+
+/// d1 sends a QoS 2 telemetry publish whose commit the sink holds, and its
+/// connection ends before the answer: returns the publish (to retransmit)
+/// and its packet id. Commits stay held.
+async fn qos2_publish_left_uncommitted(p: &Platform, dev: &Credentials) -> (PublishPacket, u16) {
+    p.sink.hold_commits();
+    let mut c = p.connected(dev, persistent_d1()).await;
+    let publish = c.publish_packet(&up("d1", "telemetry"), b"{\"seq\":1}", 2);
+    let id = publish.packet_id.expect("QoS 2");
+    c.send(&Packet::Publish(publish.clone())).await;
+    p.sink.wait_commits_held(1).await;
+    drop(c);
+    p.sink.wait_disconnects("d1", 1).await;
+    (publish, id)
+}
+
 /// A QoS 2 publish whose commit fails after its connection ended is not
 /// left marked as taken: its retransmission on the next connection of the
 /// persistent session goes to the pipeline again and is stored, instead of
@@ -358,20 +383,7 @@ async fn a_commit_that_fails_after_routing_is_refused_to_the_publisher() {
 async fn a_qos2_publish_whose_commit_fails_after_its_connection_ended_is_offered_again() {
     let p = Platform::start().await;
     let dev = p.device("d1").await;
-    let topic = up("d1", "telemetry");
-    let persistent = || Connect {
-        session_expiry: Some(600),
-        clean_start: false,
-        ..Connect::v5("d1")
-    };
-    p.sink.hold_commits();
-    let mut c = p.connected(&dev, persistent()).await;
-    let publish = c.publish_packet(&topic, b"{\"seq\":1}", 2);
-    let id = publish.packet_id.expect("QoS 2");
-    c.send(&Packet::Publish(publish.clone())).await;
-    p.sink.wait_commits_held(1).await;
-    drop(c);
-    p.sink.wait_disconnects("d1", 1).await;
+    let (publish, id) = qos2_publish_left_uncommitted(&p, &dev).await;
     // The store fails the commit after the connection is gone.
     p.sink.fail_commits();
     p.sink.release_commits(1);
@@ -379,7 +391,7 @@ async fn a_qos2_publish_whose_commit_fails_after_its_connection_ended_is_offered
     p.sink.succeed_commits();
     p.sink.release_commits(1);
 
-    let mut c = p.connected(&dev, persistent()).await;
+    let mut c = p.connected(&dev, persistent_d1()).await;
     let mut again = publish;
     again.dup = true;
     c.send(&Packet::Publish(again)).await;
@@ -398,23 +410,10 @@ async fn a_qos2_publish_whose_commit_fails_after_its_connection_ended_is_offered
 async fn a_qos2_retransmission_waits_for_the_outcome_of_the_earlier_commit() {
     let p = Platform::start().await;
     let dev = p.device("d1").await;
-    let topic = up("d1", "telemetry");
-    let persistent = || Connect {
-        session_expiry: Some(600),
-        clean_start: false,
-        ..Connect::v5("d1")
-    };
-    p.sink.hold_commits();
-    let mut c = p.connected(&dev, persistent()).await;
-    let publish = c.publish_packet(&topic, b"{\"seq\":1}", 2);
-    let id = publish.packet_id.expect("QoS 2");
-    c.send(&Packet::Publish(publish.clone())).await;
-    p.sink.wait_commits_held(1).await;
-    drop(c);
-    p.sink.wait_disconnects("d1", 1).await;
+    let (publish, id) = qos2_publish_left_uncommitted(&p, &dev).await;
 
     // The retransmission arrives while the first commit is held.
-    let mut c = p.connected(&dev, persistent()).await;
+    let mut c = p.connected(&dev, persistent_d1()).await;
     let mut again = publish;
     again.dup = true;
     c.send(&Packet::Publish(again)).await;
