@@ -214,12 +214,11 @@ impl Bench {
             .stdout(std::fs::File::create(&out_path).context("creating the report file")?)
             .stderr(std::fs::File::create(&err_path).context("creating the stderr file")?)
             .env("RUST_BACKTRACE", "0");
-        // The committer's counters around Rampart's latency runs: whether
-        // it kept up (BENCHMARKS.md, "Latency breakdown").
+        // The committer's counters around the Rampart runs of scenarios
+        // with `/store/` rows: whether it kept up (BENCHMARKS.md).
+        let wants_store = s.metrics.iter().any(|m| m.pointer.starts_with("/store/"));
         let counters = match (b, self.rampart.1.metrics) {
-            (Broker::Rampart, Some(at)) if s.key.starts_with("latency") => {
-                Some((at, scrape::read(at)?))
-            }
+            (Broker::Rampart, Some(addr)) if wants_store => Some((addr, scrape::read(addr)?)),
             _ => None,
         };
         let status = Guard::spawn("rampart-loadgen", &mut cmd)?.wait_timeout(s.timeout)?;
@@ -233,8 +232,8 @@ impl Bench {
         let text = std::fs::read_to_string(&out_path).context("reading the report")?;
         let mut report: Value = serde_json::from_str(&text)
             .with_context(|| format!("parsing the report {}", out_path.display()))?;
-        if let (Some((at, before)), Some(fields)) = (counters, report.as_object_mut()) {
-            fields.insert("store".into(), scrape::between(before, scrape::read(at)?));
+        if let (Some((addr, before)), Some(fields)) = (counters, report.as_object_mut()) {
+            fields.insert("store".into(), scrape::between(before, scrape::read(addr)?));
         }
         Ok(report)
     }

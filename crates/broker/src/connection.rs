@@ -291,11 +291,27 @@ enum End {
 /// ended). Boxed: the wait is rare and must not grow every connection's
 /// task.
 fn settled(
-    mut outcome: tokio::sync::watch::Receiver<Option<bool>>,
+    mut settled: tokio::sync::watch::Receiver<bool>,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
     Box::pin(async move {
-        let _ = outcome.wait_for(Option::is_some).await;
+        let _ = settled.wait_for(|done| *done).await;
     })
+}
+
+/// For a QoS 2 publish whose packet id an earlier connection took but
+/// whose commit outcome is not known yet, that outcome to wait for
+/// (`settled`): once known, the publish is answered as taken (stored) or
+/// offered to the pipeline again (the commit failed).
+fn unsettled_qos2(
+    p: &PublishPacket,
+    session: &Session,
+) -> Option<tokio::sync::watch::Receiver<bool>> {
+    if p.qos != WireQoS::ExactlyOnce {
+        return None;
+    }
+    let id = p.packet_id?;
+    let st = session.state.lock().ok()?;
+    st.unsettled_qos2.get(&id).cloned()
 }
 
 impl Connection {
@@ -675,7 +691,8 @@ impl Connection {
                         {
                             return end;
                         }
-                        if let Some(outcome) = self.unsettled_retransmission(&p, session) {
+                        self.count_received(p.qos);
+                        if let Some(outcome) = unsettled_qos2(&p, session) {
                             settled(outcome).await;
                         }
                         match self.begin_publish(p, session, identity) {
@@ -1007,7 +1024,8 @@ impl Connection {
         client: &ClientId,
     ) -> Option<End> {
         let mut pending = Vec::new();
-        if let Some(outcome) = self.unsettled_retransmission(&p, session) {
+        self.count_received(p.qos);
+        if let Some(outcome) = unsettled_qos2(&p, session) {
             settled(outcome).await;
         }
         match self.begin_publish(p, session, identity) {
@@ -1289,59 +1307,39 @@ impl Connection {
             return;
         }
         // A retransmission on the next connection must not be answered
-        // before each outcome is known (`unsettled_retransmission`).
+        // before each outcome is known (`unsettled_qos2`). It waits, so no
+        // newer entry for the same id can appear before this one is removed.
         let mut outcomes = Vec::with_capacity(unanswered.len());
         if let Ok(mut st) = session.state.lock() {
             for step in &unanswered {
-                let (tx, rx) = tokio::sync::watch::channel(None);
+                let (tx, rx) = tokio::sync::watch::channel(false);
                 st.unsettled_qos2.insert(step.id, rx);
                 outcomes.push(tx);
             }
         }
         let session = Arc::clone(session);
         tokio::spawn(async move {
-            for (mut step, outcome) in unanswered.into_iter().zip(outcomes) {
+            for (mut step, settled) in unanswered.into_iter().zip(outcomes) {
                 step.resolve().await;
-                let stored = step.stored();
                 if let Ok(mut st) = session.state.lock() {
-                    if !stored {
+                    if !step.stored() {
                         st.incoming_qos2.remove(&step.id);
                     }
-                    if st
-                        .unsettled_qos2
-                        .get(&step.id)
-                        .is_some_and(|rx| rx.same_channel(&outcome.subscribe()))
-                    {
-                        st.unsettled_qos2.remove(&step.id);
-                    }
+                    st.unsettled_qos2.remove(&step.id);
                 }
-                let _ = outcome.send(Some(stored));
+                let _ = settled.send(true);
             }
         });
     }
 
-    /// Counts a received publish and, for a QoS 2 one whose packet id an
-    /// earlier connection took but whose commit outcome is not known yet,
-    /// returns that outcome to wait for (`settled`): once it is known the
-    /// publish is answered as taken (stored) or offered to the pipeline
-    /// again (the commit failed).
-    fn unsettled_retransmission(
-        &self,
-        p: &PublishPacket,
-        session: &Session,
-    ) -> Option<tokio::sync::watch::Receiver<Option<bool>>> {
+    /// Counts a received publish, before anything may make it wait.
+    fn count_received(&self, qos: WireQoS) {
         let metrics = &self.broker.metrics;
-        Metrics::inc(match p.qos {
+        Metrics::inc(match qos {
             WireQoS::AtMostOnce => &metrics.messages_in_qos0,
             WireQoS::AtLeastOnce => &metrics.messages_in_qos1,
             WireQoS::ExactlyOnce => &metrics.messages_in_qos2,
         });
-        if p.qos != WireQoS::ExactlyOnce {
-            return None;
-        }
-        let id = p.packet_id?;
-        let st = session.state.lock().ok()?;
-        st.unsettled_qos2.get(&id).cloned()
     }
 
     /// A QoS 2 publish that ends unacknowledged is not taken: its

@@ -70,9 +70,10 @@ pub struct SessionState {
     /// Incoming QoS 2 packet ids received (PUBREC sent), awaiting PUBREL.
     pub incoming_qos2: HashSet<u16>,
     /// Incoming QoS 2 packet ids taken by a connection that ended before
-    /// their commit's outcome was known: `Some(stored)` once it is. A
-    /// retransmission waits for it before it is answered or offered again.
-    pub unsettled_qos2: HashMap<u16, watch::Receiver<Option<bool>>>,
+    /// their commit's outcome was known: `true` once it is (and
+    /// `incoming_qos2` says whether it was stored). A retransmission waits
+    /// for it before it is answered or offered again.
+    pub unsettled_qos2: HashMap<u16, watch::Receiver<bool>>,
     /// Next outgoing packet id.
     pub next_packet_id: u16,
     /// Session expiry after disconnect, in seconds (0 = ends with the connection).

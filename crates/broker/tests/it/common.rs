@@ -1021,6 +1021,20 @@ impl Client {
         }
     }
 
+    /// Sends `publish` again as a retransmission (DUP set).
+    pub async fn resend(&mut self, mut publish: PublishPacket) {
+        publish.dup = true;
+        self.send(&Packet::Publish(publish)).await;
+    }
+
+    /// Reads a successful PUBREC for `id`.
+    pub async fn recv_pubrec_ok(&mut self, id: u16) {
+        match self.recv().await {
+            Packet::PubRec(r) => assert_eq!((r.packet_id, u8::from(r.reason_code)), (id, 0)),
+            other => panic!("expected PUBREC {id}, got {other:?}"),
+        }
+    }
+
     /// Publishes at QoS 1 and asserts a successful PUBACK.
     pub async fn publish_ok(&mut self, topic: &str, payload: &[u8]) {
         let ack = self.publish_qos1(topic, payload).await;

@@ -392,13 +392,8 @@ async fn a_qos2_publish_whose_commit_fails_after_its_connection_ended_is_offered
     p.sink.release_commits(1);
 
     let mut c = p.connected(&dev, persistent_d1()).await;
-    let mut again = publish;
-    again.dup = true;
-    c.send(&Packet::Publish(again)).await;
-    match c.recv().await {
-        Packet::PubRec(r) => assert_eq!((r.packet_id, u8::from(r.reason_code)), (id, 0)),
-        other => panic!("expected PUBREC, got {other:?}"),
-    }
+    c.resend(publish).await;
+    c.recv_pubrec_ok(id).await;
     assert_eq!(p.sink.committed_payloads(), [&b"{\"seq\":1}"[..]]);
 }
 
@@ -414,9 +409,7 @@ async fn a_qos2_retransmission_waits_for_the_outcome_of_the_earlier_commit() {
 
     // The retransmission arrives while the first commit is held.
     let mut c = p.connected(&dev, persistent_d1()).await;
-    let mut again = publish;
-    again.dup = true;
-    c.send(&Packet::Publish(again)).await;
+    c.resend(publish).await;
     eventually("the retransmission to be received", || {
         p.metrics().messages_in_qos2.load(Relaxed) == 2
     })
@@ -428,10 +421,7 @@ async fn a_qos2_retransmission_waits_for_the_outcome_of_the_earlier_commit() {
     p.sink.succeed_commits();
     p.sink.wait_commits_held(1).await;
     p.sink.release_commits(1);
-    match c.recv().await {
-        Packet::PubRec(r) => assert_eq!((r.packet_id, u8::from(r.reason_code)), (id, 0)),
-        other => panic!("expected PUBREC, got {other:?}"),
-    }
+    c.recv_pubrec_ok(id).await;
     assert_eq!(p.sink.committed_payloads(), [&b"{\"seq\":1}"[..]]);
 }
 
@@ -505,18 +495,10 @@ async fn qos2_inbound_flow_ingests_a_duplicate_publish_once() {
     let publish = c.publish_packet(&topic, b"exactly-once", 2);
     let id = publish.packet_id.expect("QoS 2");
     c.send(&Packet::Publish(publish.clone())).await;
-    match c.recv().await {
-        Packet::PubRec(r) => assert_eq!((r.packet_id, u8::from(r.reason_code)), (id, 0)),
-        other => panic!("expected PUBREC, got {other:?}"),
-    }
+    c.recv_pubrec_ok(id).await;
 
-    let mut again = publish;
-    again.dup = true;
-    c.send(&Packet::Publish(again)).await;
-    match c.recv().await {
-        Packet::PubRec(r) => assert_eq!((r.packet_id, u8::from(r.reason_code)), (id, 0)),
-        other => panic!("expected PUBREC for the duplicate, got {other:?}"),
-    }
+    c.resend(publish).await;
+    c.recv_pubrec_ok(id).await;
 
     c.send(&Packet::PubRel(PubRelPacket::new(id))).await;
     match c.recv().await {
