@@ -21,6 +21,7 @@ mod notifications;
 mod renewal;
 mod schema;
 mod services;
+mod staging;
 mod store;
 mod telemetry;
 mod users;
@@ -31,18 +32,22 @@ use std::time::Duration;
 
 use crate::{AuditKey, Result, StoreError};
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
+pub use staging::StagingOptions;
 
 /// Tuning of the SQLite store.
 #[derive(Debug, Clone)]
 pub struct SqliteOptions {
     /// How long a writer waits for another process's transaction.
     pub busy_timeout: Duration,
+    /// How group commits stage telemetry points (decision 0018).
+    pub staging: StagingOptions,
 }
 
 impl Default for SqliteOptions {
     fn default() -> Self {
         Self {
             busy_timeout: Duration::from_secs(10),
+            staging: StagingOptions::default(),
         }
     }
 }
@@ -60,6 +65,7 @@ struct Inner {
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
     series: Mutex<crate::telemetry::SeriesCache>,
+    staging: Mutex<staging::Staging>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -90,6 +96,7 @@ impl SqliteStore {
         schema::check_not_foreign(path)?;
         let mut writer = connect(path, &options, false)?;
         schema::migrate(&mut writer, path)?;
+        let staging = staging::Staging::new(options.staging);
         Ok(Self {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
@@ -98,6 +105,7 @@ impl SqliteStore {
                 writer: Mutex::new(writer),
                 readers: Mutex::new(Vec::new()),
                 series: Mutex::new(crate::telemetry::SeriesCache::default()),
+                staging: Mutex::new(staging),
             }),
         })
     }

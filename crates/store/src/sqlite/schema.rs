@@ -59,6 +59,10 @@ const MIGRATIONS: &[Migration] = &[
         include_str!("../../migrations/sqlite/0012_notifications.sql"),
     ),
     (13, include_str!("../../migrations/sqlite/0013_alerts.sql")),
+    (
+        14,
+        include_str!("../../migrations/sqlite/0014_staged_points.sql"),
+    ),
 ];
 
 /// Refuses a file that exists but is not an SQLite database at all, before

@@ -1,13 +1,15 @@
 //! Telemetry in SQLite: one write transaction per group commit; chart
-//! queries as one range scan of a rollup or of the raw points.
+//! queries as one range scan of a rollup or of the raw points, plus the
+//! points still staged (decision 0018, [`super::staging`]).
 
 use std::collections::HashMap;
-
 use std::sync::Arc;
+use std::time::Instant;
 
 use rampart_proto::DeviceId;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
+use super::staging::{Progress, StagedPoint, Staging, Step, pending_points};
 use super::{SqliteStore, db};
 use crate::telemetry::{
     BucketAggregator, DeviceTelemetryStats, IngestItem, ItemOutcome, NewReading, NewRejection,
@@ -44,20 +46,31 @@ struct Batch<'a> {
     rollups: HashMap<RollupKey, RollupRow>,
     stats: Vec<(String, StatsDelta)>,
     stats_index: HashMap<String, usize>,
+    /// Points of the readings stored by this commit, staged or written
+    /// directly in [`Batch::finish`].
+    new_points: Vec<StagedPoint>,
     exported: Vec<PointRecord>,
     outbox: bool,
     any_rejected: bool,
 }
 
-/// Stores `items` inside `tx`. Returns the outcomes and the series created,
-/// which the caller adds to its cache once the transaction committed.
+/// What a commit changed that the committer's caches take in once the
+/// transaction committed.
+pub(super) struct Committed {
+    pub outcomes: Vec<ItemOutcome>,
+    pub series: NewSeries,
+    pub staging: Step,
+}
+
+/// Stores `items` inside `tx`.
 pub(super) fn commit(
     tx: &Transaction<'_>,
     cache: &SeriesCache,
+    staging: &mut Staging,
     items: &[IngestItem],
     outbox: bool,
     now_ms: i64,
-) -> Result<(Vec<ItemOutcome>, NewSeries)> {
+) -> Result<Committed> {
     let mut b = Batch {
         tx,
         insert_reading: tx
@@ -73,6 +86,7 @@ pub(super) fn commit(
             .map_err(db)?,
         cache,
         new_series: Vec::new(),
+        new_points: Vec::new(),
         rollups: HashMap::new(),
         stats: Vec::new(),
         stats_index: HashMap::new(),
@@ -106,8 +120,12 @@ pub(super) fn commit(
             }
         });
     }
-    b.finish()?;
-    Ok((outcomes, b.new_series))
+    let staging = b.finish(staging)?;
+    Ok(Committed {
+        outcomes,
+        series: b.new_series,
+        staging,
+    })
 }
 
 impl Batch<'_> {
@@ -223,20 +241,12 @@ impl Batch<'_> {
     fn points(&mut self, device: &str, seq: i64, r: &NewReading) -> Result<()> {
         for (metric, value) in &r.metrics {
             let series = self.series_id(device, metric.as_str())?;
-            self.insert_point
-                .execute(params![series, r.ts_ms, seq, value])
-                .map_err(db)?;
-            let point = RollupRow::point(r.ts_ms, seq, *value);
-            for res in Resolution::ROLLUPS_COARSEST_FIRST {
-                let key = (series, res.millis(), res.bucket_of(r.ts_ms));
-                self.rollups
-                    .entry(key)
-                    .and_modify(|acc| acc.merge(&point))
-                    .or_insert(RollupRow {
-                        bucket: key.2,
-                        ..point
-                    });
-            }
+            self.new_points.push(StagedPoint {
+                series,
+                ts: r.ts_ms,
+                seq,
+                value: *value,
+            });
             if self.outbox {
                 self.exported.push(PointRecord {
                     device: device.to_owned(),
@@ -319,43 +329,37 @@ impl Batch<'_> {
         Ok(())
     }
 
-    fn finish(&mut self) -> Result<()> {
-        let mut upsert = self
-            .tx
-            .prepare_cached(
-                "INSERT INTO rollups
-                   (series_id, resolution, bucket, min, max, sum, count, last_ts, last_seq, last_value)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
-                 ON CONFLICT (series_id, resolution, bucket) DO UPDATE SET
-                   min = min(rollups.min, excluded.min),
-                   max = max(rollups.max, excluded.max),
-                   sum = rollups.sum + excluded.sum,
-                   count = rollups.count + excluded.count,
-                   last_ts = CASE WHEN (excluded.last_ts, excluded.last_seq) > (rollups.last_ts, rollups.last_seq)
-                                  THEN excluded.last_ts ELSE rollups.last_ts END,
-                   last_seq = CASE WHEN (excluded.last_ts, excluded.last_seq) > (rollups.last_ts, rollups.last_seq)
-                                  THEN excluded.last_seq ELSE rollups.last_seq END,
-                   last_value = CASE WHEN (excluded.last_ts, excluded.last_seq) > (rollups.last_ts, rollups.last_seq)
-                                  THEN excluded.last_value ELSE rollups.last_value END",
-            )
+    /// Writes a point into `points` and adds it to its rollups.
+    fn write_point(&mut self, p: &StagedPoint) -> Result<()> {
+        self.insert_point
+            .execute(params![p.series, p.ts, p.seq, p.value])
             .map_err(db)?;
-        for ((series, res, bucket), r) in &self.rollups {
-            upsert
-                .execute(params![
-                    series,
-                    res,
-                    bucket,
-                    r.min,
-                    r.max,
-                    r.sum,
-                    r.count as i64,
-                    r.last_key.0,
-                    r.last_key.1,
-                    r.last
-                ])
-                .map_err(db)?;
+        add_to_rollups(&mut self.rollups, p);
+        Ok(())
+    }
+
+    /// The compaction step, then this commit's points (staged, or written
+    /// directly when there are many), rollups and counters.
+    fn finish(&mut self, staging: &mut Staging) -> Result<Step> {
+        let tx = self.tx;
+        let points = std::mem::take(&mut self.new_points);
+        let direct = points.len() >= staging.options().direct_points;
+        let incoming = if direct { 0 } else { points.len() };
+        let mut step = staging.step(tx, incoming, Instant::now(), |p| self.write_point(p))?;
+        if direct {
+            for p in &points {
+                self.write_point(p)?;
+            }
+        } else {
+            Staging::append(tx, &mut step, &points)?;
         }
-        drop(upsert);
+        upsert_rollups(tx, &self.rollups)?;
+        self.counters()?;
+        Ok(step)
+    }
+
+    /// Device counters, the rejected-message bound and the export outbox.
+    fn counters(&mut self) -> Result<()> {
         for (device, d) in &self.stats {
             self.tx
                 .prepare_cached(
@@ -416,6 +420,60 @@ impl Batch<'_> {
     }
 }
 
+/// Adds a point to the rollups of every resolution.
+fn add_to_rollups(rollups: &mut HashMap<RollupKey, RollupRow>, p: &StagedPoint) {
+    let point = RollupRow::point(p.ts, p.seq, p.value);
+    for res in Resolution::ROLLUPS_COARSEST_FIRST {
+        let key = (p.series, res.millis(), res.bucket_of(p.ts));
+        rollups
+            .entry(key)
+            .and_modify(|acc| acc.merge(&point))
+            .or_insert(RollupRow {
+                bucket: key.2,
+                ..point
+            });
+    }
+}
+
+/// Merges `rollups` into the stored ones.
+fn upsert_rollups(tx: &Transaction<'_>, rollups: &HashMap<RollupKey, RollupRow>) -> Result<()> {
+    let mut upsert = tx
+    .prepare_cached(
+            "INSERT INTO rollups
+               (series_id, resolution, bucket, min, max, sum, count, last_ts, last_seq, last_value)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+             ON CONFLICT (series_id, resolution, bucket) DO UPDATE SET
+               min = min(rollups.min, excluded.min),
+               max = max(rollups.max, excluded.max),
+               sum = rollups.sum + excluded.sum,
+               count = rollups.count + excluded.count,
+               last_ts = CASE WHEN (excluded.last_ts, excluded.last_seq) > (rollups.last_ts, rollups.last_seq)
+                              THEN excluded.last_ts ELSE rollups.last_ts END,
+               last_seq = CASE WHEN (excluded.last_ts, excluded.last_seq) > (rollups.last_ts, rollups.last_seq)
+                              THEN excluded.last_seq ELSE rollups.last_seq END,
+               last_value = CASE WHEN (excluded.last_ts, excluded.last_seq) > (rollups.last_ts, rollups.last_seq)
+                              THEN excluded.last_value ELSE rollups.last_value END",
+        )
+        .map_err(db)?;
+    for ((series, res, bucket), r) in rollups {
+        upsert
+            .execute(params![
+                series,
+                res,
+                bucket,
+                r.min,
+                r.max,
+                r.sum,
+                r.count as i64,
+                r.last_key.0,
+                r.last_key.1,
+                r.last
+            ])
+            .map_err(db)?;
+    }
+    Ok(())
+}
+
 fn series_of(conn: &Connection, device: &str, metric: &str) -> Result<Option<i64>> {
     conn.prepare_cached("SELECT id FROM series WHERE device_id = ?1 AND metric = ?2")
         .and_then(|mut s| {
@@ -425,13 +483,36 @@ fn series_of(conn: &Connection, device: &str, metric: &str) -> Result<Option<i64
         .map_err(db)
 }
 
-/// Answers a chart query.
+/// Answers a chart query: the rollup rows (or raw points) of the range,
+/// merged in time order with the series' staged points not moved yet, all
+/// read in one snapshot, so a point being moved is counted exactly once.
 pub(super) fn query(conn: &Connection, q: &SeriesQuery) -> Result<Series> {
+    let snapshot = conn.unchecked_transaction().map_err(db)?;
     let plan = QueryPlan::for_query(q.from_ms, q.to_ms, q.buckets);
+    let res = plan.resolution;
     let mut agg = BucketAggregator::new(plan.origin, plan.bucket_ms);
-    if let Some(series) = series_of(conn, q.device.as_str(), q.metric.as_str())? {
-        if plan.resolution == Resolution::Raw {
-            let mut stmt = conn
+    if let Some(series) = series_of(&snapshot, q.device.as_str(), q.metric.as_str())?
+        && q.to_ms > plan.origin
+    {
+        // A staged point belongs to the answer when its bucket at the
+        // plan's resolution does: `[origin, to)` on buckets is this on time.
+        let end = res.bucket_of(q.to_ms - 1).saturating_add(res.millis());
+        let progress = Progress::read(&snapshot)?;
+        let mut staged = pending_points(&snapshot, progress, series, plan.origin, end)?
+            .into_iter()
+            .map(|p| RollupRow {
+                bucket: res.bucket_of(p.ts),
+                ..RollupRow::point(p.ts, p.seq, p.value)
+            })
+            .peekable();
+        let mut push = |row: RollupRow| {
+            while let Some(early) = staged.next_if(|s| s.bucket < row.bucket) {
+                agg.push(early);
+            }
+            agg.push(row);
+        };
+        if res == Resolution::Raw {
+            let mut stmt = snapshot
                 .prepare_cached(
                     "SELECT ts, seq, value FROM points
                      WHERE series_id = ?1 AND ts >= ?2 AND ts < ?3 ORDER BY ts, seq",
@@ -443,10 +524,10 @@ pub(super) fn query(conn: &Connection, q: &SeriesQuery) -> Result<Series> {
                 })
                 .map_err(db)?;
             for row in rows {
-                agg.push(row.map_err(db)?);
+                push(row.map_err(db)?);
             }
         } else {
-            let mut stmt = conn
+            let mut stmt = snapshot
                 .prepare_cached(
                     "SELECT bucket, min, max, sum, count, last_ts, last_seq, last_value FROM rollups
                      WHERE series_id = ?1 AND resolution = ?2 AND bucket >= ?3 AND bucket < ?4
@@ -454,88 +535,114 @@ pub(super) fn query(conn: &Connection, q: &SeriesQuery) -> Result<Series> {
                 )
                 .map_err(db)?;
             let rows = stmt
-                .query_map(
-                    params![series, plan.resolution.millis(), plan.origin, q.to_ms],
-                    |r| {
-                        Ok(RollupRow {
-                            bucket: r.get(0)?,
-                            min: r.get(1)?,
-                            max: r.get(2)?,
-                            sum: r.get(3)?,
-                            count: r.get::<_, i64>(4)? as u64,
-                            last_key: (r.get(5)?, r.get(6)?),
-                            last: r.get(7)?,
-                        })
-                    },
-                )
+                .query_map(params![series, res.millis(), plan.origin, q.to_ms], |r| {
+                    Ok(RollupRow {
+                        bucket: r.get(0)?,
+                        min: r.get(1)?,
+                        max: r.get(2)?,
+                        sum: r.get(3)?,
+                        count: r.get::<_, i64>(4)? as u64,
+                        last_key: (r.get(5)?, r.get(6)?),
+                        last: r.get(7)?,
+                    })
+                })
                 .map_err(db)?;
             for row in rows {
-                agg.push(row.map_err(db)?);
+                push(row.map_err(db)?);
             }
+        }
+        for late in staged {
+            agg.push(late);
         }
     }
     Ok(Series {
-        resolution: plan.resolution,
+        resolution: res,
         bucket_ms: plan.bucket_ms,
         buckets: agg.finish(),
     })
 }
 
-/// One page of an export.
+/// Export rows of `points`: `?1..?3` the cursor, `?4` the device (or
+/// NULL), `?5..?6` the time range, `?7` the page size.
+const EXPORT_POINTS: &str = "SELECT p.series_id, p.ts, p.seq, p.value, s.device_id, s.metric
+     FROM points p JOIN series s ON s.id = p.series_id
+     WHERE (p.series_id, p.ts, p.seq) > (?1, ?2, ?3)
+       AND (?4 IS NULL OR s.device_id = ?4)
+       AND p.ts >= ?5 AND p.ts < ?6
+     ORDER BY p.series_id, p.ts, p.seq LIMIT ?7";
+
+/// The same of the pending staged points, `?8..?9` the progress.
+const EXPORT_STAGED: &str = "SELECT p.series_id, p.ts, p.seq, p.value, s.device_id, s.metric
+     FROM staged_points p JOIN series s ON s.id = p.series_id
+     WHERE (p.series_id, p.ts, p.seq) > (?1, ?2, ?3)
+       AND (?4 IS NULL OR s.device_id = ?4)
+       AND p.ts >= ?5 AND p.ts < ?6
+       AND (p.id > ?8 OR p.series_id >= ?9)
+     ORDER BY p.series_id, p.ts, p.seq LIMIT ?7";
+
+/// One page of an export: the points after the cursor from `points` and
+/// from the pending staged points, merged by (series, time, seq), in one
+/// snapshot.
 pub(super) fn export(
     conn: &Connection,
     filter: &PointFilter,
     after: Option<PointCursor>,
     limit: u32,
 ) -> Result<(Vec<PointRecord>, Option<PointCursor>)> {
+    let snapshot = conn.unchecked_transaction().map_err(db)?;
     let after = after.unwrap_or(PointCursor {
         series: i64::MIN,
         ts_ms: i64::MIN,
         seq: i64::MIN,
     });
-    let mut stmt = conn
-        .prepare_cached(
-            "SELECT p.series_id, p.ts, p.seq, p.value, s.device_id, s.metric
-             FROM points p JOIN series s ON s.id = p.series_id
-             WHERE (p.series_id, p.ts, p.seq) > (?1, ?2, ?3)
-               AND (?4 IS NULL OR s.device_id = ?4)
-               AND p.ts >= ?5 AND p.ts < ?6
-             ORDER BY p.series_id, p.ts, p.seq LIMIT ?7",
-        )
-        .map_err(db)?;
-    let mut last = None;
-    let rows = stmt
-        .query_map(
-            params![
-                after.series,
-                after.ts_ms,
-                after.seq,
-                filter.device.as_ref().map(|d| d.as_str()),
-                filter.from_ms.unwrap_or(i64::MIN),
-                filter.to_ms.unwrap_or(i64::MAX),
-                limit
-            ],
-            |r| {
-                Ok((
-                    PointCursor {
-                        series: r.get(0)?,
-                        ts_ms: r.get(1)?,
-                        seq: r.get(2)?,
-                    },
-                    PointRecord {
-                        ts_ms: r.get(1)?,
-                        seq: r.get::<_, i64>(2)? as u64,
-                        value: r.get(3)?,
-                        device: r.get(4)?,
-                        metric: r.get(5)?,
-                    },
-                ))
-            },
-        )
-        .map_err(db)?;
+    let device = filter.device.as_ref().map(|d| d.as_str());
+    let from = filter.from_ms.unwrap_or(i64::MIN);
+    let to = filter.to_ms.unwrap_or(i64::MAX);
+    let stored = export_rows(
+        &snapshot,
+        EXPORT_POINTS,
+        params![
+            after.series,
+            after.ts_ms,
+            after.seq,
+            device,
+            from,
+            to,
+            limit
+        ],
+    )?;
+    let progress = Progress::read(&snapshot)?;
+    let staged = export_rows(
+        &snapshot,
+        EXPORT_STAGED,
+        params![
+            after.series,
+            after.ts_ms,
+            after.seq,
+            device,
+            from,
+            to,
+            limit,
+            progress.mark,
+            progress.next_series
+        ],
+    )?;
+    let key = |c: &PointCursor| (c.series, c.ts_ms, c.seq);
+    let mut stored = stored.into_iter().peekable();
+    let mut staged = staged.into_iter().peekable();
     let mut out = Vec::new();
-    for row in rows {
-        let (cursor, point) = row.map_err(db)?;
+    let mut last = None;
+    while out.len() < limit as usize {
+        let next = match (stored.peek(), staged.peek()) {
+            (Some(a), Some(b)) if key(&b.0) < key(&a.0) => staged.next(),
+            (Some(a), Some(b)) if key(&b.0) == key(&a.0) => {
+                staged.next();
+                stored.next()
+            }
+            (Some(_), _) => stored.next(),
+            (None, _) => staged.next(),
+        };
+        let Some((cursor, point)) = next else { break };
         last = Some(cursor);
         out.push(point);
     }
@@ -547,7 +654,54 @@ pub(super) fn export(
     Ok((out, next))
 }
 
-/// Retention: deletes what left its window.
+fn export_rows(
+    conn: &Connection,
+    sql: &str,
+    args: impl rusqlite::Params,
+) -> Result<Vec<(PointCursor, PointRecord)>> {
+    let mut stmt = conn.prepare_cached(sql).map_err(db)?;
+    let rows = stmt
+        .query_map(args, |r| {
+            Ok((
+                PointCursor {
+                    series: r.get(0)?,
+                    ts_ms: r.get(1)?,
+                    seq: r.get(2)?,
+                },
+                PointRecord {
+                    ts_ms: r.get(1)?,
+                    seq: r.get::<_, i64>(2)? as u64,
+                    value: r.get(3)?,
+                    device: r.get(4)?,
+                    metric: r.get(5)?,
+                },
+            ))
+        })
+        .map_err(db)?;
+    rows.collect::<rusqlite::Result<_>>().map_err(db)
+}
+
+/// Moves every staged point into `points` and `rollups`.
+fn drain_staged(tx: &Transaction<'_>, staging: &mut Staging) -> Result<Step> {
+    let mut insert = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO points (series_id, ts, seq, value) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .map_err(db)?;
+    let mut rollups = HashMap::new();
+    let step = staging.drain(tx, Instant::now(), |p| {
+        insert
+            .execute(params![p.series, p.ts, p.seq, p.value])
+            .map_err(db)?;
+        add_to_rollups(&mut rollups, p);
+        Ok(())
+    })?;
+    upsert_rollups(tx, &rollups)?;
+    Ok(step)
+}
+
+/// Retention: deletes what left its window (after moving the staged
+/// points where it looks).
 pub(super) fn prune(
     tx: &Transaction<'_>,
     raw_before: i64,
@@ -750,11 +904,16 @@ impl TelemetryStore for SqliteStore {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(db)?;
+            let mut staging = inner
+                .staging
+                .lock()
+                .map_err(|_| StoreError::Corrupt("staging state poisoned".into()))?;
             let (_, now) = crate::millis::now_ms();
-            let (outcomes, created) = commit(&tx, &cache, &items, outbox, now)?;
+            let done = commit(&tx, &cache, &mut staging, &items, outbox, now)?;
             tx.commit().map_err(db)?;
-            cache.extend(created);
-            Ok(outcomes)
+            cache.extend(done.series);
+            staging.apply(done.staging, Instant::now());
+            Ok(done.outcomes)
         })
         .await
     }
@@ -782,14 +941,30 @@ impl TelemetryStore for SqliteStore {
         hour_before_ms: Option<i64>,
         presence_before_ms: i64,
     ) -> Result<Pruned> {
-        self.write(move |tx, _| {
-            prune(
-                tx,
+        let inner = Arc::clone(&self.inner);
+        super::run_blocking(move || {
+            let mut conn = inner
+                .writer
+                .lock()
+                .map_err(|_| StoreError::Corrupt("writer connection poisoned".into()))?;
+            let mut staging = inner
+                .staging
+                .lock()
+                .map_err(|_| StoreError::Corrupt("staging state poisoned".into()))?;
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db)?;
+            let drained = drain_staged(&tx, &mut staging)?;
+            let pruned = prune(
+                &tx,
                 raw_before_ms,
                 minute_before_ms,
                 hour_before_ms,
                 presence_before_ms,
-            )
+            )?;
+            tx.commit().map_err(db)?;
+            staging.apply(drained, Instant::now());
+            Ok(pruned)
         })
         .await
     }
