@@ -385,7 +385,11 @@ impl Staging {
 }
 
 /// The pending staged rows of `series` with `ts` in `[from, to)`, sorted
-/// by time and seq, as of `progress` (read in the same transaction).
+/// by time and seq, as of `progress` (read in the same transaction). The
+/// table has no index on series (it would put a leaf per series back into
+/// every commit): a series the round already moved has only rows after the
+/// mark pending, a rowid range; any other is a scan of the table, which a
+/// round keeps to about a second of input.
 pub(super) fn pending_points(
     conn: &Connection,
     progress: Progress,
@@ -393,24 +397,26 @@ pub(super) fn pending_points(
     from: i64,
     to: i64,
 ) -> Result<Vec<StagedPoint>> {
+    let after = if series >= progress.next_series {
+        i64::MIN
+    } else {
+        progress.mark
+    };
     let mut stmt = conn
         .prepare_cached(
             "SELECT ts, seq, value FROM staged_points
-             WHERE series_id = ?1 AND ts >= ?2 AND ts < ?3 AND (id > ?4 OR ?1 >= ?5)",
+             WHERE id > ?1 AND series_id = ?2 AND ts >= ?3 AND ts < ?4",
         )
         .map_err(db)?;
     let mut rows = stmt
-        .query_map(
-            params![series, from, to, progress.mark, progress.next_series],
-            |r| {
-                Ok(StagedPoint {
-                    series,
-                    ts: r.get(0)?,
-                    seq: r.get(1)?,
-                    value: r.get(2)?,
-                })
-            },
-        )
+        .query_map(params![after, series, from, to], |r| {
+            Ok(StagedPoint {
+                series,
+                ts: r.get(0)?,
+                seq: r.get(1)?,
+                value: r.get(2)?,
+            })
+        })
         .map_err(db)?
         .collect::<rusqlite::Result<Vec<_>>>()
         .map_err(db)?;
