@@ -122,28 +122,18 @@ struct Round {
 }
 
 impl Round {
-    /// Loads the staged rows that `select` picks, sorted.
+    /// Loads the staged rows that `select` picks.
     fn load(
         conn: &Connection,
         mark: i64,
         select: &str,
         args: impl rusqlite::Params,
     ) -> Result<Self> {
-        let mut stmt = conn.prepare_cached(select).map_err(db)?;
-        let mut rows = stmt
-            .query_map(args, |r| {
-                Ok(StagedPoint {
-                    series: r.get(0)?,
-                    ts: r.get(1)?,
-                    seq: r.get(2)?,
-                    value: r.get(3)?,
-                })
-            })
-            .map_err(db)?
-            .collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(db)?;
-        rows.sort_by_key(StagedPoint::key);
-        Ok(Self { mark, rows, pos: 0 })
+        Ok(Self {
+            mark,
+            rows: sorted_points(conn, select, args)?,
+            pos: 0,
+        })
     }
 
     /// A new round of every staged row (between rounds all are pending).
@@ -402,19 +392,29 @@ pub(super) fn pending_points(
     } else {
         progress.mark
     };
-    let mut stmt = conn
-        .prepare_cached(
-            "SELECT ts, seq, value FROM staged_points
-             WHERE id > ?1 AND series_id = ?2 AND ts >= ?3 AND ts < ?4",
-        )
-        .map_err(db)?;
+    sorted_points(
+        conn,
+        "SELECT series_id, ts, seq, value FROM staged_points
+         WHERE id > ?1 AND series_id = ?2 AND ts >= ?3 AND ts < ?4",
+        params![after, series, from, to],
+    )
+}
+
+/// The staged points `select` picks (`series_id, ts, seq, value`), sorted
+/// by series, time and seq.
+fn sorted_points(
+    conn: &Connection,
+    select: &str,
+    args: impl rusqlite::Params,
+) -> Result<Vec<StagedPoint>> {
+    let mut stmt = conn.prepare_cached(select).map_err(db)?;
     let mut rows = stmt
-        .query_map(params![after, series, from, to], |r| {
+        .query_map(args, |r| {
             Ok(StagedPoint {
-                series,
-                ts: r.get(0)?,
-                seq: r.get(1)?,
-                value: r.get(2)?,
+                series: r.get(0)?,
+                ts: r.get(1)?,
+                seq: r.get(2)?,
+                value: r.get(3)?,
             })
         })
         .map_err(db)?

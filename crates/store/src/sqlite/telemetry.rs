@@ -881,6 +881,46 @@ pub(super) fn outbox_peek(conn: &Connection, limit: u32) -> Result<Vec<(i64, Vec
     Ok(out)
 }
 
+impl SqliteStore {
+    /// Runs `f` in an immediate write transaction with the committer's
+    /// state: the series cache and the staging view. What `f` reports it
+    /// changed in them (series created, staging step) is taken in only once
+    /// the transaction committed. Commits are serialised by the writer lock,
+    /// so holding both for the whole transaction costs nothing.
+    async fn committer<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>, &SeriesCache, &mut Staging) -> Result<(T, NewSeries, Step)>
+            + Send
+            + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        super::run_blocking(move || {
+            let mut conn = inner
+                .writer
+                .lock()
+                .map_err(|_| StoreError::Corrupt("writer connection poisoned".into()))?;
+            let mut cache = inner
+                .series
+                .lock()
+                .map_err(|_| StoreError::Corrupt("series cache poisoned".into()))?;
+            let mut staging = inner
+                .staging
+                .lock()
+                .map_err(|_| StoreError::Corrupt("staging state poisoned".into()))?;
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db)?;
+            let (out, created, step) = f(&tx, &cache, &mut staging)?;
+            tx.commit().map_err(db)?;
+            cache.extend(created);
+            staging.apply(step, Instant::now());
+            Ok(out)
+        })
+        .await
+    }
+}
+
 #[async_trait::async_trait]
 impl TelemetryStore for SqliteStore {
     async fn commit_ingest(
@@ -888,32 +928,10 @@ impl TelemetryStore for SqliteStore {
         items: Arc<[IngestItem]>,
         outbox: bool,
     ) -> Result<Vec<ItemOutcome>> {
-        let inner = Arc::clone(&self.inner);
-        super::run_blocking(move || {
-            let mut conn = inner
-                .writer
-                .lock()
-                .map_err(|_| StoreError::Corrupt("writer connection poisoned".into()))?;
-            // Commits are serialised by the writer lock, so holding the cache
-            // for the whole transaction costs nothing; series created by a
-            // transaction enter it only once that transaction committed.
-            let mut cache = inner
-                .series
-                .lock()
-                .map_err(|_| StoreError::Corrupt("series cache poisoned".into()))?;
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
-            let mut staging = inner
-                .staging
-                .lock()
-                .map_err(|_| StoreError::Corrupt("staging state poisoned".into()))?;
+        self.committer(move |tx, cache, staging| {
             let (_, now) = crate::millis::now_ms();
-            let done = commit(&tx, &cache, &mut staging, &items, outbox, now)?;
-            tx.commit().map_err(db)?;
-            cache.extend(done.series);
-            staging.apply(done.staging, Instant::now());
-            Ok(done.outcomes)
+            let done = commit(tx, cache, staging, &items, outbox, now)?;
+            Ok((done.outcomes, done.series, done.staging))
         })
         .await
     }
@@ -941,30 +959,16 @@ impl TelemetryStore for SqliteStore {
         hour_before_ms: Option<i64>,
         presence_before_ms: i64,
     ) -> Result<Pruned> {
-        let inner = Arc::clone(&self.inner);
-        super::run_blocking(move || {
-            let mut conn = inner
-                .writer
-                .lock()
-                .map_err(|_| StoreError::Corrupt("writer connection poisoned".into()))?;
-            let mut staging = inner
-                .staging
-                .lock()
-                .map_err(|_| StoreError::Corrupt("staging state poisoned".into()))?;
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
-            let drained = drain_staged(&tx, &mut staging)?;
+        self.committer(move |tx, _, staging| {
+            let drained = drain_staged(tx, staging)?;
             let pruned = prune(
-                &tx,
+                tx,
                 raw_before_ms,
                 minute_before_ms,
                 hour_before_ms,
                 presence_before_ms,
             )?;
-            tx.commit().map_err(db)?;
-            staging.apply(drained, Instant::now());
-            Ok(pruned)
+            Ok((pruned, Vec::new(), drained))
         })
         .await
     }
