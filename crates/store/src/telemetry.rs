@@ -565,6 +565,13 @@ impl QueryPlan {
 /// How many rejected messages are kept (oldest dropped first).
 pub(crate) const REJECTED_KEPT: i64 = 10_000;
 
+/// A stored reading moves a device's `last_seen` only once it is this much
+/// later than the stored value: a device sending several readings a second
+/// would otherwise rewrite its registry row and the `last_seen` index in
+/// every group commit (on SQLite a quarter of a small commit's pages).
+/// Connects and disconnects still set it exactly.
+pub(crate) const LAST_SEEN_STEP_MS: i64 = 1_000;
+
 /// `(device, metric)` → series id, for series known to be committed.
 /// Keyed by device, then metric, so a look-up borrows `&str`s and
 /// allocates nothing (it runs once per stored point).

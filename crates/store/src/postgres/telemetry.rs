@@ -25,10 +25,11 @@ use tokio_postgres::Row;
 use super::{PostgresStore, db, get};
 use crate::millis::now_ms;
 use crate::telemetry::{
-    BucketAggregator, DeviceTelemetryStats, IngestItem, ItemOutcome, NewReading, NewSeries,
-    PointCursor, PointFilter, PointRecord, PresenceHistoryRecord, PresenceRecord, Pruned,
-    QueryPlan, REJECTED_KEPT, REJECTED_PAYLOAD_PREFIX, ReadingFate, RejectedRecord, Resolution,
-    RollupRow, Series, SeriesCache, SeriesQuery, TelemetryStore, conflict_detail, seq_i64,
+    BucketAggregator, DeviceTelemetryStats, IngestItem, ItemOutcome, LAST_SEEN_STEP_MS, NewReading,
+    NewSeries, PointCursor, PointFilter, PointRecord, PresenceHistoryRecord, PresenceRecord,
+    Pruned, QueryPlan, REJECTED_KEPT, REJECTED_PAYLOAD_PREFIX, ReadingFate, RejectedRecord,
+    Resolution, RollupRow, Series, SeriesCache, SeriesQuery, TelemetryStore, conflict_detail,
+    seq_i64,
 };
 use crate::{Result, StoreError};
 
@@ -836,7 +837,8 @@ async fn upsert_stats(tx: &Transaction<'_>, stats: &HashMap<&str, StatsDelta>) -
 }
 
 /// Presence and last contact on the registry's device rows (devices that
-/// are not registered are left alone).
+/// are not registered are left alone). Contact by readings alone moves
+/// `last_seen` in steps of at least [`LAST_SEEN_STEP_MS`].
 async fn update_devices(tx: &Transaction<'_>, seen: &HashMap<&str, Seen>) -> Result<()> {
     let mut rows: Vec<_> = seen.iter().filter(|(_, s)| s.at.is_some()).collect();
     if rows.is_empty() {
@@ -851,11 +853,12 @@ async fn update_devices(tx: &Transaction<'_>, seen: &HashMap<&str, Seen>) -> Res
             "UPDATE devices AS d SET online = COALESCE(u.online, d.online),
                  last_seen = GREATEST(COALESCE(d.last_seen, 0), u.at)
              FROM UNNEST($1::text[], $2::bool[], $3::bigint[]) AS u (id, online, at)
-             WHERE d.id = u.id",
+             WHERE d.id = u.id
+               AND (u.online IS NOT NULL OR d.last_seen IS NULL OR d.last_seen <= u.at - $4)",
         )
         .await
         .map_err(db)?;
-    tx.execute(&stmt, &[&devices, &online, &at])
+    tx.execute(&stmt, &[&devices, &online, &at, &LAST_SEEN_STEP_MS])
         .await
         .map_err(db)?;
     Ok(())

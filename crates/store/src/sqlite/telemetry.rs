@@ -12,11 +12,11 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 use super::staging::{Progress, StagedPoint, Staging, Step, pending_points};
 use super::{SqliteStore, db};
 use crate::telemetry::{
-    BucketAggregator, DeviceTelemetryStats, IngestItem, ItemOutcome, NewReading, NewRejection,
-    NewSeries, PointCursor, PointFilter, PointRecord, PresenceHistoryRecord, PresenceRecord,
-    Pruned, QueryPlan, REJECTED_KEPT, REJECTED_PAYLOAD_PREFIX, ReadingFate, RejectedRecord,
-    Resolution, RollupRow, Series, SeriesCache, SeriesQuery, TelemetryStore, conflict_detail,
-    seq_i64,
+    BucketAggregator, DeviceTelemetryStats, IngestItem, ItemOutcome, LAST_SEEN_STEP_MS, NewReading,
+    NewRejection, NewSeries, PointCursor, PointFilter, PointRecord, PresenceHistoryRecord,
+    PresenceRecord, Pruned, QueryPlan, REJECTED_KEPT, REJECTED_PAYLOAD_PREFIX, ReadingFate,
+    RejectedRecord, Resolution, RollupRow, Series, SeriesCache, SeriesQuery, TelemetryStore,
+    conflict_detail, seq_i64,
 };
 use crate::{Result, StoreError};
 
@@ -393,9 +393,10 @@ impl Batch<'_> {
             if let Some(at) = d.last_reading_at {
                 self.tx
                     .prepare_cached(
-                        "UPDATE devices SET last_seen = max(coalesce(last_seen, 0), ?2) WHERE id = ?1",
+                        "UPDATE devices SET last_seen = ?2
+                         WHERE id = ?1 AND (last_seen IS NULL OR last_seen <= ?2 - ?3)",
                     )
-                    .and_then(|mut s| s.execute(params![device, at]))
+                    .and_then(|mut s| s.execute(params![device, at, LAST_SEEN_STEP_MS]))
                     .map_err(db)?;
             }
         }

@@ -455,12 +455,33 @@ async fn presence_and_readings_update_registered_devices<S: TelemetryStore + Sto
     .await;
     let seen = device().await.last_seen.map(ms).expect("last seen");
     assert!(seen >= before, "{seen} < {before}");
+
+    // Further readings move it in steps of at least a second (the registry
+    // row is not rewritten by every commit of a chatty device), never back.
+    for seq in 2..6 {
+        commit(
+            s,
+            vec![message("reg-1", vec![reading(seq, T0, &[("t", 1.0)])])],
+            false,
+        )
+        .await;
+        let now = device().await.last_seen.map(ms).expect("last seen");
+        assert!(
+            now == seen || now - seen >= 1_000,
+            "last seen moved by {} ms",
+            now - seen
+        );
+    }
+    // A connect still sets it exactly.
+    let latest = device().await.last_seen.map(ms).expect("last seen");
+    commit(s, vec![presence("reg-1", latest + 1, true, None)], false).await;
+    assert_eq!(device().await.last_seen.map(ms), Some(latest + 1));
     assert_eq!(
         s.presence_history(&id("reg-1"), 100)
             .await
             .expect("history")
             .len(),
-        6
+        7
     );
 }
 
