@@ -37,13 +37,14 @@ struct StatsDelta {
 /// The work of one commit, accumulated before the final writes.
 struct Batch<'a> {
     tx: &'a Transaction<'a>,
-    /// The two statements run per reading and per point, prepared once
-    /// per transaction instead of looked up in the cache each time.
+    /// Run per reading, prepared once per transaction instead of looked
+    /// up in the cache each time.
     insert_reading: rusqlite::CachedStatement<'a>,
-    insert_point: rusqlite::CachedStatement<'a>,
+    /// Writes points into `points` and `rollups` (directly, or moved from
+    /// the staging table).
+    points: PointWriter<'a>,
     cache: &'a SeriesCache,
     new_series: NewSeries,
-    rollups: HashMap<RollupKey, RollupRow>,
     stats: Vec<(String, StatsDelta)>,
     stats_index: HashMap<String, usize>,
     /// Points of the readings stored by this commit, staged or written
@@ -79,15 +80,10 @@ pub(super) fn commit(
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (device_id, seq) DO NOTHING",
             )
             .map_err(db)?,
-        insert_point: tx
-            .prepare_cached(
-                "INSERT OR IGNORE INTO points (series_id, ts, seq, value) VALUES (?1, ?2, ?3, ?4)",
-            )
-            .map_err(db)?,
+        points: PointWriter::new(tx)?,
         cache,
         new_series: Vec::new(),
         new_points: Vec::new(),
-        rollups: HashMap::new(),
         stats: Vec::new(),
         stats_index: HashMap::new(),
         exported: Vec::new(),
@@ -329,15 +325,6 @@ impl Batch<'_> {
         Ok(())
     }
 
-    /// Writes a point into `points` and adds it to its rollups.
-    fn write_point(&mut self, p: &StagedPoint) -> Result<()> {
-        self.insert_point
-            .execute(params![p.series, p.ts, p.seq, p.value])
-            .map_err(db)?;
-        add_to_rollups(&mut self.rollups, p);
-        Ok(())
-    }
-
     /// The compaction step, then this commit's points (staged, or written
     /// directly when there are many), rollups and counters.
     fn finish(&mut self, staging: &mut Staging) -> Result<Step> {
@@ -345,15 +332,15 @@ impl Batch<'_> {
         let points = std::mem::take(&mut self.new_points);
         let direct = points.len() >= staging.options().direct_points;
         let incoming = if direct { 0 } else { points.len() };
-        let mut step = staging.step(tx, incoming, Instant::now(), |p| self.write_point(p))?;
+        let mut step = staging.step(tx, incoming, Instant::now(), |p| self.points.write(p))?;
         if direct {
             for p in &points {
-                self.write_point(p)?;
+                self.points.write(p)?;
             }
         } else {
             Staging::append(tx, &mut step, &points)?;
         }
-        upsert_rollups(tx, &self.rollups)?;
+        self.points.merge_rollups(tx)?;
         self.counters()?;
         Ok(step)
     }
@@ -421,26 +408,49 @@ impl Batch<'_> {
     }
 }
 
-/// Adds a point to the rollups of every resolution.
-fn add_to_rollups(rollups: &mut HashMap<RollupKey, RollupRow>, p: &StagedPoint) {
-    let point = RollupRow::point(p.ts, p.seq, p.value);
-    for res in Resolution::ROLLUPS_COARSEST_FIRST {
-        let key = (p.series, res.millis(), res.bucket_of(p.ts));
-        rollups
-            .entry(key)
-            .and_modify(|acc| acc.merge(&point))
-            .or_insert(RollupRow {
-                bucket: key.2,
-                ..point
-            });
-    }
+/// Writes points into `points` and accumulates their rollups, merged into
+/// the stored ones once per transaction by [`PointWriter::merge_rollups`].
+struct PointWriter<'a> {
+    insert: rusqlite::CachedStatement<'a>,
+    rollups: HashMap<RollupKey, RollupRow>,
 }
 
-/// Merges `rollups` into the stored ones.
-fn upsert_rollups(tx: &Transaction<'_>, rollups: &HashMap<RollupKey, RollupRow>) -> Result<()> {
-    let mut upsert = tx
-    .prepare_cached(
-            "INSERT INTO rollups
+impl<'a> PointWriter<'a> {
+    fn new(tx: &'a Transaction<'a>) -> Result<Self> {
+        Ok(Self {
+            insert: tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO points (series_id, ts, seq, value) VALUES (?1, ?2, ?3, ?4)",
+                )
+                .map_err(db)?,
+            rollups: HashMap::new(),
+        })
+    }
+
+    /// Writes a point and adds it to the rollups of every resolution.
+    fn write(&mut self, p: &StagedPoint) -> Result<()> {
+        self.insert
+            .execute(params![p.series, p.ts, p.seq, p.value])
+            .map_err(db)?;
+        let point = RollupRow::point(p.ts, p.seq, p.value);
+        for res in Resolution::ROLLUPS_COARSEST_FIRST {
+            let key = (p.series, res.millis(), res.bucket_of(p.ts));
+            self.rollups
+                .entry(key)
+                .and_modify(|acc| acc.merge(&point))
+                .or_insert(RollupRow {
+                    bucket: key.2,
+                    ..point
+                });
+        }
+        Ok(())
+    }
+
+    /// Merges the accumulated rollups into the stored ones.
+    fn merge_rollups(&mut self, tx: &Transaction<'_>) -> Result<()> {
+        let mut upsert = tx
+            .prepare_cached(
+                "INSERT INTO rollups
                (series_id, resolution, bucket, min, max, sum, count, last_ts, last_seq, last_value)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
              ON CONFLICT (series_id, resolution, bucket) DO UPDATE SET
@@ -454,25 +464,26 @@ fn upsert_rollups(tx: &Transaction<'_>, rollups: &HashMap<RollupKey, RollupRow>)
                               THEN excluded.last_seq ELSE rollups.last_seq END,
                last_value = CASE WHEN (excluded.last_ts, excluded.last_seq) > (rollups.last_ts, rollups.last_seq)
                               THEN excluded.last_value ELSE rollups.last_value END",
-        )
-        .map_err(db)?;
-    for ((series, res, bucket), r) in rollups {
-        upsert
-            .execute(params![
-                series,
-                res,
-                bucket,
-                r.min,
-                r.max,
-                r.sum,
-                r.count as i64,
-                r.last_key.0,
-                r.last_key.1,
-                r.last
-            ])
+            )
             .map_err(db)?;
+        for ((series, res, bucket), r) in self.rollups.drain() {
+            upsert
+                .execute(params![
+                    series,
+                    res,
+                    bucket,
+                    r.min,
+                    r.max,
+                    r.sum,
+                    r.count as i64,
+                    r.last_key.0,
+                    r.last_key.1,
+                    r.last
+                ])
+                .map_err(db)?;
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 fn series_of(conn: &Connection, device: &str, metric: &str) -> Result<Option<i64>> {
@@ -599,35 +610,21 @@ pub(super) fn export(
     let device = filter.device.as_ref().map(|d| d.as_str());
     let from = filter.from_ms.unwrap_or(i64::MIN);
     let to = filter.to_ms.unwrap_or(i64::MAX);
-    let stored = export_rows(
-        &snapshot,
-        EXPORT_POINTS,
-        params![
-            after.series,
-            after.ts_ms,
-            after.seq,
-            device,
-            from,
-            to,
-            limit
-        ],
-    )?;
+    // The staged query takes the same parameters and the progress.
     let progress = Progress::read(&snapshot)?;
-    let staged = export_rows(
-        &snapshot,
-        EXPORT_STAGED,
-        params![
-            after.series,
-            after.ts_ms,
-            after.seq,
-            device,
-            from,
-            to,
-            limit,
-            progress.mark,
-            progress.next_series
-        ],
-    )?;
+    let args: [&dyn rusqlite::ToSql; 9] = [
+        &after.series,
+        &after.ts_ms,
+        &after.seq,
+        &device,
+        &from,
+        &to,
+        &limit,
+        &progress.mark,
+        &progress.next_series,
+    ];
+    let stored = export_rows(&snapshot, EXPORT_POINTS, &args[..7])?;
+    let staged = export_rows(&snapshot, EXPORT_STAGED, &args[..])?;
     let key = |c: &PointCursor| (c.series, c.ts_ms, c.seq);
     let mut stored = stored.into_iter().peekable();
     let mut staged = staged.into_iter().peekable();
@@ -658,7 +655,7 @@ pub(super) fn export(
 fn export_rows(
     conn: &Connection,
     sql: &str,
-    args: impl rusqlite::Params,
+    args: &[&dyn rusqlite::ToSql],
 ) -> Result<Vec<(PointCursor, PointRecord)>> {
     let mut stmt = conn.prepare_cached(sql).map_err(db)?;
     let rows = stmt
@@ -684,20 +681,9 @@ fn export_rows(
 
 /// Moves every staged point into `points` and `rollups`.
 fn drain_staged(tx: &Transaction<'_>, staging: &mut Staging) -> Result<Step> {
-    let mut insert = tx
-        .prepare_cached(
-            "INSERT OR IGNORE INTO points (series_id, ts, seq, value) VALUES (?1, ?2, ?3, ?4)",
-        )
-        .map_err(db)?;
-    let mut rollups = HashMap::new();
-    let step = staging.drain(tx, Instant::now(), |p| {
-        insert
-            .execute(params![p.series, p.ts, p.seq, p.value])
-            .map_err(db)?;
-        add_to_rollups(&mut rollups, p);
-        Ok(())
-    })?;
-    upsert_rollups(tx, &rollups)?;
+    let mut points = PointWriter::new(tx)?;
+    let step = staging.drain(tx, Instant::now(), |p| points.write(p))?;
+    points.merge_rollups(tx)?;
     Ok(step)
 }
 
