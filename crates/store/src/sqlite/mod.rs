@@ -12,6 +12,7 @@ mod alerts;
 mod audit;
 mod campaigns;
 mod changes;
+mod checkpoint;
 mod claims;
 mod devices;
 mod enrollment;
@@ -41,6 +42,10 @@ pub struct SqliteOptions {
     pub busy_timeout: Duration,
     /// How group commits stage telemetry points (decision 0018).
     pub staging: StagingOptions,
+    /// How often a thread of the store's own checkpoints the WAL, so that
+    /// the writer's commits do not stall on whole checkpoints (see
+    /// `checkpoint.rs`); `None` leaves checkpoints to the writer alone.
+    pub checkpoint_interval: Option<Duration>,
 }
 
 impl Default for SqliteOptions {
@@ -48,6 +53,7 @@ impl Default for SqliteOptions {
         Self {
             busy_timeout: Duration::from_secs(10),
             staging: StagingOptions::default(),
+            checkpoint_interval: Some(CHECKPOINT_INTERVAL),
         }
     }
 }
@@ -59,6 +65,8 @@ pub struct SqliteStore {
 }
 
 struct Inner {
+    /// First, so that it stops before the writer closes.
+    _checkpointer: Option<checkpoint::Checkpointer>,
     path: PathBuf,
     options: SqliteOptions,
     audit_key: AuditKey,
@@ -81,7 +89,12 @@ const WRITER_CACHE_KIB: i64 = 128 * 1024;
 /// Page cache of each reader connection, KiB.
 const READER_CACHE_KIB: i64 = 16 * 1024;
 /// Pages in the WAL before a commit checkpoints it (4 KiB pages: 32 MiB).
+/// With the background checkpointer most of them are copied already by
+/// then, and this checkpoint is what lets the WAL start over.
 const WAL_AUTOCHECKPOINT_PAGES: i64 = 8192;
+/// How often the background checkpointer runs by default: at 10,000
+/// messages/s about a thousand frames each time.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
 /// Bytes of the database file mapped into memory for reads.
 const MMAP_BYTES: i64 = 1 << 30;
 
@@ -97,8 +110,13 @@ impl SqliteStore {
         let mut writer = connect(path, &options, false)?;
         schema::migrate(&mut writer, path)?;
         let staging = staging::Staging::new(options.staging);
+        let checkpointer = options
+            .checkpoint_interval
+            .map(|every| checkpoint::Checkpointer::start(path, every))
+            .transpose()?;
         Ok(Self {
             inner: Arc::new(Inner {
+                _checkpointer: checkpointer,
                 path: path.to_owned(),
                 options,
                 audit_key,

@@ -1407,3 +1407,74 @@ async fn sqlite_staged_points_survive_a_restart_and_a_second_writer() {
     commit(&plain, after, false).await;
     assert_same_view(&restarted, &plain, "staging after retention").await;
 }
+
+// ---------------------------------------------------------------------------
+// SQLite WAL checkpoints off the writer's path.
+
+/// A store on `dir` whose background checkpointer runs every `every`
+/// (`None`: none).
+fn open_checkpointed(dir: &Path, every: Option<Duration>) -> SqliteStore {
+    SqliteStore::open(
+        &dir.join("rampart.db"),
+        AuditKey::new([9; 32], Some(dir.join("audit.head"))),
+        SqliteOptions {
+            checkpoint_interval: every,
+            ..SqliteOptions::default()
+        },
+    )
+    .expect("open store")
+}
+
+/// Commits enough readings to grow the database by many pages, far fewer
+/// than the writer's automatic checkpoint waits for.
+async fn grow(store: &SqliteStore) {
+    for round in 0..8u64 {
+        commit(store, spread(1 + round * 4, T0 + round as i64 * DAY), false).await;
+    }
+}
+
+/// The database file only grows when a checkpoint copies the WAL into it:
+/// with the background checkpointer it does while the store stays open
+/// and no commit checkpoints; without it, it does not.
+#[tokio::test]
+async fn sqlite_checkpoints_the_wal_in_the_background() {
+    let file_len = |dir: &Path| {
+        std::fs::metadata(dir.join("rampart.db"))
+            .expect("db file")
+            .len()
+    };
+    let quiet_dir = tempfile::tempdir().expect("tempdir");
+    let quiet = open_checkpointed(quiet_dir.path(), None);
+    let before = file_len(quiet_dir.path());
+    grow(&quiet).await;
+    let wal = std::fs::metadata(quiet_dir.path().join("rampart.db-wal"))
+        .expect("wal file")
+        .len();
+    assert!(wal > 16 * 4096, "the commits went to the WAL ({wal} bytes)");
+    assert_eq!(
+        file_len(quiet_dir.path()),
+        before,
+        "nothing checkpoints without the background checkpointer"
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_checkpointed(dir.path(), Some(Duration::from_millis(20)));
+    let before = file_len(dir.path());
+    grow(&store).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while file_len(dir.path()) <= before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the WAL was not checkpointed into the database file within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Everything committed is still there, read through a new connection.
+    let n: i64 = rusqlite::Connection::open(dir.path().join("rampart.db"))
+        .expect("open db")
+        .query_row("SELECT count(*) FROM readings", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(n, (DEVICES.len() * 4 * 8) as i64);
+    drop(quiet);
+    drop(store);
+}
