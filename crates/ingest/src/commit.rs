@@ -8,15 +8,20 @@ use std::time::{Duration, Instant};
 
 use rampart_store::StoreError;
 use rampart_store::telemetry::{IngestItem, ItemOutcome, TelemetryStore};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use crate::metrics::PipelineMetrics;
+
+/// What the committer does with a job's outcomes once its transaction is
+/// in (`None`: the store could not commit it). It runs on the committer's
+/// task, right after the commit: no task or channel hop per message.
+pub(crate) type Reply = Box<dyn FnOnce(Option<Vec<ItemOutcome>>) + Send>;
 
 /// A unit of work waiting for its transaction.
 pub(crate) struct Job {
     pub items: Vec<IngestItem>,
     /// `None`: nobody waits (presence).
-    pub reply: Option<oneshot::Sender<Option<Vec<ItemOutcome>>>>,
+    pub reply: Option<Reply>,
 }
 
 impl std::fmt::Debug for Job {
@@ -110,9 +115,7 @@ async fn commit_jobs(
             .as_mut()
             .map(|o| o.by_ref().take(size).collect::<Vec<_>>());
         if let Some(reply) = job.reply {
-            // The waiter may have gone (its connection was cut): the commit
-            // stands and dedupe absorbs the device's resend.
-            let _ = reply.send(answer);
+            reply(answer);
         }
     }
 }

@@ -113,23 +113,48 @@ impl Pipeline {
     /// Queues `items` and waits for their transaction. `None` when the store
     /// could not commit them (or the pipeline is shutting down).
     async fn commit(&self, items: Vec<IngestItem>) -> Option<Vec<ItemOutcome>> {
-        self.enqueue(items).await?.await.ok().flatten()
+        let (tx, rx) = oneshot::channel();
+        let reply: commit::Reply = Box::new(move |outcomes| {
+            let _ = tx.send(outcomes);
+        });
+        self.enqueue(items, reply).await.then_some(())?;
+        rx.await.ok().flatten()
     }
 
     /// Queues `items` for the next transaction (waiting for room: this is
-    /// the back-pressure) and returns where its answer will arrive. `None`
-    /// when the pipeline is shutting down.
-    async fn enqueue(
-        &self,
-        items: Vec<IngestItem>,
-    ) -> Option<oneshot::Receiver<Option<Vec<ItemOutcome>>>> {
-        let (reply, answer) = oneshot::channel();
+    /// the back-pressure); the committer hands their outcomes to `reply`.
+    /// `false` when the pipeline is shutting down.
+    async fn enqueue(&self, items: Vec<IngestItem>, reply: commit::Reply) -> bool {
         let job = commit::Job {
             items,
             reply: Some(reply),
         };
-        self.queue.send(job).await.ok()?;
-        Some(answer)
+        self.queue.send(job).await.is_ok()
+    }
+
+    /// Queues `items` and returns the admission that resolves once their
+    /// transaction is in, to what `after` makes of the outcomes. `after`
+    /// (counting, the live fan-out that the console and the alert engine
+    /// follow) runs on the committer right after the commit, so it happens
+    /// even if the broker stops waiting (a QoS 0 message, a connection cut
+    /// off meanwhile).
+    async fn queue_then(
+        &self,
+        items: Vec<IngestItem>,
+        after: impl FnOnce(Option<Vec<ItemOutcome>>) -> IngestOutcome + Send + 'static,
+    ) -> Admission {
+        let (tx, rx) = oneshot::channel();
+        let reply: commit::Reply = Box::new(move |outcomes| {
+            // The waiter may have gone (its connection was cut): the commit
+            // stands and dedupe absorbs the device's resend.
+            let _ = tx.send(after(outcomes));
+        });
+        if !self.enqueue(items, reply).await {
+            return Admission::Decided(self.failed());
+        }
+        Admission::Queued(Box::pin(async move {
+            rx.await.unwrap_or_else(|_| acknowledge::store_failed())
+        }))
     }
 
     /// Runs one message through every step and returns its final outcome.
@@ -161,22 +186,18 @@ impl Pipeline {
                     at_ms: message.received_at_ms,
                     reported: reported.clone(),
                 };
-                let Some(answer) = self.enqueue(vec![item]).await else {
-                    return Admission::Decided(self.failed());
-                };
                 let after = self.after_commit();
-                queued(async move {
-                    match answer.await.ok().flatten() {
-                        Some(_) => {
-                            after.fanout.publish(LiveEvent::State {
-                                device: message.device,
-                                reported,
-                            });
-                            IngestOutcome::Committed
-                        }
-                        None => after.failed(),
+                self.queue_then(vec![item], move |outcomes| match outcomes {
+                    Some(_) => {
+                        after.fanout.publish(LiveEvent::State {
+                            device: message.device,
+                            reported,
+                        });
+                        IngestOutcome::Committed
                     }
+                    None => after.failed(),
                 })
+                .await
             }
             Decoded::Readings(readings) => {
                 match validate::validate(readings, message.received_at_ms) {
@@ -235,16 +256,12 @@ impl Pipeline {
             readings,
             payload: message.payload.clone(),
         };
-        let Some(answer) = self.enqueue(vec![item]).await else {
-            return Admission::Decided(self.failed());
-        };
         let after = self.after_commit();
-        queued(async move {
-            match answer.await.ok().flatten() {
-                Some(outcomes) => after.readings(message.device, kept, live, outcomes),
-                None => after.failed(),
-            }
+        self.queue_then(vec![item], move |outcomes| match outcomes {
+            Some(outcomes) => after.readings(message.device, kept, live, outcomes),
+            None => after.failed(),
         })
+        .await
     }
 
     /// Records a rejection (kept in the store, counted, published) and
@@ -345,20 +362,6 @@ impl Pipeline {
     }
 }
 
-/// A queued admission whose steps after the commit (counting, the live
-/// fan-out that the console and the alert engine follow) run in their own
-/// task: they happen even if the broker stops waiting for the outcome (a
-/// QoS 0 message, a connection cut off meanwhile).
-fn queued(after: impl Future<Output = IngestOutcome> + Send + 'static) -> Admission {
-    let (tx, rx) = oneshot::channel();
-    tokio::spawn(async move {
-        let _ = tx.send(after.await);
-    });
-    Admission::Queued(Box::pin(async move {
-        rx.await.unwrap_or_else(|_| acknowledge::store_failed())
-    }))
-}
-
 /// One validated reading, as remembered for the steps after its commit.
 struct Kept {
     seq: u64,
@@ -369,7 +372,7 @@ struct Kept {
 }
 
 /// The steps after a commit (counting, live fan-out, the outcome): what a
-/// queued message's outcome future holds instead of the whole pipeline.
+/// queued message's reply holds instead of the whole pipeline.
 struct AfterCommit {
     fanout: Fanout,
     metrics: Arc<PipelineMetrics>,
