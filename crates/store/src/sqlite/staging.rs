@@ -19,10 +19,9 @@
 //!
 //! The committer keeps the round in memory ([`Staging`]), and the rows
 //! staged since it started, so that the next round starts without reading
-//! them back; it checks the
-//! stored progress at each commit: another process that wrote it (a second
-//! store on the same file) makes it reload the round from the table, as
-//! after a restart.
+//! them back. At each commit it checks the stored progress and whether
+//! another connection committed (a second store on the same file, another
+//! process): then it reloads both from the table, as after a restart.
 
 use std::time::{Duration, Instant};
 
@@ -184,7 +183,7 @@ pub(super) struct Staging {
 /// so that starting a round does not read thousands of rows back inside a
 /// commit (it did: 10-20 ms of a commit every third of a second at 12,000
 /// messages/s).
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 struct Waiting {
     rows: Vec<StagedPoint>,
     /// The largest id among them.
