@@ -113,47 +113,54 @@ impl Pipeline {
     /// Queues `items` and waits for their transaction. `None` when the store
     /// could not commit them (or the pipeline is shutting down).
     async fn commit(&self, items: Vec<IngestItem>) -> Option<Vec<ItemOutcome>> {
-        let (tx, rx) = oneshot::channel();
-        let reply: commit::Reply = Box::new(move |outcomes| {
-            let _ = tx.send(outcomes);
-        });
-        self.enqueue(items, reply).await.then_some(())?;
-        rx.await.ok().flatten()
+        self.enqueue(items, |outcomes| outcomes)
+            .await?
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Queues `items` for the next transaction (waiting for room: this is
-    /// the back-pressure); the committer hands their outcomes to `reply`.
-    /// `false` when the pipeline is shutting down.
-    async fn enqueue(&self, items: Vec<IngestItem>, reply: commit::Reply) -> bool {
+    /// the back-pressure) and returns where what `then` makes of their
+    /// outcomes will arrive. `then` runs on the committer right after the
+    /// commit, whether or not anyone still waits. `None` when the pipeline
+    /// is shutting down.
+    async fn enqueue<T: Send + 'static>(
+        &self,
+        items: Vec<IngestItem>,
+        then: impl FnOnce(Option<Vec<ItemOutcome>>) -> T + Send + 'static,
+    ) -> Option<oneshot::Receiver<T>> {
+        let (tx, rx) = oneshot::channel();
+        let reply: commit::Reply = Box::new(move |outcomes| {
+            // The waiter may have gone (its connection was cut): the commit
+            // stands and dedupe absorbs the device's resend.
+            let _ = tx.send(then(outcomes));
+        });
         let job = commit::Job {
             items,
             reply: Some(reply),
         };
-        self.queue.send(job).await.is_ok()
+        self.queue.send(job).await.ok()?;
+        Some(rx)
     }
 
     /// Queues `items` and returns the admission that resolves once their
     /// transaction is in, to what `after` makes of the outcomes. `after`
     /// (counting, the live fan-out that the console and the alert engine
-    /// follow) runs on the committer right after the commit, so it happens
-    /// even if the broker stops waiting (a QoS 0 message, a connection cut
-    /// off meanwhile).
+    /// follow) runs on the committer, so it happens even if the broker stops
+    /// waiting (a QoS 0 message, a connection cut off meanwhile).
     async fn queue_then(
         &self,
         items: Vec<IngestItem>,
         after: impl FnOnce(Option<Vec<ItemOutcome>>) -> IngestOutcome + Send + 'static,
     ) -> Admission {
-        let (tx, rx) = oneshot::channel();
-        let reply: commit::Reply = Box::new(move |outcomes| {
-            // The waiter may have gone (its connection was cut): the commit
-            // stands and dedupe absorbs the device's resend.
-            let _ = tx.send(after(outcomes));
-        });
-        if !self.enqueue(items, reply).await {
+        let Some(outcome) = self.enqueue(items, after).await else {
             return Admission::Decided(self.failed());
-        }
+        };
         Admission::Queued(Box::pin(async move {
-            rx.await.unwrap_or_else(|_| acknowledge::store_failed())
+            outcome
+                .await
+                .unwrap_or_else(|_| acknowledge::store_failed())
         }))
     }
 
