@@ -4,6 +4,7 @@
 
 mod alerts;
 mod console;
+mod host;
 mod pipeline;
 mod plan;
 mod procs;
@@ -221,7 +222,9 @@ impl Bench {
             (Broker::Rampart, Some(addr)) if wants_store => Some((addr, scrape::read(addr)?)),
             _ => None,
         };
+        let cpu_before = host::CpuTimes::read();
         let status = Guard::spawn("rampart-loadgen", &mut cmd)?.wait_timeout(s.timeout)?;
+        let cpu_after = host::CpuTimes::read();
         if !status.success() {
             let err = std::fs::read_to_string(&err_path).unwrap_or_default();
             bail!(
@@ -234,6 +237,11 @@ impl Bench {
             .with_context(|| format!("parsing the report {}", out_path.display()))?;
         if let (Some((addr, before)), Some(fields)) = (counters, report.as_object_mut()) {
             fields.insert("store".into(), scrape::between(before, scrape::read(addr)?));
+        }
+        if let (Some(before), Some(after), Some(fields)) =
+            (cpu_before, cpu_after, report.as_object_mut())
+        {
+            fields.insert("host".into(), host::between(before, after));
         }
         Ok(report)
     }
@@ -711,6 +719,13 @@ fn latency_scenario(z: &Sizes, rate: f64, fraction: Option<(f64, LatencyBasis)>)
                 "/loadgen_cpu_percent",
                 false,
             ),
+            // The neighbours' share (see host.rs): not the broker's doing.
+            metric(
+                "host CPU stolen",
+                "% of the time",
+                "/host/steal_percent",
+                false,
+            ),
             // Rampart only: its telemetry committer over the run.
             metric("ingest commits", "1/s", "/store/commits_per_s", false),
             metric(
@@ -1050,7 +1065,10 @@ const LATENCY_NOTE: &str = "Latency rows: p50/p99/p99.9 are the subscriber's rec
      unacknowledged messages per device would add to it), `PUBACK` the publisher's wait for \
      its acknowledgement (Rampart: after the commit; it delays delivery only through a full \
      window), `broker CPU` and `load generator CPU` each process's use over the measured \
-     time, in percent of one of the 2 cores the three share. `ingest commits`, `messages per \
+     time, in percent of one of the 2 cores the three share. `host CPU stolen` is the share of \
+     the virtual machine's CPU time the hypervisor gave to other guests during the run \
+     (`/proc/stat`, steal): where it is high, tails measure the neighbours as much as the \
+     broker, and rounds with different steal do not compare the brokers. `ingest commits`, `messages per \
      commit` and `committer busy` (Rampart only, from its `/metrics`, over the whole run \
      including connection set-up and warm-up) show whether the telemetry committer kept up: \
      busy near 100 % means it was saturated, batches grew and each acknowledgement waited \
