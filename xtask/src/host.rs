@@ -61,12 +61,15 @@ mod tests {
         let before =
             CpuTimes::parse("cpu  100 0 50 800 10 0 5 35 0 0\ncpu0 50 0 25 400 5 0 2 18 0 0\n")
                 .unwrap();
-        let after = CpuTimes::parse("cpu  200 0 100 1000 10 0 10 135 7 0\n").unwrap();
+        let after =
+            CpuTimes::parse("cpu  200 0 100 1000 10 0 10 135 7 0\n").expect("a full cpu line");
         assert_eq!(before.total, 1000);
         assert_eq!(after.total, 1455);
         let v = between(before, after);
         // 100 stolen ticks of 455.
-        assert!((v["steal_percent"].as_f64().unwrap() - 100.0 * 100.0 / 455.0).abs() < 1e-9);
+        assert!(
+            (v["steal_percent"].as_f64().expect("a number") - 100.0 * 100.0 / 455.0).abs() < 1e-9
+        );
     }
 
     #[test]
