@@ -60,7 +60,7 @@ mod tests {
     fn steal_is_its_share_of_all_cpu_time() {
         let before =
             CpuTimes::parse("cpu  100 0 50 800 10 0 5 35 0 0\ncpu0 50 0 25 400 5 0 2 18 0 0\n")
-                .unwrap();
+                .expect("a full cpu line");
         let after =
             CpuTimes::parse("cpu  200 0 100 1000 10 0 10 135 7 0\n").expect("a full cpu line");
         assert_eq!(before.total, 1000);
