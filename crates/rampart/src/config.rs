@@ -493,6 +493,10 @@ pub struct TelemetryConfig {
     pub max_batch: usize,
     /// Most messages in one group-commit transaction.
     pub commit_max_items: usize,
+    /// Least time between the starts of two group commits under load
+    /// (zero: back to back).
+    #[serde(with = "humantime_serde")]
+    pub commit_interval: Duration,
     /// How long raw points are kept.
     #[serde(with = "humantime_serde")]
     pub raw_retention: Duration,
@@ -529,6 +533,7 @@ impl Default for TelemetryConfig {
             max_metrics: limits.max_metrics,
             max_batch: limits.max_batch,
             commit_max_items: 4096,
+            commit_interval: rampart_ingest::commit::MIN_INTERVAL,
             raw_retention: Duration::from_secs(30 * 86_400),
             minute_retention: Duration::from_secs(365 * 86_400),
             hour_retention: None,
@@ -747,6 +752,11 @@ max_metrics = 64
 max_batch = 1000
 # Most messages committed in one transaction (group commit).
 commit_max_items = 4096
+# Least time between the starts of two commits under load: a commit that
+# would follow the previous one sooner waits and takes in what arrives
+# meanwhile (fewer fsyncs per message); after a pause commits start at
+# once. "0s": back to back.
+commit_interval = "2ms"
 # Retention per resolution. Daily rollups are kept forever; hourly ones too
 # unless hour_retention is set.
 raw_retention = "30days"

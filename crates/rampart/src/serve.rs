@@ -677,6 +677,7 @@ fn pipeline_options(c: &TelemetryConfig) -> PipelineOptions {
         },
         commit: CommitOptions {
             max_items: c.commit_max_items,
+            min_interval: c.commit_interval,
             outbox: c.influx.is_some(),
             ..CommitOptions::default()
         },

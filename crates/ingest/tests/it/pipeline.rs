@@ -351,3 +351,66 @@ async fn admission_decides_refusals_and_queues_the_rest_for_their_commit() {
         "the replay and conflict add nothing"
     );
 }
+
+/// Group commits under load start at least `min_interval` apart, and what
+/// arrives meanwhile shares one transaction; after a pause the next
+/// message is committed at once.
+#[tokio::test]
+async fn commits_under_load_are_spaced_and_gather_what_arrives_meanwhile() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = store(dir.path());
+    let interval = std::time::Duration::from_secs(2);
+    let options = PipelineOptions {
+        commit: rampart_ingest::CommitOptions {
+            min_interval: interval,
+            ..rampart_ingest::CommitOptions::default()
+        },
+        ..PipelineOptions::default()
+    };
+    let (p, _task) = Pipeline::start(s.clone(), options);
+    let commits = || {
+        p.metrics()
+            .commits
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let reading = |seq: u32| format!(r#"{{"seq":{seq},"ts":1764000000,"m":{{"t":{seq}}}}}"#);
+
+    // Idle: the first message is committed at once, alone.
+    let started = std::time::Instant::now();
+    assert_eq!(
+        p.process(telemetry("d", reading(1))).await,
+        IngestOutcome::Committed
+    );
+    assert_eq!(commits(), 1);
+
+    // Ten more arrive one after another while that commit's interval runs:
+    // back-to-back commits would take each alone; paced, they share one.
+    let mut admitted = Vec::new();
+    for seq in 2..12 {
+        admitted.push(p.admit(telemetry("d", reading(seq))).await);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    for a in admitted {
+        assert_eq!(a.outcome().await, IngestOutcome::Committed);
+    }
+    assert!(
+        started.elapsed() >= interval,
+        "the second commit started before the interval was over"
+    );
+    assert_eq!(commits(), 2, "what arrived during the interval was split");
+    assert_eq!(stored(&s, "d").await.len(), 11);
+
+    // After a pause longer than the interval, no wait: the commit starts
+    // as soon as the message is queued.
+    tokio::time::sleep(interval).await;
+    let after_pause = std::time::Instant::now();
+    assert_eq!(
+        p.process(telemetry("d", reading(12))).await,
+        IngestOutcome::Committed
+    );
+    assert!(
+        after_pause.elapsed() < interval,
+        "a message after a pause waited"
+    );
+    assert_eq!(commits(), 3);
+}
