@@ -755,7 +755,7 @@ commit_max_items = 4096
 # Least time between the starts of two commits under load: a commit that
 # would follow the previous one sooner waits and takes in what arrives
 # meanwhile (fewer fsyncs per message); after a pause commits start at
-# once. "0s": back to back.
+# once. "0s": back to back; at most "1s".
 commit_interval = "2ms"
 # Retention per resolution. Daily rollups are kept forever; hourly ones too
 # unless hour_retention is set.
@@ -964,10 +964,20 @@ impl Config {
                 "claim.max_confirmations_per_window and claim.confirmation_window must be greater than zero"
             );
         }
+        if self.telemetry.commit_interval > MAX_COMMIT_INTERVAL {
+            bail!(
+                "telemetry.commit_interval must be at most 1s (every acknowledgement under load waits up to that long; got {})",
+                humantime::format_duration(self.telemetry.commit_interval)
+            );
+        }
         self.ota.validate()?;
         Ok(())
     }
 }
+
+/// Longest `telemetry.commit_interval`: beyond it devices would wait
+/// seconds for acknowledgements and resend.
+const MAX_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 
 fn parse_env_value(raw: &str) -> toml::Value {
     toml::from_str::<toml::Table>(&format!("v = {raw}"))
@@ -1050,6 +1060,17 @@ mod tests {
                 .to_string();
             assert!(err.contains(key), "{var}={value}: {err}");
         }
+    }
+
+    #[test]
+    fn the_commit_interval_is_bounded() {
+        let c = Config::load_with_env(None, env(&[("RAMPART_TELEMETRY__COMMIT_INTERVAL", "0s")]))
+            .expect("zero: back to back");
+        assert_eq!(c.telemetry.commit_interval, Duration::ZERO);
+        let err = Config::load_with_env(None, env(&[("RAMPART_TELEMETRY__COMMIT_INTERVAL", "2s")]))
+            .expect_err("refused")
+            .to_string();
+        assert!(err.contains("telemetry.commit_interval"), "{err}");
     }
 
     #[test]
