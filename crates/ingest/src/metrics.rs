@@ -33,7 +33,19 @@ pub struct PipelineMetrics {
     pub commit_micros: AtomicU64,
     /// Failed commit attempts.
     pub commit_failures: AtomicU64,
+    /// Commits by duration: `commit_buckets[i]` counts those longer than
+    /// `COMMIT_BUCKETS_US[i - 1]` and at most `COMMIT_BUCKETS_US[i]`; the
+    /// last counts those longer than every bound.
+    pub commit_buckets: [AtomicU64; COMMIT_BUCKETS_US.len() + 1],
 }
+
+/// Upper bounds of the commit duration histogram, µs: a commit is a
+/// fraction of a millisecond when it is small, some milliseconds when an
+/// fsync waits on the disk, and more than 100 ms only when something is
+/// wrong; the tail of acknowledgement latency is made of the slow ones.
+pub const COMMIT_BUCKETS_US: [u64; 12] = [
+    250, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 250_000, 1_000_000, 5_000_000,
+];
 
 impl PipelineMetrics {
     /// Adds one.
@@ -49,7 +61,22 @@ impl PipelineMetrics {
     pub(crate) fn record_commit(&self, items: usize, took: Duration) {
         Self::inc(&self.commits);
         Self::add(&self.commit_items, items as u64);
-        Self::add(&self.commit_micros, took.as_micros() as u64);
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        Self::add(&self.commit_micros, micros);
+        let bucket = COMMIT_BUCKETS_US.partition_point(|&bound| bound < micros);
+        if let Some(b) = self.commit_buckets.get(bucket) {
+            Self::inc(b);
+        }
+    }
+
+    /// The commit duration histogram: (upper bound in seconds, commits in
+    /// that bucket and no smaller one), without the unbounded last bucket.
+    pub fn commit_histogram(&self) -> Vec<(f64, u64)> {
+        COMMIT_BUCKETS_US
+            .iter()
+            .zip(&self.commit_buckets)
+            .map(|(&us, n)| (us as f64 / 1e6, n.load(Ordering::Relaxed)))
+            .collect()
     }
 
     /// The counters in the Prometheus text exposition format.
@@ -129,5 +156,28 @@ impl PipelineMetrics {
             );
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commits_fall_into_the_bucket_of_their_duration() {
+        let m = PipelineMetrics::default();
+        for us in [100, 250, 251, 3_000, 10_000_000] {
+            m.record_commit(1, Duration::from_micros(us));
+        }
+        let h = m.commit_histogram();
+        assert_eq!(h.len(), COMMIT_BUCKETS_US.len());
+        // A bound is inclusive ("le"): 100 and 250 µs in the first bucket.
+        assert_eq!(h[0], (0.00025, 2));
+        assert_eq!(h[1], (0.0005, 1));
+        assert_eq!(h[4], (0.005, 1));
+        // 10 s is above every bound: only `+Inf` (the count) holds it.
+        assert_eq!(h.iter().map(|(_, n)| n).sum::<u64>(), 4);
+        assert_eq!(m.commits.load(Ordering::Relaxed), 5);
+        assert_eq!(m.commit_micros.load(Ordering::Relaxed), 10_003_601);
     }
 }

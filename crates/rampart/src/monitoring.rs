@@ -290,9 +290,10 @@ pub(crate) fn write_pipeline(m: &PipelineMetrics, t: &mut MetricsText) {
             v as f64,
         );
     }
-    t.summary(
+    t.histogram(
         "rampart_ingest_commit_seconds",
-        "Time spent in group-commit transactions.",
+        "Time spent in group-commit transactions (each acknowledgement waits for one).",
+        &m.commit_histogram(),
         g(&m.commit_micros) as f64 / 1e6,
         g(&m.commits),
     );
@@ -507,6 +508,8 @@ mod tests {
             "rampart_ingest_rejected_total{reason=\"internal\"} 1",
             "rampart_ingest_rejected_total{reason=\"other\"} 1",
             "rampart_ingest_commit_seconds_count 0",
+            "rampart_ingest_commit_seconds_bucket{le=\"0.01\"} 0",
+            "# TYPE rampart_ingest_commit_seconds histogram",
         ] {
             assert!(text.contains(line), "{line} in {text}");
         }

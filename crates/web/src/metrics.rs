@@ -38,6 +38,8 @@ pub enum MetricKind {
     Gauge,
     /// A `_sum` and a `_count` (no quantiles).
     Summary,
+    /// Cumulative `_bucket` counts by upper bound (`le`), `_sum`, `_count`.
+    Histogram,
 }
 
 impl MetricKind {
@@ -46,6 +48,7 @@ impl MetricKind {
             MetricKind::Counter => "counter",
             MetricKind::Gauge => "gauge",
             MetricKind::Summary => "summary",
+            MetricKind::Histogram => "histogram",
         }
     }
 }
@@ -98,6 +101,32 @@ impl MetricsText {
     /// A summary family `name` with `_sum` and `_count`.
     pub fn summary(&mut self, name: &str, help: &str, sum: f64, count: u64) -> &mut Self {
         self.family(name, MetricKind::Summary, help);
+        self.sample(&format!("{name}_sum"), &[], sum);
+        self.sample(&format!("{name}_count"), &[], count as f64)
+    }
+
+    /// A histogram family `name`: `buckets` are (upper bound, observations
+    /// at or below it that fell in no smaller bucket), in increasing order;
+    /// they are written cumulatively, then `+Inf` (= `count`), `_sum` and
+    /// `_count`.
+    pub fn histogram(
+        &mut self,
+        name: &str,
+        help: &str,
+        buckets: &[(f64, u64)],
+        sum: f64,
+        count: u64,
+    ) -> &mut Self {
+        self.family(name, MetricKind::Histogram, help);
+        let bucket = format!("{name}_bucket");
+        let mut seen = 0u64;
+        for &(le, n) in buckets {
+            debug_assert!(le.is_finite(), "bucket bound {le}");
+            seen = seen.saturating_add(n);
+            let le = Value(le).to_string();
+            self.sample(&bucket, &[("le", &le)], seen.min(count) as f64);
+        }
+        self.sample(&bucket, &[("le", "+Inf")], count as f64);
         self.sample(&format!("{name}_sum"), &[], sum);
         self.sample(&format!("{name}_count"), &[], count as f64)
     }
@@ -346,6 +375,29 @@ mod tests {
              # HELP rampart_z Now.\n\
              # TYPE rampart_z gauge\n\
              rampart_z +Inf\n"
+        );
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let mut t = MetricsText::new();
+        t.histogram(
+            "rampart_c_seconds",
+            "Commits.",
+            &[(0.001, 2), (0.01, 0), (0.1, 3)],
+            2.5,
+            6,
+        );
+        assert_eq!(
+            t.finish(),
+            "# HELP rampart_c_seconds Commits.\n\
+             # TYPE rampart_c_seconds histogram\n\
+             rampart_c_seconds_bucket{le=\"0.001\"} 2\n\
+             rampart_c_seconds_bucket{le=\"0.01\"} 2\n\
+             rampart_c_seconds_bucket{le=\"0.1\"} 5\n\
+             rampart_c_seconds_bucket{le=\"+Inf\"} 6\n\
+             rampart_c_seconds_sum 2.5\n\
+             rampart_c_seconds_count 6\n"
         );
     }
 
