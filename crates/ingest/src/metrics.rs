@@ -34,9 +34,9 @@ pub struct PipelineMetrics {
     /// Failed commit attempts.
     pub commit_failures: AtomicU64,
     /// Commits by duration: `commit_buckets[i]` counts those longer than
-    /// `COMMIT_BUCKETS_US[i - 1]` and at most `COMMIT_BUCKETS_US[i]`; the
-    /// last counts those longer than every bound.
-    pub commit_buckets: [AtomicU64; COMMIT_BUCKETS_US.len() + 1],
+    /// `COMMIT_BUCKETS_US[i - 1]` and at most `COMMIT_BUCKETS_US[i]`.
+    /// Longer ones are counted only in `commits` (the `+Inf` bucket).
+    pub commit_buckets: [AtomicU64; COMMIT_BUCKETS_US.len()],
 }
 
 /// Upper bounds of the commit duration histogram, µs: a commit is a
@@ -70,7 +70,7 @@ impl PipelineMetrics {
     }
 
     /// The commit duration histogram: (upper bound in seconds, commits in
-    /// that bucket and no smaller one), without the unbounded last bucket.
+    /// that bucket and no smaller one).
     pub fn commit_histogram(&self) -> Vec<(f64, u64)> {
         COMMIT_BUCKETS_US
             .iter()
