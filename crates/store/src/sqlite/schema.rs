@@ -63,6 +63,10 @@ const MIGRATIONS: &[Migration] = &[
         14,
         include_str!("../../migrations/sqlite/0014_staged_points.sql"),
     ),
+    (
+        15,
+        include_str!("../../migrations/sqlite/0015_staged_readings.sql"),
+    ),
 ];
 
 /// Refuses a file that exists but is not an SQLite database at all, before

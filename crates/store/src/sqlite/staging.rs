@@ -1,48 +1,60 @@
-//! Staged points (decision 0018): what a group commit appends instead of
-//! writing `points` and `rollups`, and the compaction rounds that move it.
+//! Staged rows (decisions 0018 and 0019): what a group commit appends
+//! instead of writing `points`, `rollups` and `readings`, and the
+//! compaction rounds that move it.
 //!
-//! A commit that stores a few readings per series would otherwise rewrite
-//! one `points` leaf per series and one `rollups` leaf per series and
-//! resolution, and fsync every one of them. Appended to `staged_points`
-//! (a rowid table, so its hot end is a page or two) they cost a few pages.
+//! A commit that stores a few readings of many devices would otherwise
+//! rewrite one `readings` leaf per device, one `points` leaf per series and
+//! one `rollups` leaf per series and resolution, and fsync every one of
+//! them. Appended to a rowid table (its hot end is a page or two) they cost
+//! a few pages. Each kind of row has its *lane*: a staging table, a
+//! progress row and the committer's view of both ([`Lane`]); points
+//! ([`points`]) and readings ([`readings`]) are the two lanes.
 //!
-//! A *round* takes every staged row (the largest id taken is its `mark`),
-//! sorted by series, and each following commit moves the next few series
-//! of it into `points` and `rollups` and records how far it got in
-//! `staged_progress`, in the same transaction; the commit that moves the
-//! last series deletes the round's rows (`id <= mark`). Each series'
-//! leaves are so rewritten once per round instead of once per commit.
-//! Whatever the moment, a staged row is either in `points` (and counted in
-//! `rollups`) or *pending* by [`Progress::pending`], never both: readers
-//! ([`pending_points`]) add pending rows to what they read, in the same
-//! snapshot.
+//! A *round* takes every staged row of a lane (the largest id taken is its
+//! `mark`), sorted in the order of the destination table, and each
+//! following commit moves the next few rows of it there and records how
+//! far it got (the position of the first row not moved) in the lane's
+//! progress row, in the same transaction; the commit that moves the last
+//! row deletes the round's rows (`id <= mark`). Each destination leaf is so
+//! rewritten once per round instead of once per commit. Whatever the
+//! moment, a staged row is either in its destination or *pending* (`id >
+//! mark`, no round, or at or after the stored position), never both:
+//! readers add pending rows to what they read, in the same snapshot.
 //!
-//! The committer keeps the round in memory ([`Staging`]), and the rows
-//! staged since it started, so that the next round starts without reading
-//! them back. At each commit it checks the stored progress and whether
-//! another connection committed (a second store on the same file, another
+//! The committer keeps each lane's round in memory, and the rows staged
+//! since it started, so that the next round starts without reading them
+//! back. At each commit it checks the stored progress and whether another
+//! connection committed (a second store on the same file, another
 //! process): then it reloads both from the table, as after a restart.
 
+pub(super) mod points;
+pub(super) mod readings;
+
+use std::cmp::Ordering;
+use std::fmt::Debug;
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, Transaction, params};
+use rusqlite::{Connection, Transaction};
 
 use super::db;
 use crate::Result;
+use points::Points;
+use readings::Readings;
 
-/// How commits stage points; see the module documentation.
+/// How commits stage points and readings; see the module documentation.
 #[derive(Debug, Clone, Copy)]
 pub struct StagingOptions {
-    /// A commit that stores at least this many points writes them into
-    /// `points` and `rollups` directly: large batches fill whole leaves,
-    /// and staging would only write them twice. 0 turns staging off.
+    /// A commit that stores at least this many points writes them (and its
+    /// readings) into `points`, `rollups` and `readings` directly: large
+    /// batches fill whole leaves, and staging would only write them twice.
+    /// 0 turns staging off.
     pub direct_points: usize,
-    /// A round starts once this many points wait in the staging table...
+    /// A round starts once this many rows wait in a staging table...
     pub round_points: usize,
     /// ...or once the oldest of them waited this long.
     pub round_age: Duration,
-    /// Each commit during a round moves series until it moved this many
-    /// times the points it staged itself (at least one series), so rounds
+    /// Each commit during a round moves rows until it moved this many
+    /// times the rows it staged itself (at least one position), so rounds
     /// end faster than input arrives.
     pub catch_up: usize,
 }
@@ -58,124 +70,81 @@ impl Default for StagingOptions {
     }
 }
 
-/// `next_series` between rounds: every staged row is pending.
-const NO_ROUND: i64 = i64::MIN;
+/// What a lane stages: its rows, their order, and the SQL of its staging
+/// table and progress row.
+pub(super) trait Kind {
+    /// A staged row.
+    type Row: Clone + Debug;
+    /// Where a round stands: the position of the first row not moved.
+    /// Rows of equal position move in the same commit.
+    type Pos: Clone + PartialEq + Debug;
+    /// What the lane indexes of its waiting rows for lookups.
+    type Index: Default + Debug;
 
-/// The stored progress of compaction (`staged_progress`). A staged row
-/// `(id, series)` is *pending*, not in `points` yet, when
-/// `id > mark || series >= next_series`; the SQL of readers and of
-/// [`Staging::drain`] spells out this test.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Progress {
+    /// The order of a round (the destination's), consistent with [`Kind::pos`].
+    fn order(a: &Self::Row, b: &Self::Row) -> Ordering;
+    fn pos(row: &Self::Row) -> Self::Pos;
+    /// Whether two rows have the same position (without building it).
+    fn same_pos(a: &Self::Row, b: &Self::Row) -> bool;
+    fn index(index: &mut Self::Index, row: &Self::Row);
+
+    fn read_progress(conn: &Connection) -> Result<Progress<Self::Pos>>;
+    fn write_progress(tx: &Transaction<'_>, progress: &Progress<Self::Pos>) -> Result<()>;
+    /// The rows of the round `progress` describes that are not moved yet
+    /// (`id <= mark` at or after `next`).
+    fn load_round(conn: &Connection, mark: i64, next: &Self::Pos) -> Result<Vec<Self::Row>>;
+    /// Every pending row as of `progress`.
+    fn load_pending(conn: &Connection, progress: &Progress<Self::Pos>) -> Result<Vec<Self::Row>>;
+    /// The rows with an id above `after` (all with `None`) in id order,
+    /// and the id of the last.
+    fn load_after(conn: &Connection, after: Option<i64>) -> Result<(Vec<Self::Row>, Option<i64>)>;
+    /// Appends rows; returns the id of the last.
+    fn append(tx: &Transaction<'_>, rows: &[Self::Row]) -> Result<i64>;
+    /// Deletes the rows up to `mark` (all with `None`).
+    fn delete(tx: &Transaction<'_>, through: Option<i64>) -> Result<()>;
+}
+
+/// The stored progress of a lane. A staged row is *pending*, not in its
+/// destination yet, when `id > mark`, when no round is in progress
+/// (`next` is `None`), or when its position is at or after `next`; the
+/// SQL of readers and of each [`Kind`] spells out this test.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Progress<P> {
     pub mark: i64,
-    pub next_series: i64,
+    pub next: Option<P>,
 }
 
-impl Progress {
-    /// Reads it (inside the caller's transaction, for a consistent view).
-    pub(super) fn read(conn: &Connection) -> Result<Self> {
-        conn.prepare_cached("SELECT mark, next_series FROM staged_progress WHERE only = 1")
-            .and_then(|mut s| {
-                s.query_row([], |r| {
-                    Ok(Self {
-                        mark: r.get(0)?,
-                        next_series: r.get(1)?,
-                    })
-                })
-            })
-            .map_err(db)
-    }
-
-    fn write(self, tx: &Transaction<'_>) -> Result<()> {
-        tx.prepare_cached("UPDATE staged_progress SET mark = ?1, next_series = ?2 WHERE only = 1")
-            .and_then(|mut s| s.execute(params![self.mark, self.next_series]))
-            .map_err(db)?;
-        Ok(())
-    }
-
-    fn in_round(self) -> bool {
-        self.next_series != NO_ROUND
-    }
-}
-
-/// One staged point.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(super) struct StagedPoint {
-    pub series: i64,
-    pub ts: i64,
-    pub seq: i64,
-    pub value: f64,
-}
-
-impl StagedPoint {
-    fn key(&self) -> (i64, i64, i64) {
-        (self.series, self.ts, self.seq)
-    }
-}
-
-/// The rows of a round not moved yet, sorted by series, time and seq.
+/// The rows of a round not moved yet, in the lane's order.
 #[derive(Debug)]
-struct Round {
+struct Round<K: Kind> {
     mark: i64,
-    rows: Vec<StagedPoint>,
+    rows: Vec<K::Row>,
     /// Index of the first row not moved.
     pos: usize,
 }
 
-impl Round {
-    /// Loads the staged rows that `select` picks.
-    fn load(
-        conn: &Connection,
-        mark: i64,
-        select: &str,
-        args: impl rusqlite::Params,
-    ) -> Result<Self> {
-        Ok(Self {
-            mark,
-            rows: sorted_points(conn, select, args)?,
-            pos: 0,
-        })
-    }
-
+impl<K: Kind> Round<K> {
     /// A new round of every staged row (between rounds all are pending, and
     /// the committer holds them as [`Waiting`]): sorted in memory, without
     /// reading the table back.
-    fn start(waiting: &Waiting) -> Option<Self> {
+    fn start(waiting: &Waiting<K>) -> Option<Self> {
         let mark = waiting.last_id?;
         let mut rows = waiting.rows.clone();
-        rows.sort_by_key(StagedPoint::key);
+        rows.sort_by(K::order);
         Some(Self { mark, rows, pos: 0 })
     }
 
     /// The rest of the round `progress` describes.
-    fn resume(conn: &Connection, progress: Progress) -> Result<Self> {
-        Self::load(
-            conn,
-            progress.mark,
-            "SELECT series_id, ts, seq, value FROM staged_points
-             WHERE id <= ?1 AND series_id >= ?2",
-            params![progress.mark, progress.next_series],
-        )
+    fn resume(conn: &Connection, mark: i64, next: &K::Pos) -> Result<Self> {
+        let mut rows = K::load_round(conn, mark, next)?;
+        rows.sort_by(K::order);
+        Ok(Self { mark, rows, pos: 0 })
     }
-}
 
-/// The committer's view of the staging table. Lives next to the writer
-/// connection and changes only once the transaction that changed the table
-/// committed (see [`Step`]).
-#[derive(Debug)]
-pub(super) struct Staging {
-    options: StagingOptions,
-    /// The progress this process last read or wrote; `None` before the
-    /// first commit.
-    known: Option<Progress>,
-    /// The writer connection's `data_version` when the view was last
-    /// brought in line: it changes when any other connection commits.
-    version: Option<i64>,
-    round: Option<Round>,
-    /// Rows staged and not in the round.
-    waiting: Waiting,
-    /// Since when the first of them waits.
-    waiting_since: Option<Instant>,
+    /// The rows not moved yet.
+    fn pending(&self) -> &[K::Row] {
+        &self.rows[self.pos..]
+    }
 }
 
 /// The staged rows that no round took yet, as the table holds them: what
@@ -183,62 +152,93 @@ pub(super) struct Staging {
 /// so that starting a round does not read thousands of rows back inside a
 /// commit (it did: 10-20 ms of a commit every third of a second at 12,000
 /// messages/s).
-#[derive(Debug, Default)]
-struct Waiting {
-    rows: Vec<StagedPoint>,
+#[derive(Debug)]
+struct Waiting<K: Kind> {
+    rows: Vec<K::Row>,
+    index: K::Index,
     /// The largest id among them.
     last_id: Option<i64>,
 }
 
-impl Waiting {
-    /// The rows of the table with an id above `after` (all with `None`).
-    fn load(conn: &Connection, after: Option<i64>) -> Result<Self> {
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT id, series_id, ts, seq, value FROM staged_points
-                 WHERE id > ?1 ORDER BY id",
-            )
-            .map_err(db)?;
-        let mut waiting = Self::default();
-        let mut rows = stmt.query(params![after.unwrap_or(i64::MIN)]).map_err(db)?;
-        while let Some(r) = rows.next().map_err(db)? {
-            waiting.last_id = Some(r.get(0).map_err(db)?);
-            waiting.rows.push(StagedPoint {
-                series: r.get(1).map_err(db)?,
-                ts: r.get(2).map_err(db)?,
-                seq: r.get(3).map_err(db)?,
-                value: r.get(4).map_err(db)?,
-            });
+impl<K: Kind> Default for Waiting<K> {
+    fn default() -> Self {
+        Self {
+            rows: Vec::new(),
+            index: K::Index::default(),
+            last_id: None,
         }
-        Ok(waiting)
-    }
-
-    fn len(&self) -> usize {
-        self.rows.len()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.rows.is_empty()
     }
 }
 
-/// What one transaction did to the staging table, applied with
-/// [`Staging::apply`] once it committed (a rolled-back transaction leaves
-/// the view as it was, like the table).
+impl<K: Kind> Waiting<K> {
+    fn load(conn: &Connection, after: Option<i64>) -> Result<Self> {
+        let (rows, last_id) = K::load_after(conn, after)?;
+        let mut waiting = Self {
+            rows: Vec::new(),
+            index: K::Index::default(),
+            last_id,
+        };
+        waiting.extend(rows);
+        Ok(waiting)
+    }
+
+    fn extend(&mut self, rows: Vec<K::Row>) {
+        for row in &rows {
+            K::index(&mut self.index, row);
+        }
+        self.rows.extend(rows);
+    }
+}
+
+/// The committer's view of one staging table. Lives next to the writer
+/// connection and changes only once the transaction that changed the table
+/// committed (see [`LaneStep`]).
+#[derive(Debug)]
+pub(super) struct Lane<K: Kind> {
+    options: StagingOptions,
+    /// The progress this process last read or wrote; `None` before the
+    /// first commit.
+    known: Option<Progress<K::Pos>>,
+    /// The writer connection's `data_version` when the view was last
+    /// brought in line: it changes when any other connection commits.
+    version: Option<i64>,
+    round: Option<Round<K>>,
+    /// Rows staged and not in the round.
+    waiting: Waiting<K>,
+    /// Since when the first of them waits.
+    waiting_since: Option<Instant>,
+}
+
+/// What one transaction did to a staging table, applied with
+/// [`Lane::apply`] once it committed (a rolled-back transaction leaves the
+/// view as it was, like the table).
 #[derive(Debug)]
 #[must_use]
-pub(super) struct Step {
-    progress: Progress,
-    started: Option<Round>,
+pub(super) struct LaneStep<K: Kind> {
+    progress: Progress<K::Pos>,
+    started: Option<Round<K>>,
     pos: usize,
     /// Rows the transaction appended, and the id of the last.
-    appended: Vec<StagedPoint>,
+    appended: Vec<K::Row>,
     last_id: Option<i64>,
     drained: bool,
 }
 
-impl Staging {
-    pub(super) fn new(options: StagingOptions) -> Self {
+impl<K: Kind> LaneStep<K> {
+    fn at(progress: Progress<K::Pos>) -> Self {
+        Self {
+            progress,
+            started: None,
+            pos: 0,
+            appended: Vec::new(),
+            last_id: None,
+            drained: false,
+        }
+    }
+}
+
+impl<K: Kind> Lane<K> {
+    fn new(options: StagingOptions) -> Self {
         Self {
             options,
             known: None,
@@ -249,50 +249,45 @@ impl Staging {
         }
     }
 
-    pub(super) fn options(&self) -> StagingOptions {
-        self.options
-    }
-
     /// Brings the view in line with the table when another connection
     /// committed since this one last did (SQLite's `data_version`: another
     /// store on the same file, another process), or before the first
     /// commit. Comparing the stored progress alone is not enough: rowids are
     /// reused once a round empties the table, so another writer can leave
     /// the same progress over different rows.
-    fn sync(&mut self, conn: &Connection, now: Instant) -> Result<Progress> {
-        let stored = Progress::read(conn)?;
+    pub(super) fn sync(&mut self, conn: &Connection, now: Instant) -> Result<Progress<K::Pos>> {
+        let stored = K::read_progress(conn)?;
         let version: i64 = conn
             .prepare_cached("PRAGMA data_version")
             .and_then(|mut s| s.query_row([], |r| r.get(0)))
             .map_err(db)?;
-        if self.known == Some(stored) && self.version == Some(version) {
+        if self.known.as_ref() == Some(&stored) && self.version == Some(version) {
             return Ok(stored);
         }
         self.version = Some(version);
-        self.round = if stored.in_round() {
-            Some(Round::resume(conn, stored)?)
-        } else {
-            None
+        self.round = match &stored.next {
+            Some(next) => Some(Round::resume(conn, stored.mark, next)?),
+            None => None,
         };
-        self.waiting = Waiting::load(conn, stored.in_round().then_some(stored.mark))?;
-        self.waiting_since = (!self.waiting.is_empty()).then_some(now);
-        self.known = Some(stored);
+        self.waiting = Waiting::load(conn, stored.next.is_some().then_some(stored.mark))?;
+        self.waiting_since = (!self.waiting.rows.is_empty()).then_some(now);
+        self.known = Some(stored.clone());
         Ok(stored)
     }
 
     /// The compaction step of a commit that is about to stage `incoming`
-    /// points: moves the next series of the round in progress (starting
-    /// one when enough waits), handing each moved row to `moved`.
+    /// rows: moves the next rows of the round in progress (starting one
+    /// when enough waits), handing each moved row to `moved`.
     pub(super) fn step(
         &mut self,
         tx: &Transaction<'_>,
         incoming: usize,
         now: Instant,
-        mut moved: impl FnMut(&StagedPoint) -> Result<()>,
-    ) -> Result<Step> {
+        mut moved: impl FnMut(&K::Row) -> Result<()>,
+    ) -> Result<LaneStep<K>> {
         let progress = self.sync(tx, now)?;
-        let due = !self.waiting.is_empty()
-            && (self.waiting.len() >= self.options.round_points
+        let due = !self.waiting.rows.is_empty()
+            && (self.waiting.rows.len() >= self.options.round_points
                 || self
                     .waiting_since
                     .is_some_and(|t| now.duration_since(t) >= self.options.round_age));
@@ -301,105 +296,77 @@ impl Staging {
             _ => None,
         };
         let Some(round) = started.as_ref().or(self.round.as_ref()) else {
-            return Ok(Step {
-                progress,
-                started: None,
-                pos: 0,
-                appended: Vec::new(),
-                last_id: None,
-                drained: false,
-            });
+            return Ok(LaneStep::at(progress));
         };
         let budget = incoming.saturating_mul(self.options.catch_up).max(1);
         let mut end = round.pos;
         while end < round.rows.len() && end - round.pos < budget {
-            let series = round.rows[end].series;
-            while let Some(row) = round.rows.get(end).filter(|r| r.series == series) {
+            let first = end;
+            while let Some(row) = round
+                .rows
+                .get(end)
+                .filter(|r| K::same_pos(r, &round.rows[first]))
+            {
                 moved(row)?;
                 end += 1;
             }
         }
         let next = Progress {
             mark: round.mark,
-            next_series: round.rows.get(end).map_or(NO_ROUND, |r| r.series),
+            next: round.rows.get(end).map(K::pos),
         };
-        next.write(tx)?;
-        if !next.in_round() {
-            tx.prepare_cached("DELETE FROM staged_points WHERE id <= ?1")
-                .and_then(|mut s| s.execute(params![round.mark]))
-                .map_err(db)?;
+        K::write_progress(tx, &next)?;
+        if next.next.is_none() {
+            K::delete(tx, Some(round.mark))?;
         }
-        Ok(Step {
-            progress: next,
+        Ok(LaneStep {
             pos: end,
             started,
-            appended: Vec::new(),
-            last_id: None,
-            drained: false,
+            ..LaneStep::at(next)
         })
     }
 
-    /// Moves every pending row (retention runs on a table without staged
+    /// Moves every pending row (retention runs on tables without staged
     /// rows, so it prunes what it reads) and empties the table.
     pub(super) fn drain(
         &mut self,
         tx: &Transaction<'_>,
         now: Instant,
-        mut moved: impl FnMut(&StagedPoint) -> Result<()>,
-    ) -> Result<Step> {
+        mut moved: impl FnMut(&K::Row) -> Result<()>,
+    ) -> Result<LaneStep<K>> {
         let progress = self.sync(tx, now)?;
-        let pending = Round::load(
-            tx,
-            progress.mark,
-            "SELECT series_id, ts, seq, value FROM staged_points
-             WHERE id > ?1 OR series_id >= ?2",
-            params![progress.mark, progress.next_series],
-        )?;
-        for row in &pending.rows {
+        let mut pending = K::load_pending(tx, &progress)?;
+        pending.sort_by(K::order);
+        for row in &pending {
             moved(row)?;
         }
-        tx.execute("DELETE FROM staged_points", []).map_err(db)?;
+        K::delete(tx, None)?;
         let next = Progress {
             mark: progress.mark,
-            next_series: NO_ROUND,
+            next: None,
         };
-        next.write(tx)?;
-        Ok(Step {
-            progress: next,
-            started: None,
-            pos: 0,
-            appended: Vec::new(),
-            last_id: None,
+        K::write_progress(tx, &next)?;
+        Ok(LaneStep {
             drained: true,
+            ..LaneStep::at(next)
         })
     }
 
-    /// Appends the points of a commit (after its [`step`](Self::step)).
+    /// Appends the rows of a commit (after its [`step`](Self::step)).
     pub(super) fn append(
         tx: &Transaction<'_>,
-        step: &mut Step,
-        points: &[StagedPoint],
+        step: &mut LaneStep<K>,
+        rows: Vec<K::Row>,
     ) -> Result<()> {
-        let mut insert = tx
-            .prepare_cached(
-                "INSERT INTO staged_points (series_id, ts, seq, value) VALUES (?1, ?2, ?3, ?4)",
-            )
-            .map_err(db)?;
-        for p in points {
-            insert
-                .execute(params![p.series, p.ts, p.seq, p.value])
-                .map_err(db)?;
-        }
-        if !points.is_empty() {
-            step.appended.extend_from_slice(points);
-            step.last_id = Some(tx.last_insert_rowid());
+        if !rows.is_empty() {
+            step.last_id = Some(K::append(tx, &rows)?);
+            step.appended = rows;
         }
         Ok(())
     }
 
     /// Takes in a committed step.
-    pub(super) fn apply(&mut self, step: Step, now: Instant) {
-        self.known = Some(step.progress);
+    fn apply(&mut self, step: LaneStep<K>, now: Instant) {
         if step.drained {
             self.round = None;
             self.waiting = Waiting::default();
@@ -414,63 +381,50 @@ impl Staging {
         if let Some(round) = &mut self.round {
             round.pos = step.pos;
         }
-        if !step.progress.in_round() {
+        if step.progress.next.is_none() {
             self.round = None;
         }
+        self.known = Some(step.progress);
         if let Some(last) = step.last_id {
-            self.waiting.rows.extend(step.appended);
+            self.waiting.extend(step.appended);
             self.waiting.last_id = Some(last);
             self.waiting_since.get_or_insert(now);
         }
     }
 }
 
-/// The pending staged rows of `series` with `ts` in `[from, to)`, sorted
-/// by time and seq, as of `progress` (read in the same transaction). The
-/// table has no index on series (it would put a leaf per series back into
-/// every commit): a series the round already moved has only rows after the
-/// mark pending, a rowid range; any other is a scan of the table, which a
-/// round keeps to about a second of input.
-pub(super) fn pending_points(
-    conn: &Connection,
-    progress: Progress,
-    series: i64,
-    from: i64,
-    to: i64,
-) -> Result<Vec<StagedPoint>> {
-    let after = if series >= progress.next_series {
-        i64::MIN
-    } else {
-        progress.mark
-    };
-    sorted_points(
-        conn,
-        "SELECT series_id, ts, seq, value FROM staged_points
-         WHERE id > ?1 AND series_id = ?2 AND ts >= ?3 AND ts < ?4",
-        params![after, series, from, to],
-    )
+/// The committer's view of both staging tables.
+#[derive(Debug)]
+pub(super) struct Staging {
+    options: StagingOptions,
+    pub points: Lane<Points>,
+    pub readings: Lane<Readings>,
 }
 
-/// The staged points `select` picks (`series_id, ts, seq, value`), sorted
-/// by series, time and seq.
-fn sorted_points(
-    conn: &Connection,
-    select: &str,
-    args: impl rusqlite::Params,
-) -> Result<Vec<StagedPoint>> {
-    let mut stmt = conn.prepare_cached(select).map_err(db)?;
-    let mut rows = stmt
-        .query_map(args, |r| {
-            Ok(StagedPoint {
-                series: r.get(0)?,
-                ts: r.get(1)?,
-                seq: r.get(2)?,
-                value: r.get(3)?,
-            })
-        })
-        .map_err(db)?
-        .collect::<rusqlite::Result<Vec<_>>>()
-        .map_err(db)?;
-    rows.sort_by_key(StagedPoint::key);
-    Ok(rows)
+/// What one transaction did to both staging tables.
+#[derive(Debug)]
+#[must_use]
+pub(super) struct Step {
+    pub points: LaneStep<Points>,
+    pub readings: LaneStep<Readings>,
+}
+
+impl Staging {
+    pub(super) fn new(options: StagingOptions) -> Self {
+        Self {
+            options,
+            points: Lane::new(options),
+            readings: Lane::new(options),
+        }
+    }
+
+    pub(super) fn options(&self) -> StagingOptions {
+        self.options
+    }
+
+    /// Takes in a committed step.
+    pub(super) fn apply(&mut self, step: Step, now: Instant) {
+        self.points.apply(step.points, now);
+        self.readings.apply(step.readings, now);
+    }
 }

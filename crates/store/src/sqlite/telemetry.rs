@@ -1,6 +1,6 @@
 //! Telemetry in SQLite: one write transaction per group commit; chart
 //! queries as one range scan of a rollup or of the raw points, plus the
-//! points still staged (decision 0018, [`super::staging`]).
+//! points still staged (decisions 0018 and 0019, [`super::staging`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,7 +9,9 @@ use std::time::Instant;
 use rampart_proto::DeviceId;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
-use super::staging::{Progress, StagedPoint, Staging, Step, pending_points};
+use super::staging::points::{self, StagedPoint, pending_points};
+use super::staging::readings::{self, DigestIndex, StagedReading};
+use super::staging::{Lane, Staging, Step};
 use super::{SqliteStore, db};
 use crate::telemetry::{
     BucketAggregator, DeviceTelemetryStats, IngestItem, ItemOutcome, LAST_SEEN_STEP_MS, NewReading,
@@ -37,9 +39,9 @@ struct StatsDelta {
 /// The work of one commit, accumulated before the final writes.
 struct Batch<'a> {
     tx: &'a Transaction<'a>,
-    /// Run per reading, prepared once per transaction instead of looked
-    /// up in the cache each time.
-    insert_reading: rusqlite::CachedStatement<'a>,
+    /// Run per new reading, prepared once per transaction instead of
+    /// looked up in the cache each time.
+    stored_digest: rusqlite::CachedStatement<'a>,
     /// Writes points into `points` and `rollups` (directly, or moved from
     /// the staging table).
     points: PointWriter<'a>,
@@ -50,6 +52,10 @@ struct Batch<'a> {
     /// Points of the readings stored by this commit, staged or written
     /// directly in [`Batch::finish`].
     new_points: Vec<StagedPoint>,
+    /// The readings stored by this commit, likewise, and their digests
+    /// (a message may repeat a reading of an earlier one in the batch).
+    new_readings: Vec<StagedReading>,
+    new_digests: DigestIndex,
     exported: Vec<PointRecord>,
     outbox: bool,
     any_rejected: bool,
@@ -72,18 +78,19 @@ pub(super) fn commit(
     outbox: bool,
     now_ms: i64,
 ) -> Result<Committed> {
+    // Dedupe reads the readings lane: bring it in line first.
+    staging.readings.sync(tx, Instant::now())?;
     let mut b = Batch {
         tx,
-        insert_reading: tx
-            .prepare_cached(
-                "INSERT INTO readings (device_id, seq, ts, received_at, digest, flags)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (device_id, seq) DO NOTHING",
-            )
+        stored_digest: tx
+            .prepare_cached("SELECT digest FROM readings WHERE device_id = ?1 AND seq = ?2")
             .map_err(db)?,
         points: PointWriter::new(tx)?,
         cache,
         new_series: Vec::new(),
         new_points: Vec::new(),
+        new_readings: Vec::new(),
+        new_digests: DigestIndex::new(),
         stats: Vec::new(),
         stats_index: HashMap::new(),
         exported: Vec::new(),
@@ -97,7 +104,13 @@ pub(super) fn commit(
                 device,
                 readings,
                 payload,
-            } => ItemOutcome::Readings(b.readings(device.as_str(), readings, payload, now_ms)?),
+            } => ItemOutcome::Readings(b.readings(
+                &staging.readings,
+                device.as_str(),
+                readings,
+                payload,
+                now_ms,
+            )?),
             IngestItem::State {
                 device,
                 at_ms,
@@ -167,8 +180,29 @@ impl Batch<'_> {
         Ok(id)
     }
 
+    /// The digest stored under `(device, seq)`: by this commit, staged by
+    /// an earlier one, or in `readings`.
+    fn known_digest(
+        &mut self,
+        staged: &Lane<readings::Readings>,
+        device: &str,
+        seq: i64,
+    ) -> Result<Option<i64>> {
+        if let Some(d) = self.new_digests.get(device).and_then(|m| m.get(&seq)) {
+            return Ok(Some(*d));
+        }
+        if let Some(d) = staged.digest_of(device, seq) {
+            return Ok(Some(d));
+        }
+        self.stored_digest
+            .query_row(params![device, seq], |row| row.get(0))
+            .optional()
+            .map_err(db)
+    }
+
     fn readings(
         &mut self,
+        staged: &Lane<readings::Readings>,
         device: &str,
         readings: &[NewReading],
         payload: &[u8],
@@ -177,31 +211,25 @@ impl Batch<'_> {
         let mut fates = Vec::with_capacity(readings.len());
         for r in readings {
             let seq = seq_i64(r.seq)?;
-            let inserted = self
-                .insert_reading
-                .execute(params![
-                    device,
-                    seq,
-                    r.ts_ms,
-                    r.received_ms,
-                    r.digest,
-                    r.flags
-                ])
-                .map_err(db)?;
-            let fate = if inserted == 1 {
-                self.points(device, seq, r)?;
-                ReadingFate::Stored
-            } else {
-                let stored: i64 = self
-                    .tx
-                    .prepare_cached("SELECT digest FROM readings WHERE device_id = ?1 AND seq = ?2")
-                    .and_then(|mut s| s.query_row(params![device, seq], |row| row.get(0)))
-                    .map_err(db)?;
-                if stored == r.digest {
-                    ReadingFate::Duplicate
-                } else {
-                    ReadingFate::Conflict
+            let fate = match self.known_digest(staged, device, seq)? {
+                None => {
+                    self.points(device, seq, r)?;
+                    self.new_digests
+                        .entry(device.to_owned())
+                        .or_default()
+                        .insert(seq, r.digest);
+                    self.new_readings.push(StagedReading {
+                        device: device.to_owned(),
+                        seq,
+                        ts: r.ts_ms,
+                        received_at: r.received_ms,
+                        digest: r.digest,
+                        flags: i64::from(r.flags),
+                    });
+                    ReadingFate::Stored
                 }
+                Some(stored) if stored == r.digest => ReadingFate::Duplicate,
+                Some(_) => ReadingFate::Conflict,
             };
             let stats = self.stats_of(device);
             match fate {
@@ -325,20 +353,38 @@ impl Batch<'_> {
         Ok(())
     }
 
-    /// The compaction step, then this commit's points (staged, or written
-    /// directly when there are many), rollups and counters.
+    /// The compaction steps, then this commit's points and readings
+    /// (staged, or written directly when there are many points), rollups
+    /// and counters.
     fn finish(&mut self, staging: &mut Staging) -> Result<Step> {
         let tx = self.tx;
         let points = std::mem::take(&mut self.new_points);
+        let new_readings = std::mem::take(&mut self.new_readings);
         let direct = points.len() >= staging.options().direct_points;
-        let incoming = if direct { 0 } else { points.len() };
-        let mut step = staging.step(tx, incoming, Instant::now(), |p| self.points.write(p))?;
+        let (points_in, readings_in) = if direct {
+            (0, 0)
+        } else {
+            (points.len(), new_readings.len())
+        };
+        let now = Instant::now();
+        let mut step = Step {
+            points: staging
+                .points
+                .step(tx, points_in, now, |p| self.points.write(p))?,
+            readings: staging
+                .readings
+                .step(tx, readings_in, now, |r| readings::insert(tx, r))?,
+        };
         if direct {
             for p in &points {
                 self.points.write(p)?;
             }
+            for r in &new_readings {
+                readings::insert(tx, r)?;
+            }
         } else {
-            Staging::append(tx, &mut step, &points)?;
+            Lane::append(tx, &mut step.points, points)?;
+            Lane::append(tx, &mut step.readings, new_readings)?;
         }
         self.points.merge_rollups(tx)?;
         self.counters()?;
@@ -509,8 +555,8 @@ pub(super) fn query(conn: &Connection, q: &SeriesQuery) -> Result<Series> {
         // A staged point belongs to the answer when its bucket at the
         // plan's resolution does: `[origin, to)` on buckets is this on time.
         let end = res.bucket_of(q.to_ms - 1).saturating_add(res.millis());
-        let progress = Progress::read(&snapshot)?;
-        let mut staged = pending_points(&snapshot, progress, series, plan.origin, end)?
+        let progress = points::progress(&snapshot)?;
+        let mut staged = pending_points(&snapshot, &progress, series, plan.origin, end)?
             .into_iter()
             .map(|p| RollupRow {
                 bucket: res.bucket_of(p.ts),
@@ -611,7 +657,8 @@ pub(super) fn export(
     let from = filter.from_ms.unwrap_or(i64::MIN);
     let to = filter.to_ms.unwrap_or(i64::MAX);
     // The staged query takes the same parameters and the progress.
-    let progress = Progress::read(&snapshot)?;
+    let progress = points::progress(&snapshot)?;
+    let next_series = points::next_series(&progress);
     let args: [&dyn rusqlite::ToSql; 9] = [
         &after.series,
         &after.ts_ms,
@@ -621,7 +668,7 @@ pub(super) fn export(
         &to,
         &limit,
         &progress.mark,
-        &progress.next_series,
+        &next_series,
     ];
     let stored = export_rows(&snapshot, EXPORT_POINTS, &args[..7])?;
     let staged = export_rows(&snapshot, EXPORT_STAGED, &args[..])?;
@@ -682,7 +729,13 @@ fn export_rows(
 /// Moves every staged point into `points` and `rollups`.
 fn drain_staged(tx: &Transaction<'_>, staging: &mut Staging) -> Result<Step> {
     let mut points = PointWriter::new(tx)?;
-    let step = staging.drain(tx, Instant::now(), |p| points.write(p))?;
+    let now = Instant::now();
+    let step = Step {
+        points: staging.points.drain(tx, now, |p| points.write(p))?,
+        readings: staging
+            .readings
+            .drain(tx, now, |r| readings::insert(tx, r))?,
+    };
     points.merge_rollups(tx)?;
     Ok(step)
 }
@@ -736,10 +789,16 @@ pub(super) fn prune(
     Ok(pruned)
 }
 
-/// The oldest raw point's timestamp.
+/// The oldest raw point's timestamp (of a stored reading: moved or
+/// still staged).
 pub(super) fn oldest_point(conn: &Connection) -> Result<Option<i64>> {
-    conn.query_row("SELECT min(ts) FROM readings", [], |r| r.get(0))
-        .map_err(db)
+    conn.query_row(
+        "SELECT min(ts) FROM (SELECT min(ts) AS ts FROM readings
+                             UNION ALL SELECT min(ts) FROM staged_readings)",
+        [],
+        |r| r.get(0),
+    )
+    .map_err(db)
 }
 
 pub(super) fn rejected(
@@ -1001,15 +1060,31 @@ impl TelemetryStore for SqliteStore {
 
     async fn readings_per_minute(&self, from_ms: i64, to_ms: i64) -> Result<Vec<(i64, u64)>> {
         self.read(move |conn, _| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT ts - (ts % 60000) AS minute, count(*) FROM readings
-                     WHERE ts >= ?1 AND ts < ?2 GROUP BY minute ORDER BY minute",
-                )
+            // The staged readings not moved yet count too, read with the
+            // progress in one snapshot.
+            let snapshot = conn.unchecked_transaction().map_err(db)?;
+            let progress = readings::progress(&snapshot)?;
+            let pending = readings::Pending::of(&progress);
+            let mut stmt = snapshot
+                .prepare_cached(&format!(
+                    "SELECT ts - (ts % 60000) AS minute, count(*) FROM (
+                       SELECT ts FROM readings WHERE ts >= :from AND ts < :to
+                       UNION ALL
+                       SELECT ts FROM staged_readings
+                       WHERE ts >= :from AND ts < :to AND {}
+                     ) GROUP BY minute ORDER BY minute",
+                    readings::PENDING
+                ))
                 .map_err(db)?;
             let rows = stmt
                 .query_map(
-                    rusqlite::params![from_ms - from_ms.rem_euclid(60_000), to_ms],
+                    rusqlite::named_params! {
+                        ":from": from_ms - from_ms.rem_euclid(60_000),
+                        ":to": to_ms,
+                        ":mark": pending.mark,
+                        ":next_device": pending.next_device,
+                        ":next_seq": pending.next_seq,
+                    },
                     |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
                 )
                 .map_err(db)?;

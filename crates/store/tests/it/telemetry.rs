@@ -1225,8 +1225,8 @@ async fn readings_are_counted_per_minute<S: TelemetryStore>(s: &S) {
 }
 
 // ---------------------------------------------------------------------------
-// SQLite staged points (decision 0018): answers never depend on how far
-// compaction got.
+// SQLite staged points and readings (decisions 0018, 0019): answers never
+// depend on how far compaction got.
 
 /// A store on `dir` with the given staging.
 fn open_staged(dir: &Path, staging: StagingOptions) -> SqliteStore {
@@ -1272,6 +1272,15 @@ async fn assert_same_view<S: TelemetryStore, R: TelemetryStore>(s: &S, reference
         pages(reference, &PointFilter::default(), 4).await,
         "export: {what}"
     );
+    let (from, to) = (T0 - 2 * DAY, T0 + 4 * DAY);
+    assert_eq!(
+        s.readings_per_minute(from, to).await.expect("per minute"),
+        reference
+            .readings_per_minute(from, to)
+            .await
+            .expect("per minute"),
+        "readings per minute: {what}"
+    );
 }
 
 /// The stored compaction progress `(mark, next_series)` and the number of
@@ -1287,6 +1296,26 @@ fn staging_state(dir: &Path) -> ((i64, i64), i64) {
         .query_row("SELECT count(*) FROM staged_points", [], |r| r.get(0))
         .expect("count");
     (progress, staged)
+}
+
+/// The readings lane's stored position (`None` between rounds) and its
+/// number of staged rows, read from the file.
+fn readings_staging_state(dir: &Path) -> (Option<(String, i64)>, i64) {
+    let conn = rusqlite::Connection::open(dir.join("rampart.db")).expect("open db");
+    let next = conn
+        .query_row(
+            "SELECT next_device, next_seq FROM staged_readings_progress",
+            [],
+            |r| {
+                Ok(r.get::<_, Option<String>>(0)?
+                    .zip(r.get::<_, Option<i64>>(1)?))
+            },
+        )
+        .expect("progress");
+    let staged = conn
+        .query_row("SELECT count(*) FROM staged_readings", [], |r| r.get(0))
+        .expect("count");
+    (next, staged)
 }
 
 /// Many series with several points each, in one commit of single-reading
@@ -1324,6 +1353,7 @@ async fn sqlite_answers_do_not_depend_on_compaction_progress() {
     let staged = open_staged(staged_dir.path(), eager());
     let plain = open_staged(direct_dir.path(), direct());
     let mut mid_round = 0;
+    let mut readings_mid_round = 0;
     for seed in [3u64, 17, 2026] {
         for (items, outbox) in workload(seed) {
             let a = commit(&staged, items.clone(), outbox).await;
@@ -1332,12 +1362,19 @@ async fn sqlite_answers_do_not_depend_on_compaction_progress() {
             assert_same_view(&staged, &plain, &format!("workload {seed}")).await;
             let ((_, next_series), _) = staging_state(staged_dir.path());
             mid_round += usize::from(next_series != i64::MIN);
+            readings_mid_round +=
+                usize::from(readings_staging_state(staged_dir.path()).0.is_some());
         }
     }
     // The comparison ran while rounds were half done, not only between them.
     assert!(mid_round > 3, "rounds in progress at {mid_round} checks");
+    assert!(
+        readings_mid_round > 3,
+        "readings rounds in progress at {readings_mid_round} checks"
+    );
     let (_, left) = staging_state(direct_dir.path());
     assert_eq!(left, 0, "staging off stages nothing");
+    assert_eq!(readings_staging_state(direct_dir.path()).1, 0);
 }
 
 /// A round stopped half-way by a restart (or moved on by another store on
@@ -1365,18 +1402,48 @@ async fn sqlite_staged_points_survive_a_restart_and_a_second_writer() {
         "a round is in progress"
     );
     assert!(staged > 30, "the round's rows are still staged: {staged}");
+    let (next_reading, staged_readings) = readings_staging_state(dir.path());
+    assert!(next_reading.is_some(), "a readings round is in progress");
+    assert!(
+        staged_readings > 10,
+        "readings still staged: {staged_readings}"
+    );
     assert_same_view(&first, &plain, "mid-round").await;
 
-    // A restart: the round is reloaded from the table.
+    // A restart: the round is reloaded from the table, and a replay of
+    // every reading is recognised, moved or staged.
     drop(first);
     let restarted = open_staged(dir.path(), eager());
     assert_same_view(&restarted, &plain, "after the restart").await;
+    let mut replay = spread(1, T0);
+    replay.push(message(
+        "dev-2",
+        vec![conflicting(reading(3, T0 + 7, &[("co2", 2.0)]))],
+    ));
+    let a = commit(&restarted, replay.clone(), false).await;
+    assert_eq!(a, commit(&plain, replay, false).await, "replay outcomes");
+    assert!(
+        fates(&a).iter().all(|f| *f != ReadingFate::Stored),
+        "nothing replayed is stored again: {a:?}"
+    );
     // A second store on the same file, committing in turn with the first.
     let other = open_staged(dir.path(), eager());
     for i in 0..12u64 {
         let items = spread(200 + 10 * i, T0 + DAY + i as i64 * 3_600_000);
-        let writer = if i % 2 == 0 { &restarted } else { &other };
+        let (writer, replayer) = if i % 2 == 0 {
+            (&restarted, &other)
+        } else {
+            (&other, &restarted)
+        };
         commit(writer, items.clone(), false).await;
+        // The other store sees what the first staged: all duplicates.
+        let replayed = commit(replayer, items.clone(), false).await;
+        assert!(
+            fates(&replayed)
+                .iter()
+                .all(|f| *f == ReadingFate::Duplicate),
+            "commit {i} replayed on the other store: {replayed:?}"
+        );
         commit(&plain, items, false).await;
         assert_same_view(&restarted, &plain, &format!("commit {i}, first store")).await;
         assert_same_view(&other, &plain, &format!("commit {i}, second store")).await;
@@ -1469,10 +1536,16 @@ async fn sqlite_checkpoints_the_wal_in_the_background() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // Everything committed is still there, read through a new connection.
+    // Everything committed is still there, read through a new connection
+    // (moved into `readings` or still staged; a row being moved is in both).
     let n: i64 = rusqlite::Connection::open(dir.path().join("rampart.db"))
         .expect("open db")
-        .query_row("SELECT count(*) FROM readings", [], |r| r.get(0))
+        .query_row(
+            "SELECT count(*) FROM (SELECT device_id, seq FROM readings
+                                  UNION SELECT device_id, seq FROM staged_readings)",
+            [],
+            |r| r.get(0),
+        )
         .expect("count");
     assert_eq!(n, (DEVICES.len() * 4 * 8) as i64);
     drop(quiet);

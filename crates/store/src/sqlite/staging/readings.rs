@@ -1,0 +1,262 @@
+//! The readings lane (decision 0019): `staged_readings`, moved into
+//! `readings` in its key order (device, seq), its progress in
+//! `staged_readings_progress` (`next_device` NULL between rounds).
+//!
+//! `readings` is the dedupe record: clustered by device, so a commit that
+//! inserted the readings of 20 devices rewrote 20 leaves. Staged, a
+//! commit appends them to one hot page, and the committer answers "was
+//! this (device, seq) stored, and with which digest?" for staged rows
+//! from memory ([`Lane::digest_of`]) and for moved ones from the table.
+
+use std::cmp::Ordering;
+use std::collections::HashMap;
+
+use rusqlite::{Connection, Transaction, params};
+
+use super::{Kind, Lane, Progress};
+use crate::Result;
+use crate::sqlite::db;
+
+/// One staged reading: the row it becomes in `readings`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(in crate::sqlite) struct StagedReading {
+    pub device: String,
+    pub seq: i64,
+    pub ts: i64,
+    pub received_at: i64,
+    pub digest: i64,
+    pub flags: i64,
+}
+
+/// The readings lane.
+#[derive(Debug)]
+pub(in crate::sqlite) struct Readings;
+
+/// Digests of the waiting rows by device and seq.
+pub(in crate::sqlite) type DigestIndex = HashMap<String, HashMap<i64, i64>>;
+
+/// The pending test of staged readings, with the progress as the named
+/// parameters `:mark`, `:next_device` and `:next_seq` ([`Pending`]).
+pub(in crate::sqlite) const PENDING: &str =
+    "(id > :mark OR :next_device IS NULL OR (device_id, seq) >= (:next_device, :next_seq))";
+
+/// The progress as the parameters of [`PENDING`].
+pub(in crate::sqlite) struct Pending<'a> {
+    pub mark: i64,
+    pub next_device: Option<&'a str>,
+    pub next_seq: Option<i64>,
+}
+
+impl<'a> Pending<'a> {
+    pub(in crate::sqlite) fn of(p: &'a Progress<(String, i64)>) -> Self {
+        Self {
+            mark: p.mark,
+            next_device: p.next.as_ref().map(|n| n.0.as_str()),
+            next_seq: p.next.as_ref().map(|n| n.1),
+        }
+    }
+}
+
+impl Kind for Readings {
+    type Row = StagedReading;
+    type Pos = (String, i64);
+    type Index = DigestIndex;
+
+    fn order(a: &StagedReading, b: &StagedReading) -> Ordering {
+        (a.device.as_str(), a.seq).cmp(&(b.device.as_str(), b.seq))
+    }
+
+    fn pos(row: &StagedReading) -> (String, i64) {
+        (row.device.clone(), row.seq)
+    }
+
+    fn same_pos(a: &StagedReading, b: &StagedReading) -> bool {
+        a.seq == b.seq && a.device == b.device
+    }
+
+    fn index(index: &mut DigestIndex, row: &StagedReading) {
+        index
+            .entry(row.device.clone())
+            .or_default()
+            .insert(row.seq, row.digest);
+    }
+
+    fn read_progress(conn: &Connection) -> Result<Progress<(String, i64)>> {
+        progress(conn)
+    }
+
+    fn write_progress(tx: &Transaction<'_>, p: &Progress<(String, i64)>) -> Result<()> {
+        let p = Pending::of(p);
+        tx.prepare_cached(
+            "UPDATE staged_readings_progress SET mark = ?1, next_device = ?2, next_seq = ?3
+             WHERE only = 1",
+        )
+        .and_then(|mut s| s.execute(params![p.mark, p.next_device, p.next_seq]))
+        .map_err(db)?;
+        Ok(())
+    }
+
+    fn load_round(
+        conn: &Connection,
+        mark: i64,
+        next: &(String, i64),
+    ) -> Result<Vec<StagedReading>> {
+        select(
+            conn,
+            "SELECT device_id, seq, ts, received_at, digest, flags FROM staged_readings
+             WHERE id <= ?1 AND (device_id, seq) >= (?2, ?3)",
+            params![mark, next.0, next.1],
+        )
+    }
+
+    fn load_pending(conn: &Connection, p: &Progress<(String, i64)>) -> Result<Vec<StagedReading>> {
+        let p = Pending::of(p);
+        select(
+            conn,
+            &format!(
+                "SELECT device_id, seq, ts, received_at, digest, flags FROM staged_readings
+                 WHERE {PENDING}"
+            ),
+            rusqlite::named_params! {
+                ":mark": p.mark,
+                ":next_device": p.next_device,
+                ":next_seq": p.next_seq,
+            },
+        )
+    }
+
+    fn load_after(
+        conn: &Connection,
+        after: Option<i64>,
+    ) -> Result<(Vec<StagedReading>, Option<i64>)> {
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT id, device_id, seq, ts, received_at, digest, flags FROM staged_readings
+                 WHERE id > ?1 ORDER BY id",
+            )
+            .map_err(db)?;
+        let mut out = Vec::new();
+        let mut last = None;
+        let mut rows = stmt.query(params![after.unwrap_or(i64::MIN)]).map_err(db)?;
+        while let Some(r) = rows.next().map_err(db)? {
+            last = Some(r.get(0).map_err(db)?);
+            out.push(StagedReading {
+                device: r.get(1).map_err(db)?,
+                seq: r.get(2).map_err(db)?,
+                ts: r.get(3).map_err(db)?,
+                received_at: r.get(4).map_err(db)?,
+                digest: r.get(5).map_err(db)?,
+                flags: r.get(6).map_err(db)?,
+            });
+        }
+        Ok((out, last))
+    }
+
+    fn append(tx: &Transaction<'_>, rows: &[StagedReading]) -> Result<i64> {
+        let mut insert = tx
+            .prepare_cached(
+                "INSERT INTO staged_readings (device_id, seq, ts, received_at, digest, flags)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .map_err(db)?;
+        for r in rows {
+            insert
+                .execute(params![
+                    r.device,
+                    r.seq,
+                    r.ts,
+                    r.received_at,
+                    r.digest,
+                    r.flags
+                ])
+                .map_err(db)?;
+        }
+        Ok(tx.last_insert_rowid())
+    }
+
+    fn delete(tx: &Transaction<'_>, through: Option<i64>) -> Result<()> {
+        tx.prepare_cached("DELETE FROM staged_readings WHERE id <= ?1")
+            .and_then(|mut s| s.execute(params![through.unwrap_or(i64::MAX)]))
+            .map_err(db)?;
+        Ok(())
+    }
+}
+
+impl Lane<Readings> {
+    /// The digest of the staged reading `(device, seq)` not moved into
+    /// `readings` yet, as of the last committed step (the caller's own
+    /// transaction has not changed the lane before its step).
+    pub(in crate::sqlite) fn digest_of(&self, device: &str, seq: i64) -> Option<i64> {
+        if let Some(d) = self.waiting.index.get(device).and_then(|m| m.get(&seq)) {
+            return Some(*d);
+        }
+        let pending = self.round.as_ref()?.pending();
+        pending
+            .binary_search_by(|r| (r.device.as_str(), r.seq).cmp(&(device, seq)))
+            .ok()
+            .map(|i| pending[i].digest)
+    }
+}
+
+/// The stored progress of the readings lane (inside the caller's
+/// transaction, for a consistent view).
+pub(in crate::sqlite) fn progress(conn: &Connection) -> Result<Progress<(String, i64)>> {
+    conn.prepare_cached(
+        "SELECT mark, next_device, next_seq FROM staged_readings_progress WHERE only = 1",
+    )
+    .and_then(|mut s| {
+        s.query_row([], |r| {
+            let device: Option<String> = r.get(1)?;
+            let seq: Option<i64> = r.get(2)?;
+            Ok(Progress {
+                mark: r.get(0)?,
+                next: device.zip(seq),
+            })
+        })
+    })
+    .map_err(db)
+}
+
+/// Inserts a reading into `readings` (moved from the lane, or written
+/// directly by a large commit).
+pub(in crate::sqlite) fn insert(tx: &Transaction<'_>, r: &StagedReading) -> Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO readings (device_id, seq, ts, received_at, digest, flags)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (device_id, seq) DO NOTHING",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            r.device,
+            r.seq,
+            r.ts,
+            r.received_at,
+            r.digest,
+            r.flags
+        ])
+    })
+    .map_err(db)?;
+    Ok(())
+}
+
+/// The staged readings `select` picks (`device_id, seq, ts, received_at,
+/// digest, flags`).
+fn select(
+    conn: &Connection,
+    select: &str,
+    args: impl rusqlite::Params,
+) -> Result<Vec<StagedReading>> {
+    let mut stmt = conn.prepare_cached(select).map_err(db)?;
+    stmt.query_map(args, |r| {
+        Ok(StagedReading {
+            device: r.get(0)?,
+            seq: r.get(1)?,
+            ts: r.get(2)?,
+            received_at: r.get(3)?,
+            digest: r.get(4)?,
+            flags: r.get(5)?,
+        })
+    })
+    .map_err(db)?
+    .collect::<rusqlite::Result<Vec<_>>>()
+    .map_err(db)
+}
