@@ -95,13 +95,55 @@ pub(super) trait Kind {
     fn load_round(conn: &Connection, mark: i64, next: &Self::Pos) -> Result<Vec<Self::Row>>;
     /// Every pending row as of `progress`.
     fn load_pending(conn: &Connection, progress: &Progress<Self::Pos>) -> Result<Vec<Self::Row>>;
-    /// The rows with an id above `after` (all with `None`) in id order,
-    /// and the id of the last.
-    fn load_after(conn: &Connection, after: Option<i64>) -> Result<(Vec<Self::Row>, Option<i64>)>;
-    /// Appends rows; returns the id of the last.
-    fn append(tx: &Transaction<'_>, rows: &[Self::Row]) -> Result<i64>;
-    /// Deletes the rows up to `mark` (all with `None`).
-    fn delete(tx: &Transaction<'_>, through: Option<i64>) -> Result<()>;
+
+    /// `SELECT id, <the row's columns> FROM <table> WHERE id > ?1 ORDER BY id`.
+    const SELECT_AFTER: &'static str;
+    /// `INSERT INTO <table> (<the row's columns>) VALUES (...)`.
+    const INSERT: &'static str;
+    /// `DELETE FROM <table> WHERE id <= ?1`.
+    const DELETE: &'static str;
+    /// A row from its columns, the first at index `at`.
+    fn from_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Self::Row>;
+    /// Runs `stmt` with the row's columns as its parameters.
+    fn bind(stmt: &mut rusqlite::Statement<'_>, row: &Self::Row) -> rusqlite::Result<usize>;
+}
+
+/// The rows `select` picks (the row's columns first).
+pub(super) fn select<K: Kind>(
+    conn: &Connection,
+    select: &str,
+    args: impl rusqlite::Params,
+) -> Result<Vec<K::Row>> {
+    let mut stmt = conn.prepare_cached(select).map_err(db)?;
+    stmt.query_map(args, |r| K::from_row(r, 0))
+        .map_err(db)?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(db)
+}
+
+/// The rows with an id above `after` (all with `None`) in id order, and
+/// the id of the last.
+fn load_after<K: Kind>(
+    conn: &Connection,
+    after: Option<i64>,
+) -> Result<(Vec<K::Row>, Option<i64>)> {
+    let mut stmt = conn.prepare_cached(K::SELECT_AFTER).map_err(db)?;
+    let mut out = Vec::new();
+    let mut last = None;
+    let mut rows = stmt.query([after.unwrap_or(i64::MIN)]).map_err(db)?;
+    while let Some(r) = rows.next().map_err(db)? {
+        last = Some(r.get(0).map_err(db)?);
+        out.push(K::from_row(r, 1).map_err(db)?);
+    }
+    Ok((out, last))
+}
+
+/// Deletes the rows up to `through` (all with `None`).
+fn delete<K: Kind>(tx: &Transaction<'_>, through: Option<i64>) -> Result<()> {
+    tx.prepare_cached(K::DELETE)
+        .and_then(|mut s| s.execute([through.unwrap_or(i64::MAX)]))
+        .map_err(db)?;
+    Ok(())
 }
 
 /// The stored progress of a lane. A staged row is *pending*, not in its
@@ -172,7 +214,7 @@ impl<K: Kind> Default for Waiting<K> {
 
 impl<K: Kind> Waiting<K> {
     fn load(conn: &Connection, after: Option<i64>) -> Result<Self> {
-        let (rows, last_id) = K::load_after(conn, after)?;
+        let (rows, last_id) = load_after::<K>(conn, after)?;
         let mut waiting = Self {
             rows: Vec::new(),
             index: K::Index::default(),
@@ -317,7 +359,7 @@ impl<K: Kind> Lane<K> {
         };
         K::write_progress(tx, &next)?;
         if next.next.is_none() {
-            K::delete(tx, Some(round.mark))?;
+            delete::<K>(tx, Some(round.mark))?;
         }
         Ok(LaneStep {
             pos: end,
@@ -340,7 +382,7 @@ impl<K: Kind> Lane<K> {
         for row in &pending {
             moved(row)?;
         }
-        K::delete(tx, None)?;
+        delete::<K>(tx, None)?;
         let next = Progress {
             mark: progress.mark,
             next: None,
@@ -359,7 +401,11 @@ impl<K: Kind> Lane<K> {
         rows: Vec<K::Row>,
     ) -> Result<()> {
         if !rows.is_empty() {
-            step.last_id = Some(K::append(tx, &rows)?);
+            let mut insert = tx.prepare_cached(K::INSERT).map_err(db)?;
+            for row in &rows {
+                K::bind(&mut insert, row).map_err(db)?;
+            }
+            step.last_id = Some(tx.last_insert_rowid());
             step.appended = rows;
         }
         Ok(())

@@ -6,7 +6,7 @@ use std::cmp::Ordering;
 
 use rusqlite::{Connection, Transaction, params};
 
-use super::{Kind, Progress};
+use super::{Kind, Progress, select};
 use crate::Result;
 use crate::sqlite::db;
 
@@ -65,7 +65,7 @@ impl Kind for Points {
     }
 
     fn load_round(conn: &Connection, mark: i64, next: &i64) -> Result<Vec<StagedPoint>> {
-        select(
+        select::<Self>(
             conn,
             "SELECT series_id, ts, seq, value FROM staged_points
              WHERE id <= ?1 AND series_id >= ?2",
@@ -74,7 +74,7 @@ impl Kind for Points {
     }
 
     fn load_pending(conn: &Connection, p: &Progress<i64>) -> Result<Vec<StagedPoint>> {
-        select(
+        select::<Self>(
             conn,
             "SELECT series_id, ts, seq, value FROM staged_points
              WHERE id > ?1 OR series_id >= ?2",
@@ -82,50 +82,23 @@ impl Kind for Points {
         )
     }
 
-    fn load_after(
-        conn: &Connection,
-        after: Option<i64>,
-    ) -> Result<(Vec<StagedPoint>, Option<i64>)> {
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT id, series_id, ts, seq, value FROM staged_points
-                 WHERE id > ?1 ORDER BY id",
-            )
-            .map_err(db)?;
-        let mut out = Vec::new();
-        let mut last = None;
-        let mut rows = stmt.query(params![after.unwrap_or(i64::MIN)]).map_err(db)?;
-        while let Some(r) = rows.next().map_err(db)? {
-            last = Some(r.get(0).map_err(db)?);
-            out.push(StagedPoint {
-                series: r.get(1).map_err(db)?,
-                ts: r.get(2).map_err(db)?,
-                seq: r.get(3).map_err(db)?,
-                value: r.get(4).map_err(db)?,
-            });
-        }
-        Ok((out, last))
+    const SELECT_AFTER: &'static str = "SELECT id, series_id, ts, seq, value FROM staged_points
+         WHERE id > ?1 ORDER BY id";
+    const INSERT: &'static str =
+        "INSERT INTO staged_points (series_id, ts, seq, value) VALUES (?1, ?2, ?3, ?4)";
+    const DELETE: &'static str = "DELETE FROM staged_points WHERE id <= ?1";
+
+    fn from_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<StagedPoint> {
+        Ok(StagedPoint {
+            series: r.get(at)?,
+            ts: r.get(at + 1)?,
+            seq: r.get(at + 2)?,
+            value: r.get(at + 3)?,
+        })
     }
 
-    fn append(tx: &Transaction<'_>, rows: &[StagedPoint]) -> Result<i64> {
-        let mut insert = tx
-            .prepare_cached(
-                "INSERT INTO staged_points (series_id, ts, seq, value) VALUES (?1, ?2, ?3, ?4)",
-            )
-            .map_err(db)?;
-        for p in rows {
-            insert
-                .execute(params![p.series, p.ts, p.seq, p.value])
-                .map_err(db)?;
-        }
-        Ok(tx.last_insert_rowid())
-    }
-
-    fn delete(tx: &Transaction<'_>, through: Option<i64>) -> Result<()> {
-        tx.prepare_cached("DELETE FROM staged_points WHERE id <= ?1")
-            .and_then(|mut s| s.execute(params![through.unwrap_or(i64::MAX)]))
-            .map_err(db)?;
-        Ok(())
+    fn bind(stmt: &mut rusqlite::Statement<'_>, p: &StagedPoint) -> rusqlite::Result<usize> {
+        stmt.execute(params![p.series, p.ts, p.seq, p.value])
     }
 }
 
@@ -169,7 +142,7 @@ pub(in crate::sqlite) fn pending_points(
     } else {
         progress.mark
     };
-    let mut rows = select(
+    let mut rows = select::<Points>(
         conn,
         "SELECT series_id, ts, seq, value FROM staged_points
          WHERE id > ?1 AND series_id = ?2 AND ts >= ?3 AND ts < ?4",
@@ -177,24 +150,4 @@ pub(in crate::sqlite) fn pending_points(
     )?;
     rows.sort_by(Points::order);
     Ok(rows)
-}
-
-/// The staged points `select` picks (`series_id, ts, seq, value`).
-fn select(
-    conn: &Connection,
-    select: &str,
-    args: impl rusqlite::Params,
-) -> Result<Vec<StagedPoint>> {
-    let mut stmt = conn.prepare_cached(select).map_err(db)?;
-    stmt.query_map(args, |r| {
-        Ok(StagedPoint {
-            series: r.get(0)?,
-            ts: r.get(1)?,
-            seq: r.get(2)?,
-            value: r.get(3)?,
-        })
-    })
-    .map_err(db)?
-    .collect::<rusqlite::Result<Vec<_>>>()
-    .map_err(db)
 }

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 
 use rusqlite::{Connection, Transaction, params};
 
-use super::{Kind, Lane, Progress};
+use super::{Kind, Lane, Progress, select};
 use crate::Result;
 use crate::sqlite::db;
 
@@ -101,7 +101,7 @@ impl Kind for Readings {
         mark: i64,
         next: &(String, i64),
     ) -> Result<Vec<StagedReading>> {
-        select(
+        select::<Self>(
             conn,
             "SELECT device_id, seq, ts, received_at, digest, flags FROM staged_readings
              WHERE id <= ?1 AND (device_id, seq) >= (?2, ?3)",
@@ -111,7 +111,7 @@ impl Kind for Readings {
 
     fn load_pending(conn: &Connection, p: &Progress<(String, i64)>) -> Result<Vec<StagedReading>> {
         let p = Pending::of(p);
-        select(
+        select::<Self>(
             conn,
             &format!(
                 "SELECT device_id, seq, ts, received_at, digest, flags FROM staged_readings
@@ -125,60 +125,34 @@ impl Kind for Readings {
         )
     }
 
-    fn load_after(
-        conn: &Connection,
-        after: Option<i64>,
-    ) -> Result<(Vec<StagedReading>, Option<i64>)> {
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT id, device_id, seq, ts, received_at, digest, flags FROM staged_readings
-                 WHERE id > ?1 ORDER BY id",
-            )
-            .map_err(db)?;
-        let mut out = Vec::new();
-        let mut last = None;
-        let mut rows = stmt.query(params![after.unwrap_or(i64::MIN)]).map_err(db)?;
-        while let Some(r) = rows.next().map_err(db)? {
-            last = Some(r.get(0).map_err(db)?);
-            out.push(StagedReading {
-                device: r.get(1).map_err(db)?,
-                seq: r.get(2).map_err(db)?,
-                ts: r.get(3).map_err(db)?,
-                received_at: r.get(4).map_err(db)?,
-                digest: r.get(5).map_err(db)?,
-                flags: r.get(6).map_err(db)?,
-            });
-        }
-        Ok((out, last))
+    const SELECT_AFTER: &'static str =
+        "SELECT id, device_id, seq, ts, received_at, digest, flags FROM staged_readings
+         WHERE id > ?1 ORDER BY id";
+    const INSERT: &'static str =
+        "INSERT INTO staged_readings (device_id, seq, ts, received_at, digest, flags)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+    const DELETE: &'static str = "DELETE FROM staged_readings WHERE id <= ?1";
+
+    fn from_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<StagedReading> {
+        Ok(StagedReading {
+            device: r.get(at)?,
+            seq: r.get(at + 1)?,
+            ts: r.get(at + 2)?,
+            received_at: r.get(at + 3)?,
+            digest: r.get(at + 4)?,
+            flags: r.get(at + 5)?,
+        })
     }
 
-    fn append(tx: &Transaction<'_>, rows: &[StagedReading]) -> Result<i64> {
-        let mut insert = tx
-            .prepare_cached(
-                "INSERT INTO staged_readings (device_id, seq, ts, received_at, digest, flags)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )
-            .map_err(db)?;
-        for r in rows {
-            insert
-                .execute(params![
-                    r.device,
-                    r.seq,
-                    r.ts,
-                    r.received_at,
-                    r.digest,
-                    r.flags
-                ])
-                .map_err(db)?;
-        }
-        Ok(tx.last_insert_rowid())
-    }
-
-    fn delete(tx: &Transaction<'_>, through: Option<i64>) -> Result<()> {
-        tx.prepare_cached("DELETE FROM staged_readings WHERE id <= ?1")
-            .and_then(|mut s| s.execute(params![through.unwrap_or(i64::MAX)]))
-            .map_err(db)?;
-        Ok(())
+    fn bind(stmt: &mut rusqlite::Statement<'_>, r: &StagedReading) -> rusqlite::Result<usize> {
+        stmt.execute(params![
+            r.device,
+            r.seq,
+            r.ts,
+            r.received_at,
+            r.digest,
+            r.flags
+        ])
     }
 }
 
@@ -224,39 +198,7 @@ pub(in crate::sqlite) fn insert(tx: &Transaction<'_>, r: &StagedReading) -> Resu
         "INSERT INTO readings (device_id, seq, ts, received_at, digest, flags)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (device_id, seq) DO NOTHING",
     )
-    .and_then(|mut s| {
-        s.execute(params![
-            r.device,
-            r.seq,
-            r.ts,
-            r.received_at,
-            r.digest,
-            r.flags
-        ])
-    })
+    .and_then(|mut s| Readings::bind(&mut s, r))
     .map_err(db)?;
     Ok(())
-}
-
-/// The staged readings `select` picks (`device_id, seq, ts, received_at,
-/// digest, flags`).
-fn select(
-    conn: &Connection,
-    select: &str,
-    args: impl rusqlite::Params,
-) -> Result<Vec<StagedReading>> {
-    let mut stmt = conn.prepare_cached(select).map_err(db)?;
-    stmt.query_map(args, |r| {
-        Ok(StagedReading {
-            device: r.get(0)?,
-            seq: r.get(1)?,
-            ts: r.get(2)?,
-            received_at: r.get(3)?,
-            digest: r.get(4)?,
-            flags: r.get(5)?,
-        })
-    })
-    .map_err(db)?
-    .collect::<rusqlite::Result<Vec<_>>>()
-    .map_err(db)
 }
