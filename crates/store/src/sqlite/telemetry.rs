@@ -39,8 +39,9 @@ struct StatsDelta {
 /// The work of one commit, accumulated before the final writes.
 struct Batch<'a> {
     tx: &'a Transaction<'a>,
-    /// Run per new reading, prepared once per transaction instead of
-    /// looked up in the cache each time.
+    /// The digest of a reading in `readings`: run for every reading that
+    /// neither this commit nor the readings lane holds, prepared once per
+    /// transaction instead of looked up in the cache each time.
     stored_digest: rusqlite::CachedStatement<'a>,
     /// Writes points into `points` and `rollups` (directly, or moved from
     /// the staging table).
@@ -726,7 +727,8 @@ fn export_rows(
     rows.collect::<rusqlite::Result<_>>().map_err(db)
 }
 
-/// Moves every staged point into `points` and `rollups`.
+/// Moves every staged point into `points` and `rollups`, and every staged
+/// reading into `readings`.
 fn drain_staged(tx: &Transaction<'_>, staging: &mut Staging) -> Result<Step> {
     let mut points = PointWriter::new(tx)?;
     let now = Instant::now();
