@@ -80,6 +80,9 @@ pub(super) trait Kind {
     type Pos: Clone + PartialEq + Debug;
     /// What the lane indexes of its waiting rows for lookups.
     type Index: Default + Debug;
+    /// What the lane learns from the tables as it goes; dropped whenever
+    /// the view is reloaded (another writer may have changed the tables).
+    type Memo: Default + Debug;
 
     /// The order of a round (the destination's), consistent with [`Kind::pos`].
     fn order(a: &Self::Row, b: &Self::Row) -> Ordering;
@@ -249,6 +252,7 @@ pub(super) struct Lane<K: Kind> {
     waiting: Waiting<K>,
     /// Since when the first of them waits.
     waiting_since: Option<Instant>,
+    memo: K::Memo,
 }
 
 /// What one transaction did to a staging table, applied with
@@ -288,6 +292,7 @@ impl<K: Kind> Lane<K> {
             round: None,
             waiting: Waiting::default(),
             waiting_since: None,
+            memo: K::Memo::default(),
         }
     }
 
@@ -313,6 +318,7 @@ impl<K: Kind> Lane<K> {
         };
         self.waiting = Waiting::load(conn, stored.next.is_some().then_some(stored.mark))?;
         self.waiting_since = (!self.waiting.rows.is_empty()).then_some(now);
+        self.memo = K::Memo::default();
         self.known = Some(stored.clone());
         Ok(stored)
     }
@@ -453,6 +459,9 @@ pub(super) struct Staging {
 pub(super) struct Step {
     pub points: LaneStep<Points>,
     pub readings: LaneStep<Readings>,
+    /// The readings it stored (staged or written directly): device and
+    /// largest seq.
+    pub stored: Vec<(String, i64)>,
 }
 
 impl Staging {
@@ -472,5 +481,8 @@ impl Staging {
     pub(super) fn apply(&mut self, step: Step, now: Instant) {
         self.points.apply(step.points, now);
         self.readings.apply(step.readings, now);
+        for (device, seq) in step.stored {
+            self.readings.stored(&device, seq);
+        }
     }
 }

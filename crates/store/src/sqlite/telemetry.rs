@@ -106,7 +106,7 @@ pub(super) fn commit(
                 readings,
                 payload,
             } => ItemOutcome::Readings(b.readings(
-                &staging.readings,
+                &mut staging.readings,
                 device.as_str(),
                 readings,
                 payload,
@@ -185,12 +185,15 @@ impl Batch<'_> {
     /// an earlier one, or in `readings`.
     fn known_digest(
         &mut self,
-        staged: &Lane<readings::Readings>,
+        staged: &mut Lane<readings::Readings>,
         device: &str,
         seq: i64,
     ) -> Result<Option<i64>> {
         if let Some(d) = self.new_digests.get(device).and_then(|m| m.get(&seq)) {
             return Ok(Some(*d));
+        }
+        if !staged.may_hold(self.tx, device, seq)? {
+            return Ok(None);
         }
         if let Some(d) = staged.digest_of(device, seq) {
             return Ok(Some(d));
@@ -203,7 +206,7 @@ impl Batch<'_> {
 
     fn readings(
         &mut self,
-        staged: &Lane<readings::Readings>,
+        staged: &mut Lane<readings::Readings>,
         device: &str,
         readings: &[NewReading],
         payload: &[u8],
@@ -368,6 +371,12 @@ impl Batch<'_> {
             (points.len(), new_readings.len())
         };
         let now = Instant::now();
+        let mut stored: Vec<(String, i64)> = Vec::new();
+        for (device, seqs) in &self.new_digests {
+            if let Some(highest) = seqs.keys().max() {
+                stored.push((device.clone(), *highest));
+            }
+        }
         let mut step = Step {
             points: staging
                 .points
@@ -375,6 +384,7 @@ impl Batch<'_> {
             readings: staging
                 .readings
                 .step(tx, readings_in, now, |r| readings::insert(tx, r))?,
+            stored,
         };
         if direct {
             for p in &points {
@@ -737,6 +747,7 @@ fn drain_staged(tx: &Transaction<'_>, staging: &mut Staging) -> Result<Step> {
         readings: staging
             .readings
             .drain(tx, now, |r| readings::insert(tx, r))?,
+        stored: Vec::new(),
     };
     points.merge_rollups(tx)?;
     Ok(step)

@@ -38,6 +38,7 @@ impl Kind for Points {
     /// which rows of a series are pending by the series alone.
     type Pos = i64;
     type Index = ();
+    type Memo = ();
 
     fn order(a: &StagedPoint, b: &StagedPoint) -> Ordering {
         a.key().cmp(&b.key())

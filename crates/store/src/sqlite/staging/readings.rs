@@ -61,6 +61,10 @@ impl Kind for Readings {
     type Row = StagedReading;
     type Pos = (String, i64);
     type Index = DigestIndex;
+    /// The largest seq stored for each device looked up so far (in
+    /// `readings` or staged; `i64::MIN` for none): a reading above it is
+    /// new without a lookup, and devices count upwards.
+    type Memo = HashMap<String, i64>;
 
     fn order(a: &StagedReading, b: &StagedReading) -> Ordering {
         (a.device.as_str(), a.seq).cmp(&(b.device.as_str(), b.seq))
@@ -157,6 +161,53 @@ impl Kind for Readings {
 }
 
 impl Lane<Readings> {
+    /// Whether `(device, seq)` may be stored already: false when `seq` is
+    /// above every seq stored for `device`, which is the rule for a device
+    /// counting upwards, so most readings need no lookup in `readings`.
+    /// Learns a device's largest seq from the table and the lane on first
+    /// use; call after the commit's [`Lane::sync`].
+    pub(in crate::sqlite) fn may_hold(
+        &mut self,
+        conn: &Connection,
+        device: &str,
+        seq: i64,
+    ) -> Result<bool> {
+        if let Some(highest) = self.memo.get(device) {
+            return Ok(seq <= *highest);
+        }
+        let stored: Option<i64> = conn
+            .prepare_cached("SELECT max(seq) FROM readings WHERE device_id = ?1")
+            .and_then(|mut s| s.query_row([device], |r| r.get(0)))
+            .map_err(db)?;
+        let waiting = self
+            .waiting
+            .index
+            .get(device)
+            .and_then(|seqs| seqs.keys().max().copied());
+        let in_round = self.round.as_ref().and_then(|round| {
+            let pending = round.pending();
+            // The round is sorted by device and seq: the device's last row
+            // is just before the first row of a greater device.
+            let end = pending.partition_point(|r| r.device.as_str() <= device);
+            end.checked_sub(1)
+                .map(|i| &pending[i])
+                .filter(|r| r.device == device)
+                .map(|r| r.seq)
+        });
+        let highest = stored.max(waiting).max(in_round).unwrap_or(i64::MIN);
+        self.memo.insert(device.to_owned(), highest);
+        Ok(seq <= highest)
+    }
+
+    /// Takes in a committed reading of `device` up to `seq`.
+    pub(super) fn stored(&mut self, device: &str, seq: i64) {
+        // Only a device looked up already: otherwise the table may hold
+        // larger seqs than this one.
+        if let Some(highest) = self.memo.get_mut(device) {
+            *highest = (*highest).max(seq);
+        }
+    }
+
     /// The digest of the staged reading `(device, seq)` not moved into
     /// `readings` yet, as of the last committed step (the caller's own
     /// transaction has not changed the lane before its step).
