@@ -235,6 +235,12 @@ impl<K: Kind> Waiting<K> {
     }
 }
 
+/// A lane's progress as [`Lane::sync`] found it in the current
+/// transaction.
+#[derive(Debug)]
+#[must_use]
+pub(super) struct Synced<K: Kind>(Progress<K::Pos>);
+
 /// The committer's view of one staging table. Lives next to the writer
 /// connection and changes only once the transaction that changed the table
 /// committed (see [`LaneStep`]).
@@ -301,8 +307,13 @@ impl<K: Kind> Lane<K> {
     /// store on the same file, another process), or before the first
     /// commit. Comparing the stored progress alone is not enough: rowids are
     /// reused once a round empties the table, so another writer can leave
-    /// the same progress over different rows.
-    pub(super) fn sync(&mut self, conn: &Connection, now: Instant) -> Result<Progress<K::Pos>> {
+    /// the same progress over different rows. Once per transaction: the
+    /// returned [`Synced`] is what [`Lane::step`] goes on from.
+    pub(super) fn sync(&mut self, conn: &Connection, now: Instant) -> Result<Synced<K>> {
+        self.bring_in_line(conn, now).map(Synced)
+    }
+
+    fn bring_in_line(&mut self, conn: &Connection, now: Instant) -> Result<Progress<K::Pos>> {
         let stored = K::read_progress(conn)?;
         let version: i64 = conn
             .prepare_cached("PRAGMA data_version")
@@ -324,16 +335,17 @@ impl<K: Kind> Lane<K> {
     }
 
     /// The compaction step of a commit that is about to stage `incoming`
-    /// rows: moves the next rows of the round in progress (starting one
-    /// when enough waits), handing each moved row to `moved`.
+    /// rows, in the transaction `synced` came from: moves the next rows of
+    /// the round in progress (starting one when enough waits), handing
+    /// each moved row to `moved`.
     pub(super) fn step(
         &mut self,
         tx: &Transaction<'_>,
+        Synced(progress): Synced<K>,
         incoming: usize,
         now: Instant,
         mut moved: impl FnMut(&K::Row) -> Result<()>,
     ) -> Result<LaneStep<K>> {
-        let progress = self.sync(tx, now)?;
         let due = !self.waiting.rows.is_empty()
             && (self.waiting.rows.len() >= self.options.round_points
                 || self
@@ -382,7 +394,7 @@ impl<K: Kind> Lane<K> {
         now: Instant,
         mut moved: impl FnMut(&K::Row) -> Result<()>,
     ) -> Result<LaneStep<K>> {
-        let progress = self.sync(tx, now)?;
+        let progress = self.bring_in_line(tx, now)?;
         let mut pending = K::load_pending(tx, &progress)?;
         pending.sort_by(K::order);
         for row in &pending {
@@ -448,7 +460,6 @@ impl<K: Kind> Lane<K> {
 /// The committer's view of both staging tables.
 #[derive(Debug)]
 pub(super) struct Staging {
-    options: StagingOptions,
     pub points: Lane<Points>,
     pub readings: Lane<Readings>,
 }
@@ -467,14 +478,13 @@ pub(super) struct Step {
 impl Staging {
     pub(super) fn new(options: StagingOptions) -> Self {
         Self {
-            options,
             points: Lane::new(options),
             readings: Lane::new(options),
         }
     }
 
     pub(super) fn options(&self) -> StagingOptions {
-        self.options
+        self.points.options
     }
 
     /// Takes in a committed step.

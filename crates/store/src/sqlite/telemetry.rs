@@ -9,9 +9,9 @@ use std::time::Instant;
 use rampart_proto::DeviceId;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
-use super::staging::points::{self, StagedPoint, pending_points};
-use super::staging::readings::{self, DigestIndex, StagedReading};
-use super::staging::{Lane, Staging, Step};
+use super::staging::points::{self, Points, StagedPoint, pending_points};
+use super::staging::readings::{self, DigestIndex, Readings, StagedReading};
+use super::staging::{Kind, Lane, Staging, Step, Synced};
 use super::{SqliteStore, db};
 use crate::telemetry::{
     BucketAggregator, DeviceTelemetryStats, IngestItem, ItemOutcome, LAST_SEEN_STEP_MS, NewReading,
@@ -79,8 +79,13 @@ pub(super) fn commit(
     outbox: bool,
     now_ms: i64,
 ) -> Result<Committed> {
-    // Dedupe reads the readings lane: bring it in line first.
-    staging.readings.sync(tx, Instant::now())?;
+    // Both lanes are brought in line with the tables once, first: dedupe
+    // reads the readings lane.
+    let now = Instant::now();
+    let synced = (
+        staging.points.sync(tx, now)?,
+        staging.readings.sync(tx, now)?,
+    );
     let mut b = Batch {
         tx,
         stored_digest: tx
@@ -130,7 +135,7 @@ pub(super) fn commit(
             }
         });
     }
-    let staging = b.finish(staging)?;
+    let staging = b.finish(staging, synced)?;
     Ok(Committed {
         outcomes,
         series: b.new_series,
@@ -185,7 +190,7 @@ impl Batch<'_> {
     /// an earlier one, or in `readings`.
     fn known_digest(
         &mut self,
-        staged: &mut Lane<readings::Readings>,
+        staged: &mut Lane<Readings>,
         device: &str,
         seq: i64,
     ) -> Result<Option<i64>> {
@@ -206,7 +211,7 @@ impl Batch<'_> {
 
     fn readings(
         &mut self,
-        staged: &mut Lane<readings::Readings>,
+        staged: &mut Lane<Readings>,
         device: &str,
         readings: &[NewReading],
         payload: &[u8],
@@ -360,7 +365,11 @@ impl Batch<'_> {
     /// The compaction steps, then this commit's points and readings
     /// (staged, or written directly when there are many points), rollups
     /// and counters.
-    fn finish(&mut self, staging: &mut Staging) -> Result<Step> {
+    fn finish(
+        &mut self,
+        staging: &mut Staging,
+        (points_synced, readings_synced): (Synced<Points>, Synced<Readings>),
+    ) -> Result<Step> {
         let tx = self.tx;
         let points = std::mem::take(&mut self.new_points);
         let new_readings = std::mem::take(&mut self.new_readings);
@@ -377,13 +386,17 @@ impl Batch<'_> {
                 stored.push((device.clone(), *highest));
             }
         }
+        let mut insert_reading = readings::insert_statement(tx)?;
         let mut step = Step {
             points: staging
                 .points
-                .step(tx, points_in, now, |p| self.points.write(p))?,
+                .step(tx, points_synced, points_in, now, |p| self.points.write(p))?,
             readings: staging
                 .readings
-                .step(tx, readings_in, now, |r| readings::insert(tx, r))?,
+                .step(tx, readings_synced, readings_in, now, |r| {
+                    Readings::bind(&mut insert_reading, r).map_err(db)?;
+                    Ok(())
+                })?,
             stored,
         };
         if direct {
@@ -391,7 +404,7 @@ impl Batch<'_> {
                 self.points.write(p)?;
             }
             for r in &new_readings {
-                readings::insert(tx, r)?;
+                Readings::bind(&mut insert_reading, r).map_err(db)?;
             }
         } else {
             Lane::append(tx, &mut step.points, points)?;
@@ -741,12 +754,14 @@ fn export_rows(
 /// reading into `readings`.
 fn drain_staged(tx: &Transaction<'_>, staging: &mut Staging) -> Result<Step> {
     let mut points = PointWriter::new(tx)?;
+    let mut insert_reading = readings::insert_statement(tx)?;
     let now = Instant::now();
     let step = Step {
         points: staging.points.drain(tx, now, |p| points.write(p))?,
-        readings: staging
-            .readings
-            .drain(tx, now, |r| readings::insert(tx, r))?,
+        readings: staging.readings.drain(tx, now, |r| {
+            Readings::bind(&mut insert_reading, r).map_err(db)?;
+            Ok(())
+        })?,
         stored: Vec::new(),
     };
     points.merge_rollups(tx)?;

@@ -165,7 +165,7 @@ impl Lane<Readings> {
     /// above every seq stored for `device`, which is the rule for a device
     /// counting upwards, so most readings need no lookup in `readings`.
     /// Learns a device's largest seq from the table and the lane on first
-    /// use; call after the commit's [`Lane::sync`].
+    /// use; call after the transaction's [`Lane::sync`].
     pub(in crate::sqlite) fn may_hold(
         &mut self,
         conn: &Connection,
@@ -242,14 +242,15 @@ pub(in crate::sqlite) fn progress(conn: &Connection) -> Result<Progress<(String,
     .map_err(db)
 }
 
-/// Inserts a reading into `readings` (moved from the lane, or written
-/// directly by a large commit).
-pub(in crate::sqlite) fn insert(tx: &Transaction<'_>, r: &StagedReading) -> Result<()> {
+/// The statement that inserts a reading into `readings` (moved from the
+/// lane, or written directly by a large commit) with [`Readings::bind`]:
+/// prepared once per transaction, not looked up per reading.
+pub(in crate::sqlite) fn insert_statement<'a>(
+    tx: &'a Transaction<'_>,
+) -> Result<rusqlite::CachedStatement<'a>> {
     tx.prepare_cached(
         "INSERT INTO readings (device_id, seq, ts, received_at, digest, flags)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (device_id, seq) DO NOTHING",
     )
-    .and_then(|mut s| Readings::bind(&mut s, r))
-    .map_err(db)?;
-    Ok(())
+    .map_err(db)
 }
