@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use rampart_store::sqlite::WriterPriority;
 use serde::{Deserialize, Serialize};
 
 /// Prefix of every configuration override variable.
@@ -414,6 +415,9 @@ pub struct StoreConfig {
     /// How long a writer waits for another process holding the database.
     #[serde(with = "humantime_serde")]
     pub busy_timeout: Duration,
+    /// SQLite only: how the store's writer and checkpoint threads are
+    /// scheduled (`normal`, or `idle` for Linux `SCHED_IDLE`).
+    pub writer_priority: WriterPriority,
 }
 
 impl Default for StoreConfig {
@@ -421,6 +425,7 @@ impl Default for StoreConfig {
         Self {
             url: StoreUrl::default(),
             busy_timeout: Duration::from_secs(10),
+            writer_priority: WriterPriority::Normal,
         }
     }
 }
@@ -644,6 +649,14 @@ url = ""
 # How long a write waits for another process (the CLI, a second tool)
 # holding the database, or one of its locks, before giving up.
 busy_timeout = "10s"
+# SQLite only: how the threads that write the database (group commits,
+# registry changes, WAL checkpoints) are scheduled. "normal": the fair
+# share of the CPU. "idle" (Linux SCHED_IDLE): they run only on CPU time
+# nothing else wants, so MQTT delivery never waits behind a commit (lower
+# delivery latency under load, see BENCHMARKS.md); but next to a CPU-bound
+# process on the same machine storage nearly stops, and with it every
+# acknowledgement. Choose "idle" only on a host Rampart has to itself.
+writer_priority = "normal"
 
 [serve]
 # How often a running server picks up changes made by the CLI (revocations,
@@ -1071,6 +1084,19 @@ mod tests {
             .expect_err("refused")
             .to_string();
         assert!(err.contains("telemetry.commit_interval"), "{err}");
+    }
+
+    #[test]
+    fn the_writer_priority_is_normal_unless_idle_is_asked_for() {
+        let c = Config::load_with_env(None, env(&[])).expect("defaults");
+        assert_eq!(c.store.writer_priority, WriterPriority::Normal);
+        let c = Config::load_with_env(None, env(&[("RAMPART_STORE__WRITER_PRIORITY", "idle")]))
+            .expect("idle");
+        assert_eq!(c.store.writer_priority, WriterPriority::Idle);
+        let err = Config::load_with_env(None, env(&[("RAMPART_STORE__WRITER_PRIORITY", "low")]))
+            .expect_err("refused")
+            .to_string();
+        assert!(err.contains("store.writer_priority"), "{err}");
     }
 
     #[test]

@@ -169,6 +169,7 @@ async fn open_store(dir: &DataDir, config: &Config) -> Result<AnyStore> {
             audit_key,
             SqliteOptions {
                 busy_timeout: config.store.busy_timeout,
+                writer_priority: config.store.writer_priority,
                 ..SqliteOptions::default()
             },
         )?;

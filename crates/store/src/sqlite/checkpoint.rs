@@ -40,7 +40,11 @@ pub(super) struct Checkpointer {
 
 impl Checkpointer {
     /// Opens a connection of its own to `path` and starts the thread.
-    pub(super) fn start(path: &Path, interval: Duration) -> Result<Self> {
+    pub(super) fn start(
+        path: &Path,
+        interval: Duration,
+        priority: super::WriterPriority,
+    ) -> Result<Self> {
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -52,7 +56,10 @@ impl Checkpointer {
         let signal = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
             .name("sqlite-checkpoint".into())
-            .spawn(move || run(&conn, &signal, interval))
+            .spawn(move || {
+                super::writer::apply(priority, "sqlite-checkpoint");
+                run(&conn, &signal, interval);
+            })
             .map_err(|e| StoreError::Database(Box::new(e)))?;
         Ok(Self {
             stop,

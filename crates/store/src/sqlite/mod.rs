@@ -26,6 +26,7 @@ mod staging;
 mod store;
 mod telemetry;
 mod users;
+mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -34,6 +35,7 @@ use std::time::Duration;
 use crate::{AuditKey, Result, StoreError};
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 pub use staging::StagingOptions;
+pub use writer::WriterPriority;
 
 /// Tuning of the SQLite store.
 #[derive(Debug, Clone)]
@@ -46,6 +48,8 @@ pub struct SqliteOptions {
     /// the writer's commits do not stall on whole checkpoints (see
     /// `checkpoint.rs`); `None` leaves checkpoints to the writer alone.
     pub checkpoint_interval: Option<Duration>,
+    /// How the writer thread and the checkpointer are scheduled.
+    pub writer_priority: WriterPriority,
 }
 
 impl Default for SqliteOptions {
@@ -54,6 +58,7 @@ impl Default for SqliteOptions {
             busy_timeout: Duration::from_secs(10),
             staging: StagingOptions::default(),
             checkpoint_interval: Some(CHECKPOINT_INTERVAL),
+            writer_priority: WriterPriority::Normal,
         }
     }
 }
@@ -67,6 +72,8 @@ pub struct SqliteStore {
 struct Inner {
     /// First, so that it stops before the writer closes.
     _checkpointer: Option<checkpoint::Checkpointer>,
+    /// Where write transactions run.
+    writer_thread: writer::WriterThread,
     path: PathBuf,
     options: SqliteOptions,
     audit_key: AuditKey,
@@ -112,11 +119,13 @@ impl SqliteStore {
         let staging = staging::Staging::new(options.staging);
         let checkpointer = options
             .checkpoint_interval
-            .map(|every| checkpoint::Checkpointer::start(path, every))
+            .map(|every| checkpoint::Checkpointer::start(path, every, options.writer_priority))
             .transpose()?;
+        let writer_thread = writer::WriterThread::start(options.writer_priority)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 _checkpointer: checkpointer,
+                writer_thread,
                 path: path.to_owned(),
                 options,
                 audit_key,
@@ -133,26 +142,28 @@ impl SqliteStore {
         &self.inner.path
     }
 
-    /// Runs `f` in an immediate write transaction on the blocking pool.
+    /// Runs `f` in an immediate write transaction on the writer thread.
     async fn write<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Transaction<'_>, &AuditKey) -> Result<T> + Send + 'static,
     {
         let inner = Arc::clone(&self.inner);
-        run_blocking(move || {
-            let mut conn = inner
-                .writer
-                .lock()
-                .map_err(|_| StoreError::Corrupt("writer connection poisoned".into()))?;
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
-            let out = f(&tx, &inner.audit_key)?;
-            tx.commit().map_err(db)?;
-            Ok(out)
-        })
-        .await
+        self.inner
+            .writer_thread
+            .run(move || {
+                let mut conn = inner
+                    .writer
+                    .lock()
+                    .map_err(|_| StoreError::Corrupt("writer connection poisoned".into()))?;
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(db)?;
+                let out = f(&tx, &inner.audit_key)?;
+                tx.commit().map_err(db)?;
+                Ok(out)
+            })
+            .await
     }
 
     /// Runs `f` on a reader connection on the blocking pool.

@@ -956,8 +956,8 @@ pub(super) fn outbox_peek(conn: &Connection, limit: u32) -> Result<Vec<(i64, Vec
 }
 
 impl SqliteStore {
-    /// Runs `f` in an immediate write transaction with the committer's
-    /// state: the series cache and the staging view. What `f` reports it
+    /// Runs `f` on the writer thread, in an immediate write transaction
+    /// with the committer's state: the series cache and the staging view. What `f` reports it
     /// changed in them (series created, staging step) is taken in only once
     /// the transaction committed. Commits are serialised by the writer lock,
     /// so holding both for the whole transaction costs nothing.
@@ -969,29 +969,31 @@ impl SqliteStore {
             + 'static,
     {
         let inner = Arc::clone(&self.inner);
-        super::run_blocking(move || {
-            let mut conn = inner
-                .writer
-                .lock()
-                .map_err(|_| StoreError::Corrupt("writer connection poisoned".into()))?;
-            let mut cache = inner
-                .series
-                .lock()
-                .map_err(|_| StoreError::Corrupt("series cache poisoned".into()))?;
-            let mut staging = inner
-                .staging
-                .lock()
-                .map_err(|_| StoreError::Corrupt("staging state poisoned".into()))?;
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
-            let (out, created, step) = f(&tx, &cache, &mut staging)?;
-            tx.commit().map_err(db)?;
-            cache.extend(created);
-            staging.apply(step, Instant::now());
-            Ok(out)
-        })
-        .await
+        self.inner
+            .writer_thread
+            .run(move || {
+                let mut conn = inner
+                    .writer
+                    .lock()
+                    .map_err(|_| StoreError::Corrupt("writer connection poisoned".into()))?;
+                let mut cache = inner
+                    .series
+                    .lock()
+                    .map_err(|_| StoreError::Corrupt("series cache poisoned".into()))?;
+                let mut staging = inner
+                    .staging
+                    .lock()
+                    .map_err(|_| StoreError::Corrupt("staging state poisoned".into()))?;
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(db)?;
+                let (out, created, step) = f(&tx, &cache, &mut staging)?;
+                tx.commit().map_err(db)?;
+                cache.extend(created);
+                staging.apply(step, Instant::now());
+                Ok(out)
+            })
+            .await
     }
 }
 
