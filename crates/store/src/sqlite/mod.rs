@@ -152,10 +152,7 @@ impl SqliteStore {
         self.inner
             .writer_thread
             .run(move || {
-                let mut conn = inner
-                    .writer
-                    .lock()
-                    .map_err(|_| StoreError::Corrupt("writer connection poisoned".into()))?;
+                let mut conn = inner.lock_writer()?;
                 let tx = conn
                     .transaction_with_behavior(TransactionBehavior::Immediate)
                     .map_err(db)?;
@@ -188,6 +185,15 @@ impl SqliteStore {
             out
         })
         .await
+    }
+}
+
+impl Inner {
+    /// The writer connection (taken on the writer thread only).
+    fn lock_writer(&self) -> Result<std::sync::MutexGuard<'_, Connection>> {
+        self.writer
+            .lock()
+            .map_err(|_| StoreError::Corrupt("writer connection poisoned".into()))
     }
 }
 

@@ -957,9 +957,9 @@ pub(super) fn outbox_peek(conn: &Connection, limit: u32) -> Result<Vec<(i64, Vec
 
 impl SqliteStore {
     /// Runs `f` on the writer thread, in an immediate write transaction
-    /// with the committer's state: the series cache and the staging view. What `f` reports it
-    /// changed in them (series created, staging step) is taken in only once
-    /// the transaction committed. Commits are serialised by the writer lock,
+    /// with the committer's state: the series cache and the staging view.
+    /// What `f` reports it changed in them (series created, staging step)
+    /// is taken in only once the transaction committed. Commits are serialised by the writer lock,
     /// so holding both for the whole transaction costs nothing.
     async fn committer<T, F>(&self, f: F) -> Result<T>
     where
@@ -972,10 +972,7 @@ impl SqliteStore {
         self.inner
             .writer_thread
             .run(move || {
-                let mut conn = inner
-                    .writer
-                    .lock()
-                    .map_err(|_| StoreError::Corrupt("writer connection poisoned".into()))?;
+                let mut conn = inner.lock_writer()?;
                 let mut cache = inner
                     .series
                     .lock()
