@@ -652,7 +652,7 @@ busy_timeout = "10s"
 # SQLite only: how the threads that write the database (group commits,
 # registry changes, WAL checkpoints) are scheduled. "normal": the fair
 # share of the CPU. "idle" (Linux SCHED_IDLE): they run only on CPU time
-# nothing else wants, so MQTT delivery never waits behind a commit (lower
+# nothing else wants, so MQTT delivery rarely waits behind a commit (lower
 # delivery latency under load, see BENCHMARKS.md); but next to a CPU-bound
 # process on the same machine storage nearly stops, and with it every
 # acknowledgement. Choose "idle" only on a host Rampart has to itself.

@@ -22,9 +22,10 @@ pub enum WriterPriority {
     #[default]
     Normal,
     /// `SCHED_IDLE`: the threads run only on CPU time nothing else wants,
-    /// and any other thread that wakes up preempts them at once. On a
-    /// machine the broker and the store share, MQTT delivery then never
-    /// waits behind a commit (BENCHMARKS.md, "Where the tail waits"); but
+    /// and any other thread that wakes up preempts them as soon as they
+    /// are out of a system call. On a machine the broker and the store
+    /// share, MQTT delivery then rarely waits behind a commit
+    /// (BENCHMARKS.md, "Where the tail waits"); but
     /// next to a CPU-bound process storage nearly stops, and with it every
     /// acknowledgement (publishers are held back, nothing is lost).
     Idle,
