@@ -25,9 +25,9 @@ pub enum WriterPriority {
     /// and any other thread that wakes up preempts them as soon as they
     /// are out of a system call. On a machine the broker and the store
     /// share, MQTT delivery then rarely waits behind a commit
-    /// (BENCHMARKS.md, "Where the tail waits"); but
-    /// next to a CPU-bound process storage nearly stops, and with it every
-    /// acknowledgement (publishers are held back, nothing is lost).
+    /// (BENCHMARKS.md, "Where the tail waits"); but next to a CPU-bound
+    /// process storage nearly stops, and with it every acknowledgement
+    /// (publishers are held back, nothing is lost).
     Idle,
 }
 
