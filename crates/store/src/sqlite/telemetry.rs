@@ -11,7 +11,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 
 use super::staging::points::{self, Points, StagedPoint, pending_points};
 use super::staging::readings::{self, DigestIndex, Readings, StagedReading};
-use super::staging::{Kind, Lane, Staging, Step, Synced};
+use super::staging::{Lane, Staging, Step, Synced};
 use super::{SqliteStore, db};
 use crate::telemetry::{
     BucketAggregator, DeviceTelemetryStats, IngestItem, ItemOutcome, LAST_SEEN_STEP_MS, NewReading,
@@ -386,7 +386,7 @@ impl Batch<'_> {
                 stored.push((device.clone(), *highest));
             }
         }
-        let mut insert_reading = readings::insert_statement(tx)?;
+        let mut reading_writer = readings::ReadingWriter::new(tx)?;
         let mut step = Step {
             points: staging
                 .points
@@ -394,8 +394,7 @@ impl Batch<'_> {
             readings: staging
                 .readings
                 .step(tx, readings_synced, readings_in, now, |r| {
-                    Readings::bind(&mut insert_reading, r).map_err(db)?;
-                    Ok(())
+                    reading_writer.write(r)
                 })?,
             stored,
         };
@@ -404,7 +403,7 @@ impl Batch<'_> {
                 self.points.write(p)?;
             }
             for r in &new_readings {
-                Readings::bind(&mut insert_reading, r).map_err(db)?;
+                reading_writer.write(r)?;
             }
         } else {
             Lane::append(tx, &mut step.points, points)?;
@@ -754,14 +753,13 @@ fn export_rows(
 /// reading into `readings`.
 fn drain_staged(tx: &Transaction<'_>, staging: &mut Staging) -> Result<Step> {
     let mut points = PointWriter::new(tx)?;
-    let mut insert_reading = readings::insert_statement(tx)?;
+    let mut reading_writer = readings::ReadingWriter::new(tx)?;
     let now = Instant::now();
     let step = Step {
         points: staging.points.drain(tx, now, |p| points.write(p))?,
-        readings: staging.readings.drain(tx, now, |r| {
-            Readings::bind(&mut insert_reading, r).map_err(db)?;
-            Ok(())
-        })?,
+        readings: staging
+            .readings
+            .drain(tx, now, |r| reading_writer.write(r))?,
         stored: Vec::new(),
     };
     points.merge_rollups(tx)?;
@@ -959,8 +957,9 @@ impl SqliteStore {
     /// Runs `f` on the writer thread, in an immediate write transaction
     /// with the committer's state: the series cache and the staging view.
     /// What `f` reports it changed in them (series created, staging step)
-    /// is taken in only once the transaction committed. Commits are serialised by the writer lock,
-    /// so holding both for the whole transaction costs nothing.
+    /// is taken in only once the transaction committed. Commits are
+    /// serialised by the writer lock, so holding both for the whole
+    /// transaction costs nothing.
     async fn committer<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,

@@ -242,15 +242,27 @@ pub(in crate::sqlite) fn progress(conn: &Connection) -> Result<Progress<(String,
     .map_err(db)
 }
 
-/// The statement that inserts a reading into `readings` (moved from the
-/// lane, or written directly by a large commit) with [`Readings::bind`]:
-/// prepared once per transaction, not looked up per reading.
-pub(in crate::sqlite) fn insert_statement<'a>(
-    tx: &'a Transaction<'_>,
-) -> Result<rusqlite::CachedStatement<'a>> {
-    tx.prepare_cached(
-        "INSERT INTO readings (device_id, seq, ts, received_at, digest, flags)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (device_id, seq) DO NOTHING",
-    )
-    .map_err(db)
+/// Inserts readings into `readings` (moved from the lane, or written
+/// directly by a large commit), like `PointWriter` for points: the
+/// statement is prepared once per transaction, not looked up per reading.
+pub(in crate::sqlite) struct ReadingWriter<'a> {
+    insert: rusqlite::CachedStatement<'a>,
+}
+
+impl<'a> ReadingWriter<'a> {
+    pub(in crate::sqlite) fn new(tx: &'a Transaction<'_>) -> Result<Self> {
+        let insert = tx
+            .prepare_cached(
+                "INSERT INTO readings (device_id, seq, ts, received_at, digest, flags)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (device_id, seq) DO NOTHING",
+            )
+            .map_err(db)?;
+        Ok(Self { insert })
+    }
+
+    /// Inserts `r` (nothing if `readings` holds its `(device, seq)`).
+    pub(in crate::sqlite) fn write(&mut self, r: &StagedReading) -> Result<()> {
+        Readings::bind(&mut self.insert, r).map_err(db)?;
+        Ok(())
+    }
 }
