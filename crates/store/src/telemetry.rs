@@ -572,11 +572,20 @@ pub(crate) const REJECTED_KEPT: i64 = 10_000;
 /// Connects and disconnects still set it exactly.
 pub(crate) const LAST_SEEN_STEP_MS: i64 = 1_000;
 
+/// The hash maps of the telemetry commit path, which runs a few look-ups
+/// per stored point on the store's one writer thread: foldhash instead of
+/// std's SipHash (5 % of the instructions of an in-process ingest run,
+/// BENCHMARKS.md "Who holds the CPU when a worker waits"). Its seed is
+/// random per process; the keys are device ids, metric names and numbers
+/// of authenticated devices, in maps that live for one commit or are bounded
+/// by the fleet's series.
+pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// `(device, metric)` → series id, for series known to be committed.
 /// Keyed by device, then metric, so a look-up borrows `&str`s and
 /// allocates nothing (it runs once per stored point).
 #[derive(Debug, Default)]
-pub(crate) struct SeriesCache(HashMap<String, HashMap<String, i64>>);
+pub(crate) struct SeriesCache(FastMap<String, FastMap<String, i64>>);
 
 impl SeriesCache {
     /// The id of a committed series.

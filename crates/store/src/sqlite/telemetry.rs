@@ -2,7 +2,6 @@
 //! queries as one range scan of a rollup or of the raw points, plus the
 //! points still staged (decisions 0018 and 0019, [`super::staging`]).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,11 +13,11 @@ use super::staging::readings::{self, DigestIndex, Readings, StagedReading};
 use super::staging::{Lane, Staging, Step, Synced};
 use super::{SqliteStore, db};
 use crate::telemetry::{
-    BucketAggregator, DeviceTelemetryStats, IngestItem, ItemOutcome, LAST_SEEN_STEP_MS, NewReading,
-    NewRejection, NewSeries, PointCursor, PointFilter, PointRecord, PresenceHistoryRecord,
-    PresenceRecord, Pruned, QueryPlan, REJECTED_KEPT, REJECTED_PAYLOAD_PREFIX, ReadingFate,
-    RejectedRecord, Resolution, RollupRow, Series, SeriesCache, SeriesQuery, TelemetryStore,
-    conflict_detail, seq_i64,
+    BucketAggregator, DeviceTelemetryStats, FastMap, IngestItem, ItemOutcome, LAST_SEEN_STEP_MS,
+    NewReading, NewRejection, NewSeries, PointCursor, PointFilter, PointRecord,
+    PresenceHistoryRecord, PresenceRecord, Pruned, QueryPlan, REJECTED_KEPT,
+    REJECTED_PAYLOAD_PREFIX, ReadingFate, RejectedRecord, Resolution, RollupRow, Series,
+    SeriesCache, SeriesQuery, TelemetryStore, conflict_detail, seq_i64,
 };
 use crate::{Result, StoreError};
 
@@ -49,7 +48,7 @@ struct Batch<'a> {
     cache: &'a SeriesCache,
     new_series: NewSeries,
     stats: Vec<(String, StatsDelta)>,
-    stats_index: HashMap<String, usize>,
+    stats_index: FastMap<String, usize>,
     /// Points of the readings stored by this commit, staged or written
     /// directly in [`Batch::finish`].
     new_points: Vec<StagedPoint>,
@@ -96,9 +95,9 @@ pub(super) fn commit(
         new_series: Vec::new(),
         new_points: Vec::new(),
         new_readings: Vec::new(),
-        new_digests: DigestIndex::new(),
+        new_digests: DigestIndex::default(),
         stats: Vec::new(),
-        stats_index: HashMap::new(),
+        stats_index: FastMap::default(),
         exported: Vec::new(),
         outbox,
         any_rejected: false,
@@ -481,7 +480,7 @@ impl Batch<'_> {
 /// the stored ones once per transaction by [`PointWriter::merge_rollups`].
 struct PointWriter<'a> {
     insert: rusqlite::CachedStatement<'a>,
-    rollups: HashMap<RollupKey, RollupRow>,
+    rollups: FastMap<RollupKey, RollupRow>,
 }
 
 impl<'a> PointWriter<'a> {
@@ -492,7 +491,7 @@ impl<'a> PointWriter<'a> {
                     "INSERT OR IGNORE INTO points (series_id, ts, seq, value) VALUES (?1, ?2, ?3, ?4)",
                 )
                 .map_err(db)?,
-            rollups: HashMap::new(),
+            rollups: FastMap::default(),
         })
     }
 

@@ -9,13 +9,13 @@
 //! from memory ([`Lane::digest_of`]) and for moved ones from the table.
 
 use std::cmp::Ordering;
-use std::collections::HashMap;
 
 use rusqlite::{Connection, Transaction, params};
 
 use super::{Kind, Lane, Progress, select};
 use crate::Result;
 use crate::sqlite::db;
+use crate::telemetry::FastMap;
 
 /// One staged reading: the row it becomes in `readings`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,7 +33,7 @@ pub(in crate::sqlite) struct StagedReading {
 pub(in crate::sqlite) struct Readings;
 
 /// Digests of the waiting rows by device and seq.
-pub(in crate::sqlite) type DigestIndex = HashMap<String, HashMap<i64, i64>>;
+pub(in crate::sqlite) type DigestIndex = FastMap<String, FastMap<i64, i64>>;
 
 /// The pending test of staged readings, with the progress as the named
 /// parameters `:mark`, `:next_device` and `:next_seq` ([`Pending`]).
@@ -64,7 +64,7 @@ impl Kind for Readings {
     /// The largest seq stored for each device looked up so far (in
     /// `readings` or staged; `i64::MIN` for none): a reading above it is
     /// new without a lookup, and devices count upwards.
-    type Memo = HashMap<String, i64>;
+    type Memo = FastMap<String, i64>;
 
     fn order(a: &StagedReading, b: &StagedReading) -> Ordering {
         (a.device.as_str(), a.seq).cmp(&(b.device.as_str(), b.seq))
