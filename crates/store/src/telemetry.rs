@@ -577,8 +577,8 @@ pub(crate) const LAST_SEEN_STEP_MS: i64 = 1_000;
 /// std's SipHash (5 % of the instructions of an in-process ingest run,
 /// BENCHMARKS.md "Who holds the CPU when a worker waits"). Its seed is
 /// random per process; the keys are device ids, metric names and numbers
-/// of authenticated devices, in maps that live for one commit or are bounded
-/// by the fleet's series.
+/// of authenticated devices, in maps that live for one commit or one
+/// compaction round, or are bounded by the fleet's devices and series.
 pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// `(device, metric)` → series id, for series known to be committed.
