@@ -575,10 +575,14 @@ pub(crate) const LAST_SEEN_STEP_MS: i64 = 1_000;
 /// The hash maps of the telemetry commit path, which runs a few look-ups
 /// per stored point on the store's one writer thread: foldhash instead of
 /// std's SipHash (5 % of the instructions of an in-process ingest run,
-/// BENCHMARKS.md "Who holds the CPU when a worker waits"). Its seed is
-/// random per process; the keys are device ids, metric names and numbers
-/// of authenticated devices, in maps that live for one commit or one
-/// compaction round, or are bounded by the fleet's devices and series.
+/// BENCHMARKS.md "Who holds the CPU when a worker waits"). foldhash is
+/// seeded per process (address-space layout and clock) but does not claim
+/// resistance to hash flooding. These maps do not need it: their outer
+/// keys are registered device ids and server-assigned series ids, so a
+/// device chooses only the keys of its own inner maps (metric names,
+/// seqs), within the limits validation puts on a message, and the maps
+/// live for one commit or one compaction round or are bounded by the
+/// fleet's devices and series.
 pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// `(device, metric)` → series id, for series known to be committed.
