@@ -414,9 +414,14 @@ impl Batch<'_> {
     }
 
     /// Device counters, the rejected-message bound and the export outbox.
+    /// The two per-device statements are taken from the cache once per
+    /// commit, not once per device: the cache's lookup by SQL text and the
+    /// statement's return to it cost twice as much as binding its
+    /// parameters (BENCHMARKS.md, "Who holds the CPU when a worker waits").
     fn counters(&mut self) -> Result<()> {
-        for (device, d) in &self.stats {
-            self.tx
+        if !self.stats.is_empty() {
+            let mut upsert = self
+                .tx
                 .prepare_cached(
                     "INSERT INTO device_stats (device_id, readings, duplicates, rejected, conflicts,
                         last_seq, last_reading_at, flagged_at, flag_reason)
@@ -431,8 +436,17 @@ impl Batch<'_> {
                        flagged_at = coalesce(excluded.flagged_at, device_stats.flagged_at),
                        flag_reason = coalesce(excluded.flag_reason, device_stats.flag_reason)",
                 )
-                .and_then(|mut s| {
-                    s.execute(params![
+                .map_err(db)?;
+            let mut seen = self
+                .tx
+                .prepare_cached(
+                    "UPDATE devices SET last_seen = ?2
+                     WHERE id = ?1 AND (last_seen IS NULL OR last_seen <= ?2 - ?3)",
+                )
+                .map_err(db)?;
+            for (device, d) in &self.stats {
+                upsert
+                    .execute(params![
                         device,
                         d.readings,
                         d.duplicates,
@@ -443,16 +457,11 @@ impl Batch<'_> {
                         d.flag.as_ref().map(|f| f.0),
                         d.flag.as_ref().map(|f| f.1.as_str())
                     ])
-                })
-                .map_err(db)?;
-            if let Some(at) = d.last_reading_at {
-                self.tx
-                    .prepare_cached(
-                        "UPDATE devices SET last_seen = ?2
-                         WHERE id = ?1 AND (last_seen IS NULL OR last_seen <= ?2 - ?3)",
-                    )
-                    .and_then(|mut s| s.execute(params![device, at, LAST_SEEN_STEP_MS]))
                     .map_err(db)?;
+                if let Some(at) = d.last_reading_at {
+                    seen.execute(params![device, at, LAST_SEEN_STEP_MS])
+                        .map_err(db)?;
+                }
             }
         }
         if self.any_rejected {
