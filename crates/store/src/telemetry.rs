@@ -572,8 +572,10 @@ pub(crate) const REJECTED_KEPT: i64 = 10_000;
 /// Connects and disconnects still set it exactly.
 pub(crate) const LAST_SEEN_STEP_MS: i64 = 1_000;
 
-/// The hash maps of the telemetry commit path, which runs a few look-ups
-/// per stored point on the store's one writer thread: foldhash instead of
+/// The hash maps the SQLite telemetry commit consults per stored reading
+/// and point on the store's one writer thread, and the series cache both
+/// stores share (the PostgreSQL commit spends its time in round trips and
+/// keeps std's hasher for its own maps): foldhash instead of
 /// std's SipHash (5 % of the instructions of an in-process ingest run,
 /// BENCHMARKS.md "Who holds the CPU when a worker waits"). foldhash is
 /// seeded per process (address-space layout and clock) but does not claim

@@ -413,57 +413,64 @@ impl Batch<'_> {
         Ok(step)
     }
 
-    /// Device counters, the rejected-message bound and the export outbox.
-    /// The two per-device statements are taken from the cache once per
-    /// commit, not once per device: the cache's lookup by SQL text and the
-    /// statement's return to it cost twice as much as binding its
-    /// parameters (BENCHMARKS.md, "Who holds the CPU when a worker waits").
-    fn counters(&mut self) -> Result<()> {
-        if !self.stats.is_empty() {
-            let mut upsert = self
-                .tx
-                .prepare_cached(
-                    "INSERT INTO device_stats (device_id, readings, duplicates, rejected, conflicts,
-                        last_seq, last_reading_at, flagged_at, flag_reason)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-                     ON CONFLICT (device_id) DO UPDATE SET
-                       readings = device_stats.readings + excluded.readings,
-                       duplicates = device_stats.duplicates + excluded.duplicates,
-                       rejected = device_stats.rejected + excluded.rejected,
-                       conflicts = device_stats.conflicts + excluded.conflicts,
-                       last_seq = max(coalesce(device_stats.last_seq, excluded.last_seq), coalesce(excluded.last_seq, device_stats.last_seq)),
-                       last_reading_at = coalesce(excluded.last_reading_at, device_stats.last_reading_at),
-                       flagged_at = coalesce(excluded.flagged_at, device_stats.flagged_at),
-                       flag_reason = coalesce(excluded.flag_reason, device_stats.flag_reason)",
-                )
+    /// Each device's counters and its stepped `last_seen`. The two
+    /// statements are taken from the cache once per commit, not once per
+    /// device: the cache's lookup by SQL text and the statement's return to
+    /// it cost twice as much as binding its parameters (BENCHMARKS.md, "Who
+    /// holds the CPU when a worker waits").
+    fn device_counters(&self) -> Result<()> {
+        if self.stats.is_empty() {
+            return Ok(());
+        }
+        let mut upsert = self
+            .tx
+            .prepare_cached(
+                "INSERT INTO device_stats (device_id, readings, duplicates, rejected, conflicts,
+                    last_seq, last_reading_at, flagged_at, flag_reason)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT (device_id) DO UPDATE SET
+                   readings = device_stats.readings + excluded.readings,
+                   duplicates = device_stats.duplicates + excluded.duplicates,
+                   rejected = device_stats.rejected + excluded.rejected,
+                   conflicts = device_stats.conflicts + excluded.conflicts,
+                   last_seq = max(coalesce(device_stats.last_seq, excluded.last_seq), coalesce(excluded.last_seq, device_stats.last_seq)),
+                   last_reading_at = coalesce(excluded.last_reading_at, device_stats.last_reading_at),
+                   flagged_at = coalesce(excluded.flagged_at, device_stats.flagged_at),
+                   flag_reason = coalesce(excluded.flag_reason, device_stats.flag_reason)",
+            )
+            .map_err(db)?;
+        let mut seen = self
+            .tx
+            .prepare_cached(
+                "UPDATE devices SET last_seen = ?2
+                 WHERE id = ?1 AND (last_seen IS NULL OR last_seen <= ?2 - ?3)",
+            )
+            .map_err(db)?;
+        for (device, d) in &self.stats {
+            upsert
+                .execute(params![
+                    device,
+                    d.readings,
+                    d.duplicates,
+                    d.rejected,
+                    d.conflicts,
+                    d.last_seq,
+                    d.last_reading_at,
+                    d.flag.as_ref().map(|f| f.0),
+                    d.flag.as_ref().map(|f| f.1.as_str())
+                ])
                 .map_err(db)?;
-            let mut seen = self
-                .tx
-                .prepare_cached(
-                    "UPDATE devices SET last_seen = ?2
-                     WHERE id = ?1 AND (last_seen IS NULL OR last_seen <= ?2 - ?3)",
-                )
-                .map_err(db)?;
-            for (device, d) in &self.stats {
-                upsert
-                    .execute(params![
-                        device,
-                        d.readings,
-                        d.duplicates,
-                        d.rejected,
-                        d.conflicts,
-                        d.last_seq,
-                        d.last_reading_at,
-                        d.flag.as_ref().map(|f| f.0),
-                        d.flag.as_ref().map(|f| f.1.as_str())
-                    ])
+            if let Some(at) = d.last_reading_at {
+                seen.execute(params![device, at, LAST_SEEN_STEP_MS])
                     .map_err(db)?;
-                if let Some(at) = d.last_reading_at {
-                    seen.execute(params![device, at, LAST_SEEN_STEP_MS])
-                        .map_err(db)?;
-                }
             }
         }
+        Ok(())
+    }
+
+    /// Device counters, the rejected-message bound and the export outbox.
+    fn counters(&mut self) -> Result<()> {
+        self.device_counters()?;
         if self.any_rejected {
             self.tx
                 .execute(
