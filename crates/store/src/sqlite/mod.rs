@@ -20,6 +20,7 @@ mod firmware;
 mod mqtt;
 mod notifications;
 mod renewal;
+mod rows;
 mod schema;
 mod services;
 mod staging;
@@ -218,7 +219,7 @@ fn connect(path: &Path, options: &SqliteOptions, read_only: bool) -> Result<Conn
         why: format!("cannot open it: {e}"),
     })?;
     conn.busy_timeout(options.busy_timeout).map_err(db)?;
-    conn.set_prepared_statement_cache_capacity(64);
+    conn.set_prepared_statement_cache_capacity(128);
     if !read_only {
         // WAL lets readers (the CLI, the console) proceed while `serve` writes.
         let mode: String = conn

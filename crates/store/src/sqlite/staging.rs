@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, Transaction};
 
 use super::db;
+use super::rows::RowInsert;
 use crate::Result;
 use points::Points;
 use readings::Readings;
@@ -101,14 +102,20 @@ pub(super) trait Kind {
 
     /// `SELECT id, <the row's columns> FROM <table> WHERE id > ?1 ORDER BY id`.
     const SELECT_AFTER: &'static str;
-    /// `INSERT INTO <table> (<the row's columns>) VALUES (...)`.
-    const INSERT: &'static str;
+    /// `INSERT INTO <table> (<the row's columns>) VALUES ...`, many rows
+    /// per statement.
+    fn insert() -> &'static RowInsert;
     /// `DELETE FROM <table> WHERE id <= ?1`.
     const DELETE: &'static str;
     /// A row from its columns, the first at index `at`.
     fn from_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Self::Row>;
-    /// Runs `stmt` with the row's columns as its parameters.
-    fn bind(stmt: &mut rusqlite::Statement<'_>, row: &Self::Row) -> rusqlite::Result<usize>;
+    /// Binds the row's columns to the parameters `at`, `at + 1`, ... of
+    /// [`Kind::insert`]'s statements.
+    fn bind_at(
+        stmt: &mut rusqlite::Statement<'_>,
+        at: usize,
+        row: &Self::Row,
+    ) -> rusqlite::Result<()>;
 }
 
 /// The rows `select` picks (the row's columns first).
@@ -337,14 +344,14 @@ impl<K: Kind> Lane<K> {
     /// The compaction step of a commit that is about to stage `incoming`
     /// rows, in the transaction `synced` came from: moves the next rows of
     /// the round in progress (starting one when enough waits), handing
-    /// each moved row to `moved`.
+    /// the moved rows to `moved` (one slice, in the round's order).
     pub(super) fn step(
         &mut self,
         tx: &Transaction<'_>,
         Synced(progress): Synced<K>,
         incoming: usize,
         now: Instant,
-        mut moved: impl FnMut(&K::Row) -> Result<()>,
+        mut moved: impl FnMut(&[K::Row]) -> Result<()>,
     ) -> Result<LaneStep<K>> {
         let due = !self.waiting.rows.is_empty()
             && (self.waiting.rows.len() >= self.options.round_points
@@ -362,15 +369,15 @@ impl<K: Kind> Lane<K> {
         let mut end = round.pos;
         while end < round.rows.len() && end - round.pos < budget {
             let first = end;
-            while let Some(row) = round
+            while round
                 .rows
                 .get(end)
-                .filter(|r| K::same_pos(r, &round.rows[first]))
+                .is_some_and(|r| K::same_pos(r, &round.rows[first]))
             {
-                moved(row)?;
                 end += 1;
             }
         }
+        moved(&round.rows[round.pos..end])?;
         let next = Progress {
             mark: round.mark,
             next: round.rows.get(end).map(K::pos),
@@ -392,14 +399,12 @@ impl<K: Kind> Lane<K> {
         &mut self,
         tx: &Transaction<'_>,
         now: Instant,
-        mut moved: impl FnMut(&K::Row) -> Result<()>,
+        mut moved: impl FnMut(&[K::Row]) -> Result<()>,
     ) -> Result<LaneStep<K>> {
         let progress = self.bring_in_line(tx, now)?;
         let mut pending = K::load_pending(tx, &progress)?;
         pending.sort_by(K::order);
-        for row in &pending {
-            moved(row)?;
-        }
+        moved(&pending)?;
         delete::<K>(tx, None)?;
         let next = Progress {
             mark: progress.mark,
@@ -419,10 +424,7 @@ impl<K: Kind> Lane<K> {
         rows: Vec<K::Row>,
     ) -> Result<()> {
         if !rows.is_empty() {
-            let mut insert = tx.prepare_cached(K::INSERT).map_err(db)?;
-            for row in &rows {
-                K::bind(&mut insert, row).map_err(db)?;
-            }
+            K::insert().run(tx, &rows, K::bind_at)?;
             step.last_id = Some(tx.last_insert_rowid());
             step.appended = rows;
         }

@@ -10,7 +10,8 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 
 use super::staging::points::{self, Points, StagedPoint, pending_points};
 use super::staging::readings::{self, DigestIndex, Readings, StagedReading};
-use super::staging::{Lane, Staging, Step, Synced};
+use super::staging::{Kind as _, Lane, Staging, Step, Synced};
+use super::rows::RowInsert;
 use super::{SqliteStore, db};
 use crate::telemetry::{
     BucketAggregator, DeviceTelemetryStats, FastMap, IngestItem, ItemOutcome, LAST_SEEN_STEP_MS,
@@ -44,7 +45,7 @@ struct Batch<'a> {
     stored_digest: rusqlite::CachedStatement<'a>,
     /// Writes points into `points` and `rollups` (directly, or moved from
     /// the staging table).
-    points: PointWriter<'a>,
+    points: PointWriter,
     cache: &'a SeriesCache,
     new_series: NewSeries,
     stats: Vec<(String, StatsDelta)>,
@@ -90,7 +91,7 @@ pub(super) fn commit(
         stored_digest: tx
             .prepare_cached("SELECT digest FROM readings WHERE device_id = ?1 AND seq = ?2")
             .map_err(db)?,
-        points: PointWriter::new(tx)?,
+        points: PointWriter::default(),
         cache,
         new_series: Vec::new(),
         new_points: Vec::new(),
@@ -385,25 +386,22 @@ impl Batch<'_> {
                 stored.push((device.clone(), *highest));
             }
         }
-        let mut reading_writer = readings::ReadingWriter::new(tx)?;
         let mut step = Step {
             points: staging
                 .points
-                .step(tx, points_synced, points_in, now, |p| self.points.write(p))?,
+                .step(tx, points_synced, points_in, now, |p| {
+                    self.points.write(tx, p)
+                })?,
             readings: staging
                 .readings
                 .step(tx, readings_synced, readings_in, now, |r| {
-                    reading_writer.write(r)
+                    readings::write_readings(tx, r)
                 })?,
             stored,
         };
         if direct {
-            for p in &points {
-                self.points.write(p)?;
-            }
-            for r in &new_readings {
-                reading_writer.write(r)?;
-            }
+            self.points.write(tx, &points)?;
+            readings::write_readings(tx, &new_readings)?;
         } else {
             Lane::append(tx, &mut step.points, points)?;
             Lane::append(tx, &mut step.readings, new_readings)?;
@@ -413,32 +411,40 @@ impl Batch<'_> {
         Ok(step)
     }
 
-    /// Each device's counters and its stepped `last_seen`. The two
-    /// statements are taken from the cache once per commit, not once per
-    /// device: the cache's lookup by SQL text and the statement's return to
-    /// it cost twice as much as binding its parameters (BENCHMARKS.md, "Who
-    /// holds the CPU when a worker waits").
+    /// Each device's counters (one multi-row upsert) and its stepped
+    /// `last_seen`. The `last_seen` statement is taken from the cache once
+    /// per commit, not once per device: the cache's lookup by SQL text and
+    /// the statement's return to it cost twice as much as binding its
+    /// parameters (BENCHMARKS.md, "Who holds the CPU when a worker waits").
     fn device_counters(&self) -> Result<()> {
+        static UPSERT: RowInsert = RowInsert::new(
+            "INSERT INTO device_stats (device_id, readings, duplicates, rejected, conflicts,
+                last_seq, last_reading_at, flagged_at, flag_reason) VALUES",
+            9,
+            "ON CONFLICT (device_id) DO UPDATE SET
+               readings = device_stats.readings + excluded.readings,
+               duplicates = device_stats.duplicates + excluded.duplicates,
+               rejected = device_stats.rejected + excluded.rejected,
+               conflicts = device_stats.conflicts + excluded.conflicts,
+               last_seq = max(coalesce(device_stats.last_seq, excluded.last_seq), coalesce(excluded.last_seq, device_stats.last_seq)),
+               last_reading_at = coalesce(excluded.last_reading_at, device_stats.last_reading_at),
+               flagged_at = coalesce(excluded.flagged_at, device_stats.flagged_at),
+               flag_reason = coalesce(excluded.flag_reason, device_stats.flag_reason)",
+        );
         if self.stats.is_empty() {
             return Ok(());
         }
-        let mut upsert = self
-            .tx
-            .prepare_cached(
-                "INSERT INTO device_stats (device_id, readings, duplicates, rejected, conflicts,
-                    last_seq, last_reading_at, flagged_at, flag_reason)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-                 ON CONFLICT (device_id) DO UPDATE SET
-                   readings = device_stats.readings + excluded.readings,
-                   duplicates = device_stats.duplicates + excluded.duplicates,
-                   rejected = device_stats.rejected + excluded.rejected,
-                   conflicts = device_stats.conflicts + excluded.conflicts,
-                   last_seq = max(coalesce(device_stats.last_seq, excluded.last_seq), coalesce(excluded.last_seq, device_stats.last_seq)),
-                   last_reading_at = coalesce(excluded.last_reading_at, device_stats.last_reading_at),
-                   flagged_at = coalesce(excluded.flagged_at, device_stats.flagged_at),
-                   flag_reason = coalesce(excluded.flag_reason, device_stats.flag_reason)",
-            )
-            .map_err(db)?;
+        UPSERT.run(self.tx, &self.stats, |stmt, at, (device, d)| {
+            stmt.raw_bind_parameter(at, device.as_str())?;
+            stmt.raw_bind_parameter(at + 1, d.readings)?;
+            stmt.raw_bind_parameter(at + 2, d.duplicates)?;
+            stmt.raw_bind_parameter(at + 3, d.rejected)?;
+            stmt.raw_bind_parameter(at + 4, d.conflicts)?;
+            stmt.raw_bind_parameter(at + 5, d.last_seq)?;
+            stmt.raw_bind_parameter(at + 6, d.last_reading_at)?;
+            stmt.raw_bind_parameter(at + 7, d.flag.as_ref().map(|f| f.0))?;
+            stmt.raw_bind_parameter(at + 8, d.flag.as_ref().map(|f| f.1.as_str()))
+        })?;
         let mut seen = self
             .tx
             .prepare_cached(
@@ -447,19 +453,6 @@ impl Batch<'_> {
             )
             .map_err(db)?;
         for (device, d) in &self.stats {
-            upsert
-                .execute(params![
-                    device,
-                    d.readings,
-                    d.duplicates,
-                    d.rejected,
-                    d.conflicts,
-                    d.last_seq,
-                    d.last_reading_at,
-                    d.flag.as_ref().map(|f| f.0),
-                    d.flag.as_ref().map(|f| f.1.as_str())
-                ])
-                .map_err(db)?;
             if let Some(at) = d.last_reading_at {
                 seen.execute(params![device, at, LAST_SEEN_STEP_MS])
                     .map_err(db)?;
@@ -494,50 +487,44 @@ impl Batch<'_> {
 
 /// Writes points into `points` and accumulates their rollups, merged into
 /// the stored ones once per transaction by [`PointWriter::merge_rollups`].
-struct PointWriter<'a> {
-    insert: rusqlite::CachedStatement<'a>,
+#[derive(Default)]
+struct PointWriter {
     rollups: FastMap<RollupKey, RollupRow>,
 }
 
-impl<'a> PointWriter<'a> {
-    fn new(tx: &'a Transaction<'a>) -> Result<Self> {
-        Ok(Self {
-            insert: tx
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO points (series_id, ts, seq, value) VALUES (?1, ?2, ?3, ?4)",
-                )
-                .map_err(db)?,
-            rollups: FastMap::default(),
-        })
-    }
-
-    /// Writes a point and adds it to the rollups of every resolution.
-    fn write(&mut self, p: &StagedPoint) -> Result<()> {
-        self.insert
-            .execute(params![p.series, p.ts, p.seq, p.value])
-            .map_err(db)?;
-        let point = RollupRow::point(p.ts, p.seq, p.value);
-        for res in Resolution::ROLLUPS_COARSEST_FIRST {
-            let key = (p.series, res.millis(), res.bucket_of(p.ts));
-            self.rollups
-                .entry(key)
-                .and_modify(|acc| acc.merge(&point))
-                .or_insert(RollupRow {
-                    bucket: key.2,
-                    ..point
-                });
+impl PointWriter {
+    /// Writes `points` and adds each to the rollups of every resolution.
+    fn write(&mut self, tx: &Transaction<'_>, points: &[StagedPoint]) -> Result<()> {
+        static INSERT: RowInsert = RowInsert::new(
+            "INSERT OR IGNORE INTO points (series_id, ts, seq, value) VALUES",
+            4,
+            "",
+        );
+        INSERT.run(tx, points, Points::bind_at)?;
+        for p in points {
+            let point = RollupRow::point(p.ts, p.seq, p.value);
+            for res in Resolution::ROLLUPS_COARSEST_FIRST {
+                let key = (p.series, res.millis(), res.bucket_of(p.ts));
+                self.rollups
+                    .entry(key)
+                    .and_modify(|acc| acc.merge(&point))
+                    .or_insert(RollupRow {
+                        bucket: key.2,
+                        ..point
+                    });
+            }
         }
         Ok(())
     }
 
     /// Merges the accumulated rollups into the stored ones.
     fn merge_rollups(&mut self, tx: &Transaction<'_>) -> Result<()> {
-        let mut upsert = tx
-            .prepare_cached(
-                "INSERT INTO rollups
+        static UPSERT: RowInsert = RowInsert::new(
+            "INSERT INTO rollups
                (series_id, resolution, bucket, min, max, sum, count, last_ts, last_seq, last_value)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
-             ON CONFLICT (series_id, resolution, bucket) DO UPDATE SET
+             VALUES",
+            10,
+            "ON CONFLICT (series_id, resolution, bucket) DO UPDATE SET
                min = min(rollups.min, excluded.min),
                max = max(rollups.max, excluded.max),
                sum = rollups.sum + excluded.sum,
@@ -548,25 +535,20 @@ impl<'a> PointWriter<'a> {
                               THEN excluded.last_seq ELSE rollups.last_seq END,
                last_value = CASE WHEN (excluded.last_ts, excluded.last_seq) > (rollups.last_ts, rollups.last_seq)
                               THEN excluded.last_value ELSE rollups.last_value END",
-            )
-            .map_err(db)?;
-        for ((series, res, bucket), r) in self.rollups.drain() {
-            upsert
-                .execute(params![
-                    series,
-                    res,
-                    bucket,
-                    r.min,
-                    r.max,
-                    r.sum,
-                    r.count as i64,
-                    r.last_key.0,
-                    r.last_key.1,
-                    r.last
-                ])
-                .map_err(db)?;
-        }
-        Ok(())
+        );
+        let rows: Vec<(RollupKey, RollupRow)> = self.rollups.drain().collect();
+        UPSERT.run(tx, &rows, |stmt, at, ((series, res, bucket), r)| {
+            stmt.raw_bind_parameter(at, series)?;
+            stmt.raw_bind_parameter(at + 1, res)?;
+            stmt.raw_bind_parameter(at + 2, bucket)?;
+            stmt.raw_bind_parameter(at + 3, r.min)?;
+            stmt.raw_bind_parameter(at + 4, r.max)?;
+            stmt.raw_bind_parameter(at + 5, r.sum)?;
+            stmt.raw_bind_parameter(at + 6, r.count as i64)?;
+            stmt.raw_bind_parameter(at + 7, r.last_key.0)?;
+            stmt.raw_bind_parameter(at + 8, r.last_key.1)?;
+            stmt.raw_bind_parameter(at + 9, r.last)
+        })
     }
 }
 
@@ -767,14 +749,13 @@ fn export_rows(
 /// Moves every staged point into `points` and `rollups`, and every staged
 /// reading into `readings`.
 fn drain_staged(tx: &Transaction<'_>, staging: &mut Staging) -> Result<Step> {
-    let mut points = PointWriter::new(tx)?;
-    let mut reading_writer = readings::ReadingWriter::new(tx)?;
+    let mut points = PointWriter::default();
     let now = Instant::now();
     let step = Step {
-        points: staging.points.drain(tx, now, |p| points.write(p))?,
+        points: staging.points.drain(tx, now, |p| points.write(tx, p))?,
         readings: staging
             .readings
-            .drain(tx, now, |r| reading_writer.write(r))?,
+            .drain(tx, now, |r| readings::write_readings(tx, r))?,
         stored: Vec::new(),
     };
     points.merge_rollups(tx)?;

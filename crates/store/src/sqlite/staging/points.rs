@@ -9,6 +9,7 @@ use rusqlite::{Connection, Transaction, params};
 use super::{Kind, Progress, select};
 use crate::Result;
 use crate::sqlite::db;
+use crate::sqlite::rows::RowInsert;
 
 /// `next_series` between rounds: every staged row is pending.
 const NO_ROUND: i64 = i64::MIN;
@@ -85,8 +86,11 @@ impl Kind for Points {
 
     const SELECT_AFTER: &'static str = "SELECT id, series_id, ts, seq, value FROM staged_points
          WHERE id > ?1 ORDER BY id";
-    const INSERT: &'static str =
-        "INSERT INTO staged_points (series_id, ts, seq, value) VALUES (?1, ?2, ?3, ?4)";
+    fn insert() -> &'static RowInsert {
+        static INSERT: RowInsert =
+            RowInsert::new("INSERT INTO staged_points (series_id, ts, seq, value) VALUES", 4, "");
+        &INSERT
+    }
     const DELETE: &'static str = "DELETE FROM staged_points WHERE id <= ?1";
 
     fn from_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<StagedPoint> {
@@ -98,8 +102,15 @@ impl Kind for Points {
         })
     }
 
-    fn bind(stmt: &mut rusqlite::Statement<'_>, p: &StagedPoint) -> rusqlite::Result<usize> {
-        stmt.execute(params![p.series, p.ts, p.seq, p.value])
+    fn bind_at(
+        stmt: &mut rusqlite::Statement<'_>,
+        at: usize,
+        p: &StagedPoint,
+    ) -> rusqlite::Result<()> {
+        stmt.raw_bind_parameter(at, p.series)?;
+        stmt.raw_bind_parameter(at + 1, p.ts)?;
+        stmt.raw_bind_parameter(at + 2, p.seq)?;
+        stmt.raw_bind_parameter(at + 3, p.value)
     }
 }
 

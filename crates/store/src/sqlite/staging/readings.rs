@@ -15,6 +15,7 @@ use rusqlite::{Connection, Transaction, params};
 use super::{Kind, Lane, Progress, select};
 use crate::Result;
 use crate::sqlite::db;
+use crate::sqlite::rows::RowInsert;
 use crate::telemetry::FastMap;
 
 /// One staged reading: the row it becomes in `readings`.
@@ -132,9 +133,14 @@ impl Kind for Readings {
     const SELECT_AFTER: &'static str =
         "SELECT id, device_id, seq, ts, received_at, digest, flags FROM staged_readings
          WHERE id > ?1 ORDER BY id";
-    const INSERT: &'static str =
-        "INSERT INTO staged_readings (device_id, seq, ts, received_at, digest, flags)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+    fn insert() -> &'static RowInsert {
+        static INSERT: RowInsert = RowInsert::new(
+            "INSERT INTO staged_readings (device_id, seq, ts, received_at, digest, flags) VALUES",
+            6,
+            "",
+        );
+        &INSERT
+    }
     const DELETE: &'static str = "DELETE FROM staged_readings WHERE id <= ?1";
 
     fn from_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<StagedReading> {
@@ -148,15 +154,17 @@ impl Kind for Readings {
         })
     }
 
-    fn bind(stmt: &mut rusqlite::Statement<'_>, r: &StagedReading) -> rusqlite::Result<usize> {
-        stmt.execute(params![
-            r.device,
-            r.seq,
-            r.ts,
-            r.received_at,
-            r.digest,
-            r.flags
-        ])
+    fn bind_at(
+        stmt: &mut rusqlite::Statement<'_>,
+        at: usize,
+        r: &StagedReading,
+    ) -> rusqlite::Result<()> {
+        stmt.raw_bind_parameter(at, r.device.as_str())?;
+        stmt.raw_bind_parameter(at + 1, r.seq)?;
+        stmt.raw_bind_parameter(at + 2, r.ts)?;
+        stmt.raw_bind_parameter(at + 3, r.received_at)?;
+        stmt.raw_bind_parameter(at + 4, r.digest)?;
+        stmt.raw_bind_parameter(at + 5, r.flags)
     }
 }
 
@@ -243,26 +251,13 @@ pub(in crate::sqlite) fn progress(conn: &Connection) -> Result<Progress<(String,
 }
 
 /// Inserts readings into `readings` (moved from the lane, or written
-/// directly by a large commit), like `PointWriter` for points: the
-/// statement is prepared once per transaction, not looked up per reading.
-pub(in crate::sqlite) struct ReadingWriter<'a> {
-    insert: rusqlite::CachedStatement<'a>,
-}
-
-impl<'a> ReadingWriter<'a> {
-    pub(in crate::sqlite) fn new(tx: &'a Transaction<'_>) -> Result<Self> {
-        let insert = tx
-            .prepare_cached(
-                "INSERT INTO readings (device_id, seq, ts, received_at, digest, flags)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (device_id, seq) DO NOTHING",
-            )
-            .map_err(db)?;
-        Ok(Self { insert })
-    }
-
-    /// Inserts `r` (nothing if `readings` holds its `(device, seq)`).
-    pub(in crate::sqlite) fn write(&mut self, r: &StagedReading) -> Result<()> {
-        Readings::bind(&mut self.insert, r).map_err(db)?;
-        Ok(())
-    }
+/// directly by a large commit), many rows per statement; a reading whose
+/// `(device, seq)` is there already is left out.
+pub(in crate::sqlite) fn write_readings(tx: &Transaction<'_>, rows: &[StagedReading]) -> Result<()> {
+    static INSERT: RowInsert = RowInsert::new(
+        "INSERT INTO readings (device_id, seq, ts, received_at, digest, flags) VALUES",
+        6,
+        "ON CONFLICT (device_id, seq) DO NOTHING",
+    );
+    INSERT.run(tx, rows, Readings::bind_at)
 }
