@@ -26,8 +26,12 @@ use crate::Result;
 /// Rows per statement, largest first: a slice is inserted with as many
 /// statements of the largest size as fit, then the next size, so any
 /// length takes a handful of statements and each table at most this many
-/// cached statement texts.
-pub(super) const CHUNKS: [usize; 4] = [64, 16, 4, 1];
+/// cached statement texts. At most 16: a multi-row statement journals each
+/// page it changes for its own rollback (SQLite's statement journal), in
+/// memory up to 64 KiB and in a temporary file beyond; with 64 rows a
+/// statement moving readings often passed that (a file created, written
+/// and deleted in every fifth commit), with 16 hardly ever.
+pub(super) const CHUNKS: [usize; 3] = [16, 4, 1];
 
 /// An `INSERT` of `width` columns per row, of many rows per statement.
 pub(super) struct RowInsert {
@@ -57,7 +61,8 @@ impl RowInsert {
     /// The statement for `rows` rows: parameters `?1`, `?2`, ... row after
     /// row, `width` per row.
     fn text(&self, rows: usize) -> String {
-        let mut sql = String::with_capacity(self.head.len() + self.tail.len() + rows * self.width * 6);
+        let mut sql =
+            String::with_capacity(self.head.len() + self.tail.len() + rows * self.width * 6);
         sql.push_str(self.head);
         for row in 0..rows {
             sql.push_str(if row == 0 { " (" } else { ", (" });
@@ -113,11 +118,10 @@ mod tests {
         "ON CONFLICT (a) DO UPDATE SET b = t.b + excluded.b",
     );
 
-    fn table() -> Connection {
-        let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch("CREATE TABLE t (a INTEGER PRIMARY KEY, b INTEGER NOT NULL)")
-            .unwrap();
-        conn
+    fn table() -> rusqlite::Result<Connection> {
+        let conn = Connection::open_in_memory()?;
+        conn.execute_batch("CREATE TABLE t (a INTEGER PRIMARY KEY, b INTEGER NOT NULL)")?;
+        Ok(conn)
     }
 
     fn bind(stmt: &mut Statement<'_>, at: usize, row: &(i64, i64)) -> rusqlite::Result<()> {
@@ -125,12 +129,10 @@ mod tests {
         stmt.raw_bind_parameter(at + 1, row.1)
     }
 
-    fn contents(conn: &Connection) -> Vec<(i64, i64)> {
-        let mut stmt = conn.prepare("SELECT a, b FROM t ORDER BY a").unwrap();
-        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .collect::<rusqlite::Result<_>>()
-            .unwrap()
+    fn contents(conn: &Connection) -> rusqlite::Result<Vec<(i64, i64)>> {
+        let mut stmt = conn.prepare("SELECT a, b FROM t ORDER BY a")?;
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect()
     }
 
     #[test]
@@ -142,33 +144,41 @@ mod tests {
     }
 
     #[test]
-    fn every_row_of_any_length_is_inserted_once_in_order() {
+    fn every_row_of_any_length_is_inserted_once_in_order() -> Result<()> {
         // Lengths around and across each chunk size.
-        for len in [0, 1, 3, 4, 5, 15, 16, 17, 63, 64, 65, 64 + 16 + 4 + 1, 200] {
-            let conn = table();
+        for len in [0, 1, 3, 4, 5, 15, 16, 17, 16 + 4 + 1, 63, 64, 65, 200] {
+            let conn = table().map_err(db)?;
             let rows: Vec<(i64, i64)> = (0..len).map(|i| (i, i * 10)).collect();
-            PAIRS.run(&conn, &rows, bind).unwrap();
-            assert_eq!(contents(&conn), rows, "{len} rows");
+            PAIRS.run(&conn, &rows, bind)?;
+            assert_eq!(contents(&conn).map_err(db)?, rows, "{len} rows");
         }
+        Ok(())
     }
 
     #[test]
-    fn conflict_clauses_apply_row_by_row() {
-        let conn = table();
-        UPSERT.run(&conn, &[(1, 1), (2, 2)], bind).unwrap();
+    fn conflict_clauses_apply_row_by_row() -> Result<()> {
+        let conn = table().map_err(db)?;
+        UPSERT.run(&conn, &[(1, 1), (2, 2)], bind)?;
         // A chunk of 4 whose rows hit stored keys and new ones.
-        UPSERT
-            .run(&conn, &[(1, 10), (3, 3), (2, 20), (4, 4)], bind)
-            .unwrap();
-        assert_eq!(contents(&conn), vec![(1, 11), (2, 22), (3, 3), (4, 4)]);
+        UPSERT.run(&conn, &[(1, 10), (3, 3), (2, 20), (4, 4)], bind)?;
+        assert_eq!(
+            contents(&conn).map_err(db)?,
+            vec![(1, 11), (2, 22), (3, 3), (4, 4)]
+        );
+        Ok(())
     }
 
     #[test]
-    fn an_error_is_reported_not_swallowed() {
-        let conn = table();
-        PAIRS.run(&conn, &[(1, 1)], bind).unwrap();
-        assert!(PAIRS.run(&conn, &[(2, 2), (1, 1), (3, 3), (4, 4)], bind).is_err());
+    fn an_error_is_reported_not_swallowed() -> Result<()> {
+        let conn = table().map_err(db)?;
+        PAIRS.run(&conn, &[(1, 1)], bind)?;
+        assert!(
+            PAIRS
+                .run(&conn, &[(2, 2), (1, 1), (3, 3), (4, 4)], bind)
+                .is_err()
+        );
         // The failed statement left nothing behind.
-        assert_eq!(contents(&conn), vec![(1, 1)]);
+        assert_eq!(contents(&conn).map_err(db)?, vec![(1, 1)]);
+        Ok(())
     }
 }

@@ -8,10 +8,10 @@ use std::time::Instant;
 use rampart_proto::DeviceId;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
+use super::rows::RowInsert;
 use super::staging::points::{self, Points, StagedPoint, pending_points};
 use super::staging::readings::{self, DigestIndex, Readings, StagedReading};
 use super::staging::{Kind as _, Lane, Staging, Step, Synced};
-use super::rows::RowInsert;
 use super::{SqliteStore, db};
 use crate::telemetry::{
     BucketAggregator, DeviceTelemetryStats, FastMap, IngestItem, ItemOutcome, LAST_SEEN_STEP_MS,
@@ -517,14 +517,18 @@ impl PointWriter {
         Ok(())
     }
 
-    /// Merges the accumulated rollups into the stored ones.
+    /// Merges the accumulated rollups into the stored ones, one statement
+    /// per row: unlike the inserts of [`RowInsert`], the rows of one commit
+    /// hit a leaf per series, and a multi-row statement then journals
+    /// every page it touches for its own rollback (SQLite's statement
+    /// journal), spilling to a temporary file past 64 KiB.
     fn merge_rollups(&mut self, tx: &Transaction<'_>) -> Result<()> {
-        static UPSERT: RowInsert = RowInsert::new(
-            "INSERT INTO rollups
+        let mut upsert = tx
+            .prepare_cached(
+                "INSERT INTO rollups
                (series_id, resolution, bucket, min, max, sum, count, last_ts, last_seq, last_value)
-             VALUES",
-            10,
-            "ON CONFLICT (series_id, resolution, bucket) DO UPDATE SET
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+             ON CONFLICT (series_id, resolution, bucket) DO UPDATE SET
                min = min(rollups.min, excluded.min),
                max = max(rollups.max, excluded.max),
                sum = rollups.sum + excluded.sum,
@@ -535,20 +539,25 @@ impl PointWriter {
                               THEN excluded.last_seq ELSE rollups.last_seq END,
                last_value = CASE WHEN (excluded.last_ts, excluded.last_seq) > (rollups.last_ts, rollups.last_seq)
                               THEN excluded.last_value ELSE rollups.last_value END",
-        );
-        let rows: Vec<(RollupKey, RollupRow)> = self.rollups.drain().collect();
-        UPSERT.run(tx, &rows, |stmt, at, ((series, res, bucket), r)| {
-            stmt.raw_bind_parameter(at, series)?;
-            stmt.raw_bind_parameter(at + 1, res)?;
-            stmt.raw_bind_parameter(at + 2, bucket)?;
-            stmt.raw_bind_parameter(at + 3, r.min)?;
-            stmt.raw_bind_parameter(at + 4, r.max)?;
-            stmt.raw_bind_parameter(at + 5, r.sum)?;
-            stmt.raw_bind_parameter(at + 6, r.count as i64)?;
-            stmt.raw_bind_parameter(at + 7, r.last_key.0)?;
-            stmt.raw_bind_parameter(at + 8, r.last_key.1)?;
-            stmt.raw_bind_parameter(at + 9, r.last)
-        })
+            )
+            .map_err(db)?;
+        for ((series, res, bucket), r) in self.rollups.drain() {
+            upsert
+                .execute(params![
+                    series,
+                    res,
+                    bucket,
+                    r.min,
+                    r.max,
+                    r.sum,
+                    r.count as i64,
+                    r.last_key.0,
+                    r.last_key.1,
+                    r.last
+                ])
+                .map_err(db)?;
+        }
+        Ok(())
     }
 }
 

@@ -87,8 +87,11 @@ impl Kind for Points {
     const SELECT_AFTER: &'static str = "SELECT id, series_id, ts, seq, value FROM staged_points
          WHERE id > ?1 ORDER BY id";
     fn insert() -> &'static RowInsert {
-        static INSERT: RowInsert =
-            RowInsert::new("INSERT INTO staged_points (series_id, ts, seq, value) VALUES", 4, "");
+        static INSERT: RowInsert = RowInsert::new(
+            "INSERT INTO staged_points (series_id, ts, seq, value) VALUES",
+            4,
+            "",
+        );
         &INSERT
     }
     const DELETE: &'static str = "DELETE FROM staged_points WHERE id <= ?1";

@@ -253,7 +253,10 @@ pub(in crate::sqlite) fn progress(conn: &Connection) -> Result<Progress<(String,
 /// Inserts readings into `readings` (moved from the lane, or written
 /// directly by a large commit), many rows per statement; a reading whose
 /// `(device, seq)` is there already is left out.
-pub(in crate::sqlite) fn write_readings(tx: &Transaction<'_>, rows: &[StagedReading]) -> Result<()> {
+pub(in crate::sqlite) fn write_readings(
+    tx: &Transaction<'_>,
+    rows: &[StagedReading],
+) -> Result<()> {
     static INSERT: RowInsert = RowInsert::new(
         "INSERT INTO readings (device_id, seq, ts, received_at, digest, flags) VALUES",
         6,
