@@ -32,6 +32,24 @@ mod tests;
 pub use decode::Decoder;
 pub use encode::{PublishDelivery, encode, encode_publish};
 
+/// How many more bytes the packet at the front of `buf` needs, once its
+/// fixed header is complete (0 when the whole packet is there); `None`
+/// while the header itself is incomplete or invalid (the decoder reports
+/// that). The size limit is the decoder's to check.
+pub fn missing(buf: &[u8]) -> Option<usize> {
+    match wire::scan_fixed_header(buf) {
+        wire::HeaderScan::Complete {
+            remaining,
+            header_len,
+            ..
+        } => {
+            let total = header_len.saturating_add(usize::try_from(remaining).ok()?);
+            Some(total.saturating_sub(buf.len()))
+        }
+        wire::HeaderScan::Incomplete | wire::HeaderScan::Invalid(_) => None,
+    }
+}
+
 /// Any packet, the unit the decoder returns and the encoder takes.
 pub use mqtt5_protocol::Packet;
 /// QoS as it appears on the wire.

@@ -801,10 +801,24 @@ impl Connection {
             // for an idle device's PINGREQ, and takes a real buffer only
             // when a packet needs more.
             let idle = self.rbuf.is_empty();
+            // The rest of one small packet, begun by the idle read: exactly
+            // that much, unless the connection reads in bulk. A PUBLISH
+            // keeps its buffer alive (its payload is a slice of it) until
+            // it is stored and delivered, so a bulk-sized buffer per
+            // packet is memory held per message, and for the allocator a
+            // large request (and its consolidation) per message. (Such a
+            // read has less room than `MIN_READ`: it does not count towards
+            // growing `read_size` below.)
+            let exact = match codec::missing(&self.rbuf) {
+                Some(missing) if !idle && self.read_size == MIN_READ && missing < MIN_READ => {
+                    missing.checked_sub(1).map(|_| missing)
+                }
+                _ => None,
+            };
             if idle {
                 self.rbuf = BytesMut::new();
             } else {
-                self.rbuf.reserve(self.read_size);
+                self.rbuf.reserve(exact.unwrap_or(self.read_size));
             }
             let room = self.rbuf.capacity() - self.rbuf.len();
             let may_read = self.unacked.len() < usize::from(self.broker.config.max_inflight);
@@ -839,7 +853,7 @@ impl Connection {
                     match read {
                         Ok(0) | Err(_) => return End::Reason(DisconnectReason::ConnectionLost),
                         Ok(_) if idle => {}
-                        Ok(n) if n >= room => {
+                        Ok(n) if n >= room && room >= MIN_READ => {
                             self.read_size = (self.read_size * 2).min(READ_CHUNK);
                         }
                         Ok(n) if n < self.read_size / 4 => {
