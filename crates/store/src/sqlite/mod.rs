@@ -92,8 +92,17 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
-/// SQLite page cache of the writer connection, KiB.
-const WRITER_CACHE_KIB: i64 = 128 * 1024;
+/// SQLite page cache of the writer connection, KiB. Small on purpose: a
+/// B-tree split that renumbers pages borrows the lock-byte page's number
+/// (1 GiB into the file) as a temporary key, and the end of such a
+/// transaction then walks the writer's whole page cache to drop pages past
+/// the end of a database smaller than 1 GiB. With 128 MiB the cache filled
+/// within a minute at 12,000 msg/s and that walk took a third of the
+/// writer's CPU; at 16 MiB the writer used a fifth less CPU in steady state
+/// and large-batch ingest stayed within the run-to-run spread
+/// (BENCHMARKS.md, "A smaller writer page cache"). Reads outside write
+/// transactions go through the memory map, not this cache.
+const WRITER_CACHE_KIB: i64 = 16 * 1024;
 /// Page cache of each reader connection, KiB.
 const READER_CACHE_KIB: i64 = 16 * 1024;
 /// Pages in the WAL before a commit checkpoints it (4 KiB pages: 32 MiB).
@@ -237,7 +246,8 @@ fn connect(path: &Path, options: &SqliteOptions, read_only: bool) -> Result<Conn
             .map_err(db)?;
         // The writer walks the hot end of every series' B-tree on each
         // commit: keep those pages in SQLite's cache instead of re-reading
-        // them through read(2) (the default cache is 2 MiB).
+        // them through read(2) (the default cache is 2 MiB; see
+        // `WRITER_CACHE_KIB` for why not more).
         conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)
             .map_err(db)?;
         // Fewer, larger checkpoints: each one fsyncs the database file.
