@@ -810,8 +810,10 @@ impl Connection {
             // read has less room than `MIN_READ`: it does not count towards
             // growing `read_size` below.)
             let exact = match codec::missing(&self.rbuf) {
-                Some(missing) if !idle && self.read_size == MIN_READ && missing < MIN_READ => {
-                    missing.checked_sub(1).map(|_| missing)
+                Some(missing)
+                    if !idle && self.read_size == MIN_READ && (1..MIN_READ).contains(&missing) =>
+                {
+                    Some(missing)
                 }
                 _ => None,
             };

@@ -228,6 +228,8 @@ fn connect(path: &Path, options: &SqliteOptions, read_only: bool) -> Result<Conn
         why: format!("cannot open it: {e}"),
     })?;
     conn.busy_timeout(options.busy_timeout).map_err(db)?;
+    // The telemetry commit alone keeps three multi-row insert sizes per
+    // table it writes (`rows::CHUNKS`).
     conn.set_prepared_statement_cache_capacity(128);
     if !read_only {
         // WAL lets readers (the CLI, the console) proceed while `serve` writes.

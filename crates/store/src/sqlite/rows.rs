@@ -1,12 +1,13 @@
 //! Multi-row `INSERT` statements for the telemetry commit.
 //!
-//! A group commit inserts a dozen rows per message (staged readings and
-//! points, then the same rows moved into `readings` and `points`, rollups,
+//! A group commit inserts about a dozen rows per message (staged readings
+//! and points, later the same rows moved into `readings` and `points`, the
 //! device counters). Executed one row per statement, SQLite opens and
 //! closes a cursor, resets the statement and releases its registers for
 //! each row, and rusqlite looks the statement up in its cache; for a rowid
 //! append that fixed part was about as much work as the insert itself
-//! (BENCHMARKS.md, "Multi-row inserts"). [`RowInsert`] inserts the rows of
+//! (BENCHMARKS.md, "Multi-row inserts and exact read buffers").
+//! [`RowInsert`] inserts the rows of
 //! a slice with statements of up to [`CHUNKS`]`[0]` rows each (`VALUES
 //! (...), (...), ...`), prepared once per size and kept in the
 //! connection's statement cache: a few statements per table and commit.
@@ -28,9 +29,9 @@ use crate::Result;
 /// length takes a handful of statements and each table at most this many
 /// cached statement texts. At most 16: a multi-row statement journals each
 /// page it changes for its own rollback (SQLite's statement journal), in
-/// memory up to 64 KiB and in a temporary file beyond; with 64 rows a
-/// statement moving readings often passed that (a file created, written
-/// and deleted in every fifth commit), with 16 hardly ever.
+/// memory up to 64 KiB and in a temporary file beyond; with up to 64 rows
+/// per statement one commit in five created, wrote and deleted such a
+/// file, with 16 hardly any.
 pub(super) const CHUNKS: [usize; 3] = [16, 4, 1];
 
 /// An `INSERT` of `width` columns per row, of many rows per statement.
