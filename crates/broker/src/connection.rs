@@ -809,18 +809,18 @@ impl Connection {
             // large request (and its consolidation) per message. (Such a
             // read has less room than `MIN_READ`: it does not count towards
             // growing `read_size` below.)
-            let exact = match codec::missing(&self.rbuf) {
-                Some(missing)
-                    if !idle && self.read_size == MIN_READ && (1..MIN_READ).contains(&missing) =>
-                {
-                    Some(missing)
-                }
-                _ => None,
-            };
             if idle {
                 self.rbuf = BytesMut::new();
             } else {
-                self.rbuf.reserve(exact.unwrap_or(self.read_size));
+                let want = match codec::missing(&self.rbuf) {
+                    Some(missing)
+                        if self.read_size == MIN_READ && (1..MIN_READ).contains(&missing) =>
+                    {
+                        missing
+                    }
+                    _ => self.read_size,
+                };
+                self.rbuf.reserve(want);
             }
             let room = self.rbuf.capacity() - self.rbuf.len();
             let may_read = self.unacked.len() < usize::from(self.broker.config.max_inflight);

@@ -519,9 +519,10 @@ impl PointWriter {
 
     /// Merges the accumulated rollups into the stored ones, one statement
     /// per row: unlike the inserts of [`RowInsert`], the rows of one commit
-    /// hit a leaf per series, and a multi-row statement then journals
-    /// every page it touches for its own rollback (SQLite's statement
-    /// journal), spilling to a temporary file past 64 KiB.
+    /// each hit another leaf (a leaf per series), so a multi-row statement
+    /// journals a page per row for its own rollback (SQLite's statement
+    /// journal), and it saved only 4 % of this merge (BENCHMARKS.md,
+    /// "Multi-row inserts and exact read buffers").
     fn merge_rollups(&mut self, tx: &Transaction<'_>) -> Result<()> {
         let mut upsert = tx
             .prepare_cached(
