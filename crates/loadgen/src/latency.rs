@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use crate::client::{Client, SessionKind, Target, connect_many};
 use crate::fanin::{Outstanding, Timing, collect, devices_and_subscriber, topic};
+use crate::pacer::Pacer;
 use crate::payload::Stamp;
 use crate::tracking::{self, Plan};
 use crate::{CertDir, LoadgenError, MqttVersion, Percentiles, Qos};
@@ -132,6 +133,7 @@ async fn open_loop(
     let give_up = end + give_up;
     let window = cfg.window.max(1);
     let qos1 = cfg.qos == Qos::AtLeastOnce;
+    let mut pacer = Pacer::new().map_err(|e| LoadgenError::io("send clock (timerfd)", e))?;
     loop {
         let now = Instant::now();
         while next <= now && next < end && (!qos1 || out.in_flight() < window) {
@@ -158,7 +160,9 @@ async fn open_loop(
         }
         let can_send = next < end && (!qos1 || out.in_flight() < window);
         tokio::select! {
-            () = tokio::time::sleep_until(next), if can_send => {}
+            slept = pacer.sleep_until(next), if can_send => {
+                slept.map_err(|e| LoadgenError::io("send clock (timerfd)", e))?;
+            }
             read = client.read_more(), if qos1 => {
                 read?;
                 out.drain_acks(&mut client)?;

@@ -20,6 +20,7 @@ pub mod handshakes;
 pub mod identity;
 pub mod latency;
 pub mod lossfree;
+pub mod pacer;
 pub mod payload;
 pub mod procfs;
 pub mod revoke;
