@@ -100,7 +100,7 @@ impl Pacer {
 /// rounding is part of the measured send lag (latency counts from the
 /// schedule, not from the rounded deadline). Measured against exact
 /// deadlines (BENCHMARKS.md, "A precise send clock"): at 24,000 msg/s
-/// the load generator's CPU −9 % against Mosquitto, and Rampart, which
+/// the load generator's CPU −7 to −15 %, and Rampart, which
 /// handles messages arriving together in fewer wake-ups, lost 1,253–3,507
 /// messages at its subscriber's full queue instead of 12,785–13,653.
 pub const GRID: Duration = Duration::from_micros(GRID_MICROS);
