@@ -68,10 +68,8 @@ impl Pacer {
                 self.fd.get_ref(),
                 TimerfdTimerFlags::ABSTIME,
                 &Itimerspec {
-                    it_interval: timespec(Duration::ZERO),
-                    it_value: timespec(Duration::from_nanos(
-                        u64::try_from(deadline).unwrap_or(u64::MAX),
-                    )),
+                    it_interval: timespec(0),
+                    it_value: timespec(deadline),
                 },
             )?;
             self.armed = Some(at);
@@ -103,23 +101,23 @@ impl Pacer {
 /// the load generator's CPU −7 to −15 %, and Rampart, which
 /// handles messages arriving together in fewer wake-ups, lost 1,253–3,507
 /// messages at its subscriber's full queue instead of 12,785–13,653.
-pub const GRID: Duration = Duration::from_micros(GRID_MICROS);
-
-const GRID_MICROS: u64 = 100;
+pub const GRID: Duration = Duration::from_micros(100);
 
 fn on_grid(ns: u128) -> u128 {
-    let grid = u128::from(GRID_MICROS) * 1_000;
+    let grid = GRID.as_nanos();
     ns.div_ceil(grid).saturating_mul(grid)
 }
 
+const NANOS_PER_SEC: u128 = 1_000_000_000;
+
 fn nanos(t: &Timespec) -> u128 {
-    u128::try_from(t.tv_sec).unwrap_or(0) * 1_000_000_000 + u128::try_from(t.tv_nsec).unwrap_or(0)
+    u128::try_from(t.tv_sec).unwrap_or(0) * NANOS_PER_SEC + u128::try_from(t.tv_nsec).unwrap_or(0)
 }
 
-fn timespec(d: Duration) -> Timespec {
+fn timespec(ns: u128) -> Timespec {
     Timespec {
-        tv_sec: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        tv_nsec: i64::from(d.subsec_nanos()),
+        tv_sec: i64::try_from(ns / NANOS_PER_SEC).unwrap_or(i64::MAX),
+        tv_nsec: i64::try_from(ns % NANOS_PER_SEC).unwrap_or(0),
     }
 }
 
@@ -129,7 +127,7 @@ mod tests {
 
     #[test]
     fn deadlines_round_up_to_the_grid() {
-        let grid = u128::from(GRID_MICROS) * 1_000;
+        let grid = GRID.as_nanos();
         assert_eq!(on_grid(0), 0);
         assert_eq!(on_grid(1), grid);
         assert_eq!(on_grid(grid), grid);
