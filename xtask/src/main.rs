@@ -710,6 +710,7 @@ fn latency_scenario(z: &Sizes, rate: f64, fraction: Option<(f64, LatencyBasis)>)
             metric("p99.9", "µs", "/latency/p999_us", false),
             // Where the time goes (see BENCHMARKS.md, "Latency breakdown").
             metric("send lag p99", "µs", "/send_lag/p99_us", false),
+            metric("in transit p99", "µs", "/transit/p99_us", false),
             metric("PUBACK p50", "µs", "/ack/p50_us", false),
             metric("PUBACK p99", "µs", "/ack/p99_us", false),
             metric("broker CPU", "% of a core", "/broker_cpu_percent", false),
@@ -1062,7 +1063,9 @@ fn table(bench: &Bench, z: &Sizes, args: &BenchArgs) -> String {
 const LATENCY_NOTE: &str = "Latency rows: p50/p99/p99.9 are the subscriber's receive time minus \
      each message's scheduled send time. `send lag` is how late the load generator queued a \
      message against its schedule (its own timer and CPU share; a full window of 64 \
-     unacknowledged messages per device would add to it), `PUBACK` the publisher's wait for \
+     unacknowledged messages per device would add to it), `in transit` each message's receive \
+     time minus the time the load generator queued it (the latency without that lateness: \
+     the broker's part plus the load generator's own sending and receiving), `PUBACK` the publisher's wait for \
      its acknowledgement (Rampart: after the commit; it delays delivery only through a full \
      window), `broker CPU` and `load generator CPU` each process's use over the measured \
      time, in percent of one of the 2 cores the three share. `host CPU stolen` is the share of \

@@ -346,6 +346,7 @@ pub async fn run(cfg: FaninConfig) -> Result<FaninReport, LoadgenError> {
             epoch,
             window_end: end,
             latency_from: None,
+            sent: None,
         },
         Arc::clone(&done),
         Duration::from_secs(1),

@@ -14,7 +14,7 @@ use crate::client::{Client, SessionKind, Target, connect_many};
 use crate::fanin::{Outstanding, Timing, collect, devices_and_subscriber, topic};
 use crate::pacer::Pacer;
 use crate::payload::Stamp;
-use crate::tracking::{self, Plan};
+use crate::tracking::{self, Plan, SendLog};
 use crate::{CertDir, LoadgenError, MqttVersion, Percentiles, Qos};
 
 /// Latency parameters.
@@ -99,6 +99,12 @@ pub struct LatencyReport {
     /// PUBACK received minus queued for sending, after the warm-up.
     #[serde(default)]
     pub ack: Option<Percentiles>,
+    /// Receive time minus the time the publisher queued the message, for
+    /// the messages in `latency`: the broker's part of the latency plus
+    /// the load generator's own sending and receiving, without its
+    /// lateness against the schedule (`send_lag`).
+    #[serde(default)]
+    pub transit: Option<Percentiles>,
     /// The broker's CPU use from the end of the warm-up to the end of
     /// publishing, in percent of one core (with `broker_pid`).
     #[serde(default)]
@@ -114,15 +120,27 @@ pub struct LatencyReport {
 /// waiting for PUBACKs in a latency run.
 pub const GIVE_UP: Duration = Duration::from_secs(10);
 
+/// What every publisher of one run shares.
+struct Run {
+    /// Run id (in every payload).
+    id: u32,
+    /// Schedules are nanoseconds after this.
+    epoch: Instant,
+    /// Nothing is scheduled from here on.
+    end: Instant,
+    /// How long after `end` publishers keep waiting.
+    give_up: Duration,
+    /// Where publishers record when they queued each message.
+    sent: Arc<SendLog>,
+}
+
 async fn open_loop(
     mut client: Client,
     index: u32,
     cfg: Arc<LatencyConfig>,
-    run: u32,
-    epoch: Instant,
-    end: Instant,
-    give_up: Duration,
+    shared: Arc<Run>,
 ) -> Result<Outstanding, LoadgenError> {
+    let (run, epoch, end, give_up) = (shared.id, shared.epoch, shared.end, shared.give_up);
     let topic = topic(&client.id);
     let mut out = Outstanding::default();
     out.timing = Some(Timing::new(epoch + cfg.warmup)?);
@@ -150,6 +168,12 @@ async fn open_loop(
             if let Some(t) = out.timing.as_mut() {
                 t.queued(next);
             }
+            let queued = Instant::now().saturating_duration_since(epoch);
+            shared.sent.record(
+                index,
+                seq,
+                u64::try_from(queued.as_nanos()).unwrap_or(u64::MAX),
+            );
             next += interval;
         }
         if client.pending_write() > 0 {
@@ -243,6 +267,11 @@ pub async fn run_with_give_up(
     let epoch = Instant::now() + Duration::from_millis(50);
     let end = epoch + cfg.duration;
     let done = Arc::new(AtomicBool::new(false));
+    // Each device sends rate / devices messages a second; one more for the
+    // rounding of its first schedule.
+    let per_device =
+        (cfg.rate / cfg.devices as f64 * cfg.duration.as_secs_f64()).ceil() as usize + 1;
+    let sent = Arc::new(SendLog::new(cfg.devices, per_device));
     let receiver = tokio::spawn(tracking::receive(
         subscriber,
         cfg.devices,
@@ -251,6 +280,7 @@ pub async fn run_with_give_up(
             epoch,
             window_end: end,
             latency_from: Some(epoch + cfg.warmup),
+            sent: Some(Arc::clone(&sent)),
         },
         Arc::clone(&done),
         Duration::from_secs(1),
@@ -261,17 +291,20 @@ pub async fn run_with_give_up(
         epoch + cfg.warmup,
         end,
     ));
+    let shared = Arc::new(Run {
+        id: run,
+        epoch,
+        end,
+        give_up,
+        sent,
+    });
     let mut tasks = tokio::task::JoinSet::new();
     for (index, client) in clients.into_iter().enumerate() {
         let index =
             u32::try_from(index).map_err(|_| LoadgenError::Config("too many devices".into()))?;
         let cfg = Arc::clone(&cfg);
-        tasks.spawn(async move {
-            (
-                index,
-                open_loop(client, index, cfg, run, epoch, end, give_up).await,
-            )
-        });
+        let shared = Arc::clone(&shared);
+        tasks.spawn(async move { (index, open_loop(client, index, cfg, shared).await) });
     }
     let (expected, totals, errors) = collect(&mut tasks, cfg.devices).await;
     done.store(true, Ordering::Release);
@@ -306,6 +339,7 @@ pub async fn run_with_give_up(
             .as_ref()
             .filter(|_| cfg.qos == Qos::AtLeastOnce)
             .map(|t| Percentiles::of(&t.ack)),
+        transit: Some(Percentiles::of(&received.transit)),
         broker_cpu_percent,
         loadgen_cpu_percent,
         errors,

@@ -135,6 +135,7 @@ mod tests {
             },
             send_lag: None,
             ack: None,
+            transit: None,
             broker_cpu_percent: None,
             loadgen_cpu_percent: None,
             errors: Vec::new(),

@@ -2,7 +2,7 @@
 //! and record which (device, sequence) pairs arrived, how often, and when.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use mqtt5_protocol::Packet;
@@ -18,8 +18,49 @@ use crate::{LoadgenError, Qos};
 /// malformed rather than growing memory without bound.
 const MAX_SEQ: u64 = 1 << 26;
 
+/// When each message was queued for sending, as its publisher recorded it,
+/// so that the subscriber can tell a message's time in transit (receive
+/// time minus queued) from its latency (receive time minus schedule): the
+/// difference is the load generator's own lateness.
+#[derive(Debug)]
+pub struct SendLog {
+    /// Per device, per sequence number: nanoseconds after the run's epoch
+    /// plus one (zero: not recorded).
+    queued: Vec<Box<[AtomicU64]>>,
+}
+
+impl SendLog {
+    /// Room for `per_device` messages from each of `devices`.
+    pub fn new(devices: usize, per_device: usize) -> Self {
+        Self {
+            queued: (0..devices)
+                .map(|_| (0..per_device).map(|_| AtomicU64::new(0)).collect())
+                .collect(),
+        }
+    }
+
+    /// Message `seq` of `device` was queued `ns` after the epoch (ignored
+    /// beyond the log's room).
+    pub fn record(&self, device: u32, seq: u64, ns: u64) {
+        if let Some(slot) = self.slot(device, seq) {
+            slot.store(ns.saturating_add(1), Ordering::Relaxed);
+        }
+    }
+
+    /// When message `seq` of `device` was queued, if it was recorded.
+    pub fn queued_ns(&self, device: u32, seq: u64) -> Option<u64> {
+        let v = self.slot(device, seq)?.load(Ordering::Relaxed);
+        v.checked_sub(1)
+    }
+
+    fn slot(&self, device: u32, seq: u64) -> Option<&AtomicU64> {
+        let per_device = self.queued.get(usize::try_from(device).ok()?)?;
+        per_device.get(usize::try_from(seq).ok()?)
+    }
+}
+
 /// Times the subscriber measures against.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Plan {
     /// This run's id; payloads of other runs are counted as stale.
     pub run: u32,
@@ -29,6 +70,9 @@ pub struct Plan {
     pub window_end: Instant,
     /// Record latency for messages intended to be sent at or after this.
     pub latency_from: Option<Instant>,
+    /// Where the publishers record when they queued each message (open
+    /// loop): with it, time in transit is recorded too.
+    pub sent: Option<Arc<SendLog>>,
 }
 
 /// What the subscriber saw.
@@ -46,6 +90,10 @@ pub struct Received {
     pub stale: u64,
     /// Latency (receive time minus intended send time), microseconds.
     pub latency: hdrhistogram::Histogram<u64>,
+    /// Time in transit (receive time minus the time the publisher queued
+    /// it), microseconds, for the messages in `latency` whose queue time
+    /// was recorded ([`Plan::sent`]).
+    pub transit: hdrhistogram::Histogram<u64>,
 }
 
 /// Loss and duplicate counts against what publishers sent.
@@ -142,6 +190,7 @@ pub async fn receive(
         malformed: 0,
         stale: 0,
         latency: crate::latency_histogram()?,
+        transit: crate::latency_histogram()?,
     };
     let mut last_rx = Instant::now();
     loop {
@@ -197,6 +246,16 @@ pub async fn receive(
                     let us = now.saturating_duration_since(intended).as_micros();
                     let us = u64::try_from(us).unwrap_or(u64::MAX).max(1);
                     rec.latency.saturating_record(us);
+                    let queued = plan
+                        .sent
+                        .as_ref()
+                        .and_then(|log| log.queued_ns(stamp.device, stamp.seq));
+                    if let Some(ns) = queued {
+                        let queued = plan.epoch + Duration::from_nanos(ns);
+                        rec.transit.saturating_record(crate::micros(
+                            now.saturating_duration_since(queued),
+                        ));
+                    }
                 }
             }
         }
@@ -223,6 +282,7 @@ mod tests {
             malformed: 0,
             stale: 0,
             latency: crate::latency_histogram()?,
+            transit: crate::latency_histogram()?,
         };
         let expected = vec![vec![true, true, true, true], vec![true, false]];
         assert_eq!(
@@ -233,5 +293,20 @@ mod tests {
             }
         );
         Ok(())
+    }
+
+    #[test]
+    fn the_send_log_keeps_queue_times_within_its_room() {
+        let log = SendLog::new(2, 3);
+        assert_eq!(log.queued_ns(0, 0), None);
+        log.record(0, 0, 0);
+        log.record(1, 2, 1_500);
+        log.record(1, 3, 9);
+        log.record(2, 0, 9);
+        assert_eq!(log.queued_ns(0, 0), Some(0));
+        assert_eq!(log.queued_ns(1, 2), Some(1_500));
+        assert_eq!(log.queued_ns(1, 1), None);
+        assert_eq!(log.queued_ns(1, 3), None);
+        assert_eq!(log.queued_ns(2, 0), None);
     }
 }
