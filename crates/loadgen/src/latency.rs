@@ -120,6 +120,9 @@ pub struct LatencyReport {
 /// waiting for PUBACKs in a latency run.
 pub const GIVE_UP: Duration = Duration::from_secs(10);
 
+/// Most messages of one run whose queue times are kept (8 bytes each).
+const SEND_LOG_ROOM: usize = 1 << 24;
+
 /// What every publisher of one run shares.
 struct Run {
     /// Run id (in every payload).
@@ -268,9 +271,11 @@ pub async fn run_with_give_up(
     let end = epoch + cfg.duration;
     let done = Arc::new(AtomicBool::new(false));
     // Each device sends rate / devices messages a second; one more for the
-    // rounding of its first schedule.
-    let per_device =
-        (cfg.rate / cfg.devices as f64 * cfg.duration.as_secs_f64()).ceil() as usize + 1;
+    // rounding of its first schedule. Past the log's room (a very long or
+    // fast run) only the first messages count in transit.
+    let per_device = ((cfg.rate / cfg.devices as f64 * cfg.duration.as_secs_f64()).ceil() as usize)
+        .saturating_add(1)
+        .min(SEND_LOG_ROOM / cfg.devices);
     let sent = Arc::new(SendLog::new(cfg.devices, per_device));
     let receiver = tokio::spawn(tracking::receive(
         subscriber,
