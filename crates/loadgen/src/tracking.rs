@@ -43,13 +43,13 @@ impl SendLog {
     /// beyond the log's room).
     pub fn record(&self, device: u32, seq: u64, ns: u64) {
         if let Some(slot) = self.slot(device, seq) {
-            slot.store(ns.saturating_add(1), Ordering::Relaxed);
+            slot.store(ns.saturating_add(1), Ordering::Release);
         }
     }
 
     /// When message `seq` of `device` was queued, if it was recorded.
     pub fn queued_ns(&self, device: u32, seq: u64) -> Option<u64> {
-        let v = self.slot(device, seq)?.load(Ordering::Relaxed);
+        let v = self.slot(device, seq)?.load(Ordering::Acquire);
         v.checked_sub(1)
     }
 
