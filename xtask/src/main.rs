@@ -1063,11 +1063,11 @@ fn table(bench: &Bench, z: &Sizes, args: &BenchArgs) -> String {
 const LATENCY_NOTE: &str = "Latency rows: p50/p99/p99.9 are the subscriber's receive time minus \
      each message's scheduled send time. `send lag` is how late the load generator queued a \
      message against its schedule (its own timer and CPU share; a full window of 64 \
-     unacknowledged messages per device would add to it), `in transit` each message's receive \
-     time minus the time the load generator queued it (the latency without that lateness: \
-     the broker's part plus the load generator's own sending and receiving), `PUBACK` the publisher's wait for \
-     its acknowledgement (Rampart: after the commit; it delays delivery only through a full \
-     window), `broker CPU` and `load generator CPU` each process's use over the measured \
+     unacknowledged messages per device would add to it), `in transit` each message's \
+     receive time minus the time the load generator queued it (the latency without that \
+     lateness: the broker's part plus the load generator's own sending and receiving), \
+     `PUBACK` the publisher's wait for its acknowledgement (Rampart: after the commit; it \
+     delays delivery only through a full window), `broker CPU` and `load generator CPU` each process's use over the measured \
      time, in percent of one of the 2 cores the three share. `host CPU stolen` is the share of \
      the virtual machine's CPU time the hypervisor gave to other guests during the run \
      (`/proc/stat`, steal): where it is high, tails measure the neighbours as much as the \

@@ -194,10 +194,10 @@ impl Timing {
         })
     }
 
-    /// A message scheduled at `scheduled` is being queued now.
-    pub fn queued(&mut self, scheduled: Instant) {
+    /// A message scheduled at `scheduled` is being queued at `now`.
+    pub fn queued(&mut self, scheduled: Instant, now: Instant) {
         if scheduled >= self.from {
-            let lag = Instant::now().saturating_duration_since(scheduled);
+            let lag = now.saturating_duration_since(scheduled);
             self.lag.saturating_record(crate::micros(lag));
         }
     }
@@ -218,7 +218,8 @@ impl Timing {
     }
 }
 
-fn nanos_since(epoch: Instant, t: Instant) -> u64 {
+/// `t` as nanoseconds after `epoch` (a payload's time stamp).
+pub(crate) fn nanos_since(epoch: Instant, t: Instant) -> u64 {
     u64::try_from(t.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX)
 }
 
@@ -468,11 +469,11 @@ mod tests {
         let from = start + Duration::from_secs(3600);
         let mut t = Timing::new(from).expect("histograms");
         // Scheduled during the warm-up: not counted.
-        t.queued(start);
+        t.queued(start, Instant::now());
         t.acknowledged(start);
         assert_eq!((t.lag.len(), t.ack.len()), (0, 0));
         let mut measured = Timing::new(start).expect("histograms");
-        measured.queued(start);
+        measured.queued(start, Instant::now());
         measured.acknowledged(start);
         assert_eq!((measured.lag.len(), measured.ack.len()), (1, 1));
         // Every sample is at least 1 µs, so a histogram never holds zeros.

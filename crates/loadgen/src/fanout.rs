@@ -31,7 +31,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use crate::client::{Client, SessionKind, Target};
-use crate::fanin::{Outstanding, topic};
+use crate::fanin::{Outstanding, nanos_since, topic};
 use crate::payload::Stamp;
 use crate::{CertDir, LoadgenError, MqttVersion, Percentiles, Qos, tracking};
 
@@ -191,10 +191,6 @@ impl Progress {
             .min()
             .unwrap_or(u64::MAX)
     }
-}
-
-fn nanos_since(epoch: Instant, t: Instant) -> u64 {
-    u64::try_from(t.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// When the run's phases start and end.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::client::{Client, SessionKind, Target, connect_many};
-use crate::fanin::{Outstanding, Timing, collect, devices_and_subscriber, topic};
+use crate::fanin::{Outstanding, Timing, collect, devices_and_subscriber, nanos_since, topic};
 use crate::pacer::Pacer;
 use crate::payload::Stamp;
 use crate::tracking::{self, Plan, SendLog};
@@ -163,20 +163,15 @@ async fn open_loop(
                 run,
                 device: index,
                 seq,
-                intended_ns: u64::try_from(next.saturating_duration_since(epoch).as_nanos())
-                    .unwrap_or(u64::MAX),
+                intended_ns: nanos_since(epoch, next),
             };
             let p = client.publish_packet(&topic, stamp.encode(cfg.payload_size), cfg.qos, pid);
             client.queue(&p)?;
+            let queued = Instant::now();
             if let Some(t) = out.timing.as_mut() {
-                t.queued(next);
+                t.queued(next, queued);
             }
-            let queued = Instant::now().saturating_duration_since(epoch);
-            shared.sent.record(
-                index,
-                seq,
-                u64::try_from(queued.as_nanos()).unwrap_or(u64::MAX),
-            );
+            shared.sent.record(index, seq, nanos_since(epoch, queued));
             next += interval;
         }
         if client.pending_write() > 0 {
