@@ -416,8 +416,13 @@ pub struct StoreConfig {
     #[serde(with = "humantime_serde")]
     pub busy_timeout: Duration,
     /// SQLite only: how the store's writer and checkpoint threads are
-    /// scheduled (`normal`, or `idle` for Linux `SCHED_IDLE`).
+    /// scheduled (`normal`; `idle` for Linux `SCHED_IDLE`; `adaptive` for
+    /// `SCHED_IDLE` with a standby thread that takes over starved writes).
     pub writer_priority: WriterPriority,
+    /// SQLite, `adaptive` only: how long a write may wait for the idle
+    /// writer before the standby thread takes the queue over.
+    #[serde(with = "humantime_serde")]
+    pub writer_takeover_after: Duration,
 }
 
 impl Default for StoreConfig {
@@ -426,6 +431,7 @@ impl Default for StoreConfig {
             url: StoreUrl::default(),
             busy_timeout: Duration::from_secs(10),
             writer_priority: WriterPriority::Normal,
+            writer_takeover_after: rampart_store::sqlite::WRITER_TAKEOVER_AFTER,
         }
     }
 }
@@ -656,7 +662,13 @@ busy_timeout = "10s"
 # delivery latency under load, see BENCHMARKS.md); but next to a CPU-bound
 # process on the same machine storage nearly stops, and with it every
 # acknowledgement. Choose "idle" only on a host Rampart has to itself.
+# "adaptive": "idle" while the writer keeps up; when a write has waited
+# longer than writer_takeover_after (the idle writer is starved), a thread
+# with the fair share takes the writes over until CPU time is free again.
 writer_priority = "normal"
+# With "adaptive": how long a write may wait for the idle writer before
+# the fair-share thread takes over (1ms to 10s).
+writer_takeover_after = "50ms"
 
 [serve]
 # How often a running server picks up changes made by the CLI (revocations,
@@ -983,6 +995,13 @@ impl Config {
                 humantime::format_duration(self.telemetry.commit_interval)
             );
         }
+        let takeover = self.store.writer_takeover_after;
+        if takeover < Duration::from_millis(1) || takeover > MAX_WRITER_TAKEOVER_AFTER {
+            bail!(
+                "store.writer_takeover_after must be between 1ms and 10s (got {})",
+                humantime::format_duration(takeover)
+            );
+        }
         self.ota.validate()?;
         Ok(())
     }
@@ -991,6 +1010,10 @@ impl Config {
 /// Longest `telemetry.commit_interval`: beyond it devices would wait
 /// seconds for acknowledgements and resend.
 const MAX_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Longest `store.writer_takeover_after`: a starved writer would hold
+/// every acknowledgement back that long.
+const MAX_WRITER_TAKEOVER_AFTER: Duration = Duration::from_secs(10);
 
 fn parse_env_value(raw: &str) -> toml::Value {
     toml::from_str::<toml::Table>(&format!("v = {raw}"))
@@ -1093,10 +1116,27 @@ mod tests {
         let c = Config::load_with_env(None, env(&[("RAMPART_STORE__WRITER_PRIORITY", "idle")]))
             .expect("idle");
         assert_eq!(c.store.writer_priority, WriterPriority::Idle);
+        let c = Config::load_with_env(
+            None,
+            env(&[
+                ("RAMPART_STORE__WRITER_PRIORITY", "adaptive"),
+                ("RAMPART_STORE__WRITER_TAKEOVER_AFTER", "200ms"),
+            ]),
+        )
+        .expect("adaptive");
+        assert_eq!(c.store.writer_priority, WriterPriority::Adaptive);
+        assert_eq!(c.store.writer_takeover_after, Duration::from_millis(200));
         let err = Config::load_with_env(None, env(&[("RAMPART_STORE__WRITER_PRIORITY", "low")]))
             .expect_err("refused")
             .to_string();
         assert!(err.contains("store.writer_priority"), "{err}");
+        for bad in ["0s", "11s"] {
+            let err =
+                Config::load_with_env(None, env(&[("RAMPART_STORE__WRITER_TAKEOVER_AFTER", bad)]))
+                    .expect_err("refused")
+                    .to_string();
+            assert!(err.contains("store.writer_takeover_after"), "{bad}: {err}");
+        }
     }
 
     #[test]

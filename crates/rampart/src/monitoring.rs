@@ -411,6 +411,22 @@ pub(crate) fn write_rollout(m: &RolloutMetrics, t: &mut MetricsText) {
     }
 }
 
+/// The SQLite writer threads' figures (decision 0020).
+pub(crate) fn write_store(stats: rampart_store::sqlite::WriterStats, t: &mut MetricsText) {
+    t.single(
+        "rampart_store_writer_takeovers_total",
+        MetricKind::Counter,
+        "Times a write waited past store.writer_takeover_after and the fair-share thread took the SQLite writes over from the idle writer (writer_priority = \"adaptive\").",
+        stats.takeovers as f64,
+    );
+    t.single(
+        "rampart_store_writer_taken_over",
+        MetricKind::Gauge,
+        "1 while the fair-share thread runs the SQLite writes, 0 while the idle writer does.",
+        if stats.taken_over { 1.0 } else { 0.0 },
+    );
+}
+
 /// Monitoring of a running server: its parts' metrics, and the broker's
 /// readiness.
 pub(crate) fn monitoring(
@@ -471,6 +487,29 @@ mod tests {
         types.sort_unstable();
         types.dedup();
         assert_eq!(types.len(), n);
+    }
+
+    #[test]
+    fn store_writer_takeovers_and_state() {
+        let mut t = MetricsText::new();
+        write_store(
+            rampart_store::sqlite::WriterStats {
+                takeovers: 4,
+                taken_over: true,
+            },
+            &mut t,
+        );
+        let text = t.finish();
+        assert!(
+            text.contains("# TYPE rampart_store_writer_takeovers_total counter\nrampart_store_writer_takeovers_total 4\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "# TYPE rampart_store_writer_taken_over gauge\nrampart_store_writer_taken_over 1\n"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

@@ -170,6 +170,7 @@ async fn open_store(dir: &DataDir, config: &Config) -> Result<AnyStore> {
             SqliteOptions {
                 busy_timeout: config.store.busy_timeout,
                 writer_priority: config.store.writer_priority,
+                writer_takeover_after: config.store.writer_takeover_after,
                 ..SqliteOptions::default()
             },
         )?;

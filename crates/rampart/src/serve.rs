@@ -141,7 +141,15 @@ pub async fn run(g: &GlobalArgs, config: Config, args: ServeArgs) -> Result<Exit
                 control.metrics(),
                 rollout.metrics(),
             )
-            .source(move |t| crate::monitoring::write_alerts(&exposed_alerts, t)),
+            .source(move |t| crate::monitoring::write_alerts(&exposed_alerts, t))
+            .source({
+                let store = platform.store.clone();
+                move |t| {
+                    if let Some(stats) = store.writer_stats() {
+                        crate::monitoring::write_store(stats, t);
+                    }
+                }
+            }),
         )
         .with_devices(rampart_web::DeviceBackend {
             telemetry: Arc::clone(&telemetry),

@@ -41,6 +41,17 @@ impl AnyStore {
     }
 }
 
+impl AnyStore {
+    /// The SQLite writer threads' figures; `None` for PostgreSQL, whose
+    /// writes run on the server.
+    pub fn writer_stats(&self) -> Option<crate::sqlite::WriterStats> {
+        match self {
+            AnyStore::Sqlite(s) => Some(s.writer_stats()),
+            AnyStore::Postgres(_) => None,
+        }
+    }
+}
+
 impl From<SqliteStore> for AnyStore {
     fn from(s: SqliteStore) -> Self {
         AnyStore::Sqlite(s)

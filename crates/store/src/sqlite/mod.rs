@@ -36,7 +36,7 @@ use std::time::Duration;
 use crate::{AuditKey, Result, StoreError};
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 pub use staging::StagingOptions;
-pub use writer::WriterPriority;
+pub use writer::{WriterPriority, WriterStats};
 
 /// Tuning of the SQLite store.
 #[derive(Debug, Clone)]
@@ -51,6 +51,10 @@ pub struct SqliteOptions {
     pub checkpoint_interval: Option<Duration>,
     /// How the writer thread and the checkpointer are scheduled.
     pub writer_priority: WriterPriority,
+    /// Under [`WriterPriority::Adaptive`]: how long the oldest queued write
+    /// may wait before a thread at the process's policy takes the queue
+    /// over from the idle writer.
+    pub writer_takeover_after: Duration,
 }
 
 impl Default for SqliteOptions {
@@ -60,6 +64,7 @@ impl Default for SqliteOptions {
             staging: StagingOptions::default(),
             checkpoint_interval: Some(CHECKPOINT_INTERVAL),
             writer_priority: WriterPriority::Normal,
+            writer_takeover_after: WRITER_TAKEOVER_AFTER,
         }
     }
 }
@@ -112,6 +117,13 @@ const WAL_AUTOCHECKPOINT_PAGES: i64 = 8192;
 /// How often the background checkpointer runs by default: at 10,000
 /// messages/s about a thousand frames each time.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
+/// How long a write may wait for the idle writer before the standby
+/// thread takes the queue over, by default: a few group-commit intervals
+/// and fsyncs, so that a busy moment of the broker's own threads rarely
+/// counts as starvation, and short enough that a CPU-bound neighbour
+/// delays acknowledgements by a fraction of a second once, not for as long
+/// as it runs.
+pub const WRITER_TAKEOVER_AFTER: Duration = Duration::from_millis(50);
 /// Bytes of the database file mapped into memory for reads.
 const MMAP_BYTES: i64 = 1 << 30;
 
@@ -131,7 +143,8 @@ impl SqliteStore {
             .checkpoint_interval
             .map(|every| checkpoint::Checkpointer::start(path, every, options.writer_priority))
             .transpose()?;
-        let writer_thread = writer::WriterThread::start(options.writer_priority)?;
+        let writer_thread =
+            writer::WriterThread::start(options.writer_priority, options.writer_takeover_after)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 _checkpointer: checkpointer,
@@ -150,6 +163,12 @@ impl SqliteStore {
     /// Path of the database file.
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// What the writer threads have done (takeovers of the queue under
+    /// [`WriterPriority::Adaptive`]).
+    pub fn writer_stats(&self) -> WriterStats {
+        self.inner.writer_thread.stats()
     }
 
     /// Runs `f` in an immediate write transaction on the writer thread.

@@ -8,9 +8,21 @@
 //! cannot take one: its threads also run `tokio::fs`, DNS and archive work,
 //! and an unprivileged thread cannot leave `SCHED_IDLE` once it is there.
 //! Reads stay on the blocking pool, at the process's priority.
+//!
+//! Under [`WriterPriority::Adaptive`] a second thread, `sqlite-standby`,
+//! keeps the process's policy and watches the queue. When the oldest
+//! queued job has waited longer than the takeover bound (the `SCHED_IDLE`
+//! writer is starved, or stuck in a long job), it takes the queue over
+//! and runs the jobs itself, still one at a time and in order, after the
+//! job in progress, which cannot move between threads. The idle writer
+//! takes no job while the queue is taken over; it wakes every few bounds
+//! and hands the queue back when it was scheduled on time, i.e. when CPU
+//! time is free again (decision 0020).
 
+use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use crate::{Result, StoreError};
 
@@ -29,34 +41,138 @@ pub enum WriterPriority {
     /// process storage nearly stops, and with it every acknowledgement
     /// (publishers are held back, nothing is lost).
     Idle,
+    /// `SCHED_IDLE` while the writer keeps up, and a thread at the
+    /// process's policy that takes the queue over when a write has waited
+    /// longer than the takeover bound: `Idle`'s delivery latency, with
+    /// storage never starved for longer than the bound plus the one
+    /// transaction in progress.
+    Adaptive,
+}
+
+/// What the writer threads have done, for `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Times the standby thread took the queue over from the idle writer.
+    pub takeovers: u64,
+    /// Whether the standby thread holds the queue now.
+    pub taken_over: bool,
 }
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// The writer thread's queue. Dropping it lets the thread finish the jobs
-/// already queued and end; nothing joins it, because the last reference to
-/// the store may be dropped by a job on that very thread.
+/// A job and when it was queued.
+struct Queued {
+    at: Instant,
+    job: Job,
+}
+
+/// The queue and who may run it, behind one lock.
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Queued>,
+    /// A job is running (on either thread). Jobs run one at a time, in the
+    /// order queued, whichever thread runs them.
+    busy: bool,
+    /// The standby thread runs the queue; the idle writer takes no job.
+    taken_over: bool,
+    /// The standby thread sleeps until a job is queued (the queue was
+    /// empty when it last looked).
+    standby_parked: bool,
+    /// The store is dropped: finish what is queued, then end.
+    closed: bool,
+    takeovers: u64,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Wakes `sqlite-writer`: a job was queued, or the store closed.
+    writer: Condvar,
+    /// Wakes `sqlite-standby`: a job was queued or ended, the queue was
+    /// handed back, or the store closed.
+    standby: Condvar,
+    /// How long the oldest queued job may wait before the standby thread
+    /// takes the queue over.
+    takeover_after: Duration,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Jobs run outside the lock and their panics are caught, so a
+        // poisoned lock would only mean a panic in this module's own few
+        // lines; the state is still consistent then.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `job` outside the lock, marking the queue busy meanwhile.
+    fn run<'a>(&'a self, mut state: MutexGuard<'a, State>, job: Job) -> MutexGuard<'a, State> {
+        state.busy = true;
+        drop(state);
+        job();
+        let mut state = self.lock();
+        state.busy = false;
+        // Whoever holds the queue now may be waiting for this job to end:
+        // the queue may have been taken over, or handed back, meanwhile.
+        if state.taken_over {
+            self.standby.notify_one();
+        } else if !state.queue.is_empty() {
+            self.writer.notify_one();
+        }
+        state
+    }
+
+    /// How often the idle writer checks whether it may have the queue
+    /// back, and how late it may wake to get it.
+    fn probe(&self) -> (Duration, Duration) {
+        (self.takeover_after * 4, self.takeover_after / 8)
+    }
+}
+
+/// The writer thread's queue (and, under [`WriterPriority::Adaptive`], the
+/// standby thread's). Dropping it lets the threads finish the jobs already
+/// queued and end; nothing joins them, because the last reference to the
+/// store may be dropped by a job on one of them.
 pub(super) struct WriterThread {
-    jobs: mpsc::Sender<Job>,
+    shared: Arc<Shared>,
 }
 
 impl WriterThread {
-    /// Starts the thread, applying `priority` to it first.
-    pub(super) fn start(priority: WriterPriority) -> Result<Self> {
-        let (jobs, queue) = mpsc::channel::<Job>();
-        std::thread::Builder::new()
-            .name("sqlite-writer".into())
-            .spawn(move || {
+    /// Starts the thread(s), applying `priority` first. `takeover_after`
+    /// matters under [`WriterPriority::Adaptive`] only.
+    pub(super) fn start(priority: WriterPriority, takeover_after: Duration) -> Result<Self> {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            writer: Condvar::new(),
+            standby: Condvar::new(),
+            takeover_after: takeover_after.max(Duration::from_millis(1)),
+        });
+        let this = Self {
+            shared: Arc::clone(&shared),
+        };
+        let spawn = |name: &str, body: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(body)
+                .map(drop)
+                .map_err(|e| StoreError::Database(Box::new(e)))
+        };
+        if priority == WriterPriority::Adaptive {
+            let standby = Arc::clone(&shared);
+            spawn("sqlite-standby", Box::new(move || standby_loop(&standby)))?;
+        }
+        // On an error from here on, dropping `this` closes the queue and
+        // ends the standby thread.
+        let writer = Arc::clone(&shared);
+        spawn(
+            "sqlite-writer",
+            Box::new(move || {
                 apply(priority, "sqlite-writer");
-                while let Ok(job) = queue.recv() {
-                    job();
-                }
-            })
-            .map_err(|e| StoreError::Database(Box::new(e)))?;
-        Ok(Self { jobs })
+                writer_loop(&writer, priority == WriterPriority::Adaptive);
+            }),
+        )?;
+        Ok(this)
     }
 
-    /// Runs `f` on the writer thread and waits for its result. A panic in
+    /// Runs `f` on a writer thread and waits for its result. A panic in
     /// `f` is an error of this call; the thread goes on with the next job.
     pub(super) async fn run<T: Send + 'static>(
         &self,
@@ -76,13 +192,134 @@ impl WriterThread {
             });
             let _ = answer.send(out);
         });
-        self.jobs.send(job).map_err(|_| stopped())?;
+        self.submit(job);
         answered.await.map_err(|_| stopped())?
+    }
+
+    fn submit(&self, job: Job) {
+        let mut state = self.shared.lock();
+        state.queue.push_back(Queued {
+            at: Instant::now(),
+            job,
+        });
+        if state.taken_over {
+            self.shared.standby.notify_one();
+        } else {
+            self.shared.writer.notify_one();
+            if state.standby_parked {
+                state.standby_parked = false;
+                self.shared.standby.notify_one();
+            }
+        }
+    }
+
+    /// Takeovers so far, and whether the queue is taken over now.
+    pub(super) fn stats(&self) -> WriterStats {
+        let state = self.shared.lock();
+        WriterStats {
+            takeovers: state.takeovers,
+            taken_over: state.taken_over,
+        }
+    }
+}
+
+impl Drop for WriterThread {
+    fn drop(&mut self) {
+        self.shared.lock().closed = true;
+        self.shared.writer.notify_all();
+        self.shared.standby.notify_all();
     }
 }
 
 fn stopped() -> StoreError {
     StoreError::Database("the store's writer thread has stopped".into())
+}
+
+/// `sqlite-writer`: runs the queue unless it is taken over; then, if
+/// `adaptive`, probes every few bounds whether it is scheduled on time
+/// and takes the queue back when it is.
+fn writer_loop(shared: &Shared, adaptive: bool) {
+    let (probe_every, on_time) = shared.probe();
+    let mut state = shared.lock();
+    loop {
+        if !state.taken_over
+            && !state.busy
+            && let Some(next) = state.queue.pop_front()
+        {
+            state = shared.run(state, next.job);
+            continue;
+        }
+        if state.closed && state.queue.is_empty() {
+            return;
+        }
+        if !(adaptive && state.taken_over) {
+            state = shared
+                .writer
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+            continue;
+        }
+        let due = Instant::now() + probe_every;
+        state = match shared.writer.wait_timeout(state, probe_every) {
+            Ok((s, _)) => s,
+            Err(poisoned) => poisoned.into_inner().0,
+        };
+        let late = Instant::now().checked_duration_since(due);
+        if state.taken_over && late.is_some_and(|late| late <= on_time) {
+            state.taken_over = false;
+            tracing::debug!("the idle store writer has the queue back");
+            shared.standby.notify_one();
+        }
+    }
+}
+
+/// `sqlite-standby` (adaptive only): takes the queue over when its oldest
+/// job has waited longer than the bound, runs it while taken over.
+fn standby_loop(shared: &Shared) {
+    let mut state = shared.lock();
+    loop {
+        if state.closed && state.queue.is_empty() {
+            return;
+        }
+        if state.taken_over {
+            if !state.busy
+                && let Some(next) = state.queue.pop_front()
+            {
+                state = shared.run(state, next.job);
+                continue;
+            }
+            state = shared
+                .standby
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+            continue;
+        }
+        let Some(waited) = state.queue.front().map(|q| q.at.elapsed()) else {
+            state.standby_parked = true;
+            state = shared
+                .standby
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+            state.standby_parked = false;
+            continue;
+        };
+        if waited >= shared.takeover_after {
+            state.taken_over = true;
+            state.takeovers += 1;
+            tracing::debug!(
+                waited_ms = waited.as_millis() as u64,
+                "a store write waited past the takeover bound; the standby writer takes the queue over"
+            );
+            continue;
+        }
+        state = match shared
+            .standby
+            .wait_timeout(state, shared.takeover_after - waited)
+        {
+            Ok((s, _)) => s,
+            Err(poisoned) => poisoned.into_inner().0,
+        };
+    }
 }
 
 /// Applies `priority` to the calling thread; a failure is logged, and the
@@ -118,6 +355,32 @@ fn set_idle() -> std::result::Result<(), String> {
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// A takeover bound short enough for tests.
+    const BOUND: Duration = Duration::from_millis(20);
+    /// How long a test waits for something that should happen within a
+    /// few bounds (generous: the test binary's other tests share the CPUs).
+    const PATIENCE: Duration = Duration::from_secs(60);
+
+    /// Polls `done` every few milliseconds until it holds or `PATIENCE` ran
+    /// out; whether it held.
+    async fn eventually(mut done: impl FnMut() -> bool) -> bool {
+        let give_up = Instant::now() + PATIENCE;
+        while Instant::now() < give_up {
+            if done() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        done()
+    }
+
+    /// The name and policy of the thread a job ran on.
+    fn whereabouts() -> Result<(String, u32)> {
+        let name = std::thread::current().name().unwrap_or("").to_owned();
+        Ok((name, own_policy()?))
+    }
 
     /// The scheduling policy of the calling thread: field 41 of
     /// `/proc/thread-self/stat` (proc(5)); 5 is `SCHED_IDLE`.
@@ -135,8 +398,8 @@ mod tests {
 
     #[tokio::test]
     async fn jobs_run_on_the_writer_thread_with_its_policy() {
-        let normal = WriterThread::start(WriterPriority::Normal).expect("start");
-        let idle = WriterThread::start(WriterPriority::Idle).expect("start");
+        let normal = WriterThread::start(WriterPriority::Normal, BOUND).expect("start");
+        let idle = WriterThread::start(WriterPriority::Idle, BOUND).expect("start");
         let here = own_policy().expect("policy");
         let name = || Ok(std::thread::current().name().map(str::to_owned));
         assert_eq!(
@@ -151,12 +414,145 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_job_is_an_error_and_the_thread_goes_on() {
-        let writer = WriterThread::start(WriterPriority::Normal).expect("start");
+        let writer = WriterThread::start(WriterPriority::Normal, BOUND).expect("start");
         let failed = writer
             .run(|| -> Result<()> { panic!("boom") })
             .await
             .expect_err("a panic is an error");
         assert!(failed.to_string().contains("boom"), "{failed}");
         assert_eq!(writer.run(|| Ok(7)).await.expect("next job runs"), 7);
+    }
+
+    #[tokio::test]
+    async fn adaptive_runs_jobs_on_the_idle_writer_while_it_keeps_up() {
+        let adaptive = WriterThread::start(WriterPriority::Adaptive, PATIENCE).expect("start");
+        for _ in 0..3 {
+            let (name, policy) = adaptive.run(whereabouts).await.expect("run");
+            assert_eq!((name.as_str(), policy), ("sqlite-writer", 5));
+        }
+        assert_eq!(adaptive.stats(), WriterStats::default());
+    }
+
+    #[tokio::test]
+    async fn a_job_left_waiting_past_the_bound_is_taken_over_in_order_and_handed_back() {
+        let here = own_policy().expect("policy");
+        let writer = Arc::new(WriterThread::start(WriterPriority::Adaptive, BOUND).expect("start"));
+        // A job in progress on the idle writer that does not end until the
+        // test says so: what a starved transaction looks like to the queue.
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let (started, running) = tokio::sync::oneshot::channel();
+        let blocker = tokio::spawn({
+            let writer = Arc::clone(&writer);
+            async move {
+                writer
+                    .run(move || {
+                        let _ = started.send(());
+                        let _ = held.recv();
+                        whereabouts()
+                    })
+                    .await
+            }
+        });
+        running.await.expect("the first job started");
+        // Three jobs queued behind it, each noting where and in which
+        // order it ran.
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let queued: Vec<_> = (0..3)
+            .map(|i| {
+                let writer = Arc::clone(&writer);
+                let order = Arc::clone(&order);
+                tokio::spawn(async move {
+                    writer
+                        .run(move || {
+                            order.lock().expect("order").push(i);
+                            whereabouts()
+                        })
+                        .await
+                })
+            })
+            .collect();
+        assert!(
+            eventually(|| writer.stats().taken_over).await,
+            "the standby thread took the queue over"
+        );
+        // Nothing overtakes the job in progress.
+        assert!(order.lock().expect("order").is_empty());
+        release.send(()).expect("release the first job");
+        let (name, policy) = blocker.await.expect("join").expect("first job");
+        assert_eq!((name.as_str(), policy), ("sqlite-writer", 5));
+        for job in queued {
+            let (name, policy) = job.await.expect("join").expect("queued job");
+            assert_eq!((name.as_str(), policy), ("sqlite-standby", here));
+        }
+        assert_eq!(*order.lock().expect("order"), vec![0, 1, 2]);
+        assert_eq!(writer.stats().takeovers, 1);
+        // The idle writer, scheduled on time again, takes the queue back.
+        assert!(
+            eventually(|| !writer.stats().taken_over).await,
+            "the idle writer took the queue back"
+        );
+        let (name, policy) = writer.run(whereabouts).await.expect("run");
+        assert_eq!((name.as_str(), policy), ("sqlite-writer", 5));
+    }
+
+    /// Busy threads at the process's policy on every CPU: where the kernel
+    /// starves the `SCHED_IDLE` writer, the standby thread steps in; either
+    /// way the writes go on, in order.
+    #[tokio::test]
+    async fn writes_go_on_while_busy_threads_hold_every_cpu() {
+        let stop = Arc::new(AtomicBool::new(false));
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let give_up = Instant::now() + PATIENCE;
+        let hogs: Vec<_> = (0..2 * cpus)
+            .map(|_| {
+                let stop = Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    let mut spins = 0u64;
+                    while !stop.load(Ordering::Relaxed) && Instant::now() < give_up {
+                        spins = std::hint::black_box(spins.wrapping_add(1));
+                    }
+                })
+            })
+            .collect();
+        let writer = Arc::new(WriterThread::start(WriterPriority::Adaptive, BOUND).expect("start"));
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let writes: Vec<_> = (0..50)
+            .map(|i| {
+                let writer = Arc::clone(&writer);
+                let order = Arc::clone(&order);
+                tokio::spawn(async move {
+                    writer
+                        .run(move || {
+                            order.lock().expect("order").push(i);
+                            whereabouts()
+                        })
+                        .await
+                })
+            })
+            .collect();
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        let mut ran_on = Vec::new();
+        for write in writes {
+            match tokio::time::timeout_at(deadline, write).await {
+                Ok(done) => ran_on.push(done.expect("join").expect("write").0),
+                Err(_) => break,
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        for hog in hogs {
+            hog.join().expect("hog");
+        }
+        assert_eq!(
+            ran_on.len(),
+            50,
+            "every write ended while the CPUs were busy"
+        );
+        assert!(
+            ran_on
+                .iter()
+                .all(|name| name == "sqlite-writer" || name == "sqlite-standby"),
+            "{ran_on:?}"
+        );
+        assert_eq!(*order.lock().expect("order"), (0..50).collect::<Vec<_>>());
     }
 }
