@@ -1110,7 +1110,7 @@ mod tests {
     }
 
     #[test]
-    fn the_writer_priority_is_normal_unless_idle_is_asked_for() {
+    fn the_writer_priority_is_normal_unless_another_is_asked_for() {
         let c = Config::load_with_env(None, env(&[])).expect("defaults");
         assert_eq!(c.store.writer_priority, WriterPriority::Normal);
         let c = Config::load_with_env(None, env(&[("RAMPART_STORE__WRITER_PRIORITY", "idle")]))

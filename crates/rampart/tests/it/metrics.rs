@@ -66,6 +66,9 @@ fn a_published_message_moves_the_counters_scraped_on_the_metrics_address() {
     assert_eq!(status, 200, "{before}");
     assert!(before.contains("# TYPE rampart_broker_messages_received_total counter"));
     assert!(before.contains("# TYPE rampart_http_responses_total counter"));
+    // The SQLite writer's figures (decision 0020).
+    assert!(before.contains("# TYPE rampart_store_writer_takeovers_total counter"));
+    assert!(before.contains("# TYPE rampart_store_writer_taken_over gauge"));
     let received = "rampart_broker_messages_received_total{qos=\"1\"}";
     let stored = "rampart_ingest_readings_stored_total";
     assert_eq!(sample(&before, received), 0.0);
