@@ -310,6 +310,9 @@ fn standby_loop(shared: &Shared) {
                 waited_ms = waited.as_millis() as u64,
                 "a store write waited past the takeover bound; the standby writer takes the queue over"
             );
+            // The idle writer has been woken for the waiting job already;
+            // one more wake-up makes sure it starts probing once it runs.
+            shared.writer.notify_one();
             continue;
         }
         state = match shared
