@@ -49,7 +49,10 @@ pub struct SqliteOptions {
     /// the writer's commits do not stall on whole checkpoints (see
     /// `checkpoint.rs`); `None` leaves checkpoints to the writer alone.
     pub checkpoint_interval: Option<Duration>,
-    /// How the writer thread and the checkpointer are scheduled.
+    /// How the writer thread and the checkpointer are scheduled. The
+    /// library's default is [`WriterPriority::Normal`], which changes no
+    /// thread's policy; `rampart serve` runs [`WriterPriority::Adaptive`]
+    /// unless `store.writer_priority` says otherwise (decision 0020).
     pub writer_priority: WriterPriority,
     /// Under [`WriterPriority::Adaptive`]: how long the oldest queued write
     /// may wait before a thread at the process's policy takes the queue
