@@ -103,6 +103,24 @@ impl Shared {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Waits on `wake` (one of this state's condition variables).
+    fn wait<'a>(&'a self, wake: &Condvar, state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        wake.wait(state).unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits on `wake` for at most `limit`.
+    fn wait_at_most<'a>(
+        &'a self,
+        wake: &Condvar,
+        state: MutexGuard<'a, State>,
+        limit: Duration,
+    ) -> MutexGuard<'a, State> {
+        match wake.wait_timeout(state, limit) {
+            Ok((state, _)) => state,
+            Err(poisoned) => poisoned.into_inner().0,
+        }
+    }
+
     /// Runs `job` outside the lock, marking the queue busy meanwhile.
     fn run<'a>(&'a self, mut state: MutexGuard<'a, State>, job: Job) -> MutexGuard<'a, State> {
         state.busy = true;
@@ -253,17 +271,11 @@ fn writer_loop(shared: &Shared, adaptive: bool) {
             return;
         }
         if !(adaptive && state.taken_over) {
-            state = shared
-                .writer
-                .wait(state)
-                .unwrap_or_else(PoisonError::into_inner);
+            state = shared.wait(&shared.writer, state);
             continue;
         }
         let due = Instant::now() + probe_every;
-        state = match shared.writer.wait_timeout(state, probe_every) {
-            Ok((s, _)) => s,
-            Err(poisoned) => poisoned.into_inner().0,
-        };
+        state = shared.wait_at_most(&shared.writer, state, probe_every);
         let late = Instant::now().checked_duration_since(due);
         if state.taken_over && late.is_some_and(|late| late <= on_time) {
             state.taken_over = false;
@@ -288,18 +300,12 @@ fn standby_loop(shared: &Shared) {
                 state = shared.run(state, next.job);
                 continue;
             }
-            state = shared
-                .standby
-                .wait(state)
-                .unwrap_or_else(PoisonError::into_inner);
+            state = shared.wait(&shared.standby, state);
             continue;
         }
         let Some(waited) = state.queue.front().map(|q| q.at.elapsed()) else {
             state.standby_parked = true;
-            state = shared
-                .standby
-                .wait(state)
-                .unwrap_or_else(PoisonError::into_inner);
+            state = shared.wait(&shared.standby, state);
             state.standby_parked = false;
             continue;
         };
@@ -315,13 +321,7 @@ fn standby_loop(shared: &Shared) {
             shared.writer.notify_one();
             continue;
         }
-        state = match shared
-            .standby
-            .wait_timeout(state, shared.takeover_after - waited)
-        {
-            Ok((s, _)) => s,
-            Err(poisoned) => poisoned.into_inner().0,
-        };
+        state = shared.wait_at_most(&shared.standby, state, shared.takeover_after - waited);
     }
 }
 
@@ -363,13 +363,15 @@ mod tests {
     /// A takeover bound short enough for tests.
     const BOUND: Duration = Duration::from_millis(20);
     /// How long a test waits for something that should happen within a
-    /// few bounds (generous: the test binary's other tests share the CPUs).
-    const PATIENCE: Duration = Duration::from_secs(60);
+    /// few bounds: the project's test wait limit (`RAMPART_TEST_WAIT_SECS`).
+    fn patience() -> Duration {
+        rampart_test_support::wait_limit()
+    }
 
-    /// Polls `done` every few milliseconds until it holds or `PATIENCE` ran
+    /// Polls `done` every few milliseconds until it holds or the wait limit ran
     /// out; whether it held.
     async fn eventually(mut done: impl FnMut() -> bool) -> bool {
-        let give_up = Instant::now() + PATIENCE;
+        let give_up = Instant::now() + patience();
         while Instant::now() < give_up {
             if done() {
                 return true;
@@ -428,7 +430,7 @@ mod tests {
 
     #[tokio::test]
     async fn adaptive_runs_jobs_on_the_idle_writer_while_it_keeps_up() {
-        let adaptive = WriterThread::start(WriterPriority::Adaptive, PATIENCE).expect("start");
+        let adaptive = WriterThread::start(WriterPriority::Adaptive, patience()).expect("start");
         for _ in 0..3 {
             let (name, policy) = adaptive.run(whereabouts).await.expect("run");
             assert_eq!((name.as_str(), policy), ("sqlite-writer", 5));
@@ -497,7 +499,7 @@ mod tests {
         // and runs the next job. (On a loaded machine it may be slow to
         // pick that job up, and the standby rightly steps in again: then
         // the next hand-back is awaited.)
-        let give_up = Instant::now() + PATIENCE;
+        let give_up = Instant::now() + patience();
         let mut ran_on = Vec::new();
         loop {
             assert!(
@@ -524,7 +526,7 @@ mod tests {
     async fn writes_go_on_while_busy_threads_hold_every_cpu() {
         let stop = Arc::new(AtomicBool::new(false));
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let give_up = Instant::now() + PATIENCE;
+        let give_up = Instant::now() + patience();
         let busy = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let hogs: Vec<_> = (0..2 * cpus)
             .map(|_| {
@@ -549,7 +551,7 @@ mod tests {
         let writer = WriterThread::start(WriterPriority::Adaptive, BOUND).expect("start");
         let all_busy = eventually(|| busy.load(Ordering::Relaxed) == hogs.len()).await;
         // One write at a time, so that each needs the writer woken afresh.
-        let deadline = Instant::now() + PATIENCE;
+        let deadline = Instant::now() + patience();
         let mut ran_on = Vec::new();
         while ran_on.len() < 50 && Instant::now() < deadline {
             let seq = ran_on.len();
