@@ -277,27 +277,6 @@ impl Step {
     }
 }
 
-/// Lets the tasks already runnable on this worker run first, once. Used
-/// when deliveries wake a connection: the other publishers' tasks queued
-/// behind it route theirs too, and all of them leave in one write instead
-/// of one TLS record and system call each. A task that wakes itself is
-/// queued behind the runnable ones (not deferred to the next poll of the
-/// I/O driver, as `tokio::task::yield_now` is), so with nothing else
-/// runnable it goes on at once.
-async fn yield_to_runnable() {
-    let mut yielded = false;
-    std::future::poll_fn(|cx| {
-        if yielded {
-            std::task::Poll::Ready(())
-        } else {
-            yielded = true;
-            cx.waker().wake_by_ref();
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-}
-
 /// Most publishes offered to the pipeline together from one connection.
 const MAX_PIPELINED: usize = 64;
 
@@ -844,13 +823,21 @@ impl Connection {
                     .filter(|_| waiting)
                     .map(|step| Box::pin(step.resolve())),
             );
-            let delivery = tokio::select! {
+            // A delivery wakes the task through `session.wake`, and the
+            // task writes it as soon as it is polled. It does not yield
+            // first to gather other publishers' deliveries into one write:
+            // a task that wakes itself is queued with a wake-up of the
+            // parked worker, a cross-CPU hand-off on most messages, which
+            // at 3,000 msg/s doubled the median time in transit and cost a
+            // quarter of the workers' CPU, and saved nothing at higher
+            // rates (BENCHMARKS.md, "No yield before a delivery").
+            tokio::select! {
                 biased;
                 _ = control.kick.cancelled() => {
                     return End::Reason(control.reason().unwrap_or(DisconnectReason::Disabled));
                 }
                 _ = shutdown.cancelled() => return End::Reason(DisconnectReason::ServerShutdown),
-                _ = head, if waiting => false,
+                _ = head, if waiting => {}
                 read = read, if may_read => {
                     match read {
                         Ok(0) | Err(_) => return End::Reason(DisconnectReason::ConnectionLost),
@@ -863,16 +850,12 @@ impl Connection {
                         }
                         Ok(_) => {}
                     }
-                    false
                 }
-                _ = session.wake.notified() => true,
+                _ = session.wake.notified() => {}
                 _ = ka => {
                     Metrics::inc(&self.broker.metrics.keepalive_timeouts);
                     return End::Reason(DisconnectReason::KeepaliveTimeout);
                 }
-            };
-            if delivery {
-                yield_to_runnable().await;
             }
         }
     }
@@ -1938,42 +1921,5 @@ mod tests {
         // The bound holds for dev builds (the largest layouts); before the
         // boxing of rare steps the task took 5,080 bytes there.
         assert!(size <= 4096, "the connection task takes {size} bytes");
-    }
-
-    /// A connection woken by deliveries lets the tasks already runnable go
-    /// first (and so gathers their deliveries into one write), on either
-    /// kind of runtime; without the yield it would write before them.
-    #[test]
-    fn a_woken_connection_lets_runnable_tasks_go_first() {
-        let runtimes = [
-            tokio::runtime::Builder::new_current_thread().build(),
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .build(),
-        ];
-        for rt in runtimes {
-            let rt = rt.expect("runtime");
-            let order = Arc::new(std::sync::Mutex::new(Vec::new()));
-            let log = Arc::clone(&order);
-            rt.block_on(async move {
-                tokio::spawn(async move {
-                    let note = |what| log.lock().expect("log").push(what);
-                    let other = tokio::spawn({
-                        let log = Arc::clone(&log);
-                        async move { log.lock().expect("log").push("other task") }
-                    });
-                    note("woken");
-                    yield_to_runnable().await;
-                    note("writes");
-                    other.await.expect("other task");
-                })
-                .await
-                .expect("task");
-            });
-            assert_eq!(
-                *order.lock().expect("log"),
-                ["woken", "other task", "writes"]
-            );
-        }
     }
 }
