@@ -827,10 +827,10 @@ impl Connection {
             // task writes it as soon as it is polled. It does not yield
             // first to gather other publishers' deliveries into one write:
             // a task that wakes itself is queued with a wake-up of the
-            // parked worker, a cross-CPU hand-off on most messages, which
-            // at 3,000 msg/s doubled the median time in transit and cost a
-            // quarter of the workers' CPU, and saved nothing at higher
-            // rates (BENCHMARKS.md, "No yield before a delivery").
+            // parked worker, often a cross-CPU hand-off, which at 3,000
+            // msg/s doubled the median time in transit and cost a quarter
+            // of the workers' CPU, and saved nothing at higher rates
+            // (BENCHMARKS.md, "No yield before a delivery").
             tokio::select! {
                 biased;
                 _ = control.kick.cancelled() => {
