@@ -103,24 +103,6 @@ impl Shared {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Waits on `wake` (one of this state's condition variables).
-    fn wait<'a>(&'a self, wake: &Condvar, state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
-        wake.wait(state).unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Waits on `wake` for at most `limit`.
-    fn wait_at_most<'a>(
-        &'a self,
-        wake: &Condvar,
-        state: MutexGuard<'a, State>,
-        limit: Duration,
-    ) -> MutexGuard<'a, State> {
-        match wake.wait_timeout(state, limit) {
-            Ok((state, _)) => state,
-            Err(poisoned) => poisoned.into_inner().0,
-        }
-    }
-
     /// Runs `job` outside the lock, marking the queue busy meanwhile.
     fn run<'a>(&'a self, mut state: MutexGuard<'a, State>, job: Job) -> MutexGuard<'a, State> {
         state.busy = true;
@@ -253,6 +235,23 @@ fn stopped() -> StoreError {
     StoreError::Database("the store's writer thread has stopped".into())
 }
 
+/// Waits on `wake` (one of the queue's condition variables).
+fn wait<'a>(wake: &Condvar, state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+    wake.wait(state).unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Waits on `wake` for at most `limit`.
+fn wait_at_most<'a>(
+    wake: &Condvar,
+    state: MutexGuard<'a, State>,
+    limit: Duration,
+) -> MutexGuard<'a, State> {
+    match wake.wait_timeout(state, limit) {
+        Ok((state, _)) => state,
+        Err(poisoned) => poisoned.into_inner().0,
+    }
+}
+
 /// `sqlite-writer`: runs the queue unless it is taken over; then, if
 /// `adaptive`, probes every few bounds whether it is scheduled on time
 /// and takes the queue back when it is.
@@ -271,11 +270,11 @@ fn writer_loop(shared: &Shared, adaptive: bool) {
             return;
         }
         if !(adaptive && state.taken_over) {
-            state = shared.wait(&shared.writer, state);
+            state = wait(&shared.writer, state);
             continue;
         }
         let due = Instant::now() + probe_every;
-        state = shared.wait_at_most(&shared.writer, state, probe_every);
+        state = wait_at_most(&shared.writer, state, probe_every);
         let late = Instant::now().checked_duration_since(due);
         if state.taken_over && late.is_some_and(|late| late <= on_time) {
             state.taken_over = false;
@@ -300,12 +299,12 @@ fn standby_loop(shared: &Shared) {
                 state = shared.run(state, next.job);
                 continue;
             }
-            state = shared.wait(&shared.standby, state);
+            state = wait(&shared.standby, state);
             continue;
         }
         let Some(waited) = state.queue.front().map(|q| q.at.elapsed()) else {
             state.standby_parked = true;
-            state = shared.wait(&shared.standby, state);
+            state = wait(&shared.standby, state);
             state.standby_parked = false;
             continue;
         };
@@ -321,7 +320,7 @@ fn standby_loop(shared: &Shared) {
             shared.writer.notify_one();
             continue;
         }
-        state = shared.wait_at_most(&shared.standby, state, shared.takeover_after - waited);
+        state = wait_at_most(&shared.standby, state, shared.takeover_after - waited);
     }
 }
 
@@ -358,20 +357,16 @@ fn set_idle() -> std::result::Result<(), String> {
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
+    use rampart_test_support::wait_limit;
     use std::sync::atomic::{AtomicBool, Ordering};
 
     /// A takeover bound short enough for tests.
     const BOUND: Duration = Duration::from_millis(20);
-    /// How long a test waits for something that should happen within a
-    /// few bounds: the project's test wait limit (`RAMPART_TEST_WAIT_SECS`).
-    fn patience() -> Duration {
-        rampart_test_support::wait_limit()
-    }
 
-    /// Polls `done` every few milliseconds until it holds or the wait limit ran
-    /// out; whether it held.
+    /// Polls `done` every few milliseconds until it holds or the project's
+    /// test wait limit (`RAMPART_TEST_WAIT_SECS`) ran out; whether it held.
     async fn eventually(mut done: impl FnMut() -> bool) -> bool {
-        let give_up = Instant::now() + patience();
+        let give_up = Instant::now() + wait_limit();
         while Instant::now() < give_up {
             if done() {
                 return true;
@@ -430,7 +425,7 @@ mod tests {
 
     #[tokio::test]
     async fn adaptive_runs_jobs_on_the_idle_writer_while_it_keeps_up() {
-        let adaptive = WriterThread::start(WriterPriority::Adaptive, patience()).expect("start");
+        let adaptive = WriterThread::start(WriterPriority::Adaptive, wait_limit()).expect("start");
         for _ in 0..3 {
             let (name, policy) = adaptive.run(whereabouts).await.expect("run");
             assert_eq!((name.as_str(), policy), ("sqlite-writer", 5));
@@ -499,7 +494,7 @@ mod tests {
         // and runs the next job. (On a loaded machine it may be slow to
         // pick that job up, and the standby rightly steps in again: then
         // the next hand-back is awaited.)
-        let give_up = Instant::now() + patience();
+        let give_up = Instant::now() + wait_limit();
         let mut ran_on = Vec::new();
         loop {
             assert!(
@@ -526,7 +521,7 @@ mod tests {
     async fn writes_go_on_while_busy_threads_hold_every_cpu() {
         let stop = Arc::new(AtomicBool::new(false));
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let give_up = Instant::now() + patience();
+        let give_up = Instant::now() + wait_limit();
         let busy = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let hogs: Vec<_> = (0..2 * cpus)
             .map(|_| {
@@ -551,7 +546,7 @@ mod tests {
         let writer = WriterThread::start(WriterPriority::Adaptive, BOUND).expect("start");
         let all_busy = eventually(|| busy.load(Ordering::Relaxed) == hogs.len()).await;
         // One write at a time, so that each needs the writer woken afresh.
-        let deadline = Instant::now() + patience();
+        let deadline = Instant::now() + wait_limit();
         let mut ran_on = Vec::new();
         while ran_on.len() < 50 && Instant::now() < deadline {
             let seq = ran_on.len();

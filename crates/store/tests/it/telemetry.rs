@@ -24,10 +24,15 @@ const T0: i64 = 1_764_000_000_000; // 2025-11-24T16:00:00Z
 const DAY: i64 = 86_400_000;
 
 fn open(dir: &Path) -> SqliteStore {
+    open_with(dir, SqliteOptions::default())
+}
+
+/// A store on `dir` with the given options.
+fn open_with(dir: &Path, options: SqliteOptions) -> SqliteStore {
     SqliteStore::open(
         &dir.join("rampart.db"),
         AuditKey::new([9; 32], Some(dir.join("audit.head"))),
-        SqliteOptions::default(),
+        options,
     )
     .expect("open store")
 }
@@ -41,16 +46,14 @@ async fn adaptive_writer_hand_overs_lose_no_commit() {
     const DEVICES: u64 = 8;
     const READINGS: u64 = 25;
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = SqliteStore::open(
-        &dir.path().join("rampart.db"),
-        AuditKey::new([9; 32], Some(dir.path().join("audit.head"))),
+    let store = open_with(
+        dir.path(),
         SqliteOptions {
             writer_priority: WriterPriority::Adaptive,
             writer_takeover_after: Duration::from_millis(1),
             ..SqliteOptions::default()
         },
-    )
-    .expect("open store");
+    );
     let writers: Vec<_> = (0..DEVICES)
         .map(|d| {
             let store = store.clone();
@@ -1293,15 +1296,13 @@ async fn readings_are_counted_per_minute<S: TelemetryStore>(s: &S) {
 
 /// A store on `dir` with the given staging.
 fn open_staged(dir: &Path, staging: StagingOptions) -> SqliteStore {
-    SqliteStore::open(
-        &dir.join("rampart.db"),
-        AuditKey::new([9; 32], Some(dir.join("audit.head"))),
+    open_with(
+        dir,
         SqliteOptions {
             staging,
             ..SqliteOptions::default()
         },
     )
-    .expect("open store")
 }
 
 /// Every point staged, a round started at every commit, each commit moving
@@ -1544,15 +1545,13 @@ async fn sqlite_staged_points_survive_a_restart_and_a_second_writer() {
 /// A store on `dir` whose background checkpointer runs every `every`
 /// (`None`: none).
 fn open_checkpointed(dir: &Path, every: Option<Duration>) -> SqliteStore {
-    SqliteStore::open(
-        &dir.join("rampart.db"),
-        AuditKey::new([9; 32], Some(dir.join("audit.head"))),
+    open_with(
+        dir,
         SqliteOptions {
             checkpoint_interval: every,
             ..SqliteOptions::default()
         },
     )
-    .expect("open store")
 }
 
 /// Commits enough readings to grow the database by many pages, far fewer
