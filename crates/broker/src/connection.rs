@@ -287,6 +287,14 @@ enum End {
     CleanWithWill,
 }
 
+/// Waits for the keepalive timer, if the connection has one.
+async fn fired(timer: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
+    match timer {
+        Some(t) => t.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Waits until an unsettled QoS 2 outcome is known (or its resolving task
 /// ended). Boxed: the wait is rare and must not grow every connection's
 /// task.
@@ -444,7 +452,10 @@ impl Connection {
         let (session, present, old_persistent) =
             Box::pin(self.take_session(&client, &identity, connect.clean_start)).await;
         let control = Control {
-            kick: CancellationToken::new(),
+            // A child of the server's shutdown: one token ends every wait
+            // of the connection, and waits register with this connection's
+            // token only, not with one that every connection shares.
+            kick: shutdown.child_token(),
             reason: Arc::new(std::sync::Mutex::new(None)),
             done: Arc::new(tokio::sync::Semaphore::new(0)),
             identity: identity.clone(),
@@ -520,7 +531,7 @@ impl Connection {
         // MQTT 5 §4.4: resend unacknowledged deliveries with DUP set.
         self.resend_inflight(&session);
         let end = self
-            .packet_loop(&session, &identity, &client, &control, keepalive, &shutdown)
+            .packet_loop(&session, &identity, &client, &control, keepalive)
             .await;
         self.release_unanswered(&session);
 
@@ -663,11 +674,17 @@ impl Connection {
         client: &ClientId,
         control: &Control,
         keepalive: u16,
-        shutdown: &CancellationToken,
     ) -> End {
         // MQTT 5 §3.1.2.10: close after 1.5 × keepalive without a packet.
         let grace = (keepalive > 0).then(|| Duration::from_millis(u64::from(keepalive) * 1500));
-        let mut last_heard = Instant::now();
+        let mut last_heard = tokio::time::Instant::now();
+        // One timer for the connection's life. A packet moves the deadline
+        // (`last_heard`), not the timer: when the timer fires before the
+        // deadline it is set to it. (A timer per wait would take the timer
+        // wheel's lock twice for every packet.) Boxed: it lives across
+        // every wait of the loop, and the task's size is per-connection
+        // memory.
+        let mut keepalive_timer = grace.map(|g| Box::pin(tokio::time::sleep_until(last_heard + g)));
         loop {
             // Every packet already buffered is handled, then the answers go
             // out in one write: a burst of publishes costs one TLS record
@@ -679,7 +696,7 @@ impl Connection {
             loop {
                 match self.decoder.decode(&mut self.rbuf) {
                     Ok(Some(Packet::Publish(p))) => {
-                        last_heard = Instant::now();
+                        last_heard = tokio::time::Instant::now();
                         let qos2_again = p.qos == WireQoS::ExactlyOnce
                             && pending
                                 .iter()
@@ -723,7 +740,7 @@ impl Connection {
                         }
                     }
                     Ok(Some(packet)) => {
-                        last_heard = Instant::now();
+                        last_heard = tokio::time::Instant::now();
                         if let Some(end) = self
                             .run_pending_boxed(&mut pending, session, identity, client)
                             .await
@@ -769,12 +786,6 @@ impl Connection {
             if more {
                 continue;
             }
-            let ka = async {
-                match grace {
-                    Some(g) => tokio::time::sleep_until((last_heard + g).into()).await,
-                    None => std::future::pending().await,
-                }
-            };
             // Between packets (nothing half-read) the connection holds no
             // read buffer: it waits with a few bytes inside the task, enough
             // for an idle device's PINGREQ, and takes a real buffer only
@@ -833,10 +844,7 @@ impl Connection {
             // (BENCHMARKS.md, "No yield before a delivery").
             tokio::select! {
                 biased;
-                _ = control.kick.cancelled() => {
-                    return End::Reason(control.reason().unwrap_or(DisconnectReason::Disabled));
-                }
-                _ = shutdown.cancelled() => return End::Reason(DisconnectReason::ServerShutdown),
+                _ = control.kick.cancelled() => return self.kicked(),
                 _ = head, if waiting => {}
                 read = read, if may_read => {
                     match read {
@@ -852,9 +860,16 @@ impl Connection {
                     }
                 }
                 _ = session.wake.notified() => {}
-                _ = ka => {
-                    Metrics::inc(&self.broker.metrics.keepalive_timeouts);
-                    return End::Reason(DisconnectReason::KeepaliveTimeout);
+                () = fired(&mut keepalive_timer) => {
+                    match (grace, keepalive_timer.as_mut()) {
+                        (Some(g), Some(timer)) if tokio::time::Instant::now() < last_heard + g => {
+                            timer.as_mut().reset(last_heard + g);
+                        }
+                        _ => {
+                            Metrics::inc(&self.broker.metrics.keepalive_timeouts);
+                            return End::Reason(DisconnectReason::KeepaliveTimeout);
+                        }
+                    }
                 }
             }
         }
@@ -1191,7 +1206,7 @@ impl Connection {
         if ready.is_pending() && self.flush().await.is_err() {
             return Some(End::Reason(DisconnectReason::ConnectionLost));
         }
-        let (kick, shutdown) = self.stop_signals();
+        let stop = self.stop_signal();
         let outcomes = tokio::select! {
             o = async {
                 match ready {
@@ -1201,10 +1216,7 @@ impl Connection {
             } => o,
             // Unacknowledged, so the device sends them again later; the
             // pipeline's dedupe keeps second copies out.
-            _ = kick.cancelled() => return Some(self.kicked()),
-            _ = shutdown.cancelled() => {
-                return Some(End::Reason(DisconnectReason::ServerShutdown));
-            }
+            _ = stop.cancelled() => return Some(self.kicked()),
         };
         // Route everything admitted (durable copies are queued together;
         // the pipeline's commits are under way); the acknowledgements
@@ -1222,22 +1234,26 @@ impl Connection {
         None
     }
 
-    /// How the connection ends once its session was kicked: with the
-    /// reason given (revoked, disabled, taken over).
+    /// How the connection ends once its stop signal fired: with the
+    /// reason given (revoked, disabled, taken over, server shutdown), or
+    /// the server's shutdown, which cancels every kick before it gives
+    /// each its reason.
     fn kicked(&self) -> End {
         let reason = self.control.as_ref().and_then(Control::reason);
-        End::Reason(reason.unwrap_or(DisconnectReason::Disabled))
+        End::Reason(reason.unwrap_or(if self.shutdown.is_cancelled() {
+            DisconnectReason::ServerShutdown
+        } else {
+            DisconnectReason::Disabled
+        }))
     }
 
-    /// The live session's kick (revocation, takeover) and the server's
-    /// shutdown, for waits that must end at either.
-    fn stop_signals(&self) -> (CancellationToken, CancellationToken) {
-        let kick = self
-            .control
+    /// What ends the connection's waits: the live session's kick
+    /// (revocation, takeover, or the server's shutdown, its parent), or
+    /// the shutdown alone before the session is live.
+    fn stop_signal(&self) -> CancellationToken {
+        self.control
             .as_ref()
-            .map(|c| c.kick.clone())
-            .unwrap_or_default();
-        (kick, self.shutdown.clone())
+            .map_or_else(|| self.shutdown.clone(), |c| c.kick.clone())
     }
 
     /// What the pipeline's answer means for one publish: routed (with the
@@ -1452,7 +1468,7 @@ impl Connection {
         session: &Arc<Session>,
         identity: &Identity,
     ) -> Option<End> {
-        let (kick, shutdown) = self.stop_signals();
+        let stop = self.stop_signal();
         loop {
             if let Some(end) = self.acknowledge_ready(session, identity) {
                 return Some(end);
@@ -1460,8 +1476,7 @@ impl Connection {
             let head = self.unacked.front_mut()?;
             tokio::select! {
                 () = head.resolve() => {}
-                _ = kick.cancelled() => return Some(self.kicked()),
-                _ = shutdown.cancelled() => return Some(End::Reason(DisconnectReason::ServerShutdown)),
+                _ = stop.cancelled() => return Some(self.kicked()),
             }
         }
     }

@@ -78,6 +78,10 @@ struct State {
     /// The standby thread sleeps until a job is queued (the queue was
     /// empty when it last looked).
     standby_parked: bool,
+    /// The idle writer waits on its condition variable. A wake-up is sent
+    /// only then: std's `notify_one` is a system call even when nobody
+    /// waits, and jobs are queued several hundred times a second.
+    writer_waits: bool,
     /// The store is dropped: finish what is queued, then end.
     closed: bool,
     takeovers: u64,
@@ -114,7 +118,7 @@ impl Shared {
         // the queue may have been taken over, or handed back, meanwhile.
         if state.taken_over {
             self.standby.notify_one();
-        } else if !state.queue.is_empty() {
+        } else if !state.queue.is_empty() && state.writer_waits {
             self.writer.notify_one();
         }
         state
@@ -205,7 +209,9 @@ impl WriterThread {
         if state.taken_over {
             self.shared.standby.notify_one();
         } else {
-            self.shared.writer.notify_one();
+            if state.writer_waits {
+                self.shared.writer.notify_one();
+            }
             if state.standby_parked {
                 state.standby_parked = false;
                 self.shared.standby.notify_one();
@@ -270,11 +276,15 @@ fn writer_loop(shared: &Shared, adaptive: bool) {
             return;
         }
         if !(adaptive && state.taken_over) {
+            state.writer_waits = true;
             state = wait(&shared.writer, state);
+            state.writer_waits = false;
             continue;
         }
         let due = Instant::now() + probe_every;
+        state.writer_waits = true;
         state = wait_at_most(&shared.writer, state, probe_every);
+        state.writer_waits = false;
         let late = Instant::now().checked_duration_since(due);
         if state.taken_over && late.is_some_and(|late| late <= on_time) {
             state.taken_over = false;
