@@ -223,11 +223,18 @@ impl Queue {
     }
 
     /// How many waiting jobs are to be written now: up to the last one
-    /// that is due (the ones before it go with it, in order).
+    /// that is due (the ones before it go with it, in order), and with it
+    /// those that would fall due within half a grace. Under a stream of
+    /// copies that nobody acknowledges (an offline or slow subscriber)
+    /// that makes one transaction per half grace, not one per copy.
     fn due(&self, now: Instant) -> usize {
+        if !self.waiting.iter().any(|w| w.due <= now) {
+            return 0;
+        }
+        let soon = now + self.grace / 2;
         self.waiting
             .iter()
-            .rposition(|w| w.due <= now)
+            .rposition(|w| w.due <= soon)
             .map_or(0, |last| last + 1)
     }
 
@@ -446,6 +453,22 @@ mod tests {
         };
         queue.add(job(vec![save], Some(done)));
         assert_eq!(queue.due(Instant::now()), 2);
+    }
+
+    #[test]
+    fn copies_falling_due_soon_ride_along_with_a_write() {
+        let grace = Duration::from_secs(1);
+        let mut queue = Queue::new(grace);
+        let start = Instant::now();
+        for (n, after) in [0, 400, 600].into_iter().enumerate() {
+            let mut copy = job(vec![enqueue("a", n as u64)], None);
+            copy.at = start + Duration::from_millis(after);
+            queue.add(copy);
+        }
+        assert_eq!(queue.due(start + grace - Duration::from_millis(1)), 0);
+        // The first is due; the second falls due within half a grace.
+        assert_eq!(queue.due(start + grace), 2);
+        assert_eq!(queue.due(start + grace + Duration::from_millis(100)), 3);
     }
 
     /// The grace runs from each copy's own submission: a copy queued near
