@@ -33,11 +33,11 @@ pub struct BrokerConfig {
     /// overflow policy applies: QoS 0 messages are dropped first, then the
     /// oldest queued message; each drop is counted.
     pub max_queued_messages: usize,
-    /// How long a write of copies queued for persistent sessions waits for
-    /// their subscribers to acknowledge them first: a copy delivered and
-    /// acknowledged meanwhile is never written (0 writes at once). Adds up
-    /// to this to the publisher's PUBACK when a persistent session
-    /// subscribes to its topic.
+    /// How long a copy queued for a persistent session waits, from its own
+    /// submission, for its subscriber to acknowledge it before it is
+    /// written: a copy delivered and acknowledged meanwhile is never written
+    /// (0 writes at once). Adds up to this to the publisher's PUBACK when a
+    /// persistent session subscribes to its topic.
     #[serde(with = "humantime_serde")]
     pub delivery_grace: Duration,
     /// Topic aliases a v5 client may use (0 disables them).

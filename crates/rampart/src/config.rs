@@ -701,9 +701,10 @@ max_inflight = 64
 # Messages queued per client before the overflow policy applies: QoS 0
 # messages are dropped first, then the oldest; every drop is counted.
 max_queued_messages = 1000
-# How long a write of copies queued for persistent sessions waits for their
-# subscribers to acknowledge them: a copy delivered and acknowledged meanwhile
-# is never written ("0s" writes at once; adds up to this to such a PUBACK).
+# How long each copy queued for a persistent session waits for its subscriber
+# to acknowledge it before it is written: a copy delivered and acknowledged
+# meanwhile is never written ("0s" writes at once; adds up to this to such a
+# PUBACK).
 delivery_grace = "2ms"
 # Topic aliases a v5 client may use (0 disables them).
 topic_alias_maximum = 32
