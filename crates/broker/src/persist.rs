@@ -268,36 +268,7 @@ async fn run(
     let mut open = true;
     while open || !queue.waiting.is_empty() || !queue.held.is_empty() {
         if open {
-            match queue.next_due() {
-                // Nothing waits: the next job.
-                None => match rx.recv().await {
-                    Some(job) => queue.add(job),
-                    None => open = false,
-                },
-                // Only deletions wait: the next job, or their time.
-                Some(due) if queue.waiting.is_empty() => {
-                    match tokio::time::timeout_at(due, rx.recv()).await {
-                        Ok(Some(job)) => queue.add(job),
-                        Ok(None) => open = false,
-                        Err(_) => {}
-                    }
-                }
-                // Jobs that arrive meanwhile are taken in when the first
-                // waiting one is due (a job that cannot wait thus waits at
-                // most one grace): not waking for each submission is what
-                // lets the copies and acknowledgements gather.
-                Some(due) => tokio::time::sleep_until(due).await,
-            }
-            loop {
-                match rx.try_recv() {
-                    Ok(job) => queue.add(job),
-                    Err(mpsc::error::TryRecvError::Empty) => break,
-                    Err(mpsc::error::TryRecvError::Disconnected) => {
-                        open = false;
-                        break;
-                    }
-                }
-            }
+            open = take_in(&mut queue, &mut rx).await;
         }
         let elided = queue.elide_delivered();
         Metrics::add(&metrics.persist_elided, elided as u64);
@@ -326,6 +297,37 @@ async fn run(
         let ok = write(&*store, ops, &metrics).await;
         for w in waiters {
             let _ = w.send(ok);
+        }
+    }
+}
+
+/// Waits until the first waiting job (or the held deletions) is due, or,
+/// when only deletions wait or nothing does, for the next job; then takes
+/// in everything submitted by then. `false` once every handle is gone.
+async fn take_in(queue: &mut Queue, rx: &mut mpsc::UnboundedReceiver<Job>) -> bool {
+    match queue.next_due() {
+        None => match rx.recv().await {
+            Some(job) => queue.add(job),
+            None => return false,
+        },
+        Some(due) if queue.waiting.is_empty() => {
+            match tokio::time::timeout_at(due, rx.recv()).await {
+                Ok(Some(job)) => queue.add(job),
+                Ok(None) => return false,
+                Err(_) => {}
+            }
+        }
+        // Jobs that arrive meanwhile are taken in when the first waiting
+        // one is due (a job that cannot wait thus waits at most one
+        // grace): not waking for each submission is what lets the copies
+        // and acknowledgements gather.
+        Some(due) => tokio::time::sleep_until(due).await,
+    }
+    loop {
+        match rx.try_recv() {
+            Ok(job) => queue.add(job),
+            Err(mpsc::error::TryRecvError::Empty) => return true,
+            Err(mpsc::error::TryRecvError::Disconnected) => return false,
         }
     }
 }
