@@ -16,7 +16,7 @@ use rampart_store::{Change, ChangeKind, MqttOp, Store, StoredMessage};
 use crate::acl::{Acl, AclRuleError};
 use crate::config::BrokerConfig;
 use crate::metrics::Metrics;
-use crate::persist::{Durable, Persister};
+use crate::persist::{Durable, Op, Persister, QueuedCopy};
 use crate::router::{ClientId, Router, SubOptions};
 use crate::session::{Delivery, Message, Session};
 use crate::tls::{ReloadableAcceptor, TlsError, TlsMaterial};
@@ -318,11 +318,14 @@ impl Broker {
             if qos > 0 && session.state.lock().is_ok_and(|st| st.persistent()) {
                 let id = self.next_persist_id.fetch_add(1, Ordering::Relaxed);
                 delivery.persist_id = Some(id);
-                ops.push(MqttOp::Enqueue {
-                    client: t.client.to_string(),
+                ops.push(Op::Copy(QueuedCopy {
+                    client: Arc::clone(&t.client),
                     id,
-                    message: stored(message, qos, delivery.retain, &delivery.subscription_ids),
-                });
+                    message: Arc::clone(message),
+                    qos,
+                    retain: delivery.retain,
+                    subscription_ids: delivery.subscription_ids.clone(),
+                }));
             }
             deliveries.push((t.client, session, delivery));
         }
@@ -443,8 +446,8 @@ impl Broker {
 
     /// Removes a delivery that will never be sent from the durable queue.
     pub(crate) fn forget_delivery(&self, client: &str, persist_id: u64) {
-        self.persister.submit_later(vec![MqttOp::Ack {
-            client: client.to_owned(),
+        self.persister.submit_later(vec![Op::Ack {
+            client: Arc::from(client),
             id: persist_id,
         }]);
     }
@@ -523,7 +526,12 @@ fn now_ms() -> i64 {
 }
 
 /// A message as the durable queue keeps it.
-fn stored(m: &Message, qos: u8, retain: bool, subscription_ids: &[u32]) -> StoredMessage {
+pub(crate) fn stored(
+    m: &Message,
+    qos: u8,
+    retain: bool,
+    subscription_ids: &[u32],
+) -> StoredMessage {
     let mut props = BytesMut::new();
     if m.properties.encode(&mut props).is_err() {
         props.clear();

@@ -1183,13 +1183,15 @@ impl Connection {
         if pending.is_empty() {
             return None;
         }
-        let batch = std::mem::take(pending);
+        let mut batch = std::mem::take(pending);
         let sink = Arc::clone(&self.broker.sink);
+        // The offers take the messages: `settle` needs the rest of each
+        // pending publish, not what the pipeline was offered.
         let offers: Vec<_> = batch
-            .iter()
+            .iter_mut()
             .map(|pp| {
                 let sink = Arc::clone(&sink);
-                let offered = pp.offered.clone();
+                let offered = pp.offered.take();
                 async move {
                     match offered {
                         Some(m) => Some(sink.admit(m).await),
@@ -1550,8 +1552,8 @@ impl Connection {
             .ok()
             .and_then(|mut st| st.inflight.remove(&packet_id));
         if let Some(persist_id) = done.and_then(|f| f.delivery.persist_id) {
-            self.broker.persister.submit_later(vec![MqttOp::Ack {
-                client: client.to_string(),
+            self.broker.persister.submit_later(vec![persist::Op::Ack {
+                client: Arc::clone(client),
                 id: persist_id,
             }]);
         }

@@ -27,13 +27,76 @@ use rampart_store::{MqttOp, Store};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::broker::stored;
 use crate::metrics::Metrics;
+use crate::router::ClientId;
+use crate::session::Message;
 
 /// Largest number of operations committed in one transaction.
 const MAX_BATCH_OPS: usize = 8192;
 
+/// One change to the broker's durable state, as the task queues it.
+#[derive(Debug, Clone)]
+pub(crate) enum Op {
+    /// A copy of a message queued for a persistent session. It stays the
+    /// routed message until it is written: most copies are acknowledged
+    /// within the delivery grace and never are, so nothing is built or
+    /// copied for them on the publisher's path.
+    Copy(QueuedCopy),
+    /// A delivered (or dropped) copy's deletion.
+    Ack {
+        /// The session it was queued for.
+        client: ClientId,
+        /// Its delivery id.
+        id: u64,
+    },
+    /// Anything else, as the store takes it.
+    State(MqttOp),
+}
+
+/// See [`Op::Copy`].
+#[derive(Debug, Clone)]
+pub(crate) struct QueuedCopy {
+    /// The session it is queued for.
+    pub client: ClientId,
+    /// Its delivery id, unique per broker.
+    pub id: u64,
+    /// The message.
+    pub message: Arc<Message>,
+    /// QoS of the delivery.
+    pub qos: u8,
+    /// RETAIN flag to send.
+    pub retain: bool,
+    /// Subscription identifiers to send.
+    pub subscription_ids: Vec<u32>,
+}
+
+impl From<MqttOp> for Op {
+    fn from(op: MqttOp) -> Self {
+        Op::State(op)
+    }
+}
+
+impl Op {
+    /// The operation as the store applies it.
+    fn into_store(self) -> MqttOp {
+        match self {
+            Op::Copy(c) => MqttOp::Enqueue {
+                client: c.client.to_string(),
+                id: c.id,
+                message: stored(&c.message, c.qos, c.retain, &c.subscription_ids),
+            },
+            Op::Ack { client, id } => MqttOp::Ack {
+                client: client.to_string(),
+                id,
+            },
+            Op::State(op) => op,
+        }
+    }
+}
+
 struct Job {
-    ops: Vec<MqttOp>,
+    ops: Vec<Op>,
     done: Option<oneshot::Sender<bool>>,
     /// When it was submitted.
     at: Instant,
@@ -69,9 +132,9 @@ impl Persister {
         Self { tx }
     }
 
-    fn send(&self, ops: Vec<MqttOp>, done: Option<oneshot::Sender<bool>>) {
+    fn send<O: Into<Op>>(&self, ops: Vec<O>, done: Option<oneshot::Sender<bool>>) {
         let _ = self.tx.send(Job {
-            ops,
+            ops: ops.into_iter().map(Into::into).collect(),
             done,
             at: Instant::now(),
         });
@@ -79,7 +142,7 @@ impl Persister {
 
     /// Queues `ops`; the returned receiver resolves once they are durable.
     /// Order of submission is order of application.
-    pub(crate) fn submit(&self, ops: Vec<MqttOp>) -> Option<Durable> {
+    pub(crate) fn submit<O: Into<Op>>(&self, ops: Vec<O>) -> Option<Durable> {
         if ops.is_empty() {
             return None;
         }
@@ -90,7 +153,7 @@ impl Persister {
 
     /// Queues `ops` without waiting (acknowledged deliveries: losing one
     /// only means a redelivery, which QoS 1 allows).
-    pub(crate) fn submit_later(&self, ops: Vec<MqttOp>) {
+    pub(crate) fn submit_later<O: Into<Op>>(&self, ops: Vec<O>) {
         if !ops.is_empty() {
             self.send(ops, None);
         }
@@ -99,7 +162,7 @@ impl Persister {
     /// Waits until everything submitted so far is durable.
     pub(crate) async fn flush(&self) -> bool {
         let (done, rx) = oneshot::channel();
-        self.send(Vec::new(), Some(done));
+        self.send(Vec::<Op>::new(), Some(done));
         rx.await.unwrap_or(false)
     }
 }
@@ -119,16 +182,16 @@ struct Queue {
     /// Deletions nobody waits for, written with the next transaction or
     /// [`ACK_WRITE_DELAY`] after the oldest of them (`held_since`), if no
     /// copy waiting here takes them out first.
-    held: Vec<MqttOp>,
+    held: Vec<Op>,
     held_since: Option<Instant>,
 }
 
-fn is_ack(op: &MqttOp) -> bool {
-    matches!(op, MqttOp::Ack { .. })
+fn is_ack(op: &Op) -> bool {
+    matches!(op, Op::Ack { .. })
 }
 
-fn is_enqueue(op: &MqttOp) -> bool {
-    matches!(op, MqttOp::Enqueue { .. })
+fn is_copy(op: &Op) -> bool {
+    matches!(op, Op::Copy(_))
 }
 
 impl Queue {
@@ -149,7 +212,7 @@ impl Queue {
             self.held_since.get_or_insert(job.at);
             return;
         }
-        let due = if job.ops.iter().any(is_enqueue) {
+        let due = if job.ops.iter().any(is_copy) {
             job.at + self.grace
         } else {
             job.at
@@ -166,13 +229,13 @@ impl Queue {
     /// not waiting deletes a row written earlier, and stays.
     fn elide_delivered(&mut self) -> usize {
         // Delivery ids are unique per broker; the client is checked too.
-        let delivered: HashMap<u64, String> = {
+        let delivered: HashMap<u64, ClientId> = {
             let copies: HashMap<u64, &str> = self
                 .waiting
                 .iter()
                 .flat_map(|w| &w.job.ops)
                 .filter_map(|op| match op {
-                    MqttOp::Enqueue { client, id, .. } => Some((*id, client.as_str())),
+                    Op::Copy(c) => Some((c.id, &*c.client)),
                     _ => None,
                 })
                 .collect();
@@ -183,8 +246,8 @@ impl Queue {
                 .iter()
                 .chain(self.waiting.iter().flat_map(|w| &w.job.ops))
                 .filter_map(|op| match op {
-                    MqttOp::Ack { client, id } if copies.get(id) == Some(&client.as_str()) => {
-                        Some((*id, client.clone()))
+                    Op::Ack { client, id } if copies.get(id) == Some(&&**client) => {
+                        Some((*id, Arc::clone(client)))
                     }
                     _ => None,
                 })
@@ -193,11 +256,13 @@ impl Queue {
         if delivered.is_empty() {
             return 0;
         }
-        let keep = |op: &MqttOp| match op {
-            MqttOp::Enqueue { client, id, .. } | MqttOp::Ack { client, id } => {
-                delivered.get(id) != Some(client)
-            }
-            _ => true,
+        let keep = |op: &Op| {
+            let (client, id) = match op {
+                Op::Copy(c) => (&c.client, &c.id),
+                Op::Ack { client, id } => (client, id),
+                Op::State(_) => return true,
+            };
+            delivered.get(id) != Some(client)
         };
         self.held.retain(keep);
         if self.held.is_empty() {
@@ -250,7 +315,7 @@ impl Queue {
     }
 
     /// Takes the held deletions.
-    fn take_held(&mut self) -> Vec<MqttOp> {
+    fn take_held(&mut self) -> Vec<Op> {
         self.held_since = None;
         std::mem::take(&mut self.held)
     }
@@ -334,12 +399,13 @@ async fn take_in(queue: &mut Queue, rx: &mut mpsc::UnboundedReceiver<Job>) -> bo
 
 /// Writes `ops` in one transaction; `true` once durable (nothing to write
 /// is durable at once).
-async fn write(store: &dyn Store, ops: Vec<MqttOp>, metrics: &Metrics) -> bool {
+async fn write(store: &dyn Store, ops: Vec<Op>, metrics: &Metrics) -> bool {
     if ops.is_empty() {
         return true;
     }
     Metrics::inc(&metrics.persist_commits);
     Metrics::add(&metrics.persist_ops, ops.len() as u64);
+    let ops = ops.into_iter().map(Op::into_store).collect();
     match store.mqtt_apply(ops).await {
         Ok(()) => true,
         Err(e) => {
@@ -360,32 +426,34 @@ pub(crate) async fn durable(d: Option<Durable>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rampart_store::StoredMessage;
 
-    fn enqueue(client: &str, id: u64) -> MqttOp {
-        MqttOp::Enqueue {
-            client: client.into(),
+    fn enqueue(client: &str, id: u64) -> Op {
+        Op::Copy(QueuedCopy {
+            client: Arc::from(client),
             id,
-            message: StoredMessage {
-                topic: format!("devices/{client}/telemetry/up"),
-                payload: b"{}".to_vec(),
+            message: Arc::new(Message {
+                topic: Arc::from(format!("devices/{client}/telemetry/up")),
+                payload: bytes::Bytes::from_static(b"{}"),
                 qos: 1,
                 retain: false,
-                properties: Vec::new(),
-                expires_at_ms: None,
-                subscription_ids: Vec::new(),
-            },
-        }
+                properties: mqtt5_protocol::Properties::default(),
+                expires_at: None,
+                publisher: None,
+            }),
+            qos: 1,
+            retain: false,
+            subscription_ids: Vec::new(),
+        })
     }
 
-    fn ack(client: &str, id: u64) -> MqttOp {
-        MqttOp::Ack {
-            client: client.into(),
+    fn ack(client: &str, id: u64) -> Op {
+        Op::Ack {
+            client: Arc::from(client),
             id,
         }
     }
 
-    fn job(ops: Vec<MqttOp>, done: Option<oneshot::Sender<bool>>) -> Job {
+    fn job(ops: Vec<Op>, done: Option<oneshot::Sender<bool>>) -> Job {
         Job {
             ops,
             done,
@@ -393,12 +461,18 @@ mod tests {
         }
     }
 
+    /// Operations as the store would apply them (comparable).
+    fn stored(ops: &[Op]) -> Vec<MqttOp> {
+        ops.iter().cloned().map(Op::into_store).collect()
+    }
+
     fn ops(queue: &Queue) -> Vec<MqttOp> {
-        queue
+        let waiting: Vec<Op> = queue
             .waiting
             .iter()
             .flat_map(|w| w.job.ops.clone())
-            .collect()
+            .collect();
+        stored(&waiting)
     }
 
     #[test]
@@ -413,15 +487,15 @@ mod tests {
         // Delivery ids are unique per broker, across clients.
         queue.add(job(vec![enqueue("svc", 2), enqueue("other", 3)], None));
         queue.add(job(vec![ack("svc", 1)], None));
-        queue.add(job(vec![save.clone()], None));
+        queue.add(job(vec![save.clone().into()], None));
         // Its copy was written earlier: the delete stays.
         queue.add(job(vec![ack("svc", 0)], None));
         assert_eq!(queue.elide_delivered(), 1);
         assert_eq!(
             ops(&queue),
-            vec![enqueue("svc", 2), enqueue("other", 3), save]
+            stored(&[enqueue("svc", 2), enqueue("other", 3), save.into()])
         );
-        assert_eq!(queue.held, vec![ack("svc", 0)]);
+        assert_eq!(stored(&queue.held), stored(&[ack("svc", 0)]));
         // Delivered, so durable as far as its publisher is concerned.
         assert_eq!(answer.try_recv(), Ok(true));
     }
@@ -432,8 +506,8 @@ mod tests {
         queue.add(job(vec![enqueue("a", 1)], None));
         queue.add(job(vec![ack("b", 1), ack("a", 2)], None));
         assert_eq!(queue.elide_delivered(), 0);
-        assert_eq!(ops(&queue), vec![enqueue("a", 1)]);
-        assert_eq!(queue.held, vec![ack("b", 1), ack("a", 2)]);
+        assert_eq!(ops(&queue), stored(&[enqueue("a", 1)]));
+        assert_eq!(stored(&queue.held), stored(&[ack("b", 1), ack("a", 2)]));
     }
 
     #[test]
@@ -453,7 +527,7 @@ mod tests {
             expiry_secs: 60,
             subscriptions: Vec::new(),
         };
-        queue.add(job(vec![save], Some(done)));
+        queue.add(job(vec![save.into()], Some(done)));
         assert_eq!(queue.due(Instant::now()), 2);
     }
 

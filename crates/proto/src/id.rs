@@ -3,6 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use compact_str::CompactString;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Longest identity name accepted, in bytes (all accepted bytes are ASCII).
@@ -15,9 +16,11 @@ pub const MAX_ID_LEN: usize = 64;
 /// (`/`, `+`, `#`, `$`), NUL or whitespace ever passes. MAC addresses such as
 /// `a4:cf:12:00:00:01` are valid ids. The only way to obtain a `DeviceId` is
 /// through [`DeviceId::parse`] (or `FromStr`/`Deserialize`, which call it), so
-/// a function taking `&DeviceId` never needs to check it again.
+/// a function taking `&DeviceId` never needs to check it again. Ids of up
+/// to 24 bytes (nearly all) are kept inline: every message carries its
+/// device's id through the pipeline, cloned at each step.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct DeviceId(String);
+pub struct DeviceId(CompactString);
 
 /// Why a string is not a valid identity name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -71,7 +74,7 @@ impl DeviceId {
         if s == "." || s == ".." {
             return Err(IdError::Reserved(s.to_owned()));
         }
-        Ok(Self(s.to_owned()))
+        Ok(Self(CompactString::from(s)))
     }
 
     /// The name as a string slice.

@@ -10,9 +10,11 @@
 //! names, strings where numbers belong, NaN and infinities are refused with
 //! a reason, never guessed at.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::fmt;
 
+use compact_str::CompactString;
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -37,10 +39,12 @@ impl Default for Limits {
     }
 }
 
-/// A validated metric name: 1 to 64 characters of `[a-z0-9_.]`.
+/// A validated metric name: 1 to 64 characters of `[a-z0-9_.]`. Names of
+/// up to 24 bytes (nearly all) are kept inline: every message carries a
+/// few, and each is cloned for live listeners.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]
-pub struct MetricName(String);
+pub struct MetricName(CompactString);
 
 impl MetricName {
     /// Validates `s` as a metric name.
@@ -50,7 +54,7 @@ impl MetricName {
             && s.bytes()
                 .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'.'));
         if ok {
-            Ok(Self(s.to_owned()))
+            Ok(Self(CompactString::from(s)))
         } else {
             Err(PayloadError::BadMetricName(s.chars().take(80).collect()))
         }
@@ -152,49 +156,113 @@ pub enum PayloadError {
     DuplicateSeq(u64),
 }
 
-/// Metrics as sent: an object of name → number, duplicates detected.
-#[derive(Debug, Default)]
-struct RawMetrics(Vec<(String, f64)>, Option<String>);
+/// A metric name as sent: borrowed from a JSON payload when it holds no
+/// escapes, owned otherwise (and always from CBOR). Decoding a payload so
+/// allocates nothing per metric before its name is validated.
+#[derive(Debug)]
+struct Key<'a>(Cow<'a, str>);
 
-impl<'de> Deserialize<'de> for RawMetrics {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = RawMetrics;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an object of metric name to number")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawMetrics, A::Error> {
-                let mut out = RawMetrics::default();
-                let mut seen = BTreeSet::new();
-                while let Some((k, v)) = map.next_entry::<String, f64>()? {
-                    if !seen.insert(k.clone()) && out.1.is_none() {
-                        out.1 = Some(k.clone());
-                    }
-                    out.0.push((k, v));
-                }
-                Ok(out)
-            }
-        }
-        d.deserialize_map(V)
+impl AsRef<str> for Key<'_> {
+    fn as_ref(&self) -> &str {
+        &self.0
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawReading {
-    seq: Option<u64>,
-    ts: Option<i64>,
-    m: Option<RawMetrics>,
+impl<'de: 'a, 'a> Deserialize<'de> for Key<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Cow<'de, str>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a metric name")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(
+                self,
+                v: &'de str,
+            ) -> Result<Self::Value, E> {
+                Ok(Cow::Borrowed(v))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Cow::Owned(v.to_owned()))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Cow::Owned(v))
+            }
+        }
+        d.deserialize_str(V).map(Key)
+    }
+}
+
+/// Metrics as sent: an object of name → number, and the first name sent
+/// twice, if any.
+#[derive(Debug)]
+struct RawMetrics<K>(Vec<(K, f64)>, Option<String>);
+
+impl<'de, K: Deserialize<'de> + AsRef<str>> Deserialize<'de> for RawMetrics<K> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<K>(std::marker::PhantomData<K>);
+        impl<'de, K: Deserialize<'de> + AsRef<str>> Visitor<'de> for V<K> {
+            type Value = RawMetrics<K>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object of metric name to number")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut metrics = Vec::with_capacity(map.size_hint().unwrap_or(4).min(64));
+                while let Some(entry) = map.next_entry::<K, f64>()? {
+                    metrics.push(entry);
+                }
+                let twice = first_repeated(&metrics).map(str::to_owned);
+                Ok(RawMetrics(metrics, twice))
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+/// The first name, in the order sent, that an earlier entry already had.
+/// A handful of names are compared pairwise; a long list (hostile, or a
+/// payload past `max_metrics` that is refused later) is sorted instead,
+/// so the cost stays `n log n`.
+fn first_repeated<K: AsRef<str>>(metrics: &[(K, f64)]) -> Option<&str> {
+    const PAIRWISE: usize = 16;
+    let name = |i: usize| metrics.get(i).map(|(k, _)| k.as_ref());
+    if metrics.len() <= PAIRWISE {
+        return (1..metrics.len())
+            .find(|&i| (0..i).any(|j| name(j) == name(i)))
+            .and_then(name);
+    }
+    let mut order: Vec<usize> = (0..metrics.len()).collect();
+    // Stable: equal names keep the order they were sent in.
+    order.sort_by_key(|&i| name(i));
+    order
+        .windows(2)
+        .filter(|w| name(w[0]) == name(w[1]))
+        .map(|w| w[1])
+        .min()
+        .and_then(name)
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPayload {
+#[serde(
+    deny_unknown_fields,
+    bound(deserialize = "K: Deserialize<'de> + AsRef<str>")
+)]
+struct RawReading<K> {
     seq: Option<u64>,
     ts: Option<i64>,
-    m: Option<RawMetrics>,
-    batch: Option<Vec<RawReading>>,
+    m: Option<RawMetrics<K>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    bound(deserialize = "K: Deserialize<'de> + AsRef<str>")
+)]
+struct RawPayload<K> {
+    seq: Option<u64>,
+    ts: Option<i64>,
+    m: Option<RawMetrics<K>>,
+    batch: Option<Vec<RawReading<K>>>,
 }
 
 /// Which encoding a payload uses: the MQTT 5 content type when given,
@@ -223,17 +291,30 @@ pub fn decode(
         });
     }
     let encoding = detect(payload, content_type);
-    let raw: RawPayload = match encoding {
-        Encoding::Json => serde_json::from_slice(payload).map_err(|e| e.to_string()),
-        Encoding::Cbor => ciborium::from_reader(payload).map_err(|e| e.to_string()),
+    let malformed = |detail: String| PayloadError::Malformed { encoding, detail };
+    match encoding {
+        Encoding::Json => readings_of(
+            serde_json::from_slice::<RawPayload<Key<'_>>>(payload)
+                .map_err(|e| malformed(e.to_string()))?,
+            limits,
+        ),
+        Encoding::Cbor => readings_of(
+            ciborium::from_reader::<RawPayload<String>, _>(payload)
+                .map_err(|e| malformed(e.to_string()))?,
+            limits,
+        ),
     }
-    .map_err(|detail| PayloadError::Malformed { encoding, detail })?;
-    let readings = match (
-        raw.batch,
-        raw.seq.is_some() || raw.m.is_some() || raw.ts.is_some(),
-    ) {
-        (Some(_), true) => return Err(PayloadError::Shape("both")),
-        (None, false) => return Err(PayloadError::Shape("an empty object")),
+}
+
+/// Checks a decoded payload's shape and limits and validates its readings.
+fn readings_of<K: AsRef<str>>(
+    raw: RawPayload<K>,
+    limits: &Limits,
+) -> Result<Vec<Reading>, PayloadError> {
+    let single = raw.seq.is_some() || raw.m.is_some() || raw.ts.is_some();
+    match (raw.batch, single) {
+        (Some(_), true) => Err(PayloadError::Shape("both")),
+        (None, false) => Err(PayloadError::Shape("an empty object")),
         (Some(batch), false) => {
             if batch.is_empty() {
                 return Err(PayloadError::Shape("an empty batch"));
@@ -244,52 +325,65 @@ pub fn decode(
                     max: limits.max_batch,
                 });
             }
+            let mut seqs = BTreeSet::new();
             batch
+                .into_iter()
+                .enumerate()
+                .map(|(index, r)| {
+                    let seq = r.seq.ok_or(PayloadError::MissingSeq { index })?;
+                    if !seqs.insert(seq) {
+                        return Err(PayloadError::DuplicateSeq(seq));
+                    }
+                    reading_of(index, r, limits)
+                })
+                .collect()
         }
-        (None, true) => vec![RawReading {
-            seq: raw.seq,
-            ts: raw.ts,
-            m: raw.m,
-        }],
-    };
-    let mut seqs = BTreeSet::new();
-    readings
-        .into_iter()
-        .enumerate()
-        .map(|(index, r)| {
-            let seq = r.seq.ok_or(PayloadError::MissingSeq { index })?;
-            if !seqs.insert(seq) {
-                return Err(PayloadError::DuplicateSeq(seq));
-            }
-            let m = r.m.ok_or(PayloadError::NoMetrics { index })?;
-            if let Some(dup) = m.1 {
-                return Err(PayloadError::DuplicateMetric(dup));
-            }
-            if m.0.is_empty() {
-                return Err(PayloadError::NoMetrics { index });
-            }
-            if m.0.len() > limits.max_metrics {
-                return Err(PayloadError::TooManyMetrics {
-                    count: m.0.len(),
-                    max: limits.max_metrics,
-                });
-            }
-            let metrics =
-                m.0.into_iter()
-                    .map(|(name, value)| {
-                        if !value.is_finite() {
-                            return Err(PayloadError::NotFinite(name));
-                        }
-                        Ok((MetricName::parse(&name)?, value))
-                    })
-                    .collect::<Result<_, _>>()?;
-            Ok(Reading {
-                seq,
-                ts_ms: r.ts,
-                metrics,
+        (None, true) => {
+            let r = RawReading {
+                seq: raw.seq,
+                ts: raw.ts,
+                m: raw.m,
+            };
+            Ok(vec![reading_of(0, r, limits)?])
+        }
+    }
+}
+
+/// Validates one reading (`index`: its position in a batch).
+fn reading_of<K: AsRef<str>>(
+    index: usize,
+    r: RawReading<K>,
+    limits: &Limits,
+) -> Result<Reading, PayloadError> {
+    let seq = r.seq.ok_or(PayloadError::MissingSeq { index })?;
+    let m = r.m.ok_or(PayloadError::NoMetrics { index })?;
+    if let Some(dup) = m.1 {
+        return Err(PayloadError::DuplicateMetric(dup));
+    }
+    if m.0.is_empty() {
+        return Err(PayloadError::NoMetrics { index });
+    }
+    if m.0.len() > limits.max_metrics {
+        return Err(PayloadError::TooManyMetrics {
+            count: m.0.len(),
+            max: limits.max_metrics,
+        });
+    }
+    let metrics =
+        m.0.into_iter()
+            .map(|(name, value)| {
+                let name = name.as_ref();
+                if !value.is_finite() {
+                    return Err(PayloadError::NotFinite(name.to_owned()));
+                }
+                Ok((MetricName::parse(name)?, value))
             })
-        })
-        .collect()
+            .collect::<Result<_, _>>()?;
+    Ok(Reading {
+        seq,
+        ts_ms: r.ts,
+        metrics,
+    })
 }
 
 /// Earliest device timestamp believed: 2020-01-01T00:00:00Z.
@@ -473,6 +567,33 @@ mod tests {
     }
 
     #[test]
+    fn a_name_sent_twice_is_found_in_long_readings_and_escaped_names() {
+        // More names than are compared pairwise: "m3" is sent again at
+        // position 18, "m5" at 17, so "m5" is reported.
+        let mut names: Vec<String> = (0..17).map(|i| format!("m{i}")).collect();
+        names.push("m5".into());
+        names.push("m3".into());
+        let body: Vec<String> = names.iter().map(|n| format!("\"{n}\":1")).collect();
+        let json = format!(r#"{{"seq":1,"m":{{{}}}}}"#, body.join(","));
+        assert_eq!(
+            decode(json.as_bytes(), None, &limits()),
+            Err(PayloadError::DuplicateMetric("m5".into()))
+        );
+        // An escaped name is the same name as its plain spelling.
+        assert_eq!(
+            decode(
+                br#"{"seq":1,"m":{"temp":1,"t\u0065mp":2}}"#,
+                None,
+                &limits()
+            ),
+            Err(PayloadError::DuplicateMetric("temp".into()))
+        );
+        let ok = decode(br#"{"seq":1,"m":{"t\u0065mp":2}}"#, None, &limits())
+            .expect("an escaped name decodes");
+        assert_eq!(ok[0].metrics, vec![(name("temp"), 2.0)]);
+    }
+
+    #[test]
     fn enforces_limits() {
         let big = vec![b' '; 70 * 1024];
         assert!(matches!(
@@ -605,6 +726,18 @@ mod tests {
             let enc = if cbor { Encoding::Cbor } else { Encoding::Json };
             let bytes = encode(&readings, enc);
             prop_assert_eq!(decode(&bytes, None, &limits()).expect("round trip"), readings);
+        }
+
+        #[test]
+        fn the_first_repeated_name_is_the_first_sent_again(
+            names in prop::collection::vec(0u8..24, 0..40),
+        ) {
+            let metrics: Vec<(String, f64)> =
+                names.iter().map(|n| (format!("m{n}"), 1.0)).collect();
+            let expected = (0..metrics.len())
+                .find(|&i| metrics[..i].iter().any(|(k, _)| *k == metrics[i].0))
+                .map(|i| metrics[i].0.as_str());
+            prop_assert_eq!(first_repeated(&metrics), expected);
         }
 
         #[test]

@@ -238,37 +238,37 @@ impl LiveHub {
 
     /// Routes one event to its device's subscribers without waiting.
     fn dispatch(&self, event: &LiveEvent) {
-        let (device, messages) = match event {
-            LiveEvent::Readings { device, readings } => (
-                device,
-                readings
-                    .iter()
-                    .map(|r| LiveMessage::Reading {
-                        seq: r.seq,
-                        ts_ms: r.ts_ms,
-                        metrics: r.metrics.iter().map(|(m, v)| (m.to_string(), *v)).collect(),
-                    })
-                    .collect::<Vec<_>>(),
-            ),
-            LiveEvent::Presence {
-                device,
-                online,
-                reason,
-                at_ms,
-            } => (
-                device,
-                vec![LiveMessage::Presence {
-                    online: *online,
-                    reason: reason.map(|r| r.as_str()),
-                    at_ms: *at_ms,
-                }],
-            ),
+        let device = match event {
+            LiveEvent::Readings { device, .. } | LiveEvent::Presence { device, .. } => device,
             // Reported state and rejections are not streamed (yet).
             _ => return,
         };
+        // Most events concern a device nobody watches: they are looked up
+        // before anything is built for them.
         let mut map = self.lock();
         let Some(subs) = map.get_mut(device.as_str()) else {
             return;
+        };
+        let messages = match event {
+            LiveEvent::Readings { readings, .. } => readings
+                .iter()
+                .map(|r| LiveMessage::Reading {
+                    seq: r.seq,
+                    ts_ms: r.ts_ms,
+                    metrics: r.metrics.iter().map(|(m, v)| (m.to_string(), *v)).collect(),
+                })
+                .collect::<Vec<_>>(),
+            LiveEvent::Presence {
+                online,
+                reason,
+                at_ms,
+                ..
+            } => vec![LiveMessage::Presence {
+                online: *online,
+                reason: reason.map(|r| r.as_str()),
+                at_ms: *at_ms,
+            }],
+            _ => return,
         };
         subs.retain(|s| {
             for m in &messages {
