@@ -462,7 +462,7 @@ mod tests {
     }
 
     /// Operations as the store would apply them (comparable).
-    fn stored(ops: &[Op]) -> Vec<MqttOp> {
+    fn as_store(ops: &[Op]) -> Vec<MqttOp> {
         ops.iter().cloned().map(Op::into_store).collect()
     }
 
@@ -472,7 +472,7 @@ mod tests {
             .iter()
             .flat_map(|w| w.job.ops.clone())
             .collect();
-        stored(&waiting)
+        as_store(&waiting)
     }
 
     #[test]
@@ -493,9 +493,9 @@ mod tests {
         assert_eq!(queue.elide_delivered(), 1);
         assert_eq!(
             ops(&queue),
-            stored(&[enqueue("svc", 2), enqueue("other", 3), save.into()])
+            as_store(&[enqueue("svc", 2), enqueue("other", 3), save.into()])
         );
-        assert_eq!(stored(&queue.held), stored(&[ack("svc", 0)]));
+        assert_eq!(as_store(&queue.held), as_store(&[ack("svc", 0)]));
         // Delivered, so durable as far as its publisher is concerned.
         assert_eq!(answer.try_recv(), Ok(true));
     }
@@ -506,8 +506,8 @@ mod tests {
         queue.add(job(vec![enqueue("a", 1)], None));
         queue.add(job(vec![ack("b", 1), ack("a", 2)], None));
         assert_eq!(queue.elide_delivered(), 0);
-        assert_eq!(ops(&queue), stored(&[enqueue("a", 1)]));
-        assert_eq!(stored(&queue.held), stored(&[ack("b", 1), ack("a", 2)]));
+        assert_eq!(ops(&queue), as_store(&[enqueue("a", 1)]));
+        assert_eq!(as_store(&queue.held), as_store(&[ack("b", 1), ack("a", 2)]));
     }
 
     #[test]
