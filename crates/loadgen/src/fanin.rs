@@ -348,6 +348,7 @@ pub async fn run(cfg: FaninConfig) -> Result<FaninReport, LoadgenError> {
             window_end: end,
             latency_from: None,
             sent: None,
+            timeline: false,
         },
         Arc::clone(&done),
         Duration::from_secs(1),

@@ -47,6 +47,10 @@ pub struct LatencyConfig {
     pub connect_concurrency: usize,
     /// The broker's process, for its CPU use while measured.
     pub broker_pid: Option<u32>,
+    /// Writes every measured message's times here as CSV
+    /// ([`tracking::write_timeline`]): to see how the latency is
+    /// distributed over the run, not only its percentiles.
+    pub timeline: Option<std::path::PathBuf>,
 }
 
 /// Latency results.
@@ -281,6 +285,7 @@ pub async fn run_with_give_up(
             window_end: end,
             latency_from: Some(epoch + cfg.warmup),
             sent: Some(Arc::clone(&sent)),
+            timeline: cfg.timeline.is_some(),
         },
         Arc::clone(&done),
         Duration::from_secs(1),
@@ -311,6 +316,11 @@ pub async fn run_with_give_up(
     let received = receiver
         .await
         .map_err(|e| LoadgenError::Protocol(format!("subscriber task: {e}")))??;
+    if let Some(path) = &cfg.timeline {
+        tracking::write_timeline(path, &received.timeline).map_err(|e| {
+            LoadgenError::Config(format!("cannot write the timeline {}: {e}", path.display()))
+        })?;
+    }
     let acc = received.account(&expected);
     let [broker_cpu_percent, loadgen_cpu_percent] = cpu.await.unwrap_or_default();
     let duration_s = cfg.duration.as_secs_f64();

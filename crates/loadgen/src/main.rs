@@ -88,6 +88,10 @@ enum Scenario {
         /// Broker PID, for its CPU use while measured.
         #[arg(long)]
         broker_pid: Option<u32>,
+        /// Write every measured message's times (device, seq, scheduled,
+        /// queued and received, ns after the run's start) to FILE as CSV.
+        #[arg(long, value_name = "FILE")]
+        timeline: Option<std::path::PathBuf>,
     },
     /// Open and hold idle connections.
     Conns {
@@ -321,6 +325,7 @@ async fn main() -> anyhow::Result<()> {
             payload,
             persistent_subscriber,
             broker_pid,
+            timeline,
         } => {
             let (certs, target) = mqtt()?;
             serde_json::to_value(
@@ -338,6 +343,7 @@ async fn main() -> anyhow::Result<()> {
                     subscriber_session: session(persistent_subscriber),
                     connect_concurrency: 16,
                     broker_pid,
+                    timeline,
                 })
                 .await?,
             )?
@@ -512,6 +518,7 @@ async fn main() -> anyhow::Result<()> {
                         subscriber_session: SessionKind::Persistent,
                         connect_concurrency: 16,
                         broker_pid: None,
+                        timeline: None,
                     },
                     give_up,
                     max_p99,

@@ -73,6 +73,41 @@ pub struct Plan {
     /// Where the publishers record when they queued each message (open
     /// loop): with it, time in transit is recorded too.
     pub sent: Option<Arc<SendLog>>,
+    /// Keep every measured message's times ([`Received::timeline`]).
+    pub timeline: bool,
+}
+
+/// One measured message's times, nanoseconds after the run's epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Moment {
+    /// Publishing device (its index in the scenario).
+    pub device: u32,
+    /// Its sequence number.
+    pub seq: u64,
+    /// When it was to be sent.
+    pub scheduled_ns: u64,
+    /// When its publisher queued it for sending.
+    pub queued_ns: u64,
+    /// When the subscriber read it.
+    pub received_ns: u64,
+}
+
+/// Most [`Moment`]s kept in one run (32 bytes each).
+pub const TIMELINE_ROOM: usize = 1 << 24;
+
+/// Writes `moments` as CSV (header `device,seq,scheduled_ns,queued_ns,received_ns`).
+pub fn write_timeline(path: &std::path::Path, moments: &[Moment]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    writeln!(out, "device,seq,scheduled_ns,queued_ns,received_ns")?;
+    for m in moments {
+        writeln!(
+            out,
+            "{},{},{},{},{}",
+            m.device, m.seq, m.scheduled_ns, m.queued_ns, m.received_ns
+        )?;
+    }
+    out.flush()
 }
 
 /// What the subscriber saw.
@@ -94,6 +129,9 @@ pub struct Received {
     /// it), microseconds, for the messages in `latency` whose queue time
     /// was recorded ([`Plan::sent`]).
     pub transit: hdrhistogram::Histogram<u64>,
+    /// With [`Plan::timeline`]: the times of the messages in `transit`, in
+    /// the order received (at most [`TIMELINE_ROOM`]).
+    pub timeline: Vec<Moment>,
 }
 
 /// Loss and duplicate counts against what publishers sent.
@@ -191,6 +229,7 @@ pub async fn receive(
         stale: 0,
         latency: crate::latency_histogram()?,
         transit: crate::latency_histogram()?,
+        timeline: Vec::new(),
     };
     let mut last_rx = Instant::now();
     loop {
@@ -255,6 +294,16 @@ pub async fn receive(
                         rec.transit.saturating_record(crate::micros(
                             now.saturating_duration_since(queued),
                         ));
+                        if plan.timeline && rec.timeline.len() < TIMELINE_ROOM {
+                            let received = now.saturating_duration_since(plan.epoch).as_nanos();
+                            rec.timeline.push(Moment {
+                                device: stamp.device,
+                                seq: stamp.seq,
+                                scheduled_ns: stamp.intended_ns,
+                                queued_ns: ns,
+                                received_ns: u64::try_from(received).unwrap_or(u64::MAX),
+                            });
+                        }
                     }
                 }
             }
@@ -283,6 +332,7 @@ mod tests {
             stale: 0,
             latency: crate::latency_histogram()?,
             transit: crate::latency_histogram()?,
+            timeline: Vec::new(),
         };
         let expected = vec![vec![true, true, true, true], vec![true, false]];
         assert_eq!(
@@ -291,6 +341,34 @@ mod tests {
                 lost: 2,
                 duplicated: 1
             }
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_timeline_is_written_one_message_a_line() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("timeline.csv");
+        let moments = [
+            Moment {
+                device: 3,
+                seq: 7,
+                scheduled_ns: 1_000,
+                queued_ns: 1_200,
+                received_ns: 91_000,
+            },
+            Moment {
+                device: 0,
+                seq: 8,
+                scheduled_ns: 2_000,
+                queued_ns: 2_050,
+                received_ns: 60_000,
+            },
+        ];
+        write_timeline(&path, &moments)?;
+        assert_eq!(
+            std::fs::read_to_string(&path)?,
+            "device,seq,scheduled_ns,queued_ns,received_ns\n3,7,1000,1200,91000\n0,8,2000,2050,60000\n"
         );
         Ok(())
     }
