@@ -416,13 +416,13 @@ impl Broker {
     }
 
     /// Queues a delivery for one session, applying the overflow policy.
-    pub(crate) fn enqueue(&self, client: &str, delivery: Delivery) {
+    pub(crate) fn enqueue(&self, client: &ClientId, delivery: Delivery) {
         if let Some(session) = self.session(client) {
             self.enqueue_to(client, &session, delivery);
         }
     }
 
-    fn enqueue_to(&self, client: &str, session: &Session, delivery: Delivery) {
+    fn enqueue_to(&self, client: &ClientId, session: &Session, delivery: Delivery) {
         let mut dropped = None;
         if let Ok(mut state) = session.state.lock() {
             if state.queue.len() >= self.config.max_queued_messages {
@@ -444,10 +444,11 @@ impl Broker {
         session.wake.notify_one();
     }
 
-    /// Removes a delivery that will never be sent from the durable queue.
-    pub(crate) fn forget_delivery(&self, client: &str, persist_id: u64) {
+    /// Removes a delivery that was acknowledged, or will never be sent,
+    /// from the durable queue.
+    pub(crate) fn forget_delivery(&self, client: &ClientId, persist_id: u64) {
         self.persister.submit_later(vec![Op::Ack {
-            client: Arc::from(client),
+            client: Arc::clone(client),
             id: persist_id,
         }]);
     }

@@ -1552,10 +1552,7 @@ impl Connection {
             .ok()
             .and_then(|mut st| st.inflight.remove(&packet_id));
         if let Some(persist_id) = done.and_then(|f| f.delivery.persist_id) {
-            self.broker.persister.submit_later(vec![persist::Op::Ack {
-                client: Arc::clone(client),
-                id: persist_id,
-            }]);
+            self.broker.forget_delivery(client, persist_id);
         }
     }
 

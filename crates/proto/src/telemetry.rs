@@ -334,29 +334,27 @@ fn readings_of<K: AsRef<str>>(
                     if !seqs.insert(seq) {
                         return Err(PayloadError::DuplicateSeq(seq));
                     }
-                    reading_of(index, r, limits)
+                    reading_of(index, seq, r.ts, r.m, limits)
                 })
                 .collect()
         }
         (None, true) => {
-            let r = RawReading {
-                seq: raw.seq,
-                ts: raw.ts,
-                m: raw.m,
-            };
-            Ok(vec![reading_of(0, r, limits)?])
+            let seq = raw.seq.ok_or(PayloadError::MissingSeq { index: 0 })?;
+            Ok(vec![reading_of(0, seq, raw.ts, raw.m, limits)?])
         }
     }
 }
 
-/// Validates one reading (`index`: its position in a batch).
+/// Validates the metrics of one reading (`index`: its position in a
+/// batch) whose `seq` is known.
 fn reading_of<K: AsRef<str>>(
     index: usize,
-    r: RawReading<K>,
+    seq: u64,
+    ts_ms: Option<i64>,
+    m: Option<RawMetrics<K>>,
     limits: &Limits,
 ) -> Result<Reading, PayloadError> {
-    let seq = r.seq.ok_or(PayloadError::MissingSeq { index })?;
-    let m = r.m.ok_or(PayloadError::NoMetrics { index })?;
+    let m = m.ok_or(PayloadError::NoMetrics { index })?;
     if let Some(dup) = m.1 {
         return Err(PayloadError::DuplicateMetric(dup));
     }
@@ -381,7 +379,7 @@ fn reading_of<K: AsRef<str>>(
             .collect::<Result<_, _>>()?;
     Ok(Reading {
         seq,
-        ts_ms: r.ts,
+        ts_ms,
         metrics,
     })
 }
