@@ -479,13 +479,33 @@ impl Bench {
     /// highest loss-free rate from this run's search; when the search found
     /// none, of Mosquitto's closed-loop QoS 1 persistent fan-in median, said
     /// in every row's title and in a note.
+    ///
+    /// At the middle rate, a second row has the devices publish command
+    /// results instead of telemetry (`--uplink cmd`): Rampart routes them
+    /// without storing them, so the two rows at that rate separate the
+    /// broker's own latency from what storing every message costs.
     fn run_latency(&mut self, z: &Sizes, given: &[f64]) -> Result<()> {
-        if !given.is_empty() {
-            for &rate in given {
-                self.run(latency_scenario(z, rate, None))?;
-            }
-            return Ok(());
+        let rates: Vec<(f64, Option<(f64, LatencyBasis)>)> = if given.is_empty() {
+            let basis = self.latency_basis()?;
+            z.latency_fractions
+                .iter()
+                .map(|&f| ((basis.rate() * f).max(1.0), Some((f, basis))))
+                .collect()
+        } else {
+            given.iter().map(|&rate| (rate, None)).collect()
+        };
+        for &(rate, fraction) in &rates {
+            self.run(latency_scenario(z, rate, fraction, Uplink::Telemetry))?;
         }
+        if let Some(&(rate, fraction)) = rates.get(rates.len() / 2) {
+            self.run(latency_scenario(z, rate, fraction, Uplink::Cmd))?;
+        }
+        Ok(())
+    }
+
+    /// The basis of the latency rates: Mosquitto's loss-free rate from this
+    /// run's search, else its closed-loop fan-in (said loudly).
+    fn latency_basis(&mut self) -> Result<LatencyBasis> {
         let loss_free = self
             .outcomes
             .iter()
@@ -505,14 +525,7 @@ impl Bench {
             );
         }
         self.latency_basis = Some(basis);
-        for &f in &z.latency_fractions {
-            self.run(latency_scenario(
-                z,
-                (basis.rate() * f).max(1.0),
-                Some((f, basis)),
-            ))?;
-        }
-        Ok(())
+        Ok(basis)
     }
 
     /// A figure's values over the rounds of one scenario and broker.
@@ -668,8 +681,32 @@ impl LatencyBasis {
     }
 }
 
-fn latency_scenario(z: &Sizes, rate: f64, fraction: Option<(f64, LatencyBasis)>) -> Scenario {
-    let (key, title) = match fraction {
+/// What the devices of a latency row publish (the load generator's
+/// `--uplink`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Uplink {
+    /// Telemetry: Rampart stores every message before its PUBACK.
+    Telemetry,
+    /// Command results: Rampart routes them without storing them.
+    Cmd,
+}
+
+impl Uplink {
+    fn arg(self) -> &'static str {
+        match self {
+            Uplink::Telemetry => "telemetry",
+            Uplink::Cmd => "cmd",
+        }
+    }
+}
+
+fn latency_scenario(
+    z: &Sizes,
+    rate: f64,
+    fraction: Option<(f64, LatencyBasis)>,
+    uplink: Uplink,
+) -> Scenario {
+    let (mut key, mut title) = match fraction {
         Some((f, basis)) => {
             let pct = (f * 100.0).round();
             (
@@ -685,6 +722,10 @@ fn latency_scenario(z: &Sizes, rate: f64, fraction: Option<(f64, LatencyBasis)>)
             format!("latency QoS 1 @ {rate:.0} msg/s"),
         ),
     };
+    if uplink == Uplink::Cmd {
+        key.push_str("-cmd");
+        title.push_str(", cmd uplink (routed, not stored)");
+    }
     Scenario {
         key,
         title,
@@ -701,6 +742,8 @@ fn latency_scenario(z: &Sizes, rate: f64, fraction: Option<(f64, LatencyBasis)>)
             "--warmup".into(),
             format!("{}ms", z.warmup.as_millis()),
             "--persistent-subscriber".into(),
+            "--uplink".into(),
+            uplink.arg().into(),
             "--broker-pid".into(),
             "{broker_pid}".into(),
         ],
@@ -742,7 +785,12 @@ fn latency_scenario(z: &Sizes, rate: f64, fraction: Option<(f64, LatencyBasis)>)
                 false,
             ),
         ],
-        rounds: z.latency_rounds,
+        // The routed-only row is a diagnosis next to the stored one, not a
+        // target: one round keeps `all` within its bound.
+        rounds: match uplink {
+            Uplink::Telemetry => z.latency_rounds,
+            Uplink::Cmd => 1,
+        },
         timeout: z.latency + Duration::from_secs(90),
         brokers: BOTH.to_vec(),
     }
@@ -1075,7 +1123,12 @@ const LATENCY_NOTE: &str = "Latency rows: p50/p99/p99.9 are the subscriber's rec
      commit` and `committer busy` (Rampart only, from its `/metrics`, over the whole run \
      including connection set-up and warm-up) show whether the telemetry committer kept up: \
      busy near 100 % means it was saturated, batches grew and each acknowledgement waited \
-     for a whole commit in progress.\n";
+     for a whole commit in progress. The `cmd uplink (routed, not stored)` row repeats the \
+     middle rate with the devices publishing command results (`devices/{id}/cmd/up`) instead \
+     of telemetry: Rampart checks, routes and acknowledges them (the persistent \
+     subscriber's copies included) without storing them in its pipeline, Mosquitto treats \
+     both alike; against the telemetry row at the same rate it shows how much of Rampart's \
+     latency and CPU is the broker and how much is storing every message.\n";
 
 /// What the table cannot say: the loss-free search's brackets, fan-out's
 /// set-up and the revoke run's details.
@@ -1450,8 +1503,13 @@ mod tests {
             panic!("a fallback basis was expected");
         };
         // The fallback is said in every row's title and in the note.
-        let title =
-            latency_scenario(&Sizes::of(&quick_args()), 1000.0, Some((0.5, fallback))).title;
+        let title = latency_scenario(
+            &Sizes::of(&quick_args()),
+            1000.0,
+            Some((0.5, fallback)),
+            Uplink::Telemetry,
+        )
+        .title;
         assert!(title.contains("FALLBACK"), "{title}");
         assert!(fallback.note().contains("FALLBACK"));
     }

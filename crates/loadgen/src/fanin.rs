@@ -22,7 +22,54 @@ pub const FILTER: &str = "devices/+/telemetry/up";
 
 /// The topic a device publishes telemetry to.
 pub fn topic(id: &str) -> String {
-    format!("devices/{id}/telemetry/up")
+    Uplink::Telemetry.topic(id)
+}
+
+/// Which uplink devices publish on, and so what Rampart does with each
+/// message before PUBACK (DESIGN.md, "Topics"). Mosquitto treats both
+/// alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Uplink {
+    /// `devices/{id}/telemetry/up`: decoded, validated and committed to
+    /// the store (group commit, fsync) before PUBACK.
+    #[default]
+    Telemetry,
+    /// `devices/{id}/cmd/up` (command results): checked against the ACL
+    /// and routed, never stored by the pipeline. What is left is the
+    /// broker alone, with the same TLS, ACL and persistent-session work.
+    Cmd,
+}
+
+impl Uplink {
+    /// The uplink's category level in the topic.
+    pub fn category(self) -> &'static str {
+        match self {
+            Uplink::Telemetry => "telemetry",
+            Uplink::Cmd => "cmd",
+        }
+    }
+
+    /// The topic device `id` publishes to.
+    pub fn topic(self, id: &str) -> String {
+        format!("devices/{id}/{}/up", self.category())
+    }
+
+    /// The filter the subscriber takes every device's messages with.
+    pub fn filter(self) -> String {
+        format!("devices/+/{}/up", self.category())
+    }
+}
+
+impl std::str::FromStr for Uplink {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "telemetry" => Ok(Uplink::Telemetry),
+            "cmd" => Ok(Uplink::Cmd),
+            other => Err(format!("uplink must be telemetry or cmd, not '{other}'")),
+        }
+    }
 }
 
 /// Fan-in parameters.
@@ -278,19 +325,20 @@ async fn closed_loop(
 }
 
 /// The `devices` publishing identities (every certificate in `certs` but
-/// the subscriber's) and the subscriber, connected to [`FILTER`].
+/// the subscriber's) and the subscriber, subscribed to `filter`.
 pub(crate) async fn devices_and_subscriber(
     target: &Target,
     certs: &CertDir,
     devices: usize,
     subscriber: &str,
+    filter: &str,
     qos: Qos,
     session: SessionKind,
 ) -> Result<(Vec<String>, Client), LoadgenError> {
     let ids = certs.device_ids(devices, subscriber)?;
     let config = certs.client_config(&certs.load(subscriber)?, true)?;
     let client =
-        tracking::connect_subscriber(target, config, subscriber, FILTER, qos, session).await?;
+        tracking::connect_subscriber(target, config, subscriber, filter, qos, session).await?;
     Ok((ids, client))
 }
 
@@ -307,6 +355,7 @@ pub async fn run(cfg: FaninConfig) -> Result<FaninReport, LoadgenError> {
         &cfg.certs,
         cfg.devices,
         &cfg.subscriber,
+        FILTER,
         cfg.qos,
         cfg.subscriber_session,
     )
@@ -447,6 +496,21 @@ pub(crate) async fn collect(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_uplink_names_the_topic_its_subscriber_filters_on() {
+        for (arg, uplink) in [("telemetry", Uplink::Telemetry), ("cmd", Uplink::Cmd)] {
+            assert_eq!(arg.parse::<Uplink>(), Ok(uplink));
+            let topic = uplink.topic("dev-7");
+            assert_eq!(topic, format!("devices/dev-7/{arg}/up"));
+            let filter = uplink.filter();
+            let (head, tail) = filter.split_once('+').unwrap_or_default();
+            assert!(topic.starts_with(head) && topic.ends_with(tail), "{filter}");
+        }
+        assert_eq!(topic("dev-7"), Uplink::default().topic("dev-7"));
+        assert_eq!(Uplink::default().filter(), FILTER);
+        assert!("state".parse::<Uplink>().is_err());
+    }
 
     #[test]
     fn packet_ids_skip_zero_and_in_flight() {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::client::{Client, SessionKind, Target, connect_many};
-use crate::fanin::{Outstanding, Timing, collect, devices_and_subscriber, nanos_since, topic};
+use crate::fanin::{Outstanding, Timing, Uplink, collect, devices_and_subscriber, nanos_since};
 use crate::pacer::Pacer;
 use crate::payload::Stamp;
 use crate::tracking::{self, Plan, SendLog};
@@ -28,6 +28,8 @@ pub struct LatencyConfig {
     pub devices: usize,
     /// The subscriber's identity.
     pub subscriber: String,
+    /// The uplink devices publish on (stored by Rampart or only routed).
+    pub uplink: Uplink,
     /// QoS of publishing and of the subscription.
     pub qos: Qos,
     /// Total messages per second over all devices.
@@ -64,6 +66,9 @@ pub struct LatencyReport {
     pub qos: Qos,
     /// Publishing devices.
     pub devices: usize,
+    /// The uplink they published on.
+    #[serde(default)]
+    pub uplink: Uplink,
     /// Requested total rate, messages per second.
     pub rate_target: f64,
     /// Sent messages divided by the duration.
@@ -148,7 +153,7 @@ async fn open_loop(
     shared: Arc<Run>,
 ) -> Result<Outstanding, LoadgenError> {
     let (run, epoch, end, give_up) = (shared.id, shared.epoch, shared.end, shared.give_up);
-    let topic = topic(&client.id);
+    let topic = cfg.uplink.topic(&client.id);
     let mut out = Outstanding::default();
     out.timing = Some(Timing::new(epoch + cfg.warmup)?);
     let devices = cfg.devices.max(1) as f64;
@@ -249,6 +254,7 @@ pub async fn run_with_give_up(
         &cfg.certs,
         cfg.devices,
         &cfg.subscriber,
+        &cfg.uplink.filter(),
         cfg.qos,
         cfg.subscriber_session,
     )
@@ -329,6 +335,7 @@ pub async fn run_with_give_up(
         mqtt_version: cfg.target.version,
         qos: cfg.qos,
         devices: cfg.devices,
+        uplink: cfg.uplink,
         rate_target: cfg.rate,
         rate_sent: totals.sent as f64 / duration_s,
         duration_s,

@@ -112,6 +112,7 @@ mod tests {
             mqtt_version: MqttVersion::V5,
             qos: Qos::AtLeastOnce,
             devices: 50,
+            uplink: crate::fanin::Uplink::Telemetry,
             rate_target: 1000.0,
             rate_sent: 1000.0,
             duration_s: 4.0,

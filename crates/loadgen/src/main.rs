@@ -85,6 +85,11 @@ enum Scenario {
         payload: usize,
         #[arg(long)]
         persistent_subscriber: bool,
+        /// The uplink devices publish on: `telemetry` (Rampart stores
+        /// every message before PUBACK) or `cmd` (command results, only
+        /// routed: the broker without the pipeline's storage).
+        #[arg(long, default_value = "telemetry")]
+        uplink: fanin::Uplink,
         /// Broker PID, for its CPU use while measured.
         #[arg(long)]
         broker_pid: Option<u32>,
@@ -324,6 +329,7 @@ async fn main() -> anyhow::Result<()> {
             window,
             payload,
             persistent_subscriber,
+            uplink,
             broker_pid,
             timeline,
         } => {
@@ -334,6 +340,7 @@ async fn main() -> anyhow::Result<()> {
                     certs,
                     devices,
                     subscriber: c.subscriber,
+                    uplink,
                     qos,
                     rate,
                     duration,
@@ -509,6 +516,7 @@ async fn main() -> anyhow::Result<()> {
                         certs,
                         devices,
                         subscriber: c.subscriber,
+                        uplink: fanin::Uplink::Telemetry,
                         qos: Qos::AtLeastOnce,
                         rate,
                         duration,
