@@ -619,6 +619,24 @@ impl Platform {
     /// A TLS connection to the broker, with `creds` as client certificate
     /// (none if `None`).
     pub async fn tls(&self, creds: Option<&Credentials>) -> io::Result<TlsStream<TcpStream>> {
+        self.tls_with(self.client_config(creds)).await
+    }
+
+    /// A TLS connection to the broker with `config` (which keeps the
+    /// client's resumption tickets from one connection to the next).
+    pub async fn tls_with(
+        &self,
+        config: Arc<rustls::ClientConfig>,
+    ) -> io::Result<TlsStream<TcpStream>> {
+        let tcp = TcpStream::connect(self.addr).await?;
+        tcp.set_nodelay(true)?;
+        let name = ServerName::try_from("localhost").expect("valid server name");
+        TlsConnector::from(config).connect(name, tcp).await
+    }
+
+    /// A client configuration trusting the broker's CA, with `creds` as
+    /// client certificate (none if `None`).
+    pub fn client_config(&self, creds: Option<&Credentials>) -> Arc<rustls::ClientConfig> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -637,12 +655,7 @@ impl Platform {
             }
             None => builder.with_no_client_auth(),
         };
-        let tcp = TcpStream::connect(self.addr).await?;
-        tcp.set_nodelay(true)?;
-        let name = ServerName::try_from("localhost").expect("valid server name");
-        TlsConnector::from(Arc::new(config))
-            .connect(name, tcp)
-            .await
+        Arc::new(config)
     }
 
     /// A TLS session as `creds` speaking MQTT `version`, before CONNECT.
@@ -651,12 +664,7 @@ impl Platform {
             .await
             .expect("TLS handshake timed out")
             .expect("TLS handshake with a CA-issued certificate");
-        Client {
-            stream,
-            rbuf: BytesMut::new(),
-            version,
-            next_id: 0,
-        }
+        Client::over(stream, version)
     }
 
     /// Sends `connect` as `creds` and returns the client and the CONNACK.
@@ -873,6 +881,21 @@ pub struct Client {
 }
 
 impl Client {
+    /// A client on an established TLS session, before CONNECT.
+    pub fn over(stream: TlsStream<TcpStream>, version: u8) -> Self {
+        Client {
+            stream,
+            rbuf: BytesMut::new(),
+            version,
+            next_id: 0,
+        }
+    }
+
+    /// The TLS session under the client.
+    pub fn tls(&self) -> &rustls::ClientConnection {
+        self.stream.get_ref().1
+    }
+
     /// A fresh packet identifier (1, 2, ...).
     pub fn packet_id(&mut self) -> u16 {
         self.next_id = self.next_id.wrapping_add(1).max(1);

@@ -13,6 +13,7 @@
 //! deliveries per session in order, so anything routed before the marker
 //! arrives before it.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
@@ -145,6 +146,52 @@ async fn unregistered_revoked_and_disabled_certificates_are_not_authorized() {
         .await
         .ping()
         .await;
+}
+
+/// A device that reconnects resumes its TLS session from a ticket (the
+/// broker keeps nothing per device for it), is still identified by its
+/// certificate, and is still checked against the registry at CONNECT:
+/// once revoked, a resumed session is refused like a full handshake.
+#[tokio::test]
+async fn a_reconnecting_device_resumes_its_tls_session_and_is_still_checked() {
+    let p = Platform::start().await;
+    let dev = p.device("sensor-r").await;
+    let config = p.client_config(Some(&dev));
+    let session = |expected: rustls::HandshakeKind| {
+        let p = &p;
+        let config = Arc::clone(&config);
+        async move {
+            let stream = tokio::time::timeout(WAIT, p.tls_with(config))
+                .await
+                .expect("TLS handshake timed out")
+                .expect("TLS handshake");
+            let c = Client::over(stream, V5);
+            assert_eq!(c.tls().handshake_kind(), Some(expected));
+            c
+        }
+    };
+    // The first session is a full handshake; its CONNACK comes after the
+    // broker's tickets, so reading it stores them in the client's config.
+    let mut c = session(rustls::HandshakeKind::Full).await;
+    c.send(&Connect::v5("sensor-r").packet()).await;
+    assert_eq!(c.recv_connack().await.code, 0);
+    drop(c);
+    for _ in 0..2 {
+        let mut c = session(rustls::HandshakeKind::Resumed).await;
+        c.send(&Connect::v5("sensor-r").packet()).await;
+        assert_eq!(
+            c.recv_connack().await.code,
+            0,
+            "a resumed session carries the certificate"
+        );
+        c.ping().await;
+        drop(c);
+    }
+    p.revoke_device("sensor-r").await;
+    let mut c = session(rustls::HandshakeKind::Resumed).await;
+    c.send(&Connect::v5("sensor-r").packet()).await;
+    assert_eq!(c.recv_connack().await.code, 0x87, "revoked, resumed or not");
+    c.expect_closed().await;
 }
 
 /// The broker requires a client certificate at the TLS layer; without one
