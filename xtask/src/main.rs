@@ -486,7 +486,7 @@ impl Bench {
     /// broker's own latency from what storing every message costs.
     fn run_latency(&mut self, z: &Sizes, given: &[f64]) -> Result<()> {
         let rates: Vec<(f64, Option<(f64, LatencyBasis)>)> = if given.is_empty() {
-            let basis = self.latency_basis()?;
+            let basis = self.set_latency_basis()?;
             z.latency_fractions
                 .iter()
                 .map(|&f| ((basis.rate() * f).max(1.0), Some((f, basis))))
@@ -503,9 +503,10 @@ impl Bench {
         Ok(())
     }
 
-    /// The basis of the latency rates: Mosquitto's loss-free rate from this
-    /// run's search, else its closed-loop fan-in (said loudly).
-    fn latency_basis(&mut self) -> Result<LatencyBasis> {
+    /// Chooses and records the basis of the latency rates: Mosquitto's
+    /// loss-free rate from this run's search, else its closed-loop fan-in
+    /// (said loudly).
+    fn set_latency_basis(&mut self) -> Result<LatencyBasis> {
         let loss_free = self
             .outcomes
             .iter()

@@ -198,7 +198,7 @@ impl Plan {
                 "latency",
                 format!("{what}, and 1 round of the middle rate not stored"),
                 i.latency_rates as f64 * seconds
-                    + f64::from(u8::from(i.latency_rates > 0)) * not_stored,
+                    + if i.latency_rates > 0 { not_stored } else { 0.0 },
             );
             let c = comparison(
                 "TLS handshakes: ".into(),
