@@ -1,6 +1,10 @@
 //! TLS for the broker: rustls with a required client certificate checked
 //! against Rampart's CA and current CRL, reloadable without a restart.
 
+mod stream;
+
+pub(crate) use stream::{TlsStream, accept};
+
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -9,7 +13,6 @@ use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
-use tokio_rustls::TlsAcceptor;
 
 /// The PEM material a TLS configuration is built from.
 #[derive(Clone)]
@@ -55,9 +58,10 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Builds the acceptor: TLS 1.3 (and 1.2 if asked), client certificate
-/// required, chain checked against the CA, end-entity checked against the CRL.
-pub fn acceptor(m: &TlsMaterial) -> Result<TlsAcceptor, TlsError> {
+/// Builds the server configuration: TLS 1.3 (and 1.2 if asked), client
+/// certificate required, chain checked against the CA, end-entity checked
+/// against the CRL.
+pub fn server_config(m: &TlsMaterial) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let pem_err = |what: &'static str| {
         move |e: rustls_pki_types::pem::Error| TlsError::Pem {
             what,
@@ -119,13 +123,14 @@ pub fn acceptor(m: &TlsMaterial) -> Result<TlsAcceptor, TlsError> {
     config.ticketer =
         rustls::crypto::ring::Ticketer::new().map_err(|e| TlsError::Rustls(e.to_string()))?;
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    Ok(Arc::new(config))
 }
 
-/// The acceptor in use, swapped atomically when certificates or the CRL change.
+/// The server configuration in use, swapped atomically when certificates
+/// or the CRL change.
 #[derive(Clone)]
 pub struct ReloadableAcceptor {
-    current: Arc<ArcSwap<TlsAcceptor>>,
+    current: Arc<ArcSwap<rustls::ServerConfig>>,
 }
 
 impl std::fmt::Debug for ReloadableAcceptor {
@@ -135,21 +140,22 @@ impl std::fmt::Debug for ReloadableAcceptor {
 }
 
 impl ReloadableAcceptor {
-    /// Builds the first acceptor.
+    /// Builds the first configuration.
     pub fn new(m: &TlsMaterial) -> Result<Self, TlsError> {
         Ok(Self {
-            current: Arc::new(ArcSwap::from_pointee(acceptor(m)?)),
+            current: Arc::new(ArcSwap::new(server_config(m)?)),
         })
     }
 
-    /// Replaces the acceptor; connections in progress keep the old one.
+    /// Replaces the configuration; connections in progress keep the old
+    /// one.
     pub fn reload(&self, m: &TlsMaterial) -> Result<(), TlsError> {
-        self.current.store(Arc::new(acceptor(m)?));
+        self.current.store(server_config(m)?);
         Ok(())
     }
 
-    /// The acceptor for a new connection.
-    pub fn get(&self) -> Arc<TlsAcceptor> {
+    /// The configuration for a new connection.
+    pub fn get(&self) -> Arc<rustls::ServerConfig> {
         self.current.load_full()
     }
 }
