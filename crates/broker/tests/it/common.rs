@@ -421,6 +421,18 @@ pub struct Platform {
     _dir: tempfile::TempDir,
 }
 
+/// The broker's TLS material from `pki`, without a CRL.
+fn tls_material(pki: &Pki, tls12: bool) -> TlsMaterial {
+    let read = |p: std::path::PathBuf| std::fs::read_to_string(&p).expect("read server PEM");
+    TlsMaterial {
+        server_chain_pem: read(pki.server_cert_path()),
+        server_key_pem: read(pki.server_key_path()),
+        client_ca_pem: pki.client_ca_pem(),
+        crl_pem: None,
+        tls12,
+    }
+}
+
 fn id(name: &str) -> DeviceId {
     DeviceId::parse(name).expect("test identity names are valid")
 }
@@ -445,14 +457,7 @@ impl Platform {
             )
             .expect("open the store"),
         );
-        let read = |p: std::path::PathBuf| std::fs::read_to_string(&p).expect("read server PEM");
-        let tls = TlsMaterial {
-            server_chain_pem: read(pki.server_cert_path()),
-            server_key_pem: read(pki.server_key_path()),
-            client_ca_pem: pki.client_ca_pem(),
-            crl_pem: None,
-            tls12: false,
-        };
+        let tls = tls_material(&pki, false);
         let mut config = BrokerConfig {
             rate_limit_exempt: vec![Ipv4Addr::LOCALHOST.into()],
             ..BrokerConfig::default()
@@ -494,6 +499,14 @@ impl Platform {
             changes_seen: AtomicU64::new(0),
             _dir: dir,
         }
+    }
+
+    /// Reloads the broker's TLS configuration, offering TLS 1.2 too if
+    /// `tls12` (`broker.tls12`).
+    pub fn reload_tls(&self, tls12: bool) {
+        self.broker
+            .reload_tls(&tls_material(&self.pki, tls12))
+            .expect("reload the TLS configuration");
     }
 
     /// The broker's counters.
@@ -637,10 +650,19 @@ impl Platform {
     /// A client configuration trusting the broker's CA, with `creds` as
     /// client certificate (none if `None`).
     pub fn client_config(&self, creds: Option<&Credentials>) -> Arc<rustls::ClientConfig> {
+        self.client_config_for(creds, rustls::DEFAULT_VERSIONS)
+    }
+
+    /// [`Platform::client_config`] offering only the TLS `versions` given.
+    pub fn client_config_for(
+        &self,
+        creds: Option<&Credentials>,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> Arc<rustls::ClientConfig> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("ring supports the default TLS versions")
+            .with_protocol_versions(versions)
+            .expect("ring supports these TLS versions")
             .with_root_certificates(Arc::clone(&self.roots));
         let config = match creds {
             Some(c) => {

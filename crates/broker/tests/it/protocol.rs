@@ -194,6 +194,48 @@ async fn a_reconnecting_device_resumes_its_tls_session_and_is_still_checked() {
     c.expect_closed().await;
 }
 
+/// TLS 1.2 is offered only when `broker.tls12` is on; a TLS 1.2 device
+/// then gets the same identity checks and the same service, records
+/// larger than one TLS fragment included.
+#[tokio::test]
+async fn tls12_is_offered_only_when_enabled() {
+    let p = Platform::start().await;
+    let dev = p.device("legacy-1").await;
+    let tls12 = [&rustls::version::TLS12];
+    let refused = tokio::time::timeout(WAIT, p.tls_with(p.client_config_for(Some(&dev), &tls12)))
+        .await
+        .expect("handshake finished");
+    assert!(refused.is_err(), "TLS 1.2 accepted with broker.tls12 off");
+
+    p.reload_tls(true);
+    let (mut svc, _) = subscriber_and_device(&p, 1).await;
+    let stream = tokio::time::timeout(WAIT, p.tls_with(p.client_config_for(Some(&dev), &tls12)))
+        .await
+        .expect("handshake finished")
+        .expect("TLS 1.2 handshake");
+    let mut c = Client::over(stream, V5);
+    assert_eq!(
+        c.tls().protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+    c.send(&Connect::v5("legacy-1").packet()).await;
+    assert_eq!(c.recv_connack().await.code, 0);
+    // Larger than one record (16 KiB of plaintext) each way.
+    let payload = vec![b'7'; 40_000];
+    c.publish_ok("devices/legacy-1/cmd/up", &payload).await;
+    expect_publish(&mut svc, "devices/legacy-1/cmd/up", &payload).await;
+
+    // A certificate the registry does not know is refused over TLS 1.2 too.
+    let stray = p.unregistered_device("legacy-2");
+    let stream = tokio::time::timeout(WAIT, p.tls_with(p.client_config_for(Some(&stray), &tls12)))
+        .await
+        .expect("handshake finished")
+        .expect("TLS 1.2 handshake");
+    let mut c = Client::over(stream, V5);
+    c.send(&Connect::v5("legacy-2").packet()).await;
+    assert_eq!(c.recv_connack().await.code, 0x87);
+}
+
 /// The broker requires a client certificate at the TLS layer; without one
 /// no MQTT byte is exchanged.
 #[tokio::test]
