@@ -290,27 +290,11 @@ fn encode(
     data: &mut EncodeTlsData<'_, ServerConnectionData>,
     out: &mut BytesMut,
 ) -> io::Result<()> {
-    let at = out.len();
-    let mut room = 2 * 1024;
-    // The second attempt has the room rustls asked for.
-    for _ in 0..2 {
-        out.resize(at + room, 0);
-        match data.encode(&mut out[at..]) {
-            Ok(n) => {
-                out.truncate(at + n);
-                return Ok(());
-            }
-            Err(EncodeError::InsufficientSize(short)) => room = short.required_size,
-            Err(e) => {
-                out.truncate(at);
-                return Err(io::Error::other(e));
-            }
-        }
-    }
-    out.truncate(at);
-    Err(io::Error::other(
-        "a TLS record did not fit the room rustls asked for",
-    ))
+    append(out, 2 * 1024, |room| match data.encode(room) {
+        Ok(n) => Ok(n),
+        Err(EncodeError::InsufficientSize(short)) => Err(Short::By(short.required_size)),
+        Err(e) => Err(Short::Failed(io::Error::other(e))),
+    })
 }
 
 /// Encrypts `data` into records appended to `out`.
@@ -320,8 +304,8 @@ fn encrypt(
     out: &mut BytesMut,
 ) -> io::Result<()> {
     let records = data.len().div_ceil(MAX_FRAGMENT).max(1);
-    seal(out, data.len() + records * RECORD_OVERHEAD, |room| {
-        traffic.encrypt(data, room)
+    append(out, data.len() + records * RECORD_OVERHEAD, |room| {
+        sealed(traffic.encrypt(data, room))
     })
 }
 
@@ -330,30 +314,44 @@ fn close_notify(
     traffic: &mut WriteTraffic<'_, ServerConnectionData>,
     out: &mut BytesMut,
 ) -> io::Result<()> {
-    seal(out, RECORD_OVERHEAD, |room| {
-        traffic.queue_close_notify(room)
+    append(out, RECORD_OVERHEAD, |room| {
+        sealed(traffic.queue_close_notify(room))
     })
 }
 
-/// Runs an encryption into room appended to `out`, with more room once if
-/// rustls asks for it.
-fn seal(
+/// Why bytes were not written into the room given.
+enum Short {
+    /// The room was too small: this much is needed.
+    By(usize),
+    Failed(io::Error),
+}
+
+fn sealed(r: Result<usize, EncryptError>) -> Result<usize, Short> {
+    r.map_err(|e| match e {
+        EncryptError::InsufficientSize(short) => Short::By(short.required_size),
+        e => Short::Failed(io::Error::other(e)),
+    })
+}
+
+/// Lets `write` fill room appended to `out` (`room` bytes, or once more
+/// what it says it needs), and keeps what it wrote.
+fn append(
     out: &mut BytesMut,
     mut room: usize,
-    mut f: impl FnMut(&mut [u8]) -> Result<usize, EncryptError>,
+    mut write: impl FnMut(&mut [u8]) -> Result<usize, Short>,
 ) -> io::Result<()> {
     let at = out.len();
     for _ in 0..2 {
         out.resize(at + room, 0);
-        match f(&mut out[at..]) {
+        match write(&mut out[at..]) {
             Ok(n) => {
                 out.truncate(at + n);
                 return Ok(());
             }
-            Err(EncryptError::InsufficientSize(short)) => room = short.required_size,
-            Err(e) => {
+            Err(Short::By(needed)) => room = needed,
+            Err(Short::Failed(e)) => {
                 out.truncate(at);
-                return Err(io::Error::other(e));
+                return Err(e);
             }
         }
     }
