@@ -49,6 +49,9 @@ const MIN_READ: usize = 1024;
 const IDLE_READ: usize = 64;
 /// Pending output that is written before more input is handled.
 const FLUSH_AT: usize = 64 * 1024;
+/// Largest output buffer a connection keeps between writes; a larger one
+/// (grown by a burst) is released once written.
+const KEEP_OUT: usize = 4 * 1024;
 
 fn now_ms() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
@@ -815,6 +818,11 @@ impl Connection {
                     _ => self.read_size,
                 };
                 self.rbuf.reserve(want);
+            }
+            // Everything is written by now: the output buffer a burst of
+            // deliveries grew is let go rather than kept for life.
+            if self.out.capacity() > KEEP_OUT {
+                self.out = BytesMut::new();
             }
             let room = self.rbuf.capacity() - self.rbuf.len();
             let may_read = self.unacked.len() < usize::from(self.broker.config.max_inflight);
