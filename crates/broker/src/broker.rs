@@ -19,7 +19,7 @@ use crate::metrics::Metrics;
 use crate::persist::{Durable, Op, Persister, QueuedCopy};
 use crate::router::{ClientId, Router, SubOptions};
 use crate::session::{Delivery, Message, Session};
-use crate::tls::{ReloadableAcceptor, TlsError, TlsMaterial};
+use crate::tls::{ReloadableConfig, TlsError, TlsMaterial};
 
 /// Why a message Rampart itself publishes was not sent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -68,7 +68,7 @@ pub struct Broker {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) sink: Arc<dyn IngestSink>,
     pub(crate) metrics: Arc<Metrics>,
-    pub(crate) tls: ReloadableAcceptor,
+    pub(crate) tls: ReloadableConfig,
     pub(crate) sessions: Mutex<HashMap<ClientId, Arc<Session>>>,
     pub(crate) router: RwLock<Router>,
     pub(crate) retained: RwLock<HashMap<Arc<str>, Arc<Message>>>,
@@ -89,7 +89,7 @@ impl Broker {
     ) -> Result<Arc<Self>, BrokerError> {
         // Fallible parts first: a refused configuration starts no task.
         let acl = Acl::new(&config.acl)?;
-        let tls = ReloadableAcceptor::new(tls)?;
+        let tls = ReloadableConfig::new(tls)?;
         let metrics = Arc::new(Metrics::default());
         let persister = Persister::start(
             Arc::clone(&store),

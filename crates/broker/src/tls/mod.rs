@@ -129,17 +129,17 @@ pub fn server_config(m: &TlsMaterial) -> Result<Arc<rustls::ServerConfig>, TlsEr
 /// The server configuration in use, swapped atomically when certificates
 /// or the CRL change.
 #[derive(Clone)]
-pub struct ReloadableAcceptor {
+pub struct ReloadableConfig {
     current: Arc<ArcSwap<rustls::ServerConfig>>,
 }
 
-impl std::fmt::Debug for ReloadableAcceptor {
+impl std::fmt::Debug for ReloadableConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ReloadableAcceptor")
+        f.write_str("ReloadableConfig")
     }
 }
 
-impl ReloadableAcceptor {
+impl ReloadableConfig {
     /// Builds the first configuration.
     pub fn new(m: &TlsMaterial) -> Result<Self, TlsError> {
         Ok(Self {

@@ -96,6 +96,13 @@ fn invalid(e: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
+fn left_in_handshake() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "the peer closed the connection during the TLS handshake",
+    )
+}
+
 /// Completes the server side of a handshake on `tcp`: the peer's
 /// certificate, if the configuration requires one, has been verified
 /// when this returns.
@@ -124,19 +131,11 @@ pub(crate) async fn accept(config: Arc<ServerConfig>, tcp: TcpStream) -> io::Res
             // out, before the client's certificate has arrived: the
             // handshake is complete only when rustls says so.
             Step::Ready if !stream.conn.is_handshaking() => return Ok(stream),
-            Step::Closed => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the peer closed the connection during the TLS handshake",
-                ));
-            }
+            Step::Closed => return Err(left_in_handshake()),
             Step::Ready | Step::Handshaking => {}
         }
         if stream.peer_closed || std::future::poll_fn(|cx| stream.poll_fill(cx)).await? == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the peer closed the connection during the TLS handshake",
-            ));
+            return Err(left_in_handshake());
         }
     }
 }
@@ -461,28 +460,38 @@ mod tests {
 
     use super::*;
 
-    /// A server stream and the rustls client connected to it, over real
-    /// TCP on loopback (no client certificate: the broker's verifier has
-    /// its own tests).
-    async fn pair() -> (TlsStream, ClientStream<TcpStream>) {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+    /// A server configuration with a fresh self-signed certificate for
+    /// `localhost` (returned for the client to trust).
+    fn server_config() -> (rustls::ServerConfig, CertificateDer<'static>) {
         let issued = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
         let cert = issued.cert.der().clone();
         let key =
             PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(issued.signing_key.serialize_der()));
-        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_no_client_auth()
-            .with_single_cert(vec![cert.clone()], key)
-            .expect("server config");
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.clone()], key)
+        .expect("server config");
+        (config, cert)
+    }
+
+    /// A server stream and the rustls client connected to it, over real
+    /// TCP on loopback (no client certificate: the broker's verifier has
+    /// its own tests).
+    async fn pair() -> (TlsStream, ClientStream<TcpStream>) {
+        let (server, cert) = server_config();
         let mut roots = rustls::RootCertStore::empty();
         roots.add(cert).expect("root");
-        let client = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .await
             .expect("bind");
@@ -611,20 +620,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_client_that_is_no_tls_peer_fails_the_handshake() {
-        let config = {
-            let issued =
-                rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
-            let key =
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(issued.signing_key.serialize_der()));
-            rustls::ServerConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_no_client_auth()
-            .with_single_cert(vec![issued.cert.der().clone()], key)
-            .expect("server config")
-        };
+        let (config, _) = server_config();
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .await
             .expect("bind");
