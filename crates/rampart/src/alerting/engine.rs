@@ -98,6 +98,11 @@ pub(crate) async fn run(mut inputs: EngineInputs, shutdown: CancellationToken) {
             }
         }
     }
+    // One timer for the loop's life, moved earlier when a rule falls due
+    // sooner and re-armed once it fired: creating a timer per message (and
+    // dropping it unfired) took the runtime's timer lock twice per reading.
+    let wake = tokio::time::sleep(MAX_IDLE);
+    tokio::pin!(wake);
     loop {
         let idle = engine
             .eval
@@ -105,14 +110,20 @@ pub(crate) async fn run(mut inputs: EngineInputs, shutdown: CancellationToken) {
             .map(|due| Duration::from_millis(due.saturating_sub(now_ms())))
             .unwrap_or(MAX_IDLE)
             .min(MAX_IDLE);
+        let due = tokio::time::Instant::now() + idle;
+        if wake.is_elapsed() || due < wake.deadline() {
+            wake.as_mut().reset(due);
+        }
         tokio::select! {
             _ = shutdown.cancelled() => break,
             event = inputs.live.recv() => match event {
-                Ok(event) => engine.live(&event).await,
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    AlertMetrics::add(&engine.metrics.events_lagged, n);
-                    tracing::warn!(missed = n, "alert engine fell behind the pipeline's fan-out; absence alerts are checked against the registry before firing");
+                Ok(event) => {
+                    engine.live(&event).await;
+                    // Take in what else is waiting before evaluating:
+                    // readings arrive a commit at a time.
+                    engine.live_backlog(&mut inputs.live).await;
                 }
+                Err(broadcast::error::RecvError::Lagged(n)) => engine.lagged(n),
                 Err(broadcast::error::RecvError::Closed) => break,
             },
             change = inputs.changes.recv() => match change {
@@ -121,12 +132,17 @@ pub(crate) async fn run(mut inputs: EngineInputs, shutdown: CancellationToken) {
                 Err(broadcast::error::RecvError::Closed) => break,
             },
             Some(notice) = inputs.security.recv() => engine.security(&notice),
-            _ = tokio::time::sleep(idle) => {}
+            _ = &mut wake => {}
         }
         engine.eval.tick(now_ms(), &mut engine.out);
         engine.apply().await;
     }
 }
+
+/// Most live events taken in at once before the rules are evaluated, so
+/// that the other inputs (registry changes, shutdown) wait for a bounded
+/// batch only.
+const LIVE_BATCH: usize = 1024;
 
 /// The device an event is about, with its owner from the cache (borrowed:
 /// no allocation per message).
@@ -251,6 +267,25 @@ impl Engine {
             }
             Err(e) => tracing::warn!(error = %e, "cannot reload the alert rules"),
         }
+    }
+
+    /// Takes in the live events already waiting, up to [`LIVE_BATCH`].
+    async fn live_backlog(&mut self, live: &mut broadcast::Receiver<Arc<LiveEvent>>) {
+        for _ in 0..LIVE_BATCH {
+            match live.try_recv() {
+                Ok(event) => self.live(&event).await,
+                Err(broadcast::error::TryRecvError::Lagged(n)) => self.lagged(n),
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn lagged(&self, missed: u64) {
+        AlertMetrics::add(&self.metrics.events_lagged, missed);
+        tracing::warn!(
+            missed,
+            "alert engine fell behind the pipeline's fan-out; absence alerts are checked against the registry before firing"
+        );
     }
 
     async fn live(&mut self, event: &LiveEvent) {
