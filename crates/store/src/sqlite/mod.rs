@@ -148,19 +148,25 @@ impl SqliteStore {
             .transpose()?;
         let writer_thread =
             writer::WriterThread::start(options.writer_priority, options.writer_takeover_after)?;
-        Ok(Self {
-            inner: Arc::new(Inner {
-                _checkpointer: checkpointer,
-                writer_thread,
-                path: path.to_owned(),
-                options,
-                audit_key,
-                writer: Mutex::new(writer),
-                readers: Mutex::new(Vec::new()),
-                series: Mutex::new(crate::telemetry::SeriesCache::default()),
-                staging: Mutex::new(staging),
-            }),
-        })
+        let inner = Arc::new(Inner {
+            _checkpointer: checkpointer,
+            writer_thread,
+            path: path.to_owned(),
+            options,
+            audit_key,
+            writer: Mutex::new(writer),
+            readers: Mutex::new(Vec::new()),
+            series: Mutex::new(crate::telemetry::SeriesCache::default()),
+            staging: Mutex::new(staging),
+        });
+        // The writer thread moves staged telemetry while no write waits. It
+        // must not keep the store alive: the store's last handle closes it.
+        let weak = Arc::downgrade(&inner);
+        inner.writer_thread.set_background(Box::new(move || {
+            weak.upgrade()
+                .map_or(writer::Next::AfterNextJob, |inner| inner.move_staged())
+        }));
+        Ok(Self { inner })
     }
 
     /// Path of the database file.

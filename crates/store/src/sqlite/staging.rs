@@ -21,6 +21,17 @@
 //! mark`, no round, or at or after the stored position), never both:
 //! readers add pending rows to what they read, in the same snapshot.
 //!
+//! Rounds are moved by the writer thread's background work
+//! ([`Staging::background_due`]), a slice of at most
+//! [`StagingOptions::slice_rows`] rows per lane in a transaction of its
+//! own, while no write waits: the acknowledgement's transaction then only
+//! appends. Such a transaction does not wait for its fsync (`synchronous =
+//! NORMAL`): lost in a power cut, it leaves the rows staged as they were,
+//! and the next acknowledgement's fsync makes it durable with its own. A
+//! commit moves a slice itself only when the lane is behind
+//! ([`StagingOptions::behind_rows`]: the writer had no idle moment for a
+//! while), or when background slices are off.
+//!
 //! The committer keeps each lane's round in memory, and the rows staged
 //! since it started, so that the next round starts without reading them
 //! back. At each commit it checks the stored progress and whether another
@@ -54,10 +65,18 @@ pub struct StagingOptions {
     pub round_points: usize,
     /// ...or once the oldest of them waited this long.
     pub round_age: Duration,
-    /// Each commit during a round moves rows until it moved this many
-    /// times the rows it staged itself (at least one position), so rounds
-    /// end faster than input arrives.
+    /// A commit that moves rows itself (see `behind_rows`) moves until it
+    /// moved this many times the rows it staged (at least one position),
+    /// so rounds end faster than input arrives.
     pub catch_up: usize,
+    /// Rows of each lane that one background slice moves at most (whole
+    /// positions: a series, a reading). Its transaction is what a write
+    /// queued meanwhile waits for, so it is kept to about a millisecond.
+    /// 0 turns background slices off: every commit moves rows.
+    pub slice_rows: usize,
+    /// A lane whose staged rows not moved yet reach this many is behind:
+    /// commits move rows too, as with `slice_rows` 0, until it is not.
+    pub behind_rows: usize,
 }
 
 impl Default for StagingOptions {
@@ -67,6 +86,20 @@ impl Default for StagingOptions {
             round_points: 16_384,
             round_age: Duration::from_secs(1),
             catch_up: 2,
+            slice_rows: 512,
+            behind_rows: 65_536,
+        }
+    }
+}
+
+impl StagingOptions {
+    /// The rows a commit that stages `incoming` rows moves itself, with
+    /// `backlog` rows of the lane not moved yet.
+    fn commit_budget(&self, incoming: usize, backlog: usize) -> usize {
+        if self.slice_rows == 0 || backlog >= self.behind_rows {
+            incoming.saturating_mul(self.catch_up).max(1)
+        } else {
+            0
         }
     }
 }
@@ -341,23 +374,49 @@ impl<K: Kind> Lane<K> {
         Ok(stored)
     }
 
-    /// The compaction step of a commit that is about to stage `incoming`
-    /// rows, in the transaction `synced` came from: moves the next rows of
-    /// the round in progress (starting one when enough waits), handing
-    /// the moved rows to `moved` (one slice, in the round's order).
+    /// Staged rows not moved yet: the rest of the round and those waiting.
+    fn backlog(&self) -> usize {
+        self.round.as_ref().map_or(0, |r| r.pending().len()) + self.waiting.rows.len()
+    }
+
+    /// How long until a slice has work: zero during a round or once a
+    /// round is due, `None` while nothing waits.
+    fn due_in(&self, now: Instant) -> Option<Duration> {
+        if self.round.is_some() || self.waiting.rows.len() >= self.options.round_points {
+            return Some(Duration::ZERO);
+        }
+        let since = self
+            .waiting_since
+            .filter(|_| !self.waiting.rows.is_empty())?;
+        Some(
+            self.options
+                .round_age
+                .saturating_sub(now.saturating_duration_since(since)),
+        )
+    }
+
+    /// The rows a commit that stages `incoming` rows moves itself.
+    pub(super) fn commit_budget(&self, incoming: usize) -> usize {
+        self.options.commit_budget(incoming, self.backlog())
+    }
+
+    /// A compaction step in the transaction `synced` came from: moves the
+    /// next rows of the round in progress, at least `budget` of them
+    /// unless the round ends first (whole positions; nothing with 0),
+    /// starting a round when enough waits, and hands the moved rows to
+    /// `moved` (one slice, in the round's order).
     pub(super) fn step(
         &mut self,
         tx: &Transaction<'_>,
         Synced(progress): Synced<K>,
-        incoming: usize,
+        budget: usize,
         now: Instant,
         mut moved: impl FnMut(&[K::Row]) -> Result<()>,
     ) -> Result<LaneStep<K>> {
-        let due = !self.waiting.rows.is_empty()
-            && (self.waiting.rows.len() >= self.options.round_points
-                || self
-                    .waiting_since
-                    .is_some_and(|t| now.duration_since(t) >= self.options.round_age));
+        if budget == 0 {
+            return Ok(LaneStep::at(progress));
+        }
+        let due = self.due_in(now) == Some(Duration::ZERO);
         let started = match (&self.round, due) {
             (None, true) => Round::start(&self.waiting),
             _ => None,
@@ -365,7 +424,6 @@ impl<K: Kind> Lane<K> {
         let Some(round) = started.as_ref().or(self.round.as_ref()) else {
             return Ok(LaneStep::at(progress));
         };
-        let budget = incoming.saturating_mul(self.options.catch_up).max(1);
         let mut end = round.pos;
         while end < round.rows.len() && end - round.pos < budget {
             let first = end;
@@ -487,6 +545,18 @@ impl Staging {
 
     pub(super) fn options(&self) -> StagingOptions {
         self.points.options
+    }
+
+    /// When the background work's next slice has rows to move: zero when
+    /// one does now, `None` while nothing is staged (or slices are off).
+    pub(super) fn background_due(&self, now: Instant) -> Option<Duration> {
+        if self.options().slice_rows == 0 {
+            return None;
+        }
+        match (self.points.due_in(now), self.readings.due_in(now)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Takes in a committed step.

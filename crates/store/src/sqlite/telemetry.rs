@@ -3,7 +3,7 @@
 //! points still staged (decisions 0018 and 0019, [`super::staging`]).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rampart_proto::DeviceId;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
@@ -12,6 +12,7 @@ use super::rows::RowInsert;
 use super::staging::points::{self, Points, StagedPoint, pending_points};
 use super::staging::readings::{self, DigestIndex, Readings, StagedReading};
 use super::staging::{Kind as _, Lane, Staging, Step, Synced};
+use super::writer::Next;
 use super::{SqliteStore, db};
 use crate::telemetry::{
     BucketAggregator, DeviceTelemetryStats, FastMap, IngestItem, ItemOutcome, LAST_SEEN_STEP_MS,
@@ -386,15 +387,19 @@ impl Batch<'_> {
                 stored.push((device.clone(), *highest));
             }
         }
+        // Moving staged rows is the background work's, unless a lane is
+        // behind (or background slices are off).
+        let points_budget = staging.points.commit_budget(points_in);
+        let readings_budget = staging.readings.commit_budget(readings_in);
         let mut step = Step {
             points: staging
                 .points
-                .step(tx, points_synced, points_in, now, |p| {
+                .step(tx, points_synced, points_budget, now, |p| {
                     self.points.write(tx, p)
                 })?,
             readings: staging
                 .readings
-                .step(tx, readings_synced, readings_in, now, |r| {
+                .step(tx, readings_synced, readings_budget, now, |r| {
                     readings::write_readings(tx, r)
                 })?,
             stored,
@@ -770,6 +775,75 @@ fn drain_staged(tx: &Transaction<'_>, staging: &mut Staging) -> Result<Step> {
     };
     points.merge_rollups(tx)?;
     Ok(step)
+}
+
+/// One slice of the background work (see [`super::staging`]): moves the
+/// next rows of each lane's round, at most `slice_rows` each, in a
+/// transaction of its own that does not wait for its fsync. Losing it in a
+/// power cut leaves the rows staged as before it; the next commit's fsync
+/// makes it durable along with that commit.
+fn background_slice(conn: &mut Connection, staging: &mut Staging) -> Result<()> {
+    conn.execute_batch("PRAGMA synchronous = NORMAL")
+        .map_err(db)?;
+    let moved = (|| -> Result<Step> {
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let now = Instant::now();
+        let budget = staging.options().slice_rows;
+        let synced = (
+            staging.points.sync(&tx, now)?,
+            staging.readings.sync(&tx, now)?,
+        );
+        let mut points = PointWriter::default();
+        let step = Step {
+            points: staging
+                .points
+                .step(&tx, synced.0, budget, now, |p| points.write(&tx, p))?,
+            readings: staging.readings.step(&tx, synced.1, budget, now, |r| {
+                readings::write_readings(&tx, r)
+            })?,
+            stored: Vec::new(),
+        };
+        points.merge_rollups(&tx)?;
+        tx.commit().map_err(db)?;
+        Ok(step)
+    })();
+    // Every other transaction of this connection decides an answer: it
+    // waits for its fsync again, whatever became of the slice.
+    conn.execute_batch("PRAGMA synchronous = FULL")
+        .map_err(db)?;
+    staging.apply(moved?, Instant::now());
+    Ok(())
+}
+
+impl super::Inner {
+    /// The store's background work on the writer thread: a slice of the
+    /// staged rows when one is due, and when to be asked again.
+    pub(super) fn move_staged(&self) -> Next {
+        match self.try_move_staged() {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::warn!(error = %e, "moving staged telemetry into its tables failed; commits move it instead until a later slice succeeds");
+                Next::After(Duration::from_secs(1))
+            }
+        }
+    }
+
+    fn try_move_staged(&self) -> Result<Next> {
+        let mut conn = self.lock_writer()?;
+        let mut staging = self
+            .staging
+            .lock()
+            .map_err(|_| StoreError::Corrupt("staging state poisoned".into()))?;
+        match staging.background_due(Instant::now()) {
+            None => return Ok(Next::AfterNextJob),
+            Some(wait) if !wait.is_zero() => return Ok(Next::After(wait)),
+            Some(_) => {}
+        }
+        background_slice(&mut conn, &mut staging)?;
+        Ok(Next::Now)
+    }
 }
 
 /// Retention: deletes what left its window (after moving the staged

@@ -18,6 +18,14 @@
 //! takes no job while the queue is taken over; it wakes every few bounds
 //! and hands the queue back when it was scheduled on time, i.e. when CPU
 //! time is free again (decision 0020).
+//!
+//! The writer also runs *background work* ([`WriterThread::set_background`]):
+//! one bounded step at a time, only while its queue is empty, so a queued
+//! job waits for at most one step. The telemetry store moves staged rows
+//! into their tables this way, off the acknowledgement's transaction
+//! (decision 0018). Background work runs on `sqlite-writer` only: while the
+//! queue is taken over the writer is starved of CPU time, and the work
+//! waits with it.
 
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -60,6 +68,20 @@ pub struct WriterStats {
 
 type Job = Box<dyn FnOnce() + Send>;
 
+/// When background work wants its next step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Next {
+    /// As soon as the queue is empty.
+    Now,
+    /// After this long, or after the next job, whichever comes first.
+    After(Duration),
+    /// After the next job: nothing is due until something is written.
+    AfterNextJob,
+}
+
+/// One step of background work; see [`WriterThread::set_background`].
+pub(super) type Background = Box<dyn FnMut() -> Next + Send>;
+
 /// A job and when it was queued.
 struct Queued {
     at: Instant,
@@ -85,6 +107,11 @@ struct State {
     /// The store is dropped: finish what is queued, then end.
     closed: bool,
     takeovers: u64,
+    /// Background work, when set and not running (it is taken out while
+    /// it runs).
+    background: Option<Background>,
+    /// When its next step is due; `None` until the next job ends.
+    background_due: Option<Instant>,
 }
 
 struct Shared {
@@ -114,6 +141,10 @@ impl Shared {
         job();
         let mut state = self.lock();
         state.busy = false;
+        // A job may have given the background work something to do.
+        if state.background.is_some() {
+            state.background_due = Some(Instant::now());
+        }
         // Whoever holds the queue now may be waiting for this job to end:
         // the queue may have been taken over, or handed back, meanwhile.
         if state.taken_over {
@@ -219,6 +250,20 @@ impl WriterThread {
         }
     }
 
+    /// Installs background work: `step` is called on `sqlite-writer`
+    /// whenever the queue is empty and the step it last asked for is due,
+    /// and once after every job. Each call should do a bounded amount of
+    /// work, since a job queued meanwhile waits for it to end. A panic in
+    /// a step is logged, and the work is asked again after the next job.
+    pub(super) fn set_background(&self, step: Background) {
+        let mut state = self.shared.lock();
+        state.background = Some(step);
+        state.background_due = Some(Instant::now());
+        if state.writer_waits {
+            self.shared.writer.notify_one();
+        }
+    }
+
     /// Takeovers so far, and whether the queue is taken over now.
     pub(super) fn stats(&self) -> WriterStats {
         let state = self.shared.lock();
@@ -275,9 +320,23 @@ fn writer_loop(shared: &Shared, adaptive: bool) {
         if state.closed && state.queue.is_empty() {
             return;
         }
+        let now = Instant::now();
+        if !state.taken_over
+            && !state.busy
+            && state.background_due.is_some_and(|due| due <= now)
+            && let Some(step) = state.background.take()
+        {
+            state = run_background(shared, state, step);
+            continue;
+        }
         if !(adaptive && state.taken_over) {
             state.writer_waits = true;
-            state = wait(&shared.writer, state);
+            state = match state.background_due.filter(|_| !state.taken_over) {
+                Some(due) => {
+                    wait_at_most(&shared.writer, state, due.saturating_duration_since(now))
+                }
+                None => wait(&shared.writer, state),
+            };
             state.writer_waits = false;
             continue;
         }
@@ -292,6 +351,35 @@ fn writer_loop(shared: &Shared, adaptive: bool) {
             shared.standby.notify_one();
         }
     }
+}
+
+/// Runs one step of background work outside the lock, marking the queue
+/// busy meanwhile, and records when the next is due.
+fn run_background<'a>(
+    shared: &'a Shared,
+    mut state: MutexGuard<'a, State>,
+    mut step: Background,
+) -> MutexGuard<'a, State> {
+    state.busy = true;
+    drop(state);
+    let next = catch_unwind(AssertUnwindSafe(&mut step)).unwrap_or_else(|_| {
+        tracing::error!("the store's background work panicked; it runs again after the next write");
+        Next::AfterNextJob
+    });
+    let mut state = shared.lock();
+    state.busy = false;
+    state.background = Some(step);
+    let now = Instant::now();
+    state.background_due = match next {
+        Next::Now => Some(now),
+        Next::After(wait) => Some(now + wait),
+        Next::AfterNextJob => None,
+    };
+    // A job queued meanwhile may be waiting for this step, on either thread.
+    if state.taken_over {
+        shared.standby.notify_one();
+    }
+    state
 }
 
 /// `sqlite-standby` (adaptive only): takes the queue over when its oldest

@@ -1306,13 +1306,28 @@ fn open_staged(dir: &Path, staging: StagingOptions) -> SqliteStore {
 }
 
 /// Every point staged, a round started at every commit, each commit moving
-/// as few series as it may: rounds are in progress most of the time.
+/// as few series as it may and no background slice moving any: rounds are
+/// in progress most of the time, at points the test decides.
 fn eager() -> StagingOptions {
     StagingOptions {
         direct_points: usize::MAX,
         round_points: 1,
         round_age: Duration::ZERO,
         catch_up: 1,
+        slice_rows: 0,
+        ..StagingOptions::default()
+    }
+}
+
+/// Every point staged and a round due at once, moved by background slices
+/// of a few rows only (commits move nothing unless a lane is far behind).
+fn background(slice_rows: usize) -> StagingOptions {
+    StagingOptions {
+        direct_points: usize::MAX,
+        round_points: 1,
+        round_age: Duration::ZERO,
+        slice_rows,
+        ..StagingOptions::default()
     }
 }
 
@@ -1439,6 +1454,46 @@ async fn sqlite_answers_do_not_depend_on_compaction_progress() {
     let (_, left) = staging_state(direct_dir.path());
     assert_eq!(left, 0, "staging off stages nothing");
     assert_eq!(readings_staging_state(direct_dir.path()).1, 0);
+}
+
+/// Background slices move every staged row into the tables while no write
+/// waits, without any further commit, and answers are the same at every
+/// point on the way: the store reads while the slices run.
+#[tokio::test]
+async fn sqlite_background_slices_move_staged_rows_without_commits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let direct_dir = tempfile::tempdir().expect("tempdir");
+    let staged = open_staged(dir.path(), background(3));
+    let plain = open_staged(direct_dir.path(), direct());
+    for seed in [5u64, 99] {
+        for (items, outbox) in workload(seed) {
+            let a = commit(&staged, items.clone(), outbox).await;
+            assert_eq!(a, commit(&plain, items, outbox).await, "outcomes");
+        }
+    }
+    // Reads while the slices run, until nothing is staged.
+    let give_up = std::time::Instant::now() + rampart_test_support::wait_limit();
+    let mut views = 0;
+    loop {
+        assert_same_view(&staged, &plain, &format!("view {views}")).await;
+        views += 1;
+        let ((_, next_series), points) = staging_state(dir.path());
+        let (next_reading, readings) = readings_staging_state(dir.path());
+        if points == 0 && readings == 0 && next_series == i64::MIN && next_reading.is_none() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < give_up,
+            "still staged after the wait limit: {points} points, {readings} readings"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_same_view(&staged, &plain, "everything moved").await;
+    // A replay of everything is recognised from the tables alone.
+    for (items, _) in workload(5) {
+        let replayed = commit(&staged, items.clone(), false).await;
+        assert_eq!(replayed, commit(&plain, items, false).await, "replay");
+    }
 }
 
 /// A round stopped half-way by a restart (or moved on by another store on
