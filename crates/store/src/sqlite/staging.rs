@@ -309,7 +309,10 @@ pub(super) struct Lane<K: Kind> {
 pub(super) struct LaneStep<K: Kind> {
     progress: Progress<K::Pos>,
     started: Option<Round<K>>,
-    pos: usize,
+    /// Where the round stands after the step; `None` when the step moved
+    /// nothing (a commit that left moving to the background slices), so
+    /// that the round stays where it is.
+    pos: Option<usize>,
     /// Rows the transaction appended, and the id of the last.
     appended: Vec<K::Row>,
     last_id: Option<i64>,
@@ -321,7 +324,7 @@ impl<K: Kind> LaneStep<K> {
         Self {
             progress,
             started: None,
-            pos: 0,
+            pos: None,
             appended: Vec::new(),
             last_id: None,
             drained: false,
@@ -445,7 +448,7 @@ impl<K: Kind> Lane<K> {
             delete::<K>(tx, Some(round.mark))?;
         }
         Ok(LaneStep {
-            pos: end,
+            pos: Some(end),
             started,
             ..LaneStep::at(next)
         })
@@ -502,8 +505,8 @@ impl<K: Kind> Lane<K> {
             self.waiting = Waiting::default();
             self.waiting_since = None;
         }
-        if let Some(round) = &mut self.round {
-            round.pos = step.pos;
+        if let (Some(round), Some(pos)) = (&mut self.round, step.pos) {
+            round.pos = pos;
         }
         if step.progress.next.is_none() {
             self.round = None;
@@ -566,5 +569,80 @@ impl Staging {
         for (device, seq) in step.stored {
             self.readings.stored(&device, seq);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::points::StagedPoint;
+    use super::*;
+
+    /// A connection holding the points lane's tables, as migrated.
+    fn lane_db() -> Connection {
+        let conn = Connection::open_in_memory().expect("open");
+        conn.execute_batch(include_str!(
+            "../../migrations/sqlite/0014_staged_points.sql"
+        ))
+        .expect("schema");
+        conn
+    }
+
+    fn point(series: i64) -> StagedPoint {
+        StagedPoint {
+            series,
+            ts: 1_000 + series,
+            seq: series,
+            value: series as f64,
+        }
+    }
+
+    /// One committed transaction of the lane: a step moving `budget`
+    /// rows, then `rows` appended; the series the step moved.
+    fn commit(
+        conn: &mut Connection,
+        lane: &mut Lane<Points>,
+        budget: usize,
+        rows: Vec<StagedPoint>,
+    ) -> Vec<i64> {
+        let now = Instant::now();
+        let tx = conn.transaction().expect("begin");
+        let synced = lane.sync(&tx, now).expect("sync");
+        let mut moved = Vec::new();
+        let mut step = lane
+            .step(&tx, synced, budget, now, |rows| {
+                moved.extend(rows.iter().map(|p| p.series));
+                Ok(())
+            })
+            .expect("step");
+        Lane::append(&tx, &mut step, rows).expect("append");
+        tx.commit().expect("commit");
+        lane.apply(step, now);
+        moved
+    }
+
+    /// A commit that leaves moving to the background slices (budget 0)
+    /// in the middle of a round leaves the round where it was: the next
+    /// slice moves the next series, not the first ones again.
+    #[test]
+    fn a_step_that_moves_nothing_keeps_the_round_where_it_was() {
+        let mut conn = lane_db();
+        let mut lane = Lane::<Points>::new(StagingOptions {
+            round_points: 1,
+            round_age: Duration::ZERO,
+            ..StagingOptions::default()
+        });
+        let first = (1..=3).map(point).collect();
+        assert!(commit(&mut conn, &mut lane, 0, first).is_empty());
+        // A slice starts the round and moves its first series.
+        assert_eq!(commit(&mut conn, &mut lane, 1, Vec::new()), [1]);
+        // A commit appends without moving anything.
+        assert!(commit(&mut conn, &mut lane, 0, vec![point(4)]).is_empty());
+        assert_eq!(lane.backlog(), 3, "series 2 and 3 of the round, 4 waits");
+        // The next slices go on with the round, then start the next one.
+        assert_eq!(commit(&mut conn, &mut lane, 1, Vec::new()), [2]);
+        assert_eq!(commit(&mut conn, &mut lane, 5, Vec::new()), [3]);
+        assert_eq!(commit(&mut conn, &mut lane, 5, Vec::new()), [4]);
+        assert_eq!(lane.backlog(), 0);
+        assert!(commit(&mut conn, &mut lane, 5, Vec::new()).is_empty());
     }
 }

@@ -1458,18 +1458,22 @@ async fn sqlite_answers_do_not_depend_on_compaction_progress() {
 
 /// Background slices move every staged row into the tables while no write
 /// waits, without any further commit, and answers are the same at every
-/// point on the way: the store reads while the slices run.
+/// point on the way: the store reads while the slices run. The commits
+/// come back to back, so that slices and commits (which move nothing
+/// themselves) alternate in the middle of rounds.
 #[tokio::test]
 async fn sqlite_background_slices_move_staged_rows_without_commits() {
     let dir = tempfile::tempdir().expect("tempdir");
     let direct_dir = tempfile::tempdir().expect("tempdir");
     let staged = open_staged(dir.path(), background(3));
     let plain = open_staged(direct_dir.path(), direct());
-    for seed in [5u64, 99] {
-        for (items, outbox) in workload(seed) {
-            let a = commit(&staged, items.clone(), outbox).await;
-            assert_eq!(a, commit(&plain, items, outbox).await, "outcomes");
-        }
+    let work: Vec<_> = [5u64, 99].into_iter().flat_map(workload).collect();
+    let mut outcomes = Vec::new();
+    for (items, outbox) in &work {
+        outcomes.push(commit(&staged, items.clone(), *outbox).await);
+    }
+    for ((items, outbox), a) in work.into_iter().zip(outcomes) {
+        assert_eq!(a, commit(&plain, items, outbox).await, "outcomes");
     }
     // Reads while the slices run, until nothing is staged.
     let give_up = std::time::Instant::now() + rampart_test_support::wait_limit();
