@@ -87,7 +87,7 @@ impl Default for StagingOptions {
             round_age: Duration::from_secs(1),
             catch_up: 2,
             slice_rows: 512,
-            behind_rows: 65_536,
+            behind_rows: 32_768,
         }
     }
 }
