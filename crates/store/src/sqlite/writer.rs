@@ -23,7 +23,7 @@
 //! one bounded step at a time, only while its queue is empty, so a queued
 //! job waits for at most one step. The telemetry store moves staged rows
 //! into their tables this way, off the acknowledgement's transaction
-//! (decision 0018). Background work runs on `sqlite-writer` only: while the
+//! (decision 0023). Background work runs on `sqlite-writer` only: while the
 //! queue is taken over the writer is starved of CPU time, and the work
 //! waits with it.
 
@@ -456,7 +456,7 @@ fn set_idle() -> std::result::Result<(), String> {
 mod tests {
     use super::*;
     use rampart_test_support::wait_limit;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
     /// A takeover bound short enough for tests.
     const BOUND: Duration = Duration::from_millis(20);
@@ -674,5 +674,56 @@ mod tests {
                 .all(|name| name == "sqlite-writer" || name == "sqlite-standby"),
             "{ran_on:?}"
         );
+    }
+
+    /// Background work that always has more to do runs while the queue is
+    /// empty, and every job queued meanwhile still runs, after at most the
+    /// step in progress. A step that panics does not stop the thread.
+    #[tokio::test]
+    async fn background_work_fills_the_gaps_between_jobs() {
+        let writer = WriterThread::start(WriterPriority::Normal, BOUND).expect("start");
+        let steps = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&steps);
+        writer.set_background(Box::new(move || {
+            let n = counted.fetch_add(1, Ordering::SeqCst);
+            assert!(n != 3, "the fourth step panics");
+            Next::Now
+        }));
+        assert!(
+            eventually(|| steps.load(Ordering::SeqCst) >= 3).await,
+            "steps run without any job"
+        );
+        // The panic made the work wait for the next job; it resumes after it.
+        for i in 0..20 {
+            assert_eq!(writer.run(move || Ok(i)).await.expect("job"), i);
+        }
+        let after_jobs = steps.load(Ordering::SeqCst);
+        assert!(
+            eventually(|| steps.load(Ordering::SeqCst) > after_jobs + 10).await,
+            "steps go on after the jobs"
+        );
+    }
+
+    /// Work with nothing due runs once after each job, not in a loop.
+    #[tokio::test]
+    async fn background_work_with_nothing_due_runs_once_per_job() {
+        let writer = WriterThread::start(WriterPriority::Normal, BOUND).expect("start");
+        let steps = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&steps);
+        writer.set_background(Box::new(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Next::AfterNextJob
+        }));
+        // Once when installed.
+        assert!(eventually(|| steps.load(Ordering::SeqCst) == 1).await);
+        for i in 0..5usize {
+            writer.run(move || Ok(i)).await.expect("job");
+            let expected = i + 2;
+            assert!(
+                eventually(|| steps.load(Ordering::SeqCst) == expected).await,
+                "one step after job {i}: {}",
+                steps.load(Ordering::SeqCst)
+            );
+        }
     }
 }
