@@ -425,6 +425,12 @@ pub(crate) fn write_store(stats: rampart_store::sqlite::WriterStats, t: &mut Met
         "1 while the fair-share thread runs the SQLite writes, 0 while the idle writer does.",
         if stats.taken_over { 1.0 } else { 0.0 },
     );
+    t.single(
+        "rampart_store_staged_rows",
+        MetricKind::Gauge,
+        "Telemetry rows staged and not yet moved into their tables (decision 0023); staying above 32768 per lane means the writer finds no idle moment and commits move rows themselves.",
+        stats.staged_rows as f64,
+    );
 }
 
 /// Monitoring of a running server: its parts' metrics, and the broker's
@@ -496,6 +502,7 @@ mod tests {
             rampart_store::sqlite::WriterStats {
                 takeovers: 4,
                 taken_over: true,
+                staged_rows: 1_234,
             },
             &mut t,
         );
@@ -507,6 +514,12 @@ mod tests {
         assert!(
             text.contains(
                 "# TYPE rampart_store_writer_taken_over gauge\nrampart_store_writer_taken_over 1\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "# TYPE rampart_store_staged_rows gauge\nrampart_store_staged_rows 1234\n"
             ),
             "{text}"
         );

@@ -177,7 +177,11 @@ impl SqliteStore {
     /// What the writer threads have done (takeovers of the queue under
     /// [`WriterPriority::Adaptive`]).
     pub fn writer_stats(&self) -> WriterStats {
-        self.inner.writer_thread.stats()
+        let staged_rows = self.inner.staging.lock().map_or(0, |s| s.backlog() as u64);
+        WriterStats {
+            staged_rows,
+            ..self.inner.writer_thread.stats()
+        }
     }
 
     /// Runs `f` in an immediate write transaction on the writer thread.

@@ -550,6 +550,11 @@ impl Staging {
         self.points.options
     }
 
+    /// Staged rows of both lanes not moved yet.
+    pub(super) fn backlog(&self) -> usize {
+        self.points.backlog() + self.readings.backlog()
+    }
+
     /// When the background work's next slice has rows to move: zero when
     /// one does now, `None` while nothing is staged (or slices are off).
     pub(super) fn background_due(&self, now: Instant) -> Option<Duration> {

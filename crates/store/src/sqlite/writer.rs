@@ -64,6 +64,9 @@ pub struct WriterStats {
     pub takeovers: u64,
     /// Whether the standby thread holds the queue now.
     pub taken_over: bool,
+    /// Staged telemetry rows the background work has still to move
+    /// (decision 0023), as the committer last saw them.
+    pub staged_rows: u64,
 }
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -270,6 +273,7 @@ impl WriterThread {
         WriterStats {
             takeovers: state.takeovers,
             taken_over: state.taken_over,
+            staged_rows: 0,
         }
     }
 }

@@ -1493,6 +1493,7 @@ async fn sqlite_background_slices_move_staged_rows_without_commits() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert_same_view(&staged, &plain, "everything moved").await;
+    assert_eq!(staged.writer_stats().staged_rows, 0);
     // A replay of everything is recognised from the tables alone.
     for (items, _) in workload(5) {
         let replayed = commit(&staged, items.clone(), false).await;
@@ -1530,6 +1531,10 @@ async fn sqlite_staged_points_survive_a_restart_and_a_second_writer() {
     assert!(
         staged_readings > 10,
         "readings still staged: {staged_readings}"
+    );
+    assert!(
+        first.writer_stats().staged_rows > 0,
+        "the store reports the rows it has still to move"
     );
     assert_same_view(&first, &plain, "mid-round").await;
 
