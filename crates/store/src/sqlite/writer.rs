@@ -680,19 +680,29 @@ mod tests {
         );
     }
 
+    /// A writer whose background work is `step`, called with the number of
+    /// steps before it; the count of steps taken.
+    fn counting_steps(
+        step: impl Fn(usize) -> Next + Send + 'static,
+    ) -> (WriterThread, Arc<AtomicUsize>) {
+        let writer = WriterThread::start(WriterPriority::Normal, BOUND).expect("start");
+        let steps = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&steps);
+        writer.set_background(Box::new(move || {
+            step(counted.fetch_add(1, Ordering::SeqCst))
+        }));
+        (writer, steps)
+    }
+
     /// Background work that always has more to do runs while the queue is
     /// empty, and every job queued meanwhile still runs, after at most the
     /// step in progress. A step that panics does not stop the thread.
     #[tokio::test]
     async fn background_work_fills_the_gaps_between_jobs() {
-        let writer = WriterThread::start(WriterPriority::Normal, BOUND).expect("start");
-        let steps = Arc::new(AtomicUsize::new(0));
-        let counted = Arc::clone(&steps);
-        writer.set_background(Box::new(move || {
-            let n = counted.fetch_add(1, Ordering::SeqCst);
+        let (writer, steps) = counting_steps(|n| {
             assert!(n != 3, "the fourth step panics");
             Next::Now
-        }));
+        });
         assert!(
             eventually(|| steps.load(Ordering::SeqCst) >= 3).await,
             "steps run without any job"
@@ -711,13 +721,7 @@ mod tests {
     /// Work with nothing due runs once after each job, not in a loop.
     #[tokio::test]
     async fn background_work_with_nothing_due_runs_once_per_job() {
-        let writer = WriterThread::start(WriterPriority::Normal, BOUND).expect("start");
-        let steps = Arc::new(AtomicUsize::new(0));
-        let counted = Arc::clone(&steps);
-        writer.set_background(Box::new(move || {
-            counted.fetch_add(1, Ordering::SeqCst);
-            Next::AfterNextJob
-        }));
+        let (writer, steps) = counting_steps(|_| Next::AfterNextJob);
         // Once when installed.
         assert!(eventually(|| steps.load(Ordering::SeqCst) == 1).await);
         for i in 0..5usize {
