@@ -22,9 +22,9 @@
 //! readers add pending rows to what they read, in the same snapshot.
 //!
 //! Rounds are moved by the writer thread's background work
-//! ([`Staging::background_due`]), a slice of at most
-//! [`StagingOptions::slice_rows`] rows per lane in a transaction of its
-//! own, while no write waits: the acknowledgement's transaction then only
+//! ([`Staging::background_due`]), a slice of about
+//! [`StagingOptions::slice_rows`] rows per lane (whole positions) in a
+//! transaction of its own, while no write waits: the acknowledgement's transaction then only
 //! appends. Such a transaction does not wait for its fsync (`synchronous =
 //! NORMAL`): lost in a power cut, it leaves the rows staged as they were,
 //! and the next acknowledgement's fsync makes it durable with its own. A
@@ -69,8 +69,9 @@ pub struct StagingOptions {
     /// moved this many times the rows it staged (at least one position),
     /// so rounds end faster than input arrives.
     pub catch_up: usize,
-    /// Rows of each lane that one background slice moves at most (whole
-    /// positions: a series, a reading). Its transaction is what a write
+    /// Rows of each lane that one background slice moves: whole positions
+    /// (a series, a reading) until it moved at least this many, or the
+    /// round ended. Its transaction is what a write
     /// queued meanwhile waits for, so it is kept to about a millisecond.
     /// 0 turns background slices off: every commit moves rows.
     pub slice_rows: usize,
