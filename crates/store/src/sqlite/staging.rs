@@ -551,6 +551,16 @@ impl Staging {
         self.points.options
     }
 
+    /// Brings both lanes in line with the tables, once per transaction
+    /// ([`Lane::sync`]).
+    pub(super) fn sync(
+        &mut self,
+        conn: &Connection,
+        now: Instant,
+    ) -> Result<(Synced<Points>, Synced<Readings>)> {
+        Ok((self.points.sync(conn, now)?, self.readings.sync(conn, now)?))
+    }
+
     /// Staged rows of both lanes not moved yet.
     pub(super) fn backlog(&self) -> usize {
         self.points.backlog() + self.readings.backlog()

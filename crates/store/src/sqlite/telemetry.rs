@@ -82,11 +82,7 @@ pub(super) fn commit(
 ) -> Result<Committed> {
     // Both lanes are brought in line with the tables once, first: dedupe
     // reads the readings lane.
-    let now = Instant::now();
-    let synced = (
-        staging.points.sync(tx, now)?,
-        staging.readings.sync(tx, now)?,
-    );
+    let synced = staging.sync(tx, Instant::now())?;
     let mut b = Batch {
         tx,
         stored_digest: tx
@@ -369,7 +365,7 @@ impl Batch<'_> {
     fn finish(
         &mut self,
         staging: &mut Staging,
-        (points_synced, readings_synced): (Synced<Points>, Synced<Readings>),
+        synced: (Synced<Points>, Synced<Readings>),
     ) -> Result<Step> {
         let tx = self.tx;
         let points = std::mem::take(&mut self.new_points);
@@ -389,21 +385,12 @@ impl Batch<'_> {
         }
         // Moving staged rows is the background work's, unless a lane is
         // behind (or background slices are off).
-        let points_budget = staging.points.commit_budget(points_in);
-        let readings_budget = staging.readings.commit_budget(readings_in);
-        let mut step = Step {
-            points: staging
-                .points
-                .step(tx, points_synced, points_budget, now, |p| {
-                    self.points.write(tx, p)
-                })?,
-            readings: staging
-                .readings
-                .step(tx, readings_synced, readings_budget, now, |r| {
-                    readings::write_readings(tx, r)
-                })?,
-            stored,
-        };
+        let budgets = (
+            staging.points.commit_budget(points_in),
+            staging.readings.commit_budget(readings_in),
+        );
+        let mut step = step_lanes(tx, staging, synced, budgets, now, &mut self.points)?;
+        step.stored = stored;
         if direct {
             self.points.write(tx, &points)?;
             readings::write_readings(tx, &new_readings)?;
@@ -777,6 +764,32 @@ fn drain_staged(tx: &Transaction<'_>, staging: &mut Staging) -> Result<Step> {
     Ok(step)
 }
 
+/// Each lane's compaction step in `tx`, moving at least its budget of rows
+/// (points, readings), the moved points written through `points` (whose
+/// rollups the caller merges).
+fn step_lanes(
+    tx: &Transaction<'_>,
+    staging: &mut Staging,
+    (points_synced, readings_synced): (Synced<Points>, Synced<Readings>),
+    (points_budget, readings_budget): (usize, usize),
+    now: Instant,
+    points: &mut PointWriter,
+) -> Result<Step> {
+    Ok(Step {
+        points: staging
+            .points
+            .step(tx, points_synced, points_budget, now, |p| {
+                points.write(tx, p)
+            })?,
+        readings: staging
+            .readings
+            .step(tx, readings_synced, readings_budget, now, |r| {
+                readings::write_readings(tx, r)
+            })?,
+        stored: Vec::new(),
+    })
+}
+
 /// One slice of the background work (see [`super::staging`]): moves the
 /// next rows of each lane's round, at most `slice_rows` each, in a
 /// transaction of its own that does not wait for its fsync. Losing it in a
@@ -791,20 +804,9 @@ fn background_slice(conn: &mut Connection, staging: &mut Staging) -> Result<()> 
             .map_err(db)?;
         let now = Instant::now();
         let budget = staging.options().slice_rows;
-        let synced = (
-            staging.points.sync(&tx, now)?,
-            staging.readings.sync(&tx, now)?,
-        );
+        let synced = staging.sync(&tx, now)?;
         let mut points = PointWriter::default();
-        let step = Step {
-            points: staging
-                .points
-                .step(&tx, synced.0, budget, now, |p| points.write(&tx, p))?,
-            readings: staging.readings.step(&tx, synced.1, budget, now, |r| {
-                readings::write_readings(&tx, r)
-            })?,
-            stored: Vec::new(),
-        };
+        let step = step_lanes(&tx, staging, synced, (budget, budget), now, &mut points)?;
         points.merge_rollups(&tx)?;
         tx.commit().map_err(db)?;
         Ok(step)
