@@ -252,6 +252,25 @@ mod tests {
         assert!(assign(&refs, &[]).expect("none").is_empty());
     }
 
+    #[test]
+    fn shares_that_round_up_past_a_small_fleet_are_refused() {
+        // Shares that each round up can outnumber a small fleet: refused.
+        let three = ids(3);
+        let three_refs: Vec<&str> = three.iter().map(String::as_str).collect();
+        let quarterish: Vec<FaultShare> = FaultKind::ALL
+            .iter()
+            .map(|k| FaultShare {
+                kind: *k,
+                share: 0.2,
+            })
+            .collect();
+        assert!(
+            assign(&three_refs, &quarterish)
+                .expect_err("four of three")
+                .contains("4 faulty devices, more than the 3")
+        );
+    }
+
     proptest! {
         #[test]
         fn counts_are_exact_for_any_fleet(
@@ -265,10 +284,21 @@ mod tests {
                 .zip(&shares)
                 .map(|(k, s)| FaultShare { kind: *k, share: *s })
                 .collect();
+            let expected: Vec<usize> = faults
+                .iter()
+                .map(|f| (f.share * n as f64).round() as usize)
+                .collect();
+            // Four shares under a quarter each can still round to more
+            // devices than a small fleet has (0.2 of 3 is 1, four times):
+            // then the fleet is refused, never silently shortchanged.
+            if expected.iter().sum::<usize>() > n {
+                let err = assign(&refs, &faults).expect_err("more faulty devices than the fleet");
+                prop_assert!(err.contains(&format!("more than the {n}")), "{}", err);
+                return Ok(());
+            }
             let a = assign(&refs, &faults).expect("at most all devices");
-            for f in &faults {
-                let expected = (f.share * n as f64).round() as usize;
-                prop_assert_eq!(a.values().filter(|k| **k == f.kind).count(), expected);
+            for (f, expected) in faults.iter().zip(&expected) {
+                prop_assert_eq!(a.values().filter(|k| **k == f.kind).count(), *expected);
             }
             prop_assert!(a.keys().all(|id| ids.contains(id)));
         }
