@@ -67,7 +67,20 @@ const MIGRATIONS: &[Migration] = &[
         15,
         include_str!("../../migrations/sqlite/0015_staged_readings.sql"),
     ),
+    (
+        16,
+        include_str!("../../migrations/sqlite/0016_staged_batches.sql"),
+    ),
 ];
+
+/// What a migration needs beyond its SQL, run right after it in the same
+/// transaction.
+fn after_migration(tx: &rusqlite::Transaction<'_>, number: i64) -> Result<()> {
+    match number {
+        16 => super::staging::batch::pack_row_tables(tx),
+        _ => Ok(()),
+    }
+}
 
 /// Refuses a file that exists but is not an SQLite database at all, before
 /// SQLite gets a chance to treat it as one.
@@ -100,6 +113,12 @@ pub(super) fn check_not_foreign(path: &Path) -> Result<()> {
 /// Applies missing migrations in one immediate transaction, so that two
 /// processes opening a new database at once cannot both migrate it.
 pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
+    migrate_with(conn, path, MIGRATIONS)
+}
+
+/// [`migrate`] with the migrations given (tests: a database as an older
+/// binary left it).
+fn migrate_with(conn: &mut Connection, path: &Path, migrations: &[Migration]) -> Result<()> {
     let foreign = |why: String| StoreError::Foreign {
         path: path.display().to_string(),
         why,
@@ -151,19 +170,20 @@ pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
     } else {
         None
     };
-    let plan = migrations::plan(MIGRATIONS, applied.as_ref(), version)?;
+    let plan = migrations::plan(migrations, applied.as_ref(), version)?;
     if !recorded {
         // Record what the version marker meant (1..=version) before adding to it.
         tx.execute_batch("CREATE TABLE rampart_migrations (number INTEGER PRIMARY KEY)")
             .map_err(db)?;
-        for (n, _) in MIGRATIONS.iter().filter(|(n, _)| *n <= version) {
+        for (n, _) in migrations.iter().filter(|(n, _)| *n <= version) {
             tx.execute("INSERT INTO rampart_migrations (number) VALUES (?1)", [n])
                 .map_err(db)?;
         }
     }
     for i in plan.apply {
-        let (number, sql) = MIGRATIONS[i];
+        let (number, sql) = migrations[i];
         tx.execute_batch(sql).map_err(db)?;
+        after_migration(&tx, number)?;
         tx.execute(
             "INSERT INTO rampart_migrations (number) VALUES (?1)",
             [number],
@@ -178,8 +198,101 @@ pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
+    use rusqlite::Connection;
+
+    use super::{MIGRATIONS, migrate, migrate_with};
+    use crate::sqlite::staging::batch;
+    use crate::sqlite::staging::points::Points;
+    use crate::sqlite::staging::readings::Readings;
+
     #[test]
     fn migration_numbers_ascend() {
-        assert!(crate::migrations::numbers_ascend(super::MIGRATIONS));
+        assert!(crate::migrations::numbers_ascend(MIGRATIONS));
+    }
+
+    /// The batches of a table: id and decoded rows.
+    fn batches<K: crate::sqlite::staging::Kind>(conn: &Connection) -> Vec<(i64, Vec<K::Row>)> {
+        let mut out = Vec::new();
+        batch::for_each::<K>(conn, K::SELECT_AFTER, [i64::MIN], |id, rows| {
+            out.push((id, rows));
+            Ok(())
+        })
+        .expect("batches");
+        out
+    }
+
+    /// A database that an older binary left with staged rows in the
+    /// row-per-point and row-per-reading tables, in the middle of a round:
+    /// migration 16 carries every row over, with its id, so the stored
+    /// progress stays true, and drops the old tables.
+    #[test]
+    fn staged_rows_become_batches_with_their_ids() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        let path = Path::new(":memory:");
+        let before: Vec<_> = MIGRATIONS
+            .iter()
+            .copied()
+            .filter(|(n, _)| *n < 16)
+            .collect();
+        migrate_with(&mut conn, path, &before).expect("migrate to 15");
+        conn.execute_batch(
+            "INSERT INTO staged_points (id, series_id, ts, seq, value) VALUES
+                 (7, 2, 1000, 1, 0.1), (9, 1, 1001, 2, -2.5e300), (12, 3, 1002, 3, 4.0);
+             INSERT INTO staged_readings (id, device_id, seq, ts, received_at, digest, flags)
+                 VALUES (4, 'dev-b', 5, 1000, 1100, -77, 0), (6, 'dev-a', 6, 1001, 1101, 88, 1);
+             UPDATE staged_progress SET mark = 9, next_series = 2;
+             UPDATE staged_readings_progress SET mark = 6, next_device = 'dev-b', next_seq = 5;",
+        )
+        .expect("old rows");
+        migrate(&mut conn, path).expect("migrate");
+        let points = batches::<Points>(&conn);
+        let ids: Vec<i64> = points.iter().map(|(id, _)| *id).collect();
+        assert_eq!(ids, [7, 9, 12]);
+        let second = &points[1].1;
+        assert_eq!(second.len(), 1);
+        assert_eq!(
+            (
+                second[0].series,
+                second[0].ts,
+                second[0].seq,
+                second[0].value
+            ),
+            (1, 1001, 2, -2.5e300)
+        );
+        let readings = batches::<Readings>(&conn);
+        assert_eq!(readings.len(), 2);
+        assert_eq!(readings[0].0, 4);
+        let first = &readings[0].1[0];
+        assert_eq!(
+            (
+                first.device.as_str(),
+                first.seq,
+                first.ts,
+                first.received_at,
+                first.digest,
+                first.flags
+            ),
+            ("dev-b", 5, 1000, 1100, -77, 0)
+        );
+        let progress: (i64, i64) = conn
+            .query_row("SELECT mark, next_series FROM staged_progress", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .expect("progress");
+        assert_eq!(progress, (9, 2));
+        let old: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master
+                 WHERE name IN ('staged_points', 'staged_readings')",
+                [],
+                |r| r.get(0),
+            )
+            .expect("tables");
+        assert_eq!(old, 0, "the row tables are gone");
+        // Opening again applies nothing more.
+        migrate(&mut conn, path).expect("again");
+        assert_eq!(batches::<Points>(&conn).len(), 3);
     }
 }

@@ -38,6 +38,7 @@
 //! connection committed (a second store on the same file, another
 //! process): then it reloads both from the table, as after a restart.
 
+pub(super) mod batch;
 pub(super) mod points;
 pub(super) mod readings;
 
@@ -48,7 +49,6 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, Transaction};
 
 use super::db;
-use super::rows::RowInsert;
 use crate::Result;
 use points::Points;
 use readings::Readings;
@@ -126,43 +126,52 @@ pub(super) trait Kind {
     fn same_pos(a: &Self::Row, b: &Self::Row) -> bool;
     fn index(index: &mut Self::Index, row: &Self::Row);
 
+    /// Whether `row` is at or after the position `next` of a round.
+    fn at_or_after(row: &Self::Row, next: &Self::Pos) -> bool;
+
     fn read_progress(conn: &Connection) -> Result<Progress<Self::Pos>>;
     fn write_progress(tx: &Transaction<'_>, progress: &Progress<Self::Pos>) -> Result<()>;
-    /// The rows of the round `progress` describes that are not moved yet
-    /// (`id <= mark` at or after `next`).
-    fn load_round(conn: &Connection, mark: i64, next: &Self::Pos) -> Result<Vec<Self::Row>>;
-    /// Every pending row as of `progress`.
-    fn load_pending(conn: &Connection, progress: &Progress<Self::Pos>) -> Result<Vec<Self::Row>>;
 
-    /// `SELECT id, <the row's columns> FROM <table> WHERE id > ?1 ORDER BY id`.
+    /// The lane's batch table ([`batch`]).
+    const TABLE: &'static str;
+    /// `SELECT id, body FROM <table> WHERE id > ?1 ORDER BY id`.
     const SELECT_AFTER: &'static str;
-    /// `INSERT INTO <table> (<the row's columns>) VALUES ...`, many rows
-    /// per statement.
-    fn insert() -> &'static RowInsert;
+    /// `SELECT id, body FROM <table> WHERE id <= ?1 ORDER BY id`.
+    const SELECT_THROUGH: &'static str;
+    /// `INSERT INTO <table> (body) VALUES (?1)`.
+    const INSERT: &'static str;
     /// `DELETE FROM <table> WHERE id <= ?1`.
     const DELETE: &'static str;
-    /// A row from its columns, the first at index `at`.
-    fn from_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Self::Row>;
-    /// Binds the row's columns to the parameters `at`, `at + 1`, ... of
-    /// [`Kind::insert`]'s statements.
-    fn bind_at(
-        stmt: &mut rusqlite::Statement<'_>,
-        at: usize,
-        row: &Self::Row,
-    ) -> rusqlite::Result<()>;
+    /// The encoded size of a row (about, for a string's length).
+    const ROW_BYTES: usize;
+    /// Appends the row's fields to a batch body.
+    fn encode(row: &Self::Row, out: &mut Vec<u8>);
+    /// The next row of a batch body; `None` when the body ends inside it.
+    fn decode(fields: &mut batch::Fields<'_>) -> Option<Self::Row>;
 }
 
-/// The rows `select` picks (the row's columns first).
-pub(super) fn select<K: Kind>(
-    conn: &Connection,
-    select: &str,
-    args: impl rusqlite::Params,
-) -> Result<Vec<K::Row>> {
-    let mut stmt = conn.prepare_cached(select).map_err(db)?;
-    stmt.query_map(args, |r| K::from_row(r, 0))
-        .map_err(db)?
-        .collect::<rusqlite::Result<Vec<_>>>()
-        .map_err(db)
+/// The rows of the round `mark` and `next` describe that are not moved
+/// yet (`id <= mark`, at or after `next`).
+fn load_round<K: Kind>(conn: &Connection, mark: i64, next: &K::Pos) -> Result<Vec<K::Row>> {
+    let mut out = Vec::new();
+    batch::for_each::<K>(conn, K::SELECT_THROUGH, [mark], |_, rows| {
+        out.extend(rows.into_iter().filter(|r| K::at_or_after(r, next)));
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Every pending row as of `progress`.
+fn load_pending<K: Kind>(conn: &Connection, progress: &Progress<K::Pos>) -> Result<Vec<K::Row>> {
+    let mut out = Vec::new();
+    batch::for_each::<K>(conn, K::SELECT_AFTER, [i64::MIN], |id, rows| {
+        out.extend(
+            rows.into_iter()
+                .filter(|r| progress.is_pending(id, |next| K::at_or_after(r, next))),
+        );
+        Ok(())
+    })?;
+    Ok(out)
 }
 
 /// The rows with an id above `after` (all with `None`) in id order, and
@@ -171,15 +180,9 @@ fn load_after<K: Kind>(
     conn: &Connection,
     after: Option<i64>,
 ) -> Result<(Vec<K::Row>, Option<i64>)> {
-    let mut stmt = conn.prepare_cached(K::SELECT_AFTER).map_err(db)?;
-    let mut out = Vec::new();
-    let mut last = None;
-    let mut rows = stmt.query([after.unwrap_or(i64::MIN)]).map_err(db)?;
-    while let Some(r) = rows.next().map_err(db)? {
-        last = Some(r.get(0).map_err(db)?);
-        out.push(K::from_row(r, 1).map_err(db)?);
-    }
-    Ok((out, last))
+    let rows = batch::rows_after::<K>(conn, after.unwrap_or(i64::MIN))?;
+    let last = rows.last().map(|(id, _)| *id);
+    Ok((rows.into_iter().map(|(_, r)| r).collect(), last))
 }
 
 /// Deletes the rows up to `through` (all with `None`).
@@ -198,6 +201,14 @@ fn delete<K: Kind>(tx: &Transaction<'_>, through: Option<i64>) -> Result<()> {
 pub(super) struct Progress<P> {
     pub mark: i64,
     pub next: Option<P>,
+}
+
+impl<P> Progress<P> {
+    /// Whether a row of the batch `id` is pending; `at_or_after` says
+    /// whether the row is at or after a round's position.
+    pub(super) fn is_pending(&self, id: i64, at_or_after: impl FnOnce(&P) -> bool) -> bool {
+        id > self.mark || self.next.as_ref().is_none_or(at_or_after)
+    }
 }
 
 /// The rows of a round not moved yet, in the lane's order.
@@ -222,7 +233,7 @@ impl<K: Kind> Round<K> {
 
     /// The rest of the round `progress` describes.
     fn resume(conn: &Connection, mark: i64, next: &K::Pos) -> Result<Self> {
-        let mut rows = K::load_round(conn, mark, next)?;
+        let mut rows = load_round::<K>(conn, mark, next)?;
         rows.sort_by(K::order);
         Ok(Self { mark, rows, pos: 0 })
     }
@@ -464,7 +475,7 @@ impl<K: Kind> Lane<K> {
         mut moved: impl FnMut(&[K::Row]) -> Result<()>,
     ) -> Result<LaneStep<K>> {
         let progress = self.bring_in_line(tx, now)?;
-        let mut pending = K::load_pending(tx, &progress)?;
+        let mut pending = load_pending::<K>(tx, &progress)?;
         pending.sort_by(K::order);
         moved(&pending)?;
         delete::<K>(tx, None)?;
@@ -486,8 +497,7 @@ impl<K: Kind> Lane<K> {
         rows: Vec<K::Row>,
     ) -> Result<()> {
         if !rows.is_empty() {
-            K::insert().run(tx, &rows, K::bind_at)?;
-            step.last_id = Some(tx.last_insert_rowid());
+            step.last_id = Some(batch::append::<K>(tx, &rows)?);
             step.appended = rows;
         }
         Ok(())
@@ -596,10 +606,12 @@ mod tests {
     /// A connection holding the points lane's tables, as migrated.
     fn lane_db() -> Connection {
         let conn = Connection::open_in_memory().expect("open");
-        conn.execute_batch(include_str!(
-            "../../migrations/sqlite/0014_staged_points.sql"
-        ))
-        .expect("schema");
+        for sql in [
+            include_str!("../../migrations/sqlite/0014_staged_points.sql"),
+            include_str!("../../migrations/sqlite/0016_staged_batches.sql"),
+        ] {
+            conn.execute_batch(sql).expect("schema");
+        }
         conn
     }
 

@@ -651,15 +651,6 @@ const EXPORT_POINTS: &str = "SELECT p.series_id, p.ts, p.seq, p.value, s.device_
        AND p.ts >= ?5 AND p.ts < ?6
      ORDER BY p.series_id, p.ts, p.seq LIMIT ?7";
 
-/// The same of the pending staged points, `?8..?9` the progress.
-const EXPORT_STAGED: &str = "SELECT p.series_id, p.ts, p.seq, p.value, s.device_id, s.metric
-     FROM staged_points p JOIN series s ON s.id = p.series_id
-     WHERE (p.series_id, p.ts, p.seq) > (?1, ?2, ?3)
-       AND (?4 IS NULL OR s.device_id = ?4)
-       AND p.ts >= ?5 AND p.ts < ?6
-       AND (p.id > ?8 OR p.series_id >= ?9)
-     ORDER BY p.series_id, p.ts, p.seq LIMIT ?7";
-
 /// One page of an export: the points after the cursor from `points` and
 /// from the pending staged points, merged by (series, time, seq), in one
 /// snapshot.
@@ -678,10 +669,7 @@ pub(super) fn export(
     let device = filter.device.as_ref().map(|d| d.as_str());
     let from = filter.from_ms.unwrap_or(i64::MIN);
     let to = filter.to_ms.unwrap_or(i64::MAX);
-    // The staged query takes the same parameters and the progress.
-    let progress = points::progress(&snapshot)?;
-    let next_series = points::next_series(&progress);
-    let args: [&dyn rusqlite::ToSql; 9] = [
+    let args: [&dyn rusqlite::ToSql; 7] = [
         &after.series,
         &after.ts_ms,
         &after.seq,
@@ -689,11 +677,9 @@ pub(super) fn export(
         &from,
         &to,
         &limit,
-        &progress.mark,
-        &next_series,
     ];
-    let stored = export_rows(&snapshot, EXPORT_POINTS, &args[..7])?;
-    let staged = export_rows(&snapshot, EXPORT_STAGED, &args[..])?;
+    let stored = export_rows(&snapshot, EXPORT_POINTS, &args)?;
+    let staged = export_staged(&snapshot, after, device, from, to, limit)?;
     let key = |c: &PointCursor| (c.series, c.ts_ms, c.seq);
     let mut stored = stored.into_iter().peekable();
     let mut staged = staged.into_iter().peekable();
@@ -719,6 +705,68 @@ pub(super) fn export(
         None
     };
     Ok((out, next))
+}
+
+/// The same page of the pending staged points: decoded from their
+/// batches and filtered here, with each series' device and metric read
+/// from `series`.
+fn export_staged(
+    conn: &Connection,
+    after: PointCursor,
+    device: Option<&str>,
+    from: i64,
+    to: i64,
+    limit: u32,
+) -> Result<Vec<(PointCursor, PointRecord)>> {
+    let progress = points::progress(conn)?;
+    let mut pending: Vec<StagedPoint> = points::all_pending(conn, &progress)?
+        .into_iter()
+        .filter(|p| (p.series, p.ts, p.seq) > (after.series, after.ts_ms, after.seq))
+        .filter(|p| p.ts >= from && p.ts < to)
+        .collect();
+    pending.sort_by(Points::order);
+    let mut names: FastMap<i64, Option<(String, String)>> = FastMap::default();
+    let mut stmt = conn
+        .prepare_cached("SELECT device_id, metric FROM series WHERE id = ?1")
+        .map_err(db)?;
+    let mut out = Vec::new();
+    for p in pending {
+        if out.len() >= limit as usize {
+            break;
+        }
+        let name = match names.entry(p.series) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(
+                stmt.query_row([p.series], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+                    .map_err(db)?,
+            ),
+        };
+        let Some((series_device, metric)) = name else {
+            return Err(StoreError::Corrupt(format!(
+                "a staged point of series {} that `series` does not hold",
+                p.series
+            )));
+        };
+        if device.is_some_and(|d| d != series_device) {
+            continue;
+        }
+        out.push((
+            PointCursor {
+                series: p.series,
+                ts_ms: p.ts,
+                seq: p.seq,
+            },
+            PointRecord {
+                device: series_device.clone(),
+                metric: metric.clone(),
+                ts_ms: p.ts,
+                value: p.value,
+                seq: p.seq as u64,
+            },
+        ));
+    }
+    Ok(out)
 }
 
 fn export_rows(
@@ -897,16 +945,53 @@ pub(super) fn prune(
     Ok(pruned)
 }
 
+/// Stored readings per minute in `[from, to)` (the first minute whole):
+/// `readings` counted by SQLite, plus the staged readings not moved yet,
+/// read with the progress in one snapshot so that a reading is counted
+/// once wherever it is.
+fn readings_per_minute(conn: &Connection, from_ms: i64, to_ms: i64) -> Result<Vec<(i64, u64)>> {
+    let snapshot = conn.unchecked_transaction().map_err(db)?;
+    let from = from_ms - from_ms.rem_euclid(60_000);
+    let mut minutes = std::collections::BTreeMap::<i64, u64>::new();
+    {
+        let mut stmt = snapshot
+            .prepare_cached(
+                "SELECT ts - (ts % 60000) AS minute, count(*) FROM readings
+                 WHERE ts >= ?1 AND ts < ?2 GROUP BY minute",
+            )
+            .map_err(db)?;
+        let rows = stmt
+            .query_map(params![from, to_ms], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+            })
+            .map_err(db)?;
+        for row in rows {
+            let (minute, n) = row.map_err(db)?;
+            *minutes.entry(minute).or_default() += u64::try_from(n).unwrap_or(0);
+        }
+    }
+    let progress = readings::progress(&snapshot)?;
+    for r in readings::all_pending(&snapshot, &progress)? {
+        if r.ts >= from && r.ts < to_ms {
+            // SQLite's `%` truncates towards zero; so does Rust's.
+            *minutes.entry(r.ts - r.ts % 60_000).or_default() += 1;
+        }
+    }
+    Ok(minutes.into_iter().collect())
+}
+
 /// The oldest raw point's timestamp (of a stored reading: moved or
 /// still staged).
 pub(super) fn oldest_point(conn: &Connection) -> Result<Option<i64>> {
-    conn.query_row(
-        "SELECT min(ts) FROM (SELECT min(ts) AS ts FROM readings
-                             UNION ALL SELECT min(ts) FROM staged_readings)",
-        [],
-        |r| r.get(0),
-    )
-    .map_err(db)
+    let snapshot = conn.unchecked_transaction().map_err(db)?;
+    let moved: Option<i64> = snapshot
+        .query_row("SELECT min(ts) FROM readings", [], |r| r.get(0))
+        .map_err(db)?;
+    let staged = readings::oldest_staged(&snapshot)?;
+    Ok(match (moved, staged) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    })
 }
 
 pub(super) fn rejected(
@@ -1167,42 +1252,8 @@ impl TelemetryStore for SqliteStore {
     }
 
     async fn readings_per_minute(&self, from_ms: i64, to_ms: i64) -> Result<Vec<(i64, u64)>> {
-        self.read(move |conn, _| {
-            // The staged readings not moved yet count too, read with the
-            // progress in one snapshot.
-            let snapshot = conn.unchecked_transaction().map_err(db)?;
-            let progress = readings::progress(&snapshot)?;
-            let pending = readings::Pending::of(&progress);
-            let mut stmt = snapshot
-                .prepare_cached(&format!(
-                    "SELECT ts - (ts % 60000) AS minute, count(*) FROM (
-                       SELECT ts FROM readings WHERE ts >= :from AND ts < :to
-                       UNION ALL
-                       SELECT ts FROM staged_readings
-                       WHERE ts >= :from AND ts < :to AND {}
-                     ) GROUP BY minute ORDER BY minute",
-                    readings::PENDING
-                ))
-                .map_err(db)?;
-            let rows = stmt
-                .query_map(
-                    rusqlite::named_params! {
-                        ":from": from_ms - from_ms.rem_euclid(60_000),
-                        ":to": to_ms,
-                        ":mark": pending.mark,
-                        ":next_device": pending.next_device,
-                        ":next_seq": pending.next_seq,
-                    },
-                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
-                )
-                .map_err(db)?;
-            rows.map(|r| {
-                r.map(|(m, n)| (m, u64::try_from(n).unwrap_or(0)))
-                    .map_err(db)
-            })
-            .collect()
-        })
-        .await
+        self.read(move |conn, _| readings_per_minute(conn, from_ms, to_ms))
+            .await
     }
 
     async fn reported_state(&self, device: &DeviceId) -> Result<Option<(serde_json::Value, i64)>> {

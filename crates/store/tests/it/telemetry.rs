@@ -1351,6 +1351,23 @@ async fn assert_same_view<S: TelemetryStore, R: TelemetryStore>(s: &S, reference
         pages(reference, &PointFilter::default(), 4).await,
         "export: {what}"
     );
+    // One device over part of the time: the staged points of the other
+    // devices and times are left out, page by page.
+    let one = PointFilter {
+        device: Some(id(DEVICES[1])),
+        from_ms: Some(T0 + 60_000),
+        to_ms: Some(T0 + 2 * DAY),
+    };
+    assert_eq!(
+        pages(s, &one, 3).await,
+        pages(reference, &one, 3).await,
+        "export of one device: {what}"
+    );
+    assert_eq!(
+        s.oldest_point().await.expect("oldest"),
+        reference.oldest_point().await.expect("oldest"),
+        "oldest point: {what}"
+    );
     let (from, to) = (T0 - 2 * DAY, T0 + 4 * DAY);
     assert_eq!(
         s.readings_per_minute(from, to).await.expect("per minute"),
@@ -1363,7 +1380,7 @@ async fn assert_same_view<S: TelemetryStore, R: TelemetryStore>(s: &S, reference
 }
 
 /// The stored compaction progress `(mark, next_series)` and the number of
-/// staged rows, read from the file.
+/// staged points, read from the file.
 fn staging_state(dir: &Path) -> ((i64, i64), i64) {
     let conn = rusqlite::Connection::open(dir.join("rampart.db")).expect("open db");
     let progress = conn
@@ -1371,14 +1388,17 @@ fn staging_state(dir: &Path) -> ((i64, i64), i64) {
             Ok((r.get(0)?, r.get(1)?))
         })
         .expect("progress");
-    let staged = conn
-        .query_row("SELECT count(*) FROM staged_points", [], |r| r.get(0))
-        .expect("count");
-    (progress, staged)
+    (
+        progress,
+        batch_bodies(&conn, "staged_point_batches")
+            .iter()
+            .map(|b| staged_points_in(b))
+            .sum(),
+    )
 }
 
 /// The readings lane's stored position (`None` between rounds) and its
-/// number of staged rows, read from the file.
+/// number of staged readings, read from the file.
 fn readings_staging_state(dir: &Path) -> (Option<(String, i64)>, i64) {
     let conn = rusqlite::Connection::open(dir.join("rampart.db")).expect("open db");
     let next = conn
@@ -1391,10 +1411,45 @@ fn readings_staging_state(dir: &Path) -> (Option<(String, i64)>, i64) {
             },
         )
         .expect("progress");
-    let staged = conn
-        .query_row("SELECT count(*) FROM staged_readings", [], |r| r.get(0))
-        .expect("count");
-    (next, staged)
+    (next, staged_readings_in(&conn).len() as i64)
+}
+
+/// The bodies of a staging table's batches (decision 0024).
+fn batch_bodies(conn: &rusqlite::Connection, table: &str) -> Vec<Vec<u8>> {
+    let mut stmt = conn
+        .prepare(&format!("SELECT body FROM {table} ORDER BY id"))
+        .expect("select");
+    stmt.query_map([], |r| r.get(0))
+        .expect("query")
+        .collect::<rusqlite::Result<_>>()
+        .expect("bodies")
+}
+
+/// The points of a batch body, read by its documented layout: a format
+/// byte (1), then 32 bytes per point.
+fn staged_points_in(body: &[u8]) -> i64 {
+    assert_eq!(body.first(), Some(&1), "format byte");
+    assert_eq!((body.len() - 1) % 32, 0, "whole points");
+    ((body.len() - 1) / 32) as i64
+}
+
+/// Every staged reading's `(device, seq)`, read by the documented layout:
+/// a format byte (1), then per reading the device's length (two bytes,
+/// little-endian), the device, and five 8-byte fields, seq first.
+fn staged_readings_in(conn: &rusqlite::Connection) -> Vec<(String, i64)> {
+    let mut out = Vec::new();
+    for body in batch_bodies(conn, "staged_reading_batches") {
+        assert_eq!(body.first(), Some(&1), "format byte");
+        let mut rest = &body[1..];
+        while !rest.is_empty() {
+            let len = usize::from(u16::from_le_bytes([rest[0], rest[1]]));
+            let device = std::str::from_utf8(&rest[2..2 + len]).expect("utf-8");
+            let seq = i64::from_le_bytes(rest[2 + len..10 + len].try_into().expect("seq"));
+            out.push((device.to_owned(), seq));
+            rest = &rest[2 + len + 40..];
+        }
+    }
+    out
 }
 
 /// Many series with several points each, in one commit of single-reading
@@ -1664,16 +1719,18 @@ async fn sqlite_checkpoints_the_wal_in_the_background() {
     }
     // Everything committed is still there, read through a new connection
     // (moved into `readings` or still staged; a row being moved is in both).
-    let n: i64 = rusqlite::Connection::open(dir.path().join("rampart.db"))
-        .expect("open db")
-        .query_row(
-            "SELECT count(*) FROM (SELECT device_id, seq FROM readings
-                                  UNION SELECT device_id, seq FROM staged_readings)",
-            [],
-            |r| r.get(0),
-        )
-        .expect("count");
-    assert_eq!(n, (DEVICES.len() * 4 * 8) as i64);
+    let conn = rusqlite::Connection::open(dir.path().join("rampart.db")).expect("open db");
+    let mut keys: std::collections::BTreeSet<(String, i64)> =
+        staged_readings_in(&conn).into_iter().collect();
+    let mut stmt = conn
+        .prepare("SELECT device_id, seq FROM readings")
+        .expect("select");
+    keys.extend(
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .expect("query")
+            .map(|k| k.expect("key")),
+    );
+    assert_eq!(keys.len(), DEVICES.len() * 4 * 8);
     drop(quiet);
     drop(store);
 }

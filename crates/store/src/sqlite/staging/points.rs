@@ -1,15 +1,15 @@
-//! The points lane (decision 0018): `staged_points`, moved into `points`
-//! and `rollups` a whole series at a time, its progress in
-//! `staged_progress` (`next_series`, the smallest integer between rounds).
+//! The points lane (decision 0018): batches of points in
+//! `staged_point_batches` (decision 0024), moved into `points` and
+//! `rollups` a whole series at a time, its progress in `staged_progress`
+//! (`next_series`, the smallest integer between rounds).
 
 use std::cmp::Ordering;
 
 use rusqlite::{Connection, Transaction, params};
 
-use super::{Kind, Progress, select};
+use super::{Kind, Progress, batch};
 use crate::Result;
 use crate::sqlite::db;
-use crate::sqlite::rows::RowInsert;
 
 /// `next_series` between rounds: every staged row is pending.
 const NO_ROUND: i64 = i64::MIN;
@@ -55,6 +55,10 @@ impl Kind for Points {
 
     fn index((): &mut (), _: &StagedPoint) {}
 
+    fn at_or_after(row: &StagedPoint, next: &i64) -> bool {
+        row.series >= *next
+    }
+
     fn read_progress(conn: &Connection) -> Result<Progress<i64>> {
         progress(conn)
     }
@@ -66,46 +70,36 @@ impl Kind for Points {
         Ok(())
     }
 
-    fn load_round(conn: &Connection, mark: i64, next: &i64) -> Result<Vec<StagedPoint>> {
-        select::<Self>(
-            conn,
-            "SELECT series_id, ts, seq, value FROM staged_points
-             WHERE id <= ?1 AND series_id >= ?2",
-            params![mark, next],
-        )
+    const TABLE: &'static str = "staged_point_batches";
+    const SELECT_AFTER: &'static str =
+        "SELECT id, body FROM staged_point_batches WHERE id > ?1 ORDER BY id";
+    const SELECT_THROUGH: &'static str =
+        "SELECT id, body FROM staged_point_batches WHERE id <= ?1 ORDER BY id";
+    const INSERT: &'static str = "INSERT INTO staged_point_batches (body) VALUES (?1)";
+    const DELETE: &'static str = "DELETE FROM staged_point_batches WHERE id <= ?1";
+    const ROW_BYTES: usize = 32;
+
+    fn encode(p: &StagedPoint, out: &mut Vec<u8>) {
+        batch::put_i64(out, p.series);
+        batch::put_i64(out, p.ts);
+        batch::put_i64(out, p.seq);
+        batch::put_f64(out, p.value);
     }
 
-    fn load_pending(conn: &Connection, p: &Progress<i64>) -> Result<Vec<StagedPoint>> {
-        select::<Self>(
-            conn,
-            "SELECT series_id, ts, seq, value FROM staged_points
-             WHERE id > ?1 OR series_id >= ?2",
-            params![p.mark, next_series(p)],
-        )
-    }
-
-    const SELECT_AFTER: &'static str = "SELECT id, series_id, ts, seq, value FROM staged_points
-         WHERE id > ?1 ORDER BY id";
-    fn insert() -> &'static RowInsert {
-        static INSERT: RowInsert = RowInsert::new(
-            "INSERT INTO staged_points (series_id, ts, seq, value) VALUES",
-            4,
-            "",
-        );
-        &INSERT
-    }
-    const DELETE: &'static str = "DELETE FROM staged_points WHERE id <= ?1";
-
-    fn from_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<StagedPoint> {
-        Ok(StagedPoint {
-            series: r.get(at)?,
-            ts: r.get(at + 1)?,
-            seq: r.get(at + 2)?,
-            value: r.get(at + 3)?,
+    fn decode(f: &mut batch::Fields<'_>) -> Option<StagedPoint> {
+        Some(StagedPoint {
+            series: f.i64()?,
+            ts: f.i64()?,
+            seq: f.i64()?,
+            value: f.f64()?,
         })
     }
+}
 
-    fn bind_at(
+impl Points {
+    /// Binds a point's columns (series, ts, seq, value) to the parameters
+    /// `at`, `at + 1`, ... of a multi-row insert into `points`.
+    pub(in crate::sqlite) fn bind_at(
         stmt: &mut rusqlite::Statement<'_>,
         at: usize,
         p: &StagedPoint,
@@ -141,10 +135,10 @@ pub(in crate::sqlite) fn next_series(p: &Progress<i64>) -> i64 {
 
 /// The pending staged rows of `series` with `ts` in `[from, to)`, sorted
 /// by time and seq, as of `progress` (read in the same transaction). The
-/// table has no index on series (it would put a leaf per series back into
-/// every commit): a series the round already moved has only rows after the
-/// mark pending, a rowid range; any other is a scan of the table, which a
-/// round keeps to about a second of input.
+/// batches are not indexed by series (each holds many): a series the
+/// round already moved has only rows after the mark pending, a range of
+/// batches; any other needs every batch, which a round keeps to about a
+/// second of input.
 pub(in crate::sqlite) fn pending_points(
     conn: &Connection,
     progress: &Progress<i64>,
@@ -157,12 +151,24 @@ pub(in crate::sqlite) fn pending_points(
     } else {
         progress.mark
     };
-    let mut rows = select::<Points>(
-        conn,
-        "SELECT series_id, ts, seq, value FROM staged_points
-         WHERE id > ?1 AND series_id = ?2 AND ts >= ?3 AND ts < ?4",
-        params![after, series, from, to],
-    )?;
+    let mut rows = Vec::new();
+    batch::for_each::<Points>(conn, Points::SELECT_AFTER, [after], |_, batch| {
+        rows.extend(
+            batch
+                .into_iter()
+                .filter(|p| p.series == series && p.ts >= from && p.ts < to),
+        );
+        Ok(())
+    })?;
     rows.sort_by(Points::order);
     Ok(rows)
+}
+
+/// Every pending staged point as of `progress` (read in the same
+/// transaction), in batch order.
+pub(in crate::sqlite) fn all_pending(
+    conn: &Connection,
+    progress: &Progress<i64>,
+) -> Result<Vec<StagedPoint>> {
+    super::load_pending::<Points>(conn, progress)
 }

@@ -1,6 +1,7 @@
-//! The readings lane (decision 0019): `staged_readings`, moved into
-//! `readings` in its key order (device, seq), its progress in
-//! `staged_readings_progress` (`next_device` NULL between rounds).
+//! The readings lane (decision 0019): batches of readings in
+//! `staged_reading_batches` (decision 0024), moved into `readings` in its
+//! key order (device, seq), its progress in `staged_readings_progress`
+//! (`next_device` NULL between rounds).
 //!
 //! `readings` is the dedupe record: clustered by device, so a commit that
 //! inserted the readings of 20 devices rewrote 20 leaves. Staged, a
@@ -12,7 +13,7 @@ use std::cmp::Ordering;
 
 use rusqlite::{Connection, Transaction, params};
 
-use super::{Kind, Lane, Progress, select};
+use super::{Kind, Lane, Progress, batch};
 use crate::Result;
 use crate::sqlite::db;
 use crate::sqlite::rows::RowInsert;
@@ -35,28 +36,6 @@ pub(in crate::sqlite) struct Readings;
 
 /// Digests of the waiting rows by device and seq.
 pub(in crate::sqlite) type DigestIndex = FastMap<String, FastMap<i64, i64>>;
-
-/// The pending test of staged readings, with the progress as the named
-/// parameters `:mark`, `:next_device` and `:next_seq` ([`Pending`]).
-pub(in crate::sqlite) const PENDING: &str =
-    "(id > :mark OR :next_device IS NULL OR (device_id, seq) >= (:next_device, :next_seq))";
-
-/// The progress as the parameters of [`PENDING`].
-pub(in crate::sqlite) struct Pending<'a> {
-    pub mark: i64,
-    pub next_device: Option<&'a str>,
-    pub next_seq: Option<i64>,
-}
-
-impl<'a> Pending<'a> {
-    pub(in crate::sqlite) fn of(p: &'a Progress<(String, i64)>) -> Self {
-        Self {
-            mark: p.mark,
-            next_device: p.next.as_ref().map(|n| n.0.as_str()),
-            next_seq: p.next.as_ref().map(|n| n.1),
-        }
-    }
-}
 
 impl Kind for Readings {
     type Row = StagedReading;
@@ -86,75 +65,60 @@ impl Kind for Readings {
             .insert(row.seq, row.digest);
     }
 
+    fn at_or_after(row: &StagedReading, next: &(String, i64)) -> bool {
+        (row.device.as_str(), row.seq) >= (next.0.as_str(), next.1)
+    }
+
     fn read_progress(conn: &Connection) -> Result<Progress<(String, i64)>> {
         progress(conn)
     }
 
     fn write_progress(tx: &Transaction<'_>, p: &Progress<(String, i64)>) -> Result<()> {
-        let p = Pending::of(p);
+        let (device, seq) = p.next.as_ref().map(|(d, s)| (d.as_str(), *s)).unzip();
         tx.prepare_cached(
             "UPDATE staged_readings_progress SET mark = ?1, next_device = ?2, next_seq = ?3
              WHERE only = 1",
         )
-        .and_then(|mut s| s.execute(params![p.mark, p.next_device, p.next_seq]))
+        .and_then(|mut s| s.execute(params![p.mark, device, seq]))
         .map_err(db)?;
         Ok(())
     }
 
-    fn load_round(
-        conn: &Connection,
-        mark: i64,
-        next: &(String, i64),
-    ) -> Result<Vec<StagedReading>> {
-        select::<Self>(
-            conn,
-            "SELECT device_id, seq, ts, received_at, digest, flags FROM staged_readings
-             WHERE id <= ?1 AND (device_id, seq) >= (?2, ?3)",
-            params![mark, next.0, next.1],
-        )
-    }
-
-    fn load_pending(conn: &Connection, p: &Progress<(String, i64)>) -> Result<Vec<StagedReading>> {
-        let p = Pending::of(p);
-        select::<Self>(
-            conn,
-            &format!(
-                "SELECT device_id, seq, ts, received_at, digest, flags FROM staged_readings
-                 WHERE {PENDING}"
-            ),
-            rusqlite::named_params! {
-                ":mark": p.mark,
-                ":next_device": p.next_device,
-                ":next_seq": p.next_seq,
-            },
-        )
-    }
-
+    const TABLE: &'static str = "staged_reading_batches";
     const SELECT_AFTER: &'static str =
-        "SELECT id, device_id, seq, ts, received_at, digest, flags FROM staged_readings
-         WHERE id > ?1 ORDER BY id";
-    fn insert() -> &'static RowInsert {
-        static INSERT: RowInsert = RowInsert::new(
-            "INSERT INTO staged_readings (device_id, seq, ts, received_at, digest, flags) VALUES",
-            6,
-            "",
-        );
-        &INSERT
-    }
-    const DELETE: &'static str = "DELETE FROM staged_readings WHERE id <= ?1";
+        "SELECT id, body FROM staged_reading_batches WHERE id > ?1 ORDER BY id";
+    const SELECT_THROUGH: &'static str =
+        "SELECT id, body FROM staged_reading_batches WHERE id <= ?1 ORDER BY id";
+    const INSERT: &'static str = "INSERT INTO staged_reading_batches (body) VALUES (?1)";
+    const DELETE: &'static str = "DELETE FROM staged_reading_batches WHERE id <= ?1";
+    const ROW_BYTES: usize = 2 + 16 + 5 * 8;
 
-    fn from_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<StagedReading> {
-        Ok(StagedReading {
-            device: r.get(at)?,
-            seq: r.get(at + 1)?,
-            ts: r.get(at + 2)?,
-            received_at: r.get(at + 3)?,
-            digest: r.get(at + 4)?,
-            flags: r.get(at + 5)?,
+    fn encode(r: &StagedReading, out: &mut Vec<u8>) {
+        batch::put_str(out, &r.device);
+        batch::put_i64(out, r.seq);
+        batch::put_i64(out, r.ts);
+        batch::put_i64(out, r.received_at);
+        batch::put_i64(out, r.digest);
+        batch::put_i64(out, r.flags);
+    }
+
+    fn decode(f: &mut batch::Fields<'_>) -> Option<StagedReading> {
+        Some(StagedReading {
+            device: f.str()?.to_owned(),
+            seq: f.i64()?,
+            ts: f.i64()?,
+            received_at: f.i64()?,
+            digest: f.i64()?,
+            flags: f.i64()?,
         })
     }
+}
 
-    fn bind_at(
+impl Readings {
+    /// Binds a reading's columns (device, seq, ts, received_at, digest,
+    /// flags) to the parameters `at`, `at + 1`, ... of a multi-row insert
+    /// into `readings`.
+    pub(in crate::sqlite) fn bind_at(
         stmt: &mut rusqlite::Statement<'_>,
         at: usize,
         r: &StagedReading,
@@ -263,4 +227,25 @@ pub(in crate::sqlite) fn write_readings(
         "ON CONFLICT (device_id, seq) DO NOTHING",
     );
     INSERT.run(tx, rows, Readings::bind_at)
+}
+
+/// Every pending staged reading as of `progress` (read in the same
+/// transaction), in batch order.
+pub(in crate::sqlite) fn all_pending(
+    conn: &Connection,
+    progress: &Progress<(String, i64)>,
+) -> Result<Vec<StagedReading>> {
+    super::load_pending::<Readings>(conn, progress)
+}
+
+/// The smallest timestamp of any staged reading, moved or not.
+pub(in crate::sqlite) fn oldest_staged(conn: &Connection) -> Result<Option<i64>> {
+    let mut oldest: Option<i64> = None;
+    batch::for_each::<Readings>(conn, Readings::SELECT_AFTER, [i64::MIN], |_, rows| {
+        for r in rows {
+            oldest = Some(oldest.map_or(r.ts, |o| o.min(r.ts)));
+        }
+        Ok(())
+    })?;
+    Ok(oldest)
 }
