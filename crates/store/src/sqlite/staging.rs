@@ -10,6 +10,11 @@
 //! progress row and the committer's view of both ([`Lane`]); points
 //! ([`points`]) and readings ([`readings`]) are the two lanes.
 //!
+//! A commit appends its rows of a lane as one *batch*, a single row whose
+//! body packs them ([`batch`], decision 0024): two row inserts per commit
+//! instead of one per point and per reading. A staged row's id is its
+//! batch's; everything below holds for batches as it did for single rows.
+//!
 //! A *round* takes every staged row of a lane (the largest id taken is its
 //! `mark`), sorted in the order of the destination table, and each
 //! following commit moves the next few rows of it there and records how
