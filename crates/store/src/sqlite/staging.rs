@@ -43,6 +43,26 @@
 //! connection committed (a second store on the same file, another
 //! process): then it reloads both from the table, as after a restart.
 
+/// The SQL of a lane's batch table, as the associated constants of
+/// [`Kind`]: `batch_table!("staged_point_batches")`.
+macro_rules! batch_table {
+    ($table:literal) => {
+        const TABLE: &'static str = $table;
+        const SELECT_AFTER: &'static str = concat!(
+            "SELECT id, body FROM ",
+            $table,
+            " WHERE id > ?1 ORDER BY id"
+        );
+        const SELECT_THROUGH: &'static str = concat!(
+            "SELECT id, body FROM ",
+            $table,
+            " WHERE id <= ?1 ORDER BY id"
+        );
+        const INSERT: &'static str = concat!("INSERT INTO ", $table, " (body) VALUES (?1)");
+        const DELETE: &'static str = concat!("DELETE FROM ", $table, " WHERE id <= ?1");
+    };
+}
+
 pub(super) mod batch;
 pub(super) mod points;
 pub(super) mod readings;

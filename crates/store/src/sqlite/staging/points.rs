@@ -70,13 +70,7 @@ impl Kind for Points {
         Ok(())
     }
 
-    const TABLE: &'static str = "staged_point_batches";
-    const SELECT_AFTER: &'static str =
-        "SELECT id, body FROM staged_point_batches WHERE id > ?1 ORDER BY id";
-    const SELECT_THROUGH: &'static str =
-        "SELECT id, body FROM staged_point_batches WHERE id <= ?1 ORDER BY id";
-    const INSERT: &'static str = "INSERT INTO staged_point_batches (body) VALUES (?1)";
-    const DELETE: &'static str = "DELETE FROM staged_point_batches WHERE id <= ?1";
+    batch_table!("staged_point_batches");
     const ROW_BYTES: usize = 32;
 
     fn encode(p: &StagedPoint, out: &mut Vec<u8>) {

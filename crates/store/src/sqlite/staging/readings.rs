@@ -84,13 +84,7 @@ impl Kind for Readings {
         Ok(())
     }
 
-    const TABLE: &'static str = "staged_reading_batches";
-    const SELECT_AFTER: &'static str =
-        "SELECT id, body FROM staged_reading_batches WHERE id > ?1 ORDER BY id";
-    const SELECT_THROUGH: &'static str =
-        "SELECT id, body FROM staged_reading_batches WHERE id <= ?1 ORDER BY id";
-    const INSERT: &'static str = "INSERT INTO staged_reading_batches (body) VALUES (?1)";
-    const DELETE: &'static str = "DELETE FROM staged_reading_batches WHERE id <= ?1";
+    batch_table!("staged_reading_batches");
     const ROW_BYTES: usize = 2 + 16 + 5 * 8;
 
     fn encode(r: &StagedReading, out: &mut Vec<u8>) {
