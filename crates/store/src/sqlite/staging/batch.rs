@@ -164,8 +164,18 @@ pub(in crate::sqlite) fn pack_row_tables(tx: &Transaction<'_>) -> Result<()> {
         tx,
         "SELECT id, device_id, seq, ts, received_at, digest, flags FROM staged_readings",
         |r| {
+            let device: String = r.get(1)?;
+            // Device ids are at most 64 bytes; only a hand-edited file
+            // holds a longer one, and the encoding has two length bytes.
+            if device.len() > usize::from(u16::MAX) {
+                return Err(rusqlite::Error::FromSqlConversionFailure(
+                    1,
+                    rusqlite::types::Type::Text,
+                    "a staged device id longer than 65,535 bytes".into(),
+                ));
+            }
             Ok(StagedReading {
-                device: r.get(1)?,
+                device,
                 seq: r.get(2)?,
                 ts: r.get(3)?,
                 received_at: r.get(4)?,
