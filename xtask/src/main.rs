@@ -102,7 +102,9 @@ struct BenchArgs {
     /// Run `all` even when its time plan exceeds 15 minutes.
     #[arg(long)]
     no_time_bound: bool,
-    /// Use dev-profile binaries (faster to build, meaningless figures).
+    /// Use dev-profile binaries (meaningless figures; built with the whole
+    /// workspace's targets, so that a `cargo test --workspace` build is
+    /// reused).
     #[arg(long)]
     dev_build: bool,
     /// Mosquitto binary.
@@ -991,14 +993,30 @@ fn build(dev: bool) -> Result<PathBuf> {
     let root = workspace_root();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.current_dir(&root)
-        .args(["build", "-p", "rampart", "-p", "rampart-loadgen"]);
-    if !dev {
-        cmd.arg("--release");
+    cmd.current_dir(&root);
+    if dev {
+        // The workspace with every target resolves features as `cargo test
+        // --workspace` does, so CI's smoke run reuses the test build's
+        // artifacts (`-p` would unify features differently and rebuild
+        // dependencies: five minutes of CI's time).
+        cmd.args(["build", "--workspace", "--all-targets"]);
+    } else {
+        cmd.args([
+            "build",
+            "-p",
+            "rampart",
+            "-p",
+            "rampart-loadgen",
+            "--release",
+        ]);
     }
     eprintln!(
         "building rampart and rampart-loadgen ({})",
-        if dev { "dev" } else { "release" }
+        if dev {
+            "dev, with the workspace's targets"
+        } else {
+            "release"
+        }
     );
     let status = cmd.status().context("running cargo build")?;
     if !status.success() {
