@@ -20,7 +20,7 @@ use crate::{Result, StoreError};
 /// The format byte of a batch body: fixed-width little-endian fields.
 pub(in crate::sqlite) const FORMAT: u8 = 1;
 
-/// Appends `rows` as one batch body to `out` (cleared first).
+/// Writes `rows` as one batch body into `out` (cleared first).
 pub(in crate::sqlite) fn encode<K: Kind>(rows: &[K::Row], out: &mut Vec<u8>) {
     out.clear();
     out.push(FORMAT);
