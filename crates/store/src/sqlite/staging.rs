@@ -186,8 +186,12 @@ fn load_round<K: Kind>(conn: &Connection, mark: i64, next: &K::Pos) -> Result<Ve
     Ok(out)
 }
 
-/// Every pending row as of `progress`.
-fn load_pending<K: Kind>(conn: &Connection, progress: &Progress<K::Pos>) -> Result<Vec<K::Row>> {
+/// Every pending row as of `progress` (read in the same transaction), in
+/// batch order.
+pub(super) fn load_pending<K: Kind>(
+    conn: &Connection,
+    progress: &Progress<K::Pos>,
+) -> Result<Vec<K::Row>> {
     let mut out = Vec::new();
     batch::for_each::<K>(conn, K::SELECT_AFTER, [i64::MIN], |id, rows| {
         out.extend(

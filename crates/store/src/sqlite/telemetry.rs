@@ -11,7 +11,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 use super::rows::RowInsert;
 use super::staging::points::{self, Points, StagedPoint, pending_points};
 use super::staging::readings::{self, DigestIndex, Readings, StagedReading};
-use super::staging::{Kind as _, Lane, Staging, Step, Synced};
+use super::staging::{Kind as _, Lane, Staging, Step, Synced, load_pending};
 use super::writer::Next;
 use super::{SqliteStore, db};
 use crate::telemetry::{
@@ -719,7 +719,7 @@ fn export_staged(
     limit: u32,
 ) -> Result<Vec<(PointCursor, PointRecord)>> {
     let progress = points::progress(conn)?;
-    let mut pending: Vec<StagedPoint> = points::all_pending(conn, &progress)?
+    let mut pending: Vec<StagedPoint> = load_pending::<Points>(conn, &progress)?
         .into_iter()
         .filter(|p| (p.series, p.ts, p.seq) > (after.series, after.ts_ms, after.seq))
         .filter(|p| p.ts >= from && p.ts < to)
@@ -971,7 +971,7 @@ fn readings_per_minute(conn: &Connection, from_ms: i64, to_ms: i64) -> Result<Ve
         }
     }
     let progress = readings::progress(&snapshot)?;
-    for r in readings::all_pending(&snapshot, &progress)? {
+    for r in load_pending::<Readings>(&snapshot, &progress)? {
         if r.ts >= from && r.ts < to_ms {
             // SQLite's `%` truncates towards zero; so does Rust's.
             *minutes.entry(r.ts - r.ts % 60_000).or_default() += 1;

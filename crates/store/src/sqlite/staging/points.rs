@@ -157,12 +157,3 @@ pub(in crate::sqlite) fn pending_points(
     rows.sort_by(Points::order);
     Ok(rows)
 }
-
-/// Every pending staged point as of `progress` (read in the same
-/// transaction), in batch order.
-pub(in crate::sqlite) fn all_pending(
-    conn: &Connection,
-    progress: &Progress<i64>,
-) -> Result<Vec<StagedPoint>> {
-    super::load_pending::<Points>(conn, progress)
-}

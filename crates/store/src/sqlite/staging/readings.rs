@@ -223,15 +223,6 @@ pub(in crate::sqlite) fn write_readings(
     INSERT.run(tx, rows, Readings::bind_at)
 }
 
-/// Every pending staged reading as of `progress` (read in the same
-/// transaction), in batch order.
-pub(in crate::sqlite) fn all_pending(
-    conn: &Connection,
-    progress: &Progress<(String, i64)>,
-) -> Result<Vec<StagedReading>> {
-    super::load_pending::<Readings>(conn, progress)
-}
-
 /// The smallest timestamp of any staged reading, moved or not.
 pub(in crate::sqlite) fn oldest_staged(conn: &Connection) -> Result<Option<i64>> {
     let mut oldest: Option<i64> = None;
