@@ -14,6 +14,8 @@ use anyhow::{Context, Result, bail};
 use rampart_store::sqlite::WriterPriority;
 use serde::{Deserialize, Serialize};
 
+mod span;
+
 /// Prefix of every configuration override variable.
 const ENV_PREFIX: &str = "RAMPART_";
 
@@ -57,7 +59,7 @@ pub struct RenewalConfig {
     /// Renewal requests one device may make within `window` (refused ones count).
     pub max_per_window: u32,
     /// The sliding window of that limit.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "span")]
     pub window: Duration,
 }
 
@@ -76,13 +78,13 @@ impl Default for RenewalConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct AlertsConfig {
     /// Time limit of one webhook request, connection included.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "span")]
     pub delivery_timeout: Duration,
     /// First retry of a failed delivery after about this long (doubling).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "span")]
     pub retry_base: Duration,
     /// Longest wait between two attempts.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "span")]
     pub retry_cap: Duration,
     /// Attempts before a notification goes to the dead letters.
     pub max_attempts: u32,
@@ -92,7 +94,7 @@ pub struct AlertsConfig {
     pub max_redirects: u8,
     /// Flapping suppression: an offline event counts only this much later
     /// (a device back within it raises nothing). 0 turns it off.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "span")]
     pub presence_hold_down: Duration,
     /// The console's public URL, for links in notifications.
     pub console_url: Option<String>,
@@ -204,36 +206,36 @@ impl Default for FirmwareConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct OtaConfig {
     /// How often the rollout engine runs.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "span")]
     pub tick: Duration,
     /// Lifetime of a download URL in an offer.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "span")]
     pub download_token_ttl: Duration,
     /// Base of download URLs (`https://host:port`); by default derived
     /// from the HTTPS listener's address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_url: Option<String>,
     /// Default `offered` timeout of new campaigns.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "span")]
     pub offered_timeout: Duration,
     /// Default `downloading` timeout.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "span")]
     pub downloading_timeout: Duration,
     /// Default `verifying` timeout.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "span")]
     pub verifying_timeout: Duration,
     /// Default `pending-reboot` timeout.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "span")]
     pub pending_reboot_timeout: Duration,
     /// Default `pending-confirm` timeout.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "span")]
     pub pending_confirm_timeout: Duration,
     /// Default failure threshold of new campaigns (0 to 1).
     pub default_failure_threshold: f64,
     /// Default success threshold of new campaigns (0 to 1).
     pub default_success_threshold: f64,
     /// Default soak time between waves.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "span")]
     pub default_soak: Duration,
 }
 
@@ -314,14 +316,14 @@ impl OtaConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ClaimConfig {
     /// How long a device has to confirm a claim.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "span")]
     pub expiry: Duration,
     /// Confirmations with a wrong nonce before the claim is refused.
     pub max_attempts: u32,
     /// Confirmations one device may send within `confirmation_window`.
     pub max_confirmations_per_window: u32,
     /// The sliding window of that limit.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "span")]
     pub confirmation_window: Duration,
 }
 
@@ -378,7 +380,7 @@ pub struct PkiConfig {
     /// Server certificate names; empty means localhost, 127.0.0.1, ::1 and the host name.
     pub server_sans: Vec<String>,
     /// How long a published CRL stays valid; it is re-signed at half this.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "span")]
     pub crl_validity: Duration,
     /// Server certificate (PEM chain) to use instead of the one Rampart issues.
     pub server_cert: Option<PathBuf>,
@@ -413,7 +415,7 @@ pub struct StoreConfig {
     /// PostgreSQL URL; empty means SQLite in the data dir.
     pub url: StoreUrl,
     /// How long a writer waits for another process holding the database.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "span")]
     pub busy_timeout: Duration,
     /// SQLite only: how the store's writer and checkpoint threads are
     /// scheduled: `adaptive` (default; Linux `SCHED_IDLE` with a standby
@@ -421,7 +423,7 @@ pub struct StoreConfig {
     pub writer_priority: WriterPriority,
     /// SQLite, `adaptive` only: how long a write may wait for the idle
     /// writer before the standby thread takes the queue over.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "span")]
     pub writer_takeover_after: Duration,
 }
 
@@ -471,14 +473,14 @@ impl std::fmt::Debug for StoreUrl {
 #[serde(deny_unknown_fields, default)]
 pub struct ServeConfig {
     /// How often the server checks the store for changes made by the CLI.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "span")]
     pub change_poll_interval: Duration,
     /// How long an orderly shutdown may take before parts are abandoned.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "span")]
     pub shutdown_timeout: Duration,
     /// How often certificate, key, CA and CRL files are checked for
     /// changes; changed files are loaded without a restart.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "span")]
     pub tls_reload_interval: Duration,
 }
 
@@ -506,30 +508,30 @@ pub struct TelemetryConfig {
     pub commit_max_items: usize,
     /// Least time between the starts of two group commits under load
     /// (zero: back to back).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "span")]
     pub commit_interval: Duration,
     /// How long raw points are kept.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "span")]
     pub raw_retention: Duration,
     /// How long one-minute rollups are kept.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "span")]
     pub minute_retention: Duration,
     /// How long hourly rollups are kept (absent: forever). Daily rollups
     /// are kept forever.
     #[serde(
-        with = "humantime_serde",
+        with = "span::option",
         default,
         skip_serializing_if = "Option::is_none"
     )]
     pub hour_retention: Option<Duration>,
     /// How long presence history is kept.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "span")]
     pub presence_retention: Duration,
     /// Archive raw points to compressed files in the data dir before
     /// deleting them.
     pub archive: bool,
     /// How often retention runs.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "span")]
     pub retention_interval: Duration,
     /// Push stored points to InfluxDB (absent: no push).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -995,14 +997,14 @@ impl Config {
         if self.telemetry.commit_interval > MAX_COMMIT_INTERVAL {
             bail!(
                 "telemetry.commit_interval must be at most 1s (every acknowledgement under load waits up to that long; got {})",
-                humantime::format_duration(self.telemetry.commit_interval)
+                span::format(self.telemetry.commit_interval)
             );
         }
         let takeover = self.store.writer_takeover_after;
         if takeover < Duration::from_millis(1) || takeover > MAX_WRITER_TAKEOVER_AFTER {
             bail!(
                 "store.writer_takeover_after must be between 1ms and 10s (got {})",
-                humantime::format_duration(takeover)
+                span::format(takeover)
             );
         }
         self.ota.validate()?;
@@ -1059,6 +1061,19 @@ mod tests {
     fn example_holds_exactly_the_defaults() {
         let parsed: Config = toml::from_str(EXAMPLE).expect("example parses");
         assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn what_config_show_prints_reads_back_in_the_units_written() {
+        let mut config = Config::default();
+        config.telemetry.hour_retention = Some(Duration::from_secs(5 * 365 * 86_400));
+        let shown = toml::to_string_pretty(&config).expect("serialises");
+        assert!(shown.contains("minute_retention = \"365days\""), "{shown}");
+        assert!(shown.contains("hour_retention = \"1825days\""), "{shown}");
+        assert!(shown.contains("commit_interval = \"2ms\""), "{shown}");
+        assert!(!shown.contains("month"), "{shown}");
+        let back: Config = toml::from_str(&shown).expect("reads back");
+        assert_eq!(back, config);
     }
 
     #[test]
