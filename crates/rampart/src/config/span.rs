@@ -87,6 +87,10 @@ mod tests {
         assert_eq!(format(Duration::from_secs(365 * 86_400)), "365days");
         assert_eq!(format(Duration::from_secs(30 * 86_400)), "30days");
         assert_eq!(format(Duration::from_secs(86_400 + 12 * 3600)), "1day 12h");
+        assert_eq!(
+            humantime::parse_duration("1day 12h").expect("reads"),
+            Duration::from_secs(86_400 + 12 * 3600)
+        );
     }
 
     #[test]
