@@ -4,8 +4,9 @@
 //! humantime writes a month as 30.44 days and a year as 365.25, so its own
 //! output turns the default retention of 365 days into
 //! `"11months 30days 3h 50m 24s"` in `rampart config show`. Whole days,
-//! hours, minutes, seconds and fractions of a second say the same thing in
-//! the units an operator wrote, and read back to the same value.
+//! hours, minutes, seconds and fractions of a second read back to the same
+//! value; only months and years (which humantime reads as 30.44 and
+//! 365.25 days) come back in days (`"5years"` is `"1826days 6h"`).
 
 use std::time::Duration;
 
