@@ -18,7 +18,7 @@ pub struct BrokerConfig {
     /// Most simultaneous connections; further ones are refused at accept.
     pub max_connections: usize,
     /// A TLS handshake and CONNECT must complete within this (slowloris).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "rampart_span")]
     pub handshake_timeout: Duration,
     /// New connections accepted per second from one IP address (burst of
     /// the same size); 0 disables the limit.
@@ -38,13 +38,13 @@ pub struct BrokerConfig {
     /// written: a copy delivered and acknowledged meanwhile is never written
     /// (0 writes at once). Adds up to this to the publisher's PUBACK when a
     /// persistent session subscribes to its topic.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "rampart_span")]
     pub delivery_grace: Duration,
     /// Topic aliases a v5 client may use (0 disables them).
     pub topic_alias_maximum: u16,
     /// Upper bound on a session's expiry interval; also the expiry of MQTT
     /// 3.1.1 persistent sessions.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "rampart_span")]
     pub max_session_expiry: Duration,
     /// Keepalive the server imposes when a client asks for none or more.
     pub max_keepalive_secs: u16,

@@ -153,7 +153,7 @@ impl TokenSpec {
         if self.valid_for.is_zero() || self.valid_for > MAX_VALIDITY {
             return invalid(format!(
                 "expiry must be more than 0s and at most {}",
-                humantime::format_duration(MAX_VALIDITY)
+                rampart_span::format(MAX_VALIDITY)
             ));
         }
         if let Some(prefix) = &self.id_prefix {
@@ -517,6 +517,16 @@ mod tests {
             owner: Some("ann@example.com".into()),
         };
         assert!(ok.validate().is_ok());
+        let too_long = TokenSpec {
+            valid_for: MAX_VALIDITY + Duration::from_secs(1),
+            ..ok.clone()
+        };
+        // The limit is said in days, not as humantime's "1year 18h".
+        assert!(
+            matches!(too_long.validate(), Err(TokenError::Invalid(m)) if m.ends_with("at most 366days")),
+            "{:?}",
+            too_long.validate()
+        );
         for bad in [
             TokenSpec {
                 uses: 0,

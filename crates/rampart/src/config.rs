@@ -14,7 +14,7 @@ use anyhow::{Context, Result, bail};
 use rampart_store::sqlite::WriterPriority;
 use serde::{Deserialize, Serialize};
 
-mod span;
+use rampart_span as span;
 
 /// Prefix of every configuration override variable.
 const ENV_PREFIX: &str = "RAMPART_";
@@ -1067,7 +1067,15 @@ mod tests {
     fn what_config_show_prints_reads_back_in_the_units_written() {
         let mut config = Config::default();
         config.telemetry.hour_retention = Some(Duration::from_secs(5 * 365 * 86_400));
+        // The broker's and the web's sections write theirs the same way.
+        config.broker.max_session_expiry = Duration::from_secs(90 * 86_400);
+        config.web.invite_valid_for = Duration::from_secs(45 * 86_400 + 12 * 3600);
         let shown = toml::to_string_pretty(&config).expect("serialises");
+        assert!(shown.contains("max_session_expiry = \"90days\""), "{shown}");
+        assert!(
+            shown.contains("invite_valid_for = \"45days 12h\""),
+            "{shown}"
+        );
         assert!(shown.contains("minute_retention = \"365days\""), "{shown}");
         assert!(shown.contains("hour_retention = \"1825days\""), "{shown}");
         assert!(shown.contains("commit_interval = \"2ms\""), "{shown}");

@@ -13,7 +13,7 @@ pub struct WebConfig {
     pub tls12: bool,
     /// The TLS handshake, and then each request's headers, must arrive
     /// within this (slowloris).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "rampart_span")]
     pub handshake_timeout: Duration,
     /// Most simultaneous connections; more are closed at once.
     pub max_connections: usize,
@@ -23,12 +23,12 @@ pub struct WebConfig {
     /// it is answered 429 (0: no limit).
     pub enroll_failure_burst: u32,
     /// After the burst, one more failed enrollment is allowed per this.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "rampart_span")]
     pub enroll_failure_refill: Duration,
     /// A device that enrolls again with the same token and key within this
     /// (and has not connected yet) gets its certificate again instead of
     /// "id taken": its first answer was lost (0: never).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "rampart_span")]
     pub enroll_repeat_window: Duration,
     /// Bearer token a scraper must send to read `/metrics`. Without it (and
     /// without `metrics_addr`), `/metrics` is not served.
@@ -41,24 +41,24 @@ pub struct WebConfig {
     /// one, their session may only enrol it.
     pub require_mfa_for_admins: bool,
     /// A console session ends after this long without a request.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "rampart_span")]
     pub session_idle_timeout: Duration,
     /// A console session ends this long after sign-in, used or not.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "rampart_span")]
     pub session_absolute_timeout: Duration,
     /// Failed sign-ins in a row that lock an account (0: never locked).
     pub login_max_failures: u32,
     /// How long a locked account stays locked.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "rampart_span")]
     pub login_lockout: Duration,
     /// Failed sign-ins one source address may make in a burst before it is
     /// answered 429 (0: no limit). Kept in memory: a restart forgets it.
     pub login_failure_burst: u32,
     /// After the burst, one more failed sign-in is allowed per this.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "rampart_span")]
     pub login_failure_refill: Duration,
     /// How long an invitation link stays valid.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "rampart_span")]
     pub invite_valid_for: Duration,
     /// Origins (`https://tools.example.com`) whose pages may call the API
     /// with an API token. Cookies are never accepted cross-origin; empty:

@@ -1,5 +1,5 @@
-//! Durations of the config file: read as humantime reads them (`"30days"`,
-//! `"1h 30m"`, `"5years"`), written in days and smaller units.
+//! Durations of Rampart's config file: read as humantime reads them
+//! (`"30days"`, `"1h 30m"`, `"5years"`), written in days and smaller units.
 //!
 //! humantime writes a month as 30.44 days and a year as 365.25, so its own
 //! output turns the default retention of 365 days into
@@ -7,6 +7,11 @@
 //! hours, minutes, seconds and fractions of a second read back to the same
 //! value; only months and years (which humantime reads as 30.44 and
 //! 365.25 days) come back in days (`"5years"` is `"1826days 6h"`).
+//!
+//! Every section of the config file uses it (`#[serde(with =
+//! "rampart_span")]`), the broker's and the web's included, so that one
+//! `config show` writes every duration the same way. It owns the text
+//! form of a duration and nothing else: no I/O, no config structure.
 
 use std::time::Duration;
 
@@ -47,17 +52,17 @@ pub fn format(d: Duration) -> String {
     parts.join(" ")
 }
 
-/// For `#[serde(with = "span")]`.
+/// For `#[serde(with = "rampart_span")]`.
 pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format(*d))
 }
 
-/// For `#[serde(with = "span")]`.
+/// For `#[serde(with = "rampart_span")]`.
 pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     humantime_serde::deserialize(d)
 }
 
-/// The same for an optional duration: `#[serde(with = "span::option")]`.
+/// The same for an optional duration: `#[serde(with = "rampart_span::option")]`.
 pub mod option {
     use std::time::Duration;
 
