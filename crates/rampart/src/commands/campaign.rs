@@ -237,7 +237,7 @@ fn print_campaign(c: &Campaign) {
         "waves:   {} (started {}), soak {}",
         c.waves,
         c.current_wave,
-        humantime::format_duration(c.soak)
+        rampart_span::format(c.soak)
     );
     say!(
         "thresholds: success {}, failure {}",

@@ -232,7 +232,7 @@ async fn claim(
             bail!(
                 "'{}' did not confirm the claim within {}; it stays pending until {} (is `rampart serve` running, and the device answering on devices/{}/bind/up?)",
                 started.device,
-                humantime::format_duration(wait),
+                rampart_span::format(wait),
                 output::when(started.expires_at),
                 started.device
             );

@@ -54,7 +54,7 @@ fn pct(f: f64) -> String {
 }
 
 fn dur(d: std::time::Duration) -> String {
-    humantime::format_duration(d).to_string()
+    rampart_span::format(d)
 }
 
 /// `/campaigns`.
