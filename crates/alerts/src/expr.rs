@@ -196,7 +196,7 @@ impl Condition {
 impl fmt::Display for Condition {
     /// The canonical text, which parses back to the same condition.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let span = |d: &Duration| humantime::format_duration(*d).to_string().replace(' ', "");
+        let span = |d: &Duration| rampart_span::format(*d).replace(' ', "");
         match self {
             Condition::Threshold {
                 metric,
@@ -709,6 +709,19 @@ mod tests {
                 }
             }),
         ]
+    }
+
+    #[test]
+    fn long_spans_are_written_in_days() {
+        let sixty_days = Condition::CertExpires {
+            within: Duration::from_secs(60 * 86_400),
+        };
+        assert_eq!(sixty_days.to_string(), "cert-expires within 60days");
+        let hold = Condition::NoTelemetry {
+            after: Duration::from_secs(45 * 86_400 + 12 * 3600),
+        };
+        assert_eq!(hold.to_string(), "no-telemetry for 45days12h");
+        assert_eq!(parse(&hold.to_string()), Ok(hold));
     }
 
     proptest! {
