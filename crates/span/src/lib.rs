@@ -12,7 +12,7 @@
 //! "rampart_span")]`), the broker's and the web's included, so that one
 //! `config show` writes every duration the same way; what Rampart shows
 //! elsewhere (alert conditions, campaign soak times, limits in error
-//! messages) is written by [`format`] too. It owns the text form of a
+//! messages) is written by [`format()`] too. It owns the text form of a
 //! duration and nothing else: no I/O, no config structure.
 
 use std::time::Duration;
