@@ -5,6 +5,7 @@
 
 use maud::{Markup, html};
 use rampart_ota::campaign::{CampaignStatus, EntryState, StateCounts, WaveProgress};
+use rampart_span::format as dur;
 use rampart_store::Firmware;
 use rampart_store::campaigns::{Campaign, CampaignTarget, EntryPage, EntryQuery};
 
@@ -51,10 +52,6 @@ fn target(t: &CampaignTarget) -> String {
 
 fn pct(f: f64) -> String {
     format!("{:.0} %", f * 100.0)
-}
-
-fn dur(d: std::time::Duration) -> String {
-    rampart_span::format(d)
 }
 
 /// `/campaigns`.
