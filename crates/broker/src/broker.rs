@@ -447,10 +447,7 @@ impl Broker {
     /// Removes a delivery that was acknowledged, or will never be sent,
     /// from the durable queue.
     pub(crate) fn forget_delivery(&self, client: &ClientId, persist_id: u64) {
-        self.persister.submit_later(vec![Op::Ack {
-            client: Arc::clone(client),
-            id: persist_id,
-        }]);
+        self.persister.delivered(client, persist_id);
     }
 
     /// Closes every live connection (server shutdown).

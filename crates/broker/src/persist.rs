@@ -9,18 +9,21 @@
 //! A copy queued for a persistent session that is online is usually sent
 //! and acknowledged by the subscriber within a few hundred microseconds.
 //! Each copy therefore waits up to `broker.delivery_grace` *from its own
-//! submission* before it is written; if its acknowledgement arrives first,
-//! the pair (its `Enqueue` and its `Ack`) is dropped: the message has
-//! reached its subscriber, which is what the durable copy was for, so the
-//! publisher's acknowledgement need not wait for a write, and nothing is
-//! written (no fsync). Copies still waiting when an earlier job is written
-//! ride along with it, so that the order of application is the order of
-//! submission. (Until 2026-11-28 the grace ran from the first job of a
-//! batch, and the copies that arrived in its last moments, about one in
-//! twenty at 3,000 msg/s, were each written in a transaction of their own.)
+//! submission* before it is written. Until then it is listed in a table
+//! shared with the connections ([`Unwritten`]): the subscriber's
+//! acknowledgement takes it out there, and once every copy of a publish is
+//! out (and nothing else of it waits for a write) the publisher is answered
+//! at once, from the subscriber's connection: the message has reached its
+//! subscriber, which is what the durable copy was for. The task never
+//! wakes for that, and writes nothing for it. When a copy's grace is over
+//! the task takes it out of the table in the same lock, and writes it;
+//! an acknowledgement that comes later is a deletion, written after it.
+//! Copies still waiting when an earlier job is written ride along with it,
+//! so that the order of application is the order of submission.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use rampart_store::{MqttOp, Store};
@@ -97,15 +100,69 @@ impl Op {
 
 struct Job {
     ops: Vec<Op>,
-    done: Option<oneshot::Sender<bool>>,
+    done: Option<Arc<Answer>>,
     /// When it was submitted.
     at: Instant,
+}
+
+/// The answer to one submission: `true` once it is durable. Sent by the
+/// task once the job is written, or by the acknowledgement that takes the
+/// job's last copy out of [`Unwritten`] first, whichever comes first.
+struct Answer {
+    /// What is left to settle other than by the write: the job's copies
+    /// not yet delivered, plus one if it holds anything else (which only
+    /// the write settles).
+    open: AtomicUsize,
+    tx: Mutex<Option<oneshot::Sender<bool>>>,
+}
+
+impl Answer {
+    fn send(&self, ok: bool) {
+        if let Some(tx) = lock(&self.tx).take() {
+            let _ = tx.send(ok);
+        }
+    }
+
+    /// One of the job's copies was delivered.
+    fn delivered(&self) {
+        if self.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.send(true);
+        }
+    }
+}
+
+/// A copy listed in [`Unwritten`].
+struct Listed {
+    client: ClientId,
+    answer: Arc<Answer>,
+}
+
+/// Copies waiting out their grace, by delivery id (unique per broker).
+/// Each is taken out exactly once: by its subscriber's acknowledgement
+/// (then it is never written) or by the task when it writes it (then the
+/// acknowledgement becomes a deletion, submitted after the write was
+/// started, so applied after it).
+#[derive(Default)]
+struct Unwritten(Mutex<HashMap<u64, Listed>>);
+
+impl Unwritten {
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Listed>> {
+        lock(&self.0)
+    }
+}
+
+/// A lock whose holder cannot leave its data half-changed: a panic
+/// elsewhere while it was held does not make the data unusable.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Handle to the persistence task.
 #[derive(Clone)]
 pub(crate) struct Persister {
     tx: mpsc::UnboundedSender<Job>,
+    unwritten: Arc<Unwritten>,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Persister {
@@ -128,41 +185,103 @@ impl Persister {
     /// acknowledgement before it is written.
     pub(crate) fn start(store: Arc<dyn Store>, metrics: Arc<Metrics>, grace: Duration) -> Self {
         let (tx, rx) = mpsc::unbounded_channel::<Job>();
-        tokio::spawn(run(store, rx, metrics, grace));
-        Self { tx }
+        let unwritten = Arc::new(Unwritten::default());
+        tokio::spawn(run(
+            store,
+            rx,
+            Arc::clone(&unwritten),
+            Arc::clone(&metrics),
+            grace,
+        ));
+        Self {
+            tx,
+            unwritten,
+            metrics,
+        }
     }
 
-    fn send<O: Into<Op>>(&self, ops: Vec<O>, done: Option<oneshot::Sender<bool>>) {
+    fn send(&self, ops: Vec<Op>, done: Option<Arc<Answer>>) {
         let _ = self.tx.send(Job {
-            ops: ops.into_iter().map(Into::into).collect(),
+            ops,
             done,
             at: Instant::now(),
         });
     }
 
-    /// Queues `ops`; the returned receiver resolves once they are durable.
+    /// Queues `ops`; the returned receiver resolves once they are durable
+    /// (a queued copy also counts once its subscriber acknowledged it).
     /// Order of submission is order of application.
     pub(crate) fn submit<O: Into<Op>>(&self, ops: Vec<O>) -> Option<Durable> {
         if ops.is_empty() {
             return None;
         }
-        let (done, rx) = oneshot::channel();
-        self.send(ops, Some(done));
+        let ops: Vec<Op> = ops.into_iter().map(Into::into).collect();
+        let (tx, rx) = oneshot::channel();
+        let copies = ops.iter().filter(|op| is_copy(op)).count();
+        let answer = Arc::new(Answer {
+            open: AtomicUsize::new(copies + usize::from(copies < ops.len())),
+            tx: Mutex::new(Some(tx)),
+        });
+        if copies > 0 {
+            let mut unwritten = self.unwritten.lock();
+            for op in &ops {
+                if let Op::Copy(c) = op {
+                    let listed = Listed {
+                        client: Arc::clone(&c.client),
+                        answer: Arc::clone(&answer),
+                    };
+                    unwritten.insert(c.id, listed);
+                }
+            }
+        }
+        self.send(ops, Some(answer));
         Some(rx)
     }
 
-    /// Queues `ops` without waiting (acknowledged deliveries: losing one
-    /// only means a redelivery, which QoS 1 allows).
+    /// Queues `ops` without waiting (deletions of sessions: losing one
+    /// only means it expires again after a restart).
     pub(crate) fn submit_later<O: Into<Op>>(&self, ops: Vec<O>) {
         if !ops.is_empty() {
-            self.send(ops, None);
+            self.send(ops.into_iter().map(Into::into).collect(), None);
+        }
+    }
+
+    /// The copy `id` queued for `client` was delivered and acknowledged,
+    /// or will never be sent: if it is still waiting out its grace it is
+    /// never written (and its publisher may be answered now), otherwise
+    /// its row is deleted with a later write (losing the deletion in a
+    /// crash only means a redelivery, which QoS 1 allows).
+    pub(crate) fn delivered(&self, client: &ClientId, id: u64) {
+        let listed = {
+            let mut unwritten = self.unwritten.lock();
+            match unwritten.get(&id) {
+                Some(l) if l.client == *client => unwritten.remove(&id),
+                _ => None,
+            }
+        };
+        match listed {
+            Some(l) => {
+                Metrics::inc(&self.metrics.persist_elided);
+                l.answer.delivered();
+            }
+            None => self.send(
+                vec![Op::Ack {
+                    client: Arc::clone(client),
+                    id,
+                }],
+                None,
+            ),
         }
     }
 
     /// Waits until everything submitted so far is durable.
     pub(crate) async fn flush(&self) -> bool {
-        let (done, rx) = oneshot::channel();
-        self.send(Vec::<Op>::new(), Some(done));
+        let (tx, rx) = oneshot::channel();
+        let answer = Answer {
+            open: AtomicUsize::new(1),
+            tx: Mutex::new(Some(tx)),
+        };
+        self.send(Vec::new(), Some(Arc::new(answer)));
         rx.await.unwrap_or(false)
     }
 }
@@ -180,8 +299,7 @@ struct Queue {
     grace: Duration,
     waiting: VecDeque<Waiting>,
     /// Deletions nobody waits for, written with the next transaction or
-    /// [`ACK_WRITE_DELAY`] after the oldest of them (`held_since`), if no
-    /// copy waiting here takes them out first.
+    /// [`ACK_WRITE_DELAY`] after the oldest of them (`held_since`).
     held: Vec<Op>,
     held_since: Option<Instant>,
 }
@@ -220,73 +338,6 @@ impl Queue {
         self.waiting.push_back(Waiting { job, due });
     }
 
-    /// Drops every waiting copy whose acknowledgement has arrived, with that
-    /// acknowledgement, and answers jobs left with nothing to write (they
-    /// are durable: delivered). Returns how many pairs were dropped.
-    ///
-    /// An `Ack` always follows its `Enqueue` (a delivery becomes visible
-    /// only after its copy was submitted), so an `Ack` whose `Enqueue` is
-    /// not waiting deletes a row written earlier, and stays.
-    fn elide_delivered(&mut self) -> usize {
-        // Delivery ids are unique per broker; the client is checked too.
-        let delivered: HashMap<u64, ClientId> = {
-            let copies: HashMap<u64, &str> = self
-                .waiting
-                .iter()
-                .flat_map(|w| &w.job.ops)
-                .filter_map(|op| match op {
-                    Op::Copy(c) => Some((c.id, &*c.client)),
-                    _ => None,
-                })
-                .collect();
-            if copies.is_empty() {
-                return 0;
-            }
-            self.held
-                .iter()
-                .chain(self.waiting.iter().flat_map(|w| &w.job.ops))
-                .filter_map(|op| match op {
-                    Op::Ack { client, id } if copies.get(id) == Some(&&**client) => {
-                        Some((*id, Arc::clone(client)))
-                    }
-                    _ => None,
-                })
-                .collect()
-        };
-        if delivered.is_empty() {
-            return 0;
-        }
-        let keep = |op: &Op| {
-            let (client, id) = match op {
-                Op::Copy(c) => (&c.client, &c.id),
-                Op::Ack { client, id } => (client, id),
-                Op::State(_) => return true,
-            };
-            delivered.get(id) != Some(client)
-        };
-        self.held.retain(keep);
-        if self.held.is_empty() {
-            self.held_since = None;
-        }
-        let mut answered = Vec::new();
-        self.waiting.retain_mut(|w| {
-            if w.job.ops.is_empty() {
-                // A flush: nothing of its own to elide.
-                return true;
-            }
-            w.job.ops.retain(keep);
-            if w.job.ops.is_empty() {
-                answered.extend(w.job.done.take());
-                return false;
-            }
-            true
-        });
-        for done in answered {
-            let _ = done.send(true);
-        }
-        delivered.len()
-    }
-
     /// How many waiting jobs are to be written now: up to the last one
     /// that is due (the ones before it go with it, in order), and with it
     /// those that would fall due within half a grace. Under a stream of
@@ -321,11 +372,13 @@ impl Queue {
     }
 }
 
-/// The persistence task: takes jobs in, drops copies already delivered,
-/// writes what is due in one transaction (held deletions first).
+/// The persistence task: takes jobs in, and writes what is due in one
+/// transaction (held deletions first), leaving out the copies delivered
+/// meanwhile.
 async fn run(
     store: Arc<dyn Store>,
     mut rx: mpsc::UnboundedReceiver<Job>,
+    unwritten: Arc<Unwritten>,
     metrics: Arc<Metrics>,
     grace: Duration,
 ) {
@@ -335,8 +388,6 @@ async fn run(
         if open {
             open = take_in(&mut queue, &mut rx).await;
         }
-        let elided = queue.elide_delivered();
-        Metrics::add(&metrics.persist_elided, elided as u64);
         let now = Instant::now();
         let mut n = if open {
             queue.due(now)
@@ -351,17 +402,26 @@ async fn run(
         // transactions, so their place among these is free.
         let mut ops = queue.take_held();
         let mut waiters = Vec::new();
-        while n > 0 && ops.len() < MAX_BATCH_OPS {
-            let Some(w) = queue.waiting.pop_front() else {
-                break;
-            };
-            n -= 1;
-            ops.extend(w.job.ops);
-            waiters.extend(w.job.done);
+        {
+            let mut unwritten = unwritten.lock();
+            while n > 0 && ops.len() < MAX_BATCH_OPS {
+                let Some(w) = queue.waiting.pop_front() else {
+                    break;
+                };
+                n -= 1;
+                // A copy still listed is written, and taken out so that its
+                // acknowledgement becomes a deletion; one no longer listed
+                // was delivered.
+                ops.extend(w.job.ops.into_iter().filter(|op| match op {
+                    Op::Copy(c) => unwritten.remove(&c.id).is_some(),
+                    _ => true,
+                }));
+                waiters.extend(w.job.done);
+            }
         }
         let ok = write(&*store, ops, &metrics).await;
         for w in waiters {
-            let _ = w.send(ok);
+            w.send(ok);
         }
     }
 }
@@ -453,7 +513,14 @@ mod tests {
         }
     }
 
-    fn job(ops: Vec<Op>, done: Option<oneshot::Sender<bool>>) -> Job {
+    /// A job as submitted; `answered` gives it someone waiting.
+    fn job(ops: Vec<Op>, answered: bool) -> Job {
+        let done = answered.then(|| {
+            Arc::new(Answer {
+                open: AtomicUsize::new(1),
+                tx: Mutex::new(None),
+            })
+        });
         Job {
             ops,
             done,
@@ -461,73 +528,37 @@ mod tests {
         }
     }
 
-    /// Operations as the store would apply them (comparable).
-    fn as_store(ops: &[Op]) -> Vec<MqttOp> {
-        ops.iter().cloned().map(Op::into_store).collect()
-    }
-
-    fn ops(queue: &Queue) -> Vec<MqttOp> {
-        let waiting: Vec<Op> = queue
-            .waiting
-            .iter()
-            .flat_map(|w| w.job.ops.clone())
-            .collect();
-        as_store(&waiting)
-    }
-
     #[test]
-    fn a_copy_acknowledged_while_it_waits_is_never_written() {
-        let save = MqttOp::Disconnected {
-            client: "svc".into(),
-            at_ms: 1,
-        };
+    fn deletions_nobody_waits_for_are_held_not_queued() {
         let mut queue = Queue::new(Duration::from_secs(1));
-        let (done, mut answer) = oneshot::channel();
-        queue.add(job(vec![enqueue("svc", 1)], Some(done)));
-        // Delivery ids are unique per broker, across clients.
-        queue.add(job(vec![enqueue("svc", 2), enqueue("other", 3)], None));
-        queue.add(job(vec![ack("svc", 1)], None));
-        queue.add(job(vec![save.clone().into()], None));
-        // Its copy was written earlier: the delete stays.
-        queue.add(job(vec![ack("svc", 0)], None));
-        assert_eq!(queue.elide_delivered(), 1);
-        assert_eq!(
-            ops(&queue),
-            as_store(&[enqueue("svc", 2), enqueue("other", 3), save.into()])
-        );
-        assert_eq!(as_store(&queue.held), as_store(&[ack("svc", 0)]));
-        // Delivered, so durable as far as its publisher is concerned.
-        assert_eq!(answer.try_recv(), Ok(true));
-    }
-
-    #[test]
-    fn copies_without_their_acknowledgements_are_left_alone() {
-        let mut queue = Queue::new(Duration::from_secs(1));
-        queue.add(job(vec![enqueue("a", 1)], None));
-        queue.add(job(vec![ack("b", 1), ack("a", 2)], None));
-        assert_eq!(queue.elide_delivered(), 0);
-        assert_eq!(ops(&queue), as_store(&[enqueue("a", 1)]));
-        assert_eq!(as_store(&queue.held), as_store(&[ack("b", 1), ack("a", 2)]));
+        let deletion = job(vec![ack("a", 1), ack("b", 2)], false);
+        let at = deletion.at;
+        queue.add(deletion);
+        assert!(queue.waiting.is_empty());
+        assert_eq!(queue.held.len(), 2);
+        assert!(!queue.held_due(at));
+        assert!(queue.held_due(at + ACK_WRITE_DELAY));
+        assert_eq!(queue.take_held().len(), 2);
+        assert_eq!(queue.next_due(), None);
     }
 
     #[test]
     fn copies_wait_out_the_grace_and_anything_else_is_due_at_once() {
         let grace = Duration::from_secs(1);
         let mut queue = Queue::new(grace);
-        let copy = job(vec![enqueue("a", 1)], None);
+        let copy = job(vec![enqueue("a", 1)], false);
         let at = copy.at;
         queue.add(copy);
         assert_eq!(queue.due(at), 0);
         assert_eq!(queue.next_due(), Some(at + grace));
         // A subscription change behind it is due now, and takes the copy
         // before it along (the order of application).
-        let (done, _answer) = oneshot::channel();
         let save = MqttOp::SaveSession {
             client: "a".into(),
             expiry_secs: 60,
             subscriptions: Vec::new(),
         };
-        queue.add(job(vec![save.into()], Some(done)));
+        queue.add(job(vec![save.into()], true));
         assert_eq!(queue.due(Instant::now()), 2);
     }
 
@@ -537,7 +568,7 @@ mod tests {
         let mut queue = Queue::new(grace);
         let start = Instant::now();
         for (n, after) in [0, 400, 600].into_iter().enumerate() {
-            let mut copy = job(vec![enqueue("a", n as u64)], None);
+            let mut copy = job(vec![enqueue("a", n as u64)], false);
             copy.at = start + Duration::from_millis(after);
             queue.add(copy);
         }
@@ -547,52 +578,131 @@ mod tests {
         assert_eq!(queue.due(start + grace + Duration::from_millis(100)), 3);
     }
 
-    /// The grace runs from each copy's own submission: a copy queued near
-    /// the end of an earlier one's grace still gets all of it, and is not
-    /// written when its acknowledgement comes within it. (When the grace
-    /// ran from the first copy of a batch, `b` was written here.)
-    #[tokio::test(start_paused = true)]
-    async fn each_copy_waits_its_own_grace_for_its_acknowledgement() {
-        let dir = tempfile::tempdir().expect("tempdir");
+    /// A persister on a fresh SQLite store, with a persistent session
+    /// `svc` saved, and its metrics.
+    async fn persister(dir: &std::path::Path, grace: Duration) -> (Persister, Arc<Metrics>) {
         let store = rampart_store::SqliteStore::open(
-            &dir.path().join("db"),
+            &dir.join("db"),
             rampart_store::AuditKey::new([1; 32], None),
             rampart_store::sqlite::SqliteOptions::default(),
         )
         .expect("store");
         let metrics = Arc::new(Metrics::default());
-        let grace = Duration::from_millis(200);
         let persister = Persister::start(Arc::new(store), Arc::clone(&metrics), grace);
-        let save = MqttOp::SaveSession {
-            client: "svc".into(),
-            expiry_secs: 3600,
-            subscriptions: Vec::new(),
-        };
-        assert!(durable(persister.submit(vec![save])).await);
-        let commits = |m: &Metrics| m.persist_commits.load(std::sync::atomic::Ordering::Relaxed);
-        let before = commits(&metrics);
+        for client in ["svc", "other"] {
+            let save = MqttOp::SaveSession {
+                client: client.into(),
+                expiry_secs: 3600,
+                subscriptions: Vec::new(),
+            };
+            assert!(durable(persister.submit(vec![save])).await);
+        }
+        (persister, metrics)
+    }
+
+    fn count(counter: &std::sync::atomic::AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+
+    fn client(name: &str) -> ClientId {
+        Arc::from(name)
+    }
+
+    /// The delivery ids in `client`'s durable queue.
+    async fn queued(persister: &Persister, store: &dyn Store, client: &str) -> Vec<u64> {
+        assert!(persister.flush().await);
+        let snapshot = store.mqtt_load().await.expect("load");
+        snapshot
+            .sessions
+            .into_iter()
+            .find(|s| s.client == client)
+            .map(|s| s.queue.into_iter().map(|(id, _)| id).collect())
+            .unwrap_or_default()
+    }
+
+    /// The publisher of a copy its subscriber acknowledged within the
+    /// grace is answered by that acknowledgement, without waiting for the
+    /// task to wake, and nothing is written for it.
+    #[tokio::test(start_paused = true)]
+    async fn a_delivered_copy_is_answered_at_once_and_never_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (persister, metrics) = persister(dir.path(), Duration::from_secs(3600)).await;
+        let before = count(&metrics.persist_commits);
+
+        let mut answer = persister.submit(vec![enqueue("svc", 1)]).expect("waits");
+        assert_eq!(answer.try_recv(), Err(oneshot::error::TryRecvError::Empty));
+        persister.delivered(&client("svc"), 1);
+        assert_eq!(answer.try_recv(), Ok(true));
+        assert_eq!(count(&metrics.persist_elided), 1);
+
+        assert!(persister.flush().await);
+        assert_eq!(
+            count(&metrics.persist_commits),
+            before,
+            "a delivered copy was written"
+        );
+    }
+
+    /// A publish routed to two persistent sessions is answered when both
+    /// copies are delivered; an acknowledgement naming another session
+    /// takes nothing out.
+    #[tokio::test(start_paused = true)]
+    async fn a_publish_waits_for_every_copy() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (persister, metrics) = persister(dir.path(), Duration::from_secs(3600)).await;
+        let mut answer = persister
+            .submit(vec![enqueue("svc", 1), enqueue("other", 2)])
+            .expect("waits");
+        persister.delivered(&client("svc"), 1);
+        persister.delivered(&client("svc"), 2);
+        assert_eq!(answer.try_recv(), Err(oneshot::error::TryRecvError::Empty));
+        persister.delivered(&client("other"), 2);
+        assert_eq!(answer.try_recv(), Ok(true));
+        assert_eq!(count(&metrics.persist_elided), 2);
+    }
+
+    /// The grace runs from each copy's own submission: a copy queued near
+    /// the end of an earlier one's grace still gets all of it, and is not
+    /// written when its acknowledgement comes within it. A copy nobody
+    /// acknowledges is written once its grace is over; its late
+    /// acknowledgement deletes it.
+    #[tokio::test(start_paused = true)]
+    async fn each_copy_waits_its_own_grace_and_late_ones_are_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let grace = Duration::from_millis(200);
+        let (persister, metrics) = persister(dir.path(), grace).await;
+        let store = rampart_store::SqliteStore::open(
+            &dir.path().join("db"),
+            rampart_store::AuditKey::new([1; 32], None),
+            rampart_store::sqlite::SqliteOptions::default(),
+        )
+        .expect("second handle");
+        let before = count(&metrics.persist_commits);
 
         let a = persister.submit(vec![enqueue("svc", 1)]);
         tokio::time::sleep(Duration::from_millis(150)).await;
         let b = persister.submit(vec![enqueue("svc", 2)]);
         tokio::time::sleep(Duration::from_millis(10)).await;
-        persister.submit_later(vec![ack("svc", 1)]);
+        persister.delivered(&client("svc"), 1);
         // Past `a`'s grace, within `b`'s.
         tokio::time::sleep(Duration::from_millis(90)).await;
-        persister.submit_later(vec![ack("svc", 2)]);
+        persister.delivered(&client("svc"), 2);
         assert!(durable(a).await);
         assert!(durable(b).await);
-        assert_eq!(commits(&metrics), before, "a delivered copy was written");
+        tokio::time::sleep(grace).await;
         assert_eq!(
-            metrics
-                .persist_elided
-                .load(std::sync::atomic::Ordering::Relaxed),
-            2
+            count(&metrics.persist_commits),
+            before,
+            "a delivered copy was written"
         );
+        assert_eq!(count(&metrics.persist_elided), 2);
 
-        // A copy nobody acknowledges is written once its grace is over.
         let c = persister.submit(vec![enqueue("svc", 3)]);
         assert!(durable(c).await);
-        assert_eq!(commits(&metrics), before + 1);
+        assert_eq!(count(&metrics.persist_commits), before + 1);
+        assert_eq!(queued(&persister, &store, "svc").await, [3]);
+        persister.delivered(&client("svc"), 3);
+        assert_eq!(queued(&persister, &store, "svc").await, Vec::<u64>::new());
+        assert_eq!(count(&metrics.persist_elided), 2);
     }
 }
