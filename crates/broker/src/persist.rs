@@ -151,8 +151,8 @@ impl Unwritten {
     }
 }
 
-/// A lock whose holder cannot leave its data half-changed: a panic
-/// elsewhere while it was held does not make the data unusable.
+/// Locks `m`. Nothing here panics half-way through a change under these
+/// locks, so a poisoned one is used as it is.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -238,8 +238,9 @@ impl Persister {
         Some(rx)
     }
 
-    /// Queues `ops` without waiting (deletions of sessions: losing one
-    /// only means it expires again after a restart).
+    /// Queues `ops` without waiting: what a crash may lose without
+    /// breaking a promise (a session's state as its connection ends, the
+    /// deletion of an expired one), still applied in order.
     pub(crate) fn submit_later<O: Into<Op>>(&self, ops: Vec<O>) {
         if !ops.is_empty() {
             self.send(ops.into_iter().map(Into::into).collect(), None);
