@@ -757,6 +757,20 @@ fn latency_scenario(
             // Where the time goes (see BENCHMARKS.md, "Latency breakdown").
             metric("send lag p99", "µs", "/send_lag/p99_us", false),
             metric("in transit p99", "µs", "/transit/p99_us", false),
+            // The tail without the host's pauses, and how many there were
+            // (see the load generator's `stalls` module).
+            metric(
+                "p99 outside stalls",
+                "µs",
+                "/outside_stalls/latency/p99_us",
+                false,
+            ),
+            metric(
+                "stalled 100 ms windows",
+                "windows",
+                "/outside_stalls/stalled_windows",
+                false,
+            ),
             metric("PUBACK p50", "µs", "/ack/p50_us", false),
             metric("PUBACK p99", "µs", "/ack/p99_us", false),
             metric("broker CPU", "% of a core", "/broker_cpu_percent", false),

@@ -14,6 +14,7 @@ use crate::client::{Client, SessionKind, Target, connect_many};
 use crate::fanin::{Outstanding, Timing, Uplink, collect, devices_and_subscriber, nanos_since};
 use crate::pacer::Pacer;
 use crate::payload::Stamp;
+use crate::stalls::{OutsideStalls, outside_stalls};
 use crate::tracking::{self, Plan, SendLog};
 use crate::{CertDir, LoadgenError, MqttVersion, Percentiles, Qos};
 
@@ -114,6 +115,11 @@ pub struct LatencyReport {
     /// lateness against the schedule (`send_lag`).
     #[serde(default)]
     pub transit: Option<Percentiles>,
+    /// The latency of the messages in `transit` scheduled outside windows
+    /// in which everything stood still ([`crate::stalls`]), and how many
+    /// such windows there were.
+    #[serde(default)]
+    pub outside_stalls: Option<OutsideStalls>,
     /// The broker's CPU use from the end of the warm-up to the end of
     /// publishing, in percent of one core (with `broker_pid`).
     #[serde(default)]
@@ -291,7 +297,8 @@ pub async fn run_with_give_up(
             window_end: end,
             latency_from: Some(epoch + cfg.warmup),
             sent: Some(Arc::clone(&sent)),
-            timeline: cfg.timeline.is_some(),
+            // Kept in every run: the latency outside stalls needs it.
+            timeline: true,
         },
         Arc::clone(&done),
         Duration::from_secs(1),
@@ -357,6 +364,7 @@ pub async fn run_with_give_up(
             .filter(|_| cfg.qos == Qos::AtLeastOnce)
             .map(|t| Percentiles::of(&t.ack)),
         transit: Some(Percentiles::of(&received.transit)),
+        outside_stalls: outside_stalls(&received.timeline)?,
         broker_cpu_percent,
         loadgen_cpu_percent,
         errors,

@@ -24,6 +24,7 @@ pub mod pacer;
 pub mod payload;
 pub mod procfs;
 pub mod revoke;
+pub mod stalls;
 pub mod storebench;
 pub mod tracking;
 
@@ -32,7 +33,7 @@ pub use error::LoadgenError;
 pub use identity::{CertDir, Identity};
 
 /// Percentiles of a latency histogram, in microseconds.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Percentiles {
     /// Number of samples.
     pub count: u64,

@@ -137,6 +137,7 @@ mod tests {
             send_lag: None,
             ack: None,
             transit: None,
+            outside_stalls: None,
             broker_cpu_percent: None,
             loadgen_cpu_percent: None,
             errors: Vec::new(),
