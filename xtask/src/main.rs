@@ -1147,6 +1147,10 @@ const LATENCY_NOTE: &str = "Latency rows: p50/p99/p99.9 are the subscriber's rec
      unacknowledged messages per device would add to it), `in transit` each message's \
      receive time minus the time the load generator queued it (the latency without that \
      lateness: the broker's part plus the load generator's own sending and receiving), \
+     `p99 outside stalls` the p99 of the 100 ms windows (by scheduled send time) in which no \
+     message was 5 ms late or more, and `stalled 100 ms windows` how many were left out: a \
+     guest paused by its host delays every broker alike, and a few pauses decide a run's \
+     p99; a broker stalling on its own shows in the count, \
      `PUBACK` the publisher's wait for its acknowledgement (Rampart: after the commit; it \
      delays delivery only through a full window), `broker CPU` and `load generator CPU` each process's use over the measured \
      time, in percent of one of the 2 cores the three share. `host CPU stolen` is the share of \
