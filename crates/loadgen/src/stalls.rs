@@ -35,8 +35,9 @@ pub struct OutsideStalls {
     /// Of those, the windows holding a message [`STALL`] late or more.
     pub stalled_windows: u64,
     /// Latency (receive time minus intended send time) of the messages in
-    /// the other windows.
-    pub latency: Percentiles,
+    /// the other windows; none when every window stalled (a p99 of 0
+    /// would read as the best figure of all).
+    pub latency: Option<Percentiles>,
 }
 
 /// Latency outside stalled windows of the measured messages `moments`;
@@ -64,7 +65,7 @@ pub fn outside_stalls(moments: &[Moment]) -> Result<Option<OutsideStalls>, Loadg
     Ok(Some(OutsideStalls {
         windows: slowest.len() as u64,
         stalled_windows: slowest.values().filter(|&&w| w >= STALL).count() as u64,
-        latency: Percentiles::of(&latency),
+        latency: (!latency.is_empty()).then(|| Percentiles::of(&latency)),
     }))
 }
 
@@ -99,9 +100,21 @@ mod tests {
         let out = outside_stalls(&moments)?.ok_or(LoadgenError::Config("no result".into()))?;
         assert_eq!(out.windows, 10);
         assert_eq!(out.stalled_windows, 1);
-        assert_eq!(out.latency.count, 90);
-        assert_eq!(out.latency.p99_us, 200);
-        assert_eq!(out.latency.max_us, 200);
+        let latency = out
+            .latency
+            .ok_or(LoadgenError::Config("no latency".into()))?;
+        assert_eq!(latency.count, 90);
+        assert_eq!(latency.p99_us, 200);
+        assert_eq!(latency.max_us, 200);
+        Ok(())
+    }
+
+    #[test]
+    fn a_run_stalled_throughout_has_no_latency_outside_stalls() -> Result<(), LoadgenError> {
+        let moments = [sent(0, 6_000), sent(150, 9_000)];
+        let out = outside_stalls(&moments)?.ok_or(LoadgenError::Config("no result".into()))?;
+        assert_eq!((out.windows, out.stalled_windows), (2, 2));
+        assert_eq!(out.latency, None);
         Ok(())
     }
 
@@ -115,9 +128,12 @@ mod tests {
         ];
         let out = outside_stalls(&moments)?.ok_or(LoadgenError::Config("no result".into()))?;
         assert_eq!((out.windows, out.stalled_windows), (2, 1));
-        assert_eq!(out.latency.count, 2);
+        let latency = out
+            .latency
+            .ok_or(LoadgenError::Config("no latency".into()))?;
+        assert_eq!(latency.count, 2);
         // hdrhistogram keeps 3 significant digits.
-        assert!(out.latency.max_us.abs_diff(just_under) <= just_under / 1000);
+        assert!(latency.max_us.abs_diff(just_under) <= just_under / 1000);
         assert_eq!(outside_stalls(&[])?, None);
         Ok(())
     }
