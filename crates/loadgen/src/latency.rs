@@ -117,7 +117,8 @@ pub struct LatencyReport {
     pub transit: Option<Percentiles>,
     /// The latency of the messages in `transit` scheduled outside windows
     /// in which everything stood still ([`crate::stalls`]), and how many
-    /// such windows there were.
+    /// such windows there were (over the first
+    /// [`tracking::TIMELINE_ROOM`] messages of a very long run).
     #[serde(default)]
     pub outside_stalls: Option<OutsideStalls>,
     /// The broker's CPU use from the end of the warm-up to the end of
