@@ -21,6 +21,7 @@
 //! Copies still waiting when an earlier job is written ride along with it,
 //! so that the order of application is the order of submission.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -117,6 +118,17 @@ struct Answer {
 }
 
 impl Answer {
+    /// An answer with `open` parts to settle besides the write, and the
+    /// receiver it is sent to.
+    fn new(open: usize) -> (Arc<Self>, Durable) {
+        let (tx, rx) = oneshot::channel();
+        let answer = Self {
+            open: AtomicUsize::new(open),
+            tx: Mutex::new(Some(tx)),
+        };
+        (Arc::new(answer), rx)
+    }
+
     fn send(&self, ok: bool) {
         if let Some(tx) = lock(&self.tx).take() {
             let _ = tx.send(ok);
@@ -216,12 +228,8 @@ impl Persister {
             return None;
         }
         let ops: Vec<Op> = ops.into_iter().map(Into::into).collect();
-        let (tx, rx) = oneshot::channel();
         let copies = ops.iter().filter(|op| is_copy(op)).count();
-        let answer = Arc::new(Answer {
-            open: AtomicUsize::new(copies + usize::from(copies < ops.len())),
-            tx: Mutex::new(Some(tx)),
-        });
+        let (answer, rx) = Answer::new(copies + usize::from(copies < ops.len()));
         if copies > 0 {
             let mut unwritten = self.unwritten.lock();
             for op in &ops {
@@ -253,12 +261,9 @@ impl Persister {
     /// its row is deleted with a later write (losing the deletion in a
     /// crash only means a redelivery, which QoS 1 allows).
     pub(crate) fn delivered(&self, client: &ClientId, id: u64) {
-        let listed = {
-            let mut unwritten = self.unwritten.lock();
-            match unwritten.get(&id) {
-                Some(l) if l.client == *client => unwritten.remove(&id),
-                _ => None,
-            }
+        let listed = match self.unwritten.lock().entry(id) {
+            Entry::Occupied(l) if l.get().client == *client => Some(l.remove()),
+            _ => None,
         };
         match listed {
             Some(l) => {
@@ -277,12 +282,8 @@ impl Persister {
 
     /// Waits until everything submitted so far is durable.
     pub(crate) async fn flush(&self) -> bool {
-        let (tx, rx) = oneshot::channel();
-        let answer = Answer {
-            open: AtomicUsize::new(1),
-            tx: Mutex::new(Some(tx)),
-        };
-        self.send(Vec::new(), Some(Arc::new(answer)));
+        let (answer, rx) = Answer::new(1);
+        self.send(Vec::new(), Some(answer));
         rx.await.unwrap_or(false)
     }
 }
@@ -516,12 +517,7 @@ mod tests {
 
     /// A job as submitted; `answered` gives it someone waiting.
     fn job(ops: Vec<Op>, answered: bool) -> Job {
-        let done = answered.then(|| {
-            Arc::new(Answer {
-                open: AtomicUsize::new(1),
-                tx: Mutex::new(None),
-            })
-        });
+        let done = answered.then(|| Answer::new(1).0);
         Job {
             ops,
             done,
